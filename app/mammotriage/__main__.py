@@ -1,0 +1,3 @@
+from mammotriage.cli import main
+
+raise SystemExit(main())

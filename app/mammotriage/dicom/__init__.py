@@ -1,0 +1,29 @@
+"""DICOM reading, display transforms, views and hanging (no torch, no Qt)."""
+
+from mammotriage.dicom.errors import (
+    CorruptPixelDataError,
+    MammoReadError,
+    NotAnImageError,
+    NotDicomError,
+    NotMammogramError,
+    UnsupportedImageError,
+    UnsupportedTransferSyntaxError,
+)
+from mammotriage.dicom.image import (
+    Laterality,
+    MammoImage,
+    MammoMetadata,
+    PixelSpacing,
+    PresentationIntent,
+    SpacingSource,
+    View,
+    WindowPreset,
+)
+from mammotriage.dicom.read import read_image, read_metadata
+
+__all__ = [
+    "CorruptPixelDataError", "Laterality", "MammoImage", "MammoMetadata", "MammoReadError",
+    "NotAnImageError", "NotDicomError", "NotMammogramError", "PixelSpacing", "PresentationIntent",
+    "SpacingSource", "UnsupportedImageError", "UnsupportedTransferSyntaxError", "View",
+    "WindowPreset", "read_image", "read_metadata",
+]

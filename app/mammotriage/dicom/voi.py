@@ -1,0 +1,232 @@
+"""Display transform as pure functions: modality LUT, VOI, inversion, 8-bit tables.
+
+The chain follows the DICOM grayscale pipeline (PS3.4 N.2.1):
+stored value -> Modality LUT (rescale or table) -> VOI (window or VOI LUT table)
+-> Presentation LUT (inversion for MONOCHROME1 / INVERSE) -> display value.
+
+For interactive use the whole chain is folded into one 8-bit lookup table indexed by
+the *stored* value (:class:`DisplayLut`), so re-windowing costs one table build
+(at most 65536 entries) and one ``np.take`` per frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mammotriage.dicom.image import MammoMetadata, ModalityLut, WindowPreset
+
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+def apply_modality_lut(values: np.ndarray, modality_lut: ModalityLut) -> np.ndarray:
+    """Map stored values to modality output values (PS3.3 C.11.1).
+
+    Parameters
+    ----------
+    values
+        Stored pixel values (any integer array).
+    modality_lut
+        A rescale (slope/intercept) or a table with its first mapped value.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 modality output values.
+    """
+    v = np.asarray(values)
+    if modality_lut.table is not None:
+        table = np.asarray(modality_lut.table, dtype=np.float64)
+        idx = np.clip(v.astype(np.int64) - modality_lut.first_mapped, 0, len(table) - 1)
+        return table[idx]
+    return v.astype(np.float64) * modality_lut.slope + modality_lut.intercept
+
+
+def apply_voi_window(
+    values: np.ndarray,
+    center: float,
+    width: float,
+    voi_lut_function: str = "LINEAR",
+    output_range: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """Apply a VOI window (PS3.3 C.11.2.1.2 and C.11.2.1.3).
+
+    Parameters
+    ----------
+    values
+        Modality output values.
+    center, width
+        Window Center (0028,1050) and Window Width (0028,1051).
+    voi_lut_function
+        ``"LINEAR"`` (the default), ``"LINEAR_EXACT"`` or ``"SIGMOID"``.
+    output_range
+        ``(ymin, ymax)`` of the output.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 values in ``output_range``.
+    """
+    fn = (voi_lut_function or "LINEAR").upper()
+    if fn not in VOI_FUNCTIONS:
+        raise ValueError(f"unknown VOI LUT Function {voi_lut_function!r}")
+    ymin, ymax = output_range
+    x = np.asarray(values, dtype=np.float64)
+    c = float(center)
+    w = float(width)
+    if fn == "SIGMOID":
+        if w <= 0:
+            raise ValueError("Window Width must be > 0 for SIGMOID")
+        return (ymax - ymin) / (1.0 + np.exp(-4.0 * (x - c) / w)) + ymin
+    if fn == "LINEAR_EXACT":
+        if w <= 0:
+            raise ValueError("Window Width must be > 0 for LINEAR_EXACT")
+        y = ((x - c) / w + 0.5) * (ymax - ymin) + ymin
+        y = np.where(x <= c - w / 2.0, ymin, y)
+        return np.where(x > c + w / 2.0, ymax, y)
+    # LINEAR
+    if w < 1:
+        raise ValueError("Window Width must be >= 1 for LINEAR")
+    if w == 1:
+        return np.where(x <= c - 0.5, ymin, ymax).astype(np.float64)
+    y = ((x - (c - 0.5)) / (w - 1.0) + 0.5) * (ymax - ymin) + ymin
+    y = np.where(x <= c - 0.5 - (w - 1.0) / 2.0, ymin, y)
+    return np.where(x > c - 0.5 + (w - 1.0) / 2.0, ymax, y)
+
+
+def apply_voi_lut_table(values: np.ndarray, preset: WindowPreset) -> np.ndarray:
+    """Apply a VOI LUT Sequence item; returns values normalised to [0, 1] (PS3.3 C.11.2.1.1)."""
+    if preset.lut is None:
+        raise ValueError("preset has no VOI LUT table")
+    table = np.asarray(preset.lut, dtype=np.float64)
+    idx = np.clip(np.asarray(values).astype(np.int64) - preset.first_mapped, 0, len(table) - 1)
+    top = float(2 ** preset.lut_bits - 1) if preset.lut_bits else 0.0
+    # Some writers declare more bits than they use, some fewer: normalise by the
+    # declared range unless the data exceed it.
+    top = max(top, float(table.max()) if table.size else 1.0, 1.0)
+    return table[idx] / top
+
+
+def needs_inversion(photometric: str, presentation_lut_shape: str | None) -> bool:
+    """True if the display must invert the VOI output.
+
+    MONOCHROME1 (minimum is white) and Presentation LUT Shape INVERSE describe the
+    *same* single inversion in DX/MG objects (PS3.3 C.8.11.6.1.2): they are combined
+    with OR, never applied twice.
+    """
+    return photometric.upper() == "MONOCHROME1" or (presentation_lut_shape or "").upper() == "INVERSE"
+
+
+def stored_value_range(bits_stored: int, pixel_representation: int) -> tuple[int, int]:
+    """Smallest and largest stored value representable."""
+    bits = max(1, min(int(bits_stored), 16))
+    if pixel_representation == 1:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+@dataclass(frozen=True)
+class Window:
+    """A concrete window chosen for display (a preset from the file or a user's choice)."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+    explanation: str = ""
+
+
+@dataclass
+class DisplayLut:
+    """A stored-value -> uint8 lookup table for one window, one inversion state.
+
+    ``offset`` is the stored value that maps to index 0.
+    """
+
+    table: np.ndarray  # uint8
+    offset: int
+
+    def apply(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Map stored pixels to 8-bit display values (a single table lookup)."""
+        if self.offset == 0 and pixels.dtype.kind == "u":
+            idx = pixels
+        else:
+            idx = pixels.astype(np.int32) - self.offset
+        # np.take with mode="clip" handles values outside the declared bit depth
+        return np.take(self.table, idx, mode="clip", out=out)
+
+
+def build_display_lut(
+    meta: MammoMetadata,
+    window: Window | WindowPreset | None,
+    invert: bool = False,
+    value_range: tuple[int, int] | None = None,
+) -> DisplayLut:
+    """Fold modality LUT, VOI and inversion into one 8-bit table indexed by stored value.
+
+    Parameters
+    ----------
+    meta
+        The image's metadata (bit depth, modality LUT, photometric interpretation).
+    window
+        A :class:`Window`, a :class:`WindowPreset` from the file (window or VOI LUT
+        table), or ``None`` for the full stored range.
+    invert
+        The reader's invert toggle, applied *after* the photometric inversion.
+    value_range
+        Override the stored value range (defaults to the one ``BitsStored`` allows).
+    """
+    lo, hi = value_range or stored_value_range(meta.bits_stored, meta.pixel_representation)
+    stored = np.arange(lo, hi + 1, dtype=np.int64)
+    modality = apply_modality_lut(stored, meta.modality_lut)
+    if isinstance(window, WindowPreset) and window.is_lut:
+        y = apply_voi_lut_table(modality, window)
+    elif window is not None:
+        y = apply_voi_window(modality, window.center, window.width, window.function)
+    else:
+        mn, mx = float(modality.min()), float(modality.max())
+        y = (modality - mn) / max(mx - mn, 1e-9)
+    if needs_inversion(meta.photometric, meta.presentation_lut_shape) != bool(invert):
+        y = 1.0 - y
+    table = np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+    return DisplayLut(table=table, offset=lo)
+
+
+def auto_window(meta: MammoMetadata, pixels: np.ndarray, max_samples: int = 1_000_000) -> Window:
+    """A window from the image's own statistics, for files that carry no preset.
+
+    Uses the 0.5th-99.8th percentile of the modality values of non-background pixels
+    (background = the most extreme value, which holds the air around the breast).
+    """
+    flat = pixels.reshape(-1)
+    step = max(1, flat.size // max_samples)
+    sample = apply_modality_lut(flat[::step], meta.modality_lut)
+    if sample.size == 0:
+        return Window(center=0.5, width=1.0, explanation="AUTO")
+    lo_v, hi_v = float(sample.min()), float(sample.max())
+    # air is at the dark end for MONOCHROME2 (low values) and the other end for MONOCHROME1
+    background = hi_v if meta.photometric.upper() == "MONOCHROME1" else lo_v
+    span = max(hi_v - lo_v, 1.0)
+    tissue = sample[np.abs(sample - background) > 0.02 * span]
+    if tissue.size < 100:
+        tissue = sample
+    p_lo, p_hi = np.percentile(tissue, [0.5, 99.8])
+    width = max(float(p_hi - p_lo), 2.0)
+    return Window(center=float(p_lo + p_hi) / 2.0, width=width, function="LINEAR", explanation="AUTO")
+
+
+def default_window(meta: MammoMetadata, pixels: np.ndarray | None = None) -> Window | WindowPreset | None:
+    """The window the viewer opens with: the file's first preset, else an automatic one."""
+    if meta.presets:
+        return meta.presets[0]
+    if pixels is not None:
+        return auto_window(meta, pixels)
+    return None
+
+
+def render_8bit(meta: MammoMetadata, pixels: np.ndarray, window: Window | WindowPreset | None = None,
+                invert: bool = False) -> np.ndarray:
+    """Convenience: stored pixels -> uint8 display image with the default (or given) window."""
+    if window is None:
+        window = default_window(meta, pixels)
+    return build_display_lut(meta, window, invert=invert).apply(pixels)

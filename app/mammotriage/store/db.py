@@ -1,0 +1,267 @@
+"""SQLite connection helper for the local archive.
+
+Every connection is opened the same way:
+
+* ``journal_mode=WAL`` so the UI can read while an import writes;
+* ``synchronous=FULL`` so a committed import survives a power cut;
+* ``foreign_keys=ON`` so rows can never point at a missing study or series;
+* autocommit mode (``isolation_level=None``): callers open transactions explicitly
+  with :func:`transaction`, so it is always clear what is atomic.
+
+The schema is versioned with ``PRAGMA user_version``.  :data:`MIGRATIONS` is an ordered
+list; migration *n* (1-based) brings the database from version ``n - 1`` to ``n``.
+A later feature adds its tables by **appending** a :class:`Migration` to the list —
+never by editing one that has shipped.  Each migration runs in its own transaction
+together with the ``user_version`` bump, so a crash leaves the database at a
+well-defined version.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "SchemaVersionError",
+    "connect",
+    "migrate",
+    "schema_version",
+    "transaction",
+]
+
+#: How long a connection waits for another writer before failing, in milliseconds.
+BUSY_TIMEOUT_MS = 10_000
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by a newer Mammo Triage than this one."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step.
+
+    Parameters
+    ----------
+    name
+        Short description, for logs and error messages.
+    steps
+        SQL statements (one statement per string) or callables taking the
+        connection, run in order inside one transaction.
+    """
+
+    name: str
+    steps: Sequence[str | Callable[[sqlite3.Connection], None]]
+
+
+_V1_ARCHIVE = Migration(
+    name="archive: studies, series, images, rejections",
+    steps=(
+        """
+        CREATE TABLE studies (
+            study_uid    TEXT PRIMARY KEY,
+            patient_id   TEXT NOT NULL DEFAULT '',
+            patient_name TEXT NOT NULL DEFAULT '',
+            accession    TEXT NOT NULL DEFAULT '',
+            study_date   TEXT,                      -- ISO 8601 date or NULL
+            description  TEXT NOT NULL DEFAULT '',
+            exam_key     TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX studies_exam_key ON studies (exam_key)",
+        """
+        CREATE TABLE series (
+            series_uid   TEXT PRIMARY KEY,
+            study_uid    TEXT NOT NULL REFERENCES studies (study_uid),
+            modality     TEXT NOT NULL DEFAULT '',
+            description  TEXT NOT NULL DEFAULT '',
+            manufacturer TEXT NOT NULL DEFAULT '',
+            model        TEXT NOT NULL DEFAULT '',
+            UNIQUE (series_uid, study_uid)
+        )
+        """,
+        "CREATE INDEX series_study ON series (study_uid)",
+        """
+        CREATE TABLE images (
+            sop_uid             TEXT PRIMARY KEY,
+            series_uid          TEXT NOT NULL,
+            study_uid           TEXT NOT NULL REFERENCES studies (study_uid),
+            path                TEXT NOT NULL,      -- absolute; the file is never modified
+            sha256              TEXT NOT NULL CHECK (length(sha256) = 64),
+            size                INTEGER NOT NULL,
+            laterality          TEXT NOT NULL,      -- Laterality value: L, R, B, U
+            "view"              TEXT NOT NULL,      -- View value: CC, MLO, ...
+            view_modifiers      TEXT NOT NULL DEFAULT '[]',  -- JSON array of strings
+            presentation_intent TEXT NOT NULL,
+            "rows"              INTEGER NOT NULL,
+            "columns"           INTEGER NOT NULL,
+            transfer_syntax     TEXT NOT NULL,
+            photometric         TEXT NOT NULL,
+            spacing_row_mm      REAL,
+            spacing_col_mm      REAL,
+            spacing_source      TEXT,
+            imported_at         TEXT NOT NULL,      -- UTC ISO 8601
+            FOREIGN KEY (series_uid, study_uid) REFERENCES series (series_uid, study_uid)
+        )
+        """,
+        "CREATE INDEX images_study ON images (study_uid)",
+        "CREATE INDEX images_series ON images (series_uid)",
+        "CREATE INDEX images_path ON images (path)",
+        """
+        CREATE TABLE rejections (
+            id     INTEGER PRIMARY KEY AUTOINCREMENT,
+            path   TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            code   TEXT NOT NULL,
+            at     TEXT NOT NULL                    -- UTC ISO 8601
+        )
+        """,
+        "CREATE INDEX rejections_path ON rejections (path)",
+    ),
+)
+
+#: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
+MIGRATIONS: list[Migration] = [_V1_ARCHIVE]
+
+#: The schema version this code writes.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@contextmanager
+def transaction(
+    conn: sqlite3.Connection, *, immediate: bool = True
+) -> Iterator[sqlite3.Connection]:
+    """Run a block in one transaction: commit on success, roll back on any exception.
+
+    Parameters
+    ----------
+    conn
+        A connection opened by :func:`connect` (autocommit mode).
+    immediate
+        Take the write lock at ``BEGIN`` (``BEGIN IMMEDIATE``) rather than at the first
+        write, so that two writers fail fast instead of dead-locking mid-transaction.
+
+    Yields
+    ------
+    sqlite3.Connection
+        The same connection.
+    """
+    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """Return the database's ``PRAGMA user_version``."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] | None = None) -> int:
+    """Bring the schema up to date and return the resulting version.
+
+    Parameters
+    ----------
+    conn
+        Connection in autocommit mode (as opened by :func:`connect`).
+    migrations
+        Ordered migrations; defaults to :data:`MIGRATIONS`.
+
+    Returns
+    -------
+    int
+        The schema version after migrating (``len(migrations)``).
+
+    Raises
+    ------
+    SchemaVersionError
+        The database is at a version newer than the migrations known here.
+    """
+    steps = list(MIGRATIONS if migrations is None else migrations)
+    target = len(steps)
+    if schema_version(conn) == target:
+        return target
+    # The write lock is taken before the version is re-read, so two processes
+    # opening a fresh archive at once cannot both apply migration 1.
+    with transaction(conn):
+        current = schema_version(conn)
+        if current > target:
+            raise SchemaVersionError(
+                f"archive schema version {current} is newer than this program "
+                f"supports ({target}); update Mammo Triage"
+            )
+    while (current := schema_version(conn)) < target:
+        migration = steps[current]
+        with transaction(conn):
+            if schema_version(conn) != current:  # another process got there first
+                continue
+            for step in migration.steps:
+                if callable(step):
+                    step(conn)
+                else:
+                    conn.execute(step)
+            # PRAGMA does not accept bound parameters; the value is an int we computed.
+            conn.execute(f"PRAGMA user_version = {current + 1:d}")
+    return schema_version(conn)
+
+
+def connect(
+    path: str | Path, *, migrations: Sequence[Migration] | None = None
+) -> sqlite3.Connection:
+    """Open (creating if needed) an archive database and migrate it.
+
+    Parameters
+    ----------
+    path
+        Database file. Its parent folder is created if missing.
+    migrations
+        Ordered migrations to apply; defaults to :data:`MIGRATIONS`.
+
+    Returns
+    -------
+    sqlite3.Connection
+        Autocommit connection with ``row_factory = sqlite3.Row``; usable from any
+        thread (``check_same_thread=False``) provided the caller serialises access.
+
+    Raises
+    ------
+    sqlite3.OperationalError
+        The database cannot be opened or put in WAL mode (e.g. a read-only folder or
+        a network share without shared-memory support).
+    SchemaVersionError
+        The database was written by a newer version.
+    """
+    db_path = Path(path).expanduser()
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        str(db_path),
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        if mode != "wal":
+            raise sqlite3.OperationalError(
+                f"could not enable WAL journal mode on {db_path} (got {mode!r})"
+            )
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn, migrations)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

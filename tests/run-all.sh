@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything from scratch (system tools, venv, pinned packages) and run the
+# whole test suite. This is README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# 1. System tools the tests use as real third-party peers: dcmtk (storescu, storescp,
+#    echoscu, dcmdump), dicom3tools (dciodvfy), Xvfb and the xcb libraries Qt needs.
+need_apt=0
+for tool in dciodvfy storescu dcmdump xvfb-run; do command -v "$tool" >/dev/null 2>&1 || need_apt=1; done
+if [ "$need_apt" = 1 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends dcmtk dicom3tools xvfb xauth \
+    libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 \
+    libxcb-xkb1 libxkbcommon-x11-0 libxcb-randr0 libxcb-shape0 libxcb-cursor0 \
+    libegl1 libgl1 libfontconfig1 libdbus-1-3 >/dev/null
+fi
+
+# 2. Python environment with the pinned dependencies.
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+
+# 3. The whole suite (Qt offscreen; the real-window test starts its own Xvfb).
+export QT_QPA_PLATFORM=offscreen
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
+exit "$rc"
