@@ -44,6 +44,7 @@ def make_mg_dataset(
     pixels=None,
     study_uid: str | None = None,
     patient_id: str = "TEST001",
+    windows: list[tuple[float, float, str]] | None = None,
 ):
     """A small, valid Digital Mammography For Presentation dataset for unit tests."""
     import numpy as np
@@ -74,6 +75,10 @@ def make_mg_dataset(
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.ImagerPixelSpacing = [0.1, 0.1]
+    if windows:
+        ds.WindowCenter = [w[0] for w in windows]
+        ds.WindowWidth = [w[1] for w in windows]
+        ds.WindowCenterWidthExplanation = [w[2] for w in windows]
     if pixels is None:
         pixels = (np.arange(rows * columns, dtype=np.uint16).reshape(rows, columns) % 4096)
     ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()

@@ -22,6 +22,7 @@ import datetime as _dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from mammotriage.dicom.image import Laterality, MammoMetadata, PresentationInten
 
 #: the four screening slots, in reading order
 SCREENING_SLOTS = ("RCC", "LCC", "RMLO", "LMLO")
+T = TypeVar("T")
 _MLO_LIKE = {View.MLO, View.ML, View.LM, View.LMO, View.SIO, View.ISO, View.AT}
 _CC_LIKE = {View.CC, View.XCC, View.XCCL, View.XCCM, View.FB, View.CV}
 _SPLIT_VIEW_SUFFIX = re.compile(r"^(?P<base>.+?)_(?:LEFT|RIGHT)_(?:CC|MLO|ML|LM)$", re.IGNORECASE)
@@ -241,43 +243,62 @@ class Exam:
         return [s for s in SCREENING_SLOTS if s not in self.slots]
 
 
-def _slot_rank(meta: MammoMetadata) -> tuple:
+def _slot_rank(image: Any) -> tuple:
     """Prefer For Presentation, then non spot/magnified, then the latest acquisition."""
+    modifiers = set(getattr(image, "view_modifiers", ()) or ())
+    date = getattr(image, "acquisition_date", None) or getattr(image, "study_date", None)
     return (
-        meta.presentation_intent is not PresentationIntent.PROCESSING,
-        not meta.is_spot_or_magnified,
-        meta.acquisition_date or meta.study_date or 0,
-        meta.sop_instance_uid,
+        getattr(image, "presentation_intent", None) is not PresentationIntent.PROCESSING,
+        not modifiers & {"SPOT", "MAGNIFICATION"},
+        date.isoformat() if date else "",
+        getattr(image, "sop_instance_uid", None) or getattr(image, "sop_uid", ""),
     )
 
 
-def slot_of(meta: MammoMetadata) -> str | None:
-    """Screening slot (``"RCC"`` ...) an image can fill, or ``None`` for extra views."""
-    if meta.laterality not in (Laterality.LEFT, Laterality.RIGHT) or meta.is_spot_or_magnified:
+def slot_of(image: Any) -> str | None:
+    """Screening slot (``"RCC"`` ...) an image can fill, or ``None`` for extra views.
+
+    Works on anything with ``laterality``, ``view`` and ``view_modifiers`` attributes
+    (:class:`MammoMetadata` or an archive record).
+    """
+    if image.laterality not in (Laterality.LEFT, Laterality.RIGHT):
         return None
-    if meta.view is View.CC:
-        return f"{meta.laterality.value}CC"
-    if meta.view is View.MLO:
-        return f"{meta.laterality.value}MLO"
+    if set(getattr(image, "view_modifiers", ()) or ()) & {"SPOT", "MAGNIFICATION"}:
+        return None
+    if image.view is View.CC:
+        return f"{image.laterality.value}CC"
+    if image.view is View.MLO:
+        return f"{image.laterality.value}MLO"
     return None
+
+
+def hang(images: Iterable[T]) -> tuple[dict[str, T], list[T]]:
+    """Assign images of one exam to the screening slots; the rest are extra views."""
+    slots: dict[str, T] = {}
+    extras: list[T] = []
+    for image in images:
+        slot = slot_of(image)
+        if slot is None:
+            extras.append(image)
+            continue
+        current = slots.get(slot)
+        if current is None:
+            slots[slot] = image
+        elif _slot_rank(image) > _slot_rank(current):
+            extras.append(current)
+            slots[slot] = image
+        else:
+            extras.append(image)
+    return slots, extras
 
 
 def assemble_exams(images: Iterable[MammoMetadata]) -> list[Exam]:
     """Group images into exams and assign RCC/LCC/RMLO/LMLO; the rest become extras."""
-    exams: dict[str, Exam] = {}
+    groups: dict[str, list[MammoMetadata]] = {}
     for meta in images:
-        key = exam_key(meta)
-        exam = exams.setdefault(key, Exam(key=key))
-        slot = slot_of(meta)
-        if slot is None:
-            exam.extras.append(meta)
-            continue
-        current = exam.slots.get(slot)
-        if current is None:
-            exam.slots[slot] = meta
-        elif _slot_rank(meta) > _slot_rank(current):
-            exam.extras.append(current)
-            exam.slots[slot] = meta
-        else:
-            exam.extras.append(meta)
-    return list(exams.values())
+        groups.setdefault(exam_key(meta), []).append(meta)
+    exams = []
+    for key, members in groups.items():
+        slots, extras = hang(members)
+        exams.append(Exam(key=key, slots=slots, extras=extras))
+    return exams

@@ -1,0 +1,204 @@
+"""Command line: every headless job of Mammo Triage, plus the app launcher.
+
+``mammotriage`` with no sub-command launches the reading workstation on the archive
+(creating the built-in demo exams on first run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mammotriage import __version__
+
+# --------------------------------------------------------------------------- info
+
+def _preset_json(preset: Any) -> dict[str, Any]:
+    if preset.is_lut:
+        return {"explanation": preset.explanation, "type": "VOI LUT", "entries": int(len(preset.lut)),
+                "first_mapped": preset.first_mapped, "bits": preset.lut_bits}
+    return {"explanation": preset.explanation, "type": "WINDOW", "center": preset.center,
+            "width": preset.width, "function": preset.function}
+
+
+def describe_file(path: Path, decode: bool = True) -> dict[str, Any]:
+    """What the reader understood about one file, as a JSON-ready dict (or an error)."""
+    from mammotriage.dicom import MammoReadError, read_image, read_metadata
+
+    try:
+        if decode:
+            image = read_image(path)
+            meta = image.meta
+        else:
+            meta = read_metadata(path)
+    except MammoReadError as exc:
+        return {"path": str(path), "error": exc.reason, "code": exc.code}
+    except Exception as exc:  # noqa: BLE001 - never crash on bad input
+        return {"path": str(path), "error": f"{type(exc).__name__}: {exc}", "code": "internal-error"}
+    spacing = None
+    if meta.spacing is not None:
+        spacing = {"row_mm": meta.spacing.row_mm, "col_mm": meta.spacing.col_mm,
+                   "source": meta.spacing.source.value}
+    return {
+        "path": str(path),
+        "laterality": meta.laterality.value,
+        "laterality_source": meta.laterality_source,
+        "view": meta.view.value,
+        "view_source": meta.view_source,
+        "view_modifiers": list(meta.view_modifiers),
+        "intent": meta.presentation_intent.value,
+        "photometric": meta.photometric,
+        "presentation_lut_shape": meta.presentation_lut_shape,
+        "presets": [_preset_json(p) for p in meta.presets],
+        "spacing": spacing,
+        "patient_orientation": list(meta.patient_orientation) if meta.patient_orientation else None,
+        "rows": meta.rows,
+        "columns": meta.columns,
+        "bits_stored": meta.bits_stored,
+        "transfer_syntax": meta.transfer_syntax_name,
+        "transfer_syntax_uid": meta.transfer_syntax_uid,
+        "decoder": meta.decoder,
+        "decoded": decode,
+        "modality": meta.modality,
+        "manufacturer": meta.manufacturer,
+        "model": meta.manufacturer_model,
+        "study_uid": meta.study_instance_uid,
+        "series_uid": meta.series_instance_uid,
+        "sop_uid": meta.sop_instance_uid,
+        "accession": meta.accession_number,
+        "study_date": meta.study_date.isoformat() if meta.study_date else None,
+    }
+
+
+def _info_text(d: dict[str, Any]) -> str:
+    if "error" in d:
+        return f"{d['path']}: ERROR ({d['code']}): {d['error']}"
+    lines = [d["path"]]
+    lines.append(f"  view        {d['laterality']}{d['view']}  (laterality from {d['laterality_source']}, "
+                 f"view from {d['view_source']})" + (f"  modifiers: {', '.join(d['view_modifiers'])}"
+                                                      if d["view_modifiers"] else ""))
+    lines.append(f"  intent      {d['intent']}   photometric {d['photometric']}"
+                 + (f"   presentation LUT {d['presentation_lut_shape']}" if d["presentation_lut_shape"] else ""))
+    if d["presets"]:
+        for i, p in enumerate(d["presets"], 1):
+            if p["type"] == "WINDOW":
+                lines.append(f"  preset {i}    {p['explanation']}: C {p['center']:g} / W {p['width']:g} {p['function']}")
+            else:
+                lines.append(f"  preset {i}    {p['explanation']}: table of {p['entries']} from {p['first_mapped']}, {p['bits']} bit")
+    else:
+        lines.append("  presets     none in the file (automatic window)")
+    sp = d["spacing"]
+    lines.append(f"  spacing     {sp['row_mm']:.4f} x {sp['col_mm']:.4f} mm ({sp['source']})" if sp
+                 else "  spacing     unknown")
+    lines.append(f"  size        {d['rows']} x {d['columns']}, {d['bits_stored']} bit")
+    lines.append(f"  encoding    {d['transfer_syntax']}, decoder {d['decoder']}")
+    lines.append(f"  equipment   {d['manufacturer'] or '?'} {d['model'] or ''}".rstrip())
+    lines.append(f"  study       {d['study_uid']}  accession {d['accession'] or '-'}  date {d['study_date'] or '-'}")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    results = [describe_file(Path(p), decode=not args.no_decode) for p in args.files]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print("\n".join(_info_text(r) for r in results))
+    return 1 if any("error" in r for r in results) else 0
+
+
+# --------------------------------------------------------------------------- import
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mammotriage.config import archive_path
+    from mammotriage.progress import CliProgress
+    from mammotriage.store import Archive
+
+    archive = Archive(archive_path())
+    bar: CliProgress | None = None
+
+    def progress(done: int, total: int, path: Path | str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = CliProgress(total, "import")
+        bar.update(done, str(path))
+
+    report = archive.import_paths([Path(p) for p in args.paths], progress=progress)
+    if bar is not None:
+        bar.close()
+    for path, reason, _code in report.rejected:
+        print(f"REJECTED {path}: {reason}")
+    print(report.summary())
+    return 1 if report.rejected else 0
+
+
+# --------------------------------------------------------------------------- demo
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mammotriage.phantom import write_demo_set
+
+    out = Path(args.out)
+    gt_path = write_demo_set(out, n_exams=args.exams, seed=args.seed, rows=args.rows, columns=args.columns)
+    gt = json.loads(Path(gt_path).read_text(encoding="utf-8"))
+    n_images = sum(len(e["images"]) for e in gt["exams"])
+    n_lesions = sum(len(e["lesions"]) for e in gt["exams"])
+    print(f"wrote {len(gt['exams'])} exams ({n_images} images, {n_lesions} lesion marks) to {out}")
+    print(f"ground truth: {gt_path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- app
+
+def cmd_app(args: argparse.Namespace) -> int:
+    # The UI is loaded by name: no core package imports mammotriage.ui (import-linter).
+    ui = importlib.import_module("mammotriage.ui.app")
+    return int(ui.main(demo=not args.no_demo, screenshot=args.screenshot, quit_after=args.quit_after) or 0)
+
+
+# --------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mammotriage", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mammotriage {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("app", help="launch the reading workstation (default)")
+    p.add_argument("--no-demo", action="store_true", help="do not create the demo exams on first run")
+    p.add_argument("--screenshot", metavar="PNG", help="save a screenshot once the first exam is shown")
+    p.add_argument("--quit-after", type=float, metavar="S", help="quit after S seconds (for scripts)")
+    p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser("info", help="print what the reader understood about DICOM files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.add_argument("--no-decode", action="store_true", help="read headers only, do not decode pixels")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("import", help="import DICOM files or folder trees into the archive")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("demo", help="write synthetic 4-view screening exams with ground truth")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--exams", type=int, default=6, metavar="N")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--rows", type=int, default=1024, help="image rows (up to 4096)")
+    p.add_argument("--columns", type=int, default=832, help="image columns (up to 3328)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["app", *(argv or [])])
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

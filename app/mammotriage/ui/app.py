@@ -1,0 +1,53 @@
+"""Application entry point: ``mammotriage`` / ``mammotriage app``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+
+from mammotriage.ui.main_window import MainWindow
+
+
+def main(demo: bool = True, screenshot: str | None = None, quit_after: float | None = None) -> int:
+    """Start the workstation.
+
+    Parameters
+    ----------
+    demo
+        On first run (empty archive) create and import the built-in demo exams.
+    screenshot
+        Save a PNG of the window once the first exam is on screen, then quit.
+    quit_after
+        Quit after this many seconds (scripts and smoke tests).
+    """
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("Mammo Triage")
+    window = MainWindow()
+    window.show()
+    rc = {"code": 0}
+    if screenshot:
+        def save(_key: str) -> None:
+            # let the last paint land before grabbing
+            def grab() -> None:
+                Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+                ok = window.grab().save(screenshot)
+                print(f"screenshot {'saved to' if ok else 'FAILED for'} {screenshot}", flush=True)
+                rc["code"] = 0 if ok else 1
+                window.close()
+            QTimer.singleShot(300, grab)
+
+        window.exam_shown.connect(save)
+    if quit_after:
+        def timeout() -> None:
+            if screenshot:
+                print("timed out before the first exam was shown", file=sys.stderr, flush=True)
+                rc["code"] = 2
+            window.close()
+        QTimer.singleShot(int(quit_after * 1000), timeout)
+    if demo:
+        window.ensure_demo()
+    app.exec()
+    return rc["code"]

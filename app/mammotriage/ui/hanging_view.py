@@ -1,0 +1,119 @@
+"""The 4-up screening hanging: RCC | LCC over RMLO | LMLO, with shared physical scale."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QGridLayout, QWidget
+
+from mammotriage.dicom.voi import default_window
+from mammotriage.ui.image_pane import ImagePane
+from mammotriage.ui.loader import LoadedView
+from mammotriage.ui.state import HangingState, WindowSetting
+
+
+class HangingView(QWidget):
+    """Four panes driven by a :class:`HangingState`; same mm per screen pixel in all."""
+
+    status = Signal(str)
+
+    def __init__(self, state: HangingState | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.state = state or HangingState()
+        self.panes: dict[str, ImagePane] = {}
+        layout = QGridLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        for i, slot in enumerate(self.state.slots):
+            pane = ImagePane(slot, self.state.panes[slot], self)
+            pane.view_changed.connect(self.state.set_view)
+            pane.window_dragged.connect(self._on_window_drag)
+            pane.fullscreen_requested.connect(self.state.toggle_fullscreen)
+            layout.addWidget(pane, i // 2, i % 2)
+            self.panes[slot] = pane
+        self.state.changed.connect(self._on_state)
+
+    # ----------------------------------------------------------------- content
+    def clear(self, message: str = "") -> None:
+        for pane in self.panes.values():
+            pane.set_view(None, message)
+
+    def set_loading(self, slot: str) -> None:
+        self.panes[slot].set_view(None, "loading ...")
+
+    def set_missing(self, slot: str) -> None:
+        self.panes[slot].set_view(None, f"{slot}: view not in this exam")
+
+    def set_error(self, slot: str, message: str) -> None:
+        self.panes[slot].set_error(f"{slot}: {message}")
+
+    def set_view(self, slot: str, view: LoadedView) -> None:
+        pane = self.panes[slot]
+        pane.set_view(view)
+        state = self.state.panes[slot]
+        if state.window is None:
+            state.set_window(WindowSetting.from_preset(default_window(view.meta) or view.auto))
+        self._update_scale()
+
+    def _update_scale(self) -> None:
+        """Common physical scale: the largest breast (in mm) fits its pane."""
+        needed = 0.0
+        for pane in self.panes.values():
+            if pane.view is None or pane.view.meta.spacing is None:
+                continue
+            rows, cols = pane.view.levels[0].shape
+            sp = pane.view.meta.spacing
+            needed = max(needed, rows * sp.row_mm / max(pane.height(), 1), cols * sp.col_mm / max(pane.width(), 1))
+        for pane in self.panes.values():
+            pane.mm_per_px = needed or None
+            pane.update()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self._update_scale()
+
+    # ----------------------------------------------------------------- actions
+    def _on_state(self, what: str) -> None:
+        if what == "text":
+            for pane in self.panes.values():
+                pane.show_text = self.state.show_text
+                pane.update()
+        elif what == "fullscreen":
+            for slot, pane in self.panes.items():
+                pane.setVisible(self.state.fullscreen in (None, slot))
+            self._update_scale()
+        elif what == "link":
+            self.status.emit(f"zoom/pan link: {self.state.link_mode}")
+
+    def _on_window_drag(self, slot: str, d_center: float, d_width: float) -> None:
+        targets = list(self.state.slots) if self.state.link_mode == "all" else [slot]
+        for s in targets:
+            self.state.panes[s].adjust_window(d_center, d_width)
+
+    def apply_preset(self, index: int) -> None:
+        """Keys 1-5: the file's n-th preset in every pane (each from its own file)."""
+        names = []
+        for slot, pane in self.panes.items():
+            if pane.view is None:
+                continue
+            presets = pane.view.meta.presets
+            if index < len(presets):
+                self.state.panes[slot].set_window(WindowSetting.from_preset(presets[index]))
+                names.append(presets[index].explanation)
+            elif index == 0:
+                self.state.panes[slot].set_window(WindowSetting.from_preset(pane.view.auto))
+                names.append("AUTO")
+        self.status.emit(f"preset {index + 1}: {', '.join(sorted(set(names))) or 'none in these files'}")
+
+    def reset(self) -> None:
+        for slot, pane in self.panes.items():
+            st = self.state.panes[slot]
+            st.set_invert(False)
+            st.set_view(1.0, (0.0, 0.0))
+            if pane.view is not None:
+                st.set_window(WindowSetting.from_preset(default_window(pane.view.meta) or pane.view.auto))
+        self.status.emit("reset")
+
+    def toggle_invert(self) -> None:
+        invert = not all(st.invert for st in self.state.panes.values())
+        for st in self.state.panes.values():
+            st.set_invert(invert)

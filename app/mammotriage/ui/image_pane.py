@@ -1,0 +1,255 @@
+"""One mammogram pane: windowed display-resolution image, zoom/pan, corner text."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPaintEvent, QWheelEvent
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from mammotriage.dicom.pyramid import choose_level
+from mammotriage.dicom.voi import DisplayLut, build_display_lut
+from mammotriage.ui.loader import LoadedView
+from mammotriage.ui.state import PaneState, WindowSetting
+
+BACKGROUND = QColor(0, 0, 0)
+TEXT = QColor(230, 200, 90)
+ERROR = QColor(240, 90, 80)
+
+
+class ImagePane(QWidget):
+    """Paints one view of the hanging; state lives in a :class:`PaneState`.
+
+    The image is anchored at its chest-wall edge (``anchor`` "left" or "right"), so that
+    in the 4-up hanging the two breasts meet back to back at the centre line.
+    """
+
+    fullscreen_requested = Signal(str)
+    view_changed = Signal(str, float, tuple)  # slot, zoom, pan (drives linked panes)
+    window_dragged = Signal(str, float, float)  # slot, d_center, d_width
+
+    def __init__(self, slot: str, state: PaneState, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.slot = slot
+        self.state = state
+        self.view: LoadedView | None = None
+        self.message = ""  # inline message (loading, missing view, error)
+        self.is_error = False
+        self.anchor = "right" if slot.startswith("R") else "left"
+        self.show_text = True
+        self.mm_per_px: float | None = None  # common physical scale of the hanging
+        self._lut_key: tuple | None = None
+        self._lut: DisplayLut | None = None
+        self._cache_key: tuple | None = None
+        self._qimage: QImage | None = None
+        self._buffer: np.ndarray | None = None
+        self._drag: tuple[str, QPointF, tuple] | None = None
+        self.paints = 0
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumSize(120, 120)
+        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.setMouseTracking(True)
+        self.setAccessibleName(f"pane {slot}")
+        state.changed.connect(self._on_state)
+
+    # ----------------------------------------------------------------- content
+    def set_view(self, view: LoadedView | None, message: str = "") -> None:
+        self.view = view
+        self.message = message
+        self.is_error = False
+        self._cache_key = None
+        self._lut_key = None
+        self.update()
+
+    def set_error(self, message: str) -> None:
+        self.view = None
+        self.message = message
+        self.is_error = True
+        self.update()
+
+    def _on_state(self, what: str) -> None:
+        self.update()
+
+    # ----------------------------------------------------------------- geometry
+    def base_scale(self) -> float:
+        """Screen pixels per full-resolution image pixel at zoom 1."""
+        if self.view is None:
+            return 1.0
+        rows, cols = self.view.levels[0].shape
+        spacing = self.view.meta.spacing
+        if self.mm_per_px and spacing is not None:
+            # the same physical size in every pane: mm on screen per screen pixel is common
+            return spacing.row_mm / self.mm_per_px
+        return min(self.width() / cols, self.height() / rows)
+
+    def image_rect(self) -> QRectF:
+        """Where the full image lands on screen (widget coordinates)."""
+        if self.view is None:
+            return QRectF()
+        rows, cols = self.view.levels[0].shape
+        scale = self.base_scale() * self.state.zoom
+        w, h = cols * scale, rows * scale
+        x = self.width() - w if self.anchor == "right" else 0.0
+        y = (self.height() - h) / 2.0
+        return QRectF(x + self.state.pan[0], y + self.state.pan[1], w, h)
+
+    def widget_to_stored(self, point: QPointF) -> tuple[float, float] | None:
+        """Widget point -> stored-image (column, row), through the display orientation."""
+        if self.view is None:
+            return None
+        rect = self.image_rect()
+        rows, cols = self.view.levels[0].shape
+        dx = (point.x() - rect.x()) / rect.width() * cols
+        dy = (point.y() - rect.y()) / rect.height() * rows
+        stored_shape = (self.view.meta.rows, self.view.meta.columns)
+        return self.view.orientation.display_to_stored(dx, dy, stored_shape)
+
+    def stored_to_widget(self, x: float, y: float) -> QPointF | None:
+        if self.view is None:
+            return None
+        stored_shape = (self.view.meta.rows, self.view.meta.columns)
+        dx, dy = self.view.orientation.stored_to_display(x, y, stored_shape)
+        rect = self.image_rect()
+        rows, cols = self.view.levels[0].shape
+        return QPointF(rect.x() + dx / cols * rect.width(), rect.y() + dy / rows * rect.height())
+
+    # ----------------------------------------------------------------- rendering
+    def _window(self) -> WindowSetting | None:
+        return self.state.window
+
+    def display_image(self) -> tuple[QImage, int] | None:
+        """The windowed 8-bit image of the pyramid level that fits the pane."""
+        if self.view is None:
+            return None
+        window = self._window()
+        rect = self.image_rect()
+        level_index = choose_level(self.view.levels, min(rect.height(), self.view.levels[0].shape[0]))
+        key = (level_index, window, self.state.invert)
+        if key == self._cache_key and self._qimage is not None:
+            return self._qimage, level_index
+        lut_key = (window, self.state.invert)
+        if lut_key != self._lut_key or self._lut is None:
+            voi = window.voi if window is not None else self.view.auto
+            self._lut = build_display_lut(self.view.meta, voi, invert=self.state.invert)
+            self._lut_key = lut_key
+        level = self.view.levels[level_index]
+        self._buffer = np.ascontiguousarray(self._lut.apply(level))
+        h, w = self._buffer.shape
+        self._qimage = QImage(self._buffer.data, w, h, w, QImage.Format.Format_Grayscale8)
+        self._cache_key = key
+        return self._qimage, level_index
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt API
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), BACKGROUND)
+        if self.view is not None:
+            shown = self.display_image()
+            if shown is not None:
+                qimage, _level = shown
+                painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.state.zoom < 2)
+                painter.drawImage(self.image_rect(), qimage)
+        self._paint_text(painter)
+        if self.hasFocus():
+            painter.setPen(QColor(80, 130, 200))
+            painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
+        painter.end()
+        self.paints += 1
+
+    def corner_lines(self) -> dict[str, list[str]]:
+        """The corner annotations (also used by tests and the screenshot check)."""
+        if self.view is None:
+            return {"top": [self.slot], "bottom": []}
+        meta = self.view.meta
+        top = [meta.label + (f" ({', '.join(meta.view_modifiers)})" if meta.view_modifiers else "")]
+        if meta.study_date:
+            top.append(meta.study_date.isoformat())
+        if meta.manufacturer:
+            top.append(meta.manufacturer)
+        window = self._window()
+        bottom = []
+        if window is not None:
+            if window.preset is not None and window.preset.is_lut:
+                bottom.append(f"VOI LUT {window.explanation}")
+            else:
+                bottom.append(f"C {window.center:.0f} W {window.width:.0f} {window.function.lower()}"
+                              + (f" {window.explanation}" if window.explanation else ""))
+        if self.state.invert:
+            bottom.append("inverted")
+        bottom.append(f"zoom {self.state.zoom * self.base_scale():.2f}x")
+        if meta.spacing is not None:
+            bottom.append(f"spacing {meta.spacing.row_mm:.3f} mm ({meta.spacing.source.value})")
+        return {"top": top, "bottom": bottom}
+
+    def _paint_text(self, painter: QPainter) -> None:
+        font = QFont(self.font())
+        font.setPointSize(9)
+        painter.setFont(font)
+        if self.message:
+            painter.setPen(ERROR if self.is_error else TEXT)
+            painter.drawText(self.rect().adjusted(12, 12, -12, -12),
+                             Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.message)
+        if not self.show_text:
+            return
+        painter.setPen(TEXT)
+        lines = self.corner_lines()
+        align = Qt.AlignmentFlag.AlignLeft if self.anchor == "right" else Qt.AlignmentFlag.AlignRight
+        # text goes on the outer side, away from the chest wall and the centre line
+        margin = self.rect().adjusted(8, 6, -8, -6)
+        painter.drawText(margin, align | Qt.AlignmentFlag.AlignTop, "\n".join(lines["top"]))
+        painter.drawText(margin, align | Qt.AlignmentFlag.AlignBottom, "\n".join(lines["bottom"]))
+
+    # ----------------------------------------------------------------- interaction
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if event.button() == Qt.MouseButton.RightButton:
+            self._drag = ("window", event.position(), (0.0, 0.0))
+        elif event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
+            self._drag = ("pan", event.position(), self.state.pan)
+        event.accept()
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        if self._drag is None:
+            return
+        kind, start, origin = self._drag
+        delta = event.position() - start
+        if kind == "window":
+            window = self.state.window
+            width = window.width if window is not None else 1000.0
+            # horizontal drag = width (contrast), vertical drag = centre (brightness)
+            step = max(width, 2.0) / 300.0
+            self._drag = (kind, event.position(), origin)
+            self.window_dragged.emit(self.slot, delta.y() * step, delta.x() * step)
+        else:
+            pan = (origin[0] + delta.x(), origin[1] + delta.y())
+            self.view_changed.emit(self.slot, self.state.zoom, pan)
+        event.accept()
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        self._drag = None
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        self.fullscreen_requested.emit(self.slot)
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
+        steps = event.angleDelta().y() / 120.0
+        if steps == 0 or self.view is None:
+            return
+        self.zoom_at(event.position(), math.pow(1.15, steps))
+        event.accept()
+
+    def zoom_at(self, point: QPointF, factor: float) -> None:
+        """Zoom by ``factor`` keeping the image point under ``point`` fixed."""
+        rect = self.image_rect()
+        if rect.width() <= 0:
+            return
+        fx = (point.x() - rect.x()) / rect.width()
+        fy = (point.y() - rect.y()) / rect.height()
+        new_zoom = min(max(self.state.zoom * factor, 0.1), 40.0)
+        scale = self.base_scale() * new_zoom
+        rows, cols = self.view.levels[0].shape
+        w, h = cols * scale, rows * scale
+        x0 = self.width() - w if self.anchor == "right" else 0.0
+        y0 = (self.height() - h) / 2.0
+        pan = (point.x() - fx * w - x0, point.y() - fy * h - y0)
+        self.view_changed.emit(self.slot, new_zoom, pan)

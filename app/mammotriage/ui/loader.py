@@ -1,0 +1,136 @@
+"""Decode views in worker processes and hand display-ready data to the UI thread.
+
+pylibjpeg holds the GIL while decoding, so decoding and pyramid building run in a
+process pool; the UI polls finished futures from its event loop and never blocks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mammotriage.dicom import MammoMetadata, MammoReadError, read_image
+from mammotriage.dicom.hanging import DisplayOrientation, display_orientation
+from mammotriage.dicom.pyramid import build_pyramid
+from mammotriage.dicom.voi import Window, auto_window, render_8bit
+
+
+@dataclass
+class LoadedView:
+    """One view ready for display: pyramid levels already in hanging orientation."""
+
+    path: str
+    meta: MammoMetadata
+    orientation: DisplayOrientation
+    levels: list[np.ndarray]  # display-oriented stored values, level 0 = full resolution
+    auto: Window  # window from the image's statistics (used when the file has no preset)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(level.nbytes for level in self.levels))
+
+
+@dataclass
+class LoadError:
+    path: str
+    reason: str
+    code: str
+
+
+def load_view(path: str) -> LoadedView | LoadError:
+    """Decode ``path``, orient it for the hanging and build its pyramid (worker side)."""
+    try:
+        image = read_image(path)
+    except MammoReadError as exc:
+        return LoadError(path, exc.reason, exc.code)
+    except Exception as exc:  # noqa: BLE001 - never let a worker crash the viewer
+        return LoadError(path, f"{type(exc).__name__}: {exc}", "internal-error")
+    meta = image.meta
+    orientation = display_orientation(meta)
+    auto = auto_window(meta, image.pixels)
+    if orientation.source == "default":
+        # no Patient Orientation: let the pixels say where the chest wall is
+        orientation = display_orientation(meta, render_8bit(meta, image.pixels[::4, ::4], auto))
+    oriented = np.ascontiguousarray(orientation.apply(image.pixels))
+    return LoadedView(path=str(path), meta=meta, orientation=orientation,
+                      levels=build_pyramid(oriented), auto=auto)
+
+
+class ViewCache:
+    """LRU cache of loaded views bounded by bytes; pinned paths are never evicted."""
+
+    def __init__(self, max_bytes: int = 1_500_000_000):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, LoadedView] = OrderedDict()
+        self.pinned: set[str] = set()
+
+    def get(self, path: str) -> LoadedView | None:
+        item = self._items.get(path)
+        if item is not None:
+            self._items.move_to_end(path)
+        return item
+
+    def put(self, view: LoadedView) -> None:
+        self._items[view.path] = view
+        self._items.move_to_end(view.path)
+        self._evict()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self._items.values())
+
+    def _evict(self) -> None:
+        total = self.nbytes
+        for path in list(self._items):
+            if total <= self.max_bytes:
+                break
+            if path in self.pinned:
+                continue
+            total -= self._items.pop(path).nbytes
+
+
+class ViewLoader:
+    """Submits decode jobs to a process pool; results are collected by :meth:`poll`."""
+
+    def __init__(self, workers: int = 2):
+        ctx = mp.get_context("spawn")
+        self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        self._pending: dict[str, cf.Future] = {}
+        self.cache = ViewCache()
+
+    def request(self, path: str | Path) -> LoadedView | None:
+        """Return the view if cached, else start loading it (once) and return None."""
+        key = str(path)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        if key not in self._pending:
+            self._pending[key] = self._pool.submit(load_view, key)
+        return None
+
+    def poll(self) -> list[LoadedView | LoadError]:
+        """Collect finished jobs (non-blocking)."""
+        done = [k for k, f in self._pending.items() if f.done()]
+        results: list[LoadedView | LoadError] = []
+        for key in done:
+            future = self._pending.pop(key)
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - a dead worker is reported, not fatal
+                result = LoadError(key, f"worker failed: {type(exc).__name__}: {exc}", "internal-error")
+            if isinstance(result, LoadedView):
+                self.cache.put(result)
+            results.append(result)
+        return results
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

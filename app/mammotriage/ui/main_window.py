@@ -1,0 +1,340 @@
+"""Main window: worklist, 4-up hanging, log panel, status bar, keyboard shortcuts."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDialog,
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QPlainTextEdit,
+    QProgressBar,
+    QSplitter,
+    QTableView,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+)
+
+from mammotriage.config import archive_path, data_dir
+from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
+from mammotriage.store import Archive
+from mammotriage.store.archive import ExamRecord
+from mammotriage.ui.hanging_view import HangingView
+from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
+from mammotriage.ui.worklist import WorklistModel
+
+
+def import_in_background(paths: list[str], archive_file: str) -> tuple[int, int, list[tuple[str, str]]]:
+    """Worker-process job: import paths into the archive; returns counts and rejections."""
+    with Archive(archive_file) as archive:
+        report = archive.import_paths([Path(p) for p in paths])
+    return len(report.imported), len(report.duplicates), [(r.path, r.reason) for r in report.rejected]
+
+
+def prepare_demo(demo_folder: str, archive_file: str) -> tuple[int, int, list[tuple[str, str]]]:
+    """Worker-process job: write the built-in demo exams once, then import them."""
+    from mammotriage.phantom import write_demo_set
+
+    folder = Path(demo_folder)
+    if not (folder / "ground_truth.json").exists():
+        write_demo_set(folder, n_exams=6, seed=2026, rows=1024, columns=832)
+    exams = sorted(str(p) for p in folder.iterdir() if p.is_dir())  # not ground_truth.json
+    return import_in_background(exams, archive_file)
+
+
+class MainWindow(QMainWindow):
+    """The reading workstation window."""
+
+    exam_shown = Signal(str)  # exam key, once all panes have their content
+
+    def __init__(self, loader: ViewLoader | None = None, archive: Archive | None = None):
+        super().__init__()
+        self.setWindowTitle("Mammo Triage — research demonstration, not for clinical use")
+        self.archive = archive or Archive(archive_path())
+        self.loader = loader or ViewLoader()
+        self.jobs = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        self._job: cf.Future | None = None
+        self._job_done: Callable[[object], None] | None = None
+        self.settings = QSettings(str(data_dir() / "settings.ini"), QSettings.Format.IniFormat)
+        self.current: ExamRecord | None = None
+        self.current_paths: dict[str, str] = {}  # slot -> path
+        self._shown_emitted = False
+
+        self.worklist = WorklistModel()
+        self.table = QTableView()
+        self.table.setModel(self.worklist)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.selectionModel().currentRowChanged.connect(lambda cur, _prev: self.open_row(cur.row()))
+
+        self.hanging = HangingView()
+        self.hanging.status.connect(self.show_status)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.table)
+        self.splitter.addWidget(self.hanging)
+        self.splitter.setStretchFactor(1, 4)
+        self.splitter.setSizes([480, 1200])
+        self.setCentralWidget(self.splitter)
+
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        dock = QDockWidget("Log", self)
+        dock.setObjectName("log")
+        dock.setWidget(self.log)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+        self.log_dock = dock
+        self.resizeDocks([dock], [110], Qt.Orientation.Vertical)
+
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setVisible(False)
+        self.status_label = QLabel("")
+        self.statusBar().addWidget(self.status_label, 1)
+        self.statusBar().addPermanentWidget(self.progress)
+
+        self.actions: list[QAction] = []
+        self._build_actions()
+        self.timer = QTimer(self)
+        self.timer.setInterval(30)
+        self.timer.timeout.connect(self._poll)
+        self.timer.start()
+        self._restore_settings()
+        self.refresh_worklist()
+
+    # ----------------------------------------------------------------- actions
+    def _action(self, menu, text: str, keys: list[str], slot: Callable[[], None]) -> QAction:
+        action = QAction(text, self)
+        action.setShortcuts([QKeySequence(k) for k in keys])
+        action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        self.addAction(action)
+        self.actions.append(action)
+        return action
+
+    def _build_actions(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        self._action(file_menu, "Import folder…", ["Ctrl+O"], self.import_folder_dialog)
+        self._action(file_menu, "Quit", ["Ctrl+Q"], self.close)
+        exam_menu = bar.addMenu("&Exam")
+        self._action(exam_menu, "Next exam", ["N", "PgDown"], lambda: self.step_exam(1))
+        self._action(exam_menu, "Previous exam", ["P", "PgUp"], lambda: self.step_exam(-1))
+        view_menu = bar.addMenu("&View")
+        for i in range(5):
+            self._action(view_menu, f"Preset {i + 1} from the file", [str(i + 1)],
+                         lambda _checked=False, i=i: self.hanging.apply_preset(i))
+        self._action(view_menu, "Invert", ["I"], self.hanging.toggle_invert)
+        self._action(view_menu, "Reset window, zoom and pan", ["R", "Esc"], self.hanging.reset)
+        self._action(view_menu, "Link zoom/pan: all / breast pair / none", ["L"], self._cycle_link)
+        self._action(view_menu, "Show/hide corner text", ["T"], self.hanging.state.toggle_text)
+        self._action(view_menu, "Full-screen the focused view", ["F", "Space"], self._toggle_fullscreen_focused)
+        self._action(view_menu, "Show/hide log", ["Ctrl+L"], lambda: self.log_dock.setVisible(not self.log_dock.isVisible()))
+        help_menu = bar.addMenu("&Help")
+        self._action(help_menu, "Keyboard shortcuts", ["F1", "?"], self.show_shortcuts)
+
+    def shortcut_sheet(self) -> list[tuple[str, str]]:
+        """(keys, action) pairs, for the visible shortcut sheet."""
+        rows = [(" / ".join(k.toString() for k in a.shortcuts()), a.text()) for a in self.actions]
+        rows += [("Right-drag", "Window/level (horizontal = width, vertical = centre)"),
+                 ("Left-drag", "Pan"), ("Wheel", "Zoom to cursor"), ("Double-click", "Full-screen this view")]
+        return rows
+
+    def show_shortcuts(self) -> None:
+        dialog = QDialog(self)
+        dialog.setWindowTitle("Keyboard shortcuts")
+        layout = QVBoxLayout(dialog)
+        rows = self.shortcut_sheet()
+        table = QTableWidget(len(rows), 2)
+        table.setHorizontalHeaderLabels(["Keys", "Action"])
+        for r, (keys, text) in enumerate(rows):
+            table.setItem(r, 0, QTableWidgetItem(keys))
+            table.setItem(r, 1, QTableWidgetItem(text.replace("&", "")))
+        table.resizeColumnsToContents()
+        table.verticalHeader().setVisible(False)
+        layout.addWidget(table)
+        dialog.resize(560, 480)
+        dialog.show()
+        self._shortcut_dialog = dialog
+
+    def _cycle_link(self) -> None:
+        self.hanging.state.cycle_link()
+
+    def _toggle_fullscreen_focused(self) -> None:
+        focused = next((s for s, p in self.hanging.panes.items() if p.hasFocus()), None)
+        if focused is None:
+            focused = self.hanging.state.fullscreen or "RCC"
+        self.hanging.state.toggle_fullscreen(focused)
+
+    # ----------------------------------------------------------------- status/log
+    def show_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    def log_line(self, text: str) -> None:
+        self.log.appendPlainText(time.strftime("%H:%M:%S ") + text)
+
+    # ----------------------------------------------------------------- worklist
+    def refresh_worklist(self) -> None:
+        key = self.current.exam_key if self.current else None
+        exams = self.archive.exams()
+        self.worklist.set_exams(exams)
+        self.show_status(f"{len(exams)} exams in the archive")
+        if key is not None:
+            for row, exam in enumerate(exams):
+                if exam.exam_key == key:
+                    self.table.selectRow(row)
+                    break
+        elif exams:
+            self.table.selectRow(0)
+
+    def step_exam(self, step: int) -> None:
+        n = self.worklist.rowCount()
+        if n == 0:
+            return
+        row = self.table.currentIndex().row()
+        self.table.selectRow(min(max(row + step, 0), n - 1))
+
+    def open_row(self, row: int) -> None:
+        if 0 <= row < len(self.worklist.exams):
+            self.open_exam(self.worklist.exams[row])
+            nxt = row + 1
+            if nxt < len(self.worklist.exams):  # decode the next exam ahead of time
+                slots, _ = hang(self.worklist.exams[nxt].images)
+                for image in slots.values():
+                    self.loader.request(image.path)
+
+    def open_exam(self, exam: ExamRecord) -> None:
+        self.current = exam
+        self._shown_emitted = False
+        slots, extras = hang(exam.images)
+        self.current_paths = {slot: image.path for slot, image in slots.items()}
+        self.loader.cache.pinned = set(self.current_paths.values())
+        for state in self.hanging.state.panes.values():
+            state.window = None
+            state.set_invert(False)
+            state.set_view(1.0, (0.0, 0.0))
+        for slot in SCREENING_SLOTS:
+            path = self.current_paths.get(slot)
+            if path is None:
+                self.hanging.set_missing(slot)
+                continue
+            view = self.loader.request(path)
+            if view is None:
+                self.hanging.set_loading(slot)
+            else:
+                self.hanging.set_view(slot, view)
+        extra = f", {len(extras)} extra view(s)" if extras else ""
+        self.show_status(f"{exam.patient_id}  {exam.study_date or ''}  {' '.join(exam.views)}{extra}")
+        self._check_shown()
+
+    def _poll(self) -> None:
+        for result in self.loader.poll():
+            slots = [s for s, p in self.current_paths.items() if p == result.path]
+            if isinstance(result, LoadError):
+                self.log_line(f"cannot display {result.path}: {result.reason}")
+                for slot in slots:
+                    self.hanging.set_error(slot, result.reason)
+            elif isinstance(result, LoadedView):
+                for slot in slots:
+                    self.hanging.set_view(slot, result)
+        self._check_shown()
+        self._poll_job()
+
+    def _check_shown(self) -> None:
+        if self.current is None or self._shown_emitted:
+            return
+        for slot in self.current_paths:
+            pane = self.hanging.panes[slot]
+            if pane.view is None and not pane.is_error:
+                return
+        self._shown_emitted = True
+        self.exam_shown.emit(self.current.exam_key)
+
+    # ----------------------------------------------------------------- background jobs
+    def run_job(self, title: str, fn: Callable, *args: object, done: Callable[[object], None]) -> None:
+        """Run ``fn(*args)`` in the job process with a busy bar; ``done(result)`` after."""
+        if self._job is not None:
+            self.log_line(f"{title}: another job is running, try again when it ends")
+            return
+        self._job = self.jobs.submit(fn, *args)
+        self._job_done = done
+        self.progress.setRange(0, 0)
+        self.progress.setFormat(title)
+        self.progress.setVisible(True)
+        self.show_status(title + " …")
+
+    def _poll_job(self) -> None:
+        if self._job is None or not self._job.done():
+            return
+        job, done = self._job, self._job_done
+        self._job = self._job_done = None
+        self.progress.setVisible(False)
+        try:
+            result = job.result()
+        except Exception as exc:  # noqa: BLE001 - reported, never fatal
+            self.log_line(f"background job failed: {type(exc).__name__}: {exc}")
+            return
+        if done is not None:
+            done(result)
+
+    def _import_done(self, result: object) -> None:
+        imported, duplicates, rejected = result  # type: ignore[misc]
+        for path, reason in rejected:
+            self.log_line(f"rejected {path}: {reason}")
+        self.log_line(f"import: {imported} imported, {duplicates} already present, {len(rejected)} rejected")
+        self.refresh_worklist()
+
+    def import_paths(self, paths: list[str]) -> None:
+        self.run_job("importing", import_in_background, paths, str(self.archive.path), done=self._import_done)
+
+    def import_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Import DICOM folder")
+        if folder:
+            self.import_paths([folder])
+
+    def ensure_demo(self) -> None:
+        """First run: write and import the demo exams in the background."""
+        if self.archive.count() > 0:
+            return
+        self.log_line("first run: creating the built-in demo exams")
+        self.run_job("creating demo exams", prepare_demo, str(data_dir() / "demo"), str(self.archive.path),
+                     done=self._import_done)
+
+    # ----------------------------------------------------------------- settings
+    def _restore_settings(self) -> None:
+        geometry = self.settings.value("window/geometry")
+        if isinstance(geometry, QByteArray):
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1600, 1000)
+        state = self.settings.value("window/state")
+        if isinstance(state, QByteArray):
+            self.restoreState(state)
+        link = self.settings.value("view/link", "all")
+        if link in self.hanging.state.LINK_MODES:
+            self.hanging.state.link_mode = link
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
+        self.settings.setValue("view/link", self.hanging.state.link_mode)
+        self.settings.sync()
+        self.timer.stop()
+        self.loader.shutdown()
+        self.jobs.shutdown(wait=False, cancel_futures=True)
+        super().closeEvent(event)

@@ -1,0 +1,138 @@
+"""Viewer state without Qt (napari style): plain objects that emit events.
+
+Widgets subscribe to these events and redraw; tests can change the state and check
+the widgets, or drive the widgets and check the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mammotriage.dicom.image import WindowPreset
+from mammotriage.dicom.voi import Window
+
+
+class Signal:
+    """A minimal synchronous event: ``connect(callback)``, ``emit(*args)``."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., None]] = []
+
+    def connect(self, callback: Callable[..., None]) -> None:
+        self._callbacks.append(callback)
+
+    def disconnect(self, callback: Callable[..., None]) -> None:
+        self._callbacks.remove(callback)
+
+    def emit(self, *args: object) -> None:
+        for callback in list(self._callbacks):
+            callback(*args)
+
+
+@dataclass(frozen=True)
+class WindowSetting:
+    """The window a pane shows: either a file preset (by index) or explicit values."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+    explanation: str = ""
+    preset: WindowPreset | None = None  # set when showing a VOI LUT table preset
+
+    @property
+    def voi(self) -> Window | WindowPreset:
+        if self.preset is not None and self.preset.is_lut:
+            return self.preset
+        return Window(self.center, self.width, self.function, self.explanation)
+
+    @classmethod
+    def from_preset(cls, preset: Window | WindowPreset) -> WindowSetting:
+        if isinstance(preset, WindowPreset) and preset.is_lut:
+            # a table has no centre/width: remember an equivalent linear window for dragging
+            lo = preset.first_mapped
+            hi = preset.first_mapped + len(preset.lut) - 1
+            return cls(center=(lo + hi) / 2, width=max(hi - lo, 1), function="LINEAR",
+                       explanation=preset.explanation, preset=preset)
+        return cls(center=float(preset.center), width=float(preset.width), function=preset.function,
+                   explanation=preset.explanation)
+
+
+class PaneState:
+    """Display state of one pane: window, inversion, zoom and pan."""
+
+    def __init__(self) -> None:
+        self.window: WindowSetting | None = None
+        self.invert = False
+        self.zoom = 1.0  # relative to the common "fit" scale of the hanging
+        self.pan = (0.0, 0.0)  # screen pixels
+        self.changed = Signal()
+
+    def set_window(self, window: WindowSetting) -> None:
+        if window != self.window:
+            self.window = window
+            self.changed.emit("window")
+
+    def adjust_window(self, d_center: float, d_width: float) -> None:
+        """Relative window/level change (a right-drag); leaves any VOI LUT table."""
+        if self.window is None:
+            return
+        function = self.window.function
+        width = max(1.0 if function == "LINEAR" else 1e-3, self.window.width + d_width)
+        self.set_window(WindowSetting(self.window.center + d_center, width, function, "CUSTOM"))
+
+    def set_invert(self, invert: bool) -> None:
+        if invert != self.invert:
+            self.invert = invert
+            self.changed.emit("invert")
+
+    def set_view(self, zoom: float, pan: tuple[float, float]) -> None:
+        zoom = float(min(max(zoom, 0.1), 40.0))
+        if zoom != self.zoom or pan != self.pan:
+            self.zoom, self.pan = zoom, (float(pan[0]), float(pan[1]))
+            self.changed.emit("view")
+
+
+class HangingState:
+    """The four screening panes plus what links them."""
+
+    LINK_MODES = ("all", "pair", "none")
+
+    def __init__(self, slots: tuple[str, ...] = ("RCC", "LCC", "RMLO", "LMLO")):
+        self.slots = slots
+        self.panes = {slot: PaneState() for slot in slots}
+        self.link_mode = "all"
+        self.show_text = True
+        self.fullscreen: str | None = None
+        self.changed = Signal()
+
+    def linked(self, slot: str) -> list[str]:
+        """Slots whose zoom/pan follow ``slot`` (itself included)."""
+        if self.link_mode == "all":
+            return list(self.slots)
+        if self.link_mode == "pair":
+            return [s for s in self.slots if s[0] == slot[0]]
+        return [slot]
+
+    def set_view(self, slot: str, zoom: float, pan: tuple[float, float]) -> None:
+        """Zoom/pan a pane and the panes linked to it.
+
+        Pan is mirrored horizontally between the two breasts, so that linked panes move
+        towards or away from the centre line together.
+        """
+        for other in self.linked(slot):
+            mirrored = (other[0] != slot[0])
+            self.panes[other].set_view(zoom, (-pan[0] if mirrored else pan[0], pan[1]))
+
+    def cycle_link(self) -> str:
+        self.link_mode = self.LINK_MODES[(self.LINK_MODES.index(self.link_mode) + 1) % 3]
+        self.changed.emit("link")
+        return self.link_mode
+
+    def toggle_text(self) -> None:
+        self.show_text = not self.show_text
+        self.changed.emit("text")
+
+    def toggle_fullscreen(self, slot: str) -> None:
+        self.fullscreen = None if self.fullscreen == slot else slot
+        self.changed.emit("fullscreen")

@@ -1,0 +1,90 @@
+"""The command line: info, import, demo (in-process, plus the installed console script)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mammotriage.cli import main
+from mtsupport import require_shared, write_mg
+
+
+def test_info_json_on_real_files(capsys) -> None:
+    dicom = require_shared("dicom")
+    files = [dicom / "cbis-ddsm" / "benign-P_00173" / "1-132.dcm", dicom / "wg04" / "MG1_J2KI.dcm",
+             dicom / "wg04" / "MG1_JPLY.dcm", dicom / "vendor-headers" / "MG-RDSR-Hologic_2D.dcm",
+             dicom / "wg04" / "RG1_J2KI.dcm"]
+    rc = main(["info", "--json", *map(str, files)])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1  # some files could not be read
+    assert [o.get("laterality") for o in out[:2]] == ["R", "L"]
+    assert [o.get("view") for o in out[:2]] == ["CC", "MLO"]
+    assert out[1]["decoder"] == "pylibjpeg" and out[0]["decoder"] == "pydicom"
+    assert out[2]["code"] == "cannot-decode" and "JPEG Extended" in out[2]["error"]
+    assert out[3]["code"] == "not-an-image"
+    assert out[4]["code"] == "not-a-mammogram"
+    assert all("path" in o for o in out)
+
+
+def test_info_text_for_vendor_presets(capsys) -> None:
+    path = require_shared("dicom", "vendor-headers", "MG-Im-GE_Seno_1_ForPresentation.dcm")
+    assert main(["info", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "LCC" in text and "NORMAL: C 2262 / W 380 SIGMOID" in text
+    assert "at detector" in text and "FOR PRESENTATION" in text
+
+
+def test_import_reports_rejections_and_exit_status(tmp_path: Path, capsys) -> None:
+    good = tmp_path / "in"
+    write_mg(good / "a.dcm", laterality="R", view="CC")
+    write_mg(good / "b.dcm", laterality="L", view="CC")
+    assert main(["import", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "REJECTED" not in out and "2 imported" in out
+    (good / "notes.txt").write_text("hello")
+    assert main(["import", str(good)]) == 1
+    out = capsys.readouterr().out
+    assert f"REJECTED {good / 'notes.txt'}: not a DICOM file" in out
+    assert "2 duplicate" in out  # already present, not an error
+    # the archive lives in MAMMOTRIAGE_HOME
+    assert (Path(os.environ["MAMMOTRIAGE_HOME"]) / "archive.sqlite").exists()
+
+
+def test_demo_writes_exams_and_ground_truth(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--exams", "3", "--seed", "5", "--rows", "256", "--columns", "208"]) == 0
+    truth = json.loads((out / "ground_truth.json").read_text())
+    assert len(truth["exams"]) == 3
+    for exam in truth["exams"]:
+        assert exam["study_uid"]
+        for lesion in exam["lesions"]:
+            assert set(lesion) >= {"sop_uid", "box", "kind", "malignant"}
+            x0, y0, x1, y1 = lesion["box"]
+            assert 0 <= x0 < x1 <= 208 and 0 <= y0 < y1 <= 256
+    assert len(list(out.rglob("*.dcm"))) == 12
+    # the demo imports cleanly
+    assert main(["import", str(out / "exam001"), str(out / "exam002"), str(out / "exam003")]) == 0
+
+
+def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
+    exe = shutil.which("mammotriage", path=str(Path(sys.executable).parent))
+    assert exe, "console script not installed"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("mammotriage ")
+    module = subprocess.run([sys.executable, "-m", "mammotriage", "info", "--json", str(tmp_path / "missing.dcm")],
+                            capture_output=True, text=True, timeout=120)
+    assert module.returncode == 1
+    assert json.loads(module.stdout)[0]["error"] == "no such file"
+
+
+@pytest.mark.parametrize("argv", [["info"], ["import"], ["demo"]])
+def test_usage_errors_exit_2(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2

@@ -1,0 +1,172 @@
+"""ImagePane and HangingView: state <-> widget round trips, hanging from rendered pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QImage, QMouseEvent
+from PySide6.QtWidgets import QApplication
+
+from mammotriage.dicom.hanging import chest_wall_from_pixels
+from mammotriage.ui.hanging_view import HangingView
+from mammotriage.ui.loader import LoadedView, load_view
+from mammotriage.ui.state import WindowSetting
+from mtsupport import require_shared, write_mg
+
+
+def qimage_to_array(image: QImage) -> np.ndarray:
+    image = image.convertToFormat(QImage.Format.Format_Grayscale8)
+    w, h, bpl = image.width(), image.height(), image.bytesPerLine()
+    return np.frombuffer(bytes(image.constBits()), dtype=np.uint8).reshape(h, bpl)[:, :w].copy()
+
+
+def _breast_pixels(rows: int, cols: int, chest: str) -> np.ndarray:
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    x0 = cols - 1 if chest == "right" else 0
+    inside = ((xx - x0) / (0.8 * cols)) ** 2 + ((yy - rows / 2) / (0.45 * rows)) ** 2 <= 1
+    return np.where(inside, 3000, 100).astype(np.uint16)
+
+
+def _exam(tmp_path: Path, mirrored: bool = False, orientation: bool = True) -> dict[str, LoadedView]:
+    views = {}
+    for lat in "RL":
+        for view in ("CC", "MLO"):
+            std_chest = "right" if lat == "R" else "left"
+            chest = {"right": "left", "left": "right"}[std_chest] if mirrored else std_chest
+            row = "P" if chest == "right" else "A"
+            col = "F" if view == "MLO" else ("L" if lat == "R" else "R")
+            path = write_mg(tmp_path / f"{lat}{view}.dcm", rows=200, columns=160, laterality=lat, view=view,
+                            orientation=(row, col) if orientation else None,
+                            pixels=_breast_pixels(200, 160, chest))
+            loaded = load_view(str(path))
+            assert isinstance(loaded, LoadedView)
+            views[f"{lat}{view}"] = loaded
+    return views
+
+
+@pytest.fixture
+def hanging(qtbot) -> HangingView:
+    widget = HangingView()
+    qtbot.addWidget(widget)
+    widget.resize(800, 700)
+    widget.show()
+    qtbot.waitExposed(widget)
+    return widget
+
+
+def _pane_pixels(hanging: HangingView, slot: str) -> np.ndarray:
+    pane = hanging.panes[slot]
+    pane.show_text = False
+    return qimage_to_array(pane.grab().toImage())
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+@pytest.mark.parametrize("orientation", [True, False])
+def test_breasts_face_each_other_in_rendered_pixels(hanging, tmp_path, mirrored, orientation) -> None:
+    for slot, view in _exam(tmp_path, mirrored, orientation).items():
+        hanging.set_view(slot, view)
+    for slot in ("RCC", "RMLO", "LCC", "LMLO"):
+        rendered = _pane_pixels(hanging, slot)
+        expected = "right" if slot.startswith("R") else "left"
+        assert chest_wall_from_pixels(rendered) == expected, slot
+        # chest wall touches the centre line: the inner edge column has tissue
+        inner = rendered[:, -2] if expected == "right" else rendered[:, 1]
+        assert (inner > 128).mean() > 0.3, slot
+
+
+def test_window_state_updates_pane(hanging, tmp_path) -> None:
+    views = _exam(tmp_path)
+    hanging.set_view("RCC", views["RCC"])
+    pane = hanging.panes["RCC"]
+    before = _pane_pixels(hanging, "RCC")
+    hanging.state.panes["RCC"].set_window(WindowSetting(center=3000, width=10))
+    after = _pane_pixels(hanging, "RCC")
+    assert not np.array_equal(before, after)
+    assert "C 3000 W 10" in pane.corner_lines()["bottom"][0]
+    hanging.state.panes["RCC"].set_invert(True)
+    inverted = _pane_pixels(hanging, "RCC")
+    assert inverted.mean() != after.mean()
+
+
+def _send(widget, kind, pos, button, buttons) -> None:
+    event = QMouseEvent(kind, QPointF(pos), widget.mapToGlobal(QPointF(pos)), button, buttons,
+                        Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, event)
+
+
+def test_right_drag_changes_window_in_state(hanging, tmp_path) -> None:
+    for slot, view in _exam(tmp_path).items():
+        hanging.set_view(slot, view)
+    pane = hanging.panes["LCC"]
+    state = hanging.state.panes["LCC"]
+    start = state.window
+    _send(pane, QEvent.Type.MouseButtonPress, QPoint(100, 100), Qt.MouseButton.RightButton, Qt.MouseButton.RightButton)
+    _send(pane, QEvent.Type.MouseMove, QPoint(160, 70), Qt.MouseButton.NoButton, Qt.MouseButton.RightButton)
+    _send(pane, QEvent.Type.MouseButtonRelease, QPoint(160, 70), Qt.MouseButton.RightButton, Qt.MouseButton.NoButton)
+    assert state.window.width > start.width  # drag right = wider
+    assert state.window.center < start.center  # drag up = lower centre
+    assert state.window.explanation == "CUSTOM"
+    # linked ("all"): the other panes followed by the same amount
+    other = hanging.state.panes["RMLO"].window
+    assert other.explanation == "CUSTOM"
+
+
+def test_wheel_zoom_keeps_point_under_cursor_and_links(hanging, tmp_path) -> None:
+    for slot, view in _exam(tmp_path).items():
+        hanging.set_view(slot, view)
+    pane = hanging.panes["RCC"]
+    cursor = QPointF(pane.width() * 0.7, pane.height() * 0.4)
+    before = pane.widget_to_stored(cursor)
+    pane.zoom_at(cursor, 2.0)
+    after = pane.widget_to_stored(cursor)
+    assert hanging.state.panes["RCC"].zoom == pytest.approx(2.0)
+    assert after == pytest.approx(before, abs=1e-6)
+    assert hanging.state.panes["LMLO"].zoom == pytest.approx(2.0)  # linked across all four
+    hanging.state.cycle_link()  # -> pair
+    pane.zoom_at(cursor, 1.5)
+    assert hanging.state.panes["RMLO"].zoom == pytest.approx(3.0)
+    assert hanging.state.panes["LCC"].zoom == pytest.approx(2.0)
+
+
+def test_stored_widget_coordinates_round_trip(hanging, tmp_path) -> None:
+    views = _exam(tmp_path, mirrored=True)
+    hanging.set_view("LMLO", views["LMLO"])
+    pane = hanging.panes["LMLO"]
+    pane.zoom_at(QPointF(50, 60), 1.7)
+    for x, y in [(10.5, 20.5), (150.0, 190.0), (80.0, 100.0)]:
+        p = pane.stored_to_widget(x, y)
+        assert pane.widget_to_stored(p) == pytest.approx((x, y))
+
+
+def test_error_and_missing_panes_show_messages(hanging) -> None:
+    hanging.set_error("LCC", "cannot decode: transfer syntax JPEG Extended")
+    hanging.set_missing("RMLO")
+    assert hanging.panes["LCC"].is_error and "cannot decode" in hanging.panes["LCC"].message
+    assert "not in this exam" in hanging.panes["RMLO"].message
+    assert hanging.panes["LCC"].grab().toImage().width() > 0  # paints without a view
+
+
+def test_fullscreen_toggle_hides_other_panes(hanging, qtbot) -> None:
+    hanging.state.toggle_fullscreen("LMLO")
+    assert not hanging.panes["RCC"].isVisible() and hanging.panes["LMLO"].isVisible()
+    hanging.state.toggle_fullscreen("LMLO")
+    assert all(p.isVisible() for p in hanging.panes.values())
+
+
+@pytest.mark.realdata
+def test_cbis_exam_hangs_back_to_back(hanging) -> None:
+    root = require_shared("dicom", "cbis-ddsm", "malignant-left-P_00820")
+    from mammotriage.dicom import read_metadata
+
+    for path in sorted(root.glob("*.dcm")):
+        meta = read_metadata(path)
+        view = load_view(str(path))
+        hanging.set_view(meta.label, view)
+    for slot in ("RCC", "LCC", "RMLO", "LMLO"):
+        rendered = _pane_pixels(hanging, slot)
+        assert chest_wall_from_pixels(rendered) == ("right" if slot[0] == "R" else "left"), slot
+    # same physical scale in all panes: mm per screen pixel is shared
+    assert len({p.mm_per_px for p in hanging.panes.values()}) == 1

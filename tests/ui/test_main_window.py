@@ -1,0 +1,94 @@
+"""MainWindow with a real archive file: worklist, keyboard shortcuts, error panes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import Qt
+
+from mammotriage.store import Archive
+from mammotriage.ui.main_window import MainWindow
+from mtsupport import require_shared, write_mg
+
+
+def _write_exam(folder: Path, patient: str, study_uid: str) -> None:
+    rng = np.random.default_rng(abs(hash(patient)) % 2**32)
+    for lat in "RL":
+        for view in ("CC", "MLO"):
+            pixels = rng.integers(500, 3500, size=(96, 80)).astype(np.uint16)
+            row = "P" if lat == "R" else "A"
+            col = "F" if view == "MLO" else ("L" if lat == "R" else "R")
+            write_mg(folder / f"{patient}_{lat}{view}.dcm", rows=96, columns=80, laterality=lat, view=view,
+                     orientation=(row, col), pixels=pixels, study_uid=study_uid, patient_id=patient,
+                     windows=[(2000, 3000, "NORMAL"), (1500, 800, "DENSE")])
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    data = tmp_path / "data"
+    _write_exam(data, "PAT1", "1.2.826.0.1.3680043.8.498.1")
+    _write_exam(data, "PAT2", "1.2.826.0.1.3680043.8.498.2")
+    archive = Archive(tmp_path / "archive.sqlite")
+    report = archive.import_paths([data])
+    assert len(report.imported) == 8
+    win = MainWindow(archive=archive)
+    qtbot.addWidget(win)
+    win.resize(1400, 900)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()
+
+
+def test_worklist_and_first_exam_shown(window, qtbot) -> None:
+    assert window.worklist.rowCount() == 2
+    with qtbot.waitSignal(window.exam_shown, timeout=60_000, raising=False):
+        pass
+    qtbot.waitUntil(lambda: all(p.view is not None for p in window.hanging.panes.values()), timeout=60_000)
+    assert window.worklist.data(window.worklist.index(0, 4)) == "RCC LCC RMLO LMLO"
+    assert window.worklist.data(window.worklist.index(0, 5)) == "not analysed"
+
+
+def test_keyboard_shortcuts(window, qtbot) -> None:
+    qtbot.waitUntil(lambda: all(p.view is not None for p in window.hanging.panes.values()), timeout=60_000)
+    first = window.current.exam_key
+    qtbot.keyClick(window, Qt.Key.Key_I)
+    assert all(s.invert for s in window.hanging.state.panes.values())
+    qtbot.keyClick(window, Qt.Key.Key_2)
+    assert window.hanging.state.panes["RCC"].window.explanation == "DENSE"
+    assert window.hanging.state.panes["LMLO"].window.width == 800
+    assert window.status_label.text() == "preset 2: DENSE"
+    qtbot.keyClick(window, Qt.Key.Key_T)
+    assert not window.hanging.state.show_text
+    qtbot.keyClick(window, Qt.Key.Key_L)
+    assert window.hanging.state.link_mode == "pair"
+    qtbot.keyClick(window, Qt.Key.Key_R)
+    assert not any(s.invert for s in window.hanging.state.panes.values())
+    qtbot.keyClick(window, Qt.Key.Key_N)
+    assert window.current.exam_key != first
+    qtbot.keyClick(window, Qt.Key.Key_P)
+    assert window.current.exam_key == first
+    sheet = dict((text, keys) for keys, text in window.shortcut_sheet())
+    assert sheet["Invert"] == "I" and "N" in sheet["Next exam"]
+
+
+@pytest.mark.realdata
+def test_undecodable_view_shows_inline_error(qtbot, tmp_path) -> None:
+    src = require_shared("dicom", "wg04", "MG1_JPLY.dcm")
+    data = tmp_path / "in"
+    data.mkdir()
+    shutil.copy(src, data / "MG1_JPLY.dcm")
+    archive = Archive(tmp_path / "a.sqlite")
+    assert len(archive.import_paths([data]).imported) == 1  # the header is a fine breast image
+    win = MainWindow(archive=archive)
+    qtbot.addWidget(win)
+    win.show()
+    pane = win.hanging.panes["LMLO"]
+    qtbot.waitUntil(lambda: pane.is_error, timeout=60_000)
+    assert "cannot decode: transfer syntax JPEG Extended" in pane.message
+    assert "not in this exam" in win.hanging.panes["RCC"].message
+    assert "cannot display" in win.log.toPlainText()
+    win.close()
