@@ -170,3 +170,48 @@ def test_cbis_exam_hangs_back_to_back(hanging) -> None:
         assert chest_wall_from_pixels(rendered) == ("right" if slot[0] == "R" else "left"), slot
     # same physical scale in all panes: mm per screen pixel is shared
     assert len({p.mm_per_px for p in hanging.panes.values()}) == 1
+
+
+def test_ruler_measures_in_stored_mm_and_labels_source(hanging, tmp_path) -> None:
+    views = _exam(tmp_path, mirrored=True)
+    hanging.set_view("RCC", views["RCC"])
+    pane = hanging.panes["RCC"]
+    hanging.state.set_tool("ruler")
+    a = pane.stored_to_widget(20.0, 30.0)
+    b = pane.stored_to_widget(80.0, 110.0)
+    _send(pane, QEvent.Type.MouseButtonPress, a.toPoint(), Qt.MouseButton.LeftButton, Qt.MouseButton.LeftButton)
+    _send(pane, QEvent.Type.MouseMove, b.toPoint(), Qt.MouseButton.NoButton, Qt.MouseButton.LeftButton)
+    _send(pane, QEvent.Type.MouseButtonRelease, b.toPoint(), Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton)
+    (line,) = hanging.state.panes["RCC"].rulers
+    # widget positions are whole pixels: allow a screen pixel of slack in stored units
+    slack = 2.0 / pane.base_scale()
+    assert line[0] == pytest.approx(20, abs=slack) and line[3] == pytest.approx(110, abs=slack)
+    from mammotriage.ui.image_pane import ruler_label, ruler_length_mm
+
+    assert ruler_length_mm(views["RCC"], (20, 30, 80, 110)) == pytest.approx(10.0)  # 0.1 mm pixels
+    assert ruler_label(views["RCC"], (20, 30, 80, 110)) == "10.0 mm at detector"
+    assert pane.state.zoom == 1.0  # the ruler did not pan
+
+
+def test_magnifier_uses_pane_orientation_and_window(hanging, tmp_path) -> None:
+    views = _exam(tmp_path, mirrored=True)  # stored chest wall opposite to the display
+    hanging.set_view("LCC", views["LCC"])
+    pane = hanging.panes["LCC"]
+    hanging.state.toggle_magnifier()
+    pane.grab()  # render once so the pane's LUT exists
+    # a point at the chest wall (display left edge): the lens must show tissue there
+    rect = pane.image_rect()
+    center = QPointF(rect.x() + 3, rect.center().y())
+    image, target = pane.lens_image(center, radius=40)
+    lens = qimage_to_array(image)
+    assert lens[:, : lens.shape[1] // 2].mean() > 128  # tissue, as in the pane at that spot
+    assert target.width() > image.width()  # magnified
+    # same window: changing the pane's window changes the lens
+    hanging.state.panes["LCC"].set_window(WindowSetting(center=3100, width=10))
+    pane.grab()
+    dark = qimage_to_array(pane.lens_image(center, radius=40)[0])
+    assert dark.mean() < lens.mean()
+    # same inversion
+    hanging.state.panes["LCC"].set_invert(True)
+    pane.grab()
+    assert qimage_to_array(pane.lens_image(center, radius=40)[0]).mean() > dark.mean()

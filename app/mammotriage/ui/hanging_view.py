@@ -24,7 +24,7 @@ class HangingView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
         for i, slot in enumerate(self.state.slots):
-            pane = ImagePane(slot, self.state.panes[slot], self)
+            pane = ImagePane(slot, self.state.panes[slot], self, hanging=self.state)
             pane.view_changed.connect(self.state.set_view)
             pane.window_dragged.connect(self._on_window_drag)
             pane.fullscreen_requested.connect(self.state.toggle_fullscreen)
@@ -83,6 +83,12 @@ class HangingView(QWidget):
             self._update_scale()
         elif what == "link":
             self.status.emit(f"zoom/pan link: {self.state.link_mode}")
+        elif what == "tool":
+            self.status.emit("ruler: left-drag to measure" if self.state.tool == "ruler" else "pan: left-drag")
+        elif what == "magnifier":
+            self.status.emit(f"magnifier {'on' if self.state.magnifier else 'off'}")
+            for pane in self.panes.values():
+                pane.update()
 
     def _on_window_drag(self, slot: str, d_center: float, d_width: float) -> None:
         targets = list(self.state.slots) if self.state.link_mode == "all" else [slot]
@@ -109,6 +115,7 @@ class HangingView(QWidget):
             st = self.state.panes[slot]
             st.set_invert(False)
             st.set_view(1.0, (0.0, 0.0))
+            st.clear_rulers()
             if pane.view is not None:
                 st.set_window(WindowSetting.from_preset(default_window(pane.view.meta) or pane.view.auto))
         self.status.emit("reset")

@@ -6,17 +6,51 @@ import math
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPaintEvent, QWheelEvent
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QImage,
+    QMouseEvent,
+    QPainter,
+    QPainterPath,
+    QPaintEvent,
+    QPen,
+    QWheelEvent,
+)
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from mammotriage.dicom.pyramid import choose_level
 from mammotriage.dicom.voi import DisplayLut, build_display_lut
 from mammotriage.ui.loader import LoadedView
-from mammotriage.ui.state import PaneState, WindowSetting
+from mammotriage.ui.state import HangingState, PaneState, WindowSetting
 
 BACKGROUND = QColor(0, 0, 0)
 TEXT = QColor(230, 200, 90)
 ERROR = QColor(240, 90, 80)
+RULER = QColor(90, 220, 120)
+LENS_RADIUS = 110
+
+
+def ruler_length_mm(view: LoadedView, line: tuple[float, float, float, float]) -> float | None:
+    """Length of a stored-coordinate line in mm (None without pixel spacing).
+
+    Stored coordinates are used so that row and column spacing apply to the right axes
+    whatever flips or transposition the display uses.
+    """
+    spacing = view.meta.spacing
+    if spacing is None:
+        return None
+    x0, y0, x1, y1 = line
+    return math.hypot((x1 - x0) * spacing.col_mm, (y1 - y0) * spacing.row_mm)
+
+
+def ruler_label(view: LoadedView, line: tuple[float, float, float, float]) -> str:
+    """``"23.4 mm at detector"`` / ``"magnified"`` / ``"px"`` when spacing is unknown."""
+    length = ruler_length_mm(view, line)
+    if length is None:
+        x0, y0, x1, y1 = line
+        return f"{math.hypot(x1 - x0, y1 - y0):.0f} px (no pixel spacing)"
+    return f"{length:.1f} mm {view.meta.spacing.source.value}"
 
 
 class ImagePane(QWidget):
@@ -30,10 +64,14 @@ class ImagePane(QWidget):
     view_changed = Signal(str, float, tuple)  # slot, zoom, pan (drives linked panes)
     window_dragged = Signal(str, float, float)  # slot, d_center, d_width
 
-    def __init__(self, slot: str, state: PaneState, parent: QWidget | None = None):
+    def __init__(self, slot: str, state: PaneState, parent: QWidget | None = None,
+                 hanging: HangingState | None = None):
         super().__init__(parent)
         self.slot = slot
         self.state = state
+        self.hanging = hanging  # tool and magnifier settings shared by all panes
+        self.cursor: QPointF | None = None
+        self._ruler_start: QPointF | None = None
         self.view: LoadedView | None = None
         self.message = ""  # inline message (loading, missing view, error)
         self.is_error = False
@@ -150,12 +188,78 @@ class ImagePane(QWidget):
                 qimage, _level = shown
                 painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.state.zoom < 2)
                 painter.drawImage(self.image_rect(), qimage)
+            self._paint_rulers(painter)
+            if self.hanging is not None and self.hanging.magnifier and self.cursor is not None:
+                self._paint_lens(painter, self.cursor)
         self._paint_text(painter)
         if self.hasFocus():
             painter.setPen(QColor(80, 130, 200))
             painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
         painter.end()
         self.paints += 1
+
+    def lens_image(self, center: QPointF, radius: int = LENS_RADIUS) -> tuple[QImage, QRectF] | None:
+        """The magnified patch under ``center``: same orientation, window and inversion.
+
+        Returns the patch (from the pyramid level that matches the lens scale) and the
+        widget rectangle it is drawn into.
+        """
+        if self.view is None or self.hanging is None or self._lut is None:
+            return None
+        factor = self.hanging.magnifier_factor
+        rect = self.image_rect()
+        rows0, cols0 = self.view.levels[0].shape
+        screen_per_px = rect.width() / cols0 * factor  # screen pixels per level-0 pixel in the lens
+        # source region in level-0 display coordinates
+        cx = (center.x() - rect.x()) / rect.width() * cols0
+        cy = (center.y() - rect.y()) / rect.height() * rows0
+        half = radius / screen_per_px
+        level_index = choose_level(self.view.levels, min(rows0 * screen_per_px, rows0))
+        level = self.view.levels[level_index]
+        f = level.shape[0] / rows0
+        x0, x1 = int(math.floor((cx - half) * f)), int(math.ceil((cx + half) * f))
+        y0, y1 = int(math.floor((cy - half) * f)), int(math.ceil((cy + half) * f))
+        xa, xb = max(x0, 0), min(x1, level.shape[1])
+        ya, yb = max(y0, 0), min(y1, level.shape[0])
+        if xb <= xa or yb <= ya:
+            return None
+        patch = np.ascontiguousarray(self._lut.apply(level[ya:yb, xa:xb]))
+        image = QImage(patch.data, patch.shape[1], patch.shape[0], patch.shape[1],
+                       QImage.Format.Format_Grayscale8).copy()
+        scale = screen_per_px / f
+        target = QRectF(center.x() + (xa / f - cx) * screen_per_px, center.y() + (ya / f - cy) * screen_per_px,
+                        (xb - xa) * scale, (yb - ya) * scale)
+        return image, target
+
+    def _paint_lens(self, painter: QPainter, center: QPointF) -> None:
+        lens = self.lens_image(center)
+        if lens is None:
+            return
+        image, target = lens
+        path = QPainterPath()
+        path.addEllipse(center, LENS_RADIUS, LENS_RADIUS)
+        painter.save()
+        painter.setClipPath(path)
+        painter.fillPath(path, BACKGROUND)
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
+        painter.drawImage(target, image)
+        painter.restore()
+        painter.setPen(QPen(TEXT, 1.5))
+        painter.drawEllipse(center, LENS_RADIUS, LENS_RADIUS)
+
+    def _paint_rulers(self, painter: QPainter) -> None:
+        lines = list(self.state.rulers)
+        if self._ruler_start is not None and self.cursor is not None:
+            a = self.widget_to_stored(self._ruler_start)
+            b = self.widget_to_stored(self.cursor)
+            if a and b:
+                lines.append((a[0], a[1], b[0], b[1]))
+        painter.setPen(QPen(RULER, 1.5))
+        for line in lines:
+            p0 = self.stored_to_widget(line[0], line[1])
+            p1 = self.stored_to_widget(line[2], line[3])
+            painter.drawLine(p0, p1)
+            painter.drawText(p1 + QPointF(6, -6), ruler_label(self.view, line))
 
     def corner_lines(self) -> dict[str, list[str]]:
         """The corner annotations (also used by tests and the screenshot check)."""
@@ -204,11 +308,18 @@ class ImagePane(QWidget):
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         if event.button() == Qt.MouseButton.RightButton:
             self._drag = ("window", event.position(), (0.0, 0.0))
+        elif (event.button() == Qt.MouseButton.LeftButton and self.hanging is not None
+              and self.hanging.tool == "ruler" and self.view is not None):
+            self._ruler_start = event.position()
+            self.cursor = event.position()
         elif event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             self._drag = ("pan", event.position(), self.state.pan)
         event.accept()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        self.cursor = event.position()
+        if self._ruler_start is not None or (self.hanging is not None and self.hanging.magnifier):
+            self.update()
         if self._drag is None:
             return
         kind, start, origin = self._drag
@@ -227,6 +338,17 @@ class ImagePane(QWidget):
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         self._drag = None
+        if self._ruler_start is not None:
+            a = self.widget_to_stored(self._ruler_start)
+            b = self.widget_to_stored(event.position())
+            self._ruler_start = None
+            if a and b and (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 > 4:
+                self.state.add_ruler((a[0], a[1], b[0], b[1]))
+            self.update()
+
+    def leaveEvent(self, event) -> None:  # noqa: N802
+        self.cursor = None
+        self.update()
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         self.fullscreen_requested.emit(self.slot)

@@ -69,6 +69,8 @@ class MainWindow(QMainWindow):
         self.settings = QSettings(str(data_dir() / "settings.ini"), QSettings.Format.IniFormat)
         self.current: ExamRecord | None = None
         self.current_paths: dict[str, str] = {}  # slot -> path
+        self.extras: list = []
+        self._extra_index = -1
         self._shown_emitted = False
 
         self.worklist = WorklistModel()
@@ -140,9 +142,12 @@ class MainWindow(QMainWindow):
             self._action(view_menu, f"Preset {i + 1} from the file", [str(i + 1)],
                          lambda _checked=False, i=i: self.hanging.apply_preset(i))
         self._action(view_menu, "Invert", ["I"], self.hanging.toggle_invert)
-        self._action(view_menu, "Reset window, zoom and pan", ["R", "Esc"], self.hanging.reset)
+        self._action(view_menu, "Reset window, zoom, pan, rulers; back to the hanging", ["R", "Esc"], self.reset_view)
         self._action(view_menu, "Link zoom/pan: all / breast pair / none", ["L"], self._cycle_link)
         self._action(view_menu, "Show/hide corner text", ["T"], self.hanging.state.toggle_text)
+        self._action(view_menu, "Magnifier lens on/off", ["M"], self.hanging.state.toggle_magnifier)
+        self._action(view_menu, "Ruler tool / pan tool", ["D"], self._toggle_ruler)
+        self._action(view_menu, "Next extra view (full-screen)", ["X"], self.show_next_extra)
         self._action(view_menu, "Full-screen the focused view", ["F", "Space"], self._toggle_fullscreen_focused)
         self._action(view_menu, "Show/hide log", ["Ctrl+L"], lambda: self.log_dock.setVisible(not self.log_dock.isVisible()))
         help_menu = bar.addMenu("&Help")
@@ -171,6 +176,36 @@ class MainWindow(QMainWindow):
         dialog.resize(560, 480)
         dialog.show()
         self._shortcut_dialog = dialog
+
+    def reset_view(self) -> None:
+        if self._extra_index >= 0 and self.current is not None:
+            self.open_exam(self.current)
+        if self.hanging.state.fullscreen is not None:
+            self.hanging.state.toggle_fullscreen(self.hanging.state.fullscreen)
+        self.hanging.reset()
+
+    def _toggle_ruler(self) -> None:
+        self.hanging.state.set_tool("pan" if self.hanging.state.tool == "ruler" else "ruler")
+
+    def show_next_extra(self) -> None:
+        """Cycle the exam's extra views (spot, magnification, ML ...) full-screen."""
+        if not self.extras:
+            self.show_status("no extra views in this exam")
+            return
+        self._extra_index = (self._extra_index + 1) % len(self.extras)
+        image = self.extras[self._extra_index]
+        slot = ("R" if image.laterality.value == "R" else "L") + ("CC" if image.view.value in ("CC", "XCCL", "XCCM", "FB") else "MLO")
+        self.current_paths[slot] = image.path
+        self._shown_emitted = True
+        view = self.loader.request(image.path)
+        if view is None:
+            self.hanging.set_loading(slot)
+        else:
+            self.hanging.set_view(slot, view)
+        if self.hanging.state.fullscreen != slot:
+            self.hanging.state.toggle_fullscreen(slot)
+        self.show_status(f"extra view {self._extra_index + 1}/{len(self.extras)}: {image.label} "
+                         f"{' '.join(image.view_modifiers)} (R or Esc returns to the hanging)")
 
     def _cycle_link(self) -> None:
         self.hanging.state.cycle_link()
@@ -222,6 +257,7 @@ class MainWindow(QMainWindow):
         self.current = exam
         self._shown_emitted = False
         slots, extras = hang(exam.images)
+        self.extras, self._extra_index = list(extras), -1
         self.current_paths = {slot: image.path for slot, image in slots.items()}
         self.loader.cache.pinned = set(self.current_paths.values())
         for state in self.hanging.state.panes.values():

@@ -66,6 +66,8 @@ class PaneState:
         self.invert = False
         self.zoom = 1.0  # relative to the common "fit" scale of the hanging
         self.pan = (0.0, 0.0)  # screen pixels
+        #: ruler lines in stored-image coordinates (x0, y0, x1, y1)
+        self.rulers: list[tuple[float, float, float, float]] = []
         self.changed = Signal()
 
     def set_window(self, window: WindowSetting) -> None:
@@ -86,6 +88,15 @@ class PaneState:
             self.invert = invert
             self.changed.emit("invert")
 
+    def add_ruler(self, line: tuple[float, float, float, float]) -> None:
+        self.rulers.append(tuple(float(v) for v in line))  # type: ignore[arg-type]
+        self.changed.emit("rulers")
+
+    def clear_rulers(self) -> None:
+        if self.rulers:
+            self.rulers.clear()
+            self.changed.emit("rulers")
+
     def set_view(self, zoom: float, pan: tuple[float, float]) -> None:
         zoom = float(min(max(zoom, 0.1), 40.0))
         if zoom != self.zoom or pan != self.pan:
@@ -104,6 +115,9 @@ class HangingState:
         self.link_mode = "all"
         self.show_text = True
         self.fullscreen: str | None = None
+        self.tool = "pan"  # left-drag tool: "pan" or "ruler"
+        self.magnifier = False
+        self.magnifier_factor = 3.0
         self.changed = Signal()
 
     def linked(self, slot: str) -> list[str]:
@@ -132,6 +146,16 @@ class HangingState:
     def toggle_text(self) -> None:
         self.show_text = not self.show_text
         self.changed.emit("text")
+
+    def set_tool(self, tool: str) -> None:
+        if tool not in ("pan", "ruler"):
+            raise ValueError(f"unknown tool {tool!r}")
+        self.tool = tool
+        self.changed.emit("tool")
+
+    def toggle_magnifier(self) -> None:
+        self.magnifier = not self.magnifier
+        self.changed.emit("magnifier")
 
     def toggle_fullscreen(self, slot: str) -> None:
         self.fullscreen = None if self.fullscreen == slot else slot
