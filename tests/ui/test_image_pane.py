@@ -215,3 +215,40 @@ def test_magnifier_uses_pane_orientation_and_window(hanging, tmp_path) -> None:
     hanging.state.panes["LCC"].set_invert(True)
     pane.grab()
     assert qimage_to_array(pane.lens_image(center, radius=40)[0]).mean() > dark.mean()
+
+
+@pytest.mark.parametrize("layout", ["standard", "mirrored"])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_phantom_exam_hangs_back_to_back(hanging, tmp_path, layout, photometric) -> None:
+    from mammotriage.phantom import generate_exam
+
+    exam = generate_exam(3, rows=256, columns=208, stored_layout=layout, photometric=photometric)
+    paths = exam.save(tmp_path)
+    for slot, path in paths.items():
+        hanging.set_view(slot, load_view(str(path)))
+    for slot in ("RCC", "LCC", "RMLO", "LMLO"):
+        rendered = _pane_pixels(hanging, slot)
+        assert chest_wall_from_pixels(rendered) == ("right" if slot[0] == "R" else "left"), slot
+
+
+def test_view_cache_is_bounded_and_pins_what_is_on_screen() -> None:
+    from mammotriage.dicom.hanging import DisplayOrientation
+    from mammotriage.dicom.voi import Window
+    from mammotriage.ui.loader import ViewCache
+
+    def fake(name: str) -> LoadedView:
+        from mtsupport import make_mg_dataset
+
+        from mammotriage.dicom.read import parse_metadata
+
+        meta = parse_metadata(make_mg_dataset())
+        return LoadedView(path=name, meta=meta, orientation=DisplayOrientation(False, False),
+                          levels=[np.zeros((100, 100), np.uint16)], auto=Window(1, 2))
+
+    cache = ViewCache(max_bytes=3 * 20_000)
+    cache.pinned = {"a"}
+    for name in "abcde":
+        cache.put(fake(name))
+    assert cache.nbytes <= 3 * 20_000
+    assert cache.get("a") is not None  # pinned: on screen, never evicted
+    assert cache.get("b") is None and cache.get("e") is not None  # least recently used went first

@@ -106,7 +106,12 @@ class MainWindow(QMainWindow):
         self.progress.setMaximumWidth(220)
         self.progress.setVisible(False)
         self.status_label = QLabel("")
+        self.decode_progress = QProgressBar()
+        self.decode_progress.setMaximumWidth(160)
+        self.decode_progress.setFormat("decoding %v/%m views")
+        self.decode_progress.setVisible(False)
         self.statusBar().addWidget(self.status_label, 1)
+        self.statusBar().addPermanentWidget(self.decode_progress)
         self.statusBar().addPermanentWidget(self.progress)
 
         self.actions: list[QAction] = []
@@ -289,7 +294,17 @@ class MainWindow(QMainWindow):
                 for slot in slots:
                     self.hanging.set_view(slot, result)
         self._check_shown()
+        self._update_decode_progress()
         self._poll_job()
+
+    def _update_decode_progress(self) -> None:
+        total = len(self.current_paths)
+        done = sum(1 for slot in self.current_paths
+                   if self.hanging.panes[slot].view is not None or self.hanging.panes[slot].is_error)
+        self.decode_progress.setVisible(done < total)
+        if done < total:
+            self.decode_progress.setRange(0, total)
+            self.decode_progress.setValue(done)
 
     def _check_shown(self) -> None:
         if self.current is None or self._shown_emitted:
