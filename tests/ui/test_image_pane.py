@@ -237,9 +237,8 @@ def test_view_cache_is_bounded_and_pins_what_is_on_screen() -> None:
     from mammotriage.ui.loader import ViewCache
 
     def fake(name: str) -> LoadedView:
-        from mtsupport import make_mg_dataset
-
         from mammotriage.dicom.read import parse_metadata
+        from mtsupport import make_mg_dataset
 
         meta = parse_metadata(make_mg_dataset())
         return LoadedView(path=name, meta=meta, orientation=DisplayOrientation(False, False),
