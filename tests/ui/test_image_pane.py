@@ -127,8 +127,8 @@ def test_wheel_zoom_keeps_point_under_cursor_and_links(hanging, tmp_path) -> Non
     assert hanging.state.panes["LMLO"].zoom == pytest.approx(2.0)  # linked across all four
     hanging.state.cycle_link()  # -> pair
     pane.zoom_at(cursor, 1.5)
-    assert hanging.state.panes["RMLO"].zoom == pytest.approx(3.0)
-    assert hanging.state.panes["LCC"].zoom == pytest.approx(2.0)
+    assert hanging.state.panes["LCC"].zoom == pytest.approx(3.0)  # the mirror-image pair follows
+    assert hanging.state.panes["RMLO"].zoom == pytest.approx(2.0)
 
 
 def test_stored_widget_coordinates_round_trip(hanging, tmp_path) -> None:

@@ -125,7 +125,8 @@ class HangingState:
         if self.link_mode == "all":
             return list(self.slots)
         if self.link_mode == "pair":
-            return [s for s in self.slots if s[0] == slot[0]]
+            # the mirror-image pair of one view: RCC with LCC, RMLO with LMLO
+            return [s for s in self.slots if s[1:] == slot[1:]]
         return [slot]
 
     def set_view(self, slot: str, zoom: float, pan: tuple[float, float]) -> None:
