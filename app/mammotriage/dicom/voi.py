@@ -192,25 +192,61 @@ def build_display_lut(
     return DisplayLut(table=table, offset=lo)
 
 
-def auto_window(meta: MammoMetadata, pixels: np.ndarray, max_samples: int = 1_000_000) -> Window:
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(hist).astype(np.float64)
+    total = weight[-1]
+    mean = np.cumsum(hist * centers)
+    w0, w1 = weight[:-1], total - weight[:-1]
+    valid = (w0 > 0) & (w1 > 0)
+    m0 = np.where(valid, mean[:-1] / np.maximum(w0, 1), 0)
+    m1 = np.where(valid, (mean[-1] - mean[:-1]) / np.maximum(w1, 1), 0)
+    between = np.where(valid, w0 * w1 * (m0 - m1) ** 2, -1)
+    return float(centers[int(np.argmax(between))])
+
+
+def breast_mask(values: np.ndarray, tissue_bright: bool = True) -> np.ndarray:
+    """Largest connected region on the tissue side of an Otsu threshold.
+
+    Film borders and burned-in labels are separate, smaller regions and drop out.
+    """
+    from scipy import ndimage
+
+    threshold = _otsu(values)
+    mask = values > threshold if tissue_bright else values < threshold
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def auto_window(meta: MammoMetadata, pixels: np.ndarray, max_side: int = 512) -> Window:
     """A window from the image's own statistics, for files that carry no preset.
 
-    Uses the 0.5th-99.8th percentile of the modality values of non-background pixels
-    (background = the most extreme value, which holds the air around the breast).
+    The 1st-99.5th percentile of modality values inside the breast (the largest
+    region brighter than the Otsu threshold; labels and film edges are excluded).
     """
-    flat = pixels.reshape(-1)
-    step = max(1, flat.size // max_samples)
-    sample = apply_modality_lut(flat[::step], meta.modality_lut)
-    if sample.size == 0:
-        return Window(center=0.5, width=1.0, explanation="AUTO")
-    lo_v, hi_v = float(sample.min()), float(sample.max())
-    # air is at the dark end for MONOCHROME2 (low values) and the other end for MONOCHROME1
-    background = hi_v if meta.photometric.upper() == "MONOCHROME1" else lo_v
-    span = max(hi_v - lo_v, 1.0)
-    tissue = sample[np.abs(sample - background) > 0.02 * span]
-    if tissue.size < 100:
-        tissue = sample
-    p_lo, p_hi = np.percentile(tissue, [0.5, 99.8])
+    step = max(1, int(np.ceil(max(pixels.shape) / max_side)))
+    values = apply_modality_lut(pixels[::step, ::step], meta.modality_lut)
+    if values.size == 0 or float(values.max()) == float(values.min()):
+        c = float(values.max()) if values.size else 0.5
+        return Window(center=c, width=1.0, explanation="AUTO")
+    bright = meta.photometric.upper() != "MONOCHROME1"
+    mask = breast_mask(values, tissue_bright=bright)
+    if mask.sum() >= 100 and (~mask).sum() >= 100:
+        tissue, background = values[mask], float(np.median(values[~mask]))
+        edge = float(tissue.min() if bright else tissue.max())
+        # keep the thin periphery near the skin (just inside the Otsu cut) visible
+        p_lo, p_hi = np.percentile(tissue, [0.5, 99.5])
+        if bright:
+            p_lo = min(p_lo, (background + edge) / 2)
+        else:
+            p_hi = max(p_hi, (background + edge) / 2)
+    else:
+        p_lo, p_hi = np.percentile(values, [1.0, 99.5])
     width = max(float(p_hi - p_lo), 2.0)
     return Window(center=float(p_lo + p_hi) / 2.0, width=width, function="LINEAR", explanation="AUTO")
 
