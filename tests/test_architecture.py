@@ -16,7 +16,7 @@ def test_import_contracts_hold() -> None:
     result = subprocess.run([str(exe), "--no-cache"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 3 kept, 0 broken" in result.stdout, result.stdout
+    assert " kept, 0 broken." in result.stdout, result.stdout
 
 
 def test_dicom_package_loads_without_torch_or_qt() -> None:

@@ -126,8 +126,54 @@ _V1_ARCHIVE = Migration(
     ),
 )
 
+_V2_TRIAGE = Migration(
+    name="triage: job queue and AI results per model version",
+    steps=(
+        """
+        CREATE TABLE triage_jobs (
+            exam_key      TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            status        TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+            priority      INTEGER NOT NULL DEFAULT 0,   -- > 0: a reader opened the exam
+            enqueued_at   TEXT NOT NULL,                -- UTC ISO 8601
+            started_at    TEXT,
+            finished_at   TEXT,
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            reason        TEXT,                         -- why it failed
+            PRIMARY KEY (exam_key, model_version)
+        )
+        """,
+        "CREATE INDEX triage_jobs_next ON triage_jobs (status, priority DESC, enqueued_at)",
+        """
+        CREATE TABLE ai_image_results (
+            sop_uid        TEXT NOT NULL REFERENCES images (sop_uid),
+            model_version  TEXT NOT NULL,
+            weights_sha256 TEXT NOT NULL,
+            score          REAL NOT NULL,
+            findings       TEXT NOT NULL,   -- JSON [{box: [x0, y0, x1, y1], kind, score}], stored pixels
+            map_path       TEXT,            -- suspicion map (.npy, float16), relative to the data dir
+            map_factor     REAL,            -- stored pixels per map pixel
+            created_at     TEXT NOT NULL,
+            PRIMARY KEY (sop_uid, model_version)
+        )
+        """,
+        """
+        CREATE TABLE ai_exam_results (
+            exam_key       TEXT NOT NULL,
+            model_version  TEXT NOT NULL,
+            weights_sha256 TEXT NOT NULL,
+            score          REAL NOT NULL,
+            score_left     REAL,
+            score_right    REAL,
+            created_at     TEXT NOT NULL,
+            PRIMARY KEY (exam_key, model_version)
+        )
+        """,
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
-MIGRATIONS: list[Migration] = [_V1_ARCHIVE]
+MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

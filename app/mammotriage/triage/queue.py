@@ -1,0 +1,280 @@
+"""Persistent triage job queue: one job per exam and model version.
+
+Rules
+-----
+- Every exam in the archive is analysed once per model version: :meth:`TriageQueue.sync`
+  enqueues the exams that have no job for that version yet.
+- Jobs run oldest-first (by enqueue time) unless a reader opens an exam:
+  :meth:`TriageQueue.prioritize` makes it jump the queue.
+- A job that fails is marked ``failed`` with its reason and never blocks the queue.
+- The queue survives restarts: jobs left ``running`` by a dead worker go back to
+  ``pending`` on :meth:`TriageQueue.recover` (up to ``max_attempts``).
+- Results are stored with the model version and the weights hash that produced them;
+  results of older versions are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammotriage.store import db
+
+STATUSES = ("pending", "running", "done", "failed")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Job:
+    exam_key: str
+    model_version: str
+    status: str
+    priority: int
+    enqueued_at: str
+    attempts: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class ImageResultRecord:
+    sop_uid: str
+    model_version: str
+    weights_sha256: str
+    score: float
+    findings: list[dict[str, Any]]
+    map_path: str | None
+    map_factor: float | None
+
+
+@dataclass(frozen=True)
+class ExamResult:
+    exam_key: str
+    model_version: str
+    weights_sha256: str
+    score: float
+    score_left: float | None
+    score_right: float | None
+    created_at: str
+
+
+class TriageQueue:
+    """The job queue and AI results tables of an archive file."""
+
+    def __init__(self, archive_path: str | Path, max_attempts: int = 2):
+        self.path = Path(archive_path)
+        self.conn = db.connect(self.path)
+        self.max_attempts = max_attempts
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> TriageQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- queue
+    def sync(self, model_version: str) -> int:
+        """Enqueue every exam without a job for ``model_version``; returns how many."""
+        with db.transaction(self.conn):
+            cur = self.conn.execute(
+                """
+                INSERT INTO triage_jobs (exam_key, model_version, status, enqueued_at)
+                SELECT s.exam_key, ?, 'pending', MIN(i.imported_at)
+                FROM studies s JOIN images i ON i.study_uid = s.study_uid
+                WHERE NOT EXISTS (SELECT 1 FROM triage_jobs j
+                                  WHERE j.exam_key = s.exam_key AND j.model_version = ?)
+                GROUP BY s.exam_key
+                """,
+                (model_version, model_version),
+            )
+        return cur.rowcount
+
+    def requeue(self, exam_key: str, model_version: str) -> None:
+        """Analyse an exam again (e.g. after new images of it arrived)."""
+        with db.transaction(self.conn):
+            self.conn.execute(
+                """
+                INSERT INTO triage_jobs (exam_key, model_version, status, enqueued_at)
+                VALUES (?, ?, 'pending', ?)
+                ON CONFLICT (exam_key, model_version) DO UPDATE
+                SET status = 'pending', attempts = 0, reason = NULL, started_at = NULL, finished_at = NULL
+                """,
+                (exam_key, model_version, _now()),
+            )
+
+    def prioritize(self, exam_key: str, model_version: str) -> bool:
+        """A reader opened the exam: it jumps the queue. True if it is still waiting."""
+        with db.transaction(self.conn):
+            top = self.conn.execute("SELECT COALESCE(MAX(priority), 0) FROM triage_jobs").fetchone()[0]
+            cur = self.conn.execute(
+                "UPDATE triage_jobs SET priority = ? WHERE exam_key = ? AND model_version = ? AND status = 'pending'",
+                (top + 1, exam_key, model_version),
+            )
+        return cur.rowcount > 0
+
+    def claim_next(self, model_version: str) -> Job | None:
+        """Take the next pending job (highest priority, then oldest) and mark it running."""
+        with db.transaction(self.conn):
+            row = self.conn.execute(
+                """
+                SELECT * FROM triage_jobs WHERE status = 'pending' AND model_version = ?
+                ORDER BY priority DESC, enqueued_at, exam_key LIMIT 1
+                """,
+                (model_version,),
+            ).fetchone()
+            if row is None:
+                return None
+            self.conn.execute(
+                """
+                UPDATE triage_jobs SET status = 'running', started_at = ?, attempts = attempts + 1
+                WHERE exam_key = ? AND model_version = ?
+                """,
+                (_now(), row["exam_key"], model_version),
+            )
+        return Job(row["exam_key"], model_version, "running", row["priority"], row["enqueued_at"],
+                   row["attempts"] + 1, None)
+
+    def fail(self, job: Job, reason: str) -> None:
+        with db.transaction(self.conn):
+            self.conn.execute(
+                """
+                UPDATE triage_jobs SET status = 'failed', reason = ?, finished_at = ?
+                WHERE exam_key = ? AND model_version = ?
+                """,
+                (reason[:2000], _now(), job.exam_key, job.model_version),
+            )
+
+    def recover(self) -> int:
+        """After a crash: running jobs go back to pending (or fail after max_attempts)."""
+        with db.transaction(self.conn):
+            failed = self.conn.execute(
+                """
+                UPDATE triage_jobs SET status = 'failed', finished_at = ?,
+                       reason = 'worker stopped during analysis ' || attempts || ' times'
+                WHERE status = 'running' AND attempts >= ?
+                """,
+                (_now(), self.max_attempts),
+            ).rowcount
+            back = self.conn.execute("UPDATE triage_jobs SET status = 'pending' WHERE status = 'running'").rowcount
+        return back + failed
+
+    def complete(self, job: Job, weights_sha256: str, images: list[dict[str, Any]],
+                 maps_dir: Path | None = None) -> ExamResult:
+        """Store the results of one exam atomically and mark the job done.
+
+        ``images``: one dict per analysed image with ``sop_uid``, ``laterality``,
+        ``score``, ``findings`` (JSON-ready, stored coordinates) and optionally
+        ``suspicion`` (2-D array) and ``map_factor``. The breast score is the highest
+        image score of that breast; the exam score the highest breast score.
+        """
+        written: list[tuple[str, str | None, float | None]] = []
+        for item in images:
+            rel = None
+            if maps_dir is not None and item.get("suspicion") is not None:
+                folder = maps_dir / _safe(job.model_version)
+                folder.mkdir(parents=True, exist_ok=True)
+                target = folder / f"{item['sop_uid']}.npy"
+                tmp = target.with_suffix(".tmp.npy")
+                np.save(tmp, np.asarray(item["suspicion"], dtype=np.float16))
+                tmp.replace(target)
+                rel = str(target.relative_to(maps_dir.parent)) if maps_dir.parent in target.parents else str(target)
+            written.append((item["sop_uid"], rel, item.get("map_factor")))
+        breasts: dict[str, float] = {}
+        for item in images:
+            lat = item.get("laterality")
+            if lat in ("L", "R"):
+                breasts[lat] = max(breasts.get(lat, 0.0), float(item["score"]))
+        score = max(breasts.values(), default=max((float(i["score"]) for i in images), default=0.0))
+        created = _now()
+        with db.transaction(self.conn):
+            for item, (sop, rel, factor) in zip(images, written, strict=True):
+                self.conn.execute(
+                    """
+                    INSERT OR REPLACE INTO ai_image_results
+                    (sop_uid, model_version, weights_sha256, score, findings, map_path, map_factor, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                    (sop, job.model_version, weights_sha256, float(item["score"]),
+                     json.dumps(item["findings"], default=_json_number), rel, factor, created),
+                )
+            self.conn.execute(
+                """
+                INSERT OR REPLACE INTO ai_exam_results
+                (exam_key, model_version, weights_sha256, score, score_left, score_right, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                """,
+                (job.exam_key, job.model_version, weights_sha256, score, breasts.get("L"), breasts.get("R"),
+                 created),
+            )
+            self.conn.execute(
+                "UPDATE triage_jobs SET status = 'done', finished_at = ?, reason = NULL "
+                "WHERE exam_key = ? AND model_version = ?",
+                (created, job.exam_key, job.model_version),
+            )
+        return ExamResult(job.exam_key, job.model_version, weights_sha256, score, breasts.get("L"),
+                          breasts.get("R"), created)
+
+    # ----------------------------------------------------------------- queries
+    def jobs(self, model_version: str | None = None) -> list[Job]:
+        sql = "SELECT * FROM triage_jobs"
+        params: tuple = ()
+        if model_version is not None:
+            sql += " WHERE model_version = ?"
+            params = (model_version,)
+        sql += " ORDER BY priority DESC, enqueued_at"
+        return [Job(r["exam_key"], r["model_version"], r["status"], r["priority"], r["enqueued_at"],
+                    r["attempts"], r["reason"]) for r in self.conn.execute(sql, params)]
+
+    def job(self, exam_key: str, model_version: str) -> Job | None:
+        r = self.conn.execute("SELECT * FROM triage_jobs WHERE exam_key = ? AND model_version = ?",
+                              (exam_key, model_version)).fetchone()
+        if r is None:
+            return None
+        return Job(r["exam_key"], r["model_version"], r["status"], r["priority"], r["enqueued_at"],
+                   r["attempts"], r["reason"])
+
+    def counts(self, model_version: str) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for r in self.conn.execute("SELECT status, COUNT(*) n FROM triage_jobs WHERE model_version = ? "
+                                   "GROUP BY status", (model_version,)):
+            out[r["status"]] = r["n"]
+        return out
+
+    def exam_results(self) -> dict[str, list[ExamResult]]:
+        """All exam results, newest model version first per exam (by creation time)."""
+        out: dict[str, list[ExamResult]] = {}
+        for r in self.conn.execute("SELECT * FROM ai_exam_results ORDER BY created_at DESC"):
+            out.setdefault(r["exam_key"], []).append(
+                ExamResult(r["exam_key"], r["model_version"], r["weights_sha256"], r["score"],
+                           r["score_left"], r["score_right"], r["created_at"]))
+        return out
+
+    def image_results(self, sop_uid: str) -> list[ImageResultRecord]:
+        """Results for one image, newest first (every model version that analysed it)."""
+        rows = self.conn.execute(
+            "SELECT * FROM ai_image_results WHERE sop_uid = ? ORDER BY created_at DESC", (sop_uid,))
+        return [ImageResultRecord(r["sop_uid"], r["model_version"], r["weights_sha256"], r["score"],
+                                  json.loads(r["findings"]), r["map_path"], r["map_factor"]) for r in rows]
+
+
+def _json_number(value: Any) -> float | int:
+    """numpy scalars in findings (a model may return them) -> plain numbers."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,167 @@
+"""The triage worker: a process that takes jobs from the queue and runs the model.
+
+It owns the model (torch) and writes results; the UI and the CLI only read the queue.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from mammotriage.dicom import MammoReadError, read_image
+from mammotriage.dicom.image import Laterality
+from mammotriage.store import Archive
+from mammotriage.triage.queue import ExamResult, Job, TriageQueue
+
+
+class Predictor(Protocol):
+    """What the worker needs from a model engine."""
+
+    version: str
+
+    def predict_images(self, images: list) -> list: ...
+
+
+@dataclass
+class LoadedModel:
+    engine: Predictor
+    version: str
+    weights_sha256: str
+    metadata: dict[str, Any]
+
+
+def load_model(model_dir: str | Path | None = None, device: str | None = None, threads: int = 2) -> LoadedModel:
+    """Load and verify a model package (sha256 checked) for triage."""
+    from mammotriage.model.package import default_model_dir, load_engine, verify
+
+    folder = Path(model_dir) if model_dir else default_model_dir()
+    meta = verify(folder)
+    engine = load_engine(folder, device=device, threads=threads)
+    return LoadedModel(engine, str(meta.get("version", "")), str(meta["weights_sha256"]), meta)
+
+
+def analyse_exam(model: LoadedModel, archive: Archive, exam_key: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the model over the breast images of one exam.
+
+    Returns one result dict per analysed image and the problems met (unreadable
+    views are skipped with their reason; an exam with no readable view raises).
+    """
+    exam = archive.exam(exam_key)
+    if exam is None:
+        raise LookupError(f"exam {exam_key} is no longer in the archive")
+    images, problems = [], []
+    for record in exam.images:
+        if record.laterality not in (Laterality.LEFT, Laterality.RIGHT):
+            problems.append(f"{record.path}: laterality unknown, not analysed")
+            continue
+        try:
+            images.append((record, read_image(record.path)))
+        except MammoReadError as exc:
+            problems.append(f"{record.path}: {exc.reason}")
+        except OSError as exc:
+            problems.append(f"{record.path}: {exc}")
+    if not images:
+        raise RuntimeError("no view could be analysed: " + "; ".join(problems or ["no images"]))
+    results = model.engine.predict_images([im for _rec, im in images])
+    out = []
+    for (record, _im), result in zip(images, results, strict=True):
+        out.append({
+            "sop_uid": record.sop_uid,
+            "laterality": record.laterality.value,
+            "score": float(result.score),
+            "findings": [f.to_json() if hasattr(f, "to_json") else dict(f) for f in result.findings],
+            "suspicion": getattr(result, "suspicion", None),
+            "map_factor": float(getattr(result, "map_factor", 1.0)),
+        })
+    return out, problems
+
+
+def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_dir: Path) -> ExamResult | Job | None:
+    """Claim and analyse the next job. Returns the result, the failed job, or None if idle."""
+    job = queue.claim_next(model.version)
+    if job is None:
+        return None
+    try:
+        images, _problems = analyse_exam(model, archive, job.exam_key)
+        return queue.complete(job, model.weights_sha256, images, maps_dir=maps_dir)
+    except Exception as exc:  # noqa: BLE001 - a failing exam never blocks the queue
+        queue.fail(job, f"{type(exc).__name__}: {exc}")
+        return job
+
+
+def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: Any,
+               device: str | None = None, threads: int = 2, idle_s: float = 0.5,
+               loader: Callable[..., LoadedModel] = load_model, status: Any = None) -> None:
+    """Worker-process main loop: sync the queue, take jobs, store results, until ``stop`` is set.
+
+    ``status`` (a multiprocessing queue, optional) receives ``("ready", version)``,
+    ``("done", exam_key)``, ``("failed", exam_key, reason)`` and ``("error", text)``.
+    """
+    def say(*msg: object) -> None:
+        if status is not None:
+            status.put(msg)
+
+    try:
+        model = loader(model_dir, device=device, threads=threads)
+    except Exception as exc:  # noqa: BLE001 - reported to the UI, which keeps working
+        say("error", f"cannot load the model: {type(exc).__name__}: {exc}")
+        return
+    say("ready", model.version)
+    maps_dir = Path(data_dir) / "ai_maps"
+    with TriageQueue(archive_path) as queue, Archive(archive_path) as archive:
+        queue.recover()
+        last_sync = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now - last_sync > 2.0:
+                queue.sync(model.version)
+                last_sync = now
+            try:
+                outcome = process_one(queue, archive, model, maps_dir)
+            except Exception:  # noqa: BLE001 - database trouble: report and retry later
+                say("error", traceback.format_exc(limit=3))
+                stop.wait(idle_s)
+                continue
+            if outcome is None:
+                stop.wait(idle_s)
+            elif isinstance(outcome, ExamResult):
+                say("done", outcome.exam_key)
+            else:
+                say("failed", outcome.exam_key)
+
+
+class TriageService:
+    """Starts and stops the worker process (used by the app)."""
+
+    def __init__(self, archive_path: str | Path, data_dir: str | Path, model_dir: str | Path | None = None,
+                 device: str | None = None, threads: int = 1):
+        ctx = mp.get_context("spawn")
+        self.stop_event = ctx.Event()
+        self.status = ctx.Queue()
+        self.process = ctx.Process(
+            target=run_worker, name="mammotriage-triage", daemon=True,
+            args=(str(archive_path), str(data_dir), str(model_dir) if model_dir else None, self.stop_event),
+            kwargs={"device": device, "threads": threads, "status": self.status})
+
+    def start(self) -> None:
+        self.process.start()
+
+    def messages(self) -> list[tuple]:
+        out = []
+        while True:
+            try:
+                out.append(self.status.get_nowait())
+            except Exception:  # noqa: BLE001 - queue.Empty
+                return out
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stop_event.set()
+        if self.process.is_alive():
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()

@@ -1,0 +1,126 @@
+"""Worklist ordering by suspicion, with site-configurable operating points.
+
+Categories
+----------
+``suspicious``     exam score >= the threshold chosen for a target sensitivity
+``indeterminate``  between the two thresholds
+``likely normal``  exam score < the rule-out threshold
+``pending``        not analysed yet by the current model (also running / failed):
+                   shown as such, never as normal
+
+Order: suspicious, then everything without a current result (a reader must not
+assume those are normal), then indeterminate, then likely normal; by score within a
+category, then newest study first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mammotriage.store.archive import ExamRecord
+from mammotriage.triage.queue import ExamResult, Job
+
+CATEGORY_RANK = {"suspicious": 0, "pending": 1, "running": 1, "failed": 1, "not queued": 1,
+                 "indeterminate": 2, "likely normal": 3}
+
+
+@dataclass(frozen=True)
+class OperatingPoints:
+    """Exam-score thresholds. ``suspicious`` >= ``likely_normal``."""
+
+    suspicious: float
+    likely_normal: float
+    source: str = "model metadata"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.likely_normal <= self.suspicious <= 1.0:
+            raise ValueError(f"need 0 <= likely_normal ({self.likely_normal}) <= suspicious "
+                             f"({self.suspicious}) <= 1")
+
+    def category(self, score: float) -> str:
+        if score >= self.suspicious:
+            return "suspicious"
+        if score < self.likely_normal:
+            return "likely normal"
+        return "indeterminate"
+
+    @classmethod
+    def resolve(cls, model_metadata: dict[str, Any] | None, site_file: Path | None = None) -> OperatingPoints:
+        """Site settings (``triage.json``: ``{"suspicious": t, "likely_normal": t}``) win
+        over the thresholds stored in the model's metadata."""
+        if site_file is not None and site_file.exists():
+            try:
+                data = json.loads(site_file.read_text(encoding="utf-8"))
+                return cls(float(data["suspicious"]), float(data["likely_normal"]), source=str(site_file))
+            except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{site_file}: invalid operating points: {exc}") from exc
+        points = (model_metadata or {}).get("operating_points") or {}
+        sus = points.get("suspicious", {})
+        norm = points.get("likely_normal", {})
+        sus_t = sus.get("threshold") if isinstance(sus, dict) else sus
+        norm_t = norm.get("threshold") if isinstance(norm, dict) else norm
+        if sus_t is None or norm_t is None:
+            raise ValueError("the model metadata has no operating points (operating_points.suspicious / "
+                             "likely_normal); set them in triage.json")
+        return cls(float(sus_t), float(min(norm_t, sus_t)))
+
+
+@dataclass(frozen=True)
+class WorklistEntry:
+    exam: ExamRecord
+    status: str  # done / pending / running / failed / not queued
+    category: str
+    score: float | None
+    breasts: dict[str, float]
+    model_version: str | None  # version of the result shown
+    stale: bool  # the result shown comes from an older model than the current one
+    reason: str | None = None
+
+    @property
+    def score_100(self) -> int | None:
+        return None if self.score is None else int(round(self.score * 100))
+
+
+def build_worklist(exams: Sequence[ExamRecord], jobs: Sequence[Job], results: dict[str, list[ExamResult]],
+                   current_version: str | None, points: OperatingPoints | None) -> list[WorklistEntry]:
+    """Entries ordered most suspicious first (see the module docstring)."""
+    job_by_exam = {j.exam_key: j for j in jobs if j.model_version == current_version}
+    entries = []
+    for exam in exams:
+        res_list = results.get(exam.exam_key, [])
+        current = next((r for r in res_list if r.model_version == current_version), None)
+        shown = current or (res_list[0] if res_list else None)
+        job = job_by_exam.get(exam.exam_key)
+        if current is not None:
+            status = "done"
+        else:
+            status = job.status if job is not None else "not queued"
+            if status == "done":  # job done but results missing: treat as not analysed
+                status = "pending"
+        if current is not None and points is not None:
+            category = points.category(current.score)
+        elif current is not None:
+            category = "indeterminate"
+        else:
+            category = status
+        breasts = {}
+        if shown is not None:
+            if shown.score_left is not None:
+                breasts["L"] = shown.score_left
+            if shown.score_right is not None:
+                breasts["R"] = shown.score_right
+        entries.append(WorklistEntry(
+            exam=exam, status=status, category=category, score=shown.score if shown else None,
+            breasts=breasts, model_version=shown.model_version if shown else None,
+            stale=shown is not None and current is None, reason=job.reason if job else None))
+
+    def key(e: WorklistEntry) -> tuple:
+        date = e.exam.study_date.toordinal() if e.exam.study_date else 0
+        score = e.score if (e.score is not None and not e.stale) else -1.0
+        return (CATEGORY_RANK.get(e.category, 1), -score, -date, e.exam.exam_key)
+
+    return sorted(entries, key=key)

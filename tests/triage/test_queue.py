@@ -1,0 +1,206 @@
+"""Triage queue, worker loop and worklist ordering on a real SQLite archive."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammotriage.store import Archive
+from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
+from mammotriage.triage.worker import LoadedModel, process_one, run_worker
+from mtsupport import write_mg
+
+
+@dataclass
+class _Finding:
+    box: tuple[float, float, float, float]
+    kind: str
+    score: float
+
+    def to_json(self) -> dict:
+        return {"box": list(self.box), "kind": self.kind, "score": self.score}
+
+
+@dataclass
+class _Result:
+    findings: list
+    score: float
+    suspicion: np.ndarray
+    map_factor: float
+
+
+class BrightSpotModel:
+    """A transparent stand-in detector for queue tests: the score is the fraction of
+    pixels above 3500 (the synthetic 'lesion' value), the box is their bounding box."""
+
+    version = "test-1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict_images(self, images: list) -> list:
+        self.calls += 1
+        out = []
+        for im in images:
+            hot = im.pixels > 3500
+            score = float(min(1.0, hot.mean() * 50))
+            findings = []
+            if hot.any():
+                rows, cols = np.nonzero(hot)
+                findings.append(_Finding((cols.min(), rows.min(), cols.max() + 1, rows.max() + 1), "mass", score))
+            out.append(_Result(findings, score, hot[::4, ::4].astype(np.float32), 4.0))
+        return out
+
+
+def _exam(folder: Path, patient: str, uid: str, lesion: bool) -> None:
+    for lat in "RL":
+        for view in ("CC", "MLO"):
+            pixels = np.full((64, 48), 1500, np.uint16)
+            if lesion and lat == "L":
+                pixels[20:30, 10:20] = 4000
+            write_mg(folder / f"{patient}{lat}{view}.dcm", rows=64, columns=48, laterality=lat, view=view,
+                     pixels=pixels, study_uid=uid, patient_id=patient)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    data = tmp_path / "in"
+    _exam(data / "a", "NORMAL1", "1.2.3.1", lesion=False)
+    _exam(data / "b", "CANCER1", "1.2.3.2", lesion=True)
+    _exam(data / "c", "NORMAL2", "1.2.3.3", lesion=False)
+    archive = Archive(tmp_path / "archive.sqlite")
+    for sub in ("a", "b", "c"):  # import order = queue order (oldest first)
+        archive.import_paths([data / sub])
+        time.sleep(0.01)
+    queue = TriageQueue(archive.path)
+    model = LoadedModel(BrightSpotModel(), "test-1", "ab" * 32, {})
+    yield archive, queue, model, tmp_path
+    queue.close()
+    archive.close()
+
+
+def test_sync_enqueues_each_exam_once_per_version(setup) -> None:
+    archive, queue, model, _ = setup
+    assert queue.sync("test-1") == 3
+    assert queue.sync("test-1") == 0
+    assert queue.sync("test-2") == 3  # a new model version analyses everything again
+    assert queue.counts("test-1") == {"pending": 3, "running": 0, "done": 0, "failed": 0}
+
+
+def test_oldest_first_and_opened_exam_jumps_the_queue(setup) -> None:
+    archive, queue, model, tmp = setup
+    queue.sync("test-1")
+    keys = [j.exam_key for j in queue.jobs("test-1")]
+    assert keys == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    assert queue.prioritize("1.2.3.3", "test-1")
+    first = process_one(queue, archive, model, tmp / "maps")
+    assert first.exam_key == "1.2.3.3"
+    second = process_one(queue, archive, model, tmp / "maps")
+    assert second.exam_key == "1.2.3.1"
+
+
+def test_results_stored_with_version_hash_and_maps(setup) -> None:
+    archive, queue, model, tmp = setup
+    queue.sync("test-1")
+    while process_one(queue, archive, model, tmp / "ai_maps") is not None:
+        pass
+    results = queue.exam_results()
+    assert set(results) == {"1.2.3.1", "1.2.3.2", "1.2.3.3"}
+    cancer = results["1.2.3.2"][0]
+    assert cancer.model_version == "test-1" and cancer.weights_sha256 == "ab" * 32
+    assert cancer.score_left > 0.5 and cancer.score_right == 0.0 and cancer.score == cancer.score_left
+    assert results["1.2.3.1"][0].score == 0.0
+    left_cc = next(i for i in archive.exam("1.2.3.2").images if i.label == "LCC")
+    (rec,) = queue.image_results(left_cc.sop_uid)
+    assert rec.findings[0]["box"] == [10, 20, 20, 30]  # stored-image (column, row) box
+    assert (tmp / rec.map_path).exists() and np.load(tmp / rec.map_path).max() == 1.0
+
+
+def test_failing_exam_is_marked_and_does_not_block(setup) -> None:
+    archive, queue, model, tmp = setup
+    for image in archive.exam("1.2.3.1").images:
+        Path(image.path).unlink()  # files vanished after import
+    queue.sync("test-1")
+    outcomes = [process_one(queue, archive, model, tmp / "maps") for _ in range(3)]
+    job = queue.job("1.2.3.1", "test-1")
+    assert job.status == "failed" and "no view could be analysed" in job.reason
+    assert queue.counts("test-1") == {"pending": 0, "running": 0, "done": 2, "failed": 1}
+    assert process_one(queue, archive, model, tmp / "maps") is None
+    assert sum(1 for o in outcomes if hasattr(o, "score")) == 2
+
+
+def test_restart_recovers_running_jobs(setup) -> None:
+    archive, queue, model, tmp = setup
+    queue.sync("test-1")
+    claimed = queue.claim_next("test-1")  # the worker dies here
+    assert queue.recover() == 1
+    assert queue.job(claimed.exam_key, "test-1").status == "pending"
+    queue.claim_next("test-1")
+    queue.recover()
+    queue.claim_next("test-1")  # second crash on the same exam
+    queue.recover()
+    job = queue.job(claimed.exam_key, "test-1")
+    assert job.status == "failed" and "worker stopped" in job.reason
+
+
+def test_worklist_orders_by_suspicion_pending_never_normal(setup) -> None:
+    archive, queue, model, tmp = setup
+    points = OperatingPoints(suspicious=0.5, likely_normal=0.1)
+    queue.sync("test-1")
+    process_one(queue, archive, model, tmp / "maps")  # NORMAL1 done
+    entries = build_worklist(archive.exams(), queue.jobs(), queue.exam_results(), "test-1", points)
+    by_key = {e.exam.exam_key: e for e in entries}
+    assert by_key["1.2.3.1"].category == "likely normal"
+    assert by_key["1.2.3.2"].category == "pending" and by_key["1.2.3.2"].score is None
+    while process_one(queue, archive, model, tmp / "maps") is not None:
+        pass
+    entries = build_worklist(archive.exams(), queue.jobs(), queue.exam_results(), "test-1", points)
+    assert [e.exam.exam_key for e in entries][0] == "1.2.3.2"
+    assert entries[0].category == "suspicious" and entries[0].breasts["L"] > 0.5
+    # a new model version: old results are shown, flagged stale, and the exam is pending again
+    queue.sync("test-2")
+    entries = build_worklist(archive.exams(), queue.jobs(), queue.exam_results(), "test-2", points)
+    assert all(e.stale and e.status == "pending" and e.model_version == "test-1" for e in entries)
+    assert all(e.category == "pending" for e in entries)
+
+
+def test_operating_points_from_metadata_and_site_file(tmp_path) -> None:
+    meta = {"operating_points": {"suspicious": {"threshold": 0.4, "sensitivity": 0.9},
+                                 "likely_normal": {"threshold": 0.05}}}
+    p = OperatingPoints.resolve(meta)
+    assert (p.suspicious, p.likely_normal) == (0.4, 0.05)
+    site = tmp_path / "triage.json"
+    site.write_text('{"suspicious": 0.6, "likely_normal": 0.2}')
+    assert OperatingPoints.resolve(meta, site).suspicious == 0.6
+    site.write_text('{"suspicious": 0.1, "likely_normal": 0.2}')
+    with pytest.raises(ValueError):
+        OperatingPoints.resolve(meta, site)
+    with pytest.raises(ValueError, match="no operating points"):
+        OperatingPoints.resolve({})
+
+
+def test_worker_loop_processes_everything_then_idles(setup) -> None:
+    archive, queue, model, tmp = setup
+    stop = threading.Event()
+    import queue as q
+
+    status = q.Queue()
+    worker = threading.Thread(target=run_worker, args=(str(archive.path), str(tmp), None, stop),
+                              kwargs={"loader": lambda *a, **k: model, "status": status, "idle_s": 0.05})
+    worker.start()
+    deadline = time.monotonic() + 30
+    while queue.counts("test-1")["done"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    worker.join(10)
+    assert queue.counts("test-1")["done"] == 3
+    messages = []
+    while not status.empty():
+        messages.append(status.get())
+    assert messages[0] == ("ready", "test-1")
+    assert sorted(m[1] for m in messages if m[0] == "done") == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
