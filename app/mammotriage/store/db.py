@@ -172,8 +172,58 @@ _V2_TRIAGE = Migration(
     ),
 )
 
+_V3_INITIAL_READS = Migration(
+    name="reading: initial assessments recorded before AI is shown",
+    steps=(
+        """
+        CREATE TABLE initial_reads (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            exam_key   TEXT NOT NULL,
+            reader     TEXT NOT NULL,
+            birads     INTEGER NOT NULL CHECK (birads BETWEEN 0 AND 6),
+            at         TEXT NOT NULL                -- UTC ISO 8601; append-only
+        )
+        """,
+        "CREATE INDEX initial_reads_exam ON initial_reads (exam_key, reader)",
+    ),
+)
+
+_V4_OUTBOX = Migration(
+    name="outbox: DICOM objects queued for the PACS",
+    steps=(
+        """
+        CREATE TABLE outbox (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            path            TEXT NOT NULL,      -- copy kept in the outbox folder until sent
+            sop_class_uid   TEXT NOT NULL,
+            sop_uid         TEXT NOT NULL,
+            study_uid       TEXT NOT NULL DEFAULT '',
+            transfer_syntax TEXT NOT NULL,
+            kind            TEXT NOT NULL DEFAULT 'other',  -- ai-sr, ai-seg, reader-findings, other
+            sha256          TEXT NOT NULL CHECK (length(sha256) = 64),
+            size            INTEGER NOT NULL,
+            status          TEXT NOT NULL
+                            CHECK (status IN ('pending', 'sending', 'sent', 'failed')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,      -- Unix time of the next try (pending rows)
+            last_error      TEXT NOT NULL DEFAULT '',
+            sent_to         TEXT NOT NULL DEFAULT '',   -- AET@host:port that accepted it
+            created_at      TEXT NOT NULL,      -- UTC ISO 8601
+            updated_at      TEXT NOT NULL,      -- UTC ISO 8601
+            sent_at         TEXT                -- UTC ISO 8601
+        )
+        """,
+        "CREATE INDEX outbox_due ON outbox (status, next_attempt_at)",
+        # One live entry per object: queuing it again while it waits is a no-op.
+        """
+        CREATE UNIQUE INDEX outbox_live_sop ON outbox (sop_uid)
+        WHERE status IN ('pending', 'sending')
+        """,
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
-MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE]
+MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

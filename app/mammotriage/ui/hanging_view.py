@@ -85,6 +85,9 @@ class HangingView(QWidget):
             self.status.emit(f"zoom/pan link: {self.state.link_mode}")
         elif what == "tool":
             self.status.emit("ruler: left-drag to measure" if self.state.tool == "ruler" else "pan: left-drag")
+        elif what == "ai":
+            for pane in self.panes.values():
+                pane.update()
         elif what == "magnifier":
             self.status.emit(f"magnifier {'on' if self.state.magnifier else 'off'}")
             for pane in self.panes.values():

@@ -22,12 +22,15 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from mammotriage.dicom.pyramid import choose_level
 from mammotriage.dicom.voi import DisplayLut, build_display_lut
 from mammotriage.ui.loader import LoadedView
+from mammotriage.ui.overlay import AiOverlay
 from mammotriage.ui.state import HangingState, PaneState, WindowSetting
 
 BACKGROUND = QColor(0, 0, 0)
 TEXT = QColor(230, 200, 90)
 ERROR = QColor(240, 90, 80)
 RULER = QColor(90, 220, 120)
+MARK = QColor(255, 70, 60)
+MARK_STALE = QColor(170, 170, 170)
 LENS_RADIUS = 110
 
 
@@ -72,6 +75,7 @@ class ImagePane(QWidget):
         self.hanging = hanging  # tool and magnifier settings shared by all panes
         self.cursor: QPointF | None = None
         self._ruler_start: QPointF | None = None
+        self.overlay: AiOverlay | None = None
         self.view: LoadedView | None = None
         self.message = ""  # inline message (loading, missing view, error)
         self.is_error = False
@@ -100,6 +104,13 @@ class ImagePane(QWidget):
         self._cache_key = None
         self._lut_key = None
         self.update()
+
+    def set_overlay(self, overlay: AiOverlay | None) -> None:
+        self.overlay = overlay
+        self.update()
+
+    def ai_shown(self) -> bool:
+        return self.overlay is not None and self.hanging is not None and self.hanging.ai_visible
 
     def set_error(self, message: str) -> None:
         self.view = None
@@ -188,6 +199,8 @@ class ImagePane(QWidget):
                 qimage, _level = shown
                 painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.state.zoom < 2)
                 painter.drawImage(self.image_rect(), qimage)
+            if self.ai_shown():
+                self._paint_overlay(painter)
             self._paint_rulers(painter)
             if self.hanging is not None and self.hanging.magnifier and self.cursor is not None:
                 self._paint_lens(painter, self.cursor)
@@ -231,6 +244,48 @@ class ImagePane(QWidget):
                         (xb - xa) * scale, (yb - ya) * scale)
         return image, target
 
+    def map_rect(self) -> QRectF | None:
+        """Widget rectangle covered by the suspicion map (through the display transform)."""
+        if self.view is None or self.overlay is None or self.overlay.suspicion is None:
+            return None
+        w, h = self.overlay.map_extent()
+        a = self.stored_to_widget(0.0, 0.0)
+        b = self.stored_to_widget(w, h)
+        return QRectF(a, b).normalized()
+
+    def mark_rects(self) -> list[tuple[QRectF, dict]]:
+        """Widget rectangles of the visible AI marks."""
+        if self.view is None or self.overlay is None or self.hanging is None:
+            return []
+        out = []
+        for f in self.overlay.visible_findings(self.hanging.mark_threshold, self.hanging.show_all_marks):
+            x0, y0, x1, y1 = f["box"]
+            out.append((QRectF(self.stored_to_widget(x0, y0), self.stored_to_widget(x1, y1)).normalized(), f))
+        return out
+
+    def _paint_overlay(self, painter: QPainter) -> None:
+        overlay = self.overlay
+        assert overlay is not None and self.hanging is not None and self.view is not None
+        if self.hanging.show_map and overlay.suspicion is not None:
+            image = overlay.map_image(self.view.orientation)
+            painter.save()
+            painter.setOpacity(self.hanging.map_opacity)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            painter.drawImage(self.map_rect(), image)
+            painter.restore()
+        colour = MARK_STALE if overlay.stale else MARK
+        painter.setPen(QPen(colour, 2.0))
+        metrics = painter.fontMetrics()
+        for rect, f in self.mark_rects():
+            painter.setPen(QPen(colour, 2.0))
+            painter.drawRect(rect.adjusted(-3, -3, 3, 3))
+            label = f"{f['kind']} {int(round(float(f['score']) * 100))}"
+            box = QRectF(metrics.boundingRect(label)).adjusted(-3, -1, 3, 1)
+            box.moveBottomLeft(rect.topLeft() + QPointF(-3, -5))
+            painter.fillRect(box, QColor(0, 0, 0, 170))
+            painter.setPen(colour)
+            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, label)
+
     def _paint_lens(self, painter: QPainter, center: QPointF) -> None:
         lens = self.lens_image(center)
         if lens is None:
@@ -243,6 +298,13 @@ class ImagePane(QWidget):
         painter.fillPath(path, BACKGROUND)
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
         painter.drawImage(target, image)
+        if self.ai_shown():
+            # the same overlay, through the lens' magnification about its centre
+            factor = self.hanging.magnifier_factor
+            painter.translate(center)
+            painter.scale(factor, factor)
+            painter.translate(-center)
+            self._paint_overlay(painter)
         painter.restore()
         painter.setPen(QPen(TEXT, 1.5))
         painter.drawEllipse(center, LENS_RADIUS, LENS_RADIUS)
@@ -284,7 +346,28 @@ class ImagePane(QWidget):
         bottom.append(f"zoom {self.state.zoom * self.base_scale():.2f}x")
         if meta.spacing is not None:
             bottom.append(f"spacing {meta.spacing.row_mm:.3f} mm ({meta.spacing.source.value})")
+        top.extend(self._ai_lines())
         return {"top": top, "bottom": bottom}
+
+    def _ai_lines(self) -> list[str]:
+        if self.hanging is None:
+            return []
+        if self.overlay is None:
+            return ["AI: no result yet"]
+        if self.hanging.ai_locked:
+            return ["AI: locked until your initial assessment (B)"]
+        if not self.hanging.ai_visible:
+            return ["AI: hidden (A to show)"]
+        o = self.overlay
+        lines = []
+        if o.breast_score is not None:
+            lines.append(f"AI breast {int(round(o.breast_score * 100))}"
+                         + (f" · exam {int(round(o.exam_score * 100))}" if o.exam_score is not None else ""))
+        n_all = len(o.findings)
+        n_shown = len(o.visible_findings(self.hanging.mark_threshold, self.hanging.show_all_marks))
+        lines.append(f"marks {n_shown}/{n_all}" + ("" if self.hanging.show_all_marks else " above operating point"))
+        lines.append(f"model {o.model_version}" + (" (OLDER MODEL)" if o.stale else ""))
+        return lines
 
     def _paint_text(self, painter: QPainter) -> None:
         font = QFont(self.font())

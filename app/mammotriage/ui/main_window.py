@@ -15,10 +15,12 @@ from PySide6.QtWidgets import (
     QDialog,
     QDockWidget,
     QFileDialog,
+    QInputDialog,
     QLabel,
     QMainWindow,
     QPlainTextEdit,
     QProgressBar,
+    QSlider,
     QSplitter,
     QTableView,
     QTableWidget,
@@ -30,8 +32,11 @@ from mammotriage.config import archive_path, data_dir
 from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
+from mammotriage.store.reading import InitialReads, current_reader
+from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
+from mammotriage.ui.overlay import AiOverlay
 from mammotriage.ui.worklist import WorklistModel
 
 
@@ -58,7 +63,8 @@ class MainWindow(QMainWindow):
 
     exam_shown = Signal(str)  # exam key, once all panes have their content
 
-    def __init__(self, loader: ViewLoader | None = None, archive: Archive | None = None):
+    def __init__(self, loader: ViewLoader | None = None, archive: Archive | None = None,
+                 model_dir: str | Path | None = None, start_triage: bool = True):
         super().__init__()
         self.setWindowTitle("Mammo Triage — research demonstration, not for clinical use")
         self.archive = archive or Archive(archive_path())
@@ -67,6 +73,19 @@ class MainWindow(QMainWindow):
         self._job: cf.Future | None = None
         self._job_done: Callable[[object], None] | None = None
         self.settings = QSettings(str(data_dir() / "settings.ini"), QSettings.Format.IniFormat)
+        self.queue = TriageQueue(self.archive.path)
+        self.initial_reads = InitialReads(self.archive.path)
+        self.reader = current_reader()
+        self.model_dir, self.model_meta, self.model_problem = _find_model(model_dir)
+        self.model_version: str | None = self.model_meta.get("version") if self.model_meta else None
+        self.points: OperatingPoints | None = None
+        if self.model_meta is not None:
+            try:
+                self.points = OperatingPoints.resolve(self.model_meta, data_dir() / "triage.json")
+            except ValueError as exc:
+                self.model_problem = str(exc)
+        self.triage = None
+        self._triage_wanted = start_triage and self.model_meta is not None
         self.current: ExamRecord | None = None
         self.current_paths: dict[str, str] = {}  # slot -> path
         self.extras: list = []
@@ -74,6 +93,7 @@ class MainWindow(QMainWindow):
         self._shown_emitted = False
 
         self.worklist = WorklistModel()
+        self._overlay_cache: dict[str, AiOverlay | None] = {}
         self.table = QTableView()
         self.table.setModel(self.worklist)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -110,7 +130,16 @@ class MainWindow(QMainWindow):
         self.decode_progress.setMaximumWidth(160)
         self.decode_progress.setFormat("decoding %v/%m views")
         self.decode_progress.setVisible(False)
+        self.model_label = QLabel("")
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setMaximumWidth(120)
+        self.opacity.setToolTip("Suspicion map opacity ([ and ])")
+        self.opacity.valueChanged.connect(lambda v: self.hanging.state.set_map_opacity(v / 100))
         self.statusBar().addWidget(self.status_label, 1)
+        self.statusBar().addPermanentWidget(QLabel("map"))
+        self.statusBar().addPermanentWidget(self.opacity)
+        self.statusBar().addPermanentWidget(self.model_label)
         self.statusBar().addPermanentWidget(self.decode_progress)
         self.statusBar().addPermanentWidget(self.progress)
 
@@ -121,7 +150,11 @@ class MainWindow(QMainWindow):
         self.timer.timeout.connect(self._poll)
         self.timer.start()
         self._restore_settings()
+        self.opacity.setValue(int(round(self.hanging.state.map_opacity * 100)))
+        self._update_model_label()
         self.refresh_worklist()
+        if self._triage_wanted:
+            self.start_triage()
 
     # ----------------------------------------------------------------- actions
     def _action(self, menu, text: str, keys: list[str], slot: Callable[[], None]) -> QAction:
@@ -155,6 +188,14 @@ class MainWindow(QMainWindow):
         self._action(view_menu, "Next extra view (full-screen)", ["X"], self.show_next_extra)
         self._action(view_menu, "Full-screen the focused view", ["F", "Space"], self._toggle_fullscreen_focused)
         self._action(view_menu, "Show/hide log", ["Ctrl+L"], lambda: self.log_dock.setVisible(not self.log_dock.isVisible()))
+        ai_menu = bar.addMenu("&AI")
+        self._action(ai_menu, "Show/hide AI marks and map", ["A"], self.toggle_ai)
+        self._action(ai_menu, "Record initial assessment (BI-RADS)", ["B"], self.record_initial_read)
+        self._action(ai_menu, "Suspicion map on/off", ["S"], self.hanging.state.toggle_map)
+        self._action(ai_menu, "All marks / marks above the operating point", ["Shift+A"], self.hanging.state.toggle_all_marks)
+        self._action(ai_menu, "Map more transparent", ["["], lambda: self.opacity.setValue(self.opacity.value() - 10))
+        self._action(ai_menu, "Map more opaque", ["]"], lambda: self.opacity.setValue(self.opacity.value() + 10))
+        self._action(ai_menu, "Reading mode: AI on demand / AI after my read", ["Ctrl+M"], self.cycle_reading_mode)
         help_menu = bar.addMenu("&Help")
         self._action(help_menu, "Keyboard shortcuts", ["F1", "?"], self.show_shortcuts)
 
@@ -231,16 +272,20 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------- worklist
     def refresh_worklist(self) -> None:
         key = self.current.exam_key if self.current else None
-        exams = self.archive.exams()
-        self.worklist.set_exams(exams)
-        self.show_status(f"{len(exams)} exams in the archive")
-        if key is not None:
-            for row, exam in enumerate(exams):
-                if exam.exam_key == key:
-                    self.table.selectRow(row)
-                    break
-        elif exams:
+        entries = build_worklist(self.archive.exams(), self.queue.jobs(self.model_version),
+                                 self.queue.exam_results(), self.model_version, self.points)
+        self.table.blockSignals(True)
+        self.table.selectionModel().blockSignals(True)
+        self.worklist.set_entries(entries)
+        self.table.resizeColumnsToContents()
+        row = next((r for r, e in enumerate(entries) if e.exam.exam_key == key), None)
+        if row is not None:
+            self.table.selectRow(row)
+        self.table.selectionModel().blockSignals(False)
+        self.table.blockSignals(False)
+        if row is None and entries:
             self.table.selectRow(0)
+        self._update_model_label()
 
     def step_exam(self, step: int) -> None:
         n = self.worklist.rowCount()
@@ -261,6 +306,9 @@ class MainWindow(QMainWindow):
     def open_exam(self, exam: ExamRecord) -> None:
         self.current = exam
         self._shown_emitted = False
+        if self.model_version:
+            self.queue.prioritize(exam.exam_key, self.model_version)  # a reader is waiting
+        self.hanging.state.new_exam(self.initial_reads.latest(exam.exam_key, self.reader) is not None)
         slots, extras = hang(exam.images)
         self.extras, self._extra_index = list(extras), -1
         self.current_paths = {slot: image.path for slot, image in slots.items()}
@@ -279,6 +327,7 @@ class MainWindow(QMainWindow):
                 self.hanging.set_loading(slot)
             else:
                 self.hanging.set_view(slot, view)
+        self.load_overlays()
         extra = f", {len(extras)} extra view(s)" if extras else ""
         self.show_status(f"{exam.patient_id}  {exam.study_date or ''}  {' '.join(exam.views)}{extra}")
         self._check_shown()
@@ -296,6 +345,103 @@ class MainWindow(QMainWindow):
         self._check_shown()
         self._update_decode_progress()
         self._poll_job()
+        self._poll_triage()
+
+    # ----------------------------------------------------------------- AI
+    def start_triage(self) -> None:
+        from mammotriage.triage.worker import TriageService
+
+        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir)
+        self.triage.start()
+        self.log_line(f"background triage started with model {self.model_version}")
+
+    def _poll_triage(self) -> None:
+        if self.triage is None:
+            return
+        refresh = False
+        for message in self.triage.messages():
+            kind = message[0]
+            if kind == "error":
+                self.log_line(f"triage: {message[1]}")
+            elif kind in ("done", "failed"):
+                refresh = True
+                if self.current is not None and message[1] == self.current.exam_key:
+                    self.load_overlays()
+                if kind == "failed":
+                    job = self.queue.job(message[1], self.model_version or "")
+                    self.log_line(f"triage failed for {message[1]}: {job.reason if job else '?'}")
+        if refresh:
+            self.refresh_worklist()
+
+    def _update_model_label(self) -> None:
+        if self.model_meta is None:
+            self.model_label.setText("AI off: no verified model package")
+            self.model_label.setToolTip(self.model_problem)
+            return
+        counts = self.queue.counts(self.model_version or "")
+        waiting = counts["pending"] + counts["running"]
+        mode = self.hanging.state.reading_mode
+        self.model_label.setText(f"model {self.model_version} · {waiting} exam(s) waiting · AI {mode}")
+
+    def load_overlays(self) -> None:
+        """AI results of the current exam's views: the active model's, else the newest."""
+        if self.current is None:
+            return
+        import numpy as np
+
+        exam_result = None
+        for result in self.queue.exam_results().get(self.current.exam_key, []):
+            if result.model_version == self.model_version:
+                exam_result = result
+                break
+        for slot, path in self.current_paths.items():
+            image = next((i for i in self.current.images if i.path == path), None)
+            records = self.queue.image_results(image.sop_uid) if image is not None else []
+            record = next((r for r in records if r.model_version == self.model_version), None)
+            stale = record is None and bool(records)
+            record = record or (records[0] if records else None)
+            if record is None:
+                self.hanging.panes[slot].set_overlay(None)
+                continue
+            suspicion = None
+            if record.map_path:
+                try:
+                    suspicion = np.load(data_dir() / record.map_path)
+                except (OSError, ValueError) as exc:
+                    self.log_line(f"suspicion map unreadable for {image.path}: {exc}")
+            breast = None
+            if exam_result is not None and not stale:
+                breast = exam_result.score_left if image.laterality.value == "L" else exam_result.score_right
+            self.hanging.panes[slot].set_overlay(AiOverlay(
+                findings=record.findings, image_score=record.score, model_version=record.model_version,
+                stale=stale, suspicion=suspicion, map_factor=record.map_factor or 1.0,
+                breast_score=breast, exam_score=exam_result.score if exam_result and not stale else None))
+
+    def toggle_ai(self) -> None:
+        if not self.hanging.state.toggle_ai():
+            self.show_status("AI is locked until you record your initial assessment (B)")
+
+    def record_initial_read(self) -> None:
+        if self.current is None:
+            return
+        items = [f"{i}" for i in range(7)]
+        value, ok = QInputDialog.getItem(self, "Initial assessment", "BI-RADS (before AI):", items, 1, False)
+        if ok:
+            self.record_initial_birads(int(value))
+
+    def record_initial_birads(self, birads: int) -> None:
+        assert self.current is not None
+        self.initial_reads.record(self.current.exam_key, self.reader, birads)
+        self.hanging.state.record_initial_read()
+        self.log_line(f"initial assessment BI-RADS {birads} recorded by {self.reader}")
+
+    def cycle_reading_mode(self) -> None:
+        modes = self.hanging.state.READING_MODES
+        mode = modes[(modes.index(self.hanging.state.reading_mode) + 1) % len(modes)]
+        self.hanging.state.set_reading_mode(mode)
+        self.settings.setValue("ai/reading_mode", mode)
+        self._update_model_label()
+        self.show_status(f"reading mode: AI {mode}")
 
     def _update_decode_progress(self) -> None:
         total = len(self.current_paths)
@@ -376,6 +522,15 @@ class MainWindow(QMainWindow):
         state = self.settings.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
+        mode = self.settings.value("ai/reading_mode", "on demand")
+        if mode in self.hanging.state.READING_MODES:
+            self.hanging.state.reading_mode = mode
+        try:
+            self.hanging.state.map_opacity = float(self.settings.value("ai/map_opacity", 0.45))
+        except (TypeError, ValueError):
+            pass
+        if self.points is not None:
+            self.hanging.state.mark_threshold = _mark_threshold(self.model_meta, self.points)
         link = self.settings.value("view/link", "all")
         if link in self.hanging.state.LINK_MODES:
             self.hanging.state.link_mode = link
@@ -384,8 +539,32 @@ class MainWindow(QMainWindow):
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         self.settings.setValue("view/link", self.hanging.state.link_mode)
+        self.settings.setValue("ai/map_opacity", self.hanging.state.map_opacity)
         self.settings.sync()
         self.timer.stop()
+        if self.triage is not None:
+            self.triage.stop()
         self.loader.shutdown()
         self.jobs.shutdown(wait=False, cancel_futures=True)
         super().closeEvent(event)
+
+
+def _find_model(model_dir: str | Path | None) -> tuple[Path | None, dict | None, str]:
+    """The model package to triage with, its verified metadata, or the reason there is none."""
+    from mammotriage.model.package import ModelPackageError, default_model_dir, verify
+
+    folder = Path(model_dir) if model_dir else default_model_dir()
+    try:
+        return folder, verify(folder), ""
+    except ModelPackageError as exc:
+        return None, None, str(exc)
+
+
+def _mark_threshold(meta: dict | None, points: OperatingPoints) -> float:
+    """Finding-level operating point: the model's "marks" threshold, else the exam one."""
+    marks = ((meta or {}).get("operating_points") or {}).get("marks")
+    if isinstance(marks, dict) and "threshold" in marks:
+        return float(marks["threshold"])
+    if isinstance(marks, (int, float)):
+        return float(marks)
+    return points.suspicious

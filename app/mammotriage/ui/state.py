@@ -118,6 +118,14 @@ class HangingState:
         self.tool = "pan"  # left-drag tool: "pan" or "ruler"
         self.magnifier = False
         self.magnifier_factor = 3.0
+        # AI overlays (automation-bias controls)
+        self.reading_mode = "on demand"  # or "after read"
+        self.ai_requested = False  # the reader asked to see AI for this exam
+        self.initial_read_done = False  # the reader recorded an initial assessment
+        self.show_map = True
+        self.map_opacity = 0.45
+        self.show_all_marks = False
+        self.mark_threshold = 0.5
         self.changed = Signal()
 
     def linked(self, slot: str) -> list[str]:
@@ -147,6 +155,57 @@ class HangingState:
     def toggle_text(self) -> None:
         self.show_text = not self.show_text
         self.changed.emit("text")
+
+    READING_MODES = ("on demand", "after read")
+
+    @property
+    def ai_locked(self) -> bool:
+        """In "after read" mode AI stays locked until the initial assessment exists."""
+        return self.reading_mode == "after read" and not self.initial_read_done
+
+    @property
+    def ai_visible(self) -> bool:
+        if self.reading_mode == "after read":
+            return self.initial_read_done and self.ai_requested
+        return self.ai_requested
+
+    def new_exam(self, initial_read_done: bool) -> None:
+        """Opening an exam hides AI again (each exam is read before AI is seen)."""
+        self.ai_requested = False
+        self.initial_read_done = initial_read_done
+        self.changed.emit("ai")
+
+    def toggle_ai(self) -> bool:
+        """Show/hide AI; returns False (and changes nothing) while AI is locked."""
+        if self.ai_locked:
+            return False
+        self.ai_requested = not self.ai_requested
+        self.changed.emit("ai")
+        return True
+
+    def record_initial_read(self) -> None:
+        self.initial_read_done = True
+        if self.reading_mode == "after read":
+            self.ai_requested = True  # the overlays unlock and show
+        self.changed.emit("ai")
+
+    def set_reading_mode(self, mode: str) -> None:
+        if mode not in self.READING_MODES:
+            raise ValueError(f"unknown reading mode {mode!r}")
+        self.reading_mode = mode
+        self.changed.emit("ai")
+
+    def set_map_opacity(self, opacity: float) -> None:
+        self.map_opacity = float(min(max(opacity, 0.0), 1.0))
+        self.changed.emit("ai")
+
+    def toggle_map(self) -> None:
+        self.show_map = not self.show_map
+        self.changed.emit("ai")
+
+    def toggle_all_marks(self) -> None:
+        self.show_all_marks = not self.show_all_marks
+        self.changed.emit("ai")
 
     def set_tool(self, tool: str) -> None:
         if tool not in ("pan", "ruler"):

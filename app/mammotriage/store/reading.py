@@ -1,0 +1,41 @@
+"""Initial assessments a reader records before AI marks are shown ("AI after my read")."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+from pathlib import Path
+
+from mammotriage.store import db
+
+
+def current_reader() -> str:
+    """The signed-in reader (the operating-system user until reader sign-in exists)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "unknown"
+
+
+class InitialReads:
+    """Append-only log of initial BI-RADS assessments per exam and reader."""
+
+    def __init__(self, archive_path: str | Path):
+        self.conn = db.connect(Path(archive_path))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def record(self, exam_key: str, reader: str, birads: int) -> None:
+        if not 0 <= int(birads) <= 6:
+            raise ValueError(f"BI-RADS must be 0..6, not {birads}")
+        with db.transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO initial_reads (exam_key, reader, birads, at) VALUES (?, ?, ?, ?)",
+                (exam_key, reader, int(birads), _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")))
+
+    def latest(self, exam_key: str, reader: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT birads FROM initial_reads WHERE exam_key = ? AND reader = ? ORDER BY id DESC LIMIT 1",
+            (exam_key, reader)).fetchone()
+        return None if row is None else int(row[0])
