@@ -27,7 +27,7 @@ def _red(rgb: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def window(qtbot, tmp_path):
     exam = generate_exam(4, rows=512, columns=416, stored_layout="mirrored", normal=False)
-    paths = exam.save(tmp_path / "exam")
+    exam.save(tmp_path / "exam")
     archive = Archive(tmp_path / "archive.sqlite")
     archive.import_paths([tmp_path / "exam"])
     queue = TriageQueue(archive.path)
