@@ -151,6 +151,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- audit
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from mammotriage.config import archive_path
+    from mammotriage.store.events import CorrectionLog
+
+    with CorrectionLog(archive_path()) as log:
+        report = log.verify()
+    if args.json:
+        print(json.dumps({"ok": report.ok, "events": report.events, "problems": report.problems}, indent=2))
+    else:
+        for problem in report.problems:
+            print(f"TAMPERED: {problem}")
+        print(f"{report.events} correction events: " + ("chain verified" if report.ok else
+                                                        f"{len(report.problems)} problem(s)"))
+    return 0 if report.ok else 1
+
+
 # --------------------------------------------------------------------------- app
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -181,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="import DICOM files or folder trees into the archive")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("audit", help="audit trail of reader corrections")
+    audit = p.add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser("verify", help="check that no correction event was edited or deleted")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit_verify)
 
     p = sub.add_parser("demo", help="write synthetic 4-view screening exams with ground truth")
     p.add_argument("--out", required=True, metavar="DIR")

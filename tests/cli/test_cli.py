@@ -88,3 +88,24 @@ def test_usage_errors_exit_2(argv, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+def test_audit_verify_reports_tampering(tmp_path, capsys) -> None:
+    import sqlite3
+
+    from mammotriage.config import archive_path
+    from mammotriage.store.events import CorrectionLog
+
+    with CorrectionLog(archive_path()) as log:
+        for i in range(3):
+            log.append(reader="dr_a", exam_key="E", action="note", payload={"text": f"n{i}"})
+    assert main(["audit", "verify"]) == 0
+    assert "3 correction events: chain verified" in capsys.readouterr().out
+    conn = sqlite3.connect(archive_path())
+    conn.execute("DROP TRIGGER correction_events_no_update")
+    conn.execute("UPDATE correction_events SET payload = '{\"text\": \"forged\"}' WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    assert main(["audit", "verify", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["ok"] and any("content changed" in p for p in out["problems"])

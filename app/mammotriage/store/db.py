@@ -222,8 +222,53 @@ _V4_OUTBOX = Migration(
     ),
 )
 
+_V5_CORRECTIONS = Migration(
+    name="corrections: append-only, hash-chained reader events; local readers",
+    steps=(
+        """
+        CREATE TABLE correction_events (
+            seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: gaps reveal deletions
+            event_id      TEXT NOT NULL UNIQUE,
+            at            TEXT NOT NULL,           -- UTC ISO 8601
+            reader        TEXT NOT NULL,
+            workstation   TEXT NOT NULL,
+            exam_key      TEXT NOT NULL,
+            study_uid     TEXT NOT NULL DEFAULT '',
+            series_uid    TEXT NOT NULL DEFAULT '',
+            sop_uid       TEXT NOT NULL DEFAULT '',  -- '' for exam-level events (BI-RADS, density, note)
+            pixel_sha256  TEXT NOT NULL DEFAULT '',  -- sha256 of the decoded stored pixels
+            model_version TEXT NOT NULL DEFAULT '',  -- the model whose marks were shown
+            action        TEXT NOT NULL,
+            target        TEXT NOT NULL DEFAULT '',  -- the finding or event acted on
+            kind          TEXT NOT NULL DEFAULT '',
+            geometry      TEXT NOT NULL DEFAULT '',  -- JSON, stored-image pixel coordinates
+            payload       TEXT NOT NULL DEFAULT '',  -- JSON: suspicion, BI-RADS, density, note ...
+            prev_hash     TEXT NOT NULL,
+            hash          TEXT NOT NULL UNIQUE
+        )
+        """,
+        "CREATE INDEX correction_events_exam ON correction_events (exam_key)",
+        "CREATE INDEX correction_events_sop ON correction_events (sop_uid)",
+        """
+        CREATE TRIGGER correction_events_no_update BEFORE UPDATE ON correction_events
+        BEGIN SELECT RAISE(ABORT, 'correction events are append-only'); END
+        """,
+        """
+        CREATE TRIGGER correction_events_no_delete BEFORE DELETE ON correction_events
+        BEGIN SELECT RAISE(ABORT, 'correction events are append-only'); END
+        """,
+        """
+        CREATE TABLE readers (
+            name       TEXT PRIMARY KEY,
+            full_name  TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL
+        )
+        """,
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
-MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX]
+MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,246 @@
+"""Reader corrections as append-only, hash-chained events.
+
+Every action a reader takes on an image or an exam is one event: who, when, on which
+workstation, which image (SOP Instance UID and the sha256 of its decoded pixels), which
+model's marks were on screen, what was done, and the geometry in stored-image pixel
+coordinates. Nothing is ever updated or deleted (SQLite triggers refuse it); current
+labels are a fold over the events (:mod:`mammotriage.store.labels`).
+
+Each event stores the hash of the previous one, so ``mammotriage audit verify`` finds
+an edited event (its hash no longer matches), a removed one (a gap in the sequence or
+a broken link) and a truncated tail (the sequence counter is ahead of the last event).
+
+Durability: the database runs in WAL mode with ``synchronous=FULL``; :meth:`append`
+returns only after the event's transaction is committed, so an acknowledged event
+survives a crash or a killed process.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mammotriage.store import db
+
+GENESIS = "0" * 64
+ACTIONS = frozenset({
+    "accept",        # an AI mark is a true finding
+    "reject",        # an AI mark is a false positive
+    "adjust",        # new geometry for a mark or a reader finding
+    "change_kind",   # new kind for a mark or a reader finding
+    "add",           # a finding the AI missed, drawn by the reader
+    "delete",        # remove one of the reader's own findings
+    "birads",        # exam-level BI-RADS assessment 0-6
+    "density",       # exam-level breast density A-D
+    "note",          # free text
+    "undo",          # the target event no longer counts
+    "redo",          # an undone event counts again
+})
+KINDS = ("mass", "calcification", "architectural distortion", "asymmetry")
+IMAGE_ACTIONS = frozenset({"accept", "reject", "adjust", "change_kind", "add", "delete"})
+_FIELDS = ("event_id", "at", "reader", "workstation", "exam_key", "study_uid", "series_uid", "sop_uid",
+           "pixel_sha256", "model_version", "action", "target", "kind", "geometry", "payload", "prev_hash")
+
+
+class CorrectionError(ValueError):
+    """An event that cannot be recorded (invalid action, kind or geometry)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    event_id: str
+    at: str
+    reader: str
+    workstation: str
+    exam_key: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    pixel_sha256: str
+    model_version: str
+    action: str
+    target: str
+    kind: str
+    geometry: dict[str, Any] | None
+    payload: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = GENESIS
+    hash: str = ""
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    events: int
+    problems: list[str]
+
+
+def event_hash(fields: dict[str, str]) -> str:
+    """sha256 of the canonical JSON of an event's fields (the stored text values)."""
+    canonical = json.dumps({k: fields[k] for k in _FIELDS}, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def validate_geometry(geometry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Check a geometry in stored-image pixel coordinates; returns a normalised copy.
+
+    ``{"type": "box" | "ellipse", "box": [x0, y0, x1, y1]}`` (x = column, y = row,
+    x0 < x1, y0 < y1; an ellipse is inscribed in its box) or
+    ``{"type": "polygon", "points": [[x, y], ...]}`` (at least 3 points).
+    """
+    if geometry is None:
+        return None
+    kind = geometry.get("type")
+    if kind in ("box", "ellipse"):
+        box = [float(v) for v in geometry.get("box", [])]
+        if len(box) != 4 or not all(math.isfinite(v) for v in box):
+            raise CorrectionError(f"{kind} needs four finite coordinates, got {geometry.get('box')}")
+        x0, y0, x1, y1 = box
+        if not (x0 < x1 and y0 < y1) or min(box) < 0:
+            raise CorrectionError(f"{kind} [{x0}, {y0}, {x1}, {y1}] is empty or outside the image")
+        return {"type": kind, "box": [round(v, 3) for v in box]}
+    if kind == "polygon":
+        points = [[float(x), float(y)] for x, y in geometry.get("points", [])]
+        if len(points) < 3 or not all(math.isfinite(v) and v >= 0 for p in points for v in p):
+            raise CorrectionError("a polygon needs at least three finite points in the image")
+        return {"type": "polygon", "points": [[round(x, 3), round(y, 3)] for x, y in points]}
+    raise CorrectionError(f"unknown geometry type {kind!r}")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+
+
+class CorrectionLog:
+    """The append-only event log in the archive database."""
+
+    def __init__(self, archive_path: str | Path, workstation: str | None = None):
+        self.path = Path(archive_path)
+        self.conn = db.connect(self.path)
+        self.workstation = workstation or socket.gethostname()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> CorrectionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- readers
+    def add_reader(self, name: str, full_name: str = "") -> None:
+        name = name.strip()
+        if not name or len(name) > 64:
+            raise CorrectionError("a reader name must be 1-64 characters")
+        with db.transaction(self.conn):
+            self.conn.execute("INSERT OR IGNORE INTO readers (name, full_name, created_at) VALUES (?, ?, ?)",
+                              (name, full_name, _now()))
+
+    def readers(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM readers ORDER BY name")]
+
+    # ----------------------------------------------------------------- append
+    def append(self, *, reader: str, exam_key: str, action: str, study_uid: str = "", series_uid: str = "",
+               sop_uid: str = "", pixel_sha256: str = "", model_version: str = "", target: str = "",
+               kind: str = "", geometry: dict[str, Any] | None = None,
+               payload: dict[str, Any] | None = None) -> Event:
+        """Record one event; returns it once it is committed (durable)."""
+        if action not in ACTIONS:
+            raise CorrectionError(f"unknown action {action!r}")
+        if not reader:
+            raise CorrectionError("every event needs a reader")
+        if action in IMAGE_ACTIONS and not sop_uid:
+            raise CorrectionError(f"{action} needs the image's SOP Instance UID")
+        if action in IMAGE_ACTIONS and (len(pixel_sha256) != 64):
+            raise CorrectionError(f"{action} needs the sha256 of the image pixels")
+        if kind and kind not in KINDS:
+            raise CorrectionError(f"unknown finding kind {kind!r} (one of {', '.join(KINDS)})")
+        if action in ("add", "change_kind") and not kind:
+            raise CorrectionError(f"{action} needs a kind")
+        if action in ("add", "adjust") and geometry is None:
+            raise CorrectionError(f"{action} needs a geometry")
+        if action in ("accept", "reject", "adjust", "change_kind", "delete", "undo", "redo") and not target:
+            raise CorrectionError(f"{action} needs a target")
+        payload = dict(payload or {})
+        if action == "birads" and payload.get("birads") not in range(7):
+            raise CorrectionError("BI-RADS must be 0-6")
+        if action == "density" and payload.get("density") not in ("A", "B", "C", "D"):
+            raise CorrectionError("breast density must be A, B, C or D")
+        geometry = validate_geometry(geometry)
+        fields = {
+            "event_id": str(uuid.uuid4()), "at": _now(), "reader": reader, "workstation": self.workstation,
+            "exam_key": exam_key, "study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid,
+            "pixel_sha256": pixel_sha256, "model_version": model_version, "action": action,
+            "target": target, "kind": kind,
+            "geometry": json.dumps(geometry, sort_keys=True) if geometry is not None else "",
+            "payload": json.dumps(payload, sort_keys=True) if payload else "",
+        }
+        with db.transaction(self.conn):
+            row = self.conn.execute("SELECT hash FROM correction_events ORDER BY seq DESC LIMIT 1").fetchone()
+            fields["prev_hash"] = row[0] if row else GENESIS
+            digest = event_hash(fields)
+            cur = self.conn.execute(
+                f"INSERT INTO correction_events ({', '.join(_FIELDS)}, hash) "
+                f"VALUES ({', '.join('?' * len(_FIELDS))}, ?)",
+                (*[fields[k] for k in _FIELDS], digest))
+            seq = cur.lastrowid
+        return _event(dict(fields, seq=seq, hash=digest))
+
+    # ----------------------------------------------------------------- read
+    def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
+        sql, params = "SELECT * FROM correction_events", []
+        where = []
+        if exam_key is not None:
+            where.append("exam_key = ?")
+            params.append(exam_key)
+        if sop_uid is not None:
+            where.append("sop_uid = ?")
+            params.append(sop_uid)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq"
+        return [_event(dict(r)) for r in self.conn.execute(sql, params)]
+
+    def verify(self) -> VerifyReport:
+        """Walk the whole chain; report every edited, removed or re-ordered event."""
+        problems: list[str] = []
+        prev = GENESIS
+        expected_seq = None
+        n = 0
+        for row in self.conn.execute("SELECT * FROM correction_events ORDER BY seq"):
+            n += 1
+            r = dict(row)
+            if expected_seq is not None and r["seq"] != expected_seq:
+                problems.append(f"events {expected_seq}..{r['seq'] - 1} are missing (deleted)")
+            expected_seq = r["seq"] + 1
+            if r["prev_hash"] != prev:
+                problems.append(f"event {r['seq']} ({r['event_id']}): does not follow the previous event "
+                                "(an event before it was removed or changed)")
+            if event_hash(r) != r["hash"]:
+                problems.append(f"event {r['seq']} ({r['event_id']}): content changed after it was recorded")
+            prev = r["hash"]
+        issued = self.conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'correction_events'").fetchone()
+        if issued is not None and expected_seq is not None and issued[0] >= expected_seq:
+            problems.append(f"events {expected_seq}..{issued[0]} at the end are missing (deleted)")
+        elif issued is not None and expected_seq is None and issued[0] > 0:
+            problems.append(f"all {issued[0]} events are missing (deleted)")
+        return VerifyReport(ok=not problems, events=n, problems=problems)
+
+
+def _event(r: dict[str, Any]) -> Event:
+    return Event(
+        seq=int(r["seq"]), event_id=r["event_id"], at=r["at"], reader=r["reader"], workstation=r["workstation"],
+        exam_key=r["exam_key"], study_uid=r["study_uid"], series_uid=r["series_uid"], sop_uid=r["sop_uid"],
+        pixel_sha256=r["pixel_sha256"], model_version=r["model_version"], action=r["action"],
+        target=r["target"], kind=r["kind"], geometry=json.loads(r["geometry"]) if r["geometry"] else None,
+        payload=json.loads(r["payload"]) if r["payload"] else {}, prev_hash=r["prev_hash"], hash=r["hash"])
