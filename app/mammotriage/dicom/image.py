@@ -169,3 +169,17 @@ class MammoImage:
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+
+def pixel_sha256(pixels: np.ndarray) -> str:
+    """sha256 of decoded stored pixels (shape and dtype included), independent of encoding.
+
+    Correction events carry it, so a label can always be matched to the exact pixels it
+    was drawn on, whatever transfer syntax the file used.
+    """
+    import hashlib
+
+    arr = np.ascontiguousarray(pixels)
+    h = hashlib.sha256(f"{arr.dtype.str}|{arr.shape[0]}x{arr.shape[1]}|".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()

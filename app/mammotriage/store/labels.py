@@ -68,7 +68,7 @@ def effective_events(events: Iterable[Event]) -> list[Event]:
 
 
 def fold(events: Iterable[Event], ai_marks: Mapping[str, list[dict[str, Any]]] | None = None,
-         model_version: str = "") -> dict[str, ReaderLabels]:
+         model_version: str = "", readers: Iterable[str] = ()) -> dict[str, ReaderLabels]:
     """Current labels per reader.
 
     Parameters
@@ -80,6 +80,8 @@ def fold(events: Iterable[Event], ai_marks: Mapping[str, list[dict[str, Any]]] |
         "original" labels); each reader starts from them, unreviewed.
     model_version
         The version that produced ``ai_marks`` (part of the mark identifiers).
+    readers
+        Readers to include even without events (they see the AI marks unreviewed).
     """
     ai_marks = ai_marks or {}
     out: dict[str, ReaderLabels] = {}
@@ -97,6 +99,8 @@ def fold(events: Iterable[Event], ai_marks: Mapping[str, list[dict[str, Any]]] |
             out[reader] = rl
         return out[reader]
 
+    for reader in readers:
+        start(reader)
     for e in effective_events(events):
         rl = start(e.reader)
         if e.action == "birads":

@@ -84,8 +84,10 @@ class HangingView(QWidget):
         elif what == "link":
             self.status.emit(f"zoom/pan link: {self.state.link_mode}")
         elif what == "tool":
-            self.status.emit("ruler: left-drag to measure" if self.state.tool == "ruler" else "pan: left-drag")
-        elif what == "ai":
+            self.status.emit({"ruler": "ruler: left-drag to measure",
+                              "draw": f"draw a missed finding ({self.state.draw_shape}): left-drag",
+                              }.get(self.state.tool, "pan: left-drag"))
+        elif what in ("ai", "selection"):
             for pane in self.panes.values():
                 pane.update()
         elif what == "magnifier":

@@ -31,6 +31,21 @@ ERROR = QColor(240, 90, 80)
 RULER = QColor(90, 220, 120)
 MARK = QColor(255, 70, 60)
 MARK_STALE = QColor(170, 170, 170)
+READER = QColor(60, 200, 255)
+SELECTED = QColor(255, 230, 0)
+
+
+def _label_style(label, stale: bool) -> tuple[QColor, Qt.PenStyle, str]:
+    """Colour, line style and caption of a label by source and review status."""
+    if label.source == "reader":
+        suspicion = label.score
+        return READER, Qt.PenStyle.SolidLine, f"{label.kind} (reader{'' if suspicion is None else f' {int(round(suspicion * 100))}'})"
+    score = f"{int(round(float(label.score or 0) * 100))}"
+    if label.status == "rejected":
+        return MARK_STALE, Qt.PenStyle.DashLine, f"{label.kind} {score} rejected"
+    if label.status == "accepted":
+        return MARK, Qt.PenStyle.SolidLine, f"{label.kind} {score} accepted"
+    return (MARK_STALE if stale else MARK), Qt.PenStyle.SolidLine, f"{label.kind} {score}"
 LENS_RADIUS = 110
 
 
@@ -66,6 +81,9 @@ class ImagePane(QWidget):
     fullscreen_requested = Signal(str)
     view_changed = Signal(str, float, tuple)  # slot, zoom, pan (drives linked panes)
     window_dragged = Signal(str, float, float)  # slot, d_center, d_width
+    label_clicked = Signal(str, str)  # slot, label id ("" = none)
+    label_edited = Signal(str, str, dict)  # slot, label id, new geometry (stored pixels)
+    finding_drawn = Signal(str, dict)  # slot, geometry (stored pixels)
 
     def __init__(self, slot: str, state: PaneState, parent: QWidget | None = None,
                  hanging: HangingState | None = None):
@@ -76,6 +94,9 @@ class ImagePane(QWidget):
         self.cursor: QPointF | None = None
         self._ruler_start: QPointF | None = None
         self.overlay: AiOverlay | None = None
+        self.corrections = None  # ExamCorrections of the open exam, set by the main window
+        self._edit_preview: tuple[str, dict] | None = None  # label id, geometry while dragging
+        self._draw_rect: QRectF | None = None
         self.view: LoadedView | None = None
         self.message = ""  # inline message (loading, missing view, error)
         self.is_error = False
@@ -199,7 +220,7 @@ class ImagePane(QWidget):
                 qimage, _level = shown
                 painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.state.zoom < 2)
                 painter.drawImage(self.image_rect(), qimage)
-            if self.ai_shown():
+            if self.hanging is not None:
                 self._paint_overlay(painter)
             self._paint_rulers(painter)
             if self.hanging is not None and self.hanging.magnifier and self.cursor is not None:
@@ -253,38 +274,100 @@ class ImagePane(QWidget):
         b = self.stored_to_widget(w, h)
         return QRectF(a, b).normalized()
 
-    def mark_rects(self) -> list[tuple[QRectF, dict]]:
-        """Widget rectangles of the visible AI marks."""
-        if self.view is None or self.overlay is None or self.hanging is None:
+    def labels(self) -> list:
+        """Labels of this image: the reader's fold when corrections exist, else AI marks."""
+        if self.view is None:
             return []
+        if self.corrections is not None:
+            return self.corrections.labels_for(self.view.meta.sop_instance_uid)
+        if self.overlay is None:
+            return []
+        from mammotriage.store.labels import Label, ai_target
+
+        sop = self.view.meta.sop_instance_uid
         out = []
-        for f in self.overlay.visible_findings(self.hanging.mark_threshold, self.hanging.show_all_marks):
-            x0, y0, x1, y1 = f["box"]
-            out.append((QRectF(self.stored_to_widget(x0, y0), self.stored_to_widget(x1, y1)).normalized(), f))
+        for i, f in enumerate(self.overlay.findings):
+            geometry = {"type": "box", "box": [float(v) for v in f["box"]]}
+            out.append(Label(ai_target(self.overlay.model_version, sop, i), sop, "ai", "unreviewed", f["kind"],
+                             geometry, float(f["score"]), f["kind"], geometry))
         return out
+
+    def label_items(self) -> list[tuple[QRectF, object]]:
+        """(widget rectangle, label) of every label drawn now.
+
+        AI marks show only while AI is visible, and unreviewed ones only at or above
+        the operating point (all with "show all"); the reader's own findings always show.
+        """
+        if self.view is None or self.hanging is None:
+            return []
+        ai_on = self.ai_shown()
+        out = []
+        for label in self.labels():
+            if label.source == "ai":
+                if not ai_on:
+                    continue
+                if (label.status == "unreviewed" and not self.hanging.show_all_marks
+                        and (label.score or 0.0) < self.hanging.mark_threshold):
+                    continue
+            preview = self._edit_preview if self._edit_preview and self._edit_preview[0] == label.label_id else None
+            geometry = preview[1] if preview else label.geometry
+            out.append((self.geometry_rect(geometry), label))
+        return out
+
+    def geometry_rect(self, geometry: dict) -> QRectF:
+        if geometry.get("type") == "polygon":
+            xs = [p[0] for p in geometry["points"]]
+            ys = [p[1] for p in geometry["points"]]
+            box = [min(xs), min(ys), max(xs), max(ys)]
+        else:
+            box = geometry["box"]
+        return QRectF(self.stored_to_widget(box[0], box[1]), self.stored_to_widget(box[2], box[3])).normalized()
+
+    def mark_rects(self) -> list[tuple[QRectF, dict]]:
+        """Widget rectangles of the visible AI marks (kind/score dicts)."""
+        return [(rect, {"box": lab.geometry["box"], "kind": lab.kind, "score": lab.score})
+                for rect, lab in self.label_items() if lab.source == "ai"]
 
     def _paint_overlay(self, painter: QPainter) -> None:
         overlay = self.overlay
-        assert overlay is not None and self.hanging is not None and self.view is not None
-        if self.hanging.show_map and overlay.suspicion is not None:
+        assert self.hanging is not None and self.view is not None
+        if overlay is not None and self.ai_shown() and self.hanging.show_map and overlay.suspicion is not None:
             image = overlay.map_image(self.view.orientation)
             painter.save()
             painter.setOpacity(self.hanging.map_opacity)
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             painter.drawImage(self.map_rect(), image)
             painter.restore()
-        colour = MARK_STALE if overlay.stale else MARK
-        painter.setPen(QPen(colour, 2.0))
         metrics = painter.fontMetrics()
-        for rect, f in self.mark_rects():
-            painter.setPen(QPen(colour, 2.0))
-            painter.drawRect(rect.adjusted(-3, -3, 3, 3))
-            label = f"{f['kind']} {int(round(float(f['score']) * 100))}"
-            box = QRectF(metrics.boundingRect(label)).adjusted(-3, -1, 3, 1)
+        selected = self.hanging.selected[1] if self.hanging.selected and self.hanging.selected[0] == self.slot else None
+        for rect, label in self.label_items():
+            colour, style, text = _label_style(label, overlay.stale if overlay else False)
+            width = 3.0 if label.label_id == selected else 2.0
+            pen = QPen(SELECTED if label.label_id == selected else colour, width)
+            pen.setStyle(style)
+            painter.setPen(pen)
+            outline = rect.adjusted(-3, -3, 3, 3)
+            if label.geometry.get("type") == "ellipse":
+                painter.drawEllipse(outline)
+            elif label.geometry.get("type") == "polygon":
+                from PySide6.QtGui import QPolygonF
+
+                painter.drawPolygon(QPolygonF([self.stored_to_widget(x, y) for x, y in label.geometry["points"]]))
+            else:
+                painter.drawRect(outline)
+            box = QRectF(metrics.boundingRect(text)).adjusted(-3, -1, 3, 1)
             box.moveBottomLeft(rect.topLeft() + QPointF(-3, -5))
             painter.fillRect(box, QColor(0, 0, 0, 170))
             painter.setPen(colour)
-            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, label)
+            painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+        if self._draw_rect is not None:
+            pen = QPen(READER, 1.5)
+            pen.setStyle(Qt.PenStyle.DashLine)
+            painter.setPen(pen)
+            if self.hanging.draw_shape == "ellipse":
+                painter.drawEllipse(self._draw_rect)
+            else:
+                painter.drawRect(self._draw_rect)
 
     def _paint_lens(self, painter: QPainter, center: QPointF) -> None:
         lens = self.lens_image(center)
@@ -298,7 +381,7 @@ class ImagePane(QWidget):
         painter.fillPath(path, BACKGROUND)
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
         painter.drawImage(target, image)
-        if self.ai_shown():
+        if self.hanging is not None:
             # the same overlay, through the lens' magnification about its centre
             factor = self.hanging.magnifier_factor
             painter.translate(center)
@@ -388,15 +471,36 @@ class ImagePane(QWidget):
         painter.drawText(margin, align | Qt.AlignmentFlag.AlignBottom, "\n".join(lines["bottom"]))
 
     # ----------------------------------------------------------------- interaction
+    def label_at(self, point: QPointF) -> tuple[QRectF, object] | None:
+        """The smallest drawn label whose outline contains ``point``."""
+        hits = [(r, lab) for r, lab in self.label_items() if r.adjusted(-5, -5, 5, 5).contains(point)]
+        return min(hits, key=lambda h: h[0].width() * h[0].height()) if hits else None
+
+    def _selected_item(self) -> tuple[QRectF, object] | None:
+        if self.hanging is None or not self.hanging.selected or self.hanging.selected[0] != self.slot:
+            return None
+        return next(((r, lab) for r, lab in self.label_items() if lab.label_id == self.hanging.selected[1]), None)
+
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+        pos = event.position()
         if event.button() == Qt.MouseButton.RightButton:
-            self._drag = ("window", event.position(), (0.0, 0.0))
-        elif (event.button() == Qt.MouseButton.LeftButton and self.hanging is not None
-              and self.hanging.tool == "ruler" and self.view is not None):
-            self._ruler_start = event.position()
-            self.cursor = event.position()
+            self._drag = ("window", pos, (0.0, 0.0))
+        elif event.button() == Qt.MouseButton.LeftButton and self.hanging is not None and self.view is not None \
+                and self.hanging.tool == "ruler":
+            self._ruler_start = pos
+            self.cursor = pos
+        elif event.button() == Qt.MouseButton.LeftButton and self.hanging is not None and self.view is not None \
+                and self.hanging.tool == "draw":
+            self._drag = ("draw", pos, ())
+            self._draw_rect = QRectF(pos, pos)
+        elif event.button() == Qt.MouseButton.LeftButton and self._selected_item() is not None \
+                and self._selected_item()[0].adjusted(-6, -6, 6, 6).contains(pos):
+            rect, label = self._selected_item()
+            corner = _near_corner(rect, pos)
+            self._drag = ("resize" if corner else "move", pos, (label.label_id, label.geometry, corner))
         elif event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
-            self._drag = ("pan", event.position(), self.state.pan)
+            self._drag = ("pan", pos, self.state.pan)
+            self._press = pos
         event.accept()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
@@ -414,13 +518,65 @@ class ImagePane(QWidget):
             step = max(width, 2.0) / 300.0
             self._drag = (kind, event.position(), origin)
             self.window_dragged.emit(self.slot, delta.y() * step, delta.x() * step)
+        elif kind == "draw":
+            self._draw_rect = QRectF(start, event.position()).normalized()
+            self.update()
+        elif kind in ("move", "resize"):
+            label_id, geometry, corner = origin
+            self._edit_preview = (label_id, self._edited_geometry(geometry, start, event.position(), corner))
+            self.update()
         else:
             pan = (origin[0] + delta.x(), origin[1] + delta.y())
             self.view_changed.emit(self.slot, self.state.zoom, pan)
         event.accept()
 
+    def _edited_geometry(self, geometry: dict, start: QPointF, end: QPointF, corner: str | None) -> dict:
+        """Geometry after a move or corner drag, computed in stored coordinates."""
+        a = self.widget_to_stored(start)
+        b = self.widget_to_stored(end)
+        dx, dy = b[0] - a[0], b[1] - a[1]
+        if geometry.get("type") == "polygon":
+            return {"type": "polygon", "points": [[x + dx, y + dy] for x, y in geometry["points"]]}
+        x0, y0, x1, y1 = geometry["box"]
+        if corner is None:
+            box = [x0 + dx, y0 + dy, x1 + dx, y1 + dy]
+        else:
+            # move the stored corner nearest to the grabbed screen corner
+            xs = [x0, x1]
+            ys = [y0, y1]
+            ix = min((0, 1), key=lambda i: abs(xs[i] - a[0]))
+            iy = min((0, 1), key=lambda i: abs(ys[i] - a[1]))
+            xs[ix] += dx
+            ys[iy] += dy
+            box = [min(xs), min(ys), max(xs), max(ys)]
+        rows, cols = self.view.meta.rows, self.view.meta.columns
+        box = [min(max(box[0], 0.0), cols), min(max(box[1], 0.0), rows),
+               min(max(box[2], 0.0), cols), min(max(box[3], 0.0), rows)]
+        return {"type": geometry.get("type", "box"), "box": [round(v, 2) for v in box]}
+
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
-        self._drag = None
+        drag, self._drag = self._drag, None
+        if drag is not None and drag[0] == "draw":
+            rect, self._draw_rect = self._draw_rect, None
+            a = self.widget_to_stored(rect.topLeft())
+            b = self.widget_to_stored(rect.bottomRight())
+            if rect.width() >= 4 and rect.height() >= 4 and a and b:
+                rows, cols = self.view.meta.rows, self.view.meta.columns
+                box = [max(min(a[0], b[0]), 0.0), max(min(a[1], b[1]), 0.0),
+                       min(max(a[0], b[0]), cols), min(max(a[1], b[1]), rows)]
+                shape = self.hanging.draw_shape if self.hanging is not None else "box"
+                self.finding_drawn.emit(self.slot, {"type": shape, "box": [round(v, 2) for v in box]})
+            self.update()
+        elif drag is not None and drag[0] in ("move", "resize"):
+            preview, self._edit_preview = self._edit_preview, None
+            if preview is not None and preview[1] != drag[2][1]:
+                self.label_edited.emit(self.slot, preview[0], preview[1])
+            self.update()
+        elif drag is not None and drag[0] == "pan" and event.button() == Qt.MouseButton.LeftButton:
+            moved = event.position() - drag[1]
+            if abs(moved.x()) + abs(moved.y()) < 4:  # a click, not a pan: select what is under it
+                hit = self.label_at(event.position())
+                self.label_clicked.emit(self.slot, hit[1].label_id if hit else "")
         if self._ruler_start is not None:
             a = self.widget_to_stored(self._ruler_start)
             b = self.widget_to_stored(event.position())
@@ -458,3 +614,12 @@ class ImagePane(QWidget):
         y0 = (self.height() - h) / 2.0
         pan = (point.x() - fx * w - x0, point.y() - fy * h - y0)
         self.view_changed.emit(self.slot, new_zoom, pan)
+
+
+def _near_corner(rect: QRectF, point: QPointF, radius: float = 8.0) -> str | None:
+    """Which corner of ``rect`` (tl, tr, bl, br) is within ``radius`` of ``point``."""
+    corners = {"tl": rect.topLeft(), "tr": rect.topRight(), "bl": rect.bottomLeft(), "br": rect.bottomRight()}
+    for name, c in corners.items():
+        if abs(c.x() - point.x()) <= radius and abs(c.y() - point.y()) <= radius:
+            return name
+    return None

@@ -16,6 +16,7 @@ import numpy as np
 
 from mammotriage.dicom import MammoMetadata, MammoReadError, read_image
 from mammotriage.dicom.hanging import DisplayOrientation, display_orientation
+from mammotriage.dicom.image import pixel_sha256
 from mammotriage.dicom.pyramid import build_pyramid
 from mammotriage.dicom.voi import Window, auto_window, render_8bit
 
@@ -29,6 +30,7 @@ class LoadedView:
     orientation: DisplayOrientation
     levels: list[np.ndarray]  # display-oriented stored values, level 0 = full resolution
     auto: Window  # window from the image's statistics (used when the file has no preset)
+    pixel_sha256: str = ""  # of the stored pixels (correction events carry it)
 
     @property
     def nbytes(self) -> int:
@@ -58,7 +60,7 @@ def load_view(path: str) -> LoadedView | LoadError:
         orientation = display_orientation(meta, render_8bit(meta, image.pixels[::4, ::4], auto))
     oriented = np.ascontiguousarray(orientation.apply(image.pixels))
     return LoadedView(path=str(path), meta=meta, orientation=orientation,
-                      levels=build_pyramid(oriented), auto=auto)
+                      levels=build_pyramid(oriented), auto=auto, pixel_sha256=pixel_sha256(image.pixels))
 
 
 class ViewCache:

@@ -32,8 +32,10 @@ from mammotriage.config import archive_path, data_dir
 from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
+from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
 from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
+from mammotriage.ui.corrections import ExamCorrections, ImageInfo
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.ui.overlay import AiOverlay
@@ -75,7 +77,10 @@ class MainWindow(QMainWindow):
         self.settings = QSettings(str(data_dir() / "settings.ini"), QSettings.Format.IniFormat)
         self.queue = TriageQueue(self.archive.path)
         self.initial_reads = InitialReads(self.archive.path)
-        self.reader = current_reader()
+        self.corrections_log = CorrectionLog(self.archive.path)
+        self.corrections: ExamCorrections | None = None
+        self.reader = str(self.settings.value("reader/name", "") or current_reader())
+        self.corrections_log.add_reader(self.reader)
         self.model_dir, self.model_meta, self.model_problem = _find_model(model_dir)
         self.model_version: str | None = self.model_meta.get("version") if self.model_meta else None
         self.points: OperatingPoints | None = None
@@ -105,6 +110,10 @@ class MainWindow(QMainWindow):
 
         self.hanging = HangingView()
         self.hanging.status.connect(self.show_status)
+        for pane in self.hanging.panes.values():
+            pane.label_clicked.connect(self.hanging.state.select)
+            pane.label_edited.connect(self.on_label_edited)
+            pane.finding_drawn.connect(self.on_finding_drawn)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.table)
         self.splitter.addWidget(self.hanging)
@@ -196,6 +205,20 @@ class MainWindow(QMainWindow):
         self._action(ai_menu, "Map more transparent", ["["], lambda: self.opacity.setValue(self.opacity.value() - 10))
         self._action(ai_menu, "Map more opaque", ["]"], lambda: self.opacity.setValue(self.opacity.value() + 10))
         self._action(ai_menu, "Reading mode: AI on demand / AI after my read", ["Ctrl+M"], self.cycle_reading_mode)
+        read_menu = bar.addMenu("&Read")
+        self._action(read_menu, "Accept the selected AI mark", ["Return", "Enter"], self.accept_selected)
+        self._action(read_menu, "Reject the selected mark (false positive) / delete my finding", ["Delete", "Backspace"],
+                     self.reject_selected)
+        self._action(read_menu, "Change the kind of the selected mark", ["K"], self.change_kind_selected)
+        self._action(read_menu, "Select the next mark in the focused view", ["Tab"], self.select_next)
+        self._action(read_menu, "Draw a missed finding (box)", ["W"], lambda: self._draw_tool("box"))
+        self._action(read_menu, "Draw a missed finding (ellipse)", ["Shift+W"], lambda: self._draw_tool("ellipse"))
+        self._action(read_menu, "Undo", ["Ctrl+Z"], self.undo)
+        self._action(read_menu, "Redo", ["Ctrl+Shift+Z", "Ctrl+Y"], self.redo)
+        self._action(read_menu, "Final BI-RADS assessment…", ["Shift+B"], self.final_birads_dialog)
+        self._action(read_menu, "Breast density…", ["Shift+D"], self.density_dialog)
+        self._action(read_menu, "Note…", ["Shift+N"], self.note_dialog)
+        self._action(read_menu, "Sign in as another reader…", ["Ctrl+Shift+R"], self.sign_in_dialog)
         help_menu = bar.addMenu("&Help")
         self._action(help_menu, "Keyboard shortcuts", ["F1", "?"], self.show_shortcuts)
 
@@ -309,6 +332,11 @@ class MainWindow(QMainWindow):
         if self.model_version:
             self.queue.prioritize(exam.exam_key, self.model_version)  # a reader is waiting
         self.hanging.state.new_exam(self.initial_reads.latest(exam.exam_key, self.reader) is not None)
+        self.hanging.state.select("", "")
+        self.corrections = ExamCorrections(self.corrections_log, exam.exam_key, self.reader)
+        self.corrections.changed.connect(self._corrections_changed)
+        for pane in self.hanging.panes.values():
+            pane.corrections = self.corrections
         slots, extras = hang(exam.images)
         self.extras, self._extra_index = list(extras), -1
         self.current_paths = {slot: image.path for slot, image in slots.items()}
@@ -326,7 +354,7 @@ class MainWindow(QMainWindow):
             if view is None:
                 self.hanging.set_loading(slot)
             else:
-                self.hanging.set_view(slot, view)
+                self._show_view(slot, view)
         self.load_overlays()
         extra = f", {len(extras)} extra view(s)" if extras else ""
         self.show_status(f"{exam.patient_id}  {exam.study_date or ''}  {' '.join(exam.views)}{extra}")
@@ -341,11 +369,165 @@ class MainWindow(QMainWindow):
                     self.hanging.set_error(slot, result.reason)
             elif isinstance(result, LoadedView):
                 for slot in slots:
-                    self.hanging.set_view(slot, result)
+                    self._show_view(slot, result)
         self._check_shown()
         self._update_decode_progress()
         self._poll_job()
         self._poll_triage()
+
+    def _show_view(self, slot: str, view: LoadedView) -> None:
+        self.hanging.set_view(slot, view)
+        if self.corrections is not None:
+            meta = view.meta
+            self.corrections.set_image(ImageInfo(meta.sop_instance_uid, meta.study_instance_uid,
+                                                 meta.series_instance_uid, view.pixel_sha256))
+
+    # ----------------------------------------------------------------- corrections
+    def _corrections_changed(self) -> None:
+        for pane in self.hanging.panes.values():
+            pane.update()
+
+    def _selected(self):
+        """(pane, label) of the selected mark, or None."""
+        sel = self.hanging.state.selected
+        if not sel:
+            return None
+        pane = self.hanging.panes.get(sel[0])
+        if pane is None or pane.view is None:
+            return None
+        label = next((lab for _r, lab in pane.label_items() if lab.label_id == sel[1]), None)
+        return (pane, label) if label is not None else None
+
+    def _record(self, fn, *args) -> bool:
+        """Run a correction; a refused event is reported, never lost silently."""
+        if self.corrections is None:
+            return False
+        try:
+            fn(*args)
+        except (CorrectionError, KeyError) as exc:
+            self.show_status(f"not recorded: {exc}")
+            self.log_line(f"correction refused: {exc}")
+            return False
+        return True
+
+    def accept_selected(self) -> None:
+        sel = self._selected()
+        if sel is None:
+            self.show_status("select a mark first (click it, or Tab)")
+            return
+        pane, label = sel
+        if label.source != "ai":
+            self.show_status("only AI marks are accepted; your own findings already count")
+            return
+        self._record(self.corrections.accept, pane.view.meta.sop_instance_uid, label.label_id)
+
+    def reject_selected(self) -> None:
+        sel = self._selected()
+        if sel is None:
+            self.show_status("select a mark first (click it, or Tab)")
+            return
+        pane, label = sel
+        fn = self.corrections.reject if label.source == "ai" else self.corrections.delete
+        if self._record(fn, pane.view.meta.sop_instance_uid, label.label_id) and label.source == "reader":
+            self.hanging.state.select("", "")
+
+    def change_kind_selected(self, kind: str | None = None) -> None:
+        sel = self._selected()
+        if sel is None:
+            self.show_status("select a mark first (click it, or Tab)")
+            return
+        pane, label = sel
+        if kind is None:
+            kind, ok = QInputDialog.getItem(self, "Kind", "Finding kind:", list(KINDS),
+                                            list(KINDS).index(label.kind) if label.kind in KINDS else 0, False)
+            if not ok:
+                return
+        self._record(self.corrections.change_kind, pane.view.meta.sop_instance_uid, label.label_id, kind)
+
+    def select_next(self) -> None:
+        focused = next((s for s, p in self.hanging.panes.items() if p.hasFocus()), None)
+        slots = [focused] if focused else list(self.hanging.panes)
+        items = [(slot, lab.label_id) for slot in slots for _r, lab in self.hanging.panes[slot].label_items()]
+        if not items:
+            self.show_status("no marks to select")
+            return
+        current = self.hanging.state.selected
+        index = (items.index(current) + 1) % len(items) if current in items else 0
+        self.hanging.state.select(*items[index])
+
+    def _draw_tool(self, shape: str) -> None:
+        state = self.hanging.state
+        if state.tool == "draw" and state.draw_shape == shape:
+            state.set_tool("pan")
+        else:
+            state.draw_shape = shape
+            state.set_tool("draw")
+
+    def on_label_edited(self, slot: str, label_id: str, geometry: dict) -> None:
+        pane = self.hanging.panes[slot]
+        self._record(self.corrections.adjust, pane.view.meta.sop_instance_uid, label_id, geometry)
+
+    def on_finding_drawn(self, slot: str, geometry: dict) -> None:
+        kind, ok = QInputDialog.getItem(self, "Missed finding", "Kind:", list(KINDS), 0, False)
+        if not ok:
+            return
+        suspicion, ok = QInputDialog.getInt(self, "Missed finding", "Your suspicion (0-100):", 50, 0, 100)
+        if ok:
+            self.add_finding(slot, geometry, kind, suspicion / 100)
+
+    def add_finding(self, slot: str, geometry: dict, kind: str, suspicion: float | None) -> None:
+        pane = self.hanging.panes[slot]
+        if pane.view is None:
+            return
+        if self._record(self.corrections.add, pane.view.meta.sop_instance_uid, kind, geometry, suspicion):
+            self.hanging.state.set_tool("pan")
+
+    def undo(self) -> None:
+        if self.corrections is not None and self.corrections.undo() is None:
+            self.show_status("nothing to undo")
+
+    def redo(self) -> None:
+        if self.corrections is not None and self.corrections.redo() is None:
+            self.show_status("nothing to redo")
+
+    def final_birads_dialog(self) -> None:
+        if self.corrections is None:
+            return
+        value, ok = QInputDialog.getItem(self, "BI-RADS", "Final assessment (BI-RADS):",
+                                         [str(i) for i in range(7)], 1, False)
+        if ok:
+            self._record(self.corrections.set_birads, int(value))
+
+    def density_dialog(self) -> None:
+        if self.corrections is None:
+            return
+        value, ok = QInputDialog.getItem(self, "Breast density", "ACR density:", ["A", "B", "C", "D"], 1, False)
+        if ok:
+            self._record(self.corrections.set_density, value)
+
+    def note_dialog(self) -> None:
+        if self.corrections is None:
+            return
+        text, ok = QInputDialog.getMultiLineText(self, "Note", "Note on this exam:",
+                                                 self.corrections.mine().note or "")
+        if ok:
+            self._record(self.corrections.set_note, text)
+
+    def sign_in_dialog(self) -> None:
+        readers = self.corrections_log.readers()
+        name, ok = QInputDialog.getItem(self, "Reader", "Sign in as (type a new name to add one):",
+                                        readers, readers.index(self.reader) if self.reader in readers else 0, True)
+        if ok and name.strip():
+            self.sign_in(name.strip())
+
+    def sign_in(self, name: str) -> None:
+        self.corrections_log.add_reader(name)
+        self.reader = name
+        self.settings.setValue("reader/name", name)
+        self.log_line(f"signed in: {name}")
+        if self.current is not None:
+            self.open_exam(self.current)
+        self._update_model_label()
 
     # ----------------------------------------------------------------- AI
     def start_triage(self) -> None:
@@ -375,13 +557,14 @@ class MainWindow(QMainWindow):
 
     def _update_model_label(self) -> None:
         if self.model_meta is None:
-            self.model_label.setText("AI off: no verified model package")
+            self.model_label.setText(f"reader {self.reader} · AI off: no verified model package")
             self.model_label.setToolTip(self.model_problem)
             return
         counts = self.queue.counts(self.model_version or "")
         waiting = counts["pending"] + counts["running"]
         mode = self.hanging.state.reading_mode
-        self.model_label.setText(f"model {self.model_version} · {waiting} exam(s) waiting · AI {mode}")
+        self.model_label.setText(f"reader {self.reader} · model {self.model_version} · {waiting} exam(s) waiting"
+                                 f" · AI {mode}")
 
     def load_overlays(self) -> None:
         """AI results of the current exam's views: the active model's, else the newest."""
@@ -394,6 +577,8 @@ class MainWindow(QMainWindow):
             if result.model_version == self.model_version:
                 exam_result = result
                 break
+        marks: dict[str, list[dict]] = {}
+        shown_version = ""
         for slot, path in self.current_paths.items():
             image = next((i for i in self.current.images if i.path == path), None)
             records = self.queue.image_results(image.sop_uid) if image is not None else []
@@ -403,6 +588,8 @@ class MainWindow(QMainWindow):
             if record is None:
                 self.hanging.panes[slot].set_overlay(None)
                 continue
+            marks[image.sop_uid] = record.findings
+            shown_version = record.model_version
             suspicion = None
             if record.map_path:
                 try:
@@ -416,6 +603,8 @@ class MainWindow(QMainWindow):
                 findings=record.findings, image_score=record.score, model_version=record.model_version,
                 stale=stale, suspicion=suspicion, map_factor=record.map_factor or 1.0,
                 breast_score=breast, exam_score=exam_result.score if exam_result and not stale else None))
+        if self.corrections is not None:
+            self.corrections.set_ai(shown_version, marks)
 
     def toggle_ai(self) -> None:
         if not self.hanging.state.toggle_ai():

@@ -115,7 +115,9 @@ class HangingState:
         self.link_mode = "all"
         self.show_text = True
         self.fullscreen: str | None = None
-        self.tool = "pan"  # left-drag tool: "pan" or "ruler"
+        self.tool = "pan"  # left-drag tool: "pan", "ruler" or "draw"
+        self.draw_shape = "box"  # "box" or "ellipse" for the draw tool
+        self.selected: tuple[str, str] | None = None  # (slot, label id)
         self.magnifier = False
         self.magnifier_factor = 3.0
         # AI overlays (automation-bias controls)
@@ -208,10 +210,14 @@ class HangingState:
         self.changed.emit("ai")
 
     def set_tool(self, tool: str) -> None:
-        if tool not in ("pan", "ruler"):
+        if tool not in ("pan", "ruler", "draw"):
             raise ValueError(f"unknown tool {tool!r}")
         self.tool = tool
         self.changed.emit("tool")
+
+    def select(self, slot: str, label_id: str) -> None:
+        self.selected = (slot, label_id) if label_id else None
+        self.changed.emit("selection")
 
     def toggle_magnifier(self) -> None:
         self.magnifier = not self.magnifier

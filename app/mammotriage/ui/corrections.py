@@ -1,0 +1,148 @@
+"""The reader's corrections of one exam: events in, labels out (no Qt).
+
+Every method appends one event to the :class:`~mammotriage.store.events.CorrectionLog`
+(durable when the method returns) and recomputes the labels as a fold over the
+exam's events, so what the viewer shows is always what the store holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mammotriage.store.events import CorrectionLog, Event
+from mammotriage.store.labels import Label, ReaderLabels, fold
+from mammotriage.ui.state import Signal
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    pixel_sha256: str
+
+
+class ExamCorrections:
+    """Corrections of one exam by one reader, against the AI marks on screen."""
+
+    def __init__(self, log: CorrectionLog, exam_key: str, reader: str):
+        self.log = log
+        self.exam_key = exam_key
+        self.reader = reader
+        self.images: dict[str, ImageInfo] = {}
+        self.ai_marks: dict[str, list[dict[str, Any]]] = {}
+        self.model_version = ""
+        self.changed = Signal()
+        self._events: list[Event] = log.events(exam_key=exam_key)
+        self.labels: dict[str, ReaderLabels] = {}
+        self._refold()
+
+    # ----------------------------------------------------------------- inputs
+    def set_image(self, info: ImageInfo) -> None:
+        self.images[info.sop_uid] = info
+
+    def set_ai(self, model_version: str, marks: dict[str, list[dict[str, Any]]]) -> None:
+        """The AI marks shown (per SOP Instance UID), from ``model_version``."""
+        self.model_version = model_version
+        self.ai_marks = {sop: list(m) for sop, m in marks.items()}
+        self._refold()
+
+    def _refold(self) -> None:
+        self.labels = fold(self._events, self.ai_marks, self.model_version, readers=[self.reader])
+        self.changed.emit()
+
+    def mine(self) -> ReaderLabels:
+        return self.labels[self.reader]
+
+    def labels_for(self, sop_uid: str) -> list[Label]:
+        """This reader's labels of one image (AI marks start unreviewed)."""
+        return self.labels[self.reader].labels(sop_uid)
+
+    # ----------------------------------------------------------------- events
+    def _image_event(self, sop_uid: str, action: str, **kw: Any) -> Event:
+        info = self.images.get(sop_uid)
+        if info is None:
+            raise KeyError(f"image {sop_uid} is not open")
+        event = self.log.append(reader=self.reader, exam_key=self.exam_key, action=action,
+                                study_uid=info.study_uid, series_uid=info.series_uid, sop_uid=sop_uid,
+                                pixel_sha256=info.pixel_sha256, model_version=self.model_version, **kw)
+        self._events.append(event)
+        self._refold()
+        return event
+
+    def accept(self, sop_uid: str, label_id: str) -> Event:
+        return self._image_event(sop_uid, "accept", target=label_id)
+
+    def reject(self, sop_uid: str, label_id: str) -> Event:
+        return self._image_event(sop_uid, "reject", target=label_id)
+
+    def adjust(self, sop_uid: str, label_id: str, geometry: dict[str, Any]) -> Event:
+        return self._image_event(sop_uid, "adjust", target=label_id, geometry=geometry)
+
+    def change_kind(self, sop_uid: str, label_id: str, kind: str) -> Event:
+        return self._image_event(sop_uid, "change_kind", target=label_id, kind=kind)
+
+    def add(self, sop_uid: str, kind: str, geometry: dict[str, Any], suspicion: float | None = None) -> Event:
+        payload = {} if suspicion is None else {"suspicion": round(float(suspicion), 3)}
+        return self._image_event(sop_uid, "add", kind=kind, geometry=geometry, payload=payload)
+
+    def delete(self, sop_uid: str, label_id: str) -> Event:
+        return self._image_event(sop_uid, "delete", target=label_id)
+
+    def _exam_event(self, action: str, payload: dict[str, Any]) -> Event:
+        event = self.log.append(reader=self.reader, exam_key=self.exam_key, action=action, payload=payload,
+                                model_version=self.model_version)
+        self._events.append(event)
+        self._refold()
+        return event
+
+    def set_birads(self, value: int) -> Event:
+        return self._exam_event("birads", {"birads": int(value)})
+
+    def set_density(self, value: str) -> Event:
+        return self._exam_event("density", {"density": value})
+
+    def set_note(self, text: str) -> Event:
+        return self._exam_event("note", {"text": text})
+
+    # ----------------------------------------------------------------- undo / redo
+    def _stacks(self) -> tuple[list[str], list[str]]:
+        """(undoable event ids, redoable event ids) of this reader, most recent last."""
+        done: list[str] = []
+        undone: list[str] = []
+        for e in self._events:
+            if e.reader != self.reader:
+                continue
+            if e.action == "undo":
+                if e.target in done:
+                    done.remove(e.target)
+                    undone.append(e.target)
+            elif e.action == "redo":
+                if e.target in undone:
+                    undone.remove(e.target)
+                    done.append(e.target)
+            else:
+                done.append(e.event_id)
+                undone.clear()  # a new action ends the redo chain
+        return done, undone
+
+    def undo(self) -> Event | None:
+        done, _ = self._stacks()
+        if not done:
+            return None
+        return self._exam_event_target("undo", done[-1])
+
+    def redo(self) -> Event | None:
+        _, undone = self._stacks()
+        if not undone:
+            return None
+        return self._exam_event_target("redo", undone[-1])
+
+    def _exam_event_target(self, action: str, target: str) -> Event:
+        event = self.log.append(reader=self.reader, exam_key=self.exam_key, action=action, target=target,
+                                model_version=self.model_version)
+        self._events.append(event)
+        self._refold()
+        return event
+
