@@ -379,3 +379,28 @@ def test_save_dataset_writes_part10_file(exam: PhantomExam, tmp_path: Path) -> N
     back = pydicom.dcmread(path)
     assert back.file_meta.MediaStorageSOPInstanceUID == sr.SOPInstanceUID
     assert back.file_meta.MediaStorageSOPClassUID == sr.SOPClassUID
+
+
+def test_seg_rle_lossless_is_small_and_valid(tmp_path) -> None:
+    import subprocess
+
+    import numpy as np
+
+    from mammotriage.dicom.results import AlgorithmInfo, save_dataset, write_suspicion_seg
+    from mammotriage.phantom import generate_exam
+    from mtsupport import require_tool
+
+    dciodvfy = require_tool("dciodvfy")
+    source = generate_exam(3, rows=512, columns=416).images[0].dataset
+    suspicion = np.zeros((128, 104), np.float32)
+    suspicion[30:40, 50:60] = 0.8
+    algorithm = AlgorithmInfo("mammotriage-detector", "1.0.0", "ab" * 32)
+    plain = save_dataset(write_suspicion_seg(source, suspicion, algorithm, map_factor=4.0), tmp_path / "a.dcm")
+    rle = save_dataset(write_suspicion_seg(source, suspicion, algorithm, map_factor=4.0,
+                                           transfer_syntax_uid="1.2.840.10008.1.2.5"), tmp_path / "b.dcm")
+    assert rle.stat().st_size < plain.stat().st_size / 5
+    out = subprocess.run([dciodvfy, str(rle)], capture_output=True, text=True)
+    assert not [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+    import pydicom
+
+    np.testing.assert_array_equal(pydicom.dcmread(rle).pixel_array, pydicom.dcmread(plain).pixel_array)

@@ -204,3 +204,29 @@ def test_worker_loop_processes_everything_then_idles(setup) -> None:
         messages.append(status.get())
     assert messages[0] == ("ready", "test-1")
     assert sorted(m[1] for m in messages if m[0] == "done") == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+
+
+def test_dicom_results_written_per_exam(setup) -> None:
+    import subprocess
+
+    import pydicom
+
+    from mtsupport import require_tool
+
+    archive, queue, model, tmp = setup
+    dciodvfy = require_tool("dciodvfy")
+    errors: list[str] = []
+    queue.sync("test-1")
+    while process_one(queue, archive, model, tmp / "maps", results_dir=tmp / "results",
+                      on_error=errors.append) is not None:
+        pass
+    assert not errors
+    files = sorted((tmp / "results" / "test-1").rglob("*.dcm"))
+    srs = [f for f in files if f.name.startswith("sr-")]
+    segs = [f for f in files if f.name.startswith("seg-")]
+    assert len(srs) == 3 and len(segs) == 12
+    cancer_sr = next(pydicom.dcmread(f) for f in srs if pydicom.dcmread(f).StudyInstanceUID == "1.2.3.2")
+    assert cancer_sr.ContributingEquipmentSequence[0].SoftwareVersions == "test-1"
+    for f in (srs[0], segs[0]):
+        out = subprocess.run([dciodvfy, str(f)], capture_output=True, text=True)
+        assert not [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")], f

@@ -57,8 +57,10 @@ __all__ = [
     "NOT_FOR_CLINICAL_USE",
     "AlgorithmInfo",
     "FindingRecord",
+    "ReaderFindingRecord",
     "save_dataset",
     "write_findings_sr",
+    "write_reader_findings_sr",
     "write_suspicion_seg",
 ]
 
@@ -511,6 +513,199 @@ def write_findings_sr(
     return sr
 
 
+# --------------------------------------------------------------------------- reader SR
+
+#: Series Description (0008,103E) of a reader findings SR written for a research dataset.
+READER_FINDINGS_DESCRIPTION = "Reader findings - research dataset, not for clinical use"
+#: Namespace of the Device Observer UID of reader findings reports (TID 1004).
+_READER_DEVICE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:mammotriage:reader-findings")
+
+
+@dataclass(frozen=True)
+class ReaderFindingRecord:
+    """One reader (or consensus) finding on one image, for :func:`write_reader_findings_sr`.
+
+    Attributes
+    ----------
+    sop_uid
+        SOP Instance UID of the image the geometry refers to.
+    kind
+        A key of :data:`FINDING_CODES`.
+    geometry
+        Stored-image pixel coordinates (x = column, y = row), as correction events
+        store them: ``{"type": "box" | "ellipse", "box": [x0, y0, x1, y1]}`` (half-open
+        box; an ellipse is inscribed in its box) or ``{"type": "polygon",
+        "points": [[x, y], ...]}``.
+    identifier
+        Tracking Identifier (LO) of the finding, e.g. its label id; ``Finding n`` when
+        empty.
+    """
+
+    sop_uid: str
+    kind: str
+    geometry: Mapping[str, object]
+    identifier: str = ""
+
+
+def _region_of(ds: Dataset, geometry: Mapping[str, object], what: str) -> hd.sr.ImageRegion:
+    """SCOORD of a reader geometry (PS3.3 C.18.6): box -> closed POLYLINE rectangle,
+    ellipse -> ELLIPSE (major axis end points, then minor axis end points),
+    polygon -> closed POLYLINE."""
+    source_image = hd.sr.SourceImageForRegion.from_source_image(ds)
+    kind = geometry.get("type")
+    if kind in ("box", "ellipse"):
+        box = [float(v) for v in geometry.get("box", [])]  # type: ignore[union-attr]
+        rect = _source_box(ds, box, what)
+        if kind == "box":
+            return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                     graphic_data=rect, source_image=source_image)
+        x0, y0, x1, y1 = box
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        horizontal = [[x0, cy], [x1, cy]]
+        vertical = [[cx, y0], [cx, y1]]
+        points = horizontal + vertical if (x1 - x0) >= (y1 - y0) else vertical + horizontal
+        return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
+                                 graphic_data=np.array(points, dtype=np.float32),
+                                 source_image=source_image)
+    if kind == "polygon":
+        points = [[float(x), float(y)] for x, y in geometry.get("points", [])]  # type: ignore[union-attr]
+        columns, rows = int(ds.Columns), int(ds.Rows)
+        if len(points) < 3 or not all(
+            math.isfinite(x) and math.isfinite(y) and 0 <= x <= columns and 0 <= y <= rows
+            for x, y in points
+        ):
+            raise ValueError(f"{what}: polygon needs at least 3 points inside the "
+                             f"{columns} x {rows} image")
+        if points[0] != points[-1]:
+            points.append(points[0])
+        return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                 graphic_data=np.array(points, dtype=np.float32),
+                                 source_image=source_image)
+    raise ValueError(f"{what}: unknown geometry type {kind!r}")
+
+
+def write_reader_findings_sr(
+    sources: Sequence[Dataset],
+    findings: Sequence[ReaderFindingRecord],
+    *,
+    observer_name: str = "Mammo Triage dataset export",
+    series_description: str = READER_FINDINGS_DESCRIPTION,
+    series_number: int = 910,
+    instance_number: int = 1,
+    series_instance_uid: str | None = None,
+) -> Dataset:
+    """Write reader (or consensus) findings as a Comprehensive SR with a TID 1500 report.
+
+    The human counterpart of :func:`write_findings_sr`: no algorithm identification and
+    no score. Used for the "final" labels of a research dataset export.
+
+    Parameters
+    ----------
+    sources
+        The images the findings refer to (pydicom datasets, pixel data not needed), all
+        of one study; all are referenced in the Image Library (TID 1600).
+    findings
+        One TID 1410 group per finding, in order. Empty: one TID 1501 group per
+        source image with "Finding: No abnormality" (DCM 121071 = DCM 111286).
+    observer_name
+        Device Observer Name (TID 1004) of the system that recorded the findings; the
+        Device Observer UID is derived from it.
+    series_description
+        Series Description (0008,103E), at most 64 characters.
+    series_number, instance_number, series_instance_uid
+        As for :func:`write_findings_sr`.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A ``highdicom.sr.ComprehensiveSR``: complete, preliminary, unverified.
+
+    Raises
+    ------
+    ValueError
+        Like :func:`write_findings_sr`, and for an unknown geometry type, or a polygon
+        with fewer than 3 points or points outside its image.
+
+    Notes
+    -----
+    Each finding group (TID 1410) holds a Tracking Identifier and Tracking Unique
+    Identifier, Finding (:data:`FINDING_CODES`), Finding Category "Morphologically
+    abnormal structure", Finding Site Breast with the image's laterality and the Image
+    Region: a closed POLYLINE rectangle for a box (see the module docstring for the
+    coordinate convention), an ELLIPSE (PS3.3 C.18.6.1.2: first the two end points of
+    the major axis, then those of the minor axis) for an ellipse inscribed in its box,
+    and a closed POLYLINE for a polygon.
+    """
+    if len(series_description) > 64:
+        raise ValueError("series_description must be at most 64 characters (LO)")
+    by_uid = _check_sources(sources)
+    sources = list(by_uid.values())
+    groups: list[
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = []
+    for index, finding in enumerate(findings, 1):
+        what = f"finding {index}"
+        source = by_uid.get(str(finding.sop_uid))
+        if source is None:
+            raise ValueError(f"{what} refers to image {finding.sop_uid}, which is not a source")
+        code = FINDING_CODES.get(finding.kind)
+        if code is None:
+            raise ValueError(f"{what}: unknown kind {finding.kind!r}; "
+                             f"expected one of {sorted(FINDING_CODES)}")
+        identifier = (finding.identifier or f"Finding {index}")[:64]
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=identifier),
+                referenced_region=_region_of(source, finding.geometry, what),
+                finding_type=code,
+                finding_category=FINDING_CATEGORY,
+                finding_sites=[_breast_site(_laterality(source))],
+            )
+        )
+    if not findings:
+        for number, ds in enumerate(sources, 1):
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
+                                                                 identifier=f"Image {number}"),
+                    finding_type=NO_FINDINGS,
+                    finding_sites=[_breast_site(_laterality(ds))],
+                    source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)],
+                )
+            )
+    device_uid = f"2.25.{uuid.uuid5(_READER_DEVICE_NAMESPACE, observer_name).int}"
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid, name=observer_name[:64], manufacturer_name=EQUIPMENT_MANUFACTURER,
+            model_name=EQUIPMENT_MODEL,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_person_context=None,
+                                                     observer_device_context=observer),
+        procedure_reported=PROCEDURE_REPORTED,
+        imaging_measurements=groups,
+        referenced_images=[_library_view(ds) for ds in sources],
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=sources,
+        content=report[0],
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=EQUIPMENT_MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        manufacturer_model_name=EQUIPMENT_MODEL,
+        software_versions=f"mammotriage {__version__}",
+        series_description=series_description,
+    )
+
+
 # --------------------------------------------------------------------------- SEG
 
 
@@ -580,6 +775,7 @@ def write_suspicion_seg(
     instance_number: int = 1,
     series_instance_uid: str | None = None,
     interpolation: Literal["nearest", "bilinear"] = "nearest",
+    transfer_syntax_uid: str = "1.2.840.10008.1.2.1",
 ) -> Dataset:
     """Write a suspicion map as a fractional Segmentation of one source image.
 
@@ -697,6 +893,7 @@ def write_suspicion_seg(
         content_description="AI suspicion map, not for clinical use",
         omit_empty_frames=False,
         series_description=NOT_FOR_CLINICAL_USE,
+        transfer_syntax_uid=transfer_syntax_uid,
     )
     if "PatientOrientation" not in seg:
         seg.PatientOrientation = _patient_orientation(source)

@@ -81,17 +81,36 @@ def analyse_exam(model: LoadedModel, archive: Archive, exam_key: str) -> tuple[l
     return out, problems
 
 
-def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_dir: Path) -> ExamResult | Job | None:
-    """Claim and analyse the next job. Returns the result, the failed job, or None if idle."""
+def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_dir: Path,
+                results_dir: Path | None = None, on_error: Callable[[str], None] | None = None
+                ) -> ExamResult | Job | None:
+    """Claim and analyse the next job. Returns the result, the failed job, or None if idle.
+
+    With ``results_dir`` the exam's results are also written as DICOM (SR + SEG); a
+    failure there is reported through ``on_error`` and does not fail the triage.
+    """
     job = queue.claim_next(model.version)
     if job is None:
         return None
     try:
         images, _problems = analyse_exam(model, archive, job.exam_key)
-        return queue.complete(job, model.weights_sha256, images, maps_dir=maps_dir)
+        result = queue.complete(job, model.weights_sha256, images, maps_dir=maps_dir)
     except Exception as exc:  # noqa: BLE001 - a failing exam never blocks the queue
         queue.fail(job, f"{type(exc).__name__}: {exc}")
         return job
+    if results_dir is not None:
+        try:
+            from mammotriage.dicom.results import AlgorithmInfo
+            from mammotriage.triage.dicom_results import write_exam_results
+
+            name = str(model.metadata.get("name") or "mammotriage-detector")
+            breasts = {k: v for k, v in (("L", result.score_left), ("R", result.score_right)) if v is not None}
+            write_exam_results(archive, job.exam_key, images, AlgorithmInfo(name, model.version, model.weights_sha256),
+                               results_dir / model.version, breast_scores=breasts, exam_score=result.score)
+        except Exception as exc:  # noqa: BLE001 - the triage result stands; report the DICOM problem
+            if on_error is not None:
+                on_error(f"DICOM results for {job.exam_key} not written: {type(exc).__name__}: {exc}")
+    return result
 
 
 def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: Any,
@@ -122,7 +141,8 @@ def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: An
                 queue.sync(model.version)
                 last_sync = now
             try:
-                outcome = process_one(queue, archive, model, maps_dir)
+                outcome = process_one(queue, archive, model, maps_dir, results_dir=Path(data_dir) / "results",
+                                      on_error=lambda text: say("error", text))
             except Exception:  # noqa: BLE001 - database trouble: report and retry later
                 say("error", traceback.format_exc(limit=3))
                 stop.wait(idle_s)

@@ -1,0 +1,75 @@
+"""Write a triaged exam's AI results as DICOM: a TID 1500 SR per study, a SEG per view.
+
+Files go to ``<data dir>/results/<model version>/<exam>/``; they are what the DICOM
+node sends back to PACS (when configured) and what a reviewer can open elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from mammotriage.dicom.results import (
+    AlgorithmInfo,
+    FindingRecord,
+    save_dataset,
+    write_findings_sr,
+    write_suspicion_seg,
+)
+from mammotriage.store import Archive
+
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
+def _folder_name(exam_key: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in exam_key)[:60]
+    return f"{safe}-{hashlib.sha256(exam_key.encode()).hexdigest()[:8]}"
+
+
+def write_exam_results(archive: Archive, exam_key: str, images: list[dict[str, Any]], algorithm: AlgorithmInfo,
+                       out_root: Path, breast_scores: dict[str, float] | None = None,
+                       exam_score: float | None = None) -> list[Path]:
+    """Write the SR(s) and SEGs of one exam; returns the written paths.
+
+    ``images`` are the per-image result dicts of :meth:`TriageQueue.complete`. Boxes are
+    clipped to the image (a detector may reach a fraction of a pixel past the edge).
+    """
+    exam = archive.exam(exam_key)
+    if exam is None:
+        raise LookupError(f"exam {exam_key} is not in the archive")
+    records = {r.sop_uid: r for r in exam.images}
+    folder = out_root / _folder_name(exam_key)
+    folder.mkdir(parents=True, exist_ok=True)
+    by_study: dict[str, list[tuple[pydicom.Dataset, dict[str, Any]]]] = defaultdict(list)
+    for item in images:
+        record = records.get(item["sop_uid"])
+        if record is None:
+            continue
+        header = pydicom.dcmread(record.path, stop_before_pixels=True)
+        by_study[record.study_uid].append((header, item))
+    written: list[Path] = []
+    for n, (study_uid, members) in enumerate(sorted(by_study.items()), start=1):
+        findings = []
+        for header, item in members:
+            rows, cols = int(header.Rows), int(header.Columns)
+            for f in item["findings"]:
+                x0, y0, x1, y1 = (float(v) for v in f["box"])
+                box = (min(max(x0, 0.0), cols), min(max(y0, 0.0), rows), min(max(x1, 0.0), cols),
+                       min(max(y1, 0.0), rows))
+                if box[2] - box[0] < 0.5 or box[3] - box[1] < 0.5:
+                    continue
+                findings.append(FindingRecord(item["sop_uid"], box, f["kind"], min(max(float(f["score"]), 0.0), 1.0)))
+        sr = write_findings_sr([h for h, _ in members], findings, algorithm, breast_scores=breast_scores,
+                               exam_score=exam_score, instance_number=n)
+        written.append(save_dataset(sr, folder / f"sr-{study_uid}.dcm"))
+        for header, item in members:
+            if item.get("suspicion") is None:
+                continue
+            seg = write_suspicion_seg(header, item["suspicion"], algorithm, map_factor=float(item.get("map_factor", 1.0)),
+                                      transfer_syntax_uid=RLE_LOSSLESS)
+            written.append(save_dataset(seg, folder / f"seg-{item['sop_uid']}.dcm"))
+    return written
