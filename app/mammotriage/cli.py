@@ -206,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit_verify)
 
+    from mammotriage.model.commands import add_model_commands
+
+    add_model_commands(sub)
+
     p = sub.add_parser("demo", help="write synthetic 4-view screening exams with ground truth")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--exams", type=int, default=6, metavar="N")

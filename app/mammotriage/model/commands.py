@@ -1,0 +1,244 @@
+"""Sub-commands ``train``, ``evaluate`` and ``triage`` for the ``mammotriage`` CLI.
+
+``add_model_commands(subparsers)`` registers them; torch is imported only when a command
+runs, so ``mammotriage --help`` stays light.  Each parser sets ``func`` to a callable
+taking the parsed ``argparse.Namespace`` and returning the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``evaluate`` and ``triage`` on an argparse sub-parser set."""
+    p = subparsers.add_parser("train", help="train a detector and write a model package",
+                              description="Train the lesion detector from a dataset manifest (or a "
+                              "mini-MIAS folder and phantoms), optionally with patient-level k-fold "
+                              "cross-validation, and write a model package.")
+    src = p.add_argument_group("data")
+    src.add_argument("--manifest", type=Path, help="dataset manifest (JSON, see mammotriage.model.data)")
+    src.add_argument("--mias", type=Path, help="mini-MIAS format folder (PNG + labels.csv)")
+    src.add_argument("--phantoms", type=int, default=0, help="phantom exams added to training (default 0)")
+    src.add_argument("--phantom-seed", type=int, default=1000)
+    p.add_argument("--out", type=Path, required=True, help="model package directory to write")
+    p.add_argument("--work", type=Path,
+                   help="checkpoints / CV folder (default: the user cache folder, train/NAME)")
+    p.add_argument("--epochs", type=float, default=8.0)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--seed", type=int, default=20260101)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-minutes", type=float, help="stop training after this many minutes (checkpointed)")
+    p.add_argument("--scratch", action="store_true", help="no ImageNet backbone (from scratch)")
+    p.add_argument("--kfold", type=int, default=0, help="patient-level k-fold CV on the mini-MIAS images first")
+    p.add_argument("--cv-epochs", type=float, help="epochs per CV fold (default: --epochs)")
+    p.add_argument("--cv-max-minutes", type=float, help="wall-time cap per CV fold (default: --max-minutes)")
+    p.add_argument("--cv-only", action="store_true", help="run the cross-validation only")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--parent", default=None, help="parent model version")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="evaluate a model on a mini-MIAS format folder",
+                              description="Image-level ROC AUC and lesion-level FROC of a model on a "
+                              "folder in the mini-MIAS format; writes FROC/ROC plots.")
+    p.add_argument("--mias", type=Path, required=True, help="folder with PNGs and labels.csv")
+    p.add_argument("--model", type=Path, help="model package (default: the shipped one)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--plots", type=Path, help="folder for froc.png/roc.png (default: ./evaluation)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("triage", help="run the model over DICOM files and order exams by suspicion",
+                              description="Headless triage: reads DICOM files/folders, groups them into "
+                              "exams, runs the detector and prints exams most suspicious first, with "
+                              "findings in stored-image pixel coordinates.")
+    p.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders (searched recursively)")
+    p.add_argument("--model", type=Path, help="model package (default: the shipped one)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--min-score", type=float, default=0.05, help="list findings at or above this score")
+    p.set_defaults(func=cmd_triage)
+
+
+# ------------------------------------------------------------------ train
+
+def _gather_samples(args) -> tuple[list, list, dict]:
+    from mammotriage.model.data import samples_from_spec
+
+    if args.manifest:
+        spec = json.loads(Path(args.manifest).read_text())
+        base = Path(args.manifest).parent
+    else:
+        spec = {"sources": []}
+        base = None
+        if args.mias:
+            spec["sources"].append({"type": "mias", "path": str(Path(args.mias).resolve())})
+        if args.phantoms:
+            spec["sources"].append({"type": "phantom", "n_exams": args.phantoms, "seed": args.phantom_seed,
+                                    "rows": 1024, "columns": 832})
+    if not spec["sources"]:
+        raise SystemExit("train: give --manifest, or --mias and/or --phantoms")
+    samples, described = samples_from_spec(spec, base=base)
+    real = [s for s in samples if s.source == "mias"]
+    extra = [s for s in samples if s.source != "mias"]
+    return real, extra, described
+
+
+def cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from mammotriage.model.card import write_trained_package
+    from mammotriage.model.train import TrainParams, train
+
+    real, extra, described = _gather_samples(args)
+    hp = TrainParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                     threads=args.threads, max_minutes=args.max_minutes, pretrained=not args.scratch)
+    if args.work:
+        work = args.work
+    else:
+        from platformdirs import user_cache_dir
+
+        work = Path(user_cache_dir("mammotriage")) / "train" / args.out.name
+    cv = None
+    if args.kfold:
+        from mammotriage.model.crossval import cross_validate
+
+        if not real:
+            raise SystemExit("train: --kfold needs real (mini-MIAS) images")
+        cv_hp = replace(hp, epochs=args.cv_epochs or args.epochs,
+                        max_minutes=args.cv_max_minutes or args.max_minutes)
+        cv = cross_validate(real, args.kfold, work / "cv", cv_hp, extra_train=extra)
+        print(json.dumps(cv["summary"]["pooled"]), file=sys.stderr)
+        if args.cv_only:
+            print(json.dumps(cv["summary"], indent=1))
+            return 0
+    result = train(real + extra, work / "final", hp, resume=not args.no_resume)
+    if not result.finished:
+        print(f"train: stopped at iteration {result.iterations}/{result.total_iterations} "
+              "(--max-minutes); run again to resume", file=sys.stderr)
+    out = write_trained_package(args.out, result, described, cv=cv, version=args.version,
+                                parent_version=args.parent)
+    print(f"wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ evaluate
+
+def cmd_evaluate(args) -> int:
+    from mammotriage.model.data import read_mias
+    from mammotriage.model.evaluate import evaluate_predictions, predict_samples, write_plots
+    from mammotriage.model.package import ModelPackageError, load_engine
+
+    try:
+        engine = load_engine(args.model, device=args.device, threads=args.threads)
+    except ModelPackageError as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
+    samples = read_mias(args.mias)
+    if not samples:
+        print(f"evaluate: no labelled images in {args.mias}", file=sys.stderr)
+        return 2
+    records = predict_samples(engine, samples)
+    result = evaluate_predictions(records)
+    out = result.to_json()
+    out["model_version"] = engine.version
+    if not args.no_plots:
+        paths = write_plots(result, args.plots or Path("evaluation"), title=f"v{engine.version}")
+        out["plots"] = [str(p) for p in paths]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"model {engine.version}: {result.n_images} images ({result.n_abnormal} abnormal), "
+              f"{result.n_lesions} located lesions")
+        print(f"image ROC AUC {out['image_auc']}")
+        for k, v in out["froc"].items():
+            print(f"sensitivity at {k} FP/image: {v}")
+        for kind, d in out["per_kind"].items():
+            print(f"  {kind} ({d['n']}): sens@1 {d.get('sens@1')}")
+        for p in out.get("plots", []):
+            print(f"plot {p}")
+    return 0
+
+
+# ------------------------------------------------------------------ triage
+
+def _dicom_files(paths: list[Path]) -> list[Path]:
+    files = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")))
+        else:
+            files.append(p)
+    return files
+
+
+def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None) -> list[dict[str, Any]]:
+    """Exams (most suspicious first) with breast scores and findings in stored coordinates."""
+    err = err or sys.stderr
+    from mammotriage.dicom import read_image
+    from mammotriage.dicom.hanging import exam_key
+
+    images = []
+    for f in _dicom_files(paths):
+        try:
+            images.append(read_image(f))
+        except Exception as exc:  # noqa: BLE001 - skip unreadable files, say why
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            print(f"{f}: skipped: {reason}", file=err)
+    exams: dict[str, list] = {}
+    for im in images:
+        exams.setdefault(exam_key(im.meta), []).append(im)
+    out = []
+    for key, ims in exams.items():
+        results = engine.predict_images(ims, max_map_side=64)
+        breasts: dict[str, float] = {}
+        findings = []
+        for im, r in zip(ims, results, strict=True):
+            lat = im.meta.laterality.value
+            if lat in ("L", "R"):
+                breasts[lat] = max(breasts.get(lat, 0.0), r.score)
+            for f in r.findings:
+                if f.score >= min_score:
+                    findings.append({"sop_uid": im.meta.sop_instance_uid, **f.to_json()})
+        findings.sort(key=lambda d: -d["score"])
+        score = max([r.score for r in results], default=0.0)
+        out.append({"study_uid": ims[0].meta.study_instance_uid, "exam_key": key,
+                    "patient_id": ims[0].meta.patient_id, "score": round(score, 6),
+                    "breasts": {k: round(v, 6) for k, v in sorted(breasts.items())},
+                    "n_images": len(ims), "findings": findings,
+                    "model_version": engine.version})
+    out.sort(key=lambda e: (-e["score"], e["study_uid"]))
+    return out
+
+
+def cmd_triage(args) -> int:
+    from mammotriage.model.package import ModelPackageError, load_engine
+
+    try:
+        engine = load_engine(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size)
+    except ModelPackageError as exc:
+        print(f"triage: {exc}", file=sys.stderr)
+        return 2
+    exams = triage_paths(args.paths, engine, min_score=args.min_score)
+    if args.json:
+        print(json.dumps({"exams": exams, "model_version": engine.version}))
+    else:
+        for e in exams:
+            b = "  ".join(f"{k} {v:.3f}" for k, v in e["breasts"].items())
+            print(f"{e['score']:.3f}  {e['patient_id']}  {e['study_uid']}  ({e['n_images']} images)  {b}")
+            for f in e["findings"][:5]:
+                x0, y0, x1, y1 = f["box"]
+                print(f"    {f['kind']:<13} {f['score']:.3f}  [{x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}]  {f['sop_uid']}")
+        if not exams:
+            print("no readable images")
+    return 0

@@ -1,0 +1,226 @@
+"""Evaluation: image-level ROC AUC and lesion-level FROC (MONAI's FROC utilities), plots.
+
+Hit rule (mini-MIAS circles): a predicted box hits a lesion when its centre lies inside
+the lesion circle, or its IoU with the circle's bounding box is >= 0.1.  Each lesion
+counts once, with the best score of the boxes hitting it; a box hitting no lesion is a
+false positive; a box that only hits lesions already claimed by a higher-scoring box
+is ignored (not a second true positive, not a false positive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half); NaN with one class only."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    thr = np.unique(s)[::-1]
+    tpr = [0.0] + [float((s[y] >= t).mean()) if y.any() else 0.0 for t in thr]
+    fpr = [0.0] + [float((s[~y] >= t).mean()) if (~y).any() else 0.0 for t in thr]
+    return np.array(fpr), np.array(tpr)
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    a = (box[2] - box[0]) * (box[3] - box[1])
+    b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(a + b - inter, 1e-9)
+
+
+def match_image(pred_boxes: np.ndarray, pred_scores: np.ndarray, circles: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(fp_scores, lesion_scores): scores of false positives, and per lesion the best score
+    of a box hitting it (0 when missed)."""
+    pred_boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
+    pred_scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
+    circles = np.asarray(circles, dtype=np.float64).reshape(-1, 3)
+    lesion = np.zeros(len(circles))
+    claimed = np.zeros(len(circles), dtype=bool)
+    fps = []
+    cboxes = np.stack([circles[:, 0] - circles[:, 2], circles[:, 1] - circles[:, 2],
+                       circles[:, 0] + circles[:, 2], circles[:, 1] + circles[:, 2]], 1)
+    for i in np.argsort(-pred_scores, kind="stable"):
+        b = pred_boxes[i]
+        if len(circles):
+            cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+            inside = (cx - circles[:, 0]) ** 2 + (cy - circles[:, 1]) ** 2 <= circles[:, 2] ** 2
+            hit = inside | (_iou(b, cboxes) >= 0.1)
+        else:
+            hit = np.zeros(0, dtype=bool)
+        if hit.any():
+            new = hit & ~claimed
+            if new.any():
+                lesion[new] = np.maximum(lesion[new], pred_scores[i])
+                claimed |= new
+        else:
+            fps.append(pred_scores[i])
+    return np.array(fps, dtype=np.float64), lesion
+
+
+@dataclass
+class EvalResult:
+    image_auc: float
+    froc: dict[str, float]
+    froc_mean: float
+    n_images: int
+    n_lesions: int
+    n_abnormal: int
+    per_kind: dict[str, dict[str, float]]
+    fps_curve: np.ndarray
+    sens_curve: np.ndarray
+    roc: tuple[np.ndarray, np.ndarray]
+
+    def to_json(self) -> dict:
+        return {"image_auc": _r(self.image_auc), "froc": {k: _r(v) for k, v in self.froc.items()},
+                "froc_mean": _r(self.froc_mean), "n_images": self.n_images,
+                "n_lesions": self.n_lesions, "n_abnormal": self.n_abnormal,
+                "per_kind": {k: {kk: _r(vv) for kk, vv in v.items()} for k, v in self.per_kind.items()}}
+
+
+def _r(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+
+def _key(rate: float) -> str:
+    return f"{rate:g}"
+
+
+def froc_from(fp_scores: np.ndarray, lesion_scores: np.ndarray, n_images: int,
+              rates: Sequence[float] = FP_RATES) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:
+    """Sensitivity at each FP/image rate, the mean, and the curve (MONAI FROC utilities)."""
+    from monai.metrics import compute_froc_curve_data, compute_froc_score
+
+    if len(lesion_scores) == 0:
+        return {_key(r): float("nan") for r in rates}, float("nan"), np.zeros(0), np.zeros(0)
+    # CAMELYON/MONAI convention: one entry per lesion (0 when missed); thresholds start
+    # above the lowest value, so a 0 in the FP list keeps every real score a threshold.
+    fp = np.concatenate([np.asarray(fp_scores, dtype=np.float64), [0.0]])
+    tp = np.asarray(lesion_scores, dtype=np.float64)
+    fps_curve, sens_curve = compute_froc_curve_data(fp, tp, num_targets=len(tp), num_images=n_images)
+    fps_curve, sens_curve = np.asarray(fps_curve, float), np.asarray(sens_curve, float)
+    if len(fps_curve) == 0:
+        return {_key(r): 0.0 for r in rates}, 0.0, fps_curve, sens_curve
+    # compute_froc_curve_data lists thresholds ascending (fps descending); np.interp needs
+    # ascending x.  Beyond the last operating point the sensitivity stays at its maximum.
+    x, y = fps_curve[::-1], sens_curve[::-1]
+    vals = {_key(r): float(np.interp(r, x, y, left=0.0, right=float(y[-1]))) for r in rates}
+    mean = float(compute_froc_score(fps_curve, sens_curve, eval_thresholds=tuple(rates)))
+    return vals, mean, fps_curve, sens_curve
+
+
+def evaluate_predictions(records: Sequence[dict], rates: Sequence[float] = FP_RATES) -> EvalResult:
+    """Metrics from per-image records ``{"abnormal", "circles" (N,3), "kinds", "boxes" (M,4),
+    "scores" (M,), "image_score"}``."""
+    all_fp, all_les, kinds = [], [], []
+    labels, scores = [], []
+    for r in records:
+        fp, les = match_image(r["boxes"], r["scores"], r["circles"])
+        all_fp.append(fp)
+        all_les.append(les)
+        kinds.extend(r.get("kinds", ["lesion"] * len(les)))
+        labels.append(int(r["abnormal"]))
+        scores.append(float(r["image_score"]))
+    fp = np.concatenate(all_fp) if all_fp else np.zeros(0)
+    les = np.concatenate(all_les) if all_les else np.zeros(0)
+    n = len(records)
+    froc, mean, fc, sc = froc_from(fp, les, n, rates)
+    per_kind = {}
+    kinds_arr = np.array(kinds)
+    for k in sorted(set(kinds)):
+        sel = kinds_arr == k
+        kv, km, _, _ = froc_from(fp, les[sel], n, rates)
+        per_kind[k] = {"n": int(sel.sum()), **{f"sens@{kk}": v for kk, v in kv.items()}}
+    return EvalResult(roc_auc(labels, scores), froc, mean, n, int(len(les)), int(sum(labels)),
+                      per_kind, fc, sc, roc_curve(labels, scores))
+
+
+def predict_samples(engine, samples, batch: int = 4) -> list[dict]:
+    """Run the engine over samples (with ``circles``) and return evaluation records."""
+    records = []
+    for start in range(0, len(samples), batch):
+        chunk = samples[start:start + batch]
+        results = engine.predict_displays([s.load() for s in chunk], [s.chest_wall for s in chunk])
+        for s, r in zip(chunk, results, strict=True):
+            records.append({
+                "key": s.key, "abnormal": s.abnormal,
+                "circles": s.circles if s.circles is not None else _circles_from_boxes(s.boxes),
+                "kinds": list(s.kinds),
+                "boxes": np.array([f.box for f in r.findings], dtype=np.float64).reshape(-1, 4),
+                "scores": np.array([f.score for f in r.findings], dtype=np.float64),
+                "finding_kinds": [f.kind for f in r.findings],
+                "image_score": r.score})
+    return records
+
+
+def _circles_from_boxes(boxes: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
+                     np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2], 1)
+
+
+def write_plots(result: EvalResult, out_dir: str | Path, title: str = "") -> list[Path]:
+    """FROC and ROC plots as PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    if len(result.fps_curve):
+        order = np.argsort(result.fps_curve)
+        ax.plot(result.fps_curve[order], result.sens_curve[order], "-", color="C0")
+    ax.plot([float(k) for k in result.froc], list(result.froc.values()), "o", color="C1")
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(1 / 16, 8)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("lesion sensitivity")
+    ax.set_title(f"FROC {title} ({result.n_lesions} lesions, {result.n_images} images)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    p = out_dir / "froc.png"
+    fig.savefig(p)
+    plt.close(fig)
+    paths.append(p)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    fpr, tpr = result.roc
+    ax.plot(fpr, tpr, "-", color="C0")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"ROC {title} (AUC {result.image_auc:.3f}, {result.n_abnormal}/{result.n_images} abnormal)",
+                 fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    p = out_dir / "roc.png"
+    fig.savefig(p)
+    plt.close(fig)
+    paths.append(p)
+    return paths

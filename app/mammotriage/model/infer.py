@@ -1,0 +1,221 @@
+"""Inference engine: device choice, fixed threads, batched views, suspicion maps, results in
+stored-image (column, row) coordinates, deterministic on CPU; plus a worker process for the UI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mammotriage.model.network import DEFAULT_CONFIG, NetworkConfig, build_detector, monai_to_xyxy
+from mammotriage.model.preprocess import (
+    DEFAULT_PARAMS,
+    Canvas,
+    PreprocessParams,
+    normalise,
+    preprocess_display,
+)
+
+DEFAULT_THREADS = 2
+
+
+@dataclass
+class Finding:
+    """One detected lesion: box ``(x0, y0, x1, y1)`` in stored-image pixels."""
+
+    box: tuple[float, float, float, float]
+    kind: str
+    score: float
+
+    def to_json(self) -> dict:
+        return {"box": [round(float(v), 2) for v in self.box], "kind": self.kind,
+                "score": round(float(self.score), 6)}
+
+
+@dataclass
+class ImageResult:
+    """Model output for one view, all in stored-image coordinates."""
+
+    findings: list[Finding]
+    score: float  # image-level suspicion: the highest finding score (0 without findings)
+    suspicion: np.ndarray = field(repr=False)  # (rows/f, cols/f) float32 in [0, 1]
+    map_factor: float = 1.0  # stored pixels per map pixel
+    model_version: str = ""
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``cuda`` when available, else ``cpu``; ``requested`` ("cpu", "cuda", "cuda:1") overrides."""
+    if requested:
+        dev = torch.device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("CUDA requested but not available")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_deterministic(threads: int = DEFAULT_THREADS) -> None:
+    """Fixed thread count and deterministic kernels (same input -> identical output on CPU)."""
+    torch.set_num_threads(max(1, int(threads)))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+
+
+def suspicion_maps(cls_logits: Sequence[torch.Tensor], num_anchors: int, num_classes: int,
+                   size: tuple[int, int]) -> torch.Tensor:
+    """Dense per-class map (B, C, H, W): per FPN level sigmoid(logits), max over anchors,
+    bilinear upsampling to ``size``, max over levels."""
+    out = None
+    for logits in cls_logits:
+        b, _, h, w = logits.shape
+        p = torch.sigmoid(logits.float()).view(b, num_anchors, num_classes, h, w).amax(dim=1)
+        p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+        out = p if out is None else torch.maximum(out, p)
+    return out
+
+
+class Engine:
+    """A loaded detector ready for inference."""
+
+    def __init__(self, detector, config: NetworkConfig, params: PreprocessParams,
+                 device: str | None = None, threads: int = DEFAULT_THREADS, batch_size: int = 4,
+                 version: str = "", thresholds: dict | None = None):
+        set_deterministic(threads)
+        self.device = pick_device(device)
+        self.detector = detector
+        self.detector.network.to(self.device)
+        self.detector.eval()
+        self.config = config
+        self.params = params
+        self.batch_size = max(1, int(batch_size))
+        self.version = version
+        self.thresholds = thresholds or {}
+
+    @classmethod
+    def untrained(cls, config: NetworkConfig = DEFAULT_CONFIG, params: PreprocessParams = DEFAULT_PARAMS,
+                  seed: int = 0, **kw) -> Engine:
+        """Random weights (tests and benchmarks only)."""
+        torch.manual_seed(seed)
+        return cls(build_detector(config, train_components=False), config, params, **kw)
+
+    # ----------------------------------------------------------- core
+    @torch.no_grad()
+    def predict_canvases(self, canvases: Sequence[Canvas]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Canvases -> per canvas (boxes xyxy in canvas pixels, labels, scores, map (C, H, W))."""
+        results = []
+        det = self.detector
+        for start in range(0, len(canvases), self.batch_size):
+            chunk = canvases[start:start + self.batch_size]
+            x = torch.from_numpy(np.stack([normalise(c.image, self.params) for c in chunk])).to(self.device)
+            head = det.network(x)
+            cls_maps = head[det.cls_key]
+            size = tuple(x.shape[-2:])
+            maps = suspicion_maps(cls_maps, det.num_anchors_per_loc, det.num_classes, size)
+            det.generate_anchors(x, head)
+            n_locs = [t.shape[2:].numel() for t in cls_maps]
+            reshaped = {k: det._reshape_maps(head[k]) for k in (det.cls_key, det.box_reg_key)}
+            dets = det.postprocess_detections(reshaped, det.anchors, [list(size)] * len(chunk), n_locs)
+            for i, (c, d) in enumerate(zip(chunk, dets, strict=True)):
+                boxes = monai_to_xyxy(d[det.target_box_key].float()).cpu().numpy()
+                labels = d[det.target_label_key].cpu().numpy().astype(np.int64)
+                scores = d[det.pred_score_key].float().cpu().numpy()
+                m = maps[i].cpu().numpy()
+                # Nothing outside the image content counts (padding of the canvas).
+                ch, cw = c.transform.content
+                m[:, ch:, :] = 0
+                m[:, :, cw:] = 0
+                cx = (boxes[:, 0] + boxes[:, 2]) / 2
+                cy = (boxes[:, 1] + boxes[:, 3]) / 2
+                keep = (cx < cw) & (cy < ch)
+                results.append((boxes[keep], labels[keep], scores[keep], m))
+        return results
+
+    def predict_displays(self, displays: Sequence[np.ndarray], chest_walls: Sequence[str | None] | None = None,
+                         max_map_side: int | None = 512) -> list[ImageResult]:
+        """8-bit display images (tissue bright) -> results in their pixel coordinates."""
+        chest_walls = list(chest_walls) if chest_walls is not None else [None] * len(displays)
+        canvases = [preprocess_display(d, self.params, cw) for d, cw in zip(displays, chest_walls, strict=True)]
+        out = []
+        for c, (boxes, labels, scores, m) in zip(canvases, self.predict_canvases(canvases), strict=True):
+            out.append(self._to_stored(c, boxes, labels, scores, m, max_map_side))
+        return out
+
+    def _to_stored(self, c: Canvas, boxes, labels, scores, m, max_map_side) -> ImageResult:
+        sb = c.transform.canvas_to_stored_boxes(boxes) if len(boxes) else np.zeros((0, 4))
+        findings = [Finding(tuple(map(float, b)), self.config.classes[int(lab)], float(s))
+                    for b, lab, s in zip(sb, labels, scores, strict=True)]
+        findings.sort(key=lambda f: -f.score)
+        smap, factor = c.transform.map_to_stored(m.max(axis=0), max_side=max_map_side)
+        score = float(max((f.score for f in findings), default=0.0))
+        return ImageResult(findings, score, smap, factor, self.version)
+
+    def predict_images(self, images: Sequence, max_map_side: int | None = 512) -> list[ImageResult]:
+        """``MammoImage`` objects (stored pixels + metadata) -> results in stored coordinates."""
+        from mammotriage.model.preprocess import display_from_mammo
+
+        displays = [display_from_mammo(im.meta, im.pixels) for im in images]
+        return self.predict_displays(displays, max_map_side=max_map_side)
+
+
+# ----------------------------------------------------------------- worker process
+
+_WORKER_ENGINE: Engine | None = None
+
+
+def _worker_init(model_dir: str | None, device: str | None, threads: int) -> None:
+    global _WORKER_ENGINE
+    from mammotriage.model.package import load_engine
+
+    _WORKER_ENGINE = load_engine(model_dir, device=device, threads=threads)
+
+
+def _worker_predict_paths(paths: list[str]) -> list[dict]:
+    from mammotriage.dicom import read_image
+
+    assert _WORKER_ENGINE is not None
+    out = []
+    for p in paths:
+        try:
+            image = read_image(p)
+        except Exception as exc:  # noqa: BLE001 - report, never crash the worker
+            out.append({"path": p, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        r = _WORKER_ENGINE.predict_images([image])[0]
+        out.append({"path": p, "sop_uid": image.meta.sop_instance_uid, "score": r.score,
+                    "findings": [f.to_json() for f in r.findings], "suspicion": r.suspicion,
+                    "map_factor": r.map_factor, "model_version": r.model_version})
+    return out
+
+
+class InferenceWorker:
+    """Runs the model in a separate process (for the UI): ``submit(paths)`` -> Future of dicts.
+
+    Each dict has ``path``, ``sop_uid``, ``score``, ``findings`` (JSON-ready, stored
+    coordinates), ``suspicion`` (array) and ``map_factor``, or ``error``.
+    """
+
+    def __init__(self, model_dir: str | None = None, device: str | None = None,
+                 threads: int = DEFAULT_THREADS):
+        import multiprocessing as mp
+
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                                         initializer=_worker_init,
+                                         initargs=(model_dir, device, threads))
+
+    def submit(self, paths: Sequence[str]) -> Future:
+        return self._pool.submit(_worker_predict_paths, [str(p) for p in paths])
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> InferenceWorker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,219 @@
+"""Model packages (MONAI bundle layout) — write, verify, load.
+
+::
+
+    models/<name>/
+      configs/metadata.json   bundle fields + ours (hash, preprocessing, network, training, ...)
+      models/model.safetensors
+      docs/README.md          model card (+ froc.png, roc.png)
+      LICENSE
+
+The network is always built by our own code from ``metadata["network"]``; bundle configs
+are never executed.  Loading checks the sha256 of the weights against the metadata and
+refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+METADATA = Path("configs") / "metadata.json"
+WEIGHTS = Path("models") / "model.safetensors"
+INTENDED_USE = "research demonstration, not for clinical use"
+#: Where shipped packages live: <repo>/models (next to app/).
+REPO_MODELS = Path(__file__).resolve().parents[3] / "models"
+DEFAULT_MODEL_NAME = "mammotriage-detector"
+
+
+class ModelPackageError(RuntimeError):
+    """A model package is missing, malformed, or fails its integrity check."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_model_dir() -> Path:
+    """``$MAMMOTRIAGE_MODEL``, else ``<repo>/models/mammotriage-detector``."""
+    env = os.environ.get("MAMMOTRIAGE_MODEL")
+    return Path(env) if env else REPO_MODELS / DEFAULT_MODEL_NAME
+
+
+def read_metadata(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / METADATA
+    if not path.is_file():
+        raise ModelPackageError(f"{model_dir}: not a model package (no {METADATA})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelPackageError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def verify(model_dir: str | Path) -> dict[str, Any]:
+    """Metadata of a package whose weights match their recorded sha256, else an error."""
+    model_dir = Path(model_dir)
+    meta = read_metadata(model_dir)
+    weights = model_dir / meta.get("weights_file", str(WEIGHTS))
+    if not weights.is_file():
+        raise ModelPackageError(f"{model_dir}: weights file {weights.name} missing")
+    expected = meta.get("weights_sha256")
+    if not expected:
+        raise ModelPackageError(f"{model_dir}: metadata has no weights_sha256; refusing unverified weights")
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise ModelPackageError(
+            f"{weights}: sha256 mismatch (metadata {expected[:16]}..., file {actual[:16]}...): "
+            "the weights were changed or corrupted; refusing to load")
+    return meta
+
+
+def save_package(out_dir: str | Path, detector, config, pp, *, version: str, description: str,
+                 training: dict, hyper_parameters: dict, seed: int, eval_metrics: dict,
+                 operating_points: dict, parent_version: str | None = None,
+                 changelog: dict | None = None, model_card: str = "", licence: str = "",
+                 half: bool = True, extra: dict | None = None) -> Path:
+    """Write a package; returns its directory.  Weights: safetensors, matrices in fp16 when
+    ``half`` (inference casts back to fp32), vectors in fp32."""
+    import monai
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    (out_dir / "configs").mkdir(parents=True, exist_ok=True)
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    (out_dir / "docs").mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in detector.network.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        v = v.detach().cpu().contiguous()
+        if v.is_floating_point():
+            v = v.to(torch.float16 if (half and v.ndim > 1) else torch.float32)
+        state[k] = v
+    weights = out_dir / WEIGHTS
+    save_file(state, str(weights), metadata={"format": "pt", "model_version": version})
+    digest = sha256_file(weights)
+    rows, cols = pp.canvas_rows, pp.canvas_columns
+    meta = {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": version,
+        "changelog": changelog or {version: description},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "required_packages_version": {"timm": _version("timm"), "safetensors": _version("safetensors")},
+        "name": "Mammo Triage lesion detector",
+        "task": "2-D lesion detection (masses, calcification clusters) in screening mammograms",
+        "description": description,
+        "authors": "Mammo Triage",
+        "copyright": "see LICENSE",
+        "data_source": training.get("summary", ""),
+        "data_type": "8-bit display-windowed mammogram (PNG or DICOM MG)",
+        "image_classes": "one channel, intensity normalised ((x/255 - mean) / std)",
+        "label_classes": {str(i): c for i, c in enumerate(config.classes)},
+        "pred_classes": {str(i): c for i, c in enumerate(config.classes)},
+        "eval_metrics": eval_metrics,
+        "intended_use": INTENDED_USE,
+        "references": [
+            "Lin T-Y et al., Focal Loss for Dense Object Detection (RetinaNet), ICCV 2017",
+            "Tan M, Le Q, EfficientNet, ICML 2019 (EfficientNet-Lite0 ImageNet weights, Apache-2.0)",
+            "Suckling J et al., The Mammographic Image Analysis Society Digital Mammogram Database, 1994",
+        ],
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "MG",
+                                 "num_channels": 1, "spatial_shape": [rows, cols], "dtype": "float32",
+                                 "value_range": [-pp.norm_mean / pp.norm_std, (1 - pp.norm_mean) / pp.norm_std],
+                                 "is_patch_data": False, "channel_def": {"0": "image"}}},
+            "outputs": {"pred": {"type": "object", "format": "boxes (x0, y0, x1, y1) in stored-image pixels, "
+                                 "labels, scores; suspicion map", "dtype": "float32",
+                                 "num_channels": len(config.classes),
+                                 "channel_def": {str(i): c for i, c in enumerate(config.classes)}}},
+        },
+        # ---- ours
+        "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        "parent_version": parent_version,
+        "weights_file": str(WEIGHTS),
+        "weights_sha256": digest,
+        "weights_dtype": "float16 matrices / float32 vectors" if half else "float32",
+        "classes": list(config.classes),
+        "network": config.to_json(),
+        "preprocessing": {**pp.to_json(), "steps": [
+            "foundation VOI window to 8-bit (DICOM) / PNG as stored",
+            "breast segmentation (threshold, opening, largest component), background zeroed",
+            "crop to breast + margin", "flip so the chest wall is on the left",
+            "bilinear resize keeping aspect into the top-left of the canvas, zero padding",
+            "x/255, (x - norm_mean) / norm_std"]},
+        "training_data": training,
+        "seed": seed,
+        "hyper_parameters": hyper_parameters,
+        "operating_points": operating_points,
+        "scores": {"finding": "RetinaNet class probability after NMS",
+                   "image": "max finding score of the view",
+                   "breast": "max over the breast's views", "exam": "max over breasts"},
+        **(extra or {}),
+    }
+    (out_dir / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+    if model_card:
+        (out_dir / "docs" / "README.md").write_text(model_card)
+    if licence:
+        (out_dir / "LICENSE").write_text(licence)
+    return out_dir
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def load_detector(model_dir: str | Path):
+    """(detector in eval mode, NetworkConfig, PreprocessParams, metadata) of a verified package."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mammotriage.model.network import NetworkConfig, build_detector
+    from mammotriage.model.preprocess import PreprocessParams
+
+    model_dir = Path(model_dir)
+    meta = verify(model_dir)
+    config = NetworkConfig.from_json(meta["network"])
+    pp = PreprocessParams.from_json(meta["preprocessing"])
+    detector = build_detector(config, train_components=False)
+    state = {k: (v.float() if v.is_floating_point() else v)
+             for k, v in load_file(str(model_dir / meta.get("weights_file", str(WEIGHTS)))).items()}
+    own = detector.network.state_dict()
+    for k, v in own.items():  # counters we do not ship
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.zeros_like(v)
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    if missing or unexpected:
+        raise ModelPackageError(f"{model_dir}: weights do not fit the network "
+                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    detector.network.load_state_dict(state, strict=True)
+    detector.eval()
+    return detector, config, pp, meta
+
+
+def load_engine(model_dir: str | Path | None = None, device: str | None = None, threads: int = 2,
+                batch_size: int = 4):
+    """A ready :class:`~mammotriage.model.infer.Engine` for a verified package."""
+    from mammotriage.model.infer import Engine
+
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    detector, config, pp, meta = load_detector(model_dir)
+    return Engine(detector, config, pp, device=device, threads=threads, batch_size=batch_size,
+                  version=str(meta.get("version", "")), thresholds=meta.get("operating_points", {}))

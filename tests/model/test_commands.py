@@ -1,0 +1,106 @@
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from mammotriage.model.commands import add_model_commands
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="mammotriage")
+    add_model_commands(p.add_subparsers(dest="command"))
+    return p
+
+
+def test_commands_registered_and_light():
+    p = _parser()
+    for cmd in (["train", "--mias", "x", "--out", "y"], ["evaluate", "--mias", "x", "--json"],
+                ["triage", "a", "b", "--json"]):
+        args = p.parse_args(cmd)
+        assert callable(args.func)
+    code = "import sys, mammotriage.model.commands; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tiny_config, tiny_pp):
+    import torch
+
+    from mammotriage.model.network import build_detector
+    from mammotriage.model.package import save_package
+
+    torch.manual_seed(2)
+    out = tmp_path_factory.mktemp("model") / "m"
+    save_package(out, build_detector(tiny_config, train_components=False), tiny_config, tiny_pp,
+                 version="9.9.9", description="t", training={}, hyper_parameters={}, seed=2,
+                 eval_metrics={}, operating_points={})
+    return out
+
+
+def test_triage_json(tiny_model, phantom_exam, tmp_path, capsys):
+    folder = tmp_path / "in"
+    phantom_exam.save(folder / "exam1")
+    from mammotriage.phantom import generate_exam
+
+    generate_exam(12, rows=320, columns=260, normal=True).save(folder / "exam2")
+    (folder / "junk.dcm").write_bytes(b"not dicom at all")
+    args = _parser().parse_args(["triage", str(folder), "--json", "--model", str(tiny_model),
+                                 "--min-score", "0"])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    assert "junk.dcm" in captured.err
+    out = json.loads(captured.out)
+    exams = out["exams"]
+    assert len(exams) == 2
+    assert exams[0]["score"] >= exams[1]["score"]
+    uids = {i.sop_uid for i in phantom_exam.images}
+    for e in exams:
+        assert set(e["breasts"]) == {"L", "R"}
+        assert e["score"] == pytest.approx(max(e["breasts"].values()))
+        for f in e["findings"]:
+            x0, y0, x1, y1 = f["box"]
+            assert 0 <= x0 <= x1 <= 260 and 0 <= y0 <= y1 <= 320
+            assert f["kind"] in ("mass", "calcification") and 0 <= f["score"] <= 1
+    ex1 = [e for e in exams if e["study_uid"] == phantom_exam.study_uid][0]
+    assert all(f["sop_uid"] in uids for f in ex1["findings"])
+
+
+def test_evaluate_json(tiny_model, tmp_path, make_breast, capsys):
+    for i in range(1, 5):
+        Image.fromarray(make_breast(seed=i, chest_wall="right" if i % 2 else "left")).save(tmp_path / f"mdb{i:03d}.png")
+    (tmp_path / "labels.csv").write_text(
+        "image,patient,background,cls,severity,x,y_top_left,radius\n"
+        "mdb001,p001,G,CIRC,B,200,150,20\nmdb002,p001,G,NORM,,,,\n"
+        "mdb003,p002,F,CALC,M,60,150,10\nmdb004,p002,F,NORM,,,,\n")
+    args = _parser().parse_args(["evaluate", "--mias", str(tmp_path), "--model", str(tiny_model),
+                                 "--json", "--plots", str(tmp_path / "plots")])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_images"] == 4 and out["n_lesions"] == 2
+    assert set(out["froc"]) == {"0.125", "0.25", "0.5", "1", "2", "4"}
+    assert 0 <= out["image_auc"] <= 1
+    assert (tmp_path / "plots" / "froc.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "roc.png").stat().st_size > 1000
+
+
+def test_evaluate_refuses_bad_model(tmp_path, capsys):
+    args = _parser().parse_args(["evaluate", "--mias", str(tmp_path), "--model", str(tmp_path), "--json"])
+    assert args.func(args) == 2
+    assert "not a model package" in capsys.readouterr().err
+
+
+def test_worker_process(tiny_model, phantom_exam, tmp_path):
+    from mammotriage.model.infer import InferenceWorker
+
+    paths = phantom_exam.save(tmp_path / "exam")
+    files = sorted(str(p) for p in paths.values())[:2] + [str(tmp_path / "missing.dcm")]
+    with InferenceWorker(str(tiny_model), device="cpu", threads=1) as worker:
+        results = worker.submit(files).result(timeout=120)
+    assert len(results) == 3
+    assert "error" in results[2]
+    for r in results[:2]:
+        assert r["model_version"] == "9.9.9" and r["suspicion"].ndim == 2

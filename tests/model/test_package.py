@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_package(tmp_path_factory, tiny_config, tiny_pp):
+    import torch
+
+    from mammotriage.model.network import build_detector
+    from mammotriage.model.package import save_package
+
+    torch.manual_seed(1)
+    det = build_detector(tiny_config, train_components=False)
+    out = tmp_path_factory.mktemp("pkg") / "tiny"
+    save_package(out, det, tiny_config, tiny_pp, version="0.0.1-test", description="test",
+                 training={"sources": [], "sha256": "0" * 64}, hyper_parameters={"epochs": 0},
+                 seed=1, eval_metrics={}, operating_points={}, licence="test", model_card="# test")
+    return out
+
+
+def test_layout_and_metadata(tiny_package):
+    from mammotriage.model.package import INTENDED_USE, sha256_file
+
+    for rel in ("configs/metadata.json", "models/model.safetensors", "LICENSE", "docs/README.md"):
+        assert (tiny_package / rel).is_file(), rel
+    meta = json.loads((tiny_package / "configs/metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "network_data_format",
+                "eval_metrics", "intended_use", "parent_version", "weights_sha256", "preprocessing",
+                "classes", "training_data", "seed", "hyper_parameters", "operating_points"):
+        assert key in meta, key
+    assert meta["intended_use"] == INTENDED_USE
+    assert meta["weights_sha256"] == sha256_file(tiny_package / "models/model.safetensors")
+    raw = (tiny_package / "models/model.safetensors").read_bytes()
+    assert b"pickle" not in raw[:2000]
+
+
+def test_load_round_trip_is_deterministic(tiny_package, make_breast):
+    from mammotriage.model.package import load_engine
+
+    e1 = load_engine(tiny_package, device="cpu", threads=1)
+    e2 = load_engine(tiny_package, device="cpu", threads=1)
+    assert e1.version == "0.0.1-test"
+    img = make_breast(seed=9)
+    a, b = e1.predict_displays([img])[0], e2.predict_displays([img])[0]
+    assert [f.box for f in a.findings] == [f.box for f in b.findings]
+    assert np.array_equal(a.suspicion, b.suspicion)
+    w = e1.detector.network.feature_extractor.body.conv_stem.weight
+    assert w.dtype.is_floating_point and str(w.dtype) == "torch.float32"  # fp16 storage, fp32 compute
+
+
+def test_tampered_weights_are_refused(tiny_package, tmp_path):
+    import shutil
+
+    from mammotriage.model.package import ModelPackageError, load_engine
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_package, bad)
+    w = bad / "models/model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelPackageError, match="sha256 mismatch"):
+        load_engine(bad)
+
+
+def test_missing_package_is_a_clear_error(tmp_path):
+    from mammotriage.model.package import ModelPackageError, load_engine
+
+    with pytest.raises(ModelPackageError, match="not a model package"):
+        load_engine(tmp_path)
+
+
+def test_shipped_model_verifies_if_present():
+    from mammotriage.model.package import default_model_dir, verify
+
+    d = default_model_dir()
+    if not (d / "configs" / "metadata.json").exists():
+        pytest.skip("no shipped model package in models/")
+    meta = verify(d)
+    assert meta["intended_use"] == "research demonstration, not for clinical use"
+    size = (d / meta["weights_file"]).stat().st_size
+    assert size < 10 * 1024 * 1024
