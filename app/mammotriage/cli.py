@@ -169,6 +169,80 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# --------------------------------------------------------------------------- models
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mammotriage.config import archive_path
+    from mammotriage.model.registry import ModelRegistry, RegistryError
+    from mammotriage.store.reading import current_reader
+
+    with ModelRegistry(archive_path()) as registry:
+        registry.ensure_shipped()
+        active = registry.active()
+        try:
+            if args.models_command == "list":
+                rows = [{"version": v.version, "active": bool(active and v.version == active.version),
+                         "origin": v.origin, "parent": v.parent, "weights_sha256": v.weights_sha256,
+                         "path": v.path, "registered_at": v.registered_at} for v in registry.versions()]
+                if args.json:
+                    print(json.dumps(rows, indent=2))
+                else:
+                    for r in rows:
+                        print(f"{'*' if r['active'] else ' '} {r['version']:<24} {r['origin']:<8} "
+                              f"parent {r['parent'] or '-':<20} sha256 {r['weights_sha256'][:12]}  {r['path']}")
+                    if not rows:
+                        print("no model registered (ship one in models/ or register a package)")
+            elif args.models_command == "show":
+                from mammotriage.model.package import read_metadata
+
+                version = registry.get(args.version)
+                if version is None:
+                    print(f"unknown model version {args.version}", file=sys.stderr)
+                    return 1
+                meta = read_metadata(version.path)
+                history = [h for h in registry.history() if h["version"] == args.version]
+                print(json.dumps({"version": version.version, "active": bool(active and active.version == version.version),
+                                  "metadata": meta, "history": history}, indent=2, default=str))
+            elif args.models_command == "register":
+                v = registry.register(args.path, origin="site", who=current_reader())
+                print(f"registered {v.version} ({v.weights_sha256[:12]}...)")
+            elif args.models_command == "promote":
+                report = json.loads(Path(args.report).read_text()) if args.report else None
+                registry.promote(args.version, report, who=current_reader(), force_reason=args.force or "")
+                print(f"{args.version} is now the active model; exams are re-triaged with it in the background")
+            elif args.models_command == "rollback":
+                v = registry.rollback(who=current_reader(), reason=args.reason or "")
+                print(f"rolled back: {v.version} is the active model again")
+        except RegistryError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from mammotriage.config import archive_path
+    from mammotriage.model.package import ModelPackageError, read_metadata
+    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.triage.monitor import monitor_report, report_text, write_plots
+
+    with ModelRegistry(archive_path()) as registry:
+        registry.ensure_shipped()
+        active = registry.active()
+    meta = {}
+    if active is not None:
+        try:
+            meta = read_metadata(active.path)
+        except ModelPackageError:
+            meta = {}
+    points = (meta.get("operating_points") or {}).get("suspicious") or {}
+    threshold = points.get("threshold") if isinstance(points, dict) else points
+    report = monitor_report(archive_path(), meta, threshold)
+    if args.plots:
+        report["plots"] = [str(p) for p in write_plots(report, Path(args.plots))]
+    print(json.dumps(report, indent=2) if args.json else report_text(report))
+    return 0
+
+
 # --------------------------------------------------------------------------- app
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -209,6 +283,31 @@ def build_parser() -> argparse.ArgumentParser:
     from mammotriage.model.commands import add_model_commands
 
     add_model_commands(sub)
+
+    from mammotriage.export.commands import add_dataset_commands
+
+    add_dataset_commands(sub)
+
+    p = sub.add_parser("models", help="model registry: list, show, register, promote, rollback")
+    models = p.add_subparsers(dest="models_command", required=True)
+    q = models.add_parser("list", help="registered versions; * marks the active one")
+    q.add_argument("--json", action="store_true")
+    q = models.add_parser("show", help="metadata and history of one version")
+    q.add_argument("version")
+    q = models.add_parser("register", help="register a verified model package folder")
+    q.add_argument("path")
+    q = models.add_parser("promote", help="make a version active (needs a passed validation report)")
+    q.add_argument("version")
+    q.add_argument("--report", metavar="JSON", help="validation gate report of this candidate")
+    q.add_argument("--force", metavar="REASON", help="override a failed or missing report, recording why")
+    q = models.add_parser("rollback", help="return to the model active before the last promotion")
+    q.add_argument("--reason", default="")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("monitor", help="scores, reader feedback and input drift per model and scanner")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plots", metavar="DIR", help="also write PNG plots here")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("demo", help="write synthetic 4-view screening exams with ground truth")
     p.add_argument("--out", required=True, metavar="DIR")

@@ -267,8 +267,76 @@ _V5_CORRECTIONS = Migration(
     ),
 )
 
+_V6_DATASET_SNAPSHOTS = Migration(
+    name="datasets: immutable, content-addressed label snapshots",
+    steps=(
+        """
+        CREATE TABLE dataset_snapshots (
+            sha256           TEXT PRIMARY KEY CHECK (length(sha256) = 64),  -- of the manifest file
+            created_at       TEXT NOT NULL,            -- UTC ISO 8601
+            name             TEXT NOT NULL DEFAULT '',
+            description      TEXT NOT NULL DEFAULT '',
+            role             TEXT NOT NULL CHECK (role IN ('training', 'validation')),
+            consensus        TEXT NOT NULL,            -- union, majority or adjudicator:READER
+            exams            INTEGER NOT NULL,
+            images           INTEGER NOT NULL,
+            readers          INTEGER NOT NULL,
+            labels           INTEGER NOT NULL,         -- positive reader labels
+            consensus_labels INTEGER NOT NULL,
+            manifest         TEXT NOT NULL             -- relative to the archive's folder
+        )
+        """,
+        """
+        CREATE TRIGGER dataset_snapshots_immutable
+        BEFORE UPDATE OF sha256, created_at, name, description, role, consensus, exams, images,
+                         readers, labels, consensus_labels, manifest ON dataset_snapshots
+        BEGIN SELECT RAISE(ABORT, 'dataset snapshots are immutable'); END
+        """,
+    ),
+)
+
+_V7_MODEL_REGISTRY = Migration(
+    name="model registry (immutable versions, one active) and per-image input statistics",
+    steps=(
+        """
+        CREATE TABLE model_versions (
+            version        TEXT PRIMARY KEY,
+            path           TEXT NOT NULL,
+            weights_sha256 TEXT NOT NULL,
+            parent         TEXT,
+            origin         TEXT NOT NULL,           -- shipped | site
+            registered_at  TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE model_events (
+            id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            at       TEXT NOT NULL,
+            version  TEXT NOT NULL REFERENCES model_versions (version),
+            action   TEXT NOT NULL CHECK (action IN ('register', 'promote', 'rollback', 'refuse')),
+            who      TEXT NOT NULL,
+            reason   TEXT NOT NULL DEFAULT '',
+            report   TEXT NOT NULL DEFAULT ''      -- JSON gate report, when there is one
+        )
+        """,
+        """
+        CREATE TABLE image_stats (
+            sop_uid      TEXT NOT NULL REFERENCES images (sop_uid),
+            mean         REAL NOT NULL,            -- breast region of the 8-bit display image
+            std          REAL NOT NULL,
+            p05          REAL NOT NULL,
+            p95          REAL NOT NULL,
+            breast_frac  REAL NOT NULL,            -- breast area / image area
+            computed_at  TEXT NOT NULL,
+            PRIMARY KEY (sop_uid)
+        )
+        """,
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
-MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS]
+MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS,
+                               _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -216,6 +216,13 @@ class TriageQueue:
                 (job.exam_key, job.model_version, weights_sha256, score, breasts.get("L"), breasts.get("R"),
                  created),
             )
+            for item in images:
+                st = item.get("stats")
+                if st:
+                    self.conn.execute(
+                        "INSERT OR REPLACE INTO image_stats (sop_uid, mean, std, p05, p95, breast_frac, computed_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (item["sop_uid"], st["mean"], st["std"], st["p05"], st["p95"], st["breast_frac"], created))
             self.conn.execute(
                 "UPDATE triage_jobs SET status = 'done', finished_at = ?, reason = NULL "
                 "WHERE exam_key = ? AND model_version = ?",

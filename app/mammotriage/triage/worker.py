@@ -15,7 +15,9 @@ from typing import Any, Protocol
 
 from mammotriage.dicom import MammoReadError, read_image
 from mammotriage.dicom.image import Laterality
+from mammotriage.dicom.voi import render_8bit
 from mammotriage.store import Archive
+from mammotriage.triage.monitor import image_statistics
 from mammotriage.triage.queue import ExamResult, Job, TriageQueue
 
 
@@ -69,7 +71,8 @@ def analyse_exam(model: LoadedModel, archive: Archive, exam_key: str) -> tuple[l
         raise RuntimeError("no view could be analysed: " + "; ".join(problems or ["no images"]))
     results = model.engine.predict_images([im for _rec, im in images])
     out = []
-    for (record, _im), result in zip(images, results, strict=True):
+    for (record, im), result in zip(images, results, strict=True):
+        stats = image_statistics(render_8bit(im.meta, im.pixels[::4, ::4]))
         out.append({
             "sop_uid": record.sop_uid,
             "laterality": record.laterality.value,
@@ -77,6 +80,7 @@ def analyse_exam(model: LoadedModel, archive: Archive, exam_key: str) -> tuple[l
             "findings": [f.to_json() if hasattr(f, "to_json") else dict(f) for f in result.findings],
             "suspicion": getattr(result, "suspicion", None),
             "map_factor": float(getattr(result, "map_factor", 1.0)),
+            "stats": stats,
         })
     return out, problems
 

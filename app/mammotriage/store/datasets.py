@@ -1,0 +1,814 @@
+"""Dataset snapshots: the current labels frozen into immutable, content-addressed manifests.
+
+A snapshot is what training reads and what :mod:`mammotriage.export` exports. It is a
+JSON manifest stored as ``<datasets dir>/<sha256>.json`` where the name is the sha256 of
+the file's bytes (canonical JSON: sorted keys, no whitespace, UTF-8), plus one row in the
+``dataset_snapshots`` table. The datasets folder is ``datasets/`` beside the archive
+database, i.e. ``data_dir()/datasets`` for the default archive. The file is written
+atomically and made read-only; the same labels with the same declared name, role and
+rule give the same bytes, hence the same hash (snapshotting twice is a no-op).
+
+What a manifest holds
+---------------------
+* ``images``: every image of the selected exams with its UIDs, exam key, source path,
+  file sha256 (from the archive), pixel sha256 (from the correction events), size,
+  laterality and view; ``original``: the AI marks each model version showed (the
+  "original" labels); ``readers``: each reader's final labels (the fold of their events,
+  :func:`mammotriage.store.labels.fold`), every status kept; ``consensus``: the final
+  labels under the declared rule.
+* ``exams``: per-reader and consensus BI-RADS / density, the readers, and the number
+  and last hash of the exam's correction events (ties the snapshot to the audit chain).
+* ``agreement``: per reader pair, the per-lesion match rate (IoU >= :data:`MATCH_IOU`)
+  and Cohen's kappa on BI-RADS and density, each with its *n*.
+
+Coordinates are stored-image pixels, x = column, y = row; boxes are half-open
+``[x0, y0, x1, y1]`` (as everywhere below the UI).
+
+Selection: exams with at least one correction event; with ``include_unreviewed`` also
+exams that only have AI results (their images carry the AI marks as ``original``, no
+readers, ``reviewed: false`` and no consensus: unreviewed is *not* "normal").
+
+Consensus rules (positive labels only: accepted AI marks and reader-added findings;
+two labels *match* when the IoU of their bounding boxes is >= :data:`MATCH_IOU`;
+matching labels form clusters, the connected components of the match graph):
+
+``union``
+    Every cluster is a consensus finding.
+``majority``
+    A cluster is kept when more than half of the image's readers have a label in it.
+``adjudicator:NAME``
+    The named reader's labels win on every exam that reader read; exams the adjudicator
+    did not read fall back to ``majority`` (marked ``"consensus_source"`` per image).
+
+A consensus finding's geometry is its single member's geometry, or for a cluster of
+several the box whose coordinates are the means of the members' bounding boxes; its
+kind the most frequent member kind (ties: the order of :data:`~mammotriage.store.events.KINDS`);
+its id ``consensus:`` + 16 hex digits of the sha256 of its sorted ``reader/label_id``
+members (stable while the membership is). BI-RADS consensus: union = most suspicious
+(1 < 2 < 3 < 0 < 4 < 5 < 6), majority = most frequent (ties: most suspicious),
+adjudicator = the adjudicator's; density likewise with A < B < C < D.
+
+This module reads the database and the files only; it never changes a label.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from mammotriage.store import db
+from mammotriage.store.archive import Archive, ExamRecord
+from mammotriage.store.events import KINDS, CorrectionLog, Event
+from mammotriage.store.labels import Label, ReaderLabels, fold
+
+__all__ = [
+    "FORMAT",
+    "MATCH_IOU",
+    "ROLES",
+    "RULES",
+    "ConsensusRule",
+    "DatasetError",
+    "SnapshotDiff",
+    "SnapshotRecord",
+    "bbox",
+    "build_manifest",
+    "canonical_bytes",
+    "cohen_kappa",
+    "consensus_for_image",
+    "create_snapshot",
+    "datasets_dir",
+    "diff_snapshots",
+    "iou",
+    "list_snapshots",
+    "load_snapshot",
+    "match_count",
+    "resolve_snapshot",
+]
+
+#: Manifest format identifier (bump on an incompatible change).
+FORMAT = "mammotriage.dataset/1"
+#: Two labels match (same lesion) when the IoU of their bounding boxes is at least this.
+MATCH_IOU = 0.3
+#: Snapshot roles; validation snapshots are held out of training (and locked later).
+ROLES = ("training", "validation")
+#: Consensus rule names.
+RULES = ("union", "majority", "adjudicator")
+
+_BIRADS_ORDER = (1, 2, 3, 0, 4, 5, 6)  # least to most suspicious; 0 = needs more imaging
+_DENSITY_ORDER = ("A", "B", "C", "D")
+
+
+class DatasetError(ValueError):
+    """A snapshot that cannot be made, found or trusted."""
+
+
+# --------------------------------------------------------------------------- rule
+
+
+@dataclass(frozen=True)
+class ConsensusRule:
+    """A declared consensus rule: ``union``, ``majority`` or ``adjudicator:NAME``."""
+
+    name: str
+    adjudicator: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in RULES:
+            raise DatasetError(f"unknown consensus rule {self.name!r} (one of union, majority, "
+                               "adjudicator:READER)")
+        if (self.name == "adjudicator") != bool(self.adjudicator):
+            raise DatasetError("the adjudicator rule needs a reader name: adjudicator:READER"
+                               if self.name == "adjudicator" else
+                               f"rule {self.name} takes no reader name")
+
+    @classmethod
+    def parse(cls, text: str | ConsensusRule) -> ConsensusRule:
+        """``"union"``, ``"majority"`` or ``"adjudicator:NAME"``."""
+        if isinstance(text, ConsensusRule):
+            return text
+        name, _, reader = str(text).strip().partition(":")
+        return cls(name.strip(), reader.strip() or None)
+
+    def __str__(self) -> str:
+        return f"adjudicator:{self.adjudicator}" if self.adjudicator else self.name
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.name, "match_iou": MATCH_IOU}
+        if self.adjudicator:
+            out["adjudicator"] = self.adjudicator
+        return out
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def bbox(geometry: Mapping[str, Any]) -> tuple[float, float, float, float]:
+    """Bounding box ``(x0, y0, x1, y1)`` of a stored geometry (box, ellipse or polygon)."""
+    if geometry.get("type") == "polygon":
+        xs = [float(p[0]) for p in geometry["points"]]
+        ys = [float(p[1]) for p in geometry["points"]]
+        return (min(xs), min(ys), max(xs), max(ys))
+    x0, y0, x1, y1 = (float(v) for v in geometry["box"])
+    return (x0, y0, x1, y1)
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (0 when both are empty)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_count(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
+                threshold: float = MATCH_IOU) -> int:
+    """One-to-one matches between two box lists: greedy by decreasing IoU, IoU >= threshold."""
+    pairs = sorted(((iou(x, y), i, j) for i, x in enumerate(a) for j, y in enumerate(b)),
+                   key=lambda t: (-t[0], t[1], t[2]))
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    for value, i, j in pairs:
+        if value < threshold:
+            break
+        if i not in used_a and j not in used_b:
+            used_a.add(i)
+            used_b.add(j)
+    return len(used_a)
+
+
+def cohen_kappa(pairs: Sequence[tuple[Any, Any]]) -> float | None:
+    """Cohen's kappa of two raters' categorical ratings (``None`` if undefined).
+
+    ``kappa = (p_o - p_e) / (1 - p_e)`` with ``p_o`` the observed agreement and ``p_e``
+    the agreement expected from the raters' marginal frequencies. Undefined (``None``)
+    without pairs or when ``p_e = 1`` (both raters used one and the same category).
+    """
+    n = len(pairs)
+    if n == 0:
+        return None
+    observed = sum(1 for a, b in pairs if a == b) / n
+    ca = Counter(a for a, _ in pairs)
+    cb = Counter(b for _, b in pairs)
+    expected = sum(ca[k] * cb.get(k, 0) for k in ca) / (n * n)
+    if expected >= 1.0:
+        return None
+    return round((observed - expected) / (1.0 - expected), 6)
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _label_json(label: Label) -> dict[str, Any]:
+    return {
+        "label_id": label.label_id,
+        "source": label.source,
+        "status": label.status,
+        "positive": label.is_positive,
+        "kind": label.kind,
+        "geometry": label.geometry,
+        "box": [round(v, 3) for v in bbox(label.geometry)],
+        "score": label.score,
+        "original_kind": label.original_kind,
+        "original_geometry": label.original_geometry,
+    }
+
+
+def _cluster_id(members: Iterable[tuple[str, str]]) -> str:
+    key = "|".join(sorted(f"{reader}/{lid}" for reader, lid in members))
+    return "consensus:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def _majority_kind(kinds: Iterable[str]) -> str:
+    counts = Counter(kinds)
+    rank = {k: i for i, k in enumerate(KINDS)}
+    return min(counts, key=lambda k: (-counts[k], rank.get(k, len(rank)), k))
+
+
+def _clusters(items: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[str, dict[str, Any]]]]:
+    """Connected components of the IoU >= MATCH_IOU graph over (reader, label) items."""
+    parent = list(range(len(items)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    boxes = [bbox(lab["geometry"]) for _, lab in items]
+    for i, j in combinations(range(len(items)), 2):
+        if iou(boxes[i], boxes[j]) >= MATCH_IOU:
+            parent[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(items)):
+        groups.setdefault(find(i), []).append(i)
+    return [[items[i] for i in sorted(g)] for g in groups.values()]
+
+
+def _consensus_label(cluster: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    if len(cluster) == 1:
+        geometry = cluster[0][1]["geometry"]
+    else:
+        boxes = [bbox(lab["geometry"]) for _, lab in cluster]
+        geometry = {"type": "box",
+                    "box": [round(sum(b[k] for b in boxes) / len(boxes), 3) for k in range(4)]}
+    suspicion = [lab["score"] for _, lab in cluster if lab["source"] == "reader" and lab["score"] is not None]
+    members = sorted((reader, lab["label_id"]) for reader, lab in cluster)
+    return {
+        "label_id": _cluster_id(members),
+        "kind": _majority_kind(lab["kind"] for _, lab in cluster),
+        "geometry": geometry,
+        "box": [round(v, 3) for v in bbox(geometry)],
+        "readers": sorted({reader for reader, _ in cluster}),
+        "members": [{"reader": r, "label_id": lid} for r, lid in members],
+        "suspicion": max(suspicion) if suspicion else None,
+    }
+
+
+def consensus_for_image(readers: Mapping[str, Sequence[Mapping[str, Any]]], rule: ConsensusRule
+                        ) -> tuple[list[dict[str, Any]], str]:
+    """Consensus labels of one image and the rule actually applied.
+
+    Parameters
+    ----------
+    readers
+        Reader -> that reader's labels of the image (manifest label dicts); every reader
+        of the image is a key, even one with no positive label.
+    rule
+        The declared rule.
+
+    Returns
+    -------
+    (labels, source)
+        ``source`` is the rule applied: ``union``, ``majority``,
+        ``adjudicator:NAME``, or ``majority`` for an exam the adjudicator did not read.
+    """
+    if rule.name == "adjudicator" and rule.adjudicator in readers:
+        own = [(rule.adjudicator, dict(lab)) for lab in readers[rule.adjudicator] if lab["positive"]]
+        return [_consensus_label([item]) for item in own], str(rule)
+    items = [(reader, dict(lab)) for reader, labels in sorted(readers.items())
+             for lab in labels if lab["positive"]]
+    clusters = _clusters(items)
+    if rule.name == "union":
+        kept = clusters
+        source = "union"
+    else:
+        needed = len(readers) / 2
+        kept = [c for c in clusters if len({r for r, _ in c}) > needed]
+        source = "majority"
+    out = [_consensus_label(c) for c in kept]
+    out.sort(key=lambda lab: (lab["box"], lab["label_id"]))
+    return out, source
+
+
+def _exam_consensus(values: Mapping[str, Any], order: Sequence[Any], rule: ConsensusRule) -> Any:
+    given = {r: v for r, v in values.items() if v is not None}
+    if not given:
+        return None
+    rank = {v: i for i, v in enumerate(order)}
+    if rule.name == "adjudicator" and rule.adjudicator in given:
+        return given[rule.adjudicator]
+    if rule.name == "union":
+        return max(given.values(), key=lambda v: rank.get(v, -1))
+    counts = Counter(given.values())
+    return max(counts, key=lambda v: (counts[v], rank.get(v, -1)))
+
+
+# --------------------------------------------------------------------------- build
+
+
+def datasets_dir(archive_file: str | Path | None = None) -> Path:
+    """Folder of the snapshot manifests: ``datasets/`` beside the archive database."""
+    if archive_file is None:
+        from mammotriage.config import archive_path
+
+        archive_file = archive_path()
+    return Path(archive_file).expanduser().resolve().parent / "datasets"
+
+
+def _ai_results(conn: sqlite3.Connection, sop_uid: str) -> dict[str, dict[str, Any]]:
+    """model version -> {weights_sha256, score, findings, created_at} for one image."""
+    rows = conn.execute(
+        "SELECT model_version, weights_sha256, score, findings, created_at FROM ai_image_results "
+        "WHERE sop_uid = ? ORDER BY created_at DESC, model_version", (sop_uid,)).fetchall()
+    return {r["model_version"]: {"weights_sha256": r["weights_sha256"], "score": float(r["score"]),
+                                 "findings": json.loads(r["findings"]), "created_at": r["created_at"]}
+            for r in rows}
+
+
+def _reader_versions(events: Sequence[Event]) -> dict[str, str]:
+    """Reader -> the model version whose marks that reader last saw in this exam."""
+    out: dict[str, str] = {}
+    for e in events:
+        out.setdefault(e.reader, "")
+        if e.model_version:
+            out[e.reader] = e.model_version
+    return out
+
+
+def _marks(results: Mapping[str, Mapping[str, dict[str, Any]]], version: str
+           ) -> dict[str, list[dict[str, Any]]]:
+    return {sop: list(per[version]["findings"]) for sop, per in results.items() if version in per}
+
+
+def _exam_entry_and_images(exam: ExamRecord, events: list[Event], conn: sqlite3.Connection,
+                           rule: ConsensusRule) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    results = {img.sop_uid: _ai_results(conn, img.sop_uid) for img in exam.images}
+    versions = _reader_versions(events)
+    folded: dict[str, ReaderLabels] = {}
+    for reader, version in sorted(versions.items()):
+        own = [e for e in events if e.reader == reader]
+        folded[reader] = fold(own, _marks(results, version), version).get(reader, ReaderLabels(reader))
+    shown = sorted({v for v in versions.values() if v})
+    if not events:  # unreviewed: the newest results are the original marks
+        newest = {v for per in results.values() for v in list(per)[:1]}
+        shown = sorted(newest)
+    pixel_hashes: dict[str, set[str]] = {}
+    for e in events:
+        if e.sop_uid and e.pixel_sha256:
+            pixel_hashes.setdefault(e.sop_uid, set()).add(e.pixel_sha256)
+
+    images = []
+    for img in exam.images:
+        per_reader = {reader: [_label_json(lab) for lab in sorted(rl.labels(img.sop_uid),
+                                                                    key=lambda x: x.label_id)]
+                      for reader, rl in sorted(folded.items())}
+        original = []
+        for version in shown:
+            res = results[img.sop_uid].get(version)
+            if res is None:
+                continue
+            original.append({
+                "model_version": version, "weights_sha256": res["weights_sha256"], "score": res["score"],
+                "marks": [{"label_id": f"ai:{version}:{img.sop_uid}:{i}", "kind": m["kind"],
+                           "box": [float(v) for v in m["box"]], "score": float(m["score"])}
+                          for i, m in enumerate(res["findings"])],
+            })
+        hashes = sorted(pixel_hashes.get(img.sop_uid, set()))
+        entry: dict[str, Any] = {
+            "sop_uid": img.sop_uid, "study_uid": img.study_uid, "series_uid": img.series_uid,
+            "exam_key": exam.exam_key, "path": img.path, "sha256": img.sha256, "size": img.size,
+            "pixel_sha256": hashes[0] if len(hashes) == 1 else "",
+            "rows": img.rows, "columns": img.columns,
+            "laterality": img.laterality.value, "view": img.view.value,
+            "reviewed": bool(folded),
+            "original": original,
+            "readers": per_reader,
+        }
+        if len(hashes) > 1:
+            entry["pixel_sha256_conflict"] = hashes
+        if folded:
+            entry["consensus"], entry["consensus_source"] = consensus_for_image(per_reader, rule)
+        else:
+            entry["consensus"], entry["consensus_source"] = [], None
+        images.append(entry)
+
+    birads = {r: rl.birads for r, rl in sorted(folded.items())}
+    density = {r: rl.density for r, rl in sorted(folded.items())}
+    exam_entry = {
+        "exam_key": exam.exam_key,
+        "study_uids": list(exam.study_uids),
+        "patient_key": hashlib.sha256(f"patient|{exam.patient_id}".encode()).hexdigest()[:16],
+        "reviewed": bool(folded),
+        "readers": {r: {"birads": birads[r], "density": density[r], "model_version": versions[r]}
+                    for r in sorted(folded)},
+        "consensus": {"birads": _exam_consensus(birads, _BIRADS_ORDER, rule),
+                      "density": _exam_consensus(density, _DENSITY_ORDER, rule)},
+        "events": {"count": len(events), "last_hash": events[-1].hash if events else None},
+        "images": [img.sop_uid for img in exam.images],
+    }
+    return exam_entry, images
+
+
+def _agreement(exams: list[dict[str, Any]], images: list[dict[str, Any]]) -> dict[str, Any]:
+    readers = sorted({r for e in exams for r in e["readers"]})
+    pairs = []
+    pooled = {"matched": 0, "lesions": 0}
+    for a, b in combinations(readers, 2):
+        n_images = n_a = n_b = matched = 0
+        for img in images:
+            if a in img["readers"] and b in img["readers"]:
+                n_images += 1
+                boxes_a = [lab["box"] for lab in img["readers"][a] if lab["positive"]]
+                boxes_b = [lab["box"] for lab in img["readers"][b] if lab["positive"]]
+                n_a += len(boxes_a)
+                n_b += len(boxes_b)
+                matched += match_count(boxes_a, boxes_b)
+        if not n_images:
+            continue
+        pooled["matched"] += 2 * matched
+        pooled["lesions"] += n_a + n_b
+        both = [e for e in exams if a in e["readers"] and b in e["readers"]]
+        birads = [(e["readers"][a]["birads"], e["readers"][b]["birads"]) for e in both
+                  if e["readers"][a]["birads"] is not None and e["readers"][b]["birads"] is not None]
+        density = [(e["readers"][a]["density"], e["readers"][b]["density"]) for e in both
+                   if e["readers"][a]["density"] is not None and e["readers"][b]["density"] is not None]
+        pairs.append({
+            "readers": [a, b], "exams": len(both), "images": n_images,
+            "lesions": {a: n_a, b: n_b}, "matched": matched,
+            "match_rate": round(2 * matched / (n_a + n_b), 6) if n_a + n_b else None,
+            "birads_kappa": {"n": len(birads), "kappa": cohen_kappa(birads)},
+            "density_kappa": {"n": len(density), "kappa": cohen_kappa(density)},
+        })
+    return {
+        "match_iou": MATCH_IOU,
+        "definition": "match_rate = 2 * matched / (lesions of reader A + lesions of reader B) over the "
+                      "images both read; lesions = positive labels (accepted AI marks and added "
+                      "findings), matched one-to-one greedily by IoU of bounding boxes >= match_iou; "
+                      "kappa = Cohen's kappa over the exams both assessed",
+        "readers": readers,
+        "pairs": pairs,
+        "overall_match_rate": (round(pooled["matched"] / pooled["lesions"], 6)
+                               if pooled["lesions"] else None),
+    }
+
+
+def build_manifest(archive_file: str | Path | None = None, *, rule: str | ConsensusRule = "union",
+                   role: str = "training", name: str = "", description: str = "",
+                   include_unreviewed: bool = False) -> dict[str, Any]:
+    """The manifest of the current labels (not stored; see :func:`create_snapshot`).
+
+    Parameters
+    ----------
+    archive_file
+        Archive database; the default archive when ``None``.
+    rule
+        Consensus rule, ``"union"``, ``"majority"`` or ``"adjudicator:NAME"``.
+    role
+        ``"training"`` or ``"validation"``.
+    name, description
+        Free text recorded in the manifest (part of its hash).
+    include_unreviewed
+        Also take exams without correction events that have AI results.
+
+    Raises
+    ------
+    DatasetError
+        Unknown rule or role, an adjudicator who read none of the exams, or nothing
+        to snapshot.
+    """
+    rule = ConsensusRule.parse(rule)
+    if role not in ROLES:
+        raise DatasetError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if archive_file is None:
+        from mammotriage.config import archive_path
+
+        archive_file = archive_path()
+    archive_file = Path(archive_file)
+    with Archive(archive_file) as archive, CorrectionLog(archive_file) as log:
+        conn = log.conn
+        events_by_exam: dict[str, list[Event]] = {}
+        for e in log.events():
+            events_by_exam.setdefault(e.exam_key, []).append(e)
+        keys = set(events_by_exam)
+        if include_unreviewed:
+            keys |= {r[0] for r in conn.execute("SELECT DISTINCT exam_key FROM ai_exam_results")}
+        exams: list[dict[str, Any]] = []
+        images: list[dict[str, Any]] = []
+        missing = []
+        for key in sorted(keys):
+            exam = archive.exam(key)
+            if exam is None or not exam.images:
+                missing.append(key)
+                continue
+            entry, imgs = _exam_entry_and_images(exam, events_by_exam.get(key, []), conn, rule)
+            exams.append(entry)
+            images.extend(imgs)
+    if not exams:
+        raise DatasetError("nothing to snapshot: no exam in the archive has correction events"
+                           + ("" if include_unreviewed else
+                              " (use --include-unreviewed to take AI-marked exams as unreviewed)"))
+    if rule.adjudicator and not any(rule.adjudicator in e["readers"] for e in exams):
+        raise DatasetError(f"adjudicator {rule.adjudicator!r} has read none of the exams")
+    readers = sorted({r for e in exams for r in e["readers"]})
+    counts = {
+        "exams": len(exams),
+        "exams_reviewed": sum(1 for e in exams if e["reviewed"]),
+        "images": len(images),
+        "readers": len(readers),
+        "labels": sum(1 for img in images for labs in img["readers"].values() for lab in labs
+                      if lab["positive"]),
+        "consensus_labels": sum(len(img["consensus"]) for img in images),
+        "ai_marks": sum(len(o["marks"]) for img in images for o in img["original"]),
+        "exams_with_events_not_in_archive": len(missing),
+    }
+    return {
+        "format": FORMAT,
+        "name": name,
+        "description": description,
+        "role": role,
+        "consensus": rule.to_json(),
+        "selection": {"include_unreviewed": bool(include_unreviewed)},
+        "kinds": list(KINDS),
+        "coordinates": "stored-image pixels; x = column, y = row; boxes [x0, y0, x1, y1] half-open",
+        "readers": readers,
+        "counts": counts,
+        "agreement": _agreement(exams, images),
+        "exams": exams,
+        "images": images,
+    }
+
+
+def canonical_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The bytes a manifest is stored (and hashed) as: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- store
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """One row of ``dataset_snapshots``."""
+
+    sha256: str
+    created_at: str
+    name: str
+    description: str
+    role: str
+    consensus: str
+    exams: int
+    images: int
+    readers: int
+    labels: int
+    consensus_labels: int
+    path: Path
+    created: bool = field(default=False, compare=False)  # True when this call wrote it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "created_at": self.created_at, "name": self.name,
+                "description": self.description, "role": self.role, "consensus": self.consensus,
+                "exams": self.exams, "images": self.images, "readers": self.readers,
+                "labels": self.labels, "consensus_labels": self.consensus_labels,
+                "path": str(self.path)}
+
+
+def _write_read_only(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename) and make it read-only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _record(row: sqlite3.Row, folder: Path) -> SnapshotRecord:
+    return SnapshotRecord(
+        sha256=row["sha256"], created_at=row["created_at"], name=row["name"],
+        description=row["description"], role=row["role"], consensus=row["consensus"],
+        exams=int(row["exams"]), images=int(row["images"]), readers=int(row["readers"]),
+        labels=int(row["labels"]), consensus_labels=int(row["consensus_labels"]),
+        path=folder / f"{row['sha256']}.json")
+
+
+def create_snapshot(archive_file: str | Path | None = None, *, rule: str | ConsensusRule = "union",
+                    role: str = "training", name: str = "", description: str = "",
+                    include_unreviewed: bool = False) -> SnapshotRecord:
+    """Freeze the current labels: write the manifest and record it.
+
+    Returns the record; ``created`` is False when an identical snapshot already existed
+    (same labels, name, description, role and rule give the same hash).
+    """
+    if archive_file is None:
+        from mammotriage.config import archive_path
+
+        archive_file = archive_path()
+    manifest = build_manifest(archive_file, rule=rule, role=role, name=name,
+                              description=description, include_unreviewed=include_unreviewed)
+    data = canonical_bytes(manifest)
+    digest = hashlib.sha256(data).hexdigest()
+    folder = datasets_dir(archive_file)
+    path = folder / f"{digest}.json"
+    if path.exists():
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise DatasetError(f"{path} exists but does not match its name (tampered?)")
+    else:
+        _write_read_only(path, data)
+    counts = manifest["counts"]
+    conn = db.connect(archive_file)
+    try:
+        with db.transaction(conn):
+            cur = conn.execute(
+                """INSERT OR IGNORE INTO dataset_snapshots (sha256, created_at, name, description, role,
+                   consensus, exams, images, readers, labels, consensus_labels, manifest)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (digest, _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), name, description,
+                 role, str(ConsensusRule.parse(rule)), counts["exams"], counts["images"],
+                 counts["readers"], counts["labels"], counts["consensus_labels"],
+                 f"datasets/{digest}.json"))
+            created = cur.rowcount == 1
+            row = conn.execute("SELECT * FROM dataset_snapshots WHERE sha256 = ?", (digest,)).fetchone()
+    finally:
+        conn.close()
+    rec = _record(row, folder)
+    return SnapshotRecord(**{**rec.__dict__, "created": created})
+
+
+def list_snapshots(archive_file: str | Path | None = None) -> list[SnapshotRecord]:
+    """All recorded snapshots, oldest first."""
+    if archive_file is None:
+        from mammotriage.config import archive_path
+
+        archive_file = archive_path()
+    folder = datasets_dir(archive_file)
+    conn = db.connect(archive_file)
+    try:
+        rows = conn.execute("SELECT * FROM dataset_snapshots ORDER BY created_at, sha256").fetchall()
+    finally:
+        conn.close()
+    return [_record(r, folder) for r in rows]
+
+
+def resolve_snapshot(ref: str | Path, archive_file: str | Path | None = None) -> Path:
+    """Path of a snapshot manifest from a full hash, a unique hash prefix (>= 6 hex
+    digits), a snapshot name, or a path to a manifest file."""
+    text = str(ref).strip()
+    candidate = Path(text).expanduser()
+    if candidate.suffix == ".json" and candidate.is_file():
+        return candidate
+    folder = datasets_dir(archive_file)
+    if len(text) == 64 and (folder / f"{text}.json").is_file():
+        return folder / f"{text}.json"
+    hexdigits = set("0123456789abcdef")
+    matches: list[Path] = []
+    if len(text) >= 6 and set(text.lower()) <= hexdigits:
+        matches = sorted(folder.glob(f"{text.lower()}*.json"))
+    if not matches:
+        named = [r for r in list_snapshots(archive_file) if r.name and r.name == text]
+        matches = sorted({r.path for r in named})
+    if not matches:
+        raise DatasetError(f"no snapshot {text!r} (see `mammotriage dataset list`)")
+    if len(matches) > 1:
+        raise DatasetError(f"{text!r} is ambiguous: " + ", ".join(p.stem[:12] for p in matches))
+    return matches[0]
+
+
+def load_snapshot(ref: str | Path, archive_file: str | Path | None = None) -> dict[str, Any]:
+    """Read and verify a snapshot manifest (its sha256 must equal its file name).
+
+    The returned dict has an extra key ``"sha256"`` (not part of the hashed content).
+    """
+    path = resolve_snapshot(ref, archive_file)
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if path.stem != digest:
+        raise DatasetError(f"snapshot {path} does not match its name: content sha256 is {digest}")
+    manifest = json.loads(data)
+    if manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path}: unknown manifest format {manifest.get('format')!r}")
+    manifest["sha256"] = digest
+    return manifest
+
+
+# --------------------------------------------------------------------------- diff
+
+
+@dataclass
+class SnapshotDiff:
+    """Labels added, removed and changed from snapshot ``a`` to snapshot ``b``.
+
+    Each entry: ``{"sop_uid", "owner", "label_id", ...}`` where ``owner`` is a reader
+    name, ``"consensus"`` or ``"original:<model version>"``; changed entries carry
+    ``"before"``/``"after"`` (only the fields that differ).
+    """
+
+    a: str
+    b: str
+    added: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    images_added: list[str] = field(default_factory=list)
+    images_removed: list[str] = field(default_factory=list)
+    exams_changed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.images_added
+                    or self.images_removed or self.exams_changed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "added": self.added, "removed": self.removed,
+                "changed": self.changed, "images_added": self.images_added,
+                "images_removed": self.images_removed, "exams_changed": self.exams_changed}
+
+
+_COMPARED = ("status", "kind", "geometry", "score", "positive", "suspicion")
+
+
+def _flat_labels(manifest: Mapping[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for img in manifest["images"]:
+        sop = img["sop_uid"]
+        for reader, labels in img["readers"].items():
+            for lab in labels:
+                out[(sop, reader, lab["label_id"])] = lab
+        for lab in img["consensus"]:
+            out[(sop, "consensus", lab["label_id"])] = lab
+        for orig in img["original"]:
+            for mark in orig["marks"]:
+                out[(sop, f"original:{orig['model_version']}", mark["label_id"])] = mark
+    return out
+
+
+def diff_snapshots(a: Mapping[str, Any], b: Mapping[str, Any]) -> SnapshotDiff:
+    """Compare two loaded manifests (see :func:`load_snapshot`), label by label."""
+    la, lb = _flat_labels(a), _flat_labels(b)
+    out = SnapshotDiff(str(a.get("sha256", "")), str(b.get("sha256", "")))
+
+    def brief(key: tuple[str, str, str], lab: Mapping[str, Any]) -> dict[str, Any]:
+        return {"sop_uid": key[0], "owner": key[1], "label_id": key[2], "kind": lab.get("kind"),
+                "status": lab.get("status"), "box": lab.get("box")}
+
+    for key in sorted(lb.keys() - la.keys()):
+        out.added.append(brief(key, lb[key]))
+    for key in sorted(la.keys() - lb.keys()):
+        out.removed.append(brief(key, la[key]))
+    for key in sorted(la.keys() & lb.keys()):
+        before, after = la[key], lb[key]
+        fields = [f for f in _COMPARED if before.get(f) != after.get(f)]
+        if fields:
+            out.changed.append({"sop_uid": key[0], "owner": key[1], "label_id": key[2],
+                                "before": {f: before.get(f) for f in fields},
+                                "after": {f: after.get(f) for f in fields}})
+    sops_a = {img["sop_uid"] for img in a["images"]}
+    sops_b = {img["sop_uid"] for img in b["images"]}
+    out.images_added = sorted(sops_b - sops_a)
+    out.images_removed = sorted(sops_a - sops_b)
+    exams_a = {e["exam_key"]: e for e in a["exams"]}
+    for e in b["exams"]:
+        old = exams_a.get(e["exam_key"])
+        if old is not None and (old["readers"] != e["readers"] or old["consensus"] != e["consensus"]):
+            out.exams_changed.append({"exam_key": e["exam_key"],
+                                      "before": {"readers": old["readers"], "consensus": old["consensus"]},
+                                      "after": {"readers": e["readers"], "consensus": e["consensus"]}})
+    return out
