@@ -81,7 +81,8 @@ class MainWindow(QMainWindow):
         self.corrections: ExamCorrections | None = None
         self.reader = str(self.settings.value("reader/name", "") or current_reader())
         self.corrections_log.add_reader(self.reader)
-        self.model_dir, self.model_meta, self.model_problem = _find_model(model_dir)
+        self._explicit_model = model_dir
+        self.model_dir, self.model_meta, self.model_problem = _find_model(model_dir, self.archive.path)
         self.model_version: str | None = self.model_meta.get("version") if self.model_meta else None
         self.points: OperatingPoints | None = None
         if self.model_meta is not None:
@@ -90,6 +91,7 @@ class MainWindow(QMainWindow):
             except ValueError as exc:
                 self.model_problem = str(exc)
         self.triage = None
+        self._auto_triage = start_triage  # run the triage worker whenever a model is active
         self._triage_wanted = start_triage and self.model_meta is not None
         self.current: ExamRecord | None = None
         self.current_paths: dict[str, str] = {}  # slot -> path
@@ -537,7 +539,38 @@ class MainWindow(QMainWindow):
         self.triage.start()
         self.log_line(f"background triage started with model {self.model_version}")
 
+    def check_active_model(self) -> bool:
+        """Follow a promotion or rollback made elsewhere (CLI, model panel): restart the
+        triage worker with the new active version. Returns True if the model changed."""
+        if self._explicit_model is not None:
+            return False
+        folder, meta, problem = _find_model(None, self.archive.path)
+        version = meta.get("version") if meta else None
+        if version == self.model_version:
+            return False
+        if self.triage is not None:
+            self.triage.stop()
+            self.triage = None
+        self.model_dir, self.model_meta, self.model_problem = folder, meta, problem
+        self.model_version = version
+        self.points = None
+        if meta is not None:
+            try:
+                self.points = OperatingPoints.resolve(meta, data_dir() / "triage.json")
+            except ValueError as exc:
+                self.model_problem = str(exc)
+            self.hanging.state.mark_threshold = _mark_threshold(meta, self.points) if self.points else 0.5
+            if self._auto_triage:
+                self.start_triage()
+        self.log_line(f"active model is now {version or 'none'}")
+        self.refresh_worklist()
+        self.load_overlays()
+        return True
+
     def _poll_triage(self) -> None:
+        self._model_check_tick = getattr(self, "_model_check_tick", 0) + 1
+        if self._model_check_tick % 100 == 0:  # every ~3 s
+            self.check_active_model()
         if self.triage is None:
             return
         refresh = False
@@ -738,11 +771,26 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
-def _find_model(model_dir: str | Path | None) -> tuple[Path | None, dict | None, str]:
-    """The model package to triage with, its verified metadata, or the reason there is none."""
-    from mammotriage.model.package import ModelPackageError, default_model_dir, verify
+def _find_model(model_dir: str | Path | None, archive_file: Path | None = None
+                ) -> tuple[Path | None, dict | None, str]:
+    """The model to triage with (an explicit folder, else the registry's active version,
+    registering the shipped package on first use), its verified metadata, or the reason
+    there is none."""
+    from mammotriage.model.package import ModelPackageError, verify
+    from mammotriage.model.registry import ModelRegistry
 
-    folder = Path(model_dir) if model_dir else default_model_dir()
+    folder = Path(model_dir) if model_dir else None
+    if folder is None and archive_file is not None:
+        with ModelRegistry(archive_file) as registry:
+            registry.ensure_shipped()
+            active = registry.active()
+        if active is None:
+            return None, None, "no model registered (models/ has no verified package)"
+        folder = Path(active.path)
+    if folder is None:
+        from mammotriage.model.package import default_model_dir
+
+        folder = default_model_dir()
     try:
         return folder, verify(folder), ""
     except ModelPackageError as exc:
