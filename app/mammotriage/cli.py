@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dataset_commands(sub)
 
+    from mammotriage.net.commands import add_net_commands
+
+    add_net_commands(sub)
+
     p = sub.add_parser("models", help="model registry: list, show, register, promote, rollback")
     models = p.add_subparsers(dest="models_command", required=True)
     q = models.add_parser("list", help="registered versions; * marks the active one")

@@ -191,7 +191,8 @@ def test_worker_loop_processes_everything_then_idles(setup) -> None:
 
     status = q.Queue()
     worker = threading.Thread(target=run_worker, args=(str(archive.path), str(tmp), None, stop),
-                              kwargs={"loader": lambda *a, **k: model, "status": status, "idle_s": 0.05})
+                              kwargs={"loader": lambda *a, **k: model, "status": status, "idle_s": 0.05,
+                                      "settle_s": 0.0})
     worker.start()
     deadline = time.monotonic() + 30
     while queue.counts("test-1")["done"] < 3 and time.monotonic() < deadline:

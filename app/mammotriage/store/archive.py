@@ -468,12 +468,12 @@ class Archive:
                     (report.imported if is_new else report.duplicates).append(item)
             if rejection is not None:
                 report.rejected.append(rejection)
-                self._log_rejection(rejection)
+                self.log_rejection(rejection)
             if progress is not None:
                 progress(done, total, cand.path)
         return report
 
-    def _log_rejection(self, rejection: Rejection) -> None:
+    def log_rejection(self, rejection: Rejection) -> None:
         try:
             with self._lock, db.transaction(self.conn):
                 self.conn.execute(

@@ -83,8 +83,13 @@ class TriageQueue:
         self.close()
 
     # ----------------------------------------------------------------- queue
-    def sync(self, model_version: str) -> int:
-        """Enqueue every exam without a job for ``model_version``; returns how many."""
+    def sync(self, model_version: str, settle_s: float = 0.0) -> int:
+        """Enqueue every exam without a job for ``model_version``; returns how many.
+
+        ``settle_s``: only exams whose last image arrived at least that long ago, so an
+        exam still being received (or imported) is not analysed half-complete.
+        """
+        cutoff = (_dt.datetime.now(_dt.UTC) - _dt.timedelta(seconds=settle_s)).isoformat(timespec="seconds")
         with db.transaction(self.conn):
             cur = self.conn.execute(
                 """
@@ -94,8 +99,9 @@ class TriageQueue:
                 WHERE NOT EXISTS (SELECT 1 FROM triage_jobs j
                                   WHERE j.exam_key = s.exam_key AND j.model_version = ?)
                 GROUP BY s.exam_key
+                HAVING MAX(i.imported_at) <= ?
                 """,
-                (model_version, model_version),
+                (model_version, model_version, cutoff),
             )
         return cur.rowcount
 

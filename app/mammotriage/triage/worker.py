@@ -109,17 +109,28 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
 
             name = str(model.metadata.get("name") or "mammotriage-detector")
             breasts = {k: v for k, v in (("L", result.score_left), ("R", result.score_right)) if v is not None}
-            write_exam_results(archive, job.exam_key, images, AlgorithmInfo(name, model.version, model.weights_sha256),
-                               results_dir / model.version, breast_scores=breasts, exam_score=result.score)
+            paths = write_exam_results(archive, job.exam_key, images,
+                                       AlgorithmInfo(name, model.version, model.weights_sha256),
+                                       results_dir / model.version, breast_scores=breasts, exam_score=result.score)
+            _queue_for_pacs(paths)
         except Exception as exc:  # noqa: BLE001 - the triage result stands; report the DICOM problem
             if on_error is not None:
                 on_error(f"DICOM results for {job.exam_key} not written: {type(exc).__name__}: {exc}")
     return result
 
 
+def _queue_for_pacs(paths: list[Path]) -> None:
+    """Hand the written results to the DICOM outbox (a no-op unless the site sends results)."""
+    from mammotriage.net.outbox import queue_result
+
+    for path in paths:
+        queue_result(path, "ai-sr" if path.name.startswith("sr-") else "ai-seg")
+
+
 def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: Any,
                device: str | None = None, threads: int = 2, idle_s: float = 0.5,
-               loader: Callable[..., LoadedModel] = load_model, status: Any = None) -> None:
+               loader: Callable[..., LoadedModel] = load_model, status: Any = None,
+               settle_s: float = 3.0) -> None:
     """Worker-process main loop: sync the queue, take jobs, store results, until ``stop`` is set.
 
     ``status`` (a multiprocessing queue, optional) receives ``("ready", version)``,
@@ -142,7 +153,7 @@ def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: An
         while not stop.is_set():
             now = time.monotonic()
             if now - last_sync > 2.0:
-                queue.sync(model.version)
+                queue.sync(model.version, settle_s=settle_s)
                 last_sync = now
             try:
                 outcome = process_one(queue, archive, model, maps_dir, results_dir=Path(data_dir) / "results",
