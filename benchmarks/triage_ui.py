@@ -71,6 +71,8 @@ def main() -> None:
             app.processEvents()
             time.sleep(0.001)
             counts = window.queue.counts(window.model_version)
+            if os.environ.get("MT_BENCH_DEBUG") and int(time.monotonic() - t0) % 10 == 0:
+                print("debug", round(time.monotonic() - t0), counts, window.triage.process.is_alive(), flush=True)
             if ready_at is None and counts["running"] + counts["done"] + counts["failed"] > 0:
                 ready_at = time.monotonic()
             if counts["done"] + counts["failed"] == args.exams:
@@ -87,8 +89,12 @@ def main() -> None:
         print(f"ui_max_event_loop_gap_ms {max(gaps):.1f}")
         print(f"ui_p99_event_loop_gap_ms {np.percentile(gaps, 99):.1f}")
         print(f"triage_seconds_per_exam {total / args.exams:.2f}")
-        print(f"malignant_rank_ok {int(worst_malignant < best_normal)}")
+        print(f"malignant_rank_ok {int(worst_malignant < best_normal)}", flush=True)
         window.close()
+    sys.stdout.flush()
+    # PySide6 6.12 can abort in garbage collection at interpreter exit after this
+    # script's timers and temporary folders are torn down; every figure is printed.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -50,4 +50,8 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
     if demo:
         window.ensure_demo()
     app.exec()
+    # destroy the window while the QApplication still exists (no Qt object may outlive it)
+    window.deleteLater()
+    app.processEvents()
+    del window
     return rc["code"]

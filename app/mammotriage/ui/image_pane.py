@@ -207,7 +207,9 @@ class ImagePane(QWidget):
         level = self.view.levels[level_index]
         self._buffer = np.ascontiguousarray(self._lut.apply(level))
         h, w = self._buffer.shape
-        self._qimage = QImage(self._buffer.data, w, h, w, QImage.Format.Format_Grayscale8)
+        # .copy(): Qt owns the pixels (a QImage that borrows a numpy buffer trips
+        # PySide6's reference counting at interpreter shutdown)
+        self._qimage = QImage(self._buffer.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
         self._cache_key = key
         return self._qimage, level_index
 

@@ -48,7 +48,7 @@ class AiOverlay:
             idx = np.rint(orientation.apply(values) * 255).astype(np.uint8)
             self._rgba = np.ascontiguousarray(_suspicion_lut()[idx])
             h, w = idx.shape
-            self._qimage = QImage(self._rgba.data, w, h, w * 4, QImage.Format.Format_RGBA8888)
+            self._qimage = QImage(self._rgba.data, w, h, w * 4, QImage.Format.Format_RGBA8888).copy()
             self._key = key
         return self._qimage
 
