@@ -82,3 +82,20 @@ def test_shipped_model_verifies_if_present():
     assert meta["intended_use"] == "research demonstration, not for clinical use"
     size = (d / meta["weights_file"]).stat().st_size
     assert size < 10 * 1024 * 1024
+
+
+def test_shipped_model_runs_deterministically(phantom_exam):
+    from mammotriage.dicom.image import MammoImage
+    from mammotriage.dicom.read import parse_metadata
+    from mammotriage.model.package import default_model_dir, load_engine
+
+    d = default_model_dir()
+    if not (d / "configs" / "metadata.json").exists():
+        pytest.skip("no shipped model package in models/")
+    engine = load_engine(d, device="cpu", threads=2, batch_size=1)
+    img = phantom_exam.images[0]
+    im = MammoImage(pixels=img.pixels, meta=parse_metadata(img.dataset))
+    a, b = engine.predict_images([im])[0], engine.predict_images([im])[0]
+    assert [(f.box, f.score, f.kind) for f in a.findings] == [(f.box, f.score, f.kind) for f in b.findings]
+    assert np.array_equal(a.suspicion, b.suspicion)
+    assert a.model_version == engine.version

@@ -54,7 +54,7 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def model_card(meta: dict, cv: dict | None) -> str:
+def model_card(meta: dict, cv: dict | None, notes: str = "") -> str:
     lines = [f"# Mammo Triage lesion detector v{meta['version']}", "",
              f"**Intended use:** {meta['intended_use']}.", "",
              "## Model",
@@ -76,8 +76,9 @@ def model_card(meta: dict, cv: dict | None) -> str:
         lines += [
             f"Patient-level {s['k']}-fold cross-validation on mini-MIAS dev ({p['n_images']} images, "
             f"{p['n_abnormal']} abnormal, {p['n_lesions']} located lesions). Each fold's model was trained "
-            f"on the other folds' patients (+ {s['n_extra_train']} phantom images) for {hp['epochs']} epochs "
-            "(cheaper than the shipped model's schedule) and predicted only its held-out patients; the "
+            f"on the other folds' patients (+ {s['n_extra_train']} phantom images) on a {hp['epochs']}-epoch schedule, "
+            f"stopped after {max(f['iterations'] for f in s['per_fold'])} iterations of batch {hp['batch_size']} "
+            "(cheaper than the shipped model's training) and predicted only its held-out patients; the "
             "figures pool those held-out predictions. Nothing was tuned on these folds.", "",
             f"* Image-level ROC AUC (abnormal vs normal, pooled): **{_fmt(p['image_auc'])}**; "
             f"per-fold mean {_fmt(s['fold_auc_mean'])} ± {_fmt(s['fold_auc_std'])}",
@@ -86,12 +87,13 @@ def model_card(meta: dict, cv: dict | None) -> str:
             "|---|" + "---|" * len(p["froc"]),
             "| all lesions | " + " | ".join(_fmt(v) for v in p["froc"].values()) + " |"]
         for kind, d in p["per_kind"].items():
-            lines.append(f"| {kind} ({d['n']}) | " + " | ".join(_fmt(d.get(f'sens@{k}')) for k in p["froc"]) + " |")
+            lines.append(f"| {kind} ({int(d['n'])}) | " + " | ".join(_fmt(d.get(f'sens@{k}')) for k in p["froc"]) + " |")
         lines += ["", "Per fold:", ""]
         for f in s["per_fold"]:
             lines.append(f"* fold {f['fold']}: {f['val_images']} images, AUC {_fmt(f.get('image_auc'))}, "
                          f"sens@1FP {_fmt(f['froc'].get('1'))}, trained {f['iterations']}/{f['total_iterations']} "
-                         f"iterations in {f['train_seconds']} s")
+                         "iterations" + (f" in {f['train_seconds']:.0f} s" if f.get('train_seconds') else
+                                         " (resumed from its checkpoint; time not recorded)"))
         lines += ["", "![FROC](froc.png) ![ROC](roc.png)", ""]
     else:
         lines += ["No cross-validation was run for this package.", ""]
@@ -104,12 +106,15 @@ def model_card(meta: dict, cv: dict | None) -> str:
               "* Validation figures come from one small data set; held-out performance on other data "
               "can differ widely.", "",
               "## Hyper-parameters", "```", json.dumps(meta["hyper_parameters"], indent=1), "```", ""]
+    if notes:
+        lines += ["## Notes", notes, ""]
     return "\n".join(lines)
 
 
 def write_trained_package(out_dir: str | Path, result, described: dict, cv: dict | None = None,
                           version: str = "0.1.0", parent_version: str | None = None,
-                          description: str = "RetinaNet/EfficientNet-Lite0/FPN-64 lesion detector") -> Path:
+                          description: str = "RetinaNet/EfficientNet-Lite0/FPN-64 lesion detector",
+                          notes: str = "") -> Path:
     from mammotriage.model.evaluate import write_plots
     from mammotriage.model.package import read_metadata, save_package
 
@@ -137,5 +142,5 @@ def write_trained_package(out_dir: str | Path, result, described: dict, cv: dict
     if cv:
         write_plots(cv["pooled"], out_dir / "docs", title="CV")
     meta = read_metadata(out_dir)
-    (out_dir / "docs" / "README.md").write_text(model_card(meta, cv))
+    (out_dir / "docs" / "README.md").write_text(model_card(meta, cv, notes))
     return out_dir

@@ -65,7 +65,7 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=None, help="views per batch (default: 4 on CUDA, 1 on CPU)")
     p.add_argument("--min-score", type=float, default=0.05, help="list findings at or above this score")
     p.set_defaults(func=cmd_triage)
 

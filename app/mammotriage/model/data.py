@@ -143,7 +143,9 @@ def samples_from_spec(spec: dict, base: Path | None = None) -> tuple[list[Sample
         else:
             raise ValueError(f"unknown manifest source type {src['type']!r}")
         samples.extend(got)
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+    # The hash names the content, not where it was found: paths are left out.
+    content = [{k: v for k, v in d.items() if k != "path"} for d in described]
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     return samples, {"sources": described, "sha256": digest,
                      "n_images": len(samples), "n_boxes": int(sum(len(s.kinds) for s in samples))}
 

@@ -84,7 +84,7 @@ class Engine:
     """A loaded detector ready for inference."""
 
     def __init__(self, detector, config: NetworkConfig, params: PreprocessParams,
-                 device: str | None = None, threads: int = DEFAULT_THREADS, batch_size: int = 4,
+                 device: str | None = None, threads: int = DEFAULT_THREADS, batch_size: int | None = None,
                  version: str = "", thresholds: dict | None = None):
         set_deterministic(threads)
         self.device = pick_device(device)
@@ -93,6 +93,10 @@ class Engine:
         self.detector.eval()
         self.config = config
         self.params = params
+        # Batching pays on a GPU; on CPU one view at a time was faster (measured: 4 views
+        # 1.7 s one by one vs 2.3 s as one batch of 4, 2 threads).
+        if batch_size is None:
+            batch_size = 4 if self.device.type == "cuda" else 1
         self.batch_size = max(1, int(batch_size))
         self.version = version
         self.thresholds = thresholds or {}

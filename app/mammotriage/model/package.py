@@ -102,6 +102,7 @@ def save_package(out_dir: str | Path, detector, config, pp, *, version: str, des
         state[k] = v
     weights = out_dir / WEIGHTS
     save_file(state, str(weights), metadata={"format": "pt", "model_version": version})
+    weights.chmod(0o644)
     digest = sha256_file(weights)
     rows, cols = pp.canvas_rows, pp.canvas_columns
     meta = {
@@ -209,7 +210,7 @@ def load_detector(model_dir: str | Path):
 
 
 def load_engine(model_dir: str | Path | None = None, device: str | None = None, threads: int = 2,
-                batch_size: int = 4):
+                batch_size: int | None = None):
     """A ready :class:`~mammotriage.model.infer.Engine` for a verified package."""
     from mammotriage.model.infer import Engine
 

@@ -53,5 +53,4 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
     # destroy the window while the QApplication still exists (no Qt object may outlive it)
     window.deleteLater()
     app.processEvents()
-    del window
     return rc["code"]
