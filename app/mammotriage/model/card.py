@@ -47,7 +47,21 @@ def operating_points(records: list[dict]) -> dict[str, Any]:
         if (~labels).any():
             t = ops["image_score_at_90pct_sensitivity"]
             ops["image_specificity_at_that_score"] = float((scores[~labels] < t).mean())
+        # the thresholds the triage worklist uses (mammotriage.triage.worklist.OperatingPoints)
+        ops["suspicious"] = _image_point(scores, labels, 0.90)
+        ops["likely_normal"] = _image_point(scores, labels, 0.98)
+        ops["marks"] = {"threshold": ops["finding_score_at_1_fp_per_image"],
+                        "meaning": "finding score at 1 false positive per image"}
     return ops
+
+
+def _image_point(scores: np.ndarray, labels: np.ndarray, sensitivity: float) -> dict[str, Any]:
+    """Image-score threshold keeping ``sensitivity`` of the abnormal images at or above it."""
+    pos = np.sort(scores[labels])
+    t = float(pos[int(np.floor((1.0 - sensitivity) * len(pos)))])
+    spec = float((scores[~labels] < t).mean()) if (~labels).any() else None
+    return {"threshold": t, "sensitivity": float((scores[labels] >= t).mean()), "specificity": spec,
+            "target_sensitivity": sensitivity}
 
 
 def _fmt(v) -> str:
