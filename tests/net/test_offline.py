@@ -84,6 +84,25 @@ def step_receive_over_dicom(p: Pipeline) -> None:
     p.notes["received_study"] = exam.study_uid
 
 
+def step_triage_with_the_shipped_model(p: Pipeline) -> None:
+    """Full triage of every exam (model load with hash check, inference, results as
+    DICOM) inside the guard; the written SR/SEG objects are what goes to the PACS."""
+    from mammotriage.model.package import default_model_dir
+    from mammotriage.triage import TriageQueue
+    from mammotriage.triage.worker import load_model, process_one
+
+    model = load_model(default_model_dir(), threads=2)
+    errors: list[str] = []
+    with TriageQueue(p.archive.path) as queue:
+        assert queue.sync(model.version) >= 3  # two demo exams + the received one
+        while process_one(queue, p.archive, model, p.root / "ai_maps", results_dir=p.root / "results",
+                          on_error=errors.append) is not None:
+            pass
+        counts = queue.counts(model.version)
+    assert not errors and counts["failed"] == 0 and counts["done"] >= 3, (counts, errors)
+    p.results_to_send.extend(sorted((p.root / "results").rglob("sr-*.dcm")))
+
+
 def step_results_to_pacs(p: Pipeline) -> None:
     study = str(p.notes["received_study"])
     p.results_to_send.append(make_sr(p.root / "results" / "ai-sr.dcm", study_uid=study))
@@ -99,6 +118,7 @@ STEPS: list[Callable[[Pipeline], None]] = [
     step_demo_and_import,
     step_decode_and_hang,
     step_receive_over_dicom,
+    step_triage_with_the_shipped_model,
     step_results_to_pacs,
 ]
 
