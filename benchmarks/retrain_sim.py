@@ -222,9 +222,11 @@ class LoopConfig:
     validation_calc: int = 5  # validation exams with calcifications ...
     validation_mass: int = 5  # ... with masses only ...
     validation_normal: int = 2  # ... and normal
-    ft_epochs: float = 2.0
+    ft_epochs: float = 3.0
     ft_lr: float = 3e-4
-    replay_fraction: float = 0.5
+    ft_warmup: int = 30
+    replay_fraction: float = 1.0
+    control_iterations: int = 180  # the shuffled-label control trains this long
     threads: int = 1
     n_boot: int = 200
     seed: int = 1
@@ -292,15 +294,16 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
                                      for k in ("mass", "calcification")}
     log(f"archive + snapshots in {figures['archive_s']} s; validation {vsnap.sha256[:12]} "
         f"{figures['validation_lesions']}, training {tsnap.sha256[:12]} {figures['correction_lesions']}")
-    rp = RetrainParams(epochs=cfg.ft_epochs, lr=cfg.ft_lr, patch_rows=cfg.rows, threads=cfg.threads,
-                       seed=cfg.seed, replay_fraction=cfg.replay_fraction)
+    rp = RetrainParams(epochs=cfg.ft_epochs, lr=cfg.ft_lr, warmup_iters=cfg.ft_warmup, patch_rows=cfg.rows,
+                       threads=cfg.threads, seed=cfg.seed, replay_fraction=cfg.replay_fraction)
     t = time.monotonic()
     good = retrain(tsnap.sha256, archive_file=archive, params=rp, out_dir=out / "candidate")
     figures["retrain_s"] = round(time.monotonic() - t, 1)
     figures["candidate_sha256"] = good.weights_sha256
     log(f"retrained in {figures['retrain_s']} s -> {good.version} {good.weights_sha256[:16]}")
     t = time.monotonic()
-    bad = retrain(tsnap.sha256, archive_file=archive, params=rp, out_dir=out / "shuffled",
+    rp_control = RetrainParams(**{**rp.__dict__, "max_iterations": cfg.control_iterations})
+    bad = retrain(tsnap.sha256, archive_file=archive, params=rp_control, out_dir=out / "shuffled",
                   transform=lambda s: shuffle_labels(s, seed=7), note="negative control: labels shuffled")
     figures["retrain_shuffled_s"] = round(time.monotonic() - t, 1)
     t = time.monotonic()
