@@ -226,7 +226,8 @@ class LoopConfig:
     ft_lr: float = 3e-4
     ft_warmup: int = 30
     replay_fraction: float = 1.0
-    control_iterations: int = 180  # the shuffled-label control trains this long
+    control_iterations: int = 150  # the shuffled-label control: this long, no replay
+    control_replay: float = 0.0
     threads: int = 1
     n_boot: int = 200
     seed: int = 1
@@ -295,14 +296,16 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
     log(f"archive + snapshots in {figures['archive_s']} s; validation {vsnap.sha256[:12]} "
         f"{figures['validation_lesions']}, training {tsnap.sha256[:12]} {figures['correction_lesions']}")
     rp = RetrainParams(epochs=cfg.ft_epochs, lr=cfg.ft_lr, warmup_iters=cfg.ft_warmup, patch_rows=cfg.rows,
-                       threads=cfg.threads, seed=cfg.seed, replay_fraction=cfg.replay_fraction)
+                       threads=cfg.threads, seed=cfg.seed, replay_fraction=cfg.replay_fraction,
+                       max_iterations=None)
     t = time.monotonic()
     good = retrain(tsnap.sha256, archive_file=archive, params=rp, out_dir=out / "candidate")
     figures["retrain_s"] = round(time.monotonic() - t, 1)
     figures["candidate_sha256"] = good.weights_sha256
     log(f"retrained in {figures['retrain_s']} s -> {good.version} {good.weights_sha256[:16]}")
     t = time.monotonic()
-    rp_control = RetrainParams(**{**rp.__dict__, "max_iterations": cfg.control_iterations})
+    rp_control = RetrainParams(**{**rp.__dict__, "max_iterations": cfg.control_iterations,
+                                  "replay_fraction": cfg.control_replay})
     bad = retrain(tsnap.sha256, archive_file=archive, params=rp_control, out_dir=out / "shuffled",
                   transform=lambda s: shuffle_labels(s, seed=7), note="negative control: labels shuffled")
     figures["retrain_shuffled_s"] = round(time.monotonic() - t, 1)
@@ -329,11 +332,39 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
                       gates["shuffled"], figures)
 
 
+def monitoring_plots(res: LoopResult, out: Path, threads: int = 1) -> dict[str, Any]:
+    """Triage every archived exam with the parent, promote the candidate (passed gate),
+    triage again, and write the monitoring report and plots (``mammotriage monitor``)."""
+    from mammotriage.model.package import read_metadata
+    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.store import Archive
+    from mammotriage.triage import TriageQueue
+    from mammotriage.triage.monitor import monitor_report, write_plots
+    from mammotriage.triage.worker import load_model, process_one
+
+    maps = out / "ai_maps"
+    for folder in (res.parent, res.candidate.path):
+        if folder == res.candidate.path:
+            with ModelRegistry(res.archive) as reg:
+                reg.promote(res.candidate.version, res.gate_candidate, who="sim")
+        model = load_model(folder, threads=threads)
+        with TriageQueue(res.archive) as queue, Archive(res.archive) as archive:
+            queue.sync(model.version)
+            while process_one(queue, archive, model, maps) is not None:
+                pass
+    meta = read_metadata(res.candidate.path)
+    report = monitor_report(res.archive, meta, None)
+    plots = write_plots(report, out / "monitor")
+    (out / "monitor" / "monitor.json").write_text(json.dumps(report, indent=1, default=str))
+    return {"monitor_plots": [str(p) for p in plots]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/mt-learning-loop"))
     for name, value in LoopConfig().__dict__.items():
         ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    ap.add_argument("--monitor", action="store_true", help="also triage with both models and write monitoring plots")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     import shutil
@@ -342,6 +373,8 @@ def main() -> None:
     shutil.rmtree(a.out, ignore_errors=True)
     res = run_learning_loop(a.out, cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     figs = res.figures
+    if a.monitor:
+        figs.update(monitoring_plots(res, a.out, cfg.threads))
     print(json.dumps(figs, indent=1) if a.json else "\n".join(f"{k} {v}" for k, v in figs.items()))
 
 

@@ -53,6 +53,12 @@ def _parent(work: Path) -> tuple[Path, str]:
     return out, "imagenet-initialised stand-in (no verified shipped model)"
 
 
+def _timed_start(panel, snapshot: str, out: list[float]) -> None:
+    t = time.perf_counter()
+    panel.start_retrain(snapshot)
+    out.append((time.perf_counter() - t) * 1000)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--exams", type=int, default=100)
@@ -76,6 +82,8 @@ def main() -> None:
     archive = work / "home" / "archive.sqlite"
     t0 = time.monotonic()
     parent, origin = _parent(work)
+    if archive.exists():
+        raise SystemExit(f"{archive} exists: give an empty --work folder")
     with ModelRegistry(archive) as reg:
         reg.ensure_shipped(parent)
     val = import_phantom_exams(archive, work / "src-val", 77, phantom_numbers(77, a.validation_exams, a.rows, a.columns),
@@ -97,11 +105,15 @@ def main() -> None:
     panel = ModelPanel(archive, job_args={"retrain": job})
     panel.show()
     gaps: list[float] = []
+    long_gaps: list[tuple[float, float, str]] = []  # (seconds into the job, gap ms, panel status)
     last = [time.perf_counter()]
+    start = [time.perf_counter()]
 
     def tick() -> None:
         now = time.perf_counter()
         gaps.append(now - last[0])
+        if now - last[0] > 0.02:
+            long_gaps.append((now - start[0], (now - last[0]) * 1000, panel.status.text()[:60]))
         last[0] = now
 
     timer = QTimer()
@@ -111,9 +123,10 @@ def main() -> None:
     done: list[tuple[str, int]] = []
     panel.job_finished.connect(lambda kind, code: (done.append((kind, code)), loop.quit()))
     t1 = time.monotonic()
-    panel.start_retrain(snap.sha256)
-    last[0] = time.perf_counter()
+    start[0] = time.perf_counter()
     timer.start()
+    QTimer.singleShot(50, lambda: _timed_start(panel, snap.sha256, starts))
+    starts: list[float] = []
     loop.exec()
     timer.stop()
     wall = time.monotonic() - t1
@@ -129,12 +142,18 @@ def main() -> None:
     print(f"retrain_exit {done[0][1] if done else 'none'} {panel.status.text()!r}")
     print(f"retrain_wall_seconds {wall:.1f}")
     print(f"retrain_reported_seconds {res.get('seconds')}")
+    if starts:
+        print(f"ui_job_start_call_ms {starts[0]:.1f}")
     if gaps_ms:
         print(f"ui_longest_gap_ms {gaps_ms[-1]:.1f}")
+        for at, ms, status in sorted(long_gaps, key=lambda g: -g[1])[:5]:
+            print(f"ui_gap_at {at:.1f}s {ms:.1f}ms {status!r}")
         print(f"ui_gap_p99_ms {gaps_ms[int(0.99 * (len(gaps_ms) - 1))]:.1f}")
         print(f"ui_ticks {len(gaps_ms)}")
     panel.close()
+    panel.deleteLater()
     app.processEvents()
+    timer.deleteLater()
     if not a.keep and a.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

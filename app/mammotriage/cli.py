@@ -284,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(sub)
 
+    from mammotriage.model.learning_commands import add_learning_commands
+
+    add_learning_commands(sub)
+
     from mammotriage.export.commands import add_dataset_commands
 
     add_dataset_commands(sub)

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -132,7 +133,7 @@ class ModelPanel(QDialog):
         scroll = QScrollArea()
         scroll.setWidget(plots)
         scroll.setWidgetResizable(True)
-        scroll.setMinimumHeight(220)
+        scroll.setMinimumHeight(260)
         ml.addWidget(scroll, 1)
         self.plot_labels: list[QLabel] = []
         split.addWidget(mid)
@@ -161,7 +162,7 @@ class ModelPanel(QDialog):
         buttons.addStretch(1)
         buttons.addWidget(self.close_button)
         root.addLayout(buttons)
-        self.retrain_button.clicked.connect(lambda: self.start_retrain())
+        self.retrain_button.clicked.connect(self._retrain_clicked)
         self.validate_button.clicked.connect(lambda: self.start_validate())
         self.promote_button.clicked.connect(lambda: self.promote())
         self.rollback_button.clicked.connect(lambda: self.rollback())
@@ -288,7 +289,7 @@ class ModelPanel(QDialog):
             if pix.isNull():
                 continue
             lab = QLabel()
-            lab.setPixmap(pix.scaledToHeight(300, Qt.TransformationMode.SmoothTransformation))
+            lab.setPixmap(pix.scaledToHeight(230, Qt.TransformationMode.SmoothTransformation))
             lab.setToolTip(p)
             self.plot_row.addWidget(lab)
             self.plot_labels.append(lab)
@@ -303,6 +304,11 @@ class ModelPanel(QDialog):
         report = latest_report(self.archive_file, version)
         try:
             with ModelRegistry(self.archive_file) as reg:
+                active = reg.active()
+                if report is not None and active is not None and \
+                        report.get("parent", {}).get("weights_sha256") != active.weights_sha256:
+                    raise RegistryError(f"the gate report compares {version} with v{report['parent'].get('version')}, "
+                                        f"not with the active model v{active.version}: validate again")
                 reg.promote(version, report, who=current_reader())
         except RegistryError as exc:
             self.set_status(f"promotion of {version} refused: {exc}", error=True)
@@ -329,6 +335,19 @@ class ModelPanel(QDialog):
         self.status.setStyleSheet(f"color: {_FAIL.name()};" if error else "")
 
     # ------------------------------------------------------------------ background jobs
+    def _retrain_clicked(self) -> None:
+        snapshot = self.snapshots.currentData()
+        if not snapshot:
+            self.start_retrain()  # says what is missing
+            return
+        answer = QMessageBox.question(
+            self, "Retrain",
+            f"Fine-tune the active model v{self.active_version() or '?'} on training snapshot "
+            f"{snapshot[:12]}?\n\nIt runs in the background (minutes); validation images are never "
+            "trained on. The result is a candidate: validate it before promoting.")
+        if answer == QMessageBox.StandardButton.Yes:
+            self.start_retrain(snapshot)
+
     def start_retrain(self, snapshot: str | None = None, extra: Sequence[str] = ()) -> bool:
         snapshot = snapshot or self.snapshots.currentData()
         if not snapshot:
@@ -431,9 +450,3 @@ class ModelPanel(QDialog):
     def cancel_job(self) -> None:
         if self.process is not None:
             self.process.kill()
-
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if self.process is not None:
-            self.process.kill()
-            self.process.waitForFinished(3000)
-        super().closeEvent(event)
