@@ -38,18 +38,10 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-class ModelRegistry:
-    def __init__(self, archive_path: str | Path):
-        self.conn = db.connect(Path(archive_path))
+class ModelRegistry(db.Connected):
 
-    def close(self) -> None:
-        self.conn.close()
 
-    def __enter__(self) -> ModelRegistry:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ----------------------------------------------------------------- versions
     def register(self, package_dir: str | Path, origin: str = "site", who: str = "system") -> ModelVersion:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 __all__ = [
     "MIGRATIONS",
+    "Connected",
     "SCHEMA_VERSION",
     "Migration",
     "SchemaVersionError",
@@ -474,3 +475,20 @@ def connect(
         conn.close()
         raise
     return conn
+
+
+class Connected:
+    """Base for the archive's table owners: one migrated connection, closed on exit."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.conn = connect(self.path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):  # noqa: ANN204 - returns the subclass instance
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -119,22 +119,15 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
-class CorrectionLog:
+class CorrectionLog(db.Connected):
     """The append-only event log in the archive database."""
 
     def __init__(self, archive_path: str | Path, workstation: str | None = None):
-        self.path = Path(archive_path)
-        self.conn = db.connect(self.path)
+        super().__init__(archive_path)
         self.workstation = workstation or socket.gethostname()
 
-    def close(self) -> None:
-        self.conn.close()
 
-    def __enter__(self) -> CorrectionLog:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ----------------------------------------------------------------- readers
     def add_reader(self, name: str, full_name: str = "") -> None:

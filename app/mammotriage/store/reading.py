@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import getpass
-from pathlib import Path
 
 from mammotriage.store import db
 
@@ -17,14 +16,10 @@ def current_reader() -> str:
         return "unknown"
 
 
-class InitialReads:
+class InitialReads(db.Connected):
     """Append-only log of initial BI-RADS assessments per exam and reader."""
 
-    def __init__(self, archive_path: str | Path):
-        self.conn = db.connect(Path(archive_path))
 
-    def close(self) -> None:
-        self.conn.close()
 
     def record(self, exam_key: str, reader: str, birads: int) -> None:
         if not 0 <= int(birads) <= 6:

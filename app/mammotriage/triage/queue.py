@@ -65,22 +65,15 @@ class ExamResult:
     created_at: str
 
 
-class TriageQueue:
+class TriageQueue(db.Connected):
     """The job queue and AI results tables of an archive file."""
 
     def __init__(self, archive_path: str | Path, max_attempts: int = 2):
-        self.path = Path(archive_path)
-        self.conn = db.connect(self.path)
+        super().__init__(archive_path)
         self.max_attempts = max_attempts
 
-    def close(self) -> None:
-        self.conn.close()
 
-    def __enter__(self) -> TriageQueue:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ----------------------------------------------------------------- queue
     def sync(self, model_version: str, settle_s: float = 0.0) -> int:
