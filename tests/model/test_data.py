@@ -66,3 +66,17 @@ def test_manifest_with_phantoms_and_mias(tmp_path, make_breast):
     assert ph[0].load().dtype == np.uint8
     again, desc2 = load_manifest(man)
     assert desc2["sha256"] == desc["sha256"]
+
+
+def test_input_reference_and_training_scanners_for_the_drift_monitor(tmp_path, make_breast):
+    from mammotriage.dicom.voi import image_statistics
+    from mammotriage.model.data import input_reference, phantom_samples, training_scanners
+
+    samples = read_mias(_write_folder(tmp_path, make_breast)) + phantom_samples(1, seed=5, rows=256, columns=208)
+    ref = input_reference(samples)
+    means = [image_statistics(s.load())["mean"] for s in samples]
+    assert ref["n_images"] == len(samples) == 8
+    assert abs(ref["mean"] - np.mean(means)) < 1e-2
+    assert abs(ref["mean_sd"] - np.std(means, ddof=1)) < 1e-2 and ref["mean_sd"] > 0
+    assert training_scanners(samples) == ["Mammo Triage phantom", "mini-MIAS (digitised film)"]
+    assert input_reference([]) == {}

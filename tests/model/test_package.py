@@ -99,3 +99,27 @@ def test_shipped_model_runs_deterministically(phantom_exam):
     assert [(f.box, f.score, f.kind) for f in a.findings] == [(f.box, f.score, f.kind) for f in b.findings]
     assert np.array_equal(a.suspicion, b.suspicion)
     assert a.model_version == engine.version
+
+
+def test_saved_weights_bytes_do_not_depend_on_the_process(tiny_package, tmp_path):
+    """safetensors orders its header metadata per process; save_package sorts it, so the
+    same tensors always give the same file and sha256 (here: saved from a fresh process)."""
+    import subprocess
+    import sys
+
+    from mammotriage.model.package import read_metadata
+
+    meta = read_metadata(tiny_package)
+    raw = (tiny_package / "models/model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    code = (
+        "import sys; from safetensors.torch import load_file, save_file;"
+        "from mammotriage.model.package import canonicalize_safetensors, sha256_file;"
+        "t = load_file(sys.argv[1]); save_file(t, sys.argv[2], metadata={'format': 'pt', 'model_version': sys.argv[3]});"
+        "canonicalize_safetensors(sys.argv[2]); print(sha256_file(sys.argv[2]))")
+    digests = {subprocess.run([sys.executable, "-c", code, str(tiny_package / "models/model.safetensors"),
+                               str(tmp_path / f"w{i}.safetensors"), meta["version"]],
+                              capture_output=True, text=True, check=True).stdout.strip() for i in range(3)}
+    assert digests == {meta["weights_sha256"]}

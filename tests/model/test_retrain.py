@@ -183,7 +183,7 @@ def test_safetensors_header_is_canonical(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from mammotriage.model.retrain import canonicalize_safetensors
+    from mammotriage.model.package import canonicalize_safetensors
 
     f = tmp_path / "w.safetensors"
     save_file({"a": torch.arange(3.0)}, str(f), metadata={"model_version": "x", "format": "pt", "b": "y"})

@@ -7,10 +7,11 @@ import json
 import numpy as np
 
 from mammotriage.cli import main
+from mammotriage.dicom.voi import image_statistics
 from mammotriage.store import Archive
 from mammotriage.store.events import CorrectionLog
 from mammotriage.triage import TriageQueue
-from mammotriage.triage.monitor import image_statistics, monitor_report, write_plots
+from mammotriage.triage.monitor import monitor_report, write_plots
 from mtsupport import make_mg_dataset
 
 

@@ -266,3 +266,14 @@ def render_8bit(meta: MammoMetadata, pixels: np.ndarray, window: Window | Window
     if window is None:
         window = default_window(meta, pixels)
     return build_display_lut(meta, window, invert=invert).apply(pixels)
+
+
+def image_statistics(display: np.ndarray) -> dict[str, float]:
+    """Intensity statistics of the breast region of an 8-bit display image (tissue bright)."""
+    step = max(1, max(display.shape) // 512)
+    small = np.asarray(display[::step, ::step], dtype=np.float32)
+    mask = breast_mask(small)
+    values = small[mask] if mask.sum() >= 50 else small.ravel()
+    return {"mean": float(values.mean()), "std": float(values.std()),
+            "p05": float(np.percentile(values, 5)), "p95": float(np.percentile(values, 95)),
+            "breast_frac": float(mask.mean())}

@@ -128,7 +128,9 @@ def model_card(meta: dict, cv: dict | None, notes: str = "") -> str:
 def write_trained_package(out_dir: str | Path, result, described: dict, cv: dict | None = None,
                           version: str = "0.1.0", parent_version: str | None = None,
                           description: str = "RetinaNet/EfficientNet-Lite0/FPN-64 lesion detector",
-                          notes: str = "") -> Path:
+                          notes: str = "", extra: dict | None = None) -> Path:
+    """``extra``: more metadata (e.g. ``input_reference`` and ``training_scanners`` for
+    the drift monitor, see :func:`mammotriage.model.data.input_reference`)."""
     from mammotriage.model.evaluate import write_plots
     from mammotriage.model.package import read_metadata, save_package
 
@@ -152,7 +154,7 @@ def write_trained_package(out_dir: str | Path, result, described: dict, cv: dict
     save_package(out_dir, result.detector, result.config, result.params, version=version,
                  description=description, training=training, hyper_parameters=hp, seed=result.hp.seed,
                  eval_metrics=eval_metrics, operating_points=ops, parent_version=parent_version,
-                 licence=LICENCE)
+                 licence=LICENCE, extra=extra)
     if cv:
         write_plots(cv["pooled"], out_dir / "docs", title="CV")
     meta = read_metadata(out_dir)

@@ -126,8 +126,12 @@ def cmd_train(args) -> int:
     if not result.finished:
         print(f"train: stopped at iteration {result.iterations}/{result.total_iterations} "
               "(--max-minutes); run again to resume", file=sys.stderr)
+    from mammotriage.model.data import input_reference, training_scanners
+
+    samples = real + extra
+    monitoring = {"input_reference": input_reference(samples), "training_scanners": training_scanners(samples)}
     out = write_trained_package(args.out, result, described, cv=cv, version=args.version,
-                                parent_version=args.parent)
+                                parent_version=args.parent, extra=monitoring)
     print(f"wrote {out}")
     return 0
 

@@ -187,3 +187,32 @@ def patient_folds(samples: list[Sample], k: int, seed: int = 0) -> list[int]:
         load[f] += n_boxes[g]
         count[f] += 1
     return [fold_of[s.group] for s in samples]
+
+
+# ------------------------------------------------------------------ monitoring reference
+
+#: How each training source appears as a scanner ("manufacturer / model") in monitoring.
+SOURCE_SCANNERS = {"mias": "mini-MIAS (digitised film)", "phantom": "Mammo Triage phantom"}
+
+
+def input_reference(samples: list[Sample]) -> dict:
+    """The training images' breast-intensity statistics, the baseline of the drift monitor.
+
+    Same statistic as the triage worker stores per image
+    (:func:`mammotriage.dicom.voi.image_statistics` of the 8-bit display image):
+    ``{"mean", "mean_sd", "p95", "n_images", "statistic"}``.
+    """
+    from mammotriage.dicom.voi import image_statistics
+
+    stats = [image_statistics(s.load()) for s in samples]
+    if not stats:
+        return {}
+    means = np.array([st["mean"] for st in stats])
+    return {"mean": round(float(means.mean()), 3), "mean_sd": round(float(means.std(ddof=1) if len(means) > 1 else 0.0), 3),
+            "p95": round(float(np.mean([st["p95"] for st in stats])), 3), "n_images": len(stats),
+            "statistic": "breast-region mean of the 8-bit display image"}
+
+
+def training_scanners(samples: list[Sample]) -> list[str]:
+    """Scanner names (as the monitor spells them) of the training sources."""
+    return sorted({SOURCE_SCANNERS.get(s.source, s.source) for s in samples})

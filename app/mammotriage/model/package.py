@@ -76,6 +76,32 @@ def verify(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def canonicalize_safetensors(path: str | Path) -> bool:
+    """Put the ``__metadata__`` entries of a safetensors header in sorted order, in place.
+
+    safetensors writes its metadata from a Rust ``HashMap``, whose order changes from one
+    process to the next: the same tensors then give different file bytes (and sha256).
+    The tensor entries themselves are written in a fixed order. Returns True if the
+    file changed.
+    """
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(bytes(data[8:8 + n]))
+    meta = header.get("__metadata__")
+    if not meta or list(meta) == sorted(meta):
+        return False
+    ordered = {"__metadata__": dict(sorted(meta.items())), **{k: v for k, v in header.items() if k != "__metadata__"}}
+    raw = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(raw) > n:
+        return False
+    data[8:8 + n] = raw + b" " * (n - len(raw))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(bytes(data))
+    tmp.replace(path)
+    return True
+
+
 def save_package(out_dir: str | Path, detector, config, pp, *, version: str, description: str,
                  training: dict, hyper_parameters: dict, seed: int, eval_metrics: dict,
                  operating_points: dict, parent_version: str | None = None,
@@ -102,6 +128,7 @@ def save_package(out_dir: str | Path, detector, config, pp, *, version: str, des
         state[k] = v
     weights = out_dir / WEIGHTS
     save_file(state, str(weights), metadata={"format": "pt", "model_version": version})
+    canonicalize_safetensors(weights)  # same tensors -> same bytes -> same sha256
     weights.chmod(0o644)
     digest = sha256_file(weights)
     rows, cols = pp.canvas_rows, pp.canvas_columns

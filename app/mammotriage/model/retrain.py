@@ -331,52 +331,16 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
                  description=f"site fine-tuned candidate of v{parent.get('version')}", training=training,
                  hyper_parameters=hp, seed=params.seed, eval_metrics={}, operating_points=ops,
                  parent_version=parent.get("version"), changelog=changelog,
-                 extra={"fine_tuning": fine, "name_of_parent": parent.get("name")})
-    _canonical_weights(out_dir)
+                 extra={"fine_tuning": fine, "name_of_parent": parent.get("name"),
+                        # the drift monitor's baseline stays the parent's training data
+                        "input_reference": parent.get("input_reference") or {},
+                        "training_scanners": parent.get("training_scanners") or []})
     lic = Path(parent_dir) / "LICENSE"
     if lic.is_file():
         shutil.copyfile(lic, out_dir / "LICENSE")
     meta = read_metadata(out_dir)
     (out_dir / "docs" / "README.md").write_text(_card(meta))
     return version, out_dir, meta
-
-
-def canonicalize_safetensors(path: str | Path) -> bool:
-    """Put the ``__metadata__`` entries of a safetensors header in sorted order, in place.
-
-    safetensors writes its metadata from a Rust ``HashMap``, whose order changes from one
-    process to the next: the same tensors then give different file bytes (and sha256).
-    The tensor entries themselves are written in a fixed order. Returns True if the
-    file changed.
-    """
-    path = Path(path)
-    data = bytearray(path.read_bytes())
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(bytes(data[8:8 + n]))
-    meta = header.get("__metadata__")
-    if not meta or list(meta) == sorted(meta):
-        return False
-    ordered = {"__metadata__": dict(sorted(meta.items())), **{k: v for k, v in header.items() if k != "__metadata__"}}
-    raw = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    if len(raw) > n:
-        return False
-    data[8:8 + n] = raw + b" " * (n - len(raw))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(bytes(data))
-    tmp.replace(path)
-    return True
-
-
-def _canonical_weights(package_dir: Path) -> None:
-    """Canonical weights bytes, and the metadata's weights_sha256 to match."""
-    from mammotriage.model.package import METADATA, WEIGHTS, sha256_file
-
-    weights = package_dir / WEIGHTS
-    if canonicalize_safetensors(weights):
-        meta_path = package_dir / METADATA
-        meta = json.loads(meta_path.read_text())
-        meta["weights_sha256"] = sha256_file(weights)
-        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------ the whole step

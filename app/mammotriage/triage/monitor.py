@@ -23,22 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from mammotriage.dicom.voi import image_statistics  # noqa: F401  (re-exported)
 from mammotriage.store import db
 
 DRIFT_THRESHOLD = 1.0  # |mean_new - mean_ref| / sd_ref
-
-
-def image_statistics(display: np.ndarray) -> dict[str, float]:
-    """Intensity statistics of the breast region of an 8-bit display image (tissue bright)."""
-    from mammotriage.dicom.voi import breast_mask
-
-    step = max(1, max(display.shape) // 512)
-    small = np.asarray(display[::step, ::step], dtype=np.float32)
-    mask = breast_mask(small)
-    values = small[mask] if mask.sum() >= 50 else small.ravel()
-    return {"mean": float(values.mean()), "std": float(values.std()),
-            "p05": float(np.percentile(values, 5)), "p95": float(np.percentile(values, 95)),
-            "breast_frac": float(mask.mean())}
 
 
 def _week(iso: str) -> str:

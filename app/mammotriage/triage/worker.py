@@ -15,9 +15,8 @@ from typing import Any, Protocol
 
 from mammotriage.dicom import MammoReadError, read_image
 from mammotriage.dicom.image import Laterality
-from mammotriage.dicom.voi import render_8bit
+from mammotriage.dicom.voi import image_statistics, render_8bit
 from mammotriage.store import Archive
-from mammotriage.triage.monitor import image_statistics
 from mammotriage.triage.queue import ExamResult, Job, TriageQueue
 
 
