@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from mtsupport import require_shared
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display needed by any test
 
 
 @pytest.fixture(autouse=True)
@@ -20,3 +23,28 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 @pytest.fixture
 def dicom_data() -> Path:
     return require_shared("dicom")
+
+
+@pytest.fixture(scope="session")
+def learning_loop(tmp_path_factory: pytest.TempPathFactory):
+    """The simulated-reader learning loop (``benchmarks/retrain_sim.py``), run once per
+    session for the tests that ask for it: a parent model that never saw calcification
+    clusters, reader corrections through a real archive, a snapshot, a candidate, a
+    shuffled-label candidate, and the gate reports of both (about 2-3 minutes)."""
+    import json
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    from retrain_sim import LoopConfig, run_learning_loop
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MAMMOTRIAGE_HOME", str(tmp_path_factory.mktemp("loop-home")))
+    try:
+        out = tmp_path_factory.mktemp("learning-loop")
+        res = run_learning_loop(out, LoopConfig(), log=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:
+        mp.undo()
+    print("\nsimulated-reader figures:\n" + json.dumps(res.figures, indent=1), file=sys.stderr)
+    return res

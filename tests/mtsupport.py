@@ -91,3 +91,42 @@ def write_mg(path: Path, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def _monitor_exam(folder, patient, uid, manufacturer, model):
+    for lat in "RL":
+        ds = make_mg_dataset(laterality=lat, view="CC", study_uid=uid, patient_id=patient)
+        ds.Manufacturer, ds.ManufacturerModelName = manufacturer, model
+        folder.mkdir(parents=True, exist_ok=True)
+        ds.save_as(folder / f"{patient}{lat}.dcm", enforce_file_format=True)
+
+
+def monitor_archive(tmp_path):
+    """A real archive with two scanners' exams triaged by "v1" and reader feedback on the
+    Hologic exam, whose images are much brighter than the training reference."""
+    from mammotriage.store import Archive
+    from mammotriage.store.events import CorrectionLog
+    from mammotriage.triage import TriageQueue
+
+    _monitor_exam(tmp_path / "a", "P1", "1.2.1", "Mammo Triage phantom", "synthetic")
+    _monitor_exam(tmp_path / "b", "P2", "1.2.2", "HOLOGIC, Inc.", "Selenia Dimensions")
+    archive = Archive(tmp_path / "archive.sqlite")
+    archive.import_paths([tmp_path / "a", tmp_path / "b"])
+    queue = TriageQueue(archive.path)
+    queue.sync("v1")
+    brightness = {"1.2.1": 120.0, "1.2.2": 200.0}  # the new scanner's images are much brighter
+    while (job := queue.claim_next("v1")) is not None:
+        exam = archive.exam(job.exam_key)
+        images = [{"sop_uid": i.sop_uid, "laterality": i.laterality.value, "score": 0.7 if job.exam_key == "1.2.2" else 0.1,
+                   "findings": [{"box": [1, 1, 5, 5], "kind": "mass", "score": 0.7}],
+                   "stats": {"mean": brightness[job.exam_key], "std": 20.0, "p05": 80.0, "p95": 230.0,
+                             "breast_frac": 0.4}} for i in exam.images]
+        queue.complete(job, "aa" * 32, images)
+    sop = archive.exam("1.2.2").images[0].sop_uid
+    with CorrectionLog(archive.path) as log:
+        for action in ("reject", "accept"):
+            log.append(reader="dr", exam_key="1.2.2", action=action, sop_uid=sop, pixel_sha256="bb" * 32,
+                       model_version="v1", target="ai:v1:x:0")
+        log.append(reader="dr", exam_key="1.2.2", action="add", sop_uid=sop, pixel_sha256="bb" * 32,
+                   model_version="v1", kind="mass", geometry={"type": "box", "box": [1, 1, 9, 9]})
+    return archive

@@ -207,6 +207,9 @@ class MainWindow(QMainWindow):
         self._action(ai_menu, "Map more transparent", ["["], lambda: self.opacity.setValue(self.opacity.value() - 10))
         self._action(ai_menu, "Map more opaque", ["]"], lambda: self.opacity.setValue(self.opacity.value() + 10))
         self._action(ai_menu, "Reading mode: AI on demand / AI after my read", ["Ctrl+M"], self.cycle_reading_mode)
+        self._action(ai_menu, "Model versions, retrain, validation gate…", ["Ctrl+Shift+M"], self.show_model_panel)
+        self._action(ai_menu, "Monitoring: scores, reader feedback, input drift…", ["Ctrl+Shift+O"],
+                     self.show_monitor)
         read_menu = bar.addMenu("&Read")
         self._action(read_menu, "Accept the selected AI mark", ["Return", "Enter"], self.accept_selected)
         self._action(read_menu, "Reject the selected mark (false positive) / delete my finding", ["Delete", "Backspace"],
@@ -539,6 +542,38 @@ class MainWindow(QMainWindow):
         self.triage.start()
         self.log_line(f"background triage started with model {self.model_version}")
 
+    def show_model_panel(self):
+        """The learning-loop panel (versions, retrain, validate, promote, rollback): one
+        non-modal instance; a promotion or rollback there restarts triage here."""
+        from mammotriage.ui.model_panel import ModelPanel
+
+        if getattr(self, "model_panel", None) is None:
+            self.model_panel = ModelPanel(self.archive.path, parent=self)
+            self.model_panel.active_changed.connect(lambda _version: self.check_active_model())
+            self.model_panel.job_finished.connect(
+                lambda kind, code: self.log_line(f"model {kind} job finished with exit code {code}"))
+        else:
+            self.model_panel.refresh()
+        self.model_panel.show()
+        self.model_panel.raise_()
+        return self.model_panel
+
+    def show_monitor(self):
+        """The monitoring view for the active model (computed off the UI thread)."""
+        from mammotriage.ui.monitor_view import MonitorView
+
+        threshold = self.points.suspicious if self.points is not None else None
+        view = getattr(self, "monitor_view", None)
+        if view is None or view.model_meta is not self.model_meta:
+            if view is not None:
+                view.deleteLater()
+            self.monitor_view = view = MonitorView(self.archive.path, self.model_meta, threshold, parent=self)
+        else:
+            view.refresh()
+        view.show()
+        view.raise_()
+        return view
+
     def check_active_model(self) -> bool:
         """Follow a promotion or rollback made elsewhere (CLI, model panel): restart the
         triage worker with the new active version. Returns True if the model changed."""
@@ -768,6 +803,10 @@ class MainWindow(QMainWindow):
             self.triage.stop()
         self.loader.shutdown()
         self.jobs.shutdown(wait=False, cancel_futures=True)
+        panel = getattr(self, "model_panel", None)
+        if panel is not None and panel.process is not None:
+            panel.cancel_job()  # a retrain/validate job does not outlive the app (its checkpoint does)
+            panel.process.waitForFinished(5000)
         super().closeEvent(event)
 
 
