@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import queue as _queue
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,6 +167,89 @@ class MainWindow(QMainWindow):
         self.refresh_worklist()
         if self._triage_wanted:
             self.start_triage()
+        self.network = None  # the DICOM node, when it runs inside the app
+        self._network_events: _queue.Queue = _queue.Queue()
+        self.network_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.network_label)
+        if str(self.settings.value("network/run_in_app", "false")).lower() == "true":
+            QTimer.singleShot(0, self.start_network)
+
+    # ----------------------------------------------------------------- DICOM node in the app
+    def start_network(self) -> bool:
+        """Run the DICOM node (Storage SCP + results outbox) inside the app, with the
+        settings of ``network.json`` (see ``mammotriage serve --check``). Studies that
+        arrive are imported, shown in the worklist and triaged in the background."""
+        from mammotriage.net.node import NodeStartError
+        from mammotriage.net.security import InsecureBindError
+        from mammotriage.net.service import NetworkService
+        from mammotriage.net.settings import NetworkConfigError, load_settings
+
+        if self.network is not None:
+            return True
+        try:
+            settings = load_settings()
+            archive = Archive(self.archive.path)
+            service = NetworkService(settings, archive=archive, settings_loader=load_settings)
+        except (NetworkConfigError, OSError) as exc:
+            self._network_failed(f"DICOM node not started: {exc}")
+            return False
+        service.on_study_complete(lambda uid: self._network_events.put(("complete", uid)))
+        try:
+            service.start()
+        except (InsecureBindError, NodeStartError, OSError) as exc:
+            service.stop()
+            archive.close()
+            self._network_failed(f"DICOM node not started: {exc}")
+            return False
+        self.network = service
+        self._network_archive = archive
+        host, port = service.address
+        self.network_label.setText(f"DICOM {settings.ae_title} @ {host}:{port}")
+        self.network_label.setToolTip(f"receiving; PACS for results: {settings.pacs or 'none'}")
+        self.log_line(f"DICOM node {settings.ae_title} listening on {host}:{port} "
+                      f"(settings from {settings.source})")
+        return True
+
+    def _network_failed(self, text: str) -> None:
+        self.log_line(text)
+        self.show_status(text)
+        self.network_label.setText("DICOM node: not running")
+
+    def stop_network(self) -> None:
+        if self.network is None:
+            return
+        status = self.network.status()
+        self.network.stop()
+        self._network_archive.close()
+        self.network = None
+        self.network_label.setText("")
+        self.log_line(f"DICOM node stopped: {status['received']} received, {status['imported']} imported, "
+                      f"{status['rejected']} rejected")
+
+    def toggle_network(self) -> None:
+        """Start or stop receiving; the choice is remembered for the next start."""
+        if self.network is None:
+            running = self.start_network()
+        else:
+            self.stop_network()
+            running = False
+        self.settings.setValue("network/run_in_app", "true" if running else "false")
+
+    def _poll_network(self) -> None:
+        refresh = False
+        while True:
+            try:
+                kind, study_uid = self._network_events.get_nowait()
+            except _queue.Empty:
+                break
+            if kind == "complete":
+                n = len(self.archive.images_for_study(study_uid))
+                self.log_line(f"received study {study_uid} ({n} images): queued for triage")
+                if self.model_version:
+                    self.queue.sync(self.model_version)
+                refresh = True
+        if refresh:
+            self.refresh_worklist()
 
     # ----------------------------------------------------------------- actions
     def _action(self, menu, text: str, keys: list[str], slot: Callable[[], None]) -> QAction:
@@ -182,6 +266,8 @@ class MainWindow(QMainWindow):
         bar = self.menuBar()
         file_menu = bar.addMenu("&File")
         self._action(file_menu, "Import folder…", ["Ctrl+O"], self.import_folder_dialog)
+        self._action(file_menu, "Receive from PACS / modalities (DICOM node) on/off", ["Ctrl+Shift+N"],
+                     self.toggle_network)
         self._action(file_menu, "Quit", ["Ctrl+Q"], self.close)
         exam_menu = bar.addMenu("&Exam")
         self._action(exam_menu, "Next exam", ["N", "PgDown"], lambda: self.step_exam(1))
@@ -378,6 +464,8 @@ class MainWindow(QMainWindow):
         self._check_shown()
         self._update_decode_progress()
         self._poll_job()
+        if self.network is not None:
+            self._poll_network()
         self._poll_triage()
 
     def _show_view(self, slot: str, view: LoadedView) -> None:
@@ -803,6 +891,7 @@ class MainWindow(QMainWindow):
             self.triage.stop()
         self.loader.shutdown()
         self.jobs.shutdown(wait=False, cancel_futures=True)
+        self.stop_network()
         panel = getattr(self, "model_panel", None)
         if panel is not None and panel.process is not None:
             panel.cancel_job()  # a retrain/validate job does not outlive the app (its checkpoint does)
