@@ -36,7 +36,12 @@ def test_register_promote_rollback(tmp_path) -> None:
         with pytest.raises(RegistryError, match="refused: worse on FROC"):
             reg.promote("1.1.0", {"passed": False, "reasons": ["worse on FROC"]}, who="admin")
         assert reg.active().version == "1.0.0"
-        reg.promote("1.1.0", {"passed": True, "reasons": []}, who="admin")
+        # a passed report counts only against the model that is active now
+        other = {"version": "0.9.0", "weights_sha256": "0" * 64}
+        with pytest.raises(RegistryError, match="compares 1.1.0 with v0.9.0, not with the active model v1.0.0"):
+            reg.promote("1.1.0", {"passed": True, "reasons": [], "parent": other}, who="admin")
+        active = {"version": "1.0.0", "weights_sha256": reg.active().weights_sha256}
+        reg.promote("1.1.0", {"passed": True, "reasons": [], "parent": active}, who="admin")
         assert reg.active().version == "1.1.0"
         assert reg.rollback(who="admin", reason="reader complaints").version == "1.0.0"
         assert reg.active().version == "1.0.0"

@@ -107,7 +107,8 @@ class ModelRegistry(db.Connected):
     def promote(self, version: str, gate_report: dict[str, Any] | None, who: str, force_reason: str = "") -> None:
         """Make ``version`` active.
 
-        A gate report (see :mod:`mammotriage.model.gate`) that did not pass refuses the
+        A gate report (see :mod:`mammotriage.model.gate`) that did not pass, or that
+        compared the candidate with another model than the active one, refuses the
         promotion, with its reasons, unless ``force_reason`` records why an
         administrator overrides it. Without any report the promotion is refused.
         """
@@ -123,6 +124,11 @@ class ModelRegistry(db.Connected):
             with db.transaction(self.conn):
                 self._log(version, "refuse", who, "; ".join(gate_report.get("reasons", [])), report_json)
             raise RegistryError("promotion refused: " + "; ".join(gate_report.get("reasons", ["gate failed"])))
+        compared = (gate_report or {}).get("parent") or {}
+        if gate_report is not None and active is not None and not force_reason and \
+                compared.get("weights_sha256") != active.weights_sha256:
+            raise RegistryError(f"the gate report compares {version} with v{compared.get('version')}, "
+                                f"not with the active model v{active.version}: validate again")
         with db.transaction(self.conn):
             self._log(version, "promote", who, force_reason or "validation gate passed", report_json)
 
