@@ -104,3 +104,22 @@ def test_worker_process(tiny_model, phantom_exam, tmp_path):
     assert "error" in results[2]
     for r in results[:2]:
         assert r["model_version"] == "9.9.9" and r["suspicion"].ndim == 2
+
+
+def test_train_describes_its_data_without_machine_paths(tmp_path, make_breast, monkeypatch):
+    """The package names the mini-MIAS folder relative to where training ran."""
+    from mammotriage.model.commands import _gather_samples
+
+    data = tmp_path / "shared" / "data" / "mias" / "dev"
+    data.mkdir(parents=True)
+    Image.fromarray(make_breast(seed=1)).save(data / "mdb001.png")
+    (data / "labels.csv").write_text("image,patient,background,cls,severity,x,y_top_left,radius\n"
+                                     "mdb001,p001,G,NORM,,,,\n")
+    work = tmp_path / "main"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = _parser().parse_args(["train", "--mias", str(data), "--phantoms", "1", "--out", "x"])
+    real, extra, described = _gather_samples(args)
+    assert len(real) == 1 and len(extra) == 4
+    assert described["sources"][0]["path"] == "../shared/data/mias/dev"
+    assert str(tmp_path) not in json.dumps(described)

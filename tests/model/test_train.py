@@ -45,6 +45,8 @@ def test_resume_gives_the_same_weights(tiny_samples, tiny_pp, tiny_config, tmp_p
     assert not part.finished and part.iterations == 1
     resumed = train(tiny_samples, tmp_path / "b", hp, tiny_config, tiny_pp, progress=False)
     assert resumed.finished
+    ckpt_seconds = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["seconds"]
+    assert resumed.seconds >= ckpt_seconds > part.seconds  # the interrupted run's time counts too
     sa = full.detector.network.state_dict()
     sb = resumed.detector.network.state_dict()
     for k in sa:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ def _gather_samples(args) -> tuple[list, list, dict]:
         spec = {"sources": []}
         base = None
         if args.mias:
-            spec["sources"].append({"type": "mias", "path": str(Path(args.mias).resolve())})
+            # relative to the working folder: the package then names no machine's paths
+            spec["sources"].append({"type": "mias", "path": os.path.relpath(Path(args.mias).resolve())})
         if args.phantoms:
             spec["sources"].append({"type": "phantom", "n_exams": args.phantoms, "seed": args.phantom_seed,
                                     "rows": 1024, "columns": 832})
@@ -191,6 +193,7 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None) -
     err = err or sys.stderr
     from mammotriage.dicom import read_image
     from mammotriage.dicom.hanging import exam_key
+    from mammotriage.model.scoring import breast_scores, exam_score
 
     images = []
     for f in _dicom_files(paths):
@@ -205,17 +208,15 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None) -
     out = []
     for key, ims in exams.items():
         results = engine.predict_images(ims, max_map_side=64)
-        breasts: dict[str, float] = {}
+        breasts = breast_scores((im.meta.laterality.value, im.meta.view.value, r.score)
+                                for im, r in zip(ims, results, strict=True))
         findings = []
         for im, r in zip(ims, results, strict=True):
-            lat = im.meta.laterality.value
-            if lat in ("L", "R"):
-                breasts[lat] = max(breasts.get(lat, 0.0), r.score)
             for f in r.findings:
                 if f.score >= min_score:
                     findings.append({"sop_uid": im.meta.sop_instance_uid, **f.to_json()})
         findings.sort(key=lambda d: -d["score"])
-        score = max([r.score for r in results], default=0.0)
+        score = exam_score(breasts, (r.score for r in results))
         out.append({"study_uid": ims[0].meta.study_instance_uid, "exam_key": key,
                     "patient_id": ims[0].meta.patient_id, "score": round(score, 6),
                     "breasts": {k: round(v, 6) for k, v in sorted(breasts.items())},

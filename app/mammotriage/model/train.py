@@ -232,12 +232,14 @@ def train(samples: list[Sample], out_dir: str | Path, hp: TrainParams | None = N
                             "keys": [p.key for p in prepared]}, sort_keys=True)
     ckpt = out_dir / "checkpoint.pt"
     start_it = 0
+    before_s = 0.0  # training time of earlier (interrupted) runs, from the checkpoint
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if state.get("signature") == signature:
             detector.network.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start_it = int(state["iteration"])
+            before_s = float(state.get("seconds", 0.0))
             print(f"resuming from iteration {start_it}/{total}", file=sys.stderr, flush=True)
         else:
             print("checkpoint is from a different run; starting afresh", file=sys.stderr, flush=True)
@@ -245,7 +247,8 @@ def train(samples: list[Sample], out_dir: str | Path, hp: TrainParams | None = N
     def save(it: int) -> None:
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": detector.network.state_dict(), "optimizer": opt.state_dict(),
-                    "iteration": it, "signature": signature}, tmp)
+                    "iteration": it, "signature": signature,
+                    "seconds": before_s + time.monotonic() - t0}, tmp)
         tmp.replace(ckpt)
 
     bar = CliProgress(total, label="train") if progress else None
@@ -289,7 +292,8 @@ def train(samples: list[Sample], out_dir: str | Path, hp: TrainParams | None = N
         save(it)
     seconds = time.monotonic() - t0
     detector.eval()
-    return TrainResult(detector, config, pp, hp, it, total, seconds,
+    # seconds: all runs of this training together (resumes included); the rate: this run's
+    return TrainResult(detector, config, pp, hp, it, total, before_s + seconds,
                        (it - start_it) * hp.batch_size / max(seconds, 1e-9), loss_ema, finished)
 
 

@@ -75,6 +75,7 @@ def analyse_exam(model: LoadedModel, archive: Archive, exam_key: str) -> tuple[l
         out.append({
             "sop_uid": record.sop_uid,
             "laterality": record.laterality.value,
+            "view": record.view.value,
             "score": float(result.score),
             "findings": [f.to_json() if hasattr(f, "to_json") else dict(f) for f in result.findings],
             "suspicion": getattr(result, "suspicion", None),

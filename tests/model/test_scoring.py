@@ -1,0 +1,22 @@
+"""Breast and exam scores from view scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from mammotriage.model.scoring import breast_scores, exam_score
+
+
+def test_breast_is_the_mean_of_its_two_projections() -> None:
+    b = breast_scores([("R", "CC", 0.9), ("R", "MLO", 0.7), ("L", "CC", 0.85), ("L", "MLO", 0.1)])
+    assert b == pytest.approx({"R": 0.8, "L": 0.475})
+    assert exam_score(b) == pytest.approx(0.8)  # seen in both views beats one bright view
+
+
+def test_repeated_and_extra_views_and_single_projection() -> None:
+    b = breast_scores([("L", "CC", 0.2), ("L", "CC", 0.6), ("L", "MLO", 0.4), ("L", "ML", 0.9), ("R", "MLO", 0.3)])
+    assert b["L"] == pytest.approx((0.6 + 0.9) / 2)  # ML counts as the lateral projection
+    assert b["R"] == pytest.approx(0.3)  # one projection only: its score
+    assert breast_scores([("L", "XCCL", 0.5)]) == {"L": 0.5}
+    assert breast_scores([(None, "CC", 0.5)]) == {}
+    assert exam_score({}, [0.2, 0.4]) == 0.4 and exam_score({}) == 0.0
