@@ -120,15 +120,16 @@ class ModelRegistry(db.Connected):
         report_json = json.dumps(gate_report, sort_keys=True) if gate_report else ""
         if gate_report is None and not force_reason:
             raise RegistryError("no validation report: evaluate the candidate against the active model first")
-        if gate_report is not None and not gate_report.get("passed") and not force_reason:
-            with db.transaction(self.conn):
-                self._log(version, "refuse", who, "; ".join(gate_report.get("reasons", [])), report_json)
-            raise RegistryError("promotion refused: " + "; ".join(gate_report.get("reasons", ["gate failed"])))
-        compared = (gate_report or {}).get("parent") or {}
-        if gate_report is not None and active is not None and not force_reason and \
-                compared.get("weights_sha256") != active.weights_sha256:
-            raise RegistryError(f"the gate report compares {version} with v{compared.get('version')}, "
-                                f"not with the active model v{active.version}: validate again")
+        if gate_report is not None and not force_reason:
+            compared = gate_report.get("parent") or {}
+            stale = active is not None and compared.get("weights_sha256") != active.weights_sha256
+            if stale and (compared or gate_report.get("passed")):
+                raise RegistryError(f"the gate report compares {version} with v{compared.get('version')}, "
+                                    f"not with the active model v{active.version}: validate again")
+            if not gate_report.get("passed"):
+                with db.transaction(self.conn):
+                    self._log(version, "refuse", who, "; ".join(gate_report.get("reasons", [])), report_json)
+                raise RegistryError("promotion refused: " + "; ".join(gate_report.get("reasons", ["gate failed"])))
         with db.transaction(self.conn):
             self._log(version, "promote", who, force_reason or "validation gate passed", report_json)
 
