@@ -182,6 +182,34 @@ def _circles_from_boxes(boxes: np.ndarray) -> np.ndarray:
                      np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2], 1)
 
 
+def froc_axes(ax, title: str, ymax: float = 1.0) -> None:
+    """The FROC axes every plot of ours uses: log2 false positives per image, 1/16 to 8."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(1 / 16, 8)
+    ax.set_ylim(0, ymax)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("lesion sensitivity")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+
+
+def roc_axes(ax, title: str) -> None:
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_plots(result: EvalResult, out_dir: str | Path, title: str = "") -> list[Path]:
     """FROC and ROC plots as PNG (matplotlib, Agg backend)."""
     import matplotlib
@@ -191,36 +219,16 @@ def write_plots(result: EvalResult, out_dir: str | Path, title: str = "") -> lis
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     if len(result.fps_curve):
         order = np.argsort(result.fps_curve)
         ax.plot(result.fps_curve[order], result.sens_curve[order], "-", color="C0")
     ax.plot([float(k) for k in result.froc], list(result.froc.values()), "o", color="C1")
-    ax.set_xscale("log", base=2)
-    ax.set_xlim(1 / 16, 8)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("false positives per image")
-    ax.set_ylabel("lesion sensitivity")
-    ax.set_title(f"FROC {title} ({result.n_lesions} lesions, {result.n_images} images)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    p = out_dir / "froc.png"
-    fig.savefig(p)
-    plt.close(fig)
-    paths.append(p)
+    froc_axes(ax, f"FROC {title} ({result.n_lesions} lesions, {result.n_images} images)")
+    paths = [save_figure(fig, out_dir / "froc.png")]
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     fpr, tpr = result.roc
     ax.plot(fpr, tpr, "-", color="C0")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(f"ROC {title} (AUC {result.image_auc:.3f}, {result.n_abnormal}/{result.n_images} abnormal)",
-                 fontsize=9)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    p = out_dir / "roc.png"
-    fig.savefig(p)
-    plt.close(fig)
-    paths.append(p)
+    roc_axes(ax, f"ROC {title} (AUC {result.image_auc:.3f}, {result.n_abnormal}/{result.n_images} abnormal)")
+    paths.append(save_figure(fig, out_dir / "roc.png"))
     return paths

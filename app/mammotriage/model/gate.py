@@ -38,7 +38,15 @@ from typing import Any
 
 import numpy as np
 
-from mammotriage.model.evaluate import FP_RATES, evaluate_predictions, match_image, roc_auc
+from mammotriage.model.evaluate import (
+    FP_RATES,
+    evaluate_predictions,
+    froc_axes,
+    match_image,
+    roc_auc,
+    roc_axes,
+    save_figure,
+)
 
 REPORT_FORMAT = "mammotriage.gate/1"
 REPORT_NAME = "gate-report.json"
@@ -251,19 +259,9 @@ def write_comparison_plots(parent_ev, candidate_ev, figures: dict[str, Any], out
             ax.plot(ev.fps_curve[order], ev.sens_curve[order], "-", color=colours[who], alpha=0.8)
         ax.plot([float(k) for k in ev.froc], list(ev.froc.values()), "o", color=colours[who],
                 label=f"{labels[who]}: mean {f['value'] if f['value'] is not None else float('nan'):.3f}{ci_txt}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlim(1 / 16, 8)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("false positives per image")
-    ax.set_ylabel("lesion sensitivity")
-    ax.set_title(f"FROC, validation set ({figures['n_lesions']} lesions, {figures['n_images']} images)", fontsize=9)
-    ax.grid(True, alpha=0.3)
+    froc_axes(ax, f"FROC, validation set ({figures['n_lesions']} lesions, {figures['n_images']} images)", ymax=1.02)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    p = out_dir / "froc_compare.png"
-    fig.savefig(p)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(save_figure(fig, out_dir / "froc_compare.png"))
 
     fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=100)
     for who, ev in (("parent", parent_ev), ("candidate", candidate_ev)):
@@ -271,17 +269,9 @@ def write_comparison_plots(parent_ev, candidate_ev, figures: dict[str, Any], out
         a = figures[who]["image_auc"]
         txt = "n/a" if a["value"] is None else f"{a['value']:.3f}"
         ax.plot(fpr, tpr, "-", color=colours[who], label=f"{labels[who]}: AUC {txt}")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(f"ROC, validation set ({figures['n_abnormal']}/{figures['n_images']} abnormal)", fontsize=9)
-    ax.grid(True, alpha=0.3)
+    roc_axes(ax, f"ROC, validation set ({figures['n_abnormal']}/{figures['n_images']} abnormal)")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    p = out_dir / "roc_compare.png"
-    fig.savefig(p)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(save_figure(fig, out_dir / "roc_compare.png"))
 
     names = ["froc_mean", "image_auc"] + [k for k in figures["parent"] if ":" in k]
     titles = ["FROC mean", "image AUC"] + [k.split(":", 1)[1] + ("\n(labelled)" if k.startswith("labelled") else "\n(any mark)")
@@ -314,11 +304,7 @@ def write_comparison_plots(parent_ev, candidate_ev, figures: dict[str, Any], out
     ax.set_title("validation and new-correction figures, bootstrap 95 % intervals", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", ncol=2, frameon=False)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    p = out_dir / "figures_compare.png"
-    fig.savefig(p)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(save_figure(fig, out_dir / "figures_compare.png"))
     return paths
 
 

@@ -139,10 +139,9 @@ def _say(progress: Progress | None, stage: str, done: int, total: int, note: str
 
 
 def _lr_at(it: int, total: int, p: RetrainParams) -> float:
-    if it < p.warmup_iters:
-        return p.lr * (it + 1) / max(1, p.warmup_iters)
-    t = (it - p.warmup_iters) / max(1, total - p.warmup_iters)
-    return p.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    from mammotriage.model.train import cosine_lr
+
+    return cosine_lr(it, total, p.lr, p.warmup_iters, floor=0.05)
 
 
 def load_parent_for_training(parent_dir: str | Path):
@@ -168,9 +167,9 @@ def fine_tune(parent_dir: str | Path, samples: list[Sample], replay: list[Sample
     from mammotriage.model.train import (
         _epoch_list,
         backbone_bn_eval,
-        make_batch,
         prepare,
         set_frozen,
+        train_step,
     )
 
     p = params or RetrainParams()
@@ -205,17 +204,7 @@ def fine_tune(parent_dir: str | Path, samples: list[Sample], replay: list[Sample
                 (p.max_minutes is not None and time.monotonic() - t1 > p.max_minutes * 60):
             finished = False
             break
-        torch.manual_seed(p.seed * 1_000_003 + it)
-        x, targets = make_batch(prepared, it, hp, pp)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(it, total, p)
-        losses = detector(x, targets)
-        loss = losses[detector.cls_key] + losses[detector.box_reg_key]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 5.0)
-        opt.step()
-        lv = float(loss.detach())
+        lv, _, _ = train_step(detector, opt, trainable, prepared, it, hp, pp, _lr_at(it, total, p), p.seed)
         loss_ema = lv if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * lv
         it += 1
         _say(progress, "train", it, total, f"loss {loss_ema:.3f}")

@@ -177,11 +177,34 @@ def backbone_bn_eval(detector) -> None:
             m.eval()
 
 
+def cosine_lr(it: int, total: int, lr: float, warmup_iters: int, floor: float) -> float:
+    """Linear warm-up, then cosine decay to ``floor`` x ``lr`` at ``total``."""
+    if it < warmup_iters:
+        return lr * (it + 1) / max(1, warmup_iters)
+    t = (it - warmup_iters) / max(1, total - warmup_iters)
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
 def _lr_at(it: int, total: int, hp: TrainParams) -> float:
-    if it < hp.warmup_iters:
-        return hp.lr * (it + 1) / hp.warmup_iters
-    t = (it - hp.warmup_iters) / max(1, total - hp.warmup_iters)
-    return hp.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return cosine_lr(it, total, hp.lr, hp.warmup_iters, floor=0.02)
+
+
+def train_step(detector, opt, params, prepared: list[Prepared], it: int, hp: TrainParams,
+               pp: PreprocessParams, lr: float, seed: int) -> tuple[float, float, float]:
+    """One optimiser step on the batch of iteration ``it`` (seeded by ``seed`` and ``it``);
+    returns the (total, classification, box) losses."""
+    torch.manual_seed(seed * 1_000_003 + it)
+    x, targets = make_batch(prepared, it, hp, pp)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    losses = detector(x, targets)
+    loss = losses[detector.cls_key] + losses[detector.box_reg_key]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    opt.step()
+    return (float(loss.detach()), float(losses[detector.cls_key].detach()),
+            float(losses[detector.box_reg_key].detach()))
 
 
 @dataclass
@@ -263,25 +286,15 @@ def train(samples: list[Sample], out_dir: str | Path, hp: TrainParams | None = N
                 (stop_at is not None and it >= stop_at):
             finished = False
             break
-        torch.manual_seed(hp.seed * 1_000_003 + it)
-        x, targets = make_batch(prepared, it, hp, pp)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(it, total, hp)
-        losses = detector(x, targets)
-        loss = losses[detector.cls_key] + losses[detector.box_reg_key]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        lv = float(loss.detach())
+        lv, cls_loss, box_loss = train_step(detector, opt, params, prepared, it, hp, pp,
+                                            _lr_at(it, total, hp), hp.seed)
         loss_ema = lv if math.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * lv
         it += 1
         if bar is not None:
             bar.update(it, f"loss {loss_ema:.3f}")
         if log_every and it % log_every == 0:
             el = time.monotonic() - t0
-            print(f"iter {it}/{total} loss {loss_ema:.4f} cls {float(losses[detector.cls_key].detach()):.4f} "
-                  f"box {float(losses[detector.box_reg_key].detach()):.4f} {el:.0f}s "
+            print(f"iter {it}/{total} loss {loss_ema:.4f} cls {cls_loss:.4f} box {box_loss:.4f} {el:.0f}s "
                   f"{(it - start_it) * hp.batch_size / max(el, 1e-9):.2f} img/s",
                   file=sys.stderr, flush=True)
         if it % hp.checkpoint_every == 0 or it == total:

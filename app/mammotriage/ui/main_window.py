@@ -168,7 +168,10 @@ class MainWindow(QMainWindow):
         if self._triage_wanted:
             self.start_triage()
         self.network = None  # the DICOM node, when it runs inside the app
-        self._network_events: _queue.Queue = _queue.Queue()
+        self._network_archive: Archive | None = None
+        self._completed_studies: _queue.Queue[str] = _queue.Queue()  # filled by the node's threads
+        self.model_panel = None  # created on first use (Ctrl+Shift+M)
+        self.monitor_view = None  # created on first use (Ctrl+Shift+O)
         self.network_label = QLabel("")
         self.statusBar().addPermanentWidget(self.network_label)
         if str(self.settings.value("network/run_in_app", "false")).lower() == "true":
@@ -193,7 +196,7 @@ class MainWindow(QMainWindow):
         except (NetworkConfigError, OSError) as exc:
             self._network_failed(f"DICOM node not started: {exc}")
             return False
-        service.on_study_complete(lambda uid: self._network_events.put(("complete", uid)))
+        service.on_study_complete(self._completed_studies.put)
         try:
             service.start()
         except (InsecureBindError, NodeStartError, OSError) as exc:
@@ -239,16 +242,15 @@ class MainWindow(QMainWindow):
         refresh = False
         while True:
             try:
-                kind, study_uid = self._network_events.get_nowait()
+                study_uid = self._completed_studies.get_nowait()
             except _queue.Empty:
                 break
-            if kind == "complete":
-                n = len(self.archive.images_for_study(study_uid))
-                self.log_line(f"received study {study_uid} ({n} images): queued for triage")
-                if self.model_version:
-                    self.queue.sync(self.model_version)
-                refresh = True
+            n = len(self.archive.images_for_study(study_uid))
+            self.log_line(f"received study {study_uid} ({n} images): queued for triage")
+            refresh = True
         if refresh:
+            if self.model_version:
+                self.queue.sync(self.model_version)  # shows as pending at once (the worker syncs every 2 s)
             self.refresh_worklist()
 
     # ----------------------------------------------------------------- actions
@@ -635,7 +637,7 @@ class MainWindow(QMainWindow):
         non-modal instance; a promotion or rollback there restarts triage here."""
         from mammotriage.ui.model_panel import ModelPanel
 
-        if getattr(self, "model_panel", None) is None:
+        if self.model_panel is None:
             self.model_panel = ModelPanel(self.archive.path, parent=self)
             self.model_panel.active_changed.connect(lambda _version: self.check_active_model())
             self.model_panel.job_finished.connect(
@@ -651,7 +653,7 @@ class MainWindow(QMainWindow):
         from mammotriage.ui.monitor_view import MonitorView
 
         threshold = self.points.suspicious if self.points is not None else None
-        view = getattr(self, "monitor_view", None)
+        view = self.monitor_view
         if view is None or view.model_meta is not self.model_meta:
             if view is not None:
                 view.deleteLater()
@@ -892,7 +894,7 @@ class MainWindow(QMainWindow):
         self.loader.shutdown()
         self.jobs.shutdown(wait=False, cancel_futures=True)
         self.stop_network()
-        panel = getattr(self, "model_panel", None)
+        panel = self.model_panel
         if panel is not None and panel.process is not None:
             panel.cancel_job()  # a retrain/validate job does not outlive the app (its checkpoint does)
             panel.process.waitForFinished(5000)

@@ -25,6 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+#: One thread for every monitoring view: reports are short, and views come and go.
+_POOL = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="monitor")
+
 
 def _compute(archive_file: str, meta: dict[str, Any] | None, threshold: float | None,
              plot_dir: str) -> tuple[dict[str, Any], list[str]]:
@@ -49,7 +52,6 @@ class MonitorView(QDialog):
         self.model_meta = model_meta
         self.threshold = suspicious_threshold
         self.report: dict[str, Any] | None = None
-        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="monitor")
         self._future: cf.Future | None = None
         self._plot_dir = tempfile.TemporaryDirectory(prefix="mammotriage-monitor-")
 
@@ -90,7 +92,7 @@ class MonitorView(QDialog):
             return
         self.text.setPlainText("computing the monitoring report…")
         self.refresh_button.setEnabled(False)
-        self._future = self._pool.submit(_compute, self.archive_file, self.model_meta, self.threshold,
+        self._future = _POOL.submit(_compute, self.archive_file, self.model_meta, self.threshold,
                                          self._plot_dir.name)
         self._poll.start()
 
