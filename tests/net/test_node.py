@@ -175,3 +175,27 @@ def test_real_cbis_ddsm_and_wg04_files(run_node) -> None:
     # CBIS-DDSM: one study per view, grouped as two exams of four views.
     exams = running.archive.exams()
     assert sorted(len(e.images) for e in exams) == [1, 4, 4]
+
+
+def test_deflated_transfer_from_storescu_is_accepted(run_node, phantom_exams, tmp_path: Path) -> None:
+    """``dcmconv +td`` files sent with Deflated Explicit VR Little Endian are stored, not
+    rejected as truncated (the inflated offsets were compared with the deflated size)."""
+    import subprocess
+
+    dcmconv = require_tool("dcmconv")
+    running = run_node()
+    study, files = phantom_exams["explicit"]
+    deflated = []
+    for f in files:
+        out = tmp_path / f"{f.stem}-deflated.dcm"
+        subprocess.run([dcmconv, "+td", str(f), str(out)], check=True, capture_output=True, timeout=60)
+        assert out.stat().st_size < f.stat().st_size
+        deflated.append(out)
+    r = storescu(running.port, deflated, extra=("-xd",))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("Received Store Response (Success)") == 4, r.stderr
+    assert running.wait_complete({study})
+    images = running.archive.images_for_study(study)
+    assert len(images) == 4
+    assert {i.transfer_syntax for i in images} == {"1.2.840.10008.1.2.1.99"}
+    assert running.node.stats.rejected == 0

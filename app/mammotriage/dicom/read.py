@@ -6,9 +6,13 @@ The reader never lets a library exception escape for bad input: every failure is
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import re
+import struct
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +30,14 @@ from mammotriage.dicom.codes import (
     VIEW_MEANINGS,
     VIEW_POSITIONS,
 )
+from mammotriage.dicom.codestream import DEFLATED, check_frame, inflate_bounded, walk_explicit_le
 from mammotriage.dicom.errors import (
     CorruptPixelDataError,
     MammoReadError,
     NotAnImageError,
     NotDicomError,
     NotMammogramError,
+    UnreadableFileError,
     UnsupportedImageError,
     UnsupportedTransferSyntaxError,
 )
@@ -60,6 +66,20 @@ _VIEW_WORDS = re.compile(r"(?<![A-Z])(XCCL|XCCM|MLO|LMO|CC|ML|LM|FB|SIO|AT)(?![A
 
 
 # --------------------------------------------------------------------------- helpers
+
+@contextlib.contextmanager
+def _named_warnings(path: Path) -> Iterator[None]:
+    """Re-issue pydicom's warnings (character sets, odd values) with the file's name."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen: set[str] = set()
+    for w in caught:
+        text = f"{path}: {w.message}"
+        if text not in seen:
+            seen.add(text)
+            warnings.warn_explicit(text, w.category, w.filename, w.lineno)
+
 
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
@@ -96,13 +116,51 @@ def _floats(value: Any) -> list[float]:
     return out
 
 
+def _open_deflated(path: Path) -> Dataset | None:
+    """Parse a Deflated Explicit VR Little Endian file with bounded inflation.
+
+    Returns ``None`` when the file is not deflated (then pydicom reads it as usual).
+    pydicom itself inflates the whole stream without a limit; here the inflated size
+    is capped and the element structure walked before pydicom parses it.
+    """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    try:
+        with open(path, "rb") as fh:
+            preamble = read_preamble(fh, False)
+            file_meta = _read_file_meta_info(fh)
+            if str(file_meta.get("TransferSyntaxUID", "")).strip() != DEFLATED:
+                return None
+            inflated = inflate_bounded(fh, path)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, struct.error, KeyError):
+        return None  # not a plain deflated file: the normal reader says what it is
+    walk_explicit_le(inflated, path)
+    dataset = read_dataset(DicomBytesIO(inflated), False, True)
+    ds = pydicom.dataset.FileDataset(str(path), dataset, preamble, file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
 def _open(path: Path) -> Dataset:
     """Parse a file, deferring large values (pixel data is not loaded here)."""
     ds: Dataset | None = None
     try:
-        ds = pydicom.dcmread(path, defer_size="256 KB")
+        ds = _open_deflated(path)
+        if ds is None:
+            ds = pydicom.dcmread(path, defer_size="256 KB")
     except InvalidDicomError:
         pass
+    except MammoReadError:
+        raise
+    except PermissionError as exc:
+        raise UnreadableFileError(f"cannot read file: {exc.strerror or exc}", path) from exc
+    except IsADirectoryError as exc:
+        raise UnreadableFileError("not a regular file", path) from exc
+    except OSError as exc:
+        if isinstance(exc, (EOFError,)) or exc.errno is None:
+            raise NotDicomError(f"cannot parse DICOM: {type(exc).__name__}: {exc}", path) from exc
+        raise UnreadableFileError(f"cannot read file: {exc.strerror or exc}", path) from exc
     except Exception as exc:  # truncated or damaged header
         raise NotDicomError(f"cannot parse DICOM: {type(exc).__name__}: {exc}", path) from exc
     if ds is not None:
@@ -364,6 +422,13 @@ def _check_image_attributes(ds: Dataset, path: Path) -> None:
             raise CorruptPixelDataError(
                 f"Pixel Data truncated: {length} bytes, expected {expected}", path)
     tell = getattr(elem, "value_tell", None)
+    if ts.is_compressed and ts != DEFLATED:
+        value = elem.value if elem.value is not None else b""
+        if not isinstance(value, (bytes, bytearray)):
+            raise CorruptPixelDataError("encapsulated Pixel Data is not a byte string", path)
+        check_frame(bytes(value), str(ts), rows, cols, bits_alloc, spp, path)
+    if ts == DEFLATED:
+        tell = None  # offsets count in the inflated data set, not in the file
     if tell is not None and length not in (None, 0xFFFFFFFF):
         size = os.path.getsize(path)
         if tell + length > size:
@@ -441,6 +506,24 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
     )
 
 
+def _parse(p: Path, allow_non_breast: bool, check_pixels: bool) -> tuple[Dataset, MammoMetadata]:
+    if not p.exists() and not p.is_symlink():
+        raise NotDicomError("no such file", p)
+    if p.is_symlink() and not p.exists():
+        raise UnreadableFileError("broken symbolic link", p)
+    if not p.is_file():
+        raise NotDicomError("not a regular file", p)
+    if not os.access(p, os.R_OK):
+        raise UnreadableFileError("cannot read file: permission denied", p)
+    ds = _open(p)
+    try:
+        return ds, parse_metadata(ds, p, allow_non_breast=allow_non_breast, check_pixels=check_pixels)
+    except MammoReadError:
+        raise
+    except Exception as exc:
+        raise NotDicomError(f"unreadable DICOM attributes: {type(exc).__name__}: {exc}", p) from exc
+
+
 def read_metadata(path: str | Path, allow_non_breast: bool = False,
                   check_pixels: bool = True) -> MammoMetadata:
     """Read what the product needs to know about a mammogram, without decoding pixels.
@@ -453,24 +536,25 @@ def read_metadata(path: str | Path, allow_non_breast: bool = False,
         Accept images that are not of the breast (used to test decoders on chest CR).
     check_pixels
         Verify the image attributes and the Pixel Data element (presence, size,
-        truncation). ``False`` reads header-only files (e.g. vendor test headers).
+        truncation, and for compressed data the codestream's own frame size, see
+        :mod:`mammotriage.dicom.codestream`). ``False`` reads header-only files (e.g.
+        vendor test headers).
 
     Raises
     ------
     MammoReadError
         A subclass naming the reason: not DICOM, not an image (SR, dose report),
-        not a mammogram, corrupt or truncated pixel data, unsupported image.
+        not a mammogram, corrupt or truncated pixel data, unsupported image, a file
+        that cannot be read (``unreadable``).
+
+    Notes
+    -----
+    pydicom's warnings (unknown character sets, odd values) are re-issued with the
+    file's path in front.
     """
     p = Path(path)
-    if not p.is_file():
-        raise NotDicomError("no such file" if not p.exists() else "not a regular file", p)
-    ds = _open(p)
-    try:
-        return parse_metadata(ds, p, allow_non_breast=allow_non_breast, check_pixels=check_pixels)
-    except MammoReadError:
-        raise
-    except Exception as exc:
-        raise NotDicomError(f"unreadable DICOM attributes: {type(exc).__name__}: {exc}", p) from exc
+    with _named_warnings(p):
+        return _parse(p, allow_non_breast, check_pixels)[1]
 
 
 def decode_pixels(ds: Dataset, meta: MammoMetadata, path: Path | None = None) -> tuple[np.ndarray, str]:
@@ -525,16 +609,9 @@ def read_image(path: str | Path, allow_non_breast: bool = False) -> MammoImage:
         installed decoder can decode the data ("cannot decode: transfer syntax ...").
     """
     p = Path(path)
-    if not p.is_file():
-        raise NotDicomError("no such file" if not p.exists() else "not a regular file", p)
-    ds = _open(p)
-    try:
-        meta = parse_metadata(ds, p, allow_non_breast=allow_non_breast)
-    except MammoReadError:
-        raise
-    except Exception as exc:
-        raise NotDicomError(f"unreadable DICOM attributes: {type(exc).__name__}: {exc}", p) from exc
-    pixels, plugin = decode_pixels(ds, meta, p)
+    with _named_warnings(p):
+        ds, meta = _parse(p, allow_non_breast, True)
+        pixels, plugin = decode_pixels(ds, meta, p)
     if plugin != meta.decoder:
         meta = _replace(meta, decoder=plugin)
     return MammoImage(pixels=pixels, meta=meta)
