@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -73,7 +74,24 @@ def describe_file(path: Path, decode: bool = True) -> dict[str, Any]:
         "sop_uid": meta.sop_instance_uid,
         "accession": meta.accession_number,
         "study_date": meta.study_date.isoformat() if meta.study_date else None,
+        "warnings": list(meta.warnings),
     }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def print_json(value: Any, **kwargs: Any) -> None:
+    """Print strictly valid JSON (no NaN/Infinity; file names that are not UTF-8 escaped)."""
+    print(json.dumps(json_safe(value), allow_nan=False, **kwargs))
 
 
 def _info_text(d: dict[str, Any]) -> str:
@@ -100,13 +118,14 @@ def _info_text(d: dict[str, Any]) -> str:
     lines.append(f"  encoding    {d['transfer_syntax']}, decoder {d['decoder']}")
     lines.append(f"  equipment   {d['manufacturer'] or '?'} {d['model'] or ''}".rstrip())
     lines.append(f"  study       {d['study_uid']}  accession {d['accession'] or '-'}  date {d['study_date'] or '-'}")
+    lines.extend(f"  warning     {w}" for w in d.get("warnings", []))
     return "\n".join(lines)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     results = [describe_file(Path(p), decode=not args.no_decode) for p in args.files]
     if args.json:
-        print(json.dumps(results, indent=2))
+        print_json(results, indent=2)
     else:
         print("\n".join(_info_text(r) for r in results))
     return 1 if any("error" in r for r in results) else 0
@@ -332,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP threads that spin make torch ~15x slower on a busy 2-core machine;
     # set before torch is imported (worker processes inherit it).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # File names that are not UTF-8 must never crash a message about them.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import os
 import re
 import struct
@@ -309,62 +310,135 @@ def _spacing(ds: Dataset) -> tuple[PixelSpacing | None, float | None]:
     return None, factor
 
 
-def _presets(ds: Dataset) -> tuple[WindowPreset, ...]:
+def _presets(ds: Dataset, modality_lut: ModalityLut, value_range: tuple[float, float] | None,
+             notes: list[str]) -> tuple[WindowPreset, ...]:
+    """The file's VOI presets in order; broken ones are left out, each with a note.
+
+    A broken *optional* presentation attribute (a window that is not a number or lies
+    outside every value the image can hold, a VOI LUT whose descriptor or data do not
+    agree) must not change what the reader or the model sees: the next preset, or the
+    automatic window, is used instead, and ``notes`` says why.
+    """
     presets: list[WindowPreset] = []
     function = _text(ds, "VOILUTFunction").upper() or "LINEAR"
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        notes.append(f"VOI LUT Function {function!r} is not defined: LINEAR used")
         function = "LINEAR"
-    centers = _floats(ds.get("WindowCenter"))
-    widths = _floats(ds.get("WindowWidth"))
-    explanations = ds.get("WindowCenterWidthExplanation")
+    try:
+        centers = _floats(ds.get("WindowCenter"))
+        widths = _floats(ds.get("WindowWidth"))
+        explanations = ds.get("WindowCenterWidthExplanation")
+    except Exception as exc:  # noqa: BLE001 - a damaged optional attribute
+        notes.append(f"Window Center/Width unreadable ({type(exc).__name__}): not used")
+        centers, widths, explanations = [], [], None
     if explanations is not None and not isinstance(explanations, pydicom.multival.MultiValue):
         explanations = [explanations]
     explanations = [str(e) for e in (explanations or [])]
     for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
+        label = explanations[i] if i < len(explanations) and explanations[i] else f"WINDOW {i + 1}"
+        if not (math.isfinite(c) and math.isfinite(w)):
+            notes.append(f"window {label!r} (center {c}, width {w}) is not a finite number: not used")
+            continue
         minimum = 0.0 if function == "SIGMOID" else (1.0 if function == "LINEAR" else 0.0)
         if w <= minimum and not (function == "LINEAR" and w >= 1):
+            notes.append(f"window {label!r} has width {w:g}, not valid for {function}: not used")
             continue
-        label = explanations[i] if i < len(explanations) and explanations[i] else f"WINDOW {i + 1}"
+        if value_range is not None and (c + w / 2 < value_range[0] or c - w / 2 > value_range[1]):
+            notes.append(f"window {label!r} (center {c:g}, width {w:g}) lies outside the image's values "
+                         f"{value_range[0]:g}..{value_range[1]:g}: not used")
+            continue
         presets.append(WindowPreset(explanation=label, center=c, width=w, function=function))
-    for i, item in enumerate(ds.get("VOILUTSequence", []) or []):
+    try:
+        items = list(ds.get("VOILUTSequence", []) or [])
+    except Exception as exc:  # noqa: BLE001 - a damaged optional attribute
+        notes.append(f"VOI LUT Sequence unreadable ({type(exc).__name__}): not used")
+        items = []
+    for i, item in enumerate(items):
         try:
-            descriptor = [int(v) for v in item.LUTDescriptor]
-            data = _lut_data(item, descriptor)
-        except Exception:
+            label = f"{item.get('LUTExplanation', '') or f'VOI LUT {i + 1}'} (VOI LUT)"
+        except Exception:  # noqa: BLE001
+            label = f"VOI LUT {i + 1} (VOI LUT)"
+        try:
+            descriptor, data = _lut(item)
+        except ValueError as exc:
+            notes.append(f"{label}: {exc}: not used")
             continue
-        label = f"{item.get('LUTExplanation', '') or f'VOI LUT {i + 1}'} (VOI LUT)"
+        except Exception as exc:  # noqa: BLE001 - any damage to an optional table
+            notes.append(f"{label}: unreadable ({type(exc).__name__}: {exc}): not used")
+            continue
+        if float(data.max()) == float(data.min()):
+            notes.append(f"{label}: every entry is {data[0]:g} (the image would be blank): not used")
+            continue
         presets.append(WindowPreset(explanation=label, lut=data, first_mapped=descriptor[1],
                                     lut_bits=descriptor[2]))
     return tuple(presets)
 
 
-def _lut_data(item: Dataset, descriptor: list[int]) -> np.ndarray:
+def _lut(item: Dataset) -> tuple[list[int], np.ndarray]:
+    """(descriptor, table) of a LUT item (PS3.3 C.11.1.1.1, C.11.2.1.1), checked.
+
+    Raises ``ValueError`` saying what does not agree.
+    """
+    raw_descriptor = item.get("LUTDescriptor")
+    if raw_descriptor is None:
+        raise ValueError("no LUT Descriptor")
+    if isinstance(raw_descriptor, (bytes, bytearray)):
+        raw_descriptor = list(struct.unpack(f"<{len(raw_descriptor) // 2}H", raw_descriptor[:len(raw_descriptor) // 2 * 2]))
+    values = list(raw_descriptor) if isinstance(raw_descriptor, (list, tuple, pydicom.multival.MultiValue)) \
+        else [raw_descriptor]
+    if len(values) != 3:
+        raise ValueError(f"LUT Descriptor has {len(values)} values, 3 required")
+    descriptor = [int(v) for v in values]
     n = descriptor[0] or 65536
-    raw = item.LUTData
+    if not 8 <= descriptor[2] <= 16:
+        raise ValueError(f"LUT Descriptor declares {descriptor[2]} bits per entry (8 to 16 allowed)")
+    raw = item.get("LUTData")
+    if raw is None:
+        raise ValueError("no LUT Data")
     if isinstance(raw, (bytes, bytearray)):
-        data = np.frombuffer(raw, dtype="<u2" if descriptor[2] > 8 else "u1")
+        data = np.frombuffer(raw[:len(raw) // 2 * 2] if descriptor[2] > 8 else raw,
+                             dtype="<u2" if descriptor[2] > 8 else "u1")
     else:
         data = np.asarray(raw if isinstance(raw, (list, pydicom.multival.MultiValue)) else [raw],
                           dtype=np.float64)
+    if data.size < n:
+        raise ValueError(f"LUT Descriptor declares {n} entries but LUT Data holds {data.size}")
     data = np.asarray(data[:n], dtype=np.float64)
-    if data.size == 0:
-        raise ValueError("empty LUT")
-    return data
+    if not np.isfinite(data).all():
+        raise ValueError("LUT Data holds values that are not finite numbers")
+    return descriptor, data
 
 
-def _modality_lut(ds: Dataset) -> ModalityLut:
-    seq = ds.get("ModalityLUTSequence")
-    if seq:
-        item = seq[0]
-        try:
-            descriptor = [int(v) for v in item.LUTDescriptor]
-            return ModalityLut(table=_lut_data(item, descriptor), first_mapped=descriptor[1])
-        except Exception:
-            pass
+def _modality_lut(ds: Dataset, notes: list[str]) -> ModalityLut:
+    try:
+        seq = ds.get("ModalityLUTSequence")
+        if seq:
+            descriptor, table = _lut(seq[0])
+            return ModalityLut(table=table, first_mapped=descriptor[1])
+    except Exception as exc:  # noqa: BLE001 - a damaged table: fall back to the rescale
+        notes.append(f"Modality LUT Sequence not used: {exc}")
     slope = _floats(ds.get("RescaleSlope"))
     intercept = _floats(ds.get("RescaleIntercept"))
+    if (slope and not math.isfinite(slope[0])) or (intercept and not math.isfinite(intercept[0])):
+        notes.append(f"Rescale Slope/Intercept ({slope[0] if slope else 1}, {intercept[0] if intercept else 0}) "
+                     "are not finite numbers: identity rescale used")
+        return ModalityLut()
     return ModalityLut(slope=slope[0] if slope and slope[0] != 0 else 1.0,
                        intercept=intercept[0] if intercept else 0.0)
+
+
+def _value_range(ds: Dataset, modality_lut: ModalityLut) -> tuple[float, float] | None:
+    """The smallest and largest modality output value the stored bit depth allows."""
+    try:
+        bits = max(1, min(int(ds.get("BitsStored", ds.get("BitsAllocated", 16))), 16))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+    except (TypeError, ValueError):
+        return None
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    if modality_lut.table is not None:
+        return float(modality_lut.table.min()), float(modality_lut.table.max())
+    ends = (lo * modality_lut.slope + modality_lut.intercept, hi * modality_lut.slope + modality_lut.intercept)
+    return min(ends), max(ends)
 
 
 def _intent(ds: Dataset) -> PresentationIntent:
@@ -464,6 +538,9 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
     view, view_source, modifiers = _view(ds)
     spacing, factor = _spacing(ds)
     shape = _text(ds, "PresentationLUTShape").upper() or None
+    notes: list[str] = []
+    modality_lut = _modality_lut(ds, notes)
+    presets = _presets(ds, modality_lut, _value_range(ds, modality_lut), notes)
     return MammoMetadata(
         path=str(p) if p is not None else None,
         sop_class_uid=sop_class,
@@ -488,8 +565,8 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
         presentation_intent=_intent(ds),
         patient_orientation=_orientation(ds),
         spacing=spacing,
-        presets=_presets(ds),
-        modality_lut=_modality_lut(ds),
+        presets=presets,
+        modality_lut=modality_lut,
         presentation_lut_shape=shape,
         manufacturer=_text(ds, "Manufacturer"),
         manufacturer_model=_text(ds, "ManufacturerModelName"),
@@ -503,6 +580,7 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
         series_description=_text(ds, "SeriesDescription"),
         body_part=_text(ds, "BodyPartExamined").upper(),
         estimated_magnification=factor,
+        warnings=tuple(notes),
     )
 
 
