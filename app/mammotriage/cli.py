@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mammotriage import __version__
+from mammotriage.jsonio import print_json
 
 # --------------------------------------------------------------------------- info
 
@@ -76,22 +76,6 @@ def describe_file(path: Path, decode: bool = True) -> dict[str, Any]:
         "study_date": meta.study_date.isoformat() if meta.study_date else None,
         "warnings": list(meta.warnings),
     }
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every float that is not finite replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def print_json(value: Any, **kwargs: Any) -> None:
-    """Print strictly valid JSON (no NaN/Infinity; file names that are not UTF-8 escaped)."""
-    print(json.dumps(json_safe(value), allow_nan=False, **kwargs))
 
 
 def _info_text(d: dict[str, Any]) -> str:
