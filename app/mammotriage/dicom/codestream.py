@@ -317,8 +317,9 @@ def check_frame(value: bytes, ts: str, rows: int, cols: int, bits_alloc: int, sp
     elif ts in JPEG_2000:
         kind = "JPEG 2000"
         height, width, components, precision, tiles = _j2k_siz(frame, path)
-        if tiles > _MAX_TILES:
-            raise CorruptPixelDataError(f"JPEG 2000 codestream declares {tiles} tiles", path)
+        if (height, width) == (rows, cols) and tiles > _MAX_TILES:
+            raise CorruptPixelDataError(f"JPEG 2000 codestream declares {tiles} tiles (at most {_MAX_TILES})",
+                                        path)
     else:
         return  # another encapsulated syntax: the decoder's own checks apply
     if (height, width) != (rows, cols):
