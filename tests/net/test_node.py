@@ -199,3 +199,24 @@ def test_deflated_transfer_from_storescu_is_accepted(run_node, phantom_exams, tm
     assert len(images) == 4
     assert {i.transfer_syntax for i in images} == {"1.2.840.10008.1.2.1.99"}
     assert running.node.stats.rejected == 0
+
+
+def test_corrupt_compressed_pixel_data_is_not_acknowledged(run_node, tmp_path: Path) -> None:
+    """RLE with a bad segment header, RLE claiming 16000 x 7000 and a JPEG 2000 SIZ that
+    disagrees with Rows/Columns get 0xC003 (not 0x0000): the frame structure is checked
+    before the node answers."""
+    from hostile import CASES, write_corpus
+
+    wanted = {"rle-segment-count.dcm": "-xr", "rle-claims-16000x7000.dcm": "-xr",
+              "rle-offset-past-end.dcm": "-xr", "j2k-siz-46000.dcm": "-xv"}
+    cases = write_corpus(tmp_path / "hostile", tuple(c for c in CASES if c.name in wanted))
+    running = run_node()
+    for case in cases:
+        r = storescu(running.port, [case.path], extra=(wanted[case.name],))
+        assert "Received Store Response (Success)" not in r.stderr, (case.name, r.stderr)
+    assert wait_until(lambda: len(running.results) == len(cases))
+    assert [r.status for r in running.results] == [0xC003] * len(cases)
+    assert running.archive.count() == 0
+    for result in running.results:
+        assert result.code == "corrupt-pixel-data"
+        assert "before decoding" in result.reason or result.reason.startswith("RLE"), result.reason
