@@ -292,7 +292,8 @@ def _non_utf8_name(path: Path) -> Path:
 
 
 def _symlink_to_garbage(path: Path) -> Path:
-    target = _garbage(path.parent / "garbage-target.bin")
+    # the target lies outside the corpus folder: a folder import meets the link only
+    target = _garbage(path.parent.parent / f"{path.parent.name}-link-targets" / "garbage-target.bin")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.symlink_to(target.resolve())
     return path
