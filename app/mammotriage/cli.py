@@ -177,6 +177,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
+    from mammotriage.model.package import ModelPackageError
     from mammotriage.model.registry import ModelRegistry, RegistryError
     from mammotriage.store.reading import current_reader
 
@@ -217,7 +218,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             elif args.models_command == "rollback":
                 v = registry.rollback(who=current_reader(), reason=args.reason or "")
                 print(f"rolled back: {v.version} is the active model again")
-        except RegistryError as exc:
+        except (RegistryError, ModelPackageError) as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return 1
     return 0
