@@ -220,3 +220,12 @@ def test_corrupt_compressed_pixel_data_is_not_acknowledged(run_node, tmp_path: P
     for result in running.results:
         assert result.code == "corrupt-pixel-data"
         assert "before decoding" in result.reason or result.reason.startswith("RLE"), result.reason
+
+
+def test_a_wrong_called_ae_title_is_refused_unless_configured(run_node) -> None:
+    require_tool("echoscu")
+    running = run_node()
+    assert echo_ok(running.port, called="MAMMOTRIAGE")
+    assert not echo_ok(running.port, called="SOMEONE-ELSE")
+    lenient = run_node(require_called_ae_title=False)
+    assert echo_ok(lenient.port, called="SOMEONE-ELSE")
