@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,34 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         read_image(tmp_path / "nope.dcm")
     with pytest.raises(NotDicomError, match="not a regular file"):
         read_metadata(tmp_path)
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc")
+def test_a_file_that_cannot_be_read_is_unreadable_not_not_dicom(tmp_path: Path) -> None:
+    from mammotriage.dicom import UnreadableFileError
+    from mammotriage.store import Archive
+
+    # /proc/self/mem is a regular file whose first page cannot be read (EIO), even as root
+    with pytest.raises(UnreadableFileError, match="cannot read file") as err:
+        read_metadata("/proc/self/mem")
+    assert err.value.code == "unreadable" and err.value.path == "/proc/self/mem"
+    link = tmp_path / "dangling.dcm"
+    link.symlink_to(tmp_path / "gone.dcm")
+    with pytest.raises(UnreadableFileError, match="broken symbolic link"):
+        read_image(link)
+    with Archive(tmp_path / "a.sqlite") as archive:
+        report = archive.import_paths(["/proc/self/mem"])
+    assert [r.code for r in report.rejected] == ["unreadable"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_a_file_without_read_permission_is_unreadable(tmp_path: Path) -> None:
+    from mammotriage.dicom import UnreadableFileError
+
+    path = write_mg(tmp_path / "locked.dcm")
+    path.chmod(0)
+    with pytest.raises(UnreadableFileError, match="permission denied"):
+        read_metadata(path)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
