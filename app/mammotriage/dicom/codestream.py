@@ -185,11 +185,15 @@ def walk_explicit_le(data: bytes, path: Path) -> None:
 
 # --------------------------------------------------------------------------- frames
 
-def _fragments(value: bytes, path: Path) -> tuple[list[int], list[bytes]]:
-    """(Basic Offset Table, fragments) of encapsulated pixel data, every length checked."""
+def _fragments(value: bytes, path: Path) -> tuple[list[int], list[memoryview]]:
+    """(Basic Offset Table, fragments) of encapsulated pixel data, every length checked.
+
+    The fragments are views into ``value``: nothing is copied.
+    """
     pos, end = 0, len(value)
+    view = memoryview(value)
     offsets: list[int] = []
-    fragments: list[bytes] = []
+    fragments: list[memoryview] = []
     first = True
     while pos + 8 <= end:
         group, elem, length = struct.unpack_from("<HHI", value, pos)
@@ -212,7 +216,7 @@ def _fragments(value: bytes, path: Path) -> tuple[list[int], list[bytes]]:
             offsets = list(struct.unpack_from(f"<{length // 4}I", value, pos))
             first = False
         else:
-            fragments.append(value[pos:pos + length])
+            fragments.append(view[pos:pos + length])
         pos += length
     if first or not fragments:
         raise CorruptPixelDataError("encapsulated Pixel Data holds no fragment", path)
@@ -231,7 +235,7 @@ def _size_mismatch(kind: str, height: int, width: int, rows: int, cols: int, pat
         f"{rows}x{cols}: refused before decoding", path)
 
 
-def _check_rle(frame: bytes, rows: int, cols: int, bits_alloc: int, spp: int, path: Path) -> None:
+def _check_rle(frame: memoryview | bytes, rows: int, cols: int, bits_alloc: int, spp: int, path: Path) -> None:
     if len(frame) < 64:
         raise CorruptPixelDataError(f"RLE frame of {len(frame)} bytes is shorter than its 64-byte header", path)
     header = struct.unpack_from("<16I", frame, 0)
@@ -242,7 +246,7 @@ def _check_rle(frame: bytes, rows: int, cols: int, bits_alloc: int, spp: int, pa
             f"RLE header declares {n} segments, {expected} expected for {bits_alloc}-bit data", path)
     offsets = list(header[1:1 + n])
     if offsets[0] != 64 or any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)) \
-            or offsets[-1] >= len(frame) or any(header[1 + n:]):
+            or offsets[-1] >= len(frame):
         raise CorruptPixelDataError(
             f"RLE header segment offsets {offsets} are not increasing from 64 within the "
             f"{len(frame)}-byte frame", path)
@@ -255,9 +259,9 @@ def _check_rle(frame: bytes, rows: int, cols: int, bits_alloc: int, spp: int, pa
                 "(rows x columns) pixels: the header's size does not match the data", path)
 
 
-def _jpeg_sof(frame: bytes, markers: set[int], kind: str, path: Path) -> tuple[int, int, int, int]:
+def _jpeg_sof(frame: memoryview | bytes, markers: set[int], kind: str, path: Path) -> tuple[int, int, int, int]:
     """(height, width, components, precision) from the first SOF marker."""
-    if frame[:2] != b"\xff\xd8":
+    if bytes(frame[:2]) != b"\xff\xd8":
         raise CorruptPixelDataError(f"{kind} frame does not start with an SOI marker", path)
     pos, end = 2, len(frame)
     while pos + 4 <= end:
@@ -279,9 +283,9 @@ def _jpeg_sof(frame: bytes, markers: set[int], kind: str, path: Path) -> tuple[i
     raise CorruptPixelDataError(f"{kind} frame has no readable frame header (SOF) before its scan", path)
 
 
-def _j2k_siz(frame: bytes, path: Path) -> tuple[int, int, int, int, int]:
+def _j2k_siz(frame: memoryview | bytes, path: Path) -> tuple[int, int, int, int, int]:
     """(height, width, components, max precision, tiles) from the SIZ marker."""
-    start = frame.find(b"\xff\x4f\xff\x51", 0, 4096)
+    start = bytes(frame[:4096]).find(b"\xff\x4f\xff\x51")
     if start < 0:
         raise CorruptPixelDataError("JPEG 2000 frame has no SOC/SIZ marker at its start", path)
     pos = start + 4
@@ -304,7 +308,7 @@ def check_frame(value: bytes, ts: str, rows: int, cols: int, bits_alloc: int, sp
     """Check encapsulated Pixel Data ``value`` against the header (see the module doc)."""
     _offsets, fragments = _fragments(value, path)
     # one frame (multi-frame images are refused earlier): the frame is all fragments
-    frame = fragments[0] if len(fragments) == 1 else b"".join(fragments)
+    frame = fragments[0] if len(fragments) == 1 else memoryview(b"".join(fragments))
     if ts == RLE:
         _check_rle(frame, rows, cols, bits_alloc, spp, path)
         return
