@@ -74,21 +74,24 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 
 # --------------------------------------------------------------------------- deflate
 
-def inflate_bounded(fh: BinaryIO, path: Path, limit: int = MAX_INFLATED_BYTES) -> bytes:
-    """Inflate a raw deflate stream (PS3.5 A.5) from ``fh``, refusing to exceed ``limit`` bytes."""
+def _inflate(fh: BinaryIO, path: Path, limit: int, keep: bool) -> bytes:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = bytearray()
+    pieces: list[bytes] = []
+    size = 0
     try:
         while not inflater.eof:
             chunk = fh.read(1 << 16)
             if not chunk:
                 break
             while chunk:
-                out += inflater.decompress(chunk, limit + 1 - len(out))
-                if len(out) > limit:
+                piece = inflater.decompress(chunk, min(limit + 1 - size, 4 << 20))
+                size += len(piece)
+                if size > limit:
                     raise CorruptPixelDataError(
                         f"deflated data set inflates to more than {limit // (1 << 20)} MiB "
                         "(a decompression bomb, or far larger than any mammogram)", path)
+                if keep:
+                    pieces.append(piece)
                 chunk = inflater.unconsumed_tail
                 if inflater.eof:
                     break
@@ -97,7 +100,19 @@ def inflate_bounded(fh: BinaryIO, path: Path, limit: int = MAX_INFLATED_BYTES) -
     if not inflater.eof:
         raise CorruptPixelDataError("deflated data set is truncated (the deflate stream does not end)",
                                     path)
-    return bytes(out)
+    return b"".join(pieces)
+
+
+def inflate_bounded(fh: BinaryIO, path: Path, limit: int = MAX_INFLATED_BYTES) -> bytes:
+    """Inflate a raw deflate stream (PS3.5 A.5) from ``fh``, refusing to exceed ``limit`` bytes.
+
+    A first pass only counts, so a bomb is refused without holding what it inflates to;
+    the second pass keeps the data.
+    """
+    start = fh.tell()
+    _inflate(fh, path, limit, keep=False)
+    fh.seek(start)
+    return _inflate(fh, path, limit, keep=True)
 
 
 def walk_explicit_le(data: bytes, path: Path) -> None:
