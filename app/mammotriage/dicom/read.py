@@ -154,12 +154,8 @@ def _open(path: Path) -> Dataset:
         pass
     except MammoReadError:
         raise
-    except PermissionError as exc:
-        raise UnreadableFileError(f"cannot read file: {exc.strerror or exc}", path) from exc
-    except IsADirectoryError as exc:
-        raise UnreadableFileError("not a regular file", path) from exc
     except OSError as exc:
-        if isinstance(exc, (EOFError,)) or exc.errno is None:
+        if exc.errno is None:  # raised by the parser, not by the file system
             raise NotDicomError(f"cannot parse DICOM: {type(exc).__name__}: {exc}", path) from exc
         raise UnreadableFileError(f"cannot read file: {exc.strerror or exc}", path) from exc
     except Exception as exc:  # truncated or damaged header
