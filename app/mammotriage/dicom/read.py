@@ -12,6 +12,7 @@ import math
 import os
 import re
 import struct
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,18 +69,26 @@ _VIEW_WORDS = re.compile(r"(?<![A-Z])(XCCL|XCCM|MLO|LMO|CC|ML|LM|FB|SIO|AT)(?![A
 
 # --------------------------------------------------------------------------- helpers
 
+#: ``warnings.catch_warnings`` swaps process-wide state: readers in several threads (the
+#: DICOM node's associations) take turns.  Parsing holds the GIL anyway.
+_WARNINGS_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _named_warnings(path: Path) -> Iterator[None]:
     """Re-issue pydicom's warnings (character sets, odd values) with the file's name."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    seen: set[str] = set()
-    for w in caught:
-        text = f"{path}: {w.message}"
-        if text not in seen:
-            seen.add(text)
-            warnings.warn_explicit(text, w.category, w.filename, w.lineno)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # also when the file is rejected: its warnings may say why
+        seen: set[str] = set()
+        for w in caught:
+            text = f"{path}: {w.message}"
+            if text not in seen:
+                seen.add(text)
+                warnings.warn_explicit(text, w.category, w.filename, w.lineno)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
