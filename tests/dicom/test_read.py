@@ -281,3 +281,40 @@ def test_fuzzed_headers_never_escape_as_other_exceptions(tmp_path: Path) -> None
         except MammoReadError:
             outcomes["error"] += 1
     assert outcomes["error"] > 0 and sum(outcomes.values()) == 150
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90",
+                                    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50",
+                                    "1.2.840.10008.1.2.1.99"])
+def test_valid_encodings_pass_the_checks_made_before_decoding(tmp_path: Path, syntax: str) -> None:
+    """The codestream checks (J2K SIZ, JPEG SOF, JPEG-LS SOF55, RLE header, bounded
+    inflation) accept what real encoders write, and the pixels come back unchanged."""
+    from io import BytesIO
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 4096, (300, 200)).astype(np.uint16)
+    ds = make_mg_dataset(300, 200, pixels=pixels)
+    ts = UID(syntax)
+    if syntax == "1.2.840.10008.1.2.4.50":  # 8-bit baseline: Pillow encodes it
+        pixels = (pixels % 256).astype(np.uint8)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        buf = BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds.file_meta.TransferSyntaxUID = ts
+    elif ts.is_compressed and syntax != "1.2.840.10008.1.2.1.99":
+        kwargs = {"jls_error": 2} if syntax.endswith(".81") else {"j2k_cr": [20]} if syntax.endswith(".91") else {}
+        ds.compress(ts, **kwargs)
+    else:
+        ds.file_meta.TransferSyntaxUID = ts
+    path = tmp_path / "valid.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    image = read_image(path)
+    assert image.pixels.shape == (300, 200)
+    if syntax in ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5",
+                  "1.2.840.10008.1.2.1.99"):
+        assert np.array_equal(image.pixels, pixels)  # lossless
