@@ -156,17 +156,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
+    from mammotriage.store.audit import AuditKeyError
     from mammotriage.store.events import CorrectionLog
 
-    with CorrectionLog(archive_path()) as log:
-        report = log.verify()
+    try:
+        with CorrectionLog(archive_path()) as log:
+            report = log.verify()
+    except AuditKeyError as exc:
+        print(f"cannot verify: {exc}", file=sys.stderr)
+        return 2
     if args.json:
-        print(json.dumps({"ok": report.ok, "events": report.events, "problems": report.problems}, indent=2))
+        print(json.dumps({"ok": report.ok, "events": report.events, "problems": report.problems,
+                          "head": report.head, "unkeyed": report.unkeyed}, indent=2))
     else:
         for problem in report.problems:
             print(f"TAMPERED: {problem}")
         print(f"{report.events} correction events: " + ("chain verified" if report.ok else
-                                                        f"{len(report.problems)} problem(s)"))
+                                                        f"{len(report.problems)} problem(s)")
+              + (f" (head: {report.head['count']} events, keyed)" if report.head else ""))
     return 0 if report.ok else 1
 
 

@@ -313,6 +313,8 @@ def export_snapshot(snapshot: str | Path | Mapping[str, Any], out: str | Path, *
         "snapshot": {"sha256": sha, "name": name, "description": description, "role": role,
                      "consensus": consensus},
         "deidentification": deid.describe(),
+        # The correction-event chain the labels were folded from (count, last hash, MAC).
+        "audit_head": manifest.get("audit_head"),
         "counts": {"images": len(items), "reviewed_images": sum(1 for i in items if i.reviewed),
                    "srs": srs, "final_labels": n_final, "excluded": len(excluded)},
         "excluded": excluded,
