@@ -339,6 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP threads that spin make torch ~15x slower on a busy 2-core machine;
     # set before torch is imported (worker processes inherit it).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Started by the app as a separate program (a retrain job): end with the app.
+    from mammotriage.lifetime import die_with_parent_from_env
+
+    die_with_parent_from_env()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

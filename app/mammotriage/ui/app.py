@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -49,8 +50,24 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
         QTimer.singleShot(int(quit_after * 1000), timeout)
     if demo:
         window.ensure_demo()
+    _quit_on_signals(window)
     app.exec()
     # destroy the window while the QApplication still exists (no Qt object may outlive it)
     window.deleteLater()
     app.processEvents()
     return rc["code"]
+
+
+def _quit_on_signals(window: MainWindow) -> None:
+    """SIGTERM (logout, a session manager, ``kill``) and SIGINT (Ctrl-C) quit like the
+    window's close button: settings saved, workers and the DICOM node stopped.
+
+    Python runs signal handlers between bytecodes; the window's poll timer (30 ms)
+    keeps Python code running while Qt waits for events, so the handler runs promptly.
+    """
+    def handler(signum: int, _frame: object) -> None:
+        print(f"{signal.Signals(signum).name}: quitting", file=sys.stderr, flush=True)
+        QTimer.singleShot(0, window.close)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)

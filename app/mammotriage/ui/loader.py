@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from mammotriage.dicom.hanging import DisplayOrientation, display_orientation
 from mammotriage.dicom.image import pixel_sha256
 from mammotriage.dicom.pyramid import build_pyramid
 from mammotriage.dicom.voi import Window, auto_window, render_8bit
+from mammotriage.lifetime import die_with_parent
 
 
 @dataclass
@@ -101,7 +103,9 @@ class ViewLoader:
 
     def __init__(self, workers: int = 2):
         ctx = mp.get_context("spawn")
-        self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        # Workers exit when the app does, even when it is killed (no orphaned decoders).
+        self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                            initializer=die_with_parent, initargs=(os.getpid(),))
         self._pending: dict[str, cf.Future] = {}
         self.cache = ViewCache()
 
