@@ -347,8 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["app", *(argv or [])])
+    from mammotriage.store.audit import AuditKeyError
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except AuditKeyError as exc:  # any command that records or reads reader corrections
+        print(f"audit key: {exc}", file=sys.stderr)
+        return 2

@@ -227,3 +227,16 @@ def test_a_snapshot_pins_the_chain_even_if_the_head_file_is_cut_back(archive: Pa
     report = _verify(archive)
     assert [p for p in report.problems if "snapshot abababababab" in p and "no longer holds" in p], \
         report.problems
+
+
+def test_a_bad_key_gives_a_message_from_any_command(tmp_path: Path) -> None:
+    key = tmp_path / "keys" / "audit.key"
+    AuditKey.load(key)
+    os.chmod(key, 0o640)
+    env = dict(os.environ, MAMMOTRIAGE_HOME=str(tmp_path / "home"), MAMMOTRIAGE_AUDIT_KEY=str(key),
+               PYTHONPATH=os.pathsep.join(sys.path))
+    for args in (["audit", "verify"], ["dataset", "snapshot"]):
+        r = subprocess.run([sys.executable, "-m", "mammotriage", *args], capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "chmod 600" in r.stderr
