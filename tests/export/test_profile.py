@@ -176,3 +176,23 @@ def test_clinical_trial_attributes_are_not_copied_into_srs(phi_laden) -> None:
     assert image.ClinicalTrialSiteID == "" and "PlateID" not in image
     manifest = json.loads((out / "manifest.json").read_text())
     assert "Table E.1-1" in manifest["deidentification"]["table"]
+
+
+def test_the_scan_finds_any_table_attribute_left_with_its_source_value(phi_laden, tmp_path: Path) -> None:
+    from mammotriage.export.phi import phi_needles, scan_folder
+
+    out, sources = phi_laden
+    needles = phi_needles(pydicom.dcmread(sources[0], stop_before_pixels=True))
+    for path in sources[1:]:
+        needles.update(phi_needles(pydicom.dcmread(path, stop_before_pixels=True)))
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    image = pydicom.dcmread(next(out.glob("images/*/*.dcm")))
+    image.PlateID = LEAKED["PlateID"]  # short, not a name: only the same attribute is checked
+    image.ReasonForStudy = LEAKED["ReasonForStudy"]
+    image.save_as(copy_dir / "leak.dcm", enforce_file_format=True)
+    (copy_dir / "notes.txt").write_text(f"sponsor {LEAKED['ClinicalTrialSponsorName']}\n")
+    hits = scan_folder(copy_dir, needles)
+    assert {(h.path, h.what) for h in hits} >= {("leak.dcm", "PlateID"), ("leak.dcm", "ReasonForStudy"),
+                                                  ("notes.txt", "ClinicalTrialSponsorName")}
+    assert scan_folder(out, needles) == []
