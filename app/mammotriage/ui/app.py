@@ -24,9 +24,11 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
     quit_after
         Quit after this many seconds (scripts and smoke tests).
     """
+    started: dict[str, MainWindow] = {}
+    _quit_on_signals(started)  # before any worker is spawned
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Mammo Triage")
-    window = MainWindow()
+    window = started["window"] = MainWindow()
     window.show()
     rc = {"code": 0}
     if screenshot:
@@ -50,7 +52,6 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
         QTimer.singleShot(int(quit_after * 1000), timeout)
     if demo:
         window.ensure_demo()
-    _quit_on_signals(window)
     app.exec()
     # destroy the window while the QApplication still exists (no Qt object may outlive it)
     window.deleteLater()
@@ -58,15 +59,19 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
     return rc["code"]
 
 
-def _quit_on_signals(window: MainWindow) -> None:
+def _quit_on_signals(started: dict[str, MainWindow]) -> None:
     """SIGTERM (logout, a session manager, ``kill``) and SIGINT (Ctrl-C) quit like the
     window's close button: settings saved, workers and the DICOM node stopped.
 
     Python runs signal handlers between bytecodes; the window's poll timer (30 ms)
     keeps Python code running while Qt waits for events, so the handler runs promptly.
+    Before the window exists there is nothing to save: the process just exits.
     """
     def handler(signum: int, _frame: object) -> None:
         print(f"{signal.Signals(signum).name}: quitting", file=sys.stderr, flush=True)
+        window = started.get("window")
+        if window is None:
+            raise SystemExit(0)
         QTimer.singleShot(0, window.close)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
