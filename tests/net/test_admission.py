@@ -87,23 +87,31 @@ def test_allowed_pacs_echoes_while_50_idle_connections_from_a_host_off_the_list_
     assert n.stats.refused_connections == 50
 
 
-def test_idle_connections_from_an_allowed_host_hold_no_slot_and_end_by_artim(node) -> None:
+def test_one_allowed_host_cannot_open_more_than_its_share(node) -> None:
     require_tool("echoscu")
     n = node(allowed_hosts=("127.0.0.1", "127.0.0.3"), allowed_calling_ae_titles=("PACS",),
-             max_associations=2, max_connections_per_host=3, artim_timeout_s=1.0)
+             max_associations=2, max_connections_per_host=3, artim_timeout_s=8)
     port = n.address[1]
     with ExitStack() as stack:
-        idle = [stack.enter_context(_connect_from("127.0.0.3", port)) for _ in range(8)]
+        for _ in range(8):
+            stack.enter_context(_connect_from("127.0.0.3", port))
         # three are admitted (the per-host limit), five are closed on accept
         assert wait_until(lambda: n.stats.refused_connections == 5, timeout=20)
         assert n.admission.counts()["pending"] <= 3
         # the admitted idle ones wait for A-ASSOCIATE-RQ and take no association slot
         assert echo_ok(port, calling="PACS", called="MAMMOTRIAGE")
         assert echo_ok(port, calling="PACS", called="MAMMOTRIAGE")
-        # ... and the ARTIM timer closes them
+
+
+def test_the_artim_timer_closes_connections_that_never_associate(node) -> None:
+    n = node(allowed_hosts=("127.0.0.3",), allowed_calling_ae_titles=("PACS",), artim_timeout_s=1.0)
+    port = n.address[1]
+    with ExitStack() as stack:
+        idle = [stack.enter_context(_connect_from("127.0.0.3", port)) for _ in range(3)]
         assert all(_closed_by_peer(s) for s in idle)
     assert wait_until(lambda: n.admission.counts() == {"pending": 0, "associated": 0, "hosts": 0},
                       timeout=20)
+    assert n.stats.refused_connections == 0 and n.stats.associations == 0
 
 
 def test_garbage_bytes_are_closed_and_the_pacs_still_associates(node) -> None:
