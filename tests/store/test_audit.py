@@ -240,3 +240,16 @@ def test_a_bad_key_gives_a_message_from_any_command(tmp_path: Path) -> None:
                            env=env, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert "chmod 600" in r.stderr
+
+
+def test_a_head_line_torn_by_a_killed_writer_is_not_tampering(archive: Path) -> None:
+    with CorrectionLog(archive) as log:
+        head_file = log.anchor.path
+    with open(head_file, "a", encoding="utf-8") as fh:
+        fh.write('{"archive": "x", "count": 5, "last_')  # killed mid-write
+    assert _verify(archive).ok
+    with CorrectionLog(archive) as log:
+        log.append(reader="dr_a", exam_key="E7", action="birads", payload={"birads": 2})
+        report = log.verify()
+    assert report.ok and report.head["count"] == 5, report.problems
+    assert head_file.read_text().splitlines()[-1].startswith("{")  # on a line of its own

@@ -215,9 +215,12 @@ class FileAnchor:
         line = json.dumps({**signed.to_json(), "archive": self.archive_id,
                            "at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")},
                           sort_keys=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, (line + "\n").encode("utf-8"))
+            size = os.fstat(fd).st_size
+            # A writer killed mid-line left a fragment: start on a line of our own.
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            os.write(fd, (("\n" if torn else "") + line + "\n").encode("utf-8"))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -236,6 +239,9 @@ class FileAnchor:
                 continue
             try:
                 d = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a killed writer: it anchors nothing
+            try:
                 head = Head(int(d["count"]), int(d["last_seq"]), str(d["last_hash"]), str(d["mac"]),
                             str(d.get("at", "")))
             except (ValueError, KeyError, TypeError):
