@@ -159,17 +159,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
+    from mammotriage.store.audit import AuditKeyError
     from mammotriage.store.events import CorrectionLog
 
-    with CorrectionLog(archive_path()) as log:
-        report = log.verify()
+    try:
+        with CorrectionLog(archive_path()) as log:
+            report = log.verify()
+    except AuditKeyError as exc:
+        print(f"cannot verify: {exc}", file=sys.stderr)
+        return 2
     if args.json:
-        print(json.dumps({"ok": report.ok, "events": report.events, "problems": report.problems}, indent=2))
+        print(json.dumps({"ok": report.ok, "events": report.events, "problems": report.problems,
+                          "head": report.head, "unkeyed": report.unkeyed}, indent=2))
     else:
         for problem in report.problems:
             print(f"TAMPERED: {problem}")
         print(f"{report.events} correction events: " + ("chain verified" if report.ok else
-                                                        f"{len(report.problems)} problem(s)"))
+                                                        f"{len(report.problems)} problem(s)")
+              + (f" (head: {report.head['count']} events, keyed)" if report.head else ""))
     return 0 if report.ok else 1
 
 
@@ -341,12 +348,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
+    # Started by the app as a separate program (a retrain job): end with the app.
+    from mammotriage.lifetime import die_with_parent_from_env
+
+    die_with_parent_from_env()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["app", *(argv or [])])
+    from mammotriage.store.audit import AuditKeyError
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except AuditKeyError as exc:  # any command that records or reads reader corrections
+        print(f"audit key: {exc}", file=sys.stderr)
+        return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from mammotriage.dicom.image import pixel_sha256
 from mammotriage.dicom.limits import DECODE_WORKER_LIMIT, limit_address_space
 from mammotriage.dicom.pyramid import build_pyramid
 from mammotriage.dicom.voi import Window, auto_window, render_8bit
+from mammotriage.lifetime import die_with_parent
 
 
 @dataclass
@@ -97,14 +99,21 @@ class ViewCache:
             total -= self._items.pop(path).nbytes
 
 
+def _init_decode_worker(parent_pid: int, limit: int) -> None:
+    die_with_parent(parent_pid)
+    limit_address_space(limit)
+
+
 class ViewLoader:
     """Submits decode jobs to a process pool; results are collected by :meth:`poll`."""
 
     def __init__(self, workers: int = 2):
         ctx = mp.get_context("spawn")
-        # untrusted files are decoded here: a bounded address space per worker
+        # untrusted files are decoded here: a bounded address space per worker, and workers
+        # exit when the app does, even when it is killed (no orphaned decoders)
         self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                            initializer=limit_address_space, initargs=(DECODE_WORKER_LIMIT,))
+                                            initializer=_init_decode_worker,
+                                            initargs=(os.getpid(), DECODE_WORKER_LIMIT))
         self._pending: dict[str, cf.Future] = {}
         self.cache = ViewCache()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 import queue as _queue
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from PySide6.QtWidgets import (
 
 from mammotriage.config import archive_path, data_dir
 from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
+from mammotriage.lifetime import die_with_parent
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
 from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
@@ -72,7 +74,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Mammo Triage — research demonstration, not for clinical use")
         self.archive = archive or Archive(archive_path())
         self.loader = loader or ViewLoader()
-        self.jobs = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        self.jobs = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                                           initializer=die_with_parent, initargs=(os.getpid(),))
         self._job: cf.Future | None = None
         self._job_done: Callable[[object], None] | None = None
         self.settings = QSettings(str(data_dir() / "settings.ini"), QSettings.Format.IniFormat)
