@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -29,23 +30,54 @@ BACKGROUND = QColor(0, 0, 0)
 TEXT = QColor(230, 200, 90)
 ERROR = QColor(240, 90, 80)
 RULER = QColor(90, 220, 120)
-MARK = QColor(255, 70, 60)
+MARK = QColor(255, 70, 60)  # unreviewed AI mark
 MARK_STALE = QColor(170, 170, 170)
-READER = QColor(60, 200, 255)
+ACCEPTED = QColor(80, 230, 110)  # AI mark the reader accepted
+REJECTED = QColor(150, 150, 150)  # AI mark the reader rejected (false positive)
+EDITED = QColor(255, 160, 40)  # AI mark the reader moved, resized or re-kinded
+READER = QColor(60, 200, 255)  # finding drawn by the reader
 SELECTED = QColor(255, 230, 0)
 
 
-def _label_style(label, stale: bool) -> tuple[QColor, Qt.PenStyle, str]:
-    """Colour, line style and caption of a label by source and review status."""
+@dataclass(frozen=True)
+class MarkStyle:
+    colour: QColor
+    line: Qt.PenStyle
+    caption: str
+    width: float = 2.0
+
+
+def _label_style(label, stale: bool) -> MarkStyle:
+    """How a label is drawn, by source and review status: unreviewed AI marks red and
+    solid, accepted green and thick, rejected grey and dotted, edited orange and
+    dash-dotted, the reader's own findings blue and dashed."""
     if label.source == "reader":
         suspicion = label.score
-        return READER, Qt.PenStyle.SolidLine, f"{label.kind} (reader{'' if suspicion is None else f' {int(round(suspicion * 100))}'})"
+        return MarkStyle(READER, Qt.PenStyle.DashLine,
+                         f"{label.kind} (reader{'' if suspicion is None else f' {int(round(suspicion * 100))}'})")
     score = f"{int(round(float(label.score or 0) * 100))}"
     if label.status == "rejected":
-        return MARK_STALE, Qt.PenStyle.DashLine, f"{label.kind} {score} rejected"
+        return MarkStyle(REJECTED, Qt.PenStyle.DotLine, f"{label.kind} {score} \u2717 rejected", 1.5)
+    edited = label.kind != label.original_kind or label.geometry != label.original_geometry
+    if label.status == "accepted" and edited:
+        return MarkStyle(EDITED, Qt.PenStyle.DashDotLine, f"{label.kind} {score} \u270e edited", 2.5)
     if label.status == "accepted":
-        return MARK, Qt.PenStyle.SolidLine, f"{label.kind} {score} accepted"
-    return (MARK_STALE if stale else MARK), Qt.PenStyle.SolidLine, f"{label.kind} {score}"
+        return MarkStyle(ACCEPTED, Qt.PenStyle.SolidLine, f"{label.kind} {score} \u2713 accepted", 3.0)
+    return MarkStyle(MARK_STALE if stale else MARK, Qt.PenStyle.SolidLine, f"{label.kind} {score}")
+
+
+def caption_box(text_rect: QRectF, mark: QRectF, pane: QRectF) -> QRectF:
+    """Where a mark's caption goes: above the mark, else below it, moved sideways and
+    vertically so that it stays inside the pane."""
+    box = QRectF(text_rect)
+    box.moveBottomLeft(mark.topLeft() + QPointF(-3, -5))
+    if box.top() < pane.top():
+        box.moveTopLeft(mark.bottomLeft() + QPointF(-3, 5))
+    box.moveLeft(min(max(box.left(), pane.left()), pane.right() - box.width()))
+    box.moveTop(min(max(box.top(), pane.top()), pane.bottom() - box.height()))
+    return box
+
+
 LENS_RADIUS = 110
 
 
@@ -303,14 +335,14 @@ class ImagePane(QWidget):
         if self.view is None or self.hanging is None:
             return []
         ai_on = self.ai_shown()
+        labels = self.labels()
+        unreviewed = [lab for lab in labels if lab.source == "ai" and lab.status == "unreviewed"]
+        keep = self.hanging.shown_marks([float(lab.score or 0.0) for lab in unreviewed])
+        hidden = {lab.label_id for i, lab in enumerate(unreviewed) if i not in keep}
         out = []
-        for label in self.labels():
-            if label.source == "ai":
-                if not ai_on:
-                    continue
-                if (label.status == "unreviewed" and not self.hanging.show_all_marks
-                        and (label.score or 0.0) < self.hanging.mark_threshold):
-                    continue
+        for label in labels:
+            if label.source == "ai" and (not ai_on or label.label_id in hidden):
+                continue
             preview = self._edit_preview if self._edit_preview and self._edit_preview[0] == label.label_id else None
             geometry = preview[1] if preview else label.geometry
             out.append((self.geometry_rect(geometry), label))
@@ -343,10 +375,10 @@ class ImagePane(QWidget):
         metrics = painter.fontMetrics()
         selected = self.hanging.selected[1] if self.hanging.selected and self.hanging.selected[0] == self.slot else None
         for rect, label in self.label_items():
-            colour, style, text = _label_style(label, overlay.stale if overlay else False)
-            width = 3.0 if label.label_id == selected else 2.0
-            pen = QPen(SELECTED if label.label_id == selected else colour, width)
-            pen.setStyle(style)
+            style = _label_style(label, overlay.stale if overlay else False)
+            colour, text = style.colour, style.caption
+            pen = QPen(SELECTED if label.label_id == selected else colour, style.width + (1 if label.label_id == selected else 0))
+            pen.setStyle(style.line)
             painter.setPen(pen)
             outline = rect.adjusted(-3, -3, 3, 3)
             if label.geometry.get("type") == "ellipse":
@@ -357,8 +389,7 @@ class ImagePane(QWidget):
                 painter.drawPolygon(QPolygonF([self.stored_to_widget(x, y) for x, y in label.geometry["points"]]))
             else:
                 painter.drawRect(outline)
-            box = QRectF(metrics.boundingRect(text)).adjusted(-3, -1, 3, 1)
-            box.moveBottomLeft(rect.topLeft() + QPointF(-3, -5))
+            box = caption_box(QRectF(metrics.boundingRect(text)).adjusted(-3, -1, 3, 1), outline, QRectF(self.rect()))
             painter.fillRect(box, QColor(0, 0, 0, 170))
             painter.setPen(colour)
             painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
@@ -449,8 +480,9 @@ class ImagePane(QWidget):
             lines.append(f"AI breast {int(round(o.breast_score * 100))}"
                          + (f" · exam {int(round(o.exam_score * 100))}" if o.exam_score is not None else ""))
         n_all = len(o.findings)
-        n_shown = len(o.visible_findings(self.hanging.mark_threshold, self.hanging.show_all_marks))
-        lines.append(f"marks {n_shown}/{n_all}" + ("" if self.hanging.show_all_marks else " above operating point"))
+        n_shown = len(self.hanging.shown_marks([float(f["score"]) for f in o.findings]))
+        lines.append(f"marks {n_shown}/{n_all}" + (f" candidates >= {self.hanging.candidate_threshold:.2f}"
+                                                   if self.hanging.show_all_marks else " above operating point"))
         lines.append(f"model {o.model_version}" + (" (OLDER MODEL)" if o.stale else ""))
         return lines
 
@@ -483,6 +515,14 @@ class ImagePane(QWidget):
             return None
         return next(((r, lab) for r, lab in self.label_items() if lab.label_id == self.hanging.selected[1]), None)
 
+    def _grab_label(self, pos: QPointF) -> tuple[QRectF, object] | None:
+        """The label a left press at ``pos`` grabs for moving or resizing: the selected
+        one when the press is on it (or on a corner handle), else the one under it."""
+        selected = self._selected_item()
+        if selected is not None and selected[0].adjusted(-6, -6, 6, 6).contains(pos):
+            return selected
+        return self.label_at(pos)
+
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         pos = event.position()
         if event.button() == Qt.MouseButton.RightButton:
@@ -495,9 +535,10 @@ class ImagePane(QWidget):
                 and self.hanging.tool == "draw":
             self._drag = ("draw", pos, ())
             self._draw_rect = QRectF(pos, pos)
-        elif event.button() == Qt.MouseButton.LeftButton and self._selected_item() is not None \
-                and self._selected_item()[0].adjusted(-6, -6, 6, 6).contains(pos):
-            rect, label = self._selected_item()
+        elif event.button() == Qt.MouseButton.LeftButton and self._grab_label(pos) is not None:
+            rect, label = self._grab_label(pos)
+            if self.hanging is not None and self.hanging.selected != (self.slot, label.label_id):
+                self.label_clicked.emit(self.slot, label.label_id)  # pressing a mark selects it
             corner = _near_corner(rect, pos)
             self._drag = ("resize" if corner else "move", pos, (label.label_id, label.geometry, corner))
         elif event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):

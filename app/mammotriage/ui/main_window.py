@@ -278,10 +278,10 @@ class MainWindow(QMainWindow):
         for i in range(5):
             self._action(view_menu, f"Preset {i + 1} from the file", [str(i + 1)],
                          lambda _checked=False, i=i: self.hanging.apply_preset(i))
-        self._action(view_menu, "Invert", ["I"], self.hanging.toggle_invert)
+        self._action(view_menu, "Invert", ["I"], self._toggle_invert)
         self._action(view_menu, "Reset window, zoom, pan, rulers; back to the hanging", ["R", "Esc"], self.reset_view)
         self._action(view_menu, "Link zoom/pan: all / breast pair / none", ["L"], self._cycle_link)
-        self._action(view_menu, "Show/hide corner text", ["T"], self.hanging.state.toggle_text)
+        self._action(view_menu, "Show/hide corner text", ["T"], self._toggle_text)
         self._action(view_menu, "Magnifier lens on/off", ["M"], self.hanging.state.toggle_magnifier)
         self._action(view_menu, "Ruler tool / pan tool", ["D"], self._toggle_ruler)
         self._action(view_menu, "Next extra view (full-screen)", ["X"], self.show_next_extra)
@@ -290,8 +290,9 @@ class MainWindow(QMainWindow):
         ai_menu = bar.addMenu("&AI")
         self._action(ai_menu, "Show/hide AI marks and map", ["A"], self.toggle_ai)
         self._action(ai_menu, "Record initial assessment (BI-RADS)", ["B"], self.record_initial_read)
-        self._action(ai_menu, "Suspicion map on/off", ["S"], self.hanging.state.toggle_map)
-        self._action(ai_menu, "All marks / marks above the operating point", ["Shift+A"], self.hanging.state.toggle_all_marks)
+        self._action(ai_menu, "Suspicion map on/off", ["S"], self._toggle_map)
+        self._action(ai_menu, "Candidates (lower operating point, up to 10 a view) / marks above the operating point",
+                     ["Shift+A"], self._toggle_candidates)
         self._action(ai_menu, "Map more transparent", ["["], lambda: self.opacity.setValue(self.opacity.value() - 10))
         self._action(ai_menu, "Map more opaque", ["]"], lambda: self.opacity.setValue(self.opacity.value() + 10))
         self._action(ai_menu, "Reading mode: AI on demand / AI after my read", ["Ctrl+M"], self.cycle_reading_mode)
@@ -302,7 +303,8 @@ class MainWindow(QMainWindow):
         self._action(read_menu, "Accept the selected AI mark", ["Return", "Enter"], self.accept_selected)
         self._action(read_menu, "Reject the selected mark (false positive) / delete my finding", ["Delete", "Backspace"],
                      self.reject_selected)
-        self._action(read_menu, "Change the kind of the selected mark", ["K"], self.change_kind_selected)
+        # triggered(bool) must not reach ``kind``: the dialog asks for it
+        self._action(read_menu, "Change the kind of the selected mark", ["K"], lambda: self.change_kind_selected())
         self._action(read_menu, "Select the next mark in the focused view", ["Tab"], self.select_next)
         self._action(read_menu, "Draw a missed finding (box)", ["W"], lambda: self._draw_tool("box"))
         self._action(read_menu, "Draw a missed finding (ellipse)", ["Shift+W"], lambda: self._draw_tool("ellipse"))
@@ -370,7 +372,31 @@ class MainWindow(QMainWindow):
                          f"{' '.join(image.view_modifiers)} (R or Esc returns to the hanging)")
 
     def _cycle_link(self) -> None:
-        self.hanging.state.cycle_link()
+        self.hanging.state.cycle_link()  # the hanging view reports the new mode
+
+    def _toggle_invert(self) -> None:
+        self.hanging.toggle_invert()
+        inverted = all(s.invert for s in self.hanging.state.panes.values())
+        self.show_status(f"invert {'on' if inverted else 'off'}")
+
+    def _toggle_text(self) -> None:
+        self.hanging.state.toggle_text()
+        self.show_status(f"corner text {'on' if self.hanging.state.show_text else 'off'}")
+
+    def _toggle_map(self) -> None:
+        state = self.hanging.state
+        state.toggle_map()
+        extra = "" if state.ai_visible else " (shows with the AI marks: A)"
+        self.show_status(f"suspicion map {'on' if state.show_map else 'off'}{extra}")
+
+    def _toggle_candidates(self) -> None:
+        state = self.hanging.state
+        state.toggle_all_marks()
+        if state.show_all_marks:
+            self.show_status(f"AI candidates: marks >= {state.candidate_threshold:.2f} "
+                             f"(at most {state.max_candidates} a view); Shift+A again for the operating point")
+        else:
+            self.show_status(f"AI marks above the operating point ({state.mark_threshold:.2f})")
 
     def _toggle_fullscreen_focused(self) -> None:
         focused = next((s for s, p in self.hanging.panes.items() if p.hasFocus()), None)
@@ -685,6 +711,7 @@ class MainWindow(QMainWindow):
             except ValueError as exc:
                 self.model_problem = str(exc)
             self.hanging.state.mark_threshold = _mark_threshold(meta, self.points) if self.points else 0.5
+            self.hanging.state.candidate_point = _candidate_point(meta)
             if self._auto_triage:
                 self.start_triage()
         self.log_line(f"active model is now {version or 'none'}")
@@ -878,6 +905,7 @@ class MainWindow(QMainWindow):
             pass
         if self.points is not None:
             self.hanging.state.mark_threshold = _mark_threshold(self.model_meta, self.points)
+            self.hanging.state.candidate_point = _candidate_point(self.model_meta)
         link = self.settings.value("view/link", "all")
         if link in self.hanging.state.LINK_MODES:
             self.hanging.state.link_mode = link
@@ -935,3 +963,12 @@ def _mark_threshold(meta: dict | None, points: OperatingPoints) -> float:
     if isinstance(marks, (int, float)):
         return float(marks)
     return points.suspicious
+
+
+def _candidate_point(meta: dict | None) -> float | None:
+    """The second, lower finding-level operating point of Shift+A: the model's
+    "candidates" threshold when its metadata has one (else the state's default)."""
+    point = ((meta or {}).get("operating_points") or {}).get("candidates")
+    if isinstance(point, dict):
+        point = point.get("threshold")
+    return float(point) if isinstance(point, (int, float)) else None
