@@ -3,8 +3,11 @@ finishing a read (sign and next), fit to breast."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtWidgets import QInputDialog
+import json
+
+import pytest
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
+from PySide6.QtWidgets import QApplication, QInputDialog
 
 from mammotriage.store.events import CorrectionLog
 from mammotriage.store.labels import Label
@@ -120,3 +123,183 @@ def test_toggles_report_in_the_status_bar(reading_room, qtbot) -> None:
                       (Qt.Key.Key_L, "link"), (Qt.Key.Key_M, "magnifier on")):
         qtbot.keyClick(win, key)
         assert text in win.status_label.text(), (key, win.status_label.text())
+
+
+# ----------------------------------------------------------------------------- blind mode
+
+
+def _all_worklist_text(win) -> str:
+    model = win.worklist
+    out = []
+    for r in range(model.rowCount()):
+        for c in range(model.columnCount()):
+            for role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
+                out.append(str(model.data(model.index(r, c), role) or ""))
+    return "\n".join(out)
+
+
+def _score_cells(win) -> list[str]:
+    from mammotriage.ui.worklist import COL_SCORE
+
+    return [win.worklist.data(win.worklist.index(r, COL_SCORE)) for r in range(win.worklist.rowCount())]
+
+
+@pytest.fixture
+def blind_policy(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "reading_policy.json").write_text(json.dumps({"reading_mode": "after read", "enforced": True}))
+    return home
+
+
+def test_blind_policy_hides_ai_everywhere_until_the_initial_read(blind_policy, reading_room, qtbot,
+                                                                 monkeypatch) -> None:
+    win, exams = reading_room
+    assert win.hanging.state.reading_mode == "after read"
+    qtbot.keyClick(win, Qt.Key.Key_M, Qt.KeyboardModifier.ControlModifier)  # readers cannot switch it off
+    assert win.hanging.state.reading_mode == "after read" and "policy" in win.status_label.text()
+    qtbot.keyClick(win, Qt.Key.Key_A)
+    everywhere = "\n".join([
+        _all_worklist_text(win), win.status_label.text(), win.model_label.text(),
+        *("\n".join(p.corner_lines()["top"] + p.corner_lines()["bottom"]) for p in win.hanging.panes.values())])
+    for word in ("suspicious", "likely normal", "indeterminate", "AI breast", "exam 9", "90"):
+        assert word not in everywhere, word
+    assert all(cell == "" for cell in _score_cells(win))
+    assert not any(p.label_items() for p in win.hanging.panes.values())
+    # B: the initial assessment unlocks this exam, and only this one
+    monkeypatch.setattr(QInputDialog, "getItem", staticmethod(lambda *a, **k: ("2", True)))
+    qtbot.keyClick(win, Qt.Key.Key_B)
+    row = win.worklist_view.row_of(win.current.exam_key)
+    shown = [cell for cell in _score_cells(win) if cell]
+    assert len(shown) == 1 and win.worklist_view.entry(row).score_100 == int(shown[0])
+    assert any("AI breast" in line for p in win.hanging.panes.values() for line in p.corner_lines()["top"])
+
+
+def test_blind_policy_without_triage_order_lists_by_date(tmp_path) -> None:
+    from mammotriage.store.assessment import ReadingPolicy
+
+    (tmp_path / "reading_policy.json").write_text('{"reading_mode": "after read", "triage_order": false}')
+    policy = ReadingPolicy.load(tmp_path)
+    assert policy.mode_for("on demand") == "on demand" and not policy.triage_order  # not enforced
+    (tmp_path / "reading_policy.json").write_text("{not json")
+    broken = ReadingPolicy.load(tmp_path)
+    assert broken.enforced and broken.mode_for("on demand") == "after read"  # the safe side
+    assert ReadingPolicy.load(tmp_path / "none").mode_for(None) == "on demand"
+
+
+# ----------------------------------------------------------------------------- finishing a read
+
+
+def _sign_with(win, qtbot, right: str, left: str, density: str = "c") -> None:
+    """Ctrl+Enter, fill in the real dialog, press Sign."""
+    from mammotriage.ui.assessment_dialog import AssessmentDialog
+
+    seen = []
+    timer = QTimer()
+    timer.setInterval(20)
+
+    def fill():
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, AssessmentDialog):
+            return  # not open yet
+        timer.stop()
+        dialog.set_birads("R", right)
+        dialog.set_birads("L", left)
+        dialog.set_density("R", density)
+        dialog.set_density("L", density)
+        seen.append(dialog.recall.isChecked())
+        dialog.accept()
+
+    timer.timeout.connect(fill)
+    win.activateWindow()  # after a dialog closes, the window takes the keys again
+    qtbot.waitUntil(win.isActiveWindow, timeout=10_000)
+    timer.start()
+    qtbot.keyClick(win, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    timer.stop()
+    assert seen, f"the assessment dialog did not open: {win.status_label.text()}"
+
+
+def test_sign_and_next_records_the_assessment_and_opens_the_next_unread(reading_room, qtbot) -> None:
+    from mammotriage.ui.worklist import COL_READ
+
+    win, exams = reading_room
+    first = win.current.exam_key
+    _sign_with(win, qtbot, "1", "4B")
+    with CorrectionLog(win.archive.path) as log:
+        (sign,) = [e for e in log.events(exam_key=first) if e.action == "sign"]
+    assert sign.reader == "dr_test"
+    assert sign.payload == {"breasts": {"R": {"birads": "1", "density": "c"}, "L": {"birads": "4B", "density": "c"}},
+                            "recall": True}  # 4B recalls by default
+    assert win.current.exam_key != first
+    row = win.worklist_view.row_of(first)
+    assert win.worklist_view.data(win.worklist_view.index(row, COL_READ)) == "signed · dr_test"
+    second = win.current.exam_key
+    _sign_with(win, qtbot, "2", "1", "a")
+    third = win.current.exam_key
+    assert third not in (first, second)
+    _sign_with(win, qtbot, "1", "1", "b")
+    assert "no unread exams left" in win.status_label.text()
+    # a signed exam takes no corrections until it is re-opened by an amendment
+    win.open_exam(next(e for e in win.worklist.exams if e.exam_key == first))
+    assert win.corrections.signed
+    assert not win._record(win.corrections.set_note, "late thought")
+    assert "signed" in win.status_label.text()
+    assert win.amend("second look at the left breast")
+    assert win._record(win.corrections.set_note, "late thought")
+    assert win.worklist_view.data(win.worklist_view.index(win.worklist_view.row_of(first), COL_READ)) \
+        == "reopened · dr_test"
+    with CorrectionLog(win.archive.path) as log:
+        assert [e.action for e in log.events(exam_key=first)] == ["sign", "amend", "note"]
+        assert log.verify().ok
+
+
+def test_signing_writes_the_reader_findings_sr(reading_room, qtbot, tmp_path) -> None:
+    import pydicom
+
+    win, exams = reading_room
+    qtbot.keyClick(win, Qt.Key.Key_A)
+    pane, lesion = _lesion_pane(win, _current_exam(win, exams))
+    win.hanging.state.select(pane.slot, next(lab.label_id for _r, lab in pane.label_items()))
+    qtbot.keyClick(win, Qt.Key.Key_Return)  # accept the AI mark
+    _sign_with(win, qtbot, "4A", "1")
+    qtbot.waitUntil(lambda: win._job is None, timeout=60_000)
+    files = sorted((tmp_path / "home" / "results" / "reader").rglob("reader-sr-*.dcm"))
+    assert len(files) == 1
+    sr = pydicom.dcmread(files[0])
+    text = str(sr)
+    assert "Assessment Category" in text and "BI-RADS 4A" in text and "Breast composition" in text
+    assert "Recall for imaging findings" in text
+    assert lesion.sop_uid in text  # the accepted mark refers to its image
+
+
+def test_the_app_resumes_at_the_exam_the_reader_stopped_at(reading_room, qtbot) -> None:
+    from mammotriage.ui.main_window import MainWindow
+
+    win, _ = reading_room
+    qtbot.keyClick(win, Qt.Key.Key_N)
+    qtbot.keyClick(win, Qt.Key.Key_N)
+    stopped = win.current.exam_key
+    assert stopped != win.worklist_view.entry(0).exam.exam_key
+    win.close()
+    again = MainWindow(archive=win.archive, start_triage=False)
+    qtbot.addWidget(again)
+    try:
+        assert again.current is not None and again.current.exam_key == stopped
+    finally:
+        again.close()
+
+
+def test_an_opened_exam_is_triaged_next_even_before_its_job_exists(reading_room) -> None:
+    win, _ = reading_room
+    win.model_version = "v-new"  # no jobs for this version yet
+    target = win.worklist_view.entry(2).exam
+    win.open_exam(target)
+    job = win.queue.claim_next("v-new")
+    assert job is not None and job.exam_key == target.exam_key
+
+
+def test_corner_text_names_the_patient(reading_room) -> None:
+    win, _ = reading_room
+    top = "\n".join(win.hanging.panes["RCC"].corner_lines()["top"])
+    assert win.current.patient_name.replace("^", " ") in top
+    assert win.current.patient_id in top

@@ -438,6 +438,8 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
         series_description=_text(ds, "SeriesDescription"),
         body_part=_text(ds, "BodyPartExamined").upper(),
         estimated_magnification=factor,
+        patient_birth_date=_date(ds, "PatientBirthDate"),
+        patient_age=_text(ds, "PatientAge"),
     )
 
 

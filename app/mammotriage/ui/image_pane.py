@@ -135,6 +135,7 @@ class ImagePane(QWidget):
         self.anchor = "right" if slot.startswith("R") else "left"
         self.show_text = True
         self.mm_per_px: float | None = None  # common physical scale of the hanging
+        self.date_label = ""  # "CURRENT" / "PRIOR 2024-03-01" in a comparison hanging
         self._lut_key: tuple | None = None
         self._lut: DisplayLut | None = None
         self._cache_key: tuple | None = None
@@ -444,7 +445,15 @@ class ImagePane(QWidget):
         if self.view is None:
             return {"top": [self.slot], "bottom": []}
         meta = self.view.meta
-        top = [meta.label + (f" ({', '.join(meta.view_modifiers)})" if meta.view_modifiers else "")]
+        top = [meta.label + (f" ({', '.join(meta.view_modifiers)})" if meta.view_modifiers else "")
+               + (f"  {self.date_label}" if self.date_label else "")]
+        if self.slot.endswith("CC") or (self.hanging is not None and self.hanging.fullscreen == self.slot):
+            # who this is: on the top row of the hanging (and a full-screen view)
+            top.append(meta.patient_name.replace("^", " ").strip() or "(no name)")
+            age = meta.age_at_exam
+            top.append(" · ".join(p for p in (meta.patient_id, f"age {age}" if age is not None else "",
+                                              f"acc {meta.accession_number}" if meta.accession_number else "")
+                                  if p))
         if meta.study_date:
             top.append(meta.study_date.isoformat())
         if meta.manufacturer:

@@ -13,11 +13,13 @@ from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QDialog,
     QDockWidget,
     QFileDialog,
     QInputDialog,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QPlainTextEdit,
     QProgressBar,
@@ -27,20 +29,30 @@ from PySide6.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
+    QWidget,
 )
 
 from mammotriage.config import archive_path, data_dir
 from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
+from mammotriage.store.assessment import ReadingPolicy, assessment_text, read_states
 from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
+from mammotriage.store.priors import link_priors
 from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
 from mammotriage.ui.corrections import ExamCorrections, ImageInfo
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.ui.overlay import AiOverlay
-from mammotriage.ui.worklist import WorklistModel
+from mammotriage.ui.worklist import FILTERS, WorklistFilter, WorklistModel
+
+
+def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str) -> str:
+    """Worker-process job: the reader-findings SR of a signed exam, queued in the outbox."""
+    from mammotriage.triage.reader_sr import write_signed_sr
+
+    return write_signed_sr(Path(archive_file), exam_key, reader, Path(home))
 
 
 def import_in_background(paths: list[str], archive_file: str) -> tuple[int, int, list[tuple[str, str]]]:
@@ -100,10 +112,19 @@ class MainWindow(QMainWindow):
         self._extra_index = -1
         self._shown_emitted = False
 
+        self.policy = ReadingPolicy.load(data_dir())
+        self.priors: dict[str, list[ExamRecord]] = {}
+        self._resume_key = str(self.settings.value(f"reader/{self.reader}/last_exam", "") or "") or None
         self.worklist = WorklistModel()
+        self.worklist_view = WorklistFilter(self.worklist)
         self._overlay_cache: dict[str, AiOverlay | None] = {}
         self.table = QTableView()
-        self.table.setModel(self.worklist)
+        self.table.setModel(self.worklist_view)
+        self.table.setSortingEnabled(True)
+        self.table.horizontalHeader().setSortIndicatorShown(False)
+        self.table.horizontalHeader().sortIndicatorChanged.connect(
+            lambda *_: self.table.horizontalHeader().setSortIndicatorShown(True))
+        self.worklist_view.sort(-1)  # the triage order until a header is clicked
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -117,12 +138,31 @@ class MainWindow(QMainWindow):
             pane.label_clicked.connect(self.hanging.state.select)
             pane.label_edited.connect(self.on_label_edited)
             pane.finding_drawn.connect(self.on_finding_drawn)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("search patient, ID or accession (Ctrl+F)")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self._search_changed)
+        self.search.setFocusPolicy(Qt.FocusPolicy.ClickFocus)  # single-key shortcuts stay with the viewer
+        self.search.returnPressed.connect(self.table.setFocus)
+        self.filter_box = QComboBox()
+        self.filter_box.addItems(list(FILTERS))
+        self.filter_box.setToolTip("show only: unread, suspicious, likely normal, AI pending, has priors")
+        self.filter_box.currentTextChanged.connect(self._filter_changed)
+        self.filter_box.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.setSpacing(2)
+        left_layout.addWidget(self.search)
+        left_layout.addWidget(self.filter_box)
+        left_layout.addWidget(self.table)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(self.table)
+        self.splitter.addWidget(left)
         self.splitter.addWidget(self.hanging)
         self.splitter.setStretchFactor(1, 4)
         self.splitter.setSizes([480, 1200])
         self.setCentralWidget(self.splitter)
+        self.table.setFocus()
 
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
@@ -274,6 +314,10 @@ class MainWindow(QMainWindow):
         exam_menu = bar.addMenu("&Exam")
         self._action(exam_menu, "Next exam", ["N", "PgDown"], lambda: self.step_exam(1))
         self._action(exam_menu, "Previous exam", ["P", "PgUp"], lambda: self.step_exam(-1))
+        self._action(exam_menu, "Search the worklist", ["Ctrl+F"], self._focus_search)
+        self._action(exam_menu, "Worklist filter: next (all, unread, suspicious, ...)", ["Ctrl+Shift+F"],
+                     self._cycle_filter)
+        self._action(exam_menu, "Worklist back in triage order", ["Ctrl+Shift+T"], self._triage_order)
         view_menu = bar.addMenu("&View")
         for i in range(5):
             self._action(view_menu, f"Preset {i + 1} from the file", [str(i + 1)],
@@ -313,6 +357,9 @@ class MainWindow(QMainWindow):
         self._action(read_menu, "Final BI-RADS assessment…", ["Shift+B"], self.final_birads_dialog)
         self._action(read_menu, "Breast density…", ["Shift+D"], self.density_dialog)
         self._action(read_menu, "Note…", ["Shift+N"], self.note_dialog)
+        self._action(read_menu, "Sign the assessment and open the next unread exam…", ["Ctrl+Return", "Ctrl+Enter"],
+                     self.sign_and_next)
+        self._action(read_menu, "Re-open a signed exam (amendment)…", ["Ctrl+Shift+E"], self.amend_dialog)
         self._action(read_menu, "Sign in as another reader…", ["Ctrl+Shift+R"], self.sign_in_dialog)
         help_menu = bar.addMenu("&Help")
         self._action(help_menu, "Keyboard shortcuts", ["F1", "?"], self.show_shortcuts)
@@ -412,44 +459,108 @@ class MainWindow(QMainWindow):
         self.log.appendPlainText(time.strftime("%H:%M:%S ") + text)
 
     # ----------------------------------------------------------------- worklist
+    def blind_exams(self, exams: list[ExamRecord]) -> set[str]:
+        """Exams whose AI category and score must not show: all of them in "AI after my
+        read" mode, except those this reader has recorded an initial assessment for."""
+        if self.hanging.state.reading_mode != "after read":
+            return set()
+        read = self.initial_reads.exams_read(self.reader)
+        return {e.exam_key for e in exams if e.exam_key not in read}
+
     def refresh_worklist(self) -> None:
-        key = self.current.exam_key if self.current else None
-        entries = build_worklist(self.archive.exams(), self.queue.jobs(self.model_version),
+        """Rebuild the worklist. The exam the reader is on keeps its row: results that
+        arrive re-order the others around it, never the row under the reader."""
+        key = self.current.exam_key if self.current else self._resume_key
+        old_row = self.worklist_view.row_of(key) if key else None
+        exams = self.archive.exams()
+        entries = build_worklist(exams, self.queue.jobs(self.model_version),
                                  self.queue.exam_results(), self.model_version, self.points)
+        blind = self.blind_exams(exams)
+        if blind and not self.policy.triage_order:
+            entries.sort(key=lambda e: (-(e.exam.study_date.toordinal() if e.exam.study_date else 0),
+                                        e.exam.exam_key))
+        if old_row is not None and self.current is not None and self.worklist_view.sortColumn() < 0:
+            pos = next((i for i, e in enumerate(entries) if e.exam.exam_key == key), None)
+            if pos is not None and self.worklist_view.search == "" and self.worklist_view.filter == "all":
+                entries.insert(min(old_row, len(entries) - 1), entries.pop(pos))
+        self.priors = link_priors(exams)
         self.table.blockSignals(True)
         self.table.selectionModel().blockSignals(True)
-        self.worklist.set_entries(entries)
+        self.worklist.set_entries(entries, blind=blind, reads=read_states(self.corrections_log.conn),
+                                  priors={k: len(v) for k, v in self.priors.items()})
         self.table.resizeColumnsToContents()
-        row = next((r for r, e in enumerate(entries) if e.exam.exam_key == key), None)
+        row = self.worklist_view.row_of(key) if key else None
         if row is not None:
             self.table.selectRow(row)
         self.table.selectionModel().blockSignals(False)
         self.table.blockSignals(False)
-        if row is None and entries:
+        if row is not None and self.current is None:
+            self.open_row(row)  # resume where this reader stopped
+        elif row is None and self.worklist_view.rowCount() and self.current is None:
             self.table.selectRow(0)
         self._update_model_label()
 
+    def _search_changed(self, text: str) -> None:
+        self.worklist_view.set_search(text)
+        self._reselect()
+
+    def _filter_changed(self, name: str) -> None:
+        self.worklist_view.set_filter(name)
+        self._reselect()
+        self.show_status(f"worklist: {name} ({self.worklist_view.rowCount()} exams)")
+
+    def _reselect(self) -> None:
+        row = self.worklist_view.row_of(self.current.exam_key) if self.current else None
+        self.table.selectionModel().blockSignals(True)
+        if row is not None:
+            self.table.selectRow(row)
+        self.table.selectionModel().blockSignals(False)
+
+    def _focus_search(self) -> None:
+        self.search.setFocus()
+        self.search.selectAll()
+
+    def _cycle_filter(self) -> None:
+        self.filter_box.setCurrentIndex((self.filter_box.currentIndex() + 1) % self.filter_box.count())
+
+    def _triage_order(self) -> None:
+        self.worklist_view.sort(-1)
+        self.table.horizontalHeader().setSortIndicatorShown(False)
+        self.refresh_worklist()
+        self.show_status("worklist in triage order")
+
     def step_exam(self, step: int) -> None:
-        n = self.worklist.rowCount()
+        n = self.worklist_view.rowCount()
         if n == 0:
             return
         row = self.table.currentIndex().row()
         self.table.selectRow(min(max(row + step, 0), n - 1))
 
     def open_row(self, row: int) -> None:
-        if 0 <= row < len(self.worklist.exams):
-            self.open_exam(self.worklist.exams[row])
-            nxt = row + 1
-            if nxt < len(self.worklist.exams):  # decode the next exam ahead of time
-                slots, _ = hang(self.worklist.exams[nxt].images)
-                for image in slots.values():
-                    self.loader.request(image.path)
+        entry = self.worklist_view.entry(row)
+        if entry is None:
+            return
+        self.open_exam(entry.exam)
+        nxt = self.worklist_view.entry(row + 1)
+        if nxt is not None:  # decode the next exam ahead of time
+            slots, _ = hang(nxt.exam.images)
+            for image in slots.values():
+                self.loader.request(image.path)
+
+    def _prioritize_current(self) -> None:
+        """The exam on screen is triaged next (queued first when it has no job yet)."""
+        if self.current is None or not self.model_version:
+            return
+        key = self.current.exam_key
+        if not self.queue.prioritize(key, self.model_version) and self.queue.job(key, self.model_version) is None:
+            self.queue.sync(self.model_version)
+            self.queue.prioritize(key, self.model_version)
 
     def open_exam(self, exam: ExamRecord) -> None:
         self.current = exam
         self._shown_emitted = False
-        if self.model_version:
-            self.queue.prioritize(exam.exam_key, self.model_version)  # a reader is waiting
+        self._prioritize_current()  # a reader is waiting
+        self.settings.setValue(f"reader/{self.reader}/last_exam", exam.exam_key)
         self.hanging.state.new_exam(self.initial_reads.latest(exam.exam_key, self.reader) is not None)
         self.hanging.state.select("", "")
         self.corrections = ExamCorrections(self.corrections_log, exam.exam_key, self.reader)
@@ -604,12 +715,102 @@ class MainWindow(QMainWindow):
             self.hanging.state.set_tool("pan")
 
     def undo(self) -> None:
-        if self.corrections is not None and self.corrections.undo() is None:
-            self.show_status("nothing to undo")
+        if self.corrections is not None:
+            self._record(self._undo_or_say, self.corrections.undo, "undo")
 
     def redo(self) -> None:
-        if self.corrections is not None and self.corrections.redo() is None:
-            self.show_status("nothing to redo")
+        if self.corrections is not None:
+            self._record(self._undo_or_say, self.corrections.redo, "redo")
+
+    def _undo_or_say(self, fn, what: str) -> None:
+        if fn() is None:
+            self.show_status(f"nothing to {what}")
+
+    # ----------------------------------------------------------------- finishing a read
+    def _initial_assessment(self) -> dict:
+        """What the sign dialog starts from: the last signed assessment, else the
+        exam-level BI-RADS/density this reader recorded, else BI-RADS 1."""
+        mine = self.corrections.mine()
+        if mine.assessment:
+            return mine.assessment
+        breasts = {}
+        birads = "1" if mine.birads is None else ("4A" if mine.birads == 4 else str(mine.birads))
+        density = (mine.density or "b").lower()
+        for side in sorted({i.laterality.value for i in self.current.images} & {"R", "L"}) or ["R", "L"]:
+            breasts[side] = {"birads": birads, "density": density}
+        return {"breasts": breasts}
+
+    def assessment_dialog(self):
+        from mammotriage.ui.assessment_dialog import AssessmentDialog
+
+        sides = tuple(s for s in ("R", "L") if s in {i.laterality.value for i in self.current.images}) or ("R", "L")
+        exam = self.current
+        text = f"{exam.patient_name.replace('^', ' ')}  {exam.patient_id}  {exam.study_date or ''}"
+        return AssessmentDialog(self, text, self._initial_assessment(), sides)
+
+    def sign_and_next(self) -> None:
+        """Ctrl+Enter: ask for the per-breast assessment, sign it, open the next unread exam."""
+        if self.current is None or self.corrections is None:
+            return
+        if self.corrections.signed:
+            self.show_status("already signed (Ctrl+Shift+E re-opens it with an amendment); next unread exam")
+            self.open_next_unread()
+            return
+        dialog = self.assessment_dialog()
+        if dialog.exec() != QDialog.DialogCode.Accepted:
+            self.show_status("not signed")
+            return
+        if self.sign_exam(dialog.assessment()):
+            self.open_next_unread()
+
+    def sign_exam(self, assessment: dict) -> bool:
+        """Record the signed assessment (a ``sign`` event) and queue the reader-findings
+        SR of the exam for the PACS."""
+        if not self._record(self.corrections.sign, assessment):
+            return False
+        exam = self.current
+        text = assessment_text(self.corrections.mine().assessment or assessment)
+        self.log_line(f"signed by {self.reader}: {exam.patient_id} {exam.study_date or ''}: {text}")
+        self.run_job("writing reader findings SR", write_reader_sr, str(self.archive.path), exam.exam_key,
+                     self.reader, str(data_dir()), done=self._sr_done)
+        self.refresh_worklist()
+        return True
+
+    def _sr_done(self, result: object) -> None:
+        self.log_line(str(result))
+
+    def open_next_unread(self) -> bool:
+        """Open the next exam in worklist order (after this one, wrapping) not yet signed."""
+        n = self.worklist_view.rowCount()
+        here = self.worklist_view.row_of(self.current.exam_key) if self.current else None
+        start = -1 if here is None else here
+        for step in range(1, n + 1):
+            row = (start + step) % n
+            entry = self.worklist_view.entry(row)
+            if entry is not None and not self.worklist.read_state(entry).is_read \
+                    and (self.current is None or entry.exam.exam_key != self.current.exam_key):
+                self.table.selectRow(row)
+                return True
+        self.show_status("no unread exams left")
+        return False
+
+    def amend_dialog(self) -> None:
+        if self.corrections is None:
+            return
+        if not self.corrections.signed:
+            self.show_status("this exam is not signed: nothing to amend")
+            return
+        reason, ok = QInputDialog.getText(self, "Amend signed exam", "Reason for re-opening this signed exam:")
+        if ok and reason.strip():
+            self.amend(reason.strip())
+
+    def amend(self, reason: str) -> bool:
+        if not self._record(self.corrections.amend, reason):
+            return False
+        self.log_line(f"re-opened by {self.reader} (amendment): {reason}")
+        self.show_status("re-opened: corrections and a new signature are possible")
+        self.refresh_worklist()
+        return True
 
     def final_birads_dialog(self) -> None:
         if self.corrections is None:
@@ -808,13 +1009,19 @@ class MainWindow(QMainWindow):
         self.initial_reads.record(self.current.exam_key, self.reader, birads)
         self.hanging.state.record_initial_read()
         self.log_line(f"initial assessment BI-RADS {birads} recorded by {self.reader}")
+        self.refresh_worklist()  # this exam's AI result shows in the worklist now
 
     def cycle_reading_mode(self) -> None:
+        if self.policy.enforced and self.policy.reading_mode:
+            self.show_status(f"reading mode AI {self.hanging.state.reading_mode} is the site's policy "
+                             f"({ReadingPolicy.FILE})")
+            return
         modes = self.hanging.state.READING_MODES
         mode = modes[(modes.index(self.hanging.state.reading_mode) + 1) % len(modes)]
         self.hanging.state.set_reading_mode(mode)
         self.settings.setValue("ai/reading_mode", mode)
         self._update_model_label()
+        self.refresh_worklist()  # blind mode hides the worklist's AI columns too
         self.show_status(f"reading mode: AI {mode}")
 
     def _update_decode_progress(self) -> None:
@@ -896,9 +1103,7 @@ class MainWindow(QMainWindow):
         state = self.settings.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
-        mode = self.settings.value("ai/reading_mode", "on demand")
-        if mode in self.hanging.state.READING_MODES:
-            self.hanging.state.reading_mode = mode
+        self.hanging.state.reading_mode = self.policy.mode_for(self.settings.value("ai/reading_mode"))
         try:
             self.hanging.state.map_opacity = float(self.settings.value("ai/map_opacity", 0.45))
         except (TypeError, ValueError):
