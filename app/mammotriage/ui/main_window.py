@@ -41,6 +41,7 @@ from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
 from mammotriage.store.priors import link_priors
 from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
+from mammotriage.triage.worklist import order_for_reading
 from mammotriage.ui.corrections import ExamCorrections, ImageInfo
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
@@ -68,7 +69,7 @@ def prepare_demo(demo_folder: str, archive_file: str) -> tuple[int, int, list[tu
 
     folder = Path(demo_folder)
     if not (folder / "ground_truth.json").exists():
-        write_demo_set(folder, n_exams=6, seed=2026, rows=1024, columns=832)
+        write_demo_set(folder, n_exams=6, seed=2026, priors=2, rows=1024, columns=832)
     exams = sorted(str(p) for p in folder.iterdir() if p.is_dir())  # not ground_truth.json
     return import_in_background(exams, archive_file)
 
@@ -476,9 +477,7 @@ class MainWindow(QMainWindow):
         entries = build_worklist(exams, self.queue.jobs(self.model_version),
                                  self.queue.exam_results(), self.model_version, self.points)
         blind = self.blind_exams(exams)
-        if blind and not self.policy.triage_order:
-            entries.sort(key=lambda e: (-(e.exam.study_date.toordinal() if e.exam.study_date else 0),
-                                        e.exam.exam_key))
+        entries = order_for_reading(entries, blind, self.policy.triage_order)
         if old_row is not None and self.current is not None and self.worklist_view.sortColumn() < 0:
             pos = next((i for i, e in enumerate(entries) if e.exam.exam_key == key), None)
             if pos is not None and self.worklist_view.search == "" and self.worklist_view.filter == "all":
