@@ -303,3 +303,62 @@ def test_corner_text_names_the_patient(reading_room) -> None:
     top = "\n".join(win.hanging.panes["RCC"].corner_lines()["top"])
     assert win.current.patient_name.replace("^", " ") in top
     assert win.current.patient_id in top
+
+
+# ----------------------------------------------------------------------------- fit to breast
+
+
+def _fill(pane) -> tuple[float, float, bool]:
+    """(share of the pane width, of its height) the breast box fills; whether it is inside."""
+    box = pane.breast_rect()
+    inside = QRectF(pane.rect()).adjusted(-1, -1, 1, 1).contains(box)
+    return box.width() / pane.width(), box.height() / pane.height(), inside
+
+
+def test_fit_to_breast_fills_the_panes_at_a_common_scale(reading_room, qtbot) -> None:
+    win, _ = reading_room
+    panes = win.hanging.panes
+    assert all(p.view.breast_box is not None for p in panes.values())
+    for view in ("CC", "MLO"):  # one physical scale for both breasts of a view
+        assert panes["R" + view].mm_per_px == panes["L" + view].mm_per_px
+    fills = {slot: _fill(p) for slot, p in panes.items()}
+    assert all(inside for _w, _h, inside in fills.values()), fills
+    # the larger breast of each pair fills >= 80 % of its pane one way or the other
+    for view in ("CC", "MLO"):
+        assert max(max(fills[s][:2]) for s in ("R" + view, "L" + view)) >= 0.8, fills
+    # chest wall on the centre line: right breasts touch their pane's right edge
+    rcc, lcc = panes["RCC"].breast_rect(), panes["LCC"].breast_rect()
+    assert abs(rcc.right() - panes["RCC"].width()) < 2 and abs(lcc.left()) < 2
+    # F: the enlarged view refits its breast; F again and the hanging fits again
+    panes["LMLO"].zoom_at(QPointF(50, 50), 0.5)
+    win.hanging.state.toggle_fullscreen("LMLO")
+    w, h, inside = _fill(panes["LMLO"])
+    assert inside and max(w, h) >= 0.8 and win.hanging.state.panes["LMLO"].zoom == 1.0
+    win.hanging.state.toggle_fullscreen("LMLO")
+    for slot, pane in panes.items():
+        assert _fill(pane)[:2] == pytest.approx(fills[slot][:2], abs=0.02)
+
+
+@pytest.mark.realdata
+def test_a_cbis_ddsm_exam_is_fitted_to_the_breast(qtbot) -> None:
+    from mammotriage.dicom import read_metadata
+    from mammotriage.ui.hanging_view import HangingView
+    from mammotriage.ui.loader import load_view
+    from mtsupport import require_shared
+
+    root = require_shared("dicom", "cbis-ddsm", "malignant-left-P_00820")
+    hanging = HangingView()
+    qtbot.addWidget(hanging)
+    hanging.resize(1400, 1000)
+    hanging.show()
+    for path in sorted(root.glob("*.dcm")):
+        hanging.set_view(read_metadata(path).label, load_view(str(path)))
+    shown = {slot: p for slot, p in hanging.panes.items() if p.view is not None}
+    assert shown
+    for slot, pane in shown.items():
+        w, h, inside = _fill(pane)
+        assert inside, slot
+    for view in ("CC", "MLO"):
+        pair = [shown[s] for s in ("R" + view, "L" + view) if s in shown]
+        if pair:
+            assert max(max(_fill(p)[:2]) for p in pair) >= 0.8, view

@@ -1,4 +1,4 @@
-"""The 4-up screening hanging: RCC | LCC over RMLO | LMLO, with shared physical scale."""
+"""The 4-up screening hanging: RCC | LCC over RMLO | LMLO, each view pair at one physical scale."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QGridLayout, QWidget
 
 from mammotriage.dicom.voi import default_window
-from mammotriage.ui.image_pane import ImagePane
+from mammotriage.ui.image_pane import FIT_FILL, ImagePane
 from mammotriage.ui.loader import LoadedView
 from mammotriage.ui.state import HangingState, WindowSetting
 
@@ -55,17 +55,34 @@ class HangingView(QWidget):
         self._update_scale()
 
     def _update_scale(self) -> None:
-        """Common physical scale: the largest breast (in mm) fits its pane."""
-        needed = 0.0
-        for pane in self.panes.values():
+        """Common physical scale per view: the two breasts of a view (RCC and LCC, RMLO
+        and LMLO) share their mm per screen pixel, chosen so that the larger breast's
+        bounding box fits its pane; in full screen the enlarged view alone decides."""
+        needed: dict[str, float] = {}
+        for slot, pane in self.panes.items():
             if pane.view is None or pane.view.meta.spacing is None:
                 continue
-            rows, cols = pane.view.levels[0].shape
+            if self.state.fullscreen is not None and slot != self.state.fullscreen:
+                continue
+            x0, y0, x1, y1 = pane.fit_box()
             sp = pane.view.meta.spacing
-            needed = max(needed, rows * sp.row_mm / max(pane.height(), 1), cols * sp.col_mm / max(pane.width(), 1))
-        for pane in self.panes.values():
-            pane.mm_per_px = needed or None
+            group = self.scale_group(slot)
+            needed[group] = max(needed.get(group, 0.0), (y1 - y0) * sp.row_mm / max(pane.height() * FIT_FILL, 1),
+                                (x1 - x0) * sp.col_mm / max(pane.width() * FIT_FILL, 1))
+        for slot, pane in self.panes.items():
+            pane.mm_per_px = needed.get(self.scale_group(slot)) or (max(needed.values()) if needed else None)
             pane.update()
+
+    @staticmethod
+    def scale_group(slot: str) -> str:
+        """Panes that share one physical scale: the same view of both breasts."""
+        return slot[1:]
+
+    def fit(self) -> None:
+        """Back to the initial fit: zoom 1 and no pan in every pane."""
+        for st in self.state.panes.values():
+            st.set_view(1.0, (0.0, 0.0))
+        self._update_scale()
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
@@ -80,7 +97,9 @@ class HangingView(QWidget):
         elif what == "fullscreen":
             for slot, pane in self.panes.items():
                 pane.setVisible(self.state.fullscreen in (None, slot))
-            self._update_scale()
+            # F refits: the enlarged view (or the hanging, back from it) fits its breast
+            self.layout().activate()
+            self.fit()
         elif what == "link":
             self.status.emit(f"zoom/pan link: {self.state.link_mode}")
         elif what == "tool":

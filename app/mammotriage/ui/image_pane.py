@@ -79,6 +79,8 @@ def caption_box(text_rect: QRectF, mark: QRectF, pane: QRectF) -> QRectF:
 
 
 LENS_RADIUS = 110
+#: share of the pane the largest breast's bounding box fills at the initial zoom
+FIT_FILL = 0.94
 
 
 def ruler_length_mm(view: LoadedView, line: tuple[float, float, float, float]) -> float | None:
@@ -176,16 +178,32 @@ class ImagePane(QWidget):
         self.update()
 
     # ----------------------------------------------------------------- geometry
+    def fit_box(self) -> tuple[float, float, float, float]:
+        """What the initial view fits: the breast's bounding box (display-oriented
+        level-0 pixels), else the whole image."""
+        rows, cols = self.view.levels[0].shape
+        return self.view.breast_box or (0.0, 0.0, float(cols), float(rows))
+
     def base_scale(self) -> float:
         """Screen pixels per full-resolution image pixel at zoom 1."""
         if self.view is None:
             return 1.0
-        rows, cols = self.view.levels[0].shape
         spacing = self.view.meta.spacing
         if self.mm_per_px and spacing is not None:
             # the same physical size in every pane: mm on screen per screen pixel is common
             return spacing.row_mm / self.mm_per_px
-        return min(self.width() / cols, self.height() / rows)
+        x0, y0, x1, y1 = self.fit_box()
+        return FIT_FILL * min(self.width() / max(x1 - x0, 1.0), self.height() / max(y1 - y0, 1.0))
+
+    def _origin(self, scale: float) -> tuple[float, float]:
+        """Top-left of the image at ``scale`` before panning: the breast's chest-wall
+        edge on the pane's chest-wall side (the hanging's centre line), the breast
+        centred vertically."""
+        rows, cols = self.view.levels[0].shape
+        x0, y0, x1, y1 = self.fit_box()
+        x = self.width() - x1 * scale if self.anchor == "right" else -x0 * scale
+        y = self.height() / 2.0 - (y0 + y1) / 2.0 * scale
+        return x, y
 
     def image_rect(self) -> QRectF:
         """Where the full image lands on screen (widget coordinates)."""
@@ -193,10 +211,18 @@ class ImagePane(QWidget):
             return QRectF()
         rows, cols = self.view.levels[0].shape
         scale = self.base_scale() * self.state.zoom
-        w, h = cols * scale, rows * scale
-        x = self.width() - w if self.anchor == "right" else 0.0
-        y = (self.height() - h) / 2.0
-        return QRectF(x + self.state.pan[0], y + self.state.pan[1], w, h)
+        x, y = self._origin(scale)
+        return QRectF(x + self.state.pan[0], y + self.state.pan[1], cols * scale, rows * scale)
+
+    def breast_rect(self) -> QRectF | None:
+        """Where the breast's bounding box lands on screen (None without a view)."""
+        if self.view is None:
+            return None
+        rect = self.image_rect()
+        rows, cols = self.view.levels[0].shape
+        x0, y0, x1, y1 = self.fit_box()
+        sx, sy = rect.width() / cols, rect.height() / rows
+        return QRectF(rect.x() + x0 * sx, rect.y() + y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy)
 
     def widget_to_stored(self, point: QPointF) -> tuple[float, float] | None:
         """Widget point -> stored-image (column, row), through the display orientation."""
@@ -662,8 +688,7 @@ class ImagePane(QWidget):
         scale = self.base_scale() * new_zoom
         rows, cols = self.view.levels[0].shape
         w, h = cols * scale, rows * scale
-        x0 = self.width() - w if self.anchor == "right" else 0.0
-        y0 = (self.height() - h) / 2.0
+        x0, y0 = self._origin(scale)
         pan = (point.x() - fx * w - x0, point.y() - fy * h - y0)
         self.view_changed.emit(self.slot, new_zoom, pan)
 
