@@ -362,3 +362,61 @@ def test_a_cbis_ddsm_exam_is_fitted_to_the_breast(qtbot) -> None:
         pair = [shown[s] for s in ("R" + view, "L" + view) if s in shown]
         if pair:
             assert max(max(_fill(p)[:2]) for p in pair) >= 0.8, view
+
+
+# ----------------------------------------------------------------------------- window
+
+
+def test_remembered_geometry_off_the_screens_is_corrected() -> None:
+    from PySide6.QtCore import QRect
+
+    from mammotriage.ui.main_window import fit_on_screens
+
+    laptop = QRect(0, 0, 1366, 768)
+    big = QRect(1366, 0, 1920, 1080)
+    assert fit_on_screens(QRect(100, 50, 1000, 600), [laptop]) == QRect(100, 50, 1000, 600)
+    # saved on a 1920x1080 monitor, opened on the laptop alone
+    fixed = fit_on_screens(QRect(200, 100, 1600, 1000), [laptop])
+    assert laptop.contains(fixed) and fixed.width() == 1366 and fixed.height() == 768
+    # saved on the second monitor, which is gone
+    fixed = fit_on_screens(QRect(2000, 100, 1200, 700), [laptop])
+    assert laptop.contains(fixed) and fixed.size().width() == 1200
+    # straddling two monitors: onto the one it overlaps most
+    fixed = fit_on_screens(QRect(1200, 100, 1200, 700), [laptop, big])
+    assert big.contains(fixed)
+
+
+def test_first_start_opens_maximised_and_later_starts_fit_the_screen(reading_room, qtbot) -> None:
+    from mammotriage.ui.main_window import MainWindow
+
+    win, _ = reading_room
+    first = MainWindow(archive=win.archive, start_triage=False)
+    qtbot.addWidget(first)
+    assert first.first_start  # no settings.ini yet in this data directory
+    first.show_for_reading()
+    qtbot.waitUntil(lambda: bool(first.windowState() & Qt.WindowState.WindowMaximized), timeout=10_000)
+    first.close()
+    later = MainWindow(archive=win.archive, start_triage=False)
+    qtbot.addWidget(later)
+    assert not later.first_start
+    later.setGeometry(5000, 4000, 1200, 800)  # where no screen is
+    later.show_for_reading()
+    screen = QApplication.primaryScreen().availableGeometry()
+    assert any(s.availableGeometry().intersects(later.frameGeometry()) for s in QApplication.screens()), \
+        (later.frameGeometry(), screen)
+    later.close()
+
+
+def test_the_shortcut_sheet_is_grouped_by_task(reading_room, qtbot) -> None:
+    win, _ = reading_room
+    qtbot.keyClick(win, Qt.Key.Key_F1)
+    tree = win._shortcut_tree
+    groups = [tree.topLevelItem(i).text(0) for i in range(tree.topLevelItemCount())]
+    assert len(groups) >= 6 and "Mouse" in groups
+    assert any("Reading" in g for g in groups) and any("Viewing" in g for g in groups)
+    sheet = dict((text, keys) for keys, text in win.shortcut_sheet())
+    assert "Ctrl+Return" in sheet["Sign the assessment and open the next unread exam…"]
+    reading = next(i for i in range(tree.topLevelItemCount()) if "Reading" in tree.topLevelItem(i).text(0))
+    rows = [tree.topLevelItem(reading).child(j).text(1) for j in range(tree.topLevelItem(reading).childCount())]
+    assert any("kind" in r for r in rows) and any("Sign" in r for r in rows)
+    win._shortcut_dialog.close()

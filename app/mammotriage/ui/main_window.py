@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QRect, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QComboBox,
     QDialog,
     QDockWidget,
@@ -26,8 +27,6 @@ from PySide6.QtWidgets import (
     QSlider,
     QSplitter,
     QTableView,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -295,8 +294,14 @@ class MainWindow(QMainWindow):
             self.refresh_worklist()
 
     # ----------------------------------------------------------------- actions
+    #: the F1 sheet's groups, by menu
+    SHEET_GROUPS = {"&File": "Files and the DICOM node", "&Exam": "Worklist: moving between exams",
+                    "&View": "Viewing: window, zoom, layout", "&AI": "AI marks, map and reading mode",
+                    "&Read": "Reading: corrections, assessment, signing", "&Help": "Help"}
+
     def _action(self, menu, text: str, keys: list[str], slot: Callable[[], None]) -> QAction:
         action = QAction(text, self)
+        action.setData(self.SHEET_GROUPS.get(menu.title(), menu.title().replace("&", "")))
         action.setShortcuts([QKeySequence(k) for k in keys])
         action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         action.triggered.connect(slot)
@@ -365,29 +370,50 @@ class MainWindow(QMainWindow):
         help_menu = bar.addMenu("&Help")
         self._action(help_menu, "Keyboard shortcuts", ["F1", "?"], self.show_shortcuts)
 
+    MOUSE = [("Right-drag", "Window/level (horizontal = width, vertical = centre)"),
+             ("Left-drag", "Pan; on a mark: move it (on a corner: resize it)"), ("Wheel", "Zoom to cursor"),
+             ("Click", "Select the mark under the pointer"), ("Double-click", "Full-screen this view")]
+
     def shortcut_sheet(self) -> list[tuple[str, str]]:
         """(keys, action) pairs, for the visible shortcut sheet."""
-        rows = [(" / ".join(k.toString() for k in a.shortcuts()), a.text()) for a in self.actions]
-        rows += [("Right-drag", "Window/level (horizontal = width, vertical = centre)"),
-                 ("Left-drag", "Pan"), ("Wheel", "Zoom to cursor"), ("Double-click", "Full-screen this view")]
-        return rows
+        return [row for _group, rows in self.shortcut_groups() for row in rows]
+
+    def shortcut_groups(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """The F1 sheet: (task, [(keys, action), ...]) in menu order, then the mouse."""
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for action in self.actions:
+            keys = " / ".join(k.toString() for k in action.shortcuts())
+            groups.setdefault(str(action.data()), []).append((keys, action.text()))
+        return [*groups.items(), ("Mouse", list(self.MOUSE))]
 
     def show_shortcuts(self) -> None:
+        from PySide6.QtWidgets import QTreeWidget, QTreeWidgetItem
+
         dialog = QDialog(self)
         dialog.setWindowTitle("Keyboard shortcuts")
         layout = QVBoxLayout(dialog)
-        rows = self.shortcut_sheet()
-        table = QTableWidget(len(rows), 2)
-        table.setHorizontalHeaderLabels(["Keys", "Action"])
-        for r, (keys, text) in enumerate(rows):
-            table.setItem(r, 0, QTableWidgetItem(keys))
-            table.setItem(r, 1, QTableWidgetItem(text.replace("&", "")))
-        table.resizeColumnsToContents()
-        table.verticalHeader().setVisible(False)
-        layout.addWidget(table)
-        dialog.resize(560, 480)
+        tree = QTreeWidget()
+        tree.setColumnCount(2)
+        tree.setHeaderLabels(["Keys", "Action"])
+        tree.setRootIsDecorated(False)
+        tree.setAlternatingRowColors(True)
+        bold = tree.font()
+        bold.setBold(True)
+        for group, rows in self.shortcut_groups():
+            head = QTreeWidgetItem([group, ""])
+            head.setFont(0, bold)
+            head.setFirstColumnSpanned(True)
+            tree.addTopLevelItem(head)
+            for keys, text in rows:
+                head.addChild(QTreeWidgetItem([keys, text.replace("&", "")]))
+            head.setExpanded(True)
+        tree.resizeColumnToContents(0)
+        layout.addWidget(tree)
+        screen = (self.screen() or QApplication.primaryScreen()).availableGeometry()
+        dialog.resize(min(860, int(screen.width() * 0.9)), min(900, int(screen.height() * 0.9)))
         dialog.show()
         self._shortcut_dialog = dialog
+        self._shortcut_tree = tree
 
     def reset_view(self) -> None:
         if self._extra_index >= 0 and self.current is not None:
@@ -1095,10 +1121,12 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------- settings
     def _restore_settings(self) -> None:
         geometry = self.settings.value("window/geometry")
-        if isinstance(geometry, QByteArray):
+        self.first_start = not isinstance(geometry, QByteArray)
+        if not self.first_start:
             self.restoreGeometry(geometry)
         else:
-            self.resize(1600, 1000)
+            screen = (self.screen() or QApplication.primaryScreen()).availableGeometry()
+            self.resize(min(1600, screen.width()), min(1000, screen.height()))
         state = self.settings.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
@@ -1113,6 +1141,31 @@ class MainWindow(QMainWindow):
         link = self.settings.value("view/link", "all")
         if link in self.hanging.state.LINK_MODES:
             self.hanging.state.link_mode = link
+
+    def show_for_reading(self) -> None:
+        """Show the window: maximised on its screen at first start; a remembered
+        geometry that no longer fits the screens (a monitor gone, a smaller screen) is
+        moved and shrunk onto one."""
+        if self.first_start:
+            self.showMaximized()
+            return
+        if not self.isMaximized() and not self.isFullScreen():
+            screens = [s.availableGeometry() for s in QApplication.screens()]
+            fixed = fit_on_screens(self.frameGeometry(), screens)
+            if fixed != self.frameGeometry():
+                self.resize(fixed.size() - (self.frameGeometry().size() - self.size()))
+                self.move(fixed.topLeft())
+        self.show()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        # a portrait screen: the worklist above the hanging, so that the views stay wide
+        portrait = self.height() > self.width() * 1.15
+        want = Qt.Orientation.Vertical if portrait else Qt.Orientation.Horizontal
+        if self.splitter.orientation() != want:
+            self.splitter.setOrientation(want)
+            total = self.height() if portrait else self.width()
+            self.splitter.setSizes([int(total * 0.22), int(total * 0.78)])
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.settings.setValue("window/geometry", self.saveGeometry())
@@ -1157,6 +1210,25 @@ def _find_model(model_dir: str | Path | None, archive_file: Path | None = None
         return folder, verify(folder), ""
     except ModelPackageError as exc:
         return None, None, str(exc)
+
+
+def fit_on_screens(rect: QRect, screens: list[QRect]) -> QRect:
+    """``rect`` moved and shrunk, when needed, to lie on the screen it overlaps most
+    (the first screen when it overlaps none); unchanged when it already fits."""
+    if not screens:
+        return QRect(rect)
+    if any(s.contains(rect) for s in screens):
+        return QRect(rect)
+
+    def overlap(s: QRect) -> int:
+        inter = s.intersected(rect)
+        return inter.width() * inter.height() if inter.isValid() else 0
+
+    screen = max(screens, key=overlap) if any(overlap(s) for s in screens) else screens[0]
+    width, height = min(rect.width(), screen.width()), min(rect.height(), screen.height())
+    x = min(max(rect.x(), screen.left()), screen.left() + screen.width() - width)
+    y = min(max(rect.y(), screen.top()), screen.top() + screen.height() - height)
+    return QRect(x, y, width, height)
 
 
 def _mark_threshold(meta: dict | None, points: OperatingPoints) -> float:
