@@ -420,3 +420,64 @@ def test_the_shortcut_sheet_is_grouped_by_task(reading_room, qtbot) -> None:
     rows = [tree.topLevelItem(reading).child(j).text(1) for j in range(tree.topLevelItem(reading).childCount())]
     assert any("kind" in r for r in rows) and any("Sign" in r for r in rows)
     win._shortcut_dialog.close()
+
+
+# ----------------------------------------------------------------------------- worklist tools
+
+
+def test_worklist_search_filters_and_sorting(reading_room, qtbot) -> None:
+    from mammotriage.ui.worklist import COL_DATE
+
+    win, exams = reading_room
+    view = win.worklist_view
+    assert view.rowCount() == 3
+    target = exams[1].patient_id
+    qtbot.keyClicks(win.search, target[-3:])
+    assert view.rowCount() == 1 and view.entry(0).exam.patient_id == target
+    win.search.clear()
+    accession = next(a for a in win.worklist.exams[2].accessions if a)
+    win.search.setText(accession.lower())
+    assert view.rowCount() == 1 and accession in view.entry(0).exam.accessions
+    win.search.clear()
+    win.filter_box.setCurrentText("suspicious")
+    assert 0 < view.rowCount() <= 3 and all(view.entry(r).category == "suspicious" for r in range(view.rowCount()))
+    win.filter_box.setCurrentText("AI pending")
+    assert view.rowCount() == 0
+    win.filter_box.setCurrentText("has priors")
+    assert view.rowCount() == 0
+    win.filter_box.setCurrentText("unread")
+    assert view.rowCount() == 3
+    win.filter_box.setCurrentText("all")
+    win.table.horizontalHeader().sectionClicked.emit(COL_DATE)
+    win.table.sortByColumn(COL_DATE, Qt.SortOrder.AscendingOrder)
+    dates = [view.entry(r).exam.study_date for r in range(view.rowCount())]
+    assert dates == sorted(dates)
+    win.table.sortByColumn(COL_DATE, Qt.SortOrder.DescendingOrder)
+    assert [view.entry(r).exam.study_date for r in range(view.rowCount())] == sorted(dates, reverse=True)
+    qtbot.keyClick(win, Qt.Key.Key_T, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert view.sortColumn() == -1
+
+
+def test_the_row_under_the_reader_does_not_jump_while_triage_runs(reading_room, qtbot) -> None:
+    win, exams = reading_room
+    qtbot.keyClick(win, Qt.Key.Key_N)
+    key = win.current.exam_key
+    row = win.worklist_view.row_of(key)
+    assert row == 1
+    # a newer model's results arrive that rank this exam first and the others last
+    win.queue.sync("v-2")
+    while (job := win.queue.claim_next("v-2")) is not None:
+        study = next(e.study_uids[0] for e in win.worklist.exams if e.exam_key == job.exam_key)
+        exam = next(e for e in exams if e.images[0].dataset.StudyInstanceUID == study)
+        score = 0.99 if job.exam_key == key else 0.01
+        win.queue.complete(job, "cd" * 32, [{"sop_uid": i.dataset.SOPInstanceUID, "laterality": i.label[0],
+                                             "score": score, "findings": []} for i in exam.images])
+    win.model_version = "v-2"
+    win.refresh_worklist()
+    order = [win.worklist_view.entry(r) for r in range(3)]
+    assert order[row].exam.exam_key == key  # the reader's row stays put
+    assert win.table.currentIndex().row() == row
+    assert order[row].score > max(e.score for e in order if e.exam.exam_key != key)  # though it ranks first
+    win.current = None
+    win.refresh_worklist()  # with no exam open the triage order is whole again
+    assert win.worklist_view.entry(0).exam.exam_key == key

@@ -154,14 +154,16 @@ class WorklistFilter(QSortFilterProxyModel):
         return self.sourceModel()  # type: ignore[return-value]
 
     def set_search(self, text: str) -> None:
+        self.beginFilterChange()
         self.search = text.strip().lower()
-        self.invalidateFilter()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
     def set_filter(self, name: str) -> None:
         if name not in FILTERS:
             raise ValueError(f"unknown filter {name!r}")
+        self.beginFilterChange()
         self.filter = name
-        self.invalidateFilter()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
     def entry(self, row: int) -> WorklistEntry | None:
         if not 0 <= row < self.rowCount():
