@@ -14,6 +14,17 @@ import pytest  # noqa: E402
 def reading_room(qtbot, tmp_path, monkeypatch):
     """A window on a real archive of three phantom exams with AI results, for reading:
     returns (window, [PhantomExam, ...]); the data directory is ``tmp_path / "home"``."""
+    yield from _reading_room(qtbot, tmp_path, monkeypatch, with_prior=False)
+
+
+@pytest.fixture
+def prior_room(qtbot, tmp_path, monkeypatch):
+    """Like ``reading_room``, and the first exam's patient has a prior a year earlier
+    (the last of the returned exams)."""
+    yield from _reading_room(qtbot, tmp_path, monkeypatch, with_prior=True)
+
+
+def _reading_room(qtbot, tmp_path, monkeypatch, with_prior: bool):
     from mammotriage.phantom import generate_exam
     from mammotriage.store import Archive
     from mammotriage.triage import TriageQueue
@@ -22,9 +33,10 @@ def reading_room(qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
     exams = []
     archive = Archive(tmp_path / "archive.sqlite")
-    for n in range(3):
-        exam = generate_exam(20 + n, exam_number=n + 1, rows=512, columns=416, stored_layout="mirrored",
-                             normal=False)
+    specs = [(20 + n, n + 1, 0) for n in range(3)] + ([(20, 1, 1)] if with_prior else [])
+    for n, (seed, number, years) in enumerate(specs):
+        exam = generate_exam(seed, exam_number=number, rows=512, columns=416, stored_layout="mirrored",
+                             normal=False, years_before=years)
         exam.save(tmp_path / f"exam{n}")
         archive.import_paths([tmp_path / f"exam{n}"])
         exams.append(exam)
@@ -49,6 +61,7 @@ def reading_room(qtbot, tmp_path, monkeypatch):
     win.load_overlays()
     yield win, exams
     win.close()
+    archive.close()
 
 
 def _complete(queue, job, exam, candidates: int) -> None:

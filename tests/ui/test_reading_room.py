@@ -481,3 +481,54 @@ def test_the_row_under_the_reader_does_not_jump_while_triage_runs(reading_room, 
     win.current = None
     win.refresh_worklist()  # with no exam open the triage order is whole again
     assert win.worklist_view.entry(0).exam.exam_key == key
+
+
+# ----------------------------------------------------------------------------- priors
+
+
+def test_prior_hanging_with_linked_window_and_zoom(prior_room, qtbot) -> None:
+    win, exams = prior_room
+    prior_exam = exams[-1]
+    patient = prior_exam.patient_id
+    current = next(e for e in win.worklist.exams if e.patient_id == patient
+                   and e.study_uids[0] != prior_exam.study_uid)
+    win.open_exam(current)
+    assert win.prior is not None and win.prior.study_uids[0] == prior_exam.study_uid
+    # prefetched with the current exam: no compare asked for yet, the prior decodes anyway
+    assert all(win.loader.cache.get(p) is not None or p in win.loader._pending for p in win.prior_paths.values())
+    qtbot.keyClick(win, Qt.Key.Key_C)
+    priors = win.hanging.prior_panes
+    qtbot.waitUntil(lambda: all(p.view is not None for p in priors.values()), timeout=60_000)
+    assert all(p.isVisible() for p in priors.values()) and all(p.isVisible() for p in win.hanging.panes.values())
+    assert "comparison" in win.status_label.text()
+    for slot, pane in priors.items():
+        assert pane.view.meta.study_date < win.hanging.panes[slot].view.meta.study_date
+        assert f"PRIOR {prior_exam.images[0].dataset.StudyDate[:4]}" in pane.corner_lines()["top"][0]
+        assert "CURRENT" in win.hanging.panes[slot].corner_lines()["top"][0]
+        assert pane.mm_per_px == win.hanging.panes[slot].mm_per_px  # one physical scale
+    # zoom a current view: its prior follows (and the linked views with it)
+    rcc = win.hanging.panes["RCC"]
+    rcc.zoom_at(QPointF(rcc.width() / 2, rcc.height() / 2), 2.0)
+    assert priors["RCC"].state.zoom == pytest.approx(2.0) and priors["RCC"].state.pan == rcc.state.pan
+    # window/level dragged on the prior: the current view follows
+    before = rcc.state.window
+    priors["RCC"].window_dragged.emit("RCC", 50.0, 120.0)
+    assert rcc.state.window != before and priors["RCC"].state.window == rcc.state.window
+    # the prior's AI marks show with A, and it takes no edits
+    qtbot.keyClick(win, Qt.Key.Key_A)
+    assert any(p.label_items() for p in priors.values())
+    assert all(p.read_only for p in priors.values())
+    qtbot.keyClick(win, Qt.Key.Key_C)
+    assert not any(p.isVisible() for p in priors.values())
+
+
+def test_compare_without_a_prior_says_so(prior_room, qtbot) -> None:
+    win, exams = prior_room
+    lonely = next(e for e in win.worklist.exams if e.patient_id != exams[-1].patient_id)
+    win.open_exam(lonely)
+    qtbot.keyClick(win, Qt.Key.Key_C)
+    assert not win.hanging.state.compare and "no prior" in win.status_label.text()
+    from mammotriage.ui.worklist import COL_PRIORS
+
+    counts = [win.worklist.data(win.worklist.index(r, COL_PRIORS)) for r in range(win.worklist.rowCount())]
+    assert sorted(counts) == ["", "", "", "1"]

@@ -1,4 +1,10 @@
-"""The 4-up screening hanging: RCC | LCC over RMLO | LMLO, each view pair at one physical scale."""
+"""The 4-up screening hanging: RCC | LCC over RMLO | LMLO, each view pair at one physical scale.
+
+The comparison hanging (C) adds the most recent prior exam to the left of the current
+one: prior RCC | prior LCC | RCC | LCC over the MLOs. A prior pane shares its current
+counterpart's :class:`PaneState`, so window/level, inversion, zoom and pan are linked
+between current and prior by construction; prior panes are read-only.
+"""
 
 from __future__ import annotations
 
@@ -20,17 +26,38 @@ class HangingView(QWidget):
         super().__init__(parent)
         self.state = state or HangingState()
         self.panes: dict[str, ImagePane] = {}
+        self.prior_panes: dict[str, ImagePane] = {}  # the comparison hanging's prior views
         layout = QGridLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
         for i, slot in enumerate(self.state.slots):
-            pane = ImagePane(slot, self.state.panes[slot], self, hanging=self.state)
-            pane.view_changed.connect(self.state.set_view)
-            pane.window_dragged.connect(self._on_window_drag)
-            pane.fullscreen_requested.connect(self.state.toggle_fullscreen)
-            layout.addWidget(pane, i // 2, i % 2)
-            self.panes[slot] = pane
+            for prior in (False, True):
+                pane = ImagePane(slot, self.state.panes[slot], self, hanging=self.state, read_only=prior)
+                pane.view_changed.connect(self.state.set_view)
+                pane.window_dragged.connect(self._on_window_drag)
+                pane.fullscreen_requested.connect(self.state.toggle_fullscreen)
+                layout.addWidget(pane, i // 2, i % 2 + (0 if prior else 2))
+                (self.prior_panes if prior else self.panes)[slot] = pane
+                if prior:
+                    pane.setAccessibleName(f"pane {slot} prior")
+                    pane.setVisible(False)
         self.state.changed.connect(self._on_state)
+
+    def all_panes(self) -> list[ImagePane]:
+        return [*self.panes.values(), *self.prior_panes.values()]
+
+    def set_prior_view(self, slot: str, view: LoadedView | None, message: str = "") -> None:
+        self.prior_panes[slot].set_view(view, message)
+        self._update_scale()
+
+    def set_compare(self, on: bool, prior_date: str = "") -> None:
+        """Show or hide the prior exam beside the current one (dates in the corner text)."""
+        self.state.compare = on
+        for pane in self.panes.values():
+            pane.date_label = "CURRENT" if on else ""
+        for pane in self.prior_panes.values():
+            pane.date_label = f"PRIOR {prior_date}".strip()
+        self._layout_panes()
 
     # ----------------------------------------------------------------- content
     def clear(self, message: str = "") -> None:
@@ -59,8 +86,9 @@ class HangingView(QWidget):
         and LMLO) share their mm per screen pixel, chosen so that the larger breast's
         bounding box fits its pane; in full screen the enlarged view alone decides."""
         needed: dict[str, float] = {}
-        for slot, pane in self.panes.items():
-            if pane.view is None or pane.view.meta.spacing is None:
+        for pane in self.all_panes():
+            slot = pane.slot
+            if pane.view is None or pane.view.meta.spacing is None or (pane.read_only and not self.state.compare):
                 continue
             if self.state.fullscreen is not None and slot != self.state.fullscreen:
                 continue
@@ -69,14 +97,24 @@ class HangingView(QWidget):
             group = self.scale_group(slot)
             needed[group] = max(needed.get(group, 0.0), (y1 - y0) * sp.row_mm / max(pane.height() * FIT_FILL, 1),
                                 (x1 - x0) * sp.col_mm / max(pane.width() * FIT_FILL, 1))
-        for slot, pane in self.panes.items():
-            pane.mm_per_px = needed.get(self.scale_group(slot)) or (max(needed.values()) if needed else None)
+        for pane in self.all_panes():
+            pane.mm_per_px = needed.get(self.scale_group(pane.slot)) or (max(needed.values()) if needed else None)
             pane.update()
 
     @staticmethod
     def scale_group(slot: str) -> str:
         """Panes that share one physical scale: the same view of both breasts."""
         return slot[1:]
+
+    def _layout_panes(self) -> None:
+        """Visibility after a change of full screen or comparison; then refit (F refits:
+        the enlarged view, or the hanging back from it, fits its breast)."""
+        for slot, pane in self.panes.items():
+            pane.setVisible(self.state.fullscreen in (None, slot))
+        for slot, pane in self.prior_panes.items():
+            pane.setVisible(self.state.compare and self.state.fullscreen in (None, slot))
+        self.layout().activate()
+        self.fit()
 
     def fit(self) -> None:
         """Back to the initial fit: zoom 1 and no pan in every pane."""
@@ -91,15 +129,11 @@ class HangingView(QWidget):
     # ----------------------------------------------------------------- actions
     def _on_state(self, what: str) -> None:
         if what == "text":
-            for pane in self.panes.values():
+            for pane in self.all_panes():
                 pane.show_text = self.state.show_text
                 pane.update()
         elif what == "fullscreen":
-            for slot, pane in self.panes.items():
-                pane.setVisible(self.state.fullscreen in (None, slot))
-            # F refits: the enlarged view (or the hanging, back from it) fits its breast
-            self.layout().activate()
-            self.fit()
+            self._layout_panes()
         elif what == "link":
             self.status.emit(f"zoom/pan link: {self.state.link_mode}")
         elif what == "tool":
@@ -107,11 +141,11 @@ class HangingView(QWidget):
                               "draw": f"draw a missed finding ({self.state.draw_shape}): left-drag",
                               }.get(self.state.tool, "pan: left-drag"))
         elif what in ("ai", "selection"):
-            for pane in self.panes.values():
+            for pane in self.all_panes():
                 pane.update()
         elif what == "magnifier":
             self.status.emit(f"magnifier {'on' if self.state.magnifier else 'off'}")
-            for pane in self.panes.values():
+            for pane in self.all_panes():
                 pane.update()
 
     def _on_window_drag(self, slot: str, d_center: float, d_width: float) -> None:

@@ -120,9 +120,10 @@ class ImagePane(QWidget):
     finding_drawn = Signal(str, dict)  # slot, geometry (stored pixels)
 
     def __init__(self, slot: str, state: PaneState, parent: QWidget | None = None,
-                 hanging: HangingState | None = None):
+                 hanging: HangingState | None = None, read_only: bool = False):
         super().__init__(parent)
         self.slot = slot
+        self.read_only = read_only  # a prior's view: look, zoom, window; no marks edited or measured
         self.state = state
         self.hanging = hanging  # tool and magnifier settings shared by all panes
         self.cursor: QPointF | None = None
@@ -453,6 +454,8 @@ class ImagePane(QWidget):
         painter.drawEllipse(center, LENS_RADIUS, LENS_RADIUS)
 
     def _paint_rulers(self, painter: QPainter) -> None:
+        if self.read_only:
+            return  # rulers are measured on the current exam's images
         lines = list(self.state.rulers)
         if self._ruler_start is not None and self.cursor is not None:
             a = self.widget_to_stored(self._ruler_start)
@@ -562,6 +565,8 @@ class ImagePane(QWidget):
         pos = event.position()
         if event.button() == Qt.MouseButton.RightButton:
             self._drag = ("window", pos, (0.0, 0.0))
+        elif self.read_only and event.button() == Qt.MouseButton.LeftButton:
+            self._drag = ("pan", pos, self.state.pan)
         elif event.button() == Qt.MouseButton.LeftButton and self.hanging is not None and self.view is not None \
                 and self.hanging.tool == "ruler":
             self._ruler_start = pos

@@ -108,6 +108,9 @@ class MainWindow(QMainWindow):
         self._triage_wanted = start_triage and self.model_meta is not None
         self.current: ExamRecord | None = None
         self.current_paths: dict[str, str] = {}  # slot -> path
+        self.prior: ExamRecord | None = None  # most recent prior of the current exam
+        self.prior_paths: dict[str, str] = {}
+        self.prior_corrections: ExamCorrections | None = None  # the prior's reader findings, shown read-only
         self.extras: list = []
         self._extra_index = -1
         self._shown_emitted = False
@@ -334,6 +337,8 @@ class MainWindow(QMainWindow):
         self._action(view_menu, "Show/hide corner text", ["T"], self._toggle_text)
         self._action(view_menu, "Magnifier lens on/off", ["M"], self.hanging.state.toggle_magnifier)
         self._action(view_menu, "Ruler tool / pan tool", ["D"], self._toggle_ruler)
+        self._action(view_menu, "Compare with the prior exam (side by side, linked) on/off", ["C"],
+                     self.toggle_compare)
         self._action(view_menu, "Next extra view (full-screen)", ["X"], self.show_next_extra)
         self._action(view_menu, "Full-screen the focused view", ["F", "Space"], self._toggle_fullscreen_focused)
         self._action(view_menu, "Show/hide log", ["Ctrl+L"], lambda: self.log_dock.setVisible(not self.log_dock.isVisible()))
@@ -595,7 +600,8 @@ class MainWindow(QMainWindow):
         slots, extras = hang(exam.images)
         self.extras, self._extra_index = list(extras), -1
         self.current_paths = {slot: image.path for slot, image in slots.items()}
-        self.loader.cache.pinned = set(self.current_paths.values())
+        self._set_prior(exam)
+        self.loader.cache.pinned = set(self.current_paths.values()) | set(self.prior_paths.values())
         for state in self.hanging.state.panes.values():
             state.window = None
             state.set_invert(False)
@@ -625,6 +631,12 @@ class MainWindow(QMainWindow):
             elif isinstance(result, LoadedView):
                 for slot in slots:
                     self._show_view(slot, result)
+            if self.hanging.state.compare:
+                for slot in (s for s, p in self.prior_paths.items() if p == result.path):
+                    if isinstance(result, LoadedView):
+                        self.hanging.set_prior_view(slot, result)
+                    else:
+                        self.hanging.prior_panes[slot].set_error(f"{slot} (prior): {result.reason}")
         self._check_shown()
         self._update_decode_progress()
         self._poll_job()
@@ -958,7 +970,8 @@ class MainWindow(QMainWindow):
                 self.log_line(f"triage: {message[1]}")
             elif kind in ("done", "failed"):
                 refresh = True
-                if self.current is not None and message[1] == self.current.exam_key:
+                if self.current is not None and message[1] in (
+                        self.current.exam_key, self.prior.exam_key if self.prior else None):
                     self.load_overlays()
                 if kind == "failed":
                     job = self.queue.job(message[1], self.model_version or "")
@@ -978,26 +991,37 @@ class MainWindow(QMainWindow):
                                  f" · AI {mode}")
 
     def load_overlays(self) -> None:
-        """AI results of the current exam's views: the active model's, else the newest."""
+        """AI results of the current exam's views (the active model's, else the newest),
+        and of the prior's in the comparison hanging."""
         if self.current is None:
             return
+        marks, shown_version = self._load_overlays(self.current, self.current_paths, self.hanging.panes)
+        if self.corrections is not None:
+            self.corrections.set_ai(shown_version, marks)
+        if self.prior is not None and self.hanging.state.compare:
+            prior_marks, prior_version = self._load_overlays(self.prior, self.prior_paths, self.hanging.prior_panes)
+            if self.prior_corrections is not None:
+                self.prior_corrections.set_ai(prior_version, prior_marks)
+
+    def _load_overlays(self, exam: ExamRecord, paths: dict[str, str], panes: dict
+                       ) -> tuple[dict[str, list[dict]], str]:
         import numpy as np
 
         exam_result = None
-        for result in self.queue.exam_results().get(self.current.exam_key, []):
+        for result in self.queue.exam_results().get(exam.exam_key, []):
             if result.model_version == self.model_version:
                 exam_result = result
                 break
         marks: dict[str, list[dict]] = {}
         shown_version = ""
-        for slot, path in self.current_paths.items():
-            image = next((i for i in self.current.images if i.path == path), None)
+        for slot, path in paths.items():
+            image = next((i for i in exam.images if i.path == path), None)
             records = self.queue.image_results(image.sop_uid) if image is not None else []
             record = next((r for r in records if r.model_version == self.model_version), None)
             stale = record is None and bool(records)
             record = record or (records[0] if records else None)
             if record is None:
-                self.hanging.panes[slot].set_overlay(None)
+                panes[slot].set_overlay(None)
                 continue
             marks[image.sop_uid] = record.findings
             shown_version = record.model_version
@@ -1010,12 +1034,66 @@ class MainWindow(QMainWindow):
             breast = None
             if exam_result is not None and not stale:
                 breast = exam_result.score_left if image.laterality.value == "L" else exam_result.score_right
-            self.hanging.panes[slot].set_overlay(AiOverlay(
+            panes[slot].set_overlay(AiOverlay(
                 findings=record.findings, image_score=record.score, model_version=record.model_version,
                 stale=stale, suspicion=suspicion, map_factor=record.map_factor or 1.0,
                 breast_score=breast, exam_score=exam_result.score if exam_result and not stale else None))
-        if self.corrections is not None:
-            self.corrections.set_ai(shown_version, marks)
+        return marks, shown_version
+
+    # ----------------------------------------------------------------- prior exams
+    def toggle_compare(self) -> None:
+        """C: the comparison hanging (the most recent prior beside the current exam)."""
+        state = self.hanging.state
+        if state.compare:
+            self.hanging.set_compare(False)
+            self.show_status("comparison off")
+            return
+        if self.prior is None:
+            self.show_status("no prior exam of this patient in the archive")
+            return
+        self.hanging.set_compare(True, str(self.prior.study_date or ""))
+        self._show_prior()
+        self.show_status(f"comparison with the prior of {self.prior.study_date or 'unknown date'} "
+                         f"(window, zoom and pan linked; C to close)")
+
+    def _show_prior(self) -> None:
+        """Put the prior's views (loaded or loading) and its marks into the prior panes."""
+        if self.prior is None:
+            return
+        for slot in SCREENING_SLOTS:
+            path = self.prior_paths.get(slot)
+            if path is None:
+                self.hanging.set_prior_view(slot, None, f"{slot}: not in the prior")
+                continue
+            view = self.loader.request(path)
+            self.hanging.set_prior_view(slot, view, "" if view is not None else "loading prior ...")
+        for pane in self.hanging.prior_panes.values():
+            pane.corrections = self.prior_corrections
+        self.load_overlays()
+
+    def _set_prior(self, exam: ExamRecord) -> None:
+        """The most recent prior of ``exam``: prefetched with it, shown when comparing."""
+        from mammotriage.store.priors import prior_of
+
+        self.prior = prior_of(exam, self.priors)
+        self.prior_paths = {}
+        self.prior_corrections = None
+        for pane in self.hanging.prior_panes.values():
+            pane.set_view(None, "no prior exam")
+            pane.set_overlay(None)
+            pane.corrections = None
+        if self.prior is None:
+            if self.hanging.state.compare:
+                self.hanging.set_compare(False)
+            return
+        slots, _extras = hang(self.prior.images)
+        self.prior_paths = {slot: image.path for slot, image in slots.items()}
+        self.prior_corrections = ExamCorrections(self.corrections_log, self.prior.exam_key, self.reader)
+        for path in self.prior_paths.values():
+            self.loader.request(path)  # prefetched with the current exam
+        if self.hanging.state.compare:
+            self.hanging.set_compare(True, str(self.prior.study_date or ""))
+            self._show_prior()
 
     def toggle_ai(self) -> None:
         if not self.hanging.state.toggle_ai():

@@ -115,6 +115,7 @@ class HangingState:
         self.link_mode = "all"
         self.show_text = True
         self.fullscreen: str | None = None
+        self.compare = False  # the comparison hanging: the prior exam beside the current one
         self.tool = "pan"  # left-drag tool: "pan", "ruler" or "draw"
         self.draw_shape = "box"  # "box" or "ellipse" for the draw tool
         self.selected: tuple[str, str] | None = None  # (slot, label id)
