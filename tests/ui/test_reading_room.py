@@ -99,6 +99,10 @@ def test_captions_stay_inside_the_pane() -> None:
                  QRectF(0, 150, 10, 10), QRectF(200, 150, 20, 20)):
         box = caption_box(text, mark, pane)
         assert pane.contains(box), (mark, box)
+    # two marks side by side: their captions do not overlap
+    placed = [caption_box(text, QRectF(100, 100, 20, 20), pane)]
+    second = caption_box(text, QRectF(110, 104, 20, 20), pane, placed)
+    assert pane.contains(second) and not second.intersects(placed[0])
 
 
 def test_review_states_have_distinct_styles() -> None:
@@ -503,7 +507,7 @@ def test_prior_hanging_with_linked_window_and_zoom(prior_room, qtbot) -> None:
     assert "comparison" in win.status_label.text()
     for slot, pane in priors.items():
         assert pane.view.meta.study_date < win.hanging.panes[slot].view.meta.study_date
-        assert f"PRIOR {prior_exam.images[0].dataset.StudyDate[:4]}" in pane.corner_lines()["top"][0]
+        assert f"PRIOR {prior_exam.images[0].dataset.StudyDate[:4]}-" in pane.corner_lines()["top"][0]
         assert "CURRENT" in win.hanging.panes[slot].corner_lines()["top"][0]
         assert pane.mm_per_px == win.hanging.panes[slot].mm_per_px  # one physical scale
     # zoom a current view: its prior follows (and the linked views with it)

@@ -9,6 +9,7 @@ between current and prior by construction; prior panes are read-only.
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QGridLayout, QWidget
 
 from mammotriage.dicom.voi import default_window
@@ -30,6 +31,10 @@ class HangingView(QWidget):
         layout = QGridLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
+        palette = self.palette()
+        palette.setColor(QPalette.ColorRole.Window, QColor(0, 0, 0))  # no bright seam on the centre line
+        self.setPalette(palette)
+        self.setAutoFillBackground(True)
         for i, slot in enumerate(self.state.slots):
             for prior in (False, True):
                 pane = ImagePane(slot, self.state.panes[slot], self, hanging=self.state, read_only=prior)
@@ -50,13 +55,13 @@ class HangingView(QWidget):
         self.prior_panes[slot].set_view(view, message)
         self._update_scale()
 
-    def set_compare(self, on: bool, prior_date: str = "") -> None:
+    def set_compare(self, on: bool) -> None:
         """Show or hide the prior exam beside the current one (dates in the corner text)."""
         self.state.compare = on
         for pane in self.panes.values():
             pane.date_label = "CURRENT" if on else ""
         for pane in self.prior_panes.values():
-            pane.date_label = f"PRIOR {prior_date}".strip()
+            pane.date_label = "PRIOR"
         self._layout_panes()
 
     # ----------------------------------------------------------------- content

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,16 +67,27 @@ def _label_style(label, stale: bool) -> MarkStyle:
     return MarkStyle(MARK_STALE if stale else MARK, Qt.PenStyle.SolidLine, f"{label.kind} {score}")
 
 
-def caption_box(text_rect: QRectF, mark: QRectF, pane: QRectF) -> QRectF:
+def caption_box(text_rect: QRectF, mark: QRectF, pane: QRectF, placed: Sequence[QRectF] = ()) -> QRectF:
     """Where a mark's caption goes: above the mark, else below it, moved sideways and
-    vertically so that it stays inside the pane."""
+    vertically so that it stays inside the pane, and stepped up or down off the
+    captions already ``placed``."""
     box = QRectF(text_rect)
     box.moveBottomLeft(mark.topLeft() + QPointF(-3, -5))
     if box.top() < pane.top():
         box.moveTopLeft(mark.bottomLeft() + QPointF(-3, 5))
-    box.moveLeft(min(max(box.left(), pane.left()), pane.right() - box.width()))
-    box.moveTop(min(max(box.top(), pane.top()), pane.bottom() - box.height()))
-    return box
+
+    def inside(b: QRectF) -> QRectF:
+        b = QRectF(b)
+        b.moveLeft(min(max(b.left(), pane.left()), pane.right() - b.width()))
+        b.moveTop(min(max(b.top(), pane.top()), pane.bottom() - b.height()))
+        return b
+
+    first = inside(box)
+    for step in (0, -1, 1, -2, 2, -3, 3):
+        candidate = inside(box.translated(0, step * (box.height() + 1)))
+        if not any(candidate.intersects(p) for p in placed):
+            return candidate
+    return first
 
 
 LENS_RADIUS = 110
@@ -401,6 +413,7 @@ class ImagePane(QWidget):
             painter.drawImage(self.map_rect(), image)
             painter.restore()
         metrics = painter.fontMetrics()
+        placed: list[QRectF] = []  # captions drawn so far: the next one avoids them
         selected = self.hanging.selected[1] if self.hanging.selected and self.hanging.selected[0] == self.slot else None
         for rect, label in self.label_items():
             style = _label_style(label, overlay.stale if overlay else False)
@@ -417,7 +430,9 @@ class ImagePane(QWidget):
                 painter.drawPolygon(QPolygonF([self.stored_to_widget(x, y) for x, y in label.geometry["points"]]))
             else:
                 painter.drawRect(outline)
-            box = caption_box(QRectF(metrics.boundingRect(text)).adjusted(-3, -1, 3, 1), outline, QRectF(self.rect()))
+            box = caption_box(QRectF(metrics.boundingRect(text)).adjusted(-3, -1, 3, 1), outline, QRectF(self.rect()),
+                              placed)
+            placed.append(box)
             painter.fillRect(box, QColor(0, 0, 0, 170))
             painter.setPen(colour)
             painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
@@ -474,17 +489,20 @@ class ImagePane(QWidget):
         if self.view is None:
             return {"top": [self.slot], "bottom": []}
         meta = self.view.meta
+        date = meta.study_date.isoformat() if meta.study_date else ""
         top = [meta.label + (f" ({', '.join(meta.view_modifiers)})" if meta.view_modifiers else "")
-               + (f"  {self.date_label}" if self.date_label else "")]
+               + (f"  {self.date_label} {date}".rstrip() if self.date_label else "")]
         if self.slot.endswith("CC") or (self.hanging is not None and self.hanging.fullscreen == self.slot):
             # who this is: on the top row of the hanging (and a full-screen view)
-            top.append(meta.patient_name.replace("^", " ").strip() or "(no name)")
+            name = meta.patient_name.replace("^", " ").strip()
+            if name != meta.patient_id:
+                top.append(name or "(no name)")
             age = meta.age_at_exam
             top.append(" · ".join(p for p in (meta.patient_id, f"age {age}" if age is not None else "",
                                               f"acc {meta.accession_number}" if meta.accession_number else "")
                                   if p))
-        if meta.study_date:
-            top.append(meta.study_date.isoformat())
+        if date and not self.date_label:
+            top.append(date)
         if meta.manufacturer:
             top.append(meta.manufacturer)
         window = self._window()

@@ -45,7 +45,7 @@ from mammotriage.ui.corrections import ExamCorrections, ImageInfo
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.ui.overlay import AiOverlay
-from mammotriage.ui.worklist import FILTERS, WorklistFilter, WorklistModel
+from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
 
 
 def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str) -> str:
@@ -128,6 +128,9 @@ class MainWindow(QMainWindow):
         self.table.horizontalHeader().sortIndicatorChanged.connect(
             lambda *_: self.table.horizontalHeader().setSortIndicatorShown(True))
         self.worklist_view.sort(-1)  # the triage order until a header is clicked
+        header = self.table.horizontalHeader()
+        for visual, logical in enumerate(WORKLIST_ORDER):  # read state and priors before the details
+            header.moveSection(header.visualIndex(logical), visual)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -1051,7 +1054,7 @@ class MainWindow(QMainWindow):
         if self.prior is None:
             self.show_status("no prior exam of this patient in the archive")
             return
-        self.hanging.set_compare(True, str(self.prior.study_date or ""))
+        self.hanging.set_compare(True)
         self._show_prior()
         self.show_status(f"comparison with the prior of {self.prior.study_date or 'unknown date'} "
                          f"(window, zoom and pan linked; C to close)")
@@ -1092,7 +1095,7 @@ class MainWindow(QMainWindow):
         for path in self.prior_paths.values():
             self.loader.request(path)  # prefetched with the current exam
         if self.hanging.state.compare:
-            self.hanging.set_compare(True, str(self.prior.study_date or ""))
+            self.hanging.set_compare(True)
             self._show_prior()
 
     def toggle_ai(self) -> None:
@@ -1225,6 +1228,9 @@ class MainWindow(QMainWindow):
         geometry that no longer fits the screens (a monitor gone, a smaller screen) is
         moved and shrunk onto one."""
         if self.first_start:
+            # the screen's whole work area first: without a window manager, "maximised"
+            # alone would leave the window at its default size
+            self.setGeometry((self.screen() or QApplication.primaryScreen()).availableGeometry())
             self.showMaximized()
             return
         if not self.isMaximized() and not self.isFullScreen():
