@@ -94,7 +94,7 @@ def reading_room_shots(app, window, truth: dict, out: Path, tag: str) -> None:
     if not (window.corrections and window.corrections.signed):
         breasts = {"R": {"birads": "1", "density": "b"}, "L": {"birads": "4A", "density": "b"}}
         window.sign_exam({"breasts": breasts, "recall": default_recall(breasts)})
-        window.open_next_unread()
+    window.open_next_unread()
     _wait(app, lambda: window._job is None, 60)
     _wait(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
     _grab(app, window, out / f"signed_worklist{tag}.png")

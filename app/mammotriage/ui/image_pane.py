@@ -492,7 +492,8 @@ class ImagePane(QWidget):
         date = meta.study_date.isoformat() if meta.study_date else ""
         top = [meta.label + (f" ({', '.join(meta.view_modifiers)})" if meta.view_modifiers else "")
                + (f"  {self.date_label} {date}".rstrip() if self.date_label else "")]
-        if self.slot.endswith("CC") or (self.hanging is not None and self.hanging.fullscreen == self.slot):
+        if not self.read_only and (self.slot.endswith("CC")
+                                   or (self.hanging is not None and self.hanging.fullscreen == self.slot)):
             # who this is: on the top row of the hanging (and a full-screen view)
             name = meta.patient_name.replace("^", " ").strip()
             if name != meta.patient_id:
@@ -538,7 +539,7 @@ class ImagePane(QWidget):
         n_all = len(o.findings)
         n_shown = len(self.hanging.shown_marks([float(f["score"]) for f in o.findings]))
         lines.append(f"marks {n_shown}/{n_all}" + (f" candidates >= {self.hanging.candidate_threshold:.2f}"
-                                                   if self.hanging.show_all_marks else " above operating point"))
+                                                   if self.hanging.show_all_marks else " >= operating point"))
         lines.append(f"model {o.model_version}" + (" (OLDER MODEL)" if o.stale else ""))
         return lines
 
@@ -557,8 +558,13 @@ class ImagePane(QWidget):
         align = Qt.AlignmentFlag.AlignLeft if self.anchor == "right" else Qt.AlignmentFlag.AlignRight
         # text goes on the outer side, away from the chest wall and the centre line
         margin = self.rect().adjusted(8, 6, -8, -6)
-        painter.drawText(margin, align | Qt.AlignmentFlag.AlignTop, "\n".join(lines["top"]))
-        painter.drawText(margin, align | Qt.AlignmentFlag.AlignBottom, "\n".join(lines["bottom"]))
+        metrics = painter.fontMetrics()
+
+        def fit(text_lines: list[str]) -> str:  # a narrow pane elides, never overlaps its neighbour
+            return "\n".join(metrics.elidedText(t, Qt.TextElideMode.ElideRight, margin.width()) for t in text_lines)
+
+        painter.drawText(margin, align | Qt.AlignmentFlag.AlignTop, fit(lines["top"]))
+        painter.drawText(margin, align | Qt.AlignmentFlag.AlignBottom, fit(lines["bottom"]))
 
     # ----------------------------------------------------------------- interaction
     def label_at(self, point: QPointF) -> tuple[QRectF, object] | None:

@@ -1230,7 +1230,11 @@ class MainWindow(QMainWindow):
         if self.first_start:
             # the screen's whole work area first: without a window manager, "maximised"
             # alone would leave the window at its default size
-            self.setGeometry((self.screen() or QApplication.primaryScreen()).availableGeometry())
+            screen = (self.screen() or QApplication.primaryScreen()).availableGeometry()
+            self.setGeometry(screen)
+            self.splitter.setSizes([max(360, int(screen.width() * 0.28)), int(screen.width() * 0.72)])
+            if screen.height() < 900:
+                self.log_dock.setVisible(False)  # a small screen keeps its height for the images (Ctrl+L)
             self.showMaximized()
             return
         if not self.isMaximized() and not self.isFullScreen():

@@ -14,7 +14,7 @@ from mammotriage.triage.worklist import WorklistEntry
 COLUMNS = ("Patient", "Date", "AI status", "AI score", "Views", "Accession", "Name", "Read", "Priors")
 COL_PATIENT, COL_DATE, COL_STATUS, COL_SCORE, COL_VIEWS, COL_ACCESSION, COL_NAME, COL_READ, COL_PRIORS = range(9)
 #: the order columns are shown in (logical indices; the model keeps its own order)
-WORKLIST_ORDER = (COL_PATIENT, COL_DATE, COL_STATUS, COL_SCORE, COL_READ, COL_PRIORS, COL_NAME, COL_ACCESSION, COL_VIEWS)
+WORKLIST_ORDER = (COL_PATIENT, COL_READ, COL_STATUS, COL_SCORE, COL_DATE, COL_PRIORS, COL_NAME, COL_ACCESSION, COL_VIEWS)
 CATEGORY_COLOURS = {"suspicious": QColor(200, 40, 40), "likely normal": QColor(40, 120, 60),
                     "failed": QColor(150, 90, 0)}
 READ_COLOURS = {"signed": QColor(40, 120, 60), "reopened": QColor(170, 110, 0), "started": QColor(60, 110, 180)}
