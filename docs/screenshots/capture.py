@@ -11,12 +11,13 @@ fresh archive, lets the background triage analyse every exam, then saves:
   cbis_fit<tag>.png          the CBIS-DDSM exam fitted to the breast, AI hidden
 
 The window opens as at a first start (maximised on the screen), so the screen size of
-the X server decides the layout; ``--tag`` names the files of one screen size (the
-first three are written only without a tag). ``--home`` keeps the data directory, so a
-second run at another screen size reuses the finished triage.
+the X server decides the layout; ``<tag>`` is that size (``_1920x1080``) unless
+``--tag`` says otherwise, and the first three are written on screens 1920 px wide or
+more only. ``--home`` keeps the data directory, so a second run at another screen size
+reuses the finished triage.
 
 Usage: xvfb-run -a -s "-screen 0 1920x1080x24" python docs/screenshots/capture.py --out DIR
-       [--cbis DIR] [--model M] [--home DIR] [--tag _1366x768]
+       [--cbis DIR] [--model M] [--home DIR] [--tag SUFFIX]
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def main() -> int:
     parser.add_argument("--exams", type=int, default=6)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--home", type=Path, default=None, help="data directory to use (and keep)")
-    parser.add_argument("--tag", default="", help="suffix of the reading-room screenshots, e.g. _1366x768")
+    parser.add_argument("--tag", default=None, help="suffix of the reading-room screenshots (default: _WxH)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mt-shots-"))
     home = args.home or tmp / "home"
@@ -150,7 +151,9 @@ def main() -> int:
     entries = window.worklist.entries
     for e in entries:
         print(f"  {e.score_100!s:>4} {e.category:14} {e.exam.patient_id}", flush=True)
-    if not args.tag:
+    screen = app.primaryScreen().size()
+    tag = args.tag if args.tag is not None else f"_{screen.width()}x{screen.height()}"
+    if screen.width() >= 1920:
         _show(app, window, 0, args.out / "worklist.png")
         cbis = [i for i, e in enumerate(entries) if "00820" in e.exam.patient_id]
         if cbis:
@@ -159,7 +162,7 @@ def main() -> int:
         rows = [i for i, e in enumerate(entries) if set(e.exam.study_uids) & malignant]
         if rows:
             _show(app, window, rows[0], args.out / "phantom_overlays.png")
-    reading_room_shots(app, window, truth, args.out, args.tag)
+    reading_room_shots(app, window, truth, args.out, tag)
     window.close()
     sys.stdout.flush()
     os._exit(0)  # see benchmarks/triage_ui.py: PySide6 can abort in teardown GC

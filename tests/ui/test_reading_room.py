@@ -246,6 +246,10 @@ def test_sign_and_next_records_the_assessment_and_opens_the_next_unread(reading_
     # a signed exam takes no corrections until it is re-opened by an amendment
     win.open_exam(next(e for e in win.worklist.exams if e.exam_key == first))
     assert win.corrections.signed
+    assert "signed: R 1 - negative (density c) · L 4B" in win.status_label.text()  # the read, shown
+    tip = win.worklist_view.data(win.worklist_view.index(win.worklist_view.row_of(first), COL_READ),
+                                 Qt.ItemDataRole.ToolTipRole)
+    assert "RECALL" in tip
     assert not win._record(win.corrections.set_note, "late thought")
     assert "signed" in win.status_label.text()
     assert win.amend("second look at the left breast")

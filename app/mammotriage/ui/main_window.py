@@ -35,7 +35,14 @@ from mammotriage.config import archive_path, data_dir
 from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
-from mammotriage.store.assessment import ReadingPolicy, assessment_text, read_states
+from mammotriage.store.assessment import (
+    BIRADS,
+    DENSITY,
+    ReadingPolicy,
+    assessment_text,
+    birads_text,
+    read_states,
+)
 from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
 from mammotriage.store.priors import link_priors
 from mammotriage.store.reading import InitialReads, current_reader
@@ -621,7 +628,13 @@ class MainWindow(QMainWindow):
                 self._show_view(slot, view)
         self.load_overlays()
         extra = f", {len(extras)} extra view(s)" if extras else ""
-        self.show_status(f"{exam.patient_id}  {exam.study_date or ''}  {' '.join(exam.views)}{extra}")
+        mine = self.corrections.mine()
+        read = ""
+        if mine.assessment:
+            read = f"  ·  {'signed' if mine.signed else 're-opened'}: {assessment_text(mine.assessment)}"
+        elif mine.birads is not None or mine.density:
+            read = f"  ·  BI-RADS {mine.birads if mine.birads is not None else '-'}, density {mine.density or '-'}"
+        self.show_status(f"{exam.patient_id}  {exam.study_date or ''}  {' '.join(exam.views)}{extra}{read}")
         self._check_shown()
 
     def _poll(self) -> None:
@@ -855,17 +868,19 @@ class MainWindow(QMainWindow):
     def final_birads_dialog(self) -> None:
         if self.corrections is None:
             return
-        value, ok = QInputDialog.getItem(self, "BI-RADS", "Final assessment (BI-RADS):",
-                                         [str(i) for i in range(7)], 1, False)
+        items = [birads_text(str(i)) if str(i) in BIRADS and i != 4 else "4 - suspicious" for i in range(7)]
+        value, ok = QInputDialog.getItem(self, "BI-RADS", "Final assessment (BI-RADS; per breast and 4A-4C "
+                                         "when you sign, Ctrl+Enter):", items, 1, False)
         if ok:
-            self._record(self.corrections.set_birads, int(value))
+            self._record(self.corrections.set_birads, int(value.split()[0]))
 
     def density_dialog(self) -> None:
         if self.corrections is None:
             return
-        value, ok = QInputDialog.getItem(self, "Breast density", "ACR density:", ["A", "B", "C", "D"], 1, False)
+        items = [f"{code.upper()} - {name}" for code, name in DENSITY.items()]
+        value, ok = QInputDialog.getItem(self, "Breast density", "ACR density:", items, 1, False)
         if ok:
-            self._record(self.corrections.set_density, value)
+            self._record(self.corrections.set_density, value[:1].upper())
 
     def note_dialog(self) -> None:
         if self.corrections is None:

@@ -8,7 +8,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QColor
 
-from mammotriage.store.assessment import UNREAD, ReadState
+from mammotriage.store.assessment import UNREAD, ReadState, assessment_text
 from mammotriage.triage.worklist import WorklistEntry
 
 COLUMNS = ("Patient", "Date", "AI status", "AI score", "Views", "Accession", "Name", "Read", "Priors")
@@ -115,7 +115,8 @@ class WorklistModel(QAbstractTableModel):
         if col == COL_READ:
             state = self.read_state(entry)
             if role == Qt.ItemDataRole.ToolTipRole and state.at:
-                return f"{state.text} at {state.at}"
+                signed = f"\n{assessment_text(state.assessment)}" if state.assessment else ""
+                return f"{state.text} at {state.at}{signed}"
             return state.text
         if col == COL_PRIORS:
             n = self.priors.get(exam.exam_key, 0)
