@@ -540,3 +540,11 @@ def test_compare_without_a_prior_says_so(prior_room, qtbot) -> None:
 
     counts = [win.worklist.data(win.worklist.index(r, COL_PRIORS)) for r in range(win.worklist.rowCount())]
     assert sorted(counts) == ["", "", "", "1"]
+
+
+def test_a_portrait_screen_puts_the_worklist_above_the_hanging(reading_room, qtbot) -> None:
+    win, _ = reading_room
+    win.resize(900, 1500)
+    qtbot.waitUntil(lambda: win.splitter.orientation() == Qt.Orientation.Vertical, timeout=10_000)
+    win.resize(1500, 900)
+    qtbot.waitUntil(lambda: win.splitter.orientation() == Qt.Orientation.Horizontal, timeout=10_000)

@@ -1,7 +1,8 @@
 """Prior exams: a patient's earlier exams in the archive, linked by Patient ID.
 
-Exams belong to one patient when their Patient ID matches (and their Issuer of Patient
-ID, when the archive knows one: two hospitals may hand out the same number). The
+Exams belong to one patient when their Patient ID matches. Issuer of Patient ID
+(two hospitals may hand out the same number) belongs in the key too, but the archive
+does not index it yet, so :func:`patient_key` has an empty issuer for now. The
 comparison exam of a current one is its most recent earlier exam.
 """
 
@@ -14,8 +15,8 @@ from mammotriage.store.archive import ExamRecord
 
 
 def patient_key(exam: ExamRecord) -> tuple[str, str]:
-    """(Issuer of Patient ID, Patient ID); the issuer is "" when unknown."""
-    return (str(getattr(exam, "issuer", "") or ""), exam.patient_id)
+    """(Issuer of Patient ID, Patient ID); the issuer is "" until the archive stores it."""
+    return ("", exam.patient_id)
 
 
 def link_priors(exams: Sequence[ExamRecord]) -> dict[str, list[ExamRecord]]:
