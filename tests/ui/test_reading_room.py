@@ -269,8 +269,9 @@ def test_signing_writes_the_reader_findings_sr(reading_room, qtbot, tmp_path) ->
     pane, lesion = _lesion_pane(win, _current_exam(win, exams))
     win.hanging.state.select(pane.slot, next(lab.label_id for _r, lab in pane.label_items()))
     qtbot.keyClick(win, Qt.Key.Key_Return)  # accept the AI mark
+    win.import_paths([str(tmp_path / "exam0")])  # a job is running when the reader signs
     _sign_with(win, qtbot, "4A", "1")
-    qtbot.waitUntil(lambda: win._job is None, timeout=60_000)
+    qtbot.waitUntil(lambda: win._job is None and not win._waiting_jobs, timeout=120_000)
     files = sorted((tmp_path / "home" / "results" / "reader").rglob("reader-sr-*.dcm"))
     assert len(files) == 1
     sr = pydicom.dcmread(files[0])

@@ -94,6 +94,7 @@ class MainWindow(QMainWindow):
         self.jobs = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
         self._job: cf.Future | None = None
         self._job_done: Callable[[object], None] | None = None
+        self._waiting_jobs: list[tuple[str, Callable, tuple, Callable[[object], None]]] = []
         self.settings = QSettings(str(data_dir() / "settings.ini"), QSettings.Format.IniFormat)
         self.queue = TriageQueue(self.archive.path)
         self.initial_reads = InitialReads(self.archive.path)
@@ -825,7 +826,7 @@ class MainWindow(QMainWindow):
         text = assessment_text(self.corrections.mine().assessment or assessment)
         self.log_line(f"signed by {self.reader}: {exam.patient_id} {exam.study_date or ''}: {text}")
         self.run_job("writing reader findings SR", write_reader_sr, str(self.archive.path), exam.exam_key,
-                     self.reader, str(data_dir()), done=self._sr_done)
+                     self.reader, str(data_dir()), done=self._sr_done, wait=True)
         self.refresh_worklist()
         return True
 
@@ -1165,9 +1166,14 @@ class MainWindow(QMainWindow):
         self.exam_shown.emit(self.current.exam_key)
 
     # ----------------------------------------------------------------- background jobs
-    def run_job(self, title: str, fn: Callable, *args: object, done: Callable[[object], None]) -> None:
-        """Run ``fn(*args)`` in the job process with a busy bar; ``done(result)`` after."""
+    def run_job(self, title: str, fn: Callable, *args: object, done: Callable[[object], None],
+                wait: bool = False) -> None:
+        """Run ``fn(*args)`` in the job process with a busy bar; ``done(result)`` after.
+        With ``wait`` a job that finds another running starts when that one ends."""
         if self._job is not None:
+            if wait:
+                self._waiting_jobs.append((title, fn, args, done))
+                return
             self.log_line(f"{title}: another job is running, try again when it ends")
             return
         self._job = self.jobs.submit(fn, *args)
@@ -1183,6 +1189,9 @@ class MainWindow(QMainWindow):
         job, done = self._job, self._job_done
         self._job = self._job_done = None
         self.progress.setVisible(False)
+        if self._waiting_jobs:
+            title, fn, args, then = self._waiting_jobs.pop(0)
+            self.run_job(title, fn, *args, done=then)
         try:
             result = job.result()
         except Exception as exc:  # noqa: BLE001 - reported, never fatal

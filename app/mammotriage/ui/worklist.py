@@ -91,7 +91,7 @@ class WorklistModel(QAbstractTableModel):
         col = index.column()
         blind = self.is_blind(entry)
         if role == SORT_ROLE:
-            return self._sort_key(entry, col, blind)
+            return self._sort_key(index, entry, blind)
         if role == Qt.ItemDataRole.ForegroundRole:
             if col in (COL_STATUS, COL_SCORE) and not blind:
                 return CATEGORY_COLOURS.get(entry.category if entry.status == "done" else entry.status)
@@ -126,8 +126,9 @@ class WorklistModel(QAbstractTableModel):
         breasts = " ".join(f"{lat} {int(round(s * 100))}" for lat, s in sorted(entry.breasts.items()))
         return f"{entry.score_100}" + (f"  ({breasts})" if breasts and role == Qt.ItemDataRole.ToolTipRole else "")
 
-    def _sort_key(self, entry: WorklistEntry, col: int, blind: bool) -> Any:
+    def _sort_key(self, index: QModelIndex, entry: WorklistEntry, blind: bool) -> Any:
         exam = entry.exam
+        col = index.column()
         if col == COL_DATE:
             return exam.study_date.toordinal() if exam.study_date else 0
         if col in (COL_STATUS, COL_SCORE):
@@ -137,7 +138,7 @@ class WorklistModel(QAbstractTableModel):
             return self.priors.get(exam.exam_key, 0)
         if col == COL_READ:
             return self.read_state(entry).state
-        return str(self.data(self.index(self.entries.index(entry), col)) or "").lower()
+        return str(self.data(index) or "").lower()
 
 
 class WorklistFilter(QSortFilterProxyModel):
