@@ -124,7 +124,8 @@ def test_toggles_report_in_the_status_bar(reading_room, qtbot) -> None:
     win, _ = reading_room
     for key, text in ((Qt.Key.Key_S, "suspicion map off"), (Qt.Key.Key_S, "suspicion map on"),
                       (Qt.Key.Key_T, "corner text off"), (Qt.Key.Key_I, "invert on"),
-                      (Qt.Key.Key_L, "link"), (Qt.Key.Key_M, "magnifier on")):
+                      (Qt.Key.Key_L, "link"), (Qt.Key.Key_M, "magnifier on"), (Qt.Key.Key_A, "AI marks and map shown"),
+                      (Qt.Key.Key_A, "AI marks and map hidden")):
         qtbot.keyClick(win, key)
         assert text in win.status_label.text(), (key, win.status_label.text())
 

@@ -1117,6 +1117,11 @@ class MainWindow(QMainWindow):
     def toggle_ai(self) -> None:
         if not self.hanging.state.toggle_ai():
             self.show_status("AI is locked until you record your initial assessment (B)")
+            return
+        shown = self.hanging.state.ai_visible
+        ready = any(p.overlay is not None for p in self.hanging.panes.values())
+        self.show_status(f"AI marks and map {'shown' if shown else 'hidden'}"
+                         + ("" if ready or not shown else " (no AI result for this exam yet)"))
 
     def record_initial_read(self) -> None:
         if self.current is None:
