@@ -49,6 +49,8 @@ ACTIONS = frozenset({
     "birads",        # exam-level BI-RADS assessment 0-6
     "density",       # exam-level breast density A-D
     "note",          # free text
+    "sign",          # the reader signs the exam's assessment (payload: store.assessment)
+    "amend",         # re-opens a signed exam (payload: {"reason": text})
     "undo",          # the target event no longer counts
     "redo",          # an undone event counts again
 })
@@ -219,6 +221,15 @@ class CorrectionLog(db.Connected):
             raise CorrectionError("BI-RADS must be 0-6")
         if action == "density" and payload.get("density") not in ("A", "B", "C", "D"):
             raise CorrectionError("breast density must be A, B, C or D")
+        if action == "sign":
+            from mammotriage.store.assessment import AssessmentError, validate_assessment
+
+            try:
+                payload = validate_assessment(payload)
+            except AssessmentError as exc:
+                raise CorrectionError(str(exc)) from exc
+        if action == "amend" and not str(payload.get("reason", "")).strip():
+            raise CorrectionError("an amendment needs a reason")
         geometry = validate_geometry(geometry)
         fields = {
             "event_id": str(uuid.uuid4()), "at": _now(), "reader": reader, "workstation": self.workstation,

@@ -29,7 +29,7 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Mammo Triage")
     window = started["window"] = MainWindow()
-    window.show()
+    window.show_for_reading()  # maximised at first start; a lost screen's geometry corrected
     rc = {"code": 0}
     if screenshot:
         def save(_key: str) -> None:

@@ -34,6 +34,9 @@ class LoadedView:
     levels: list[np.ndarray]  # display-oriented stored values, level 0 = full resolution
     auto: Window  # window from the image's statistics (used when the file has no preset)
     pixel_sha256: str = ""  # of the stored pixels (correction events carry it)
+    #: bounding box of the breast (x0, y0, x1, y1) in display-oriented level-0 pixels,
+    #: from the segmentation the model uses; None when it cannot be found
+    breast_box: tuple[float, float, float, float] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -63,7 +66,28 @@ def load_view(path: str) -> LoadedView | LoadError:
         orientation = display_orientation(meta, render_8bit(meta, image.pixels[::4, ::4], auto))
     oriented = np.ascontiguousarray(orientation.apply(image.pixels))
     return LoadedView(path=str(path), meta=meta, orientation=orientation,
-                      levels=build_pyramid(oriented), auto=auto, pixel_sha256=pixel_sha256(image.pixels))
+                      levels=build_pyramid(oriented), auto=auto, pixel_sha256=pixel_sha256(image.pixels),
+                      breast_box=breast_box(meta, oriented, auto))
+
+
+def breast_box(meta: MammoMetadata, oriented: np.ndarray, window: Window) -> tuple[float, float, float, float] | None:
+    """Bounding box of the breast in display-oriented pixels, from the breast mask of
+    the model's preprocessing (on a copy reduced to <= 1024 px); None when the mask is
+    empty or covers (nearly) the whole image, i.e. when it says nothing."""
+    from mammotriage.model.preprocess import breast_mask
+
+    step = max(1, int(np.ceil(max(oriented.shape) / 1024)))
+    try:
+        mask = breast_mask(render_8bit(meta, oriented[::step, ::step], window))
+    except (ValueError, MemoryError):
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0 or cols.size == 0 or mask.mean() > 0.97:
+        return None
+    h, w = oriented.shape
+    return (float(cols[0] * step), float(rows[0] * step),
+            float(min((cols[-1] + 1) * step, w)), float(min((rows[-1] + 1) * step, h)))
 
 
 class ViewCache:
