@@ -177,7 +177,9 @@ def test_blind_policy_hides_ai_everywhere_until_the_initial_read(blind_policy, r
     row = win.worklist_view.row_of(win.current.exam_key)
     shown = [cell for cell in _score_cells(win) if cell]
     assert len(shown) == 1 and win.worklist_view.entry(row).score_100 == int(shown[0])
-    assert any("AI breast" in line for p in win.hanging.panes.values() for line in p.corner_lines()["top"])
+    # the overlays load after the assessment; on a loaded machine that can take a moment
+    qtbot.waitUntil(lambda: any("AI breast" in line for p in win.hanging.panes.values()
+                                for line in p.corner_lines()["top"]), timeout=20000)
 
 
 def test_blind_policy_without_triage_order_lists_by_date(tmp_path) -> None:
