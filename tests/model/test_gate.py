@@ -96,6 +96,33 @@ def test_paired_bootstrap_and_decision():
     assert all(c["passed"] for c in checks)
 
 
+def test_corrections_are_gated_on_the_readers_kind():
+    """The parent finds the corrected calcifications but calls them masses (any-finding
+    FROC at its ceiling); the candidate labels them right and adds a few confident false
+    positives. The corrections gate counts the kind: it passes, and the any-finding loss
+    on the trained-on images is reported as a warning, not a reason."""
+    parent = _records(48, True)
+    for r in parent:
+        r["finding_kinds"] = ["mass"] * len(r["finding_kinds"])
+    cand = _records(48, True)
+    for i, r in enumerate(cand):
+        if i % 2 == 0 and i % 4:  # an extra confident mark beside half the calcification images
+            r["boxes"] = np.vstack([r["boxes"], [[500.0, 500.0, 520.0, 520.0]]])
+            r["scores"] = np.append(r["scores"], 0.95)
+            r["finding_kinds"] = [*r["finding_kinds"], "calcification"]
+    figs = paired_figures(parent, cand, n_boot=50, seed=3)
+    assert figs["parent"]["labelled_froc_mean"]["value"] < 0.6 < figs["candidate"]["labelled_froc_mean"]["value"]
+    assert figs["difference"]["froc_mean"]["value"] < -0.05  # any finding: worse beyond tolerance
+    checks, warnings = gate_decision(figs, figs, GateParams(min_kind_lesions=100))
+    corr = [c for c in checks if c["set"] == "corrections"]
+    assert len(corr) == 1 and corr[0]["metric"] == "labelled_froc_mean" and corr[0]["passed"] is True
+    assert any(w.startswith("lower beyond tolerance (not gated on trained-on images): FROC mean on the new "
+                            "corrections (any finding)") for w in warnings)
+    # a candidate that forgot the corrections is refused on them
+    checks, _ = gate_decision(figs, paired_figures(cand, parent, n_boot=50, seed=3), GateParams(min_kind_lesions=100))
+    assert [c["passed"] for c in checks if c["set"] == "corrections"] == [False]
+
+
 def test_kind_sensitivity_counts_only_labelled_findings():
     recs = _records(8, True)
     for r in recs:  # the model marks every lesion, always as a mass
