@@ -158,7 +158,7 @@ def test_locked_validation_set(site, tmp_path):
 
 
 def test_same_weights_pass_and_the_report_promotes(site, tmp_path):
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.model.registry import ModelRegistry, report_digest
 
     cand = _copy_package(site.parent, tmp_path / "same", "0.0.1-site.same")
     with ModelRegistry(site.archive) as reg:
@@ -175,9 +175,14 @@ def test_same_weights_pass_and_the_report_promotes(site, tmp_path):
     assert all(Path(p).stat().st_size > 1000 for p in report["plots"])
     assert latest_report(site.archive, "0.0.1-site.same")["created"] == report["created"]
     assert "PASSED" in report_text(report)
+    # recalibrated operating points from the candidate's validation predictions
+    assert report["operating_points"]["source"].startswith("validation gate predictions")
+    assert {"suspicious", "likely_normal", "marks"} <= set(report["operating_points"])
     with ModelRegistry(site.archive) as reg:
+        assert reg.stored_report(report_digest(saved)) == saved  # the gate kept its report
         reg.promote("0.0.1-site.same", saved, who="admin")
         assert reg.active().version == "0.0.1-site.same"
+        assert reg.active_package()[2]["operating_points"] == report["operating_points"]
         reg.rollback(who="admin")
         assert reg.active().version == "0.0.1"
 

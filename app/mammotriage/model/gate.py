@@ -543,9 +543,26 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
     except Exception as exc:  # noqa: BLE001 - plots are a convenience; the decision stands
         report["plots"] = []
         warnings.append(f"plots not written: {type(exc).__name__}: {exc}")
+    report["operating_points"] = recalibrated_points(recs["validation"]["candidate"], vman["sha256"])
     report["report_path"] = str(out_dir / REPORT_NAME)
-    (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
+    from mammotriage.model.registry import ModelRegistry
+
+    with ModelRegistry(archive_file) as reg:  # kept in the store: only stored reports promote
+        reg.record_report(report)
+        (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
+        reg.after_gate(report)  # the site policy may promote a shipped candidate that passed
     return report
+
+
+def recalibrated_points(records: Sequence[dict], snapshot: str) -> dict[str, Any]:
+    """The candidate's operating points measured on its validation predictions (stored
+    with its gate report; the app uses those of the report that promoted it)."""
+    from mammotriage.model.card import operating_points
+
+    ops = operating_points(list(records))
+    if ops:
+        ops["source"] = f"validation gate predictions on the site's validation snapshot {snapshot[:12]}"
+    return ops
 
 
 def latest_report(archive_file: str | Path | None = None, version: str | None = None) -> dict[str, Any] | None:

@@ -83,7 +83,8 @@ class MainWindow(QMainWindow):
         self.reader = str(self.settings.value("reader/name", "") or current_reader())
         self.corrections_log.add_reader(self.reader)
         self._explicit_model = model_dir
-        self.model_dir, self.model_meta, self.model_problem = _find_model(model_dir, self.archive.path)
+        self.model_dir, self.model_meta, self.model_problem, self._model_notice = _find_model(
+            model_dir, self.archive.path)
         self.model_version: str | None = self.model_meta.get("version") if self.model_meta else None
         self.points: OperatingPoints | None = None
         if self.model_meta is not None:
@@ -165,6 +166,9 @@ class MainWindow(QMainWindow):
         self.opacity.setValue(int(round(self.hanging.state.map_opacity * 100)))
         self._update_model_label()
         self.refresh_worklist()
+        for line in (self._model_notice, self.model_problem):
+            if line:
+                self.log_line(line)  # a new shipped model, or why AI is off: never silent
         if self._triage_wanted:
             self.start_triage()
         self.network = None  # the DICOM node, when it runs inside the app
@@ -389,7 +393,8 @@ class MainWindow(QMainWindow):
     def refresh_worklist(self) -> None:
         key = self.current.exam_key if self.current else None
         entries = build_worklist(self.archive.exams(), self.queue.jobs(self.model_version),
-                                 self.queue.exam_results(), self.model_version, self.points)
+                                 self.queue.exam_results(), self.model_version, self.points,
+                                 (self.model_meta or {}).get("weights_sha256"))
         self.table.blockSignals(True)
         self.table.selectionModel().blockSignals(True)
         self.worklist.set_entries(entries)
@@ -628,7 +633,8 @@ class MainWindow(QMainWindow):
     def start_triage(self) -> None:
         from mammotriage.triage.worker import TriageService
 
-        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir)
+        sha = (self.model_meta or {}).get("weights_sha256")
+        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir, expected_sha256=sha)
         self.triage.start()
         self.log_line(f"background triage started with model {self.model_version}")
 
@@ -669,7 +675,7 @@ class MainWindow(QMainWindow):
         triage worker with the new active version. Returns True if the model changed."""
         if self._explicit_model is not None:
             return False
-        folder, meta, problem = _find_model(None, self.archive.path)
+        folder, meta, problem, _notice = _find_model(None, self.archive.path)
         version = meta.get("version") if meta else None
         if version == self.model_version:
             return False
@@ -902,29 +908,33 @@ class MainWindow(QMainWindow):
 
 
 def _find_model(model_dir: str | Path | None, archive_file: Path | None = None
-                ) -> tuple[Path | None, dict | None, str]:
-    """The model to triage with (an explicit folder, else the registry's active version,
-    registering the shipped package on first use), its verified metadata, or the reason
-    there is none."""
-    from mammotriage.model.package import ModelPackageError, verify
-    from mammotriage.model.registry import ModelRegistry
+                ) -> tuple[Path | None, dict | None, str, str]:
+    """The model to triage with: the registry's active version (its content-addressed
+    copy, verified against the registered weights hash; the shipped package is registered
+    on first use), or an explicit folder only when it holds the active version's weights.
+    Returns (folder, verified metadata, the reason there is none, a notice about a newly
+    shipped version)."""
+    from mammotriage.model.package import ModelPackageError, default_model_dir, verify
+    from mammotriage.model.registry import ModelRegistry, RegistryError
 
-    folder = Path(model_dir) if model_dir else None
-    if folder is None and archive_file is not None:
-        with ModelRegistry(archive_file) as registry:
-            registry.ensure_shipped()
-            active = registry.active()
-        if active is None:
-            return None, None, "no model registered (models/ has no verified package)"
-        folder = Path(active.path)
-    if folder is None:
-        from mammotriage.model.package import default_model_dir
-
-        folder = default_model_dir()
+    if archive_file is None:
+        folder = Path(model_dir) if model_dir else default_model_dir()
+        try:
+            return folder, verify(folder), "", ""
+        except ModelPackageError as exc:
+            return None, None, str(exc), ""
+    notice = ""
     try:
-        return folder, verify(folder), ""
-    except ModelPackageError as exc:
-        return None, None, str(exc)
+        with ModelRegistry(archive_file) as registry:
+            notice = registry.check_shipped().message
+            if registry.active() is None:
+                return None, None, "no model registered (models/ has no verified package)", notice
+            if model_dir:
+                return Path(model_dir), registry.check_runs(model_dir), "", notice
+            _active, folder, meta = registry.active_package()
+            return folder, meta, "", notice
+    except (ModelPackageError, RegistryError) as exc:
+        return None, None, f"AI off: {exc}", notice
 
 
 def _mark_threshold(meta: dict | None, points: OperatingPoints) -> float:
