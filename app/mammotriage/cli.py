@@ -305,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_learning_commands(sub)
 
     from mammotriage.export.commands import add_dataset_commands
+    from mammotriage.model.learning_commands import add_dataset_check_command
 
-    add_dataset_commands(sub)
+    add_dataset_check_command(add_dataset_commands(sub))
 
     from mammotriage.net.commands import add_net_commands
 

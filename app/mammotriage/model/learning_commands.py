@@ -21,7 +21,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_learning_commands", "main"]
+__all__ = ["add_dataset_check_command", "add_learning_commands", "main"]
+
+
+def add_dataset_check_command(dataset: argparse._SubParsersAction) -> None:
+    """Register ``dataset check`` among the ``dataset`` sub-commands."""
+    p = dataset.add_parser(
+        "check", help="data tests of a snapshot: boxes, kinds, validation overlap, pixels, counts, agreement",
+        description="The validation report of a snapshot (retrain refuses a snapshot that fails it): label "
+        "boxes inside their images, known kinds, no image or patient to train on in a validation "
+        "snapshot, pixels unchanged since they were labelled; per-scanner and per-kind counts and the "
+        "readers' agreement. Exit status 0 passed, 1 failed, 2 error.")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot hash, unique prefix, name or manifest path")
+    p.add_argument("--no-pixels", action="store_true", help="do not decode the images to check their pixels")
+    p.add_argument("--archive", type=Path, metavar="FILE", help="archive database (default: the configured one)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_dataset_check)
+
+
+def cmd_dataset_check(args: argparse.Namespace) -> int:
+    from mammotriage.model.dataset_check import check_snapshot, report_text
+    from mammotriage.store.datasets import DatasetError
+
+    try:
+        report = check_snapshot(args.snapshot, args.archive, pixels=not args.no_pixels)
+    except DatasetError as exc:
+        print(f"dataset check: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1) if args.json else report_text(report))
+    return 0 if report["passed"] else 1
 
 
 def add_learning_commands(subparsers: argparse._SubParsersAction) -> None:
