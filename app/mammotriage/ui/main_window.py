@@ -736,17 +736,18 @@ class MainWindow(QMainWindow):
             return
         import numpy as np
 
-        exam_result = None
-        for result in self.queue.exam_results().get(self.current.exam_key, []):
-            if result.model_version == self.model_version:
-                exam_result = result
-                break
+        sha = (self.model_meta or {}).get("weights_sha256")
+
+        def current(r) -> bool:  # made by the active weights, whatever version name it carries
+            return r.model_version == self.model_version or bool(sha and r.weights_sha256 == sha)
+
+        exam_result = next((r for r in self.queue.exam_results().get(self.current.exam_key, []) if current(r)), None)
         marks: dict[str, list[dict]] = {}
         shown_version = ""
         for slot, path in self.current_paths.items():
             image = next((i for i in self.current.images if i.path == path), None)
             records = self.queue.image_results(image.sop_uid) if image is not None else []
-            record = next((r for r in records if r.model_version == self.model_version), None)
+            record = next((r for r in records if current(r)), None)
             stale = record is None and bool(records)
             record = record or (records[0] if records else None)
             if record is None:
