@@ -130,3 +130,34 @@ def monitor_archive(tmp_path):
         log.append(reader="dr", exam_key="1.2.2", action="add", sop_uid=sop, pixel_sha256="bb" * 32,
                    model_version="v1", kind="mass", geometry={"type": "box", "box": [1, 1, 9, 9]})
     return archive
+
+
+class EventLoopGaps:
+    """Context manager: a 5 ms Qt timer recording the gaps between its ticks (how long
+    the event loop was blocked); ``max_ms`` after the block."""
+
+    def __enter__(self) -> EventLoopGaps:
+        import time
+
+        from PySide6.QtCore import QTimer
+
+        self.gaps: list[float] = []
+        self._last = time.perf_counter()
+
+        def tick() -> None:
+            now = time.perf_counter()
+            self.gaps.append(now - self._last)
+            self._last = now
+
+        self._timer = QTimer()
+        self._timer.setInterval(5)
+        self._timer.timeout.connect(tick)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.stop()
+
+    @property
+    def max_ms(self) -> float:
+        return 1000 * max(self.gaps, default=0.0)

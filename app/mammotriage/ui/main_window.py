@@ -175,6 +175,10 @@ class MainWindow(QMainWindow):
         self._network_archive: Archive | None = None
         self._completed_studies: _queue.Queue[str] = _queue.Queue()  # filled by the node's threads
         self.model_panel = None  # created on first use (Ctrl+Shift+M)
+        self.pipeline_timer = QTimer(self)  # the automatic pipeline, when the site setting asks for it
+        self.pipeline_timer.setInterval(5 * 60 * 1000)
+        self.pipeline_timer.timeout.connect(self.check_pipeline)
+        self.pipeline_timer.start()
         self.monitor_view = None  # created on first use (Ctrl+Shift+O)
         self.network_label = QLabel("")
         self.statusBar().addPermanentWidget(self.network_label)
@@ -641,6 +645,15 @@ class MainWindow(QMainWindow):
     def show_model_panel(self):
         """The learning-loop panel (versions, retrain, validate, promote, rollback): one
         non-modal instance; a promotion or rollback there restarts triage here."""
+        if self.model_panel is None:
+            self._ensure_model_panel()
+        else:
+            self.model_panel.refresh()
+        self.model_panel.show()
+        self.model_panel.raise_()
+        return self.model_panel
+
+    def _ensure_model_panel(self):
         from mammotriage.ui.model_panel import ModelPanel
 
         if self.model_panel is None:
@@ -648,11 +661,25 @@ class MainWindow(QMainWindow):
             self.model_panel.active_changed.connect(lambda _version: self.check_active_model())
             self.model_panel.job_finished.connect(
                 lambda kind, code: self.log_line(f"model {kind} job finished with exit code {code}"))
-        else:
-            self.model_panel.refresh()
-        self.model_panel.show()
-        self.model_panel.raise_()
         return self.model_panel
+
+    def check_pipeline(self) -> bool:
+        """Start the automatic pipeline (a Model panel job, low CPU priority) when the site
+        setting's count of new corrections is reached. Returns True if it started."""
+        from mammotriage.model.pipeline import PipelineError, status
+
+        try:
+            st = status(self.archive.path)
+        except PipelineError as exc:
+            self.log_line(f"pipeline: {exc}")
+            return False
+        if not st["due"] or (self.model_panel is not None and self.model_panel.process is not None):
+            return False
+        if not self._ensure_model_panel().start_pipeline(if_due=True):
+            return False
+        self.log_line(f"pipeline: {st['new_corrections']} new corrections - snapshot, data tests, retrain and "
+                      "validation running in the background (Model panel, Ctrl+Shift+M)")
+        return True
 
     def show_monitor(self):
         """The monitoring view for the active model (computed off the UI thread)."""
