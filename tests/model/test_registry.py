@@ -239,9 +239,14 @@ def test_a_new_shipped_version_is_proposed_or_promoted_by_policy(site, tmp_path)
         said = reg.after_gate(_report(reg, "0.3.0", snapshot=snap, record=False))
         assert "promoted by site policy" in said and reg.active().version == "0.3.0"
         assert reg.history()[-1]["who"] == "site policy" and reg.pending_shipped() == []
+    # a bad settings file is reported, never turns anything off, and promotes nothing
     (archive.parent / "models.json").write_text(json.dumps({"shipped_models": "always"}))
-    with ModelRegistry(archive) as reg, pytest.raises(RegistryError, match=r"models\.json: shipped_models must be"):
-        reg.check_shipped(_package(tmp_path / "install2", "0.4.0", b"newer"))
+    with ModelRegistry(archive) as reg:
+        notice = reg.check_shipped(_package(tmp_path / "install2", "0.4.0", b"newer"))
+        assert "model 0.4.0 shipped with this install is a candidate" in notice.message
+        assert "models.json: shipped_models must be one of propose, promote-after-gate" in notice.message
+        assert "not promoted" in reg.after_gate(_report(reg, "0.4.0", snapshot=snap, record=False))
+        assert reg.active().version == "0.3.0"
 
 
 def test_recalibrated_operating_points_come_with_the_promotion(site, tmp_path) -> None:

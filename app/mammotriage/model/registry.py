@@ -177,8 +177,11 @@ class ModelRegistry(db.Connected):
             with db.transaction(self.conn):
                 self._log(version.version, "promote", "system", "first shipped model")
             return ShippedNotice(version)
+        try:
+            policy, problem = site_policy(self.data_dir), ""
+        except RegistryError as exc:  # a bad settings file never turns the AI off: say it, propose
+            policy, problem = "propose", f" ({exc}; using 'propose')"
         if known is None:
-            policy = site_policy(self.data_dir)
             if policy == "promote-after-gate":
                 why = "promoted by site policy once a local gate report for it passes"
             else:
@@ -192,8 +195,8 @@ class ModelRegistry(db.Connected):
                                  f"(active: {self.active().version}): validate it (`mammotriage validate "
                                  f"{version.version}`) and promote it in the Model panel"
                                  + (" - the site policy promotes it once it passes"
-                                    if site_policy(self.data_dir) == "promote-after-gate" else ""))
-        return ShippedNotice(version)
+                                    if policy == "promote-after-gate" else "") + problem)
+        return ShippedNotice(version, problem.strip(" ()"))
 
     def pending_shipped(self) -> list[str]:
         """Shipped versions never promoted nor refused (candidates waiting for the ML lead)."""
@@ -305,9 +308,13 @@ class ModelRegistry(db.Connected):
         pending shipped version promotes it. Returns what happened ("" when nothing)."""
         self.record_report(report)
         version = str((report.get("candidate") or {}).get("version"))
-        if not report.get("passed") or version not in self.pending_shipped() \
-                or site_policy(self.data_dir) != "promote-after-gate":
+        if not report.get("passed") or version not in self.pending_shipped():
             return ""
+        try:
+            if site_policy(self.data_dir) != "promote-after-gate":
+                return ""
+        except RegistryError as exc:
+            return f"shipped model {version} not promoted: {exc}"
         try:
             self.promote(version, report, who="site policy")
         except RegistryError as exc:
