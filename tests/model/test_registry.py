@@ -279,6 +279,15 @@ def test_prune_only_unreferenced_package_copies(site, tmp_path) -> None:
         assert Path(reg.register(tmp_path / "1.1.0").path).is_dir()
 
 
+def test_a_shipped_package_reusing_a_version_number_keeps_the_active_model(tmp_path) -> None:
+    archive = tmp_path / "home" / "archive.sqlite"
+    with ModelRegistry(archive) as reg:
+        reg.ensure_shipped(_package(tmp_path / "a", "0.2.0", b"original"))
+        notice = reg.check_shipped(_package(tmp_path / "b", "0.2.0", b"other weights, same number"))
+        assert notice.version is None and "was not registered" in notice.message and "immutable" in notice.message
+        assert reg.active_package()[2]["weights_sha256"] == reg.get("0.2.0").weights_sha256
+
+
 def test_versions_are_immutable(tmp_path) -> None:
     a = _package(tmp_path / "x", "2.0.0", b"one")
     b = _package(tmp_path / "y", "2.0.0", b"two")

@@ -173,6 +173,8 @@ class ModelRegistry(db.Connected):
             version = self.register(folder, origin="shipped")
         except ModelPackageError:
             return ShippedNotice(None)
+        except RegistryError as exc:  # e.g. other weights under a used version: the active model stays
+            return ShippedNotice(None, f"the model shipped in {folder} was not registered: {exc}")
         if self.active() is None:
             with db.transaction(self.conn):
                 self._log(version.version, "promote", "system", "first shipped model")
