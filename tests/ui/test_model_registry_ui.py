@@ -60,6 +60,8 @@ def test_a_package_edited_in_place_is_not_run_under_its_new_label(qtbot, tmp_pat
     assert win.model_version == "0.2.0" and win.model_meta["version"] == "0.2.0"
     log = win.log.toPlainText()
     assert "model 9.9.9 shipped with this install is a candidate" in log  # said, not ignored
+    panel = win.show_model_panel()
+    assert "waiting for you: 9.9.9" in panel.shipped_label.text()  # proposed to the ML lead
     win.close()
 
 

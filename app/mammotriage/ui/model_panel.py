@@ -116,6 +116,9 @@ class ModelPanel(QDialog):
         self.validation_label = QLabel("")
         row.addWidget(self.validation_label)
         tl.addLayout(row)
+        self.shipped_label = QLabel("")  # newly shipped versions proposed to the ML lead
+        self.shipped_label.setWordWrap(True)
+        tl.addWidget(self.shipped_label)
         self.pipeline_label = QLabel("")  # the automatic pipeline: counter, last run and its verdict
         self.pipeline_label.setWordWrap(True)
         tl.addWidget(self.pipeline_label)
@@ -186,6 +189,11 @@ class ModelPanel(QDialog):
         with ModelRegistry(self.archive_file) as reg:
             self._active = reg.active()
             rows = reg.versions()
+            pending = reg.pending_shipped()
+        self.shipped_label.setText(
+            f"shipped with this install, waiting for you: {', '.join(pending)} (validate, then promote)"
+            if pending else "")
+        self.shipped_label.setVisible(bool(pending))
         self.versions.setRowCount(len(rows))
         for i, v in enumerate(reversed(rows)):
             active = self._active is not None and v.version == self._active.version
