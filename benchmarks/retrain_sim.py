@@ -218,10 +218,10 @@ class LoopConfig:
     parent_exams: int = 30  # generated; the calcification exams among them are dropped
     parent_epochs: float = 3.0
     parent_lr: float = 6e-4
-    corrections: int = 16  # exams with calcification clusters, read by the simulated reader
-    validation_calc: int = 5  # validation exams with calcifications ...
-    validation_mass: int = 5  # ... with masses only ...
-    validation_normal: int = 2  # ... and normal
+    corrections: int = 24  # exams with calcification clusters, read by the simulated reader
+    validation_calc: int = 8  # validation exams with calcifications ...
+    validation_mass: int = 8  # ... with masses only ...
+    validation_normal: int = 4  # ... and normal
     ft_epochs: float = 3.0
     ft_lr: float = 3e-4
     ft_warmup: int = 30
@@ -230,7 +230,8 @@ class LoopConfig:
     control_replay: float = 0.0
     threads: int = 1
     n_boot: int = 200
-    seed: int = 1
+    seed: int = 1  # fine-tuning (and the shuffled control's) seed
+    parent_seed: int = 3  # the parent's training seed
 
 
 @dataclass
@@ -266,7 +267,7 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
     config = NetworkConfig(base_anchor_sizes=(8, 16), detections_per_img=20)
     pp = PreprocessParams(canvas_rows=cfg.rows, canvas_columns=int(round(cfg.columns * 0.923 / 8)) * 8)
     hp = TrainParams(epochs=cfg.parent_epochs, batch_size=2, patch_rows=cfg.rows, pretrained=True,
-                     threads=cfg.threads, checkpoint_every=10**9, warmup_iters=10, lr=cfg.parent_lr, seed=3)
+                     threads=cfg.threads, checkpoint_every=10**9, warmup_iters=10, lr=cfg.parent_lr, seed=cfg.parent_seed)
     t = time.monotonic()
     parent = train_phantom_parent(out / "parent", n_exams=cfg.parent_exams, seed=100, rows=cfg.rows,
                                   columns=cfg.columns, config=config, pp=pp, hp=hp)
@@ -314,7 +315,8 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
     gates = {}
     for name, res in (("candidate", good), ("shuffled", bad)):
         gates[name] = validate(res.path, archive_file=archive, params=gp)
-        figures[f"gate_{name}"] = {"passed": gates[name]["passed"], "reasons": gates[name]["reasons"]}
+        figures[f"gate_{name}"] = {"passed": gates[name]["passed"], "reasons": gates[name]["reasons"],
+                                   "deltas": gate_deltas(gates[name])}
         log(f"gate {name}: passed={gates[name]['passed']} reasons={gates[name]['reasons']}")
     figures["gate_s"] = round(time.monotonic() - t, 1)
     # per-kind figures on the validation exams (fresh: never trained on), from the gate's predictions
@@ -330,6 +332,14 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
     figures["total_s"] = round(time.monotonic() - t_all, 1)
     return LoopResult(archive, parent, good, bad, vsnap.sha256, tsnap.sha256, gates["candidate"],
                       gates["shuffled"], figures)
+
+
+def gate_deltas(report: dict[str, Any]) -> dict[str, Any]:
+    """Per gated check: candidate minus current, and its margin to the tolerance (how far
+    from flipping the decision is: > 0 passes that check)."""
+    return {c["metric"] + ("" if c["set"] == "validation" else f"@{c['set']}"):
+            {"delta": c["delta"], "margin": None if c["delta"] is None else round(c["delta"] + c["tolerance"], 4)}
+            for c in report["checks"]}
 
 
 def monitoring_plots(res: LoopResult, out: Path, threads: int = 1) -> dict[str, Any]:

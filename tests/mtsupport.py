@@ -151,3 +151,34 @@ def mouse_drag(widget, a, b) -> None:
     mouse(widget, QEvent.Type.MouseMove, (a + b) / 2, Qt.MouseButton.NoButton, left)
     mouse(widget, QEvent.Type.MouseMove, b, Qt.MouseButton.NoButton, left)
     mouse(widget, QEvent.Type.MouseButtonRelease, b, left, Qt.MouseButton.NoButton)
+
+
+class EventLoopGaps:
+    """Context manager: a 5 ms Qt timer recording the gaps between its ticks (how long
+    the event loop was blocked); ``max_ms`` after the block."""
+
+    def __enter__(self) -> EventLoopGaps:
+        import time
+
+        from PySide6.QtCore import QTimer
+
+        self.gaps: list[float] = []
+        self._last = time.perf_counter()
+
+        def tick() -> None:
+            now = time.perf_counter()
+            self.gaps.append(now - self._last)
+            self._last = now
+
+        self._timer = QTimer()
+        self._timer.setInterval(5)
+        self._timer.timeout.connect(tick)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.stop()
+
+    @property
+    def max_ms(self) -> float:
+        return 1000 * max(self.gaps, default=0.0)

@@ -192,7 +192,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     from mammotriage.store.reading import current_reader
 
     with ModelRegistry(archive_path()) as registry:
-        registry.ensure_shipped()
+        try:
+            notice = registry.check_shipped().message
+        except RegistryError as exc:
+            notice = str(exc)
+        if notice:
+            print(notice, file=sys.stderr)
         active = registry.active()
         try:
             if args.models_command == "list":
@@ -222,12 +227,22 @@ def cmd_models(args: argparse.Namespace) -> int:
                 v = registry.register(args.path, origin="site", who=current_reader())
                 print(f"registered {v.version} ({v.weights_sha256[:12]}...)")
             elif args.models_command == "promote":
-                report = json.loads(Path(args.report).read_text()) if args.report else None
+                try:
+                    report = json.loads(Path(args.report).read_text()) if args.report else None
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise RegistryError(f"{args.report}: not a readable gate report ({exc})") from exc
+                if report is not None and not isinstance(report, dict):
+                    raise RegistryError(f"{args.report}: not a gate report (a JSON object expected)")
                 registry.promote(args.version, report, who=current_reader(), force_reason=args.force or "")
                 print(f"{args.version} is now the active model; exams are re-triaged with it in the background")
             elif args.models_command == "rollback":
                 v = registry.rollback(who=current_reader(), reason=args.reason or "")
                 print(f"rolled back: {v.version} is the active model again")
+            elif args.models_command == "prune":
+                pruned = registry.prune(dry_run=args.dry_run)
+                verb = "would prune" if args.dry_run else "pruned"
+                print(f"{verb} the package copies of: {', '.join(pruned)}" if pruned else
+                      "nothing to prune: every package copy is active or referred to by results or events")
         except (RegistryError, ModelPackageError) as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return 1
@@ -315,14 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_learning_commands(sub)
 
     from mammotriage.export.commands import add_dataset_commands
+    from mammotriage.model.learning_commands import add_dataset_check_command
 
-    add_dataset_commands(sub)
+    add_dataset_check_command(add_dataset_commands(sub))
 
     from mammotriage.net.commands import add_net_commands
 
     add_net_commands(sub)
 
-    p = sub.add_parser("models", help="model registry: list, show, register, promote, rollback")
+    p = sub.add_parser("models", help="model registry: list, show, register, promote, rollback, prune")
     models = p.add_subparsers(dest="models_command", required=True)
     q = models.add_parser("list", help="registered versions; * marks the active one")
     q.add_argument("--json", action="store_true")
@@ -336,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", metavar="REASON", help="override a failed or missing report, recording why")
     q = models.add_parser("rollback", help="return to the model active before the last promotion")
     q.add_argument("--reason", default="")
+    q = models.add_parser("prune", help="delete package copies no result or event refers to (rows stay)")
+    q.add_argument("--dry-run", action="store_true", help="only say which")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("monitor", help="scores, reader feedback and input drift per model and scanner")

@@ -96,6 +96,33 @@ def test_paired_bootstrap_and_decision():
     assert all(c["passed"] for c in checks)
 
 
+def test_corrections_are_gated_on_the_readers_kind():
+    """The parent finds the corrected calcifications but calls them masses (any-finding
+    FROC at its ceiling); the candidate labels them right and adds a few confident false
+    positives. The corrections gate counts the kind: it passes, and the any-finding loss
+    on the trained-on images is reported as a warning, not a reason."""
+    parent = _records(48, True)
+    for r in parent:
+        r["finding_kinds"] = ["mass"] * len(r["finding_kinds"])
+    cand = _records(48, True)
+    for i, r in enumerate(cand):
+        if i % 2 == 0 and i % 4:  # an extra confident mark beside half the calcification images
+            r["boxes"] = np.vstack([r["boxes"], [[500.0, 500.0, 520.0, 520.0]]])
+            r["scores"] = np.append(r["scores"], 0.95)
+            r["finding_kinds"] = [*r["finding_kinds"], "calcification"]
+    figs = paired_figures(parent, cand, n_boot=50, seed=3)
+    assert figs["parent"]["labelled_froc_mean"]["value"] < 0.6 < figs["candidate"]["labelled_froc_mean"]["value"]
+    assert figs["difference"]["froc_mean"]["value"] < -0.05  # any finding: worse beyond tolerance
+    checks, warnings = gate_decision(figs, figs, GateParams(min_kind_lesions=100))
+    corr = [c for c in checks if c["set"] == "corrections"]
+    assert len(corr) == 1 and corr[0]["metric"] == "labelled_froc_mean" and corr[0]["passed"] is True
+    assert any(w.startswith("lower beyond tolerance (not gated on trained-on images): FROC mean on the new "
+                            "corrections (any finding)") for w in warnings)
+    # a candidate that forgot the corrections is refused on them
+    checks, _ = gate_decision(figs, paired_figures(cand, parent, n_boot=50, seed=3), GateParams(min_kind_lesions=100))
+    assert [c["passed"] for c in checks if c["set"] == "corrections"] == [False]
+
+
 def test_kind_sensitivity_counts_only_labelled_findings():
     recs = _records(8, True)
     for r in recs:  # the model marks every lesion, always as a mass
@@ -131,7 +158,7 @@ def test_locked_validation_set(site, tmp_path):
 
 
 def test_same_weights_pass_and_the_report_promotes(site, tmp_path):
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.model.registry import ModelRegistry, report_digest
 
     cand = _copy_package(site.parent, tmp_path / "same", "0.0.1-site.same")
     with ModelRegistry(site.archive) as reg:
@@ -148,9 +175,14 @@ def test_same_weights_pass_and_the_report_promotes(site, tmp_path):
     assert all(Path(p).stat().st_size > 1000 for p in report["plots"])
     assert latest_report(site.archive, "0.0.1-site.same")["created"] == report["created"]
     assert "PASSED" in report_text(report)
+    # recalibrated operating points from the candidate's validation predictions
+    assert report["operating_points"]["source"].startswith("validation gate predictions")
+    assert {"suspicious", "likely_normal", "marks"} <= set(report["operating_points"])
     with ModelRegistry(site.archive) as reg:
+        assert reg.stored_report(report_digest(saved)) == saved  # the gate kept its report
         reg.promote("0.0.1-site.same", saved, who="admin")
         assert reg.active().version == "0.0.1-site.same"
+        assert reg.active_package()[2]["operating_points"] == report["operating_points"]
         reg.rollback(who="admin")
         assert reg.active().version == "0.0.1"
 

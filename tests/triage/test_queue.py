@@ -231,3 +231,20 @@ def test_dicom_results_written_per_exam(setup) -> None:
     for f in (srs[0], segs[0]):
         out = subprocess.run([dciodvfy, str(f)], capture_output=True, text=True)
         assert not [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")], f
+
+
+def test_a_result_of_the_active_weights_is_never_older(setup) -> None:
+    """The same weights registered under another version name: their results are current."""
+    archive, queue, model, tmp = setup
+    points = OperatingPoints(suspicious=0.5, likely_normal=0.1)
+    queue.sync("test-1")
+    while process_one(queue, archive, model, tmp / "maps") is not None:
+        pass
+    queue.sync("test-1-renamed")
+    entries = build_worklist(archive.exams(), queue.jobs("test-1-renamed"), queue.exam_results(), "test-1-renamed",
+                             points, current_sha256=model.weights_sha256)
+    assert entries and not any(e.stale for e in entries)
+    assert all(e.status == "done" and e.category != "pending" for e in entries)
+    other = build_worklist(archive.exams(), queue.jobs("test-1-renamed"), queue.exam_results(), "test-1-renamed",
+                           points, current_sha256="f" * 64)
+    assert all(e.stale for e in other)

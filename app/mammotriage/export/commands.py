@@ -16,8 +16,9 @@ from typing import Any
 __all__ = ["add_dataset_commands"]
 
 
-def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``dataset`` (``snapshot``, ``list``, ``diff``) and ``export``."""
+def add_dataset_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Register ``dataset`` (``snapshot``, ``list``, ``diff``) and ``export``; returns the
+    ``dataset`` sub-commands (the model package adds ``dataset check`` there)."""
     p = subparsers.add_parser("dataset", help="freeze, list and compare labelled dataset snapshots",
                               description="Dataset snapshots: immutable manifests of the readers' "
                               "current labels (and the original AI marks), named by their sha256.")
@@ -61,6 +62,7 @@ def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
                         "(default: random, not kept)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_export)
+    return dataset
 
 
 def _archive() -> Path:

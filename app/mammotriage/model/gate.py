@@ -19,7 +19,14 @@ than its tolerance (point estimates; absolute differences):
   kind (``labelled_froc_mean:KIND``: a calcification cluster marked "mass" is a miss);
   per-kind subsets are small, so a per-kind loss beyond tolerance refuses only when the
   paired bootstrap interval of the difference lies entirely below zero,
-* FROC mean on the new corrections (``tolerance_corrections``, default 0.05),
+* FROC mean on the new corrections (``tolerance_corrections``, default 0.05), counting a
+  corrected lesion only when a finding *labelled with the reader's kind* hits it
+  (``labelled_froc_mean``, every kind pooled; a finding that hits no lesion of its own
+  kind is a false positive): the corrections say what a lesion is as well as where.
+  The any-finding FROC on those images is reported, and warned about when lower beyond
+  tolerance, but not gated: they were trained on, the parent often already marks their
+  lesions under another kind (a ceiling the candidate can only fall from), and the
+  any-finding FROC is gated on the validation set,
 
 and it was not trained on any validation image. Otherwise it is refused, every reason
 listed. The report (JSON, ``"passed"`` and ``"reasons"`` as
@@ -93,6 +100,8 @@ class _Pre:
     scores: np.ndarray
     # kind -> per image (fp scores, lesion scores) counting only findings labelled that kind
     labelled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]]
+    # per image, every kind pooled: a lesion counts only when found by a finding of its kind
+    labelled_all: tuple[list[np.ndarray], list[np.ndarray]]
 
 
 def labelled_match(record: dict, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +118,15 @@ def labelled_match(record: dict, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return match_image(boxes[keep], scores[keep], circles[sel] if len(sel) else circles[:0])
 
 
+def labelled_match_all(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Every kind pooled: per lesion the best score of a finding labelled with the lesion's
+    kind; a finding that hits no lesion of its own kind is a false positive."""
+    kinds = sorted(set(record.get("kinds", [])) | set(record.get("finding_kinds", [])))
+    pairs = [labelled_match(record, k) for k in kinds]
+    return (np.concatenate([a for a, _ in pairs]) if pairs else np.zeros(0),
+            np.concatenate([b for _, b in pairs]) if pairs else np.zeros(0))
+
+
 def _precompute(records: Sequence[dict], kinds: Sequence[str] = ()) -> _Pre:
     fp, les, lk = [], [], []
     for r in records:
@@ -122,8 +140,10 @@ def _precompute(records: Sequence[dict], kinds: Sequence[str] = ()) -> _Pre:
             a, b = labelled_match(r, k)
             labelled[k][0].append(a)
             labelled[k][1].append(b)
+    pooled = [labelled_match_all(r) for r in records]
     return _Pre(fp, les, lk, np.array([int(r["abnormal"]) for r in records]),
-                np.array([float(r["image_score"]) for r in records]), labelled)
+                np.array([float(r["image_score"]) for r in records]), labelled,
+                ([a for a, _ in pooled], [b for _, b in pooled]))
 
 
 def kind_sensitivity(records: Sequence[dict], kind: str, fp_rate: float = 1.0,
@@ -174,6 +194,10 @@ def _figures(pre: _Pre, idx: np.ndarray, rates: Sequence[float], kinds: Sequence
     for k, v in froc.items():
         out[f"sens@{k}"] = v
     out["image_auc"] = roc_auc(pre.labels[idx], pre.scores[idx])
+    lfp, lles = pre.labelled_all
+    out["labelled_froc_mean"] = froc_fast(np.concatenate([lfp[i] for i in idx]) if len(idx) else np.zeros(0),
+                                          np.concatenate([lles[i] for i in idx]) if len(idx) else np.zeros(0),
+                                          n, rates)[1]
     for kind in kinds:
         sel = kk == kind
         out[f"froc_mean:{kind}"] = froc_fast(fp, les[sel], n, rates)[1] if sel.any() else float("nan")
@@ -352,8 +376,13 @@ def gate_decision(validation: dict[str, Any], corrections: dict[str, Any] | None
         else:
             warnings.append(f"{kind}: only {n} validation lesions (< {params.min_kind_lesions}); reported, not gated")
     if corrections is not None:
-        checks.append(_check("FROC mean on the new corrections", corrections, "froc_mean",
-                             params.tolerance_corrections, "corrections"))
+        checks.append(_check("FROC mean on the new corrections (findings of the reader's kind)", corrections,
+                             "labelled_froc_mean", params.tolerance_corrections, "corrections"))
+        anykind = _check("FROC mean on the new corrections (any finding)", corrections, "froc_mean",
+                         params.tolerance_corrections, "corrections")
+        if anykind["passed"] is False:  # reported: these images were trained on; validation gates this
+            warnings.append(anykind["message"].replace("worse beyond tolerance: ", "lower beyond tolerance "
+                                                       "(not gated on trained-on images): "))
     for c in checks:
         if c["passed"] is None:
             warnings.append(c["message"])
@@ -514,9 +543,26 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
     except Exception as exc:  # noqa: BLE001 - plots are a convenience; the decision stands
         report["plots"] = []
         warnings.append(f"plots not written: {type(exc).__name__}: {exc}")
+    report["operating_points"] = recalibrated_points(recs["validation"]["candidate"], vman["sha256"])
     report["report_path"] = str(out_dir / REPORT_NAME)
-    (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
+    from mammotriage.model.registry import ModelRegistry
+
+    with ModelRegistry(archive_file) as reg:  # kept in the store: only stored reports promote
+        reg.record_report(report)
+        (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
+        reg.after_gate(report)  # the site policy may promote a shipped candidate that passed
     return report
+
+
+def recalibrated_points(records: Sequence[dict], snapshot: str) -> dict[str, Any]:
+    """The candidate's operating points measured on its validation predictions (stored
+    with its gate report; the app uses those of the report that promoted it)."""
+    from mammotriage.model.card import operating_points
+
+    ops = operating_points(list(records))
+    if ops:
+        ops["source"] = f"validation gate predictions on the site's validation snapshot {snapshot[:12]}"
+    return ops
 
 
 def latest_report(archive_file: str | Path | None = None, version: str | None = None) -> dict[str, Any] | None:

@@ -21,11 +21,39 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_learning_commands", "main"]
+__all__ = ["add_dataset_check_command", "add_learning_commands", "main"]
+
+
+def add_dataset_check_command(dataset: argparse._SubParsersAction) -> None:
+    """Register ``dataset check`` among the ``dataset`` sub-commands."""
+    p = dataset.add_parser(
+        "check", help="data tests of a snapshot: boxes, kinds, validation overlap, pixels, counts, agreement",
+        description="The validation report of a snapshot (retrain refuses a snapshot that fails it): label "
+        "boxes inside their images, known kinds, no image or patient to train on in a validation "
+        "snapshot, pixels unchanged since they were labelled; per-scanner and per-kind counts and the "
+        "readers' agreement. Exit status 0 passed, 1 failed, 2 error.")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot hash, unique prefix, name or manifest path")
+    p.add_argument("--no-pixels", action="store_true", help="do not decode the images to check their pixels")
+    p.add_argument("--archive", type=Path, metavar="FILE", help="archive database (default: the configured one)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_dataset_check)
+
+
+def cmd_dataset_check(args: argparse.Namespace) -> int:
+    from mammotriage.model.dataset_check import check_snapshot, report_text
+    from mammotriage.store.datasets import DatasetError
+
+    try:
+        report = check_snapshot(args.snapshot, args.archive, pixels=not args.no_pixels)
+    except DatasetError as exc:
+        print(f"dataset check: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1) if args.json else report_text(report))
+    return 0 if report["passed"] else 1
 
 
 def add_learning_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``retrain`` and ``validate``."""
+    """Register ``retrain``, ``validate`` and ``pipeline``."""
     from mammotriage.model.retrain import RetrainParams
 
     d = RetrainParams()
@@ -92,6 +120,28 @@ def add_learning_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--progress-json", action="store_true", help="JSON progress lines on stdout (for the app)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = subparsers.add_parser(
+        "pipeline", help="automatic snapshot -> data tests -> retrain -> validate (site setting)",
+        description="The ML pipeline with no person but the sign-off: after `propose_after_corrections` "
+        "new image corrections (models.json in the data directory), a training snapshot, its data "
+        "tests, a retrain and the validation gate, at low CPU priority. Promotion stays manual.")
+    pipe = p.add_subparsers(dest="pipeline_command", required=True)
+    q = pipe.add_parser("status", help="new corrections since the last run, whether one is due, the last run")
+    q.add_argument("--archive", type=Path, metavar="FILE", help="archive database (default: the configured one)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_pipeline)
+    q = pipe.add_parser("run", help="run it now (with --if-due: only when the setting says so)")
+    q.add_argument("--if-due", action="store_true", help="do nothing unless enough new corrections came in")
+    q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    q.add_argument("--max-iterations", type=int, default=d.max_iterations,
+                   help=f"retrain iteration budget (default {d.max_iterations}; 0: the full epochs)")
+    q.add_argument("--bootstrap", type=int, default=200, metavar="N", help="gate bootstrap resamples")
+    q.add_argument("--nice", type=int, default=10, help="lower this process's CPU priority by N (default 10)")
+    q.add_argument("--archive", type=Path, metavar="FILE", help="archive database (default: the configured one)")
+    q.add_argument("--progress-json", action="store_true", help="JSON progress lines on stdout (for the app)")
+    q.add_argument("--json", action="store_true", help="print the run record as JSON")
+    q.set_defaults(func=cmd_pipeline)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -239,6 +289,56 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"next: mammotriage models promote {report['candidate']['version']} "
                   f"--report {args.report or report['report_path']}")
     return 0 if report["passed"] else 1
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    _quiet_threads()
+    from mammotriage.model.pipeline import PipelineError, run_pipeline, status, status_text
+
+    try:
+        st = status(args.archive)
+    except PipelineError as exc:
+        return _fail(args, "pipeline", str(exc))
+    if args.pipeline_command == "status":
+        print(json.dumps(st, indent=1) if args.json else status_text(st))
+        return 0
+    if args.if_due and not st["due"]:
+        msg = {"event": "result", "ran": False, "status": st, "message": status_text(st)}
+        if args.progress_json:
+            _emit(msg)
+        else:
+            print(json.dumps(msg, indent=1) if args.json else status_text(st))
+        return 0
+    if args.nice:
+        try:
+            os.nice(int(args.nice))
+        except OSError:
+            pass
+    from mammotriage.model.gate import GateParams
+    from mammotriage.model.retrain import RetrainParams
+    from mammotriage.store.reading import current_reader
+
+    try:
+        record = run_pipeline(args.archive, retrain_params=RetrainParams(
+            threads=args.threads, max_iterations=args.max_iterations or None),
+            gate_params=GateParams(threads=args.threads, n_boot=args.bootstrap),
+            progress=_progress(args), who=f"pipeline ({current_reader()})")
+    except Exception as exc:  # noqa: BLE001 - recorded in the pipeline state; reported here
+        return _fail(args, "pipeline", f"{type(exc).__name__}: {exc}")
+    if args.progress_json:
+        _emit({"event": "result", "ran": True, **record})
+    elif args.json:
+        print(json.dumps(record, indent=1))
+    else:
+        print(f"candidate {record['candidate']} on snapshot {record['snapshot'][:12]}: gate "
+              + ("PASSED" if record["passed"] else "refused: " + "; ".join(record["reasons"])))
+        print(f"  {record['seconds']:.0f} s; report {record['report_path']}")
+        if record["passed"]:
+            print(f"next: mammotriage models promote {record['candidate']} --report {record['report_path']}")
+    return 0 if record["passed"] else 1
 
 
 # --------------------------------------------------------------------------- standalone

@@ -1,23 +1,49 @@
 """Model registry: immutable model versions, exactly one active, every change logged.
 
 Versions are registered from verified packages (the shipped ones in ``models/`` and the
-site's own candidates under ``<data dir>/models/``); a version's weights hash never
-changes. Which version is active is a fold over the append-only ``model_events``
-(``promote`` makes a version active, ``rollback`` returns to the one active before the
-last promotion), so the history of what the site ran is never lost. Every AI result
-keeps the version that produced it.
+site's own candidates under ``<data dir>/models/``). Registering **copies the whole
+package folder** into the data directory, content-addressed by its weights sha256
+(``<data dir>/models/packages/<sha256>/<version>/``), so reinstalling, moving or
+upgrading the app never takes the active model (or the validity of its results) away;
+a version's weights hash never changes. Which version is active is a fold over the
+append-only ``model_events`` (``promote`` makes a version active, ``rollback`` returns
+to the one active before the last promotion), so the history of what the site ran is
+never lost. ``model_versions``, ``model_events`` and the stored gate reports refuse
+UPDATE and DELETE (SQLite triggers). Every AI result keeps the version and weights hash
+that produced it.
+
+Promotion needs a gate report (:mod:`mammotriage.model.gate`) that this installation
+made and kept (``gate_reports``: a hand-written JSON cannot pass), for this version's
+weights, compared with the active model, on the site's locked validation snapshot.
+The app and the triage worker load only :meth:`ModelRegistry.active_package`: the
+registry's copy of the active version, verified against the registered hash.
+
+A shipped version found at start-up (:meth:`ModelRegistry.ensure_shipped`) that is new
+to the site is registered as a candidate and, by the site policy ``shipped_models`` in
+``<data dir>/models.json`` — ``"propose"`` (default: the ML lead validates and promotes)
+or ``"promote-after-gate"`` (promoted as soon as a local gate report for it passes) —
+announced; it is never ignored silently.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
-from dataclasses import dataclass
+import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mammotriage.model.package import ModelPackageError, default_model_dir, verify
 from mammotriage.store import db
+
+#: Where package copies live, relative to the data directory (the archive's folder).
+STORE = Path("models") / "packages"
+#: Site settings of the registry, in the data directory.
+SETTINGS_NAME = "models.json"
+SHIPPED_POLICIES = ("propose", "promote-after-gate")
 
 
 class RegistryError(RuntimeError):
@@ -27,64 +53,165 @@ class RegistryError(RuntimeError):
 @dataclass(frozen=True)
 class ModelVersion:
     version: str
-    path: str
+    path: str  # the registry's copy (content-addressed), or the source folder of a legacy row
     weights_sha256: str
     parent: str | None
     origin: str
     registered_at: str
+    source: str = field(default="", compare=False)  # the folder it was registered from
+
+
+@dataclass(frozen=True)
+class ShippedNotice:
+    """What :meth:`ModelRegistry.ensure_shipped` did with the shipped package."""
+
+    version: ModelVersion | None
+    message: str = ""  # "" when there is nothing to tell
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def report_digest(report: dict[str, Any]) -> str:
+    """sha256 of a gate report's canonical JSON (sorted keys, no whitespace)."""
+    return hashlib.sha256(_canonical(report).encode()).hexdigest()
+
+
+def _canonical(report: dict[str, Any]) -> str:
+    return json.dumps(report, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def site_policy(data_dir: Path) -> str:
+    """``shipped_models`` from ``models.json`` (default ``"propose"``); a bad file is an error."""
+    path = Path(data_dir) / SETTINGS_NAME
+    if not path.is_file():
+        return "propose"
+    try:
+        value = json.loads(path.read_text()).get("shipped_models", "propose")
+    except (json.JSONDecodeError, AttributeError, OSError) as exc:
+        raise RegistryError(f"{path}: unreadable site settings ({exc})") from exc
+    if value not in SHIPPED_POLICIES:
+        raise RegistryError(f"{path}: shipped_models must be one of {', '.join(SHIPPED_POLICIES)}, not {value!r}")
+    return str(value)
+
+
 class ModelRegistry(db.Connected):
 
+    # ----------------------------------------------------------------- store
+    @property
+    def data_dir(self) -> Path:
+        return self.path.expanduser().resolve().parent
 
+    def store_dir(self, weights_sha256: str, version: str) -> Path:
+        """The content-addressed copy of a version's package."""
+        return self.data_dir / STORE / weights_sha256 / version
 
+    def _row(self, r) -> ModelVersion:
+        copy = self.store_dir(r["weights_sha256"], r["version"])
+        source = r["path"]
+        path = copy if copy.is_dir() else Path(source) if Path(source).is_absolute() else self.data_dir / source
+        return ModelVersion(r["version"], str(path), r["weights_sha256"], r["parent"], r["origin"],
+                            r["registered_at"], source)
+
+    def _copy_in(self, package_dir: Path, weights_sha256: str, version: str) -> Path:
+        """Copy the whole package folder into the store (atomically); verify the copy."""
+        final = self.store_dir(weights_sha256, version)
+        if final.is_dir():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{version}.copying-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(package_dir, tmp, ignore=shutil.ignore_patterns(".*"))
+        try:
+            meta = verify(tmp)
+            if meta.get("weights_sha256") != weights_sha256 or str(meta.get("version")) != version:
+                raise RegistryError(f"{package_dir}: changed while it was copied into the registry")
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
 
     # ----------------------------------------------------------------- versions
     def register(self, package_dir: str | Path, origin: str = "site", who: str = "system") -> ModelVersion:
-        """Register a verified package; registering the same version twice is a no-op,
-        registering different weights under a used version number is refused."""
+        """Register a verified package (its folder is copied into the store); registering
+        the same version twice is a no-op (that restores a missing copy), registering
+        different weights under a used version number is refused."""
         package_dir = Path(package_dir).resolve()
         meta = verify(package_dir)
         version = str(meta.get("version") or "")
         if not version:
             raise RegistryError(f"{package_dir}: metadata has no version")
+        sha = str(meta["weights_sha256"])
         existing = self.get(version)
         if existing is not None:
-            if existing.weights_sha256 != meta["weights_sha256"]:
+            if existing.weights_sha256 != sha:
                 raise RegistryError(f"version {version} is already registered with other weights "
                                     f"({existing.weights_sha256[:12]}...): versions are immutable")
-            return existing
-        row = ModelVersion(version, str(package_dir), str(meta["weights_sha256"]),
-                           meta.get("parent_version") or None, origin, _now())
+            self._copy_in(package_dir, sha, version)
+            return self.get(version)
+        copy = self._copy_in(package_dir, sha, version)
         with db.transaction(self.conn):
             self.conn.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
-                              (row.version, row.path, row.weights_sha256, row.parent, row.origin,
-                               row.registered_at))
-            self._log(version, "register", who, f"{origin} package at {package_dir}")
-        return row
+                              (version, str(copy.relative_to(self.data_dir)), sha,
+                               meta.get("parent_version") or None, origin, _now()))
+            self._log(version, "register", who, f"{origin} package from {package_dir}")
+        return self.get(version)
 
     def ensure_shipped(self, package_dir: str | Path | None = None) -> ModelVersion | None:
-        """Register the shipped default package and make it active if nothing is."""
+        """Register the shipped package; make it active if nothing is. Returns its version."""
+        return self.check_shipped(package_dir).version
+
+    def check_shipped(self, package_dir: str | Path | None = None) -> ShippedNotice:
+        """Register the shipped package. The first one becomes active; a version new to
+        the site is registered as a candidate and announced (by the site policy, proposed
+        to the ML lead or promoted once it passes the local gate); the message says so."""
         folder = Path(package_dir) if package_dir else default_model_dir()
         try:
+            known = self.get(str(verify(folder).get("version") or ""))
             version = self.register(folder, origin="shipped")
         except ModelPackageError:
-            return None
+            return ShippedNotice(None)
+        except RegistryError as exc:  # e.g. other weights under a used version: the active model stays
+            return ShippedNotice(None, f"the model shipped in {folder} was not registered: {exc}")
         if self.active() is None:
             with db.transaction(self.conn):
                 self._log(version.version, "promote", "system", "first shipped model")
-        return version
+            return ShippedNotice(version)
+        try:
+            policy, problem = site_policy(self.data_dir), ""
+        except RegistryError as exc:  # a bad settings file never turns the AI off: say it, propose
+            policy, problem = "propose", f" ({exc}; using 'propose')"
+        if known is None:
+            if policy == "promote-after-gate":
+                why = "promoted by site policy once a local gate report for it passes"
+            else:
+                why = "proposed to the ML lead"
+            with db.transaction(self.conn):
+                self._log(version.version, "register", "system",
+                          f"new shipped version: a candidate, {why} (site policy {policy})")
+        pending = self.pending_shipped()
+        if version.version in pending:
+            return ShippedNotice(version, f"model {version.version} shipped with this install is a candidate "
+                                 f"(active: {self.active().version}): validate it (`mammotriage validate "
+                                 f"{version.version}`) and promote it in the Model panel"
+                                 + (" - the site policy promotes it once it passes"
+                                    if policy == "promote-after-gate" else "") + problem)
+        return ShippedNotice(version, problem.strip(" ()"))
+
+    def pending_shipped(self) -> list[str]:
+        """Shipped versions never promoted nor refused (candidates waiting for the ML lead)."""
+        decided = {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT version FROM model_events WHERE action IN ('promote', 'refuse')")}
+        return [v.version for v in self.versions() if v.origin == "shipped" and v.version not in decided]
 
     def get(self, version: str) -> ModelVersion | None:
         r = self.conn.execute("SELECT * FROM model_versions WHERE version = ?", (version,)).fetchone()
-        return ModelVersion(*r) if r else None
+        return self._row(r) if r else None
 
     def versions(self) -> list[ModelVersion]:
-        return [ModelVersion(*r) for r in self.conn.execute("SELECT * FROM model_versions ORDER BY registered_at")]
+        return [self._row(r) for r in self.conn.execute("SELECT * FROM model_versions ORDER BY registered_at")]
 
     def history(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM model_events ORDER BY id")]
@@ -104,34 +231,151 @@ class ModelRegistry(db.Connected):
         stack = self._active_stack()
         return self.get(stack[-1]) if stack else None
 
+    def verified(self, version: ModelVersion) -> dict[str, Any]:
+        """Metadata of the registry's copy of ``version`` after checking that it is that
+        version with the registered weights; anything else raises :class:`RegistryError`."""
+        copy = self.store_dir(version.weights_sha256, version.version)
+        if not copy.is_dir():  # registered before packages were copied, or pruned: adopt the source
+            try:
+                if verify(version.source).get("weights_sha256") == version.weights_sha256:
+                    version = ModelVersion(**{**version.__dict__, "path": str(
+                        self._copy_in(Path(version.source), version.weights_sha256, version.version))})
+            except (ModelPackageError, OSError, RegistryError):
+                pass
+        try:
+            meta = verify(version.path)
+        except ModelPackageError as exc:
+            raise RegistryError(f"the registry's copy of model {version.version} is unusable: {exc}") from exc
+        if meta.get("weights_sha256") != version.weights_sha256 or str(meta.get("version")) != version.version:
+            raise RegistryError(f"{version.path}: holds model {meta.get('version')} "
+                                f"({str(meta.get('weights_sha256'))[:12]}...), not the registered "
+                                f"{version.version} ({version.weights_sha256[:12]}...): refusing to run it")
+        return meta
+
+    def active_package(self) -> tuple[ModelVersion, Path, dict[str, Any]]:
+        """(active version, its package folder, verified metadata) - the only model the app
+        and the triage worker run; the recalibrated operating points of the gate report
+        that promoted it (when there is one) replace the package's."""
+        active = self.active()
+        if active is None:
+            raise RegistryError("no active model in the registry")
+        meta = self.verified(active)
+        active = self.get(active.version)  # its copy may just have been adopted
+        points = self.operating_points(active.version)
+        if points:
+            meta = {**meta, "operating_points": points}
+        return active, Path(active.path), meta
+
+    def check_runs(self, folder: str | Path) -> dict[str, Any]:
+        """Metadata of ``folder`` if it holds the active version's weights, else refuse."""
+        active = self.active()
+        meta = verify(folder)
+        if active is None or meta.get("weights_sha256") != active.weights_sha256:
+            raise RegistryError(f"{folder}: model {meta.get('version')} ({str(meta.get('weights_sha256'))[:12]}...) "
+                                "is not the registry's active model"
+                                + (f" v{active.version} ({active.weights_sha256[:12]}...)" if active else "")
+                                + ": only the active model runs (register, validate and promote it first)")
+        return meta
+
+    def operating_points(self, version: str) -> dict[str, Any]:
+        """Operating points recalibrated by the gate report of the last promotion of ``version``."""
+        r = self.conn.execute("SELECT report FROM model_events WHERE version = ? AND action = 'promote' "
+                              "AND report != '' ORDER BY id DESC LIMIT 1", (version,)).fetchone()
+        if r is None:
+            return {}
+        try:
+            return dict(json.loads(r[0]).get("operating_points") or {})
+        except (json.JSONDecodeError, AttributeError):
+            return {}
+
+    # ----------------------------------------------------------------- gate reports
+    def record_report(self, report: dict[str, Any]) -> str:
+        """Keep a gate report in the store; returns its sha256 (recording twice is a no-op)."""
+        digest = report_digest(report)
+        cand, parent = report.get("candidate") or {}, report.get("parent") or {}
+        with db.transaction(self.conn):
+            self.conn.execute(
+                "INSERT OR IGNORE INTO gate_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (digest, _now(), str(cand.get("version")), str(cand.get("weights_sha256")),
+                 str(parent.get("weights_sha256")), str((report.get("validation") or {}).get("snapshot")),
+                 int(bool(report.get("passed"))), _canonical(report)))
+        return digest
+
+    def stored_report(self, digest: str) -> dict[str, Any] | None:
+        r = self.conn.execute("SELECT report FROM gate_reports WHERE sha256 = ?", (digest,)).fetchone()
+        return json.loads(r[0]) if r else None
+
+    def after_gate(self, report: dict[str, Any]) -> str:
+        """Record ``report``; under the ``promote-after-gate`` policy a passed report for a
+        pending shipped version promotes it. Returns what happened ("" when nothing)."""
+        self.record_report(report)
+        version = str((report.get("candidate") or {}).get("version"))
+        if not report.get("passed") or version not in self.pending_shipped():
+            return ""
+        try:
+            if site_policy(self.data_dir) != "promote-after-gate":
+                return ""
+        except RegistryError as exc:
+            return f"shipped model {version} not promoted: {exc}"
+        try:
+            self.promote(version, report, who="site policy")
+        except RegistryError as exc:
+            return f"shipped model {version} not promoted: {exc}"
+        return f"shipped model {version} promoted by site policy: it passed the local gate"
+
+    # ----------------------------------------------------------------- promotion
     def promote(self, version: str, gate_report: dict[str, Any] | None, who: str, force_reason: str = "") -> None:
         """Make ``version`` active.
 
-        A gate report (see :mod:`mammotriage.model.gate`) that did not pass, or that
-        compared the candidate with another model than the active one, refuses the
-        promotion, with its reasons, unless ``force_reason`` records why an
-        administrator overrides it. Without any report the promotion is refused.
+        The gate report (see :mod:`mammotriage.model.gate`) must be one this
+        installation's gate made and kept, for ``version``'s registered weights, compared
+        with the active model, on the site's locked validation snapshot, and it must have
+        passed; otherwise the promotion is refused with the reasons, unless
+        ``force_reason`` records why an administrator overrides it. Without any report
+        the promotion is refused.
         """
-        if self.get(version) is None:
+        target = self.get(version)
+        if target is None:
             raise RegistryError(f"unknown model version {version}")
         active = self.active()
         if active is not None and active.version == version:
             raise RegistryError(f"{version} is already the active model")
-        report_json = json.dumps(gate_report, sort_keys=True) if gate_report else ""
+        report_json = _canonical(gate_report) if gate_report else ""
         if gate_report is None and not force_reason:
             raise RegistryError("no validation report: evaluate the candidate against the active model first")
+        self.verified(target)  # its package copy is there and intact
         if gate_report is not None and not force_reason:
-            compared = gate_report.get("parent") or {}
-            stale = active is not None and compared.get("weights_sha256") != active.weights_sha256
-            if stale and (compared or gate_report.get("passed")):
-                raise RegistryError(f"the gate report compares {version} with v{compared.get('version')}, "
-                                    f"not with the active model v{active.version}: validate again")
+            self._check_report(target, active, gate_report)
             if not gate_report.get("passed"):
                 with db.transaction(self.conn):
                     self._log(version, "refuse", who, "; ".join(gate_report.get("reasons", [])), report_json)
                 raise RegistryError("promotion refused: " + "; ".join(gate_report.get("reasons", ["gate failed"])))
         with db.transaction(self.conn):
             self._log(version, "promote", who, force_reason or "validation gate passed", report_json)
+
+    def _check_report(self, target: ModelVersion, active: ModelVersion | None, report: dict[str, Any]) -> None:
+        cand = report.get("candidate") or {}
+        if cand.get("weights_sha256") != target.weights_sha256 or str(cand.get("version")) != target.version:
+            raise RegistryError(f"the gate report is for candidate v{cand.get('version')} "
+                                f"({str(cand.get('weights_sha256'))[:12]}...), not for v{target.version} "
+                                f"({target.weights_sha256[:12]}...)")
+        if self.stored_report(report_digest(report)) is None:
+            raise RegistryError("the gate report was not made by this installation's validation gate "
+                                f"(no stored report with sha256 {report_digest(report)[:12]}...): "
+                                f"run `mammotriage validate {target.version}`")
+        compared = report.get("parent") or {}
+        if active is not None and compared.get("weights_sha256") != active.weights_sha256:
+            raise RegistryError(f"the gate report compares {target.version} with v{compared.get('version')}, "
+                                f"not with the active model v{active.version}: validate again")
+        from mammotriage.model.snapshot_data import locked_validation
+
+        locked = locked_validation(self.path)
+        used = (report.get("validation") or {}).get("snapshot")
+        if locked is None or used != locked["sha256"]:
+            raise RegistryError(f"the gate report validated on snapshot {str(used)[:12]}, not on the site's "
+                                "locked validation set"
+                                + (f" {locked['sha256'][:12]}" if locked else " (none is locked)")
+                                + ": validate again")
 
     def rollback(self, who: str, reason: str = "") -> ModelVersion:
         stack = self._active_stack()
@@ -140,6 +384,40 @@ class ModelRegistry(db.Connected):
         with db.transaction(self.conn):
             self._log(stack[-1], "rollback", who, reason or f"back to {stack[-2]}")
         return self.get(stack[-2])
+
+    # ----------------------------------------------------------------- pruning
+    def referenced(self, version: ModelVersion) -> list[str]:
+        """Why a version's package copy must stay (empty: it may be pruned)."""
+        why = []
+        active = self.active()
+        if active is not None and active.version == version.version:
+            why.append("active")
+        n = self.conn.execute("SELECT COUNT(*) FROM model_events WHERE version = ? AND action != 'register'",
+                              (version.version,)).fetchone()[0]
+        if n:
+            why.append(f"{n} promotion/rollback/refusal event(s)")
+        for table in ("ai_exam_results", "ai_image_results"):
+            n = self.conn.execute(f"SELECT COUNT(*) FROM {table} WHERE model_version = ? OR weights_sha256 = ?",
+                                  (version.version, version.weights_sha256)).fetchone()[0]
+            if n:
+                why.append(f"{n} row(s) in {table}")
+        return why
+
+    def prune(self, dry_run: bool = False) -> list[str]:
+        """Delete the package copies that nothing refers to; returns the pruned versions.
+        The registry rows stay (immutable); a pruned version can be registered again."""
+        pruned = []
+        for v in self.versions():
+            copy = self.store_dir(v.weights_sha256, v.version)
+            if copy.is_dir() and not self.referenced(v):
+                if not dry_run:
+                    shutil.rmtree(copy)
+                    try:
+                        copy.parent.rmdir()
+                    except OSError:
+                        pass  # other versions share these weights
+                pruned.append(v.version)
+        return pruned
 
     def _log(self, version: str, action: str, who: str, reason: str, report: str = "") -> None:
         self.conn.execute("INSERT INTO model_events (at, version, action, who, reason, report) "

@@ -346,18 +346,29 @@ def retrain(snapshot: str | Path | dict, *, archive_file: str | Path | None = No
             note: str = "") -> RetrainResult:
     """Fine-tune the current (or ``parent``) model on a training snapshot -> candidate package.
 
-    ``transform`` rewrites the training samples before training (``note`` then says
-    what it did; used for negative controls such as
+    The snapshot must pass its data tests first
+    (:func:`~mammotriage.model.dataset_check.check_snapshot`); a failing one is refused
+    with the reasons. ``transform`` rewrites the training samples before training
+    (``note`` then says what it did; used for negative controls such as
     :func:`~mammotriage.model.snapshot_data.shuffle_labels`).
     """
+    from mammotriage.model.dataset_check import check_snapshot
     from mammotriage.model.package import read_metadata
+    from mammotriage.store.datasets import load_snapshot
 
     p = params or RetrainParams()
     archive_file = archive_or_default(archive_file)
     parent_dir = resolve_model(parent, archive_file)
     parent_meta = read_metadata(parent_dir)
     _say(progress, "load", 0, 1, "snapshot")
-    ts = training_set(snapshot, archive_file)
+    manifest = dict(snapshot) if isinstance(snapshot, dict) else load_snapshot(snapshot, archive_file)
+    if manifest.get("role") == "training":  # training_set refuses the others with its own reason
+        check = check_snapshot(manifest, archive_file)
+        if not check["passed"]:
+            raise RetrainError(f"snapshot {str(manifest.get('sha256'))[:12]} fails its data tests "
+                               f"(`mammotriage dataset check {str(manifest.get('sha256'))[:12]}`): "
+                               + "; ".join(check["reasons"]))
+    ts = training_set(manifest, archive_file)
     samples = ts.samples if transform is None else transform(list(ts.samples))
     pool, sources = replay_pool(parent_meta.get("training_data", {}), archive_file)
     n_replay = int(round(p.replay_fraction * len(samples)))

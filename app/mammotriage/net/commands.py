@@ -111,11 +111,17 @@ def _serve_settings(args: argparse.Namespace) -> Any:
 def _start_triage(args: argparse.Namespace) -> tuple[Any, str | None]:
     """Start the triage worker with the registry's active model (unless --no-triage)."""
     from mammotriage.config import archive_path, data_dir
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.model.registry import ModelRegistry, RegistryError
 
     with ModelRegistry(archive_path()) as registry:
-        registry.ensure_shipped()
-        active = registry.active()
+        notice = registry.check_shipped().message
+        if notice:
+            print(notice, flush=True)
+        try:
+            active, folder, _meta = registry.active_package() if registry.active() else (None, None, None)
+        except RegistryError as exc:
+            print(f"triage off: {exc}", flush=True)
+            return None, None
     if active is None:
         print("no active model: received studies are stored, triage waits for a model", flush=True)
         return None, None
@@ -123,7 +129,7 @@ def _start_triage(args: argparse.Namespace) -> tuple[Any, str | None]:
         return None, active.version
     from mammotriage.triage.worker import TriageService
 
-    service = TriageService(archive_path(), data_dir(), active.path)
+    service = TriageService(archive_path(), data_dir(), folder, expected_sha256=active.weights_sha256)
     service.start()
     print(f"background triage with model {active.version}", flush=True)
     return service, active.version

@@ -364,9 +364,41 @@ _V8_AUDIT_ANCHOR = Migration(
     ),
 )
 
+
+def _append_only(table: str, what: str) -> tuple[str, str]:
+    return tuple(f"""
+        CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table}
+        BEGIN SELECT RAISE(ABORT, '{what} are append-only'); END
+        """ for op in ("UPDATE", "DELETE"))
+
+
+_V9_REGISTRY_APPEND_ONLY = Migration(
+    name="model registry: append-only versions, events and initial reads; gate reports kept in the store",
+    steps=(
+        *_append_only("model_versions", "model versions"),
+        *_append_only("model_events", "model events"),
+        *_append_only("initial_reads", "initial reads"),
+        """
+        CREATE TABLE gate_reports (
+            sha256              TEXT PRIMARY KEY CHECK (length(sha256) = 64),  -- of the canonical JSON
+            at                  TEXT NOT NULL,           -- UTC ISO 8601
+            candidate_version   TEXT NOT NULL,
+            candidate_sha256    TEXT NOT NULL,
+            parent_sha256       TEXT NOT NULL,
+            validation_snapshot TEXT NOT NULL,
+            passed              INTEGER NOT NULL CHECK (passed IN (0, 1)),
+            report              TEXT NOT NULL            -- the report, canonical JSON
+        )
+        """,
+        "CREATE INDEX gate_reports_candidate ON gate_reports (candidate_sha256)",
+        *_append_only("gate_reports", "gate reports"),
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
 MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS,
-                               _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY, _V8_AUDIT_ANCHOR]
+                               _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY, _V8_AUDIT_ANCHOR,
+                               _V9_REGISTRY_APPEND_ONLY]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -38,12 +38,17 @@ class LoadedModel:
     metadata: dict[str, Any]
 
 
-def load_model(model_dir: str | Path | None = None, device: str | None = None, threads: int = 2) -> LoadedModel:
-    """Load and verify a model package (sha256 checked) for triage."""
-    from mammotriage.model.package import default_model_dir, load_engine, verify
+def load_model(model_dir: str | Path | None = None, device: str | None = None, threads: int = 2,
+               expected_sha256: str | None = None) -> LoadedModel:
+    """Load and verify a model package (sha256 checked) for triage; with
+    ``expected_sha256`` (the registry's active weights) any other weights are refused."""
+    from mammotriage.model.package import ModelPackageError, default_model_dir, load_engine, verify
 
     folder = Path(model_dir) if model_dir else default_model_dir()
     meta = verify(folder)
+    if expected_sha256 and meta.get("weights_sha256") != expected_sha256:
+        raise ModelPackageError(f"{folder}: weights {str(meta.get('weights_sha256'))[:12]}... are not the "
+                                f"registry's active model ({expected_sha256[:12]}...): refusing to run them")
     engine = load_engine(folder, device=device, threads=threads)
     return LoadedModel(engine, str(meta.get("version", "")), str(meta["weights_sha256"]), meta)
 
@@ -146,7 +151,7 @@ def _limit_memory(device: str | None) -> None:
 def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: Any,
                device: str | None = None, threads: int = 2, idle_s: float = 0.5,
                loader: Callable[..., LoadedModel] = load_model, status: Any = None,
-               settle_s: float = 3.0) -> None:
+               settle_s: float = 3.0, expected_sha256: str | None = None) -> None:
     """Worker-process main loop: sync the queue, take jobs, store results, until ``stop`` is set.
 
     ``status`` (a multiprocessing queue, optional) receives ``("ready", version)``,
@@ -158,7 +163,8 @@ def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: An
 
     _limit_memory(device)
     try:
-        model = loader(model_dir, device=device, threads=threads)
+        model = (loader(model_dir, device=device, threads=threads, expected_sha256=expected_sha256)
+                 if expected_sha256 else loader(model_dir, device=device, threads=threads))
     except Exception as exc:  # noqa: BLE001 - reported to the UI, which keeps working
         say("error", f"cannot load the model: {type(exc).__name__}: {exc}")
         return
@@ -201,7 +207,7 @@ class TriageService:
     """
 
     def __init__(self, archive_path: str | Path, data_dir: str | Path, model_dir: str | Path | None = None,
-                 device: str | None = None, threads: int = 1):
+                 device: str | None = None, threads: int = 1, expected_sha256: str | None = None):
         ctx = mp.get_context("spawn")
         self.stop_event = ctx.Event()
         self.status = ctx.Queue()
@@ -209,7 +215,8 @@ class TriageService:
             target=_worker_main, name="mammotriage-triage", daemon=True,
             args=(os.getpid(), str(archive_path), str(data_dir), str(model_dir) if model_dir else None,
                   self.stop_event),
-            kwargs={"device": device, "threads": threads, "status": self.status})
+            kwargs={"device": device, "threads": threads, "status": self.status,
+                    "expected_sha256": expected_sha256})
 
     def start(self) -> None:
         self.process.start()

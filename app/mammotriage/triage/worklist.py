@@ -86,13 +86,16 @@ class WorklistEntry:
 
 
 def build_worklist(exams: Sequence[ExamRecord], jobs: Sequence[Job], results: dict[str, list[ExamResult]],
-                   current_version: str | None, points: OperatingPoints | None) -> list[WorklistEntry]:
-    """Entries ordered most suspicious first (see the module docstring)."""
+                   current_version: str | None, points: OperatingPoints | None,
+                   current_sha256: str | None = None) -> list[WorklistEntry]:
+    """Entries ordered most suspicious first (see the module docstring). A result made by
+    the current weights (``current_sha256``) is current whatever version name it carries."""
     job_by_exam = {j.exam_key: j for j in jobs if j.model_version == current_version}
     entries = []
     for exam in exams:
         res_list = results.get(exam.exam_key, [])
-        current = next((r for r in res_list if r.model_version == current_version), None)
+        current = next((r for r in res_list if r.model_version == current_version), None) or next(
+            (r for r in res_list if current_sha256 and r.weights_sha256 == current_sha256), None)
         shown = current or (res_list[0] if res_list else None)
         job = job_by_exam.get(exam.exam_key)
         if current is not None:

@@ -106,7 +106,8 @@ class MainWindow(QMainWindow):
         self.reader = str(self.settings.value("reader/name", "") or current_reader())
         self.corrections_log.add_reader(self.reader)
         self._explicit_model = model_dir
-        self.model_dir, self.model_meta, self.model_problem = _find_model(model_dir, self.archive.path)
+        self.model_dir, self.model_meta, self.model_problem, self._model_notice = _find_model(
+            model_dir, self.archive.path)
         self.model_version: str | None = self.model_meta.get("version") if self.model_meta else None
         self.points: OperatingPoints | None = None
         if self.model_meta is not None:
@@ -222,12 +223,19 @@ class MainWindow(QMainWindow):
         self.opacity.setValue(int(round(self.hanging.state.map_opacity * 100)))
         self._update_model_label()
         self.refresh_worklist()
+        for line in (self._model_notice, self.model_problem):
+            if line:
+                self.log_line(line)  # a new shipped model, or why AI is off: never silent
         if self._triage_wanted:
             self.start_triage()
         self.network = None  # the DICOM node, when it runs inside the app
         self._network_archive: Archive | None = None
         self._completed_studies: _queue.Queue[str] = _queue.Queue()  # filled by the node's threads
         self.model_panel = None  # created on first use (Ctrl+Shift+M)
+        self.pipeline_timer = QTimer(self)  # the automatic pipeline, when the site setting asks for it
+        self.pipeline_timer.setInterval(5 * 60 * 1000)
+        self.pipeline_timer.timeout.connect(self.check_pipeline)
+        self.pipeline_timer.start()
         self.monitor_view = None  # created on first use (Ctrl+Shift+O)
         self.network_label = QLabel("")
         self.statusBar().addPermanentWidget(self.network_label)
@@ -520,7 +528,8 @@ class MainWindow(QMainWindow):
         old_row = self.worklist_view.row_of(key) if key else None
         exams = self.archive.exams()
         entries = build_worklist(exams, self.queue.jobs(self.model_version),
-                                 self.queue.exam_results(), self.model_version, self.points)
+                                 self.queue.exam_results(), self.model_version, self.points,
+                                 (self.model_meta or {}).get("weights_sha256"))
         blind = self.blind_exams(exams)
         entries = order_for_reading(entries, blind, self.policy.triage_order)
         if old_row is not None and self.current is not None and self.worklist_view.sortColumn() < 0:
@@ -914,13 +923,23 @@ class MainWindow(QMainWindow):
     def start_triage(self) -> None:
         from mammotriage.triage.worker import TriageService
 
-        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir)
+        sha = (self.model_meta or {}).get("weights_sha256")
+        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir, expected_sha256=sha)
         self.triage.start()
         self.log_line(f"background triage started with model {self.model_version}")
 
     def show_model_panel(self):
         """The learning-loop panel (versions, retrain, validate, promote, rollback): one
         non-modal instance; a promotion or rollback there restarts triage here."""
+        if self.model_panel is None:
+            self._ensure_model_panel()
+        else:
+            self.model_panel.refresh()
+        self.model_panel.show()
+        self.model_panel.raise_()
+        return self.model_panel
+
+    def _ensure_model_panel(self):
         from mammotriage.ui.model_panel import ModelPanel
 
         if self.model_panel is None:
@@ -928,11 +947,25 @@ class MainWindow(QMainWindow):
             self.model_panel.active_changed.connect(lambda _version: self.check_active_model())
             self.model_panel.job_finished.connect(
                 lambda kind, code: self.log_line(f"model {kind} job finished with exit code {code}"))
-        else:
-            self.model_panel.refresh()
-        self.model_panel.show()
-        self.model_panel.raise_()
         return self.model_panel
+
+    def check_pipeline(self) -> bool:
+        """Start the automatic pipeline (a Model panel job, low CPU priority) when the site
+        setting's count of new corrections is reached. Returns True if it started."""
+        from mammotriage.model.pipeline import PipelineError, status
+
+        try:
+            st = status(self.archive.path)
+        except PipelineError as exc:
+            self.log_line(f"pipeline: {exc}")
+            return False
+        if not st["due"] or (self.model_panel is not None and self.model_panel.process is not None):
+            return False
+        if not self._ensure_model_panel().start_pipeline(if_due=True):
+            return False
+        self.log_line(f"pipeline: {st['new_corrections']} new corrections - snapshot, data tests, retrain and "
+                      "validation running in the background (Model panel, Ctrl+Shift+M)")
+        return True
 
     def show_monitor(self):
         """The monitoring view for the active model (computed off the UI thread)."""
@@ -955,7 +988,7 @@ class MainWindow(QMainWindow):
         triage worker with the new active version. Returns True if the model changed."""
         if self._explicit_model is not None:
             return False
-        folder, meta, problem = _find_model(None, self.archive.path)
+        folder, meta, problem, _notice = _find_model(None, self.archive.path)
         version = meta.get("version") if meta else None
         if version == self.model_version:
             return False
@@ -1029,17 +1062,18 @@ class MainWindow(QMainWindow):
                        ) -> tuple[dict[str, list[dict]], str]:
         import numpy as np
 
-        exam_result = None
-        for result in self.queue.exam_results().get(exam.exam_key, []):
-            if result.model_version == self.model_version:
-                exam_result = result
-                break
+        sha = (self.model_meta or {}).get("weights_sha256")
+
+        def current(r) -> bool:  # made by the active weights, whatever version name it carries
+            return r.model_version == self.model_version or bool(sha and r.weights_sha256 == sha)
+
+        exam_result = next((r for r in self.queue.exam_results().get(exam.exam_key, []) if current(r)), None)
         marks: dict[str, list[dict]] = {}
         shown_version = ""
         for slot, path in paths.items():
             image = next((i for i in exam.images if i.path == path), None)
             records = self.queue.image_results(image.sop_uid) if image is not None else []
-            record = next((r for r in records if r.model_version == self.model_version), None)
+            record = next((r for r in records if current(r)), None)
             stale = record is None and bool(records)
             record = record or (records[0] if records else None)
             if record is None:
@@ -1307,29 +1341,33 @@ class MainWindow(QMainWindow):
 
 
 def _find_model(model_dir: str | Path | None, archive_file: Path | None = None
-                ) -> tuple[Path | None, dict | None, str]:
-    """The model to triage with (an explicit folder, else the registry's active version,
-    registering the shipped package on first use), its verified metadata, or the reason
-    there is none."""
-    from mammotriage.model.package import ModelPackageError, verify
-    from mammotriage.model.registry import ModelRegistry
+                ) -> tuple[Path | None, dict | None, str, str]:
+    """The model to triage with: the registry's active version (its content-addressed
+    copy, verified against the registered weights hash; the shipped package is registered
+    on first use), or an explicit folder only when it holds the active version's weights.
+    Returns (folder, verified metadata, the reason there is none, a notice about a newly
+    shipped version)."""
+    from mammotriage.model.package import ModelPackageError, default_model_dir, verify
+    from mammotriage.model.registry import ModelRegistry, RegistryError
 
-    folder = Path(model_dir) if model_dir else None
-    if folder is None and archive_file is not None:
-        with ModelRegistry(archive_file) as registry:
-            registry.ensure_shipped()
-            active = registry.active()
-        if active is None:
-            return None, None, "no model registered (models/ has no verified package)"
-        folder = Path(active.path)
-    if folder is None:
-        from mammotriage.model.package import default_model_dir
-
-        folder = default_model_dir()
+    if archive_file is None:
+        folder = Path(model_dir) if model_dir else default_model_dir()
+        try:
+            return folder, verify(folder), "", ""
+        except ModelPackageError as exc:
+            return None, None, str(exc), ""
+    notice = ""
     try:
-        return folder, verify(folder), ""
-    except ModelPackageError as exc:
-        return None, None, str(exc)
+        with ModelRegistry(archive_file) as registry:
+            notice = registry.check_shipped().message
+            if registry.active() is None:
+                return None, None, "no model registered (models/ has no verified package)", notice
+            if model_dir:
+                return Path(model_dir), registry.check_runs(model_dir), "", notice
+            _active, folder, meta = registry.active_package()
+            return folder, meta, "", notice
+    except (ModelPackageError, RegistryError) as exc:
+        return None, None, f"AI off: {exc}", notice
 
 
 def fit_on_screens(rect: QRect, screens: list[QRect]) -> QRect:

@@ -52,7 +52,9 @@ from mammotriage.store.reading import current_reader
 
 #: Share of the progress bar per stage of a job.
 _STAGES = {"retrain": {"load": (0, 3), "prepare": (3, 20), "train": (20, 97), "write": (97, 100)},
-           "validate": {"predict": (0, 90), "bootstrap": (90, 100)}}
+           "validate": {"predict": (0, 90), "bootstrap": (90, 100)},
+           "pipeline": {"snapshot": (0, 2), "load": (2, 4), "prepare": (4, 15), "train": (15, 80),
+                        "write": (80, 82), "predict": (82, 97), "bootstrap": (97, 100)}}
 _PASS = QColor("#2e7d32")
 _FAIL = QColor("#c62828")
 
@@ -82,7 +84,8 @@ class ModelPanel(QDialog):
         self.resize(1100, 760)
         self.archive_file = archive_or_default(archive_file)
         self.python = python or sys.executable
-        self.job_args = job_args or {"retrain": ["--threads", "1", "--nice", "10"], "validate": ["--threads", "1"]}
+        self.job_args = job_args or {"retrain": ["--threads", "1", "--nice", "10"], "validate": ["--threads", "1"],
+                                     "pipeline": ["--threads", "1", "--nice", "10"]}
         self.command_override = list(command_override) if command_override else None
         self.process: QProcess | None = None
         self.job_kind = ""
@@ -114,6 +117,12 @@ class ModelPanel(QDialog):
         self.validation_label = QLabel("")
         row.addWidget(self.validation_label)
         tl.addLayout(row)
+        self.shipped_label = QLabel("")  # newly shipped versions proposed to the ML lead
+        self.shipped_label.setWordWrap(True)
+        tl.addWidget(self.shipped_label)
+        self.pipeline_label = QLabel("")  # the automatic pipeline: counter, last run and its verdict
+        self.pipeline_label.setWordWrap(True)
+        tl.addWidget(self.pipeline_label)
         split.addWidget(top)
 
         mid = QGroupBox("Validation gate: current model vs candidate")
@@ -147,6 +156,8 @@ class ModelPanel(QDialog):
         root.addWidget(self.progress)
         root.addWidget(self.status)
         buttons = QHBoxLayout()
+        self.pipeline_button = QPushButton("Run pipeline")
+        self.pipeline_button.setToolTip("snapshot the current labels, test them, retrain and validate (background)")
         self.retrain_button = QPushButton("Retrain…")
         self.validate_button = QPushButton("Validate")
         self.promote_button = QPushButton("Promote")
@@ -157,12 +168,13 @@ class ModelPanel(QDialog):
         self.validate_button.setToolTip("run the validation gate: selected version vs the active model")
         self.promote_button.setToolTip("make the selected version active (needs a passed gate report)")
         self.rollback_button.setToolTip("return to the version active before the last promotion")
-        for b in (self.retrain_button, self.validate_button, self.promote_button, self.rollback_button,
-                  self.cancel_button):
+        for b in (self.pipeline_button, self.retrain_button, self.validate_button, self.promote_button,
+                  self.rollback_button, self.cancel_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
         buttons.addWidget(self.close_button)
         root.addLayout(buttons)
+        self.pipeline_button.clicked.connect(lambda: self.start_pipeline())
         self.retrain_button.clicked.connect(self._retrain_clicked)
         self.validate_button.clicked.connect(lambda: self.start_validate())
         self.promote_button.clicked.connect(lambda: self.promote())
@@ -178,6 +190,11 @@ class ModelPanel(QDialog):
         with ModelRegistry(self.archive_file) as reg:
             self._active = reg.active()
             rows = reg.versions()
+            pending = reg.pending_shipped()
+        self.shipped_label.setText(
+            f"shipped with this install, waiting for you: {', '.join(pending)} (validate, then promote)"
+            if pending else "")
+        self.shipped_label.setVisible(bool(pending))
         self.versions.setRowCount(len(rows))
         for i, v in enumerate(reversed(rows)):
             active = self._active is not None and v.version == self._active.version
@@ -211,6 +228,7 @@ class ModelPanel(QDialog):
         vals = [s for s in snaps if s.role == "validation"]
         self.validation_label.setText(f"validation snapshots: {len(vals)}" if vals else
                                       "no validation snapshot: the gate cannot run")
+        self.pipeline_label.setText(self.pipeline_status())
         self._selection_changed()
         self._update_buttons()
 
@@ -238,6 +256,7 @@ class ModelPanel(QDialog):
         busy = self.process is not None
         version = self.selected_version()
         is_active = version is not None and version == self.active_version()
+        self.pipeline_button.setEnabled(not busy)
         self.retrain_button.setEnabled(not busy and self.snapshots.count() > 0)
         self.validate_button.setEnabled(not busy and version is not None and not is_active)
         self.promote_button.setEnabled(not busy and version is not None and not is_active)
@@ -352,6 +371,29 @@ class ModelPanel(QDialog):
         return self._start("retrain", ["retrain", "--snapshot", snapshot, *self.job_args.get("retrain", []),
                                        *extra])
 
+    def pipeline_status(self) -> str:
+        from mammotriage.model.pipeline import PipelineError, status, status_text
+
+        try:
+            return status_text(status(self.archive_file))
+        except PipelineError as exc:
+            return f"automatic pipeline: {exc}"
+
+    def pipeline_due(self) -> bool:
+        from mammotriage.model.pipeline import PipelineError, status
+
+        try:
+            return bool(status(self.archive_file)["due"])
+        except PipelineError:
+            return False
+
+    def start_pipeline(self, if_due: bool = False, extra: Sequence[str] = ()) -> bool:
+        """snapshot -> data tests -> retrain -> validate in the background; with ``if_due``
+        only when the site setting's count of new corrections is reached."""
+        if if_due and not self.pipeline_due():
+            return False
+        return self._start("pipeline", ["pipeline", "run", *self.job_args.get("pipeline", []), *extra])
+
     def start_validate(self, version: str | None = None, extra: Sequence[str] = ()) -> bool:
         version = version or self.selected_version()
         if not version:
@@ -427,6 +469,13 @@ class ModelPanel(QDialog):
                             f"{self.job_result.get('seconds')} s); validate it before promoting")
             self.refresh()
             self._select(self.job_result.get("version"))
+        elif kind == "pipeline" and code in (0, 1) and self.job_result:
+            self.refresh()
+            self._select(self.job_result.get("candidate"))
+            passed = self.job_result.get("passed")
+            self.set_status(f"pipeline: candidate {self.job_result.get('candidate')} "
+                            + ("passed the validation gate: promote it when you agree" if passed
+                               else "was refused by the validation gate"), error=not passed)
         elif kind == "validate" and code in (0, 1) and self.job_result:
             self.refresh()
             self._select(self.job_result.get("candidate"))
