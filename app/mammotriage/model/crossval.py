@@ -81,6 +81,11 @@ def cross_validate(samples: list[Sample], k: int, out_dir: str | Path, hp: Train
                     "images_per_second": round(result.images_per_second, 3)}
             fold_dir.mkdir(parents=True, exist_ok=True)
             rec_path.write_text(json.dumps({"info": info, "records": _records_json(records)}))
+            # Keep the fold's network (second-stage training, test-time augmentation and
+            # re-scoring need the model that never saw this fold); drop the optimiser state.
+            import torch
+
+            torch.save(result.detector.network.state_dict(), fold_dir / "network.pt")
             (fold_dir / "checkpoint.pt").unlink(missing_ok=True)
         m = evaluate_predictions(records)
         info = {**info, **m.to_json()}
