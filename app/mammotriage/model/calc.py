@@ -57,6 +57,9 @@ class CalcParams:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+DEFAULT_CALC = CalcParams()
+
+
 @dataclass
 class Specks:
     """Specks in working-grid pixels: centre (x, y), area (pixels), peak SNR, peak top-hat."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from mammotriage.model.calc import CalcParams, Cluster, find_clusters, insert_cluster
+from mammotriage.model.calc import DEFAULT_CALC, CalcParams, Cluster, find_clusters, insert_cluster
 
 STAGE2_FEATURES = (
     "s1_score", "s1_logit", "kind", "log_area_mm2", "aspect", "depth", "height", "edge_mm",
@@ -50,7 +50,7 @@ def hits(boxes: np.ndarray, circles: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ calcification examples
 
 def calc_examples(display: np.ndarray, spacing_mm: float, circles: np.ndarray,
-                  params: CalcParams = CalcParams()) -> tuple[np.ndarray, np.ndarray, list[Cluster]]:
+                  params: CalcParams = DEFAULT_CALC) -> tuple[np.ndarray, np.ndarray, list[Cluster]]:
     """Cluster features of one view and their labels (hit a calcification lesion)."""
     cl = find_clusters(display, spacing_mm, params=params)
     if not cl:
@@ -61,7 +61,7 @@ def calc_examples(display: np.ndarray, spacing_mm: float, circles: np.ndarray,
 
 
 def synthetic_calc_examples(display: np.ndarray, spacing_mm: float, rng: np.random.Generator,
-                            n: int = 1, params: CalcParams = CalcParams()
+                            n: int = 1, params: CalcParams = DEFAULT_CALC
                             ) -> tuple[np.ndarray, np.ndarray]:
     """Examples from ``n`` simulated clusters inserted into a normal view (one at a time)."""
     from mammotriage.model.preprocess import breast_mask
