@@ -19,11 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["breast_scores", "exam_score"]
+__all__ = ["RULE", "breast_scores", "exam_score", "projection"]
+
+#: The rule of this module in words (written into every model package's metadata).
+RULE = {
+    "breast": "mean of the breast's CC and MLO view scores (the maximum within each projection; "
+              "a breast with one projection scores that projection)",
+    "exam": "the more suspicious breast",
+}
 
 
 
-def _projection(view: str | None) -> str:
+def projection(view: str | None) -> str:
+    """CC, MLO, or the view's own name for other projections."""
     v = (view or "").upper()
     if "MLO" in v or v in ("ML", "LM", "LMO", "SIO"):
         return "MLO"
@@ -39,7 +47,7 @@ def breast_scores(views: Iterable[tuple[str | None, str | None, float]]) -> dict
         if laterality not in ("L", "R"):
             continue
         proj = per.setdefault(laterality, {})
-        key = _projection(view)
+        key = projection(view)
         proj[key] = max(proj.get(key, 0.0), float(score))
     out = {}
     for lat, proj in per.items():

@@ -19,12 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from mammotriage.model.calc import DEFAULT_CALC, CalcParams, Cluster, find_clusters, insert_cluster
+from mammotriage.model.calc import (
+    DEFAULT_CALC,
+    CalcParams,
+    Cluster,
+    TreeEnsemble,
+    find_clusters,
+    insert_cluster,
+)
 
 STAGE2_FEATURES = (
     "s1_score", "s1_logit", "kind", "log_area_mm2", "aspect", "depth", "height", "edge_mm",
     "inside_fraction", "contrast", "inner_std", "inner_mean", "contra_contrast", "contra_score",
-    "contra_mean_diff", "calc_overlap",
+    "contra_mean_diff",
 )
 
 
@@ -148,8 +155,7 @@ class ViewGeometry:
 
 def stage2_features(boxes: np.ndarray, scores: np.ndarray, kinds: Sequence[str], view: ViewGeometry,
                     other: ViewGeometry | None, other_boxes: np.ndarray | None = None,
-                    other_scores: np.ndarray | None = None, calc_boxes: np.ndarray | None = None,
-                    calc_probs: np.ndarray | None = None) -> np.ndarray:
+                    other_scores: np.ndarray | None = None) -> np.ndarray:
     """Feature rows (:data:`STAGE2_FEATURES`) of one view's stage-one candidates."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     rows = []
@@ -176,17 +182,10 @@ def stage2_features(boxes: np.ndarray, scores: np.ndarray, kinds: Sequence[str],
                 d = np.hypot(other_rel[:, 0] - depth, other_rel[:, 1] - height)
                 near = d < 0.12
                 c_score = float(np.max(np.asarray(other_scores)[near])) if near.any() else 0.0
-        calc = 0.0
-        if calc_boxes is not None and len(calc_boxes):
-            cb = np.asarray(calc_boxes).reshape(-1, 4)
-            inside_c = (cb[:, 0] + cb[:, 2]) / 2
-            inside_r = (cb[:, 1] + cb[:, 3]) / 2
-            sel = (inside_c >= b[0]) & (inside_c <= b[2]) & (inside_r >= b[1]) & (inside_r <= b[3])
-            calc = float(np.max(np.asarray(calc_probs)[sel])) if sel.any() else 0.0
         sc = float(np.clip(s, 1e-6, 1 - 1e-6))
         rows.append([sc, np.log(sc / (1 - sc)), float(k == "calcification"),
                      np.log(w * h * px * px), max(w, h) / min(w, h), depth, height, float(e) * px,
-                     inside, con, isd, im, c_con, c_score, c_mean, calc])
+                     inside, con, isd, im, c_con, c_score, c_mean])
     return np.array(rows, np.float32).reshape(-1, len(STAGE2_FEATURES))
 
 
@@ -226,3 +225,115 @@ def noisy_or(probs: Sequence[float], top_k: int = 3) -> float:
     """1 - prod(1 - p) over the ``top_k`` most probable findings of a view."""
     p = np.sort(np.clip(np.asarray(probs, np.float64), 0, 1))[::-1][:top_k]
     return float(1.0 - np.prod(1.0 - p)) if len(p) else 0.0
+
+
+# ------------------------------------------------------------------ the second look at run time
+
+@dataclass
+class ViewCandidates:
+    """One view's stage-one output, in stored pixels."""
+
+    boxes: np.ndarray  # (N, 4)
+    scores: np.ndarray  # (N,)
+    kinds: list[str]
+
+
+@dataclass
+class Finding2:
+    box: tuple[float, float, float, float]
+    kind: str
+    score: float
+
+
+class SecondLook:
+    """Stage two and the calcification classifier of a package, applied to an exam's views."""
+
+    #: What the package metadata says about the rule (kept next to the code it describes).
+    RULE = {
+        "finding": "stage two: boosted-tree probability that a RetinaNet candidate is a lesion of "
+                   "its kind, from the candidate's score, size, place in the breast, local contrast and "
+                   "the other breast's same view at the mirrored place; calcification clusters: "
+                   "boosted-tree probability of a top-hat speck cluster",
+        "suppression": "containment-aware NMS over all marks of a view (IoU >= {iou}, or >= {contain} "
+                       "of the smaller box inside the other)",
+        "image": "noisy-OR of the view's {top_k} most probable findings",
+    }
+
+    def __init__(self, calc: TreeEnsemble | None, stage2: TreeEnsemble | None,
+                 calc_params: CalcParams = DEFAULT_CALC, top_k: int = 3, iou: float = 0.3,
+                 contain: float = 0.6, min_score: float = 0.01, max_findings: int = 20):
+        self.calc, self.stage2, self.calc_params = calc, stage2, calc_params
+        self.top_k, self.iou, self.contain = top_k, iou, contain
+        self.min_score, self.max_findings = min_score, max_findings
+
+    # ---- package form
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        if self.calc is not None:
+            out.update(self.calc.to_arrays("second_look.calc"))
+        if self.stage2 is not None:
+            out.update(self.stage2.to_arrays("second_look.stage2"))
+        return out
+
+    def to_json(self) -> dict:
+        from mammotriage.model.calc import FEATURES
+
+        return {"calc_params": self.calc_params.to_json(), "calc_features": list(FEATURES),
+                "stage2_features": list(STAGE2_FEATURES), "top_k": self.top_k, "iou": self.iou,
+                "contain": self.contain, "min_score": self.min_score, "max_findings": self.max_findings,
+                "has_calc": self.calc is not None, "has_stage2": self.stage2 is not None}
+
+    def describe(self) -> dict[str, str]:
+        return {k: v.format(iou=self.iou, contain=self.contain, top_k=self.top_k) for k, v in self.RULE.items()}
+
+    @classmethod
+    def from_package(cls, arrays: dict[str, np.ndarray], meta: dict) -> SecondLook:
+        from mammotriage.model.calc import FEATURES
+
+        if list(meta.get("calc_features", [])) != list(FEATURES) or \
+                list(meta.get("stage2_features", [])) != list(STAGE2_FEATURES):
+            raise ValueError("second-look features of the package differ from this program's")
+        calc = TreeEnsemble.from_arrays(arrays, "second_look.calc") if meta.get("has_calc") else None
+        st2 = TreeEnsemble.from_arrays(arrays, "second_look.stage2") if meta.get("has_stage2") else None
+        return cls(calc, st2, CalcParams.from_json(meta.get("calc_params", {})), int(meta.get("top_k", 3)),
+                   float(meta.get("iou", 0.3)), float(meta.get("contain", 0.6)),
+                   float(meta.get("min_score", 0.01)), int(meta.get("max_findings", 20)))
+
+    # ---- run
+    def calc_findings(self, display: np.ndarray, spacing_mm: float, mask: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        if self.calc is None:
+            return np.zeros((0, 4)), np.zeros(0)
+        cl = find_clusters(display, spacing_mm, mask=mask, params=self.calc_params)
+        if not cl:
+            return np.zeros((0, 4)), np.zeros(0)
+        return np.array([c.box for c in cl]), self.calc.predict_proba(np.stack([c.features for c in cl]))
+
+    def rescore(self, cand: ViewCandidates, view: ViewGeometry, other: ViewGeometry | None,
+                other_cand: ViewCandidates | None) -> np.ndarray:
+        if self.stage2 is None or not len(cand.scores):
+            return np.asarray(cand.scores, np.float64)
+        X = stage2_features(cand.boxes, cand.scores, cand.kinds, view, other,
+                            None if other_cand is None else other_cand.boxes,
+                            None if other_cand is None else other_cand.scores)
+        return self.stage2.predict_proba(X)
+
+    def combine(self, boxes: np.ndarray, scores: np.ndarray, kinds: Sequence[str]) -> list[Finding2]:
+        """Suppress overlapping marks and keep the best ``max_findings`` above ``min_score``."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        scores = np.asarray(scores, np.float64)
+        keep = suppress(boxes, scores, self.iou, self.contain)
+        out = [Finding2(tuple(map(float, boxes[i])), kinds[i], float(scores[i])) for i in keep
+               if scores[i] >= self.min_score]
+        return out[: self.max_findings]
+
+    def view(self, cand: ViewCandidates, view: ViewGeometry, other: ViewGeometry | None,
+             other_cand: ViewCandidates | None) -> tuple[list[Finding2], float]:
+        """Findings of one view after the second look, and the view's score."""
+        s2 = self.rescore(cand, view, other, other_cand)
+        cb, cp = self.calc_findings(view.display, view.spacing_mm, view.mask)
+        boxes = np.concatenate([np.asarray(cand.boxes).reshape(-1, 4), cb.reshape(-1, 4)])
+        scores = np.concatenate([s2, cp])
+        kinds = list(cand.kinds) + ["calcification"] * len(cp)
+        found = self.combine(boxes, scores, kinds)
+        return found, noisy_or([f.score for f in found], self.top_k)
