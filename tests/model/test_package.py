@@ -140,8 +140,8 @@ def _tiny_second_look(seed=0):
 def test_second_look_travels_in_the_one_hashed_weights_file(tmp_path, tiny_config, tiny_pp, phantom_exam):
     import torch
 
-    from mammotriage.dicom.read import parse_metadata
     from mammotriage.dicom.image import MammoImage
+    from mammotriage.dicom.read import parse_metadata
     from mammotriage.model.network import build_detector
     from mammotriage.model.package import ModelPackageError, load_engine, save_package, sha256_file
 
