@@ -399,6 +399,11 @@ def fit_trees(X: np.ndarray, y: np.ndarray, seed: int = 0, n_estimators: int = 1
     """Fit gradient-boosted trees (scikit-learn, training only) and export them as arrays."""
     from sklearn.ensemble import GradientBoostingClassifier
 
+    y = np.asarray(y, int)
+    if len(np.unique(y)) < 2:  # nothing to learn: the (clipped) prior for every input
+        prior = float(np.clip(y.mean() if len(y) else 0.0, 1e-3, 1 - 1e-3))
+        none = np.zeros(0)
+        return TreeEnsemble(none, none, none, none, none, none, np.log(prior / (1 - prior)), learning_rate)
     clf = GradientBoostingClassifier(n_estimators=n_estimators, max_depth=max_depth,
                                      learning_rate=learning_rate, subsample=0.8, min_samples_leaf=5,
                                      random_state=seed)

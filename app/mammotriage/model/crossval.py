@@ -127,22 +127,24 @@ def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path
     normal images, phantom clusters), computed once and kept in ``path`` (npz)."""
     from mammotriage.model.twostage import calc_examples, synthetic_calc_examples
 
+    keys = np.array([s.key for s in samples + phantoms])
     if path.exists():
         z = np.load(path, allow_pickle=False)
-        return {k: z[k] for k in z.files}
-    out: dict[str, np.ndarray] = {}
+        if "keys" in z.files and np.array_equal(z["keys"], keys):
+            return {k: z[k] for k in z.files}
+    out: dict[str, np.ndarray] = {"keys": keys}
     for i, s in enumerate(samples + phantoms):
         d = s.load()
         sel = [k == "calcification" for k in s.kinds]
         circles = (s.circles if s.circles is not None else _circles(s.boxes))
         circles = circles[sel] if len(sel) else np.zeros((0, 3))
         X, y, cl = calc_examples(d, s.spacing_mm or 0.2, circles)
-        out[f"{i}.X"], out[f"{i}.y"] = X.reshape(len(y), -1), y
+        out[f"{i}.X"], out[f"{i}.y"] = X, y
         out[f"{i}.boxes"] = np.array([c.box for c in cl]).reshape(-1, 4)
         if i < len(samples) and not s.abnormal and synthetic_per_normal:
             Xs, ys = synthetic_calc_examples(d, s.spacing_mm or 0.2, np.random.default_rng([seed, i]),
                                              n=synthetic_per_normal)
-            out[f"{i}.Xs"], out[f"{i}.ys"] = Xs.reshape(len(ys), -1), ys
+            out[f"{i}.Xs"], out[f"{i}.ys"] = Xs, ys
         if (i + 1) % 25 == 0:
             print(f"calcification examples: {i + 1}/{len(samples) + len(phantoms)} images",
                   file=sys.stderr, flush=True)

@@ -21,12 +21,16 @@ from scipy import ndimage
 
 from mammotriage.model.calc import (
     DEFAULT_CALC,
+    FEATURES,
     CalcParams,
     Cluster,
     TreeEnsemble,
     find_clusters,
     insert_cluster,
 )
+
+#: Columns of a cluster's feature row.
+N_CALC_FEATURES = len(FEATURES)
 
 STAGE2_FEATURES = (
     "s1_score", "s1_logit", "kind", "log_area_mm2", "aspect", "depth", "height", "edge_mm",
@@ -61,7 +65,7 @@ def calc_examples(display: np.ndarray, spacing_mm: float, circles: np.ndarray,
     """Cluster features of one view and their labels (hit a calcification lesion)."""
     cl = find_clusters(display, spacing_mm, params=params)
     if not cl:
-        return np.zeros((0, 0), np.float32), np.zeros(0, int), cl
+        return np.zeros((0, N_CALC_FEATURES), np.float32), np.zeros(0, int), cl
     X = np.stack([c.features for c in cl])
     y = hits(np.array([c.box for c in cl]), circles).any(axis=1).astype(int)
     return X, y, cl
@@ -87,7 +91,7 @@ def synthetic_calc_examples(display: np.ndarray, spacing_mm: float, rng: np.rand
             Xs.append(X)
             ys_out.append(y)
     if not Xs:
-        return np.zeros((0, 0), np.float32), np.zeros(0, int)
+        return np.zeros((0, N_CALC_FEATURES), np.float32), np.zeros(0, int)
     return np.concatenate(Xs), np.concatenate(ys_out)
 
 
