@@ -224,7 +224,7 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None) -
     err = err or sys.stderr
     from mammotriage.dicom import read_image
     from mammotriage.dicom.hanging import exam_key
-    from mammotriage.model.scoring import breast_scores, exam_score
+    from mammotriage.model.scoring import breast_scores, category_from, exam_score
 
     images = []
     for f in _dicom_files(paths):
@@ -252,6 +252,7 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None) -
                     "patient_id": ims[0].meta.patient_id, "score": round(score, 6),
                     "breasts": {k: round(v, 6) for k, v in sorted(breasts.items())},
                     "n_images": len(ims), "findings": findings,
+                    "category": category_from(score, engine.thresholds),
                     "model_version": engine.version})
     out.sort(key=lambda e: (-e["score"], e["study_uid"]))
     return out

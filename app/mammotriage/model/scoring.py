@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["RULE", "breast_scores", "exam_score", "projection"]
+__all__ = ["RULE", "breast_scores", "category", "category_from", "exam_score", "projection"]
 
 #: The rule of this module in words (written into every model package's metadata).
 RULE = {
@@ -62,3 +62,29 @@ def exam_score(breasts: dict[str, float], view_scores: Iterable[float] = ()) -> 
     if breasts:
         return max(breasts.values())
     return max((float(s) for s in view_scores), default=0.0)
+
+
+def category(score: float, suspicious: float, likely_normal: float) -> str:
+    """The worklist category of an exam score: ``suspicious`` at or above the suspicious
+    threshold, ``likely normal`` below the rule-out threshold, ``indeterminate`` between."""
+    if score >= suspicious:
+        return "suspicious"
+    if score < likely_normal:
+        return "likely normal"
+    return "indeterminate"
+
+
+def category_from(score: float, operating_points: dict | None) -> str | None:
+    """:func:`category` with the thresholds of a package's ``operating_points`` (None when
+    it has none)."""
+    points = operating_points or {}
+
+    def threshold(name: str) -> float | None:
+        v = points.get(name)
+        v = v.get("threshold") if isinstance(v, dict) else v
+        return None if v is None else float(v)
+
+    sus, norm = threshold("suspicious"), threshold("likely_normal")
+    if sus is None or norm is None:
+        return None
+    return category(score, sus, min(norm, sus))
