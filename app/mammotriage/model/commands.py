@@ -34,6 +34,7 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--seed", type=int, default=20260101)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available; same recipe)")
     p.add_argument("--max-minutes", type=float, help="stop training after this many minutes (checkpointed)")
     p.add_argument("--scratch", action="store_true", help="no ImageNet backbone (from scratch)")
     p.add_argument("--kfold", type=int, default=0, help="patient-level k-fold CV on the mini-MIAS images first")
@@ -111,7 +112,8 @@ def cmd_train(args) -> int:
 
     real, extra, described = _gather_samples(args)
     hp = TrainParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                     threads=args.threads, max_minutes=args.max_minutes, pretrained=not args.scratch)
+                     threads=args.threads, max_minutes=args.max_minutes, pretrained=not args.scratch,
+                     device=args.device)
     if args.work:
         work = args.work
     else:
