@@ -108,6 +108,7 @@ class ViewGeometry:
     chest_left: bool
     rows: tuple[int, int]  # first/last breast row
     cols: tuple[int, int]  # first/last breast column
+    levels: tuple[float, float] = (0.0, 255.0)  # 2nd and 98th percentile inside the breast
 
     @classmethod
     def of(cls, display: np.ndarray, spacing_mm: float, chest_wall: str | None = None) -> ViewGeometry:
@@ -123,8 +124,11 @@ class ViewGeometry:
         if chest_wall is None:
             crop = np.where(mask, display, 0)[rr[0]:rr[-1] + 1, cc[0]:cc[-1] + 1]
             chest_wall = chest_wall_from_pixels(crop)
+        # intensities inside the breast, so film (8-bit), digitised film and FFDM renderings
+        # give stage two features on one scale
+        lo, hi = (float(v) for v in np.percentile(display[::step, ::step][mask[::step, ::step]], [2, 98]))
         return cls(display, mask, edge, float(spacing_mm), chest_wall != "right",
-                   (int(rr[0]), int(rr[-1])), (int(cc[0]), int(cc[-1])))
+                   (int(rr[0]), int(rr[-1])), (int(cc[0]), int(cc[-1])), (lo, max(hi, lo + 1.0)))
 
     def relative(self, x: float, y: float) -> tuple[float, float]:
         """(depth from the chest wall, height) of a point, both in [0, 1] of the breast."""
@@ -140,7 +144,8 @@ class ViewGeometry:
         return float(x), float(r0 + height * (r1 - r0))
 
     def patch_stats(self, box: Sequence[float]) -> tuple[float, float, float, float]:
-        """(inner mean, inner std, contrast to the surrounding ring, fraction in the breast)."""
+        """(inner mean, inner std, contrast to the surrounding ring, fraction in the breast);
+        intensities as fractions of the breast's 2nd-98th percentile range."""
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         h, w = self.display.shape
         x0, x1 = max(0, min(x0, w - 1)), max(1, min(max(x1, x0 + 1), w))
@@ -152,9 +157,11 @@ class ViewGeometry:
         outer = self.display[Y0:Y1, X0:X1].astype(np.float32)
         om = self.mask[Y0:Y1, X0:X1].copy()
         om[y0 - Y0:y1 - Y0, x0 - X0:x1 - X0] = False
-        inner_mean = float(inner[m].mean()) if m.any() else 0.0
+        lo, hi = self.levels
+        inner_mean = float(inner[m].mean()) if m.any() else lo
         ring = float(outer[om].mean()) if om.any() else inner_mean
-        return inner_mean, float(inner.std()), inner_mean - ring, float(m.mean())
+        span = hi - lo
+        return (inner_mean - lo) / span, float(inner.std()) / span, (inner_mean - ring) / span, float(m.mean())
 
 
 def stage2_features(boxes: np.ndarray, scores: np.ndarray, kinds: Sequence[str], view: ViewGeometry,
