@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mammotriage import __version__
+from mammotriage.jsonio import print_json
 
 # --------------------------------------------------------------------------- info
 
@@ -73,6 +74,7 @@ def describe_file(path: Path, decode: bool = True) -> dict[str, Any]:
         "sop_uid": meta.sop_instance_uid,
         "accession": meta.accession_number,
         "study_date": meta.study_date.isoformat() if meta.study_date else None,
+        "warnings": list(meta.warnings),
     }
 
 
@@ -100,13 +102,14 @@ def _info_text(d: dict[str, Any]) -> str:
     lines.append(f"  encoding    {d['transfer_syntax']}, decoder {d['decoder']}")
     lines.append(f"  equipment   {d['manufacturer'] or '?'} {d['model'] or ''}".rstrip())
     lines.append(f"  study       {d['study_uid']}  accession {d['accession'] or '-'}  date {d['study_date'] or '-'}")
+    lines.extend(f"  warning     {w}" for w in d.get("warnings", []))
     return "\n".join(lines)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     results = [describe_file(Path(p), decode=not args.no_decode) for p in args.files]
     if args.json:
-        print(json.dumps(results, indent=2))
+        print_json(results, indent=2)
     else:
         print("\n".join(_info_text(r) for r in results))
     return 1 if any("error" in r for r in results) else 0
@@ -174,6 +177,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
+    from mammotriage.model.package import ModelPackageError
     from mammotriage.model.registry import ModelRegistry, RegistryError
     from mammotriage.store.reading import current_reader
 
@@ -214,7 +218,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             elif args.models_command == "rollback":
                 v = registry.rollback(who=current_reader(), reason=args.reason or "")
                 print(f"rolled back: {v.version} is the active model again")
-        except RegistryError as exc:
+        except (RegistryError, ModelPackageError) as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return 1
     return 0
@@ -332,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Idle OpenMP threads that spin make torch ~15x slower on a busy 2-core machine;
     # set before torch is imported (worker processes inherit it).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # File names that are not UTF-8 must never crash a message about them.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

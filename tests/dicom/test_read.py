@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,34 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         read_metadata(tmp_path)
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc")
+def test_a_file_that_cannot_be_read_is_unreadable_not_not_dicom(tmp_path: Path) -> None:
+    from mammotriage.dicom import UnreadableFileError
+    from mammotriage.store import Archive
+
+    # /proc/self/mem is a regular file whose first page cannot be read (EIO), even as root
+    with pytest.raises(UnreadableFileError, match="cannot read file") as err:
+        read_metadata("/proc/self/mem")
+    assert err.value.code == "unreadable" and err.value.path == "/proc/self/mem"
+    link = tmp_path / "dangling.dcm"
+    link.symlink_to(tmp_path / "gone.dcm")
+    with pytest.raises(UnreadableFileError, match="broken symbolic link"):
+        read_image(link)
+    with Archive(tmp_path / "a.sqlite") as archive:
+        report = archive.import_paths(["/proc/self/mem"])
+    assert [r.code for r in report.rejected] == ["unreadable"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_a_file_without_read_permission_is_unreadable(tmp_path: Path) -> None:
+    from mammotriage.dicom import UnreadableFileError
+
+    path = write_mg(tmp_path / "locked.dcm")
+    path.chmod(0)
+    with pytest.raises(UnreadableFileError, match="permission denied"):
+        read_metadata(path)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_fuzzed_headers_never_escape_as_other_exceptions(tmp_path: Path) -> None:
     """Random byte flips in a valid file: either a MammoImage or a MammoReadError."""
@@ -252,3 +281,40 @@ def test_fuzzed_headers_never_escape_as_other_exceptions(tmp_path: Path) -> None
         except MammoReadError:
             outcomes["error"] += 1
     assert outcomes["error"] > 0 and sum(outcomes.values()) == 150
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90",
+                                    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50",
+                                    "1.2.840.10008.1.2.1.99"])
+def test_valid_encodings_pass_the_checks_made_before_decoding(tmp_path: Path, syntax: str) -> None:
+    """The codestream checks (J2K SIZ, JPEG SOF, JPEG-LS SOF55, RLE header, bounded
+    inflation) accept what real encoders write, and the pixels come back unchanged."""
+    from io import BytesIO
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 4096, (300, 200)).astype(np.uint16)
+    ds = make_mg_dataset(300, 200, pixels=pixels)
+    ts = UID(syntax)
+    if syntax == "1.2.840.10008.1.2.4.50":  # 8-bit baseline: Pillow encodes it
+        pixels = (pixels % 256).astype(np.uint8)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        buf = BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds.file_meta.TransferSyntaxUID = ts
+    elif ts.is_compressed and syntax != "1.2.840.10008.1.2.1.99":
+        kwargs = {"jls_error": 2} if syntax.endswith(".81") else {"j2k_cr": [20]} if syntax.endswith(".91") else {}
+        ds.compress(ts, **kwargs)
+    else:
+        ds.file_meta.TransferSyntaxUID = ts
+    path = tmp_path / "valid.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    image = read_image(path)
+    assert image.pixels.shape == (300, 200)
+    if syntax in ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5",
+                  "1.2.840.10008.1.2.1.99"):
+        assert np.array_equal(image.pixels, pixels)  # lossless

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pydicom
 import pytest
 from PIL import Image
 
@@ -46,16 +47,26 @@ def test_triage_json(tiny_model, phantom_exam, tmp_path, capsys):
     phantom_exam.save(folder / "exam1")
     from mammotriage.phantom import generate_exam
 
-    generate_exam(12, rows=320, columns=260, normal=True).save(folder / "exam2")
+    paths = generate_exam(12, rows=320, columns=260, normal=True).save(folder / "exam2")
     (folder / "junk.dcm").write_bytes(b"not dicom at all")
+    # a poisoned view: RescaleSlope "nan" used to crash auto_window and lose the batch
+    poisoned = pydicom.dcmread(paths["LCC"])
+    poisoned.RescaleSlope, poisoned.RescaleIntercept = "nan", "0"
+    poisoned.save_as(paths["LCC"])
     args = _parser().parse_args(["triage", str(folder), "--json", "--model", str(tiny_model),
                                  "--min-score", "0"])
-    assert args.func(args) == 0
+    assert args.func(args) == 1  # a file was skipped: not a full run
     captured = capsys.readouterr()
     assert "junk.dcm" in captured.err
+    assert "LCC.dcm: warning: Rescale Slope/Intercept" in captured.err
     out = json.loads(captured.out)
+    assert out["skipped"] == [{"path": str(folder / "junk.dcm"), "code": "not-dicom",
+                               "reason": out["skipped"][0]["reason"]}]
+    assert "not a DICOM file" in out["skipped"][0]["reason"]
     exams = out["exams"]
     assert len(exams) == 2
+    assert [e["n_images"] for e in exams] == [4, 4]
+    assert any("identity rescale used" in w for e in exams for w in e["warnings"])
     assert exams[0]["score"] >= exams[1]["score"]
     uids = {i.sop_uid for i in phantom_exam.images}
     for e in exams:
@@ -124,3 +135,11 @@ def test_train_describes_its_data_without_machine_paths(tmp_path, make_breast, m
     assert len(real) == 1 and len(extra) == 4
     assert described["sources"][0]["path"] == "../shared/data/mias/dev"
     assert str(tmp_path) not in json.dumps(described)
+
+
+def test_triage_of_readable_files_only_exits_zero(tiny_model, phantom_exam, tmp_path, capsys):
+    phantom_exam.save(tmp_path / "exam1")
+    args = _parser().parse_args(["triage", str(tmp_path), "--json", "--model", str(tiny_model)])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["skipped"] == [] and len(out["exams"]) == 1

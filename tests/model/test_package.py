@@ -179,3 +179,37 @@ def test_second_look_travels_in_the_one_hashed_weights_file(tmp_path, tiny_confi
     (out / "configs/metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelPackageError, match="second look"):
         load_engine(out, device="cpu", threads=1)
+
+def test_malformed_safetensors_with_matching_sha256_is_a_clear_error(tiny_package, tmp_path):
+    import shutil
+
+    from mammotriage.model.package import ModelPackageError, load_engine, sha256_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_package, bad)
+    w = bad / "models/model.safetensors"
+    w.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    meta_path = bad / "configs/metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"] = sha256_file(w)  # the hash matches: only the format is wrong
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelPackageError, match="not a readable safetensors file"):
+        load_engine(bad)
+
+
+def test_models_register_of_a_tampered_package_is_refused_without_traceback(tiny_package, tmp_path, capsys,
+                                                                              monkeypatch):
+    import shutil
+
+    from mammotriage.cli import main
+
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "tampered"
+    shutil.copytree(tiny_package, bad)
+    w = bad / "models/model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF
+    w.write_bytes(bytes(data))
+    assert main(["models", "register", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("refused: ") and "sha256 mismatch" in err

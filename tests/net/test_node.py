@@ -175,3 +175,57 @@ def test_real_cbis_ddsm_and_wg04_files(run_node) -> None:
     # CBIS-DDSM: one study per view, grouped as two exams of four views.
     exams = running.archive.exams()
     assert sorted(len(e.images) for e in exams) == [1, 4, 4]
+
+
+def test_deflated_transfer_from_storescu_is_accepted(run_node, phantom_exams, tmp_path: Path) -> None:
+    """``dcmconv +td`` files sent with Deflated Explicit VR Little Endian are stored, not
+    rejected as truncated (the inflated offsets were compared with the deflated size)."""
+    import subprocess
+
+    dcmconv = require_tool("dcmconv")
+    running = run_node()
+    study, files = phantom_exams["explicit"]
+    deflated = []
+    for f in files:
+        out = tmp_path / f"{f.stem}-deflated.dcm"
+        subprocess.run([dcmconv, "+td", str(f), str(out)], check=True, capture_output=True, timeout=60)
+        assert out.stat().st_size < f.stat().st_size
+        deflated.append(out)
+    r = storescu(running.port, deflated, extra=("-xd",))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("Received Store Response (Success)") == 4, r.stderr
+    assert running.wait_complete({study})
+    images = running.archive.images_for_study(study)
+    assert len(images) == 4
+    assert {i.transfer_syntax for i in images} == {"1.2.840.10008.1.2.1.99"}
+    assert running.node.stats.rejected == 0
+
+
+def test_corrupt_compressed_pixel_data_is_not_acknowledged(run_node, tmp_path: Path) -> None:
+    """RLE with a bad segment header, RLE claiming 16000 x 7000 and a JPEG 2000 SIZ that
+    disagrees with Rows/Columns get 0xC003 (not 0x0000): the frame structure is checked
+    before the node answers."""
+    from hostile import CASES, write_corpus
+
+    wanted = {"rle-segment-count.dcm": "-xr", "rle-claims-16000x7000.dcm": "-xr",
+              "rle-offset-past-end.dcm": "-xr", "j2k-siz-46000.dcm": "-xv"}
+    cases = write_corpus(tmp_path / "hostile", tuple(c for c in CASES if c.name in wanted))
+    running = run_node()
+    for case in cases:
+        r = storescu(running.port, [case.path], extra=(wanted[case.name],))
+        assert "Received Store Response (Success)" not in r.stderr, (case.name, r.stderr)
+    assert wait_until(lambda: len(running.results) == len(cases))
+    assert [r.status for r in running.results] == [0xC003] * len(cases)
+    assert running.archive.count() == 0
+    for result in running.results:
+        assert result.code == "corrupt-pixel-data"
+        assert "before decoding" in result.reason or result.reason.startswith("RLE"), result.reason
+
+
+def test_a_wrong_called_ae_title_is_refused_unless_configured(run_node) -> None:
+    require_tool("echoscu")
+    running = run_node()
+    assert echo_ok(running.port, called="MAMMOTRIAGE")
+    assert not echo_ok(running.port, called="SOMEONE-ELSE")
+    lenient = run_node(require_called_ae_title=False)
+    assert echo_ok(lenient.port, called="SOMEONE-ELSE")

@@ -22,6 +22,8 @@ def test_loopback_needs_no_allow_list(host: str) -> None:
         ((), (), "calling AE titles"),
         (("PACS",), (), "hosts"),
         ((), ("10.0.0.0/8",), "calling AE titles"),
+        (("PACS",), ("0.0.0.0/0",), "0.0.0.0/0 allows the whole internet"),
+        (("PACS",), ("10.0.0.5", "::/0"), "::/0 allows the whole internet"),
     ],
 )
 def test_other_interfaces_need_both_allow_lists(aets: tuple, hosts: tuple, missing: str) -> None:

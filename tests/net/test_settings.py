@@ -24,7 +24,17 @@ def test_defaults_are_secure_and_file_is_optional() -> None:
     assert s.ae_title == "MAMMOTRIAGE"
     assert s.pacs is None and s.send_results is False
     assert s.allowed_calling_ae_titles == () and s.allowed_hosts == ()
+    assert s.require_called_ae_title is True
     assert "defaults" in s.source
+
+
+def test_require_called_ae_title_is_a_setting(tmp_path: Path) -> None:
+    path = tmp_path / "network.json"
+    path.write_text('{"require_called_ae_title": false}')
+    assert load_settings(path).require_called_ae_title is False
+    path.write_text('{"require_called_ae_title": "no"}')
+    with pytest.raises(NetworkConfigError, match="require_called_ae_title must be true or false"):
+        load_settings(path)
 
 
 def test_round_trip_through_the_data_directory() -> None:

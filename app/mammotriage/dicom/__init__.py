@@ -6,6 +6,7 @@ from mammotriage.dicom.errors import (
     NotAnImageError,
     NotDicomError,
     NotMammogramError,
+    UnreadableFileError,
     UnsupportedImageError,
     UnsupportedTransferSyntaxError,
 )
@@ -24,6 +25,6 @@ from mammotriage.dicom.read import read_image, read_metadata
 __all__ = [
     "CorruptPixelDataError", "Laterality", "MammoImage", "MammoMetadata", "MammoReadError",
     "NotAnImageError", "NotDicomError", "NotMammogramError", "PixelSpacing", "PresentationIntent",
-    "SpacingSource", "UnsupportedImageError", "UnsupportedTransferSyntaxError", "View",
+    "SpacingSource", "UnreadableFileError", "UnsupportedImageError", "UnsupportedTransferSyntaxError", "View",
     "WindowPreset", "read_image", "read_metadata",
 ]

@@ -27,6 +27,12 @@ class NotDicomError(MammoReadError):
     code = "not-dicom"
 
 
+class UnreadableFileError(MammoReadError):
+    """The file exists but cannot be read (permissions, a broken link, an I/O error)."""
+
+    code = "unreadable"
+
+
 class NotAnImageError(MammoReadError):
     """A valid DICOM object that holds no image (SR, dose report, presentation state ...)."""
 

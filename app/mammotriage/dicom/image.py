@@ -147,6 +147,9 @@ class MammoMetadata:
     series_description: str
     body_part: str
     estimated_magnification: float | None = None
+    #: what the reader set aside and why (a broken window or VOI LUT, a rescale that is
+    #: not a number): shown by ``info`` and the triage output, never silent
+    warnings: tuple[str, ...] = ()
 
     @property
     def is_spot_or_magnified(self) -> bool:

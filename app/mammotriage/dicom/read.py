@@ -6,9 +6,15 @@ The reader never lets a library exception escape for bad input: every failure is
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import math
 import os
 import re
+import struct
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +32,14 @@ from mammotriage.dicom.codes import (
     VIEW_MEANINGS,
     VIEW_POSITIONS,
 )
+from mammotriage.dicom.codestream import DEFLATED, check_frame, inflate_bounded, walk_explicit_le
 from mammotriage.dicom.errors import (
     CorruptPixelDataError,
     MammoReadError,
     NotAnImageError,
     NotDicomError,
     NotMammogramError,
+    UnreadableFileError,
     UnsupportedImageError,
     UnsupportedTransferSyntaxError,
 )
@@ -60,6 +68,28 @@ _VIEW_WORDS = re.compile(r"(?<![A-Z])(XCCL|XCCM|MLO|LMO|CC|ML|LM|FB|SIO|AT)(?![A
 
 
 # --------------------------------------------------------------------------- helpers
+
+#: ``warnings.catch_warnings`` swaps process-wide state: readers in several threads (the
+#: DICOM node's associations) take turns.  Parsing holds the GIL anyway.
+_WARNINGS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _named_warnings(path: Path) -> Iterator[None]:
+    """Re-issue pydicom's warnings (character sets, odd values) with the file's name."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # also when the file is rejected: its warnings may say why
+        seen: set[str] = set()
+        for w in caught:
+            text = f"{path}: {w.message}"
+            if text not in seen:
+                seen.add(text)
+                warnings.warn_explicit(text, w.category, w.filename, w.lineno)
+
 
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
@@ -96,13 +126,47 @@ def _floats(value: Any) -> list[float]:
     return out
 
 
+def _open_deflated(path: Path) -> Dataset | None:
+    """Parse a Deflated Explicit VR Little Endian file with bounded inflation.
+
+    Returns ``None`` when the file is not deflated (then pydicom reads it as usual).
+    pydicom itself inflates the whole stream without a limit; here the inflated size
+    is capped and the element structure walked before pydicom parses it.
+    """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    try:
+        with open(path, "rb") as fh:
+            preamble = read_preamble(fh, False)
+            file_meta = _read_file_meta_info(fh)
+            if str(file_meta.get("TransferSyntaxUID", "")).strip() != DEFLATED:
+                return None
+            inflated = inflate_bounded(fh, path)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, struct.error, KeyError):
+        return None  # not a plain deflated file: the normal reader says what it is
+    walk_explicit_le(inflated, path)
+    dataset = read_dataset(DicomBytesIO(inflated), False, True)
+    ds = pydicom.dataset.FileDataset(str(path), dataset, preamble, file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
 def _open(path: Path) -> Dataset:
     """Parse a file, deferring large values (pixel data is not loaded here)."""
     ds: Dataset | None = None
     try:
-        ds = pydicom.dcmread(path, defer_size="256 KB")
+        ds = _open_deflated(path)
+        if ds is None:
+            ds = pydicom.dcmread(path, defer_size="256 KB")
     except InvalidDicomError:
         pass
+    except MammoReadError:
+        raise
+    except OSError as exc:
+        if exc.errno is None:  # raised by the parser, not by the file system
+            raise NotDicomError(f"cannot parse DICOM: {type(exc).__name__}: {exc}", path) from exc
+        raise UnreadableFileError(f"cannot read file: {exc.strerror or exc}", path) from exc
     except Exception as exc:  # truncated or damaged header
         raise NotDicomError(f"cannot parse DICOM: {type(exc).__name__}: {exc}", path) from exc
     if ds is not None:
@@ -251,62 +315,135 @@ def _spacing(ds: Dataset) -> tuple[PixelSpacing | None, float | None]:
     return None, factor
 
 
-def _presets(ds: Dataset) -> tuple[WindowPreset, ...]:
+def _presets(ds: Dataset, modality_lut: ModalityLut, value_range: tuple[float, float] | None,
+             notes: list[str]) -> tuple[WindowPreset, ...]:
+    """The file's VOI presets in order; broken ones are left out, each with a note.
+
+    A broken *optional* presentation attribute (a window that is not a number or lies
+    outside every value the image can hold, a VOI LUT whose descriptor or data do not
+    agree) must not change what the reader or the model sees: the next preset, or the
+    automatic window, is used instead, and ``notes`` says why.
+    """
     presets: list[WindowPreset] = []
     function = _text(ds, "VOILUTFunction").upper() or "LINEAR"
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        notes.append(f"VOI LUT Function {function!r} is not defined: LINEAR used")
         function = "LINEAR"
-    centers = _floats(ds.get("WindowCenter"))
-    widths = _floats(ds.get("WindowWidth"))
-    explanations = ds.get("WindowCenterWidthExplanation")
+    try:
+        centers = _floats(ds.get("WindowCenter"))
+        widths = _floats(ds.get("WindowWidth"))
+        explanations = ds.get("WindowCenterWidthExplanation")
+    except Exception as exc:  # noqa: BLE001 - a damaged optional attribute
+        notes.append(f"Window Center/Width unreadable ({type(exc).__name__}): not used")
+        centers, widths, explanations = [], [], None
     if explanations is not None and not isinstance(explanations, pydicom.multival.MultiValue):
         explanations = [explanations]
     explanations = [str(e) for e in (explanations or [])]
     for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
+        label = explanations[i] if i < len(explanations) and explanations[i] else f"WINDOW {i + 1}"
+        if not (math.isfinite(c) and math.isfinite(w)):
+            notes.append(f"window {label!r} (center {c}, width {w}) is not a finite number: not used")
+            continue
         minimum = 0.0 if function == "SIGMOID" else (1.0 if function == "LINEAR" else 0.0)
         if w <= minimum and not (function == "LINEAR" and w >= 1):
+            notes.append(f"window {label!r} has width {w:g}, not valid for {function}: not used")
             continue
-        label = explanations[i] if i < len(explanations) and explanations[i] else f"WINDOW {i + 1}"
+        if value_range is not None and (c + w / 2 < value_range[0] or c - w / 2 > value_range[1]):
+            notes.append(f"window {label!r} (center {c:g}, width {w:g}) lies outside the image's values "
+                         f"{value_range[0]:g}..{value_range[1]:g}: not used")
+            continue
         presets.append(WindowPreset(explanation=label, center=c, width=w, function=function))
-    for i, item in enumerate(ds.get("VOILUTSequence", []) or []):
+    try:
+        items = list(ds.get("VOILUTSequence", []) or [])
+    except Exception as exc:  # noqa: BLE001 - a damaged optional attribute
+        notes.append(f"VOI LUT Sequence unreadable ({type(exc).__name__}): not used")
+        items = []
+    for i, item in enumerate(items):
         try:
-            descriptor = [int(v) for v in item.LUTDescriptor]
-            data = _lut_data(item, descriptor)
-        except Exception:
+            label = f"{item.get('LUTExplanation', '') or f'VOI LUT {i + 1}'} (VOI LUT)"
+        except Exception:  # noqa: BLE001
+            label = f"VOI LUT {i + 1} (VOI LUT)"
+        try:
+            descriptor, data = _lut(item)
+        except ValueError as exc:
+            notes.append(f"{label}: {exc}: not used")
             continue
-        label = f"{item.get('LUTExplanation', '') or f'VOI LUT {i + 1}'} (VOI LUT)"
+        except Exception as exc:  # noqa: BLE001 - any damage to an optional table
+            notes.append(f"{label}: unreadable ({type(exc).__name__}: {exc}): not used")
+            continue
+        if float(data.max()) == float(data.min()):
+            notes.append(f"{label}: every entry is {data[0]:g} (the image would be blank): not used")
+            continue
         presets.append(WindowPreset(explanation=label, lut=data, first_mapped=descriptor[1],
                                     lut_bits=descriptor[2]))
     return tuple(presets)
 
 
-def _lut_data(item: Dataset, descriptor: list[int]) -> np.ndarray:
+def _lut(item: Dataset) -> tuple[list[int], np.ndarray]:
+    """(descriptor, table) of a LUT item (PS3.3 C.11.1.1.1, C.11.2.1.1), checked.
+
+    Raises ``ValueError`` saying what does not agree.
+    """
+    raw_descriptor = item.get("LUTDescriptor")
+    if raw_descriptor is None:
+        raise ValueError("no LUT Descriptor")
+    if isinstance(raw_descriptor, (bytes, bytearray)):
+        raw_descriptor = list(struct.unpack(f"<{len(raw_descriptor) // 2}H", raw_descriptor[:len(raw_descriptor) // 2 * 2]))
+    values = list(raw_descriptor) if isinstance(raw_descriptor, (list, tuple, pydicom.multival.MultiValue)) \
+        else [raw_descriptor]
+    if len(values) != 3:
+        raise ValueError(f"LUT Descriptor has {len(values)} values, 3 required")
+    descriptor = [int(v) for v in values]
     n = descriptor[0] or 65536
-    raw = item.LUTData
+    if not 8 <= descriptor[2] <= 16:
+        raise ValueError(f"LUT Descriptor declares {descriptor[2]} bits per entry (8 to 16 allowed)")
+    raw = item.get("LUTData")
+    if raw is None:
+        raise ValueError("no LUT Data")
     if isinstance(raw, (bytes, bytearray)):
-        data = np.frombuffer(raw, dtype="<u2" if descriptor[2] > 8 else "u1")
+        data = np.frombuffer(raw[:len(raw) // 2 * 2] if descriptor[2] > 8 else raw,
+                             dtype="<u2" if descriptor[2] > 8 else "u1")
     else:
         data = np.asarray(raw if isinstance(raw, (list, pydicom.multival.MultiValue)) else [raw],
                           dtype=np.float64)
+    if data.size < n:
+        raise ValueError(f"LUT Descriptor declares {n} entries but LUT Data holds {data.size}")
     data = np.asarray(data[:n], dtype=np.float64)
-    if data.size == 0:
-        raise ValueError("empty LUT")
-    return data
+    if not np.isfinite(data).all():
+        raise ValueError("LUT Data holds values that are not finite numbers")
+    return descriptor, data
 
 
-def _modality_lut(ds: Dataset) -> ModalityLut:
-    seq = ds.get("ModalityLUTSequence")
-    if seq:
-        item = seq[0]
-        try:
-            descriptor = [int(v) for v in item.LUTDescriptor]
-            return ModalityLut(table=_lut_data(item, descriptor), first_mapped=descriptor[1])
-        except Exception:
-            pass
+def _modality_lut(ds: Dataset, notes: list[str]) -> ModalityLut:
+    try:
+        seq = ds.get("ModalityLUTSequence")
+        if seq:
+            descriptor, table = _lut(seq[0])
+            return ModalityLut(table=table, first_mapped=descriptor[1])
+    except Exception as exc:  # noqa: BLE001 - a damaged table: fall back to the rescale
+        notes.append(f"Modality LUT Sequence not used: {exc}")
     slope = _floats(ds.get("RescaleSlope"))
     intercept = _floats(ds.get("RescaleIntercept"))
+    if (slope and not math.isfinite(slope[0])) or (intercept and not math.isfinite(intercept[0])):
+        notes.append(f"Rescale Slope/Intercept ({slope[0] if slope else 1}, {intercept[0] if intercept else 0}) "
+                     "are not finite numbers: identity rescale used")
+        return ModalityLut()
     return ModalityLut(slope=slope[0] if slope and slope[0] != 0 else 1.0,
                        intercept=intercept[0] if intercept else 0.0)
+
+
+def _value_range(ds: Dataset, modality_lut: ModalityLut) -> tuple[float, float] | None:
+    """The smallest and largest modality output value the stored bit depth allows."""
+    try:
+        bits = max(1, min(int(ds.get("BitsStored", ds.get("BitsAllocated", 16))), 16))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+    except (TypeError, ValueError):
+        return None
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    if modality_lut.table is not None:
+        return float(modality_lut.table.min()), float(modality_lut.table.max())
+    ends = (lo * modality_lut.slope + modality_lut.intercept, hi * modality_lut.slope + modality_lut.intercept)
+    return min(ends), max(ends)
 
 
 def _intent(ds: Dataset) -> PresentationIntent:
@@ -364,6 +501,13 @@ def _check_image_attributes(ds: Dataset, path: Path) -> None:
             raise CorruptPixelDataError(
                 f"Pixel Data truncated: {length} bytes, expected {expected}", path)
     tell = getattr(elem, "value_tell", None)
+    if ts.is_compressed and ts != DEFLATED:
+        value = elem.value if elem.value is not None else b""
+        if not isinstance(value, (bytes, bytearray)):
+            raise CorruptPixelDataError("encapsulated Pixel Data is not a byte string", path)
+        check_frame(bytes(value), str(ts), rows, cols, bits_alloc, spp, path)
+    if ts == DEFLATED:
+        tell = None  # offsets count in the inflated data set, not in the file
     if tell is not None and length not in (None, 0xFFFFFFFF):
         size = os.path.getsize(path)
         if tell + length > size:
@@ -399,6 +543,9 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
     view, view_source, modifiers = _view(ds)
     spacing, factor = _spacing(ds)
     shape = _text(ds, "PresentationLUTShape").upper() or None
+    notes: list[str] = []
+    modality_lut = _modality_lut(ds, notes)
+    presets = _presets(ds, modality_lut, _value_range(ds, modality_lut), notes)
     return MammoMetadata(
         path=str(p) if p is not None else None,
         sop_class_uid=sop_class,
@@ -423,8 +570,8 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
         presentation_intent=_intent(ds),
         patient_orientation=_orientation(ds),
         spacing=spacing,
-        presets=_presets(ds),
-        modality_lut=_modality_lut(ds),
+        presets=presets,
+        modality_lut=modality_lut,
         presentation_lut_shape=shape,
         manufacturer=_text(ds, "Manufacturer"),
         manufacturer_model=_text(ds, "ManufacturerModelName"),
@@ -438,7 +585,26 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
         series_description=_text(ds, "SeriesDescription"),
         body_part=_text(ds, "BodyPartExamined").upper(),
         estimated_magnification=factor,
+        warnings=tuple(notes),
     )
+
+
+def _parse(p: Path, allow_non_breast: bool, check_pixels: bool) -> tuple[Dataset, MammoMetadata]:
+    if not p.exists() and not p.is_symlink():
+        raise NotDicomError("no such file", p)
+    if p.is_symlink() and not p.exists():
+        raise UnreadableFileError("broken symbolic link", p)
+    if not p.is_file():
+        raise NotDicomError("not a regular file", p)
+    if not os.access(p, os.R_OK):
+        raise UnreadableFileError("cannot read file: permission denied", p)
+    ds = _open(p)
+    try:
+        return ds, parse_metadata(ds, p, allow_non_breast=allow_non_breast, check_pixels=check_pixels)
+    except MammoReadError:
+        raise
+    except Exception as exc:
+        raise NotDicomError(f"unreadable DICOM attributes: {type(exc).__name__}: {exc}", p) from exc
 
 
 def read_metadata(path: str | Path, allow_non_breast: bool = False,
@@ -453,24 +619,25 @@ def read_metadata(path: str | Path, allow_non_breast: bool = False,
         Accept images that are not of the breast (used to test decoders on chest CR).
     check_pixels
         Verify the image attributes and the Pixel Data element (presence, size,
-        truncation). ``False`` reads header-only files (e.g. vendor test headers).
+        truncation, and for compressed data the codestream's own frame size, see
+        :mod:`mammotriage.dicom.codestream`). ``False`` reads header-only files (e.g.
+        vendor test headers).
 
     Raises
     ------
     MammoReadError
         A subclass naming the reason: not DICOM, not an image (SR, dose report),
-        not a mammogram, corrupt or truncated pixel data, unsupported image.
+        not a mammogram, corrupt or truncated pixel data, unsupported image, a file
+        that cannot be read (``unreadable``).
+
+    Notes
+    -----
+    pydicom's warnings (unknown character sets, odd values) are re-issued with the
+    file's path in front.
     """
     p = Path(path)
-    if not p.is_file():
-        raise NotDicomError("no such file" if not p.exists() else "not a regular file", p)
-    ds = _open(p)
-    try:
-        return parse_metadata(ds, p, allow_non_breast=allow_non_breast, check_pixels=check_pixels)
-    except MammoReadError:
-        raise
-    except Exception as exc:
-        raise NotDicomError(f"unreadable DICOM attributes: {type(exc).__name__}: {exc}", p) from exc
+    with _named_warnings(p):
+        return _parse(p, allow_non_breast, check_pixels)[1]
 
 
 def decode_pixels(ds: Dataset, meta: MammoMetadata, path: Path | None = None) -> tuple[np.ndarray, str]:
@@ -525,16 +692,9 @@ def read_image(path: str | Path, allow_non_breast: bool = False) -> MammoImage:
         installed decoder can decode the data ("cannot decode: transfer syntax ...").
     """
     p = Path(path)
-    if not p.is_file():
-        raise NotDicomError("no such file" if not p.exists() else "not a regular file", p)
-    ds = _open(p)
-    try:
-        meta = parse_metadata(ds, p, allow_non_breast=allow_non_breast)
-    except MammoReadError:
-        raise
-    except Exception as exc:
-        raise NotDicomError(f"unreadable DICOM attributes: {type(exc).__name__}: {exc}", p) from exc
-    pixels, plugin = decode_pixels(ds, meta, p)
+    with _named_warnings(p):
+        ds, meta = _parse(p, allow_non_breast, True)
+        pixels, plugin = decode_pixels(ds, meta, p)
     if plugin != meta.decoder:
         meta = _replace(meta, decoder=plugin)
     return MammoImage(pixels=pixels, meta=meta)

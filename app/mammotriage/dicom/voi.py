@@ -231,6 +231,9 @@ def auto_window(meta: MammoMetadata, pixels: np.ndarray, max_side: int = 512) ->
     """
     step = max(1, int(np.ceil(max(pixels.shape) / max_side)))
     values = apply_modality_lut(pixels[::step, ::step], meta.modality_lut)
+    finite = np.isfinite(values)
+    if not finite.all():  # a table or rescale that is not a number: judge what is left
+        values = np.where(finite, values, float(np.min(values[finite])) if finite.any() else 0.0)
     if values.size == 0 or float(values.max()) == float(values.min()):
         c = float(values.max()) if values.size else 0.5
         return Window(center=c, width=1.0, explanation="AUTO")

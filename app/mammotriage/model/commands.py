@@ -221,26 +221,47 @@ def _dicom_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None) -> list[dict[str, Any]]:
-    """Exams (most suspicious first) with breast scores and findings in stored coordinates."""
+def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None,
+                 skipped: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Exams (most suspicious first) with breast scores and findings in stored coordinates.
+
+    One bad file never costs the batch: a file that cannot be read, or an exam the model
+    fails on, is reported on ``err`` and appended to ``skipped`` (``path``, ``code``,
+    ``reason``); every other exam is still scored.
+    """
     err = err or sys.stderr
+    skipped = skipped if skipped is not None else []
     from mammotriage.dicom import read_image
     from mammotriage.dicom.hanging import exam_key
     from mammotriage.model.scoring import breast_scores, category_from, exam_score
 
+    def skip(path: Path | str, code: str, reason: str) -> None:
+        skipped.append({"path": str(path), "code": code, "reason": reason})
+        print(f"{path}: skipped: {reason}", file=err)
+
     images = []
     for f in _dicom_files(paths):
         try:
-            images.append(read_image(f))
+            image = read_image(f)
         except Exception as exc:  # noqa: BLE001 - skip unreadable files, say why
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            print(f"{f}: skipped: {reason}", file=err)
+            skip(f, getattr(exc, "code", "internal-error"), reason)
+            continue
+        for warning in image.meta.warnings:
+            print(f"{f}: warning: {warning}", file=err)
+        images.append(image)
     exams: dict[str, list] = {}
     for im in images:
         exams.setdefault(exam_key(im.meta), []).append(im)
     out = []
     for key, ims in exams.items():
-        results = engine.predict_images(ims, max_map_side=64)
+        try:
+            results = engine.predict_images(ims, max_map_side=64)
+        except Exception as exc:  # noqa: BLE001 - this exam is skipped, the others go on
+            for im in ims:
+                skip(im.meta.path or key, "model-failed", f"the model failed on exam {key}: "
+                     f"{type(exc).__name__}: {exc}")
+            continue
         breasts = breast_scores((im.meta.laterality.value, im.meta.view.value, r.score)
                                 for im, r in zip(ims, results, strict=True))
         findings = []
@@ -255,7 +276,8 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None) -
                     "breasts": {k: round(v, 6) for k, v in sorted(breasts.items())},
                     "n_images": len(ims), "findings": findings,
                     "category": category_from(score, engine.thresholds),
-                    "model_version": engine.version})
+                    "model_version": engine.version,
+                    "warnings": [f"{im.meta.path}: {w}" for im in ims for w in im.meta.warnings]})
     out.sort(key=lambda e: (-e["score"], e["study_uid"]))
     return out
 
@@ -268,9 +290,12 @@ def cmd_triage(args) -> int:
     except ModelPackageError as exc:
         print(f"triage: {exc}", file=sys.stderr)
         return 2
-    exams = triage_paths(args.paths, engine, min_score=args.min_score)
+    skipped: list[dict[str, str]] = []
+    exams = triage_paths(args.paths, engine, min_score=args.min_score, skipped=skipped)
     if args.json:
-        print(json.dumps({"exams": exams, "model_version": engine.version}))
+        from mammotriage.jsonio import print_json
+
+        print_json({"exams": exams, "model_version": engine.version, "skipped": skipped})
     else:
         for e in exams:
             b = "  ".join(f"{k} {v:.3f}" for k, v in e["breasts"].items())
@@ -280,4 +305,7 @@ def cmd_triage(args) -> int:
                 print(f"    {f['kind']:<13} {f['score']:.3f}  [{x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}]  {f['sop_uid']}")
         if not exams:
             print("no readable images")
-    return 0
+        if skipped:
+            print(f"{len(skipped)} file(s) skipped (see above)")
+    # non-zero when anything was skipped: a script must not take a partial run for a full one
+    return 1 if skipped else 0

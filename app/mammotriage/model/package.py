@@ -53,16 +53,24 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelPackageError(f"{model_dir}: not a model package (no {METADATA})")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelPackageError(f"{path}: invalid JSON ({exc})") from exc
+    except OSError as exc:
+        raise ModelPackageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not isinstance(meta, dict):
+        raise ModelPackageError(f"{path}: metadata is not a JSON object")
+    return meta
 
 
 def verify(model_dir: str | Path) -> dict[str, Any]:
     """Metadata of a package whose weights match their recorded sha256, else an error."""
     model_dir = Path(model_dir)
     meta = read_metadata(model_dir)
-    weights = model_dir / meta.get("weights_file", str(WEIGHTS))
+    name = meta.get("weights_file", str(WEIGHTS))
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ModelPackageError(f"{model_dir}: weights_file {name!r} is not a file inside the package")
+    weights = model_dir / name
     if not weights.is_file():
         raise ModelPackageError(f"{model_dir}: weights file {weights.name} missing")
     expected = meta.get("weights_sha256")
@@ -233,12 +241,22 @@ def load_detector(model_dir: str | Path):
 
     model_dir = Path(model_dir)
     meta = verify(model_dir)
-    config = NetworkConfig.from_json(meta["network"])
-    pp = PreprocessParams.from_json(meta["preprocessing"])
+    try:
+        config = NetworkConfig.from_json(meta["network"])
+        pp = PreprocessParams.from_json(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelPackageError(f"{model_dir}: metadata does not describe a network "
+                                f"({type(exc).__name__}: {exc})") from exc
     detector = build_detector(config, train_components=False)
-    tensors = load_file(str(model_dir / meta.get("weights_file", str(WEIGHTS))))
+    try:
+        # A matching sha256 only says the file is the one the metadata names, not that it
+        # is a well-formed safetensors file.
+        loaded = load_file(str(model_dir / meta.get("weights_file", str(WEIGHTS))))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a clear refusal
+        raise ModelPackageError(f"{model_dir}: weights are not a readable safetensors file "
+                                f"({type(exc).__name__}: {exc})") from exc
     state = {k: (v.float() if v.is_floating_point() else v)
-             for k, v in tensors.items() if not k.startswith("second_look.")}
+             for k, v in loaded.items() if not k.startswith("second_look.")}
     own = detector.network.state_dict()
     for k, v in own.items():  # counters we do not ship
         if k.endswith("num_batches_tracked") and k not in state:
@@ -266,7 +284,7 @@ def load_second_look(model_dir: str | Path, meta: dict):
         arrays = {k: v for k, v in load_file(str(Path(model_dir) / meta.get("weights_file", str(WEIGHTS)))).items()
                   if k.startswith("second_look.")}
         return SecondLook.from_package(arrays, meta["second_look"])
-    except (KeyError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - missing arrays, other features, unreadable file: refuse
         raise ModelPackageError(f"second look of model {meta.get('version')}: {exc}") from exc
 
 

@@ -46,6 +46,8 @@ def add_net_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="accept this calling AE title (repeatable; replaces the settings' list)")
     p.add_argument("--allow-host", action="append", metavar="ADDR",
                    help="accept this peer IP address or network, e.g. 10.1.0.0/24 (repeatable)")
+    p.add_argument("--accept-any-called-aet", action="store_true",
+                   help="accept associations addressed to any called AE title (default: only ours)")
     p.add_argument("--quiet-period", type=float, metavar="S",
                    help="a study is complete after S seconds without a new instance (default 30)")
     p.add_argument("--no-send", action="store_true", help="do not send the outbox to the PACS")
@@ -102,6 +104,7 @@ def _serve_settings(args: argparse.Namespace) -> Any:
         allowed_calling_ae_titles=tuple(args.allow_aet) if args.allow_aet else None,
         allowed_hosts=tuple(args.allow_host) if args.allow_host else None,
         quiet_period_s=args.quiet_period,
+        require_called_ae_title=False if getattr(args, "accept_any_called_aet", False) else None,
     )
 
 

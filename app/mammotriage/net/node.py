@@ -181,7 +181,8 @@ class StorageNode:
         ae.network_timeout = 120
         # Defence in depth: pynetdicom's own check of the calling AE title.
         ae.require_calling_aet = list(self.settings.allowed_calling_ae_titles)
-        ae.require_called_aet = False  # PACS often address nodes by other titles
+        # A sender must address this node by its title (network.json: require_called_ae_title).
+        ae.require_called_aet = self.settings.require_called_ae_title
         for uid in STORAGE_SOP_CLASSES:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(

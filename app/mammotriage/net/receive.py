@@ -19,6 +19,13 @@ and the archive's rejection log holds the reason (with the path of that file; fo
 study or series conflict, found only when indexing, the path it was received under).
 The C-STORE response then carries a failure status (PS3.4 B.2.3) and an Error Comment
 with the reason, so the sending system shows why.
+
+Success (0x0000) is answered only after the file is durable and indexed and the
+reader's checks passed, the cheap frame-structure checks of compressed pixel data
+included (:mod:`mammotriage.dicom.codestream`: JPEG 2000 SIZ, JPEG SOF, JPEG-LS SOF55
+and the RLE segment header against Rows/Columns, fragments and offsets inside the
+data; bounded inflation of Deflated data sets).  Pixels are not decoded here: a full
+decode costs seconds per view and is the triage worker's job.
 """
 
 from __future__ import annotations

@@ -63,8 +63,12 @@ def check_bind_policy(settings: NetworkSettings) -> None:
     missing = []
     if not settings.allowed_calling_ae_titles:
         missing.append("calling AE titles (--allow-aet, or allowed_calling_ae_titles in network.json)")
-    if not settings.allowed_hosts:
+    hosts = [ipaddress.ip_network(h, strict=False) for h in settings.allowed_hosts]
+    if not hosts:
         missing.append("hosts (--allow-host, or allowed_hosts in network.json)")
+    elif any(net.prefixlen == 0 for net in hosts):
+        everyone = ", ".join(str(net) for net in hosts if net.prefixlen == 0)
+        missing.append(f"hosts that is not every address ({everyone} allows the whole internet)")
     if missing:
         raise InsecureBindError(
             f"refusing to listen on {settings.bind}: a DICOM node reachable from other "

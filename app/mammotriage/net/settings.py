@@ -5,6 +5,7 @@ PACS peer, results not sent).  Example::
 
     {
       "ae_title": "MAMMOTRIAGE",
+      "require_called_ae_title": true,
       "port": 11112,
       "bind": "0.0.0.0",
       "allowed_calling_ae_titles": ["MODALITY1", "PACS"],
@@ -177,6 +178,10 @@ class NetworkSettings:
     ae_title
         Our AE title: called AE title of incoming associations, calling AE title of
         outgoing ones.
+    require_called_ae_title
+        Refuse an association whose called AE title is not ``ae_title`` (default
+        ``true``).  Set ``false`` only for a sender that cannot be configured to
+        address this node by its title.
     port
         Listening port (0 = an ephemeral port, for tests).
     bind
@@ -199,6 +204,7 @@ class NetworkSettings:
     """
 
     ae_title: str = DEFAULT_AE_TITLE
+    require_called_ae_title: bool = True
     port: int = DEFAULT_PORT
     bind: str = "127.0.0.1"
     allowed_calling_ae_titles: tuple[str, ...] = ()
@@ -242,6 +248,9 @@ class NetworkSettings:
             raise NetworkConfigError(f"max_associations must be an integer, not {self.max_associations!r}")
         if not 1 <= self.max_associations <= 256:
             raise NetworkConfigError(f"max_associations {self.max_associations} is outside 1..256")
+        if not isinstance(self.require_called_ae_title, bool):
+            raise NetworkConfigError(
+                f"require_called_ae_title must be true or false, not {self.require_called_ae_title!r}")
         if not isinstance(self.send_results, bool):
             raise NetworkConfigError(f"send_results must be true or false, not {self.send_results!r}")
         set_(self, "retry_initial_s", _positive(self.retry_initial_s, "retry_initial_s", minimum=0.01))

@@ -90,6 +90,7 @@ CODE_STUDY_CONFLICT = "study-conflict"
 CODE_SERIES_CONFLICT = "series-conflict"
 CODE_MISSING_UID = "missing-uid"
 CODE_UNEXPECTED = "unexpected-error"
+CODE_BAD_NAME = "bad-file-name"
 
 REASON_SOP_CONFLICT = "SOP Instance UID already stored with different content"
 REASON_DICOMDIR = (
@@ -260,6 +261,17 @@ class _Rejected(Exception):
 class _Candidate:
     path: str
     rejection: Rejection | None = None
+    #: the name as found (a symbolic link's own path), for messages about it
+    given: str = ""
+
+    @property
+    def shown(self) -> str:
+        return self.given or self.path
+
+
+def _file_candidate(path: str) -> _Candidate:
+    given = os.path.abspath(os.path.expanduser(path))
+    return _Candidate(_abs(given), given=given if os.path.islink(given) else "")
 
 
 def _utc_now() -> str:
@@ -274,6 +286,16 @@ def _sha256(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def printable_path(path: str) -> str:
+    """``path`` as text that can be printed and stored: bytes of a file name that are not
+    UTF-8 (kept by Python as surrogates) become ``\\xNN`` escapes."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _abs(path: str | os.PathLike[str]) -> str:
@@ -303,18 +325,19 @@ def _iter_candidates(paths: Iterable[str | os.PathLike[str]]) -> Iterator[_Candi
     """Expand files and folder trees (recursively, hidden entries included)."""
     for given in paths:
         top = _abs(given)
+        named = os.path.abspath(os.path.expanduser(os.fspath(given)))
         try:
             st = os.stat(top)
         except FileNotFoundError:
-            yield _Candidate(top, Rejection(top, "no such file or directory", CODE_NOT_FOUND))
+            yield _Candidate(top, Rejection(named, "no such file or directory", CODE_NOT_FOUND))
             continue
         except OSError as exc:
             yield _Candidate(
-                top, Rejection(top, f"cannot access: {exc.strerror or exc}", CODE_UNREADABLE)
+                top, Rejection(named, f"cannot access: {exc.strerror or exc}", CODE_UNREADABLE)
             )
             continue
         if not stat.S_ISDIR(st.st_mode):
-            yield _Candidate(top)
+            yield _file_candidate(os.fspath(given))
             continue
         errors: list[OSError] = []
         # Symlinked folders are not followed (no loops); symlinked files are imported.
@@ -328,7 +351,7 @@ def _iter_candidates(paths: Iterable[str | os.PathLike[str]]) -> Iterator[_Candi
                 )
             dirnames.sort()
             for name in sorted(filenames):
-                yield _Candidate(_abs(os.path.join(dirpath, name)))
+                yield _file_candidate(os.path.join(dirpath, name))
         while errors:  # the top folder itself could not be listed
             err = errors.pop()
             yield _Candidate(
@@ -444,33 +467,37 @@ class Archive:
         total = len(candidates)
         for done, cand in enumerate(candidates, start=1):
             rejection = cand.rejection
+            shown = cand.shown
             if rejection is None:
                 try:
                     outcome = self._import_file(cand.path)
                 except _Rejected as exc:
-                    rejection = Rejection(cand.path, exc.reason, exc.code)
+                    rejection = Rejection(shown, exc.reason, exc.code)
                 except MammoReadError as exc:
-                    rejection = Rejection(cand.path, exc.reason, exc.code)
+                    reason = exc.reason if shown == cand.path else f"{exc.reason} (link to {cand.path})"
+                    rejection = Rejection(shown, reason, exc.code)
                 except FileNotFoundError:
                     rejection = Rejection(
-                        cand.path, "no such file (removed, or a broken link)", CODE_NOT_FOUND
+                        shown, "no such file (removed, or a broken link)", CODE_NOT_FOUND
                     )
                 except OSError as exc:
                     rejection = Rejection(
-                        cand.path, f"cannot read file: {exc.strerror or exc}", CODE_UNREADABLE
+                        shown, f"cannot read file: {exc.strerror or exc}", CODE_UNREADABLE
                     )
                 except Exception as exc:  # the batch must go on, whatever happened
                     rejection = Rejection(
-                        cand.path, f"{type(exc).__name__}: {exc}", CODE_UNEXPECTED
+                        shown, f"{type(exc).__name__}: {exc}", CODE_UNEXPECTED
                     )
                 else:
                     is_new, item = outcome
                     (report.imported if is_new else report.duplicates).append(item)
             if rejection is not None:
+                rejection = Rejection(printable_path(rejection.path), printable_path(rejection.reason),
+                                      rejection.code)
                 report.rejected.append(rejection)
                 self.log_rejection(rejection)
             if progress is not None:
-                progress(done, total, cand.path)
+                progress(done, total, cand.shown)
         return report
 
     def log_rejection(self, rejection: Rejection) -> None:
@@ -478,7 +505,8 @@ class Archive:
             with self._lock, db.transaction(self.conn):
                 self.conn.execute(
                     "INSERT INTO rejections (path, reason, code, at) VALUES (?, ?, ?, ?)",
-                    (rejection.path, rejection.reason, rejection.code, _utc_now()),
+                    (printable_path(rejection.path), printable_path(rejection.reason), rejection.code,
+                     _utc_now()),
                 )
         except sqlite3.Error:
             # The report still carries the rejection; a failing log must not stop the batch.
@@ -491,6 +519,9 @@ class Archive:
             raise _Rejected("not a regular file", CODE_NOT_A_FILE)
         if path.name.upper() == "DICOMDIR":
             raise _Rejected(REASON_DICOMDIR, CODE_DICOMDIR)
+        if printable_path(path_str) != path_str:
+            raise _Rejected("file name is not valid UTF-8: the archive cannot record it (rename the file)",
+                            CODE_BAD_NAME)
 
         reader = self._reader if self._reader is not None else read_metadata
         meta = reader(path)

@@ -127,6 +127,20 @@ def _queue_for_pacs(paths: list[Path]) -> None:
         queue_result(path, "ai-sr" if path.name.startswith("sr-") else "ai-seg")
 
 
+def _limit_memory(device: str | None) -> None:
+    """Bound the worker's address space when the model runs on the CPU (see dicom.limits)."""
+    from mammotriage.dicom.limits import TRIAGE_WORKER_LIMIT, limit_address_space
+
+    if device is not None and not str(device).startswith("cpu"):
+        return  # CUDA reserves address space far beyond any useful limit
+    if device is None:
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    limit_address_space(TRIAGE_WORKER_LIMIT)
+
+
 def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: Any,
                device: str | None = None, threads: int = 2, idle_s: float = 0.5,
                loader: Callable[..., LoadedModel] = load_model, status: Any = None,
@@ -140,6 +154,7 @@ def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: An
         if status is not None:
             status.put(msg)
 
+    _limit_memory(device)
     try:
         model = loader(model_dir, device=device, threads=threads)
     except Exception as exc:  # noqa: BLE001 - reported to the UI, which keeps working

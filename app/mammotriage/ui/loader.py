@@ -17,6 +17,7 @@ import numpy as np
 from mammotriage.dicom import MammoMetadata, MammoReadError, read_image
 from mammotriage.dicom.hanging import DisplayOrientation, display_orientation
 from mammotriage.dicom.image import pixel_sha256
+from mammotriage.dicom.limits import DECODE_WORKER_LIMIT, limit_address_space
 from mammotriage.dicom.pyramid import build_pyramid
 from mammotriage.dicom.voi import Window, auto_window, render_8bit
 
@@ -101,7 +102,9 @@ class ViewLoader:
 
     def __init__(self, workers: int = 2):
         ctx = mp.get_context("spawn")
-        self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        # untrusted files are decoded here: a bounded address space per worker
+        self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                            initializer=limit_address_space, initargs=(DECODE_WORKER_LIMIT,))
         self._pending: dict[str, cf.Future] = {}
         self.cache = ViewCache()
 
