@@ -71,3 +71,18 @@ def test_per_kind_hit_needs_the_matching_kind():
     assert r["froc"]["4"] == pytest.approx(1.0)
     assert r["per_kind"]["mass"]["sens@4"] == pytest.approx(1.0)
     assert r["per_kind"]["calcification"]["sens@4"] == pytest.approx(0.0)
+
+
+def test_vectorised_froc_curve_is_monai_s():
+    from monai.metrics import compute_froc_curve_data
+
+    from mammotriage.model.evaluate import froc_curve, sensitivity_at
+
+    rng = np.random.default_rng(4)
+    fp = np.round(rng.random(300), 3)  # ties included
+    tp = np.concatenate([np.round(rng.random(40), 3), np.zeros(5)])
+    f1, s1 = compute_froc_curve_data(fp, tp, num_targets=len(tp), num_images=50)
+    f2, s2 = froc_curve(fp, tp, 50)
+    assert np.allclose(f1, f2) and np.allclose(s1, s2)
+    fr, *_ = froc_from(fp, tp, 50)
+    assert sensitivity_at(fp, tp, 50, 1.0) == pytest.approx(fr["1"])

@@ -155,6 +155,10 @@ def _train_second_look(args, real, extra, described, work: Path) -> int:
 
     phantoms = [s for s in extra if s.source == "phantom"][: 4 * max(0, args.calc_phantoms)]
     slr = second_look_cv(real, work / "cv", args.kfold, phantoms=phantoms)
+    from mammotriage.model.crossval import _records_json
+
+    (work / "second_look_records.json").write_text(json.dumps(
+        {"stage_one": _records_json(slr["stage_one"]), "second_look": _records_json(slr["second_look"])}))
     groups = [s.group for s in real]
     boot = paired_bootstrap(slr["stage_one"], slr["second_look"], groups)
     summary = {"stage_one": slr["metrics"]["stage_one"], "second_look": slr["metrics"]["second_look"],

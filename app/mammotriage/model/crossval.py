@@ -260,23 +260,36 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
             "metrics": {"stage_one": old_m.to_json(), "second_look": new_m.to_json()}}
 
 
-def paired_bootstrap(a: list[dict], b: list[dict], groups: list[str], n: int = 500, seed: int = 0,
+def paired_bootstrap(a: list[dict], b: list[dict], groups: list[str], n: int = 1000, seed: int = 0,
                      rate: str = "1") -> dict:
     """Patient-level bootstrap of sensitivity at ``rate`` FP/image and image AUC for two
-    sets of records over the same images: each value with its 95 % CI, and the CI of b - a."""
+    sets of records over the same images: each value with its 95 % CI, and the CI of b - a.
+
+    Each image is matched once (the hit rule of :func:`evaluate_predictions`); a resample
+    pools the matched images of the patients drawn."""
+    from mammotriage.model.evaluate import match_image, roc_auc, sensitivity_at
+
+    def matched(records):
+        return [match_image(r["boxes"], r["scores"], r["circles"]) for r in records]
+
+    ma, mb = matched(a), matched(b)
     rng = np.random.default_rng(seed)
     names = sorted(set(groups))
     members = {g: [i for i, x in enumerate(groups) if x == g] for g in names}
+    labels = np.array([int(r["abnormal"]) for r in a])
+    score_a = np.array([float(r["image_score"]) for r in a])
+    score_b = np.array([float(r["image_score"]) for r in b])
+    rate_f = float(rate)
     sa, sb, aa, ab = [], [], [], []
     for _ in range(n):
         pick = rng.choice(len(names), size=len(names), replace=True)
         idx = [i for p in pick for i in members[names[p]]]
-        ma = evaluate_predictions([a[i] for i in idx])
-        mb = evaluate_predictions([b[i] for i in idx])
-        sa.append(ma.froc[rate])
-        sb.append(mb.froc[rate])
-        aa.append(ma.image_auc)
-        ab.append(mb.image_auc)
+        for m, out in ((ma, sa), (mb, sb)):
+            fp = np.concatenate([m[i][0] for i in idx])
+            les = np.concatenate([m[i][1] for i in idx])
+            out.append(sensitivity_at(fp, les, len(idx), rate_f) if len(les) else float("nan"))
+        aa.append(roc_auc(labels[idx], score_a[idx]))
+        ab.append(roc_auc(labels[idx], score_b[idx]))
 
     def ci(v):
         v = np.asarray(v, float)

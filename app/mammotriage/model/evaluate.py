@@ -121,6 +121,30 @@ def _key(rate: float) -> str:
     return f"{rate:g}"
 
 
+def froc_curve(fp_scores: np.ndarray, lesion_scores: np.ndarray, n_images: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """MONAI's ``compute_froc_curve_data`` (same thresholds, same order), vectorised: with
+    thousands of marks the original's loop over thresholds is quadratic."""
+    fp = np.sort(np.asarray(fp_scores, np.float64))
+    tp = np.sort(np.asarray(lesion_scores, np.float64))
+    thresholds = np.unique(np.concatenate([fp, tp]))[1:]
+    n_fp = len(fp) - np.searchsorted(fp, thresholds, side="left")
+    n_tp = len(tp) - np.searchsorted(tp, thresholds, side="left")
+    fps = np.append(n_fp, 0) / n_images
+    sens = np.append(n_tp, 0) / len(tp)
+    return fps, sens
+
+
+def sensitivity_at(fp_scores: np.ndarray, lesion_scores: np.ndarray, n_images: int, rate: float) -> float:
+    """Sensitivity at ``rate`` FP/image, read off the curve as :func:`froc_from` does."""
+    fp = np.concatenate([np.asarray(fp_scores, np.float64), [0.0]])
+    fps, sens = froc_curve(fp, lesion_scores, n_images)
+    if len(fps) == 0:
+        return 0.0
+    x, y = fps[::-1], sens[::-1]
+    return float(np.interp(rate, x, y, left=0.0, right=float(y[-1])))
+
+
 def froc_from(fp_scores: np.ndarray, lesion_scores: np.ndarray, n_images: int,
               rates: Sequence[float] = FP_RATES) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:
     """Sensitivity at each FP/image rate, the mean, and the curve (MONAI FROC utilities)."""
