@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import pytest
 from mtsupport import require_shared
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display needed by any test
+# One audit key for the whole session, never the user's own (module- and session-scoped
+# fixtures open correction logs before the per-test MAMMOTRIAGE_HOME is set).
+os.environ.setdefault("MAMMOTRIAGE_AUDIT_KEY",
+                      os.path.join(tempfile.mkdtemp(prefix="mt-audit-key-"), "audit.key"))
 
 
 @pytest.fixture(autouse=True)

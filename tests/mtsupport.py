@@ -130,3 +130,24 @@ def monitor_archive(tmp_path):
         log.append(reader="dr", exam_key="1.2.2", action="add", sop_uid=sop, pixel_sha256="bb" * 32,
                    model_version="v1", kind="mass", geometry={"type": "box", "box": [1, 1, 9, 9]})
     return archive
+
+
+def mouse(widget, kind, pos, button, buttons) -> None:
+    """Send one real mouse event to a Qt widget (``kind`` a QEvent.Type)."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QMouseEvent
+    from PySide6.QtWidgets import QApplication
+
+    event = QMouseEvent(kind, pos, widget.mapToGlobal(pos), button, buttons, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, event)
+
+
+def mouse_drag(widget, a, b) -> None:
+    """Left-button drag from ``a`` to ``b`` (QPointF, widget coordinates)."""
+    from PySide6.QtCore import QEvent, Qt
+
+    left = Qt.MouseButton.LeftButton
+    mouse(widget, QEvent.Type.MouseButtonPress, a, left, left)
+    mouse(widget, QEvent.Type.MouseMove, (a + b) / 2, Qt.MouseButton.NoButton, left)
+    mouse(widget, QEvent.Type.MouseMove, b, Qt.MouseButton.NoButton, left)
+    mouse(widget, QEvent.Type.MouseButtonRelease, b, left, Qt.MouseButton.NoButton)

@@ -146,11 +146,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mammotriage.phantom import write_demo_set
 
     out = Path(args.out)
-    gt_path = write_demo_set(out, n_exams=args.exams, seed=args.seed, rows=args.rows, columns=args.columns)
+    gt_path = write_demo_set(out, n_exams=args.exams, seed=args.seed, priors=args.priors, rows=args.rows,
+                             columns=args.columns)
     gt = json.loads(Path(gt_path).read_text(encoding="utf-8"))
     n_images = sum(len(e["images"]) for e in gt["exams"])
     n_lesions = sum(len(e["lesions"]) for e in gt["exams"])
-    print(f"wrote {len(gt['exams'])} exams ({n_images} images, {n_lesions} lesion marks) to {out}")
+    n_priors = sum(1 for e in gt["exams"] if "prior_of" in e)
+    print(f"wrote {len(gt['exams'])} exams ({n_priors} of them priors of another; {n_images} images, "
+          f"{n_lesions} lesion marks) to {out}")
     print(f"ground truth: {gt_path}")
     return 0
 
@@ -159,17 +162,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
+    from mammotriage.store.audit import AuditKeyError
     from mammotriage.store.events import CorrectionLog
 
-    with CorrectionLog(archive_path()) as log:
-        report = log.verify()
+    try:
+        with CorrectionLog(archive_path()) as log:
+            report = log.verify()
+    except AuditKeyError as exc:
+        print(f"cannot verify: {exc}", file=sys.stderr)
+        return 2
     if args.json:
-        print(json.dumps({"ok": report.ok, "events": report.events, "problems": report.problems}, indent=2))
+        print(json.dumps({"ok": report.ok, "events": report.events, "problems": report.problems,
+                          "head": report.head, "unkeyed": report.unkeyed}, indent=2))
     else:
         for problem in report.problems:
             print(f"TAMPERED: {problem}")
         print(f"{report.events} correction events: " + ("chain verified" if report.ok else
-                                                        f"{len(report.problems)} problem(s)"))
+                                                        f"{len(report.problems)} problem(s)")
+              + (f" (head: {report.head['count']} events, keyed)" if report.head else ""))
     return 0 if report.ok else 1
 
 
@@ -248,6 +258,17 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- worklist
+
+def cmd_worklist(args: argparse.Namespace) -> int:
+    from mammotriage.config import archive_path, data_dir
+    from mammotriage.triage.worklist import listing_text, worklist_listing
+
+    listing = worklist_listing(archive_path(), data_dir(), reader=args.reader)
+    print(json.dumps(listing, indent=2) if args.json else listing_text(listing))
+    return 0
+
+
 # --------------------------------------------------------------------------- app
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -322,12 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="also write PNG plots here")
     p.set_defaults(func=cmd_monitor)
 
+    p = sub.add_parser("worklist", help="the worklist as the app orders it (AI left out in blind mode)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--reader", metavar="NAME", help="whose initial assessments unblind AI (default: the "
+                   "app's signed-in reader)")
+    p.set_defaults(func=cmd_worklist)
+
     p = sub.add_parser("demo", help="write synthetic 4-view screening exams with ground truth")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--exams", type=int, default=6, metavar="N")
     p.add_argument("--seed", type=int, default=0, metavar="S")
     p.add_argument("--rows", type=int, default=1024, help="image rows (up to 4096)")
     p.add_argument("--columns", type=int, default=832, help="image columns (up to 3328)")
+    p.add_argument("--priors", type=int, default=2, metavar="N",
+                   help="patients that also get an exam 1-2 years earlier (default 2; 0 for none)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -341,12 +370,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
+    # Started by the app as a separate program (a retrain job): end with the app.
+    from mammotriage.lifetime import die_with_parent_from_env
+
+    die_with_parent_from_env()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["app", *(argv or [])])
+    from mammotriage.store.audit import AuditKeyError
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except AuditKeyError as exc:  # any command that records or reads reader corrections
+        print(f"audit key: {exc}", file=sys.stderr)
+        return 2

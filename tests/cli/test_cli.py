@@ -60,16 +60,51 @@ def test_demo_writes_exams_and_ground_truth(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--exams", "3", "--seed", "5", "--rows", "256", "--columns", "208"]) == 0
     truth = json.loads((out / "ground_truth.json").read_text())
-    assert len(truth["exams"]) == 3
+    current = [e for e in truth["exams"] if "prior_of" not in e]
+    priors = [e for e in truth["exams"] if "prior_of" in e]
+    assert len(current) == 3 and len(priors) == 2  # longitudinal patients by default
     for exam in truth["exams"]:
         assert exam["study_uid"]
         for lesion in exam["lesions"]:
             assert set(lesion) >= {"sop_uid", "box", "kind", "malignant"}
             x0, y0, x1, y1 = lesion["box"]
             assert 0 <= x0 < x1 <= 208 and 0 <= y0 < y1 <= 256
-    assert len(list(out.rglob("*.dcm"))) == 12
+    assert len(list(out.rglob("*.dcm"))) == 20
     # the demo imports cleanly
     assert main(["import", str(out / "exam001"), str(out / "exam002"), str(out / "exam003")]) == 0
+    for prior in priors:
+        (cur,) = [e for e in current if e["study_uid"] == prior["prior_of"]]
+        assert cur["patient_id"] == prior["patient_id"] and cur["prior_study_uids"] == [prior["study_uid"]]
+        assert prior["years_before"] in (1, 2)
+        assert len(prior["lesions"]) <= len(cur["lesions"])
+        assert not cur["lesions"] or prior["lesions"] == [] or all(
+            (p["box"][2] - p["box"][0]) < (c["box"][2] - c["box"][0])
+            for p, c in zip(prior["lesions"], cur["lesions"], strict=False))
+
+
+def test_worklist_lists_priors_of_the_demo_patients(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--exams", "3", "--seed", "5", "--rows", "256", "--columns", "208"]) == 0
+    truth = json.loads((out / "ground_truth.json").read_text())
+    assert main(["import", *(str(p) for p in sorted(out.iterdir()) if p.is_dir())]) == 0
+    capsys.readouterr()
+    assert main(["worklist", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    rows = {r["study_uid"]: r for r in listing["exams"]}
+    assert len(rows) == 5
+    for exam in truth["exams"]:
+        row = rows[exam["study_uid"]]
+        assert row["priors"] == len(exam.get("prior_study_uids", []))
+        assert row["prior_study_uids"] == exam.get("prior_study_uids", [])
+        assert row["read_state"] == "unread" and "ai_status" in row
+    # blind mode (the site's policy) leaves AI category and score out
+    (tmp_path / "home" / "reading_policy.json").write_text('{"reading_mode": "after read", "enforced": true}')
+    assert main(["worklist", "--json"]) == 0
+    blind = json.loads(capsys.readouterr().out)
+    assert blind["blind"] and all("ai_score" not in r and "ai_category" not in r for r in blind["exams"])
+    assert main(["worklist"]) == 0
+    assert "hidden until your initial assessment" in capsys.readouterr().out
 
 
 def test_console_script_and_module_entry_points(tmp_path: Path) -> None:

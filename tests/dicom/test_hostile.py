@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,33 +32,47 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
     return {c.name: c for c in write_corpus(tmp_path_factory.mktemp("hostile"))}
 
 
-def _limit() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+#: A small launcher forks the reader and reports its ``ru_maxrss``.  Forking the reader
+#: from the test process itself would count that (large) process's resident pages: on
+#: Linux a child's peak RSS starts from its parent's at fork and survives ``exec``.
+LAUNCHER = r"""
+import json, os, resource, subprocess, sys
+limit, result, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def lim():
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+p = subprocess.Popen(cmd, preexec_fn=lim)
+_pid, status, usage = os.wait4(p.pid, 0)
+with open(result, "w") as fh:
+    json.dump({"status": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, fh)
+"""
 
 
 def read_in_limited_process(path: Path) -> tuple[int, str, str, int, bool]:
     """(exit status, stdout, stderr, peak RSS in bytes, hung) of ``info --json path``."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "app"), "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "mammotriage", "info", "--json", os.fsencode(path)],
-                                stdout=out, stderr=err, env=env, preexec_fn=_limit)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(ADDRESS_SPACE), str(result),
+                                 sys.executable, "-m", "mammotriage", "info", "--json", os.fsencode(path)],
+                                stdout=out, stderr=err, env=env, start_new_session=True)
         hung = threading.Event()
 
         def guard() -> None:
             hung.set()
-            proc.kill()
+            os.killpg(proc.pid, 9)  # the launcher and the reader
 
         timer = threading.Timer(HANG_GUARD_S, guard)
         timer.start()
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return (proc.returncode, out.read().decode(), err.read().decode(errors="replace"),
-                usage.ru_maxrss * 1024, hung.is_set())
+        got = json.loads(result.read_text()) if result.exists() else {"status": proc.returncode, "maxrss_kib": 0}
+        return (int(got["status"]), out.read().decode(), err.read().decode(errors="replace"),
+                int(got["maxrss_kib"]) * 1024, hung.is_set())
 
 
 def _strict(text: str) -> object:

@@ -10,6 +10,7 @@ exam 1 only and adds a polygon; exam 3 has no correction (unreviewed).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,13 @@ class Labelled:
     snapshot: dict[str, Any]  # loaded manifest
 
 
-def build_labelled_archive(root: Path, seed: int = 11) -> Labelled:
+def build_labelled_archive(root: Path, seed: int = 11,
+                           prepare: Callable[[Path], None] | None = None) -> Labelled:
+    """``prepare(path)``, when given, may rewrite each source file before it is imported."""
     truth = json.loads(write_demo_set(root / "src", 3, seed, rows=256, columns=208).read_text())
+    if prepare is not None:
+        for path in sorted((root / "src").rglob("*.dcm")):
+            prepare(path)
     home = root / "home"
     archive_file = home / "archive.sqlite"
     with Archive(archive_file) as archive:
@@ -110,3 +116,9 @@ def exported(labelled: Labelled, tmp_path_factory: pytest.TempPathFactory) -> Pa
                     progress=lambda done, total, note: calls.append((done, total)))
     assert calls and calls[-1][0] == calls[-1][1] == len(labelled.snapshot["images"])
     return out
+
+
+@pytest.fixture(scope="session")
+def build_labelled() -> Callable[..., Labelled]:
+    """:func:`build_labelled_archive`, for modules that need an archive of their own."""
+    return build_labelled_archive

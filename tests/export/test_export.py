@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from mammotriage.export import ExportError, export_snapshot
-from mammotriage.store.events import KINDS
+from mammotriage.store.events import KINDS, CorrectionLog
 from mtsupport import require_tool
 
 
@@ -36,6 +36,11 @@ def test_layout_and_manifest_hashes_every_file(exported: Path, labelled) -> None
     assert manifest["counts"]["images"] == len(snapshot["images"]) == 12
     assert manifest["counts"]["reviewed_images"] == 8 and manifest["counts"]["srs"] == 8
     assert manifest["deidentification"]["method_code"]["value"] == "113100"
+    # the audit chain the labels came from, as pinned by the snapshot
+    assert manifest["audit_head"] == snapshot["audit_head"]
+    with CorrectionLog(labelled.archive) as log:
+        assert manifest["audit_head"]["count"] == len(log.events()) > 0
+        assert manifest["audit_head"]["mac"] == log.signed_head().mac
     assert len(list(exported.glob("images/*/*.dcm"))) == 12
     assert len(list(exported.glob("sr/*/*.sr.dcm"))) == 8
     readme = (exported / "README.md").read_text()

@@ -430,3 +430,24 @@ def test_full_size_view(tmp_path: Path) -> None:
     path = tmp_path / "RCC.dcm"
     image.dataset.save_as(path, enforce_file_format=True)
     assert _dciodvfy_errors(path) == []
+
+
+def test_a_prior_is_the_same_patient_earlier_with_the_lesion_smaller() -> None:
+    current = generate_exam(9, exam_number=1, normal=False, rows=256, columns=208)
+    prior = generate_exam(9, exam_number=1, normal=False, years_before=2, rows=256, columns=208)
+    cur_ds, pri_ds = current.images[0].dataset, prior.images[0].dataset
+    assert prior.patient_id == current.patient_id and pri_ds.PatientName == cur_ds.PatientName
+    assert pri_ds.PatientBirthDate == cur_ds.PatientBirthDate
+    assert pri_ds.StudyDate < cur_ds.StudyDate
+    assert prior.study_uid != current.study_uid
+    assert {i.sop_uid for i in prior.images}.isdisjoint({i.sop_uid for i in current.images})
+    first = [les for les in current.lesions if les.lesion_id == 0]
+    earlier = [les for les in prior.lesions if les.lesion_id == 0]
+    assert len(earlier) == len(first) and {les.lesion_id for les in prior.lesions} == {0}
+    for a, b in zip(sorted(earlier, key=lambda x: x.view), sorted(first, key=lambda x: x.view), strict=True):
+        assert (a.box[2] - a.box[0]) < (b.box[2] - b.box[0])
+    normal_now = generate_exam(9, exam_number=3, normal=True, rows=256, columns=208)
+    normal_then = generate_exam(9, exam_number=3, normal=True, years_before=1, rows=256, columns=208)
+    assert normal_then.normal and normal_now.normal
+    # stable: the same breast, the same tissue
+    assert np.array_equal(normal_then.images[0].pixels, normal_now.images[0].pixels)

@@ -106,7 +106,9 @@ def test_marks_land_on_the_lesion_through_flips_and_zoom(window, qtbot) -> None:
         # the mirrored stored layout: the display shows the lesion on the other side of the
         # stored column index
         assert pane.view.orientation.flip_h
-    win.hanging.state.toggle_all_marks()
+    win.hanging.state.toggle_all_marks()  # Shift+A: candidates down to the lower operating point
+    assert len(pane.mark_rects()) == 1  # 0.1 is below the default candidate point (half of 0.5)
+    win.hanging.state.candidate_point = 0.05
     assert len(pane.mark_rects()) == 2
 
 

@@ -6,33 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PySide6.QtCore import QEvent, QPointF, Qt
-from PySide6.QtGui import QMouseEvent
-from PySide6.QtWidgets import QApplication, QInputDialog
+from PySide6.QtWidgets import QInputDialog
 
 from mammotriage.phantom import generate_exam
 from mammotriage.store import Archive
 from mammotriage.store.events import CorrectionLog
 from mammotriage.triage import TriageQueue
 from mammotriage.ui.main_window import MainWindow
-
-
-def _send(widget, kind, pos: QPointF, button, buttons) -> None:
-    event = QMouseEvent(kind, pos, widget.mapToGlobal(pos), button, buttons, Qt.KeyboardModifier.NoModifier)
-    QApplication.sendEvent(widget, event)
+from mtsupport import mouse, mouse_drag
 
 
 def _drag(widget, a: QPointF, b: QPointF) -> None:
-    left = Qt.MouseButton.LeftButton
-    _send(widget, QEvent.Type.MouseButtonPress, a, left, left)
-    _send(widget, QEvent.Type.MouseMove, (a + b) / 2, Qt.MouseButton.NoButton, left)
-    _send(widget, QEvent.Type.MouseMove, b, Qt.MouseButton.NoButton, left)
-    _send(widget, QEvent.Type.MouseButtonRelease, b, left, Qt.MouseButton.NoButton)
+    mouse_drag(widget, a, b)
 
 
 def _click(widget, p: QPointF) -> None:
     left = Qt.MouseButton.LeftButton
-    _send(widget, QEvent.Type.MouseButtonPress, p, left, left)
-    _send(widget, QEvent.Type.MouseButtonRelease, p, left, Qt.MouseButton.NoButton)
+    mouse(widget, QEvent.Type.MouseButtonPress, p, left, left)
+    mouse(widget, QEvent.Type.MouseButtonRelease, p, left, Qt.MouseButton.NoButton)
 
 
 @pytest.fixture

@@ -150,6 +150,19 @@ class MammoMetadata:
     #: what the reader set aside and why (a broken window or VOI LUT, a rescale that is
     #: not a number): shown by ``info`` and the triage output, never silent
     warnings: tuple[str, ...] = ()
+    patient_birth_date: _dt.date | None = None
+    patient_age: str = ""  # Patient's Age (0010,1010) as written, e.g. "052Y"
+
+    @property
+    def age_at_exam(self) -> int | None:
+        """Age in years on the study date: from the birth date, else Patient's Age."""
+        if self.patient_birth_date is not None and self.study_date is not None:
+            b, d = self.patient_birth_date, self.study_date
+            return d.year - b.year - ((d.month, d.day) < (b.month, b.day))
+        age = self.patient_age.strip().upper()
+        if len(age) == 4 and age[:3].isdigit() and age[3] == "Y":
+            return int(age[:3])
+        return None
 
     @property
     def is_spot_or_magnified(self) -> bool:

@@ -586,6 +586,8 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
         body_part=_text(ds, "BodyPartExamined").upper(),
         estimated_magnification=factor,
         warnings=tuple(notes),
+        patient_birth_date=_date(ds, "PatientBirthDate"),
+        patient_age=_text(ds, "PatientAge"),
     )
 
 

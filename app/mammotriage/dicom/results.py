@@ -593,6 +593,7 @@ def write_reader_findings_sr(
     series_number: int = 910,
     instance_number: int = 1,
     series_instance_uid: str | None = None,
+    evaluations: Mapping[str, Sequence[tuple[Code, Code]]] | None = None,
 ) -> Dataset:
     """Write reader (or consensus) findings as a Comprehensive SR with a TID 1500 report.
 
@@ -614,6 +615,11 @@ def write_reader_findings_sr(
         Series Description (0008,103E), at most 64 characters.
     series_number, instance_number, series_instance_uid
         As for :func:`write_findings_sr`.
+    evaluations
+        Qualitative evaluations (concept name, coded value) per breast (``"R"``,
+        ``"L"``) or for both (``"B"``), e.g. the signed BI-RADS assessment category and
+        breast composition: one TID 1501 group per key with the breast as finding site
+        and that breast's images as source images.
 
     Returns
     -------
@@ -661,6 +667,21 @@ def write_reader_findings_sr(
                 finding_type=code,
                 finding_category=FINDING_CATEGORY,
                 finding_sites=[_breast_site(_laterality(source))],
+            )
+        )
+    for side, pairs in sorted((evaluations or {}).items()):
+        if side not in ("R", "L", "B"):
+            raise ValueError(f"evaluations keys must be 'R', 'L' or 'B', got {side!r}")
+        images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
+                  for ds in sources if side == "B" or _laterality(ds) == side]
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=hd.UID(), identifier={"R": "Right breast", "L": "Left breast"}.get(side, "Exam")),
+                finding_sites=[_breast_site(side)],
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=name, value=value)
+                                         for name, value in pairs],
+                source_images=images or None,
             )
         )
     if not findings:

@@ -12,16 +12,18 @@ dicognito (a maintained pydicom-based de-identifier) does the replacement work:
 * a list of patient-identifying attributes (telephone numbers, occupation, insurance
   plan, religious preference, military rank, ...) is removed.
 
-This module adds, as dicognito element handlers that run first, the remaining actions
-of PS3.15 Table E.1-1 (Basic Profile) that matter for mammography objects:
+This module adds, as a dicognito element handler that runs first, every action of
+PS3.15 Table E.1-1 (Basic Profile), read from the table itself
+(:mod:`mammotriage.export.profile`, ``ps3_15_e1_1.tsv``): all 621 rows, each attribute
+removed (X), emptied (Z), given a dummy value (D) or a pseudonymous UID (U), compound
+actions resolved as :func:`~mammotriage.export.profile.resolve` says.  dicognito's
+pseudonyms are kept where the action allows a dummy (person names, its list of IDs,
+UIDs), so one patient keeps one pseudonymous ID across the export.  Besides:
 
-* every DA, DT and TM value is made zero length (Z; the Basic Profile removes or
-  empties dates and times: no Retain Longitudinal Temporal Information option), and
-  Longitudinal Temporal Information Modified (0028,0303) is set to ``REMOVED``;
-* free-text and patient characteristic attributes the profile removes (X) are removed:
-  :data:`REMOVE`; Type 2 attributes the profile empties (Z) are emptied: :data:`EMPTY`;
-* private attributes are removed (the profile without the Retain Safe Private option);
-* overlay (60xx) and curve (50xx) groups are removed (they may carry annotations).
+* every DA, DT and TM value outside the table is made zero length as well (no Retain
+  Longitudinal Temporal Information option), and Longitudinal Temporal Information
+  Modified (0028,0303) is set to ``REMOVED``;
+* private attributes, overlay (60xx) and curve (50xx) groups are removed.
 
 Pixel data is kept unchanged. The caller must only pass images whose Burned In
 Annotation (0028,0301) is ``NO`` (see :func:`burned_in_annotation`); the Clean Pixel
@@ -40,15 +42,16 @@ import pydicom
 from dicognito import __version__ as DICOGNITO_VERSION
 from dicognito.anonymizer import Anonymizer
 from dicognito.element_anonymizer import ElementAnonymizer
+from dicognito.idanonymizer import IDAnonymizer
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+
+from mammotriage.export.profile import dummy_value, entry_for, resolve, table
 
 __all__ = [
     "BASIC_PROFILE_CODE",
     "DICOGNITO_VERSION",
-    "EMPTY",
     "IMPLEMENTATION_CLASS_UID",
-    "REMOVE",
     "Deidentifier",
     "burned_in_annotation",
 ]
@@ -58,68 +61,51 @@ BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profil
 #: Implementation Class UID written in the file meta of exported files (Mammo Triage's).
 IMPLEMENTATION_CLASS_UID = "2.25.151618362018175754709966790777982717541"
 
-#: Attributes PS3.15 Table E.1-1 removes (X, or X/Z / X/D where we choose X) that
-#: dicognito leaves: descriptions, comments, patient characteristics, device identity,
-#: institution, references to other objects that could carry identifiers.
-REMOVE = frozenset({
-    "AcquisitionComments", "AcquisitionDeviceProcessingDescription", "AdditionalPatientHistory",
-    "AdmissionID", "AdmittingDiagnosesCodeSequence", "AdmittingDiagnosesDescription", "Allergies",
-    "Arbitrary", "AuthorObserverSequence", "BranchOfService", "CommentsOnThePerformedProcedureStep",
-    "ContentSequence", "ContributionDescription", "CountryOfResidence", "CurrentPatientLocation",
-    "CustodialOrganizationSequence", "DerivationDescription", "DeviceSerialNumber",
-    "DischargeDiagnosisDescription", "EthnicGroup", "FrameComments", "GantryID", "IdentifyingComments",
-    "ImageComments", "ImagePresentationComments", "InstitutionAddress", "InstitutionCodeSequence",
-    "InstitutionName", "InstitutionalDepartmentName", "InstitutionalDepartmentTypeCodeSequence",
-    "InterpretationApproverSequence", "IssuerOfPatientID", "MedicalAlerts", "MedicalRecordLocator",
-    "MilitaryRank", "ModifiedAttributesSequence", "Occupation",
-    "OriginalAttributesSequence", "OtherPatientIDsSequence", "PatientAddress", "PatientAge",
-    "PatientBirthName", "PatientBirthTime", "PatientComments", "PatientInsurancePlanCodeSequence",
-    "PatientMotherBirthName", "PatientReligiousPreference", "PatientSize", "PatientState",
-    "PatientTelecomInformation", "PatientTelephoneNumbers", "PatientWeight",
-    "PerformedProcedureStepDescription", "PerformedLocation", "PerformedStationAETitle",
-    "PerformedStationGeographicLocationCodeSequence", "PerformedStationName",
-    "PerformedStationNameCodeSequence", "PregnancyStatus", "ProtocolName",
-    "ReferencedPatientAliasSequence", "ReferencedPatientPhotoSequence",
-    "ReferencedPatientSequence", "ReferencedPerformedProcedureStepSequence",
-    "ReferencedStudySequence", "RegionOfResidence", "RequestAttributesSequence",
-    "RequestedProcedureDescription", "RequestingService", "ResultsComments",
-    "ScheduledProcedureStepDescription", "SeriesDescription", "ServiceEpisodeDescription",
-    "SmokingStatus", "SoftwareVersions", "SpecialNeeds", "StudyComments", "StudyDescription",
-    "TextComments", "TextString", "TopicAuthor", "TopicKeywords", "TopicSubject", "TopicTitle",
-    "VisitComments",
-})
-#: Type 2 attributes PS3.15 Table E.1-1 replaces with a zero-length value (Z) that
-#: dicognito leaves.
-EMPTY = frozenset({"PatientSex", "AcquisitionContextSequence"})
-
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
+                       "UC", "UR", "UT", "UI"})
 _DEIDENTIFICATION_METHOD = "PS3.15 E.1-1 Basic Profile"
 
 
 class _BasicProfile(ElementAnonymizer):
-    """The Basic Profile actions dicognito does not take (see the module docstring)."""
+    """Table E.1-1's actions, ahead of dicognito's own handlers."""
+
+    def __init__(self, pseudonymised: frozenset[int]):
+        # Tags whose values dicognito replaces by consistent dummies (its ID list).
+        self._pseudonymised = pseudonymised
+
+    def _dicognito_replaces(self, element: DataElement) -> bool:
+        return element.VR in ("PN", "UI") or int(element.tag) in self._pseudonymised
 
     def __call__(self, dataset: Dataset, data_element: DataElement) -> bool:
         tag = data_element.tag
-        keyword = data_element.keyword
         if tag.is_private or tag.group & 0xFF00 in (0x5000, 0x6000):
             del dataset[tag]
             return True
-        if keyword in REMOVE:
+        entry = entry_for(tag)
+        vr = data_element.VR
+        if entry is None:
+            if vr in ("DA", "DT", "TM"):
+                data_element.value = ""
+                return True
+            return False  # dicognito's handlers (UIDs, names ...) still run
+        action = resolve(entry, vr)
+        if action == "X":
             del dataset[tag]
             return True
-        if keyword in EMPTY:
-            data_element.value = [] if data_element.VR == "SQ" else ""
-            return True
-        if data_element.VR in ("DA", "DT", "TM"):
-            data_element.value = ""
-            return True
-        return False
+        if action in ("U", "U*"):
+            return False  # dicognito replaces every UID consistently; items are walked
+        if self._dicognito_replaces(data_element):
+            return False  # a pseudonymous dummy, allowed by Z and D
+        if action == "Z":
+            data_element.value = [] if vr == "SQ" else ("" if vr in _TEXT_VRS else None)
+        else:
+            data_element.value = dummy_value(vr)
+        return True
 
     def describe_actions(self) -> Iterator[str]:
         yield "Remove private attributes and overlay/curve groups"
-        yield "Make every DA, DT and TM value zero length"
-        yield f"Remove {', '.join(sorted(REMOVE))}"
-        yield f"Empty {', '.join(sorted(EMPTY))}"
+        yield f"PS3.15 Table E.1-1 Basic Profile actions for {len(table())} attributes"
+        yield "Make every other DA, DT and TM value zero length"
 
 
 def burned_in_annotation(ds: Dataset) -> str:
@@ -141,18 +127,23 @@ class Deidentifier:
 
     def __init__(self, seed: str | None = None):
         self._anonymizer = Anonymizer(seed=seed if seed is not None else secrets.token_hex(32))
-        self._anonymizer.add_element_handler(_BasicProfile())
+        ids = frozenset(int(t) for h in self._anonymizer._element_handlers
+                        if isinstance(h, IDAnonymizer) for t in h.id_tags)
+        self._anonymizer.add_element_handler(_BasicProfile(ids))
 
     def describe(self) -> dict[str, object]:
         """What is done, for the export manifest and README."""
         return {
             "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
+            "table": f"PS3.15 Table E.1-1, {len(table())} attributes, each removed, emptied, "
+                     "replaced by a dummy or by a pseudonymous UID",
             "method_code": {"value": BASIC_PROFILE_CODE[0], "scheme": BASIC_PROFILE_CODE[1],
                             "meaning": BASIC_PROFILE_CODE[2]},
             "library": f"dicognito {DICOGNITO_VERSION}",
             "uids": "replaced by pseudonymous UIDs, consistent across all files of the export",
             "names_and_ids": "replaced by dummy values",
-            "dates_and_times": "zero length (removed)",
+            "dates_and_times": "zero length or removed; 19000101 / 000000 where the profile "
+                               "requires a value (action D)",
             "private_attributes": "removed",
             "overlays_and_curves": "removed",
             "pixel_data": "unchanged; only images with Burned In Annotation NO are exported",

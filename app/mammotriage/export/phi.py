@@ -4,6 +4,13 @@ The export runs it on its staging folder before it publishes the folder: any hit
 the export. :func:`phi_needles` collects, from each source dataset, the values to look
 for; :func:`scan_folder` walks every file: DICOM files element by element (string
 values, person names, UIDs, dates and times), every other file as UTF-8 text.
+
+What is looked for is driven by PS3.15 Table E.1-1 (:mod:`mammotriage.export.profile`):
+the source value of *every* attribute in the table must not be left in the same
+attribute anywhere in an exported DICOM file (nested sequences included); values that
+identify a person, a patient, a trial subject or a site (:data:`PHI_KEYWORDS`, person
+names, addresses, telephone numbers, trial sponsor/site/subject) must not appear
+anywhere at all, in any file, as text.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+from mammotriage.export.profile import entry_for
 
 __all__ = ["EXACT_KEYWORDS", "PHI_KEYWORDS", "PhiHit", "PhiNeedles", "phi_needles", "scan_folder"]
 
@@ -31,6 +40,14 @@ PHI_KEYWORDS = (
 #: Attributes whose source values must not be left in the same attribute of an exported
 #: DICOM file (identify the site or the visit rather than the patient; often short).
 EXACT_KEYWORDS = ("StationName", "DeviceSerialNumber", "StudyID")
+#: Parts of keywords of Table E.1-1 attributes whose values identify someone wherever
+#: they appear (looked for in every file as text, like :data:`PHI_KEYWORDS`).
+ANYWHERE_PARTS = ("Address", "Telephone", "PhoneNumber", "Telecom", "ClinicalTrialSponsor",
+                  "ClinicalTrialSite", "ClinicalTrialSubject", "ClinicalTrialCoordinating",
+                  "Institution", "PatientID", "OtherPatient", "Physician", "Operator")
+#: VRs whose values are never looked for as free text (numbers, codes, binary).
+_NOT_TEXT = ("CS", "AS", "DS", "IS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT",
+             "OB", "OW", "OD", "OF", "OL", "OV", "UN", "SQ")
 #: Shorter values (or all-digit values shorter than :data:`MIN_DIGITS_LENGTH`) are only
 #: matched exactly in the same DICOM attribute: a one-character Study ID or a four-digit
 #: number would otherwise "appear" in every hash.
@@ -100,10 +117,15 @@ def phi_needles(ds: Dataset) -> PhiNeedles:
                 for v in _strings(element.value):
                     if v not in pydicom.uid.UID_dictionary:
                         out.uids.add(v)
-        elif keyword in PHI_KEYWORDS or keyword in EXACT_KEYWORDS:
+        elif element.VR not in ("OB", "OW", "OD", "OF", "OL", "OV", "UN", "SQ") and (
+                keyword in PHI_KEYWORDS or keyword in EXACT_KEYWORDS
+                or (keyword and entry_for(element.tag) is not None)):
+            anywhere = element.VR not in _NOT_TEXT and keyword not in EXACT_KEYWORDS and (
+                keyword in PHI_KEYWORDS or element.VR == "PN"
+                or any(part in keyword for part in ANYWHERE_PARTS))
             for v in _strings(element.value):
                 out.exact.setdefault(keyword, set()).add(v)
-                if keyword in EXACT_KEYWORDS:
+                if not anywhere:
                     continue
                 forms = {v, v.replace("^", " ").strip()} if element.VR == "PN" else {v}
                 for form in forms:

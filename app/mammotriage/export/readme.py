@@ -115,14 +115,17 @@ splits: **split by `patient`**, never by image.
 Patient Identity Removed = YES and De-identification Method Code Sequence =
 ({deid['method_code']['value']}, {deid['method_code']['scheme']}, "{deid['method_code']['meaning']}").
 
+- attributes: {deid['table']};
 - UIDs: {deid['uids']} (the SRs reference the de-identified images);
 - names and IDs: {deid['names_and_ids']};
 - dates and times: {deid['dates_and_times']};
 - private attributes: {deid['private_attributes']}; overlays and curves: {deid['overlays_and_curves']};
 - pixel data: {deid['pixel_data']}.
 
-The export was scanned for the source images' names, IDs, dates, institution and UIDs
-before it was published.
+Every image was checked against the table (each attribute removed, emptied or replaced
+as its action allows) and the export was scanned for the source values of every table
+attribute, and for the source images' names, IDs, dates, institution and UIDs, before it
+was published.
 
 ## Excluded images
 

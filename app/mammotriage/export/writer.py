@@ -35,6 +35,7 @@ from mammotriage.dicom.results import (
 from mammotriage.export.deid import Deidentifier, burned_in_annotation
 from mammotriage.export.formats import ExportItem, clip_geometry, coco, monai_datalist
 from mammotriage.export.phi import PhiNeedles, phi_needles, scan_folder
+from mammotriage.export.profile import check_profile
 from mammotriage.export.readme import render_readme
 from mammotriage.store.datasets import bbox, load_snapshot
 
@@ -126,6 +127,15 @@ def _exclusion(index: int, img: Mapping[str, Any], reason: str) -> dict[str, Any
     return {"snapshot_image": index, "laterality": img["laterality"], "view": img["view"], "reason": reason}
 
 
+def _drop_clinical_trial(sr: Dataset) -> None:
+    """highdicom copies the Patient and Study IE modules of the evidence into an SR, the
+    Clinical Trial Subject and Study modules included; a findings SR of a research export
+    carries none of them (the images keep the profile's dummies)."""
+    for element in list(sr):
+        if element.keyword.startswith("ClinicalTrial"):
+            del sr[element.tag]
+
+
 def _check_source(img: Mapping[str, Any]) -> tuple[Dataset | None, str | None]:
     """(dataset, None) when the image may be exported, else (dataset or None, reason)."""
     src = Path(img["path"])
@@ -208,6 +218,10 @@ def export_snapshot(snapshot: str | Path | Mapping[str, Any], out: str | Path, *
                 progress(index + 1, total, f"{img['laterality']}{img['view']} excluded")
             continue
         deid(ds)
+        problems = check_profile(pydicom.dcmread(img["path"], stop_before_pixels=True), ds)
+        if problems:
+            raise ExportError(f"de-identification of snapshot image #{index} broke PS3.15 Table E.1-1 "
+                              f"(export left in {staging}, not published):\n  " + "\n  ".join(problems[:20]))
         study = str(ds.StudyInstanceUID)
         number = study_numbers.setdefault(study, len(study_numbers) + 1)
         study_counts[study] = study_counts.get(study, 0) + 1
@@ -243,6 +257,7 @@ def export_snapshot(snapshot: str | Path | Mapping[str, Any], out: str | Path, *
                  for f in final],
                 series_description=READER_FINDINGS_DESCRIPTION,
                 series_instance_uid=series_uid, instance_number=study_counts[study])
+            _drop_clinical_trial(sr)
             sr_rel = f"sr/{stem}.sr.dcm"
             (staging / sr_rel).parent.mkdir(parents=True, exist_ok=True)
             sr.save_as(staging / sr_rel, enforce_file_format=True)
@@ -313,6 +328,8 @@ def export_snapshot(snapshot: str | Path | Mapping[str, Any], out: str | Path, *
         "snapshot": {"sha256": sha, "name": name, "description": description, "role": role,
                      "consensus": consensus},
         "deidentification": deid.describe(),
+        # The correction-event chain the labels were folded from (count, last hash, MAC).
+        "audit_head": manifest.get("audit_head"),
         "counts": {"images": len(items), "reviewed_images": sum(1 for i in items if i.reviewed),
                    "srs": srs, "final_labels": n_final, "excluded": len(excluded)},
         "excluded": excluded,

@@ -10,7 +10,11 @@ every newly imported instance restarts its study's quiet period in a
 Access control (see :mod:`mammotriage.net.security`): loopback by default, and
 association requests from calling AE titles or hosts that are not on the allow-lists
 are rejected with A-ASSOCIATE-RJ (permanent, service user, "calling AE title not
-recognised" or "no reason given").
+recognised" or "no reason given").  Before that, on ``accept()``,
+:mod:`mammotriage.net.admission` closes connections from hosts off the allow-list, and
+beyond the per-host and "waiting to associate" limits; a connection that sends no
+A-ASSOCIATE-RQ within ``artim_timeout_s`` is closed, and only associated connections
+hold one of the ``max_associations`` slots.
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from mammotriage.config import data_dir
+from mammotriage.net.admission import Admission, AdmissionServer
 from mammotriage.net.completion import StudyCompletionTracker
 from mammotriage.net.receive import ReceivedStore, ReceiveOutcome, ReceiveResult, Status
 from mammotriage.net.security import AccessPolicy, check_bind_policy
@@ -110,6 +115,7 @@ class NodeStats:
 
     associations: int = 0
     rejected_associations: int = 0
+    refused_connections: int = 0
     echoes: int = 0
     received: int = 0
     imported: int = 0
@@ -167,16 +173,23 @@ class StorageNode:
         self.on_received = on_received
         self.stats = NodeStats()
         self._stats_lock = threading.Lock()
-        self._server: ThreadedAssociationServer | None = None
+        self.admission = Admission(self.policy, settings.max_associations,
+                                   settings.max_connections_per_host,
+                                   on_refused=lambda: self._count(refused_connections=1))
+        self._server: AdmissionServer | None = None
         self._ae = self._build_ae()
 
     # -- set-up ------------------------------------------------------------------
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
-        ae.maximum_associations = self.settings.max_associations
+        # Slots are counted by self.admission among associated connections; pynetdicom's
+        # own count (every open connection) must never refuse before it does.
+        ae.maximum_associations = (self.settings.max_associations + self.admission.max_pending
+                                   + self.settings.max_associations)
         ae.maximum_pdu_size = MAX_PDU_SIZE
-        ae.acse_timeout = 30
+        # ARTIM: a connection that has not sent A-ASSOCIATE-RQ by then is closed.
+        ae.acse_timeout = self.settings.artim_timeout_s
         ae.dimse_timeout = 120
         ae.network_timeout = 120
         # Defence in depth: pynetdicom's own check of the calling AE title.
@@ -224,8 +237,10 @@ class StorageNode:
         ]
         where = f"{self.settings.bind}:{self.settings.port}"
         try:
-            self._server = self._ae.start_server(
-                (self.settings.bind, self.settings.port), block=False, evt_handlers=handlers
+            server = self._ae.make_server(
+                (self.settings.bind, self.settings.port), evt_handlers=handlers,
+                server_class=AdmissionServer, admission=self.admission,
+                artim_timeout_s=self.settings.artim_timeout_s,
             )
         except PermissionError as exc:
             raise NodeStartError(
@@ -242,6 +257,11 @@ class StorageNode:
                     f"cannot listen on {where}: this machine has no such address"
                 ) from exc
             raise NodeStartError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        # What AE.start_server(block=False) does, with our server class.
+        self._ae._servers.append(server)
+        threading.Thread(target=make_target(server.serve_forever), daemon=True,
+                         name=f"AcceptorServer@{self.settings.port}").start()
+        self._server = server
         host, port = self.address
         LOG.info(
             "DICOM node %s listening on %s:%d (calling AE titles: %s; hosts: %s)",
@@ -283,7 +303,16 @@ class StorageNode:
         host = str(assoc.requestor.address)
         reason = self.policy.check(calling, host)
         if reason is None:
+            if self.admission.associate(host, int(assoc.requestor.port)):
+                return
+            self._count(rejected_associations=1)
+            LOG.warning("association from %s (%s) rejected: all %d association slots are in use",
+                        calling, host, self.settings.max_associations)
+            # Transient, service provider (presentation), "local limit exceeded".
+            assoc.acse.send_reject(0x02, 0x03, 0x02)
+            assoc.kill()
             return
+        self.admission.requested(host, int(assoc.requestor.port))  # no longer waiting; no slot
         self._count(rejected_associations=1)
         LOG.warning("association from %s (%s) rejected: %s", calling, host, reason)
         # Permanent rejection by the service user: "calling AE title not recognised"
@@ -294,6 +323,10 @@ class StorageNode:
 
     def _on_accepted(self, event: Any) -> None:
         self._count(associations=1)
+        sock = event.assoc.dul.socket
+        if sock is not None and sock.socket is not None:
+            # Associated: reads may now wait as long as the network timeout.
+            sock.socket.settimeout(self._ae.network_timeout)
         LOG.info(
             "association accepted from %s (%s)",
             str(event.assoc.requestor.ae_title).strip(),

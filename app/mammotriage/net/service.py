@@ -127,6 +127,7 @@ class NetworkService:
             "failed": stats.failed,
             "associations": stats.associations,
             "rejected_associations": stats.rejected_associations,
+            "refused_connections": stats.refused_connections,
             "studies_waiting": len(self.tracker.pending()),
             "outbox": self.outbox.counts(),
             "pacs": str(self.settings.pacs) if self.settings.pacs else None,

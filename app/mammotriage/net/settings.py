@@ -194,7 +194,15 @@ class NetworkSettings:
     quiet_period_s
         A study counts as complete once no instance of it arrived for this long.
     max_associations
-        Concurrent incoming associations.
+        Concurrent incoming associations (connections that sent an accepted
+        A-ASSOCIATE-RQ; a connection still waiting to associate holds no slot).
+    max_connections_per_host
+        Open TCP connections from one peer address at once, associated or not; more
+        are closed on accept, so one host cannot take every slot.
+    artim_timeout_s
+        ARTIM timeout: a connection that has not sent A-ASSOCIATE-RQ within this many
+        seconds is closed (also the wait for the peer to close after a release or an
+        abort).
     pacs
         Where results are sent; ``None`` = nowhere.
     send_results
@@ -211,6 +219,8 @@ class NetworkSettings:
     allowed_hosts: tuple[str, ...] = ()
     quiet_period_s: float = 30.0
     max_associations: int = 16
+    max_connections_per_host: int = 10
+    artim_timeout_s: float = 5.0
     pacs: PeerSettings | None = None
     send_results: bool = False
     retry_initial_s: float = 10.0
@@ -251,6 +261,14 @@ class NetworkSettings:
         if not isinstance(self.require_called_ae_title, bool):
             raise NetworkConfigError(
                 f"require_called_ae_title must be true or false, not {self.require_called_ae_title!r}")
+        per_host = self.max_connections_per_host
+        if isinstance(per_host, bool) or not isinstance(per_host, int):
+            raise NetworkConfigError(f"max_connections_per_host must be an integer, not {per_host!r}")
+        if not 1 <= per_host <= 256:
+            raise NetworkConfigError(f"max_connections_per_host {per_host} is outside 1..256")
+        set_(self, "artim_timeout_s", _positive(self.artim_timeout_s, "artim_timeout_s", minimum=0.1))
+        if self.artim_timeout_s > 120:
+            raise NetworkConfigError(f"artim_timeout_s {self.artim_timeout_s:g} is above 120 s")
         if not isinstance(self.send_results, bool):
             raise NetworkConfigError(f"send_results must be true or false, not {self.send_results!r}")
         set_(self, "retry_initial_s", _positive(self.retry_initial_s, "retry_initial_s", minimum=0.01))

@@ -28,6 +28,7 @@ those inputs (PS3.5 B.2).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import uuid
@@ -526,6 +527,7 @@ def generate_exam(
     *,
     exam_number: int = 1,
     normal: bool | None = None,
+    years_before: int = 0,
     **options: Any,
 ) -> PhantomExam:
     """Generate one synthetic four-view screening exam in memory.
@@ -541,6 +543,11 @@ def generate_exam(
     normal
         ``True`` for no lesions, ``False`` for at least one, ``None`` to let the seed
         decide (about one exam in three normal).
+    years_before
+        0 for the exam itself; ``n`` > 0 for the same patient's exam ``n`` years
+        earlier (a prior): same breasts and tissue, same Patient ID, name and birth
+        date, its own UIDs; the first lesion smaller (half the size, lower contrast)
+        and any further lesions absent, so that comparison shows what is new.
     **options
         Fields of :class:`ImageOptions`: ``rows``, ``columns``, ``bits_stored``,
         ``photometric``, ``transfer_syntax``, ``stored_layout``,
@@ -552,11 +559,16 @@ def generate_exam(
         The four datasets (RCC, LCC, RMLO, LMLO) with stored pixels and the lesion
         boxes in stored-pixel coordinates.
     """
-    if seed < 0 or exam_number < 0:
-        raise ValueError("seed and exam_number must be non-negative")
+    if seed < 0 or exam_number < 0 or years_before < 0:
+        raise ValueError("seed, exam_number and years_before must be non-negative")
     opts = ImageOptions(**options)
     streams = np.random.SeedSequence([seed, exam_number]).spawn(1 + len(SCREENING_VIEWS))
     spec = anatomy.sample_exam(np.random.default_rng(streams[0]), normal=normal)
+    role = f"prior{years_before}/" if years_before else ""
+    if years_before:
+        earlier = [dataclasses.replace(les, size_mm=les.size_mm * 0.5, contrast=les.contrast * 0.7)
+                   for les in spec.lesions[:1]]
+        spec = dataclasses.replace(spec, lesions=tuple(earlier), age=spec.age - years_before)
     rows, columns, spacing = opts.rows, opts.columns, opts.spacing_mm
 
     shapes = {
@@ -572,11 +584,13 @@ def generate_exam(
     ]
 
     study_date = _dt.date(2020, 1, 1) + _dt.timedelta(days=spec.study_day)
+    if years_before:
+        study_date -= _dt.timedelta(days=365 * years_before + 11)
     header = _ExamHeader(
         exam_number=exam_number,
         patient_id=f"PHANTOM-{seed}-{exam_number:03d}",
-        study_uid=_uid(seed, exam_number, opts, "study"),
-        series_uid=_uid(seed, exam_number, opts, "series"),
+        study_uid=_uid(seed, exam_number, opts, role + "study"),
+        series_uid=_uid(seed, exam_number, opts, role + "series"),
         study_date=study_date,
         study_time=(_dt.datetime.min + _dt.timedelta(seconds=spec.study_seconds)).time(),
         age=spec.age,
@@ -603,7 +617,7 @@ def generate_exam(
         ]
         flip = chest_wall_on_right(side, opts.stored_layout)
         stored = _to_stored(canvas[:, ::-1] if flip else canvas, opts)
-        sop_uid = _uid(seed, exam_number, opts, f"image/{side}{view}")
+        sop_uid = _uid(seed, exam_number, opts, f"{role}image/{side}{view}")
         dataset = _build_dataset(stored, header, side, view, number, sop_uid, opts)
         images.append(PhantomImage(dataset=dataset, pixels=stored, laterality=side, view=view))
         for index, lesion in drawn:
@@ -632,11 +646,16 @@ def generate_exam(
     )
 
 
-def write_demo_set(out_dir: Path | str, n_exams: int, seed: int, **options: Any) -> Path:
+def write_demo_set(out_dir: Path | str, n_exams: int, seed: int, priors: int = 0, **options: Any) -> Path:
     """Write ``n_exams`` phantom exams and their ground truth.
 
     Exams go to ``out_dir/exam001/RCC.dcm`` and so on; every third exam (numbers 3,
-    6, 9, ...) is normal, the others hold one or two lesions.
+    6, 9, ...) is normal, the others hold one or two lesions. ``priors`` patients
+    (exam 1, then exam 3, then the others in order: one with lesions, one normal
+    first) also get their exam of 1 or 2 years earlier, in ``exam001-prior/``: the
+    lesion smaller or absent, a normal patient stable. Its ground-truth entry says
+    ``"prior_of"`` (the current exam's Study Instance UID) and ``"years_before"``;
+    the current exam's entry lists ``"prior_study_uids"``.
 
     Parameters
     ----------
@@ -660,13 +679,25 @@ def write_demo_set(out_dir: Path | str, n_exams: int, seed: int, **options: Any)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     exams = []
+    order = [n for n in (1, 3) if n <= n_exams] + [n for n in range(1, n_exams + 1) if n not in (1, 3)]
+    with_prior = set(order[: max(priors, 0)])
     for number in range(1, n_exams + 1):
         exam = generate_exam(seed, exam_number=number, normal=number % 3 == 0, **options)
         folder = f"exam{number:03d}"
         paths = exam.save(out / folder)
-        exams.append(
-            exam.ground_truth({label: f"{folder}/{path.name}" for label, path in paths.items()})
-        )
+        entry = exam.ground_truth({label: f"{folder}/{path.name}" for label, path in paths.items()})
+        exams.append(entry)
+        if number in with_prior:
+            years = 1 + number % 2  # 1 or 2 years earlier
+            prior = generate_exam(seed, exam_number=number, normal=number % 3 == 0, years_before=years,
+                                  **options)
+            prior_folder = f"{folder}-prior"
+            prior_paths = prior.save(out / prior_folder)
+            prior_entry = prior.ground_truth(
+                {label: f"{prior_folder}/{path.name}" for label, path in prior_paths.items()})
+            prior_entry.update(prior_of=exam.study_uid, years_before=years)
+            entry["prior_study_uids"] = [prior.study_uid]
+            exams.append(prior_entry)
     truth = {
         "generator": "mammotriage.phantom",
         "version": GROUND_TRUTH_VERSION,

@@ -18,6 +18,9 @@ What a manifest holds
   labels under the declared rule.
 * ``exams``: per-reader and consensus BI-RADS / density, the readers, and the number
   and last hash of the exam's correction events (ties the snapshot to the audit chain).
+* ``audit_head``: the correction-event chain's head when the snapshot was made (count,
+  last seq, last hash and its keyed MAC, :mod:`mammotriage.store.audit`): the events
+  the labels were folded from stay provable after the fact.
 * ``agreement``: per reader pair, the per-lesion match rate (IoU >= :data:`MATCH_IOU`)
   and Cohen's kappa on BI-RADS and density, each with its *n*.
 
@@ -69,6 +72,7 @@ from typing import Any
 
 from mammotriage.store import db
 from mammotriage.store.archive import Archive, ExamRecord
+from mammotriage.store.audit import head_record
 from mammotriage.store.events import KINDS, CorrectionLog, Event
 from mammotriage.store.labels import Label, ReaderLabels, fold
 
@@ -525,6 +529,7 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
             entry, imgs = _exam_entry_and_images(exam, events_by_exam.get(key, []), conn, rule)
             exams.append(entry)
             images.extend(imgs)
+        audit_head = head_record(log.signed_head())
     if not exams:
         raise DatasetError("nothing to snapshot: no exam in the archive has correction events"
                            + ("" if include_unreviewed else
@@ -557,6 +562,7 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
         "agreement": _agreement(exams, images),
         "exams": exams,
         "images": images,
+        "audit_head": audit_head,
     }
 
 

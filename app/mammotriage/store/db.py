@@ -19,6 +19,7 @@ well-defined version.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -335,9 +336,37 @@ _V7_MODEL_REGISTRY = Migration(
     ),
 )
 
+def _new_archive_id(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO audit_anchor (archive_id, created_at) VALUES (?, datetime('now'))",
+                 (str(uuid.uuid4()),))
+
+
+_V8_AUDIT_ANCHOR = Migration(
+    name="audit anchoring: a keyed MAC per correction event; the archive's identity for its head file",
+    steps=(
+        # '' for events recorded before the key existed (anchored by the first head).
+        "ALTER TABLE correction_events ADD COLUMN mac TEXT NOT NULL DEFAULT ''",
+        """
+        CREATE TABLE audit_anchor (
+            archive_id TEXT NOT NULL,   -- random UUID: names the head file beside the key
+            created_at TEXT NOT NULL
+        )
+        """,
+        _new_archive_id,
+        """
+        CREATE TRIGGER audit_anchor_immutable BEFORE UPDATE ON audit_anchor
+        BEGIN SELECT RAISE(ABORT, 'the archive identity is immutable'); END
+        """,
+        """
+        CREATE TRIGGER audit_anchor_no_delete BEFORE DELETE ON audit_anchor
+        BEGIN SELECT RAISE(ABORT, 'the archive identity is immutable'); END
+        """,
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
 MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS,
-                               _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY]
+                               _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY, _V8_AUDIT_ANCHOR]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -9,6 +9,10 @@ labels are a fold over the events (:mod:`mammotriage.store.labels`).
 Each event stores the hash of the previous one, so ``mammotriage audit verify`` finds
 an edited event (its hash no longer matches), a removed one (a gap in the sequence or
 a broken link) and a truncated tail (the sequence counter is ahead of the last event).
+The chain is anchored (:mod:`mammotriage.store.audit`): every event carries an HMAC of
+its hash under the installation's audit key, kept outside the database, and each
+append writes a keyed head record (count, last seq, last hash) to a file beside the
+key, so a re-chained, truncated or emptied log is found too.
 
 Durability: the database runs in WAL mode with ``synchronous=FULL``; :meth:`append`
 returns only after the event's transaction is committed, so an acknowledged event
@@ -20,14 +24,19 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import socket
+import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mammotriage.store import db
+from mammotriage.store.audit import AuditAnchor, AuditKey, FileAnchor, Head
+
+LOG = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 ACTIONS = frozenset({
@@ -40,6 +49,8 @@ ACTIONS = frozenset({
     "birads",        # exam-level BI-RADS assessment 0-6
     "density",       # exam-level breast density A-D
     "note",          # free text
+    "sign",          # the reader signs the exam's assessment (payload: store.assessment)
+    "amend",         # re-opens a signed exam (payload: {"reason": text})
     "undo",          # the target event no longer counts
     "redo",          # an undone event counts again
 })
@@ -73,6 +84,7 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
     prev_hash: str = GENESIS
     hash: str = ""
+    mac: str = ""
 
 
 @dataclass
@@ -80,6 +92,10 @@ class VerifyReport:
     ok: bool
     events: int
     problems: list[str]
+    #: The newest valid head record (``Head.to_json()``), or None.
+    head: dict[str, Any] | None = None
+    #: Events recorded before the audit key existed (anchored only by a head).
+    unkeyed: int = 0
 
 
 def event_hash(fields: dict[str, str]) -> str:
@@ -122,12 +138,49 @@ def _now() -> str:
 class CorrectionLog(db.Connected):
     """The append-only event log in the archive database."""
 
-    def __init__(self, archive_path: str | Path, workstation: str | None = None):
+    def __init__(self, archive_path: str | Path, workstation: str | None = None, *,
+                 key: AuditKey | None = None, anchor: AuditAnchor | None = None):
         super().__init__(archive_path)
         self.workstation = workstation or socket.gethostname()
+        try:
+            self.key = key or AuditKey.load()
+        except BaseException:
+            self.close()
+            raise
+        self.archive_id = self._archive_id()
+        self.anchor: AuditAnchor = anchor or FileAnchor(self.key, self.archive_id)
+        self._adopt_unkeyed_chain()
 
+    def _archive_id(self) -> str:
+        try:
+            row = self.conn.execute("SELECT archive_id FROM audit_anchor LIMIT 1").fetchone()
+        except sqlite3.DatabaseError:
+            row = None
+        return str(row[0]) if row else "unknown-archive"
 
+    def _adopt_unkeyed_chain(self) -> None:
+        """First open after the upgrade: anchor the events recorded before the key."""
+        if not isinstance(self.anchor, FileAnchor) or self.anchor.exists():
+            return
+        try:
+            keyed = self.conn.execute("SELECT 1 FROM correction_events WHERE mac != '' LIMIT 1").fetchone()
+            head = self.head()
+        except sqlite3.DatabaseError:
+            return
+        if keyed is None and head.count:
+            LOG.info("anchoring %d correction events recorded before the audit key", head.count)
+            self.anchor.record(head)
 
+    def head(self) -> Head:
+        """The chain's end now (unsigned: see :meth:`Head.signed`)."""
+        row = self.conn.execute("SELECT COUNT(*), MAX(seq) FROM correction_events").fetchone()
+        count, last_seq = int(row[0]), int(row[1] or 0)
+        last = self.conn.execute("SELECT hash FROM correction_events WHERE seq = ?", (last_seq,)).fetchone()
+        return Head(count, last_seq, last[0] if last else GENESIS)
+
+    def signed_head(self) -> Head:
+        """:meth:`head` with its MAC: what snapshots and exports record."""
+        return self.head().signed(self.key, self.archive_id)
 
     # ----------------------------------------------------------------- readers
     def add_reader(self, name: str, full_name: str = "") -> None:
@@ -168,6 +221,15 @@ class CorrectionLog(db.Connected):
             raise CorrectionError("BI-RADS must be 0-6")
         if action == "density" and payload.get("density") not in ("A", "B", "C", "D"):
             raise CorrectionError("breast density must be A, B, C or D")
+        if action == "sign":
+            from mammotriage.store.assessment import AssessmentError, validate_assessment
+
+            try:
+                payload = validate_assessment(payload)
+            except AssessmentError as exc:
+                raise CorrectionError(str(exc)) from exc
+        if action == "amend" and not str(payload.get("reason", "")).strip():
+            raise CorrectionError("an amendment needs a reason")
         geometry = validate_geometry(geometry)
         fields = {
             "event_id": str(uuid.uuid4()), "at": _now(), "reader": reader, "workstation": self.workstation,
@@ -181,12 +243,18 @@ class CorrectionLog(db.Connected):
             row = self.conn.execute("SELECT hash FROM correction_events ORDER BY seq DESC LIMIT 1").fetchone()
             fields["prev_hash"] = row[0] if row else GENESIS
             digest = event_hash(fields)
+            mac = self.key.mac(digest)
             cur = self.conn.execute(
-                f"INSERT INTO correction_events ({', '.join(_FIELDS)}, hash) "
-                f"VALUES ({', '.join('?' * len(_FIELDS))}, ?)",
-                (*[fields[k] for k in _FIELDS], digest))
+                f"INSERT INTO correction_events ({', '.join(_FIELDS)}, hash, mac) "
+                f"VALUES ({', '.join('?' * len(_FIELDS))}, ?, ?)",
+                (*[fields[k] for k in _FIELDS], digest, mac))
             seq = cur.lastrowid
-        return _event(dict(fields, seq=seq, hash=digest))
+            count = int(self.conn.execute("SELECT COUNT(*) FROM correction_events").fetchone()[0])
+        try:
+            self.anchor.record(Head(count, int(seq or 0), digest))
+        except OSError as exc:  # the event is committed and keyed; the next append catches up
+            LOG.warning("could not record the audit head: %s", exc)
+        return _event(dict(fields, seq=seq, hash=digest, mac=mac))
 
     # ----------------------------------------------------------------- read
     def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
@@ -204,11 +272,24 @@ class CorrectionLog(db.Connected):
         return [_event(dict(r)) for r in self.conn.execute(sql, params)]
 
     def verify(self) -> VerifyReport:
-        """Walk the whole chain; report every edited, removed or re-ordered event."""
+        """Walk the whole chain; report every edited, removed, re-chained or truncated event.
+
+        A missing or damaged table is reported as a problem, never raised.
+        """
+        try:
+            return self._verify()
+        except sqlite3.DatabaseError as exc:
+            return VerifyReport(ok=False, events=0, problems=[
+                f"cannot read the correction events in {self.path}: {exc} "
+                "(the table was dropped or the database is damaged)"])
+
+    def _verify(self) -> VerifyReport:
         problems: list[str] = []
         prev = GENESIS
         expected_seq = None
-        n = 0
+        n = unkeyed = 0
+        keyed_seen = False
+        by_seq: dict[int, str] = {}
         for row in self.conn.execute("SELECT * FROM correction_events ORDER BY seq"):
             n += 1
             r = dict(row)
@@ -220,6 +301,19 @@ class CorrectionLog(db.Connected):
                                 "(an event before it was removed or changed)")
             if event_hash(r) != r["hash"]:
                 problems.append(f"event {r['seq']} ({r['event_id']}): content changed after it was recorded")
+            mac = str(r.get("mac") or "")
+            if not mac:
+                if keyed_seen:
+                    problems.append(f"event {r['seq']} ({r['event_id']}): has no MAC (written without "
+                                    "the audit key)")
+                unkeyed += 1
+            else:
+                keyed_seen = True
+                if not self.key.verify(r["hash"], mac):
+                    problems.append(f"event {r['seq']} ({r['event_id']}): MAC does not match (edited or "
+                                    f"re-chained without the audit key, or {self.key.path} is not this "
+                                    "installation's key)")
+            by_seq[int(r["seq"])] = r["hash"]
             prev = r["hash"]
         issued = self.conn.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = 'correction_events'").fetchone()
@@ -227,7 +321,58 @@ class CorrectionLog(db.Connected):
             problems.append(f"events {expected_seq}..{issued[0]} at the end are missing (deleted)")
         elif issued is not None and expected_seq is None and issued[0] > 0:
             problems.append(f"all {issued[0]} events are missing (deleted)")
-        return VerifyReport(ok=not problems, events=n, problems=problems)
+        head, head_problems = self.anchor.latest()
+        problems += head_problems
+        problems += _check_head(head, n, by_seq, keyed_seen, self.anchor)
+        problems += self._check_snapshot_heads(by_seq)
+        return VerifyReport(ok=not problems, events=n, problems=problems,
+                            head=head.to_json() if head else None, unkeyed=unkeyed)
+
+
+    def _check_snapshot_heads(self, by_seq: dict[int, str]) -> list[str]:
+        """Every dataset snapshot pins the chain it was folded from: it must still be there."""
+        problems = []
+        try:
+            rows = self.conn.execute("SELECT sha256, manifest FROM dataset_snapshots").fetchall()
+        except sqlite3.DatabaseError:
+            return []
+        for sha, rel in rows:
+            try:
+                manifest = json.loads((self.path.parent / rel).read_text(encoding="utf-8"))
+                h = manifest["audit_head"]
+                head = Head(int(h["count"]), int(h["last_seq"]), str(h["last_hash"]), str(h["mac"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a snapshot from before anchoring, or unreadable (dataset checks say so)
+            if not head.valid(self.key, self.archive_id):
+                problems.append(f"snapshot {sha[:12]}: its audit head has a wrong MAC")
+            elif by_seq.get(head.last_seq) != head.last_hash or \
+                    sum(1 for s in by_seq if s <= head.last_seq) != head.count:
+                problems.append(f"snapshot {sha[:12]} was made from {head.count} events up to event "
+                                f"{head.last_seq}, which the chain no longer holds (deleted or rewritten)")
+        return problems
+
+
+def _check_head(head: Head | None, n: int, by_seq: dict[int, str], keyed: bool,
+                anchor: AuditAnchor) -> list[str]:
+    """Problems of the chain against its newest head record."""
+    where = getattr(anchor, "path", "the audit anchor")
+    if head is None:
+        if keyed or n:
+            return [f"no head record in {where} although {n} events exist "
+                    "(the head file was removed, or the archive's identity was changed)"]
+        return []
+    if head.last_seq not in by_seq:
+        last = max(by_seq, default=0)
+        if head.last_seq > last:
+            return [f"the chain ends at event {last} ({n} events) but its head record says "
+                    f"{head.count} events up to event {head.last_seq}: the tail was deleted (truncated)"]
+        return [f"event {head.last_seq} named by the head record is missing (deleted)"]
+    if by_seq[head.last_seq] != head.last_hash:
+        return [f"event {head.last_seq} differs from the head record (the chain was rewritten)"]
+    below = sum(1 for s in by_seq if s <= head.last_seq)
+    if below != head.count:
+        return [f"{head.count} events up to event {head.last_seq} were anchored, {below} are there now"]
+    return []
 
 
 def _event(r: dict[str, Any]) -> Event:
@@ -236,4 +381,5 @@ def _event(r: dict[str, Any]) -> Event:
         exam_key=r["exam_key"], study_uid=r["study_uid"], series_uid=r["series_uid"], sop_uid=r["sop_uid"],
         pixel_sha256=r["pixel_sha256"], model_version=r["model_version"], action=r["action"],
         target=r["target"], kind=r["kind"], geometry=json.loads(r["geometry"]) if r["geometry"] else None,
-        payload=json.loads(r["payload"]) if r["payload"] else {}, prev_hash=r["prev_hash"], hash=r["hash"])
+        payload=json.loads(r["payload"]) if r["payload"] else {}, prev_hash=r["prev_hash"], hash=r["hash"],
+        mac=str(r.get("mac") or ""))

@@ -48,6 +48,8 @@ class ReaderLabels:
     birads: int | None = None
     density: str | None = None
     note: str | None = None
+    assessment: dict[str, Any] | None = None  # the last signed assessment
+    signed: bool = False  # signed, and not re-opened by an amendment since
 
     def labels(self, sop_uid: str | None = None) -> list[Label]:
         if sop_uid is not None:
@@ -111,6 +113,12 @@ def fold(events: Iterable[Event], ai_marks: Mapping[str, list[dict[str, Any]]] |
             continue
         if e.action == "note":
             rl.note = str(e.payload.get("text", ""))
+            continue
+        if e.action == "sign":
+            rl.assessment, rl.signed = dict(e.payload), True
+            continue
+        if e.action == "amend":
+            rl.signed = False
             continue
         per = rl.images.setdefault(e.sop_uid, {})
         if e.action == "add":

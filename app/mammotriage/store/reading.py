@@ -19,8 +19,6 @@ def current_reader() -> str:
 class InitialReads(db.Connected):
     """Append-only log of initial BI-RADS assessments per exam and reader."""
 
-
-
     def record(self, exam_key: str, reader: str, birads: int) -> None:
         if not 0 <= int(birads) <= 6:
             raise ValueError(f"BI-RADS must be 0..6, not {birads}")
@@ -34,3 +32,8 @@ class InitialReads(db.Connected):
             "SELECT birads FROM initial_reads WHERE exam_key = ? AND reader = ? ORDER BY id DESC LIMIT 1",
             (exam_key, reader)).fetchone()
         return None if row is None else int(row[0])
+
+    def exams_read(self, reader: str) -> set[str]:
+        """Exam keys this reader has recorded an initial assessment for."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT exam_key FROM initial_reads WHERE reader = ?", (reader,))}

@@ -6,6 +6,7 @@ It owns the model (torch) and writes results; the UI and the CLI only read the q
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from mammotriage.dicom import MammoReadError, read_image
 from mammotriage.dicom.image import Laterality
 from mammotriage.dicom.voi import image_statistics, render_8bit
+from mammotriage.lifetime import die_with_parent
 from mammotriage.store import Archive
 from mammotriage.triage.queue import ExamResult, Job, TriageQueue
 
@@ -185,8 +187,18 @@ def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: An
                 say("failed", outcome.exam_key)
 
 
+def _worker_main(parent_pid: int, *args: Any, **kwargs: Any) -> None:
+    """The worker process: tied to the app's lifetime, then :func:`run_worker`."""
+    die_with_parent(parent_pid)
+    run_worker(*args, **kwargs)
+
+
 class TriageService:
-    """Starts and stops the worker process (used by the app)."""
+    """Starts and stops the worker process (used by the app).
+
+    The worker exits when the app does, also when the app is killed; a job it was
+    running is then put back in the queue by the next worker's ``recover()``.
+    """
 
     def __init__(self, archive_path: str | Path, data_dir: str | Path, model_dir: str | Path | None = None,
                  device: str | None = None, threads: int = 1):
@@ -194,8 +206,9 @@ class TriageService:
         self.stop_event = ctx.Event()
         self.status = ctx.Queue()
         self.process = ctx.Process(
-            target=run_worker, name="mammotriage-triage", daemon=True,
-            args=(str(archive_path), str(data_dir), str(model_dir) if model_dir else None, self.stop_event),
+            target=_worker_main, name="mammotriage-triage", daemon=True,
+            args=(os.getpid(), str(archive_path), str(data_dir), str(model_dir) if model_dir else None,
+                  self.stop_event),
             kwargs={"device": device, "threads": threads, "status": self.status})
 
     def start(self) -> None:

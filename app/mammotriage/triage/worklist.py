@@ -138,3 +138,99 @@ def build_worklist(exams: Sequence[ExamRecord], jobs: Sequence[Job], results: di
         return (CATEGORY_RANK.get(e.category, 1), -score, -date, e.exam.exam_key)
 
     return sorted(entries, key=key)
+
+
+def order_for_reading(entries: list[WorklistEntry], blind: set[str], triage_order: bool = True
+                      ) -> list[WorklistEntry]:
+    """The order readers see: the triage order, or newest first while AI is blind and
+    the site does not want the order to give the AI away (``triage_order`` false)."""
+    if blind and not triage_order:
+        return sorted(entries, key=lambda e: (-(e.exam.study_date.toordinal() if e.exam.study_date else 0),
+                                              e.exam.exam_key))
+    return list(entries)
+
+
+def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) -> dict[str, Any]:
+    """The worklist as the app orders it, for ``mammotriage worklist``.
+
+    The model is the registry's active version (its operating points, or the site's
+    ``triage.json``). In "AI after my read" mode (the site's ``reading_policy.json``,
+    else the reader's last choice) AI category and score are left out, except for
+    exams ``reader`` has recorded an initial assessment for.
+    """
+    import configparser
+
+    from mammotriage.model.package import ModelPackageError, read_metadata
+    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.store import Archive
+    from mammotriage.store.assessment import UNREAD, ReadingPolicy, read_states
+    from mammotriage.store.events import CorrectionLog
+    from mammotriage.store.priors import link_priors
+    from mammotriage.store.reading import InitialReads, current_reader
+    from mammotriage.triage.queue import TriageQueue
+
+    ini = configparser.ConfigParser(interpolation=None)
+    try:
+        ini.read(home / "settings.ini", encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        pass
+    reader = reader or ini.get("reader", "name", fallback="") or current_reader()
+    policy = ReadingPolicy.load(home)
+    mode = policy.mode_for(ini.get("ai", "reading_mode", fallback=None))
+    with ModelRegistry(archive_file) as registry:
+        registry.ensure_shipped()
+        active = registry.active()
+    version, points = None, None
+    if active is not None:
+        version = active.version
+        try:
+            points = OperatingPoints.resolve(read_metadata(active.path), home / "triage.json")
+        except (ModelPackageError, ValueError):
+            points = None
+    with Archive(archive_file) as archive, TriageQueue(archive_file) as queue, \
+            CorrectionLog(archive_file) as log, InitialReads(archive_file) as initial:
+        exams = archive.exams()
+        entries = build_worklist(exams, queue.jobs(version), queue.exam_results(), version, points)
+        revealed = initial.exams_read(reader)
+        reads = read_states(log.conn)
+    blind = {e.exam_key for e in exams if e.exam_key not in revealed} if mode == "after read" else set()
+    priors = link_priors(exams)
+    rows = []
+    for entry in order_for_reading(entries, blind, policy.triage_order):
+        exam = entry.exam
+        state = reads.get(exam.exam_key, UNREAD)
+        row: dict[str, Any] = {
+            "study_uid": exam.study_uids[0] if exam.study_uids else "",
+            "study_uids": list(exam.study_uids),
+            "exam_key": exam.exam_key,
+            "patient_id": exam.patient_id,
+            "date": exam.study_date.isoformat() if exam.study_date else None,
+            "accessions": [a for a in exam.accessions if a],
+            "views": list(exam.views),
+            "ai_status": entry.status,
+        }
+        if exam.exam_key not in blind:
+            row["ai_category"] = entry.category
+            row["ai_score"] = None if entry.score is None else round(entry.score, 4)
+            row["ai_model_version"] = entry.model_version
+        row.update({"read_state": state.state, "reader": state.reader or None,
+                    "priors": len(priors.get(exam.exam_key, [])),
+                    "prior_study_uids": [p.study_uids[0] for p in priors.get(exam.exam_key, []) if p.study_uids]})
+        rows.append(row)
+    return {"model_version": version, "reading_mode": mode, "blind": bool(blind),
+            "policy": policy.source or None, "reader": reader, "exams": rows}
+
+
+def listing_text(listing: dict[str, Any]) -> str:
+    """The listing as a table (one exam a line)."""
+    lines = [f"model {listing['model_version'] or 'none'} · AI {listing['reading_mode']}"
+             + (" (AI hidden until your initial assessment)" if listing["blind"] else "")]
+    lines.append(f"{'#':>3}  {'patient':<16} {'date':<10}  {'AI':<22} {'score':>5}  {'read':<22} priors  study")
+    for n, row in enumerate(listing["exams"], 1):
+        ai = row.get("ai_category", "hidden" if row["ai_status"] == "done" else row["ai_status"])
+        score = row.get("ai_score")
+        read = row["read_state"] + (f" ({row['reader']})" if row["reader"] else "")
+        lines.append(f"{n:>3}  {row['patient_id'][:16]:<16} {row['date'] or '-':<10}  {ai[:22]:<22} "
+                     f"{'' if score is None else int(round(score * 100)):>5}  {read[:22]:<22} {row['priors']:>6}  "
+                     f"{row['study_uid']}")
+    return "\n".join(lines)

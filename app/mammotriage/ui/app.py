@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -23,10 +24,12 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
     quit_after
         Quit after this many seconds (scripts and smoke tests).
     """
+    started: dict[str, MainWindow] = {}
+    _quit_on_signals(started)  # before any worker is spawned
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Mammo Triage")
-    window = MainWindow()
-    window.show()
+    window = started["window"] = MainWindow()
+    window.show_for_reading()  # maximised at first start; a lost screen's geometry corrected
     rc = {"code": 0}
     if screenshot:
         def save(_key: str) -> None:
@@ -54,3 +57,22 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
     window.deleteLater()
     app.processEvents()
     return rc["code"]
+
+
+def _quit_on_signals(started: dict[str, MainWindow]) -> None:
+    """SIGTERM (logout, a session manager, ``kill``) and SIGINT (Ctrl-C) quit like the
+    window's close button: settings saved, workers and the DICOM node stopped.
+
+    Python runs signal handlers between bytecodes; the window's poll timer (30 ms)
+    keeps Python code running while Qt waits for events, so the handler runs promptly.
+    Before the window exists there is nothing to save: the process just exits.
+    """
+    def handler(signum: int, _frame: object) -> None:
+        print(f"{signal.Signals(signum).name}: quitting", file=sys.stderr, flush=True)
+        window = started.get("window")
+        if window is None:
+            raise SystemExit(0)
+        QTimer.singleShot(0, window.close)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mammotriage.store.events import CorrectionLog, Event
+from mammotriage.store.events import CorrectionError, CorrectionLog, Event
 from mammotriage.store.labels import Label, ReaderLabels, fold
 from mammotriage.ui.state import Signal
 
@@ -55,12 +55,22 @@ class ExamCorrections:
     def mine(self) -> ReaderLabels:
         return self.labels[self.reader]
 
+    @property
+    def signed(self) -> bool:
+        """This reader signed the exam (and did not amend it since)."""
+        return self.labels[self.reader].signed
+
+    def _check_open(self) -> None:
+        if self.signed:
+            raise CorrectionError("this exam is signed: re-open it with an amendment (Ctrl+Shift+E) first")
+
     def labels_for(self, sop_uid: str) -> list[Label]:
         """This reader's labels of one image (AI marks start unreviewed)."""
         return self.labels[self.reader].labels(sop_uid)
 
     # ----------------------------------------------------------------- events
     def _image_event(self, sop_uid: str, action: str, **kw: Any) -> Event:
+        self._check_open()
         info = self.images.get(sop_uid)
         if info is None:
             raise KeyError(f"image {sop_uid} is not open")
@@ -91,6 +101,8 @@ class ExamCorrections:
         return self._image_event(sop_uid, "delete", target=label_id)
 
     def _exam_event(self, action: str, payload: dict[str, Any]) -> Event:
+        if action != "amend":
+            self._check_open()
         event = self.log.append(reader=self.reader, exam_key=self.exam_key, action=action, payload=payload,
                                 model_version=self.model_version)
         self._events.append(event)
@@ -105,6 +117,16 @@ class ExamCorrections:
 
     def set_note(self, text: str) -> Event:
         return self._exam_event("note", {"text": text})
+
+    def sign(self, assessment: dict[str, Any]) -> Event:
+        """Sign the per-breast assessment (see :mod:`mammotriage.store.assessment`)."""
+        return self._exam_event("sign", assessment)
+
+    def amend(self, reason: str) -> Event:
+        """Re-open a signed exam; the reason is part of the record."""
+        if not self.signed:
+            raise CorrectionError("this exam is not signed: nothing to amend")
+        return self._exam_event("amend", {"reason": reason})
 
     # ----------------------------------------------------------------- undo / redo
     def _stacks(self) -> tuple[list[str], list[str]]:
@@ -122,18 +144,23 @@ class ExamCorrections:
                 if e.target in undone:
                     undone.remove(e.target)
                     done.append(e.target)
+            elif e.action in ("sign", "amend"):
+                done.clear()  # what was signed is final: no undo across a signature
+                undone.clear()
             else:
                 done.append(e.event_id)
                 undone.clear()  # a new action ends the redo chain
         return done, undone
 
     def undo(self) -> Event | None:
+        self._check_open()
         done, _ = self._stacks()
         if not done:
             return None
         return self._exam_event_target("undo", done[-1])
 
     def redo(self) -> Event | None:
+        self._check_open()
         _, undone = self._stacks()
         if not undone:
             return None

@@ -1,12 +1,19 @@
-"""The 4-up screening hanging: RCC | LCC over RMLO | LMLO, with shared physical scale."""
+"""The 4-up screening hanging: RCC | LCC over RMLO | LMLO, each view pair at one physical scale.
+
+The comparison hanging (C) adds the most recent prior exam to the left of the current
+one: prior RCC | prior LCC | RCC | LCC over the MLOs. A prior pane shares its current
+counterpart's :class:`PaneState`, so window/level, inversion, zoom and pan are linked
+between current and prior by construction; prior panes are read-only.
+"""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QGridLayout, QWidget
 
 from mammotriage.dicom.voi import default_window
-from mammotriage.ui.image_pane import ImagePane
+from mammotriage.ui.image_pane import FIT_FILL, ImagePane
 from mammotriage.ui.loader import LoadedView
 from mammotriage.ui.state import HangingState, WindowSetting
 
@@ -20,17 +27,42 @@ class HangingView(QWidget):
         super().__init__(parent)
         self.state = state or HangingState()
         self.panes: dict[str, ImagePane] = {}
+        self.prior_panes: dict[str, ImagePane] = {}  # the comparison hanging's prior views
         layout = QGridLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
+        palette = self.palette()
+        palette.setColor(QPalette.ColorRole.Window, QColor(0, 0, 0))  # no bright seam on the centre line
+        self.setPalette(palette)
+        self.setAutoFillBackground(True)
         for i, slot in enumerate(self.state.slots):
-            pane = ImagePane(slot, self.state.panes[slot], self, hanging=self.state)
-            pane.view_changed.connect(self.state.set_view)
-            pane.window_dragged.connect(self._on_window_drag)
-            pane.fullscreen_requested.connect(self.state.toggle_fullscreen)
-            layout.addWidget(pane, i // 2, i % 2)
-            self.panes[slot] = pane
+            for prior in (False, True):
+                pane = ImagePane(slot, self.state.panes[slot], self, hanging=self.state, read_only=prior)
+                pane.view_changed.connect(self.state.set_view)
+                pane.window_dragged.connect(self._on_window_drag)
+                pane.fullscreen_requested.connect(self.state.toggle_fullscreen)
+                layout.addWidget(pane, i // 2, i % 2 + (0 if prior else 2))
+                (self.prior_panes if prior else self.panes)[slot] = pane
+                if prior:
+                    pane.setAccessibleName(f"pane {slot} prior")
+                    pane.setVisible(False)
         self.state.changed.connect(self._on_state)
+
+    def all_panes(self) -> list[ImagePane]:
+        return [*self.panes.values(), *self.prior_panes.values()]
+
+    def set_prior_view(self, slot: str, view: LoadedView | None, message: str = "") -> None:
+        self.prior_panes[slot].set_view(view, message)
+        self._update_scale()
+
+    def set_compare(self, on: bool) -> None:
+        """Show or hide the prior exam beside the current one (dates in the corner text)."""
+        self.state.compare = on
+        for pane in self.panes.values():
+            pane.date_label = "CURRENT" if on else ""
+        for pane in self.prior_panes.values():
+            pane.date_label = "PRIOR"
+        self._layout_panes()
 
     # ----------------------------------------------------------------- content
     def clear(self, message: str = "") -> None:
@@ -55,17 +87,45 @@ class HangingView(QWidget):
         self._update_scale()
 
     def _update_scale(self) -> None:
-        """Common physical scale: the largest breast (in mm) fits its pane."""
-        needed = 0.0
-        for pane in self.panes.values():
-            if pane.view is None or pane.view.meta.spacing is None:
+        """Common physical scale per view: the two breasts of a view (RCC and LCC, RMLO
+        and LMLO) share their mm per screen pixel, chosen so that the larger breast's
+        bounding box fits its pane; in full screen the enlarged view alone decides."""
+        needed: dict[str, float] = {}
+        for pane in self.all_panes():
+            slot = pane.slot
+            if pane.view is None or pane.view.meta.spacing is None or (pane.read_only and not self.state.compare):
                 continue
-            rows, cols = pane.view.levels[0].shape
+            if self.state.fullscreen is not None and slot != self.state.fullscreen:
+                continue
+            x0, y0, x1, y1 = pane.fit_box()
             sp = pane.view.meta.spacing
-            needed = max(needed, rows * sp.row_mm / max(pane.height(), 1), cols * sp.col_mm / max(pane.width(), 1))
-        for pane in self.panes.values():
-            pane.mm_per_px = needed or None
+            group = self.scale_group(slot)
+            needed[group] = max(needed.get(group, 0.0), (y1 - y0) * sp.row_mm / max(pane.height() * FIT_FILL, 1),
+                                (x1 - x0) * sp.col_mm / max(pane.width() * FIT_FILL, 1))
+        for pane in self.all_panes():
+            pane.mm_per_px = needed.get(self.scale_group(pane.slot)) or (max(needed.values()) if needed else None)
             pane.update()
+
+    @staticmethod
+    def scale_group(slot: str) -> str:
+        """Panes that share one physical scale: the same view of both breasts."""
+        return slot[1:]
+
+    def _layout_panes(self) -> None:
+        """Visibility after a change of full screen or comparison; then refit (F refits:
+        the enlarged view, or the hanging back from it, fits its breast)."""
+        for slot, pane in self.panes.items():
+            pane.setVisible(self.state.fullscreen in (None, slot))
+        for slot, pane in self.prior_panes.items():
+            pane.setVisible(self.state.compare and self.state.fullscreen in (None, slot))
+        self.layout().activate()
+        self.fit()
+
+    def fit(self) -> None:
+        """Back to the initial fit: zoom 1 and no pan in every pane."""
+        for st in self.state.panes.values():
+            st.set_view(1.0, (0.0, 0.0))
+        self._update_scale()
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
@@ -74,13 +134,11 @@ class HangingView(QWidget):
     # ----------------------------------------------------------------- actions
     def _on_state(self, what: str) -> None:
         if what == "text":
-            for pane in self.panes.values():
+            for pane in self.all_panes():
                 pane.show_text = self.state.show_text
                 pane.update()
         elif what == "fullscreen":
-            for slot, pane in self.panes.items():
-                pane.setVisible(self.state.fullscreen in (None, slot))
-            self._update_scale()
+            self._layout_panes()
         elif what == "link":
             self.status.emit(f"zoom/pan link: {self.state.link_mode}")
         elif what == "tool":
@@ -88,11 +146,11 @@ class HangingView(QWidget):
                               "draw": f"draw a missed finding ({self.state.draw_shape}): left-drag",
                               }.get(self.state.tool, "pan: left-drag"))
         elif what in ("ai", "selection"):
-            for pane in self.panes.values():
+            for pane in self.all_panes():
                 pane.update()
         elif what == "magnifier":
             self.status.emit(f"magnifier {'on' if self.state.magnifier else 'off'}")
-            for pane in self.panes.values():
+            for pane in self.all_panes():
                 pane.update()
 
     def _on_window_drag(self, slot: str, d_center: float, d_width: float) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -29,24 +31,68 @@ BACKGROUND = QColor(0, 0, 0)
 TEXT = QColor(230, 200, 90)
 ERROR = QColor(240, 90, 80)
 RULER = QColor(90, 220, 120)
-MARK = QColor(255, 70, 60)
+MARK = QColor(255, 70, 60)  # unreviewed AI mark
 MARK_STALE = QColor(170, 170, 170)
-READER = QColor(60, 200, 255)
+ACCEPTED = QColor(80, 230, 110)  # AI mark the reader accepted
+REJECTED = QColor(150, 150, 150)  # AI mark the reader rejected (false positive)
+EDITED = QColor(255, 160, 40)  # AI mark the reader moved, resized or re-kinded
+READER = QColor(60, 200, 255)  # finding drawn by the reader
 SELECTED = QColor(255, 230, 0)
 
 
-def _label_style(label, stale: bool) -> tuple[QColor, Qt.PenStyle, str]:
-    """Colour, line style and caption of a label by source and review status."""
+@dataclass(frozen=True)
+class MarkStyle:
+    colour: QColor
+    line: Qt.PenStyle
+    caption: str
+    width: float = 2.0
+
+
+def _label_style(label, stale: bool) -> MarkStyle:
+    """How a label is drawn, by source and review status: unreviewed AI marks red and
+    solid, accepted green and thick, rejected grey and dotted, edited orange and
+    dash-dotted, the reader's own findings blue and dashed."""
     if label.source == "reader":
         suspicion = label.score
-        return READER, Qt.PenStyle.SolidLine, f"{label.kind} (reader{'' if suspicion is None else f' {int(round(suspicion * 100))}'})"
+        return MarkStyle(READER, Qt.PenStyle.DashLine,
+                         f"{label.kind} (reader{'' if suspicion is None else f' {int(round(suspicion * 100))}'})")
     score = f"{int(round(float(label.score or 0) * 100))}"
     if label.status == "rejected":
-        return MARK_STALE, Qt.PenStyle.DashLine, f"{label.kind} {score} rejected"
+        return MarkStyle(REJECTED, Qt.PenStyle.DotLine, f"{label.kind} {score} \u2717 rejected", 1.5)
+    edited = label.kind != label.original_kind or label.geometry != label.original_geometry
+    if label.status == "accepted" and edited:
+        return MarkStyle(EDITED, Qt.PenStyle.DashDotLine, f"{label.kind} {score} \u270e edited", 2.5)
     if label.status == "accepted":
-        return MARK, Qt.PenStyle.SolidLine, f"{label.kind} {score} accepted"
-    return (MARK_STALE if stale else MARK), Qt.PenStyle.SolidLine, f"{label.kind} {score}"
+        return MarkStyle(ACCEPTED, Qt.PenStyle.SolidLine, f"{label.kind} {score} \u2713 accepted", 3.0)
+    return MarkStyle(MARK_STALE if stale else MARK, Qt.PenStyle.SolidLine, f"{label.kind} {score}")
+
+
+def caption_box(text_rect: QRectF, mark: QRectF, pane: QRectF, placed: Sequence[QRectF] = ()) -> QRectF:
+    """Where a mark's caption goes: above the mark, else below it, moved sideways and
+    vertically so that it stays inside the pane, and stepped up or down off the
+    captions already ``placed``."""
+    box = QRectF(text_rect)
+    box.moveBottomLeft(mark.topLeft() + QPointF(-3, -5))
+    if box.top() < pane.top():
+        box.moveTopLeft(mark.bottomLeft() + QPointF(-3, 5))
+
+    def inside(b: QRectF) -> QRectF:
+        b = QRectF(b)
+        b.moveLeft(min(max(b.left(), pane.left()), pane.right() - b.width()))
+        b.moveTop(min(max(b.top(), pane.top()), pane.bottom() - b.height()))
+        return b
+
+    first = inside(box)
+    for step in (0, -1, 1, -2, 2, -3, 3):
+        candidate = inside(box.translated(0, step * (box.height() + 1)))
+        if not any(candidate.intersects(p) for p in placed):
+            return candidate
+    return first
+
+
 LENS_RADIUS = 110
+#: share of the pane the largest breast's bounding box fills at the initial zoom
+FIT_FILL = 0.94
 
 
 def ruler_length_mm(view: LoadedView, line: tuple[float, float, float, float]) -> float | None:
@@ -86,9 +132,10 @@ class ImagePane(QWidget):
     finding_drawn = Signal(str, dict)  # slot, geometry (stored pixels)
 
     def __init__(self, slot: str, state: PaneState, parent: QWidget | None = None,
-                 hanging: HangingState | None = None):
+                 hanging: HangingState | None = None, read_only: bool = False):
         super().__init__(parent)
         self.slot = slot
+        self.read_only = read_only  # a prior's view: look, zoom, window; no marks edited or measured
         self.state = state
         self.hanging = hanging  # tool and magnifier settings shared by all panes
         self.cursor: QPointF | None = None
@@ -103,6 +150,7 @@ class ImagePane(QWidget):
         self.anchor = "right" if slot.startswith("R") else "left"
         self.show_text = True
         self.mm_per_px: float | None = None  # common physical scale of the hanging
+        self.date_label = ""  # "CURRENT" / "PRIOR 2024-03-01" in a comparison hanging
         self._lut_key: tuple | None = None
         self._lut: DisplayLut | None = None
         self._cache_key: tuple | None = None
@@ -143,16 +191,32 @@ class ImagePane(QWidget):
         self.update()
 
     # ----------------------------------------------------------------- geometry
+    def fit_box(self) -> tuple[float, float, float, float]:
+        """What the initial view fits: the breast's bounding box (display-oriented
+        level-0 pixels), else the whole image."""
+        rows, cols = self.view.levels[0].shape
+        return self.view.breast_box or (0.0, 0.0, float(cols), float(rows))
+
     def base_scale(self) -> float:
         """Screen pixels per full-resolution image pixel at zoom 1."""
         if self.view is None:
             return 1.0
-        rows, cols = self.view.levels[0].shape
         spacing = self.view.meta.spacing
         if self.mm_per_px and spacing is not None:
             # the same physical size in every pane: mm on screen per screen pixel is common
             return spacing.row_mm / self.mm_per_px
-        return min(self.width() / cols, self.height() / rows)
+        x0, y0, x1, y1 = self.fit_box()
+        return FIT_FILL * min(self.width() / max(x1 - x0, 1.0), self.height() / max(y1 - y0, 1.0))
+
+    def _origin(self, scale: float) -> tuple[float, float]:
+        """Top-left of the image at ``scale`` before panning: the breast's chest-wall
+        edge on the pane's chest-wall side (the hanging's centre line), the breast
+        centred vertically."""
+        rows, cols = self.view.levels[0].shape
+        x0, y0, x1, y1 = self.fit_box()
+        x = self.width() - x1 * scale if self.anchor == "right" else -x0 * scale
+        y = self.height() / 2.0 - (y0 + y1) / 2.0 * scale
+        return x, y
 
     def image_rect(self) -> QRectF:
         """Where the full image lands on screen (widget coordinates)."""
@@ -160,10 +224,18 @@ class ImagePane(QWidget):
             return QRectF()
         rows, cols = self.view.levels[0].shape
         scale = self.base_scale() * self.state.zoom
-        w, h = cols * scale, rows * scale
-        x = self.width() - w if self.anchor == "right" else 0.0
-        y = (self.height() - h) / 2.0
-        return QRectF(x + self.state.pan[0], y + self.state.pan[1], w, h)
+        x, y = self._origin(scale)
+        return QRectF(x + self.state.pan[0], y + self.state.pan[1], cols * scale, rows * scale)
+
+    def breast_rect(self) -> QRectF | None:
+        """Where the breast's bounding box lands on screen (None without a view)."""
+        if self.view is None:
+            return None
+        rect = self.image_rect()
+        rows, cols = self.view.levels[0].shape
+        x0, y0, x1, y1 = self.fit_box()
+        sx, sy = rect.width() / cols, rect.height() / rows
+        return QRectF(rect.x() + x0 * sx, rect.y() + y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy)
 
     def widget_to_stored(self, point: QPointF) -> tuple[float, float] | None:
         """Widget point -> stored-image (column, row), through the display orientation."""
@@ -303,14 +375,14 @@ class ImagePane(QWidget):
         if self.view is None or self.hanging is None:
             return []
         ai_on = self.ai_shown()
+        labels = self.labels()
+        unreviewed = [lab for lab in labels if lab.source == "ai" and lab.status == "unreviewed"]
+        keep = self.hanging.shown_marks([float(lab.score or 0.0) for lab in unreviewed])
+        hidden = {lab.label_id for i, lab in enumerate(unreviewed) if i not in keep}
         out = []
-        for label in self.labels():
-            if label.source == "ai":
-                if not ai_on:
-                    continue
-                if (label.status == "unreviewed" and not self.hanging.show_all_marks
-                        and (label.score or 0.0) < self.hanging.mark_threshold):
-                    continue
+        for label in labels:
+            if label.source == "ai" and (not ai_on or label.label_id in hidden):
+                continue
             preview = self._edit_preview if self._edit_preview and self._edit_preview[0] == label.label_id else None
             geometry = preview[1] if preview else label.geometry
             out.append((self.geometry_rect(geometry), label))
@@ -341,12 +413,13 @@ class ImagePane(QWidget):
             painter.drawImage(self.map_rect(), image)
             painter.restore()
         metrics = painter.fontMetrics()
+        placed: list[QRectF] = []  # captions drawn so far: the next one avoids them
         selected = self.hanging.selected[1] if self.hanging.selected and self.hanging.selected[0] == self.slot else None
         for rect, label in self.label_items():
-            colour, style, text = _label_style(label, overlay.stale if overlay else False)
-            width = 3.0 if label.label_id == selected else 2.0
-            pen = QPen(SELECTED if label.label_id == selected else colour, width)
-            pen.setStyle(style)
+            style = _label_style(label, overlay.stale if overlay else False)
+            colour, text = style.colour, style.caption
+            pen = QPen(SELECTED if label.label_id == selected else colour, style.width + (1 if label.label_id == selected else 0))
+            pen.setStyle(style.line)
             painter.setPen(pen)
             outline = rect.adjusted(-3, -3, 3, 3)
             if label.geometry.get("type") == "ellipse":
@@ -357,8 +430,9 @@ class ImagePane(QWidget):
                 painter.drawPolygon(QPolygonF([self.stored_to_widget(x, y) for x, y in label.geometry["points"]]))
             else:
                 painter.drawRect(outline)
-            box = QRectF(metrics.boundingRect(text)).adjusted(-3, -1, 3, 1)
-            box.moveBottomLeft(rect.topLeft() + QPointF(-3, -5))
+            box = caption_box(QRectF(metrics.boundingRect(text)).adjusted(-3, -1, 3, 1), outline, QRectF(self.rect()),
+                              placed)
+            placed.append(box)
             painter.fillRect(box, QColor(0, 0, 0, 170))
             painter.setPen(colour)
             painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
@@ -395,6 +469,8 @@ class ImagePane(QWidget):
         painter.drawEllipse(center, LENS_RADIUS, LENS_RADIUS)
 
     def _paint_rulers(self, painter: QPainter) -> None:
+        if self.read_only:
+            return  # rulers are measured on the current exam's images
         lines = list(self.state.rulers)
         if self._ruler_start is not None and self.cursor is not None:
             a = self.widget_to_stored(self._ruler_start)
@@ -413,9 +489,21 @@ class ImagePane(QWidget):
         if self.view is None:
             return {"top": [self.slot], "bottom": []}
         meta = self.view.meta
-        top = [meta.label + (f" ({', '.join(meta.view_modifiers)})" if meta.view_modifiers else "")]
-        if meta.study_date:
-            top.append(meta.study_date.isoformat())
+        date = meta.study_date.isoformat() if meta.study_date else ""
+        top = [meta.label + (f" ({', '.join(meta.view_modifiers)})" if meta.view_modifiers else "")
+               + (f"  {self.date_label} {date}".rstrip() if self.date_label else "")]
+        if not self.read_only and (self.slot.endswith("CC")
+                                   or (self.hanging is not None and self.hanging.fullscreen == self.slot)):
+            # who this is: on the top row of the hanging (and a full-screen view)
+            name = meta.patient_name.replace("^", " ").strip()
+            if name != meta.patient_id:
+                top.append(name or "(no name)")
+            age = meta.age_at_exam
+            top.append(" · ".join(p for p in (meta.patient_id, f"age {age}" if age is not None else "",
+                                              f"acc {meta.accession_number}" if meta.accession_number else "")
+                                  if p))
+        if date and not self.date_label:
+            top.append(date)
         if meta.manufacturer:
             top.append(meta.manufacturer)
         window = self._window()
@@ -449,8 +537,9 @@ class ImagePane(QWidget):
             lines.append(f"AI breast {int(round(o.breast_score * 100))}"
                          + (f" · exam {int(round(o.exam_score * 100))}" if o.exam_score is not None else ""))
         n_all = len(o.findings)
-        n_shown = len(o.visible_findings(self.hanging.mark_threshold, self.hanging.show_all_marks))
-        lines.append(f"marks {n_shown}/{n_all}" + ("" if self.hanging.show_all_marks else " above operating point"))
+        n_shown = len(self.hanging.shown_marks([float(f["score"]) for f in o.findings]))
+        lines.append(f"marks {n_shown}/{n_all}" + (f" candidates >= {self.hanging.candidate_threshold:.2f}"
+                                                   if self.hanging.show_all_marks else " >= operating point"))
         lines.append(f"model {o.model_version}" + (" (OLDER MODEL)" if o.stale else ""))
         return lines
 
@@ -469,8 +558,13 @@ class ImagePane(QWidget):
         align = Qt.AlignmentFlag.AlignLeft if self.anchor == "right" else Qt.AlignmentFlag.AlignRight
         # text goes on the outer side, away from the chest wall and the centre line
         margin = self.rect().adjusted(8, 6, -8, -6)
-        painter.drawText(margin, align | Qt.AlignmentFlag.AlignTop, "\n".join(lines["top"]))
-        painter.drawText(margin, align | Qt.AlignmentFlag.AlignBottom, "\n".join(lines["bottom"]))
+        metrics = painter.fontMetrics()
+
+        def fit(text_lines: list[str]) -> str:  # a narrow pane elides, never overlaps its neighbour
+            return "\n".join(metrics.elidedText(t, Qt.TextElideMode.ElideRight, margin.width()) for t in text_lines)
+
+        painter.drawText(margin, align | Qt.AlignmentFlag.AlignTop, fit(lines["top"]))
+        painter.drawText(margin, align | Qt.AlignmentFlag.AlignBottom, fit(lines["bottom"]))
 
     # ----------------------------------------------------------------- interaction
     def label_at(self, point: QPointF) -> tuple[QRectF, object] | None:
@@ -483,10 +577,20 @@ class ImagePane(QWidget):
             return None
         return next(((r, lab) for r, lab in self.label_items() if lab.label_id == self.hanging.selected[1]), None)
 
+    def _grab_label(self, pos: QPointF) -> tuple[QRectF, object] | None:
+        """The label a left press at ``pos`` grabs for moving or resizing: the selected
+        one when the press is on it (or on a corner handle), else the one under it."""
+        selected = self._selected_item()
+        if selected is not None and selected[0].adjusted(-6, -6, 6, 6).contains(pos):
+            return selected
+        return self.label_at(pos)
+
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
         pos = event.position()
         if event.button() == Qt.MouseButton.RightButton:
             self._drag = ("window", pos, (0.0, 0.0))
+        elif self.read_only and event.button() == Qt.MouseButton.LeftButton:
+            self._drag = ("pan", pos, self.state.pan)
         elif event.button() == Qt.MouseButton.LeftButton and self.hanging is not None and self.view is not None \
                 and self.hanging.tool == "ruler":
             self._ruler_start = pos
@@ -495,9 +599,10 @@ class ImagePane(QWidget):
                 and self.hanging.tool == "draw":
             self._drag = ("draw", pos, ())
             self._draw_rect = QRectF(pos, pos)
-        elif event.button() == Qt.MouseButton.LeftButton and self._selected_item() is not None \
-                and self._selected_item()[0].adjusted(-6, -6, 6, 6).contains(pos):
-            rect, label = self._selected_item()
+        elif event.button() == Qt.MouseButton.LeftButton and self._grab_label(pos) is not None:
+            rect, label = self._grab_label(pos)
+            if self.hanging is not None and self.hanging.selected != (self.slot, label.label_id):
+                self.label_clicked.emit(self.slot, label.label_id)  # pressing a mark selects it
             corner = _near_corner(rect, pos)
             self._drag = ("resize" if corner else "move", pos, (label.label_id, label.geometry, corner))
         elif event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
@@ -612,8 +717,7 @@ class ImagePane(QWidget):
         scale = self.base_scale() * new_zoom
         rows, cols = self.view.levels[0].shape
         w, h = cols * scale, rows * scale
-        x0 = self.width() - w if self.anchor == "right" else 0.0
-        y0 = (self.height() - h) / 2.0
+        x0, y0 = self._origin(scale)
         pan = (point.x() - fx * w - x0, point.y() - fy * h - y0)
         self.view_changed.emit(self.slot, new_zoom, pan)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from mammotriage.dicom.image import pixel_sha256
 from mammotriage.dicom.limits import DECODE_WORKER_LIMIT, limit_address_space
 from mammotriage.dicom.pyramid import build_pyramid
 from mammotriage.dicom.voi import Window, auto_window, render_8bit
+from mammotriage.lifetime import die_with_parent
 
 
 @dataclass
@@ -32,6 +34,9 @@ class LoadedView:
     levels: list[np.ndarray]  # display-oriented stored values, level 0 = full resolution
     auto: Window  # window from the image's statistics (used when the file has no preset)
     pixel_sha256: str = ""  # of the stored pixels (correction events carry it)
+    #: bounding box of the breast (x0, y0, x1, y1) in display-oriented level-0 pixels,
+    #: from the segmentation the model uses; None when it cannot be found
+    breast_box: tuple[float, float, float, float] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -61,7 +66,28 @@ def load_view(path: str) -> LoadedView | LoadError:
         orientation = display_orientation(meta, render_8bit(meta, image.pixels[::4, ::4], auto))
     oriented = np.ascontiguousarray(orientation.apply(image.pixels))
     return LoadedView(path=str(path), meta=meta, orientation=orientation,
-                      levels=build_pyramid(oriented), auto=auto, pixel_sha256=pixel_sha256(image.pixels))
+                      levels=build_pyramid(oriented), auto=auto, pixel_sha256=pixel_sha256(image.pixels),
+                      breast_box=breast_box(meta, oriented, auto))
+
+
+def breast_box(meta: MammoMetadata, oriented: np.ndarray, window: Window) -> tuple[float, float, float, float] | None:
+    """Bounding box of the breast in display-oriented pixels, from the breast mask of
+    the model's preprocessing (on a copy reduced to <= 1024 px); None when the mask is
+    empty or covers (nearly) the whole image, i.e. when it says nothing."""
+    from mammotriage.model.preprocess import breast_mask
+
+    step = max(1, int(np.ceil(max(oriented.shape) / 1024)))
+    try:
+        mask = breast_mask(render_8bit(meta, oriented[::step, ::step], window))
+    except (ValueError, MemoryError):
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0 or cols.size == 0 or mask.mean() > 0.97:
+        return None
+    h, w = oriented.shape
+    return (float(cols[0] * step), float(rows[0] * step),
+            float(min((cols[-1] + 1) * step, w)), float(min((rows[-1] + 1) * step, h)))
 
 
 class ViewCache:
@@ -97,14 +123,21 @@ class ViewCache:
             total -= self._items.pop(path).nbytes
 
 
+def _init_decode_worker(parent_pid: int, limit: int) -> None:
+    die_with_parent(parent_pid)
+    limit_address_space(limit)
+
+
 class ViewLoader:
     """Submits decode jobs to a process pool; results are collected by :meth:`poll`."""
 
     def __init__(self, workers: int = 2):
         ctx = mp.get_context("spawn")
-        # untrusted files are decoded here: a bounded address space per worker
+        # untrusted files are decoded here: a bounded address space per worker, and workers
+        # exit when the app does, even when it is killed (no orphaned decoders)
         self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                            initializer=limit_address_space, initargs=(DECODE_WORKER_LIMIT,))
+                                            initializer=_init_decode_worker,
+                                            initargs=(os.getpid(), DECODE_WORKER_LIMIT))
         self._pending: dict[str, cf.Future] = {}
         self.cache = ViewCache()
 

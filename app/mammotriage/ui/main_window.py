@@ -4,43 +4,64 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 import queue as _queue
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QRect, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
+    QComboBox,
     QDialog,
     QDockWidget,
     QFileDialog,
     QInputDialog,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QPlainTextEdit,
     QProgressBar,
     QSlider,
     QSplitter,
     QTableView,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
+    QWidget,
 )
 
 from mammotriage.config import archive_path, data_dir
 from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
+from mammotriage.lifetime import die_with_parent
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
+from mammotriage.store.assessment import (
+    BIRADS,
+    DENSITY,
+    ReadingPolicy,
+    assessment_text,
+    birads_text,
+    read_states,
+)
 from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
+from mammotriage.store.priors import link_priors
 from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
+from mammotriage.triage.worklist import order_for_reading
 from mammotriage.ui.corrections import ExamCorrections, ImageInfo
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.ui.overlay import AiOverlay
-from mammotriage.ui.worklist import WorklistModel
+from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
+
+
+def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str) -> str:
+    """Worker-process job: the reader-findings SR of a signed exam, queued in the outbox."""
+    from mammotriage.triage.reader_sr import write_signed_sr
+
+    return write_signed_sr(Path(archive_file), exam_key, reader, Path(home))
 
 
 def import_in_background(paths: list[str], archive_file: str) -> tuple[int, int, list[tuple[str, str]]]:
@@ -56,7 +77,7 @@ def prepare_demo(demo_folder: str, archive_file: str) -> tuple[int, int, list[tu
 
     folder = Path(demo_folder)
     if not (folder / "ground_truth.json").exists():
-        write_demo_set(folder, n_exams=6, seed=2026, rows=1024, columns=832)
+        write_demo_set(folder, n_exams=6, seed=2026, priors=2, rows=1024, columns=832)
     exams = sorted(str(p) for p in folder.iterdir() if p.is_dir())  # not ground_truth.json
     return import_in_background(exams, archive_file)
 
@@ -72,9 +93,11 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Mammo Triage — research demonstration, not for clinical use")
         self.archive = archive or Archive(archive_path())
         self.loader = loader or ViewLoader()
-        self.jobs = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        self.jobs = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                                           initializer=die_with_parent, initargs=(os.getpid(),))
         self._job: cf.Future | None = None
         self._job_done: Callable[[object], None] | None = None
+        self._waiting_jobs: list[tuple[str, Callable, tuple, Callable[[object], None]]] = []
         self.settings = QSettings(str(data_dir() / "settings.ini"), QSettings.Format.IniFormat)
         self.queue = TriageQueue(self.archive.path)
         self.initial_reads = InitialReads(self.archive.path)
@@ -96,14 +119,29 @@ class MainWindow(QMainWindow):
         self._triage_wanted = start_triage and self.model_meta is not None
         self.current: ExamRecord | None = None
         self.current_paths: dict[str, str] = {}  # slot -> path
+        self.prior: ExamRecord | None = None  # most recent prior of the current exam
+        self.prior_paths: dict[str, str] = {}
+        self.prior_corrections: ExamCorrections | None = None  # the prior's reader findings, shown read-only
         self.extras: list = []
         self._extra_index = -1
         self._shown_emitted = False
 
+        self.policy = ReadingPolicy.load(data_dir())
+        self.priors: dict[str, list[ExamRecord]] = {}
+        self._resume_key = str(self.settings.value(f"reader/{self.reader}/last_exam", "") or "") or None
         self.worklist = WorklistModel()
+        self.worklist_view = WorklistFilter(self.worklist)
         self._overlay_cache: dict[str, AiOverlay | None] = {}
         self.table = QTableView()
-        self.table.setModel(self.worklist)
+        self.table.setModel(self.worklist_view)
+        self.table.setSortingEnabled(True)
+        self.table.horizontalHeader().setSortIndicatorShown(False)
+        self.table.horizontalHeader().sortIndicatorChanged.connect(
+            lambda *_: self.table.horizontalHeader().setSortIndicatorShown(True))
+        self.worklist_view.sort(-1)  # the triage order until a header is clicked
+        header = self.table.horizontalHeader()
+        for visual, logical in enumerate(WORKLIST_ORDER):  # read state and priors before the details
+            header.moveSection(header.visualIndex(logical), visual)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -117,12 +155,31 @@ class MainWindow(QMainWindow):
             pane.label_clicked.connect(self.hanging.state.select)
             pane.label_edited.connect(self.on_label_edited)
             pane.finding_drawn.connect(self.on_finding_drawn)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("search patient, ID or accession (Ctrl+F)")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self._search_changed)
+        self.search.setFocusPolicy(Qt.FocusPolicy.ClickFocus)  # single-key shortcuts stay with the viewer
+        self.search.returnPressed.connect(self.table.setFocus)
+        self.filter_box = QComboBox()
+        self.filter_box.addItems(list(FILTERS))
+        self.filter_box.setToolTip("show only: unread, suspicious, likely normal, AI pending, has priors")
+        self.filter_box.currentTextChanged.connect(self._filter_changed)
+        self.filter_box.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.setSpacing(2)
+        left_layout.addWidget(self.search)
+        left_layout.addWidget(self.filter_box)
+        left_layout.addWidget(self.table)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(self.table)
+        self.splitter.addWidget(left)
         self.splitter.addWidget(self.hanging)
         self.splitter.setStretchFactor(1, 4)
         self.splitter.setSizes([480, 1200])
         self.setCentralWidget(self.splitter)
+        self.table.setFocus()
 
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
@@ -254,8 +311,14 @@ class MainWindow(QMainWindow):
             self.refresh_worklist()
 
     # ----------------------------------------------------------------- actions
+    #: the F1 sheet's groups, by menu
+    SHEET_GROUPS = {"&File": "Files and the DICOM node", "&Exam": "Worklist: moving between exams",
+                    "&View": "Viewing: window, zoom, layout", "&AI": "AI marks, map and reading mode",
+                    "&Read": "Reading: corrections, assessment, signing", "&Help": "Help"}
+
     def _action(self, menu, text: str, keys: list[str], slot: Callable[[], None]) -> QAction:
         action = QAction(text, self)
+        action.setData(self.SHEET_GROUPS.get(menu.title(), menu.title().replace("&", "")))
         action.setShortcuts([QKeySequence(k) for k in keys])
         action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         action.triggered.connect(slot)
@@ -274,24 +337,31 @@ class MainWindow(QMainWindow):
         exam_menu = bar.addMenu("&Exam")
         self._action(exam_menu, "Next exam", ["N", "PgDown"], lambda: self.step_exam(1))
         self._action(exam_menu, "Previous exam", ["P", "PgUp"], lambda: self.step_exam(-1))
+        self._action(exam_menu, "Search the worklist", ["Ctrl+F"], self._focus_search)
+        self._action(exam_menu, "Worklist filter: next (all, unread, suspicious, ...)", ["Ctrl+Shift+F"],
+                     self._cycle_filter)
+        self._action(exam_menu, "Worklist back in triage order", ["Ctrl+Shift+T"], self._triage_order)
         view_menu = bar.addMenu("&View")
         for i in range(5):
             self._action(view_menu, f"Preset {i + 1} from the file", [str(i + 1)],
                          lambda _checked=False, i=i: self.hanging.apply_preset(i))
-        self._action(view_menu, "Invert", ["I"], self.hanging.toggle_invert)
+        self._action(view_menu, "Invert", ["I"], self._toggle_invert)
         self._action(view_menu, "Reset window, zoom, pan, rulers; back to the hanging", ["R", "Esc"], self.reset_view)
         self._action(view_menu, "Link zoom/pan: all / breast pair / none", ["L"], self._cycle_link)
-        self._action(view_menu, "Show/hide corner text", ["T"], self.hanging.state.toggle_text)
+        self._action(view_menu, "Show/hide corner text", ["T"], self._toggle_text)
         self._action(view_menu, "Magnifier lens on/off", ["M"], self.hanging.state.toggle_magnifier)
         self._action(view_menu, "Ruler tool / pan tool", ["D"], self._toggle_ruler)
+        self._action(view_menu, "Compare with the prior exam (side by side, linked) on/off", ["C"],
+                     self.toggle_compare)
         self._action(view_menu, "Next extra view (full-screen)", ["X"], self.show_next_extra)
         self._action(view_menu, "Full-screen the focused view", ["F", "Space"], self._toggle_fullscreen_focused)
         self._action(view_menu, "Show/hide log", ["Ctrl+L"], lambda: self.log_dock.setVisible(not self.log_dock.isVisible()))
         ai_menu = bar.addMenu("&AI")
         self._action(ai_menu, "Show/hide AI marks and map", ["A"], self.toggle_ai)
         self._action(ai_menu, "Record initial assessment (BI-RADS)", ["B"], self.record_initial_read)
-        self._action(ai_menu, "Suspicion map on/off", ["S"], self.hanging.state.toggle_map)
-        self._action(ai_menu, "All marks / marks above the operating point", ["Shift+A"], self.hanging.state.toggle_all_marks)
+        self._action(ai_menu, "Suspicion map on/off", ["S"], self._toggle_map)
+        self._action(ai_menu, "Candidates (lower operating point, up to 10 a view) / marks above the operating point",
+                     ["Shift+A"], self._toggle_candidates)
         self._action(ai_menu, "Map more transparent", ["["], lambda: self.opacity.setValue(self.opacity.value() - 10))
         self._action(ai_menu, "Map more opaque", ["]"], lambda: self.opacity.setValue(self.opacity.value() + 10))
         self._action(ai_menu, "Reading mode: AI on demand / AI after my read", ["Ctrl+M"], self.cycle_reading_mode)
@@ -302,7 +372,8 @@ class MainWindow(QMainWindow):
         self._action(read_menu, "Accept the selected AI mark", ["Return", "Enter"], self.accept_selected)
         self._action(read_menu, "Reject the selected mark (false positive) / delete my finding", ["Delete", "Backspace"],
                      self.reject_selected)
-        self._action(read_menu, "Change the kind of the selected mark", ["K"], self.change_kind_selected)
+        # triggered(bool) must not reach ``kind``: the dialog asks for it
+        self._action(read_menu, "Change the kind of the selected mark", ["K"], lambda: self.change_kind_selected())
         self._action(read_menu, "Select the next mark in the focused view", ["Tab"], self.select_next)
         self._action(read_menu, "Draw a missed finding (box)", ["W"], lambda: self._draw_tool("box"))
         self._action(read_menu, "Draw a missed finding (ellipse)", ["Shift+W"], lambda: self._draw_tool("ellipse"))
@@ -311,33 +382,57 @@ class MainWindow(QMainWindow):
         self._action(read_menu, "Final BI-RADS assessment…", ["Shift+B"], self.final_birads_dialog)
         self._action(read_menu, "Breast density…", ["Shift+D"], self.density_dialog)
         self._action(read_menu, "Note…", ["Shift+N"], self.note_dialog)
+        self._action(read_menu, "Sign the assessment and open the next unread exam…", ["Ctrl+Return", "Ctrl+Enter"],
+                     self.sign_and_next)
+        self._action(read_menu, "Re-open a signed exam (amendment)…", ["Ctrl+Shift+E"], self.amend_dialog)
         self._action(read_menu, "Sign in as another reader…", ["Ctrl+Shift+R"], self.sign_in_dialog)
         help_menu = bar.addMenu("&Help")
         self._action(help_menu, "Keyboard shortcuts", ["F1", "?"], self.show_shortcuts)
 
+    MOUSE = [("Right-drag", "Window/level (horizontal = width, vertical = centre)"),
+             ("Left-drag", "Pan; on a mark: move it (on a corner: resize it)"), ("Wheel", "Zoom to cursor"),
+             ("Click", "Select the mark under the pointer"), ("Double-click", "Full-screen this view")]
+
     def shortcut_sheet(self) -> list[tuple[str, str]]:
         """(keys, action) pairs, for the visible shortcut sheet."""
-        rows = [(" / ".join(k.toString() for k in a.shortcuts()), a.text()) for a in self.actions]
-        rows += [("Right-drag", "Window/level (horizontal = width, vertical = centre)"),
-                 ("Left-drag", "Pan"), ("Wheel", "Zoom to cursor"), ("Double-click", "Full-screen this view")]
-        return rows
+        return [row for _group, rows in self.shortcut_groups() for row in rows]
+
+    def shortcut_groups(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """The F1 sheet: (task, [(keys, action), ...]) in menu order, then the mouse."""
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for action in self.actions:
+            keys = " / ".join(k.toString() for k in action.shortcuts())
+            groups.setdefault(str(action.data()), []).append((keys, action.text()))
+        return [*groups.items(), ("Mouse", list(self.MOUSE))]
 
     def show_shortcuts(self) -> None:
+        from PySide6.QtWidgets import QTreeWidget, QTreeWidgetItem
+
         dialog = QDialog(self)
         dialog.setWindowTitle("Keyboard shortcuts")
         layout = QVBoxLayout(dialog)
-        rows = self.shortcut_sheet()
-        table = QTableWidget(len(rows), 2)
-        table.setHorizontalHeaderLabels(["Keys", "Action"])
-        for r, (keys, text) in enumerate(rows):
-            table.setItem(r, 0, QTableWidgetItem(keys))
-            table.setItem(r, 1, QTableWidgetItem(text.replace("&", "")))
-        table.resizeColumnsToContents()
-        table.verticalHeader().setVisible(False)
-        layout.addWidget(table)
-        dialog.resize(560, 480)
+        tree = QTreeWidget()
+        tree.setColumnCount(2)
+        tree.setHeaderLabels(["Keys", "Action"])
+        tree.setRootIsDecorated(False)
+        tree.setAlternatingRowColors(True)
+        bold = tree.font()
+        bold.setBold(True)
+        for group, rows in self.shortcut_groups():
+            head = QTreeWidgetItem([group, ""])
+            head.setFont(0, bold)
+            head.setFirstColumnSpanned(True)
+            tree.addTopLevelItem(head)
+            for keys, text in rows:
+                head.addChild(QTreeWidgetItem([keys, text.replace("&", "")]))
+            head.setExpanded(True)
+        tree.resizeColumnToContents(0)
+        layout.addWidget(tree)
+        screen = (self.screen() or QApplication.primaryScreen()).availableGeometry()
+        dialog.resize(min(860, int(screen.width() * 0.9)), min(900, int(screen.height() * 0.9)))
         dialog.show()
         self._shortcut_dialog = dialog
+        self._shortcut_tree = tree
 
     def reset_view(self) -> None:
         if self._extra_index >= 0 and self.current is not None:
@@ -370,7 +465,31 @@ class MainWindow(QMainWindow):
                          f"{' '.join(image.view_modifiers)} (R or Esc returns to the hanging)")
 
     def _cycle_link(self) -> None:
-        self.hanging.state.cycle_link()
+        self.hanging.state.cycle_link()  # the hanging view reports the new mode
+
+    def _toggle_invert(self) -> None:
+        self.hanging.toggle_invert()
+        inverted = all(s.invert for s in self.hanging.state.panes.values())
+        self.show_status(f"invert {'on' if inverted else 'off'}")
+
+    def _toggle_text(self) -> None:
+        self.hanging.state.toggle_text()
+        self.show_status(f"corner text {'on' if self.hanging.state.show_text else 'off'}")
+
+    def _toggle_map(self) -> None:
+        state = self.hanging.state
+        state.toggle_map()
+        extra = "" if state.ai_visible else " (shows with the AI marks: A)"
+        self.show_status(f"suspicion map {'on' if state.show_map else 'off'}{extra}")
+
+    def _toggle_candidates(self) -> None:
+        state = self.hanging.state
+        state.toggle_all_marks()
+        if state.show_all_marks:
+            self.show_status(f"AI candidates: marks >= {state.candidate_threshold:.2f} "
+                             f"(at most {state.max_candidates} a view); Shift+A again for the operating point")
+        else:
+            self.show_status(f"AI marks above the operating point ({state.mark_threshold:.2f})")
 
     def _toggle_fullscreen_focused(self) -> None:
         focused = next((s for s, p in self.hanging.panes.items() if p.hasFocus()), None)
@@ -386,44 +505,106 @@ class MainWindow(QMainWindow):
         self.log.appendPlainText(time.strftime("%H:%M:%S ") + text)
 
     # ----------------------------------------------------------------- worklist
+    def blind_exams(self, exams: list[ExamRecord]) -> set[str]:
+        """Exams whose AI category and score must not show: all of them in "AI after my
+        read" mode, except those this reader has recorded an initial assessment for."""
+        if self.hanging.state.reading_mode != "after read":
+            return set()
+        read = self.initial_reads.exams_read(self.reader)
+        return {e.exam_key for e in exams if e.exam_key not in read}
+
     def refresh_worklist(self) -> None:
-        key = self.current.exam_key if self.current else None
-        entries = build_worklist(self.archive.exams(), self.queue.jobs(self.model_version),
+        """Rebuild the worklist. The exam the reader is on keeps its row: results that
+        arrive re-order the others around it, never the row under the reader."""
+        key = self.current.exam_key if self.current else self._resume_key
+        old_row = self.worklist_view.row_of(key) if key else None
+        exams = self.archive.exams()
+        entries = build_worklist(exams, self.queue.jobs(self.model_version),
                                  self.queue.exam_results(), self.model_version, self.points)
+        blind = self.blind_exams(exams)
+        entries = order_for_reading(entries, blind, self.policy.triage_order)
+        if old_row is not None and self.current is not None and self.worklist_view.sortColumn() < 0:
+            pos = next((i for i, e in enumerate(entries) if e.exam.exam_key == key), None)
+            if pos is not None and self.worklist_view.search == "" and self.worklist_view.filter == "all":
+                entries.insert(min(old_row, len(entries) - 1), entries.pop(pos))
+        self.priors = link_priors(exams)
         self.table.blockSignals(True)
         self.table.selectionModel().blockSignals(True)
-        self.worklist.set_entries(entries)
+        self.worklist.set_entries(entries, blind=blind, reads=read_states(self.corrections_log.conn),
+                                  priors={k: len(v) for k, v in self.priors.items()})
         self.table.resizeColumnsToContents()
-        row = next((r for r, e in enumerate(entries) if e.exam.exam_key == key), None)
+        row = self.worklist_view.row_of(key) if key else None
         if row is not None:
             self.table.selectRow(row)
         self.table.selectionModel().blockSignals(False)
         self.table.blockSignals(False)
-        if row is None and entries:
+        if row is not None and self.current is None:
+            self.open_row(row)  # resume where this reader stopped
+        elif row is None and self.worklist_view.rowCount() and self.current is None:
             self.table.selectRow(0)
         self._update_model_label()
 
+    def _search_changed(self, text: str) -> None:
+        self.worklist_view.set_search(text)
+        self._reselect()
+
+    def _filter_changed(self, name: str) -> None:
+        self.worklist_view.set_filter(name)
+        self._reselect()
+        self.show_status(f"worklist: {name} ({self.worklist_view.rowCount()} exams)")
+
+    def _reselect(self) -> None:
+        row = self.worklist_view.row_of(self.current.exam_key) if self.current else None
+        self.table.selectionModel().blockSignals(True)
+        if row is not None:
+            self.table.selectRow(row)
+        self.table.selectionModel().blockSignals(False)
+
+    def _focus_search(self) -> None:
+        self.search.setFocus()
+        self.search.selectAll()
+
+    def _cycle_filter(self) -> None:
+        self.filter_box.setCurrentIndex((self.filter_box.currentIndex() + 1) % self.filter_box.count())
+
+    def _triage_order(self) -> None:
+        self.worklist_view.sort(-1)
+        self.table.horizontalHeader().setSortIndicatorShown(False)
+        self.refresh_worklist()
+        self.show_status("worklist in triage order")
+
     def step_exam(self, step: int) -> None:
-        n = self.worklist.rowCount()
+        n = self.worklist_view.rowCount()
         if n == 0:
             return
         row = self.table.currentIndex().row()
         self.table.selectRow(min(max(row + step, 0), n - 1))
 
     def open_row(self, row: int) -> None:
-        if 0 <= row < len(self.worklist.exams):
-            self.open_exam(self.worklist.exams[row])
-            nxt = row + 1
-            if nxt < len(self.worklist.exams):  # decode the next exam ahead of time
-                slots, _ = hang(self.worklist.exams[nxt].images)
-                for image in slots.values():
-                    self.loader.request(image.path)
+        entry = self.worklist_view.entry(row)
+        if entry is None:
+            return
+        self.open_exam(entry.exam)
+        nxt = self.worklist_view.entry(row + 1)
+        if nxt is not None:  # decode the next exam ahead of time
+            slots, _ = hang(nxt.exam.images)
+            for image in slots.values():
+                self.loader.request(image.path)
+
+    def _prioritize_current(self) -> None:
+        """The exam on screen is triaged next (queued first when it has no job yet)."""
+        if self.current is None or not self.model_version:
+            return
+        key = self.current.exam_key
+        if not self.queue.prioritize(key, self.model_version) and self.queue.job(key, self.model_version) is None:
+            self.queue.sync(self.model_version)
+            self.queue.prioritize(key, self.model_version)
 
     def open_exam(self, exam: ExamRecord) -> None:
         self.current = exam
         self._shown_emitted = False
-        if self.model_version:
-            self.queue.prioritize(exam.exam_key, self.model_version)  # a reader is waiting
+        self._prioritize_current()  # a reader is waiting
+        self.settings.setValue(f"reader/{self.reader}/last_exam", exam.exam_key)
         self.hanging.state.new_exam(self.initial_reads.latest(exam.exam_key, self.reader) is not None)
         self.hanging.state.select("", "")
         self.corrections = ExamCorrections(self.corrections_log, exam.exam_key, self.reader)
@@ -433,7 +614,8 @@ class MainWindow(QMainWindow):
         slots, extras = hang(exam.images)
         self.extras, self._extra_index = list(extras), -1
         self.current_paths = {slot: image.path for slot, image in slots.items()}
-        self.loader.cache.pinned = set(self.current_paths.values())
+        self._set_prior(exam)
+        self.loader.cache.pinned = set(self.current_paths.values()) | set(self.prior_paths.values())
         for state in self.hanging.state.panes.values():
             state.window = None
             state.set_invert(False)
@@ -450,7 +632,13 @@ class MainWindow(QMainWindow):
                 self._show_view(slot, view)
         self.load_overlays()
         extra = f", {len(extras)} extra view(s)" if extras else ""
-        self.show_status(f"{exam.patient_id}  {exam.study_date or ''}  {' '.join(exam.views)}{extra}")
+        mine = self.corrections.mine()
+        read = ""
+        if mine.assessment:
+            read = f"  ·  {'signed' if mine.signed else 're-opened'}: {assessment_text(mine.assessment)}"
+        elif mine.birads is not None or mine.density:
+            read = f"  ·  BI-RADS {mine.birads if mine.birads is not None else '-'}, density {mine.density or '-'}"
+        self.show_status(f"{exam.patient_id}  {exam.study_date or ''}  {' '.join(exam.views)}{extra}{read}")
         self._check_shown()
 
     def _poll(self) -> None:
@@ -463,6 +651,12 @@ class MainWindow(QMainWindow):
             elif isinstance(result, LoadedView):
                 for slot in slots:
                     self._show_view(slot, result)
+            if self.hanging.state.compare:
+                for slot in (s for s, p in self.prior_paths.items() if p == result.path):
+                    if isinstance(result, LoadedView):
+                        self.hanging.set_prior_view(slot, result)
+                    else:
+                        self.hanging.prior_panes[slot].set_error(f"{slot} (prior): {result.reason}")
         self._check_shown()
         self._update_decode_progress()
         self._poll_job()
@@ -578,27 +772,119 @@ class MainWindow(QMainWindow):
             self.hanging.state.set_tool("pan")
 
     def undo(self) -> None:
-        if self.corrections is not None and self.corrections.undo() is None:
-            self.show_status("nothing to undo")
+        if self.corrections is not None:
+            self._record(self._undo_or_say, self.corrections.undo, "undo")
 
     def redo(self) -> None:
-        if self.corrections is not None and self.corrections.redo() is None:
-            self.show_status("nothing to redo")
+        if self.corrections is not None:
+            self._record(self._undo_or_say, self.corrections.redo, "redo")
+
+    def _undo_or_say(self, fn, what: str) -> None:
+        if fn() is None:
+            self.show_status(f"nothing to {what}")
+
+    # ----------------------------------------------------------------- finishing a read
+    def _initial_assessment(self) -> dict:
+        """What the sign dialog starts from: the last signed assessment, else the
+        exam-level BI-RADS/density this reader recorded, else BI-RADS 1."""
+        mine = self.corrections.mine()
+        if mine.assessment:
+            return mine.assessment
+        breasts = {}
+        birads = "1" if mine.birads is None else ("4A" if mine.birads == 4 else str(mine.birads))
+        density = (mine.density or "b").lower()
+        for side in sorted({i.laterality.value for i in self.current.images} & {"R", "L"}) or ["R", "L"]:
+            breasts[side] = {"birads": birads, "density": density}
+        return {"breasts": breasts}
+
+    def assessment_dialog(self):
+        from mammotriage.ui.assessment_dialog import AssessmentDialog
+
+        sides = tuple(s for s in ("R", "L") if s in {i.laterality.value for i in self.current.images}) or ("R", "L")
+        exam = self.current
+        text = f"{exam.patient_name.replace('^', ' ')}  {exam.patient_id}  {exam.study_date or ''}"
+        return AssessmentDialog(self, text, self._initial_assessment(), sides)
+
+    def sign_and_next(self) -> None:
+        """Ctrl+Enter: ask for the per-breast assessment, sign it, open the next unread exam."""
+        if self.current is None or self.corrections is None:
+            return
+        if self.corrections.signed:
+            self.show_status("already signed (Ctrl+Shift+E re-opens it with an amendment); next unread exam")
+            self.open_next_unread()
+            return
+        dialog = self.assessment_dialog()
+        if dialog.exec() != QDialog.DialogCode.Accepted:
+            self.show_status("not signed")
+            return
+        if self.sign_exam(dialog.assessment()):
+            self.open_next_unread()
+
+    def sign_exam(self, assessment: dict) -> bool:
+        """Record the signed assessment (a ``sign`` event) and queue the reader-findings
+        SR of the exam for the PACS."""
+        if not self._record(self.corrections.sign, assessment):
+            return False
+        exam = self.current
+        text = assessment_text(self.corrections.mine().assessment or assessment)
+        self.log_line(f"signed by {self.reader}: {exam.patient_id} {exam.study_date or ''}: {text}")
+        self.run_job("writing reader findings SR", write_reader_sr, str(self.archive.path), exam.exam_key,
+                     self.reader, str(data_dir()), done=self._sr_done, wait=True)
+        self.refresh_worklist()
+        return True
+
+    def _sr_done(self, result: object) -> None:
+        self.log_line(str(result))
+
+    def open_next_unread(self) -> bool:
+        """Open the next exam in worklist order (after this one, wrapping) not yet signed."""
+        n = self.worklist_view.rowCount()
+        here = self.worklist_view.row_of(self.current.exam_key) if self.current else None
+        start = -1 if here is None else here
+        for step in range(1, n + 1):
+            row = (start + step) % n
+            entry = self.worklist_view.entry(row)
+            if entry is not None and not self.worklist.read_state(entry).is_read \
+                    and (self.current is None or entry.exam.exam_key != self.current.exam_key):
+                self.table.selectRow(row)
+                return True
+        self.show_status("no unread exams left")
+        return False
+
+    def amend_dialog(self) -> None:
+        if self.corrections is None:
+            return
+        if not self.corrections.signed:
+            self.show_status("this exam is not signed: nothing to amend")
+            return
+        reason, ok = QInputDialog.getText(self, "Amend signed exam", "Reason for re-opening this signed exam:")
+        if ok and reason.strip():
+            self.amend(reason.strip())
+
+    def amend(self, reason: str) -> bool:
+        if not self._record(self.corrections.amend, reason):
+            return False
+        self.log_line(f"re-opened by {self.reader} (amendment): {reason}")
+        self.show_status("re-opened: corrections and a new signature are possible")
+        self.refresh_worklist()
+        return True
 
     def final_birads_dialog(self) -> None:
         if self.corrections is None:
             return
-        value, ok = QInputDialog.getItem(self, "BI-RADS", "Final assessment (BI-RADS):",
-                                         [str(i) for i in range(7)], 1, False)
+        items = [birads_text(str(i)) if str(i) in BIRADS and i != 4 else "4 - suspicious" for i in range(7)]
+        value, ok = QInputDialog.getItem(self, "BI-RADS", "Final assessment (BI-RADS; per breast and 4A-4C "
+                                         "when you sign, Ctrl+Enter):", items, 1, False)
         if ok:
-            self._record(self.corrections.set_birads, int(value))
+            self._record(self.corrections.set_birads, int(value.split()[0]))
 
     def density_dialog(self) -> None:
         if self.corrections is None:
             return
-        value, ok = QInputDialog.getItem(self, "Breast density", "ACR density:", ["A", "B", "C", "D"], 1, False)
+        items = [f"{code.upper()} - {name}" for code, name in DENSITY.items()]
+        value, ok = QInputDialog.getItem(self, "Breast density", "ACR density:", items, 1, False)
         if ok:
-            self._record(self.corrections.set_density, value)
+            self._record(self.corrections.set_density, value[:1].upper())
 
     def note_dialog(self) -> None:
         if self.corrections is None:
@@ -685,6 +971,7 @@ class MainWindow(QMainWindow):
             except ValueError as exc:
                 self.model_problem = str(exc)
             self.hanging.state.mark_threshold = _mark_threshold(meta, self.points) if self.points else 0.5
+            self.hanging.state.candidate_point = _candidate_point(meta)
             if self._auto_triage:
                 self.start_triage()
         self.log_line(f"active model is now {version or 'none'}")
@@ -705,7 +992,8 @@ class MainWindow(QMainWindow):
                 self.log_line(f"triage: {message[1]}")
             elif kind in ("done", "failed"):
                 refresh = True
-                if self.current is not None and message[1] == self.current.exam_key:
+                if self.current is not None and message[1] in (
+                        self.current.exam_key, self.prior.exam_key if self.prior else None):
                     self.load_overlays()
                 if kind == "failed":
                     job = self.queue.job(message[1], self.model_version or "")
@@ -728,26 +1016,37 @@ class MainWindow(QMainWindow):
             self.model_label.setToolTip(self.points.describe())
 
     def load_overlays(self) -> None:
-        """AI results of the current exam's views: the active model's, else the newest."""
+        """AI results of the current exam's views (the active model's, else the newest),
+        and of the prior's in the comparison hanging."""
         if self.current is None:
             return
+        marks, shown_version = self._load_overlays(self.current, self.current_paths, self.hanging.panes)
+        if self.corrections is not None:
+            self.corrections.set_ai(shown_version, marks)
+        if self.prior is not None and self.hanging.state.compare:
+            prior_marks, prior_version = self._load_overlays(self.prior, self.prior_paths, self.hanging.prior_panes)
+            if self.prior_corrections is not None:
+                self.prior_corrections.set_ai(prior_version, prior_marks)
+
+    def _load_overlays(self, exam: ExamRecord, paths: dict[str, str], panes: dict
+                       ) -> tuple[dict[str, list[dict]], str]:
         import numpy as np
 
         exam_result = None
-        for result in self.queue.exam_results().get(self.current.exam_key, []):
+        for result in self.queue.exam_results().get(exam.exam_key, []):
             if result.model_version == self.model_version:
                 exam_result = result
                 break
         marks: dict[str, list[dict]] = {}
         shown_version = ""
-        for slot, path in self.current_paths.items():
-            image = next((i for i in self.current.images if i.path == path), None)
+        for slot, path in paths.items():
+            image = next((i for i in exam.images if i.path == path), None)
             records = self.queue.image_results(image.sop_uid) if image is not None else []
             record = next((r for r in records if r.model_version == self.model_version), None)
             stale = record is None and bool(records)
             record = record or (records[0] if records else None)
             if record is None:
-                self.hanging.panes[slot].set_overlay(None)
+                panes[slot].set_overlay(None)
                 continue
             marks[image.sop_uid] = record.findings
             shown_version = record.model_version
@@ -760,16 +1059,75 @@ class MainWindow(QMainWindow):
             breast = None
             if exam_result is not None and not stale:
                 breast = exam_result.score_left if image.laterality.value == "L" else exam_result.score_right
-            self.hanging.panes[slot].set_overlay(AiOverlay(
+            panes[slot].set_overlay(AiOverlay(
                 findings=record.findings, image_score=record.score, model_version=record.model_version,
                 stale=stale, suspicion=suspicion, map_factor=record.map_factor or 1.0,
                 breast_score=breast, exam_score=exam_result.score if exam_result and not stale else None))
-        if self.corrections is not None:
-            self.corrections.set_ai(shown_version, marks)
+        return marks, shown_version
+
+    # ----------------------------------------------------------------- prior exams
+    def toggle_compare(self) -> None:
+        """C: the comparison hanging (the most recent prior beside the current exam)."""
+        state = self.hanging.state
+        if state.compare:
+            self.hanging.set_compare(False)
+            self.show_status("comparison off")
+            return
+        if self.prior is None:
+            self.show_status("no prior exam of this patient in the archive")
+            return
+        self.hanging.set_compare(True)
+        self._show_prior()
+        self.show_status(f"comparison with the prior of {self.prior.study_date or 'unknown date'} "
+                         f"(window, zoom and pan linked; C to close)")
+
+    def _show_prior(self) -> None:
+        """Put the prior's views (loaded or loading) and its marks into the prior panes."""
+        if self.prior is None:
+            return
+        for slot in SCREENING_SLOTS:
+            path = self.prior_paths.get(slot)
+            if path is None:
+                self.hanging.set_prior_view(slot, None, f"{slot}: not in the prior")
+                continue
+            view = self.loader.request(path)
+            self.hanging.set_prior_view(slot, view, "" if view is not None else "loading prior ...")
+        for pane in self.hanging.prior_panes.values():
+            pane.corrections = self.prior_corrections
+        self.load_overlays()
+
+    def _set_prior(self, exam: ExamRecord) -> None:
+        """The most recent prior of ``exam``: prefetched with it, shown when comparing."""
+        from mammotriage.store.priors import prior_of
+
+        self.prior = prior_of(exam, self.priors)
+        self.prior_paths = {}
+        self.prior_corrections = None
+        for pane in self.hanging.prior_panes.values():
+            pane.set_view(None, "no prior exam")
+            pane.set_overlay(None)
+            pane.corrections = None
+        if self.prior is None:
+            if self.hanging.state.compare:
+                self.hanging.set_compare(False)
+            return
+        slots, _extras = hang(self.prior.images)
+        self.prior_paths = {slot: image.path for slot, image in slots.items()}
+        self.prior_corrections = ExamCorrections(self.corrections_log, self.prior.exam_key, self.reader)
+        for path in self.prior_paths.values():
+            self.loader.request(path)  # prefetched with the current exam
+        if self.hanging.state.compare:
+            self.hanging.set_compare(True)
+            self._show_prior()
 
     def toggle_ai(self) -> None:
         if not self.hanging.state.toggle_ai():
             self.show_status("AI is locked until you record your initial assessment (B)")
+            return
+        shown = self.hanging.state.ai_visible
+        ready = any(p.overlay is not None for p in self.hanging.panes.values())
+        self.show_status(f"AI marks and map {'shown' if shown else 'hidden'}"
+                         + ("" if ready or not shown else " (no AI result for this exam yet)"))
 
     def record_initial_read(self) -> None:
         if self.current is None:
@@ -784,13 +1142,19 @@ class MainWindow(QMainWindow):
         self.initial_reads.record(self.current.exam_key, self.reader, birads)
         self.hanging.state.record_initial_read()
         self.log_line(f"initial assessment BI-RADS {birads} recorded by {self.reader}")
+        self.refresh_worklist()  # this exam's AI result shows in the worklist now
 
     def cycle_reading_mode(self) -> None:
+        if self.policy.enforced and self.policy.reading_mode:
+            self.show_status(f"reading mode AI {self.hanging.state.reading_mode} is the site's policy "
+                             f"({ReadingPolicy.FILE})")
+            return
         modes = self.hanging.state.READING_MODES
         mode = modes[(modes.index(self.hanging.state.reading_mode) + 1) % len(modes)]
         self.hanging.state.set_reading_mode(mode)
         self.settings.setValue("ai/reading_mode", mode)
         self._update_model_label()
+        self.refresh_worklist()  # blind mode hides the worklist's AI columns too
         self.show_status(f"reading mode: AI {mode}")
 
     def _update_decode_progress(self) -> None:
@@ -813,9 +1177,14 @@ class MainWindow(QMainWindow):
         self.exam_shown.emit(self.current.exam_key)
 
     # ----------------------------------------------------------------- background jobs
-    def run_job(self, title: str, fn: Callable, *args: object, done: Callable[[object], None]) -> None:
-        """Run ``fn(*args)`` in the job process with a busy bar; ``done(result)`` after."""
+    def run_job(self, title: str, fn: Callable, *args: object, done: Callable[[object], None],
+                wait: bool = False) -> None:
+        """Run ``fn(*args)`` in the job process with a busy bar; ``done(result)`` after.
+        With ``wait`` a job that finds another running starts when that one ends."""
         if self._job is not None:
+            if wait:
+                self._waiting_jobs.append((title, fn, args, done))
+                return
             self.log_line(f"{title}: another job is running, try again when it ends")
             return
         self._job = self.jobs.submit(fn, *args)
@@ -831,6 +1200,9 @@ class MainWindow(QMainWindow):
         job, done = self._job, self._job_done
         self._job = self._job_done = None
         self.progress.setVisible(False)
+        if self._waiting_jobs:
+            title, fn, args, then = self._waiting_jobs.pop(0)
+            self.run_job(title, fn, *args, done=then)
         try:
             result = job.result()
         except Exception as exc:  # noqa: BLE001 - reported, never fatal
@@ -865,25 +1237,58 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------- settings
     def _restore_settings(self) -> None:
         geometry = self.settings.value("window/geometry")
-        if isinstance(geometry, QByteArray):
+        self.first_start = not isinstance(geometry, QByteArray)
+        if not self.first_start:
             self.restoreGeometry(geometry)
         else:
-            self.resize(1600, 1000)
+            screen = (self.screen() or QApplication.primaryScreen()).availableGeometry()
+            self.resize(min(1600, screen.width()), min(1000, screen.height()))
         state = self.settings.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
-        mode = self.settings.value("ai/reading_mode", "on demand")
-        if mode in self.hanging.state.READING_MODES:
-            self.hanging.state.reading_mode = mode
+        self.hanging.state.reading_mode = self.policy.mode_for(self.settings.value("ai/reading_mode"))
         try:
             self.hanging.state.map_opacity = float(self.settings.value("ai/map_opacity", 0.45))
         except (TypeError, ValueError):
             pass
         if self.points is not None:
             self.hanging.state.mark_threshold = _mark_threshold(self.model_meta, self.points)
+            self.hanging.state.candidate_point = _candidate_point(self.model_meta)
         link = self.settings.value("view/link", "all")
         if link in self.hanging.state.LINK_MODES:
             self.hanging.state.link_mode = link
+
+    def show_for_reading(self) -> None:
+        """Show the window: maximised on its screen at first start; a remembered
+        geometry that no longer fits the screens (a monitor gone, a smaller screen) is
+        moved and shrunk onto one."""
+        if self.first_start:
+            # the screen's whole work area first: without a window manager, "maximised"
+            # alone would leave the window at its default size
+            screen = (self.screen() or QApplication.primaryScreen()).availableGeometry()
+            self.setGeometry(screen)
+            self.splitter.setSizes([max(360, int(screen.width() * 0.28)), int(screen.width() * 0.72)])
+            if screen.height() < 900:
+                self.log_dock.setVisible(False)  # a small screen keeps its height for the images (Ctrl+L)
+            self.showMaximized()
+            return
+        if not self.isMaximized() and not self.isFullScreen():
+            screens = [s.availableGeometry() for s in QApplication.screens()]
+            fixed = fit_on_screens(self.frameGeometry(), screens)
+            if fixed != self.frameGeometry():
+                self.resize(fixed.size() - (self.frameGeometry().size() - self.size()))
+                self.move(fixed.topLeft())
+        self.show()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        # a portrait screen: the worklist above the hanging, so that the views stay wide
+        portrait = self.height() > self.width() * 1.15
+        want = Qt.Orientation.Vertical if portrait else Qt.Orientation.Horizontal
+        if self.splitter.orientation() != want:
+            self.splitter.setOrientation(want)
+            total = self.height() if portrait else self.width()
+            self.splitter.setSizes([int(total * 0.22), int(total * 0.78)])
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.settings.setValue("window/geometry", self.saveGeometry())
@@ -930,6 +1335,25 @@ def _find_model(model_dir: str | Path | None, archive_file: Path | None = None
         return None, None, str(exc)
 
 
+def fit_on_screens(rect: QRect, screens: list[QRect]) -> QRect:
+    """``rect`` moved and shrunk, when needed, to lie on the screen it overlaps most
+    (the first screen when it overlaps none); unchanged when it already fits."""
+    if not screens:
+        return QRect(rect)
+    if any(s.contains(rect) for s in screens):
+        return QRect(rect)
+
+    def overlap(s: QRect) -> int:
+        inter = s.intersected(rect)
+        return inter.width() * inter.height() if inter.isValid() else 0
+
+    screen = max(screens, key=overlap) if any(overlap(s) for s in screens) else screens[0]
+    width, height = min(rect.width(), screen.width()), min(rect.height(), screen.height())
+    x = min(max(rect.x(), screen.left()), screen.left() + screen.width() - width)
+    y = min(max(rect.y(), screen.top()), screen.top() + screen.height() - height)
+    return QRect(x, y, width, height)
+
+
 def _mark_threshold(meta: dict | None, points: OperatingPoints) -> float:
     """Finding-level operating point: the model's "marks" threshold, else the exam one."""
     marks = ((meta or {}).get("operating_points") or {}).get("marks")
@@ -938,3 +1362,12 @@ def _mark_threshold(meta: dict | None, points: OperatingPoints) -> float:
     if isinstance(marks, (int, float)):
         return float(marks)
     return points.suspicious
+
+
+def _candidate_point(meta: dict | None) -> float | None:
+    """The second, lower finding-level operating point of Shift+A: the model's
+    "candidates" threshold when its metadata has one (else the state's default)."""
+    point = ((meta or {}).get("operating_points") or {}).get("candidates")
+    if isinstance(point, dict):
+        point = point.get("threshold")
+    return float(point) if isinstance(point, (int, float)) else None

@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mammotriage.lifetime import ENV_PARENT_PID
 from mammotriage.model.gate import latest_report
 from mammotriage.model.registry import ModelRegistry, RegistryError
 from mammotriage.model.snapshot_data import archive_or_default
@@ -364,6 +365,7 @@ class ModelPanel(QDialog):
         proc = QProcess(self)
         env = QProcessEnvironment.systemEnvironment()
         env.insert("OMP_WAIT_POLICY", "PASSIVE")
+        env.insert(ENV_PARENT_PID, str(os.getpid()))  # the job ends if the app is killed
         app_dir = str(Path(__file__).resolve().parents[2])
         env.insert("PYTHONPATH", os.pathsep.join([app_dir, *filter(None, [os.environ.get("PYTHONPATH")])]))
         proc.setProcessEnvironment(env)

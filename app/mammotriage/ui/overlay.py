@@ -28,10 +28,6 @@ class AiOverlay:
     _qimage: QImage | None = field(default=None, repr=False)
     _key: tuple | None = None
 
-    def visible_findings(self, threshold: float, show_all: bool) -> list[dict]:
-        """Marks at or above the operating point (all of them when the reader asks)."""
-        return [f for f in self.findings if show_all or float(f["score"]) >= threshold]
-
     def map_extent(self) -> tuple[float, float]:
         """(width, height) of the map in stored pixels."""
         assert self.suspicion is not None

@@ -115,6 +115,7 @@ class HangingState:
         self.link_mode = "all"
         self.show_text = True
         self.fullscreen: str | None = None
+        self.compare = False  # the comparison hanging: the prior exam beside the current one
         self.tool = "pan"  # left-drag tool: "pan", "ruler" or "draw"
         self.draw_shape = "box"  # "box" or "ellipse" for the draw tool
         self.selected: tuple[str, str] | None = None  # (slot, label id)
@@ -126,8 +127,11 @@ class HangingState:
         self.initial_read_done = False  # the reader recorded an initial assessment
         self.show_map = True
         self.map_opacity = 0.45
-        self.show_all_marks = False
+        self.show_all_marks = False  # Shift+A: candidates above the lower operating point
         self.mark_threshold = 0.5
+        #: the second, lower operating point of Shift+A (None: half the mark threshold)
+        self.candidate_point: float | None = None
+        self.max_candidates = 10  # at most this many candidates a view
         self.changed = Signal()
 
     def linked(self, slot: str) -> list[str]:
@@ -204,6 +208,22 @@ class HangingState:
     def toggle_map(self) -> None:
         self.show_map = not self.show_map
         self.changed.emit("ai")
+
+    @property
+    def candidate_threshold(self) -> float:
+        if self.candidate_point is not None:
+            return min(self.candidate_point, self.mark_threshold)
+        return self.mark_threshold / 2
+
+    def shown_marks(self, scores: list[float]) -> set[int]:
+        """Indices of the unreviewed AI marks to draw: those at or above the operating
+        point, or with Shift+A the (at most ``max_candidates``) best ones at or above the
+        lower candidate point."""
+        if not self.show_all_marks:
+            return {i for i, s in enumerate(scores) if s >= self.mark_threshold}
+        ranked = sorted((i for i, s in enumerate(scores) if s >= self.candidate_threshold),
+                        key=lambda i: -scores[i])
+        return set(ranked[: self.max_candidates])
 
     def toggle_all_marks(self) -> None:
         self.show_all_marks = not self.show_all_marks

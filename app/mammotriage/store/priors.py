@@ -1,0 +1,45 @@
+"""Prior exams: a patient's earlier exams in the archive, linked by Patient ID.
+
+Exams belong to one patient when their Patient ID matches. Issuer of Patient ID
+(two hospitals may hand out the same number) belongs in the key too, but the archive
+does not index it yet, so :func:`patient_key` has an empty issuer for now. The
+comparison exam of a current one is its most recent earlier exam.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from mammotriage.store.archive import ExamRecord
+
+
+def patient_key(exam: ExamRecord) -> tuple[str, str]:
+    """(Issuer of Patient ID, Patient ID); the issuer is "" until the archive stores it."""
+    return ("", exam.patient_id)
+
+
+def link_priors(exams: Sequence[ExamRecord]) -> dict[str, list[ExamRecord]]:
+    """``exam_key -> earlier exams of the same patient``, most recent first.
+
+    Exams without a study date have no priors and are nobody's prior (their order in
+    time is unknown); an empty Patient ID links nothing.
+    """
+    by_patient: dict[tuple[str, str], list[ExamRecord]] = defaultdict(list)
+    for exam in exams:
+        if exam.patient_id and exam.study_date is not None:
+            by_patient[patient_key(exam)].append(exam)
+    out: dict[str, list[ExamRecord]] = {}
+    for group in by_patient.values():
+        group.sort(key=lambda e: (e.study_date, e.exam_key), reverse=True)
+        for i, exam in enumerate(group):
+            earlier = [e for e in group[i + 1:] if e.study_date < exam.study_date]
+            if earlier:
+                out[exam.exam_key] = earlier
+    return out
+
+
+def prior_of(exam: ExamRecord, priors: dict[str, list[ExamRecord]]) -> ExamRecord | None:
+    """The most recent prior of ``exam``, or None."""
+    found = priors.get(exam.exam_key)
+    return found[0] if found else None
