@@ -125,6 +125,61 @@ def test_saved_weights_bytes_do_not_depend_on_the_process(tiny_package, tmp_path
     assert digests == {meta["weights_sha256"]}
 
 
+def _tiny_second_look(seed=0):
+    from mammotriage.model.calc import FEATURES, fit_trees
+    from mammotriage.model.twostage import STAGE2_FEATURES, SecondLook
+
+    rng = np.random.default_rng(seed)
+    Xc = rng.normal(size=(200, len(FEATURES)))
+    Xs = rng.normal(size=(200, len(STAGE2_FEATURES)))
+    calc = fit_trees(Xc, (Xc[:, 3] > 0).astype(int), n_estimators=10)
+    st2 = fit_trees(Xs, (Xs[:, 0] > 0).astype(int), n_estimators=10)
+    return SecondLook(calc, st2, min_score=0.0)
+
+
+def test_second_look_travels_in_the_one_hashed_weights_file(tmp_path, tiny_config, tiny_pp, phantom_exam):
+    import torch
+
+    from mammotriage.dicom.image import MammoImage
+    from mammotriage.dicom.read import parse_metadata
+    from mammotriage.model.network import build_detector
+    from mammotriage.model.package import ModelPackageError, load_engine, save_package, sha256_file
+
+    torch.manual_seed(1)
+    det = build_detector(tiny_config, train_components=False)
+    sl = _tiny_second_look()
+    out = save_package(tmp_path / "two", det, tiny_config, tiny_pp, version="0.0.2-test", description="t",
+                       training={"sources": []}, hyper_parameters={}, seed=1, eval_metrics={},
+                       operating_points={}, second_look=sl)
+    meta = json.loads((out / "configs/metadata.json").read_text())
+    assert meta["weights_sha256"] == sha256_file(out / "models/model.safetensors")
+    # the metadata's rule is the code's own text
+    assert meta["scores"]["suppression"] == sl.describe()["suppression"]
+    assert "noisy-OR" in meta["scores"]["image"] and "mean of the breast's CC and MLO" in meta["scores"]["breast"]
+    engine = load_engine(out, device="cpu", threads=1)
+    assert engine.second_look is not None
+    X = np.random.default_rng(5).normal(size=(30, len(meta["second_look"]["stage2_features"])))
+    assert np.allclose(engine.second_look.stage2.predict_proba(X), sl.stage2.predict_proba(X))
+    images = [MammoImage(im.pixels, parse_metadata(im.dataset)) for im in phantom_exam.images]
+    results = engine.predict_images(images, max_map_side=128)
+    assert len(results) == 4
+    for r in results:
+        kinds = {f.kind for f in r.findings}
+        assert kinds <= {"mass", "calcification"}
+        # one mark per place: no box nested in another
+        b = np.array([f.box for f in r.findings]).reshape(-1, 4)
+        for i in range(len(b)):
+            for j in range(len(b)):
+                if i != j:
+                    inside = (b[j, 0] >= b[i, 0]) & (b[j, 1] >= b[i, 1]) & (b[j, 2] <= b[i, 2]) & (b[j, 3] <= b[i, 3])
+                    assert not inside
+        assert 0.0 <= r.score <= 1.0
+    # stage-two features of another program version are refused, not silently misread
+    meta["second_look"]["stage2_features"] = ["something", "else"]
+    (out / "configs/metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelPackageError, match="second look"):
+        load_engine(out, device="cpu", threads=1)
+
 def test_malformed_safetensors_with_matching_sha256_is_a_clear_error(tiny_package, tmp_path):
     import shutil
 

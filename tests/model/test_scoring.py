@@ -20,3 +20,16 @@ def test_repeated_and_extra_views_and_single_projection() -> None:
     assert breast_scores([("L", "XCCL", 0.5)]) == {"L": 0.5}
     assert breast_scores([(None, "CC", 0.5)]) == {}
     assert exam_score({}, [0.2, 0.4]) == 0.4 and exam_score({}) == 0.0
+
+
+def test_category_from_package_operating_points() -> None:
+    from mammotriage.model.scoring import category_from
+
+    ops = {"suspicious": {"threshold": 0.6}, "likely_normal": {"threshold": 0.2}}
+    assert category_from(0.61, ops) == "suspicious"
+    assert category_from(0.6, ops) == "suspicious"
+    assert category_from(0.3, ops) == "indeterminate"
+    assert category_from(0.19, ops) == "likely normal"
+    assert category_from(0.5, {}) is None
+    # a rule-out threshold above the suspicious one is clamped, never inverted
+    assert category_from(0.5, {"suspicious": 0.4, "likely_normal": 0.7}) == "suspicious"

@@ -176,8 +176,13 @@ def test_operating_points_from_metadata_and_site_file(tmp_path) -> None:
     assert (p.suspicious, p.likely_normal) == (0.4, 0.05)
     site = tmp_path / "triage.json"
     site.write_text('{"suspicious": 0.6, "likely_normal": 0.2}')
-    assert OperatingPoints.resolve(meta, site).suspicious == 0.6
-    site.write_text('{"suspicious": 0.1, "likely_normal": 0.2}')
+    with pytest.raises(ValueError, match="reason"):  # never moved without a reason
+        OperatingPoints.resolve(meta, site)
+    site.write_text('{"suspicious": 0.6, "likely_normal": 0.2, "reason": "local recall-rate audit 2026"}')
+    moved = OperatingPoints.resolve(meta, site)
+    assert moved.suspicious == 0.6 and moved.reason == "local recall-rate audit 2026"
+    assert "local recall-rate audit" in moved.describe() and "site" in moved.describe()
+    site.write_text('{"suspicious": 0.1, "likely_normal": 0.2, "reason": "x"}')
     with pytest.raises(ValueError):
         OperatingPoints.resolve(meta, site)
     with pytest.raises(ValueError, match="no operating points"):

@@ -160,3 +160,184 @@ def write_trained_package(out_dir: str | Path, result, described: dict, cv: dict
     meta = read_metadata(out_dir)
     (out_dir / "docs" / "README.md").write_text(model_card(meta, cv, notes))
     return out_dir
+
+
+# ------------------------------------------------------------------ exam-level operating points
+
+#: Target of the rule-out threshold ("likely normal" below it) and of "suspicious".
+LIKELY_NORMAL_SENSITIVITY = 0.97
+SUSPICIOUS_SPECIFICITY = 0.80
+
+
+def exam_scores(records: list[dict], groups: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Exam scores of pooled records by the worklist's own rule (:mod:`mammotriage.model.scoring`):
+    mini-MIAS holds one MLO view per breast, so a breast scores its view and the exam its
+    more suspicious breast.  Returns (scores, abnormal, exam names)."""
+    from mammotriage.model.scoring import breast_scores, exam_score
+
+    by: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by.setdefault(g, []).append(i)
+    names = sorted(by)
+    scores, labels = [], []
+    for g in names:
+        idx = by[g]
+        # images 2k-1 / 2k of a mini-MIAS patient are the right / left breast
+        views = [("R" if n == 0 else "L", "MLO", float(records[i]["image_score"])) for n, i in enumerate(idx)]
+        scores.append(exam_score(breast_scores(views), [v[2] for v in views]))
+        labels.append(any(bool(records[i]["abnormal"]) for i in idx))
+    return np.array(scores), np.array(labels), names
+
+
+def exam_operating_points(records: list[dict], groups: list[str], fold_of: list[int] | None = None
+                          ) -> dict[str, Any]:
+    """Worklist thresholds on the *exam* score from pooled cross-validation predictions,
+    with their measured sensitivity and specificity and the score's calibration."""
+    s, y, names = exam_scores(records, groups)
+    ops: dict[str, Any] = {"source": "pooled patient-level cross-validation predictions (mini-MIAS dev), "
+                                     "exam level (the worklist's unit)", "n_exams": int(len(s)),
+                           "n_abnormal_exams": int(y.sum())}
+    if not y.any() or y.all():
+        return ops
+    pos = np.sort(s[y])
+    k = int(np.floor((1.0 - LIKELY_NORMAL_SENSITIVITY) * len(pos)))
+    t_norm = float(pos[k])
+    neg = np.sort(s[~y])
+    t_sus = float(neg[min(len(neg) - 1, int(np.ceil(SUSPICIOUS_SPECIFICITY * len(neg))))])
+    t_sus = max(t_sus, t_norm)
+
+    def point(t: float, target: dict) -> dict:
+        return {"threshold": t, "sensitivity": float((s[y] >= t).mean()),
+                "specificity": float((s[~y] < t).mean()), **target}
+
+    ops["likely_normal"] = point(t_norm, {"target_sensitivity": LIKELY_NORMAL_SENSITIVITY,
+                                          "meaning": "exam score below: likely normal"})
+    ops["suspicious"] = point(t_sus, {"target_specificity": SUSPICIOUS_SPECIFICITY,
+                                      "meaning": "exam score at or above: suspicious"})
+    ops["calibration"] = calibration(s, y)
+    return ops
+
+
+def calibration(scores: np.ndarray, labels: np.ndarray, bins: int = 5) -> dict[str, Any]:
+    """Brier score and a reliability table (equal-count bins) of exam scores."""
+    s = np.asarray(scores, float)
+    y = np.asarray(labels, float)
+    order = np.argsort(s, kind="stable")
+    table = []
+    for part in np.array_split(order, bins):
+        if len(part):
+            table.append({"mean_score": round(float(s[part].mean()), 4),
+                          "fraction_abnormal": round(float(y[part].mean()), 4), "n": int(len(part))})
+    base = float(y.mean())
+    return {"brier": round(float(np.mean((s - y) ** 2)), 4),
+            "brier_of_prevalence": round(float(np.mean((base - y) ** 2)), 4), "reliability": table}
+
+
+def write_calibration_plot(ops: dict, path: Path) -> Path | None:
+    cal = ops.get("calibration")
+    if not cal:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mammotriage.model.evaluate import save_figure
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    xs = [b["mean_score"] for b in cal["reliability"]]
+    ys = [b["fraction_abnormal"] for b in cal["reliability"]]
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.plot(xs, ys, "o-", color="C0")
+    ax.set_xlabel("mean exam score (bin)")
+    ax.set_ylabel("fraction of abnormal exams")
+    ax.set_title(f"exam-score reliability (Brier {cal['brier']:.3f}; prevalence-only {cal['brier_of_prevalence']:.3f})",
+                 fontsize=8)
+    ax.grid(True, alpha=0.3)
+    return save_figure(fig, path)
+
+
+def _froc_rows(label: str, m: dict) -> list[str]:
+    rows = [f"| {label} | all ({m['n_lesions']}) | {_fmt(m['image_auc'])} | "
+            + " | ".join(_fmt(v) for v in m["froc"].values()) + " |"]
+    for kind, d in m["per_kind"].items():
+        rows.append(f"| {label} | {kind} ({int(d['n'])}) | | "
+                    + " | ".join(_fmt(d.get(f"sens@{k}")) for k in m["froc"]) + " |")
+    return rows
+
+
+def second_look_report(metrics: dict, boot: dict, ops: dict) -> str:
+    """Markdown: both recipes on the same folds, the paired bootstrap and the exam-level
+    operating points (model card section and docs)."""
+    old, new = metrics["stage_one"], metrics["second_look"]
+    lines = ["## Second look vs stage one, same folds",
+             "Patient-level 4-fold cross-validation on mini-MIAS dev, pooled; the same stage-one models "
+             "(one per fold) feed both rows. A duplicate mark on an already-hit lesion counts as a "
+             "false positive; per-kind rows count a hit only when the mark's kind matches.", "",
+             "| recipe | lesions | image AUC | " + " | ".join(f"{k} FP" for k in old["froc"]) + " |",
+             "|---|---|---|" + "---|" * len(old["froc"])]
+    lines += _froc_rows("stage one (v0.2.0 recipe)", old)
+    lines += _froc_rows("stage one + second look", new)
+    lines += ["",
+              f"Paired patient-level bootstrap ({boot['n']} resamples): sensitivity at {boot['rate']} FP/image "
+              f"stage one {boot['sens_a_ci']}, second look {boot['sens_b_ci']}, difference "
+              f"**{boot['sens_diff_ci']}**; image AUC stage one {boot['auc_a_ci']}, second look "
+              f"{boot['auc_b_ci']}, difference {boot['auc_diff_ci']} (95 % intervals).", "",
+              "## Exam-level operating points (worklist categories)"]
+    for name in ("likely_normal", "suspicious"):
+        p = ops.get(name)
+        if p:
+            lines.append(f"* {name.replace('_', ' ')}: threshold {p['threshold']:.4f}, exam sensitivity "
+                         f"{p['sensitivity']:.3f}, specificity {p['specificity']:.3f} ({p['meaning']})")
+    cal = ops.get("calibration")
+    if cal:
+        lines += [f"* exam-score Brier score {cal['brier']:.4f} (prevalence alone: {cal['brier_of_prevalence']:.4f}); "
+                  "reliability in `calibration.png`", ""]
+    return "\n".join(lines)
+
+
+def write_second_look_package(out_dir: str | Path, stage_one_dir: str | Path, slr: dict, boot: dict,
+                              groups: list[str], version: str, parent_version: str | None,
+                              described: dict | None = None, notes: str = "") -> Path:
+    """A package: the stage-one network of ``stage_one_dir`` plus the fitted second look,
+    with both recipes' cross-validation figures and exam-level operating points."""
+    import shutil
+
+    from mammotriage.model.evaluate import evaluate_predictions, write_plots
+    from mammotriage.model.package import load_detector, read_metadata, save_package
+
+    det, config, pp, parent = load_detector(stage_one_dir)
+    new = slr["second_look"]
+    ops = operating_points(new)
+    ops.update(exam_operating_points(new, groups))
+    m = slr["metrics"]["second_look"]
+    eval_metrics = {"validation": "patient-level 4-fold CV, mini-MIAS dev, pooled (second look on the "
+                                  "folds' own stage-one models)", **{k: m[k] for k in (
+                                      "image_auc", "froc", "froc_mean", "per_kind", "n_images", "n_lesions")},
+                    "stage_one_same_folds": slr["metrics"]["stage_one"], "paired_bootstrap": boot}
+    changelog = dict(parent.get("changelog") or {})
+    changelog[version] = ("second look: stage-two rescoring of RetinaNet candidates with the other breast's "
+                          "view, a calcification-cluster path, containment-aware suppression, noisy-OR "
+                          "view scores and exam-level operating points; stage-one network of v"
+                          f"{parent.get('version')}")
+    out_dir = Path(out_dir)
+    save_package(out_dir, det, config, pp, version=version, description=changelog[version],
+                 training=described or parent.get("training_data", {}),
+                 hyper_parameters={**(parent.get("hyper_parameters") or {}),
+                                   "second_look": slr["final"].to_json()},
+                 seed=int(parent.get("seed", 0)), eval_metrics=eval_metrics, operating_points=ops,
+                 parent_version=parent_version, changelog=changelog, licence=LICENCE,
+                 second_look=slr["final"],
+                 extra={"input_reference": parent.get("input_reference") or {},
+                        "training_scanners": parent.get("training_scanners") or []})
+    write_plots(evaluate_predictions(new), out_dir / "docs", title="CV, second look")
+    write_calibration_plot(ops, out_dir / "docs" / "calibration.png")
+    meta = read_metadata(out_dir)
+    card = model_card(meta, None, notes).replace("No cross-validation was run for this package.\n",
+                                                 second_look_report(slr["metrics"], boot, ops) + "\n"
+                                                 "![FROC](froc.png) ![ROC](roc.png) ![calibration](calibration.png)\n")
+    (out_dir / "docs" / "README.md").write_text(card)
+    lic = Path(stage_one_dir) / "LICENSE"
+    if lic.is_file():
+        shutil.copyfile(lic, out_dir / "LICENSE")
+    return out_dir

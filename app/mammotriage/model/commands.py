@@ -34,6 +34,7 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--seed", type=int, default=20260101)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available; same recipe)")
     p.add_argument("--max-minutes", type=float, help="stop training after this many minutes (checkpointed)")
     p.add_argument("--scratch", action="store_true", help="no ImageNet backbone (from scratch)")
     p.add_argument("--kfold", type=int, default=0, help="patient-level k-fold CV on the mini-MIAS images first")
@@ -41,6 +42,13 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cv-max-minutes", type=float, help="wall-time cap per CV fold (default: --max-minutes)")
     p.add_argument("--cv-only", action="store_true", help="run the cross-validation only")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--second-look", action="store_true",
+                   help="after the --kfold CV, cross-validate and fit the second look (stage two, "
+                        "calcification clusters) on the same folds")
+    p.add_argument("--stage-one", type=Path,
+                   help="with --second-look: take the stage-one network from this package instead of training it")
+    p.add_argument("--calc-phantoms", type=int, default=24,
+                   help="phantom exams whose calcification clusters train the cluster classifier (default 24)")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--parent", default=None, help="parent model version")
     p.set_defaults(func=cmd_train)
@@ -104,7 +112,8 @@ def cmd_train(args) -> int:
 
     real, extra, described = _gather_samples(args)
     hp = TrainParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                     threads=args.threads, max_minutes=args.max_minutes, pretrained=not args.scratch)
+                     threads=args.threads, max_minutes=args.max_minutes, pretrained=not args.scratch,
+                     device=args.device)
     if args.work:
         work = args.work
     else:
@@ -121,6 +130,8 @@ def cmd_train(args) -> int:
                         max_minutes=args.cv_max_minutes or args.max_minutes)
         cv = cross_validate(real, args.kfold, work / "cv", cv_hp, extra_train=extra)
         print(json.dumps(cv["summary"]["pooled"]), file=sys.stderr)
+        if args.second_look:
+            return _train_second_look(args, real, extra, described, work)
         if args.cv_only:
             print(json.dumps(cv["summary"], indent=1))
             return 0
@@ -134,6 +145,32 @@ def cmd_train(args) -> int:
     monitoring = {"input_reference": input_reference(samples), "training_scanners": training_scanners(samples)}
     out = write_trained_package(args.out, result, described, cv=cv, version=args.version,
                                 parent_version=args.parent, extra=monitoring)
+    print(f"wrote {out}")
+    return 0
+
+
+def _train_second_look(args, real, extra, described, work: Path) -> int:
+    from mammotriage.model.card import write_second_look_package
+    from mammotriage.model.crossval import paired_bootstrap, second_look_cv
+
+    phantoms = [s for s in extra if s.source == "phantom"][: 4 * max(0, args.calc_phantoms)]
+    slr = second_look_cv(real, work / "cv", args.kfold, phantoms=phantoms)
+    from mammotriage.model.crossval import _records_json
+
+    (work / "second_look_records.json").write_text(json.dumps(
+        {"stage_one": _records_json(slr["stage_one"]), "second_look": _records_json(slr["second_look"])}))
+    groups = [s.group for s in real]
+    boot = paired_bootstrap(slr["stage_one"], slr["second_look"], groups)
+    summary = {"stage_one": slr["metrics"]["stage_one"], "second_look": slr["metrics"]["second_look"],
+               "paired_bootstrap": boot}
+    (work / "second_look.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    if args.cv_only:
+        return 0
+    if not args.stage_one:
+        raise SystemExit("train: --second-look writes a package only with --stage-one PACKAGE")
+    out = write_second_look_package(args.out, args.stage_one, slr, boot, groups, args.version,
+                                    args.parent, described)
     print(f"wrote {out}")
     return 0
 
@@ -200,7 +237,7 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None,
     skipped = skipped if skipped is not None else []
     from mammotriage.dicom import read_image
     from mammotriage.dicom.hanging import exam_key
-    from mammotriage.model.scoring import breast_scores, exam_score
+    from mammotriage.model.scoring import breast_scores, category_from, exam_score
 
     def skip(path: Path | str, code: str, reason: str) -> None:
         skipped.append({"path": str(path), "code": code, "reason": reason})
@@ -242,6 +279,7 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None,
                     "patient_id": ims[0].meta.patient_id, "score": round(score, 6),
                     "breasts": {k: round(v, 6) for k, v in sorted(breasts.items())},
                     "n_images": len(ims), "findings": findings,
+                    "category": category_from(score, engine.thresholds),
                     "model_version": engine.version,
                     "warnings": [f"{im.meta.path}: {w}" for im in ims for w in im.meta.warnings]})
     out.sort(key=lambda e: (-e["score"], e["study_uid"]))

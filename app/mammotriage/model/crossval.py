@@ -81,6 +81,11 @@ def cross_validate(samples: list[Sample], k: int, out_dir: str | Path, hp: Train
                     "images_per_second": round(result.images_per_second, 3)}
             fold_dir.mkdir(parents=True, exist_ok=True)
             rec_path.write_text(json.dumps({"info": info, "records": _records_json(records)}))
+            # Keep the fold's network (second-stage training, test-time augmentation and
+            # re-scoring need the model that never saw this fold); drop the optimiser state.
+            import torch
+
+            torch.save(result.detector.network.state_dict(), fold_dir / "network.pt")
             (fold_dir / "checkpoint.pt").unlink(missing_ok=True)
         m = evaluate_predictions(records)
         info = {**info, **m.to_json()}
@@ -100,3 +105,197 @@ def cross_validate(samples: list[Sample], k: int, out_dir: str | Path, hp: Train
 
 def pooled_auc(records: list[dict]) -> float:
     return roc_auc([int(r["abnormal"]) for r in records], [r["image_score"] for r in records])
+
+
+# ------------------------------------------------------------------ the second look
+
+def _partner_index(samples: list[Sample]) -> list[int | None]:
+    """For each image, the other breast's image of the same patient (mini-MIAS: MLO only)."""
+    by_group: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_group.setdefault(s.group, []).append(i)
+    out: list[int | None] = []
+    for i, s in enumerate(samples):
+        others = [j for j in by_group[s.group] if j != i]
+        out.append(others[0] if len(others) == 1 else None)
+    return out
+
+
+def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path,
+                       synthetic_per_normal: int = 2, seed: int = 7) -> dict:
+    """Calcification-cluster examples of every image (real lesions, synthetic clusters in
+    normal images, phantom clusters), computed once and kept in ``path`` (npz)."""
+    from mammotriage.model.twostage import calc_examples, synthetic_calc_examples
+
+    keys = np.array([s.key for s in samples + phantoms])
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        if "keys" in z.files and np.array_equal(z["keys"], keys):
+            return {k: z[k] for k in z.files}
+    out: dict[str, np.ndarray] = {"keys": keys}
+    for i, s in enumerate(samples + phantoms):
+        d = s.load()
+        sel = [k == "calcification" for k in s.kinds]
+        circles = (s.circles if s.circles is not None else _circles(s.boxes))
+        circles = circles[sel] if len(sel) else np.zeros((0, 3))
+        X, y, cl = calc_examples(d, s.spacing_mm or 0.2, circles)
+        out[f"{i}.X"], out[f"{i}.y"] = X, y
+        out[f"{i}.boxes"] = np.array([c.box for c in cl]).reshape(-1, 4)
+        if i < len(samples) and not s.abnormal and synthetic_per_normal:
+            Xs, ys = synthetic_calc_examples(d, s.spacing_mm or 0.2, np.random.default_rng([seed, i]),
+                                             n=synthetic_per_normal)
+            out[f"{i}.Xs"], out[f"{i}.ys"] = Xs, ys
+        if (i + 1) % 25 == 0:
+            print(f"calcification examples: {i + 1}/{len(samples) + len(phantoms)} images",
+                  file=sys.stderr, flush=True)
+    np.savez_compressed(path, **out)
+    return out
+
+
+def _circles(boxes: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
+                     np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2], 1)
+
+
+def _calc_training(cache: dict, idx: list[int], phantom_idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    Xs, ys = [], []
+    for i in idx + phantom_idx:
+        for xk, yk in ((f"{i}.X", f"{i}.y"), (f"{i}.Xs", f"{i}.ys")):
+            if xk in cache and len(cache[yk]):
+                Xs.append(cache[xk])
+                ys.append(cache[yk])
+    return np.concatenate(Xs), np.concatenate(ys)
+
+
+def _stage2_rows(samples, records, geoms, partner, idx, kind_labels: bool = True):
+    from mammotriage.model.twostage import hits, stage2_features
+
+    Xs, ys = [], []
+    for i in idx:
+        r = records[i]
+        if not len(r["scores"]):
+            continue
+        j = partner[i]
+        X = stage2_features(r["boxes"], r["scores"], r["finding_kinds"], geoms[i],
+                            geoms[j] if j is not None else None,
+                            records[j]["boxes"] if j is not None else None,
+                            records[j]["scores"] if j is not None else None)
+        h = hits(r["boxes"], r["circles"])
+        if kind_labels and len(r["kinds"]):
+            same = np.array([[fk == lk for lk in r["kinds"]] for fk in r["finding_kinds"]]).reshape(h.shape)
+            h = h & same
+        Xs.append(X)
+        ys.append(h.any(axis=1).astype(int) if h.size else np.zeros(len(X), int))
+    return np.concatenate(Xs), np.concatenate(ys)
+
+
+def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: list[Sample] | None = None,
+                   fold_seed: int = 0, seed: int = 0) -> dict:
+    """Cross-validate the second look on the folds of a finished stage-one CV in ``cv_dir``.
+
+    For fold f the calcification trees learn from the clusters of the other folds' images
+    (their real calcifications, simulated clusters inserted into their normal images,
+    and phantom clusters) and stage two from the other folds' out-of-fold RetinaNet
+    candidates; both are applied to fold f.  Returns the stage-one and second-look
+    records (same images, same folds), the final :class:`SecondLook` fitted on all
+    folds, and the pooled metrics of both.
+    """
+    from mammotriage.model.calc import fit_trees
+    from mammotriage.model.twostage import SecondLook, ViewCandidates, ViewGeometry
+
+    cv_dir = Path(cv_dir)
+    phantoms = phantoms or []
+    fold_of = patient_folds(samples, k, seed=fold_seed)
+    key_index = {s.key: i for i, s in enumerate(samples)}
+    records: list[dict | None] = [None] * len(samples)
+    for f in range(k):
+        saved = json.loads((cv_dir / f"fold{f}" / "records.json").read_text())
+        for r in _records_from_json(saved["records"]):
+            records[key_index[r["key"]]] = r
+    if any(r is None for r in records):
+        raise RuntimeError(f"{cv_dir}: stage-one cross-validation is not complete")
+    for r in records:
+        r["scores"] = r["scores"].reshape(-1)
+    print("second look: breast geometry of every image", file=sys.stderr, flush=True)
+    geoms = [ViewGeometry.of(s.load(), s.spacing_mm or 0.2, s.chest_wall) for s in samples]
+    partner = _partner_index(samples)
+    cache = calc_example_cache(samples, phantoms, cv_dir / "calc_examples.npz")
+    phantom_idx = list(range(len(samples), len(samples) + len(phantoms)))
+
+    def fit(train_idx: list[int]) -> SecondLook:
+        Xc, yc = _calc_training(cache, train_idx, phantom_idx)
+        calc = fit_trees(Xc, yc, seed=seed)
+        X2, y2 = _stage2_rows(samples, records, geoms, partner, train_idx)
+        st2 = fit_trees(X2, y2, seed=seed)
+        return SecondLook(calc, st2)
+
+    new_records: list[dict | None] = [None] * len(samples)
+    for f in range(k):
+        tr = [i for i in range(len(samples)) if fold_of[i] != f]
+        va = [i for i in range(len(samples)) if fold_of[i] == f]
+        sl = fit(tr)
+        for i in va:
+            r = records[i]
+            j = partner[i]
+            cand = ViewCandidates(r["boxes"], r["scores"], list(r["finding_kinds"]))
+            other = None if j is None else ViewCandidates(records[j]["boxes"], records[j]["scores"],
+                                                          list(records[j]["finding_kinds"]))
+            s2 = sl.rescore(cand, geoms[i], geoms[j] if j is not None else None, other)
+            cb = cache[f"{i}.boxes"]
+            cp = sl.calc.predict_proba(cache[f"{i}.X"]) if len(cb) else np.zeros(0)
+            found = sl.combine(np.concatenate([r["boxes"].reshape(-1, 4), cb.reshape(-1, 4)]),
+                               np.concatenate([s2, cp]), list(r["finding_kinds"]) + ["calcification"] * len(cp))
+            from mammotriage.model.twostage import noisy_or
+
+            new_records[i] = {**r, "boxes": np.array([x.box for x in found]).reshape(-1, 4),
+                              "scores": np.array([x.score for x in found]),
+                              "finding_kinds": [x.kind for x in found],
+                              "image_score": noisy_or([x.score for x in found], sl.top_k)}
+        print(f"second look: fold {f} done", file=sys.stderr, flush=True)
+    final = fit(list(range(len(samples))))
+    old_m = evaluate_predictions(records)
+    new_m = evaluate_predictions(new_records)
+    return {"stage_one": records, "second_look": new_records, "final": final, "fold_of": fold_of,
+            "metrics": {"stage_one": old_m.to_json(), "second_look": new_m.to_json()}}
+
+
+def paired_bootstrap(a: list[dict], b: list[dict], groups: list[str], n: int = 1000, seed: int = 0,
+                     rate: str = "1") -> dict:
+    """Patient-level bootstrap of sensitivity at ``rate`` FP/image and image AUC for two
+    sets of records over the same images: each value with its 95 % CI, and the CI of b - a.
+
+    Each image is matched once (the hit rule of :func:`evaluate_predictions`); a resample
+    pools the matched images of the patients drawn."""
+    from mammotriage.model.evaluate import match_image, roc_auc, sensitivity_at
+
+    def matched(records):
+        return [match_image(r["boxes"], r["scores"], r["circles"]) for r in records]
+
+    ma, mb = matched(a), matched(b)
+    rng = np.random.default_rng(seed)
+    names = sorted(set(groups))
+    members = {g: [i for i, x in enumerate(groups) if x == g] for g in names}
+    labels = np.array([int(r["abnormal"]) for r in a])
+    score_a = np.array([float(r["image_score"]) for r in a])
+    score_b = np.array([float(r["image_score"]) for r in b])
+    rate_f = float(rate)
+    sa, sb, aa, ab = [], [], [], []
+    for _ in range(n):
+        pick = rng.choice(len(names), size=len(names), replace=True)
+        idx = [i for p in pick for i in members[names[p]]]
+        for m, out in ((ma, sa), (mb, sb)):
+            fp = np.concatenate([m[i][0] for i in idx])
+            les = np.concatenate([m[i][1] for i in idx])
+            out.append(sensitivity_at(fp, les, len(idx), rate_f) if len(les) else float("nan"))
+        aa.append(roc_auc(labels[idx], score_a[idx]))
+        ab.append(roc_auc(labels[idx], score_b[idx]))
+
+    def ci(v):
+        v = np.asarray(v, float)
+        v = v[np.isfinite(v)]
+        return [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]
+
+    return {"n": n, "rate": rate, "sens_a_ci": ci(sa), "sens_b_ci": ci(sb),
+            "sens_diff_ci": ci(np.array(sb) - np.array(sa)), "auc_a_ci": ci(aa), "auc_b_ci": ci(ab),
+            "auc_diff_ci": ci(np.array(ab) - np.array(aa))}

@@ -15,6 +15,9 @@ import numpy as np
 from mammotriage.model.network_constants import CLASSES
 
 #: mini-MIAS abnormality classes -> model classes (calcification clusters vs the rest).
+#: mini-MIAS pixel size (the films were digitised at 50 um and reduced to 200 um).
+MIAS_SPACING_MM = 0.2
+
 MIAS_KIND = {"CALC": "calcification", "CIRC": "mass", "SPIC": "mass", "MISC": "mass",
              "ARCH": "mass", "ASYM": "mass"}
 
@@ -32,6 +35,7 @@ class Sample:
     load: Callable[[], np.ndarray] = field(repr=False)  # -> 8-bit display image
     circles: np.ndarray | None = None  # (N, 3) x, y, r (mini-MIAS)
     chest_wall: str | None = None
+    spacing_mm: float | None = None  # stored pixel size (mini-MIAS: 0.2 mm)
 
     @property
     def labels(self) -> np.ndarray:
@@ -79,7 +83,8 @@ def read_mias(folder: str | Path) -> list[Sample]:
         samples.append(Sample(
             key=f"mias:{image}", group=f"mias:{patient}", source="mias", abnormal=abnormal,
             boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4), kinds=kinds,
-            load=_png_loader(path), circles=np.array(circles, dtype=np.float64).reshape(-1, 3)))
+            load=_png_loader(path), circles=np.array(circles, dtype=np.float64).reshape(-1, 3),
+            spacing_mm=MIAS_SPACING_MM))
     return samples
 
 
@@ -106,8 +111,15 @@ def phantom_samples(n_exams: int, seed: int = 1000, rows: int = 1024, columns: i
                 key=f"phantom:{seed}:{number}:{img.label}", group=f"phantom:{seed}:{number}",
                 source="phantom", abnormal=bool(les),
                 boxes=np.array([lesion.box for lesion in les], dtype=np.float64).reshape(-1, 4),
-                kinds=[lesion.kind for lesion in les], load=load))
+                kinds=[lesion.kind for lesion in les], load=load, spacing_mm=_row_spacing(ds)))
     return samples
+
+
+def _row_spacing(ds) -> float | None:
+    from mammotriage.dicom.read import parse_metadata
+
+    sp = parse_metadata(ds).spacing
+    return float(sp.row_mm) if sp is not None else None
 
 
 # ------------------------------------------------------------------ manifests

@@ -1,10 +1,16 @@
 """Evaluation: image-level ROC AUC and lesion-level FROC (MONAI's FROC utilities), plots.
 
 Hit rule (mini-MIAS circles): a predicted box hits a lesion when its centre lies inside
-the lesion circle, or its IoU with the circle's bounding box is >= 0.1.  Each lesion
-counts once, with the best score of the boxes hitting it; a box hitting no lesion is a
-false positive; a box that only hits lesions already claimed by a higher-scoring box
-is ignored (not a second true positive, not a false positive).
+the lesion circle, or its IoU with the circle's bounding box is >= 0.1.  Boxes are taken
+best first; a box that hits a lesion no better box has claimed claims it (each lesion
+counts once, with that score).  Every other box is a false positive: one that hits no
+lesion, and also a second box on an already-hit lesion (a duplicate mark costs the
+reader as much as any other false mark).
+
+The overall FROC ignores kinds.  Per-kind sensitivity counts a hit only when the
+predicted kind matches the lesion's kind (a mass mark on a calcification cluster is a
+false positive there); its false positives are all marks of every kind that are not
+such a hit, so every curve is read against the marks the reader would see.
 """
 
 from __future__ import annotations
@@ -51,13 +57,18 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(a + b - inter, 1e-9)
 
 
-def match_image(pred_boxes: np.ndarray, pred_scores: np.ndarray, circles: np.ndarray
+def match_image(pred_boxes: np.ndarray, pred_scores: np.ndarray, circles: np.ndarray,
+                pred_kinds: Sequence[str] | None = None, lesion_kinds: Sequence[str] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(fp_scores, lesion_scores): scores of false positives, and per lesion the best score
-    of a box hitting it (0 when missed)."""
+    """(fp_scores, lesion_scores): scores of false positives, and per lesion the score of
+    the box that claimed it (0 when missed).  With ``pred_kinds`` and ``lesion_kinds`` a
+    box only hits lesions of its own kind."""
     pred_boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
     pred_scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
     circles = np.asarray(circles, dtype=np.float64).reshape(-1, 3)
+    kind_aware = pred_kinds is not None and lesion_kinds is not None
+    if kind_aware:
+        lk = np.asarray(list(lesion_kinds), dtype=object)
     lesion = np.zeros(len(circles))
     claimed = np.zeros(len(circles), dtype=bool)
     fps = []
@@ -69,13 +80,14 @@ def match_image(pred_boxes: np.ndarray, pred_scores: np.ndarray, circles: np.nda
             cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
             inside = (cx - circles[:, 0]) ** 2 + (cy - circles[:, 1]) ** 2 <= circles[:, 2] ** 2
             hit = inside | (_iou(b, cboxes) >= 0.1)
+            if kind_aware:
+                hit &= lk == pred_kinds[i]
         else:
             hit = np.zeros(0, dtype=bool)
-        if hit.any():
-            new = hit & ~claimed
-            if new.any():
-                lesion[new] = np.maximum(lesion[new], pred_scores[i])
-                claimed |= new
+        new = hit & ~claimed
+        if new.any():
+            lesion[new] = np.maximum(lesion[new], pred_scores[i])
+            claimed |= new
         else:
             fps.append(pred_scores[i])
     return np.array(fps, dtype=np.float64), lesion
@@ -109,6 +121,30 @@ def _key(rate: float) -> str:
     return f"{rate:g}"
 
 
+def froc_curve(fp_scores: np.ndarray, lesion_scores: np.ndarray, n_images: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """MONAI's ``compute_froc_curve_data`` (same thresholds, same order), vectorised: with
+    thousands of marks the original's loop over thresholds is quadratic."""
+    fp = np.sort(np.asarray(fp_scores, np.float64))
+    tp = np.sort(np.asarray(lesion_scores, np.float64))
+    thresholds = np.unique(np.concatenate([fp, tp]))[1:]
+    n_fp = len(fp) - np.searchsorted(fp, thresholds, side="left")
+    n_tp = len(tp) - np.searchsorted(tp, thresholds, side="left")
+    fps = np.append(n_fp, 0) / n_images
+    sens = np.append(n_tp, 0) / len(tp)
+    return fps, sens
+
+
+def sensitivity_at(fp_scores: np.ndarray, lesion_scores: np.ndarray, n_images: int, rate: float) -> float:
+    """Sensitivity at ``rate`` FP/image, read off the curve as :func:`froc_from` does."""
+    fp = np.concatenate([np.asarray(fp_scores, np.float64), [0.0]])
+    fps, sens = froc_curve(fp, lesion_scores, n_images)
+    if len(fps) == 0:
+        return 0.0
+    x, y = fps[::-1], sens[::-1]
+    return float(np.interp(rate, x, y, left=0.0, right=float(y[-1])))
+
+
 def froc_from(fp_scores: np.ndarray, lesion_scores: np.ndarray, n_images: int,
               rates: Sequence[float] = FP_RATES) -> tuple[dict[str, float], float, np.ndarray, np.ndarray]:
     """Sensitivity at each FP/image rate, the mean, and the curve (MONAI FROC utilities)."""
@@ -136,23 +172,34 @@ def evaluate_predictions(records: Sequence[dict], rates: Sequence[float] = FP_RA
     """Metrics from per-image records ``{"abnormal", "circles" (N,3), "kinds", "boxes" (M,4),
     "scores" (M,), "image_score"}``."""
     all_fp, all_les, kinds = [], [], []
+    kfp, kles = [], []
     labels, scores = [], []
     for r in records:
         fp, les = match_image(r["boxes"], r["scores"], r["circles"])
+        lesion_kinds = list(r.get("kinds", ["lesion"] * len(les)))
+        pred_kinds = r.get("finding_kinds")
+        if pred_kinds is None:
+            pred_kinds = ["lesion"] * len(np.asarray(r["scores"]).reshape(-1))
+            lesion_kinds = ["lesion"] * len(les)
+        kf, kl = match_image(r["boxes"], r["scores"], r["circles"], list(pred_kinds), lesion_kinds)
         all_fp.append(fp)
         all_les.append(les)
+        kfp.append(kf)
+        kles.append(kl)
         kinds.extend(r.get("kinds", ["lesion"] * len(les)))
         labels.append(int(r["abnormal"]))
         scores.append(float(r["image_score"]))
     fp = np.concatenate(all_fp) if all_fp else np.zeros(0)
     les = np.concatenate(all_les) if all_les else np.zeros(0)
+    kfp_all = np.concatenate(kfp) if kfp else np.zeros(0)
+    kles_all = np.concatenate(kles) if kles else np.zeros(0)
     n = len(records)
     froc, mean, fc, sc = froc_from(fp, les, n, rates)
     per_kind = {}
     kinds_arr = np.array(kinds)
     for k in sorted(set(kinds)):
         sel = kinds_arr == k
-        kv, km, _, _ = froc_from(fp, les[sel], n, rates)
+        kv, km, _, _ = froc_from(kfp_all, kles_all[sel], n, rates)
         per_kind[k] = {"n": int(sel.sum()), **{f"sens@{kk}": v for kk, v in kv.items()}}
     return EvalResult(roc_auc(labels, scores), froc, mean, n, int(len(les)), int(sum(labels)),
                       per_kind, fc, sc, roc_curve(labels, scores))

@@ -85,7 +85,7 @@ class Engine:
 
     def __init__(self, detector, config: NetworkConfig, params: PreprocessParams,
                  device: str | None = None, threads: int = DEFAULT_THREADS, batch_size: int | None = None,
-                 version: str = "", thresholds: dict | None = None):
+                 version: str = "", thresholds: dict | None = None, second_look=None):
         set_deterministic(threads)
         self.device = pick_device(device)
         self.detector = detector
@@ -100,6 +100,8 @@ class Engine:
         self.batch_size = max(1, int(batch_size))
         self.version = version
         self.thresholds = thresholds or {}
+        #: :class:`~mammotriage.model.twostage.SecondLook` of the package (None: stage one only)
+        self.second_look = second_look
 
     @classmethod
     def untrained(cls, config: NetworkConfig = DEFAULT_CONFIG, params: PreprocessParams = DEFAULT_PARAMS,
@@ -141,13 +143,47 @@ class Engine:
         return results
 
     def predict_displays(self, displays: Sequence[np.ndarray], chest_walls: Sequence[str | None] | None = None,
-                         max_map_side: int | None = 512) -> list[ImageResult]:
-        """8-bit display images (tissue bright) -> results in their pixel coordinates."""
+                         max_map_side: int | None = 512, spacings: Sequence[float | None] | None = None,
+                         partners: Sequence[int | None] | None = None) -> list[ImageResult]:
+        """8-bit display images (tissue bright) -> results in their pixel coordinates.
+
+        ``spacings`` (mm per stored pixel; None: 0.2 mm, the film grid) and ``partners``
+        (index of the other breast's same view among ``displays``, or None) feed the
+        second look when the package has one."""
         chest_walls = list(chest_walls) if chest_walls is not None else [None] * len(displays)
         canvases = [preprocess_display(d, self.params, cw) for d, cw in zip(displays, chest_walls, strict=True)]
         out = []
         for c, (boxes, labels, scores, m) in zip(canvases, self.predict_canvases(canvases), strict=True):
             out.append(self._to_stored(c, boxes, labels, scores, m, max_map_side))
+        if self.second_look is not None:
+            out = self._second_look(displays, chest_walls, out, spacings, partners)
+        return out
+
+    def _second_look(self, displays, chest_walls, results: list[ImageResult], spacings, partners
+                     ) -> list[ImageResult]:
+        from mammotriage.model.twostage import ViewCandidates, ViewGeometry
+
+        n = len(displays)
+        spacings = list(spacings) if spacings is not None else [None] * n
+        partners = list(partners) if partners is not None else [None] * n
+        geoms = [ViewGeometry.of(d, sp or 0.2, cw) for d, sp, cw in zip(displays, spacings, chest_walls, strict=True)]
+        cands = [ViewCandidates(np.array([f.box for f in r.findings]).reshape(-1, 4),
+                                np.array([f.score for f in r.findings]), [f.kind for f in r.findings])
+                 for r in results]
+        out = []
+        for i, r in enumerate(results):
+            j = partners[i]
+            found, score = self.second_look.view(cands[i], geoms[i], geoms[j] if j is not None else None,
+                                                 cands[j] if j is not None else None)
+            findings = [Finding(f.box, f.kind, f.score) for f in found]
+            smap = r.suspicion.copy()
+            for f in findings:  # calcification clusters join the map where they were found
+                if f.kind != "calcification":
+                    continue
+                x0, y0, x1, y1 = (v / r.map_factor for v in f.box)
+                sl = smap[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))]
+                np.maximum(sl, f.score, out=sl)
+            out.append(ImageResult(findings, score, smap, r.map_factor, r.model_version))
         return out
 
     def _to_stored(self, c: Canvas, boxes, labels, scores, m, max_map_side) -> ImageResult:
@@ -160,11 +196,26 @@ class Engine:
         return ImageResult(findings, score, smap, factor, self.version)
 
     def predict_images(self, images: Sequence, max_map_side: int | None = 512) -> list[ImageResult]:
-        """``MammoImage`` objects (stored pixels + metadata) -> results in stored coordinates."""
+        """``MammoImage`` objects (stored pixels + metadata) -> results in stored coordinates.
+
+        The images of one exam go together: each view's partner for the second look is
+        the other breast's view of the same projection."""
         from mammotriage.model.preprocess import display_from_mammo
+        from mammotriage.model.scoring import projection
 
         displays = [display_from_mammo(im.meta, im.pixels) for im in images]
-        return self.predict_displays(displays, max_map_side=max_map_side)
+        spacings = [im.meta.spacing.row_mm if im.meta.spacing is not None else None for im in images]
+        keys = [(_value(im.meta.laterality), projection(_value(im.meta.view))) for im in images]
+        partners: list[int | None] = []
+        for lat, proj in keys:
+            other = {"L": "R", "R": "L"}.get(lat or "")
+            match = [j for j, (la, pr) in enumerate(keys) if la == other and pr == proj]
+            partners.append(match[0] if other and len(match) == 1 else None)
+        return self.predict_displays(displays, max_map_side=max_map_side, spacings=spacings, partners=partners)
+
+
+def _value(v) -> str | None:
+    return None if v is None else str(getattr(v, "value", v))
 
 
 # ----------------------------------------------------------------- worker process

@@ -114,9 +114,11 @@ def save_package(out_dir: str | Path, detector, config, pp, *, version: str, des
                  training: dict, hyper_parameters: dict, seed: int, eval_metrics: dict,
                  operating_points: dict, parent_version: str | None = None,
                  changelog: dict | None = None, model_card: str = "", licence: str = "",
-                 half: bool = True, extra: dict | None = None) -> Path:
+                 half: bool = True, extra: dict | None = None, second_look=None) -> Path:
     """Write a package; returns its directory.  Weights: safetensors, matrices in fp16 when
-    ``half`` (inference casts back to fp32), vectors in fp32."""
+    ``half`` (inference casts back to fp32), vectors in fp32.  A ``second_look``
+    (:class:`~mammotriage.model.twostage.SecondLook`) is stored as arrays named
+    ``second_look.*`` in the same file, so the one sha256 covers every learned part."""
     import monai
     import numpy as np
     import torch
@@ -134,6 +136,9 @@ def save_package(out_dir: str | Path, detector, config, pp, *, version: str, des
         if v.is_floating_point():
             v = v.to(torch.float16 if (half and v.ndim > 1) else torch.float32)
         state[k] = v
+    if second_look is not None:
+        for k, v in second_look.to_arrays().items():
+            state[k] = torch.from_numpy(np.ascontiguousarray(v))
     weights = out_dir / WEIGHTS
     save_file(state, str(weights), metadata={"format": "pt", "model_version": version})
     canonicalize_safetensors(weights)  # same tensors -> same bytes -> same sha256
@@ -193,9 +198,8 @@ def save_package(out_dir: str | Path, detector, config, pp, *, version: str, des
         "seed": seed,
         "hyper_parameters": hyper_parameters,
         "operating_points": operating_points,
-        "scores": {"finding": "RetinaNet class probability after NMS",
-                   "image": "max finding score of the view",
-                   "breast": "max over the breast's views", "exam": "max over breasts"},
+        "scores": score_rule(second_look),
+        **({"second_look": {**second_look.to_json(), "rule": second_look.describe()}} if second_look else {}),
         **(extra or {}),
     }
     (out_dir / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
@@ -204,6 +208,18 @@ def save_package(out_dir: str | Path, detector, config, pp, *, version: str, des
     if licence:
         (out_dir / "LICENSE").write_text(licence)
     return out_dir
+
+
+def score_rule(second_look=None) -> dict[str, str]:
+    """The scoring rule in words, from the code that applies it (finding, image, breast, exam)."""
+    from mammotriage.model.scoring import RULE
+
+    if second_look is None:
+        view = {"finding": "RetinaNet class probability after NMS", "image": "max finding score of the view"}
+    else:
+        d = second_look.describe()
+        view = {"finding": d["finding"], "suppression": d["suppression"], "image": d["image"]}
+    return {**view, **RULE}
 
 
 def _version(dist: str) -> str:
@@ -239,7 +255,8 @@ def load_detector(model_dir: str | Path):
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a clear refusal
         raise ModelPackageError(f"{model_dir}: weights are not a readable safetensors file "
                                 f"({type(exc).__name__}: {exc})") from exc
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in loaded.items()}
+    state = {k: (v.float() if v.is_floating_point() else v)
+             for k, v in loaded.items() if not k.startswith("second_look.")}
     own = detector.network.state_dict()
     for k, v in own.items():  # counters we do not ship
         if k.endswith("num_batches_tracked") and k not in state:
@@ -254,6 +271,23 @@ def load_detector(model_dir: str | Path):
     return detector, config, pp, meta
 
 
+def load_second_look(model_dir: str | Path, meta: dict):
+    """The package's :class:`~mammotriage.model.twostage.SecondLook`, or None (stage one
+    only).  ``meta`` is the metadata of the verified package."""
+    if "second_look" not in meta:
+        return None
+    from safetensors.numpy import load_file
+
+    from mammotriage.model.twostage import SecondLook
+
+    try:
+        arrays = {k: v for k, v in load_file(str(Path(model_dir) / meta.get("weights_file", str(WEIGHTS)))).items()
+                  if k.startswith("second_look.")}
+        return SecondLook.from_package(arrays, meta["second_look"])
+    except Exception as exc:  # noqa: BLE001 - missing arrays, other features, unreadable file: refuse
+        raise ModelPackageError(f"second look of model {meta.get('version')}: {exc}") from exc
+
+
 def load_engine(model_dir: str | Path | None = None, device: str | None = None, threads: int = 2,
                 batch_size: int | None = None):
     """A ready :class:`~mammotriage.model.infer.Engine` for a verified package."""
@@ -262,4 +296,5 @@ def load_engine(model_dir: str | Path | None = None, device: str | None = None, 
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     detector, config, pp, meta = load_detector(model_dir)
     return Engine(detector, config, pp, device=device, threads=threads, batch_size=batch_size,
-                  version=str(meta.get("version", "")), thresholds=meta.get("operating_points", {}))
+                  version=str(meta.get("version", "")), thresholds=meta.get("operating_points", {}),
+                  second_look=load_second_look(model_dir, meta))

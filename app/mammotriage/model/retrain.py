@@ -267,7 +267,7 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
     """Write the candidate package; returns (version, folder, metadata)."""
     import torch
 
-    from mammotriage.model.package import read_metadata, save_package
+    from mammotriage.model.package import load_second_look, read_metadata, save_package
 
     parent = result.parent_meta
     inputs = candidate_inputs(train_desc, samples, replay, params, note)
@@ -320,6 +320,8 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
                  description=f"site fine-tuned candidate of v{parent.get('version')}", training=training,
                  hyper_parameters=hp, seed=params.seed, eval_metrics={}, operating_points=ops,
                  parent_version=parent.get("version"), changelog=changelog,
+                 # the second look (stage two, calcification trees) is carried over unchanged
+                 second_look=load_second_look(parent_dir, parent),
                  extra={"fine_tuning": fine, "name_of_parent": parent.get("name"),
                         # the drift monitor's baseline stays the parent's training data
                         "input_reference": parent.get("input_reference") or {},

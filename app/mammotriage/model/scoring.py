@@ -19,11 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["breast_scores", "exam_score"]
+__all__ = ["RULE", "breast_scores", "category", "category_from", "exam_score", "projection"]
+
+#: The rule of this module in words (written into every model package's metadata).
+RULE = {
+    "breast": "mean of the breast's CC and MLO view scores (the maximum within each projection; "
+              "a breast with one projection scores that projection)",
+    "exam": "the more suspicious breast",
+}
 
 
 
-def _projection(view: str | None) -> str:
+def projection(view: str | None) -> str:
+    """CC, MLO, or the view's own name for other projections."""
     v = (view or "").upper()
     if "MLO" in v or v in ("ML", "LM", "LMO", "SIO"):
         return "MLO"
@@ -39,7 +47,7 @@ def breast_scores(views: Iterable[tuple[str | None, str | None, float]]) -> dict
         if laterality not in ("L", "R"):
             continue
         proj = per.setdefault(laterality, {})
-        key = _projection(view)
+        key = projection(view)
         proj[key] = max(proj.get(key, 0.0), float(score))
     out = {}
     for lat, proj in per.items():
@@ -54,3 +62,29 @@ def exam_score(breasts: dict[str, float], view_scores: Iterable[float] = ()) -> 
     if breasts:
         return max(breasts.values())
     return max((float(s) for s in view_scores), default=0.0)
+
+
+def category(score: float, suspicious: float, likely_normal: float) -> str:
+    """The worklist category of an exam score: ``suspicious`` at or above the suspicious
+    threshold, ``likely normal`` below the rule-out threshold, ``indeterminate`` between."""
+    if score >= suspicious:
+        return "suspicious"
+    if score < likely_normal:
+        return "likely normal"
+    return "indeterminate"
+
+
+def category_from(score: float, operating_points: dict | None) -> str | None:
+    """:func:`category` with the thresholds of a package's ``operating_points`` (None when
+    it has none)."""
+    points = operating_points or {}
+
+    def threshold(name: str) -> float | None:
+        v = points.get(name)
+        v = v.get("threshold") if isinstance(v, dict) else v
+        return None if v is None else float(v)
+
+    sus, norm = threshold("suspicious"), threshold("likely_normal")
+    if sus is None or norm is None:
+        return None
+    return category(score, sus, min(norm, sus))

@@ -52,6 +52,7 @@ class TrainParams:
     threads: int = 2
     checkpoint_every: int = 50
     max_minutes: float | None = None  # stop (with a checkpoint) after this wall time
+    device: str | None = None  # None: CUDA when available, else CPU (same recipe, same batches)
     aug_scale: tuple[float, float] = (0.85, 1.15)
     aug_gamma: tuple[float, float] = (0.75, 1.35)
     aug_vflip: bool = True
@@ -195,6 +196,10 @@ def train_step(detector, opt, params, prepared: list[Prepared], it: int, hp: Tra
     returns the (total, classification, box) losses."""
     torch.manual_seed(seed * 1_000_003 + it)
     x, targets = make_batch(prepared, it, hp, pp)
+    dev = next(detector.network.parameters()).device
+    if dev.type != "cpu":  # the same batch, computed where the network lives
+        x = x.to(dev)
+        targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
     for g in opt.param_groups:
         g["lr"] = lr
     losses = detector(x, targets)
@@ -243,6 +248,10 @@ def train(samples: list[Sample], out_dir: str | Path, hp: TrainParams | None = N
     if hp.pretrained:
         load_pretrained_backbone(detector, config)
     set_frozen(detector, hp)
+    from mammotriage.model.infer import pick_device
+
+    device = pick_device(hp.device)
+    detector.network.to(device)
     params = [p for p in detector.network.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
     if prepared is None:
@@ -250,14 +259,15 @@ def train(samples: list[Sample], out_dir: str | Path, hp: TrainParams | None = N
     per_epoch = max(1, len(_epoch_list(prepared, hp)) // hp.batch_size)
     total = max(1, int(round(hp.epochs * per_epoch)))
     # What decides the weights (not wall-time caps, thread counts or checkpoint spacing).
-    hp_sig = {k: v for k, v in hp.to_json().items() if k not in ("max_minutes", "threads", "checkpoint_every")}
+    hp_sig = {k: v for k, v in hp.to_json().items()
+              if k not in ("max_minutes", "threads", "checkpoint_every", "device")}
     signature = json.dumps({"hp": hp_sig, "config": config.to_json(), "pp": pp.to_json(),
                             "keys": [p.key for p in prepared]}, sort_keys=True)
     ckpt = out_dir / "checkpoint.pt"
     start_it = 0
     before_s = 0.0  # training time of earlier (interrupted) runs, from the checkpoint
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt, map_location=device, weights_only=True)
         if state.get("signature") == signature:
             detector.network.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -304,6 +314,7 @@ def train(samples: list[Sample], out_dir: str | Path, hp: TrainParams | None = N
     if it != start_it:
         save(it)
     seconds = time.monotonic() - t0
+    detector.network.to("cpu")  # packages and inference start from CPU tensors
     detector.eval()
     # seconds: all runs of this training together (resumes included); the rate: this run's
     return TrainResult(detector, config, pp, hp, it, total, before_s + seconds,

@@ -16,13 +16,17 @@ category, then newest study first.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mammotriage.model.scoring import category
 from mammotriage.store.archive import ExamRecord
 from mammotriage.triage.queue import ExamResult, Job
+
+_log = logging.getLogger(__name__)
 
 CATEGORY_RANK = {"suspicious": 0, "pending": 1, "running": 1, "failed": 1, "not queued": 1,
                  "indeterminate": 2, "likely normal": 3}
@@ -35,29 +39,39 @@ class OperatingPoints:
     suspicious: float
     likely_normal: float
     source: str = "model metadata"
+    reason: str | None = None  # why a site moved the model's thresholds (triage.json)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.likely_normal <= self.suspicious <= 1.0:
             raise ValueError(f"need 0 <= likely_normal ({self.likely_normal}) <= suspicious "
                              f"({self.suspicious}) <= 1")
 
+    def describe(self) -> str:
+        text = f"worklist thresholds: suspicious >= {self.suspicious:.4g}, likely normal < {self.likely_normal:.4g}"
+        if self.reason is not None:
+            text += f" — moved from the model's by the site ({self.source}): {self.reason}"
+        return text
+
     def category(self, score: float) -> str:
-        if score >= self.suspicious:
-            return "suspicious"
-        if score < self.likely_normal:
-            return "likely normal"
-        return "indeterminate"
+        return category(score, self.suspicious, self.likely_normal)
 
     @classmethod
     def resolve(cls, model_metadata: dict[str, Any] | None, site_file: Path | None = None) -> OperatingPoints:
-        """Site settings (``triage.json``: ``{"suspicious": t, "likely_normal": t}``) win
-        over the thresholds stored in the model's metadata."""
+        """Site settings (``triage.json``: ``{"suspicious": t, "likely_normal": t, "reason":
+        "..."}``) win over the thresholds stored in the model's metadata; a site may move
+        them only with a reason, which is logged and shown with the worklist."""
         if site_file is not None and site_file.exists():
             try:
                 data = json.loads(site_file.read_text(encoding="utf-8"))
-                return cls(float(data["suspicious"]), float(data["likely_normal"]), source=str(site_file))
-            except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+                reason = data.get("reason")
+                if not isinstance(reason, str) or not reason.strip():
+                    raise ValueError('a site may move the model\'s thresholds only with a "reason"')
+                points = cls(float(data["suspicious"]), float(data["likely_normal"]), source=str(site_file),
+                             reason=reason.strip())
+            except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:
                 raise ValueError(f"{site_file}: invalid operating points: {exc}") from exc
+            _log.warning("%s", points.describe())
+            return points
         points = (model_metadata or {}).get("operating_points") or {}
         sus = points.get("suspicious", {})
         norm = points.get("likely_normal", {})

@@ -1042,8 +1042,11 @@ class MainWindow(QMainWindow):
         counts = self.queue.counts(self.model_version or "")
         waiting = counts["pending"] + counts["running"]
         mode = self.hanging.state.reading_mode
+        site = self.points is not None and self.points.reason is not None
         self.model_label.setText(f"reader {self.reader} · model {self.model_version} · {waiting} exam(s) waiting"
-                                 f" · AI {mode}")
+                                 f" · AI {mode}" + (" · site thresholds" if site else ""))
+        if site:
+            self.model_label.setToolTip(self.points.describe())
 
     def load_overlays(self) -> None:
         """AI results of the current exam's views (the active model's, else the newest),

@@ -1,0 +1,114 @@
+"""The second look's cross-validation, its folds and the exam-level operating points."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from mammotriage.model.calc import insert_cluster
+from mammotriage.model.data import Sample
+
+
+def _tissue(seed, rows=360, cols=280):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    inside = ((yy - rows / 2) / (rows * 0.45)) ** 2 + (xx / (cols * 0.9)) ** 2 <= 1
+    tex = ndimage.gaussian_filter(rng.normal(0, 1, (rows, cols)), 5) * 30
+    return np.clip(np.where(inside, 110 + tex + rng.normal(0, 2, (rows, cols)), 0), 0, 255).astype(np.uint8)
+
+
+def _dataset(n_patients=16):
+    """Patients with two views; every second patient has a calcification cluster and a
+    'mass' (bright blob) in the first view."""
+    samples, records = [], []
+    for p in range(n_patients):
+        for v in range(2):
+            img = _tissue(100 * p + v)
+            circles, kinds, boxes = [], [], []
+            if p % 2 == 0 and v == 0:
+                img, (cx, cy, r) = insert_cluster(img, 0.2, (110.0, 150.0), np.random.default_rng(p),
+                                                  contrast_per_mm=160.0)
+                yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+                blob = np.exp(-((xx - 90) ** 2 + (yy - 260) ** 2) / (2 * 9.0 ** 2)) * 60
+                img = np.clip(img + blob, 0, 255).astype(np.uint8)
+                circles = [(cx, cy, r), (90.0, 260.0, 18.0)]
+                kinds = ["calcification", "mass"]
+                boxes = [(cx - r, cy - r, cx + r, cy + r), (72.0, 242.0, 108.0, 278.0)]
+            key = f"syn:{p}:{v}"
+            samples.append(Sample(key=key, group=f"syn:{p}", source="mias", abnormal=bool(kinds),
+                                  boxes=np.array(boxes, float).reshape(-1, 4), kinds=kinds,
+                                  load=(lambda im=img: im), circles=np.array(circles, float).reshape(-1, 3),
+                                  spacing_mm=0.2))
+            # stage-one candidates: the true mass (when there is one) and two false ones
+            cand = [(200.0, 60.0, 230.0, 90.0), (40.0, 100.0, 70.0, 130.0)]
+            sc = [0.6, 0.5]
+            if kinds:
+                cand.insert(0, (74.0, 244.0, 106.0, 276.0))
+                sc.insert(0, 0.55)
+            records.append({"key": key, "abnormal": bool(kinds), "circles": circles, "kinds": kinds,
+                            "boxes": cand, "scores": sc, "finding_kinds": ["mass"] * len(cand),
+                            "image_score": max(sc)})
+    return samples, records
+
+
+def test_second_look_cv_uses_only_other_folds_and_keeps_the_json_shape(tmp_path):
+    from mammotriage.model.crossval import paired_bootstrap, second_look_cv
+    from mammotriage.model.data import patient_folds
+
+    samples, records = _dataset()
+    k = 2
+    fold_of = patient_folds(samples, k)
+    for f in range(k):
+        d = tmp_path / f"fold{f}"
+        d.mkdir()
+        recs = [r for r, g in zip(records, fold_of, strict=True) if g == f]
+        d.joinpath("records.json").write_text(json.dumps({"info": {}, "records": recs}))
+    out = second_look_cv(samples, tmp_path, k)
+    assert len(out["second_look"]) == len(samples)
+    assert [r["key"] for r in out["second_look"]] == [s.key for s in samples]
+    new, old = out["metrics"]["second_look"], out["metrics"]["stage_one"]
+    for m in (new, old):
+        assert set(m) >= {"image_auc", "froc", "per_kind"}
+    # the calcification path finds the inserted clusters the stage-one candidates never had
+    assert old["per_kind"]["calcification"]["sens@4"] == 0.0
+    assert new["per_kind"]["calcification"]["sens@4"] >= 0.5
+    # the final second look is fitted on every fold and can be stored
+    arrays = out["final"].to_arrays()
+    assert any(k.startswith("second_look.calc.") for k in arrays)
+    assert any(k.startswith("second_look.stage2.") for k in arrays)
+    boot = paired_bootstrap(out["stage_one"], out["second_look"], [s.group for s in samples], n=20)
+    lo, hi = boot["sens_diff_ci"]
+    assert lo <= hi
+
+
+def test_exam_operating_points_meet_their_targets():
+    from mammotriage.model.card import exam_operating_points
+
+    rng = np.random.default_rng(0)
+    records, groups = [], []
+    for p in range(100):
+        abnormal = p < 40
+        for v in range(2):
+            sick = abnormal and v == 0
+            s = float(np.clip(rng.normal(0.7 if sick else 0.3, 0.15), 0, 1))
+            records.append({"image_score": s, "abnormal": sick})
+            groups.append(f"p{p}")
+    ops = exam_operating_points(records, groups)
+    assert ops["n_exams"] == 100 and ops["n_abnormal_exams"] == 40
+    assert ops["likely_normal"]["sensitivity"] >= 0.97
+    assert ops["suspicious"]["specificity"] >= 0.80
+    assert ops["likely_normal"]["threshold"] <= ops["suspicious"]["threshold"]
+    cal = ops["calibration"]
+    assert 0 <= cal["brier"] <= 1 and sum(b["n"] for b in cal["reliability"]) == 100
+
+
+def test_the_worklist_reads_exam_level_points():
+    from mammotriage.triage.worklist import OperatingPoints
+
+    ops = {"operating_points": {"likely_normal": {"threshold": 0.2}, "suspicious": {"threshold": 0.6}}}
+    p = OperatingPoints.resolve(ops)
+    assert p.category(0.1) == "likely normal" and p.category(0.7) == "suspicious"
+    assert p.category(0.4) == "indeterminate"
+    with pytest.raises(ValueError):
+        OperatingPoints.resolve({"operating_points": {}})
