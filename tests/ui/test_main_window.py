@@ -92,3 +92,32 @@ def test_undecodable_view_shows_inline_error(qtbot, tmp_path) -> None:
     assert "not in this exam" in win.hanging.panes["RCC"].message
     assert "cannot display" in win.log.toPlainText()
     win.close()
+
+
+def test_a_view_whose_window_was_set_aside_says_so(qtbot, tmp_path) -> None:
+    """A broken optional presentation attribute falls back with a warning the reader sees."""
+    data = tmp_path / "data"
+    rng = np.random.default_rng(3)
+    for lat in "RL":
+        for view in ("CC", "MLO"):
+            pixels = rng.integers(500, 3500, size=(96, 80)).astype(np.uint16)
+            row = "P" if lat == "R" else "A"
+            col = "F" if view == "MLO" else ("L" if lat == "R" else "R")
+            windows = [(float("nan"), 3000, "BROKEN"), (1500, 800, "DENSE")] if (lat, view) == ("L", "CC") \
+                else [(2000, 3000, "NORMAL")]
+            write_mg(data / f"W_{lat}{view}.dcm", rows=96, columns=80, laterality=lat, view=view,
+                     orientation=(row, col), pixels=pixels, study_uid="1.2.826.0.1.3680043.8.498.9",
+                     patient_id="WARN", windows=windows)
+    archive = Archive(tmp_path / "archive.sqlite")
+    assert len(archive.import_paths([data]).imported) == 4
+    win = MainWindow(archive=archive)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: all(p.view is not None for p in win.hanging.panes.values()), timeout=60_000)
+    qtbot.waitUntil(lambda: "W_LCC.dcm" in win.log.toPlainText(), timeout=10_000)
+    log = win.log.toPlainText()
+    assert "BROKEN" in log and "not a finite number" in log
+    assert "W_LCC.dcm" in win.status_label.text() or "W_LCC.dcm" in log
+    # the pane shows the next preset, not a black image
+    assert win.hanging.state.panes["LCC"].window.width == 800
+    win.close()

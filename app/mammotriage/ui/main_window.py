@@ -120,6 +120,7 @@ class MainWindow(QMainWindow):
         self._triage_wanted = start_triage and self.model_meta is not None
         self.current: ExamRecord | None = None
         self.current_paths: dict[str, str] = {}  # slot -> path
+        self._warned: set[str] = set()  # views whose read warnings were shown
         self.prior: ExamRecord | None = None  # most recent prior of the current exam
         self.prior_paths: dict[str, str] = {}
         self.prior_corrections: ExamCorrections | None = None  # the prior's reader findings, shown read-only
@@ -660,6 +661,14 @@ class MainWindow(QMainWindow):
             elif isinstance(result, LoadedView):
                 for slot in slots:
                     self._show_view(slot, result)
+                if slots and result.path not in self._warned:
+                    # what the reader set aside (a broken window, VOI LUT or rescale) is said,
+                    # never silently changed
+                    self._warned.add(result.path)
+                    for w in result.meta.warnings:
+                        self.log_line(f"{result.path}: {w}")
+                    if result.meta.warnings:
+                        self.show_status(f"{Path(result.path).name}: {result.meta.warnings[0]} (see the log)")
             if self.hanging.state.compare:
                 for slot in (s for s, p in self.prior_paths.items() if p == result.path):
                     if isinstance(result, LoadedView):
