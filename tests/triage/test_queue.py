@@ -134,6 +134,18 @@ def test_failing_exam_is_marked_and_does_not_block(setup) -> None:
     assert sum(1 for o in outcomes if hasattr(o, "score")) == 2
 
 
+def test_an_exam_scored_without_one_of_its_views_says_so(setup) -> None:
+    archive, queue, model, tmp = setup
+    lost = archive.exam("1.2.3.2").images[0].path
+    Path(lost).unlink()
+    queue.sync("test-1")
+    said: list[str] = []
+    while process_one(queue, archive, model, tmp / "maps", on_error=said.append) is not None:
+        pass
+    assert queue.job("1.2.3.2", "test-1").status == "done"  # the other three views were scored
+    assert len(said) == 1 and "1.2.3.2" in said[0] and Path(lost).name in said[0]
+
+
 def test_restart_recovers_running_jobs(setup) -> None:
     archive, queue, model, tmp = setup
     queue.sync("test-1")

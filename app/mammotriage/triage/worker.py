@@ -68,7 +68,9 @@ def analyse_exam(model: LoadedModel, archive: Archive, exam_key: str) -> tuple[l
             problems.append(f"{record.path}: laterality unknown, not analysed")
             continue
         try:
-            images.append((record, read_image(record.path)))
+            image = read_image(record.path)
+            images.append((record, image))
+            problems.extend(f"{record.path}: {w}" for w in image.meta.warnings)
         except MammoReadError as exc:
             problems.append(f"{record.path}: {exc.reason}")
         except OSError as exc:
@@ -104,11 +106,14 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
     if job is None:
         return None
     try:
-        images, _problems = analyse_exam(model, archive, job.exam_key)
+        images, problems = analyse_exam(model, archive, job.exam_key)
         result = queue.complete(job, model.weights_sha256, images, maps_dir=maps_dir)
     except Exception as exc:  # noqa: BLE001 - a failing exam never blocks the queue
         queue.fail(job, f"{type(exc).__name__}: {exc}")
         return job
+    if problems and on_error is not None:
+        # scored on the views that could be read, or with an attribute set aside: said
+        on_error(f"exam {job.exam_key} analysed with problems: " + "; ".join(problems))
     if results_dir is not None:
         try:
             from mammotriage.dicom.results import AlgorithmInfo
