@@ -25,3 +25,31 @@ def test_priors_link_a_patients_earlier_exams(tmp_path) -> None:
     assert prior_of(three[0], priors) is None
     (alone,) = by_patient["PHANTOM-4-002"]
     assert prior_of(alone, priors) is None
+
+
+def test_same_patient_id_from_another_issuer_is_another_patient(tmp_path) -> None:
+    import pydicom
+
+    for years in (0, 1):
+        exam = generate_exam(5, exam_number=1, normal=True, years_before=years, rows=128, columns=104)
+        exam.save(tmp_path / f"e-{years}")
+    # the earlier exam was issued by another hospital with the same number
+    for f in (tmp_path / "e-1").rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.IssuerOfPatientID = "OTHER HOSPITAL"
+        ds.save_as(f)
+    with Archive(tmp_path / "archive.sqlite") as archive:
+        archive.import_paths([tmp_path])
+        exams = archive.exams()
+    assert len(exams) == 2 and {e.patient_id for e in exams} == {"PHANTOM-5-001"}
+    assert {e.patient_id_issuer for e in exams} == {"", "OTHER HOSPITAL"}
+    assert link_priors(exams) == {}
+    # the same issuer on both links them again
+    for f in (tmp_path / "e-0").rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.IssuerOfPatientID = "OTHER HOSPITAL"
+        ds.save_as(f)
+    with Archive(tmp_path / "again.sqlite") as archive:
+        archive.import_paths([tmp_path])
+        exams = archive.exams()
+    assert len(link_priors(exams)) == 1

@@ -152,6 +152,8 @@ class MammoMetadata:
     warnings: tuple[str, ...] = ()
     patient_birth_date: _dt.date | None = None
     patient_age: str = ""  # Patient's Age (0010,1010) as written, e.g. "052Y"
+    #: Issuer of Patient ID (0010,0021): two hospitals may hand out the same Patient ID
+    patient_id_issuer: str = ""
 
     @property
     def age_at_exam(self) -> int | None:

@@ -588,6 +588,7 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
         warnings=tuple(notes),
         patient_birth_date=_date(ds, "PatientBirthDate"),
         patient_age=_text(ds, "PatientAge"),
+        patient_id_issuer=_text(ds, "IssuerOfPatientID"),
     )
 
 

@@ -228,6 +228,7 @@ class ExamRecord:
     accessions: tuple[str, ...]
     study_uids: tuple[str, ...]
     images: tuple[ImageRecord, ...]  # hanging order
+    patient_id_issuer: str = ""  # Issuer of Patient ID ("" when the files carry none)
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -606,8 +607,8 @@ class Archive:
         conn.execute(
             """
             INSERT INTO studies (study_uid, patient_id, patient_name, accession, study_date,
-                                 description, exam_key)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
+                                 description, exam_key, patient_id_issuer)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             """,
             (
                 meta.study_instance_uid,
@@ -617,6 +618,7 @@ class Archive:
                 meta.study_date.isoformat() if meta.study_date else None,
                 meta.study_description,
                 exam_key_for(meta.patient_id, meta.study_instance_uid, meta.study_date),
+                meta.patient_id_issuer,
             ),
         )
 
@@ -800,6 +802,7 @@ class Archive:
                     accessions=tuple(sorted({r["accession"] for r in rows if r["accession"]})),
                     study_uids=tuple(r["study_uid"] for r in rows),
                     images=tuple(self._sorted_images(images)),
+                    patient_id_issuer=first["patient_id_issuer"],
                 )
             )
         return exams

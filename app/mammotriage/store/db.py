@@ -395,10 +395,15 @@ _V9_REGISTRY_APPEND_ONLY = Migration(
     ),
 )
 
+_V10_PATIENT_ISSUER = Migration(
+    name="studies: Issuer of Patient ID (priors link by issuer and Patient ID)",
+    steps=("ALTER TABLE studies ADD COLUMN patient_id_issuer TEXT NOT NULL DEFAULT ''",),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
 MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS,
                                _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY, _V8_AUDIT_ANCHOR,
-                               _V9_REGISTRY_APPEND_ONLY]
+                               _V9_REGISTRY_APPEND_ONLY, _V10_PATIENT_ISSUER]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,9 +1,8 @@
 """Prior exams: a patient's earlier exams in the archive, linked by Patient ID.
 
-Exams belong to one patient when their Patient ID matches. Issuer of Patient ID
-(two hospitals may hand out the same number) belongs in the key too, but the archive
-does not index it yet, so :func:`patient_key` has an empty issuer for now. The
-comparison exam of a current one is its most recent earlier exam.
+Exams belong to one patient when their Patient ID and Issuer of Patient ID match (two
+hospitals may hand out the same number; files without an issuer match each other).
+The comparison exam of a current one is its most recent earlier exam.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from mammotriage.store.archive import ExamRecord
 
 
 def patient_key(exam: ExamRecord) -> tuple[str, str]:
-    """(Issuer of Patient ID, Patient ID); the issuer is "" until the archive stores it."""
-    return ("", exam.patient_id)
+    """(Issuer of Patient ID, Patient ID)."""
+    return (exam.patient_id_issuer.strip(), exam.patient_id)
 
 
 def link_priors(exams: Sequence[ExamRecord]) -> dict[str, list[ExamRecord]]:
