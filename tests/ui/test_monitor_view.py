@@ -60,3 +60,15 @@ def test_main_window_opens_the_monitor(qtbot, tmp_path) -> None:
         pass
     assert "model v1" in view.text.toPlainText()
     win.close()
+
+
+def test_the_monitor_shows_no_ai_scores_in_blind_mode(qtbot, tmp_path) -> None:
+    from mammotriage.ui.main_window import MainWindow
+
+    archive = monitor_archive(tmp_path)
+    win = MainWindow(archive=archive, start_triage=False)
+    qtbot.addWidget(win)
+    win.hanging.state.reading_mode = "after read"
+    assert win.show_monitor() is None and win.monitor_view is None
+    assert "after my read" in win.status_label.text()
+    win.close()

@@ -977,8 +977,13 @@ class MainWindow(QMainWindow):
         return True
 
     def show_monitor(self):
-        """The monitoring view for the active model (computed off the UI thread)."""
+        """The monitoring view for the active model (computed off the UI thread); not while
+        AI is hidden until the reader's own assessment (it shows AI scores)."""
         from mammotriage.ui.monitor_view import MonitorView
+
+        if self.hanging.state.reading_mode == "after read":
+            self.show_status("monitoring shows AI scores: not available in \"AI after my read\" mode")
+            return None
 
         threshold = self.points.suspicious if self.points is not None else None
         view = self.monitor_view
