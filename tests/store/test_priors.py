@@ -27,29 +27,31 @@ def test_priors_link_a_patients_earlier_exams(tmp_path) -> None:
     assert prior_of(alone, priors) is None
 
 
-def test_same_patient_id_from_another_issuer_is_another_patient(tmp_path) -> None:
+def _issue(folder, issuer: str) -> None:
     import pydicom
 
+    for f in folder.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.IssuerOfPatientID = issuer
+        ds.save_as(f)
+
+
+def _linked(tmp_path, name: str):
+    with Archive(tmp_path / name) as archive:
+        archive.import_paths([tmp_path])
+        exams = archive.exams()
+    return exams, link_priors(exams)
+
+
+def test_same_patient_id_from_another_issuer_is_another_patient(tmp_path) -> None:
     for years in (0, 1):
         exam = generate_exam(5, exam_number=1, normal=True, years_before=years, rows=128, columns=104)
         exam.save(tmp_path / f"e-{years}")
-    # the earlier exam was issued by another hospital with the same number
-    for f in (tmp_path / "e-1").rglob("*.dcm"):
-        ds = pydicom.dcmread(f)
-        ds.IssuerOfPatientID = "OTHER HOSPITAL"
-        ds.save_as(f)
-    with Archive(tmp_path / "archive.sqlite") as archive:
-        archive.import_paths([tmp_path])
-        exams = archive.exams()
+    _issue(tmp_path / "e-1", "OTHER HOSPITAL")  # the earlier exam: another hospital, same number
+    exams, priors = _linked(tmp_path, "archive.sqlite")
     assert len(exams) == 2 and {e.patient_id for e in exams} == {"PHANTOM-5-001"}
     assert {e.patient_id_issuer for e in exams} == {"", "OTHER HOSPITAL"}
-    assert link_priors(exams) == {}
-    # the same issuer on both links them again
-    for f in (tmp_path / "e-0").rglob("*.dcm"):
-        ds = pydicom.dcmread(f)
-        ds.IssuerOfPatientID = "OTHER HOSPITAL"
-        ds.save_as(f)
-    with Archive(tmp_path / "again.sqlite") as archive:
-        archive.import_paths([tmp_path])
-        exams = archive.exams()
-    assert len(link_priors(exams)) == 1
+    assert priors == {}
+    _issue(tmp_path / "e-0", "OTHER HOSPITAL")  # the same issuer on both links them again
+    _, priors = _linked(tmp_path, "again.sqlite")
+    assert len(priors) == 1

@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from mammotriage.model.data import Sample, patient_folds
-from mammotriage.model.evaluate import evaluate_predictions, predict_samples, roc_auc
+from mammotriage.model.evaluate import (
+    _circles_from_boxes,
+    evaluate_predictions,
+    predict_samples,
+    roc_auc,
+)
 from mammotriage.model.network import DEFAULT_CONFIG, NetworkConfig
 from mammotriage.model.preprocess import DEFAULT_PARAMS, PreprocessParams
 from mammotriage.model.train import TrainParams, prepare, train
@@ -136,7 +141,7 @@ def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path
     for i, s in enumerate(samples + phantoms):
         d = s.load()
         sel = [k == "calcification" for k in s.kinds]
-        circles = (s.circles if s.circles is not None else _circles(s.boxes))
+        circles = s.circles if s.circles is not None else _circles_from_boxes(s.boxes)
         circles = circles[sel] if len(sel) else np.zeros((0, 3))
         X, y, cl = calc_examples(d, s.spacing_mm or 0.2, circles)
         out[f"{i}.X"], out[f"{i}.y"] = X, y
@@ -150,12 +155,6 @@ def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path
                   file=sys.stderr, flush=True)
     np.savez_compressed(path, **out)
     return out
-
-
-def _circles(boxes: np.ndarray) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
-                     np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2], 1)
 
 
 def _calc_training(cache: dict, idx: list[int], phantom_idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +201,7 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
     folds, and the pooled metrics of both.
     """
     from mammotriage.model.calc import fit_trees
-    from mammotriage.model.twostage import SecondLook, ViewCandidates, ViewGeometry
+    from mammotriage.model.twostage import SecondLook, ViewCandidates, ViewGeometry, noisy_or
 
     cv_dir = Path(cv_dir)
     phantoms = phantoms or []
@@ -246,8 +245,6 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
             cp = sl.calc.predict_proba(cache[f"{i}.X"]) if len(cb) else np.zeros(0)
             found = sl.combine(np.concatenate([r["boxes"].reshape(-1, 4), cb.reshape(-1, 4)]),
                                np.concatenate([s2, cp]), list(r["finding_kinds"]) + ["calcification"] * len(cp))
-            from mammotriage.model.twostage import noisy_or
-
             new_records[i] = {**r, "boxes": np.array([x.box for x in found]).reshape(-1, 4),
                               "scores": np.array([x.score for x in found]),
                               "finding_kinds": [x.kind for x in found],

@@ -156,17 +156,19 @@ class Engine:
         for c, (boxes, labels, scores, m) in zip(canvases, self.predict_canvases(canvases), strict=True):
             out.append(self._to_stored(c, boxes, labels, scores, m, max_map_side))
         if self.second_look is not None:
-            out = self._second_look(displays, chest_walls, out, spacings, partners)
+            out = self._second_look(displays, canvases, out, spacings, partners)
         return out
 
-    def _second_look(self, displays, chest_walls, results: list[ImageResult], spacings, partners
-                     ) -> list[ImageResult]:
+    def _second_look(self, displays, canvases: Sequence[Canvas], results: list[ImageResult], spacings,
+                     partners) -> list[ImageResult]:
         from mammotriage.model.twostage import ViewCandidates, ViewGeometry
 
         n = len(displays)
         spacings = list(spacings) if spacings is not None else [None] * n
         partners = list(partners) if partners is not None else [None] * n
-        geoms = [ViewGeometry.of(d, sp or 0.2, cw) for d, sp, cw in zip(displays, spacings, chest_walls, strict=True)]
+        # the breast and chest-wall side the preprocessing found, not segmented again
+        geoms = [ViewGeometry.of(d, sp or 0.2, "right" if c.transform.flip else "left", c.breast)
+                 for d, sp, c in zip(displays, spacings, canvases, strict=True)]
         cands = [ViewCandidates(np.array([f.box for f in r.findings]).reshape(-1, 4),
                                 np.array([f.score for f in r.findings]), [f.kind for f in r.findings])
                  for r in results]

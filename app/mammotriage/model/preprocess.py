@@ -176,6 +176,7 @@ class Canvas:
 
     image: np.ndarray  # (rows, columns) uint8, chest wall on the left
     transform: CanvasTransform
+    breast: np.ndarray | None = None  # the breast mask on the *stored* grid (as segmented)
 
 
 def preprocess_display(display: np.ndarray, params: PreprocessParams = DEFAULT_PARAMS,
@@ -212,7 +213,7 @@ def preprocess_display(display: np.ndarray, params: PreprocessParams = DEFAULT_P
     canvas[:out_h, :out_w] = resized
     tf = CanvasTransform(stored_shape=(rows, cols), crop=(r0, c0, r1, c1), flip=flip,
                          scale_x=out_w / w, scale_y=out_h / h, content=(out_h, out_w), canvas=(H, W))
-    return Canvas(image=canvas, transform=tf)
+    return Canvas(image=canvas, transform=tf, breast=mask)
 
 
 def display_from_mammo(meta, pixels: np.ndarray) -> np.ndarray:

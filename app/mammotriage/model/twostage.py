@@ -111,12 +111,14 @@ class ViewGeometry:
     levels: tuple[float, float] = (0.0, 255.0)  # 2nd and 98th percentile inside the breast
 
     @classmethod
-    def of(cls, display: np.ndarray, spacing_mm: float, chest_wall: str | None = None) -> ViewGeometry:
+    def of(cls, display: np.ndarray, spacing_mm: float, chest_wall: str | None = None,
+           mask: np.ndarray | None = None) -> ViewGeometry:
+        """``mask``: the breast mask when the caller has it (the engine's preprocessing)."""
         from mammotriage.dicom.hanging import chest_wall_from_pixels
         from mammotriage.model.preprocess import breast_mask
 
         display = np.asarray(display)
-        mask = breast_mask(display)
+        mask = breast_mask(display) if mask is None else mask
         step = max(1, int(np.ceil(max(display.shape) / 512)))
         edge = ndimage.distance_transform_edt(mask[::step, ::step]) * step
         rr = np.flatnonzero(mask.any(axis=1))
