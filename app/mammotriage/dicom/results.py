@@ -51,6 +51,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from mammotriage import __version__
+from mammotriage.dicom.vocab import FindingKind
 
 __all__ = [
     "FINDING_CODES",
@@ -78,10 +79,10 @@ DEVICE_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:mammotriage:algorithm
 #: "Mammography Composite Feature" and CID 6054 "Breast Imaging Finding"; "Mass" (CID
 #: 6014 has no mass entry) in CID 7151 "Segmentation Property Type" / CID 7159.
 FINDING_CODES: dict[str, Code] = {
-    "mass": codes.SCT.Mass,  # (4147007, SCT, "Mass")
-    "calcification": codes.SCT.CalcificationCluster,  # (129769006, SCT, "Calcification Cluster")
-    "architectural distortion": codes.SCT.ArchitecturalDistortionOfBreast,  # (129792006, SCT)
-    "asymmetry": codes.SCT.AsymmetricBreastTissue,  # (129790003, SCT, "Asymmetric breast tissue")
+    FindingKind.MASS.value: codes.SCT.Mass,  # (4147007, SCT, "Mass")
+    FindingKind.CALCIFICATION.value: codes.SCT.CalcificationCluster,  # (129769006, SCT, "Calcification Cluster")
+    FindingKind.ARCHITECTURAL_DISTORTION.value: codes.SCT.ArchitecturalDistortionOfBreast,  # (129792006, SCT)
+    FindingKind.ASYMMETRY.value: codes.SCT.AsymmetricBreastTissue,  # (129790003, SCT, "Asymmetric breast tissue")
 }
 #: Finding Category (TID 1410 row "Finding Category", CID 7150).
 FINDING_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure  # (49755003, SCT)

@@ -45,7 +45,7 @@ matching labels form clusters, the connected components of the match graph):
 
 A consensus finding's geometry is its single member's geometry, or for a cluster of
 several the box whose coordinates are the means of the members' bounding boxes; its
-kind the most frequent member kind (ties: the order of :data:`~mammotriage.store.events.KINDS`);
+kind the most frequent member kind (ties: the order of :data:`~mammotriage.dicom.vocab.FINDING_KINDS`);
 its id ``consensus:`` + 16 hex digits of the sha256 of its sorted ``reader/label_id``
 members (stable while the membership is). BI-RADS consensus: union = most suspicious
 (1 < 2 < 3 < 0 < 4 < 5 < 6), majority = most frequent (ties: most suspicious),
@@ -70,10 +70,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from mammotriage.dicom.vocab import FINDING_KINDS as KINDS
 from mammotriage.store import db
 from mammotriage.store.archive import Archive, ExamRecord
 from mammotriage.store.audit import head_record
-from mammotriage.store.events import KINDS, CorrectionLog, Event
+from mammotriage.store.events import CorrectionLog, Event
 from mammotriage.store.labels import Label, ReaderLabels, fold
 
 __all__ = [

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mammotriage.dicom.vocab import FINDING_KINDS
 from mammotriage.store import db
 from mammotriage.store.audit import AuditAnchor, AuditKey, FileAnchor, Head
 
@@ -54,7 +55,7 @@ ACTIONS = frozenset({
     "undo",          # the target event no longer counts
     "redo",          # an undone event counts again
 })
-KINDS = ("mass", "calcification", "architectural distortion", "asymmetry")
+KINDS = FINDING_KINDS  # the finding kinds a reader may record (mammotriage.dicom.vocab)
 IMAGE_ACTIONS = frozenset({"accept", "reject", "adjust", "change_kind", "add", "delete"})
 _FIELDS = ("event_id", "at", "reader", "workstation", "exam_key", "study_uid", "series_uid", "sop_uid",
            "pixel_sha256", "model_version", "action", "target", "kind", "geometry", "payload", "prev_hash")
