@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from typing import get_args
 
-from mammotriage.dicom.vocab import DETECTED_KINDS, FINDING_KINDS, DetectedKind, FindingKind
+import pytest
+
+from mammotriage.dicom.codes import VIEW_CODES
+from mammotriage.dicom.image import Laterality, View
+from mammotriage.dicom.vocab import (
+    CC_FAMILY,
+    DETECTED_KINDS,
+    FINDING_KINDS,
+    MLO_FAMILY,
+    DetectedKind,
+    FindingKind,
+    breast_side,
+    projection_family,
+)
 
 
 def test_finding_kind_values_are_the_stored_strings() -> None:
@@ -25,3 +38,25 @@ def test_every_user_takes_the_kinds_from_the_vocabulary() -> None:
     assert CLASSES is DETECTED_KINDS
     assert LesionKind is DetectedKind
     assert tuple(FINDING_CODES) == FINDING_KINDS
+
+
+def test_every_view_is_in_one_projection_family() -> None:
+    assert not CC_FAMILY & MLO_FAMILY
+    assert CC_FAMILY | MLO_FAMILY == set(View) - {View.UNKNOWN}
+    assert set(VIEW_CODES.values()) <= CC_FAMILY | MLO_FAMILY  # every CID 4014 code we read
+
+
+@pytest.mark.parametrize(("view", "family"), [
+    ("CC", "CC"), ("XCC", "CC"), ("XCCL", "CC"), ("XCCM", "CC"), ("FB", "CC"), ("CV", "CC"),
+    ("MLO", "MLO"), ("ML", "MLO"), ("LM", "MLO"), ("LMO", "MLO"), ("SIO", "MLO"), ("ISO", "MLO"),
+    ("AT", "MLO"), (View.CV, "CC"), (View.AT, "MLO"), ("xccl", "CC"),
+    # ViewPosition-like strings that name no view keep the old substring rule
+    ("RMLO", "MLO"), ("LCC", "CC"), ("SPOT", "SPOT"), (View.UNKNOWN, "UNKNOWN"), ("", "?"), (None, "?"),
+])
+def test_projection_family(view, family) -> None:
+    assert projection_family(view) == family
+
+
+def test_breast_side() -> None:
+    assert breast_side(Laterality.RIGHT) == "R" and breast_side("R") == "R"
+    assert breast_side(Laterality.LEFT) == "L" and breast_side(Laterality.BOTH) == "L" and breast_side(None) == "L"
