@@ -33,6 +33,22 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
 from mammotriage.dicom.errors import CorruptPixelDataError, NotDicomError
 
 __all__ = [
@@ -43,17 +59,11 @@ __all__ = [
     "walk_explicit_le",
 ]
 
-DEFLATED = "1.2.840.10008.1.2.1.99"
-RLE = "1.2.840.10008.1.2.5"
-JPEG_FAMILY = {
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-}
-JPEG_LS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
-JPEG_2000 = {
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
-    "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",
-}
+DEFLATED = DeflatedExplicitVRLittleEndian
+RLE = RLELossless
+JPEG_FAMILY = {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1}
+JPEG_LS = {JPEGLSLossless, JPEGLSNearLossless}
+JPEG_2000 = {JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K}
 
 #: the most a deflated data set may inflate to: the largest image the reader accepts
 #: (120 M pixels of 16 bits) plus 64 MiB of other attributes

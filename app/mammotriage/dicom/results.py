@@ -49,6 +49,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian
 
 from mammotriage import __version__
 from mammotriage.dicom.vocab import FindingKind
@@ -797,7 +798,7 @@ def write_suspicion_seg(
     instance_number: int = 1,
     series_instance_uid: str | None = None,
     interpolation: Literal["nearest", "bilinear"] = "nearest",
-    transfer_syntax_uid: str = "1.2.840.10008.1.2.1",
+    transfer_syntax_uid: str = ExplicitVRLittleEndian,
 ) -> Dataset:
     """Write a suspicion map as a fractional Segmentation of one source image.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.uid import RLELossless
 
 from mammotriage.dicom.results import (
     AlgorithmInfo,
@@ -22,7 +23,7 @@ from mammotriage.dicom.results import (
 )
 from mammotriage.store import Archive
 
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+RLE_LOSSLESS = RLELossless
 
 
 def _folder_name(exam_key: str) -> str:
