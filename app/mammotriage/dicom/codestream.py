@@ -33,21 +33,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom import uid
 
 from mammotriage.dicom.errors import CorruptPixelDataError, NotDicomError
 
@@ -59,11 +45,11 @@ __all__ = [
     "walk_explicit_le",
 ]
 
-DEFLATED = DeflatedExplicitVRLittleEndian
-RLE = RLELossless
-JPEG_FAMILY = {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1}
-JPEG_LS = {JPEGLSLossless, JPEGLSNearLossless}
-JPEG_2000 = {JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K}
+DEFLATED = uid.DeflatedExplicitVRLittleEndian
+RLE = uid.RLELossless
+JPEG_FAMILY = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1}
+JPEG_LS = {uid.JPEGLSLossless, uid.JPEGLSNearLossless}
+JPEG_2000 = {uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K}
 
 #: the most a deflated data set may inflate to: the largest image the reader accepts
 #: (120 M pixels of 16 bits) plus 64 MiB of other attributes

@@ -31,12 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
-    ComputedRadiographyImageStorage,
     DeflatedExplicitVRLittleEndian,
-    DigitalMammographyXRayImageStorageForPresentation,
-    DigitalMammographyXRayImageStorageForProcessing,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
@@ -50,13 +45,13 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
-    SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
 
 from mammotriage.config import data_dir
+from mammotriage.dicom.codes import GENERIC_IMAGE_SOP_CLASSES, MAMMO_SOP_CLASSES
 from mammotriage.net.admission import Admission, AdmissionServer
 from mammotriage.net.completion import StudyCompletionTracker
 from mammotriage.net.receive import ReceivedStore, ReceiveOutcome, ReceiveResult, Status
@@ -77,14 +72,7 @@ LOG = logging.getLogger(__name__)
 #: Storage SOP classes accepted, by UID (PS3.4 Annex B.5).  Multi-frame breast
 #: tomosynthesis and projection objects are not accepted: the reader handles
 #: single-frame 2D mammograms (configure PACS routing to send the 2D views).
-STORAGE_SOP_CLASSES: dict[str, str] = {uid: uid.name for uid in (
-    DigitalMammographyXRayImageStorageForPresentation,
-    DigitalMammographyXRayImageStorageForProcessing,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    ComputedRadiographyImageStorage,
-    SecondaryCaptureImageStorage,
-)}
+STORAGE_SOP_CLASSES: dict[str, str] = {**MAMMO_SOP_CLASSES, **GENERIC_IMAGE_SOP_CLASSES}
 
 VERIFICATION_SOP_CLASS = Verification
 
