@@ -25,7 +25,6 @@ two kinds of key cannot collide.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import sqlite3
@@ -38,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, TypeVar
 
+from mammotriage.clock import utc_now
 from mammotriage.config import archive_path
 from mammotriage.dicom.errors import MammoReadError
 from mammotriage.dicom.hanging import exam_key_for, split_view_patient_id
@@ -50,6 +50,7 @@ from mammotriage.dicom.image import (
     View,
 )
 from mammotriage.dicom.read import read_metadata
+from mammotriage.digest import sha256_file_size
 from mammotriage.store import db
 
 __all__ = [
@@ -72,8 +73,6 @@ ProgressCallback = Callable[[int, int, str], None]
 
 #: Reads one file's metadata; raises :class:`MammoReadError` for unusable files.
 MetadataReader = Callable[[Path], MammoMetadata]
-
-_HASH_CHUNK = 1 << 20
 
 #: PatientID suffix that marks a one-view-per-study layout (CBIS-DDSM).
 
@@ -273,20 +272,6 @@ class _Candidate:
 def _file_candidate(path: str) -> _Candidate:
     given = os.path.abspath(os.path.expanduser(path))
     return _Candidate(_abs(given), given=given if os.path.islink(given) else "")
-
-
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def printable_path(path: str) -> str:
@@ -507,7 +492,7 @@ class Archive:
                 self.conn.execute(
                     "INSERT INTO rejections (path, reason, code, at) VALUES (?, ?, ?, ?)",
                     (printable_path(rejection.path), printable_path(rejection.reason), rejection.code,
-                     _utc_now()),
+                     utc_now()),
                 )
         except sqlite3.Error:
             # The report still carries the rejection; a failing log must not stop the batch.
@@ -537,7 +522,7 @@ class Archive:
         ]
         if missing:
             raise _Rejected(f"missing {', '.join(missing)}", CODE_MISSING_UID)
-        digest, size = _sha256(path)
+        digest, size = sha256_file_size(path)
         item = ImportedFile(path_str, meta.sop_instance_uid, meta.study_instance_uid)
 
         with self._lock, db.transaction(self.conn) as conn:
@@ -585,7 +570,7 @@ class Archive:
                     spacing.row_mm if spacing else None,
                     spacing.col_mm if spacing else None,
                     spacing.source.value if spacing else None,
-                    _utc_now(),
+                    utc_now(),
                 ),
             )
         return True, item

@@ -56,7 +56,6 @@ This module reads the database and the files only; it never changes a label.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -70,7 +69,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from mammotriage.clock import utc_now
 from mammotriage.dicom.vocab import FINDING_KINDS as KINDS
+from mammotriage.digest import sha256_file
 from mammotriage.store import db
 from mammotriage.store.archive import Archive, ExamRecord
 from mammotriage.store.audit import head_record
@@ -657,7 +658,7 @@ def create_snapshot(archive_file: str | Path | None = None, *, rule: str | Conse
     folder = datasets_dir(archive_file)
     path = folder / f"{digest}.json"
     if path.exists():
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if sha256_file(path) != digest:
             raise DatasetError(f"{path} exists but does not match its name (tampered?)")
     else:
         _write_read_only(path, data)
@@ -669,7 +670,7 @@ def create_snapshot(archive_file: str | Path | None = None, *, rule: str | Conse
                 """INSERT OR IGNORE INTO dataset_snapshots (sha256, created_at, name, description, role,
                    consensus, exams, images, readers, labels, consensus_labels, manifest)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (digest, _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), name, description,
+                (digest, utc_now(), name, description,
                  role, str(ConsensusRule.parse(rule)), counts["exams"], counts["images"],
                  counts["readers"], counts["labels"], counts["consensus_labels"],
                  f"datasets/{digest}.json"))
