@@ -115,7 +115,7 @@ class OutboxItem:
         return data
 
 
-class Outbox:
+class Outbox(db.Connected):
     """The persistent queue of objects to send to the PACS.
 
     Parameters
@@ -135,6 +135,8 @@ class Outbox:
     the same database (SQLite WAL, claims are atomic ``UPDATE`` statements).
     """
 
+    closed_name = "outbox"
+
     def __init__(
         self,
         path: str | Path | None = None,
@@ -142,33 +144,11 @@ class Outbox:
         folder: str | Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = Path(path) if path is not None else archive_path()
         self.folder = Path(folder) if folder is not None else data_dir() / "outbox"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.clock = clock
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = db.connect(self.path)
         self._listeners: list[Callable[[], None]] = []
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        """The open connection (raises once closed)."""
-        if self._conn is None:
-            raise sqlite3.ProgrammingError("outbox is closed")
-        return self._conn
-
-    def close(self) -> None:
-        """Close the database connection (idempotent)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> Outbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(path if path is not None else archive_path())
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every :meth:`enqueue` (a sender wakes up on it)."""

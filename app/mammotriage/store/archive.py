@@ -29,12 +29,10 @@ import json
 import os
 import sqlite3
 import stat
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from types import TracebackType
 from typing import NamedTuple, TypeVar
 
 from mammotriage.clock import utc_now
@@ -348,7 +346,7 @@ def _iter_candidates(paths: Iterable[str | os.PathLike[str]]) -> Iterator[_Candi
 # --------------------------------------------------------------------------- archive
 
 
-class Archive:
+class Archive(db.Connected):
     """Index of imported mammograms in one SQLite file.
 
     Parameters
@@ -367,40 +365,13 @@ class Archive:
     across the whole batch.  Use as a context manager or call :meth:`close`.
     """
 
+    closed_name = "archive"
+
     def __init__(self, path: str | Path | None = None, *, reader: MetadataReader | None = None):
         if path is None:
             path = archive_path()
-        self.path = Path(path).expanduser().resolve()
+        super().__init__(Path(path).expanduser().resolve())
         self._reader = reader
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = db.connect(self.path)
-
-    # -- lifecycle ---------------------------------------------------------------
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        """The open connection (raises once closed)."""
-        if self._conn is None:
-            raise sqlite3.ProgrammingError("archive is closed")
-        return self._conn
-
-    def close(self) -> None:
-        """Close the database connection (idempotent)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> Archive:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- import --------------------------------------------------------------------
 
