@@ -29,7 +29,7 @@ def test_finding_kind_values_are_the_stored_strings() -> None:
 
 
 def test_every_user_takes_the_kinds_from_the_vocabulary() -> None:
-    from mammotriage.dicom.results import FINDING_CODES
+    from mammotriage.dicom.sr import FINDING_CODES
     from mammotriage.model.network_constants import CLASSES
     from mammotriage.phantom.anatomy import LesionKind
     from mammotriage.store.events import KINDS

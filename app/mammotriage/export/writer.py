@@ -27,7 +27,7 @@ from mammotriage import __version__
 from mammotriage.clock import utc_datetime
 from mammotriage.dicom.image import pixel_sha256
 from mammotriage.dicom.read import read_image
-from mammotriage.dicom.results import (
+from mammotriage.dicom.sr import (
     READER_FINDINGS_DESCRIPTION,
     ReaderFindingRecord,
     write_reader_findings_sr,

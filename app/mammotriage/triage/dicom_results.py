@@ -14,13 +14,8 @@ from typing import Any
 import pydicom
 from pydicom.uid import RLELossless
 
-from mammotriage.dicom.results import (
-    AlgorithmInfo,
-    FindingRecord,
-    save_dataset,
-    write_findings_sr,
-    write_suspicion_seg,
-)
+from mammotriage.dicom.seg import write_suspicion_seg
+from mammotriage.dicom.sr import AlgorithmInfo, FindingRecord, save_dataset, write_findings_sr
 from mammotriage.store import Archive
 
 RLE_LOSSLESS = RLELossless
