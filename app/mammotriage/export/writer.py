@@ -38,7 +38,8 @@ from mammotriage.export.formats import ExportItem, clip_geometry, coco, monai_da
 from mammotriage.export.phi import PhiNeedles, phi_needles, scan_folder
 from mammotriage.export.profile import check_profile
 from mammotriage.export.readme import render_readme
-from mammotriage.store.datasets import bbox, load_snapshot
+from mammotriage.store.consensus import bbox
+from mammotriage.store.datasets import load_snapshot
 
 __all__ = ["EXPORT_FORMAT", "ExportError", "ExportReport", "export_snapshot"]
 
