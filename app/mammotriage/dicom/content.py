@@ -11,15 +11,18 @@ import datetime as _dt
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from mammotriage import __version__
+
 __all__ = [
     "ALGORITHM_FAMILY", "BREAST", "CONTRIBUTION_DESCRIPTION", "DEVICE_UID_NAMESPACE", "EQUIPMENT_MANUFACTURER",
     "EQUIPMENT_MODEL", "NOT_FOR_CLINICAL_USE", "PURPOSE_OF_REFERENCE", "AlgorithmInfo", "contributing_equipment",
-    "finish", "header_view", "patient_orientation", "save_dataset",
+    "finish", "header_view", "new_instance", "patient_orientation", "save_dataset",
 ]
 
 #: Series Description (0008,103E) of every AI result object (LO, at most 64 characters).
@@ -89,6 +92,20 @@ class AlgorithmInfo:
         """
         key = "\x1f".join([self.name, self.version, self.weights_sha256.lower()])
         return f"2.25.{uuid.uuid5(DEVICE_UID_NAMESPACE, key).int}"
+
+
+def new_instance(series_instance_uid: str | None, series_number: int, instance_number: int) -> dict[str, Any]:
+    """highdicom's series, instance and General Equipment arguments (PS3.3 C.7.5.1) of a
+    new result object written by this workstation (a new series UID when none is given)."""
+    return {
+        "series_instance_uid": series_instance_uid or hd.UID(),
+        "series_number": series_number,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": instance_number,
+        "manufacturer": EQUIPMENT_MANUFACTURER,
+        "manufacturer_model_name": EQUIPMENT_MODEL,
+        "software_versions": f"mammotriage {__version__}",
+    }
 
 
 def contributing_equipment(algorithm: AlgorithmInfo) -> hd.ContributingEquipment:

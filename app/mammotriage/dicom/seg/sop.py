@@ -14,16 +14,14 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from mammotriage import __version__
 from mammotriage.dicom.content import (
     ALGORITHM_FAMILY,
     BREAST,
-    EQUIPMENT_MANUFACTURER,
-    EQUIPMENT_MODEL,
     NOT_FOR_CLINICAL_USE,
     AlgorithmInfo,
     finish,
     header_view,
+    new_instance,
     patient_orientation,
 )
 
@@ -191,13 +189,6 @@ def write_suspicion_seg(
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
         segment_descriptions=descriptions,
-        series_instance_uid=series_instance_uid or hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=instance_number,
-        manufacturer=EQUIPMENT_MANUFACTURER,
-        manufacturer_model_name=EQUIPMENT_MODEL,
-        software_versions=f"mammotriage {__version__}",
         device_serial_number="0",
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
@@ -206,6 +197,7 @@ def write_suspicion_seg(
         omit_empty_frames=False,
         series_description=NOT_FOR_CLINICAL_USE,
         transfer_syntax_uid=transfer_syntax_uid,
+        **new_instance(series_instance_uid, series_number, instance_number),
     )
     if "PatientOrientation" not in seg:
         seg.PatientOrientation = patient_orientation(source)

@@ -14,19 +14,17 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from mammotriage import __version__
 from mammotriage.dicom.content import (
     BREAST,
-    EQUIPMENT_MANUFACTURER,
-    EQUIPMENT_MODEL,
     header_view,
+    new_instance,
     patient_orientation,
 )
 from mammotriage.dicom.vocab import FindingKind
 
 __all__ = [
     "FINDING_CATEGORY", "FINDING_CODES", "LATERALITY_CODES", "NO_FINDINGS", "PROCEDURE_REPORTED", "SCORE_CONCEPT",
-    "SCORE_UNIT", "breast_site", "check_score", "check_sources", "comprehensive_sr", "device_observer",
+    "SCORE_UNIT", "ReportGroup", "breast_site", "check_score", "check_sources", "comprehensive_sr", "device_observer",
     "finding_group", "finding_source", "laterality", "library_view", "region_of", "source_box",
 ]
 
@@ -184,6 +182,10 @@ def region_of(ds: Dataset, geometry: Mapping[str, object], what: str) -> hd.sr.I
     raise ValueError(f"{what}: unknown geometry type {kind!r}")
 
 
+#: One group of a TID 1500 report: a finding (TID 1410) or an image / breast / exam (TID 1501).
+ReportGroup = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
+
+
 def finding_source(by_uid: Mapping[str, Dataset], sop_uid: str, kind: str, what: str) -> tuple[Dataset, Code]:
     """The source image and the Finding code (:data:`FINDING_CODES`) of one finding."""
     source = by_uid.get(str(sop_uid))
@@ -231,8 +233,7 @@ def device_observer(uid: str, name: str, manufacturer: str, model_name: str) -> 
 
 def comprehensive_sr(
     sources: Sequence[Dataset],
-    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-                     | hd.sr.MeasurementsAndQualitativeEvaluations],
+    groups: Sequence[ReportGroup],
     observer: hd.sr.ObserverContext,
     *,
     series_instance_uid: str | None,
@@ -253,15 +254,9 @@ def comprehensive_sr(
     return hd.sr.ComprehensiveSR(
         evidence=sources,
         content=report[0],
-        series_instance_uid=series_instance_uid or hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=instance_number,
-        manufacturer=EQUIPMENT_MANUFACTURER,
         is_complete=True,
         is_final=False,
         is_verified=False,
-        manufacturer_model_name=EQUIPMENT_MODEL,
-        software_versions=f"mammotriage {__version__}",
         series_description=series_description,
+        **new_instance(series_instance_uid, series_number, instance_number),
     )

@@ -23,6 +23,7 @@ from mammotriage.dicom.sr.content import (
     NO_FINDINGS,
     SCORE_CONCEPT,
     SCORE_UNIT,
+    ReportGroup,
     breast_site,
     check_score,
     check_sources,
@@ -73,12 +74,11 @@ class FindingRecord:
 class ReaderFindingRecord:
     """One reader (or consensus) finding on one image, for :func:`write_reader_findings_sr`.
 
+    ``sop_uid`` and ``kind`` are those of :class:`FindingRecord` (the image the
+    geometry refers to; a finding kind). Then:
+
     Attributes
     ----------
-    sop_uid
-        SOP Instance UID of the image the geometry refers to.
-    kind
-        A key of :data:`FINDING_CODES`.
     geometry
         Stored-image pixel coordinates (x = column, y = row), as correction events
         store them: ``{"type": "box" | "ellipse", "box": [x0, y0, x1, y1]}`` (half-open
@@ -169,10 +169,7 @@ def write_findings_sr(
         manufacturer=algorithm.manufacturer,
     )
 
-    groups: list[
-        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = []
+    groups: list[ReportGroup] = []
     for index, finding in enumerate(findings, 1):
         what = f"finding {index}"
         source, code = finding_source(by_uid, finding.sop_uid, finding.kind, what)
@@ -294,10 +291,7 @@ def write_reader_findings_sr(
         raise ValueError("series_description must be at most 64 characters (LO)")
     by_uid = check_sources(sources)
     sources = list(by_uid.values())
-    groups: list[
-        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = []
+    groups: list[ReportGroup] = []
     for index, finding in enumerate(findings, 1):
         what = f"finding {index}"
         source, code = finding_source(by_uid, finding.sop_uid, finding.kind, what)
