@@ -49,9 +49,13 @@ def make_mg_dataset(
     """A small, valid Digital Mammography For Presentation dataset for unit tests."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import (
+        DigitalMammographyXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
 
-    sop_class = "1.2.840.10008.5.1.4.1.1.1.2"
+    sop_class = DigitalMammographyXRayImageStorageForPresentation
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class

@@ -1,4 +1,4 @@
-"""mammotriage.dicom.results: AI results as a TID 1500 Comprehensive SR and a fractional SEG."""
+"""mammotriage.dicom.sr and .seg: AI results as a TID 1500 Comprehensive SR and a fractional SEG."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from mammotriage.dicom.results import (
+from mammotriage.dicom.seg import write_suspicion_seg
+from mammotriage.dicom.sr import (
     FINDING_CODES,
     NOT_FOR_CLINICAL_USE,
     AlgorithmInfo,
     FindingRecord,
     save_dataset,
     write_findings_sr,
-    write_suspicion_seg,
 )
 from mammotriage.phantom import PhantomExam, generate_exam
 from mtsupport import make_mg_dataset, require_shared, require_tool
@@ -386,7 +386,7 @@ def test_seg_rle_lossless_is_small_and_valid(tmp_path) -> None:
 
     import numpy as np
 
-    from mammotriage.dicom.results import AlgorithmInfo, save_dataset, write_suspicion_seg
+    from mammotriage.dicom.seg import AlgorithmInfo, save_dataset, write_suspicion_seg
     from mammotriage.phantom import generate_exam
     from mtsupport import require_tool
 
@@ -404,3 +404,15 @@ def test_seg_rle_lossless_is_small_and_valid(tmp_path) -> None:
     import pydicom
 
     np.testing.assert_array_equal(pydicom.dcmread(rle).pixel_array, pydicom.dcmread(plain).pixel_array)
+
+
+def test_old_results_module_still_imports_with_a_deprecation_warning() -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop("mammotriage.dicom.results", None)
+    with pytest.warns(DeprecationWarning, match="mammotriage.dicom.sr"):
+        old = importlib.import_module("mammotriage.dicom.results")
+    assert old.write_findings_sr is write_findings_sr and old.write_suspicion_seg is write_suspicion_seg
+    assert old.AlgorithmInfo is AlgorithmInfo and old.FINDING_CODES is FINDING_CODES
+    assert all(hasattr(old, name) for name in old.__all__)

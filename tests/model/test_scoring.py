@@ -33,3 +33,15 @@ def test_category_from_package_operating_points() -> None:
     assert category_from(0.5, {}) is None
     # a rule-out threshold above the suspicious one is clamped, never inverted
     assert category_from(0.5, {"suspicious": 0.4, "likely_normal": 0.7}) == "suspicious"
+
+
+def test_extra_views_count_with_their_projection_family() -> None:
+    # FB (from below) is a reversed CC; ISO and AT are obliques: with CC and MLO present
+    # they still count with the projection they belong to (they were ignored before)
+    b = breast_scores([("L", "CC", 0.2), ("L", "FB", 0.8), ("L", "MLO", 0.4),
+                       ("R", "CC", 0.1), ("R", "MLO", 0.1), ("R", "ISO", 0.7),
+                       ("R", "AT", 0.5)])
+    assert b["L"] == pytest.approx((0.8 + 0.4) / 2)
+    assert b["R"] == pytest.approx((0.1 + 0.7) / 2)
+    cv = breast_scores([("L", "CC", 0.1), ("L", "CV", 0.9), ("L", "MLO", 0.3), ("L", "XCC", 0.2)])
+    assert cv["L"] == pytest.approx((0.9 + 0.3) / 2)

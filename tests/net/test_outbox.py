@@ -216,7 +216,8 @@ def test_real_ai_sr_and_rle_seg_reach_the_pacs_unchanged(tmp_path: Path, pacs: S
     import numpy as np
     import pydicom
 
-    results = pytest.importorskip("mammotriage.dicom.results")
+    results = pytest.importorskip("mammotriage.dicom.sr")
+    segs = pytest.importorskip("mammotriage.dicom.seg")
     _, files = phantom_exams["explicit"]
     header = pydicom.dcmread(files[0], stop_before_pixels=True)
     algorithm = results.AlgorithmInfo("mammotriage-detector", "0.0.0-test", "0" * 64)
@@ -225,8 +226,8 @@ def test_real_ai_sr_and_rle_seg_reach_the_pacs_unchanged(tmp_path: Path, pacs: S
     suspicion = np.zeros((int(header.Rows) // 4, int(header.Columns) // 4), dtype=np.float32)
     suspicion[5:15, 3:10] = 0.9
     seg = results.save_dataset(
-        results.write_suspicion_seg(header, suspicion, algorithm, map_factor=4.0,
-                                    transfer_syntax_uid="1.2.840.10008.1.2.5"),
+        segs.write_suspicion_seg(header, suspicion, algorithm, map_factor=4.0,
+                                 transfer_syntax_uid="1.2.840.10008.1.2.5"),
         tmp_path / "seg.dcm",
     )
     with Outbox() as outbox:

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from netsupport import Storescp, make_sr, wait_until
+from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation
 from pynetdicom import AE
 
 from mammotriage.net.outbox import queue_result
@@ -25,7 +26,7 @@ def test_service_receives_reports_and_sends_back(tmp_path: Path, pacs: Storescp)
         service.on_study_complete(lambda uid: done.set())
         exam = generate_exam(55, rows=256, columns=192)
         ae = AE(ae_title="MODALITY")
-        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.2")
+        ae.add_requested_context(DigitalMammographyXRayImageStorageForPresentation)
         assoc = ae.associate(*service.address, ae_title="MAMMOTRIAGE")
         assert assoc.is_established
         assert all(assoc.send_c_store(i.dataset).Status == 0 for i in exam.images)

@@ -8,9 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    DigitalMammographyXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PRESENTATION = DigitalMammographyXRayImageStorageForPresentation
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 

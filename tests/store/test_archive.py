@@ -505,3 +505,19 @@ def test_import_cbis_ddsm_sample_gives_two_four_view_exams(archive_file: Path) -
 def test_report_summary_counts() -> None:
     report = ImportReport()
     assert report.summary().startswith("0 files: 0 imported, 0 duplicates, 0 rejected")
+
+
+def test_every_table_owner_shares_one_connection_lifecycle(tmp_path) -> None:
+    from mammotriage.net.outbox import Outbox
+    from mammotriage.store import db
+    from mammotriage.store.events import CorrectionLog
+
+    path = tmp_path / "archive.sqlite"
+    for owner, name in ((Archive(path), "archive"), (Outbox(path, folder=tmp_path / "out"), "outbox"),
+                        (CorrectionLog(path, workstation="ws"), "database")):
+        assert isinstance(owner, db.Connected)
+        with owner:
+            assert owner.conn.execute("SELECT 1").fetchone()[0] == 1
+        owner.close()  # closing twice is harmless
+        with pytest.raises(sqlite3.ProgrammingError, match=f"{name} is closed"):
+            owner.conn  # noqa: B018 - the property raises

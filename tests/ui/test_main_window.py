@@ -121,3 +121,30 @@ def test_a_view_whose_window_was_set_aside_says_so(qtbot, tmp_path) -> None:
     # the pane shows the next preset, not a black image
     assert win.hanging.state.panes["LCC"].window.width == 800
     win.close()
+
+
+def test_extra_cc_family_views_open_in_the_cc_pane(qtbot, tmp_path) -> None:
+    # XCC (exaggerated CC) and CV (cleavage) are cranio-caudal views: the extra-view
+    # cycle shows them in the CC pane of their breast, ML in the MLO pane
+    data = tmp_path / "data"
+    study = "1.2.826.0.1.3680043.8.498.7"
+    _write_exam(data, "PAT7", study)
+    for lat, view in (("R", "XCC"), ("L", "CV"), ("L", "ML")):
+        write_mg(data / f"PAT7_{lat}{view}.dcm", rows=96, columns=80, laterality=lat, view=view,
+                 orientation=("P" if lat == "R" else "A", "F" if view == "ML" else ("L" if lat == "R" else "R")),
+                 study_uid=study, patient_id="PAT7")
+    archive = Archive(tmp_path / "archive.sqlite")
+    assert len(archive.import_paths([data]).imported) == 7
+    win = MainWindow(archive=archive)
+    qtbot.addWidget(win)
+    win.resize(1400, 900)
+    win.show()
+    qtbot.waitUntil(lambda: all(p.view is not None for p in win.hanging.panes.values()), timeout=60_000)
+    shown = {}
+    for _ in win.extras:
+        win.show_next_extra()
+        image = win.extras[win._extra_index]
+        shown[image.laterality.value + image.view.value] = win.hanging.state.fullscreen
+    assert shown == {"RXCC": "RCC", "LCV": "LCC", "LML": "LMLO"}
+    win.close()
+    archive.close()

@@ -6,6 +6,16 @@ Both the current SNOMED CT codes (scheme ``SCT``) and the legacy SNOMED-RT codes
 
 from __future__ import annotations
 
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+)
+
 from mammotriage.dicom.image import View
 
 #: (code value) -> View. SCT and legacy SRT values, see PS3.16 CID 4014.
@@ -75,15 +85,15 @@ MODIFIER_MEANINGS: dict[str, str] = {
 }
 
 #: SOP classes that hold mammograms (PS3.4 B.5)
-MAMMO_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.1.2": "Digital Mammography X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.2.1": "Digital Mammography X-Ray Image Storage - For Processing",
-}
+MAMMO_SOP_CLASSES: dict[UID, str] = {uid: uid.name for uid in (
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+)}
 
 #: Image SOP classes we may accept when other evidence says "breast"
-GENERIC_IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
-    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
-}
+GENERIC_IMAGE_SOP_CLASSES: dict[UID, str] = {uid: uid.name for uid in (
+    SecondaryCaptureImageStorage,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+)}

@@ -33,6 +33,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom import uid
+
 from mammotriage.dicom.errors import CorruptPixelDataError, NotDicomError
 
 __all__ = [
@@ -43,17 +45,11 @@ __all__ = [
     "walk_explicit_le",
 ]
 
-DEFLATED = "1.2.840.10008.1.2.1.99"
-RLE = "1.2.840.10008.1.2.5"
-JPEG_FAMILY = {
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-}
-JPEG_LS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
-JPEG_2000 = {
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
-    "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",
-}
+DEFLATED = uid.DeflatedExplicitVRLittleEndian
+RLE = uid.RLELossless
+JPEG_FAMILY = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1}
+JPEG_LS = {uid.JPEGLSLossless, uid.JPEGLSNearLossless}
+JPEG_2000 = {uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K}
 
 #: the most a deflated data set may inflate to: the largest image the reader accepts
 #: (120 M pixels of 16 bits) plus 64 MiB of other attributes

@@ -27,12 +27,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mammotriage.dicom.image import Laterality, MammoMetadata, PresentationIntent, View
+from mammotriage.dicom.vocab import CC_FAMILY, MLO_FAMILY
 
 #: the four screening slots, in reading order
 SCREENING_SLOTS = ("RCC", "LCC", "RMLO", "LMLO")
 T = TypeVar("T")
-_MLO_LIKE = {View.MLO, View.ML, View.LM, View.LMO, View.SIO, View.ISO, View.AT}
-_CC_LIKE = {View.CC, View.XCC, View.XCCL, View.XCCM, View.FB, View.CV}
 _SPLIT_VIEW_SUFFIX = re.compile(r"^(?P<base>.+?)_(?:LEFT|RIGHT)_(?:CC|MLO|ML|LM)$", re.IGNORECASE)
 
 
@@ -155,9 +154,9 @@ def display_orientation(meta: MammoMetadata, display_like: np.ndarray | None = N
 
 def _needs_vertical_flip(meta: MammoMetadata, col_dir: str) -> bool:
     """True if increasing row index points the wrong way for this view."""
-    if meta.view in _MLO_LIKE:
+    if meta.view in MLO_FAMILY:
         return "H" in col_dir and "F" not in col_dir  # want feet at the bottom
-    if meta.view in _CC_LIKE:
+    if meta.view in CC_FAMILY:
         # want lateral at the top, i.e. increasing row towards medial
         if meta.laterality is Laterality.RIGHT:
             return "R" in col_dir and "L" not in col_dir

@@ -22,7 +22,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+)
 
 from mammotriage.dicom.codes import (
     MAMMO_SOP_CLASSES,
@@ -451,9 +455,9 @@ def _intent(ds: Dataset) -> PresentationIntent:
     if value in ("FOR PRESENTATION", "FOR PROCESSING"):
         return PresentationIntent(value)
     sop = _text(ds, "SOPClassUID")
-    if sop == "1.2.840.10008.5.1.4.1.1.1.2":
+    if sop == DigitalMammographyXRayImageStorageForPresentation:
         return PresentationIntent.PRESENTATION
-    if sop == "1.2.840.10008.5.1.4.1.1.1.2.1":
+    if sop == DigitalMammographyXRayImageStorageForProcessing:
         return PresentationIntent.PROCESSING
     return PresentationIntent.UNKNOWN
 

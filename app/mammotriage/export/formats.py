@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mammotriage.store.events import KINDS
+from mammotriage.dicom.vocab import FINDING_KINDS as KINDS
 
 __all__ = ["ExportItem", "clip_geometry", "coco", "monai_datalist", "outline"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mammotriage.store.events import KINDS
+from mammotriage.dicom.vocab import FINDING_KINDS as KINDS
 
 __all__ = ["render_readme"]
 

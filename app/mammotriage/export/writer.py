@@ -12,7 +12,6 @@ An existing ``OUT`` is never overwritten. See ``README.md`` of an export (writte
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import tempfile
@@ -25,19 +24,22 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from mammotriage import __version__
+from mammotriage.clock import utc_datetime
 from mammotriage.dicom.image import pixel_sha256
 from mammotriage.dicom.read import read_image
-from mammotriage.dicom.results import (
+from mammotriage.dicom.sr import (
     READER_FINDINGS_DESCRIPTION,
     ReaderFindingRecord,
     write_reader_findings_sr,
 )
+from mammotriage.digest import sha256_file
 from mammotriage.export.deid import Deidentifier, burned_in_annotation
 from mammotriage.export.formats import ExportItem, clip_geometry, coco, monai_datalist
 from mammotriage.export.phi import PhiNeedles, phi_needles, scan_folder
 from mammotriage.export.profile import check_profile
 from mammotriage.export.readme import render_readme
-from mammotriage.store.datasets import bbox, load_snapshot
+from mammotriage.store.consensus import bbox
+from mammotriage.store.datasets import load_snapshot
 
 __all__ = ["EXPORT_FORMAT", "ExportError", "ExportReport", "export_snapshot"]
 
@@ -70,14 +72,6 @@ class ExportReport:
         lines += [f"  excluded snapshot image #{e['snapshot_image']} ({e['laterality']}{e['view']}): "
                   f"{e['reason']}" for e in self.excluded]
         return "\n".join(lines)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -141,7 +135,7 @@ def _check_source(img: Mapping[str, Any]) -> tuple[Dataset | None, str | None]:
     src = Path(img["path"])
     if not src.is_file():
         return None, "source file missing"
-    if _sha256_file(src) != img["sha256"]:
+    if sha256_file(src) != img["sha256"]:
         return None, "source file changed since the snapshot (sha256 differs)"
     ds = pydicom.dcmread(src)
     flag = burned_in_annotation(ds)
@@ -187,7 +181,7 @@ def export_snapshot(snapshot: str | Path | Mapping[str, Any], out: str | Path, *
         raise ExportError(f"{out} already exists; an export never overwrites (choose a new folder)")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
-    created = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
+    created = utc_datetime().replace(microsecond=0)
     created_text = created.isoformat()
 
     deid = Deidentifier(seed)
@@ -348,7 +342,7 @@ def export_snapshot(snapshot: str | Path | Mapping[str, Any], out: str | Path, *
 
     files = []
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        files.append({"path": path.relative_to(staging).as_posix(), "sha256": _sha256_file(path),
+        files.append({"path": path.relative_to(staging).as_posix(), "sha256": sha256_file(path),
                       "size": path.stat().st_size})
     _write_json(staging / "manifest.json", {**info, "files": files})
     _fsync_tree(staging)

@@ -1,3 +1,6 @@
 """Constants shared by the torch and non-torch parts of the model package."""
 
-CLASSES = ("mass", "calcification")
+from mammotriage.dicom.vocab import DETECTED_KINDS
+
+#: The network's classes, in output-channel order: the detected finding kinds.
+CLASSES = DETECTED_KINDS

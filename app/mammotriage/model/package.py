@@ -15,12 +15,13 @@ refuses a mismatch.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from mammotriage.clock import utc_now
+from mammotriage.digest import sha256_file
 
 METADATA = Path("configs") / "metadata.json"
 WEIGHTS = Path("models") / "model.safetensors"
@@ -32,14 +33,6 @@ DEFAULT_MODEL_NAME = "mammotriage-detector"
 
 class ModelPackageError(RuntimeError):
     """A model package is missing, malformed, or fails its integrity check."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_model_dir() -> Path:
@@ -181,7 +174,7 @@ def save_package(out_dir: str | Path, detector, config, pp, *, version: str, des
                                  "channel_def": {str(i): c for i, c in enumerate(config.classes)}}},
         },
         # ---- ours
-        "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        "created": utc_now(),
         "parent_version": parent_version,
         "weights_file": str(WEIGHTS),
         "weights_sha256": digest,

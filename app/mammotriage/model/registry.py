@@ -27,7 +27,6 @@ announced; it is never ignored silently.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mammotriage.clock import utc_now
 from mammotriage.model.package import ModelPackageError, default_model_dir, verify
 from mammotriage.store import db
 
@@ -67,10 +67,6 @@ class ShippedNotice:
 
     version: ModelVersion | None
     message: str = ""  # "" when there is nothing to tell
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def report_digest(report: dict[str, Any]) -> str:
@@ -155,7 +151,7 @@ class ModelRegistry(db.Connected):
         with db.transaction(self.conn):
             self.conn.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
                               (version, str(copy.relative_to(self.data_dir)), sha,
-                               meta.get("parent_version") or None, origin, _now()))
+                               meta.get("parent_version") or None, origin, utc_now()))
             self._log(version, "register", who, f"{origin} package from {package_dir}")
         return self.get(version)
 
@@ -296,7 +292,7 @@ class ModelRegistry(db.Connected):
         with db.transaction(self.conn):
             self.conn.execute(
                 "INSERT OR IGNORE INTO gate_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (digest, _now(), str(cand.get("version")), str(cand.get("weights_sha256")),
+                (digest, utc_now(), str(cand.get("version")), str(cand.get("weights_sha256")),
                  str(parent.get("weights_sha256")), str((report.get("validation") or {}).get("snapshot")),
                  int(bool(report.get("passed"))), _canonical(report)))
         return digest
@@ -421,4 +417,4 @@ class ModelRegistry(db.Connected):
 
     def _log(self, version: str, action: str, who: str, reason: str, report: str = "") -> None:
         self.conn.execute("INSERT INTO model_events (at, version, action, who, reason, report) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", (_now(), version, action, who, reason, report))
+                          "VALUES (?, ?, ?, ?, ?, ?)", (utc_now(), version, action, who, reason, report))

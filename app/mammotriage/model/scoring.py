@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from mammotriage.dicom.vocab import projection_family
+
 __all__ = ["RULE", "breast_scores", "category", "category_from", "exam_score", "projection"]
 
 #: The rule of this module in words (written into every model package's metadata).
@@ -30,14 +32,8 @@ RULE = {
 
 
 
-def projection(view: str | None) -> str:
-    """CC, MLO, or the view's own name for other projections."""
-    v = (view or "").upper()
-    if "MLO" in v or v in ("ML", "LM", "LMO", "SIO"):
-        return "MLO"
-    if "CC" in v:
-        return "CC"
-    return v or "?"
+#: CC, MLO, or the view's own name for other projections (the one view table).
+projection = projection_family
 
 
 def breast_scores(views: Iterable[tuple[str | None, str | None, float]]) -> dict[str, float]:

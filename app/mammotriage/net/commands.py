@@ -294,6 +294,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 def cmd_echo(args: argparse.Namespace) -> int:
     """``mammotriage echo``: C-ECHO the PACS (or a given peer) with our AE title."""
     from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
 
     from mammotriage.net.settings import NetworkConfigError, PeerSettings, load_settings
 
@@ -315,7 +316,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
         return 2
     ae = AE(ae_title=settings.ae_title)
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = 15
-    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.add_requested_context(Verification)
     start = time.perf_counter()
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     try:

@@ -47,9 +47,11 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
 
 from mammotriage.config import data_dir
+from mammotriage.dicom.codes import GENERIC_IMAGE_SOP_CLASSES, MAMMO_SOP_CLASSES
 from mammotriage.net.admission import Admission, AdmissionServer
 from mammotriage.net.completion import StudyCompletionTracker
 from mammotriage.net.receive import ReceivedStore, ReceiveOutcome, ReceiveResult, Status
@@ -70,16 +72,9 @@ LOG = logging.getLogger(__name__)
 #: Storage SOP classes accepted, by UID (PS3.4 Annex B.5).  Multi-frame breast
 #: tomosynthesis and projection objects are not accepted: the reader handles
 #: single-frame 2D mammograms (configure PACS routing to send the 2D views).
-STORAGE_SOP_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.1.2": "Digital Mammography X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.2.1": "Digital Mammography X-Ray Image Storage - For Processing",
-    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
-    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-}
+STORAGE_SOP_CLASSES: dict[str, str] = {**MAMMO_SOP_CLASSES, **GENERIC_IMAGE_SOP_CLASSES}
 
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+VERIFICATION_SOP_CLASS = Verification
 
 #: Transfer syntaxes accepted; instances are stored in the one negotiated, unchanged.
 TRANSFER_SYNTAXES: tuple[str, ...] = (

@@ -23,7 +23,6 @@ Instance UID).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import os
 import shutil
@@ -41,7 +40,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
+from mammotriage.clock import utc_now
 from mammotriage.config import archive_path, data_dir
+from mammotriage.digest import sha256_file_size
 from mammotriage.net.settings import NetworkSettings, PeerSettings
 from mammotriage.store import db
 
@@ -69,20 +70,6 @@ BATCH_SIZE = 100
 
 class OutboxError(ValueError):
     """An object that cannot be queued (not DICOM, no SOP Instance UID ...)."""
-
-
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 @dataclass(frozen=True)
@@ -128,7 +115,7 @@ class OutboxItem:
         return data
 
 
-class Outbox:
+class Outbox(db.Connected):
     """The persistent queue of objects to send to the PACS.
 
     Parameters
@@ -148,6 +135,8 @@ class Outbox:
     the same database (SQLite WAL, claims are atomic ``UPDATE`` statements).
     """
 
+    closed_name = "outbox"
+
     def __init__(
         self,
         path: str | Path | None = None,
@@ -155,33 +144,11 @@ class Outbox:
         folder: str | Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = Path(path) if path is not None else archive_path()
         self.folder = Path(folder) if folder is not None else data_dir() / "outbox"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.clock = clock
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = db.connect(self.path)
         self._listeners: list[Callable[[], None]] = []
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        """The open connection (raises once closed)."""
-        if self._conn is None:
-            raise sqlite3.ProgrammingError("outbox is closed")
-        return self._conn
-
-    def close(self) -> None:
-        """Close the database connection (idempotent)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> Outbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(path if path is not None else archive_path())
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every :meth:`enqueue` (a sender wakes up on it)."""
@@ -238,8 +205,8 @@ class Outbox:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, copy)
-            digest, size = _sha256(copy)
-            now = _utc_now()
+            digest, size = sha256_file_size(copy)
+            now = utc_now()
             try:
                 with db.transaction(self.conn):
                     cur = self.conn.execute(
@@ -317,7 +284,7 @@ class Outbox:
         with self._lock, db.transaction(self.conn):
             cur = self.conn.execute(
                 "UPDATE outbox SET status = 'pending', updated_at = ? WHERE status = 'sending'",
-                (_utc_now(),),
+                (utc_now(),),
             )
         return cur.rowcount
 
@@ -338,13 +305,13 @@ class Outbox:
             marks = ",".join("?" * len(ids))
             self.conn.execute(
                 f"UPDATE outbox SET status = 'sending', updated_at = ? WHERE id IN ({marks})",
-                (_utc_now(), *ids),
+                (utc_now(), *ids),
             )
         return self._rows(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", ids)
 
     def mark_sent(self, item: OutboxItem, peer: str, note: str = "") -> None:
         """The PACS stored the object: record it and delete the queued copy."""
-        now = _utc_now()
+        now = utc_now()
         with self._lock, db.transaction(self.conn):
             self.conn.execute(
                 "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_to = ?, "
@@ -362,7 +329,7 @@ class Outbox:
             self.conn.execute(
                 "UPDATE outbox SET status = 'pending', attempts = attempts + ?, last_error = ?, "
                 "next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                (1 if count else 0, error, self.clock() + delay_s, _utc_now(), item.id),
+                (1 if count else 0, error, self.clock() + delay_s, utc_now(), item.id),
             )
 
     def mark_failed(self, item: OutboxItem, error: str) -> None:
@@ -371,7 +338,7 @@ class Outbox:
             self.conn.execute(
                 "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?, "
                 "updated_at = ? WHERE id = ?",
-                (error, _utc_now(), item.id),
+                (error, utc_now(), item.id),
             )
 
     def retry_now(self) -> int:
@@ -394,7 +361,7 @@ class Outbox:
                                   WHERE o.sop_uid = outbox.sop_uid
                                     AND o.status IN ('pending', 'sending'))
                 """,
-                (self.clock(), _utc_now()),
+                (self.clock(), utc_now()),
             )
         if cur.rowcount:
             for listener in list(self._listeners):

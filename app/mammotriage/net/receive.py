@@ -30,8 +30,6 @@ decode costs seconds per view and is the triage worker's job.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import logging
 import os
 import re
@@ -44,8 +42,10 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from mammotriage.clock import utc_datetime
 from mammotriage.dicom.errors import MammoReadError
 from mammotriage.dicom.read import read_metadata
+from mammotriage.digest import sha256_file
 from mammotriage.store.archive import (
     CODE_SOP_CONFLICT,
     REASON_SOP_CONFLICT,
@@ -169,14 +169,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _uid_ok(value: str) -> bool:
@@ -334,7 +326,7 @@ class ReceivedStore:
         with self._place_lock:
             if final.exists():
                 known = self.archive.image(sop)
-                if _sha256_file(final) == _sha256_file(tmp) or known is None:
+                if sha256_file(final) == sha256_file(tmp) or known is None:
                     # Same bytes (a re-send), or a file left by a crash before its import.
                     os.replace(tmp, final)
                 else:
@@ -371,7 +363,7 @@ class ReceivedStore:
         return result
 
     def _quarantine(self, path: Path) -> Path:
-        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
+        stamp = utc_datetime().strftime("%Y%m%dT%H%M%S")
         target = self.rejected_dir / f"{stamp}-{uuid.uuid4().hex[:12]}.dcm"
         os.replace(path, target)
         return target

@@ -37,8 +37,10 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage, special
 
+from mammotriage.dicom.vocab import DetectedKind
+
 ViewName = Literal["CC", "MLO"]
-LesionKind = Literal["mass", "calcification"]
+LesionKind = DetectedKind
 
 #: Intensity levels of the model (fraction of the stored range, MONOCHROME2 sense).
 AIR_LEVEL = 0.04

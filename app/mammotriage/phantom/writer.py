@@ -39,13 +39,19 @@ from typing import Any, Literal
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import (
+    UID,
+    DigitalMammographyXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
 
 from mammotriage import __version__
 from mammotriage.phantom import anatomy
 
 #: Digital Mammography X-Ray Image Storage - For Presentation.
-MG_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.2")
+MG_FOR_PRESENTATION = DigitalMammographyXRayImageStorageForPresentation
 #: Namespace of the name-based (version 5) UUIDs behind the phantom's UIDs:
 #: ``uuid5(NAMESPACE_URL, "urn:mammotriage")``.
 UID_NAMESPACE = uuid.UUID("ddbd5ae1-0f90-5488-afc1-e4a72a1686f0")

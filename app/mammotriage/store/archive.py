@@ -25,19 +25,17 @@ two kinds of key cannot collide.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import sqlite3
 import stat
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from types import TracebackType
 from typing import NamedTuple, TypeVar
 
+from mammotriage.clock import utc_now
 from mammotriage.config import archive_path
 from mammotriage.dicom.errors import MammoReadError
 from mammotriage.dicom.hanging import exam_key_for, split_view_patient_id
@@ -50,6 +48,7 @@ from mammotriage.dicom.image import (
     View,
 )
 from mammotriage.dicom.read import read_metadata
+from mammotriage.digest import sha256_file_size
 from mammotriage.store import db
 
 __all__ = [
@@ -72,8 +71,6 @@ ProgressCallback = Callable[[int, int, str], None]
 
 #: Reads one file's metadata; raises :class:`MammoReadError` for unusable files.
 MetadataReader = Callable[[Path], MammoMetadata]
-
-_HASH_CHUNK = 1 << 20
 
 #: PatientID suffix that marks a one-view-per-study layout (CBIS-DDSM).
 
@@ -275,20 +272,6 @@ def _file_candidate(path: str) -> _Candidate:
     return _Candidate(_abs(given), given=given if os.path.islink(given) else "")
 
 
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def printable_path(path: str) -> str:
     """``path`` as text that can be printed and stored: bytes of a file name that are not
     UTF-8 (kept by Python as surrogates) become ``\\xNN`` escapes."""
@@ -363,7 +346,7 @@ def _iter_candidates(paths: Iterable[str | os.PathLike[str]]) -> Iterator[_Candi
 # --------------------------------------------------------------------------- archive
 
 
-class Archive:
+class Archive(db.Connected):
     """Index of imported mammograms in one SQLite file.
 
     Parameters
@@ -382,40 +365,13 @@ class Archive:
     across the whole batch.  Use as a context manager or call :meth:`close`.
     """
 
+    closed_name = "archive"
+
     def __init__(self, path: str | Path | None = None, *, reader: MetadataReader | None = None):
         if path is None:
             path = archive_path()
-        self.path = Path(path).expanduser().resolve()
+        super().__init__(Path(path).expanduser().resolve())
         self._reader = reader
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = db.connect(self.path)
-
-    # -- lifecycle ---------------------------------------------------------------
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        """The open connection (raises once closed)."""
-        if self._conn is None:
-            raise sqlite3.ProgrammingError("archive is closed")
-        return self._conn
-
-    def close(self) -> None:
-        """Close the database connection (idempotent)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> Archive:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- import --------------------------------------------------------------------
 
@@ -507,7 +463,7 @@ class Archive:
                 self.conn.execute(
                     "INSERT INTO rejections (path, reason, code, at) VALUES (?, ?, ?, ?)",
                     (printable_path(rejection.path), printable_path(rejection.reason), rejection.code,
-                     _utc_now()),
+                     utc_now()),
                 )
         except sqlite3.Error:
             # The report still carries the rejection; a failing log must not stop the batch.
@@ -537,7 +493,7 @@ class Archive:
         ]
         if missing:
             raise _Rejected(f"missing {', '.join(missing)}", CODE_MISSING_UID)
-        digest, size = _sha256(path)
+        digest, size = sha256_file_size(path)
         item = ImportedFile(path_str, meta.sop_instance_uid, meta.study_instance_uid)
 
         with self._lock, db.transaction(self.conn) as conn:
@@ -585,7 +541,7 @@ class Archive:
                     spacing.row_mm if spacing else None,
                     spacing.col_mm if spacing else None,
                     spacing.source.value if spacing else None,
-                    _utc_now(),
+                    utc_now(),
                 ),
             )
         return True, item

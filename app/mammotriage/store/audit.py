@@ -30,7 +30,6 @@ workstation's own account (which holds the key) or root.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import hmac
 import json
@@ -40,6 +39,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from mammotriage.clock import utc_now
 
 __all__ = [
     "ENV_AUDIT_KEY",
@@ -213,7 +214,7 @@ class FileAnchor:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         signed = head.signed(self.key, self.archive_id)
         line = json.dumps({**signed.to_json(), "archive": self.archive_id,
-                           "at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")},
+                           "at": utc_now()},
                           sort_keys=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:

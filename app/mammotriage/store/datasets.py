@@ -31,49 +31,47 @@ Selection: exams with at least one correction event; with ``include_unreviewed``
 exams that only have AI results (their images carry the AI marks as ``original``, no
 readers, ``reviewed: false`` and no consensus: unreviewed is *not* "normal").
 
-Consensus rules (positive labels only: accepted AI marks and reader-added findings;
-two labels *match* when the IoU of their bounding boxes is >= :data:`MATCH_IOU`;
-matching labels form clusters, the connected components of the match graph):
-
-``union``
-    Every cluster is a consensus finding.
-``majority``
-    A cluster is kept when more than half of the image's readers have a label in it.
-``adjudicator:NAME``
-    The named reader's labels win on every exam that reader read; exams the adjudicator
-    did not read fall back to ``majority`` (marked ``"consensus_source"`` per image).
-
-A consensus finding's geometry is its single member's geometry, or for a cluster of
-several the box whose coordinates are the means of the members' bounding boxes; its
-kind the most frequent member kind (ties: the order of :data:`~mammotriage.store.events.KINDS`);
-its id ``consensus:`` + 16 hex digits of the sha256 of its sorted ``reader/label_id``
-members (stable while the membership is). BI-RADS consensus: union = most suspicious
-(1 < 2 < 3 < 0 < 4 < 5 < 6), majority = most frequent (ties: most suspicious),
-adjudicator = the adjudicator's; density likewise with A < B < C < D.
+The consensus rules and the reader agreement are computed by
+:mod:`mammotriage.store.consensus` (pure functions).
 
 This module reads the database and the files only; it never changes a label.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
 import sqlite3
 import stat
 import tempfile
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from mammotriage.clock import utc_now
+from mammotriage.dicom.vocab import FINDING_KINDS as KINDS
+from mammotriage.digest import sha256_file
 from mammotriage.store import db
 from mammotriage.store.archive import Archive, ExamRecord
 from mammotriage.store.audit import head_record
-from mammotriage.store.events import KINDS, CorrectionLog, Event
+from mammotriage.store.consensus import (
+    BIRADS_ORDER,
+    DENSITY_ORDER,
+    MATCH_IOU,
+    RULES,
+    ConsensusRule,
+    DatasetError,
+    agreement,
+    bbox,
+    cohen_kappa,
+    consensus_for_image,
+    exam_consensus,
+    iou,
+    match_count,
+)
+from mammotriage.store.events import CorrectionLog, Event
 from mammotriage.store.labels import Label, ReaderLabels, fold
 
 __all__ = [
@@ -102,113 +100,8 @@ __all__ = [
 
 #: Manifest format identifier (bump on an incompatible change).
 FORMAT = "mammotriage.dataset/1"
-#: Two labels match (same lesion) when the IoU of their bounding boxes is at least this.
-MATCH_IOU = 0.3
 #: Snapshot roles; validation snapshots are held out of training (and locked later).
 ROLES = ("training", "validation")
-#: Consensus rule names.
-RULES = ("union", "majority", "adjudicator")
-
-_BIRADS_ORDER = (1, 2, 3, 0, 4, 5, 6)  # least to most suspicious; 0 = needs more imaging
-_DENSITY_ORDER = ("A", "B", "C", "D")
-
-
-class DatasetError(ValueError):
-    """A snapshot that cannot be made, found or trusted."""
-
-
-# --------------------------------------------------------------------------- rule
-
-
-@dataclass(frozen=True)
-class ConsensusRule:
-    """A declared consensus rule: ``union``, ``majority`` or ``adjudicator:NAME``."""
-
-    name: str
-    adjudicator: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.name not in RULES:
-            raise DatasetError(f"unknown consensus rule {self.name!r} (one of union, majority, "
-                               "adjudicator:READER)")
-        if (self.name == "adjudicator") != bool(self.adjudicator):
-            raise DatasetError("the adjudicator rule needs a reader name: adjudicator:READER"
-                               if self.name == "adjudicator" else
-                               f"rule {self.name} takes no reader name")
-
-    @classmethod
-    def parse(cls, text: str | ConsensusRule) -> ConsensusRule:
-        """``"union"``, ``"majority"`` or ``"adjudicator:NAME"``."""
-        if isinstance(text, ConsensusRule):
-            return text
-        name, _, reader = str(text).strip().partition(":")
-        return cls(name.strip(), reader.strip() or None)
-
-    def __str__(self) -> str:
-        return f"adjudicator:{self.adjudicator}" if self.adjudicator else self.name
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rule": self.name, "match_iou": MATCH_IOU}
-        if self.adjudicator:
-            out["adjudicator"] = self.adjudicator
-        return out
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-def bbox(geometry: Mapping[str, Any]) -> tuple[float, float, float, float]:
-    """Bounding box ``(x0, y0, x1, y1)`` of a stored geometry (box, ellipse or polygon)."""
-    if geometry.get("type") == "polygon":
-        xs = [float(p[0]) for p in geometry["points"]]
-        ys = [float(p[1]) for p in geometry["points"]]
-        return (min(xs), min(ys), max(xs), max(ys))
-    x0, y0, x1, y1 = (float(v) for v in geometry["box"])
-    return (x0, y0, x1, y1)
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (0 when both are empty)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def match_count(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
-                threshold: float = MATCH_IOU) -> int:
-    """One-to-one matches between two box lists: greedy by decreasing IoU, IoU >= threshold."""
-    pairs = sorted(((iou(x, y), i, j) for i, x in enumerate(a) for j, y in enumerate(b)),
-                   key=lambda t: (-t[0], t[1], t[2]))
-    used_a: set[int] = set()
-    used_b: set[int] = set()
-    for value, i, j in pairs:
-        if value < threshold:
-            break
-        if i not in used_a and j not in used_b:
-            used_a.add(i)
-            used_b.add(j)
-    return len(used_a)
-
-
-def cohen_kappa(pairs: Sequence[tuple[Any, Any]]) -> float | None:
-    """Cohen's kappa of two raters' categorical ratings (``None`` if undefined).
-
-    ``kappa = (p_o - p_e) / (1 - p_e)`` with ``p_o`` the observed agreement and ``p_e``
-    the agreement expected from the raters' marginal frequencies. Undefined (``None``)
-    without pairs or when ``p_e = 1`` (both raters used one and the same category).
-    """
-    n = len(pairs)
-    if n == 0:
-        return None
-    observed = sum(1 for a, b in pairs if a == b) / n
-    ca = Counter(a for a, _ in pairs)
-    cb = Counter(b for _, b in pairs)
-    expected = sum(ca[k] * cb.get(k, 0) for k in ca) / (n * n)
-    if expected >= 1.0:
-        return None
-    return round((observed - expected) / (1.0 - expected), 6)
 
 
 # --------------------------------------------------------------------------- labels
@@ -227,106 +120,6 @@ def _label_json(label: Label) -> dict[str, Any]:
         "original_kind": label.original_kind,
         "original_geometry": label.original_geometry,
     }
-
-
-def _cluster_id(members: Iterable[tuple[str, str]]) -> str:
-    key = "|".join(sorted(f"{reader}/{lid}" for reader, lid in members))
-    return "consensus:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-
-
-def _majority_kind(kinds: Iterable[str]) -> str:
-    counts = Counter(kinds)
-    rank = {k: i for i, k in enumerate(KINDS)}
-    return min(counts, key=lambda k: (-counts[k], rank.get(k, len(rank)), k))
-
-
-def _clusters(items: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[str, dict[str, Any]]]]:
-    """Connected components of the IoU >= MATCH_IOU graph over (reader, label) items."""
-    parent = list(range(len(items)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    boxes = [bbox(lab["geometry"]) for _, lab in items]
-    for i, j in combinations(range(len(items)), 2):
-        if iou(boxes[i], boxes[j]) >= MATCH_IOU:
-            parent[find(i)] = find(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(items)):
-        groups.setdefault(find(i), []).append(i)
-    return [[items[i] for i in sorted(g)] for g in groups.values()]
-
-
-def _consensus_label(cluster: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    if len(cluster) == 1:
-        geometry = cluster[0][1]["geometry"]
-    else:
-        boxes = [bbox(lab["geometry"]) for _, lab in cluster]
-        geometry = {"type": "box",
-                    "box": [round(sum(b[k] for b in boxes) / len(boxes), 3) for k in range(4)]}
-    suspicion = [lab["score"] for _, lab in cluster if lab["source"] == "reader" and lab["score"] is not None]
-    members = sorted((reader, lab["label_id"]) for reader, lab in cluster)
-    return {
-        "label_id": _cluster_id(members),
-        "kind": _majority_kind(lab["kind"] for _, lab in cluster),
-        "geometry": geometry,
-        "box": [round(v, 3) for v in bbox(geometry)],
-        "readers": sorted({reader for reader, _ in cluster}),
-        "members": [{"reader": r, "label_id": lid} for r, lid in members],
-        "suspicion": max(suspicion) if suspicion else None,
-    }
-
-
-def consensus_for_image(readers: Mapping[str, Sequence[Mapping[str, Any]]], rule: ConsensusRule
-                        ) -> tuple[list[dict[str, Any]], str]:
-    """Consensus labels of one image and the rule actually applied.
-
-    Parameters
-    ----------
-    readers
-        Reader -> that reader's labels of the image (manifest label dicts); every reader
-        of the image is a key, even one with no positive label.
-    rule
-        The declared rule.
-
-    Returns
-    -------
-    (labels, source)
-        ``source`` is the rule applied: ``union``, ``majority``,
-        ``adjudicator:NAME``, or ``majority`` for an exam the adjudicator did not read.
-    """
-    if rule.name == "adjudicator" and rule.adjudicator in readers:
-        own = [(rule.adjudicator, dict(lab)) for lab in readers[rule.adjudicator] if lab["positive"]]
-        return [_consensus_label([item]) for item in own], str(rule)
-    items = [(reader, dict(lab)) for reader, labels in sorted(readers.items())
-             for lab in labels if lab["positive"]]
-    clusters = _clusters(items)
-    if rule.name == "union":
-        kept = clusters
-        source = "union"
-    else:
-        needed = len(readers) / 2
-        kept = [c for c in clusters if len({r for r, _ in c}) > needed]
-        source = "majority"
-    out = [_consensus_label(c) for c in kept]
-    out.sort(key=lambda lab: (lab["box"], lab["label_id"]))
-    return out, source
-
-
-def _exam_consensus(values: Mapping[str, Any], order: Sequence[Any], rule: ConsensusRule) -> Any:
-    given = {r: v for r, v in values.items() if v is not None}
-    if not given:
-        return None
-    rank = {v: i for i, v in enumerate(order)}
-    if rule.name == "adjudicator" and rule.adjudicator in given:
-        return given[rule.adjudicator]
-    if rule.name == "union":
-        return max(given.values(), key=lambda v: rank.get(v, -1))
-    counts = Counter(given.values())
-    return max(counts, key=lambda v: (counts[v], rank.get(v, -1)))
 
 
 # --------------------------------------------------------------------------- build
@@ -427,55 +220,12 @@ def _exam_entry_and_images(exam: ExamRecord, events: list[Event], conn: sqlite3.
         "reviewed": bool(folded),
         "readers": {r: {"birads": birads[r], "density": density[r], "model_version": versions[r]}
                     for r in sorted(folded)},
-        "consensus": {"birads": _exam_consensus(birads, _BIRADS_ORDER, rule),
-                      "density": _exam_consensus(density, _DENSITY_ORDER, rule)},
+        "consensus": {"birads": exam_consensus(birads, BIRADS_ORDER, rule),
+                      "density": exam_consensus(density, DENSITY_ORDER, rule)},
         "events": {"count": len(events), "last_hash": events[-1].hash if events else None},
         "images": [img.sop_uid for img in exam.images],
     }
     return exam_entry, images
-
-
-def _agreement(exams: list[dict[str, Any]], images: list[dict[str, Any]]) -> dict[str, Any]:
-    readers = sorted({r for e in exams for r in e["readers"]})
-    pairs = []
-    pooled = {"matched": 0, "lesions": 0}
-    for a, b in combinations(readers, 2):
-        n_images = n_a = n_b = matched = 0
-        for img in images:
-            if a in img["readers"] and b in img["readers"]:
-                n_images += 1
-                boxes_a = [lab["box"] for lab in img["readers"][a] if lab["positive"]]
-                boxes_b = [lab["box"] for lab in img["readers"][b] if lab["positive"]]
-                n_a += len(boxes_a)
-                n_b += len(boxes_b)
-                matched += match_count(boxes_a, boxes_b)
-        if not n_images:
-            continue
-        pooled["matched"] += 2 * matched
-        pooled["lesions"] += n_a + n_b
-        both = [e for e in exams if a in e["readers"] and b in e["readers"]]
-        birads = [(e["readers"][a]["birads"], e["readers"][b]["birads"]) for e in both
-                  if e["readers"][a]["birads"] is not None and e["readers"][b]["birads"] is not None]
-        density = [(e["readers"][a]["density"], e["readers"][b]["density"]) for e in both
-                   if e["readers"][a]["density"] is not None and e["readers"][b]["density"] is not None]
-        pairs.append({
-            "readers": [a, b], "exams": len(both), "images": n_images,
-            "lesions": {a: n_a, b: n_b}, "matched": matched,
-            "match_rate": round(2 * matched / (n_a + n_b), 6) if n_a + n_b else None,
-            "birads_kappa": {"n": len(birads), "kappa": cohen_kappa(birads)},
-            "density_kappa": {"n": len(density), "kappa": cohen_kappa(density)},
-        })
-    return {
-        "match_iou": MATCH_IOU,
-        "definition": "match_rate = 2 * matched / (lesions of reader A + lesions of reader B) over the "
-                      "images both read; lesions = positive labels (accepted AI marks and added "
-                      "findings), matched one-to-one greedily by IoU of bounding boxes >= match_iou; "
-                      "kappa = Cohen's kappa over the exams both assessed",
-        "readers": readers,
-        "pairs": pairs,
-        "overall_match_rate": (round(pooled["matched"] / pooled["lesions"], 6)
-                               if pooled["lesions"] else None),
-    }
 
 
 def build_manifest(archive_file: str | Path | None = None, *, rule: str | ConsensusRule = "union",
@@ -559,7 +309,7 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
         "coordinates": "stored-image pixels; x = column, y = row; boxes [x0, y0, x1, y1] half-open",
         "readers": readers,
         "counts": counts,
-        "agreement": _agreement(exams, images),
+        "agreement": agreement(exams, images),
         "exams": exams,
         "images": images,
         "audit_head": audit_head,
@@ -656,7 +406,7 @@ def create_snapshot(archive_file: str | Path | None = None, *, rule: str | Conse
     folder = datasets_dir(archive_file)
     path = folder / f"{digest}.json"
     if path.exists():
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if sha256_file(path) != digest:
             raise DatasetError(f"{path} exists but does not match its name (tampered?)")
     else:
         _write_read_only(path, data)
@@ -668,7 +418,7 @@ def create_snapshot(archive_file: str | Path | None = None, *, rule: str | Conse
                 """INSERT OR IGNORE INTO dataset_snapshots (sha256, created_at, name, description, role,
                    consensus, exams, images, readers, labels, consensus_labels, manifest)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (digest, _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), name, description,
+                (digest, utc_now(), name, description,
                  role, str(ConsensusRule.parse(rule)), counts["exams"], counts["images"],
                  counts["readers"], counts["labels"], counts["consensus_labels"],
                  f"datasets/{digest}.json"))

@@ -19,11 +19,13 @@ well-defined version.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 __all__ = [
     "MIGRATIONS",
@@ -544,16 +546,36 @@ def connect(
 
 
 class Connected:
-    """Base for the archive's table owners: one migrated connection, closed on exit."""
+    """Base for the archive's table owners: one migrated connection, closed on exit.
+
+    Every connection to the archive file is opened here. ``close`` is idempotent and
+    thread-safe (under ``_lock``, which subclasses also hold around their statements);
+    :attr:`conn` raises :class:`sqlite3.ProgrammingError` once closed.
+    """
+
+    #: what the error after :meth:`close` calls the object ("archive is closed")
+    closed_name = "database"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.conn = connect(self.path)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = connect(self.path)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The open connection (raises once closed)."""
+        if self._conn is None:
+            raise sqlite3.ProgrammingError(f"{self.closed_name} is closed")
+        return self._conn
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the database connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    def __enter__(self):  # noqa: ANN204 - returns the subclass instance
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,7 +21,6 @@ survives a crash or a killed process.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import logging
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mammotriage.clock import utc_now
+from mammotriage.dicom.vocab import FINDING_KINDS
 from mammotriage.store import db
 from mammotriage.store.audit import AuditAnchor, AuditKey, FileAnchor, Head
 
@@ -54,7 +55,7 @@ ACTIONS = frozenset({
     "undo",          # the target event no longer counts
     "redo",          # an undone event counts again
 })
-KINDS = ("mass", "calcification", "architectural distortion", "asymmetry")
+KINDS = FINDING_KINDS  # the finding kinds a reader may record (mammotriage.dicom.vocab)
 IMAGE_ACTIONS = frozenset({"accept", "reject", "adjust", "change_kind", "add", "delete"})
 _FIELDS = ("event_id", "at", "reader", "workstation", "exam_key", "study_uid", "series_uid", "sop_uid",
            "pixel_sha256", "model_version", "action", "target", "kind", "geometry", "payload", "prev_hash")
@@ -131,10 +132,6 @@ def validate_geometry(geometry: dict[str, Any] | None) -> dict[str, Any] | None:
     raise CorrectionError(f"unknown geometry type {kind!r}")
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-
-
 class CorrectionLog(db.Connected):
     """The append-only event log in the archive database."""
 
@@ -189,7 +186,7 @@ class CorrectionLog(db.Connected):
             raise CorrectionError("a reader name must be 1-64 characters")
         with db.transaction(self.conn):
             self.conn.execute("INSERT OR IGNORE INTO readers (name, full_name, created_at) VALUES (?, ?, ?)",
-                              (name, full_name, _now()))
+                              (name, full_name, utc_now("microseconds")))
 
     def readers(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM readers ORDER BY name")]
@@ -232,7 +229,7 @@ class CorrectionLog(db.Connected):
             raise CorrectionError("an amendment needs a reason")
         geometry = validate_geometry(geometry)
         fields = {
-            "event_id": str(uuid.uuid4()), "at": _now(), "reader": reader, "workstation": self.workstation,
+            "event_id": str(uuid.uuid4()), "at": utc_now("microseconds"), "reader": reader, "workstation": self.workstation,
             "exam_key": exam_key, "study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid,
             "pixel_sha256": pixel_sha256, "model_version": model_version, "action": action,
             "target": target, "kind": kind,

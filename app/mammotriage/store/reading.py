@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import getpass
 
+from mammotriage.clock import utc_now
 from mammotriage.store import db
 
 
@@ -25,7 +25,7 @@ class InitialReads(db.Connected):
         with db.transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO initial_reads (exam_key, reader, birads, at) VALUES (?, ?, ?, ?)",
-                (exam_key, reader, int(birads), _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")))
+                (exam_key, reader, int(birads), utc_now()))
 
     def latest(self, exam_key: str, reader: str) -> int | None:
         row = self.conn.execute(

@@ -12,17 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.uid import RLELossless
 
-from mammotriage.dicom.results import (
-    AlgorithmInfo,
-    FindingRecord,
-    save_dataset,
-    write_findings_sr,
-    write_suspicion_seg,
-)
+from mammotriage.dicom.seg import write_suspicion_seg
+from mammotriage.dicom.sr import AlgorithmInfo, FindingRecord, save_dataset, write_findings_sr
 from mammotriage.store import Archive
 
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+RLE_LOSSLESS = RLELossless
 
 
 def _folder_name(exam_key: str) -> str:

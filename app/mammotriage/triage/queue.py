@@ -23,14 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from mammotriage.clock import utc_datetime, utc_now
 from mammotriage.model.scoring import breast_scores, exam_score
 from mammotriage.store import db
 
 STATUSES = ("pending", "running", "done", "failed")
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ class TriageQueue(db.Connected):
         ``settle_s``: only exams whose last image arrived at least that long ago, so an
         exam still being received (or imported) is not analysed half-complete.
         """
-        cutoff = (_dt.datetime.now(_dt.UTC) - _dt.timedelta(seconds=settle_s)).isoformat(timespec="seconds")
+        cutoff = (utc_datetime() - _dt.timedelta(seconds=settle_s)).isoformat(timespec="seconds")
         with db.transaction(self.conn):
             cur = self.conn.execute(
                 """
@@ -109,7 +106,7 @@ class TriageQueue(db.Connected):
                 ON CONFLICT (exam_key, model_version) DO UPDATE
                 SET status = 'pending', attempts = 0, reason = NULL, started_at = NULL, finished_at = NULL
                 """,
-                (exam_key, model_version, _now()),
+                (exam_key, model_version, utc_now("milliseconds")),
             )
 
     def prioritize(self, exam_key: str, model_version: str) -> bool:
@@ -139,7 +136,7 @@ class TriageQueue(db.Connected):
                 UPDATE triage_jobs SET status = 'running', started_at = ?, attempts = attempts + 1
                 WHERE exam_key = ? AND model_version = ?
                 """,
-                (_now(), row["exam_key"], model_version),
+                (utc_now("milliseconds"), row["exam_key"], model_version),
             )
         return Job(row["exam_key"], model_version, "running", row["priority"], row["enqueued_at"],
                    row["attempts"] + 1, None)
@@ -151,7 +148,7 @@ class TriageQueue(db.Connected):
                 UPDATE triage_jobs SET status = 'failed', reason = ?, finished_at = ?
                 WHERE exam_key = ? AND model_version = ?
                 """,
-                (reason[:2000], _now(), job.exam_key, job.model_version),
+                (reason[:2000], utc_now("milliseconds"), job.exam_key, job.model_version),
             )
 
     def recover(self) -> int:
@@ -163,7 +160,7 @@ class TriageQueue(db.Connected):
                        reason = 'worker stopped during analysis ' || attempts || ' times'
                 WHERE status = 'running' AND attempts >= ?
                 """,
-                (_now(), self.max_attempts),
+                (utc_now("milliseconds"), self.max_attempts),
             ).rowcount
             back = self.conn.execute("UPDATE triage_jobs SET status = 'pending' WHERE status = 'running'").rowcount
         return back + failed
@@ -191,7 +188,7 @@ class TriageQueue(db.Connected):
             written.append((item["sop_uid"], rel, item.get("map_factor")))
         breasts = breast_scores((i.get("laterality"), i.get("view"), float(i["score"])) for i in images)
         score = exam_score(breasts, (float(i["score"]) for i in images))
-        created = _now()
+        created = utc_now("milliseconds")
         with db.transaction(self.conn):
             for item, (sop, rel, factor) in zip(images, written, strict=True):
                 self.conn.execute(

@@ -3,7 +3,7 @@
 When a reader signs an exam (a ``sign`` correction event), their final labels (accepted
 AI marks, adjusted and re-kinded marks, findings they drew) and the signed per-breast
 assessment are written as one Comprehensive SR per study
-(:func:`~mammotriage.dicom.results.write_reader_findings_sr`) to
+(:func:`~mammotriage.dicom.sr.write_reader_findings_sr`) to
 ``<data dir>/results/reader/<exam>/`` and handed to the outbox (a no-op unless the
 site sends results).
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import pydicom
 from pydicom.sr.coding import Code
 
-from mammotriage.dicom.results import ReaderFindingRecord, save_dataset, write_reader_findings_sr
+from mammotriage.dicom.sr import ReaderFindingRecord, save_dataset, write_reader_findings_sr
 from mammotriage.store import Archive
 from mammotriage.store.assessment import BIRADS, DENSITY
 from mammotriage.store.events import CorrectionLog

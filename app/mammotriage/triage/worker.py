@@ -116,7 +116,7 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
         on_error(f"exam {job.exam_key} analysed with problems: " + "; ".join(problems))
     if results_dir is not None:
         try:
-            from mammotriage.dicom.results import AlgorithmInfo
+            from mammotriage.dicom.content import AlgorithmInfo
             from mammotriage.triage.dicom_results import write_exam_results
 
             name = str(model.metadata.get("name") or "mammotriage-detector")

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from mammotriage.config import archive_path, data_dir
 from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
+from mammotriage.dicom.vocab import breast_side, projection_family
 from mammotriage.lifetime import die_with_parent
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
@@ -460,7 +461,7 @@ class MainWindow(QMainWindow):
             return
         self._extra_index = (self._extra_index + 1) % len(self.extras)
         image = self.extras[self._extra_index]
-        slot = ("R" if image.laterality.value == "R" else "L") + ("CC" if image.view.value in ("CC", "XCCL", "XCCM", "FB") else "MLO")
+        slot = breast_side(image.laterality) + ("CC" if projection_family(image.view) == "CC" else "MLO")
         self.current_paths[slot] = image.path
         self._shown_emitted = True
         view = self.loader.request(image.path)
