@@ -93,6 +93,30 @@ def test_failed_migration_rolls_back_and_keeps_version(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_migration_11_upgrades_an_existing_v10_archive(tmp_path: Path) -> None:
+    path = tmp_path / "v10.sqlite"
+    old = db.connect(path, migrations=db.MIGRATIONS[:10])
+    assert db.schema_version(old) == 10
+    old.execute("INSERT INTO studies (study_uid, patient_id, study_date, exam_key) VALUES ('1.2', 'P1', "
+                "'2024-01-02', 'E1')")
+    old.execute("INSERT INTO triage_jobs (exam_key, model_version, status, enqueued_at) "
+                "VALUES ('E1', 'v1', 'done', '2024-01-02T00:00:00')")
+    old.close()
+    conn = db.connect(path)  # what the new program does on start
+    try:
+        assert db.schema_version(conn) == SCHEMA_VERSION >= 11
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"inference_times", "inference_times_weights", "triage_jobs_version", "ai_exam_results_version",
+                "studies_date", "studies_patient"} <= names
+        assert conn.execute("SELECT exam_key FROM studies").fetchall()[0][0] == "E1"  # rows kept
+        assert conn.execute("SELECT status FROM triage_jobs").fetchall()[0][0] == "done"
+        with pytest.raises(sqlite3.IntegrityError):  # an exam without views has no per-view time
+            conn.execute("INSERT INTO inference_times (weights_sha256, model_version, views, seconds, per_view_s,"
+                         " at) VALUES ('ab', 'v1', 0, 1.0, 1.0, 'now')")
+    finally:
+        conn.close()
+
+
 def test_default_archive_lives_under_mammotriage_home(isolated_home: Path) -> None:
     with Archive() as archive:
         assert archive.path == (isolated_home / "archive.sqlite").resolve()

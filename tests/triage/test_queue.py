@@ -104,6 +104,36 @@ def test_oldest_first_and_opened_exam_jumps_the_queue(setup) -> None:
     assert second.exam_key == "1.2.3.1"
 
 
+def test_etas_follow_claim_order_from_the_measured_per_view_p95(setup) -> None:
+    archive, queue, model, tmp = setup
+    queue.sync("test-1")
+    assert queue.per_view_p95(model.weights_sha256) is None
+    assert queue.etas("test-1", None) == {}  # nothing measured yet: no ETA rather than a guess
+    first = process_one(queue, archive, model, tmp / "maps")  # analysing measures the weights
+    assert first.exam_key == "1.2.3.1"
+    (row,) = queue.conn.execute("SELECT views, seconds, per_view_s FROM inference_times").fetchall()
+    assert row["views"] == 4 and row["seconds"] > 0 and row["per_view_s"] == pytest.approx(row["seconds"] / 4)
+    assert queue.per_view_p95(model.weights_sha256) == pytest.approx(row["per_view_s"])
+    assert queue.per_view_p95("cd" * 32) is None  # other weights are not measured by it
+    for seconds in (4.0, 8.0, 2000.0):  # the p95 of the window, not the mean or the worst
+        queue.record_time("ef" * 32, "test-2", 4, seconds)
+    assert 2.0 <= queue.per_view_p95("ef" * 32) <= 500.0
+    queue.prioritize("1.2.3.3", "test-1")
+    etas = queue.etas("test-1", 1.5)
+    assert list(etas) == ["1.2.3.3", "1.2.3.2"]  # claim order; the done exam has none
+    assert etas["1.2.3.3"] == pytest.approx(6.0) and etas["1.2.3.2"] == pytest.approx(12.0)
+    two = queue.etas("test-1", 1.5, workers=2)  # two workers take one exam each
+    assert two["1.2.3.3"] == pytest.approx(6.0) and two["1.2.3.2"] == pytest.approx(6.0)
+    job = queue.claim_next("test-1")  # running: what it has spent already is taken off
+    assert job.exam_key == "1.2.3.3"
+    running = queue.etas("test-1", 1.5)
+    assert 0.0 <= running["1.2.3.3"] <= 6.0 and running["1.2.3.2"] == pytest.approx(running["1.2.3.3"] + 6.0)
+    entries = build_worklist(archive.exams(), queue.jobs("test-1"), queue.exam_results(), "test-1", None,
+                             etas=running)
+    by_key = {e.exam.exam_key: e for e in entries}
+    assert by_key["1.2.3.1"].eta_s == 0.0 and by_key["1.2.3.2"].eta_s == running["1.2.3.2"]
+
+
 def test_results_stored_with_version_hash_and_maps(setup) -> None:
     archive, queue, model, tmp = setup
     queue.sync("test-1")

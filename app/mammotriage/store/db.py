@@ -400,10 +400,33 @@ _V10_PATIENT_ISSUER = Migration(
     steps=("ALTER TABLE studies ADD COLUMN patient_id_issuer TEXT NOT NULL DEFAULT ''",),
 )
 
+_V11_SCALE = Migration(
+    name="speed: measured per-view inference times (queue ETAs); indexes for a 10,000-exam worklist",
+    steps=(
+        """
+        CREATE TABLE inference_times (
+            id             INTEGER PRIMARY KEY AUTOINCREMENT,
+            weights_sha256 TEXT NOT NULL,           -- the model measured (whatever its version name)
+            model_version  TEXT NOT NULL,
+            views          INTEGER NOT NULL CHECK (views > 0),
+            seconds        REAL NOT NULL CHECK (seconds >= 0),  -- read + model + store, one exam
+            per_view_s     REAL NOT NULL CHECK (per_view_s >= 0),
+            at             TEXT NOT NULL            -- UTC ISO 8601
+        )
+        """,
+        "CREATE INDEX inference_times_weights ON inference_times (weights_sha256, id)",
+        # the queue of one model version in claim order (worklist, ETAs, counts)
+        "CREATE INDEX triage_jobs_version ON triage_jobs (model_version, status, priority DESC, enqueued_at)",
+        "CREATE INDEX ai_exam_results_version ON ai_exam_results (model_version, score)",
+        "CREATE INDEX studies_date ON studies (study_date, patient_id)",
+        "CREATE INDEX studies_patient ON studies (patient_id)",
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
 MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS,
                                _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY, _V8_AUDIT_ANCHOR,
-                               _V9_REGISTRY_APPEND_ONLY, _V10_PATIENT_ISSUER]
+                               _V9_REGISTRY_APPEND_ONLY, _V10_PATIENT_ISSUER, _V11_SCALE]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -105,12 +105,15 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
     job = queue.claim_next(model.version)
     if job is None:
         return None
+    started = time.perf_counter()
     try:
         images, problems = analyse_exam(model, archive, job.exam_key)
         result = queue.complete(job, model.weights_sha256, images, maps_dir=maps_dir)
     except Exception as exc:  # noqa: BLE001 - a failing exam never blocks the queue
         queue.fail(job, f"{type(exc).__name__}: {exc}")
         return job
+    # the measured time per view feeds the queue's ETAs (DICOM results below are not waited for)
+    queue.record_time(model.weights_sha256, model.version, len(images), time.perf_counter() - started)
     if problems and on_error is not None:
         # scored on the views that could be read, or with an attribute set aside: said
         on_error(f"exam {job.exam_key} analysed with problems: " + "; ".join(problems))

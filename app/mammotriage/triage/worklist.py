@@ -93,6 +93,7 @@ class WorklistEntry:
     model_version: str | None  # version of the result shown
     stale: bool  # the result shown comes from an older model than the current one
     reason: str | None = None
+    eta_s: float | None = None  # expected seconds to the current model's result (0 when done)
 
     @property
     def score_100(self) -> int | None:
@@ -101,9 +102,12 @@ class WorklistEntry:
 
 def build_worklist(exams: Sequence[ExamRecord], jobs: Sequence[Job], results: dict[str, list[ExamResult]],
                    current_version: str | None, points: OperatingPoints | None,
-                   current_sha256: str | None = None) -> list[WorklistEntry]:
+                   current_sha256: str | None = None, etas: dict[str, float] | None = None
+                   ) -> list[WorklistEntry]:
     """Entries ordered most suspicious first (see the module docstring). A result made by
-    the current weights (``current_sha256``) is current whatever version name it carries."""
+    the current weights (``current_sha256``) is current whatever version name it carries.
+    ``etas``: expected seconds to the result of waiting exams (:meth:`TriageQueue.etas`)."""
+    etas = etas or {}
     job_by_exam = {j.exam_key: j for j in jobs if j.model_version == current_version}
     entries = []
     for exam in exams:
@@ -133,7 +137,8 @@ def build_worklist(exams: Sequence[ExamRecord], jobs: Sequence[Job], results: di
         entries.append(WorklistEntry(
             exam=exam, status=status, category=category, score=shown.score if shown else None,
             breasts=breasts, model_version=shown.model_version if shown else None,
-            stale=shown is not None and current is None, reason=job.reason if job else None))
+            stale=shown is not None and current is None, reason=job.reason if job else None,
+            eta_s=0.0 if status == "done" else etas.get(exam.exam_key)))
 
     def key(e: WorklistEntry) -> tuple:
         date = e.exam.study_date.toordinal() if e.exam.study_date else 0
@@ -183,8 +188,9 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
     with ModelRegistry(archive_file) as registry:
         registry.ensure_shipped()
         active = registry.active()
-    version, points = None, None
+    version, points, sha = None, None, None
     if active is not None:
+        sha = active.weights_sha256
         version = active.version
         try:
             points = OperatingPoints.resolve(read_metadata(active.path), home / "triage.json")
@@ -193,7 +199,8 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
     with Archive(archive_file) as archive, TriageQueue(archive_file) as queue, \
             CorrectionLog(archive_file) as log, InitialReads(archive_file) as initial:
         exams = archive.exams()
-        entries = build_worklist(exams, queue.jobs(version), queue.exam_results(), version, points)
+        etas = queue.etas(version, queue.per_view_p95(sha)) if version and sha else {}
+        entries = build_worklist(exams, queue.jobs(version), queue.exam_results(), version, points, etas=etas)
         revealed = initial.exams_read(reader)
         reads = read_states(log.conn)
     blind = {e.exam_key for e in exams if e.exam_key not in revealed} if mode == "after read" else set()
@@ -211,6 +218,7 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
             "accessions": [a for a in exam.accessions if a],
             "views": list(exam.views),
             "ai_status": entry.status,
+            "eta_s": None if entry.eta_s is None else round(entry.eta_s, 1),
         }
         if exam.exam_key not in blind:
             row["ai_category"] = entry.category
@@ -224,6 +232,19 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
             "policy": policy.source or None, "reader": reader, "exams": rows}
 
 
+def eta_text(eta_s: float | None) -> str:
+    """A waiting exam's expected time to its AI result, for people ('' when unknown)."""
+    if eta_s is None:
+        return ""
+    if eta_s < 1.0:
+        return "result due now"
+    if eta_s < 90:
+        return f"result in ~{eta_s:.0f} s"
+    if eta_s < 5400:
+        return f"result in ~{eta_s / 60:.0f} min"
+    return f"result in ~{eta_s / 3600:.1f} h"
+
+
 def listing_text(listing: dict[str, Any]) -> str:
     """The listing as a table (one exam a line)."""
     lines = [f"model {listing['model_version'] or 'none'} · AI {listing['reading_mode']}"
@@ -231,6 +252,8 @@ def listing_text(listing: dict[str, Any]) -> str:
     lines.append(f"{'#':>3}  {'patient':<16} {'date':<10}  {'AI':<22} {'score':>5}  {'read':<22} priors  study")
     for n, row in enumerate(listing["exams"], 1):
         ai = row.get("ai_category", "hidden" if row["ai_status"] == "done" else row["ai_status"])
+        if row["ai_status"] in ("pending", "running") and row.get("eta_s") is not None:
+            ai = f"{ai} {eta_text(row['eta_s']).removeprefix('result ')}"
         score = row.get("ai_score")
         read = row["read_state"] + (f" ({row['reader']})" if row["reader"] else "")
         lines.append(f"{n:>3}  {row['patient_id'][:16]:<16} {row['date'] or '-':<10}  {ai[:22]:<22} "
