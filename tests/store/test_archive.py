@@ -107,7 +107,7 @@ def test_migration_11_upgrades_an_existing_v10_archive(tmp_path: Path) -> None:
         assert db.schema_version(conn) == SCHEMA_VERSION >= 11
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         assert {"inference_times", "inference_times_weights", "triage_jobs_version", "ai_exam_results_version",
-                "studies_date", "studies_patient"} <= names
+                "studies_worklist"} <= names
         assert conn.execute("SELECT exam_key FROM studies").fetchall()[0][0] == "E1"  # rows kept
         assert conn.execute("SELECT status FROM triage_jobs").fetchall()[0][0] == "done"
         with pytest.raises(sqlite3.IntegrityError):  # an exam without views has no per-view time

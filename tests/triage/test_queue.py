@@ -211,6 +211,74 @@ def test_worklist_orders_by_suspicion_pending_never_normal(setup) -> None:
     assert all(e.category == "pending" for e in entries)
 
 
+def test_paged_worklist_query_agrees_with_the_full_worklist(setup) -> None:
+    from mammotriage.triage.worklist import PAGE_FILTERS, worklist_page
+
+    archive, queue, model, tmp = setup
+    points = OperatingPoints(suspicious=0.5, likely_normal=0.1)
+    queue.sync("test-1")
+    process_one(queue, archive, model, tmp / "maps")  # NORMAL1 done, the others pending
+    process_one(queue, archive, model, tmp / "maps")  # CANCER1 done
+    full = build_worklist(archive.exams(), queue.jobs(), queue.exam_results(), "test-1", points)
+    total, rows = worklist_page(queue.conn, "test-1", points)
+    assert total == 3 and [r["exam_key"] for r in rows] == [e.exam.exam_key for e in full]
+    assert [r["ai_category"] for r in rows] == ["suspicious", "pending", "likely normal"]
+    assert [r["ai_status"] for r in rows] == [e.status for e in full]
+    assert rows[0]["patient_id"] == "CANCER1" and rows[0]["study_uids"] == ["1.2.3.2"]
+    counts = {name: worklist_page(queue.conn, "test-1", points, filter=name)[0] for name in PAGE_FILTERS}
+    assert counts == {"all": 3, "suspicious": 1, "likely normal": 1, "AI pending": 1}
+    assert [r["exam_key"] for r in worklist_page(queue.conn, "test-1", points, search="normal")[1]] == [
+        "1.2.3.3", "1.2.3.1"]  # case-insensitive, in triage order
+    assert worklist_page(queue.conn, "test-1", points, search="50%_")[0] == 0  # wildcards are literal
+    page = worklist_page(queue.conn, "test-1", points, sort="patient", offset=1, limit=1)
+    assert page[0] == 3 and [r["patient_id"] for r in page[1]] == ["NORMAL1"]
+    assert worklist_page(queue.conn, "test-2", points)[1][0]["ai_status"] == "not queued"
+    with pytest.raises(ValueError):
+        worklist_page(queue.conn, "test-1", points, sort="size")
+
+
+def _plan(conn, sql: str, params: tuple = ()) -> list[str]:
+    return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
+
+def test_worklist_and_queue_queries_use_indexes_not_table_scans(setup) -> None:
+    """The query plans (not timings) of what the worklist runs at 10,000 exams."""
+    import mammotriage.triage.worklist as worklist
+
+    _, queue, _, _ = setup
+    plans: list[list[str]] = []
+
+    class Planner:  # runs each statement and records SQLite's plan for it
+        def __init__(self, conn) -> None:
+            self.conn = conn
+
+        def execute(self, sql: str, params: tuple = ()):
+            plans.append(_plan(self.conn, sql, params))
+            return self.conn.execute(sql, params)
+
+    points = OperatingPoints(suspicious=0.5, likely_normal=0.1)
+    for kwargs in ({}, {"filter": "suspicious", "sort": "date"}, {"search": "NORMAL"}):
+        worklist.worklist_page(Planner(queue.conn), "test-1", points, **kwargs)
+    for plan in plans:
+        text = " | ".join(plan)
+        assert "SCAN s USING COVERING INDEX studies_worklist" in text, text  # never the studies rows
+        assert "images" not in text  # nor the image table (4 rows an exam)
+        assert "SEARCH r USING INDEX sqlite_autoindex_ai_exam_results_1" in text, text
+        assert "SEARCH j USING INDEX sqlite_autoindex_triage_jobs_1" in text, text
+    queue.conn = Planner(queue.conn)  # the queue's own statements, planned the same way
+    try:
+        queue.jobs("test-1")
+        queue.counts("test-1")
+        queue.per_view_p95("ab" * 32)
+        queue.etas("test-1", 1.0)
+    finally:
+        queue.conn = queue.conn.conn
+    text = " | ".join(" | ".join(p) for p in plans[3:])
+    assert "SCAN" not in text, text
+    assert text.count("USING INDEX triage_jobs_version") + text.count("USING COVERING INDEX triage_jobs_version") == 3
+    assert "USING INDEX inference_times_weights" in text and "USING INDEX images_study" in text
+
+
 def test_operating_points_from_metadata_and_site_file(tmp_path) -> None:
     meta = {"operating_points": {"suspicious": {"threshold": 0.4, "sensitivity": 0.9},
                                  "likely_normal": {"threshold": 0.05}}}

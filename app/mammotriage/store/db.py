@@ -418,8 +418,11 @@ _V11_SCALE = Migration(
         # the queue of one model version in claim order (worklist, ETAs, counts)
         "CREATE INDEX triage_jobs_version ON triage_jobs (model_version, status, priority DESC, enqueued_at)",
         "CREATE INDEX ai_exam_results_version ON ai_exam_results (model_version, score)",
-        "CREATE INDEX studies_date ON studies (study_date, patient_id)",
-        "CREATE INDEX studies_patient ON studies (patient_id)",
+        # the paged worklist groups studies into exams from this index alone (no table rows)
+        """
+        CREATE INDEX studies_worklist ON studies
+            (exam_key, study_date, patient_id, patient_name, accession, study_uid)
+        """,
     ),
 )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,68 @@ def order_for_reading(entries: list[WorklistEntry], blind: set[str], triage_orde
         return sorted(entries, key=lambda e: (-(e.exam.study_date.toordinal() if e.exam.study_date else 0),
                                               e.exam.exam_key))
     return list(entries)
+
+
+#: Orders and filters :func:`worklist_page` does in SQL.
+PAGE_SORTS = ("triage", "date", "patient")
+PAGE_FILTERS = ("all", "suspicious", "likely normal", "AI pending")
+_PAGE_ORDER = {"triage": "rank, score_key DESC, study_date DESC, exam_key",
+               "date": "study_date DESC, exam_key", "patient": "patient_id, study_date DESC, exam_key"}
+_PAGE_WHERE = {"all": "", "suspicious": "WHERE rank = 0", "likely normal": "WHERE rank = 3",
+               "AI pending": "WHERE status != 'done'"}
+
+
+def worklist_page(conn: sqlite3.Connection, model_version: str | None, points: OperatingPoints | None, *,
+                  sort: str = "triage", filter: str = "all", search: str = "", offset: int = 0,
+                  limit: int = 200) -> tuple[int, list[dict[str, Any]]]:
+    """One page of the worklist, ordered and filtered by SQLite (indexes, no image rows):
+    ``(matching exams, rows)``. The triage order is :func:`build_worklist`'s (category,
+    then score, then newest); ``search`` matches patient ID, name or accession.
+
+    For archives of tens of thousands of exams, where building every :class:`ExamRecord`
+    (:meth:`Archive.exams`) takes longer than a reader should wait."""
+    if sort not in _PAGE_ORDER or filter not in _PAGE_WHERE:
+        raise ValueError(f"unknown worklist sort {sort!r} or filter {filter!r}")
+    sus, norm = (points.suspicious, points.likely_normal) if points is not None else (2.0, -1.0)
+    where = _PAGE_WHERE[filter]
+    params: list[Any] = [model_version or "", model_version or "", sus, norm]
+    match = ""
+    if search.strip():
+        match = ("WHERE s.patient_id LIKE ? ESCAPE '\\' OR s.patient_name LIKE ? ESCAPE '\\' "
+                 "OR s.accession LIKE ? ESCAPE '\\'")
+        like = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        params = [like, like, like, *params]
+    sql = f"""
+        WITH ex AS (
+            SELECT s.exam_key, MIN(s.patient_id) AS patient_id, MIN(s.patient_name) AS patient_name,
+                   MIN(s.study_date) AS study_date, GROUP_CONCAT(s.study_uid, ' ') AS study_uids,
+                   GROUP_CONCAT(NULLIF(s.accession, ''), ' ') AS accessions
+            FROM studies s {match} GROUP BY s.exam_key
+        ), rows AS (
+            SELECT ex.*, r.score AS score,
+                   CASE WHEN r.score IS NOT NULL THEN 'done' WHEN j.status IS NULL THEN 'not queued'
+                        WHEN j.status = 'done' THEN 'pending' ELSE j.status END AS status,
+                   COALESCE(r.score, -1.0) AS score_key,
+                   CASE WHEN r.score IS NULL THEN 1 WHEN r.score >= ? THEN 0 WHEN r.score < ? THEN 3 ELSE 2 END
+                       AS rank
+            FROM ex
+            LEFT JOIN ai_exam_results r ON r.exam_key = ex.exam_key AND r.model_version = ?
+            LEFT JOIN triage_jobs j ON j.exam_key = ex.exam_key AND j.model_version = ?
+        )
+        SELECT *, COUNT(*) OVER () AS matching FROM rows {where}
+        ORDER BY {_PAGE_ORDER[sort]} LIMIT ? OFFSET ?
+        """
+    # the thresholds come after the version parameters in the text above
+    *head, v1, v2, t1, t2 = params
+    rows = conn.execute(sql, (*head, t1, t2, v1, v2, int(limit), int(offset))).fetchall()
+    total = int(rows[0]["matching"]) if rows else 0
+    names = ("suspicious", "pending", "indeterminate", "likely normal")
+    out = [{"exam_key": r["exam_key"], "patient_id": r["patient_id"], "patient_name": r["patient_name"],
+            "date": r["study_date"], "study_uids": (r["study_uids"] or "").split(),
+            "accessions": (r["accessions"] or "").split(), "ai_status": r["status"], "ai_score": r["score"],
+            "ai_category": (names[r["rank"]] if r["score"] is not None and points is not None else
+                            "indeterminate" if r["score"] is not None else r["status"])} for r in rows]
+    return total, out
 
 
 def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) -> dict[str, Any]:
