@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exams", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3, help="exams analysed first to measure the model")
+    parser.add_argument("--warmup", type=int, default=4, help="exams analysed first to measure the model")
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--columns", type=int, default=832)
     parser.add_argument("--threads", type=int, default=1)
@@ -67,6 +68,9 @@ def main() -> None:
             while (outcome := process_one(queue, archive, model, maps)) is not None:
                 actual[outcome.exam_key] = time.monotonic() - start
         keys = [k for k in etas if k in actual]
+        with TriageQueue(archive_file) as queue:
+            measured = [r[0] for r in queue.conn.execute("SELECT seconds FROM inference_times ORDER BY id")]
+        print("exam seconds (warm-up, then the queue):", " ".join(f"{v:.1f}" for v in measured), file=sys.stderr)
         err = np.array([(etas[k] - actual[k]) / actual[k] for k in keys]) * 100
         print(f"queue_exams {len(keys)}")
         print(f"per_view_p95_s {p95:.3f}")

@@ -112,8 +112,6 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
     except Exception as exc:  # noqa: BLE001 - a failing exam never blocks the queue
         queue.fail(job, f"{type(exc).__name__}: {exc}")
         return job
-    # the measured time per view feeds the queue's ETAs (DICOM results below are not waited for)
-    queue.record_time(model.weights_sha256, model.version, len(images), time.perf_counter() - started)
     if problems and on_error is not None:
         # scored on the views that could be read, or with an attribute set aside: said
         on_error(f"exam {job.exam_key} analysed with problems: " + "; ".join(problems))
@@ -131,6 +129,8 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
         except Exception as exc:  # noqa: BLE001 - the triage result stands; report the DICOM problem
             if on_error is not None:
                 on_error(f"DICOM results for {job.exam_key} not written: {type(exc).__name__}: {exc}")
+    # the queue's ETAs: per view, everything the worker did for the exam before the next one
+    queue.record_time(model.weights_sha256, model.version, len(images), time.perf_counter() - started)
     return result
 
 
