@@ -106,10 +106,23 @@ def test_migration_11_upgrades_an_existing_v10_archive(tmp_path: Path) -> None:
     try:
         assert db.schema_version(conn) == SCHEMA_VERSION >= 11
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-        assert {"inference_times", "inference_times_weights", "triage_jobs_version", "ai_exam_results_version",
-                "studies_worklist"} <= names
+        assert {"inference_times", "inference_times_weights", "triage_jobs_version", "exam_index",
+                "exam_index_insert", "exam_index_date"} <= names
         assert conn.execute("SELECT exam_key FROM studies").fetchall()[0][0] == "E1"  # rows kept
         assert conn.execute("SELECT status FROM triage_jobs").fetchall()[0][0] == "done"
+        # the per-exam index is filled from the existing studies, then kept by triggers
+        assert [tuple(r) for r in conn.execute("SELECT exam_key, patient_id, study_date, study_uids "
+                                               "FROM exam_index")] == [("E1", "P1", "2024-01-02", "1.2")]
+        conn.execute("INSERT INTO studies (study_uid, patient_id, study_date, accession, exam_key) "
+                     "VALUES ('1.1', 'P1', '2024-01-01', 'ACC9', 'E1')")
+        conn.execute("INSERT INTO studies (study_uid, patient_id, exam_key) VALUES ('1.3', 'P2', 'E2')")
+        rows = {r[0]: tuple(r) for r in conn.execute("SELECT * FROM exam_index")}
+        assert rows["E1"] == ("E1", "P1", "", "2024-01-01", "ACC9", "1.1 1.2")  # earliest date, UID order
+        assert rows["E2"] == ("E2", "P2", "", None, "", "1.3")
+        conn.execute("UPDATE studies SET exam_key = 'E2' WHERE study_uid = '1.1'")
+        conn.execute("DELETE FROM studies WHERE study_uid = '1.2'")
+        rows = {r[0]: tuple(r) for r in conn.execute("SELECT exam_key, study_uids FROM exam_index")}
+        assert rows == {"E2": ("E2", "1.1 1.3")}
         with pytest.raises(sqlite3.IntegrityError):  # an exam without views has no per-view time
             conn.execute("INSERT INTO inference_times (weights_sha256, model_version, views, seconds, per_view_s,"
                          " at) VALUES ('ab', 'v1', 0, 1.0, 1.0, 'now')")

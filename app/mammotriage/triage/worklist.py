@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mammotriage.dicom.hanging import split_view_patient_id
 from mammotriage.model.scoring import category
 from mammotriage.store.archive import ExamRecord
 from mammotriage.triage.queue import ExamResult, Job
@@ -180,42 +181,38 @@ def worklist_page(conn: sqlite3.Connection, model_version: str | None, points: O
     if sort not in _PAGE_ORDER or filter not in _PAGE_WHERE:
         raise ValueError(f"unknown worklist sort {sort!r} or filter {filter!r}")
     sus, norm = (points.suspicious, points.likely_normal) if points is not None else (2.0, -1.0)
-    where = _PAGE_WHERE[filter]
-    params: list[Any] = [model_version or "", model_version or "", sus, norm]
+    params: list[Any] = [sus, norm, model_version or "", model_version or ""]
     match = ""
     if search.strip():
-        match = ("WHERE s.patient_id LIKE ? ESCAPE '\\' OR s.patient_name LIKE ? ESCAPE '\\' "
-                 "OR s.accession LIKE ? ESCAPE '\\'")
+        match = "WHERE " + " OR ".join(f"e.{c} LIKE ? ESCAPE '\\'" for c in ("patient_id", "patient_name",
+                                                                              "accessions"))
         like = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        params = [like, like, like, *params]
+        params += [like] * 3
     sql = f"""
-        WITH ex AS (
-            SELECT s.exam_key, MIN(s.patient_id) AS patient_id, MIN(s.patient_name) AS patient_name,
-                   MIN(s.study_date) AS study_date, GROUP_CONCAT(s.study_uid, ' ') AS study_uids,
-                   GROUP_CONCAT(NULLIF(s.accession, ''), ' ') AS accessions
-            FROM studies s {match} GROUP BY s.exam_key
-        ), rows AS (
-            SELECT ex.*, r.score AS score,
+        WITH rows AS (
+            SELECT e.*, r.score AS score,
                    CASE WHEN r.score IS NOT NULL THEN 'done' WHEN j.status IS NULL THEN 'not queued'
                         WHEN j.status = 'done' THEN 'pending' ELSE j.status END AS status,
                    COALESCE(r.score, -1.0) AS score_key,
                    CASE WHEN r.score IS NULL THEN 1 WHEN r.score >= ? THEN 0 WHEN r.score < ? THEN 3 ELSE 2 END
                        AS rank
-            FROM ex
-            LEFT JOIN ai_exam_results r ON r.exam_key = ex.exam_key AND r.model_version = ?
-            LEFT JOIN triage_jobs j ON j.exam_key = ex.exam_key AND j.model_version = ?
+            FROM exam_index e
+            LEFT JOIN ai_exam_results r ON r.exam_key = e.exam_key AND r.model_version = ?
+            LEFT JOIN triage_jobs j ON j.exam_key = e.exam_key AND j.model_version = ?
+            {match}
         )
-        SELECT *, COUNT(*) OVER () AS matching FROM rows {where}
-        ORDER BY {_PAGE_ORDER[sort]} LIMIT ? OFFSET ?
+        SELECT {{what}} FROM rows {_PAGE_WHERE[filter]}
         """
-    # the thresholds come after the version parameters in the text above
-    *head, v1, v2, t1, t2 = params
-    rows = conn.execute(sql, (*head, t1, t2, v1, v2, int(limit), int(offset))).fetchall()
-    total = int(rows[0]["matching"]) if rows else 0
+    rows = conn.execute(sql.format(what="*") + f" ORDER BY {_PAGE_ORDER[sort]} LIMIT ? OFFSET ?",
+                        (*params, int(limit), int(offset))).fetchall()
+    if filter == "all" and not match:
+        total = int(conn.execute("SELECT COUNT(*) FROM exam_index").fetchone()[0])
+    else:
+        total = int(conn.execute(sql.format(what="COUNT(*)"), params).fetchone()[0])
     names = ("suspicious", "pending", "indeterminate", "likely normal")
-    out = [{"exam_key": r["exam_key"], "patient_id": r["patient_id"], "patient_name": r["patient_name"],
-            "date": r["study_date"], "study_uids": (r["study_uids"] or "").split(),
-            "accessions": (r["accessions"] or "").split(), "ai_status": r["status"], "ai_score": r["score"],
+    out = [{"exam_key": r["exam_key"], "patient_id": split_view_patient_id(r["patient_id"]) or r["patient_id"],
+            "patient_name": r["patient_name"], "date": r["study_date"], "study_uids": r["study_uids"].split(),
+            "accessions": r["accessions"].split(), "ai_status": r["status"], "ai_score": r["score"],
             "ai_category": (names[r["rank"]] if r["score"] is not None and points is not None else
                             "indeterminate" if r["score"] is not None else r["status"])} for r in rows]
     return total, out
