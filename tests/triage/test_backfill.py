@@ -85,7 +85,10 @@ def test_backfill_resumes_after_a_kill_without_redoing_finished_exams(tmp_path: 
 
     capsys.readouterr()
     assert main(["backfill", "--workers", "1", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    # progress on stderr, with the ETA from the per-view times the killed run measured
+    assert "backfill " in captured.err and "/4 exams" in captured.err and " left" in captured.err, captured.err
     assert report["done_before"] == len(before) and report["analysed"] == 4 - len(before)
     assert report["remaining"] == 0 and report["failed"] == 0
     after = _done(archive)
