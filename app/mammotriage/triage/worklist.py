@@ -177,7 +177,10 @@ def worklist_page(conn: sqlite3.Connection, model_version: str | None, points: O
     then score, then newest); ``search`` matches patient ID, name or accession.
 
     For archives of tens of thousands of exams, where building every :class:`ExamRecord`
-    (:meth:`Archive.exams`) takes longer than a reader should wait."""
+    (:meth:`Archive.exams`) takes longer than a reader should wait. Unlike
+    :func:`build_worklist` it counts only results stored under ``model_version`` as
+    current (not those of the same weights under another version name), and it shows no
+    older model's score."""
     if sort not in _PAGE_ORDER or filter not in _PAGE_WHERE:
         raise ValueError(f"unknown worklist sort {sort!r} or filter {filter!r}")
     sus, norm = (points.suspicious, points.likely_normal) if points is not None else (2.0, -1.0)
