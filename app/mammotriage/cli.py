@@ -367,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "app's signed-in reader)")
     p.set_defaults(func=cmd_worklist)
 
+    from mammotriage.triage.backfill import add_backfill_command
+
+    add_backfill_command(sub)
+
     p = sub.add_parser("demo", help="write synthetic 4-view screening exams with ground truth")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--exams", type=int, default=6, metavar="N")

@@ -107,6 +107,41 @@ def test_worklist_lists_priors_of_the_demo_patients(tmp_path: Path, capsys, monk
     assert "hidden until your initial assessment" in capsys.readouterr().out
 
 
+def test_worklist_json_gives_each_exam_its_eta(tmp_path: Path, capsys, monkeypatch) -> None:
+    from mammotriage.config import archive_path
+    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.triage.queue import TriageQueue
+
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--exams", "3", "--seed", "2", "--rows", "256", "--columns", "208",
+                 "--priors", "0"]) == 0
+    assert main(["import", *(str(p) for p in sorted(out.iterdir()) if p.is_dir())]) == 0
+    capsys.readouterr()
+    assert main(["worklist", "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert before["exams"] and all(r["eta_s"] is None for r in before["exams"])  # not queued: no ETA
+    with ModelRegistry(archive_path()) as registry:
+        registry.ensure_shipped()
+        active = registry.active()
+    if active is None:
+        pytest.skip("no shipped model in this checkout")
+    with TriageQueue(archive_path()) as queue:
+        assert queue.sync(active.version) == 3
+        queue.record_time(active.weights_sha256, active.version, 4, 8.0)  # 2 s a view, measured
+        done = queue.claim_next(active.version)
+        queue.complete(done, active.weights_sha256, [])
+    assert main(["worklist", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["exams"]
+    assert {"ai_status", "read_state", "priors", "eta_s"} <= set(rows[0])  # existing keys kept
+    eta = {r["exam_key"]: r["eta_s"] for r in rows}
+    assert eta[done.exam_key] == 0.0
+    waiting = sorted(v for k, v in eta.items() if k != done.exam_key)
+    assert waiting == [8.0, 16.0]  # 4 views x 2 s each, one exam after the other
+    assert main(["worklist"]) == 0
+    assert "in ~8 s" in capsys.readouterr().out
+
+
 def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
     exe = shutil.which("mammotriage", path=str(Path(sys.executable).parent))
     assert exe, "console script not installed"

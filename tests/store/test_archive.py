@@ -93,6 +93,43 @@ def test_failed_migration_rolls_back_and_keeps_version(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_migration_11_upgrades_an_existing_v10_archive(tmp_path: Path) -> None:
+    path = tmp_path / "v10.sqlite"
+    old = db.connect(path, migrations=db.MIGRATIONS[:10])
+    assert db.schema_version(old) == 10
+    old.execute("INSERT INTO studies (study_uid, patient_id, study_date, exam_key) VALUES ('1.2', 'P1', "
+                "'2024-01-02', 'E1')")
+    old.execute("INSERT INTO triage_jobs (exam_key, model_version, status, enqueued_at) "
+                "VALUES ('E1', 'v1', 'done', '2024-01-02T00:00:00')")
+    old.close()
+    conn = db.connect(path)  # what the new program does on start
+    try:
+        assert db.schema_version(conn) == SCHEMA_VERSION >= 11
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"inference_times", "inference_times_weights", "triage_jobs_version", "exam_index",
+                "exam_index_insert", "exam_index_date"} <= names
+        assert conn.execute("SELECT exam_key FROM studies").fetchall()[0][0] == "E1"  # rows kept
+        assert conn.execute("SELECT status FROM triage_jobs").fetchall()[0][0] == "done"
+        # the per-exam index is filled from the existing studies, then kept by triggers
+        assert [tuple(r) for r in conn.execute("SELECT exam_key, patient_id, study_date, study_uids "
+                                               "FROM exam_index")] == [("E1", "P1", "2024-01-02", "1.2")]
+        conn.execute("INSERT INTO studies (study_uid, patient_id, study_date, accession, exam_key) "
+                     "VALUES ('1.1', 'P1', '2024-01-01', 'ACC9', 'E1')")
+        conn.execute("INSERT INTO studies (study_uid, patient_id, exam_key) VALUES ('1.3', 'P2', 'E2')")
+        rows = {r[0]: tuple(r) for r in conn.execute("SELECT * FROM exam_index")}
+        assert rows["E1"] == ("E1", "P1", "", "2024-01-01", "ACC9", "1.1 1.2")  # earliest date, UID order
+        assert rows["E2"] == ("E2", "P2", "", None, "", "1.3")
+        conn.execute("UPDATE studies SET exam_key = 'E2' WHERE study_uid = '1.1'")
+        conn.execute("DELETE FROM studies WHERE study_uid = '1.2'")
+        rows = {r[0]: tuple(r) for r in conn.execute("SELECT exam_key, study_uids FROM exam_index")}
+        assert rows == {"E2": ("E2", "1.1 1.3")}
+        with pytest.raises(sqlite3.IntegrityError):  # an exam without views has no per-view time
+            conn.execute("INSERT INTO inference_times (weights_sha256, model_version, views, seconds, per_view_s,"
+                         " at) VALUES ('ab', 'v1', 0, 1.0, 1.0, 'now')")
+    finally:
+        conn.close()
+
+
 def test_default_archive_lives_under_mammotriage_home(isolated_home: Path) -> None:
     with Archive() as archive:
         assert archive.path == (isolated_home / "archive.sqlite").resolve()

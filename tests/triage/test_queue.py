@@ -104,6 +104,36 @@ def test_oldest_first_and_opened_exam_jumps_the_queue(setup) -> None:
     assert second.exam_key == "1.2.3.1"
 
 
+def test_etas_follow_claim_order_from_the_measured_per_view_p95(setup) -> None:
+    archive, queue, model, tmp = setup
+    queue.sync("test-1")
+    assert queue.per_view_p95(model.weights_sha256) is None
+    assert queue.etas("test-1", None) == {}  # nothing measured yet: no ETA rather than a guess
+    first = process_one(queue, archive, model, tmp / "maps")  # analysing measures the weights
+    assert first.exam_key == "1.2.3.1"
+    (row,) = queue.conn.execute("SELECT views, seconds, per_view_s FROM inference_times").fetchall()
+    assert row["views"] == 4 and row["seconds"] > 0 and row["per_view_s"] == pytest.approx(row["seconds"] / 4)
+    assert queue.per_view_p95(model.weights_sha256) == pytest.approx(row["per_view_s"])
+    assert queue.per_view_p95("cd" * 32) is None  # other weights are not measured by it
+    for seconds in (4.0, 8.0, 2000.0):  # the p95 of the window, not the mean or the worst
+        queue.record_time("ef" * 32, "test-2", 4, seconds)
+    assert 2.0 <= queue.per_view_p95("ef" * 32) <= 500.0
+    queue.prioritize("1.2.3.3", "test-1")
+    etas = queue.etas("test-1", 1.5)
+    assert list(etas) == ["1.2.3.3", "1.2.3.2"]  # claim order; the done exam has none
+    assert etas["1.2.3.3"] == pytest.approx(6.0) and etas["1.2.3.2"] == pytest.approx(12.0)
+    two = queue.etas("test-1", 1.5, workers=2)  # two workers take one exam each
+    assert two["1.2.3.3"] == pytest.approx(6.0) and two["1.2.3.2"] == pytest.approx(6.0)
+    job = queue.claim_next("test-1")  # running: what it has spent already is taken off
+    assert job.exam_key == "1.2.3.3"
+    running = queue.etas("test-1", 1.5)
+    assert 0.0 <= running["1.2.3.3"] <= 6.0 and running["1.2.3.2"] == pytest.approx(running["1.2.3.3"] + 6.0)
+    entries = build_worklist(archive.exams(), queue.jobs("test-1"), queue.exam_results(), "test-1", None,
+                             etas=running)
+    by_key = {e.exam.exam_key: e for e in entries}
+    assert by_key["1.2.3.1"].eta_s == 0.0 and by_key["1.2.3.2"].eta_s == running["1.2.3.2"]
+
+
 def test_results_stored_with_version_hash_and_maps(setup) -> None:
     archive, queue, model, tmp = setup
     queue.sync("test-1")
@@ -179,6 +209,83 @@ def test_worklist_orders_by_suspicion_pending_never_normal(setup) -> None:
     entries = build_worklist(archive.exams(), queue.jobs(), queue.exam_results(), "test-2", points)
     assert all(e.stale and e.status == "pending" and e.model_version == "test-1" for e in entries)
     assert all(e.category == "pending" for e in entries)
+
+
+def test_paged_worklist_query_agrees_with_the_full_worklist(setup) -> None:
+    from mammotriage.triage.worklist import PAGE_FILTERS, worklist_page
+
+    archive, queue, model, tmp = setup
+    points = OperatingPoints(suspicious=0.5, likely_normal=0.1)
+    queue.sync("test-1")
+    process_one(queue, archive, model, tmp / "maps")  # NORMAL1 done, the others pending
+    process_one(queue, archive, model, tmp / "maps")  # CANCER1 done
+    full = build_worklist(archive.exams(), queue.jobs(), queue.exam_results(), "test-1", points)
+    total, rows = worklist_page(queue.conn, "test-1", points)
+    assert total == 3 and [r["exam_key"] for r in rows] == [e.exam.exam_key for e in full]
+    assert [r["ai_category"] for r in rows] == ["suspicious", "pending", "likely normal"]
+    assert [r["ai_status"] for r in rows] == [e.status for e in full]
+    assert rows[0]["patient_id"] == "CANCER1" and rows[0]["study_uids"] == ["1.2.3.2"]
+    counts = {name: worklist_page(queue.conn, "test-1", points, filter=name)[0] for name in PAGE_FILTERS}
+    assert counts == {"all": 3, "suspicious": 1, "likely normal": 1, "AI pending": 1}
+    assert [r["exam_key"] for r in worklist_page(queue.conn, "test-1", points, search="normal")[1]] == [
+        "1.2.3.3", "1.2.3.1"]  # case-insensitive, in triage order
+    assert worklist_page(queue.conn, "test-1", points, search="50%_")[0] == 0  # wildcards are literal
+    page = worklist_page(queue.conn, "test-1", points, sort="patient", offset=1, limit=1)
+    assert page[0] == 3 and [r["patient_id"] for r in page[1]] == ["NORMAL1"]
+    assert worklist_page(queue.conn, "test-2", points)[1][0]["ai_status"] == "not queued"
+    with pytest.raises(ValueError):
+        worklist_page(queue.conn, "test-1", points, sort="size")
+
+
+def _plan(conn, sql: str, params: tuple = ()) -> list[str]:
+    return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
+
+def test_worklist_and_queue_queries_use_indexes_not_table_scans(setup) -> None:
+    """The query plans (not timings) of what the worklist runs at 10,000 exams."""
+    import mammotriage.triage.worklist as worklist
+
+    _, queue, _, _ = setup
+    plans: list[list[str]] = []
+
+    class Planner:  # runs each statement and records SQLite's plan for it
+        def __init__(self, conn) -> None:
+            self.conn = conn
+
+        def execute(self, sql: str, params: tuple = ()):
+            plans.append(_plan(self.conn, sql, params))
+            return self.conn.execute(sql, params)
+
+    points = OperatingPoints(suspicious=0.5, likely_normal=0.1)
+    for kwargs in ({}, {"filter": "suspicious", "sort": "date"}, {"search": "NORMAL"}):
+        worklist.worklist_page(Planner(queue.conn), "test-1", points, **kwargs)
+    n_worklist = len(plans)
+    for plan in plans:
+        text = " | ".join(plan)
+        assert "studies" not in text, text  # one row an exam, no grouping of studies
+        assert "images" not in text  # nor the image table (4 rows an exam)
+        assert "SCAN r" not in text and "SCAN j" not in text, text  # results and jobs by primary key
+        if "SEARCH r" in text:
+            assert "sqlite_autoindex_ai_exam_results_1 (exam_key=? AND model_version=?)" in text, text
+            assert "sqlite_autoindex_triage_jobs_1 (exam_key=? AND model_version=?)" in text, text
+    assert sum("SEARCH r" in " ".join(p) for p in plans) >= 3  # every page joined them so
+    # date order without a filter walks the date index and stops after the page
+    plans.clear()
+    worklist.worklist_page(Planner(queue.conn), "test-1", points, sort="date")
+    assert plans[0][0] == "SCAN e USING INDEX exam_index_date" and "TEMP B-TREE" not in " ".join(plans[0])
+    n_worklist = len(plans)
+    queue.conn = Planner(queue.conn)  # the queue's own statements, planned the same way
+    try:
+        queue.jobs("test-1")
+        queue.counts("test-1")
+        queue.per_view_p95("ab" * 32)
+        queue.etas("test-1", 1.0)
+    finally:
+        queue.conn = queue.conn.conn
+    text = " | ".join(" | ".join(p) for p in plans[n_worklist:])
+    assert "SCAN" not in text, text
+    assert text.count("USING INDEX triage_jobs_version") + text.count("USING COVERING INDEX triage_jobs_version") == 3
+    assert "USING INDEX inference_times_weights" in text and "USING INDEX images_study" in text
 
 
 def test_operating_points_from_metadata_and_site_file(tmp_path) -> None:

@@ -170,3 +170,15 @@ def test_worklist_shows_scores_and_status(window) -> None:
     entry = win.worklist.entries[0]
     assert entry.status == "done" and entry.score_100 == 90
     assert win.worklist.data(win.worklist.index(0, 3)) == "90"
+
+
+def test_worklist_and_status_bar_show_the_queue_eta(window) -> None:
+    win, exam = window
+    win.model_version, win.model_meta = "v-newer", {"weights_sha256": "ef" * 32}
+    win.queue.sync("v-newer")  # a new model: the exam waits for its analysis
+    win.queue.record_time("ef" * 32, "v-newer", 4, 20.0)  # 5 s a view measured on this machine
+    win.refresh_worklist()
+    entry = win.worklist.entries[0]
+    assert entry.status == "pending" and entry.eta_s == 20.0
+    assert win.worklist.data(win.worklist.index(0, 2)).startswith("pending · result in ~20 s")
+    assert "1 exam(s) waiting (all done in ~20 s)" in win.model_label.text()

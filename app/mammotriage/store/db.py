@@ -402,10 +402,64 @@ _V10_PATIENT_ISSUER = Migration(
     steps=("ALTER TABLE studies ADD COLUMN patient_id_issuer TEXT NOT NULL DEFAULT ''",),
 )
 
+def _exam_index_refresh(key: str) -> str:
+    """Statements (trigger body) that rebuild the ``exam_index`` row of exam ``key``."""
+    return f"""
+        DELETE FROM exam_index WHERE exam_key = {key};
+        INSERT INTO exam_index (exam_key, patient_id, patient_name, study_date, accessions, study_uids)
+        SELECT exam_key, MIN(patient_id), MIN(patient_name), MIN(study_date),
+               COALESCE(GROUP_CONCAT(NULLIF(accession, ''), ' '), ''), GROUP_CONCAT(study_uid, ' ')
+        FROM (SELECT * FROM studies WHERE exam_key = {key} ORDER BY study_uid) GROUP BY exam_key;"""
+
+
+_V11_SCALE = Migration(
+    name="speed: measured per-view inference times (queue ETAs); a per-exam index for a 10,000-exam worklist",
+    steps=(
+        """
+        CREATE TABLE inference_times (
+            id             INTEGER PRIMARY KEY AUTOINCREMENT,
+            weights_sha256 TEXT NOT NULL,           -- the model measured (whatever its version name)
+            model_version  TEXT NOT NULL,
+            views          INTEGER NOT NULL CHECK (views > 0),
+            seconds        REAL NOT NULL CHECK (seconds >= 0),  -- read + model + store, one exam
+            per_view_s     REAL NOT NULL CHECK (per_view_s >= 0),
+            at             TEXT NOT NULL            -- UTC ISO 8601
+        )
+        """,
+        "CREATE INDEX inference_times_weights ON inference_times (weights_sha256, id)",
+        # the queue of one model version in claim order (worklist, ETAs, counts)
+        "CREATE INDEX triage_jobs_version ON triage_jobs (model_version, status, priority DESC, enqueued_at)",
+        # One row per exam, kept by triggers on studies: the worklist pages over it without
+        # grouping studies (or reading images) on every query.
+        """
+        CREATE TABLE exam_index (
+            exam_key     TEXT PRIMARY KEY,
+            patient_id   TEXT NOT NULL,
+            patient_name TEXT NOT NULL,
+            study_date   TEXT,                 -- the earliest of its studies
+            accessions   TEXT NOT NULL,        -- space-separated, non-empty ones
+            study_uids   TEXT NOT NULL         -- space-separated, in UID order
+        )
+        """,
+        "CREATE INDEX exam_index_date ON exam_index (study_date DESC, exam_key)",
+        "CREATE INDEX exam_index_patient ON exam_index (patient_id, study_date DESC)",
+        """
+        INSERT INTO exam_index (exam_key, patient_id, patient_name, study_date, accessions, study_uids)
+        SELECT exam_key, MIN(patient_id), MIN(patient_name), MIN(study_date),
+               COALESCE(GROUP_CONCAT(NULLIF(accession, ''), ' '), ''), GROUP_CONCAT(study_uid, ' ')
+        FROM (SELECT * FROM studies ORDER BY exam_key, study_uid) GROUP BY exam_key
+        """,
+        f"CREATE TRIGGER exam_index_insert AFTER INSERT ON studies BEGIN {_exam_index_refresh('NEW.exam_key')} END",
+        f"CREATE TRIGGER exam_index_delete AFTER DELETE ON studies BEGIN {_exam_index_refresh('OLD.exam_key')} END",
+        f"""CREATE TRIGGER exam_index_update AFTER UPDATE ON studies BEGIN
+            {_exam_index_refresh('OLD.exam_key')} {_exam_index_refresh('NEW.exam_key')} END""",
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
 MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS,
                                _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY, _V8_AUDIT_ANCHOR,
-                               _V9_REGISTRY_APPEND_ONLY, _V10_PATIENT_ISSUER]
+                               _V9_REGISTRY_APPEND_ONLY, _V10_PATIENT_ISSUER, _V11_SCALE]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

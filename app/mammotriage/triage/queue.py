@@ -11,6 +11,16 @@ Rules
   ``pending`` on :meth:`TriageQueue.recover` (up to ``max_attempts``).
 - Results are stored with the model version and the weights hash that produced them;
   results of older versions are kept.
+
+ETAs
+----
+Each analysed exam records its wall time per view (read + model + store) for the
+weights that ran (:meth:`TriageQueue.record_time`). :meth:`TriageQueue.etas` gives
+every waiting exam its expected time to a result: the p95 of the last measured
+per-view times of those weights, times the views of the exams ahead of it in claim
+order (plus its own), less what the running exam has already spent. Inference is
+constant-time per view (the detector's candidate, speck and cluster caps bound it),
+so the p95 is an honest upper estimate.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ from mammotriage.model.scoring import breast_scores, exam_score
 from mammotriage.store import db
 
 STATUSES = ("pending", "running", "done", "failed")
+#: Per-view times the ETA p95 is taken over (the latest ones of the weights).
+ETA_WINDOW = 200
 
 
 @dataclass(frozen=True)
@@ -69,9 +81,6 @@ class TriageQueue(db.Connected):
     def __init__(self, archive_path: str | Path, max_attempts: int = 2):
         super().__init__(archive_path)
         self.max_attempts = max_attempts
-
-
-
 
     # ----------------------------------------------------------------- queue
     def sync(self, model_version: str, settle_s: float = 0.0) -> int:
@@ -223,6 +232,59 @@ class TriageQueue(db.Connected):
             )
         return ExamResult(job.exam_key, job.model_version, weights_sha256, score, breasts.get("L"),
                           breasts.get("R"), created)
+
+    # ----------------------------------------------------------------- ETAs
+    def record_time(self, weights_sha256: str, model_version: str, views: int, seconds: float) -> None:
+        """Persist the measured wall time of one analysed exam (``views`` > 0)."""
+        if views <= 0 or not seconds >= 0:
+            return
+        with db.transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO inference_times (weights_sha256, model_version, views, seconds, per_view_s, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (weights_sha256, model_version, int(views), float(seconds), float(seconds) / views, _now()))
+
+    def per_view_p95(self, weights_sha256: str, window: int = ETA_WINDOW) -> float | None:
+        """p95 of the latest ``window`` measured per-view times of these weights on this
+        archive's machine, or ``None`` before the first exam was analysed."""
+        rows = self.conn.execute(
+            "SELECT per_view_s FROM inference_times WHERE weights_sha256 = ? ORDER BY id DESC LIMIT ?",
+            (weights_sha256, int(window))).fetchall()
+        if not rows:
+            return None
+        return float(np.percentile([r[0] for r in rows], 95))
+
+    def etas(self, model_version: str, per_view_s: float | None, workers: int = 1) -> dict[str, float]:
+        """Expected seconds until each waiting exam (pending or running) has its result.
+
+        Claim order is :meth:`claim_next`'s; ``workers`` processes share the queue (the
+        app runs one). Empty without a measured per-view time."""
+        if per_view_s is None:
+            return {}
+        rows = self.conn.execute(
+            """
+            SELECT j.exam_key, j.status, j.started_at,
+                   (SELECT COUNT(*) FROM studies s JOIN images i ON i.study_uid = s.study_uid
+                    WHERE s.exam_key = j.exam_key AND i.laterality IN ('L', 'R')) AS views
+            FROM triage_jobs j
+            WHERE j.model_version = ? AND j.status IN ('running', 'pending')
+            ORDER BY j.status = 'pending', j.priority DESC, j.enqueued_at, j.exam_key
+            """, (model_version,)).fetchall()
+        now = _dt.datetime.now(_dt.UTC)
+        lanes = [0.0] * max(1, int(workers))
+        out: dict[str, float] = {}
+        for r in rows:
+            need = max(1, int(r["views"])) * per_view_s
+            if r["status"] == "running" and r["started_at"]:
+                try:
+                    spent = (now - _dt.datetime.fromisoformat(r["started_at"])).total_seconds()
+                except ValueError:
+                    spent = 0.0
+                need = max(0.0, need - max(0.0, spent))
+            lane = min(range(len(lanes)), key=lanes.__getitem__)  # the worker free first takes it
+            lanes[lane] += need
+            out[r["exam_key"]] = lanes[lane]
+        return out
 
     # ----------------------------------------------------------------- queries
     def jobs(self, model_version: str | None = None) -> list[Job]:

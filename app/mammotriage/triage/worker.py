@@ -105,6 +105,7 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
     job = queue.claim_next(model.version)
     if job is None:
         return None
+    started = time.perf_counter()
     try:
         images, problems = analyse_exam(model, archive, job.exam_key)
         result = queue.complete(job, model.weights_sha256, images, maps_dir=maps_dir)
@@ -128,6 +129,8 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
         except Exception as exc:  # noqa: BLE001 - the triage result stands; report the DICOM problem
             if on_error is not None:
                 on_error(f"DICOM results for {job.exam_key} not written: {type(exc).__name__}: {exc}")
+    # the queue's ETAs: per view, everything the worker did for the exam before the next one
+    queue.record_time(model.weights_sha256, model.version, len(images), time.perf_counter() - started)
     return result
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mammotriage.dicom.hanging import split_view_patient_id
 from mammotriage.model.scoring import category
 from mammotriage.store.archive import ExamRecord
 from mammotriage.triage.queue import ExamResult, Job
@@ -93,6 +95,7 @@ class WorklistEntry:
     model_version: str | None  # version of the result shown
     stale: bool  # the result shown comes from an older model than the current one
     reason: str | None = None
+    eta_s: float | None = None  # expected seconds to the current model's result (0 when done)
 
     @property
     def score_100(self) -> int | None:
@@ -101,9 +104,12 @@ class WorklistEntry:
 
 def build_worklist(exams: Sequence[ExamRecord], jobs: Sequence[Job], results: dict[str, list[ExamResult]],
                    current_version: str | None, points: OperatingPoints | None,
-                   current_sha256: str | None = None) -> list[WorklistEntry]:
+                   current_sha256: str | None = None, etas: dict[str, float] | None = None
+                   ) -> list[WorklistEntry]:
     """Entries ordered most suspicious first (see the module docstring). A result made by
-    the current weights (``current_sha256``) is current whatever version name it carries."""
+    the current weights (``current_sha256``) is current whatever version name it carries.
+    ``etas``: expected seconds to the result of waiting exams (:meth:`TriageQueue.etas`)."""
+    etas = etas or {}
     job_by_exam = {j.exam_key: j for j in jobs if j.model_version == current_version}
     entries = []
     for exam in exams:
@@ -133,7 +139,8 @@ def build_worklist(exams: Sequence[ExamRecord], jobs: Sequence[Job], results: di
         entries.append(WorklistEntry(
             exam=exam, status=status, category=category, score=shown.score if shown else None,
             breasts=breasts, model_version=shown.model_version if shown else None,
-            stale=shown is not None and current is None, reason=job.reason if job else None))
+            stale=shown is not None and current is None, reason=job.reason if job else None,
+            eta_s=0.0 if status == "done" else etas.get(exam.exam_key)))
 
     def key(e: WorklistEntry) -> tuple:
         date = e.exam.study_date.toordinal() if e.exam.study_date else 0
@@ -151,6 +158,67 @@ def order_for_reading(entries: list[WorklistEntry], blind: set[str], triage_orde
         return sorted(entries, key=lambda e: (-(e.exam.study_date.toordinal() if e.exam.study_date else 0),
                                               e.exam.exam_key))
     return list(entries)
+
+
+#: Orders and filters :func:`worklist_page` does in SQL.
+PAGE_SORTS = ("triage", "date", "patient")
+PAGE_FILTERS = ("all", "suspicious", "likely normal", "AI pending")
+_PAGE_ORDER = {"triage": "rank, score_key DESC, study_date DESC, exam_key",
+               "date": "study_date DESC, exam_key", "patient": "patient_id, study_date DESC, exam_key"}
+_PAGE_WHERE = {"all": "", "suspicious": "WHERE rank = 0", "likely normal": "WHERE rank = 3",
+               "AI pending": "WHERE status != 'done'"}
+
+
+def worklist_page(conn: sqlite3.Connection, model_version: str | None, points: OperatingPoints | None, *,
+                  sort: str = "triage", filter: str = "all", search: str = "", offset: int = 0,
+                  limit: int = 200) -> tuple[int, list[dict[str, Any]]]:
+    """One page of the worklist, ordered and filtered by SQLite (indexes, no image rows):
+    ``(matching exams, rows)``. The triage order is :func:`build_worklist`'s (category,
+    then score, then newest); ``search`` matches patient ID, name or accession.
+
+    For archives of tens of thousands of exams, where building every :class:`ExamRecord`
+    (:meth:`Archive.exams`) takes longer than a reader should wait. Unlike
+    :func:`build_worklist` it counts only results stored under ``model_version`` as
+    current (not those of the same weights under another version name), and it shows no
+    older model's score."""
+    if sort not in _PAGE_ORDER or filter not in _PAGE_WHERE:
+        raise ValueError(f"unknown worklist sort {sort!r} or filter {filter!r}")
+    sus, norm = (points.suspicious, points.likely_normal) if points is not None else (2.0, -1.0)
+    params: list[Any] = [sus, norm, model_version or "", model_version or ""]
+    match = ""
+    if search.strip():
+        match = "WHERE " + " OR ".join(f"e.{c} LIKE ? ESCAPE '\\'" for c in ("patient_id", "patient_name",
+                                                                              "accessions"))
+        like = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        params += [like] * 3
+    sql = f"""
+        WITH rows AS (
+            SELECT e.*, r.score AS score,
+                   CASE WHEN r.score IS NOT NULL THEN 'done' WHEN j.status IS NULL THEN 'not queued'
+                        WHEN j.status = 'done' THEN 'pending' ELSE j.status END AS status,
+                   COALESCE(r.score, -1.0) AS score_key,
+                   CASE WHEN r.score IS NULL THEN 1 WHEN r.score >= ? THEN 0 WHEN r.score < ? THEN 3 ELSE 2 END
+                       AS rank
+            FROM exam_index e
+            LEFT JOIN ai_exam_results r ON r.exam_key = e.exam_key AND r.model_version = ?
+            LEFT JOIN triage_jobs j ON j.exam_key = e.exam_key AND j.model_version = ?
+            {match}
+        )
+        SELECT {{what}} FROM rows {_PAGE_WHERE[filter]}
+        """
+    rows = conn.execute(sql.format(what="*") + f" ORDER BY {_PAGE_ORDER[sort]} LIMIT ? OFFSET ?",
+                        (*params, int(limit), int(offset))).fetchall()
+    if filter == "all" and not match:
+        total = int(conn.execute("SELECT COUNT(*) FROM exam_index").fetchone()[0])
+    else:
+        total = int(conn.execute(sql.format(what="COUNT(*)"), params).fetchone()[0])
+    names = ("suspicious", "pending", "indeterminate", "likely normal")
+    out = [{"exam_key": r["exam_key"], "patient_id": split_view_patient_id(r["patient_id"]) or r["patient_id"],
+            "patient_name": r["patient_name"], "date": r["study_date"], "study_uids": r["study_uids"].split(),
+            "accessions": r["accessions"].split(), "ai_status": r["status"], "ai_score": r["score"],
+            "ai_category": (names[r["rank"]] if r["score"] is not None and points is not None else
+                            "indeterminate" if r["score"] is not None else r["status"])} for r in rows]
+    return total, out
 
 
 def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) -> dict[str, Any]:
@@ -183,8 +251,9 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
     with ModelRegistry(archive_file) as registry:
         registry.ensure_shipped()
         active = registry.active()
-    version, points = None, None
+    version, points, sha = None, None, None
     if active is not None:
+        sha = active.weights_sha256
         version = active.version
         try:
             points = OperatingPoints.resolve(read_metadata(active.path), home / "triage.json")
@@ -193,7 +262,8 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
     with Archive(archive_file) as archive, TriageQueue(archive_file) as queue, \
             CorrectionLog(archive_file) as log, InitialReads(archive_file) as initial:
         exams = archive.exams()
-        entries = build_worklist(exams, queue.jobs(version), queue.exam_results(), version, points)
+        etas = queue.etas(version, queue.per_view_p95(sha)) if version and sha else {}
+        entries = build_worklist(exams, queue.jobs(version), queue.exam_results(), version, points, etas=etas)
         revealed = initial.exams_read(reader)
         reads = read_states(log.conn)
     blind = {e.exam_key for e in exams if e.exam_key not in revealed} if mode == "after read" else set()
@@ -211,6 +281,7 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
             "accessions": [a for a in exam.accessions if a],
             "views": list(exam.views),
             "ai_status": entry.status,
+            "eta_s": None if entry.eta_s is None else round(entry.eta_s, 1),
         }
         if exam.exam_key not in blind:
             row["ai_category"] = entry.category
@@ -224,6 +295,19 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
             "policy": policy.source or None, "reader": reader, "exams": rows}
 
 
+def eta_text(eta_s: float | None) -> str:
+    """A waiting exam's expected time to its AI result, for people ('' when unknown)."""
+    if eta_s is None:
+        return ""
+    if eta_s < 1.0:
+        return "result due now"
+    if eta_s < 90:
+        return f"result in ~{eta_s:.0f} s"
+    if eta_s < 5400:
+        return f"result in ~{eta_s / 60:.0f} min"
+    return f"result in ~{eta_s / 3600:.1f} h"
+
+
 def listing_text(listing: dict[str, Any]) -> str:
     """The listing as a table (one exam a line)."""
     lines = [f"model {listing['model_version'] or 'none'} · AI {listing['reading_mode']}"
@@ -231,6 +315,8 @@ def listing_text(listing: dict[str, Any]) -> str:
     lines.append(f"{'#':>3}  {'patient':<16} {'date':<10}  {'AI':<22} {'score':>5}  {'read':<22} priors  study")
     for n, row in enumerate(listing["exams"], 1):
         ai = row.get("ai_category", "hidden" if row["ai_status"] == "done" else row["ai_status"])
+        if row["ai_status"] in ("pending", "running") and row.get("eta_s") is not None:
+            ai = f"{ai} {eta_text(row['eta_s']).removeprefix('result ')}"
         score = row.get("ai_score")
         read = row["read_state"] + (f" ({row['reader']})" if row["reader"] else "")
         lines.append(f"{n:>3}  {row['patient_id'][:16]:<16} {row['date'] or '-':<10}  {ai[:22]:<22} "

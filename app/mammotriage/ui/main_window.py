@@ -50,7 +50,7 @@ from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
 from mammotriage.store.priors import link_priors
 from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
-from mammotriage.triage.worklist import order_for_reading
+from mammotriage.triage.worklist import eta_text, order_for_reading
 from mammotriage.ui.corrections import ExamCorrections, ImageInfo
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
@@ -529,9 +529,11 @@ class MainWindow(QMainWindow):
         key = self.current.exam_key if self.current else self._resume_key
         old_row = self.worklist_view.row_of(key) if key else None
         exams = self.archive.exams()
+        sha = (self.model_meta or {}).get("weights_sha256")
+        self._etas = self.queue.etas(self.model_version or "", self.queue.per_view_p95(sha) if sha else None)
         entries = build_worklist(exams, self.queue.jobs(self.model_version),
                                  self.queue.exam_results(), self.model_version, self.points,
-                                 (self.model_meta or {}).get("weights_sha256"))
+                                 sha, etas=self._etas)
         blind = self.blind_exams(exams)
         entries = order_for_reading(entries, blind, self.policy.triage_order)
         if old_row is not None and self.current is not None and self.worklist_view.sortColumn() < 0:
@@ -1058,8 +1060,11 @@ class MainWindow(QMainWindow):
         waiting = counts["pending"] + counts["running"]
         mode = self.hanging.state.reading_mode
         site = self.points is not None and self.points.reason is not None
+        etas = getattr(self, "_etas", {})
+        last = f" (all done in ~{eta_text(max(etas.values())).removeprefix('result in ~')})" \
+            if waiting and etas and max(etas.values()) >= 1.0 else ""
         self.model_label.setText(f"reader {self.reader} · model {self.model_version} · {waiting} exam(s) waiting"
-                                 f" · AI {mode}" + (" · site thresholds" if site else ""))
+                                 f"{last} · AI {mode}" + (" · site thresholds" if site else ""))
         if site:
             self.model_label.setToolTip(self.points.describe())
 

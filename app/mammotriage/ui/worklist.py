@@ -9,7 +9,7 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyMod
 from PySide6.QtGui import QColor
 
 from mammotriage.store.assessment import UNREAD, ReadState, assessment_text
-from mammotriage.triage.worklist import WorklistEntry
+from mammotriage.triage.worklist import WorklistEntry, eta_text
 
 COLUMNS = ("Patient", "Date", "AI status", "AI score", "Views", "Accession", "Name", "Read", "Priors")
 COL_PATIENT, COL_DATE, COL_STATUS, COL_SCORE, COL_VIEWS, COL_ACCESSION, COL_NAME, COL_READ, COL_PRIORS = range(9)
@@ -34,6 +34,8 @@ def status_text(entry: WorklistEntry, blind: bool = False) -> str:
         text = "not analysed"
     else:
         text = "pending"
+    if entry.eta_s is not None:
+        text += f" · {eta_text(entry.eta_s)}"
     if entry.stale and not blind:
         text += f" (older model {entry.model_version})"
     return text
