@@ -10,9 +10,10 @@ Configurations: three seeds (fine-tuning and parent training), 1 and 2 torch thr
 ``ATEN_CPU_CAPABILITY=default`` and ``avx2`` (torch's vectorised CPU kernels) and
 ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN convolutions)::
 
-    python benchmarks/loop_spread.py [--only seed1,threads2] [--out DIR] [--nice 10]
+    python benchmarks/loop_spread.py [--only seed1,threads2] [--out DIR] [--nice 10] [--jobs 2]
 
-About 4 minutes per configuration on a 2-core machine.
+About 6 minutes of one CPU core per configuration (the proof at its current sizes); on a
+loaded machine much longer (33 min wall at load 9-14 on 2 cores).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -54,10 +56,13 @@ def run_one(name: str, out: Path, nice: int) -> dict:
 def summary(figs: dict) -> dict[str, object]:
     cand, bad = figs["gate_candidate"], figs["gate_shuffled"]
     d = cand["deltas"]
+    # the shuffled control must be refused: its margin is how far its worst check is below 0
+    bad_margins = [v["margin"] for v in bad["deltas"].values() if v["margin"] is not None]
     return {
         "candidate_passed": cand["passed"],
         "shuffled_refused": not figs["gate_shuffled"]["passed"],
         "min_margin": min(v["margin"] for v in d.values() if v["margin"] is not None),
+        "shuffled_min_margin": min(bad_margins) if bad_margins else None,
         "val_froc_delta": d["froc_mean"]["delta"],
         "val_auc_delta": d["image_auc"]["delta"],
         "val_calc_labelled_delta": d["labelled_froc_mean:calcification"]["delta"],
@@ -70,11 +75,18 @@ def summary(figs: dict) -> dict[str, object]:
     }
 
 
+def check_rows(figs: dict) -> list[tuple[str, str, float | None, float | None]]:
+    """(model, gated check, candidate minus current, margin) for both gate reports."""
+    return [(who, check, v["delta"], v["margin"]) for who in ("candidate", "shuffled")
+            for check, v in figs[f"gate_{who}"]["deltas"].items()]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma-separated configurations (default: all)")
     ap.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
     ap.add_argument("--nice", type=int, default=10)
+    ap.add_argument("--jobs", type=int, default=1, help="configurations run at once (each one torch thread)")
     a = ap.parse_args()
     names = [n for n in a.only.split(",") if n] or list(CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]
@@ -82,16 +94,27 @@ def main() -> int:
         ap.error(f"unknown configuration(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
     out = a.out or Path(tempfile.mkdtemp(prefix="mt-loop-spread-"))
     rows = {}
-    for name in names:
-        s = summary(run_one(name, out, a.nice))
-        rows[name] = s
-        for k, v in s.items():
-            print(f"{name} {k} {v}", flush=True)
+    checks: dict[str, list] = {}
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        futures = {name: pool.submit(run_one, name, out, a.nice) for name in names}
+        for name in names:
+            figs = futures[name].result()
+            s = summary(figs)
+            rows[name] = s
+            checks[name] = check_rows(figs)
+            for k, v in s.items():
+                print(f"{name} {k} {v}", flush=True)
+            for who, check, delta, margin in checks[name]:
+                print(f"{name} {who}:{check} delta {delta} margin {margin}", flush=True)
     cols = list(next(iter(rows.values())))
     print("| config | " + " | ".join(cols) + " |")
     print("|" + " --- |" * (len(cols) + 1))
     for name, s in rows.items():
         print(f"| {name} | " + " | ".join(str(s[c]) for c in cols) + " |")
+    print("\n| config | model | check | delta | margin |\n| --- | --- | --- | --- | --- |")
+    for name, cr in checks.items():
+        for who, check, delta, margin in cr:
+            print(f"| {name} | {who} | {check} | {delta} | {margin} |")
     flipped = [n for n, s in rows.items() if not (s["candidate_passed"] and s["shuffled_refused"])]
     print("outcome flipped in: " + (", ".join(flipped) if flipped else "none"))
     return 1 if flipped else 0

@@ -218,10 +218,12 @@ class LoopConfig:
     parent_exams: int = 30  # generated; the calcification exams among them are dropped
     parent_epochs: float = 3.0
     parent_lr: float = 6e-4
-    corrections: int = 24  # exams with calcification clusters, read by the simulated reader
+    corrections: int = 24  # exams with calcification clusters, read by the simulated reader ...
+    corrections_mass: int = 8  # ... exams with masses only (the reader confirms the parent's kind) ...
+    corrections_normal: int = 8  # ... and normal exams (read, nothing marked)
     validation_calc: int = 8  # validation exams with calcifications ...
     validation_mass: int = 8  # ... with masses only ...
-    validation_normal: int = 4  # ... and normal
+    validation_normal: int = 12  # ... and normal
     ft_epochs: float = 3.0
     ft_lr: float = 3e-4
     ft_warmup: int = 30
@@ -285,7 +287,10 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
     val = import_phantom_exams(archive, out / "src-val", 300, val_numbers, r, c)
     record_ground_truth(archive, val, reader="validator", model_version="0.9.0")
     vsnap = create_snapshot(archive, role="validation", name="site-validation")
-    corr_numbers = phantom_numbers(200, cfg.corrections, r, c, need_kind="calcification")
+    corr_numbers = sorted(set(phantom_numbers(200, cfg.corrections, r, c, need_kind="calcification")
+                              + phantom_numbers(200, cfg.corrections_mass, r, c, need_kind="mass",
+                                                lacking_kind="calcification")
+                              + phantom_numbers(200, cfg.corrections_normal, r, c, normal_every=1)))
     corr = import_phantom_exams(archive, out / "src-corr", 200, corr_numbers, r, c)
     record_ground_truth(archive, corr, reader="sim_reader", model_version="0.9.0")
     tsnap = create_snapshot(archive, role="training", name="corrections-1")

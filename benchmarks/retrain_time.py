@@ -1,6 +1,11 @@
 """Fine-tune time for 100 corrected exams on this CPU, and the app's longest event-loop gap
 meanwhile (the retrain runs as the Model panel's background process).
 
+With ``--job pipeline`` it times the whole ML pipeline instead, from the last correction
+to a validated candidate: the panel's "Run pipeline" (``mammotriage pipeline run``:
+training snapshot, data tests, retrain, validation gate against the active model), and
+prints the gate's verdict (``pipeline_passed``; a promotable candidate is one that passed).
+
 Builds an archive of N phantom exams (default 100, 1024 x 832, the demo size) whose
 every lesion a simulated reader recorded, a validation snapshot of a few more exams,
 and a training snapshot; then opens the Model panel (offscreen Qt), starts "Retrain…"
@@ -8,7 +13,7 @@ and ticks a 5 ms timer in the panel's event loop until the job ends. The parent 
 shipped model when its package verifies (its replay data come from its metadata), else
 an ImageNet-initialised package of the shipped architecture (same cost).
 
-Usage: python benchmarks/retrain_time.py [--exams 100] [--threads 1] [--work DIR]
+Usage: python benchmarks/retrain_time.py [--exams 100] [--threads 1] [--job retrain|pipeline] [--work DIR]
 Prints one figure per line.
 """
 
@@ -53,9 +58,12 @@ def _parent(work: Path) -> tuple[Path, str]:
     return out, "imagenet-initialised stand-in (no verified shipped model)"
 
 
-def _timed_start(panel, snapshot: str, out: list[float]) -> None:
+def _timed_start(panel, snapshot: str | None, out: list[float], job: str = "retrain") -> None:
     t = time.perf_counter()
-    panel.start_retrain(snapshot)
+    if job == "pipeline":
+        panel.start_pipeline()
+    else:
+        panel.start_retrain(snapshot)
     out.append((time.perf_counter() - t) * 1000)
 
 
@@ -67,7 +75,9 @@ def main() -> None:
     ap.add_argument("--columns", type=int, default=832)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nice", type=int, default=10)
-    ap.add_argument("--extra", default="", help="more retrain arguments, e.g. '--max-iterations 20'")
+    ap.add_argument("--job", choices=("retrain", "pipeline"), default="retrain",
+                    help="retrain a snapshot, or run the whole pipeline (snapshot, data tests, retrain, gate)")
+    ap.add_argument("--extra", default="", help="more job arguments, e.g. '--max-iterations 20'")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
@@ -92,7 +102,8 @@ def main() -> None:
     create_snapshot(archive, role="validation", name="bench-validation")
     exams = import_phantom_exams(archive, work / "src", 2026, range(1, a.exams + 1), a.rows, a.columns)
     record_ground_truth(archive, exams, reader="reader")
-    snap = create_snapshot(archive, role="training", name=f"bench-{a.exams}")
+    # the pipeline freezes its own snapshot: its clock starts at the last correction
+    snap = create_snapshot(archive, role="training", name=f"bench-{a.exams}") if a.job == "retrain" else None
     setup_s = time.monotonic() - t0
 
     from PySide6.QtCore import QEventLoop, QTimer
@@ -102,7 +113,7 @@ def main() -> None:
 
     app = QApplication.instance() or QApplication([])
     job = ["--threads", str(a.threads), "--nice", str(a.nice), *a.extra.split()]
-    panel = ModelPanel(archive, job_args={"retrain": job})
+    panel = ModelPanel(archive, job_args={a.job: job})
     panel.show()
     gaps: list[float] = []
     long_gaps: list[tuple[float, float, str]] = []  # (seconds into the job, gap ms, panel status)
@@ -125,7 +136,7 @@ def main() -> None:
     t1 = time.monotonic()
     start[0] = time.perf_counter()
     timer.start()
-    QTimer.singleShot(50, lambda: _timed_start(panel, snap.sha256, starts))
+    QTimer.singleShot(50, lambda: _timed_start(panel, snap.sha256 if snap else None, starts, a.job))
     starts: list[float] = []
     loop.exec()
     timer.stop()
@@ -139,9 +150,16 @@ def main() -> None:
     print(f"iterations {res.get('iterations')}")
     print(f"threads {a.threads}")
     print(f"setup_seconds {setup_s:.0f}")
-    print(f"retrain_exit {done[0][1] if done else 'none'} {panel.status.text()!r}")
-    print(f"retrain_wall_seconds {wall:.1f}")
-    print(f"retrain_reported_seconds {res.get('seconds')}")
+    print(f"{a.job}_exit {done[0][1] if done else 'none'} {panel.status.text()!r}")
+    print(f"{a.job}_wall_seconds {wall:.1f}")
+    print(f"{a.job}_reported_seconds {res.get('seconds')}")
+    if a.job == "pipeline":
+        print(f"pipeline_retrain_seconds {res.get('retrain_s')}")
+        print(f"pipeline_passed {res.get('passed')}")
+        for reason in res.get("reasons") or []:
+            print(f"pipeline_reason {reason!r}")
+        if a.exams:
+            print(f"pipeline_seconds_per_exam {wall / a.exams:.1f}")
     if starts:
         print(f"ui_job_start_call_ms {starts[0]:.1f}")
     if gaps_ms:

@@ -35,7 +35,7 @@ def learning_loop(tmp_path_factory: pytest.TempPathFactory):
     """The simulated-reader learning loop (``benchmarks/retrain_sim.py``), run once per
     session for the tests that ask for it: a parent model that never saw calcification
     clusters, reader corrections through a real archive, a snapshot, a candidate, a
-    shuffled-label candidate, and the gate reports of both (about 2-3 minutes)."""
+    shuffled-label candidate, and the gate reports of both (about 5.5 CPU-minutes on one core)."""
     import json
     import sys
 
