@@ -146,7 +146,8 @@ def _open_deflated(path: Path) -> Dataset | None:
     except (InvalidDicomError, EOFError, ValueError, TypeError, struct.error, KeyError):
         return None  # not a plain deflated file: the normal reader says what it is
     walk_explicit_le(inflated, path)
-    dataset = read_dataset(DicomBytesIO(inflated), False, True)
+    # pydicom annotates BinaryIO, but its own DicomBytesIO is what its readers pass here
+    dataset = read_dataset(DicomBytesIO(inflated), False, True)  # type: ignore[arg-type]
     ds = pydicom.dataset.FileDataset(str(path), dataset, preamble, file_meta, False, True)
     ds.set_original_encoding(False, True, dataset._character_set)
     return ds
@@ -180,7 +181,7 @@ def _open(path: Path) -> Dataset:
         has_core = "SOPClassUID" in ds or ("Rows" in ds and PIXEL_DATA in ds)
     except Exception:
         has_core = False
-    if not has_core:
+    if ds is None or not has_core:
         raise NotDicomError("not a DICOM file (no DICM preamble and no DICOM elements found)", path)
     if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
@@ -663,8 +664,7 @@ def decode_pixels(ds: Dataset, meta: MammoMetadata, path: Path | None = None) ->
         plugins = [""]
     for plugin in plugins:
         try:
-            kwargs = {"decoding_plugin": plugin} if plugin else {}
-            arr = pydicom.pixels.pixel_array(ds, **kwargs)
+            arr = pydicom.pixels.pixel_array(ds, decoding_plugin=plugin)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is reported
             detail = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ""
             errors.append(f"{plugin or 'native'}: {type(exc).__name__}: {detail}")

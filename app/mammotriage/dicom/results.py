@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import highdicom as hd
 import numpy as np
@@ -547,14 +547,14 @@ class ReaderFindingRecord:
     identifier: str = ""
 
 
-def _region_of(ds: Dataset, geometry: Mapping[str, object], what: str) -> hd.sr.ImageRegion:
+def _region_of(ds: Dataset, geometry: Mapping[str, Any], what: str) -> hd.sr.ImageRegion:
     """SCOORD of a reader geometry (PS3.3 C.18.6): box -> closed POLYLINE rectangle,
     ellipse -> ELLIPSE (major axis end points, then minor axis end points),
     polygon -> closed POLYLINE."""
     source_image = hd.sr.SourceImageForRegion.from_source_image(ds)
     kind = geometry.get("type")
     if kind in ("box", "ellipse"):
-        box = [float(v) for v in geometry.get("box", [])]  # type: ignore[union-attr]
+        box = [float(v) for v in geometry.get("box", [])]
         rect = _source_box(ds, box, what)
         if kind == "box":
             return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -568,7 +568,7 @@ def _region_of(ds: Dataset, geometry: Mapping[str, object], what: str) -> hd.sr.
                                  graphic_data=np.array(points, dtype=np.float32),
                                  source_image=source_image)
     if kind == "polygon":
-        points = [[float(x), float(y)] for x, y in geometry.get("points", [])]  # type: ignore[union-attr]
+        points = [[float(x), float(y)] for x, y in geometry.get("points", [])]
         columns, rows = int(ds.Columns), int(ds.Rows)
         if len(points) < 3 or not all(
             math.isfinite(x) and math.isfinite(y) and 0 <= x <= columns and 0 <= y <= rows
