@@ -298,7 +298,7 @@ def consensus_for_image(readers: Mapping[str, Sequence[Mapping[str, Any]]], rule
         ``source`` is the rule applied: ``union``, ``majority``,
         ``adjudicator:NAME``, or ``majority`` for an exam the adjudicator did not read.
     """
-    if rule.name == "adjudicator" and rule.adjudicator in readers:
+    if rule.name == "adjudicator" and rule.adjudicator is not None and rule.adjudicator in readers:
         own = [(rule.adjudicator, dict(lab)) for lab in readers[rule.adjudicator] if lab["positive"]]
         return [_consensus_label([item]) for item in own], str(rule)
     items = [(reader, dict(lab)) for reader, labels in sorted(readers.items())
@@ -729,7 +729,7 @@ def load_snapshot(ref: str | Path, archive_file: str | Path | None = None) -> di
     digest = hashlib.sha256(data).hexdigest()
     if path.stem != digest:
         raise DatasetError(f"snapshot {path} does not match its name: content sha256 is {digest}")
-    manifest = json.loads(data)
+    manifest: dict[str, Any] = json.loads(data)
     if manifest.get("format") != FORMAT:
         raise DatasetError(f"{path}: unknown manifest format {manifest.get('format')!r}")
     manifest["sha256"] = digest

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 __all__ = [
     "MIGRATIONS",
@@ -365,7 +366,7 @@ _V8_AUDIT_ANCHOR = Migration(
 )
 
 
-def _append_only(table: str, what: str) -> tuple[str, str]:
+def _append_only(table: str, what: str) -> tuple[str, ...]:
     return tuple(f"""
         CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table}
         BEGIN SELECT RAISE(ABORT, '{what} are append-only'); END
@@ -553,7 +554,7 @@ class Connected:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self):  # noqa: ANN204 - returns the subclass instance
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
