@@ -2,6 +2,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -97,6 +98,29 @@ def test_evaluate_json(tiny_model, tmp_path, make_breast, capsys):
     assert 0 <= out["image_auc"] <= 1
     assert (tmp_path / "plots" / "froc.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 1000
+
+
+def test_evaluate_plots_default_to_the_data_folder(tiny_model, tmp_path, make_breast, capsys,
+                                                   monkeypatch):
+    """Without --plots, evaluate writes into the data folder, never the working folder."""
+    mias = tmp_path / "mias"
+    mias.mkdir()
+    for i in range(1, 3):
+        Image.fromarray(make_breast(seed=i, chest_wall="left")).save(mias / f"mdb{i:03d}.png")
+    (mias / "labels.csv").write_text(
+        "image,patient,background,cls,severity,x,y_top_left,radius\n"
+        "mdb001,p001,G,CIRC,B,200,150,20\nmdb002,p002,G,NORM,,,,\n")
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(home))
+    args = _parser().parse_args(["evaluate", "--mias", str(mias), "--model", str(tiny_model), "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(work.iterdir()) == []
+    plots = [Path(p) for p in out["plots"]]
+    assert {p.name for p in plots} == {"froc.png", "roc.png"}
+    assert all(p.is_relative_to(home / "evaluation") and p.stat().st_size > 1000 for p in plots)
 
 
 def test_evaluate_refuses_bad_model(tmp_path, capsys):

@@ -59,7 +59,8 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mias", type=Path, required=True, help="folder with PNGs and labels.csv")
     p.add_argument("--model", type=Path, help="model package (default: the shipped one)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--plots", type=Path, help="folder for froc.png/roc.png (default: ./evaluation)")
+    p.add_argument("--plots", type=Path,
+                   help="folder for froc.png/roc.png (default: evaluation/<model version> in the data folder)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=2)
@@ -178,6 +179,7 @@ def _train_second_look(args, real, extra, described, work: Path) -> int:
 # ------------------------------------------------------------------ evaluate
 
 def cmd_evaluate(args) -> int:
+    from mammotriage.config import data_dir
     from mammotriage.model.data import read_mias
     from mammotriage.model.evaluate import evaluate_predictions, predict_samples, write_plots
     from mammotriage.model.package import ModelPackageError, load_engine
@@ -196,7 +198,8 @@ def cmd_evaluate(args) -> int:
     out = result.to_json()
     out["model_version"] = engine.version
     if not args.no_plots:
-        paths = write_plots(result, args.plots or Path("evaluation"), title=f"v{engine.version}")
+        plots = args.plots or data_dir() / "evaluation" / str(engine.version)
+        paths = write_plots(result, plots, title=f"v{engine.version}")
         out["plots"] = [str(p) for p in paths]
     if args.json:
         print(json.dumps(out))
