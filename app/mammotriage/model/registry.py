@@ -27,6 +27,7 @@ announced; it is never ignored silently.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -236,12 +237,12 @@ class ModelRegistry(db.Connected):
         version with the registered weights; anything else raises :class:`RegistryError`."""
         copy = self.store_dir(version.weights_sha256, version.version)
         if not copy.is_dir():  # registered before packages were copied, or pruned: adopt the source
-            try:
+            # a source that is gone or changed is not adopted: verifying version.path below
+            # then refuses it with the reason
+            with contextlib.suppress(ModelPackageError, OSError, RegistryError):
                 if verify(version.source).get("weights_sha256") == version.weights_sha256:
                     version = ModelVersion(**{**version.__dict__, "path": str(
                         self._copy_in(Path(version.source), version.weights_sha256, version.version))})
-            except (ModelPackageError, OSError, RegistryError):
-                pass
         try:
             meta = verify(version.path)
         except ModelPackageError as exc:
@@ -412,10 +413,8 @@ class ModelRegistry(db.Connected):
             if copy.is_dir() and not self.referenced(v):
                 if not dry_run:
                     shutil.rmtree(copy)
-                    try:
+                    with contextlib.suppress(OSError):  # other versions share these weights
                         copy.parent.rmdir()
-                    except OSError:
-                        pass  # other versions share these weights
                 pruned.append(v.version)
         return pruned
 

@@ -607,7 +607,6 @@ class ImagePane(QWidget):
             self._drag = ("resize" if corner else "move", pos, (label.label_id, label.geometry, corner))
         elif event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             self._drag = ("pan", pos, self.state.pan)
-            self._press = pos
         event.accept()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
