@@ -17,14 +17,14 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["add_dataset_check_command", "add_learning_commands", "main"]
 
 
-def add_dataset_check_command(dataset: argparse._SubParsersAction) -> None:
+def add_dataset_check_command(dataset: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``dataset check`` among the ``dataset`` sub-commands."""
     p = dataset.add_parser(
         "check", help="data tests of a snapshot: boxes, kinds, validation overlap, pixels, counts, agreement",
@@ -52,7 +52,7 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
-def add_learning_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_learning_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``retrain``, ``validate`` and ``pipeline``."""
     from mammotriage.model.retrain import RetrainParams
 
@@ -152,7 +152,7 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _progress(args: argparse.Namespace):
+def _progress(args: argparse.Namespace) -> Callable[[str, int, int, str], None]:
     if args.progress_json:
         last: dict[str, int] = {}
 
@@ -167,7 +167,7 @@ def _progress(args: argparse.Namespace):
 
     bars: dict[str, CliProgress] = {}
 
-    def progress(stage: str, done: int, total: int, note: str = "") -> None:
+    def show(stage: str, done: int, total: int, note: str = "") -> None:
         if stage not in ("prepare", "train", "predict"):
             return
         bar = bars.get(stage)
@@ -180,7 +180,7 @@ def _progress(args: argparse.Namespace):
         if done >= total:
             bar.close()
             bars.pop(stage, None)
-    return progress
+    return show
 
 
 def _fail(args: argparse.Namespace, command: str, message: str, status: int = 2) -> int:

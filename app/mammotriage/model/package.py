@@ -20,7 +20,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+    
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.network import NetworkConfig
+    from mammotriage.model.preprocess import PreprocessParams
+    from mammotriage.model.twostage import SecondLook
 
 METADATA = Path("configs") / "metadata.json"
 WEIGHTS = Path("models") / "model.safetensors"
@@ -110,11 +118,13 @@ def canonicalize_safetensors(path: str | Path) -> bool:
     return True
 
 
-def save_package(out_dir: str | Path, detector, config, pp, *, version: str, description: str,
-                 training: dict, hyper_parameters: dict, seed: int, eval_metrics: dict,
-                 operating_points: dict, parent_version: str | None = None,
-                 changelog: dict | None = None, model_card: str = "", licence: str = "",
-                 half: bool = True, extra: dict | None = None, second_look=None) -> Path:
+def save_package(out_dir: str | Path, detector: RetinaNetDetector, config: NetworkConfig,
+                 pp: PreprocessParams, *, version: str, description: str,
+                 training: dict[str, Any], hyper_parameters: dict[str, Any], seed: int, eval_metrics: dict[str, Any],
+                 operating_points: dict[str, Any], parent_version: str | None = None,
+                 changelog: dict[str, Any] | None = None, model_card: str = "", licence: str = "",
+                 half: bool = True, extra: dict[str, Any] | None = None,
+                 second_look: SecondLook | None = None) -> Path:
     """Write a package; returns its directory.  Weights: safetensors, matrices in fp16 when
     ``half`` (inference casts back to fp32), vectors in fp32.  A ``second_look``
     (:class:`~mammotriage.model.twostage.SecondLook`) is stored as arrays named
@@ -210,7 +220,7 @@ def save_package(out_dir: str | Path, detector, config, pp, *, version: str, des
     return out_dir
 
 
-def score_rule(second_look=None) -> dict[str, str]:
+def score_rule(second_look: SecondLook | None = None) -> dict[str, str]:
     """The scoring rule in words, from the code that applies it (finding, image, breast, exam)."""
     from mammotriage.model.scoring import RULE
 
@@ -231,7 +241,8 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def load_detector(model_dir: str | Path):
+def load_detector(model_dir: str | Path
+                  ) -> tuple[RetinaNetDetector, NetworkConfig, PreprocessParams, dict[str, Any]]:
     """(detector in eval mode, NetworkConfig, PreprocessParams, metadata) of a verified package."""
     import torch
     from safetensors.torch import load_file
@@ -271,7 +282,7 @@ def load_detector(model_dir: str | Path):
     return detector, config, pp, meta
 
 
-def load_second_look(model_dir: str | Path, meta: dict):
+def load_second_look(model_dir: str | Path, meta: dict[str, Any]) -> SecondLook | None:
     """The package's :class:`~mammotriage.model.twostage.SecondLook`, or None (stage one
     only).  ``meta`` is the metadata of the verified package."""
     if "second_look" not in meta:
@@ -289,7 +300,7 @@ def load_second_look(model_dir: str | Path, meta: dict):
 
 
 def load_engine(model_dir: str | Path | None = None, device: str | None = None, threads: int = 2,
-                batch_size: int | None = None):
+                batch_size: int | None = None) -> Engine:
     """A ready :class:`~mammotriage.model.infer.Engine` for a verified package."""
     from mammotriage.model.infer import Engine
 

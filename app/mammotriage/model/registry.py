@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ class ModelRegistry(db.Connected):
         """The content-addressed copy of a version's package."""
         return self.data_dir / STORE / weights_sha256 / version
 
-    def _row(self, r) -> ModelVersion:
+    def _row(self, r: sqlite3.Row) -> ModelVersion:
         copy = self.store_dir(r["weights_sha256"], r["version"])
         source = r["path"]
         path = copy if copy.is_dir() else Path(source) if Path(source).is_absolute() else self.data_dir / source
@@ -151,14 +152,14 @@ class ModelRegistry(db.Connected):
                 raise RegistryError(f"version {version} is already registered with other weights "
                                     f"({existing.weights_sha256[:12]}...): versions are immutable")
             self._copy_in(package_dir, sha, version)
-            return self.get(version)
+            return self._must_get(version)
         copy = self._copy_in(package_dir, sha, version)
         with db.transaction(self.conn):
             self.conn.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
                               (version, str(copy.relative_to(self.data_dir)), sha,
                                meta.get("parent_version") or None, origin, _now()))
             self._log(version, "register", who, f"{origin} package from {package_dir}")
-        return self.get(version)
+        return self._must_get(version)
 
     def ensure_shipped(self, package_dir: str | Path | None = None) -> ModelVersion | None:
         """Register the shipped package; make it active if nothing is. Returns its version."""
@@ -195,7 +196,7 @@ class ModelRegistry(db.Connected):
         pending = self.pending_shipped()
         if version.version in pending:
             return ShippedNotice(version, f"model {version.version} shipped with this install is a candidate "
-                                 f"(active: {self.active().version}): validate it (`mammotriage validate "
+                                 f"(active: {getattr(self.active(), 'version', 'none')}): validate it (`mammotriage validate "
                                  f"{version.version}`) and promote it in the Model panel"
                                  + (" - the site policy promotes it once it passes"
                                     if policy == "promote-after-gate" else "") + problem)
@@ -227,6 +228,12 @@ class ModelRegistry(db.Connected):
             elif stack:
                 stack.pop()
         return stack
+
+    def _must_get(self, version: str) -> ModelVersion:
+        found = self.get(version)
+        if found is None:
+            raise RegistryError(f"model {version} is not registered")
+        return found
 
     def active(self) -> ModelVersion | None:
         stack = self._active_stack()
@@ -261,7 +268,7 @@ class ModelRegistry(db.Connected):
         if active is None:
             raise RegistryError("no active model in the registry")
         meta = self.verified(active)
-        active = self.get(active.version)  # its copy may just have been adopted
+        active = self._must_get(active.version)  # its copy may just have been adopted
         points = self.operating_points(active.version)
         if points:
             meta = {**meta, "operating_points": points}
@@ -384,7 +391,7 @@ class ModelRegistry(db.Connected):
             raise RegistryError("nothing to roll back to")
         with db.transaction(self.conn):
             self._log(stack[-1], "rollback", who, reason or f"back to {stack[-2]}")
-        return self.get(stack[-2])
+        return self._must_get(stack[-2])
 
     # ----------------------------------------------------------------- pruning
     def referenced(self, version: ModelVersion) -> list[str]:
