@@ -78,7 +78,7 @@ def test_triage_json(tiny_model, phantom_exam, tmp_path, capsys):
             x0, y0, x1, y1 = f["box"]
             assert 0 <= x0 <= x1 <= 260 and 0 <= y0 <= y1 <= 320
             assert f["kind"] in ("mass", "calcification") and 0 <= f["score"] <= 1
-    ex1 = [e for e in exams if e["study_uid"] == phantom_exam.study_uid][0]
+    ex1 = next(e for e in exams if e["study_uid"] == phantom_exam.study_uid)
     assert all(f["sop_uid"] in uids for f in ex1["findings"])
 
 
@@ -133,7 +133,7 @@ def test_worker_process(tiny_model, phantom_exam, tmp_path):
     from mammotriage.model.infer import InferenceWorker
 
     paths = phantom_exam.save(tmp_path / "exam")
-    files = sorted(str(p) for p in paths.values())[:2] + [str(tmp_path / "missing.dcm")]
+    files = [*sorted(str(p) for p in paths.values())[:2], str(tmp_path / "missing.dcm")]
     with InferenceWorker(str(tiny_model), device="cpu", threads=1) as worker:
         results = worker.submit(files).result(timeout=120)
     assert len(results) == 3

@@ -106,7 +106,7 @@ def chest_wall_from_pixels(display_like: np.ndarray) -> str:
     img = np.asarray(display_like, dtype=np.float32)
     step = max(1, max(img.shape) // 512)
     img = img[::step, ::step]
-    rows, cols = img.shape
+    _rows, cols = img.shape
     lo, hi = np.percentile(img, [5, 95])
     if hi <= lo:
         return "unknown"

@@ -179,7 +179,7 @@ def _open(path: Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path, defer_size="256 KB", force=True)
         has_core = "SOPClassUID" in ds or ("Rows" in ds and PIXEL_DATA in ds)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever a forced parse raises, the file is not DICOM
         has_core = False
     if ds is None or not has_core:
         raise NotDicomError("not a DICOM file (no DICM preamble and no DICOM elements found)", path)
@@ -528,7 +528,7 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
     if sop_class.startswith(_SR_PREFIX) or (modality in _NON_IMAGE_MODALITIES and not has_pixels):
         try:
             name = UID(sop_class).name if sop_class else modality
-        except Exception:
+        except Exception:  # noqa: BLE001 - a malformed UID is named as it is written
             name = sop_class
         raise NotAnImageError(f"not an image: {name or modality} (Modality {modality or '?'})", p)
     if not has_pixels and "Rows" not in ds:

@@ -196,7 +196,7 @@ def exam_operating_points(records: list[dict[str, Any]], groups: list[str], fold
                           ) -> dict[str, Any]:
     """Worklist thresholds on the *exam* score from pooled cross-validation predictions,
     with their measured sensitivity and specificity and the score's calibration."""
-    s, y, names = exam_scores(records, groups)
+    s, y, _names = exam_scores(records, groups)
     ops: dict[str, Any] = {"source": "pooled patient-level cross-validation predictions (mini-MIAS dev), "
                                      "exam level (the worklist's unit)", "n_exams": int(len(s)),
                            "n_abnormal_exams": int(y.sum())}

@@ -207,7 +207,7 @@ def evaluate_predictions(records: Sequence[dict[str, Any]], rates: Sequence[floa
     kinds_arr = np.array(kinds)
     for k in sorted(set(kinds)):
         sel = kinds_arr == k
-        kv, km, _, _ = froc_from(kfp_all, kles_all[sel], n, rates)
+        kv, _km, _, _ = froc_from(kfp_all, kles_all[sel], n, rates)
         per_kind[k] = {"n": int(sel.sum()), **{f"sens@{kk}": v for kk, v in kv.items()}}
     return EvalResult(roc_auc(labels, scores), froc, mean, n, int(len(les)), int(sum(labels)),
                       per_kind, fc, sc, roc_curve(labels, scores))

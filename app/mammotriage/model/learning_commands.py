@@ -13,6 +13,7 @@ With ``--progress-json`` the commands print one JSON object per line on stdout:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -203,10 +204,8 @@ def _quiet_threads() -> None:
 def cmd_retrain(args: argparse.Namespace) -> int:
     _quiet_threads()
     if args.nice:
-        try:
+        with contextlib.suppress(OSError):
             os.nice(int(args.nice))
-        except OSError:
-            pass
     from mammotriage.model.package import ModelPackageError
     from mammotriage.model.registry import RegistryError
     from mammotriage.model.retrain import RetrainError, RetrainParams, retrain
@@ -313,10 +312,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             print(json.dumps(msg, indent=1) if args.json else status_text(st))
         return 0
     if args.nice:
-        try:
+        with contextlib.suppress(OSError):
             os.nice(int(args.nice))
-        except OSError:
-            pass
     from mammotriage.model.gate import GateParams
     from mammotriage.model.retrain import RetrainParams
     from mammotriage.store.reading import current_reader

@@ -19,7 +19,7 @@ from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorSha
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torch import nn
 
-from mammotriage.model.network_constants import CLASSES  # noqa: E402
+from mammotriage.model.network_constants import CLASSES
 
 if TYPE_CHECKING:
     from timm.models import FeatureListNet

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
-    
+
     from mammotriage.model.infer import Engine
     from mammotriage.model.network import NetworkConfig
     from mammotriage.model.preprocess import PreprocessParams
@@ -263,7 +263,7 @@ def load_detector(model_dir: str | Path
         # A matching sha256 only says the file is the one the metadata names, not that it
         # is a well-formed safetensors file.
         loaded = load_file(str(model_dir / meta.get("weights_file", str(WEIGHTS))))
-    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a clear refusal
+    except Exception as exc:  # SafetensorError, OSError, ...: a clear refusal
         raise ModelPackageError(f"{model_dir}: weights are not a readable safetensors file "
                                 f"({type(exc).__name__}: {exc})") from exc
     state = {k: (v.float() if v.is_floating_point() else v)
@@ -295,7 +295,7 @@ def load_second_look(model_dir: str | Path, meta: dict[str, Any]) -> SecondLook 
         arrays = {k: v for k, v in load_file(str(Path(model_dir) / meta.get("weights_file", str(WEIGHTS)))).items()
                   if k.startswith("second_look.")}
         return SecondLook.from_package(arrays, meta["second_look"])
-    except Exception as exc:  # noqa: BLE001 - missing arrays, other features, unreadable file: refuse
+    except Exception as exc:  # missing arrays, other features, unreadable file: refuse
         raise ModelPackageError(f"second look of model {meta.get('version')}: {exc}") from exc
 
 

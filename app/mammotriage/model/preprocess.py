@@ -71,7 +71,7 @@ class CanvasTransform:
     # ---- points
     def stored_to_canvas_xy(self, x: np.ndarray | float, y: np.ndarray | float
                             ) -> tuple[np.ndarray, np.ndarray]:
-        r0, c0, r1, c1 = self.crop
+        r0, c0, _r1, c1 = self.crop
         xc = np.asarray(x, dtype=np.float64) - c0
         if self.flip:
             xc = (c1 - c0) - xc
@@ -80,7 +80,7 @@ class CanvasTransform:
 
     def canvas_to_stored_xy(self, x: np.ndarray | float, y: np.ndarray | float
                             ) -> tuple[np.ndarray, np.ndarray]:
-        r0, c0, r1, c1 = self.crop
+        r0, c0, _r1, c1 = self.crop
         xc = np.asarray(x, dtype=np.float64) / self.scale_x
         if self.flip:
             xc = (c1 - c0) - xc

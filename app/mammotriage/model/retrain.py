@@ -48,7 +48,7 @@ from mammotriage.model.snapshot_data import (
 
 if TYPE_CHECKING:
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
-    
+
     from mammotriage.model.network import NetworkConfig
     from mammotriage.model.preprocess import PreprocessParams
     from mammotriage.model.train import TrainParams

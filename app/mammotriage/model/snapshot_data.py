@@ -42,10 +42,10 @@ if TYPE_CHECKING:
 __all__ = [
     "KIND_TO_CLASS",
     "LOCK_NAME",
+    "ModelNotFound",
     "SnapshotDataError",
     "TrainingSet",
     "ValidationGuard",
-    "ModelNotFound",
     "archive_or_default",
     "lock_validation",
     "locked_validation",

@@ -106,10 +106,7 @@ def _patch(p: Prepared, rng: np.random.Generator, hp: TrainParams, positive: boo
         img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
         boxes = boxes * np.array([nw / W, nh / H, nw / W, nh / H], dtype=np.float32)
         # back to the canvas width: crop or pad columns (chest wall stays on the left)
-        if nw >= W:
-            img = img[:, :W]
-        else:
-            img = np.pad(img, ((0, 0), (0, W - nw)))
+        img = img[:, :W] if nw >= W else np.pad(img, ((0, 0), (0, W - nw)))
     ph = min(hp.patch_rows, img.shape[0])
     content_rows = max(ph, min(img.shape[0], int(round(p.content[0] * s))))
     if positive and len(boxes):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -264,7 +264,7 @@ class SecondLook:
     """Stage two and the calcification classifier of a package, applied to an exam's views."""
 
     #: What the package metadata says about the rule (kept next to the code it describes).
-    RULE = {
+    RULE: ClassVar[dict[str, str]] = {
         "finding": "stage two: boosted-tree probability that a RetinaNet candidate is a lesion of "
                    "its kind, from the candidate's score, size, place in the breast, local contrast and "
                    "the other breast's same view at the mirrored place; calcification clusters: "

@@ -60,8 +60,8 @@ from mammotriage.store.archive import Archive
 __all__ = [
     "STORAGE_SOP_CLASSES",
     "TRANSFER_SYNTAXES",
-    "NodeStats",
     "NodeStartError",
+    "NodeStats",
     "StorageNode",
 ]
 
@@ -257,6 +257,8 @@ class StorageNode:
                     f"cannot listen on {where}: this machine has no such address"
                 ) from exc
             raise NodeStartError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        if not isinstance(server, AdmissionServer):  # make_server is typed for the base class
+            raise NodeStartError(f"cannot listen on {where}: {type(server).__name__} is not an AdmissionServer")
         # What AE.start_server(block=False) does, with our server class.
         self._ae._servers.append(server)
         threading.Thread(target=make_target(server.serve_forever), daemon=True,
@@ -365,7 +367,7 @@ class StorageNode:
         if self.on_received is not None:
             try:
                 self.on_received(result)
-            except Exception:  # noqa: BLE001 - a listener must not fail the C-STORE
+            except Exception:  # a listener must not fail the C-STORE
                 LOG.exception("on_received callback failed")
         rsp = Dataset()
         rsp.Status = int(result.status)

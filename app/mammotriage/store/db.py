@@ -28,8 +28,8 @@ from typing import Self
 
 __all__ = [
     "MIGRATIONS",
-    "Connected",
     "SCHEMA_VERSION",
+    "Connected",
     "Migration",
     "SchemaVersionError",
     "connect",

@@ -212,7 +212,7 @@ class ImagePane(QWidget):
         """Top-left of the image at ``scale`` before panning: the breast's chest-wall
         edge on the pane's chest-wall side (the hanging's centre line), the breast
         centred vertically."""
-        rows, cols = self.view.levels[0].shape
+        _rows, _cols = self.view.levels[0].shape
         x0, y0, x1, y1 = self.fit_box()
         x = self.width() - x1 * scale if self.anchor == "right" else -x0 * scale
         y = self.height() / 2.0 - (y0 + y1) / 2.0 * scale
@@ -285,7 +285,7 @@ class ImagePane(QWidget):
         self._cache_key = key
         return self._qimage, level_index
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt API
+    def paintEvent(self, event: QPaintEvent) -> None:  # Qt API
         painter = QPainter(self)
         painter.fillRect(self.rect(), BACKGROUND)
         if self.view is not None:
@@ -585,7 +585,7 @@ class ImagePane(QWidget):
             return selected
         return self.label_at(pos)
 
-    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mousePressEvent(self, event: QMouseEvent) -> None:
         pos = event.position()
         if event.button() == Qt.MouseButton.RightButton:
             self._drag = ("window", pos, (0.0, 0.0))
@@ -609,7 +609,7 @@ class ImagePane(QWidget):
             self._drag = ("pan", pos, self.state.pan)
         event.accept()
 
-    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
         self.cursor = event.position()
         if self._ruler_start is not None or (self.hanging is not None and self.hanging.magnifier):
             self.update()
@@ -660,7 +660,7 @@ class ImagePane(QWidget):
                min(max(box[2], 0.0), cols), min(max(box[3], 0.0), rows)]
         return {"type": geometry.get("type", "box"), "box": [round(v, 2) for v in box]}
 
-    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
         drag, self._drag = self._drag, None
         if drag is not None and drag[0] == "draw":
             rect, self._draw_rect = self._draw_rect, None
@@ -691,14 +691,14 @@ class ImagePane(QWidget):
                 self.state.add_ruler((a[0], a[1], b[0], b[1]))
             self.update()
 
-    def leaveEvent(self, event) -> None:  # noqa: N802
+    def leaveEvent(self, event) -> None:
         self.cursor = None
         self.update()
 
-    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
         self.fullscreen_requested.emit(self.slot)
 
-    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
+    def wheelEvent(self, event: QWheelEvent) -> None:
         steps = event.angleDelta().y() / 120.0
         if steps == 0 or self.view is None:
             return
