@@ -135,7 +135,7 @@ def test_lens_shows_the_overlay_magnified(window, qtbot) -> None:
     centre = pane.stored_to_widget((lesion.box[0] + lesion.box[2]) / 2, (lesion.box[1] + lesion.box[3]) / 2)
     plain = _red(_rgb(pane)).sum()
     win.hanging.state.toggle_magnifier()
-    pane.cursor = centre
+    pane.pointer = centre
     with_lens = _red(_rgb(pane)).sum()
     assert with_lens > plain * 2  # the mark is drawn again, 3x larger, inside the lens
 
