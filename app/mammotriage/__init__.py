@@ -1,3 +1,3 @@
 """Mammo Triage: offline screening-mammography triage workstation."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -201,6 +201,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         active = registry.active()
         try:
             if args.models_command == "list":
+                rows: list[dict[str, Any]]
                 rows = [{"version": v.version, "active": bool(active and v.version == active.version),
                          "origin": v.origin, "parent": v.parent, "weights_sha256": v.weights_sha256,
                          "path": v.path, "registered_at": v.registered_at} for v in registry.versions()]

@@ -2,6 +2,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -77,7 +78,7 @@ def test_triage_json(tiny_model, phantom_exam, tmp_path, capsys):
             x0, y0, x1, y1 = f["box"]
             assert 0 <= x0 <= x1 <= 260 and 0 <= y0 <= y1 <= 320
             assert f["kind"] in ("mass", "calcification") and 0 <= f["score"] <= 1
-    ex1 = [e for e in exams if e["study_uid"] == phantom_exam.study_uid][0]
+    ex1 = next(e for e in exams if e["study_uid"] == phantom_exam.study_uid)
     assert all(f["sop_uid"] in uids for f in ex1["findings"])
 
 
@@ -99,6 +100,29 @@ def test_evaluate_json(tiny_model, tmp_path, make_breast, capsys):
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 1000
 
 
+def test_evaluate_plots_default_to_the_data_folder(tiny_model, tmp_path, make_breast, capsys,
+                                                   monkeypatch):
+    """Without --plots, evaluate writes into the data folder, never the working folder."""
+    mias = tmp_path / "mias"
+    mias.mkdir()
+    for i in range(1, 3):
+        Image.fromarray(make_breast(seed=i, chest_wall="left")).save(mias / f"mdb{i:03d}.png")
+    (mias / "labels.csv").write_text(
+        "image,patient,background,cls,severity,x,y_top_left,radius\n"
+        "mdb001,p001,G,CIRC,B,200,150,20\nmdb002,p002,G,NORM,,,,\n")
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(home))
+    args = _parser().parse_args(["evaluate", "--mias", str(mias), "--model", str(tiny_model), "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(work.iterdir()) == []
+    plots = [Path(p) for p in out["plots"]]
+    assert {p.name for p in plots} == {"froc.png", "roc.png"}
+    assert all(p.is_relative_to(home / "evaluation") and p.stat().st_size > 1000 for p in plots)
+
+
 def test_evaluate_refuses_bad_model(tmp_path, capsys):
     args = _parser().parse_args(["evaluate", "--mias", str(tmp_path), "--model", str(tmp_path), "--json"])
     assert args.func(args) == 2
@@ -109,7 +133,7 @@ def test_worker_process(tiny_model, phantom_exam, tmp_path):
     from mammotriage.model.infer import InferenceWorker
 
     paths = phantom_exam.save(tmp_path / "exam")
-    files = sorted(str(p) for p in paths.values())[:2] + [str(tmp_path / "missing.dcm")]
+    files = [*sorted(str(p) for p in paths.values())[:2], str(tmp_path / "missing.dcm")]
     with InferenceWorker(str(tiny_model), device="cpu", threads=1) as worker:
         results = worker.submit(files).result(timeout=120)
     assert len(results) == 3

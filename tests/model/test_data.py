@@ -64,7 +64,7 @@ def test_manifest_with_phantoms_and_mias(tmp_path, make_breast):
     ph = [s for s in samples if s.source == "phantom"]
     assert len({s.group for s in ph}) == 1  # one exam = one patient
     assert ph[0].load().dtype == np.uint8
-    again, desc2 = load_manifest(man)
+    _again, desc2 = load_manifest(man)
     assert desc2["sha256"] == desc["sha256"]
 
 

@@ -11,10 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from retrain_sim import build_tiny_site  # noqa: E402
+from retrain_sim import build_tiny_site
 
-from mammotriage.model.dataset_check import check_snapshot, report_text  # noqa: E402
-from mammotriage.store.datasets import load_snapshot  # noqa: E402
+from mammotriage.model.dataset_check import check_snapshot, report_text
+from mammotriage.store.datasets import load_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _check(site, which: str = "training", **kw):
 
 
 def test_a_clean_training_snapshot_passes_with_its_counts(site):
-    report, manifest = _check(site)
+    report, _manifest = _check(site)
     assert report["passed"], report["reasons"]
     names = {c["name"]: c for c in report["checks"]}
     assert set(names) == {"boxes_inside", "known_kinds", "no_validation_overlap", "pixels_unchanged"}
@@ -100,7 +100,7 @@ def test_changed_pixels_fail_and_retrain_refuses_the_snapshot(tmp_path):
     problems = next(c for c in report["checks"] if c["name"] == "pixels_unchanged")["problems"]
     assert any(str(victim) in p and "pixels changed since they were labelled" in p for p in problems)
     assert any(str(missing) in p and "cannot be read any more" in p for p in problems)
-    with pytest.raises(RetrainError, match="fails its data tests.*pixels changed since they were labelled"):
+    with pytest.raises(RetrainError, match=r"fails its data tests.*pixels changed since they were labelled"):
         retrain(tiny.training, archive_file=archive, params=RetrainParams(threads=1, max_iterations=1),
                 out_dir=tmp_path / "cand")
     assert not (tmp_path / "cand").exists()

@@ -28,7 +28,7 @@ def test_match_centre_inside_or_iou():
 
 def test_froc_operating_points():
     # 4 images, 2 lesions: one found at 0.9, one at 0.4; FPs at 0.8, 0.5, 0.3, 0.2
-    fr, mean, fps, sens = froc_from(np.array([0.8, 0.5, 0.3, 0.2]), np.array([0.9, 0.4]), 4)
+    fr, mean, _fps, _sens = froc_from(np.array([0.8, 0.5, 0.3, 0.2]), np.array([0.9, 0.4]), 4)
     # threshold 0.9: 0 FP -> 0.5; 0.8: 0.25 FP/img -> 0.5; 0.4: 0.5 FP/img -> 1.0
     assert fr["0.25"] == pytest.approx(0.5)
     assert fr["0.5"] == pytest.approx(1.0)

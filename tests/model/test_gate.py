@@ -12,10 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from retrain_sim import build_tiny_site  # noqa: E402
+from retrain_sim import build_tiny_site
 
-from mammotriage.model.evaluate import froc_from  # noqa: E402
-from mammotriage.model.gate import (  # noqa: E402
+from mammotriage.model.evaluate import froc_from
+from mammotriage.model.gate import (
     GateError,
     GateParams,
     froc_fast,
@@ -26,7 +26,7 @@ from mammotriage.model.gate import (  # noqa: E402
     report_text,
     validate,
 )
-from mammotriage.model.snapshot_data import (  # noqa: E402
+from mammotriage.model.snapshot_data import (
     SnapshotDataError,
     lock_validation,
     locked_validation,

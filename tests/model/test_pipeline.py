@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from retrain_sim import build_tiny_site, import_phantom_exams, phantom_numbers, record_ground_truth  # noqa: E402
+from retrain_sim import build_tiny_site, import_phantom_exams, phantom_numbers, record_ground_truth
 
-from mammotriage.model.pipeline import PipelineError, run_pipeline, status, status_text  # noqa: E402
+from mammotriage.model.pipeline import PipelineError, run_pipeline, status, status_text
 
 
 def test_pipeline_runs_when_due_and_records_its_outcome(tmp_path, capsys, monkeypatch):

@@ -50,7 +50,7 @@ def test_round_trip_through_real_preprocessing(tiny_pp, make_breast):
     # A lesion box in stored pixels lands on the mirrored canvas position and comes back.
     box = np.array([[200.0, 150.0, 230.0, 170.0]])
     cb = tf.stored_to_canvas_boxes(box)[0]
-    r0, c0, r1, c1 = tf.crop
+    r0, _c0, _r1, c1 = tf.crop
     assert cb[0] == pytest.approx((c1 - 230.0) * tf.scale_x)  # flipped: right edge -> left
     assert cb[1] == pytest.approx((150.0 - r0) * tf.scale_y)
     np.testing.assert_allclose(tf.canvas_to_stored_boxes(cb[None]), box, atol=1e-9)

@@ -4,6 +4,7 @@ content-addressed package copies, stored gate reports, append-only tables."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import sys
@@ -75,7 +76,7 @@ def test_register_promote_rollback(site, tmp_path) -> None:
         assert reg.active().version == "0.0.1"
         # a passed report counts only against the model that is active now
         other = {"version": "0.9.0", "weights_sha256": "0" * 64}
-        with pytest.raises(RegistryError, match="compares 1.1.0 with v0.9.0, not with the active model v0.0.1"):
+        with pytest.raises(RegistryError, match=re.escape("compares 1.1.0 with v0.9.0, not with the active model v0.0.1")):
             reg.promote("1.1.0", _report(reg, "1.1.0", parent=other, snapshot=snap), who="admin")
         reg.promote("1.1.0", _report(reg, "1.1.0", snapshot=snap), who="admin")
         assert reg.active().version == "1.1.0"
@@ -101,7 +102,7 @@ def test_promote_checks_whose_report_it_is(site, tmp_path) -> None:
         # a report with the right version but other weights
         forged = json.loads(json.dumps(for_b))
         forged["candidate"]["version"] = "1.2.0"
-        with pytest.raises(RegistryError, match="not for v1.2.0"):
+        with pytest.raises(RegistryError, match=re.escape("not for v1.2.0")):
             reg.promote("1.2.0", forged, who="admin")
         # a hand-written report (never made by this installation's gate) cannot pass
         with pytest.raises(RegistryError, match="not made by this installation's validation gate"):
@@ -181,7 +182,7 @@ def test_a_version_registered_before_package_copies_is_adopted(tmp_path) -> None
                          (str(install), sha))
         reg._log("0.2.0", "promote", "system", "first shipped model")
         assert reg.active().path == str(install)
-        active, folder, _meta = reg.active_package()
+        _active, folder, _meta = reg.active_package()
         assert folder == reg.store_dir(sha, "0.2.0") and folder.is_dir()
     shutil.rmtree(install)
     with ModelRegistry(archive) as reg:
@@ -197,7 +198,7 @@ def test_only_the_active_weights_run(tmp_path) -> None:
     archive = tmp_path / "home" / "archive.sqlite"
     with ModelRegistry(archive) as reg:
         reg.ensure_shipped(install)
-        with pytest.raises(RegistryError, match="not the registry's active model v0.2.0"):
+        with pytest.raises(RegistryError, match=re.escape("not the registry's active model v0.2.0")):
             reg.check_runs(other)
         assert reg.check_runs(install)["version"] == "0.2.0"
         with pytest.raises(ModelPackageError, match="not the registry's active model"):
@@ -213,7 +214,7 @@ def test_only_the_active_weights_run(tmp_path) -> None:
         # the registry's own copy edited: refused with a message
         copy_meta = Path(active.path) / "configs" / "metadata.json"
         copy_meta.write_text(json.dumps({**json.loads(copy_meta.read_text()), "version": "9.9.9"}))
-        with pytest.raises(RegistryError, match="not the registered 0.2.0"):
+        with pytest.raises(RegistryError, match=re.escape("not the registered 0.2.0")):
             reg.active_package()
 
 

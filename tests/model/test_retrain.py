@@ -15,9 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from retrain_sim import build_tiny_site  # noqa: E402
+from retrain_sim import build_tiny_site
 
-from mammotriage.model.snapshot_data import (  # noqa: E402
+from mammotriage.model.snapshot_data import (
     SnapshotDataError,
     ValidationGuard,
     replay_pool,
@@ -26,7 +26,7 @@ from mammotriage.model.snapshot_data import (  # noqa: E402
     snapshot_samples,
     training_set,
 )
-from mammotriage.store.datasets import load_snapshot  # noqa: E402
+from mammotriage.store.datasets import load_snapshot
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from netsupport import Storescp, free_port  # noqa: E402
+from netsupport import Storescp, free_port
 
-from mtsupport import require_tool  # noqa: E402
+from mtsupport import require_tool
 
 
 @pytest.fixture

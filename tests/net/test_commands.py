@@ -44,10 +44,10 @@ def test_serve_check_prints_effective_settings(capsys) -> None:
 
 
 def test_serve_refuses_other_interfaces_without_allow_lists(capsys) -> None:
-    rc, out, err = run("serve", "--bind", "0.0.0.0", "--port", "0", capsys=capsys)
+    rc, _out, err = run("serve", "--bind", "0.0.0.0", "--port", "0", capsys=capsys)
     assert rc == 2
     assert "refusing to listen on 0.0.0.0" in err and "--allow-aet" in err and "--allow-host" in err
-    rc, out, err = run("serve", "--check", "--bind", "0.0.0.0", "--allow-aet", "PACS",
+    rc, _out, err = run("serve", "--check", "--bind", "0.0.0.0", "--allow-aet", "PACS",
                        "--allow-host", "10.1.0.0/16", capsys=capsys)
     assert rc == 0, err
 

@@ -46,9 +46,8 @@ def test_unlisted_peer_is_refused_before_connecting(listener: socket.socket) -> 
 def test_listed_peer_passes_and_patch_is_undone(listener: socket.socket) -> None:
     port = listener.getsockname()[1]
     original = socket.socket.connect
-    with NetworkGuard([("localhost", port)]) as guard:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass
+    with NetworkGuard([("localhost", port)]) as guard, socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
     assert guard.allowed_connections == [("127.0.0.1", port)]
     assert guard.blocked == []
     assert not _nothing_connected(listener)

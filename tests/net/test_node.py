@@ -122,7 +122,7 @@ def test_echoscu_works_and_unknown_calling_ae_titles_are_refused(run_node) -> No
 
 def test_hosts_off_the_allow_list_are_refused(run_node, phantom_exams) -> None:
     running = run_node(allowed_calling_ae_titles=("STORESCU",), allowed_hosts=("10.99.0.0/16",))
-    study, files = phantom_exams["explicit"]
+    _study, files = phantom_exams["explicit"]
     r = storescu(running.port, files[:1])
     assert r.returncode != 0
     assert running.archive.count() == 0

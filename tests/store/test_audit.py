@@ -144,7 +144,7 @@ def test_a_forged_or_removed_head_file_is_found(archive: Path) -> None:
     lines = head_file.read_text().splitlines()
     forged = json.loads(lines[-1])
     forged.update(count=2, last_seq=2)
-    head_file.write_text("\n".join(lines[:2] + [json.dumps(forged)]) + "\n")
+    head_file.write_text("\n".join([*lines[:2], json.dumps(forged)]) + "\n")
     report = _verify(archive)
     assert any("wrong MAC" in p for p in report.problems), report.problems
     head_file.unlink()

@@ -247,7 +247,7 @@ def test_snapshot_references(labelled: dict) -> None:
     assert load_snapshot(str(b.path), labelled["archive"])["sha256"] == b.sha256
     with pytest.raises(DatasetError, match="no snapshot"):
         load_snapshot("nothing-like-it", labelled["archive"])
-    common = os.path.commonprefix([a.sha256, b.sha256])
+    common = os.path.commonprefix([a.sha256, b.sha256])  # noqa: RUF071 - a common string prefix is meant
     if len(common) >= 6:
         with pytest.raises(DatasetError, match="ambiguous"):
             load_snapshot(common, labelled["archive"])

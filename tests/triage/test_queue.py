@@ -85,7 +85,7 @@ def setup(tmp_path):
 
 
 def test_sync_enqueues_each_exam_once_per_version(setup) -> None:
-    archive, queue, model, _ = setup
+    _archive, queue, _model, _ = setup
     assert queue.sync("test-1") == 3
     assert queue.sync("test-1") == 0
     assert queue.sync("test-2") == 3  # a new model version analyses everything again
@@ -177,7 +177,7 @@ def test_an_exam_scored_without_one_of_its_views_says_so(setup) -> None:
 
 
 def test_restart_recovers_running_jobs(setup) -> None:
-    archive, queue, model, tmp = setup
+    _archive, queue, _model, _tmp = setup
     queue.sync("test-1")
     claimed = queue.claim_next("test-1")  # the worker dies here
     assert queue.recover() == 1
@@ -202,7 +202,7 @@ def test_worklist_orders_by_suspicion_pending_never_normal(setup) -> None:
     while process_one(queue, archive, model, tmp / "maps") is not None:
         pass
     entries = build_worklist(archive.exams(), queue.jobs(), queue.exam_results(), "test-1", points)
-    assert [e.exam.exam_key for e in entries][0] == "1.2.3.2"
+    assert next(e.exam.exam_key for e in entries) == "1.2.3.2"
     assert entries[0].category == "suspicious" and entries[0].breasts["L"] > 0.5
     # a new model version: old results are shown, flagged stale, and the exam is pending again
     queue.sync("test-2")

@@ -72,7 +72,7 @@ def _lesion_pane(win, exam):
 
 def test_on_demand_mode_hides_until_asked(window, qtbot) -> None:
     win, exam = window
-    pane, lesion = _lesion_pane(win, exam)
+    pane, _lesion = _lesion_pane(win, exam)
     assert not win.hanging.state.ai_visible
     assert not _red(_rgb(pane)).any()
     assert any("hidden" in line for line in pane.corner_lines()["top"])
@@ -92,7 +92,7 @@ def test_marks_land_on_the_lesion_through_flips_and_zoom(window, qtbot) -> None:
             pane.zoom_at(centre, zoom)
         rects = pane.mark_rects()
         assert len(rects) == 1  # the 0.1-score mark is below the operating point
-        rect, finding = rects[0]
+        rect, _finding = rects[0]
         x0, y0, x1, y1 = lesion.box
         a, b = pane.stored_to_widget(x0, y0), pane.stored_to_widget(x1, y1)
         expected = (min(a.x(), b.x()), min(a.y(), b.y()), max(a.x(), b.x()), max(a.y(), b.y()))
@@ -121,7 +121,7 @@ def test_map_overlay_hot_spot_at_lesion(window, qtbot) -> None:
     win.hanging.state.mark_threshold = 2.0  # hide marks: look at the map alone
     rgb = _rgb(pane)
     centre = pane.stored_to_widget((lesion.box[0] + lesion.box[2]) / 2, (lesion.box[1] + lesion.box[3]) / 2)
-    r, g, b = rgb[int(centre.y()), int(centre.x())]
+    r, _g, b = rgb[int(centre.y()), int(centre.x())]
     assert r > 180 and b < 80  # tinted by the colour map
     far = pane.stored_to_widget(5, 5)
     assert not _red(rgb)[int(far.y()), int(far.x())]
@@ -135,13 +135,13 @@ def test_lens_shows_the_overlay_magnified(window, qtbot) -> None:
     centre = pane.stored_to_widget((lesion.box[0] + lesion.box[2]) / 2, (lesion.box[1] + lesion.box[3]) / 2)
     plain = _red(_rgb(pane)).sum()
     win.hanging.state.toggle_magnifier()
-    pane.cursor = centre
+    pane.pointer = centre
     with_lens = _red(_rgb(pane)).sum()
     assert with_lens > plain * 2  # the mark is drawn again, 3x larger, inside the lens
 
 
 def test_after_read_mode_locks_until_initial_assessment(window, qtbot) -> None:
-    win, exam = window
+    win, _exam = window
     win.hanging.state.set_reading_mode("after read")
     win.open_exam(win.current)
     qtbot.keyClick(win, Qt.Key.Key_A)
@@ -166,14 +166,14 @@ def test_older_model_results_are_flagged(window, qtbot) -> None:
 
 
 def test_worklist_shows_scores_and_status(window) -> None:
-    win, exam = window
+    win, _exam = window
     entry = win.worklist.entries[0]
     assert entry.status == "done" and entry.score_100 == 90
     assert win.worklist.data(win.worklist.index(0, 3)) == "90"
 
 
 def test_worklist_and_status_bar_show_the_queue_eta(window) -> None:
-    win, exam = window
+    win, _exam = window
     win.model_version, win.model_meta = "v-newer", {"weights_sha256": "ef" * 32}
     win.queue.sync("v-newer")  # a new model: the exam waits for its analysis
     win.queue.record_time("ef" * 32, "v-newer", 4, 20.0)  # 5 s a view measured on this machine

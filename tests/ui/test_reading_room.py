@@ -40,7 +40,7 @@ def test_k_opens_the_kind_dialog_and_changes_the_kind(reading_room, qtbot, monke
 
     monkeypatch.setattr(QInputDialog, "getItem", staticmethod(answer))
     qtbot.keyClick(win, Qt.Key.Key_A)
-    pane, lesion = _lesion_pane(win, _current_exam(win, exams))
+    pane, _lesion = _lesion_pane(win, _current_exam(win, exams))
     pane.setFocus()
     qtbot.keyClick(win, Qt.Key.Key_Tab)
     assert win.hanging.state.selected is not None
@@ -159,7 +159,7 @@ def blind_policy(tmp_path):
 
 def test_blind_policy_hides_ai_everywhere_until_the_initial_read(blind_policy, reading_room, qtbot,
                                                                  monkeypatch) -> None:
-    win, exams = reading_room
+    win, _exams = reading_room
     assert win.hanging.state.reading_mode == "after read"
     qtbot.keyClick(win, Qt.Key.Key_M, Qt.KeyboardModifier.ControlModifier)  # readers cannot switch it off
     assert win.hanging.state.reading_mode == "after read" and "policy" in win.status_label.text()
@@ -229,7 +229,7 @@ def _sign_with(win, qtbot, right: str, left: str, density: str = "c") -> None:
 def test_sign_and_next_records_the_assessment_and_opens_the_next_unread(reading_room, qtbot) -> None:
     from mammotriage.ui.worklist import COL_READ
 
-    win, exams = reading_room
+    win, _exams = reading_room
     first = win.current.exam_key
     _sign_with(win, qtbot, "1", "4B")
     with CorrectionLog(win.archive.path) as log:
@@ -368,7 +368,7 @@ def test_a_cbis_ddsm_exam_is_fitted_to_the_breast(qtbot) -> None:
     shown = {slot: p for slot, p in hanging.panes.items() if p.view is not None}
     assert shown
     for slot, pane in shown.items():
-        w, h, inside = _fill(pane)
+        _w, _h, inside = _fill(pane)
         assert inside, slot
     for view in ("CC", "MLO"):
         pair = [shown[s] for s in ("R" + view, "L" + view) if s in shown]

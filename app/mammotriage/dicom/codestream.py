@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from itertools import pairwise
 from pathlib import Path
 from typing import BinaryIO
 
@@ -256,7 +257,7 @@ def _check_rle(frame: memoryview | bytes, rows: int, cols: int, bits_alloc: int,
         raise CorruptPixelDataError(
             f"RLE header declares {n} segments, {expected} expected for {bits_alloc}-bit data", path)
     offsets = list(header[1:1 + n])
-    if offsets[0] != 64 or any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)) \
+    if offsets[0] != 64 or any(b <= a for a, b in pairwise(offsets)) \
             or offsets[-1] >= len(frame):
         raise CorruptPixelDataError(
             f"RLE header segment offsets {offsets} are not increasing from 64 within the "

@@ -105,7 +105,7 @@ def chest_wall_from_pixels(display_like: np.ndarray) -> str:
     img = np.asarray(display_like, dtype=np.float32)
     step = max(1, max(img.shape) // 512)
     img = img[::step, ::step]
-    rows, cols = img.shape
+    _rows, cols = img.shape
     lo, hi = np.percentile(img, [5, 95])
     if hi <= lo:
         return "unknown"
@@ -242,15 +242,15 @@ class Exam:
         return [s for s in SCREENING_SLOTS if s not in self.slots]
 
 
-def _slot_rank(image: Any) -> tuple:
+def _slot_rank(image: Any) -> tuple[bool, bool, str, str]:
     """Prefer For Presentation, then non spot/magnified, then the latest acquisition."""
     modifiers = set(getattr(image, "view_modifiers", ()) or ())
     date = getattr(image, "acquisition_date", None) or getattr(image, "study_date", None)
     return (
         getattr(image, "presentation_intent", None) is not PresentationIntent.PROCESSING,
         not modifiers & {"SPOT", "MAGNIFICATION"},
-        date.isoformat() if date else "",
-        getattr(image, "sop_instance_uid", None) or getattr(image, "sop_uid", ""),
+        str(date.isoformat()) if date else "",
+        str(getattr(image, "sop_instance_uid", None) or getattr(image, "sop_uid", "")),
     )
 
 

@@ -150,7 +150,8 @@ def _open_deflated(path: Path) -> Dataset | None:
     except (InvalidDicomError, EOFError, ValueError, TypeError, struct.error, KeyError):
         return None  # not a plain deflated file: the normal reader says what it is
     walk_explicit_le(inflated, path)
-    dataset = read_dataset(DicomBytesIO(inflated), False, True)
+    # pydicom annotates BinaryIO, but its own DicomBytesIO is what its readers pass here
+    dataset = read_dataset(DicomBytesIO(inflated), False, True)  # type: ignore[arg-type]
     ds = pydicom.dataset.FileDataset(str(path), dataset, preamble, file_meta, False, True)
     ds.set_original_encoding(False, True, dataset._character_set)
     return ds
@@ -182,9 +183,9 @@ def _open(path: Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path, defer_size="256 KB", force=True)
         has_core = "SOPClassUID" in ds or ("Rows" in ds and PIXEL_DATA in ds)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever a forced parse raises, the file is not DICOM
         has_core = False
-    if not has_core:
+    if ds is None or not has_core:
         raise NotDicomError("not a DICOM file (no DICM preamble and no DICOM elements found)", path)
     if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
@@ -531,7 +532,7 @@ def parse_metadata(ds: Dataset, path: str | Path | None = None, allow_non_breast
     if sop_class.startswith(_SR_PREFIX) or (modality in _NON_IMAGE_MODALITIES and not has_pixels):
         try:
             name = UID(sop_class).name if sop_class else modality
-        except Exception:
+        except Exception:  # noqa: BLE001 - a malformed UID is named as it is written
             name = sop_class
         raise NotAnImageError(f"not an image: {name or modality} (Modality {modality or '?'})", p)
     if not has_pixels and "Rows" not in ds:
@@ -667,8 +668,7 @@ def decode_pixels(ds: Dataset, meta: MammoMetadata, path: Path | None = None) ->
         plugins = [""]
     for plugin in plugins:
         try:
-            kwargs = {"decoding_plugin": plugin} if plugin else {}
-            arr = pydicom.pixels.pixel_array(ds, **kwargs)
+            arr = pydicom.pixels.pixel_array(ds, decoding_plugin=plugin)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is reported
             detail = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ""
             errors.append(f"{plugin or 'native'}: {type(exc).__name__}: {detail}")

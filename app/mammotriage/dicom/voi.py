@@ -181,7 +181,7 @@ def build_display_lut(
     modality = apply_modality_lut(stored, meta.modality_lut)
     if isinstance(window, WindowPreset) and window.is_lut:
         y = apply_voi_lut_table(modality, window)
-    elif window is not None:
+    elif window is not None and window.center is not None and window.width is not None:
         y = apply_voi_window(modality, window.center, window.width, window.function)
     else:
         mn, mx = float(modality.min()), float(modality.max())
@@ -220,7 +220,8 @@ def breast_mask(values: np.ndarray, tissue_bright: bool = True) -> np.ndarray:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    largest: np.ndarray = labels == int(np.argmax(sizes))
+    return largest
 
 
 def auto_window(meta: MammoMetadata, pixels: np.ndarray, max_side: int = 512) -> Window:

@@ -45,6 +45,7 @@ from dicognito.element_anonymizer import ElementAnonymizer
 from dicognito.idanonymizer import IDAnonymizer
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from mammotriage.export.profile import dummy_value, entry_for, resolve, table
 
@@ -59,7 +60,7 @@ __all__ = [
 #: (113100, DCM, "Basic Application Confidentiality Profile"), PS3.16 CID 7050.
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 #: Implementation Class UID written in the file meta of exported files (Mammo Triage's).
-IMPLEMENTATION_CLASS_UID = "2.25.151618362018175754709966790777982717541"
+IMPLEMENTATION_CLASS_UID = UID("2.25.151618362018175754709966790777982717541")
 
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
                        "UC", "UR", "UT", "UI"})

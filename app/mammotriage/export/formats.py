@@ -135,7 +135,8 @@ def monai_datalist(items: Sequence[ExportItem], *, key: str, name: str, descript
 def coco(items: Sequence[ExportItem], *, name: str, description: str, reference: str,
          created: str) -> dict[str, Any]:
     """COCO object detection JSON of the reviewed images (see the module docstring)."""
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for item in (i for i in items if i.reviewed):
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": item.image, "width": item.columns,

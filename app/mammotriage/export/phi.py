@@ -129,8 +129,8 @@ def phi_needles(ds: Dataset) -> PhiNeedles:
                     continue
                 forms = {v, v.replace("^", " ").strip()} if element.VR == "PN" else {v}
                 for form in forms:
-                    digits = form.replace(" ", "").isdigit()
-                    if len(form) >= (MIN_DIGITS_LENGTH if digits else MIN_TEXT_LENGTH):
+                    numeric = form.replace(" ", "").isdigit()
+                    if len(form) >= (MIN_DIGITS_LENGTH if numeric else MIN_TEXT_LENGTH):
                         out.strings[form] = keyword
 
     ds.walk(visit)

@@ -142,9 +142,8 @@ def _check_source(img: Mapping[str, Any]) -> tuple[Dataset | None, str | None]:
     if flag != "NO":
         return ds, (f"Burned In Annotation is {flag}" if flag else "Burned In Annotation is absent") + \
             " (pixels may show identifying text)"
-    if img.get("pixel_sha256"):
-        if pixel_sha256(read_image(src).pixels) != img["pixel_sha256"]:
-            return ds, "decoded pixels differ from those the readers labelled"
+    if img.get("pixel_sha256") and pixel_sha256(read_image(src).pixels) != img["pixel_sha256"]:
+        return ds, "decoded pixels differ from those the readers labelled"
     return ds, None
 
 

@@ -17,10 +17,14 @@ The speck and cluster caps bound the work per view, whatever the image holds.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import GradientBoostingClassifier
 
 #: Working grid of the calcification path (mm per pixel).
 CALC_SPACING_MM = 0.2
@@ -49,11 +53,11 @@ class CalcParams:
     max_clusters: int = 64
     box_pad_mm: float = 1.0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> CalcParams:
+    def from_json(cls, d: dict[str, Any]) -> CalcParams:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -107,7 +111,8 @@ def working_image(display: np.ndarray, spacing_mm: float, params: CalcParams = C
 def _disk(radius_px: float) -> np.ndarray:
     r = max(1, int(round(radius_px)))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return (xx * xx + yy * yy) <= r * r + 0.5
+    disk: np.ndarray = (xx * xx + yy * yy) <= r * r + 0.5
+    return disk
 
 
 def detect_specks(img: np.ndarray, mask: np.ndarray, params: CalcParams = CalcParams()
@@ -299,7 +304,7 @@ def insert_cluster(display: np.ndarray, spacing_mm: float, centre_xy: tuple[floa
     xx = (xx + 0.5) * fine - half
     yy = (yy + 0.5) * fine - half
     # positions: uniform in an ellipsoidal volume (projected onto the image plane)
-    pos = []
+    pos: list[np.ndarray] = []
     while len(pos) < n:
         p = rng.uniform(-1, 1, size=3)
         if (p * p).sum() <= 1:
@@ -343,7 +348,7 @@ class TreeEnsemble:
         self.learning_rate = float(learning_rate)
 
     @classmethod
-    def from_sklearn(cls, clf) -> TreeEnsemble:
+    def from_sklearn(cls, clf: GradientBoostingClassifier) -> TreeEnsemble:
         """From a fitted binary ``sklearn.ensemble.GradientBoostingClassifier``."""
         feats, thrs, lefts, rights, vals, roots = [], [], [], [], [], []
         offset = 0
@@ -379,7 +384,8 @@ class TreeEnsemble:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if len(X) == 0:
             return np.zeros(0)
-        return 1.0 / (1.0 + np.exp(-self.decision(X)))
+        proba: np.ndarray = 1.0 / (1.0 + np.exp(-self.decision(X)))
+        return proba
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.feature": self.feature, f"{prefix}.threshold": self.threshold,

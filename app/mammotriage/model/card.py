@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mammotriage.model.train import TrainResult
 
 LICENCE = """Mammo Triage lesion detector — weights licence notes
 =====================================================
@@ -27,7 +30,7 @@ keep this notice and respect the MIAS database's research-use terms.
 """
 
 
-def operating_points(records: list[dict]) -> dict[str, Any]:
+def operating_points(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Score thresholds measured on pooled cross-validation predictions."""
     if not records:
         return {}
@@ -64,11 +67,11 @@ def _image_point(scores: np.ndarray, labels: np.ndarray, sensitivity: float) -> 
             "target_sensitivity": sensitivity}
 
 
-def _fmt(v) -> str:
+def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def model_card(meta: dict, cv: dict | None, notes: str = "") -> str:
+def model_card(meta: dict[str, Any], cv: dict[str, Any] | None, notes: str = "") -> str:
     lines = [f"# Mammo Triage lesion detector v{meta['version']}", "",
              f"**Intended use:** {meta['intended_use']}.", "",
              "## Model",
@@ -125,10 +128,10 @@ def model_card(meta: dict, cv: dict | None, notes: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_trained_package(out_dir: str | Path, result, described: dict, cv: dict | None = None,
+def write_trained_package(out_dir: str | Path, result: TrainResult, described: dict[str, Any], cv: dict[str, Any] | None = None,
                           version: str = "0.1.0", parent_version: str | None = None,
                           description: str = "RetinaNet/EfficientNet-Lite0/FPN-64 lesion detector",
-                          notes: str = "", extra: dict | None = None) -> Path:
+                          notes: str = "", extra: dict[str, Any] | None = None) -> Path:
     """``extra``: more metadata (e.g. ``input_reference`` and ``training_scanners`` for
     the drift monitor, see :func:`mammotriage.model.data.input_reference`)."""
     from mammotriage.model.evaluate import write_plots
@@ -169,7 +172,7 @@ LIKELY_NORMAL_SENSITIVITY = 0.97
 SUSPICIOUS_SPECIFICITY = 0.80
 
 
-def exam_scores(records: list[dict], groups: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def exam_scores(records: list[dict[str, Any]], groups: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Exam scores of pooled records by the worklist's own rule (:mod:`mammotriage.model.scoring`):
     mini-MIAS holds one MLO view per breast, so a breast scores its view and the exam its
     more suspicious breast.  Returns (scores, abnormal, exam names)."""
@@ -189,11 +192,11 @@ def exam_scores(records: list[dict], groups: list[str]) -> tuple[np.ndarray, np.
     return np.array(scores), np.array(labels), names
 
 
-def exam_operating_points(records: list[dict], groups: list[str], fold_of: list[int] | None = None
+def exam_operating_points(records: list[dict[str, Any]], groups: list[str], fold_of: list[int] | None = None
                           ) -> dict[str, Any]:
     """Worklist thresholds on the *exam* score from pooled cross-validation predictions,
     with their measured sensitivity and specificity and the score's calibration."""
-    s, y, names = exam_scores(records, groups)
+    s, y, _names = exam_scores(records, groups)
     ops: dict[str, Any] = {"source": "pooled patient-level cross-validation predictions (mini-MIAS dev), "
                                      "exam level (the worklist's unit)", "n_exams": int(len(s)),
                            "n_abnormal_exams": int(y.sum())}
@@ -206,7 +209,7 @@ def exam_operating_points(records: list[dict], groups: list[str], fold_of: list[
     t_sus = float(neg[min(len(neg) - 1, int(np.ceil(SUSPICIOUS_SPECIFICITY * len(neg))))])
     t_sus = max(t_sus, t_norm)
 
-    def point(t: float, target: dict) -> dict:
+    def point(t: float, target: dict[str, Any]) -> dict[str, Any]:
         return {"threshold": t, "sensitivity": float((s[y] >= t).mean()),
                 "specificity": float((s[~y] < t).mean()), **target}
 
@@ -233,7 +236,7 @@ def calibration(scores: np.ndarray, labels: np.ndarray, bins: int = 5) -> dict[s
             "brier_of_prevalence": round(float(np.mean((base - y) ** 2)), 4), "reliability": table}
 
 
-def write_calibration_plot(ops: dict, path: Path) -> Path | None:
+def write_calibration_plot(ops: dict[str, Any], path: Path) -> Path | None:
     cal = ops.get("calibration")
     if not cal:
         return None
@@ -257,7 +260,7 @@ def write_calibration_plot(ops: dict, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def _froc_rows(label: str, m: dict) -> list[str]:
+def _froc_rows(label: str, m: dict[str, Any]) -> list[str]:
     rows = [f"| {label} | all ({m['n_lesions']}) | {_fmt(m['image_auc'])} | "
             + " | ".join(_fmt(v) for v in m["froc"].values()) + " |"]
     for kind, d in m["per_kind"].items():
@@ -266,7 +269,7 @@ def _froc_rows(label: str, m: dict) -> list[str]:
     return rows
 
 
-def second_look_report(metrics: dict, boot: dict, ops: dict) -> str:
+def second_look_report(metrics: dict[str, Any], boot: dict[str, Any], ops: dict[str, Any]) -> str:
     """Markdown: both recipes on the same folds, the paired bootstrap and the exam-level
     operating points (model card section and docs)."""
     old, new = metrics["stage_one"], metrics["second_look"]
@@ -296,9 +299,9 @@ def second_look_report(metrics: dict, boot: dict, ops: dict) -> str:
     return "\n".join(lines)
 
 
-def write_second_look_package(out_dir: str | Path, stage_one_dir: str | Path, slr: dict, boot: dict,
+def write_second_look_package(out_dir: str | Path, stage_one_dir: str | Path, slr: dict[str, Any], boot: dict[str, Any],
                               groups: list[str], version: str, parent_version: str | None,
-                              described: dict | None = None, notes: str = "") -> Path:
+                              described: dict[str, Any] | None = None, notes: str = "") -> Path:
     """A package: the stage-one network of ``stage_one_dir`` plus the fitted second look,
     with both recipes' cross-validation figures and exam-level operating points."""
     import shutil

@@ -12,10 +12,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from mammotriage.dicom.image import MammoImage
+    from mammotriage.model.data import Sample
+    from mammotriage.model.infer import Engine
 
 
-def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``train``, ``evaluate`` and ``triage`` on an argparse sub-parser set."""
     p = subparsers.add_parser("train", help="train a detector and write a model package",
                               description="Train the lesion detector from a dataset manifest (or a "
@@ -59,7 +64,8 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mias", type=Path, required=True, help="folder with PNGs and labels.csv")
     p.add_argument("--model", type=Path, help="model package (default: the shipped one)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--plots", type=Path, help="folder for froc.png/roc.png (default: ./evaluation)")
+    p.add_argument("--plots", type=Path,
+                   help="folder for froc.png/roc.png (default: evaluation/<model version> in the data folder)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=2)
@@ -81,7 +87,7 @@ def add_model_commands(subparsers: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------ train
 
-def _gather_samples(args) -> tuple[list, list, dict]:
+def _gather_samples(args: argparse.Namespace) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
     from mammotriage.model.data import samples_from_spec
 
     if args.manifest:
@@ -104,7 +110,7 @@ def _gather_samples(args) -> tuple[list, list, dict]:
     return real, extra, described
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from mammotriage.model.card import write_trained_package
@@ -149,7 +155,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _train_second_look(args, real, extra, described, work: Path) -> int:
+def _train_second_look(args: argparse.Namespace, real: list[Sample], extra: list[Sample],
+                       described: dict[str, Any], work: Path) -> int:
     from mammotriage.model.card import write_second_look_package
     from mammotriage.model.crossval import paired_bootstrap, second_look_cv
 
@@ -177,7 +184,8 @@ def _train_second_look(args, real, extra, described, work: Path) -> int:
 
 # ------------------------------------------------------------------ evaluate
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mammotriage.config import data_dir
     from mammotriage.model.data import read_mias
     from mammotriage.model.evaluate import evaluate_predictions, predict_samples, write_plots
     from mammotriage.model.package import ModelPackageError, load_engine
@@ -196,7 +204,8 @@ def cmd_evaluate(args) -> int:
     out = result.to_json()
     out["model_version"] = engine.version
     if not args.no_plots:
-        paths = write_plots(result, args.plots or Path("evaluation"), title=f"v{engine.version}")
+        plots = args.plots or data_dir() / "evaluation" / str(engine.version)
+        paths = write_plots(result, plots, title=f"v{engine.version}")
         out["plots"] = [str(p) for p in paths]
     if args.json:
         print(json.dumps(out))
@@ -225,7 +234,7 @@ def _dicom_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None,
+def triage_paths(paths: list[Path], engine: Engine, min_score: float = 0.05, err: TextIO | None = None,
                  skipped: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """Exams (most suspicious first) with breast scores and findings in stored coordinates.
 
@@ -254,10 +263,10 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None,
         for warning in image.meta.warnings:
             print(f"{f}: warning: {warning}", file=err)
         images.append(image)
-    exams: dict[str, list] = {}
+    exams: dict[str, list[MammoImage]] = {}
     for im in images:
         exams.setdefault(exam_key(im.meta), []).append(im)
-    out = []
+    out: list[dict[str, Any]] = []
     for key, ims in exams.items():
         try:
             results = engine.predict_images(ims, max_map_side=64)
@@ -270,9 +279,9 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None,
                                 for im, r in zip(ims, results, strict=True))
         findings = []
         for im, r in zip(ims, results, strict=True):
-            for f in r.findings:
-                if f.score >= min_score:
-                    findings.append({"sop_uid": im.meta.sop_instance_uid, **f.to_json()})
+            for finding in r.findings:
+                if finding.score >= min_score:
+                    findings.append({"sop_uid": im.meta.sop_instance_uid, **finding.to_json()})
         findings.sort(key=lambda d: -d["score"])
         score = exam_score(breasts, (r.score for r in results))
         out.append({"study_uid": ims[0].meta.study_instance_uid, "exam_key": key,
@@ -286,7 +295,7 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None,
     return out
 
 
-def cmd_triage(args) -> int:
+def cmd_triage(args: argparse.Namespace) -> int:
     from mammotriage.model.package import ModelPackageError, load_engine
 
     try:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,15 +24,18 @@ from mammotriage.model.network import DEFAULT_CONFIG, NetworkConfig
 from mammotriage.model.preprocess import DEFAULT_PARAMS, PreprocessParams
 from mammotriage.model.train import TrainParams, prepare, train
 
+if TYPE_CHECKING:
+    from mammotriage.model.twostage import ViewGeometry
 
-def _records_json(records: list[dict]) -> list[dict]:
+
+def _records_json(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in records:
         out.append({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()})
     return out
 
 
-def _records_from_json(items: list[dict]) -> list[dict]:
+def _records_from_json(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in items:
         r = dict(r)
@@ -45,7 +50,7 @@ def _records_from_json(items: list[dict]) -> list[dict]:
 def cross_validate(samples: list[Sample], k: int, out_dir: str | Path, hp: TrainParams,
                    extra_train: list[Sample] | None = None, config: NetworkConfig = DEFAULT_CONFIG,
                    pp: PreprocessParams = DEFAULT_PARAMS, folds: list[int] | None = None,
-                   fold_seed: int = 0, stop_at: int | None = None) -> dict:
+                   fold_seed: int = 0, stop_at: int | None = None) -> dict[str, Any]:
     """Train k models, each validated on the patients it never saw; pooled metrics.
 
     Each fold's held-out predictions go to ``out_dir/fold{i}/records.json`` (a finished
@@ -60,7 +65,7 @@ def cross_validate(samples: list[Sample], k: int, out_dir: str | Path, hp: Train
     print(f"preparing {len(samples)} + {len(extra_train)} images", file=sys.stderr, flush=True)
     prepared = prepare(samples, pp)
     prepared_extra = prepare(extra_train, pp)
-    all_records: list[dict] = []
+    all_records: list[dict[str, Any]] = []
     per_fold = []
     for f in range(k) if folds is None else folds:
         fold_dir = out_dir / f"fold{f}"
@@ -108,7 +113,7 @@ def cross_validate(samples: list[Sample], k: int, out_dir: str | Path, hp: Train
     return {"summary": summary, "pooled": pooled, "records": all_records}
 
 
-def pooled_auc(records: list[dict]) -> float:
+def pooled_auc(records: list[dict[str, Any]]) -> float:
     return roc_auc([int(r["abnormal"]) for r in records], [r["image_score"] for r in records])
 
 
@@ -127,7 +132,7 @@ def _partner_index(samples: list[Sample]) -> list[int | None]:
 
 
 def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path,
-                       synthetic_per_normal: int = 2, seed: int = 7) -> dict:
+                       synthetic_per_normal: int = 2, seed: int = 7) -> dict[str, Any]:
     """Calcification-cluster examples of every image (real lesions, synthetic clusters in
     normal images, phantom clusters), computed once and kept in ``path`` (npz)."""
     from mammotriage.model.twostage import calc_examples, synthetic_calc_examples
@@ -153,11 +158,12 @@ def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path
         if (i + 1) % 25 == 0:
             print(f"calcification examples: {i + 1}/{len(samples) + len(phantoms)} images",
                   file=sys.stderr, flush=True)
-    np.savez_compressed(path, **out)
+    # numpy types **kwds as if a key could be allow_pickle; every key here is "<i>.<name>"
+    np.savez_compressed(path, **out)  # type: ignore[arg-type]
     return out
 
 
-def _calc_training(cache: dict, idx: list[int], phantom_idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _calc_training(cache: dict[str, Any], idx: list[int], phantom_idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
     Xs, ys = [], []
     for i in idx + phantom_idx:
         for xk, yk in ((f"{i}.X", f"{i}.y"), (f"{i}.Xs", f"{i}.ys")):
@@ -167,7 +173,9 @@ def _calc_training(cache: dict, idx: list[int], phantom_idx: list[int]) -> tuple
     return np.concatenate(Xs), np.concatenate(ys)
 
 
-def _stage2_rows(samples, records, geoms, partner, idx, kind_labels: bool = True):
+def _stage2_rows(samples: list[Sample], records: Sequence[dict[str, Any]], geoms: Sequence[ViewGeometry],
+                 partner: Sequence[int | None], idx: Sequence[int], kind_labels: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
     from mammotriage.model.twostage import hits, stage2_features
 
     Xs, ys = [], []
@@ -190,7 +198,7 @@ def _stage2_rows(samples, records, geoms, partner, idx, kind_labels: bool = True
 
 
 def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: list[Sample] | None = None,
-                   fold_seed: int = 0, seed: int = 0) -> dict:
+                   fold_seed: int = 0, seed: int = 0) -> dict[str, Any]:
     """Cross-validate the second look on the folds of a finished stage-one CV in ``cv_dir``.
 
     For fold f the calcification trees learn from the clusters of the other folds' images
@@ -207,12 +215,13 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
     phantoms = phantoms or []
     fold_of = patient_folds(samples, k, seed=fold_seed)
     key_index = {s.key: i for i, s in enumerate(samples)}
-    records: list[dict | None] = [None] * len(samples)
+    found_records: list[dict[str, Any] | None] = [None] * len(samples)
     for f in range(k):
         saved = json.loads((cv_dir / f"fold{f}" / "records.json").read_text())
         for r in _records_from_json(saved["records"]):
-            records[key_index[r["key"]]] = r
-    if any(r is None for r in records):
+            found_records[key_index[r["key"]]] = r
+    records = [r for r in found_records if r is not None]
+    if len(records) != len(samples):
         raise RuntimeError(f"{cv_dir}: stage-one cross-validation is not complete")
     for r in records:
         r["scores"] = r["scores"].reshape(-1)
@@ -229,11 +238,13 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
         st2 = fit_trees(X2, y2, seed=seed)
         return SecondLook(calc, st2)
 
-    new_records: list[dict | None] = [None] * len(samples)
+    new_records: list[dict[str, Any] | None] = [None] * len(samples)
     for f in range(k):
         tr = [i for i in range(len(samples)) if fold_of[i] != f]
         va = [i for i in range(len(samples)) if fold_of[i] == f]
         sl = fit(tr)
+        if sl.calc is None:
+            raise RuntimeError("the fitted second look has no calcification trees")
         for i in va:
             r = records[i]
             j = partner[i]
@@ -251,14 +262,17 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
                               "image_score": noisy_or([x.score for x in found], sl.top_k)}
         print(f"second look: fold {f} done", file=sys.stderr, flush=True)
     final = fit(list(range(len(samples))))
+    rescored = [r for r in new_records if r is not None]
+    if len(rescored) != len(samples):
+        raise RuntimeError("the folds do not cover every image")
     old_m = evaluate_predictions(records)
-    new_m = evaluate_predictions(new_records)
-    return {"stage_one": records, "second_look": new_records, "final": final, "fold_of": fold_of,
+    new_m = evaluate_predictions(rescored)
+    return {"stage_one": records, "second_look": rescored, "final": final, "fold_of": fold_of,
             "metrics": {"stage_one": old_m.to_json(), "second_look": new_m.to_json()}}
 
 
-def paired_bootstrap(a: list[dict], b: list[dict], groups: list[str], n: int = 1000, seed: int = 0,
-                     rate: str = "1") -> dict:
+def paired_bootstrap(a: list[dict[str, Any]], b: list[dict[str, Any]], groups: list[str], n: int = 1000, seed: int = 0,
+                     rate: str = "1") -> dict[str, Any]:
     """Patient-level bootstrap of sensitivity at ``rate`` FP/image and image AUC for two
     sets of records over the same images: each value with its 95 % CI, and the CI of b - a.
 
@@ -266,7 +280,7 @@ def paired_bootstrap(a: list[dict], b: list[dict], groups: list[str], n: int = 1
     pools the matched images of the patients drawn."""
     from mammotriage.model.evaluate import match_image, roc_auc, sensitivity_at
 
-    def matched(records):
+    def matched(records: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [match_image(r["boxes"], r["scores"], r["circles"]) for r in records]
 
     ma, mb = matched(a), matched(b)
@@ -277,7 +291,10 @@ def paired_bootstrap(a: list[dict], b: list[dict], groups: list[str], n: int = 1
     score_a = np.array([float(r["image_score"]) for r in a])
     score_b = np.array([float(r["image_score"]) for r in b])
     rate_f = float(rate)
-    sa, sb, aa, ab = [], [], [], []
+    sa: list[float] = []
+    sb: list[float] = []
+    aa: list[float] = []
+    ab: list[float] = []
     for _ in range(n):
         pick = rng.choice(len(names), size=len(names), replace=True)
         idx = [i for p in pick for i in members[names[p]]]
@@ -288,7 +305,7 @@ def paired_bootstrap(a: list[dict], b: list[dict], groups: list[str], n: int = 1
         aa.append(roc_auc(labels[idx], score_a[idx]))
         ab.append(roc_auc(labels[idx], score_b[idx]))
 
-    def ci(v):
+    def ci(v: Sequence[float] | np.ndarray) -> list[float]:
         v = np.asarray(v, float)
         v = v[np.isfinite(v)]
         return [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]

@@ -9,8 +9,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 from mammotriage.model.network_constants import CLASSES
 
@@ -59,7 +63,7 @@ def read_mias(folder: str | Path) -> list[Sample]:
     add no box.  Images without any row are skipped.
     """
     folder = Path(folder)
-    rows: dict[str, list[dict]] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
     with open(folder / "labels.csv", newline="") as fh:
         for row in csv.DictReader(fh):
             rows.setdefault(row["image"].strip(), []).append(row)
@@ -101,7 +105,7 @@ def phantom_samples(n_exams: int, seed: int = 1000, rows: int = 1024, columns: i
             pixels = img.pixels
             ds = img.dataset
 
-            def load(ds=ds, pixels=pixels) -> np.ndarray:
+            def load(ds: Dataset = ds, pixels: np.ndarray = pixels) -> np.ndarray:
                 from mammotriage.dicom.read import parse_metadata
                 from mammotriage.model.preprocess import display_from_mammo
 
@@ -115,7 +119,7 @@ def phantom_samples(n_exams: int, seed: int = 1000, rows: int = 1024, columns: i
     return samples
 
 
-def _row_spacing(ds) -> float | None:
+def _row_spacing(ds: Dataset) -> float | None:
     from mammotriage.dicom.read import parse_metadata
 
     sp = parse_metadata(ds).spacing
@@ -124,7 +128,7 @@ def _row_spacing(ds) -> float | None:
 
 # ------------------------------------------------------------------ manifests
 
-def load_manifest(path: str | Path) -> tuple[list[Sample], dict]:
+def load_manifest(path: str | Path) -> tuple[list[Sample], dict[str, Any]]:
     """Samples named by a dataset manifest (JSON) and a description with its hash.
 
     Manifest: ``{"sources": [{"type": "mias", "path": "../shared/data/mias/dev"},
@@ -136,7 +140,7 @@ def load_manifest(path: str | Path) -> tuple[list[Sample], dict]:
     return samples_from_spec(spec, base=path.parent)
 
 
-def samples_from_spec(spec: dict, base: Path | None = None) -> tuple[list[Sample], dict]:
+def samples_from_spec(spec: dict[str, Any], base: Path | None = None) -> tuple[list[Sample], dict[str, Any]]:
     samples: list[Sample] = []
     described = []
     for src in spec.get("sources", []):
@@ -207,7 +211,7 @@ def patient_folds(samples: list[Sample], k: int, seed: int = 0) -> list[int]:
 SOURCE_SCANNERS = {"mias": "mini-MIAS (digitised film)", "phantom": "Mammo Triage phantom"}
 
 
-def input_reference(samples: list[Sample]) -> dict:
+def input_reference(samples: list[Sample]) -> dict[str, Any]:
     """The training images' breast-intensity statistics, the baseline of the drift monitor.
 
     Same statistic as the triage worker stores per image

@@ -18,13 +18,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from mammotriage.model.data import Sample
+    from mammotriage.model.infer import Engine
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney, ties count half); NaN with one class only."""
     y = np.asarray(labels, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -54,7 +62,8 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
     a = (box[2] - box[0]) * (box[3] - box[1])
     b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(a + b - inter, 1e-9)
+    iou: np.ndarray = inter / np.maximum(a + b - inter, 1e-9)
+    return iou
 
 
 def match_image(pred_boxes: np.ndarray, pred_scores: np.ndarray, circles: np.ndarray,
@@ -67,8 +76,7 @@ def match_image(pred_boxes: np.ndarray, pred_scores: np.ndarray, circles: np.nda
     pred_scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
     circles = np.asarray(circles, dtype=np.float64).reshape(-1, 3)
     kind_aware = pred_kinds is not None and lesion_kinds is not None
-    if kind_aware:
-        lk = np.asarray(list(lesion_kinds), dtype=object)
+    lk = np.asarray(list(lesion_kinds or ()), dtype=np.str_)
     lesion = np.zeros(len(circles))
     claimed = np.zeros(len(circles), dtype=bool)
     fps = []
@@ -80,7 +88,7 @@ def match_image(pred_boxes: np.ndarray, pred_scores: np.ndarray, circles: np.nda
             cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
             inside = (cx - circles[:, 0]) ** 2 + (cy - circles[:, 1]) ** 2 <= circles[:, 2] ** 2
             hit = inside | (_iou(b, cboxes) >= 0.1)
-            if kind_aware:
+            if kind_aware and pred_kinds is not None:
                 hit &= lk == pred_kinds[i]
         else:
             hit = np.zeros(0, dtype=bool)
@@ -106,7 +114,7 @@ class EvalResult:
     sens_curve: np.ndarray
     roc: tuple[np.ndarray, np.ndarray]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"image_auc": _r(self.image_auc), "froc": {k: _r(v) for k, v in self.froc.items()},
                 "froc_mean": _r(self.froc_mean), "n_images": self.n_images,
                 "n_lesions": self.n_lesions, "n_abnormal": self.n_abnormal,
@@ -168,7 +176,7 @@ def froc_from(fp_scores: np.ndarray, lesion_scores: np.ndarray, n_images: int,
     return vals, mean, fps_curve, sens_curve
 
 
-def evaluate_predictions(records: Sequence[dict], rates: Sequence[float] = FP_RATES) -> EvalResult:
+def evaluate_predictions(records: Sequence[dict[str, Any]], rates: Sequence[float] = FP_RATES) -> EvalResult:
     """Metrics from per-image records ``{"abnormal", "circles" (N,3), "kinds", "boxes" (M,4),
     "scores" (M,), "image_score"}``."""
     all_fp, all_les, kinds = [], [], []
@@ -199,13 +207,13 @@ def evaluate_predictions(records: Sequence[dict], rates: Sequence[float] = FP_RA
     kinds_arr = np.array(kinds)
     for k in sorted(set(kinds)):
         sel = kinds_arr == k
-        kv, km, _, _ = froc_from(kfp_all, kles_all[sel], n, rates)
+        kv, _km, _, _ = froc_from(kfp_all, kles_all[sel], n, rates)
         per_kind[k] = {"n": int(sel.sum()), **{f"sens@{kk}": v for kk, v in kv.items()}}
     return EvalResult(roc_auc(labels, scores), froc, mean, n, int(len(les)), int(sum(labels)),
                       per_kind, fc, sc, roc_curve(labels, scores))
 
 
-def predict_samples(engine, samples, batch: int = 4) -> list[dict]:
+def predict_samples(engine: Engine, samples: Sequence[Sample], batch: int = 4) -> list[dict[str, Any]]:
     """Run the engine over samples (with ``circles``) and return evaluation records."""
     records = []
     for start in range(0, len(samples), batch):
@@ -229,7 +237,7 @@ def _circles_from_boxes(boxes: np.ndarray) -> np.ndarray:
                      np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 2], 1)
 
 
-def froc_axes(ax, title: str, ymax: float = 1.0) -> None:
+def froc_axes(ax: Axes, title: str, ymax: float = 1.0) -> None:
     """The FROC axes every plot of ours uses: log2 false positives per image, 1/16 to 8."""
     ax.set_xscale("log", base=2)
     ax.set_xlim(1 / 16, 8)
@@ -240,7 +248,7 @@ def froc_axes(ax, title: str, ymax: float = 1.0) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def roc_axes(ax, title: str) -> None:
+def roc_axes(ax: Axes, title: str) -> None:
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
@@ -248,7 +256,7 @@ def roc_axes(ax, title: str) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def save_figure(fig, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

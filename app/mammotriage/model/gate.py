@@ -41,12 +41,13 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mammotriage.model.evaluate import (
     FP_RATES,
+    EvalResult,
     evaluate_predictions,
     froc_axes,
     match_image,
@@ -54,6 +55,10 @@ from mammotriage.model.evaluate import (
     roc_axes,
     save_figure,
 )
+
+if TYPE_CHECKING:
+    from mammotriage.model.data import Sample
+    from mammotriage.model.infer import Engine
 
 REPORT_FORMAT = "mammotriage.gate/1"
 REPORT_NAME = "gate-report.json"
@@ -78,7 +83,7 @@ class GateParams:
     threads: int = 2
     device: str | None = None
     fp_rates: tuple[float, ...] = FP_RATES
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict[str, Any])
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -104,7 +109,7 @@ class _Pre:
     labelled_all: tuple[list[np.ndarray], list[np.ndarray]]
 
 
-def labelled_match(record: dict, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def labelled_match(record: dict[str, Any], kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`~mammotriage.model.evaluate.match_image`, for the lesions of ``kind`` and
     only the findings the model labelled ``kind`` (a calcification cluster marked as a mass
     is missed, and that mark is a false positive for this kind)."""
@@ -118,7 +123,7 @@ def labelled_match(record: dict, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return match_image(boxes[keep], scores[keep], circles[sel] if len(sel) else circles[:0])
 
 
-def labelled_match_all(record: dict) -> tuple[np.ndarray, np.ndarray]:
+def labelled_match_all(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Every kind pooled: per lesion the best score of a finding labelled with the lesion's
     kind; a finding that hits no lesion of its own kind is a false positive."""
     kinds = sorted(set(record.get("kinds", [])) | set(record.get("finding_kinds", [])))
@@ -127,14 +132,14 @@ def labelled_match_all(record: dict) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([b for _, b in pairs]) if pairs else np.zeros(0))
 
 
-def _precompute(records: Sequence[dict], kinds: Sequence[str] = ()) -> _Pre:
+def _precompute(records: Sequence[dict[str, Any]], kinds: Sequence[str] = ()) -> _Pre:
     fp, les, lk = [], [], []
     for r in records:
         a, b = match_image(r["boxes"], r["scores"], r["circles"])
         fp.append(a)
         les.append(b)
         lk.append(list(r.get("kinds", ["lesion"] * len(b))))
-    labelled = {k: ([], []) for k in kinds}
+    labelled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {k: ([], []) for k in kinds}
     for k in kinds:
         for r in records:
             a, b = labelled_match(r, k)
@@ -146,7 +151,7 @@ def _precompute(records: Sequence[dict], kinds: Sequence[str] = ()) -> _Pre:
                 ([a for a, _ in pooled], [b for _, b in pooled]))
 
 
-def kind_sensitivity(records: Sequence[dict], kind: str, fp_rate: float = 1.0,
+def kind_sensitivity(records: Sequence[dict[str, Any]], kind: str, fp_rate: float = 1.0,
                      labelled: bool = True) -> float:
     """Sensitivity for lesions of ``kind`` at ``fp_rate`` false positives per image;
     ``labelled``: only findings the model labelled ``kind`` count (else any finding)."""
@@ -212,7 +217,7 @@ def _nan_to_none(v: float) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), 4)
 
 
-def paired_figures(parent_records: Sequence[dict], candidate_records: Sequence[dict], *,
+def paired_figures(parent_records: Sequence[dict[str, Any]], candidate_records: Sequence[dict[str, Any]], *,
                    n_boot: int = 200, seed: int = 0, rates: Sequence[float] = FP_RATES) -> dict[str, Any]:
     """Point figures and paired bootstrap 95 % intervals of both models and their difference.
 
@@ -226,7 +231,7 @@ def paired_figures(parent_records: Sequence[dict], candidate_records: Sequence[d
     full = np.arange(n)
     point = {"parent": _figures(pa, full, rates, kinds), "candidate": _figures(ca, full, rates, kinds)}
     names = list(point["parent"])
-    boots = {"parent": {k: [] for k in names}, "candidate": {k: [] for k in names},
+    boots: dict[str, dict[str, list[float]]] = {"parent": {k: [] for k in names}, "candidate": {k: [] for k in names},
              "difference": {k: [] for k in names}}
     rng = np.random.default_rng([seed, 2718])
     for _ in range(n_boot if n else 0):
@@ -258,7 +263,7 @@ def paired_figures(parent_records: Sequence[dict], candidate_records: Sequence[d
 # --------------------------------------------------------------------------- plots
 
 
-def write_comparison_plots(parent_ev, candidate_ev, figures: dict[str, Any], out_dir: str | Path,
+def write_comparison_plots(parent_ev: EvalResult, candidate_ev: EvalResult, figures: dict[str, Any], out_dir: str | Path,
                            parent_name: str, candidate_name: str,
                            corrections: dict[str, Any] | None = None) -> list[Path]:
     """``froc_compare.png``, ``roc_compare.png``, ``figures_compare.png`` (both models)."""
@@ -391,15 +396,19 @@ def gate_decision(validation: dict[str, Any], corrections: dict[str, Any] | None
 
 #: (weights sha256, threads, device, image key) -> evaluation record. Inference is
 #: deterministic, so a model's predictions on an image are computed once per process.
-_PREDICTIONS: dict[tuple[str, int, str, str], dict] = {}
+_PREDICTIONS: dict[tuple[str, int, str, str], dict[str, Any]] = {}
 
 
-def _records(engine, samples, weights_sha256: str, params: GateParams) -> list[dict]:
+def _records(engine: Engine | None, samples: Sequence[Sample], weights_sha256: str,
+             params: GateParams) -> list[dict[str, Any]]:
+    """Evaluation records of ``samples``; ``engine`` may be None when all are cached."""
     from mammotriage.model.evaluate import predict_samples
 
     tag = (weights_sha256, params.threads, str(params.device))
     todo = [s for s in samples if (*tag, s.key) not in _PREDICTIONS]
     if todo:
+        if engine is None:
+            raise ValueError("records to predict but no engine loaded")
         for s, r in zip(todo, predict_samples(engine, todo), strict=True):
             _PREDICTIONS[(*tag, s.key)] = r
     return [_PREDICTIONS[(*tag, s.key)] for s in samples]
@@ -468,7 +477,7 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
     csamples = None
     csnap = None
     if corrections is not False:
-        ref = corrections if corrections not in (None, True) else (ft.get("snapshot") or {}).get("sha256")
+        ref = (ft.get("snapshot") or {}).get("sha256") if corrections is None or corrections is True else corrections
         if ref:
             try:
                 ts = training_set(ref, archive_file)
@@ -476,7 +485,7 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
             except (SnapshotDataError, ValueError, OSError) as exc:
                 warnings.append(f"corrections not evaluated: {exc}")
 
-    recs: dict[str, dict[str, list[dict]]] = {"validation": {}, "corrections": {}}
+    recs: dict[str, dict[str, list[dict[str, Any]]]] = {"validation": {}, "corrections": {}}
     total = 2 * (len(vsamples) + len(csamples or []))
     done = 0
     for who, folder, meta in (("parent", parent_dir, pmeta), ("candidate", cand_dir, cmeta)):
@@ -554,7 +563,7 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
     return report
 
 
-def recalibrated_points(records: Sequence[dict], snapshot: str) -> dict[str, Any]:
+def recalibrated_points(records: Sequence[dict[str, Any]], snapshot: str) -> dict[str, Any]:
     """The candidate's operating points measured on its validation predictions (stored
     with its gate report; the app uses those of the report that promoted it)."""
     from mammotriage.model.card import operating_points
@@ -576,7 +585,8 @@ def latest_report(archive_file: str | Path | None = None, version: str | None = 
                    key=lambda p: p.stat().st_mtime)
     if not paths:
         return None
-    return json.loads(paths[-1].read_text())
+    report: dict[str, Any] = json.loads(paths[-1].read_text())
+    return report
 
 
 def report_text(report: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,9 +18,16 @@ from mammotriage.model.preprocess import (
     DEFAULT_PARAMS,
     Canvas,
     PreprocessParams,
+    as_box,
     normalise,
     preprocess_display,
 )
+
+if TYPE_CHECKING:
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+
+    from mammotriage.dicom.image import MammoImage
+    from mammotriage.model.twostage import SecondLook
 
 DEFAULT_THREADS = 2
 
@@ -32,7 +40,7 @@ class Finding:
     kind: str
     score: float
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"box": [round(float(v), 2) for v in self.box], "kind": self.kind,
                 "score": round(float(self.score), 6)}
 
@@ -71,21 +79,24 @@ def suspicion_maps(cls_logits: Sequence[torch.Tensor], num_anchors: int, num_cla
                    size: tuple[int, int]) -> torch.Tensor:
     """Dense per-class map (B, C, H, W): per FPN level sigmoid(logits), max over anchors,
     bilinear upsampling to ``size``, max over levels."""
-    out = None
+    out: torch.Tensor | None = None
     for logits in cls_logits:
         b, _, h, w = logits.shape
         p = torch.sigmoid(logits.float()).view(b, num_anchors, num_classes, h, w).amax(dim=1)
         p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
         out = p if out is None else torch.maximum(out, p)
+    if out is None:
+        raise ValueError("suspicion_maps needs at least one FPN level")
     return out
 
 
 class Engine:
     """A loaded detector ready for inference."""
 
-    def __init__(self, detector, config: NetworkConfig, params: PreprocessParams,
+    def __init__(self, detector: RetinaNetDetector, config: NetworkConfig, params: PreprocessParams,
                  device: str | None = None, threads: int = DEFAULT_THREADS, batch_size: int | None = None,
-                 version: str = "", thresholds: dict | None = None, second_look=None):
+                 version: str = "", thresholds: dict[str, Any] | None = None,
+                 second_look: SecondLook | None = None):
         set_deterministic(threads)
         self.device = pick_device(device)
         self.detector = detector
@@ -105,7 +116,7 @@ class Engine:
 
     @classmethod
     def untrained(cls, config: NetworkConfig = DEFAULT_CONFIG, params: PreprocessParams = DEFAULT_PARAMS,
-                  seed: int = 0, **kw) -> Engine:
+                  seed: int = 0, **kw: Any) -> Engine:
         """Random weights (tests and benchmarks only)."""
         torch.manual_seed(seed)
         return cls(build_detector(config, train_components=False), config, params, **kw)
@@ -121,9 +132,11 @@ class Engine:
             x = torch.from_numpy(np.stack([normalise(c.image, self.params) for c in chunk])).to(self.device)
             head = det.network(x)
             cls_maps = head[det.cls_key]
-            size = tuple(x.shape[-2:])
+            size = (int(x.shape[-2]), int(x.shape[-1]))
             maps = suspicion_maps(cls_maps, det.num_anchors_per_loc, det.num_classes, size)
             det.generate_anchors(x, head)
+            if det.anchors is None:
+                raise RuntimeError("the detector made no anchors")
             n_locs = [t.shape[2:].numel() for t in cls_maps]
             reshaped = {k: det._reshape_maps(head[k]) for k in (det.cls_key, det.box_reg_key)}
             dets = det.postprocess_detections(reshaped, det.anchors, [list(size)] * len(chunk), n_locs)
@@ -156,11 +169,12 @@ class Engine:
         for c, (boxes, labels, scores, m) in zip(canvases, self.predict_canvases(canvases), strict=True):
             out.append(self._to_stored(c, boxes, labels, scores, m, max_map_side))
         if self.second_look is not None:
-            out = self._second_look(displays, canvases, out, spacings, partners)
+            out = self._second_look(self.second_look, displays, canvases, out, spacings, partners)
         return out
 
-    def _second_look(self, displays, canvases: Sequence[Canvas], results: list[ImageResult], spacings,
-                     partners) -> list[ImageResult]:
+    def _second_look(self, second_look: SecondLook, displays: Sequence[np.ndarray], canvases: Sequence[Canvas],
+                     results: list[ImageResult], spacings: Sequence[float | None] | None,
+                     partners: Sequence[int | None] | None) -> list[ImageResult]:
         from mammotriage.model.twostage import ViewCandidates, ViewGeometry
 
         n = len(displays)
@@ -175,7 +189,7 @@ class Engine:
         out = []
         for i, r in enumerate(results):
             j = partners[i]
-            found, score = self.second_look.view(cands[i], geoms[i], geoms[j] if j is not None else None,
+            found, score = second_look.view(cands[i], geoms[i], geoms[j] if j is not None else None,
                                                  cands[j] if j is not None else None)
             findings = [Finding(f.box, f.kind, f.score) for f in found]
             smap = r.suspicion.copy()
@@ -188,16 +202,17 @@ class Engine:
             out.append(ImageResult(findings, score, smap, r.map_factor, r.model_version))
         return out
 
-    def _to_stored(self, c: Canvas, boxes, labels, scores, m, max_map_side) -> ImageResult:
+    def _to_stored(self, c: Canvas, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                   m: np.ndarray, max_map_side: int | None) -> ImageResult:
         sb = c.transform.canvas_to_stored_boxes(boxes) if len(boxes) else np.zeros((0, 4))
-        findings = [Finding(tuple(map(float, b)), self.config.classes[int(lab)], float(s))
+        findings = [Finding(as_box(b), self.config.classes[int(lab)], float(s))
                     for b, lab, s in zip(sb, labels, scores, strict=True)]
         findings.sort(key=lambda f: -f.score)
         smap, factor = c.transform.map_to_stored(m.max(axis=0), max_side=max_map_side)
         score = float(max((f.score for f in findings), default=0.0))
         return ImageResult(findings, score, smap, factor, self.version)
 
-    def predict_images(self, images: Sequence, max_map_side: int | None = 512) -> list[ImageResult]:
+    def predict_images(self, images: Sequence[MammoImage], max_map_side: int | None = 512) -> list[ImageResult]:
         """``MammoImage`` objects (stored pixels + metadata) -> results in stored coordinates.
 
         The images of one exam go together: each view's partner for the second look is
@@ -216,7 +231,7 @@ class Engine:
         return self.predict_displays(displays, max_map_side=max_map_side, spacings=spacings, partners=partners)
 
 
-def _value(v) -> str | None:
+def _value(v: object) -> str | None:
     return None if v is None else str(getattr(v, "value", v))
 
 
@@ -232,11 +247,11 @@ def _worker_init(model_dir: str | None, device: str | None, threads: int) -> Non
     _WORKER_ENGINE = load_engine(model_dir, device=device, threads=threads)
 
 
-def _worker_predict_paths(paths: list[str]) -> list[dict]:
+def _worker_predict_paths(paths: list[str]) -> list[dict[str, Any]]:
     from mammotriage.dicom import read_image
 
     assert _WORKER_ENGINE is not None
-    out = []
+    out: list[dict[str, Any]] = []
     for p in paths:
         try:
             image = read_image(p)
@@ -265,7 +280,7 @@ class InferenceWorker:
                                          initializer=_worker_init,
                                          initargs=(model_dir, device, threads))
 
-    def submit(self, paths: Sequence[str]) -> Future:
+    def submit(self, paths: Sequence[str]) -> Future[list[dict[str, Any]]]:
         return self._pool.submit(_worker_predict_paths, [str(p) for p in paths])
 
     def close(self) -> None:
@@ -274,5 +289,5 @@ class InferenceWorker:
     def __enter__(self) -> InferenceWorker:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -13,18 +13,19 @@ With ``--progress-json`` the commands print one JSON object per line on stdout:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["add_dataset_check_command", "add_learning_commands", "main"]
 
 
-def add_dataset_check_command(dataset: argparse._SubParsersAction) -> None:
+def add_dataset_check_command(dataset: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``dataset check`` among the ``dataset`` sub-commands."""
     p = dataset.add_parser(
         "check", help="data tests of a snapshot: boxes, kinds, validation overlap, pixels, counts, agreement",
@@ -52,7 +53,7 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
-def add_learning_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_learning_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``retrain``, ``validate`` and ``pipeline``."""
     from mammotriage.model.retrain import RetrainParams
 
@@ -152,7 +153,7 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _progress(args: argparse.Namespace):
+def _progress(args: argparse.Namespace) -> Callable[[str, int, int, str], None]:
     if args.progress_json:
         last: dict[str, int] = {}
 
@@ -167,7 +168,7 @@ def _progress(args: argparse.Namespace):
 
     bars: dict[str, CliProgress] = {}
 
-    def progress(stage: str, done: int, total: int, note: str = "") -> None:
+    def show(stage: str, done: int, total: int, note: str = "") -> None:
         if stage not in ("prepare", "train", "predict"):
             return
         bar = bars.get(stage)
@@ -180,7 +181,7 @@ def _progress(args: argparse.Namespace):
         if done >= total:
             bar.close()
             bars.pop(stage, None)
-    return progress
+    return show
 
 
 def _fail(args: argparse.Namespace, command: str, message: str, status: int = 2) -> int:
@@ -203,10 +204,8 @@ def _quiet_threads() -> None:
 def cmd_retrain(args: argparse.Namespace) -> int:
     _quiet_threads()
     if args.nice:
-        try:
+        with contextlib.suppress(OSError):
             os.nice(int(args.nice))
-        except OSError:
-            pass
     from mammotriage.model.package import ModelPackageError
     from mammotriage.model.registry import RegistryError
     from mammotriage.model.retrain import RetrainError, RetrainParams, retrain
@@ -313,10 +312,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             print(json.dumps(msg, indent=1) if args.json else status_text(st))
         return 0
     if args.nice:
-        try:
+        with contextlib.suppress(OSError):
             os.nice(int(args.nice))
-        except OSError:
-            pass
     from mammotriage.model.gate import GateParams
     from mammotriage.model.retrain import RetrainParams
     from mammotriage.store.reading import current_reader

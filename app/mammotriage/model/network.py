@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
@@ -18,7 +19,10 @@ from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorSha
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torch import nn
 
-from mammotriage.model.network_constants import CLASSES  # noqa: E402
+from mammotriage.model.network_constants import CLASSES
+
+if TYPE_CHECKING:
+    from timm.models import FeatureListNet
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,9 @@ class NetworkConfig:
     nms_thresh: float = 0.25
     detections_per_img: int = 50
     topk_candidates_per_level: int = 300
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict[str, Any])
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["out_indices"] = list(self.out_indices)
         d["classes"] = list(self.classes)
@@ -45,7 +49,7 @@ class NetworkConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> NetworkConfig:
+    def from_json(cls, d: dict[str, Any]) -> NetworkConfig:
         kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         for k in ("out_indices", "classes", "base_anchor_sizes"):
             if k in kw:
@@ -58,7 +62,7 @@ class NetworkConfig:
 
     @property
     def size_divisible(self) -> int:
-        return 8 * 2 ** (self.num_levels - 1) * (2 ** (min(self.out_indices) - 2))
+        return int(8 * 2 ** (self.num_levels - 1) * (2 ** (min(self.out_indices) - 2)))
 
 
 DEFAULT_CONFIG = NetworkConfig()
@@ -75,9 +79,12 @@ class EfficientNetFPN(nn.Module):
         super().__init__()
         import timm
 
-        self.body = timm.create_model(config.backbone, pretrained=False, features_only=True,
-                                      out_indices=config.out_indices, in_chans=config.in_channels)
-        channels = self.body.feature_info.channels()
+        # features_only=True makes timm return its FeatureListNet (typed as a plain Module)
+        body = cast("FeatureListNet", timm.create_model(
+            config.backbone, pretrained=False, features_only=True,
+            out_indices=config.out_indices, in_chans=config.in_channels))
+        self.body: nn.Module = body
+        channels = body.feature_info.channels()
         self.fpn = FeaturePyramidNetwork(spatial_dims=2, in_channels_list=list(channels),
                                          out_channels=config.fpn_channels,
                                          extra_blocks=LastLevelMaxPool(2))
@@ -85,7 +92,8 @@ class EfficientNetFPN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.body(x)
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+        levels: OrderedDict[str, torch.Tensor] = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+        return levels
 
 
 def anchor_generator(config: NetworkConfig) -> AnchorGeneratorWithAnchorShape:
@@ -100,7 +108,7 @@ def build_detector(config: NetworkConfig = DEFAULT_CONFIG, *, train_components: 
     """RetinaNet + RetinaNetDetector with our extractor (random weights)."""
     gen = anchor_generator(config)
     net = RetinaNet(spatial_dims=2, num_classes=len(config.classes),
-                    num_anchors=gen.num_anchors_per_location()[0],
+                    num_anchors=gen.num_anchors_per_location()[0],  # type: ignore[no-untyped-call]  # unannotated in MONAI
                     feature_extractor=EfficientNetFPN(config),
                     size_divisible=config.size_divisible)
     det = RetinaNetDetector(net, gen, debug=False)
@@ -171,9 +179,17 @@ def pretrained_backbone_state(config: NetworkConfig) -> dict[str, torch.Tensor]:
     return mapped
 
 
+def backbone(detector: RetinaNetDetector) -> nn.Module:
+    """The timm feature stages of a detector built by :func:`build_detector`."""
+    extractor = detector.network.feature_extractor
+    if not isinstance(extractor, EfficientNetFPN):
+        raise TypeError(f"not a detector of ours: its feature extractor is {type(extractor).__name__}")
+    return extractor.body
+
+
 def load_pretrained_backbone(detector: RetinaNetDetector, config: NetworkConfig) -> int:
     """Copy the ImageNet weights into the detector's backbone; returns tensors loaded."""
-    body = detector.network.feature_extractor.body
+    body = backbone(detector)
     own = body.state_dict()
     state = pretrained_backbone_state(config)
     take = {k: v for k, v in state.items() if k in own}

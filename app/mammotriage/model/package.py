@@ -18,7 +18,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.network import NetworkConfig
+    from mammotriage.model.preprocess import PreprocessParams
+    from mammotriage.model.twostage import SecondLook
 
 from mammotriage.clock import utc_now
 from mammotriage.digest import sha256_file
@@ -103,11 +111,13 @@ def canonicalize_safetensors(path: str | Path) -> bool:
     return True
 
 
-def save_package(out_dir: str | Path, detector, config, pp, *, version: str, description: str,
-                 training: dict, hyper_parameters: dict, seed: int, eval_metrics: dict,
-                 operating_points: dict, parent_version: str | None = None,
-                 changelog: dict | None = None, model_card: str = "", licence: str = "",
-                 half: bool = True, extra: dict | None = None, second_look=None) -> Path:
+def save_package(out_dir: str | Path, detector: RetinaNetDetector, config: NetworkConfig,
+                 pp: PreprocessParams, *, version: str, description: str,
+                 training: dict[str, Any], hyper_parameters: dict[str, Any], seed: int, eval_metrics: dict[str, Any],
+                 operating_points: dict[str, Any], parent_version: str | None = None,
+                 changelog: dict[str, Any] | None = None, model_card: str = "", licence: str = "",
+                 half: bool = True, extra: dict[str, Any] | None = None,
+                 second_look: SecondLook | None = None) -> Path:
     """Write a package; returns its directory.  Weights: safetensors, matrices in fp16 when
     ``half`` (inference casts back to fp32), vectors in fp32.  A ``second_look``
     (:class:`~mammotriage.model.twostage.SecondLook`) is stored as arrays named
@@ -203,7 +213,7 @@ def save_package(out_dir: str | Path, detector, config, pp, *, version: str, des
     return out_dir
 
 
-def score_rule(second_look=None) -> dict[str, str]:
+def score_rule(second_look: SecondLook | None = None) -> dict[str, str]:
     """The scoring rule in words, from the code that applies it (finding, image, breast, exam)."""
     from mammotriage.model.scoring import RULE
 
@@ -224,7 +234,8 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def load_detector(model_dir: str | Path):
+def load_detector(model_dir: str | Path
+                  ) -> tuple[RetinaNetDetector, NetworkConfig, PreprocessParams, dict[str, Any]]:
     """(detector in eval mode, NetworkConfig, PreprocessParams, metadata) of a verified package."""
     import torch
     from safetensors.torch import load_file
@@ -245,7 +256,7 @@ def load_detector(model_dir: str | Path):
         # A matching sha256 only says the file is the one the metadata names, not that it
         # is a well-formed safetensors file.
         loaded = load_file(str(model_dir / meta.get("weights_file", str(WEIGHTS))))
-    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a clear refusal
+    except Exception as exc:  # SafetensorError, OSError, ...: a clear refusal
         raise ModelPackageError(f"{model_dir}: weights are not a readable safetensors file "
                                 f"({type(exc).__name__}: {exc})") from exc
     state = {k: (v.float() if v.is_floating_point() else v)
@@ -264,7 +275,7 @@ def load_detector(model_dir: str | Path):
     return detector, config, pp, meta
 
 
-def load_second_look(model_dir: str | Path, meta: dict):
+def load_second_look(model_dir: str | Path, meta: dict[str, Any]) -> SecondLook | None:
     """The package's :class:`~mammotriage.model.twostage.SecondLook`, or None (stage one
     only).  ``meta`` is the metadata of the verified package."""
     if "second_look" not in meta:
@@ -277,12 +288,12 @@ def load_second_look(model_dir: str | Path, meta: dict):
         arrays = {k: v for k, v in load_file(str(Path(model_dir) / meta.get("weights_file", str(WEIGHTS)))).items()
                   if k.startswith("second_look.")}
         return SecondLook.from_package(arrays, meta["second_look"])
-    except Exception as exc:  # noqa: BLE001 - missing arrays, other features, unreadable file: refuse
+    except Exception as exc:  # missing arrays, other features, unreadable file: refuse
         raise ModelPackageError(f"second look of model {meta.get('version')}: {exc}") from exc
 
 
 def load_engine(model_dir: str | Path | None = None, device: str | None = None, threads: int = 2,
-                batch_size: int | None = None):
+                batch_size: int | None = None) -> Engine:
     """A ready :class:`~mammotriage.model.infer.Engine` for a verified package."""
     from mammotriage.model.infer import Engine
 

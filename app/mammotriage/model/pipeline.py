@@ -24,9 +24,13 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mammotriage.model.snapshot_data import archive_or_default
+
+if TYPE_CHECKING:
+    from mammotriage.model.gate import GateParams
+    from mammotriage.model.retrain import RetrainParams
 
 SETTING = "propose_after_corrections"
 STATE_NAME = "pipeline.json"
@@ -123,7 +127,8 @@ def status_text(st: dict[str, Any]) -> str:
     return head
 
 
-def run_pipeline(archive_file: str | Path | None = None, *, retrain_params=None, gate_params=None,
+def run_pipeline(archive_file: str | Path | None = None, *, retrain_params: RetrainParams | None = None,
+                 gate_params: GateParams | None = None,
                  progress: Progress | None = None, who: str = "pipeline") -> dict[str, Any]:
     """snapshot -> retrain (data tests first) -> validate; returns the run record (also the
     state's ``last``). Errors are recorded in the state and raised."""

@@ -15,13 +15,18 @@ coordinates: pixel ``(c, r)`` covers ``[c, c+1) x [r, r+1)``; boxes are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from mammotriage.dicom.hanging import chest_wall_from_pixels
+
+if TYPE_CHECKING:
+    from mammotriage.dicom.image import MammoMetadata
 
 #: Defaults of the shipped model; the package metadata carries the values actually used.
 DEFAULT_CANVAS = (1024, 640)  # rows, columns
@@ -37,11 +42,11 @@ class PreprocessParams:
     norm_mean: float = 0.5  # applied to [0, 1] intensities before the network
     norm_std: float = 0.25
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> PreprocessParams:
+    def from_json(cls, d: dict[str, Any]) -> PreprocessParams:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -64,16 +69,18 @@ class CanvasTransform:
     canvas: tuple[int, int]
 
     # ---- points
-    def stored_to_canvas_xy(self, x: np.ndarray | float, y: np.ndarray | float):
-        r0, c0, r1, c1 = self.crop
+    def stored_to_canvas_xy(self, x: np.ndarray | float, y: np.ndarray | float
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        r0, c0, _r1, c1 = self.crop
         xc = np.asarray(x, dtype=np.float64) - c0
         if self.flip:
             xc = (c1 - c0) - xc
         yc = np.asarray(y, dtype=np.float64) - r0
         return xc * self.scale_x, yc * self.scale_y
 
-    def canvas_to_stored_xy(self, x: np.ndarray | float, y: np.ndarray | float):
-        r0, c0, r1, c1 = self.crop
+    def canvas_to_stored_xy(self, x: np.ndarray | float, y: np.ndarray | float
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        r0, c0, _r1, c1 = self.crop
         xc = np.asarray(x, dtype=np.float64) / self.scale_x
         if self.flip:
             xc = (c1 - c0) - xc
@@ -124,7 +131,7 @@ class CanvasTransform:
         out = out * (inside_y[:, None] & inside_x[None, :])
         return out.astype(np.float32), float(factor)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -216,14 +223,20 @@ def preprocess_display(display: np.ndarray, params: PreprocessParams = DEFAULT_P
     return Canvas(image=canvas, transform=tf, breast=mask)
 
 
-def display_from_mammo(meta, pixels: np.ndarray) -> np.ndarray:
+def as_box(values: Sequence[float] | np.ndarray) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` as four floats (from a row of an (N, 4) array or a list)."""
+    x0, y0, x1, y1 = (float(v) for v in values)
+    return x0, y0, x1, y1
+
+
+def display_from_mammo(meta: MammoMetadata, pixels: np.ndarray) -> np.ndarray:
     """Stored pixels -> 8-bit display image with the foundation VOI (file's default window)."""
     from mammotriage.dicom.voi import render_8bit
 
     return render_8bit(meta, pixels)
 
 
-def chest_wall_for(meta, display: np.ndarray) -> str:
+def chest_wall_for(meta: MammoMetadata, display: np.ndarray) -> str:
     """Chest-wall side of a stored image: from the pixels (robust to odd headers)."""
     return chest_wall_from_pixels(display)
 

@@ -27,10 +27,12 @@ announced; it is never ignored silently.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,7 @@ class ModelRegistry(db.Connected):
         """The content-addressed copy of a version's package."""
         return self.data_dir / STORE / weights_sha256 / version
 
-    def _row(self, r) -> ModelVersion:
+    def _row(self, r: sqlite3.Row) -> ModelVersion:
         copy = self.store_dir(r["weights_sha256"], r["version"])
         source = r["path"]
         path = copy if copy.is_dir() else Path(source) if Path(source).is_absolute() else self.data_dir / source
@@ -146,14 +148,14 @@ class ModelRegistry(db.Connected):
                 raise RegistryError(f"version {version} is already registered with other weights "
                                     f"({existing.weights_sha256[:12]}...): versions are immutable")
             self._copy_in(package_dir, sha, version)
-            return self.get(version)
+            return self._must_get(version)
         copy = self._copy_in(package_dir, sha, version)
         with db.transaction(self.conn):
             self.conn.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
                               (version, str(copy.relative_to(self.data_dir)), sha,
                                meta.get("parent_version") or None, origin, utc_now()))
             self._log(version, "register", who, f"{origin} package from {package_dir}")
-        return self.get(version)
+        return self._must_get(version)
 
     def ensure_shipped(self, package_dir: str | Path | None = None) -> ModelVersion | None:
         """Register the shipped package; make it active if nothing is. Returns its version."""
@@ -190,7 +192,7 @@ class ModelRegistry(db.Connected):
         pending = self.pending_shipped()
         if version.version in pending:
             return ShippedNotice(version, f"model {version.version} shipped with this install is a candidate "
-                                 f"(active: {self.active().version}): validate it (`mammotriage validate "
+                                 f"(active: {getattr(self.active(), 'version', 'none')}): validate it (`mammotriage validate "
                                  f"{version.version}`) and promote it in the Model panel"
                                  + (" - the site policy promotes it once it passes"
                                     if policy == "promote-after-gate" else "") + problem)
@@ -223,6 +225,12 @@ class ModelRegistry(db.Connected):
                 stack.pop()
         return stack
 
+    def _must_get(self, version: str) -> ModelVersion:
+        found = self.get(version)
+        if found is None:
+            raise RegistryError(f"model {version} is not registered")
+        return found
+
     def active(self) -> ModelVersion | None:
         stack = self._active_stack()
         return self.get(stack[-1]) if stack else None
@@ -232,12 +240,12 @@ class ModelRegistry(db.Connected):
         version with the registered weights; anything else raises :class:`RegistryError`."""
         copy = self.store_dir(version.weights_sha256, version.version)
         if not copy.is_dir():  # registered before packages were copied, or pruned: adopt the source
-            try:
+            # a source that is gone or changed is not adopted: verifying version.path below
+            # then refuses it with the reason
+            with contextlib.suppress(ModelPackageError, OSError, RegistryError):
                 if verify(version.source).get("weights_sha256") == version.weights_sha256:
                     version = ModelVersion(**{**version.__dict__, "path": str(
                         self._copy_in(Path(version.source), version.weights_sha256, version.version))})
-            except (ModelPackageError, OSError, RegistryError):
-                pass
         try:
             meta = verify(version.path)
         except ModelPackageError as exc:
@@ -256,7 +264,7 @@ class ModelRegistry(db.Connected):
         if active is None:
             raise RegistryError("no active model in the registry")
         meta = self.verified(active)
-        active = self.get(active.version)  # its copy may just have been adopted
+        active = self._must_get(active.version)  # its copy may just have been adopted
         points = self.operating_points(active.version)
         if points:
             meta = {**meta, "operating_points": points}
@@ -379,7 +387,7 @@ class ModelRegistry(db.Connected):
             raise RegistryError("nothing to roll back to")
         with db.transaction(self.conn):
             self._log(stack[-1], "rollback", who, reason or f"back to {stack[-2]}")
-        return self.get(stack[-2])
+        return self._must_get(stack[-2])
 
     # ----------------------------------------------------------------- pruning
     def referenced(self, version: ModelVersion) -> list[str]:
@@ -408,10 +416,8 @@ class ModelRegistry(db.Connected):
             if copy.is_dir() and not self.referenced(v):
                 if not dry_run:
                     shutil.rmtree(copy)
-                    try:
+                    with contextlib.suppress(OSError):  # other versions share these weights
                         copy.parent.rmdir()
-                    except OSError:
-                        pass  # other versions share these weights
                 pruned.append(v.version)
         return pruned
 

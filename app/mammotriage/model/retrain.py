@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,13 @@ from mammotriage.model.snapshot_data import (
     training_set,
     uid_digest,
 )
+
+if TYPE_CHECKING:
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+
+    from mammotriage.model.network import NetworkConfig
+    from mammotriage.model.preprocess import PreprocessParams
+    from mammotriage.model.train import TrainParams
 
 #: ``progress(stage, done, total, note)``; stages: "load", "prepare", "train", "write".
 Progress = Callable[[str, int, int, str], None]
@@ -71,7 +78,7 @@ class RetrainParams:
     aug_scale: tuple[float, float] = (0.85, 1.15)
     aug_gamma: tuple[float, float] = (0.75, 1.35)
     aug_vflip: bool = True
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict[str, Any])
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -91,7 +98,7 @@ class RetrainParams:
         """What decides the weights (not the wall-time cap)."""
         return {k: v for k, v in self.to_json().items() if k != "max_minutes"}
 
-    def train_params(self, canvas_rows: int):
+    def train_params(self, canvas_rows: int) -> TrainParams:
         from mammotriage.model.train import TrainParams
 
         return TrainParams(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -144,7 +151,8 @@ def _lr_at(it: int, total: int, p: RetrainParams) -> float:
     return cosine_lr(it, total, p.lr, p.warmup_iters, floor=0.05)
 
 
-def load_parent_for_training(parent_dir: str | Path):
+def load_parent_for_training(parent_dir: str | Path
+                             ) -> tuple[RetinaNetDetector, NetworkConfig, PreprocessParams, dict[str, Any]]:
     """(detector with training components, config, preprocessing, metadata) of a verified package."""
     from mammotriage.model.network import build_detector
     from mammotriage.model.package import load_detector
@@ -341,7 +349,7 @@ def default_candidates_dir(archive_file: str | Path | None = None) -> Path:
     return archive_or_default(archive_file).expanduser().resolve().parent / "models"
 
 
-def retrain(snapshot: str | Path | dict, *, archive_file: str | Path | None = None,
+def retrain(snapshot: str | Path | dict[str, Any], *, archive_file: str | Path | None = None,
             parent: str | Path | None = None, out_dir: str | Path | None = None,
             params: RetrainParams | None = None, register: bool = True, who: str = "system",
             progress: Progress | None = None, transform: Callable[[list[Sample]], list[Sample]] | None = None,
@@ -390,6 +398,7 @@ def retrain(snapshot: str | Path | dict, *, archive_file: str | Path | None = No
     final = Path(out_dir) if out_dir else default_candidates_dir(archive_file) / version
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = final.parent / f".{final.name}.writing"
+    folder: Path | None
     _, folder, meta = write_candidate(tmp_dir, result, parent_dir, p, desc, replay_desc, samples, replay,
                                       version=version, note=note)
     if final.exists():
@@ -421,7 +430,7 @@ def retrain(snapshot: str | Path | dict, *, archive_file: str | Path | None = No
                          result.seconds + result.prepare_seconds, registered)
 
 
-def weights_digest(detector) -> str:
+def weights_digest(detector: RetinaNetDetector) -> str:
     """sha256 over the fp32 state dict (for in-memory comparisons)."""
     h = hashlib.sha256()
     for k, v in sorted(detector.network.state_dict().items()):

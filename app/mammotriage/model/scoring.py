@@ -18,6 +18,7 @@ worklist still shows every mark, and the reader sees all four views.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from mammotriage.dicom.vocab import projection_family
 
@@ -70,7 +71,7 @@ def category(score: float, suspicious: float, likely_normal: float) -> str:
     return "indeterminate"
 
 
-def category_from(score: float, operating_points: dict | None) -> str | None:
+def category_from(score: float, operating_points: dict[str, Any] | None) -> str | None:
     """:func:`category` with the thresholds of a package's ``operating_points`` (None when
     it has none)."""
     points = operating_points or {}

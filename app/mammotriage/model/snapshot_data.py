@@ -26,23 +26,26 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mammotriage.model.data import Sample
 from mammotriage.model.network_constants import CLASSES
 
+if TYPE_CHECKING:
+    from mammotriage.store.datasets import SnapshotRecord
+
 __all__ = [
     "KIND_TO_CLASS",
     "LOCK_NAME",
+    "ModelNotFound",
     "SnapshotDataError",
     "TrainingSet",
     "ValidationGuard",
-    "ModelNotFound",
     "archive_or_default",
     "lock_validation",
     "locked_validation",
@@ -80,7 +83,7 @@ def uid_digest(uid: str) -> str:
 # --------------------------------------------------------------------------- samples
 
 
-def _loader(path: str, pixel_sha256: str, file_sha256: str):
+def _loader(path: str, pixel_sha256: str, file_sha256: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         from mammotriage.dicom import read_image
         from mammotriage.dicom.image import pixel_sha256 as _pixel_sha256
@@ -179,7 +182,7 @@ def _lock_path(archive_file: str | Path | None) -> Path:
     return datasets_dir(_archive(archive_file)) / LOCK_NAME
 
 
-def _validation_records(archive_file: str | Path | None):
+def _validation_records(archive_file: str | Path | None) -> list[SnapshotRecord]:
     from mammotriage.store.datasets import list_snapshots
 
     return [r for r in list_snapshots(_archive(archive_file)) if r.role == "validation"]
@@ -202,7 +205,7 @@ def lock_validation(archive_file: str | Path | None, ref: str, *, who: str = "sy
     path = _lock_path(archive_file)
     history: list[dict[str, Any]] = []
     if path.exists():
-        current = json.loads(path.read_text())
+        current: dict[str, Any] = json.loads(path.read_text())
         if current["sha256"] == manifest["sha256"]:
             return current
         if not replace:

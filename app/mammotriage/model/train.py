@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from mammotriage.model.data import Sample
 from mammotriage.model.network import (
     DEFAULT_CONFIG,
     NetworkConfig,
+    backbone,
     build_detector,
     load_pretrained_backbone,
     xyxy_to_monai,
@@ -32,6 +34,9 @@ from mammotriage.model.preprocess import (
     normalise,
     preprocess_display,
 )
+
+if TYPE_CHECKING:
+    from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 
 
 @dataclass
@@ -56,9 +61,9 @@ class TrainParams:
     aug_scale: tuple[float, float] = (0.85, 1.15)
     aug_gamma: tuple[float, float] = (0.75, 1.35)
     aug_vflip: bool = True
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict[str, Any])
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["freeze"] = list(self.freeze)
         d["aug_scale"] = list(self.aug_scale)
@@ -101,10 +106,7 @@ def _patch(p: Prepared, rng: np.random.Generator, hp: TrainParams, positive: boo
         img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
         boxes = boxes * np.array([nw / W, nh / H, nw / W, nh / H], dtype=np.float32)
         # back to the canvas width: crop or pad columns (chest wall stays on the left)
-        if nw >= W:
-            img = img[:, :W]
-        else:
-            img = np.pad(img, ((0, 0), (0, W - nw)))
+        img = img[:, :W] if nw >= W else np.pad(img, ((0, 0), (0, W - nw)))
     ph = min(hp.patch_rows, img.shape[0])
     content_rows = max(ph, min(img.shape[0], int(round(p.content[0] * s))))
     if positive and len(boxes):
@@ -144,7 +146,8 @@ def _epoch_list(prepared: list[Prepared], hp: TrainParams) -> list[int]:
     return idx
 
 
-def make_batch(prepared: list[Prepared], it: int, hp: TrainParams, pp: PreprocessParams):
+def make_batch(prepared: list[Prepared], it: int, hp: TrainParams, pp: PreprocessParams
+               ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """The batch of iteration ``it`` (a pure function of seed and iteration)."""
     order_list = _epoch_list(prepared, hp)
     per_epoch = max(1, len(order_list) // hp.batch_size)
@@ -164,16 +167,15 @@ def make_batch(prepared: list[Prepared], it: int, hp: TrainParams, pp: Preproces
 
 # ------------------------------------------------------------------ model setup
 
-def set_frozen(detector, hp: TrainParams) -> None:
+def set_frozen(detector: RetinaNetDetector, hp: TrainParams) -> None:
     """Freeze the early backbone stages; all backbone BatchNorms use their stored statistics."""
-    body = detector.network.feature_extractor.body
-    for name, p in body.named_parameters():
+    for name, p in backbone(detector).named_parameters():
         if name.startswith(tuple(hp.freeze)):
             p.requires_grad_(False)
 
 
-def backbone_bn_eval(detector) -> None:
-    for m in detector.network.feature_extractor.body.modules():
+def backbone_bn_eval(detector: RetinaNetDetector) -> None:
+    for m in backbone(detector).modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
 
@@ -190,7 +192,8 @@ def _lr_at(it: int, total: int, hp: TrainParams) -> float:
     return cosine_lr(it, total, hp.lr, hp.warmup_iters, floor=0.02)
 
 
-def train_step(detector, opt, params, prepared: list[Prepared], it: int, hp: TrainParams,
+def train_step(detector: RetinaNetDetector, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+               prepared: list[Prepared], it: int, hp: TrainParams,
                pp: PreprocessParams, lr: float, seed: int) -> tuple[float, float, float]:
     """One optimiser step on the batch of iteration ``it`` (seeded by ``seed`` and ``it``);
     returns the (total, classification, box) losses."""
@@ -214,7 +217,7 @@ def train_step(detector, opt, params, prepared: list[Prepared], it: int, hp: Tra
 
 @dataclass
 class TrainResult:
-    detector: object
+    detector: RetinaNetDetector
     config: NetworkConfig
     params: PreprocessParams
     hp: TrainParams

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -28,6 +29,7 @@ from mammotriage.model.calc import (
     find_clusters,
     insert_cluster,
 )
+from mammotriage.model.preprocess import as_box
 
 #: Columns of a cluster's feature row.
 N_CALC_FEATURES = len(FEATURES)
@@ -145,7 +147,7 @@ class ViewGeometry:
         x = c0 + depth * (c1 - c0) if self.chest_left else c1 - depth * (c1 - c0)
         return float(x), float(r0 + height * (r1 - r0))
 
-    def patch_stats(self, box: Sequence[float]) -> tuple[float, float, float, float]:
+    def patch_stats(self, box: Sequence[float] | np.ndarray) -> tuple[float, float, float, float]:
         """(inner mean, inner std, contrast to the surrounding ring, fraction in the breast);
         intensities as fractions of the breast's 2nd-98th percentile range."""
         x0, y0, x1, y1 = (int(round(v)) for v in box)
@@ -173,11 +175,11 @@ def stage2_features(boxes: np.ndarray, scores: np.ndarray, kinds: Sequence[str],
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     rows = []
     px = view.spacing_mm
-    other_rel = []
+    rel: list[tuple[float, float]] = []
     if other is not None and other_boxes is not None and len(other_boxes):
         for b in np.asarray(other_boxes).reshape(-1, 4):
-            other_rel.append(other.relative((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
-    other_rel = np.array(other_rel).reshape(-1, 2)
+            rel.append(other.relative((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
+    other_rel = np.array(rel).reshape(-1, 2)
     for b, s, k in zip(boxes, np.asarray(scores, np.float64), kinds, strict=True):
         cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
         w, h = max(b[2] - b[0], 1.0), max(b[3] - b[1], 1.0)
@@ -262,7 +264,7 @@ class SecondLook:
     """Stage two and the calcification classifier of a package, applied to an exam's views."""
 
     #: What the package metadata says about the rule (kept next to the code it describes).
-    RULE = {
+    RULE: ClassVar[dict[str, str]] = {
         "finding": "stage two: boosted-tree probability that a RetinaNet candidate is a lesion of "
                    "its kind, from the candidate's score, size, place in the breast, local contrast and "
                    "the other breast's same view at the mirrored place; calcification clusters: "
@@ -288,7 +290,7 @@ class SecondLook:
             out.update(self.stage2.to_arrays("second_look.stage2"))
         return out
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         from mammotriage.model.calc import FEATURES
 
         return {"calc_params": self.calc_params.to_json(), "calc_features": list(FEATURES),
@@ -300,7 +302,7 @@ class SecondLook:
         return {k: v.format(iou=self.iou, contain=self.contain, top_k=self.top_k) for k, v in self.RULE.items()}
 
     @classmethod
-    def from_package(cls, arrays: dict[str, np.ndarray], meta: dict) -> SecondLook:
+    def from_package(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> SecondLook:
         from mammotriage.model.calc import FEATURES
 
         if list(meta.get("calc_features", [])) != list(FEATURES) or \
@@ -336,7 +338,7 @@ class SecondLook:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64)
         keep = suppress(boxes, scores, self.iou, self.contain)
-        out = [Finding2(tuple(map(float, boxes[i])), kinds[i], float(scores[i])) for i in keep
+        out = [Finding2(as_box(boxes[i]), kinds[i], float(scores[i])) for i in keep
                if scores[i] >= self.min_score]
         return out[: self.max_findings]
 

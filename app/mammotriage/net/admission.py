@@ -8,7 +8,7 @@ slot exists:
 
 * a peer address that is not on the host allow-list is closed at once;
 * at most ``max_connections_per_host`` open connections per peer address;
-* at most ``max_connections_per_host`` + :data:`PENDING_LIMIT_FACTOR` ×
+* at most ``max_connections_per_host`` + :data:`PENDING_LIMIT_FACTOR` *
   ``max_associations`` connections that have not yet sent A-ASSOCIATE-RQ (so one host
   cannot fill that pool either); the short ARTIM timeout (``artim_timeout_s``, the
   node's ACSE timeout) closes them.

@@ -294,7 +294,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 def cmd_echo(args: argparse.Namespace) -> int:
     """``mammotriage echo``: C-ECHO the PACS (or a given peer) with our AE title."""
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 
     from mammotriage.net.settings import NetworkConfigError, PeerSettings, load_settings
 

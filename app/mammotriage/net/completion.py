@@ -143,7 +143,7 @@ class StudyCompletionTracker:
                 for callback in callbacks:
                     try:
                         callback(uid)
-                    except Exception:  # noqa: BLE001 - a subscriber must not stop the tracker
+                    except Exception:  # a subscriber must not stop the tracker
                         LOG.exception("study-complete callback %r failed for %s", callback, uid)
 
     def poll(self, now: float | None = None) -> list[str]:

@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -47,7 +48,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 from pynetdicom.utils import make_target
 
 from mammotriage.config import data_dir
@@ -62,8 +63,8 @@ from mammotriage.store.archive import Archive
 __all__ = [
     "STORAGE_SOP_CLASSES",
     "TRANSFER_SYNTAXES",
-    "NodeStats",
     "NodeStartError",
+    "NodeStats",
     "StorageNode",
 ]
 
@@ -72,7 +73,7 @@ LOG = logging.getLogger(__name__)
 #: Storage SOP classes accepted, by UID (PS3.4 Annex B.5).  Multi-frame breast
 #: tomosynthesis and projection objects are not accepted: the reader handles
 #: single-frame 2D mammograms (configure PACS routing to send the 2D views).
-STORAGE_SOP_CLASSES: dict[str, str] = {**MAMMO_SOP_CLASSES, **GENERIC_IMAGE_SOP_CLASSES}
+STORAGE_SOP_CLASSES: dict[UID, str] = {**MAMMO_SOP_CLASSES, **GENERIC_IMAGE_SOP_CLASSES}
 
 VERIFICATION_SOP_CLASS = Verification
 
@@ -252,6 +253,8 @@ class StorageNode:
                     f"cannot listen on {where}: this machine has no such address"
                 ) from exc
             raise NodeStartError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        if not isinstance(server, AdmissionServer):  # make_server is typed for the base class
+            raise NodeStartError(f"cannot listen on {where}: {type(server).__name__} is not an AdmissionServer")
         # What AE.start_server(block=False) does, with our server class.
         self._ae._servers.append(server)
         threading.Thread(target=make_target(server.serve_forever), daemon=True,
@@ -360,7 +363,7 @@ class StorageNode:
         if self.on_received is not None:
             try:
                 self.on_received(result)
-            except Exception:  # noqa: BLE001 - a listener must not fail the C-STORE
+            except Exception:  # a listener must not fail the C-STORE
                 LOG.exception("on_received callback failed")
         rsp = Dataset()
         rsp.Status = int(result.status)

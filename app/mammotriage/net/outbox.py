@@ -232,7 +232,7 @@ class Outbox(db.Connected):
         for listener in list(self._listeners):
             try:
                 listener()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 LOG.exception("outbox listener failed")
         return item
 
@@ -246,7 +246,7 @@ class Outbox(db.Connected):
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[OutboxItem]:
         with self._lock:
             rows = self.conn.execute(sql, tuple(params)).fetchall()
-        return [OutboxItem(**{k: r[k] for k in r.keys()}) for r in rows]
+        return [OutboxItem(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118 - a Row iterates its values
 
     def item(self, item_id: int) -> OutboxItem | None:
         """One entry by id, or ``None``."""
@@ -367,7 +367,7 @@ class Outbox(db.Connected):
             for listener in list(self._listeners):
                 try:
                     listener()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     LOG.exception("outbox listener failed")
         return cur.rowcount
 
@@ -712,7 +712,7 @@ class OutboxSender:
             self._wake.clear()
             try:
                 self.send_due()
-            except Exception:  # noqa: BLE001 - the sender must keep running
+            except Exception:  # the sender must keep running
                 LOG.exception("outbox pass failed")
                 self._recovered = False  # claimed entries go back to pending next pass
             due = self.outbox.next_due() if not self._stop.is_set() else None

@@ -30,6 +30,7 @@ decode costs seconds per view and is the triage worker's job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -206,10 +207,8 @@ class ReceivedStore:
     def _clean_incoming(self) -> None:
         """Remove partial files left by a crash (the sender got no success for them)."""
         for leftover in self.incoming.glob("*.part"):
-            try:
+            with contextlib.suppress(OSError):
                 leftover.unlink()
-            except OSError:
-                pass
 
     # -- public ------------------------------------------------------------------
 
@@ -257,7 +256,7 @@ class ReceivedStore:
             )
         try:
             return self._receive_file(tmp, sop_instance_uid, calling_ae_title)
-        except Exception as exc:  # noqa: BLE001 - never let a bug crash the association
+        except Exception as exc:  # never let a bug crash the association
             LOG.exception("unexpected error while receiving %s", sop_instance_uid)
             tmp.unlink(missing_ok=True)
             return ReceiveResult(

@@ -335,6 +335,7 @@ def sample_exam(rng: np.random.Generator, normal: bool | None = None) -> ExamSpe
 def _sample_lesion(rng: np.random.Generator, laterality: Literal["L", "R"]) -> LesionSpec:
     """Draw one lesion of a breast: kind, pathology, size, contrast and position."""
     pick = rng.random()
+    kind: LesionKind
     if pick < 0.35:
         kind, subtype, p_malignant = "mass", "circumscribed", 0.15
         size, contrast = rng.uniform(8, 22), rng.uniform(0.11, 0.17)

@@ -441,7 +441,7 @@ class Archive(db.Connected):
                     rejection = Rejection(
                         shown, f"cannot read file: {exc.strerror or exc}", CODE_UNREADABLE
                     )
-                except Exception as exc:  # the batch must go on, whatever happened
+                except Exception as exc:  # noqa: BLE001 - the batch must go on, whatever happened
                     rejection = Rejection(
                         shown, f"{type(exc).__name__}: {exc}", CODE_UNEXPECTED
                     )

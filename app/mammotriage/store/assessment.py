@@ -14,6 +14,7 @@ again. Both are appended like every correction, so the history of a read is kept
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ class ReadState:
 UNREAD = ReadState("unread")
 
 
-def read_states(conn) -> dict[str, ReadState]:
+def read_states(conn: sqlite3.Connection) -> dict[str, ReadState]:
     """Read state of every exam with events, from the correction log (one query)."""
     out: dict[str, ReadState] = {}
     rows = conn.execute(
@@ -175,5 +176,5 @@ class ReadingPolicy:
         if self.enforced and self.reading_mode:
             return self.reading_mode
         if preferred in READING_MODES:
-            return preferred  # type: ignore[return-value]
+            return preferred
         return self.reading_mode or "on demand"

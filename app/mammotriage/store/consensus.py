@@ -221,8 +221,9 @@ def consensus_for_image(readers: Mapping[str, Sequence[Mapping[str, Any]]], rule
         ``source`` is the rule applied: ``union``, ``majority``,
         ``adjudicator:NAME``, or ``majority`` for an exam the adjudicator did not read.
     """
-    if rule.name == "adjudicator" and rule.adjudicator in readers:
-        own = [(rule.adjudicator, dict(lab)) for lab in readers[rule.adjudicator] if lab["positive"]]
+    adjudicator = rule.adjudicator
+    if rule.name == "adjudicator" and adjudicator is not None and adjudicator in readers:
+        own = [(adjudicator, dict(lab)) for lab in readers[adjudicator] if lab["positive"]]
         return [_consensus_label([item]) for item in own], str(rule)
     items = [(reader, dict(lab)) for reader, labels in sorted(readers.items())
              for lab in labels if lab["positive"]]

@@ -39,6 +39,7 @@ This module reads the database and the files only; it never changes a label.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -363,10 +364,8 @@ def _write_read_only(path: Path, data: bytes) -> None:
         os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -479,7 +478,7 @@ def load_snapshot(ref: str | Path, archive_file: str | Path | None = None) -> di
     digest = hashlib.sha256(data).hexdigest()
     if path.stem != digest:
         raise DatasetError(f"snapshot {path} does not match its name: content sha256 is {digest}")
-    manifest = json.loads(data)
+    manifest: dict[str, Any] = json.loads(data)
     if manifest.get("format") != FORMAT:
         raise DatasetError(f"{path}: unknown manifest format {manifest.get('format')!r}")
     manifest["sha256"] = digest

@@ -29,8 +29,8 @@ from typing import Self
 
 __all__ = [
     "MIGRATIONS",
-    "Connected",
     "SCHEMA_VERSION",
+    "Connected",
     "Migration",
     "SchemaVersionError",
     "connect",
@@ -367,7 +367,7 @@ _V8_AUDIT_ANCHOR = Migration(
 )
 
 
-def _append_only(table: str, what: str) -> tuple[str, str]:
+def _append_only(table: str, what: str) -> tuple[str, ...]:
     return tuple(f"""
         CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table}
         BEGIN SELECT RAISE(ABORT, '{what} are append-only'); END

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import date
 
 from mammotriage.store.archive import ExamRecord
 
@@ -30,9 +31,9 @@ def link_priors(exams: Sequence[ExamRecord]) -> dict[str, list[ExamRecord]]:
             by_patient[patient_key(exam)].append(exam)
     out: dict[str, list[ExamRecord]] = {}
     for group in by_patient.values():
-        group.sort(key=lambda e: (e.study_date, e.exam_key), reverse=True)
+        group.sort(key=lambda e: (e.study_date or date.min, e.exam_key), reverse=True)
         for i, exam in enumerate(group):
-            earlier = [e for e in group[i + 1:] if e.study_date < exam.study_date]
+            earlier = [e for e in group[i + 1:] if (e.study_date or date.min) < (exam.study_date or date.min)]
             if earlier:
                 out[exam.exam_key] = earlier
     return out

@@ -9,7 +9,8 @@ from mammotriage.store import db
 
 
 def current_reader() -> str:
-    """The signed-in reader (the operating-system user until reader sign-in exists)."""
+    """The operating-system login name: who the command-line tools record, and the reading
+    room's reader until someone signs in under another name (Read > Sign in as another reader)."""
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no login name in some containers

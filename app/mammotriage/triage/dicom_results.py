@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 
 from mammotriage.dicom.seg import write_suspicion_seg
@@ -45,7 +46,7 @@ def write_exam_results(archive: Archive, exam_key: str, images: list[dict[str, A
         record = records.get(item["sop_uid"])
         if record is None:
             continue
-        header = pydicom.dcmread(record.path, stop_before_pixels=True)
+        header: Dataset = pydicom.dcmread(record.path, stop_before_pixels=True)
         by_study[record.study_uid].append((header, item))
     written: list[Path] = []
     for n, (study_uid, members) in enumerate(sorted(by_study.items()), start=1):

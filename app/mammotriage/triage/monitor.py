@@ -96,8 +96,8 @@ def _report(conn, meta: dict[str, Any], threshold: float | None) -> dict[str, An
         reviewed = counts["accepted"] + counts["rejected"]
         entry["marks"] = dict(counts, accept_rate=round(counts["accepted"] / reviewed, 4) if reviewed else None)
     scanners: dict[str, Any] = {}
-    for scanner, values in sorted(stats.items()):
-        a = np.asarray(values)
+    for scanner, pairs in sorted(stats.items()):
+        a = np.asarray(pairs)
         drift: dict[str, Any] = {"n_images": int(len(a)), "mean": round(float(a[:, 0].mean()), 2),
                                  "p95": round(float(a[:, 1].mean()), 2)}
         if reference.get("mean") and reference.get("mean_sd"):

@@ -242,7 +242,7 @@ class TriageQueue(db.Connected):
             self.conn.execute(
                 "INSERT INTO inference_times (weights_sha256, model_version, views, seconds, per_view_s, at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (weights_sha256, model_version, int(views), float(seconds), float(seconds) / views, _now()))
+                (weights_sha256, model_version, int(views), float(seconds), float(seconds) / views, utc_now("milliseconds")))
 
     def per_view_p95(self, weights_sha256: str, window: int = ETA_WINDOW) -> float | None:
         """p95 of the latest ``window`` measured per-view times of these weights on this

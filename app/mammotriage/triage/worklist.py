@@ -74,9 +74,9 @@ class OperatingPoints:
                 raise ValueError(f"{site_file}: invalid operating points: {exc}") from exc
             _log.warning("%s", points.describe())
             return points
-        points = (model_metadata or {}).get("operating_points") or {}
-        sus = points.get("suspicious", {})
-        norm = points.get("likely_normal", {})
+        stored = (model_metadata or {}).get("operating_points") or {}
+        sus = stored.get("suspicious", {})
+        norm = stored.get("likely_normal", {})
         sus_t = sus.get("threshold") if isinstance(sus, dict) else sus
         norm_t = norm.get("threshold") if isinstance(norm, dict) else norm
         if sus_t is None or norm_t is None:
@@ -230,6 +230,7 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
     exams ``reader`` has recorded an initial assessment for.
     """
     import configparser
+    import contextlib
 
     from mammotriage.model.package import ModelPackageError, read_metadata
     from mammotriage.model.registry import ModelRegistry
@@ -241,10 +242,8 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
     from mammotriage.triage.queue import TriageQueue
 
     ini = configparser.ConfigParser(interpolation=None)
-    try:
+    with contextlib.suppress(configparser.Error, UnicodeDecodeError):
         ini.read(home / "settings.ini", encoding="utf-8")
-    except (configparser.Error, UnicodeDecodeError):
-        pass
     reader = reader or ini.get("reader", "name", fallback="") or current_reader()
     policy = ReadingPolicy.load(home)
     mode = policy.mode_for(ini.get("ai", "reading_mode", fallback=None))

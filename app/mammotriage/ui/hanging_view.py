@@ -118,7 +118,9 @@ class HangingView(QWidget):
             pane.setVisible(self.state.fullscreen in (None, slot))
         for slot, pane in self.prior_panes.items():
             pane.setVisible(self.state.compare and self.state.fullscreen in (None, slot))
-        self.layout().activate()
+        layout = self.layout()
+        if layout is not None:
+            layout.activate()
         self.fit()
 
     def fit(self) -> None:
@@ -127,7 +129,7 @@ class HangingView(QWidget):
             st.set_view(1.0, (0.0, 0.0))
         self._update_scale()
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def resizeEvent(self, event) -> None:  # Qt API
         super().resizeEvent(event)
         self._update_scale()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -26,6 +27,9 @@ from mammotriage.dicom.voi import DisplayLut, build_display_lut
 from mammotriage.ui.loader import LoadedView
 from mammotriage.ui.overlay import AiOverlay
 from mammotriage.ui.state import HangingState, PaneState, WindowSetting
+
+if TYPE_CHECKING:
+    from mammotriage.store.labels import Label
 
 BACKGROUND = QColor(0, 0, 0)
 TEXT = QColor(230, 200, 90)
@@ -111,10 +115,11 @@ def ruler_length_mm(view: LoadedView, line: tuple[float, float, float, float]) -
 def ruler_label(view: LoadedView, line: tuple[float, float, float, float]) -> str:
     """``"23.4 mm at detector"`` / ``"magnified"`` / ``"px"`` when spacing is unknown."""
     length = ruler_length_mm(view, line)
-    if length is None:
+    spacing = view.meta.spacing
+    if length is None or spacing is None:
         x0, y0, x1, y1 = line
         return f"{math.hypot(x1 - x0, y1 - y0):.0f} px (no pixel spacing)"
-    return f"{length:.1f} mm {view.meta.spacing.source.value}"
+    return f"{length:.1f} mm {spacing.source.value}"
 
 
 class ImagePane(QWidget):
@@ -138,7 +143,7 @@ class ImagePane(QWidget):
         self.read_only = read_only  # a prior's view: look, zoom, window; no marks edited or measured
         self.state = state
         self.hanging = hanging  # tool and magnifier settings shared by all panes
-        self.cursor: QPointF | None = None
+        self.pointer: QPointF | None = None  # last pointer position (QWidget.cursor() is the shape)
         self._ruler_start: QPointF | None = None
         self.overlay: AiOverlay | None = None
         self.corrections = None  # ExamCorrections of the open exam, set by the main window
@@ -191,11 +196,25 @@ class ImagePane(QWidget):
         self.update()
 
     # ----------------------------------------------------------------- geometry
+    def _loaded(self) -> LoadedView:
+        """The pane's view, where the caller runs only while one is shown."""
+        if self.view is None:
+            raise RuntimeError(f"pane {self.slot}: no image loaded")
+        return self.view
+
+    def _point(self, x: float, y: float) -> QPointF:
+        """:meth:`stored_to_widget` of a pane that shows an image."""
+        self._loaded()
+        point = self.stored_to_widget(x, y)
+        assert point is not None  # a view is loaded
+        return point
+
     def fit_box(self) -> tuple[float, float, float, float]:
         """What the initial view fits: the breast's bounding box (display-oriented
         level-0 pixels), else the whole image."""
-        rows, cols = self.view.levels[0].shape
-        return self.view.breast_box or (0.0, 0.0, float(cols), float(rows))
+        view = self._loaded()
+        rows, cols = view.levels[0].shape
+        return view.breast_box or (0.0, 0.0, float(cols), float(rows))
 
     def base_scale(self) -> float:
         """Screen pixels per full-resolution image pixel at zoom 1."""
@@ -212,7 +231,6 @@ class ImagePane(QWidget):
         """Top-left of the image at ``scale`` before panning: the breast's chest-wall
         edge on the pane's chest-wall side (the hanging's centre line), the breast
         centred vertically."""
-        rows, cols = self.view.levels[0].shape
         x0, y0, x1, y1 = self.fit_box()
         x = self.width() - x1 * scale if self.anchor == "right" else -x0 * scale
         y = self.height() / 2.0 - (y0 + y1) / 2.0 * scale
@@ -285,7 +303,7 @@ class ImagePane(QWidget):
         self._cache_key = key
         return self._qimage, level_index
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt API
+    def paintEvent(self, event: QPaintEvent) -> None:  # Qt API
         painter = QPainter(self)
         painter.fillRect(self.rect(), BACKGROUND)
         if self.view is not None:
@@ -297,8 +315,8 @@ class ImagePane(QWidget):
             if self.hanging is not None:
                 self._paint_overlay(painter)
             self._paint_rulers(painter)
-            if self.hanging is not None and self.hanging.magnifier and self.cursor is not None:
-                self._paint_lens(painter, self.cursor)
+            if self.hanging is not None and self.hanging.magnifier and self.pointer is not None:
+                self._paint_lens(painter, self.pointer)
         self._paint_text(painter)
         if self.hasFocus():
             painter.setPen(QColor(80, 130, 200))
@@ -344,11 +362,9 @@ class ImagePane(QWidget):
         if self.view is None or self.overlay is None or self.overlay.suspicion is None:
             return None
         w, h = self.overlay.map_extent()
-        a = self.stored_to_widget(0.0, 0.0)
-        b = self.stored_to_widget(w, h)
-        return QRectF(a, b).normalized()
+        return QRectF(self._point(0.0, 0.0), self._point(w, h)).normalized()
 
-    def labels(self) -> list:
+    def labels(self) -> list[Label]:
         """Labels of this image: the reader's fold when corrections exist, else AI marks."""
         if self.view is None:
             return []
@@ -359,14 +375,14 @@ class ImagePane(QWidget):
         from mammotriage.store.labels import Label, ai_target
 
         sop = self.view.meta.sop_instance_uid
-        out = []
+        out: list[Label] = []
         for i, f in enumerate(self.overlay.findings):
             geometry = {"type": "box", "box": [float(v) for v in f["box"]]}
             out.append(Label(ai_target(self.overlay.model_version, sop, i), sop, "ai", "unreviewed", f["kind"],
                              geometry, float(f["score"]), f["kind"], geometry))
         return out
 
-    def label_items(self) -> list[tuple[QRectF, object]]:
+    def label_items(self) -> list[tuple[QRectF, Label]]:
         """(widget rectangle, label) of every label drawn now.
 
         AI marks show only while AI is visible, and unreviewed ones only at or above
@@ -395,7 +411,7 @@ class ImagePane(QWidget):
             box = [min(xs), min(ys), max(xs), max(ys)]
         else:
             box = geometry["box"]
-        return QRectF(self.stored_to_widget(box[0], box[1]), self.stored_to_widget(box[2], box[3])).normalized()
+        return QRectF(self._point(box[0], box[1]), self._point(box[2], box[3])).normalized()
 
     def mark_rects(self) -> list[tuple[QRectF, dict]]:
         """Widget rectangles of the visible AI marks (kind/score dicts)."""
@@ -407,11 +423,13 @@ class ImagePane(QWidget):
         assert self.hanging is not None and self.view is not None
         if overlay is not None and self.ai_shown() and self.hanging.show_map and overlay.suspicion is not None:
             image = overlay.map_image(self.view.orientation)
-            painter.save()
-            painter.setOpacity(self.hanging.map_opacity)
-            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
-            painter.drawImage(self.map_rect(), image)
-            painter.restore()
+            target = self.map_rect()
+            if image is not None and target is not None:
+                painter.save()
+                painter.setOpacity(self.hanging.map_opacity)
+                painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+                painter.drawImage(target, image)
+                painter.restore()
         metrics = painter.fontMetrics()
         placed: list[QRectF] = []  # captions drawn so far: the next one avoids them
         selected = self.hanging.selected[1] if self.hanging.selected and self.hanging.selected[0] == self.slot else None
@@ -427,7 +445,7 @@ class ImagePane(QWidget):
             elif label.geometry.get("type") == "polygon":
                 from PySide6.QtGui import QPolygonF
 
-                painter.drawPolygon(QPolygonF([self.stored_to_widget(x, y) for x, y in label.geometry["points"]]))
+                painter.drawPolygon(QPolygonF([self._point(x, y) for x, y in label.geometry["points"]]))
             else:
                 painter.drawRect(outline)
             box = caption_box(QRectF(metrics.boundingRect(text)).adjusted(-3, -1, 3, 1), outline, QRectF(self.rect()),
@@ -472,17 +490,18 @@ class ImagePane(QWidget):
         if self.read_only:
             return  # rulers are measured on the current exam's images
         lines = list(self.state.rulers)
-        if self._ruler_start is not None and self.cursor is not None:
+        if self._ruler_start is not None and self.pointer is not None:
             a = self.widget_to_stored(self._ruler_start)
-            b = self.widget_to_stored(self.cursor)
+            b = self.widget_to_stored(self.pointer)
             if a and b:
                 lines.append((a[0], a[1], b[0], b[1]))
         painter.setPen(QPen(RULER, 1.5))
+        view = self._loaded()
         for line in lines:
-            p0 = self.stored_to_widget(line[0], line[1])
-            p1 = self.stored_to_widget(line[2], line[3])
+            p0 = self._point(line[0], line[1])
+            p1 = self._point(line[2], line[3])
             painter.drawLine(p0, p1)
-            painter.drawText(p1 + QPointF(6, -6), ruler_label(self.view, line))
+            painter.drawText(p1 + QPointF(6, -6), ruler_label(view, line))
 
     def corner_lines(self) -> dict[str, list[str]]:
         """The corner annotations (also used by tests and the screenshot check)."""
@@ -567,17 +586,17 @@ class ImagePane(QWidget):
         painter.drawText(margin, align | Qt.AlignmentFlag.AlignBottom, fit(lines["bottom"]))
 
     # ----------------------------------------------------------------- interaction
-    def label_at(self, point: QPointF) -> tuple[QRectF, object] | None:
+    def label_at(self, point: QPointF) -> tuple[QRectF, Label] | None:
         """The smallest drawn label whose outline contains ``point``."""
         hits = [(r, lab) for r, lab in self.label_items() if r.adjusted(-5, -5, 5, 5).contains(point)]
         return min(hits, key=lambda h: h[0].width() * h[0].height()) if hits else None
 
-    def _selected_item(self) -> tuple[QRectF, object] | None:
+    def _selected_item(self) -> tuple[QRectF, Label] | None:
         if self.hanging is None or not self.hanging.selected or self.hanging.selected[0] != self.slot:
             return None
         return next(((r, lab) for r, lab in self.label_items() if lab.label_id == self.hanging.selected[1]), None)
 
-    def _grab_label(self, pos: QPointF) -> tuple[QRectF, object] | None:
+    def _grab_label(self, pos: QPointF) -> tuple[QRectF, Label] | None:
         """The label a left press at ``pos`` grabs for moving or resizing: the selected
         one when the press is on it (or on a corner handle), else the one under it."""
         selected = self._selected_item()
@@ -585,7 +604,7 @@ class ImagePane(QWidget):
             return selected
         return self.label_at(pos)
 
-    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mousePressEvent(self, event: QMouseEvent) -> None:
         pos = event.position()
         if event.button() == Qt.MouseButton.RightButton:
             self._drag = ("window", pos, (0.0, 0.0))
@@ -594,24 +613,23 @@ class ImagePane(QWidget):
         elif event.button() == Qt.MouseButton.LeftButton and self.hanging is not None and self.view is not None \
                 and self.hanging.tool == "ruler":
             self._ruler_start = pos
-            self.cursor = pos
+            self.pointer = pos
         elif event.button() == Qt.MouseButton.LeftButton and self.hanging is not None and self.view is not None \
                 and self.hanging.tool == "draw":
             self._drag = ("draw", pos, ())
             self._draw_rect = QRectF(pos, pos)
-        elif event.button() == Qt.MouseButton.LeftButton and self._grab_label(pos) is not None:
-            rect, label = self._grab_label(pos)
+        elif event.button() == Qt.MouseButton.LeftButton and (grabbed := self._grab_label(pos)) is not None:
+            rect, label = grabbed
             if self.hanging is not None and self.hanging.selected != (self.slot, label.label_id):
                 self.label_clicked.emit(self.slot, label.label_id)  # pressing a mark selects it
             corner = _near_corner(rect, pos)
             self._drag = ("resize" if corner else "move", pos, (label.label_id, label.geometry, corner))
         elif event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             self._drag = ("pan", pos, self.state.pan)
-            self._press = pos
         event.accept()
 
-    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
-        self.cursor = event.position()
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        self.pointer = event.position()
         if self._ruler_start is not None or (self.hanging is not None and self.hanging.magnifier):
             self.update()
         if self._drag is None:
@@ -641,6 +659,8 @@ class ImagePane(QWidget):
         """Geometry after a move or corner drag, computed in stored coordinates."""
         a = self.widget_to_stored(start)
         b = self.widget_to_stored(end)
+        if a is None or b is None:  # no image: nothing moves
+            return geometry
         dx, dy = b[0] - a[0], b[1] - a[1]
         if geometry.get("type") == "polygon":
             return {"type": "polygon", "points": [[x + dx, y + dy] for x, y in geometry["points"]]}
@@ -656,19 +676,19 @@ class ImagePane(QWidget):
             xs[ix] += dx
             ys[iy] += dy
             box = [min(xs), min(ys), max(xs), max(ys)]
-        rows, cols = self.view.meta.rows, self.view.meta.columns
+        rows, cols = self._loaded().meta.rows, self._loaded().meta.columns
         box = [min(max(box[0], 0.0), cols), min(max(box[1], 0.0), rows),
                min(max(box[2], 0.0), cols), min(max(box[3], 0.0), rows)]
         return {"type": geometry.get("type", "box"), "box": [round(v, 2) for v in box]}
 
-    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
         drag, self._drag = self._drag, None
         if drag is not None and drag[0] == "draw":
             rect, self._draw_rect = self._draw_rect, None
-            a = self.widget_to_stored(rect.topLeft())
-            b = self.widget_to_stored(rect.bottomRight())
-            if rect.width() >= 4 and rect.height() >= 4 and a and b:
-                rows, cols = self.view.meta.rows, self.view.meta.columns
+            a = self.widget_to_stored(rect.topLeft()) if rect is not None else None
+            b = self.widget_to_stored(rect.bottomRight()) if rect is not None else None
+            if rect is not None and rect.width() >= 4 and rect.height() >= 4 and a and b:
+                rows, cols = self._loaded().meta.rows, self._loaded().meta.columns
                 box = [max(min(a[0], b[0]), 0.0), max(min(a[1], b[1]), 0.0),
                        min(max(a[0], b[0]), cols), min(max(a[1], b[1]), rows)]
                 shape = self.hanging.draw_shape if self.hanging is not None else "box"
@@ -692,14 +712,14 @@ class ImagePane(QWidget):
                 self.state.add_ruler((a[0], a[1], b[0], b[1]))
             self.update()
 
-    def leaveEvent(self, event) -> None:  # noqa: N802
-        self.cursor = None
+    def leaveEvent(self, event) -> None:
+        self.pointer = None
         self.update()
 
-    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
         self.fullscreen_requested.emit(self.slot)
 
-    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802
+    def wheelEvent(self, event: QWheelEvent) -> None:
         steps = event.angleDelta().y() / 120.0
         if steps == 0 or self.view is None:
             return
@@ -715,7 +735,7 @@ class ImagePane(QWidget):
         fy = (point.y() - rect.y()) / rect.height()
         new_zoom = min(max(self.state.zoom * factor, 0.1), 40.0)
         scale = self.base_scale() * new_zoom
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self._loaded().levels[0].shape
         w, h = cols * scale, rows * scale
         x0, y0 = self._origin(scale)
         pan = (point.x() - fx * w - x0, point.y() - fy * h - y0)

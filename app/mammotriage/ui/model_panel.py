@@ -209,7 +209,8 @@ class ModelPanel(QDialog):
                 self.versions.setItem(i, j, item)
         target = selected or self._default_candidate([v.version for v in rows])
         for i in range(self.versions.rowCount()):
-            if self.versions.item(i, 1).text() == target:
+            cell = self.versions.item(i, 1)
+            if cell is not None and cell.text() == target:
                 self.versions.selectRow(i)
                 break
         try:
@@ -489,7 +490,8 @@ class ModelPanel(QDialog):
 
     def _select(self, version: str | None) -> None:
         for i in range(self.versions.rowCount()):
-            if self.versions.item(i, 1).text() == version:
+            cell = self.versions.item(i, 1)
+            if cell is not None and cell.text() == version:
                 self.versions.selectRow(i)
                 return
 

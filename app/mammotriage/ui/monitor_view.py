@@ -107,7 +107,7 @@ class MonitorView(QDialog):
         future, self._future = self._future, None
         try:
             report, paths = future.result()
-        except Exception as exc:  # a broken archive must not take the app down
+        except Exception as exc:  # noqa: BLE001 - a broken archive must not take the app down
             self.text.setPlainText(f"monitoring report failed: {exc}")
             return
         self.show_report(report, paths)
@@ -131,6 +131,6 @@ class MonitorView(QDialog):
             self.plot_labels.append(label)
         self.report_ready.emit(report)
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+    def closeEvent(self, event) -> None:  # Qt override
         self._poll.stop()
         super().closeEvent(event)

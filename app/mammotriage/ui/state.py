@@ -48,12 +48,14 @@ class WindowSetting:
 
     @classmethod
     def from_preset(cls, preset: Window | WindowPreset) -> WindowSetting:
-        if isinstance(preset, WindowPreset) and preset.is_lut:
+        if isinstance(preset, WindowPreset) and preset.lut is not None:
             # a table has no centre/width: remember an equivalent linear window for dragging
             lo = preset.first_mapped
             hi = preset.first_mapped + len(preset.lut) - 1
             return cls(center=(lo + hi) / 2, width=max(hi - lo, 1), function="LINEAR",
                        explanation=preset.explanation, preset=preset)
+        if preset.center is None or preset.width is None:
+            raise ValueError(f"window {preset.explanation!r} has neither a table nor a centre and width")
         return cls(center=float(preset.center), width=float(preset.width), function=preset.function,
                    explanation=preset.explanation)
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
 from PySide6.QtGui import QColor
 
 from mammotriage.store.assessment import UNREAD, ReadState, assessment_text
@@ -74,18 +80,18 @@ class WorklistModel(QAbstractTableModel):
     def read_state(self, entry: WorklistEntry) -> ReadState:
         return self.reads.get(entry.exam.exam_key, UNREAD)
 
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.entries)
 
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
         return len(COLUMNS)
 
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
             return COLUMNS[section]
         return None
 
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
         entry = self.entries[index.row()]
@@ -128,7 +134,7 @@ class WorklistModel(QAbstractTableModel):
         breasts = " ".join(f"{lat} {int(round(s * 100))}" for lat, s in sorted(entry.breasts.items()))
         return f"{entry.score_100}" + (f"  ({breasts})" if breasts and role == Qt.ItemDataRole.ToolTipRole else "")
 
-    def _sort_key(self, index: QModelIndex, entry: WorklistEntry, blind: bool) -> Any:
+    def _sort_key(self, index: QModelIndex | QPersistentModelIndex, entry: WorklistEntry, blind: bool) -> Any:
         exam = entry.exam
         col = index.column()
         if col == COL_DATE:
@@ -183,7 +189,7 @@ class WorklistFilter(QSortFilterProxyModel):
                 return proxy.row() if proxy.isValid() else None
         return None
 
-    def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex) -> bool:  # noqa: N802
+    def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
         model = self.worklist
         entry = model.entries[source_row]
         exam = entry.exam

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import highdicom as hd
 import numpy as np
@@ -152,7 +153,7 @@ def region_of(ds: Dataset, geometry: Mapping[str, object], what: str) -> hd.sr.I
     source_image = hd.sr.SourceImageForRegion.from_source_image(ds)
     kind = geometry.get("type")
     if kind in ("box", "ellipse"):
-        box = [float(v) for v in geometry.get("box", [])]  # type: ignore[union-attr]
+        box = [float(v) for v in cast("Sequence[float]", geometry.get("box", []))]
         rect = source_box(ds, box, what)
         if kind == "box":
             return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -166,7 +167,7 @@ def region_of(ds: Dataset, geometry: Mapping[str, object], what: str) -> hd.sr.I
                                  graphic_data=np.array(points, dtype=np.float32),
                                  source_image=source_image)
     if kind == "polygon":
-        points = [[float(x), float(y)] for x, y in geometry.get("points", [])]  # type: ignore[union-attr]
+        points = [[float(x), float(y)] for x, y in cast("Sequence[Sequence[float]]", geometry.get("points", []))]
         columns, rows = int(ds.Columns), int(ds.Rows)
         if len(points) < 3 or not all(
             math.isfinite(x) and math.isfinite(y) and 0 <= x <= columns and 0 <= y <= rows
