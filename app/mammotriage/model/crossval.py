@@ -197,13 +197,15 @@ def _stage2_rows(samples, records, geoms, partner, idx, kind_labels: bool = True
 
 
 def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: list[Sample] | None = None,
-                   fold_seed: int = 0, seed: int = 0, calc_prior_shift: bool = True) -> dict:
+                   fold_seed: int = 0, seed: int = 0, calc_prior_shift: bool = True,
+                   stage_two: bool = True) -> dict:
     """Cross-validate the second look on the folds of a finished stage-one CV in ``cv_dir``.
 
     For fold f the calcification trees learn from the clusters of the other folds' images
     (their real calcifications, simulated clusters inserted into their normal images,
     and phantom clusters) and stage two from the other folds' out-of-fold RetinaNet
-    candidates; both are applied to fold f.  Returns the stage-one and second-look
+    candidates (unless ``stage_two`` is False: the candidates then keep their RetinaNet
+    scores); both are applied to fold f.  Returns the stage-one and second-look
     records (same images, same folds), the final :class:`SecondLook` fitted on all
     folds, and the pooled metrics of both.
     """
@@ -232,8 +234,10 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
     def fit(train_idx: list[int]) -> SecondLook:
         Xc, yc, real_rate = _calc_training(cache, train_idx, phantom_idx)
         calc = fit_trees(Xc, yc, seed=seed)
-        X2, y2 = _stage2_rows(samples, records, geoms, partner, train_idx)
-        st2 = fit_trees(X2, y2, seed=seed)
+        st2 = None
+        if stage_two:
+            X2, y2 = _stage2_rows(samples, records, geoms, partner, train_idx)
+            st2 = fit_trees(X2, y2, seed=seed)
         offset = prior_shift(float(np.mean(yc)), real_rate) if calc_prior_shift else 0.0
         return SecondLook(calc, st2, calc_offset=offset)
 

@@ -263,11 +263,12 @@ class SecondLook:
 
     #: What the package metadata says about the rule (kept next to the code it describes).
     RULE = {
-        "finding": "stage two: boosted-tree probability that a RetinaNet candidate is a lesion of "
-                   "its kind, from the candidate's score, size, place in the breast, local contrast and "
-                   "the other breast's same view at the mirrored place; calcification clusters: "
-                   "boosted-tree probability of a top-hat speck cluster, shifted from the training "
-                   "rate of clusters (real, simulated and phantom) to the real images' rate",
+        "stage2": "stage two: boosted-tree probability that a RetinaNet candidate is a lesion of "
+                  "its kind, from the candidate's score, size, place in the breast, local contrast and "
+                  "the other breast's same view at the mirrored place",
+        "stage1": "RetinaNet candidate score",
+        "calc": "calcification clusters: boosted-tree probability of a top-hat speck cluster, shifted "
+                "from the training rate of clusters (real, simulated and phantom) to the real images' rate",
         "suppression": "containment-aware NMS over all marks of a view (IoU >= {iou}, or >= {contain} "
                        "of the smaller box inside the other)",
         "image": "noisy-OR of the view's {top_k} most probable findings",
@@ -302,7 +303,13 @@ class SecondLook:
                 "calc_offset": self.calc_offset}
 
     def describe(self) -> dict[str, str]:
-        return {k: v.format(iou=self.iou, contain=self.contain, top_k=self.top_k) for k, v in self.RULE.items()}
+        """The rule this instance applies, in words (the package metadata carries it)."""
+        parts = [self.RULE["stage2" if self.stage2 is not None else "stage1"]]
+        if self.calc is not None:
+            parts.append(self.RULE["calc"])
+        return {"finding": "; ".join(parts),
+                **{k: self.RULE[k].format(iou=self.iou, contain=self.contain, top_k=self.top_k)
+                   for k in ("suppression", "image")}}
 
     @classmethod
     def from_package(cls, arrays: dict[str, np.ndarray], meta: dict) -> SecondLook:
