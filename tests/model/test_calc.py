@@ -83,3 +83,28 @@ def test_noisy_or():
     assert noisy_or([0.5, 0.5]) == pytest.approx(0.75)
     assert noisy_or([]) == 0.0
     assert noisy_or([0.9, 0.1, 0.1, 0.1], top_k=1) == pytest.approx(0.9)
+
+
+def test_prior_shift_moves_oversampled_trees_to_the_real_rate():
+    from mammotriage.model.calc import fit_trees, prior_shift
+
+    assert prior_shift(0.3, 0.3) == 0.0
+    assert np.isclose(prior_shift(0.5, 0.1), np.log(1 / 9))
+    # A population with 5 % positives; the trees learn from a sample with half positives
+    # (as the cluster trees do, with simulated clusters in every normal image).
+    rng = np.random.default_rng(3)
+    n = 20000
+    y = (rng.random(n) < 0.05).astype(int)
+    X = rng.normal(size=(n, 3)) + y[:, None] * np.array([1.0, 0.5, 0.0])
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    train = np.concatenate([pos[: len(pos) // 2], neg[: len(pos) // 2]])
+    test = np.concatenate([pos[len(pos) // 2:], neg[len(pos) // 2:]])
+    trees = fit_trees(X[train], y[train], n_estimators=40)
+    raw = trees.predict_proba(X[test])
+    shifted = trees.predict_proba(X[test], prior_shift(float(y[train].mean()), 0.05))
+    rate = float(y[test].mean())
+    # Without the shift the mean probability is several times the real rate; with it the
+    # mean lands near the rate (margins far above float noise), ranking unchanged.
+    assert raw.mean() > 4 * rate
+    assert 0.5 * rate < shifted.mean() < 2.0 * rate
+    assert np.array_equal(np.argsort(raw, kind="stable"), np.argsort(shifted, kind="stable"))

@@ -134,7 +134,7 @@ def _tiny_second_look(seed=0):
     Xs = rng.normal(size=(200, len(STAGE2_FEATURES)))
     calc = fit_trees(Xc, (Xc[:, 3] > 0).astype(int), n_estimators=10)
     st2 = fit_trees(Xs, (Xs[:, 0] > 0).astype(int), n_estimators=10)
-    return SecondLook(calc, st2, min_score=0.0)
+    return SecondLook(calc, st2, min_score=0.0, calc_offset=-1.25)
 
 
 def test_second_look_travels_in_the_one_hashed_weights_file(tmp_path, tiny_config, tiny_pp, phantom_exam):
@@ -160,6 +160,10 @@ def test_second_look_travels_in_the_one_hashed_weights_file(tmp_path, tiny_confi
     assert engine.second_look is not None
     X = np.random.default_rng(5).normal(size=(30, len(meta["second_look"]["stage2_features"])))
     assert np.allclose(engine.second_look.stage2.predict_proba(X), sl.stage2.predict_proba(X))
+    # the cluster trees' prior shift travels with them
+    Xc = np.random.default_rng(6).normal(size=(30, len(meta["second_look"]["calc_features"])))
+    assert engine.second_look.calc_offset == -1.25
+    assert np.allclose(engine.second_look.calc_proba(Xc), sl.calc.predict_proba(Xc, -1.25))
     images = [MammoImage(im.pixels, parse_metadata(im.dataset)) for im in phantom_exam.images]
     results = engine.predict_images(images, max_map_side=128)
     assert len(results) == 4

@@ -112,3 +112,30 @@ def test_the_worklist_reads_exam_level_points():
     assert p.category(0.4) == "indeterminate"
     with pytest.raises(ValueError):
         OperatingPoints.resolve({"operating_points": {}})
+
+
+def test_second_look_without_stage_two_keeps_the_candidates_scores(tmp_path):
+    from mammotriage.model.crossval import second_look_cv
+    from mammotriage.model.data import patient_folds
+
+    samples, records = _dataset()
+    k = 2
+    fold_of = patient_folds(samples, k)
+    for f in range(k):
+        d = tmp_path / f"fold{f}"
+        d.mkdir()
+        recs = [r for r, g in zip(records, fold_of, strict=True) if g == f]
+        d.joinpath("records.json").write_text(json.dumps({"info": {}, "records": recs}))
+    out = second_look_cv(samples, tmp_path, k, stage_two=False)
+    final = out["final"]
+    assert final.stage2 is None and final.calc is not None
+    assert not any(k.startswith("second_look.stage2.") for k in final.to_arrays())
+    # the metadata's rule says what runs: RetinaNet scores, no stage two
+    rule = final.describe()["finding"]
+    assert rule.startswith("RetinaNet candidate score") and "stage two" not in rule
+    for old, new in zip(out["stage_one"], out["second_look"], strict=True):
+        masses = [s for s, kind in zip(new["scores"], new["finding_kinds"], strict=True) if kind == "mass"]
+        # every mass mark left is a stage-one candidate with its own score
+        assert set(np.round(masses, 9)) <= set(np.round(old["scores"], 9))
+    # the prior shift puts the cluster trees below their training rate's probabilities
+    assert final.calc_offset < 0

@@ -381,10 +381,12 @@ class TreeEnsemble:
             out += self.learning_rate * self.value[node]
         return out
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, offset: float = 0.0) -> np.ndarray:
+        """Probability of the positive class; ``offset`` is added to the log-odds (a prior
+        shift, see :func:`prior_shift`)."""
         if len(X) == 0:
             return np.zeros(0)
-        proba: np.ndarray = 1.0 / (1.0 + np.exp(-self.decision(X)))
+        proba: np.ndarray = 1.0 / (1.0 + np.exp(-(self.decision(X) + offset)))
         return proba
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -398,6 +400,20 @@ class TreeEnsemble:
         init, lr = arrays[f"{prefix}.init_lr"].tolist()
         return cls(arrays[f"{prefix}.feature"], arrays[f"{prefix}.threshold"], arrays[f"{prefix}.left"],
                    arrays[f"{prefix}.right"], arrays[f"{prefix}.value"], arrays[f"{prefix}.roots"], init, lr)
+
+
+def prior_shift(train_prevalence: float, target_prevalence: float) -> float:
+    """Log-odds offset that moves a classifier trained at ``train_prevalence`` to a
+    population with ``target_prevalence`` (Saerens, Latinne and Decaestecker, Neural
+    Computation 2002, eq. 2.4: the posterior odds scale with the ratio of prior odds).
+
+    The cluster trees learn from far more positives than real images hold (simulated
+    clusters in every normal training image, phantom clusters); without the shift their
+    probabilities are not comparable with stage two's, which learns at the real rate.
+    """
+    t = float(np.clip(train_prevalence, 1e-6, 1 - 1e-6))
+    q = float(np.clip(target_prevalence, 1e-6, 1 - 1e-6))
+    return float(np.log(q / (1 - q)) - np.log(t / (1 - t)))
 
 
 def fit_trees(X: np.ndarray, y: np.ndarray, seed: int = 0, n_estimators: int = 150, max_depth: int = 3,

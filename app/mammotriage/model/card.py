@@ -269,7 +269,8 @@ def _froc_rows(label: str, m: dict[str, Any]) -> list[str]:
     return rows
 
 
-def second_look_report(metrics: dict[str, Any], boot: dict[str, Any], ops: dict[str, Any]) -> str:
+def second_look_report(metrics: dict[str, Any], boot: dict[str, Any], ops: dict[str, Any],
+                       label: str = "stage one + second look") -> str:
     """Markdown: both recipes on the same folds, the paired bootstrap and the exam-level
     operating points (model card section and docs)."""
     old, new = metrics["stage_one"], metrics["second_look"]
@@ -280,7 +281,7 @@ def second_look_report(metrics: dict[str, Any], boot: dict[str, Any], ops: dict[
              "| recipe | lesions | image AUC | " + " | ".join(f"{k} FP" for k in old["froc"]) + " |",
              "|---|---|---|" + "---|" * len(old["froc"])]
     lines += _froc_rows("stage one (v0.2.0 recipe)", old)
-    lines += _froc_rows("stage one + second look", new)
+    lines += _froc_rows(label, new)
     lines += ["",
               f"Paired patient-level bootstrap ({boot['n']} resamples): sensitivity at {boot['rate']} FP/image "
               f"stage one {boot['sens_a_ci']}, second look {boot['sens_b_ci']}, difference "
@@ -319,10 +320,12 @@ def write_second_look_package(out_dir: str | Path, stage_one_dir: str | Path, sl
                                       "image_auc", "froc", "froc_mean", "per_kind", "n_images", "n_lesions")},
                     "stage_one_same_folds": slr["metrics"]["stage_one"], "paired_bootstrap": boot}
     changelog = dict(parent.get("changelog") or {})
-    changelog[version] = ("second look: stage-two rescoring of RetinaNet candidates with the other breast's "
-                          "view, a calcification-cluster path, containment-aware suppression, noisy-OR "
-                          "view scores and exam-level operating points; stage-one network of v"
-                          f"{parent.get('version')}")
+    final = slr["final"]
+    parts = (["stage-two rescoring of RetinaNet candidates with the other breast's view"]
+             if final.stage2 is not None else [])
+    parts += ["a calcification-cluster path"] if final.calc is not None else []
+    parts += ["containment-aware suppression, noisy-OR view scores and exam-level operating points"]
+    changelog[version] = f"second look: {', '.join(parts)}; stage-one network of v{parent.get('version')}"
     out_dir = Path(out_dir)
     save_package(out_dir, det, config, pp, version=version, description=changelog[version],
                  training=described or parent.get("training_data", {}),
@@ -337,7 +340,10 @@ def write_second_look_package(out_dir: str | Path, stage_one_dir: str | Path, sl
     write_calibration_plot(ops, out_dir / "docs" / "calibration.png")
     meta = read_metadata(out_dir)
     card = model_card(meta, None, notes).replace("No cross-validation was run for this package.\n",
-                                                 second_look_report(slr["metrics"], boot, ops) + "\n"
+                                                 second_look_report(slr["metrics"], boot, ops,
+                                                                    f"v{parent.get('version')} network + "
+                                                                    + ", ".join([*parts[:-1], "suppression"]))
+                                                 + "\n"
                                                  "![FROC](froc.png) ![ROC](roc.png) ![calibration](calibration.png)\n")
     (out_dir / "docs" / "README.md").write_text(card)
     lic = Path(stage_one_dir) / "LICENSE"

@@ -52,6 +52,9 @@ def add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
                         "calcification clusters) on the same folds")
     p.add_argument("--stage-one", type=Path,
                    help="with --second-look: take the stage-one network from this package instead of training it")
+    p.add_argument("--no-stage-two", action="store_true",
+                   help="with --second-look: keep the RetinaNet scores (no stage-two rescoring); the "
+                        "calcification path and the containment-aware suppression still apply")
     p.add_argument("--calc-phantoms", type=int, default=24,
                    help="phantom exams whose calcification clusters train the cluster classifier (default 24)")
     p.add_argument("--version", default="0.1.0")
@@ -161,7 +164,8 @@ def _train_second_look(args: argparse.Namespace, real: list[Sample], extra: list
     from mammotriage.model.crossval import paired_bootstrap, second_look_cv
 
     phantoms = [s for s in extra if s.source == "phantom"][: 4 * max(0, args.calc_phantoms)]
-    slr = second_look_cv(real, work / "cv", args.kfold, phantoms=phantoms)
+    slr = second_look_cv(real, work / "cv", args.kfold, phantoms=phantoms,
+                         stage_two=not getattr(args, "no_stage_two", False))
     from mammotriage.model.crossval import _records_json
 
     (work / "second_look_records.json").write_text(json.dumps(

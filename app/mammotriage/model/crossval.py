@@ -163,14 +163,21 @@ def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path
     return out
 
 
-def _calc_training(cache: dict[str, Any], idx: list[int], phantom_idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    Xs, ys = [], []
+def _calc_training(cache: dict[str, Any], idx: list[int], phantom_idx: list[int]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Cluster training rows of images ``idx`` (+ phantoms), and the positive rate among the
+    clusters found on the real images of ``idx`` alone (what the trees will meet)."""
+    Xs, ys, real = [], [], []
     for i in idx + phantom_idx:
         for xk, yk in ((f"{i}.X", f"{i}.y"), (f"{i}.Xs", f"{i}.ys")):
             if xk in cache and len(cache[yk]):
                 Xs.append(cache[xk])
                 ys.append(cache[yk])
-    return np.concatenate(Xs), np.concatenate(ys)
+        if i not in phantom_idx and f"{i}.y" in cache:
+            real.append(cache[f"{i}.y"])
+    real_y = np.concatenate(real) if real else np.zeros(0)
+    # One pseudo-count each way keeps the rate finite when the folds hold no real cluster.
+    rate = (float(real_y.sum()) + 1.0) / (len(real_y) + 2.0)
+    return np.concatenate(Xs), np.concatenate(ys), rate
 
 
 def _stage2_rows(samples: list[Sample], records: Sequence[dict[str, Any]], geoms: Sequence[ViewGeometry],
@@ -198,17 +205,19 @@ def _stage2_rows(samples: list[Sample], records: Sequence[dict[str, Any]], geoms
 
 
 def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: list[Sample] | None = None,
-                   fold_seed: int = 0, seed: int = 0) -> dict[str, Any]:
+                   fold_seed: int = 0, seed: int = 0, calc_prior_shift: bool = True,
+                   stage_two: bool = True) -> dict[str, Any]:
     """Cross-validate the second look on the folds of a finished stage-one CV in ``cv_dir``.
 
     For fold f the calcification trees learn from the clusters of the other folds' images
     (their real calcifications, simulated clusters inserted into their normal images,
     and phantom clusters) and stage two from the other folds' out-of-fold RetinaNet
-    candidates; both are applied to fold f.  Returns the stage-one and second-look
+    candidates (unless ``stage_two`` is False: the candidates then keep their RetinaNet
+    scores); both are applied to fold f.  Returns the stage-one and second-look
     records (same images, same folds), the final :class:`SecondLook` fitted on all
     folds, and the pooled metrics of both.
     """
-    from mammotriage.model.calc import fit_trees
+    from mammotriage.model.calc import fit_trees, prior_shift
     from mammotriage.model.twostage import SecondLook, ViewCandidates, ViewGeometry, noisy_or
 
     cv_dir = Path(cv_dir)
@@ -232,11 +241,14 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
     phantom_idx = list(range(len(samples), len(samples) + len(phantoms)))
 
     def fit(train_idx: list[int]) -> SecondLook:
-        Xc, yc = _calc_training(cache, train_idx, phantom_idx)
+        Xc, yc, real_rate = _calc_training(cache, train_idx, phantom_idx)
         calc = fit_trees(Xc, yc, seed=seed)
-        X2, y2 = _stage2_rows(samples, records, geoms, partner, train_idx)
-        st2 = fit_trees(X2, y2, seed=seed)
-        return SecondLook(calc, st2)
+        st2 = None
+        if stage_two:
+            X2, y2 = _stage2_rows(samples, records, geoms, partner, train_idx)
+            st2 = fit_trees(X2, y2, seed=seed)
+        offset = prior_shift(float(np.mean(yc)), real_rate) if calc_prior_shift else 0.0
+        return SecondLook(calc, st2, calc_offset=offset)
 
     new_records: list[dict[str, Any] | None] = [None] * len(samples)
     for f in range(k):
@@ -253,7 +265,7 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
                                                           list(records[j]["finding_kinds"]))
             s2 = sl.rescore(cand, geoms[i], geoms[j] if j is not None else None, other)
             cb = cache[f"{i}.boxes"]
-            cp = sl.calc.predict_proba(cache[f"{i}.X"]) if len(cb) else np.zeros(0)
+            cp = sl.calc_proba(cache[f"{i}.X"]) if len(cb) else np.zeros(0)
             found = sl.combine(np.concatenate([r["boxes"].reshape(-1, 4), cb.reshape(-1, 4)]),
                                np.concatenate([s2, cp]), list(r["finding_kinds"]) + ["calcification"] * len(cp))
             new_records[i] = {**r, "boxes": np.array([x.box for x in found]).reshape(-1, 4),

@@ -265,10 +265,12 @@ class SecondLook:
 
     #: What the package metadata says about the rule (kept next to the code it describes).
     RULE: ClassVar[dict[str, str]] = {
-        "finding": "stage two: boosted-tree probability that a RetinaNet candidate is a lesion of "
-                   "its kind, from the candidate's score, size, place in the breast, local contrast and "
-                   "the other breast's same view at the mirrored place; calcification clusters: "
-                   "boosted-tree probability of a top-hat speck cluster",
+        "stage2": "stage two: boosted-tree probability that a RetinaNet candidate is a lesion of "
+                  "its kind, from the candidate's score, size, place in the breast, local contrast and "
+                  "the other breast's same view at the mirrored place",
+        "stage1": "RetinaNet candidate score",
+        "calc": "calcification clusters: boosted-tree probability of a top-hat speck cluster, shifted "
+                "from the training rate of clusters (real, simulated and phantom) to the real images' rate",
         "suppression": "containment-aware NMS over all marks of a view (IoU >= {iou}, or >= {contain} "
                        "of the smaller box inside the other)",
         "image": "noisy-OR of the view's {top_k} most probable findings",
@@ -276,8 +278,11 @@ class SecondLook:
 
     def __init__(self, calc: TreeEnsemble | None, stage2: TreeEnsemble | None,
                  calc_params: CalcParams = DEFAULT_CALC, top_k: int = 3, iou: float = 0.3,
-                 contain: float = 0.6, min_score: float = 0.01, max_findings: int = 20):
+                 contain: float = 0.6, min_score: float = 0.01, max_findings: int = 20,
+                 calc_offset: float = 0.0):
         self.calc, self.stage2, self.calc_params = calc, stage2, calc_params
+        #: log-odds added to the cluster trees' output (:func:`~mammotriage.model.calc.prior_shift`)
+        self.calc_offset = float(calc_offset)
         self.top_k, self.iou, self.contain = top_k, iou, contain
         self.min_score, self.max_findings = min_score, max_findings
 
@@ -296,10 +301,17 @@ class SecondLook:
         return {"calc_params": self.calc_params.to_json(), "calc_features": list(FEATURES),
                 "stage2_features": list(STAGE2_FEATURES), "top_k": self.top_k, "iou": self.iou,
                 "contain": self.contain, "min_score": self.min_score, "max_findings": self.max_findings,
-                "has_calc": self.calc is not None, "has_stage2": self.stage2 is not None}
+                "has_calc": self.calc is not None, "has_stage2": self.stage2 is not None,
+                "calc_offset": self.calc_offset}
 
     def describe(self) -> dict[str, str]:
-        return {k: v.format(iou=self.iou, contain=self.contain, top_k=self.top_k) for k, v in self.RULE.items()}
+        """The rule this instance applies, in words (the package metadata carries it)."""
+        parts = [self.RULE["stage2" if self.stage2 is not None else "stage1"]]
+        if self.calc is not None:
+            parts.append(self.RULE["calc"])
+        return {"finding": "; ".join(parts),
+                **{k: self.RULE[k].format(iou=self.iou, contain=self.contain, top_k=self.top_k)
+                   for k in ("suppression", "image")}}
 
     @classmethod
     def from_package(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> SecondLook:
@@ -312,7 +324,8 @@ class SecondLook:
         st2 = TreeEnsemble.from_arrays(arrays, "second_look.stage2") if meta.get("has_stage2") else None
         return cls(calc, st2, CalcParams.from_json(meta.get("calc_params", {})), int(meta.get("top_k", 3)),
                    float(meta.get("iou", 0.3)), float(meta.get("contain", 0.6)),
-                   float(meta.get("min_score", 0.01)), int(meta.get("max_findings", 20)))
+                   float(meta.get("min_score", 0.01)), int(meta.get("max_findings", 20)),
+                   float(meta.get("calc_offset", 0.0)))
 
     # ---- run
     def calc_findings(self, display: np.ndarray, spacing_mm: float, mask: np.ndarray | None = None
@@ -322,7 +335,13 @@ class SecondLook:
         cl = find_clusters(display, spacing_mm, mask=mask, params=self.calc_params)
         if not cl:
             return np.zeros((0, 4)), np.zeros(0)
-        return np.array([c.box for c in cl]), self.calc.predict_proba(np.stack([c.features for c in cl]))
+        return np.array([c.box for c in cl]), self.calc_proba(np.stack([c.features for c in cl]))
+
+    def calc_proba(self, X: np.ndarray) -> np.ndarray:
+        """Cluster probabilities at the real images' rate (prior shift applied)."""
+        if self.calc is None or not len(X):
+            return np.zeros(0)
+        return self.calc.predict_proba(X, self.calc_offset)
 
     def rescore(self, cand: ViewCandidates, view: ViewGeometry, other: ViewGeometry | None,
                 other_cand: ViewCandidates | None) -> np.ndarray:
