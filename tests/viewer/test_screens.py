@@ -155,3 +155,13 @@ def test_worklist_split(size, side, share) -> None:
     if where == "top":  # the hanging under it stays at least about as tall as wide
         w, h = size
         assert h * (1 - got) >= 0.85 * w
+
+
+def test_screen_at_finds_the_window_centre() -> None:
+    from mammotriage.viewer.screens import screen_at
+
+    screens = [Screen(0, 0, 1920, 1080), five_mp(-2048), five_mp(1920)]
+    assert screen_at(screens, 960, 540) == 0
+    assert screen_at(screens, -10, 2000) == 1
+    assert screen_at(screens, 1920, 0) == 2
+    assert screen_at(screens, 99999, 0) is None

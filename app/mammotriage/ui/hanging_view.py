@@ -4,6 +4,9 @@ The comparison hanging (C) adds the most recent prior exam to the left of the cu
 one: prior RCC | prior LCC | RCC | LCC over the MLOs. A prior pane shares its current
 counterpart's :class:`PaneState`, so window/level, inversion, zoom and pan are linked
 between current and prior by construction; prior panes are read-only.
+
+Spanning screens (``ui/screen_windows.py``) moves panes into windows on other screens;
+they stay this view's panes, on one mm scale (``common_scale``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class HangingView(QWidget):
         self.state = state or HangingState()
         self.panes: dict[str, ImagePane] = {}
         self.prior_panes: dict[str, ImagePane] = {}  # the comparison hanging's prior views
+        self.common_scale = False  # one mm scale for all four views (set when spanning screens)
         layout = QGridLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -106,10 +110,18 @@ class HangingView(QWidget):
             pane.mm_per_px = needed.get(self.scale_group(pane.slot)) or (max(needed.values()) if needed else None)
             pane.update()
 
-    @staticmethod
-    def scale_group(slot: str) -> str:
-        """Panes that share one physical scale: the same view of both breasts."""
-        return slot[1:]
+    def scale_group(self, slot: str) -> str:
+        """Panes that share one physical scale: the same view of both breasts; all four
+        views when the hanging spans screens (``common_scale``)."""
+        return "all" if self.common_scale else slot[1:]
+
+    def refit_scale(self) -> None:
+        """Recompute the common scale (a pane on another screen was resized)."""
+        self._update_scale()
+
+    def relayout(self) -> None:
+        """Visibility and fit again, after the panes moved between screens."""
+        self._layout_panes()
 
     def _layout_panes(self) -> None:
         """Visibility after a change of full screen or comparison; then refit (F refits:
@@ -118,7 +130,8 @@ class HangingView(QWidget):
             pane.setVisible(self.state.fullscreen in (None, slot))
         for slot, pane in self.prior_panes.items():
             pane.setVisible(self.state.compare and self.state.fullscreen in (None, slot))
-        self.layout().activate()
+        for holder in {pane.parentWidget() for pane in self.all_panes()}:  # this view, or a screen window
+            holder.layout().activate()
         self.fit()
 
     def fit(self) -> None:

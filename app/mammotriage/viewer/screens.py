@@ -223,3 +223,8 @@ def worklist_split(width: int, height: int) -> tuple[str, float]:
         return "left", WORKLIST_WIDTH
     low, high = WORKLIST_HEIGHT_RANGE
     return "top", min(max(1.0 - width / max(height, 1), low), high)
+
+
+def screen_at(screens: list[Screen], x: int, y: int) -> int | None:
+    """Index of the screen holding the point (a window's centre), else None."""
+    return next((i for i, s in enumerate(screens) if s.x <= x < s.right and s.y <= y < s.bottom), None)
