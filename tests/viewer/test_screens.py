@@ -165,3 +165,15 @@ def test_screen_at_finds_the_window_centre() -> None:
     assert screen_at(screens, -10, 2000) == 1
     assert screen_at(screens, 1920, 0) == 2
     assert screen_at(screens, 99999, 0) is None
+
+
+def test_the_placement_module_loads_without_qt() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, mammotriage.viewer.screens; "
+            "sys.exit(1 if any(m in sys.modules for m in ('PySide6', 'torch')) else 0)")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "app"))
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
