@@ -69,6 +69,16 @@ def test_span_puts_cc_and_mlo_pairs_on_the_two_displays_with_links(reading_room,
     # the main window's shortcuts are on the display windows too
     assert set(win.actions) <= set(cc_window.actions())
 
+    # F enlarges a view on its own display; the other display keeps its pair
+    win.hanging.state.toggle_fullscreen("RMLO")
+    qtbot.waitUntil(lambda: not panes["LMLO"].isVisible() and panes["RMLO"].width() > 900, timeout=10_000)
+    assert panes["RCC"].isVisible() and panes["LCC"].isVisible()
+    for slot in ("RCC", "LCC"):  # at a scale of their own that still fits their breasts
+        breast = panes[slot].breast_rect()
+        assert breast.height() <= panes[slot].height() + 1 and breast.width() <= panes[slot].width() + 1
+    assert panes["RMLO"].mm_per_px < panes["RCC"].mm_per_px  # the enlarged view is larger
+    win.hanging.state.toggle_fullscreen("RMLO")
+
     # back into the main window
     win.toggle_screens()
     assert win.hanging_layout == "single" and win.screen_layout.windows == []
@@ -76,6 +86,24 @@ def test_span_puts_cc_and_mlo_pairs_on_the_two_displays_with_links(reading_room,
     qtbot.waitUntil(lambda: win.hanging.isVisible(), timeout=10_000)
     assert not win.hanging.common_scale
     assert "in this window" in win.status_label.text()
+
+
+def test_two_portrait_displays_without_a_worklist_monitor_share_the_main_window(reading_room, qtbot) -> None:
+    win, _ = reading_room
+    win.move(0, 0)
+    station = [Screen(-100, -100, 1700, 2100, "left 5MP", primary=True), Screen(1600, -100, 1700, 2100, "right 5MP")]
+    win.hanging_layout = "span"
+    placement = win.apply_screens(station)
+    assert placement.layout == "span" and len(win.screen_layout.windows) == 1
+    panes = win.hanging.panes
+    assert _window_of(panes["RCC"]) is win and _window_of(panes["LCC"]) is win  # below the worklist
+    other = _window_of(panes["RMLO"])
+    assert other is not win and other is _window_of(panes["LMLO"]) and other.geometry().x() == 1600
+    qtbot.waitUntil(lambda: win.hanging.isVisible() and panes["RMLO"].width() > 400, timeout=10_000)
+    win.hanging.refit_scale()
+    assert panes["RCC"].mm_per_px == panes["LMLO"].mm_per_px is not None
+    win.toggle_screens()
+    assert win.screen_layout.windows == [] and all(_window_of(p) is win for p in win.hanging.all_panes())
 
 
 def test_the_layout_choice_is_remembered_and_listed_in_the_f1_sheet(reading_room, qtbot) -> None:

@@ -93,13 +93,12 @@ class HangingView(QWidget):
     def _update_scale(self) -> None:
         """Common physical scale per view: the two breasts of a view (RCC and LCC, RMLO
         and LMLO) share their mm per screen pixel, chosen so that the larger breast's
-        bounding box fits its pane; in full screen the enlarged view alone decides."""
+        bounding box fits its pane; in full screen the enlarged view alone decides (and,
+        spanning screens, the other display's pair keeps its own)."""
         needed: dict[str, float] = {}
         for pane in self.all_panes():
             slot = pane.slot
-            if pane.view is None or pane.view.meta.spacing is None or (pane.read_only and not self.state.compare):
-                continue
-            if self.state.fullscreen is not None and slot != self.state.fullscreen:
+            if pane.view is None or pane.view.meta.spacing is None or not self._in_view(pane):
                 continue
             x0, y0, x1, y1 = pane.fit_box()
             sp = pane.view.meta.spacing
@@ -112,8 +111,18 @@ class HangingView(QWidget):
 
     def scale_group(self, slot: str) -> str:
         """Panes that share one physical scale: the same view of both breasts; all four
-        views when the hanging spans screens (``common_scale``)."""
+        views when the hanging spans screens (``common_scale``); the enlarged view alone."""
+        if slot == self.state.fullscreen:
+            return "full"
         return "all" if self.common_scale else slot[1:]
+
+    def _in_view(self, pane: ImagePane) -> bool:
+        """Whether the layout shows ``pane``: priors only when comparing; in full screen
+        the enlarged view (and its prior), and the panes on other screens."""
+        if pane.read_only and not self.state.compare:
+            return False
+        full = self.state.fullscreen
+        return full is None or pane.slot == full or pane.parentWidget() is not self.panes[full].parentWidget()
 
     def refit_scale(self) -> None:
         """Recompute the common scale (a pane on another screen was resized)."""
@@ -126,10 +135,8 @@ class HangingView(QWidget):
     def _layout_panes(self) -> None:
         """Visibility after a change of full screen or comparison; then refit (F refits:
         the enlarged view, or the hanging back from it, fits its breast)."""
-        for slot, pane in self.panes.items():
-            pane.setVisible(self.state.fullscreen in (None, slot))
-        for slot, pane in self.prior_panes.items():
-            pane.setVisible(self.state.compare and self.state.fullscreen in (None, slot))
+        for pane in self.all_panes():
+            pane.setVisible(self._in_view(pane))
         for holder in {pane.parentWidget() for pane in self.all_panes()}:  # this view, or a screen window
             holder.layout().activate()
         self.fit()
