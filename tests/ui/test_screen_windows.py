@@ -143,6 +143,17 @@ def test_comparison_on_a_display_puts_the_prior_pair_above_the_current(prior_roo
     assert prior.x() + prior.width() <= current.x()
 
 
+def test_closing_the_app_while_spanning_keeps_the_panes(reading_room, qtbot) -> None:
+    win, _ = reading_room
+    win.hanging_layout = "span"
+    win.apply_screens(STATION)
+    windows = list(win.screen_layout.windows)
+    win.close()  # the display windows go, their panes come home first
+    qtbot.waitUntil(lambda: not any(w.isVisible() for w in windows), timeout=10_000)
+    assert all(_window_of(p) is win for p in win.hanging.all_panes())
+    assert all(p.slot for p in win.hanging.all_panes())  # still alive (a deleted pane raises here)
+
+
 SCRIPT = r"""
 import json, sys
 from PySide6.QtWidgets import QApplication, QLabel

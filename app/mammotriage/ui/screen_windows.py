@@ -96,6 +96,13 @@ class ScreenLayout:
         return placement
 
     def close(self) -> None:
+        """Close the display windows, the panes back in the hanging view first (a
+        window deletes its children)."""
+        home = plan_hanging([]).areas[0]  # the main window's 2x2
+        grid = self.hanging.layout()
+        for slot in home.slots:
+            grid.addWidget(self.hanging.panes[slot], *home.cells[slot])
+            grid.addWidget(self.hanging.prior_panes[slot], *home.prior_cells[slot])
         for window in self.windows:
             window.close()
             window.deleteLater()
