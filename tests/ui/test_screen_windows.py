@@ -197,3 +197,18 @@ def test_real_offscreen_screens_a_worklist_monitor_and_two_5mp_displays(tmp_path
     assert panes["RCC"]["x"] < panes["LCC"]["x"] and panes["RMLO"]["x"] < panes["LMLO"]["x"]
     for pane in panes.values():  # about half a display each, portrait-shaped
         assert 900 <= pane["width"] <= 1024 and pane["height"] > 2 * pane["width"], out
+
+
+def test_a_screen_removed_redoes_the_placement(reading_room, qtbot) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    win, _ = reading_room
+    win.hanging_layout = "span"
+    win.show_for_reading()  # follows the screens from now on
+    app = QApplication.instance()
+    win.apply_screens(STATION)
+    assert len(win.screen_layout.windows) == 2
+    app.screenRemoved.emit(app.primaryScreen())  # as when a display is unplugged: Qt's one screen is left
+    qtbot.waitUntil(lambda: win.screen_layout.windows == [], timeout=10_000)
+    assert win.screen_layout.placement.layout == "single" and win.hanging_layout == "span"
+    assert "one screen" in win.log.toPlainText().splitlines()[-1]
