@@ -4,6 +4,9 @@ The comparison hanging (C) adds the most recent prior exam to the left of the cu
 one: prior RCC | prior LCC | RCC | LCC over the MLOs. A prior pane shares its current
 counterpart's :class:`PaneState`, so window/level, inversion, zoom and pan are linked
 between current and prior by construction; prior panes are read-only.
+
+Spanning screens (``ui/screen_windows.py``) moves panes into windows on other screens;
+they stay this view's panes, on one mm scale (``common_scale``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class HangingView(QWidget):
         self.state = state or HangingState()
         self.panes: dict[str, ImagePane] = {}
         self.prior_panes: dict[str, ImagePane] = {}  # the comparison hanging's prior views
+        self.common_scale = False  # one mm scale for all four views (set when spanning screens)
         layout = QGridLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -89,13 +93,12 @@ class HangingView(QWidget):
     def _update_scale(self) -> None:
         """Common physical scale per view: the two breasts of a view (RCC and LCC, RMLO
         and LMLO) share their mm per screen pixel, chosen so that the larger breast's
-        bounding box fits its pane; in full screen the enlarged view alone decides."""
+        bounding box fits its pane; in full screen the enlarged view alone decides (and,
+        spanning screens, the other display's pair keeps its own)."""
         needed: dict[str, float] = {}
         for pane in self.all_panes():
             slot = pane.slot
-            if pane.view is None or pane.view.meta.spacing is None or (pane.read_only and not self.state.compare):
-                continue
-            if self.state.fullscreen is not None and slot != self.state.fullscreen:
+            if pane.view is None or pane.view.meta.spacing is None or not self._in_view(pane):
                 continue
             x0, y0, x1, y1 = pane.fit_box()
             sp = pane.view.meta.spacing
@@ -106,21 +109,38 @@ class HangingView(QWidget):
             pane.mm_per_px = needed.get(self.scale_group(pane.slot)) or (max(needed.values()) if needed else None)
             pane.update()
 
-    @staticmethod
-    def scale_group(slot: str) -> str:
-        """Panes that share one physical scale: the same view of both breasts."""
-        return slot[1:]
+    def scale_group(self, slot: str) -> str:
+        """Panes that share one physical scale: the same view of both breasts; all four
+        views when the hanging spans screens (``common_scale``); the enlarged view alone."""
+        if slot == self.state.fullscreen:
+            return "full"
+        return "all" if self.common_scale else slot[1:]
+
+    def _in_view(self, pane: ImagePane) -> bool:
+        """Whether the layout shows ``pane``: priors only when comparing; in full screen
+        the enlarged view (and its prior), and the panes on other screens."""
+        if pane.read_only and not self.state.compare:
+            return False
+        full = self.state.fullscreen
+        return full is None or pane.slot == full or pane.parentWidget() is not self.panes[full].parentWidget()
+
+    def refit_scale(self) -> None:
+        """Recompute the common scale (a pane on another screen was resized)."""
+        self._update_scale()
+
+    def relayout(self) -> None:
+        """Visibility and fit again, after the panes moved between screens."""
+        self._layout_panes()
 
     def _layout_panes(self) -> None:
         """Visibility after a change of full screen or comparison; then refit (F refits:
         the enlarged view, or the hanging back from it, fits its breast)."""
-        for slot, pane in self.panes.items():
-            pane.setVisible(self.state.fullscreen in (None, slot))
-        for slot, pane in self.prior_panes.items():
-            pane.setVisible(self.state.compare and self.state.fullscreen in (None, slot))
-        layout = self.layout()
-        if layout is not None:
-            layout.activate()
+        for pane in self.all_panes():
+            pane.setVisible(self._in_view(pane))
+        for holder in {pane.parentWidget() for pane in self.all_panes()}:  # this view, or a screen window
+            layout = holder.layout() if holder is not None else None
+            if layout is not None:
+                layout.activate()
         self.fit()
 
     def fit(self) -> None:

@@ -55,7 +55,9 @@ from mammotriage.ui.corrections import ExamCorrections, ImageInfo
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.ui.overlay import AiOverlay
+from mammotriage.ui.screen_windows import ScreenLayout
 from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
+from mammotriage.viewer.screens import LAYOUTS, worklist_split
 
 
 def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str) -> str:
@@ -217,6 +219,7 @@ class MainWindow(QMainWindow):
 
         self.actions: list[QAction] = []
         self._build_actions()
+        self.screen_layout = ScreenLayout(self.hanging, self.actions)  # one window, or spread over screens
         self.timer = QTimer(self)
         self.timer.setInterval(30)
         self.timer.timeout.connect(self._poll)
@@ -365,6 +368,8 @@ class MainWindow(QMainWindow):
                      self.toggle_compare)
         self._action(view_menu, "Next extra view (full-screen)", ["X"], self.show_next_extra)
         self._action(view_menu, "Full-screen the focused view", ["F", "Space"], self._toggle_fullscreen_focused)
+        self._action(view_menu, "Hanging: in this window / spread over the image screens (5 MP displays)",
+                     ["Ctrl+Shift+S"], self.toggle_screens)
         self._action(view_menu, "Show/hide log", ["Ctrl+L"], lambda: self.log_dock.setVisible(not self.log_dock.isVisible()))
         ai_menu = bar.addMenu("&AI")
         self._action(ai_menu, "Show/hide AI marks and map", ["A"], self.toggle_ai)
@@ -1308,6 +1313,8 @@ class MainWindow(QMainWindow):
         if self.points is not None:
             self.hanging.state.mark_threshold = _mark_threshold(self.model_meta, self.points)
             self.hanging.state.candidate_point = _candidate_point(self.model_meta)
+        layout = str(self.settings.value("view/layout", "single"))
+        self.hanging_layout = layout if layout in LAYOUTS else "single"
         link = self.settings.value("view/link", "all")
         if link in self.hanging.state.LINK_MODES:
             self.hanging.state.link_mode = link
@@ -1325,6 +1332,7 @@ class MainWindow(QMainWindow):
             if screen.height() < 900:
                 self.log_dock.setVisible(False)  # a small screen keeps its height for the images (Ctrl+L)
             self.showMaximized()
+            self._follow_screens()
             return
         if not self.isMaximized() and not self.isFullScreen():
             screens = [s.availableGeometry() for s in QApplication.screens()]
@@ -1333,21 +1341,54 @@ class MainWindow(QMainWindow):
                 self.resize(fixed.size() - (self.frameGeometry().size() - self.size()))
                 self.move(fixed.topLeft())
         self.show()
+        self._follow_screens()
+
+    def _follow_screens(self) -> None:
+        """Apply the remembered layout now and again whenever a screen comes or goes."""
+        app = QApplication.instance()
+        if self.hanging_layout != "single":
+            self.apply_screens()
+        if not getattr(self, "_screens_followed", False):
+            self._screens_followed = True
+            app.screenAdded.connect(self._screens_changed)
+            app.screenRemoved.connect(self._screens_changed)
+
+    def _screens_changed(self, _screen) -> None:
+        QTimer.singleShot(0, self.apply_screens)  # after Qt has moved windows off a lost screen
+
+    def apply_screens(self, screens=None):
+        """Lay the hanging out for the current setting on ``screens`` (default: Qt's);
+        the worklist and status stay in this window. Returns the placement."""
+        placement = self.screen_layout.apply(self.hanging_layout, self, screens)
+        self.log_line(f"hanging: {placement.reason}")
+        return placement
+
+    def toggle_screens(self) -> None:
+        """Ctrl+Shift+S: the hanging in this window, or spread over the image screens;
+        remembered for the next start."""
+        self.hanging_layout = "single" if self.hanging_layout == "span" else "span"
+        self.settings.setValue("view/layout", self.hanging_layout)
+        placement = self.apply_screens()
+        self.show_status(f"hanging {'spread over the screens' if self.hanging_layout == 'span' else 'in this window'}"
+                         f": {placement.reason}")
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
         # a portrait screen: the worklist above the hanging, so that the views stay wide
-        portrait = self.height() > self.width() * 1.15
+        side, share = worklist_split(self.width(), self.height())
+        portrait = side == "top"
         want = Qt.Orientation.Vertical if portrait else Qt.Orientation.Horizontal
         if self.splitter.orientation() != want:
             self.splitter.setOrientation(want)
             total = self.height() if portrait else self.width()
-            self.splitter.setSizes([int(total * 0.22), int(total * 0.78)])
+            self.splitter.setSizes([int(total * share), int(total * (1 - share))])
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         self.settings.setValue("view/link", self.hanging.state.link_mode)
+        self.settings.setValue("view/layout", self.hanging_layout)
+        self.screen_layout.close()
         self.settings.setValue("ai/map_opacity", self.hanging.state.map_opacity)
         self.settings.sync()
         self.timer.stop()

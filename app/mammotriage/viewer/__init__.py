@@ -1,0 +1,1 @@
+"""Viewer logic without Qt: what the reading room shows and where."""
