@@ -194,7 +194,7 @@ class ImagePane(QWidget):
     def fit_box(self) -> tuple[float, float, float, float]:
         """What the initial view fits: the breast's bounding box (display-oriented
         level-0 pixels), else the whole image."""
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         return self.view.breast_box or (0.0, 0.0, float(cols), float(rows))
 
     def base_scale(self) -> float:
@@ -212,7 +212,7 @@ class ImagePane(QWidget):
         """Top-left of the image at ``scale`` before panning: the breast's chest-wall
         edge on the pane's chest-wall side (the hanging's centre line), the breast
         centred vertically."""
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         x0, y0, x1, y1 = self.fit_box()
         x = self.width() - x1 * scale if self.anchor == "right" else -x0 * scale
         y = self.height() / 2.0 - (y0 + y1) / 2.0 * scale
@@ -222,7 +222,7 @@ class ImagePane(QWidget):
         """Where the full image lands on screen (widget coordinates)."""
         if self.view is None:
             return QRectF()
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         scale = self.base_scale() * self.state.zoom
         x, y = self._origin(scale)
         return QRectF(x + self.state.pan[0], y + self.state.pan[1], cols * scale, rows * scale)
@@ -232,7 +232,7 @@ class ImagePane(QWidget):
         if self.view is None:
             return None
         rect = self.image_rect()
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         x0, y0, x1, y1 = self.fit_box()
         sx, sy = rect.width() / cols, rect.height() / rows
         return QRectF(rect.x() + x0 * sx, rect.y() + y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy)
@@ -242,7 +242,7 @@ class ImagePane(QWidget):
         if self.view is None:
             return None
         rect = self.image_rect()
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         dx = (point.x() - rect.x()) / rect.width() * cols
         dy = (point.y() - rect.y()) / rect.height() * rows
         stored_shape = (self.view.meta.rows, self.view.meta.columns)
@@ -254,7 +254,7 @@ class ImagePane(QWidget):
         stored_shape = (self.view.meta.rows, self.view.meta.columns)
         dx, dy = self.view.orientation.stored_to_display(x, y, stored_shape)
         rect = self.image_rect()
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         return QPointF(rect.x() + dx / cols * rect.width(), rect.y() + dy / rows * rect.height())
 
     # ----------------------------------------------------------------- rendering
@@ -267,7 +267,7 @@ class ImagePane(QWidget):
             return None
         window = self._window()
         rect = self.image_rect()
-        level_index = choose_level(self.view.levels, min(rect.height(), self.view.levels[0].shape[0]))
+        level_index = choose_level(self.view.levels, min(rect.height(), self.view.shape[0]))
         key = (level_index, window, self.state.invert)
         if key == self._cache_key and self._qimage is not None:
             return self._qimage, level_index
@@ -316,7 +316,7 @@ class ImagePane(QWidget):
             return None
         factor = self.hanging.magnifier_factor
         rect = self.image_rect()
-        rows0, cols0 = self.view.levels[0].shape
+        rows0, cols0 = self.view.shape
         screen_per_px = rect.width() / cols0 * factor  # screen pixels per level-0 pixel in the lens
         # source region in level-0 display coordinates
         cx = (center.x() - rect.x()) / rect.width() * cols0
@@ -715,7 +715,7 @@ class ImagePane(QWidget):
         fy = (point.y() - rect.y()) / rect.height()
         new_zoom = min(max(self.state.zoom * factor, 0.1), 40.0)
         scale = self.base_scale() * new_zoom
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         w, h = cols * scale, rows * scale
         x0, y0 = self._origin(scale)
         pan = (point.x() - fx * w - x0, point.y() - fy * h - y0)

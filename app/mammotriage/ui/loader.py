@@ -37,6 +37,18 @@ class LoadedView:
     #: bounding box of the breast (x0, y0, x1, y1) in display-oriented level-0 pixels,
     #: from the segmentation the model uses; None when it cannot be found
     breast_box: tuple[float, float, float, float] | None = None
+    #: display-oriented shape of the full image when ``levels`` start below it (a preview)
+    full_shape: tuple[int, int] | None = None
+    #: a reduced-resolution stand-in, replaced by the full view when that is decoded
+    preview: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Display-oriented (rows, columns) of the full image: every pane geometry uses it."""
+        if self.full_shape is not None:
+            return self.full_shape
+        rows, cols = self.levels[0].shape
+        return int(rows), int(cols)
 
     @property
     def nbytes(self) -> int:
@@ -58,6 +70,11 @@ def load_view(path: str) -> LoadedView | LoadError:
         return LoadError(path, exc.reason, exc.code)
     except Exception as exc:  # noqa: BLE001 - never let a worker crash the viewer
         return LoadError(path, f"{type(exc).__name__}: {exc}", "internal-error")
+    return view_from_image(path, image)
+
+
+def view_from_image(path: str, image, pyramid_min: int = 256) -> LoadedView:
+    """The display-ready view of a decoded :class:`~mammotriage.dicom.MammoImage`."""
     meta = image.meta
     orientation = display_orientation(meta)
     auto = auto_window(meta, image.pixels)
@@ -66,7 +83,7 @@ def load_view(path: str) -> LoadedView | LoadError:
         orientation = display_orientation(meta, render_8bit(meta, image.pixels[::4, ::4], auto))
     oriented = np.ascontiguousarray(orientation.apply(image.pixels))
     return LoadedView(path=str(path), meta=meta, orientation=orientation,
-                      levels=build_pyramid(oriented), auto=auto, pixel_sha256=pixel_sha256(image.pixels),
+                      levels=build_pyramid(oriented, pyramid_min), auto=auto, pixel_sha256=pixel_sha256(image.pixels),
                       breast_box=breast_box(meta, oriented, auto))
 
 
