@@ -124,3 +124,28 @@ def test_prefetch_policy_takes_unread_exams_in_order_with_priors_within_budget(t
     assert not set(plan_i.path for plan_i in first.images) & set(prefetch_paths(current, signed, priors, cache, n=1))
     small = ViewCache(max_bytes=view_bytes(first.images[0]) * 3)
     assert len(prefetch_paths(current, {}, priors, small, n=2)) == 3
+
+
+def test_workers_keep_the_decode_limits_and_refuse_a_lying_header(exam, tmp_path) -> None:
+    import resource
+
+    import pydicom
+
+    from mammotriage.dicom.limits import DECODE_WORKER_LIMIT
+
+    ds = pydicom.dcmread(exam["LCC"])
+    ds.Rows = 768  # the codestream's SIZ still says 1536
+    lie = tmp_path / "lie.dcm"
+    ds.save_as(lie)
+    loader = ProgressiveLoader(workers=1, threads=1)
+    try:
+        soft, _hard = loader._pool.submit(resource.getrlimit, resource.RLIMIT_AS).result(timeout=120)
+        assert soft == DECODE_WORKER_LIMIT
+        loader.on_screen = {str(lie)}
+        loader.request(str(lie))
+        results = _collect(loader, 1)
+        errors = [r for r in results if r.path == str(lie)]
+        assert errors and all(not isinstance(r, LoadedView) for r in errors)
+        assert errors[-1].code == "corrupt-pixel-data" and "refused before decoding" in errors[-1].reason
+    finally:
+        loader.shutdown()

@@ -181,8 +181,8 @@ class ProgressiveLoader(ViewLoader):
         cores = os.cpu_count() or 1
         super().__init__(workers=workers or max(1, min(cores, 4)))
         self.workers = workers or max(1, min(cores, 4))
-        #: openjpeg threads per decode (all cores: the last view of an exam uses them all)
-        self.threads = threads or cores
+        #: openjpeg threads per decode (all cores, at most 8: the last view of an exam uses them all)
+        self.threads = threads or min(cores, 8)
         self.on_screen: set[str] = set()
         self._prefetch: list[str] = []
         self._waiting: dict[tuple[str, str], int] = {}  # (path, mode) -> sequence number
@@ -199,6 +199,7 @@ class ProgressiveLoader(ViewLoader):
             return cached
         if (key, FULL) not in self._waiting and not self._in_flight(key, FULL):
             self._waiting[(key, FULL)] = next(self._seq)
+        self._pending[key] = None  # wanted (the base class's record of what is on its way)
         if preview and key not in self._previews and (key, PREVIEW) not in self._waiting \
                 and not self._in_flight(key, PREVIEW):
             self._waiting[(key, PREVIEW)] = next(self._seq)
@@ -214,11 +215,14 @@ class ProgressiveLoader(ViewLoader):
             if path not in keep and path not in self.cache.pinned and path not in self.on_screen:
                 self._waiting.pop((path, FULL), None)
                 self._waiting.pop((path, PREVIEW), None)
+                if not self._in_flight(path, FULL):
+                    self._pending.pop(path, None)
         self._prefetch = wanted
         for path in wanted:
             if self.cache.get(path) is None and (path, FULL) not in self._waiting \
                     and not self._in_flight(path, FULL):
                 self._waiting[(path, FULL)] = next(self._seq)
+                self._pending[path] = None
 
     def _in_flight(self, path: str, mode: str) -> bool:
         return (path, mode) in self._running.values()
@@ -271,6 +275,7 @@ class ProgressiveLoader(ViewLoader):
                     self.previews_shown += 1
                     results.append(result)
                 continue  # a preview that failed says nothing: the full decode reports
+            self._pending.pop(path, None)
             if isinstance(result, LoadedView):
                 shown = self._previews.pop(path, None)
                 if shown is not None and shown.orientation == result.orientation:
@@ -288,6 +293,7 @@ class ProgressiveLoader(ViewLoader):
 
     def shutdown(self) -> None:
         self._waiting.clear()
+        self._pending.clear()
         for future in list(self._running):
             if future.cancel():
                 self._running.pop(future)

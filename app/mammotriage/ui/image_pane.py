@@ -22,9 +22,10 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from mammotriage.dicom.pyramid import choose_level
-from mammotriage.dicom.voi import DisplayLut, build_display_lut
+from mammotriage.dicom.voi import DisplayLut
 from mammotriage.ui.loader import LoadedView
 from mammotriage.ui.overlay import AiOverlay
+from mammotriage.ui.raster import Raster, screen_raster, shared_lut
 from mammotriage.ui.state import HangingState, PaneState, WindowSetting
 
 BACKGROUND = QColor(0, 0, 0)
@@ -153,9 +154,11 @@ class ImagePane(QWidget):
         self.date_label = ""  # "CURRENT" / "PRIOR 2024-03-01" in a comparison hanging
         self._lut_key: tuple | None = None
         self._lut: DisplayLut | None = None
+        self._lut32: DisplayLut | None = None
         self._cache_key: tuple | None = None
         self._qimage: QImage | None = None
         self._buffer: np.ndarray | None = None
+        self._raster: Raster | None = None
         self._drag: tuple[str, QPointF, tuple] | None = None
         self.paints = 0
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -172,6 +175,7 @@ class ImagePane(QWidget):
         self.is_error = False
         self._cache_key = None
         self._lut_key = None
+        self._raster = None
         self.update()
 
     def set_overlay(self, overlay: AiOverlay | None) -> None:
@@ -261,29 +265,39 @@ class ImagePane(QWidget):
     def _window(self) -> WindowSetting | None:
         return self.state.window
 
-    def display_image(self) -> tuple[QImage, int] | None:
-        """The windowed 8-bit image of the pyramid level that fits the pane."""
+    def display_image(self) -> tuple[QImage, int, QPointF] | None:
+        """The windowed 8-bit image at screen resolution: (image, pyramid level, where).
+
+        The stored values of the pyramid level that fits the pane are resampled to the
+        pane's screen pixels once per geometry (:mod:`mammotriage.ui.raster`); a window
+        change is then one table lookup over those pixels (the table shared with the
+        other panes showing the same window), drawn without scaling.
+        """
         if self.view is None:
             return None
         window = self._window()
         rect = self.image_rect()
         level_index = choose_level(self.view.levels, min(rect.height(), self.view.shape[0]))
-        key = (level_index, window, self.state.invert)
-        if key == self._cache_key and self._qimage is not None:
-            return self._qimage, level_index
+        raster = screen_raster(self._raster, id(self.view), level_index, self.view.levels[level_index],
+                               (rect.x(), rect.y(), rect.width(), rect.height()), (self.width(), self.height()),
+                               self.state.zoom < 2)
+        if raster is None:
+            return None
+        key = (raster.key, window, self.state.invert)
         lut_key = (window, self.state.invert)
         if lut_key != self._lut_key or self._lut is None:
             voi = window.voi if window is not None else self.view.auto
-            self._lut = build_display_lut(self.view.meta, voi, invert=self.state.invert)
+            self._lut, self._lut32 = shared_lut(self.view.meta, voi, self.state.invert)
             self._lut_key = lut_key
-        level = self.view.levels[level_index]
-        self._buffer = np.ascontiguousarray(self._lut.apply(level))
-        h, w = self._buffer.shape
-        # .copy(): Qt owns the pixels (a QImage that borrows a numpy buffer trips
-        # PySide6's reference counting at interpreter shutdown)
-        self._qimage = QImage(self._buffer.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
-        self._cache_key = key
-        return self._qimage, level_index
+        if key != self._cache_key or self._qimage is None or raster is not self._raster:
+            self._raster = raster
+            self._buffer = raster.render(self._lut32)
+            h, w = self._buffer.shape
+            # .copy(): Qt owns the pixels (a QImage that borrows a numpy buffer trips
+            # PySide6's reference counting at interpreter shutdown)
+            self._qimage = QImage(self._buffer.data, w, h, w * 4, QImage.Format.Format_RGB32).copy()
+            self._cache_key = key
+        return self._qimage, level_index, QPointF(*raster.origin)
 
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt API
         painter = QPainter(self)
@@ -291,9 +305,8 @@ class ImagePane(QWidget):
         if self.view is not None:
             shown = self.display_image()
             if shown is not None:
-                qimage, _level = shown
-                painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.state.zoom < 2)
-                painter.drawImage(self.image_rect(), qimage)
+                qimage, _level, origin = shown
+                painter.drawImage(origin, qimage)  # already at screen resolution
             if self.hanging is not None:
                 self._paint_overlay(painter)
             self._paint_rulers(painter)
