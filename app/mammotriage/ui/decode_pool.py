@@ -276,8 +276,8 @@ class ProgressiveLoader(ViewLoader):
                     results.append(result)
                 continue  # a preview that failed says nothing: the full decode reports
             self._pending.pop(path, None)
+            shown = self._previews.pop(path, None)
             if isinstance(result, LoadedView):
-                shown = self._previews.pop(path, None)
                 if shown is not None and shown.orientation == result.orientation:
                     # what the reader saw stays put: the same window and fit
                     result = replace(result, auto=shown.auto, breast_box=shown.breast_box)
