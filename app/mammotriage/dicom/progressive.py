@@ -145,9 +145,10 @@ def _dtype(meta: MammoMetadata) -> np.dtype:
     return np.dtype(f"{kind}{meta.bits_allocated // 8}")
 
 
-def read_image_progressive(path: str | Path, reduce: int = 0, threads: int | None = None,
+def read_image_progressive(path: str | Path, reduce: int | None = 0, threads: int | None = None,
                            allow_non_breast: bool = False) -> tuple[MammoImage, int] | None:
-    """Read ``path`` and decode it at ``1 / 2**reduce`` through openjpeg's reduce.
+    """Read ``path`` and decode it at ``1 / 2**reduce`` through openjpeg's reduce
+    (``reduce=None``: the preview's factor, :func:`preview_factor`).
 
     Returns ``(image, reduce actually used)`` (the factor is capped at the codestream's
     decomposition levels; ``image.pixels`` then has ``ceil(rows / 2**r)`` rows), or
@@ -169,7 +170,8 @@ def read_image_progressive(path: str | Path, reduce: int = 0, threads: int | Non
         plan = j2k_plan(meta, codestream)
         if plan is None:
             return None
-        r = max(0, min(int(reduce), plan.levels))
+        wanted = preview_factor(meta.rows, meta.columns) if reduce is None else int(reduce)
+        r = max(0, min(wanted, plan.levels))
         pixels = decode_j2k(codestream, r, threads or os.cpu_count() or 1, p)
     step = 2 ** r
     expected = (-(-meta.rows // step), -(-meta.columns // step))

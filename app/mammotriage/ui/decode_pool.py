@@ -35,9 +35,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from mammotriage.dicom import MammoReadError
-from mammotriage.dicom.codestream import JPEG_2000
-from mammotriage.dicom.progressive import preview_factor, read_image_progressive
-from mammotriage.dicom.read import read_metadata
+from mammotriage.dicom.progressive import read_image_progressive
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader, load_view, view_from_image
 
 __all__ = ["ProgressiveLoader", "SharedView", "attach", "decode_task", "share"]
@@ -118,15 +116,12 @@ def attach(shared: SharedView) -> LoadedView:
 def _preview(path: str, threads: int) -> LoadedView | LoadError | None:
     """The reduced-resolution view of a JPEG 2000 file (None when it has none)."""
     try:
-        meta = read_metadata(path)
-        reduce = preview_factor(meta.rows, meta.columns)
-        if meta.transfer_syntax_uid not in JPEG_2000 or reduce == 0:
-            return None  # not JPEG 2000, or small enough: the full decode is the preview
-        result = read_image_progressive(path, reduce, threads)
+        result = read_image_progressive(path, None, threads)
     except MammoReadError as exc:
         return LoadError(path, exc.reason, exc.code)
     if result is None or result[1] == 0:
-        return None
+        return None  # not JPEG 2000, or small enough: the full decode is the preview
+    meta = result[0].meta
     view = view_from_image(path, result[0], pyramid_min=128)
     reduced = view.levels[0].shape
     full = view.orientation.apply(np.empty((meta.rows, meta.columns), dtype=np.bool_)).shape
@@ -146,6 +141,16 @@ def _full(path: str, threads: int) -> LoadedView | LoadError:
     if result is None:
         return load_view(path)  # the reference decoder (pydicom's plugins)
     return view_from_image(path, result[0])
+
+
+def warm_up() -> bool:
+    """Import what a decode needs (glymur and libopenjp2, pydicom's decoders, the breast
+    mask's scipy), so that the first exam opened does not pay for it."""
+    from mammotriage.dicom.progressive import _glymur
+    from mammotriage.model import preprocess  # noqa: F401 - the breast box's segmentation
+
+    _glymur()
+    return True
 
 
 def decode_task(path: str, mode: str, threads: int) -> SharedView | LoadedView | LoadError | None:
@@ -190,6 +195,8 @@ class ProgressiveLoader(ViewLoader):
         self._running: dict[cf.Future, tuple[str, str]] = {}
         self._previews: dict[str, LoadedView] = {}  # shown previews, until their full view comes
         self.previews_shown = 0
+        # each worker imports the decode stack now, while the reader is not waiting
+        self._warm = [self._pool.submit(warm_up) for _ in range(self.workers)]
 
     # ---------------------------------------------------------------- requests
     def request(self, path, *, preview: bool = True) -> LoadedView | None:
