@@ -280,6 +280,7 @@ def bench_hang_and_gaps(app: QApplication, exam_dirs: list[Path]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300)
+    parser.add_argument("--only-open", action="store_true", help="only the exam open and prefetch figures")
     parser.add_argument("--reference-events", type=int, default=30,
                         help="drag events for pyqtgraph (it re-downsamples the full image every frame)")
     args = parser.parse_args()
@@ -296,6 +297,10 @@ def main() -> None:
             folder = Path(tmp) / f"exam{k}"
             exam.save(folder)
             exam_dirs.append(folder)
+        if args.only_open:
+            bench_hang_and_gaps(app, exam_dirs)
+            sys.stdout.flush()
+            os._exit(0)
         views = {p.stem: load_view(str(p)) for p in sorted(exam_dirs[0].glob("*.dcm"))}
         ours = bench_window_level(app, views, args.events)
         pg50, pg95 = bench_pyqtgraph(app, [views["LCC"].levels[0]], args.reference_events,

@@ -149,3 +149,21 @@ def test_workers_keep_the_decode_limits_and_refuse_a_lying_header(exam, tmp_path
         assert errors[-1].code == "corrupt-pixel-data" and "refused before decoding" in errors[-1].reason
     finally:
         loader.shutdown()
+
+
+def test_prefetch_waits_while_the_views_on_screen_decode(exam, tmp_path) -> None:
+    other = generate_exam(10, rows=512, columns=416, transfer_syntax="jpeg2000").save(tmp_path)
+    loader = ProgressiveLoader(workers=2, threads=1)
+    try:
+        opened = str(exam["LMLO"])
+        loader.on_screen = {opened}
+        loader.cache.pinned = {opened}
+        loader.prefetch([str(p) for p in other.values()])
+        loader.request(opened)
+        loader.poll()  # tops up: a worker is free, but the view on screen is still decoding
+        running = list(loader._running.values())
+        assert running and all(path == opened for path, _mode in running)
+        results = _collect(loader, 1 + len(other))  # then the prefetch runs
+        assert {r.path for r in results if not r.preview} == {opened} | {str(p) for p in other.values()}
+    finally:
+        loader.shutdown()

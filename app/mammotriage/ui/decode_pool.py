@@ -254,9 +254,11 @@ class ProgressiveLoader(ViewLoader):
             return
         heap = [_Task(self._rank(p, m, s), p, m) for (p, m), s in self._waiting.items()]
         heapq.heapify(heap)
+        # prefetch waits until the views on screen are decoded: it would take their cores
+        screen_busy = any(path in self.on_screen for path, _mode in self._running.values())
         while heap and len(self._running) < self.workers:
             task = heapq.heappop(heap)
-            if task.rank[0] > up_to:
+            if task.rank[0] > up_to or (task.rank[0] == PREFETCH and screen_busy):
                 break
             if task.mode == PREVIEW and task.path not in self.on_screen:
                 del self._waiting[(task.path, task.mode)]  # no longer on screen: no preview
