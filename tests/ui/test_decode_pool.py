@@ -151,15 +151,17 @@ def test_workers_keep_the_decode_limits_and_refuse_a_lying_header(exam, tmp_path
         loader.shutdown()
 
 
-def test_prefetch_waits_while_the_views_on_screen_decode(exam, tmp_path) -> None:
+def test_prior_and_prefetch_wait_while_the_views_on_screen_decode(exam, tmp_path) -> None:
     other = generate_exam(10, rows=512, columns=416, transfer_syntax="jpeg2000").save(tmp_path)
     loader = ProgressiveLoader(workers=2, threads=1)
     try:
         opened = str(exam["LMLO"])
+        prior = str(other["RCC"])
         loader.on_screen = {opened}
-        loader.cache.pinned = {opened}
-        loader.prefetch([str(p) for p in other.values()])
+        loader.cache.pinned = {opened, prior}
+        loader.prefetch([str(p) for p in other.values() if str(p) != prior])
         loader.request(opened)
+        loader.request(prior)  # the open exam's prior
         loader.poll()  # tops up: a worker is free, but the view on screen is still decoding
         running = list(loader._running.values())
         assert running and all(path == opened for path, _mode in running)

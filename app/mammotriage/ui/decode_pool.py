@@ -18,8 +18,9 @@ No Qt here (the loader's Qt-free companion):
   name at once, so the memory goes with the last array that uses it.
 * **Priorities.** Tasks wait in this process, not in the executor: at most one task per
   worker is in flight, so what is on screen (its previews first) goes before the views
-  of the open exam's prior, which go before prefetch; a new open jumps every pending
-  prefetch, and :meth:`ProgressiveLoader.prefetch` replaces the prefetch list.
+  of the open exam's prior, which go before prefetch; both wait while a view on screen
+  is decoding; a new open jumps every pending prefetch, and
+  :meth:`ProgressiveLoader.prefetch` replaces the prefetch list.
 """
 
 from __future__ import annotations
@@ -254,11 +255,12 @@ class ProgressiveLoader(ViewLoader):
             return
         heap = [_Task(self._rank(p, m, s), p, m) for (p, m), s in self._waiting.items()]
         heapq.heapify(heap)
-        # prefetch waits until the views on screen are decoded: it would take their cores
+        # the prior and prefetch wait until the views on screen are decoded: they would
+        # take the cores of what the reader is waiting for
         screen_busy = any(path in self.on_screen for path, _mode in self._running.values())
         while heap and len(self._running) < self.workers:
             task = heapq.heappop(heap)
-            if task.rank[0] > up_to or (task.rank[0] == PREFETCH and screen_busy):
+            if task.rank[0] > up_to or (task.rank[0] > ON_SCREEN and screen_busy):
                 break
             if task.mode == PREVIEW and task.path not in self.on_screen:
                 del self._waiting[(task.path, task.mode)]  # no longer on screen: no preview
