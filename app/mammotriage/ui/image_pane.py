@@ -23,9 +23,10 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from mammotriage.dicom.pyramid import choose_level
-from mammotriage.dicom.voi import DisplayLut, build_display_lut
+from mammotriage.dicom.voi import DisplayLut
 from mammotriage.ui.loader import LoadedView
 from mammotriage.ui.overlay import AiOverlay
+from mammotriage.ui.raster import Raster, screen_raster, shared_lut
 from mammotriage.ui.state import HangingState, PaneState, WindowSetting
 
 if TYPE_CHECKING:
@@ -158,9 +159,11 @@ class ImagePane(QWidget):
         self.date_label = ""  # "CURRENT" / "PRIOR 2024-03-01" in a comparison hanging
         self._lut_key: tuple | None = None
         self._lut: DisplayLut | None = None
+        self._lut32: DisplayLut | None = None
         self._cache_key: tuple | None = None
         self._qimage: QImage | None = None
         self._buffer: np.ndarray | None = None
+        self._raster: Raster | None = None
         self._drag: tuple[str, QPointF, tuple] | None = None
         self.paints = 0
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -177,6 +180,7 @@ class ImagePane(QWidget):
         self.is_error = False
         self._cache_key = None
         self._lut_key = None
+        self._raster = None
         self.update()
 
     def set_overlay(self, overlay: AiOverlay | None) -> None:
@@ -213,7 +217,7 @@ class ImagePane(QWidget):
         """What the initial view fits: the breast's bounding box (display-oriented
         level-0 pixels), else the whole image."""
         view = self._loaded()
-        rows, cols = view.levels[0].shape
+        rows, cols = view.shape
         return view.breast_box or (0.0, 0.0, float(cols), float(rows))
 
     def base_scale(self) -> float:
@@ -240,7 +244,7 @@ class ImagePane(QWidget):
         """Where the full image lands on screen (widget coordinates)."""
         if self.view is None:
             return QRectF()
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         scale = self.base_scale() * self.state.zoom
         x, y = self._origin(scale)
         return QRectF(x + self.state.pan[0], y + self.state.pan[1], cols * scale, rows * scale)
@@ -250,7 +254,7 @@ class ImagePane(QWidget):
         if self.view is None:
             return None
         rect = self.image_rect()
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         x0, y0, x1, y1 = self.fit_box()
         sx, sy = rect.width() / cols, rect.height() / rows
         return QRectF(rect.x() + x0 * sx, rect.y() + y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy)
@@ -260,7 +264,7 @@ class ImagePane(QWidget):
         if self.view is None:
             return None
         rect = self.image_rect()
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         dx = (point.x() - rect.x()) / rect.width() * cols
         dy = (point.y() - rect.y()) / rect.height() * rows
         stored_shape = (self.view.meta.rows, self.view.meta.columns)
@@ -272,36 +276,47 @@ class ImagePane(QWidget):
         stored_shape = (self.view.meta.rows, self.view.meta.columns)
         dx, dy = self.view.orientation.stored_to_display(x, y, stored_shape)
         rect = self.image_rect()
-        rows, cols = self.view.levels[0].shape
+        rows, cols = self.view.shape
         return QPointF(rect.x() + dx / cols * rect.width(), rect.y() + dy / rows * rect.height())
 
     # ----------------------------------------------------------------- rendering
     def _window(self) -> WindowSetting | None:
         return self.state.window
 
-    def display_image(self) -> tuple[QImage, int] | None:
-        """The windowed 8-bit image of the pyramid level that fits the pane."""
+    def display_image(self) -> tuple[QImage, int, QPointF] | None:
+        """The windowed 8-bit image at screen resolution: (image, pyramid level, where).
+
+        The stored values of the pyramid level that fits the pane are resampled to the
+        pane's screen pixels once per geometry (:mod:`mammotriage.ui.raster`); a window
+        change is then one table lookup over those pixels (the table shared with the
+        other panes showing the same window), drawn without scaling.
+        """
         if self.view is None:
             return None
         window = self._window()
         rect = self.image_rect()
-        level_index = choose_level(self.view.levels, min(rect.height(), self.view.levels[0].shape[0]))
-        key = (level_index, window, self.state.invert)
-        if key == self._cache_key and self._qimage is not None:
-            return self._qimage, level_index
+        level_index = choose_level(self.view.levels, min(rect.height(), self.view.shape[0]))
+        raster = screen_raster(self._raster, id(self.view), level_index, self.view.levels[level_index],
+                               (rect.x(), rect.y(), rect.width(), rect.height()), (self.width(), self.height()),
+                               self.state.zoom < 2)
+        if raster is None:
+            return None
+        key = (raster.key, window, self.state.invert)
         lut_key = (window, self.state.invert)
         if lut_key != self._lut_key or self._lut is None:
             voi = window.voi if window is not None else self.view.auto
-            self._lut = build_display_lut(self.view.meta, voi, invert=self.state.invert)
+            self._lut, self._lut32 = shared_lut(self.view.meta, voi, self.state.invert)
             self._lut_key = lut_key
-        level = self.view.levels[level_index]
-        self._buffer = np.ascontiguousarray(self._lut.apply(level))
-        h, w = self._buffer.shape
-        # .copy(): Qt owns the pixels (a QImage that borrows a numpy buffer trips
-        # PySide6's reference counting at interpreter shutdown)
-        self._qimage = QImage(self._buffer.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
-        self._cache_key = key
-        return self._qimage, level_index
+        if key != self._cache_key or self._qimage is None or raster is not self._raster:
+            self._raster = raster
+            assert self._lut32 is not None  # set with the LUT above
+            self._buffer = raster.render(self._lut32)
+            h, w = self._buffer.shape
+            # .copy(): Qt owns the pixels (a QImage that borrows a numpy buffer trips
+            # PySide6's reference counting at interpreter shutdown)
+            self._qimage = QImage(self._buffer.data, w, h, w * 4, QImage.Format.Format_RGB32).copy()
+            self._cache_key = key
+        return self._qimage, level_index, QPointF(*raster.origin)
 
     def paintEvent(self, event: QPaintEvent) -> None:  # Qt API
         painter = QPainter(self)
@@ -309,9 +324,8 @@ class ImagePane(QWidget):
         if self.view is not None:
             shown = self.display_image()
             if shown is not None:
-                qimage, _level = shown
-                painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.state.zoom < 2)
-                painter.drawImage(self.image_rect(), qimage)
+                qimage, _level, origin = shown
+                painter.drawImage(origin, qimage)  # already at screen resolution
             if self.hanging is not None:
                 self._paint_overlay(painter)
             self._paint_rulers(painter)
@@ -334,7 +348,7 @@ class ImagePane(QWidget):
             return None
         factor = self.hanging.magnifier_factor
         rect = self.image_rect()
-        rows0, cols0 = self.view.levels[0].shape
+        rows0, cols0 = self.view.shape
         screen_per_px = rect.width() / cols0 * factor  # screen pixels per level-0 pixel in the lens
         # source region in level-0 display coordinates
         cx = (center.x() - rect.x()) / rect.width() * cols0
@@ -735,7 +749,7 @@ class ImagePane(QWidget):
         fy = (point.y() - rect.y()) / rect.height()
         new_zoom = min(max(self.state.zoom * factor, 0.1), 40.0)
         scale = self.base_scale() * new_zoom
-        rows, cols = self._loaded().levels[0].shape
+        rows, cols = self._loaded().shape
         w, h = cols * scale, rows * scale
         x0, y0 = self._origin(scale)
         pan = (point.x() - fx * w - x0, point.y() - fy * h - y0)

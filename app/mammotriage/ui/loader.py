@@ -12,6 +12,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,18 @@ class LoadedView:
     #: bounding box of the breast (x0, y0, x1, y1) in display-oriented level-0 pixels,
     #: from the segmentation the model uses; None when it cannot be found
     breast_box: tuple[float, float, float, float] | None = None
+    #: display-oriented shape of the full image when ``levels`` start below it (a preview)
+    full_shape: tuple[int, int] | None = None
+    #: a reduced-resolution stand-in, replaced by the full view when that is decoded
+    preview: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Display-oriented (rows, columns) of the full image: every pane geometry uses it."""
+        if self.full_shape is not None:
+            return self.full_shape
+        rows, cols = self.levels[0].shape
+        return int(rows), int(cols)
 
     @property
     def nbytes(self) -> int:
@@ -58,6 +71,11 @@ def load_view(path: str) -> LoadedView | LoadError:
         return LoadError(path, exc.reason, exc.code)
     except Exception as exc:  # noqa: BLE001 - never let a worker crash the viewer
         return LoadError(path, f"{type(exc).__name__}: {exc}", "internal-error")
+    return view_from_image(path, image)
+
+
+def view_from_image(path: str, image, pyramid_min: int = 256) -> LoadedView:
+    """The display-ready view of a decoded :class:`~mammotriage.dicom.MammoImage`."""
     meta = image.meta
     orientation = display_orientation(meta)
     auto = auto_window(meta, image.pixels)
@@ -66,7 +84,7 @@ def load_view(path: str) -> LoadedView | LoadError:
         orientation = display_orientation(meta, render_8bit(meta, image.pixels[::4, ::4], auto))
     oriented = np.ascontiguousarray(orientation.apply(image.pixels))
     return LoadedView(path=str(path), meta=meta, orientation=orientation,
-                      levels=build_pyramid(oriented), auto=auto, pixel_sha256=pixel_sha256(image.pixels),
+                      levels=build_pyramid(oriented, pyramid_min), auto=auto, pixel_sha256=pixel_sha256(image.pixels),
                       breast_box=breast_box(meta, oriented, auto))
 
 
@@ -138,7 +156,9 @@ class ViewLoader:
         self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                             initializer=_init_decode_worker,
                                             initargs=(os.getpid(), DECODE_WORKER_LIMIT))
-        self._pending: dict[str, cf.Future] = {}
+        #: path -> its decode job (``None``: wanted, the job not yet submitted; a subclass
+        #: that schedules its own jobs marks them so)
+        self._pending: dict[str, cf.Future[Any] | None] = {}
         self.cache = ViewCache()
 
     def request(self, path: str | Path) -> LoadedView | None:
@@ -153,10 +173,11 @@ class ViewLoader:
 
     def poll(self) -> list[LoadedView | LoadError]:
         """Collect finished jobs (non-blocking)."""
-        done = [k for k, f in self._pending.items() if f.done()]
+        done = [k for k, f in self._pending.items() if f is not None and f.done()]
         results: list[LoadedView | LoadError] = []
         for key in done:
             future = self._pending.pop(key)
+            assert future is not None  # selected as done above
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - a dead worker is reported, not fatal

@@ -52,9 +52,11 @@ from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
 from mammotriage.triage.worklist import eta_text, order_for_reading
 from mammotriage.ui.corrections import ExamCorrections, ImageInfo
+from mammotriage.ui.decode_pool import ProgressiveLoader
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.ui.overlay import AiOverlay
+from mammotriage.ui.prefetch import prefetch_paths
 from mammotriage.ui.screen_windows import ScreenLayout
 from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
 from mammotriage.viewer.screens import LAYOUTS, worklist_split
@@ -95,7 +97,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("Mammo Triage — research demonstration, not for clinical use")
         self.archive = archive or Archive(archive_path())
-        self.loader = loader or ViewLoader()
+        self.loader = loader or ProgressiveLoader()
         self.jobs = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
                                            initializer=die_with_parent, initargs=(os.getpid(),))
         self._job: cf.Future | None = None
@@ -603,11 +605,15 @@ class MainWindow(QMainWindow):
         if entry is None:
             return
         self.open_exam(entry.exam)
-        nxt = self.worklist_view.entry(row + 1)
-        if nxt is not None:  # decode the next exam ahead of time
-            slots, _ = hang(nxt.exam.images)
-            for image in slots.values():
-                self.loader.request(image.path)
+        # decode the next unread exams (and their priors) ahead of time, within the cache
+        ahead = [self.worklist_view.entry(r) for r in range(row + 1, self.worklist_view.rowCount())]
+        paths = prefetch_paths([e.exam for e in ahead if e is not None], self.worklist.reads, self.priors,
+                               self.loader.cache)
+        if hasattr(self.loader, "prefetch"):
+            self.loader.prefetch(paths)
+        else:
+            for path in paths:
+                self.loader.request(path)
 
     def _prioritize_current(self) -> None:
         """The exam on screen is triaged next (queued first when it has no job yet)."""
@@ -632,6 +638,7 @@ class MainWindow(QMainWindow):
         slots, extras = hang(exam.images)
         self.extras, self._extra_index = list(extras), -1
         self.current_paths = {slot: image.path for slot, image in slots.items()}
+        self.loader.on_screen = set(self.current_paths.values())  # decoded first, previews first
         self._set_prior(exam)
         self.loader.cache.pinned = set(self.current_paths.values()) | set(self.prior_paths.values())
         for state in self.hanging.state.panes.values():
@@ -692,7 +699,7 @@ class MainWindow(QMainWindow):
 
     def _show_view(self, slot: str, view: LoadedView) -> None:
         self.hanging.set_view(slot, view)
-        if self.corrections is not None:
+        if self.corrections is not None and not view.preview:  # events carry the full pixels' hash
             meta = view.meta
             self.corrections.set_image(ImageInfo(meta.sop_instance_uid, meta.study_instance_uid,
                                                  meta.series_instance_uid, view.pixel_sha256))

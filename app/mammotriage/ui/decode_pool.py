@@ -1,0 +1,319 @@
+"""Progressive, prioritised view decoding over all cores, pixels handed over in shared memory.
+
+No Qt here (the loader's Qt-free companion):
+
+* **Progressive.** A view on screen whose file is JPEG 2000 or HTJ2K gets a *preview*
+  task first: openjpeg's reduce decodes the resolution level closest to a pane (about
+  1/8, 512 rows of a 4096-row view) in a small fraction of the full decode; it is
+  painted at once and replaced by the full-resolution view when that arrives.  The
+  preview carries the full image's shape, so the pane's geometry (fit, mm scale,
+  orientation) is that of the full view; the full view takes over the preview's
+  automatic window and breast box, so neither the window nor the fit moves.
+  Other syntaxes are decoded once; their pyramid's levels are painted as soon as the
+  view exists.
+* **All cores.** Worker processes (pylibjpeg holds the GIL) times openjpeg's own threads.
+* **Shared memory.** A worker writes a view's pyramid levels into one
+  :class:`multiprocessing.shared_memory.SharedMemory` block and returns only its name
+  and layout; the UI process maps it (no pickled copy of the pixels) and unlinks the
+  name at once, so the memory goes with the last array that uses it.
+* **Priorities.** Tasks wait in this process, not in the executor: at most one task per
+  worker is in flight, so what is on screen (its previews first) goes before the views
+  of the open exam's prior, which go before prefetch; both wait while a view on screen
+  is decoding; a new open jumps every pending prefetch, and
+  :meth:`ProgressiveLoader.prefetch` replaces the prefetch list.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import heapq
+import itertools
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from mammotriage.dicom import MammoReadError
+from mammotriage.dicom.progressive import read_image_progressive
+from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader, load_view, view_from_image
+
+__all__ = ["ProgressiveLoader", "SharedView", "attach", "decode_task", "share"]
+
+PREVIEW, FULL = "preview", "full"
+#: scheduling classes, lowest first
+ON_SCREEN_PREVIEW, ON_SCREEN, WITH_EXAM, PREFETCH = 0, 1, 2, 3
+#: free space kept in /dev/shm beyond a block (else the pixels are pickled instead)
+_SHM_MARGIN = 64 << 20
+
+
+# --------------------------------------------------------------------------- shared memory
+
+@dataclass
+class SharedView:
+    """A decoded view whose levels wait in a shared-memory block (what a worker returns)."""
+
+    view: LoadedView  # with ``levels`` empty
+    name: str
+    layout: list[tuple[tuple[int, int], int]]  # (shape, byte offset) per level
+    dtype: str
+
+
+class _Attached(shared_memory.SharedMemory):
+    """The UI side's mapping: it stays until the last array over it is gone."""
+
+    def close(self) -> None:  # the arrays own the mapping (closing under them would fail)
+        return None
+
+
+def _shm_room(size: int) -> bool:
+    try:
+        return shutil.disk_usage("/dev/shm").free >= size + _SHM_MARGIN
+    except OSError:
+        return os.name != "posix"  # no /dev/shm to ask: let SharedMemory try
+
+
+def share(view: LoadedView) -> SharedView | LoadedView:
+    """Move ``view``'s levels into one shared-memory block (worker side).
+
+    Returns the view itself (pickled as before) when shared memory lacks the room.
+    """
+    levels = view.levels
+    dtype = levels[0].dtype
+    layout, offset = [], 0
+    for level in levels:
+        layout.append(((int(level.shape[0]), int(level.shape[1])), offset))
+        offset += -(-level.nbytes // 64) * 64  # 64-byte aligned levels
+    if not _shm_room(offset):
+        return view
+    shm = shared_memory.SharedMemory(create=True, size=max(offset, 1))
+    try:
+        for level, (shape, start) in zip(levels, layout, strict=True):
+            target = np.ndarray(shape, dtype=dtype, buffer=shm.buf, offset=start)
+            target[...] = level
+            del target
+    except BaseException:
+        shm.close()
+        shm.unlink()
+        raise
+    shm.close()  # the block stays until the UI process unlinks it
+    return SharedView(view=replace(view, levels=[]), name=shm.name, layout=layout, dtype=dtype.str)
+
+
+def attach(shared: SharedView) -> LoadedView:
+    """Map a :class:`SharedView` as a :class:`LoadedView` (UI side, no copy) and unlink it."""
+    shm = _Attached(name=shared.name)
+    try:
+        levels = [np.ndarray(shape, dtype=np.dtype(shared.dtype), buffer=shm.buf, offset=start)
+                  for shape, start in shared.layout]
+    finally:
+        shm.unlink()  # the name goes now; the memory with the last level array
+    return replace(shared.view, levels=levels)
+
+
+# --------------------------------------------------------------------------- worker side
+
+def _preview(path: str, threads: int) -> LoadedView | LoadError | None:
+    """The reduced-resolution view of a JPEG 2000 file (None when it has none)."""
+    try:
+        result = read_image_progressive(path, None, threads)
+    except MammoReadError as exc:
+        return LoadError(path, exc.reason, exc.code)
+    if result is None or result[1] == 0:
+        return None  # not JPEG 2000, or small enough: the full decode is the preview
+    meta = result[0].meta
+    view = view_from_image(path, result[0], pyramid_min=128)
+    reduced = view.levels[0].shape
+    full = view.orientation.apply(np.empty((meta.rows, meta.columns), dtype=np.bool_)).shape
+    box = view.breast_box
+    if box is not None:  # in the full image's display pixels, like every view's box
+        sy, sx = full[0] / reduced[0], full[1] / reduced[1]
+        box = (box[0] * sx, box[1] * sy, min(box[2] * sx, full[1]), min(box[3] * sy, full[0]))
+    return replace(view, breast_box=box, full_shape=(int(full[0]), int(full[1])), preview=True, pixel_sha256="")
+
+
+def _full(path: str, threads: int) -> LoadedView | LoadError:
+    """The full-resolution view: openjpeg with threads where exact, else the reference reader."""
+    try:
+        result = read_image_progressive(path, 0, threads)
+    except MammoReadError as exc:
+        return LoadError(path, exc.reason, exc.code)
+    if result is None:
+        return load_view(path)  # the reference decoder (pydicom's plugins)
+    return view_from_image(path, result[0])
+
+
+def warm_up() -> bool:
+    """Import what a decode needs (glymur and libopenjp2, pydicom's decoders, the breast
+    mask's scipy), so that the first exam opened does not pay for it."""
+    from mammotriage.dicom.progressive import _glymur
+    from mammotriage.model import preprocess  # noqa: F401 - the breast box's segmentation
+
+    _glymur()
+    return True
+
+
+def decode_task(path: str, mode: str, threads: int) -> SharedView | LoadedView | LoadError | None:
+    """One task of a decode worker: the preview (None when the file has none) or the full view."""
+    try:
+        result = _preview(path, threads) if mode == PREVIEW else _full(path, threads)
+    except MemoryError:
+        return LoadError(path, "out of memory while decoding (the worker's limit)", "internal-error")
+    except Exception as exc:  # noqa: BLE001 - never let a worker crash the viewer
+        return LoadError(path, f"{type(exc).__name__}: {exc}", "internal-error")
+    if isinstance(result, LoadedView):
+        return share(result)
+    return result
+
+
+# --------------------------------------------------------------------------- UI side
+
+@dataclass(order=True)
+class _Task:
+    rank: tuple
+    path: str = field(compare=False)
+    mode: str = field(compare=False)
+
+
+class ProgressiveLoader(ViewLoader):
+    """:class:`ViewLoader` with previews, priorities, prefetch and shared-memory handover.
+
+    ``on_screen`` (paths in the panes now) and ``cache.pinned`` (those plus the prior's)
+    are set by the window when an exam opens; they decide what goes first.
+    """
+
+    def __init__(self, workers: int | None = None, threads: int | None = None):
+        cores = os.cpu_count() or 1
+        super().__init__(workers=workers or max(1, min(cores, 4)))
+        self.workers = workers or max(1, min(cores, 4))
+        #: openjpeg threads per decode (all cores, at most 8: the last view of an exam uses them all)
+        self.threads = threads or min(cores, 8)
+        self.on_screen: set[str] = set()
+        self._prefetch: list[str] = []
+        self._waiting: dict[tuple[str, str], int] = {}  # (path, mode) -> sequence number
+        self._seq = itertools.count()
+        self._running: dict[cf.Future, tuple[str, str]] = {}
+        self._previews: dict[str, LoadedView] = {}  # shown previews, until their full view comes
+        self.previews_shown = 0
+        # each worker imports the decode stack now, while the reader is not waiting
+        self._warm = [self._pool.submit(warm_up) for _ in range(self.workers)]
+
+    # ---------------------------------------------------------------- requests
+    def request(self, path, *, preview: bool = True) -> LoadedView | None:
+        key = str(path)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        if (key, FULL) not in self._waiting and not self._in_flight(key, FULL):
+            self._waiting[(key, FULL)] = next(self._seq)
+        self._pending[key] = None  # wanted (the base class's record of what is on its way)
+        if preview and key not in self._previews and (key, PREVIEW) not in self._waiting \
+                and not self._in_flight(key, PREVIEW):
+            self._waiting[(key, PREVIEW)] = next(self._seq)
+        self._top_up(ON_SCREEN_PREVIEW)  # the rest starts at the next poll, once the open is queued
+        return None
+
+    def prefetch(self, paths) -> None:
+        """Decode ``paths`` (in this order) when nothing on screen waits; replaces the
+        previous prefetch list (what is no longer wanted and not started is dropped)."""
+        wanted = [str(p) for p in paths]
+        keep = set(wanted)
+        for path in self._prefetch:
+            if path not in keep and path not in self.cache.pinned and path not in self.on_screen:
+                self._waiting.pop((path, FULL), None)
+                self._waiting.pop((path, PREVIEW), None)
+                if not self._in_flight(path, FULL):
+                    self._pending.pop(path, None)
+        self._prefetch = wanted
+        for path in wanted:
+            if self.cache.get(path) is None and (path, FULL) not in self._waiting \
+                    and not self._in_flight(path, FULL):
+                self._waiting[(path, FULL)] = next(self._seq)
+                self._pending[path] = None
+
+    def _in_flight(self, path: str, mode: str) -> bool:
+        return (path, mode) in self._running.values()
+
+    def _rank(self, path: str, mode: str, seq: int) -> tuple:
+        if path in self.on_screen:
+            cls = ON_SCREEN_PREVIEW if mode == PREVIEW else ON_SCREEN
+        elif path in self.cache.pinned:
+            cls = WITH_EXAM
+        else:
+            cls = PREFETCH if path in self._prefetch else WITH_EXAM
+        return (cls, seq)
+
+    def next_tasks(self) -> list[tuple[str, str]]:
+        """The waiting tasks in the order they would start (for tests and the status)."""
+        ranked = sorted(self._waiting.items(), key=lambda kv: self._rank(kv[0][0], kv[0][1], kv[1]))
+        return [key for key, _seq in ranked]
+
+    def _top_up(self, up_to: int = PREFETCH) -> None:
+        """Start waiting tasks, best first, while a worker is free (classes <= ``up_to``)."""
+        if len(self._running) >= self.workers or not self._waiting:
+            return
+        heap = [_Task(self._rank(p, m, s), p, m) for (p, m), s in self._waiting.items()]
+        heapq.heapify(heap)
+        # the prior and prefetch wait until the views on screen are decoded: they would
+        # take the cores of what the reader is waiting for
+        screen_busy = any(path in self.on_screen for path, _mode in self._running.values())
+        while heap and len(self._running) < self.workers:
+            task = heapq.heappop(heap)
+            if task.rank[0] > up_to or (task.rank[0] > ON_SCREEN and screen_busy):
+                break
+            if task.mode == PREVIEW and task.path not in self.on_screen:
+                del self._waiting[(task.path, task.mode)]  # no longer on screen: no preview
+                continue
+            del self._waiting[(task.path, task.mode)]
+            future = self._pool.submit(decode_task, task.path, task.mode, self.threads)
+            self._running[future] = (task.path, task.mode)
+
+    # ---------------------------------------------------------------- results
+    def poll(self) -> list[LoadedView | LoadError]:
+        results: list[LoadedView | LoadError] = []
+        for future in [f for f in self._running if f.done()]:
+            path, mode = self._running.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - a dead worker is reported, not fatal
+                result = LoadError(path, f"worker failed: {type(exc).__name__}: {exc}", "internal-error")
+            if isinstance(result, SharedView):
+                result = attach(result)
+            if mode == PREVIEW:
+                if isinstance(result, LoadedView) and self.cache.get(path) is None:
+                    self._previews[path] = result
+                    self.previews_shown += 1
+                    results.append(result)
+                continue  # a preview that failed says nothing: the full decode reports
+            self._pending.pop(path, None)
+            shown = self._previews.pop(path, None)
+            if isinstance(result, LoadedView):
+                if shown is not None and shown.orientation == result.orientation:
+                    # what the reader saw stays put: the same window and fit
+                    result = replace(result, auto=shown.auto, breast_box=shown.breast_box)
+                self.cache.put(result)
+                self._waiting.pop((path, PREVIEW), None)
+            results.append(result)
+        self._top_up()
+        return results
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running or self._waiting)
+
+    def shutdown(self) -> None:
+        self._waiting.clear()
+        self._pending.clear()
+        for future in list(self._running):
+            if future.cancel():
+                self._running.pop(future)
+        for future, _key in list(self._running.items()):
+            try:  # finished ones still own a shared-memory block: free it
+                result = future.result(timeout=0) if future.done() else None
+            except Exception:  # noqa: BLE001
+                result = None
+            if isinstance(result, SharedView):
+                attach(result)
+        super().shutdown()
+
