@@ -188,7 +188,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
     from mammotriage.model.package import ModelPackageError
-    from mammotriage.model.registry import ModelRegistry, RegistryError
+    from mammotriage.learning.registry import ModelRegistry, RegistryError
     from mammotriage.store.reading import current_reader
 
     with ModelRegistry(archive_path()) as registry:
@@ -253,7 +253,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
     from mammotriage.model.package import ModelPackageError, read_metadata
     from mammotriage.model.registry import ModelRegistry
-    from mammotriage.triage.monitor import monitor_report, report_text, write_plots
+    from mammotriage.learning.monitor import monitor_report, report_text, write_plots
 
     with ModelRegistry(archive_path()) as registry:
         registry.ensure_shipped()
@@ -325,12 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(sub)
 
-    from mammotriage.model.learning_commands import add_learning_commands
+    from mammotriage.learning.commands import add_learning_commands
 
     add_learning_commands(sub)
 
     from mammotriage.export.commands import add_dataset_commands
-    from mammotriage.model.learning_commands import add_dataset_check_command
+    from mammotriage.learning.commands import add_dataset_check_command
 
     add_dataset_check_command(add_dataset_commands(sub))
 

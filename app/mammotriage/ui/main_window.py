@@ -961,7 +961,7 @@ class MainWindow(QMainWindow):
     def check_pipeline(self) -> bool:
         """Start the automatic pipeline (a Model panel job, low CPU priority) when the site
         setting's count of new corrections is reached. Returns True if it started."""
-        from mammotriage.model.pipeline import PipelineError, status
+        from mammotriage.learning.pipeline import PipelineError, status
 
         try:
             st = status(self.archive.path)

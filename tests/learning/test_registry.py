@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mammotriage.model.registry import ModelRegistry, RegistryError
+from mammotriage.learning.registry import ModelRegistry, RegistryError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -33,7 +33,7 @@ def _package(root: Path, version: str, weights: bytes, parent: str | None = None
 def _tiny_site(tmp_path_factory):
     from retrain_sim import build_tiny_site
 
-    from mammotriage.model.snapshot_data import locked_validation
+    from mammotriage.learning.snapshot_data import locked_validation
 
     site = build_tiny_site(tmp_path_factory.mktemp("registry-site"))
     assert locked_validation(site.archive)["sha256"] == site.validation  # locked on first use

@@ -6,7 +6,7 @@ run (correction events on an image: add, accept, reject, adjust, change kind, de
 the app starts :func:`run_pipeline` in the background at low CPU priority
 (``mammotriage pipeline run --if-due``, a child process of the Model panel): a training
 snapshot of the current labels, its data tests and a retrain (both in
-:func:`~mammotriage.model.retrain.retrain`), and the validation gate of the candidate
+:func:`~mammotriage.learning.retrain.retrain`), and the validation gate of the candidate
 against the active model. The Model panel shows its progress and, after it, the
 candidate, the gate's verdict, figures and plots. Promotion stays a human click (or
 ``mammotriage models promote``).
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mammotriage.model.snapshot_data import archive_or_default
+from mammotriage.learning.snapshot_data import archive_or_default
 
 SETTING = "propose_after_corrections"
 STATE_NAME = "pipeline.json"
@@ -127,8 +127,8 @@ def run_pipeline(archive_file: str | Path | None = None, *, retrain_params=None,
                  progress: Progress | None = None, who: str = "pipeline") -> dict[str, Any]:
     """snapshot -> retrain (data tests first) -> validate; returns the run record (also the
     state's ``last``). Errors are recorded in the state and raised."""
-    from mammotriage.model.gate import GateParams, validate
-    from mammotriage.model.retrain import RetrainParams, retrain
+    from mammotriage.learning.gate import GateParams, validate
+    from mammotriage.learning.retrain import RetrainParams, retrain
     from mammotriage.store.datasets import create_snapshot
 
     archive_file = archive_or_default(archive_file)

@@ -17,7 +17,7 @@ derived from those inputs.
 The candidate's metadata names its parent (version and weights hash), the snapshot
 hash, what was excluded and why, the replay data (or that it was unavailable) and every
 parameter. It is registered (origin ``site``) but never made active: promotion goes
-through the validation gate (:mod:`mammotriage.model.gate`).
+through the validation gate (:mod:`mammotriage.learning.gate`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from mammotriage.model.data import Sample
-from mammotriage.model.snapshot_data import (
+from mammotriage.learning.snapshot_data import (
     archive_or_default,
     class_counts,
     replay_pool,
@@ -349,12 +349,12 @@ def retrain(snapshot: str | Path | dict, *, archive_file: str | Path | None = No
     """Fine-tune the current (or ``parent``) model on a training snapshot -> candidate package.
 
     The snapshot must pass its data tests first
-    (:func:`~mammotriage.model.dataset_check.check_snapshot`); a failing one is refused
+    (:func:`~mammotriage.learning.dataset_check.check_snapshot`); a failing one is refused
     with the reasons. ``transform`` rewrites the training samples before training
     (``note`` then says what it did; used for negative controls such as
-    :func:`~mammotriage.model.snapshot_data.shuffle_labels`).
+    :func:`~mammotriage.learning.snapshot_data.shuffle_labels`).
     """
-    from mammotriage.model.dataset_check import check_snapshot
+    from mammotriage.learning.dataset_check import check_snapshot
     from mammotriage.model.package import read_metadata
     from mammotriage.store.datasets import load_snapshot
 

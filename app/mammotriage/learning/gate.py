@@ -1,7 +1,7 @@
 """The validation gate: a candidate model against the current one, before promotion.
 
 Both models predict the site's **locked validation snapshot** (never trained on; see
-:mod:`mammotriage.model.snapshot_data`) and the candidate's **new corrections** (the
+:mod:`mammotriage.learning.snapshot_data`) and the candidate's **new corrections** (the
 images of its training snapshot). The figures are :mod:`mammotriage.model.evaluate`'s:
 lesion FROC sensitivity at 0.125 … 4 false positives per image and its mean, per-kind
 sensitivity, and image-level ROC AUC, each with a seeded bootstrap 95 % interval over
@@ -30,7 +30,7 @@ than its tolerance (point estimates; absolute differences):
 
 and it was not trained on any validation image. Otherwise it is refused, every reason
 listed. The report (JSON, ``"passed"`` and ``"reasons"`` as
-:meth:`mammotriage.model.registry.ModelRegistry.promote` expects) and side-by-side
+:meth:`mammotriage.learning.registry.ModelRegistry.promote` expects) and side-by-side
 FROC / ROC / figure plots (PNG) go to the output folder.
 """
 
@@ -417,7 +417,7 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
     the candidate's own training snapshot (when its metadata names one), ``False`` to skip.
     """
     from mammotriage.model.package import load_engine, verify
-    from mammotriage.model.snapshot_data import (
+    from mammotriage.learning.snapshot_data import (
         SnapshotDataError,
         locked_validation,
         resolve_model,
@@ -431,7 +431,7 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
         if progress is not None:
             progress(stage, done, total, note)
 
-    from mammotriage.model.snapshot_data import archive_or_default
+    from mammotriage.learning.snapshot_data import archive_or_default
 
     params = params or GateParams()
     archive_file = archive_or_default(archive_file)
@@ -545,7 +545,7 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
         warnings.append(f"plots not written: {type(exc).__name__}: {exc}")
     report["operating_points"] = recalibrated_points(recs["validation"]["candidate"], vman["sha256"])
     report["report_path"] = str(out_dir / REPORT_NAME)
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.learning.registry import ModelRegistry
 
     with ModelRegistry(archive_file) as reg:  # kept in the store: only stored reports promote
         reg.record_report(report)
@@ -567,7 +567,7 @@ def recalibrated_points(records: Sequence[dict], snapshot: str) -> dict[str, Any
 
 def latest_report(archive_file: str | Path | None = None, version: str | None = None) -> dict[str, Any] | None:
     """The newest gate report under ``validation/`` beside the archive (of ``version``)."""
-    from mammotriage.model.snapshot_data import archive_or_default
+    from mammotriage.learning.snapshot_data import archive_or_default
 
     root = archive_or_default(archive_file).expanduser().resolve().parent / "validation"
     if not root.is_dir():

@@ -1,7 +1,7 @@
 """Data tests before training: a validation report per dataset snapshot.
 
 The data is the code: :func:`check_snapshot` tests a snapshot before anything trains on
-it, and :func:`~mammotriage.model.retrain.retrain` refuses a snapshot whose report
+it, and :func:`~mammotriage.learning.retrain.retrain` refuses a snapshot whose report
 fails, with its reasons. ``mammotriage dataset check SNAPSHOT [--json]`` prints it.
 
 Checks (a failing check is a reason; the report passes when none fails):
@@ -116,9 +116,9 @@ def _pixel_problems(images: list[Mapping[str, Any]]) -> list[str]:
 
 
 def _overlap_check(manifest: Mapping[str, Any], archive_file: Path) -> dict[str, Any]:
-    """What retrain would train on (:func:`~mammotriage.model.snapshot_data.training_set`)
+    """What retrain would train on (:func:`~mammotriage.learning.snapshot_data.training_set`)
     against every validation snapshot's images and patients."""
-    from mammotriage.model.snapshot_data import SnapshotDataError, training_set, validation_guard
+    from mammotriage.learning.snapshot_data import SnapshotDataError, training_set, validation_guard
 
     guard = validation_guard(archive_file)
     by_sop = {str(img["sop_uid"]): img for img in manifest.get("images", [])}
@@ -148,7 +148,7 @@ def _overlap_check(manifest: Mapping[str, Any], archive_file: Path) -> dict[str,
 def check_snapshot(ref: str | Path | Mapping[str, Any], archive_file: str | Path | None = None, *,
                    pixels: bool = True, write: bool = True) -> dict[str, Any]:
     """The validation report of a snapshot (see the module docstring)."""
-    from mammotriage.model.snapshot_data import archive_or_default
+    from mammotriage.learning.snapshot_data import archive_or_default
     from mammotriage.store.datasets import datasets_dir, load_snapshot
     from mammotriage.store.events import KINDS
 

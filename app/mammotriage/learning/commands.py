@@ -2,7 +2,7 @@
 
 ``add_learning_commands(subparsers)`` registers them; torch is imported only when a
 command runs. Each parser sets ``func`` to a callable taking the parsed namespace and
-returning the exit status. ``python -m mammotriage.model.learning_commands ...`` runs
+returning the exit status. ``python -m mammotriage.learning.commands ...`` runs
 them without the main CLI (the Model panel starts its background jobs that way).
 
 With ``--progress-json`` the commands print one JSON object per line on stdout:
@@ -40,7 +40,7 @@ def add_dataset_check_command(dataset: argparse._SubParsersAction) -> None:
 
 
 def cmd_dataset_check(args: argparse.Namespace) -> int:
-    from mammotriage.model.dataset_check import check_snapshot, report_text
+    from mammotriage.learning.dataset_check import check_snapshot, report_text
     from mammotriage.store.datasets import DatasetError
 
     try:
@@ -54,7 +54,7 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
 
 def add_learning_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``retrain``, ``validate`` and ``pipeline``."""
-    from mammotriage.model.retrain import RetrainParams
+    from mammotriage.learning.retrain import RetrainParams
 
     d = RetrainParams()
     p = subparsers.add_parser(
@@ -209,8 +209,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             pass
     from mammotriage.model.package import ModelPackageError
     from mammotriage.model.registry import RegistryError
-    from mammotriage.model.retrain import RetrainError, RetrainParams, retrain
-    from mammotriage.model.snapshot_data import ModelNotFound, SnapshotDataError
+    from mammotriage.learning.retrain import RetrainError, RetrainParams, retrain
+    from mammotriage.learning.snapshot_data import ModelNotFound, SnapshotDataError
     from mammotriage.store.datasets import DatasetError
     from mammotriage.store.reading import current_reader
 
@@ -251,9 +251,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     _quiet_threads()
-    from mammotriage.model.gate import GateError, GateParams, report_text, validate
+    from mammotriage.learning.gate import GateError, GateParams, report_text, validate
     from mammotriage.model.package import ModelPackageError
-    from mammotriage.model.snapshot_data import ModelNotFound, SnapshotDataError, lock_validation
+    from mammotriage.learning.snapshot_data import ModelNotFound, SnapshotDataError, lock_validation
     from mammotriage.store.datasets import DatasetError
     from mammotriage.store.reading import current_reader
 
@@ -296,7 +296,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     _quiet_threads()
-    from mammotriage.model.pipeline import PipelineError, run_pipeline, status, status_text
+    from mammotriage.learning.pipeline import PipelineError, run_pipeline, status, status_text
 
     try:
         st = status(args.archive)
@@ -317,8 +317,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             os.nice(int(args.nice))
         except OSError:
             pass
-    from mammotriage.model.gate import GateParams
-    from mammotriage.model.retrain import RetrainParams
+    from mammotriage.learning.gate import GateParams
+    from mammotriage.learning.retrain import RetrainParams
     from mammotriage.store.reading import current_reader
 
     try:
