@@ -72,8 +72,8 @@ def train_phantom_parent(out_dir: Path, *, n_exams: int, seed: int, rows: int, c
                          work: Path | None = None) -> Path:
     """Train (from ImageNet weights when ``hp.pretrained``) on phantom exams without
     ``exclude_kinds`` and write a package whose metadata says so."""
-    from mammotriage.model.package import save_package
     from mammotriage.learning.snapshot_data import phantom_pool
+    from mammotriage.model.package import save_package
     from mammotriage.model.train import train
 
     samples = phantom_pool(n_exams, seed, rows, columns, exclude_kinds)
@@ -251,12 +251,12 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
     """parent (no calcifications) -> validation + corrections through the real store ->
     snapshots -> retrain (and a shuffled-label control) -> gate -> per-kind figures."""
     from mammotriage.learning.gate import GateParams, _records, kind_sensitivity, validate
-    from mammotriage.model.network import NetworkConfig
-    from mammotriage.model.package import load_engine, verify
-    from mammotriage.model.preprocess import PreprocessParams
     from mammotriage.learning.registry import ModelRegistry
     from mammotriage.learning.retrain import RetrainParams, retrain
     from mammotriage.learning.snapshot_data import shuffle_labels, snapshot_samples
+    from mammotriage.model.network import NetworkConfig
+    from mammotriage.model.package import load_engine, verify
+    from mammotriage.model.preprocess import PreprocessParams
     from mammotriage.model.train import TrainParams
     from mammotriage.store.datasets import create_snapshot, load_snapshot
 
@@ -345,11 +345,11 @@ def gate_deltas(report: dict[str, Any]) -> dict[str, Any]:
 def monitoring_plots(res: LoopResult, out: Path, threads: int = 1) -> dict[str, Any]:
     """Triage every archived exam with the parent, promote the candidate (passed gate),
     triage again, and write the monitoring report and plots (``mammotriage monitor``)."""
-    from mammotriage.model.package import read_metadata
+    from mammotriage.learning.monitor import monitor_report, write_plots
     from mammotriage.learning.registry import ModelRegistry
+    from mammotriage.model.package import read_metadata
     from mammotriage.store import Archive
     from mammotriage.triage import TriageQueue
-    from mammotriage.learning.monitor import monitor_report, write_plots
     from mammotriage.triage.worker import load_model, process_one
 
     maps = out / "ai_maps"

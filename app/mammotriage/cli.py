@@ -187,8 +187,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
-    from mammotriage.model.package import ModelPackageError
     from mammotriage.learning.registry import ModelRegistry, RegistryError
+    from mammotriage.model.package import ModelPackageError
     from mammotriage.store.reading import current_reader
 
     with ModelRegistry(archive_path()) as registry:
@@ -251,9 +251,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
+    from mammotriage.learning.monitor import monitor_report, report_text, write_plots
     from mammotriage.model.package import ModelPackageError, read_metadata
     from mammotriage.model.registry import ModelRegistry
-    from mammotriage.learning.monitor import monitor_report, report_text, write_plots
 
     with ModelRegistry(archive_path()) as registry:
         registry.ensure_shipped()

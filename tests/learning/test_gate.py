@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from retrain_sim import build_tiny_site  # noqa: E402
 
-from mammotriage.model.evaluate import froc_from  # noqa: E402
 from mammotriage.learning.gate import (  # noqa: E402
     GateError,
     GateParams,
@@ -32,6 +31,7 @@ from mammotriage.learning.snapshot_data import (  # noqa: E402
     locked_validation,
     uid_digest,
 )
+from mammotriage.model.evaluate import froc_from  # noqa: E402
 
 # --------------------------------------------------------------------------- pure figures
 

@@ -17,10 +17,10 @@ from mammotriage.learning.pipeline import PipelineError, run_pipeline, status, s
 
 
 def test_pipeline_runs_when_due_and_records_its_outcome(tmp_path, capsys, monkeypatch):
-    from mammotriage.learning.gate import GateParams
     from mammotriage.learning.commands import main
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.learning.gate import GateParams
     from mammotriage.learning.retrain import RetrainParams
+    from mammotriage.model.registry import ModelRegistry
 
     site = build_tiny_site(tmp_path, n_validation=1, n_training=2)
     st = status(site.archive)

@@ -105,8 +105,8 @@ def test_retrain_is_bit_reproducible_and_described(site, tmp_path):
     import os
     import subprocess
 
-    from mammotriage.model.registry import ModelRegistry
     from mammotriage.learning.retrain import RetrainParams, retrain
+    from mammotriage.model.registry import ModelRegistry
 
     stages = []
     params = RetrainParams(max_iterations=3, threads=1, seed=11)  # the CLI's defaults otherwise

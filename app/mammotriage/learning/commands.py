@@ -207,10 +207,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             os.nice(int(args.nice))
         except OSError:
             pass
-    from mammotriage.model.package import ModelPackageError
-    from mammotriage.model.registry import RegistryError
     from mammotriage.learning.retrain import RetrainError, RetrainParams, retrain
     from mammotriage.learning.snapshot_data import ModelNotFound, SnapshotDataError
+    from mammotriage.model.package import ModelPackageError
+    from mammotriage.model.registry import RegistryError
     from mammotriage.store.datasets import DatasetError
     from mammotriage.store.reading import current_reader
 
@@ -252,8 +252,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     _quiet_threads()
     from mammotriage.learning.gate import GateError, GateParams, report_text, validate
-    from mammotriage.model.package import ModelPackageError
     from mammotriage.learning.snapshot_data import ModelNotFound, SnapshotDataError, lock_validation
+    from mammotriage.model.package import ModelPackageError
     from mammotriage.store.datasets import DatasetError
     from mammotriage.store.reading import current_reader
 

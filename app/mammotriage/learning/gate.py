@@ -416,7 +416,6 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
     (default: the site's locked one). ``corrections``: a training snapshot, ``None`` for
     the candidate's own training snapshot (when its metadata names one), ``False`` to skip.
     """
-    from mammotriage.model.package import load_engine, verify
     from mammotriage.learning.snapshot_data import (
         SnapshotDataError,
         locked_validation,
@@ -425,6 +424,7 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
         training_set,
         uid_digest,
     )
+    from mammotriage.model.package import load_engine, verify
     from mammotriage.store.datasets import load_snapshot
 
     def say(stage: str, done: int, total: int, note: str = "") -> None:

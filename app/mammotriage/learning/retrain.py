@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from mammotriage.model.data import Sample
 from mammotriage.learning.snapshot_data import (
     archive_or_default,
     class_counts,
@@ -45,6 +44,7 @@ from mammotriage.learning.snapshot_data import (
     training_set,
     uid_digest,
 )
+from mammotriage.model.data import Sample
 
 #: ``progress(stage, done, total, note)``; stages: "load", "prepare", "train", "write".
 Progress = Callable[[str, int, int, str], None]

@@ -43,10 +43,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from mammotriage.lifetime import ENV_PARENT_PID
 from mammotriage.learning.gate import latest_report
 from mammotriage.learning.registry import ModelRegistry, RegistryError
 from mammotriage.learning.snapshot_data import archive_or_default
+from mammotriage.lifetime import ENV_PARENT_PID
 from mammotriage.store.datasets import list_snapshots
 from mammotriage.store.reading import current_reader
 
