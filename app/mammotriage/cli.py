@@ -252,18 +252,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
     from mammotriage.learning.monitor import monitor_report, report_text, write_plots
-    from mammotriage.model.package import ModelPackageError, read_metadata
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.model.registry import active_package
 
-    with ModelRegistry(archive_path()) as registry:
-        registry.ensure_shipped()
-        active = registry.active()
-    meta = {}
-    if active is not None:
-        try:
-            meta = read_metadata(active.path)
-        except ModelPackageError:
-            meta = {}
+    meta = active_package(archive_path(), verified=False).meta or {}
     points = (meta.get("operating_points") or {}).get("suspicious") or {}
     threshold = points.get("threshold") if isinstance(points, dict) else points
     report = monitor_report(archive_path(), meta, threshold)

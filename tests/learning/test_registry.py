@@ -12,21 +12,9 @@ from pathlib import Path
 import pytest
 
 from mammotriage.learning.registry import ModelRegistry, RegistryError
+from mtsupport import minimal_package as _package
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-
-def _package(root: Path, version: str, weights: bytes, parent: str | None = None) -> Path:
-    """A minimal verified package layout (metadata + weights with their sha256)."""
-    import hashlib
-
-    folder = root / version
-    (folder / "configs").mkdir(parents=True)
-    (folder / "models").mkdir()
-    (folder / "models" / "model.safetensors").write_bytes(weights)
-    meta = {"version": version, "weights_sha256": hashlib.sha256(weights).hexdigest(), "parent_version": parent}
-    (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -154,19 +154,16 @@ class ModelNotFound(RuntimeError):
 
 def resolve_model(ref: str | Path | None, archive_file: str | Path | None = None) -> Path:
     """A package folder from a path, a registered version, or (``None``) the active model."""
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.model.registry import ModelRegistry, active_package
 
     if ref is not None and Path(str(ref)).expanduser().is_dir():
         return Path(str(ref)).expanduser()
+    if ref is None:
+        found = active_package(archive_or_default(archive_file), verified=False)
+        if found.version is None:
+            raise ModelNotFound("no active model in the registry (and no shipped model to start from)")
+        return Path(found.version.path)
     with ModelRegistry(archive_or_default(archive_file)) as reg:
-        if ref is None:
-            active = reg.active()
-            if active is None:
-                reg.ensure_shipped()
-                active = reg.active()
-            if active is None:
-                raise ModelNotFound("no active model in the registry (and no shipped model to start from)")
-            return Path(active.path)
         v = reg.get(str(ref))
         if v is None:
             raise ModelNotFound(f"unknown model {ref!r}: neither a package folder nor a registered version")

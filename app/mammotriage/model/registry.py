@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mammotriage.model.package import ModelPackageError, default_model_dir, verify
+from mammotriage.model.package import ModelPackageError, default_model_dir, read_metadata, verify
 from mammotriage.store import db
 
 #: Where package copies live, relative to the data directory (the archive's folder).
@@ -290,3 +290,57 @@ class ModelRegistry(db.Connected):
     def _log(self, version: str, action: str, who: str, reason: str, report: str = "") -> None:
         self.conn.execute("INSERT INTO model_events (at, version, action, who, reason, report) "
                           "VALUES (?, ?, ?, ?, ?, ?)", (_now(), version, action, who, reason, report))
+
+
+#: Why there is no model when the registry has no active version.
+NO_MODEL = "no model registered (models/ has no verified package)"
+
+
+@dataclass(frozen=True)
+class ActivePackage:
+    """The model to run, as :func:`active_package` found it: the registry's active
+    version and its package folder with the package metadata, or why there is none."""
+
+    version: ModelVersion | None
+    folder: Path | None
+    meta: dict[str, Any] | None
+    notice: str = ""  # about a newly shipped version ("" when there is nothing to tell)
+    error: str = ""  # why the active version cannot run ("" when it can, or when none is active)
+
+    def __bool__(self) -> bool:
+        return self.folder is not None
+
+    @property
+    def reason(self) -> str:
+        """Why there is no model to run ("" when there is one)."""
+        return "" if self else self.error or NO_MODEL
+
+
+def active_package(archive_file: str | Path, model_dir: str | Path | None = None, *,
+                   verified: bool = True) -> ActivePackage:
+    """The one way to find the model to run: the registry's active version.
+
+    The shipped package is registered first (:meth:`ModelRegistry.check_shipped`; what
+    it has to tell is ``notice``). With ``verified`` (default) the folder is the
+    registry's content-addressed copy, checked against the registered weights hash, and
+    ``meta`` carries the operating points recalibrated by the gate report that promoted
+    it (:meth:`ModelRegistry.active_package`); without it, ``meta`` is the copy's
+    metadata file as it is, read without hashing the weights (listings, reports). An
+    explicit ``model_dir`` is accepted only when it holds the active version's weights.
+    A refusal never raises: it is ``error``.
+    """
+    notice, active = "", None
+    try:
+        with ModelRegistry(archive_file) as registry:
+            notice = registry.check_shipped().message
+            active = registry.active()
+            if active is None:
+                return ActivePackage(None, None, None, notice)
+            if model_dir:
+                return ActivePackage(active, Path(model_dir), registry.check_runs(model_dir), notice)
+            if not verified:
+                return ActivePackage(active, Path(active.path), read_metadata(active.path), notice)
+            version, folder, meta = registry.active_package()
+            return ActivePackage(version, folder, meta, notice)
+    except (ModelPackageError, RegistryError) as exc:
+        return ActivePackage(active, None, None, notice, str(exc))

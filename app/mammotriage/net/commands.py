@@ -111,17 +111,15 @@ def _serve_settings(args: argparse.Namespace) -> Any:
 def _start_triage(args: argparse.Namespace) -> tuple[Any, str | None]:
     """Start the triage worker with the registry's active model (unless --no-triage)."""
     from mammotriage.config import archive_path, data_dir
-    from mammotriage.model.registry import ModelRegistry, RegistryError
+    from mammotriage.model.registry import active_package
 
-    with ModelRegistry(archive_path()) as registry:
-        notice = registry.check_shipped().message
-        if notice:
-            print(notice, flush=True)
-        try:
-            active, folder, _meta = registry.active_package() if registry.active() else (None, None, None)
-        except RegistryError as exc:
-            print(f"triage off: {exc}", flush=True)
-            return None, None
+    found = active_package(archive_path())
+    if found.notice:
+        print(found.notice, flush=True)
+    if found.error:
+        print(f"triage off: {found.error}", flush=True)
+        return None, None
+    active, folder = found.version, found.folder
     if active is None:
         print("no active model: received studies are stored, triage waits for a model", flush=True)
         return None, None

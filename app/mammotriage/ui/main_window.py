@@ -1365,7 +1365,7 @@ def _find_model(model_dir: str | Path | None, archive_file: Path | None = None
     Returns (folder, verified metadata, the reason there is none, a notice about a newly
     shipped version)."""
     from mammotriage.model.package import ModelPackageError, default_model_dir, verify
-    from mammotriage.model.registry import ModelRegistry, RegistryError
+    from mammotriage.model.registry import active_package
 
     if archive_file is None:
         folder = Path(model_dir) if model_dir else default_model_dir()
@@ -1373,18 +1373,10 @@ def _find_model(model_dir: str | Path | None, archive_file: Path | None = None
             return folder, verify(folder), "", ""
         except ModelPackageError as exc:
             return None, None, str(exc), ""
-    notice = ""
-    try:
-        with ModelRegistry(archive_file) as registry:
-            notice = registry.check_shipped().message
-            if registry.active() is None:
-                return None, None, "no model registered (models/ has no verified package)", notice
-            if model_dir:
-                return Path(model_dir), registry.check_runs(model_dir), "", notice
-            _active, folder, meta = registry.active_package()
-            return folder, meta, "", notice
-    except (ModelPackageError, RegistryError) as exc:
-        return None, None, f"AI off: {exc}", notice
+    found = active_package(archive_file, model_dir)
+    if not found:
+        return None, None, f"AI off: {found.error}" if found.error else found.reason, found.notice
+    return found.folder, found.meta, "", found.notice
 
 
 def fit_on_screens(rect: QRect, screens: list[QRect]) -> QRect:
