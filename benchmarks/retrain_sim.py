@@ -254,8 +254,9 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
     from mammotriage.learning.registry import ModelRegistry
     from mammotriage.learning.retrain import RetrainParams, retrain
     from mammotriage.learning.snapshot_data import shuffle_labels, snapshot_samples
+    from mammotriage.model.infer import Engine
     from mammotriage.model.network import NetworkConfig
-    from mammotriage.model.package import load_engine, verify
+    from mammotriage.model.package import verify
     from mammotriage.model.preprocess import PreprocessParams
     from mammotriage.model.train import TrainParams
     from mammotriage.store.datasets import create_snapshot, load_snapshot
@@ -323,7 +324,7 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
     vsamples = snapshot_samples(load_snapshot(vsnap.sha256, archive))
     for name, path in (("parent", parent), ("candidate", good.path), ("shuffled", bad.path)):
         meta = verify(path)
-        rec = _records(load_engine(path, threads=cfg.threads), vsamples, meta["weights_sha256"], gp)
+        rec = _records(Engine.from_package(path, threads=cfg.threads), vsamples, meta["weights_sha256"], gp)
         figures[name] = {
             **{f"{k}_sens@1_labelled": round(kind_sensitivity(rec, k, 1.0), 3) for k in ("mass", "calcification")},
             **{f"{k}_sens@1_any": round(kind_sensitivity(rec, k, 1.0, labelled=False), 3)

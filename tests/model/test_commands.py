@@ -105,19 +105,6 @@ def test_evaluate_refuses_bad_model(tmp_path, capsys):
     assert "not a model package" in capsys.readouterr().err
 
 
-def test_worker_process(tiny_model, phantom_exam, tmp_path):
-    from mammotriage.model.infer import InferenceWorker
-
-    paths = phantom_exam.save(tmp_path / "exam")
-    files = sorted(str(p) for p in paths.values())[:2] + [str(tmp_path / "missing.dcm")]
-    with InferenceWorker(str(tiny_model), device="cpu", threads=1) as worker:
-        results = worker.submit(files).result(timeout=120)
-    assert len(results) == 3
-    assert "error" in results[2]
-    for r in results[:2]:
-        assert r["model_version"] == "9.9.9" and r["suspicion"].ndim == 2
-
-
 def test_train_describes_its_data_without_machine_paths(tmp_path, make_breast, monkeypatch):
     """The package names the mini-MIAS folder relative to where training ran."""
     from mammotriage.model.commands import _gather_samples

@@ -424,7 +424,8 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
         training_set,
         uid_digest,
     )
-    from mammotriage.model.package import load_engine, verify
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import verify
     from mammotriage.store.datasets import load_snapshot
 
     def say(stage: str, done: int, total: int, note: str = "") -> None:
@@ -489,7 +490,7 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
                 chunk = samples[i:i + 8]
                 tag = (str(meta["weights_sha256"]), params.threads, str(params.device))
                 if engine is None and any((*tag, s.key) not in _PREDICTIONS for s in chunk):
-                    engine = load_engine(folder, device=params.device, threads=params.threads)
+                    engine = Engine.from_package(folder, device=params.device, threads=params.threads)
                 out.extend(_records(engine, chunk, str(meta["weights_sha256"]), params))
                 done += len(chunk)
                 say("predict", done, total, f"{who} {set_name}")

@@ -146,8 +146,8 @@ def _lr_at(it: int, total: int, p: RetrainParams) -> float:
 
 def load_parent_for_training(parent_dir: str | Path):
     """(detector with training components, config, preprocessing, metadata) of a verified package."""
+    from mammotriage.model.infer import load_detector
     from mammotriage.model.network import build_detector
-    from mammotriage.model.package import load_detector
 
     det, config, pp, meta = load_detector(parent_dir)
     trainable = build_detector(config, train_components=True)
@@ -267,7 +267,8 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
     """Write the candidate package; returns (version, folder, metadata)."""
     import torch
 
-    from mammotriage.model.package import load_second_look, read_metadata, save_package
+    from mammotriage.model.infer import load_second_look
+    from mammotriage.model.package import read_metadata, save_package
 
     parent = result.parent_meta
     inputs = candidate_inputs(train_desc, samples, replay, params, note)

@@ -180,10 +180,11 @@ def _train_second_look(args, real, extra, described, work: Path) -> int:
 def cmd_evaluate(args) -> int:
     from mammotriage.model.data import read_mias
     from mammotriage.model.evaluate import evaluate_predictions, predict_samples, write_plots
-    from mammotriage.model.package import ModelPackageError, load_engine
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import ModelPackageError
 
     try:
-        engine = load_engine(args.model, device=args.device, threads=args.threads)
+        engine = Engine.from_package(args.model, device=args.device, threads=args.threads)
     except ModelPackageError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
@@ -287,10 +288,11 @@ def triage_paths(paths: list[Path], engine, min_score: float = 0.05, err=None,
 
 
 def cmd_triage(args) -> int:
-    from mammotriage.model.package import ModelPackageError, load_engine
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import ModelPackageError
 
     try:
-        engine = load_engine(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size)
+        engine = Engine.from_package(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size)
     except ModelPackageError as exc:
         print(f"triage: {exc}", file=sys.stderr)
         return 2

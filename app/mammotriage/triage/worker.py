@@ -42,14 +42,15 @@ def load_model(model_dir: str | Path | None = None, device: str | None = None, t
                expected_sha256: str | None = None) -> LoadedModel:
     """Load and verify a model package (sha256 checked) for triage; with
     ``expected_sha256`` (the registry's active weights) any other weights are refused."""
-    from mammotriage.model.package import ModelPackageError, default_model_dir, load_engine, verify
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import ModelPackageError, default_model_dir, verify
 
     folder = Path(model_dir) if model_dir else default_model_dir()
     meta = verify(folder)
     if expected_sha256 and meta.get("weights_sha256") != expected_sha256:
         raise ModelPackageError(f"{folder}: weights {str(meta.get('weights_sha256'))[:12]}... are not the "
                                 f"registry's active model ({expected_sha256[:12]}...): refusing to run them")
-    engine = load_engine(folder, device=device, threads=threads)
+    engine = Engine.from_package(folder, device=device, threads=threads)
     return LoadedModel(engine, str(meta.get("version", "")), str(meta["weights_sha256"]), meta)
 
 
