@@ -176,7 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     app = QApplication.instance() or QApplication([])
     from mammotriage.phantom import generate_exam
-    from mammotriage.ui.loader import load_view
+    from mammotriage.viewer.loader import load_view
 
     with tempfile.TemporaryDirectory() as tmp:
         exam_dirs = []

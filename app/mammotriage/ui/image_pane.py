@@ -23,9 +23,9 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from mammotriage.dicom.pyramid import choose_level
 from mammotriage.dicom.voi import DisplayLut, build_display_lut
-from mammotriage.ui.loader import LoadedView
 from mammotriage.ui.overlay import AiOverlay
-from mammotriage.ui.state import HangingState, PaneState, WindowSetting
+from mammotriage.viewer.loader import LoadedView
+from mammotriage.viewer.state import HangingState, PaneState, WindowSetting
 
 BACKGROUND = QColor(0, 0, 0)
 TEXT = QColor(230, 200, 90)

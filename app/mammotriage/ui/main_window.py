@@ -50,11 +50,11 @@ from mammotriage.store.priors import link_priors
 from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
 from mammotriage.triage.worklist import order_for_reading
-from mammotriage.ui.corrections import ExamCorrections, ImageInfo
 from mammotriage.ui.hanging_view import HangingView
-from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.ui.overlay import AiOverlay
 from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
+from mammotriage.viewer.corrections import ExamCorrections, ImageInfo
+from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader
 
 
 def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str) -> str:
