@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mammotriage.model.package import ModelPackageError, default_model_dir, read_metadata, verify
+from mammotriage.model.package import (
+    METADATA,
+    WEIGHTS,
+    ModelPackageError,
+    default_model_dir,
+    read_metadata,
+    verify,
+)
 from mammotriage.store import db
 
 #: Where package copies live, relative to the data directory (the archive's folder).
@@ -229,6 +236,22 @@ class ModelRegistry(db.Connected):
     def active(self) -> ModelVersion | None:
         stack = self._active_stack()
         return self.get(stack[-1]) if stack else None
+
+    def active_fingerprint(self) -> tuple | None:
+        """What identifies the active version and its package copy now, without hashing:
+        (version, registered weights sha256, folder, (mtime_ns, size) of its metadata and
+        weights files). A change means: verify again. None when no version is active."""
+        active = self.active()
+        if active is None:
+            return None
+        files = []
+        for name in (METADATA, WEIGHTS):
+            try:
+                st = (Path(active.path) / name).stat()
+                files.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                files.append(None)
+        return (active.version, active.weights_sha256, active.path, *files)
 
     def verified(self, version: ModelVersion) -> dict[str, Any]:
         """Metadata of the registry's copy of ``version`` after checking that it is that
