@@ -20,6 +20,7 @@ from mammotriage.dicom.voi import image_statistics, render_8bit
 from mammotriage.lifetime import die_with_parent
 from mammotriage.store import Archive
 from mammotriage.triage.queue import ExamResult, Job, TriageQueue
+from mammotriage.triage.sink import ResultSink, result_kind
 
 
 class Predictor(Protocol):
@@ -96,12 +97,13 @@ def analyse_exam(model: LoadedModel, archive: Archive, exam_key: str) -> tuple[l
 
 
 def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_dir: Path,
-                results_dir: Path | None = None, on_error: Callable[[str], None] | None = None
-                ) -> ExamResult | Job | None:
+                results_dir: Path | None = None, on_error: Callable[[str], None] | None = None,
+                sink: ResultSink | None = None) -> ExamResult | Job | None:
     """Claim and analyse the next job. Returns the result, the failed job, or None if idle.
 
-    With ``results_dir`` the exam's results are also written as DICOM (SR + SEG); a
-    failure there is reported through ``on_error`` and does not fail the triage.
+    With ``results_dir`` the exam's results are also written as DICOM (SR + SEG) and
+    handed to ``sink`` (the outbox, when the composition root gives one); a failure
+    there is reported through ``on_error`` and does not fail the triage.
     """
     job = queue.claim_next(model.version)
     if job is None:
@@ -125,19 +127,12 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
             paths = write_exam_results(archive, job.exam_key, images,
                                        AlgorithmInfo(name, model.version, model.weights_sha256),
                                        results_dir / model.version, breast_scores=breasts, exam_score=result.score)
-            _queue_for_pacs(paths)
+            for path in paths if sink is not None else ():
+                sink.queue(path, result_kind(path))
         except Exception as exc:  # noqa: BLE001 - the triage result stands; report the DICOM problem
             if on_error is not None:
                 on_error(f"DICOM results for {job.exam_key} not written: {type(exc).__name__}: {exc}")
     return result
-
-
-def _queue_for_pacs(paths: list[Path]) -> None:
-    """Hand the written results to the DICOM outbox (a no-op unless the site sends results)."""
-    from mammotriage.net.outbox import queue_result
-
-    for path in paths:
-        queue_result(path, "ai-sr" if path.name.startswith("sr-") else "ai-seg")
 
 
 def _limit_memory(device: str | None) -> None:
@@ -157,8 +152,10 @@ def _limit_memory(device: str | None) -> None:
 def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: Any,
                device: str | None = None, threads: int = 2, idle_s: float = 0.5,
                loader: Callable[..., LoadedModel] = load_model, status: Any = None,
-               settle_s: float = 3.0, expected_sha256: str | None = None) -> None:
+               settle_s: float = 3.0, expected_sha256: str | None = None,
+               sink: ResultSink | None = None) -> None:
     """Worker-process main loop: sync the queue, take jobs, store results, until ``stop`` is set.
+    The DICOM results go to ``sink`` (see :mod:`mammotriage.triage.sink`).
 
     ``status`` (a multiprocessing queue, optional) receives ``("ready", version)``,
     ``("done", exam_key)``, ``("failed", exam_key, reason)`` and ``("error", text)``.
@@ -186,7 +183,7 @@ def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: An
                 last_sync = now
             try:
                 outcome = process_one(queue, archive, model, maps_dir, results_dir=Path(data_dir) / "results",
-                                      on_error=lambda text: say("error", text))
+                                      on_error=lambda text: say("error", text), sink=sink)
             except Exception:  # noqa: BLE001 - database trouble: report and retry later
                 say("error", traceback.format_exc(limit=3))
                 stop.wait(idle_s)
@@ -213,7 +210,8 @@ class TriageService:
     """
 
     def __init__(self, archive_path: str | Path, data_dir: str | Path, model_dir: str | Path | None = None,
-                 device: str | None = None, threads: int = 1, expected_sha256: str | None = None):
+                 device: str | None = None, threads: int = 1, expected_sha256: str | None = None,
+                 sink: ResultSink | None = None):
         ctx = mp.get_context("spawn")
         self.stop_event = ctx.Event()
         self.status = ctx.Queue()
@@ -222,7 +220,7 @@ class TriageService:
             args=(os.getpid(), str(archive_path), str(data_dir), str(model_dir) if model_dir else None,
                   self.stop_event),
             kwargs={"device": device, "threads": threads, "status": self.status,
-                    "expected_sha256": expected_sha256})
+                    "expected_sha256": expected_sha256, "sink": sink})
 
     def start(self) -> None:
         self.process.start()

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 from mammotriage.config import archive_path, data_dir
 from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
 from mammotriage.lifetime import die_with_parent
+from mammotriage.net.outbox import OutboxSink
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
 from mammotriage.store.assessment import (
@@ -59,11 +60,14 @@ from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.viewer.session import OpenedExam, ReadingSession
 
 
-def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str) -> str:
+def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str, sink: OutboxSink) -> str:
     """Worker-process job: the reader-findings SR of a signed exam, queued in the outbox."""
     from mammotriage.triage.reader_sr import write_signed_sr
 
-    return write_signed_sr(Path(archive_file), exam_key, reader, Path(home))
+    try:
+        return write_signed_sr(Path(archive_file), exam_key, reader, Path(home), sink)
+    finally:
+        sink.close()
 
 
 def import_in_background(paths: list[str], archive_file: str) -> tuple[int, int, list[tuple[str, str]]]:
@@ -857,7 +861,7 @@ class MainWindow(QMainWindow):
         text = assessment_text(self.corrections.mine().assessment or assessment)
         self.log_line(f"signed by {self.reader}: {exam.patient_id} {exam.study_date or ''}: {text}")
         self.run_job("writing reader findings SR", write_reader_sr, str(self.archive.path), exam.exam_key,
-                     self.reader, str(data_dir()), done=self._sr_done, wait=True)
+                     self.reader, str(data_dir()), OutboxSink.from_settings(), done=self._sr_done, wait=True)
         self.refresh_worklist()
         return True
 
@@ -943,7 +947,10 @@ class MainWindow(QMainWindow):
         from mammotriage.triage.worker import TriageService
 
         sha = (self.model_meta or {}).get("weights_sha256")
-        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir, expected_sha256=sha)
+        sink = OutboxSink.from_settings()
+        if sink.problem:
+            self.log_line(sink.problem)
+        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir, expected_sha256=sha, sink=sink)
         self.triage.start()
         self.log_line(f"background triage started with model {self.model_version}")
 
