@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-import pydicom
 import pytest
 from PIL import Image
 

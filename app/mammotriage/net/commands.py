@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["ServeTriage", "add_net_commands", "cmd_echo", "cmd_outbox", "cmd_selfcheck", "cmd_serve"]
 
@@ -110,6 +110,7 @@ def _serve_settings(args: argparse.Namespace) -> Any:
     )
 
 
+@runtime_checkable
 class ServeTriage(Protocol):
     """What ``serve`` asks of the triage side. The composition root (:mod:`mammotriage.cli`)
     gives one to :func:`add_net_commands`; without it the node only receives and stores."""

@@ -24,6 +24,12 @@ reported as passed:
     model subpackage or a model package is not there, unless the model is required.
 
 Nothing here touches the user's archive: every file goes to a temporary folder.
+
+It stays in ``net``, where its dependencies allow (the network guard here; model, store,
+dicom and phantom below): the product's own modules are imported statically, inside the
+checks. Only the third-party libraries it probes (PySide6, torch, MONAI, the decoders)
+are imported by name, because whether they import is what is checked; no Qt object is
+made.
 """
 
 from __future__ import annotations
