@@ -134,10 +134,10 @@ def main() -> None:
                 for sort in PAGE_SORTS:
                     for name in PAGE_FILTERS:
                         t0 = time.perf_counter()
-                        total, rows = worklist_page(queue.conn, version, points, sort=sort, filter=name)
+                        _total, rows = worklist_page(queue.conn, version, points, sort=sort, filter=name)
                         times.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                total, rows = worklist_page(queue.conn, version, points, search="00042", offset=0)
+                _total, rows = worklist_page(queue.conn, version, points, search="00042", offset=0)
                 times.append(time.perf_counter() - t0)
                 assert rows and all("00042" in r["patient_id"] + r["patient_name"] + " ".join(r["accessions"])
                                     for r in rows)

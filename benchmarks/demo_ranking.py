@@ -25,11 +25,11 @@ def main() -> None:
     from mammotriage.dicom.image import MammoImage
     from mammotriage.dicom.read import parse_metadata
     from mammotriage.model.evaluate import roc_auc
-    from mammotriage.model.package import load_engine
+    from mammotriage.model.infer import Engine
     from mammotriage.model.scoring import breast_scores, category_from, exam_score
     from mammotriage.phantom import generate_exam
 
-    engine = load_engine(args.model, device="cpu", threads=args.threads)
+    engine = Engine.from_package(args.model, device="cpu", threads=args.threads)
     print(f"model_version {engine.version}")
     all_s, all_y, all_sus_normal = [], [], 0
     for seed in range(1, args.seeds + 1):

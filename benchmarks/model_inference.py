@@ -51,13 +51,13 @@ def main() -> None:
 
     from mammotriage.model.infer import Engine, set_deterministic
     from mammotriage.model.network import stock_resnet50_detector
-    from mammotriage.model.package import ModelPackageError, load_engine
+    from mammotriage.model.package import ModelPackageError
     from mammotriage.model.preprocess import preprocess_display
     from mammotriage.phantom import generate_exam
 
     set_deterministic(args.threads)
     try:
-        engine = load_engine(args.model, device="cpu", threads=args.threads, batch_size=1)
+        engine = Engine.from_package(args.model, device="cpu", threads=args.threads, batch_size=1)
         print(f"model_version {engine.version}")
     except ModelPackageError:
         engine = Engine.untrained(device="cpu", threads=args.threads, batch_size=1)

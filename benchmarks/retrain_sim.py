@@ -72,8 +72,8 @@ def train_phantom_parent(out_dir: Path, *, n_exams: int, seed: int, rows: int, c
                          work: Path | None = None) -> Path:
     """Train (from ImageNet weights when ``hp.pretrained``) on phantom exams without
     ``exclude_kinds`` and write a package whose metadata says so."""
+    from mammotriage.learning.snapshot_data import phantom_pool
     from mammotriage.model.package import save_package
-    from mammotriage.model.snapshot_data import phantom_pool
     from mammotriage.model.train import train
 
     samples = phantom_pool(n_exams, seed, rows, columns, exclude_kinds)
@@ -189,7 +189,7 @@ def build_tiny_site(root: Path, *, n_validation: int = 1, n_training: int = 2, s
     """Archive with ``n_validation`` exams in a validation snapshot, then ``n_training``
     more exams and a training snapshot (which also holds the validation exams: the
     guard must drop them); a tiny parent registered and active."""
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.learning.registry import ModelRegistry
     from mammotriage.store.datasets import create_snapshot
 
     archive = root / "home" / "archive.sqlite"
@@ -252,13 +252,14 @@ class LoopResult:
 def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> LoopResult:
     """parent (no calcifications) -> validation + corrections through the real store ->
     snapshots -> retrain (and a shuffled-label control) -> gate -> per-kind figures."""
-    from mammotriage.model.gate import GateParams, _records, kind_sensitivity, validate
+    from mammotriage.learning.gate import GateParams, _records, kind_sensitivity, validate
+    from mammotriage.learning.registry import ModelRegistry
+    from mammotriage.learning.retrain import RetrainParams, retrain
+    from mammotriage.learning.snapshot_data import shuffle_labels, snapshot_samples
+    from mammotriage.model.infer import Engine
     from mammotriage.model.network import NetworkConfig
-    from mammotriage.model.package import load_engine, verify
+    from mammotriage.model.package import verify
     from mammotriage.model.preprocess import PreprocessParams
-    from mammotriage.model.registry import ModelRegistry
-    from mammotriage.model.retrain import RetrainParams, retrain
-    from mammotriage.model.snapshot_data import shuffle_labels, snapshot_samples
     from mammotriage.model.train import TrainParams
     from mammotriage.store.datasets import create_snapshot, load_snapshot
 
@@ -328,7 +329,7 @@ def run_learning_loop(out: Path, cfg: LoopConfig | None = None, log=print) -> Lo
     vsamples = snapshot_samples(load_snapshot(vsnap.sha256, archive))
     for name, path in (("parent", parent), ("candidate", good.path), ("shuffled", bad.path)):
         meta = verify(path)
-        rec = _records(load_engine(path, threads=cfg.threads), vsamples, meta["weights_sha256"], gp)
+        rec = _records(Engine.from_package(path, threads=cfg.threads), vsamples, meta["weights_sha256"], gp)
         figures[name] = {
             **{f"{k}_sens@1_labelled": round(kind_sensitivity(rec, k, 1.0), 3) for k in ("mass", "calcification")},
             **{f"{k}_sens@1_any": round(kind_sensitivity(rec, k, 1.0, labelled=False), 3)
@@ -350,11 +351,11 @@ def gate_deltas(report: dict[str, Any]) -> dict[str, Any]:
 def monitoring_plots(res: LoopResult, out: Path, threads: int = 1) -> dict[str, Any]:
     """Triage every archived exam with the parent, promote the candidate (passed gate),
     triage again, and write the monitoring report and plots (``mammotriage monitor``)."""
+    from mammotriage.learning.monitor import monitor_report, write_plots
+    from mammotriage.learning.registry import ModelRegistry
     from mammotriage.model.package import read_metadata
-    from mammotriage.model.registry import ModelRegistry
     from mammotriage.store import Archive
     from mammotriage.triage import TriageQueue
-    from mammotriage.triage.monitor import monitor_report, write_plots
     from mammotriage.triage.worker import load_model, process_one
 
     maps = out / "ai_maps"

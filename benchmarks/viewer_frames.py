@@ -35,9 +35,9 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import numpy as np  # noqa: E402
-from PySide6.QtCore import QElapsedTimer, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+import numpy as np
+from PySide6.QtCore import QElapsedTimer, QTimer
+from PySide6.QtWidgets import QApplication
 
 
 def pct(values: list[float], q: float) -> float:
@@ -286,7 +286,7 @@ def main() -> None:
     args = parser.parse_args()
     app = QApplication.instance() or QApplication([])
     from mammotriage.phantom import generate_exam
-    from mammotriage.ui.loader import load_view
+    from mammotriage.viewer.loader import load_view
 
     print(f"qpa_platform {app.platformName()}")
     with tempfile.TemporaryDirectory() as tmp:

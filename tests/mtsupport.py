@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -186,3 +188,15 @@ class EventLoopGaps:
     @property
     def max_ms(self) -> float:
         return 1000 * max(self.gaps, default=0.0)
+
+
+def minimal_package(root: Path, version: str, weights: bytes, parent: str | None = None) -> Path:
+    """A minimal verified package layout (metadata + weights with their sha256)."""
+
+    folder = root / version
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    (folder / "models" / "model.safetensors").write_bytes(weights)
+    meta = {"version": version, "weights_sha256": hashlib.sha256(weights).hexdigest(), "parent_version": parent}
+    (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
+    return folder

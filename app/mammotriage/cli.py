@@ -2,12 +2,16 @@
 
 ``mammotriage`` with no sub-command launches the reading workstation on the archive
 (creating the built-in demo exams on first run).
+
+This module is the composition root: the one place that wires the packages together
+(``serve``'s triage side with the outbox as the worker's result sink, the UI launcher).
+It may import any package, so the import contracts in pyproject.toml leave it out,
+explicitly.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -187,8 +191,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
+    from mammotriage.learning.registry import ModelRegistry, RegistryError
     from mammotriage.model.package import ModelPackageError
-    from mammotriage.model.registry import ModelRegistry, RegistryError
     from mammotriage.store.reading import current_reader
 
     with ModelRegistry(archive_path()) as registry:
@@ -250,21 +254,51 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class ServeTriageWiring:
+    """``serve``'s triage side (:class:`mammotriage.net.commands.ServeTriage`), wired here,
+    in the composition root: the registry's active model, the triage worker, and the
+    outbox as the worker's result sink."""
+
+    def start(self, run_worker: bool) -> tuple[Any, str | None]:
+        from mammotriage.config import archive_path, data_dir
+        from mammotriage.model.registry import active_package
+
+        found = active_package(archive_path())
+        if found.notice:
+            print(found.notice, flush=True)
+        if found.error:
+            print(f"triage off: {found.error}", flush=True)
+            return None, None
+        if found.version is None:
+            print("no active model: received studies are stored, triage waits for a model", flush=True)
+            return None, None
+        if not run_worker:
+            return None, found.version.version
+        from mammotriage.net.outbox import OutboxSink
+        from mammotriage.triage.worker import TriageService
+
+        sink = OutboxSink.from_settings()
+        if sink.problem:
+            print(sink.problem, flush=True)
+        service = TriageService(archive_path(), data_dir(), found.folder,
+                                expected_sha256=found.version.weights_sha256, sink=sink)
+        service.start()
+        print(f"background triage with model {found.version.version}", flush=True)
+        return service, found.version.version
+
+    def requeue(self, archive_file: Path, exam_key: str, version: str) -> None:
+        from mammotriage.triage.queue import TriageQueue
+
+        with TriageQueue(archive_file) as queue:
+            queue.requeue(exam_key, version)
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
-    from mammotriage.model.package import ModelPackageError, read_metadata
-    from mammotriage.model.registry import ModelRegistry
-    from mammotriage.triage.monitor import monitor_report, report_text, write_plots
+    from mammotriage.learning.monitor import monitor_report, report_text, write_plots
+    from mammotriage.model.registry import active_package
 
-    with ModelRegistry(archive_path()) as registry:
-        registry.ensure_shipped()
-        active = registry.active()
-    meta = {}
-    if active is not None:
-        try:
-            meta = read_metadata(active.path)
-        except ModelPackageError:
-            meta = {}
+    meta = active_package(archive_path(), verified=False).meta or {}
     points = (meta.get("operating_points") or {}).get("suspicious") or {}
     threshold = points.get("threshold") if isinstance(points, dict) else points
     report = monitor_report(archive_path(), meta, threshold)
@@ -288,8 +322,9 @@ def cmd_worklist(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- app
 
 def cmd_app(args: argparse.Namespace) -> int:
-    # The UI is loaded by name: no core package imports mammotriage.ui (import-linter).
-    ui = importlib.import_module("mammotriage.ui.app")
+    # cli is the composition root: it alone may import the UI (see pyproject's contracts)
+    from mammotriage.ui import app as ui
+
     return int(ui.main(demo=not args.no_demo, screenshot=args.screenshot, quit_after=args.quit_after) or 0)
 
 
@@ -326,18 +361,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(sub)
 
-    from mammotriage.model.learning_commands import add_learning_commands
+    from mammotriage.triage.commands import add_triage_command
+
+    add_triage_command(sub)
+
+    from mammotriage.learning.commands import add_learning_commands
 
     add_learning_commands(sub)
 
     from mammotriage.export.commands import add_dataset_commands
-    from mammotriage.model.learning_commands import add_dataset_check_command
+    from mammotriage.learning.commands import add_dataset_check_command
 
     add_dataset_check_command(add_dataset_commands(sub))
 
     from mammotriage.net.commands import add_net_commands
 
-    add_net_commands(sub)
+    add_net_commands(sub, triage=ServeTriageWiring())
 
     p = sub.add_parser("models", help="model registry: list, show, register, promote, rollback, prune")
     models = p.add_subparsers(dest="models_command", required=True)

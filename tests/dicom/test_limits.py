@@ -35,7 +35,7 @@ def test_environment_overrides_and_zero_disables() -> None:
 
 def test_view_decode_workers_run_under_the_limit(tmp_path) -> None:
     from mammotriage.dicom.limits import DECODE_WORKER_LIMIT
-    from mammotriage.ui.loader import LoadError, ViewLoader, load_view
+    from mammotriage.viewer.loader import LoadError, ViewLoader, load_view
 
     loader = ViewLoader(workers=1)
     try:

@@ -37,10 +37,10 @@ def test_layout_and_metadata(tiny_package):
 
 
 def test_load_round_trip_is_deterministic(tiny_package, make_breast):
-    from mammotriage.model.package import load_engine
+    from mammotriage.model.infer import Engine
 
-    e1 = load_engine(tiny_package, device="cpu", threads=1)
-    e2 = load_engine(tiny_package, device="cpu", threads=1)
+    e1 = Engine.from_package(tiny_package, device="cpu", threads=1)
+    e2 = Engine.from_package(tiny_package, device="cpu", threads=1)
     assert e1.version == "0.0.1-test"
     img = make_breast(seed=9)
     a, b = e1.predict_displays([img])[0], e2.predict_displays([img])[0]
@@ -53,7 +53,8 @@ def test_load_round_trip_is_deterministic(tiny_package, make_breast):
 def test_tampered_weights_are_refused(tiny_package, tmp_path):
     import shutil
 
-    from mammotriage.model.package import ModelPackageError, load_engine
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import ModelPackageError
 
     bad = tmp_path / "bad"
     shutil.copytree(tiny_package, bad)
@@ -62,14 +63,15 @@ def test_tampered_weights_are_refused(tiny_package, tmp_path):
     data[-10] ^= 0xFF
     w.write_bytes(bytes(data))
     with pytest.raises(ModelPackageError, match="sha256 mismatch"):
-        load_engine(bad)
+        Engine.from_package(bad)
 
 
 def test_missing_package_is_a_clear_error(tmp_path):
-    from mammotriage.model.package import ModelPackageError, load_engine
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import ModelPackageError
 
     with pytest.raises(ModelPackageError, match="not a model package"):
-        load_engine(tmp_path)
+        Engine.from_package(tmp_path)
 
 
 def test_shipped_model_verifies_if_present():
@@ -87,12 +89,13 @@ def test_shipped_model_verifies_if_present():
 def test_shipped_model_runs_deterministically(phantom_exam):
     from mammotriage.dicom.image import MammoImage
     from mammotriage.dicom.read import parse_metadata
-    from mammotriage.model.package import default_model_dir, load_engine
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import default_model_dir
 
     d = default_model_dir()
     if not (d / "configs" / "metadata.json").exists():
         pytest.skip("no shipped model package in models/")
-    engine = load_engine(d, device="cpu", threads=2, batch_size=1)
+    engine = Engine.from_package(d, device="cpu", threads=2, batch_size=1)
     img = phantom_exam.images[0]
     im = MammoImage(pixels=img.pixels, meta=parse_metadata(img.dataset))
     a, b = engine.predict_images([im])[0], engine.predict_images([im])[0]
@@ -142,8 +145,9 @@ def test_second_look_travels_in_the_one_hashed_weights_file(tmp_path, tiny_confi
 
     from mammotriage.dicom.image import MammoImage
     from mammotriage.dicom.read import parse_metadata
+    from mammotriage.model.infer import Engine
     from mammotriage.model.network import build_detector
-    from mammotriage.model.package import ModelPackageError, load_engine, save_package, sha256_file
+    from mammotriage.model.package import ModelPackageError, save_package, sha256_file
 
     torch.manual_seed(1)
     det = build_detector(tiny_config, train_components=False)
@@ -156,7 +160,7 @@ def test_second_look_travels_in_the_one_hashed_weights_file(tmp_path, tiny_confi
     # the metadata's rule is the code's own text
     assert meta["scores"]["suppression"] == sl.describe()["suppression"]
     assert "noisy-OR" in meta["scores"]["image"] and "mean of the breast's CC and MLO" in meta["scores"]["breast"]
-    engine = load_engine(out, device="cpu", threads=1)
+    engine = Engine.from_package(out, device="cpu", threads=1)
     assert engine.second_look is not None
     X = np.random.default_rng(5).normal(size=(30, len(meta["second_look"]["stage2_features"])))
     assert np.allclose(engine.second_look.stage2.predict_proba(X), sl.stage2.predict_proba(X))
@@ -182,12 +186,13 @@ def test_second_look_travels_in_the_one_hashed_weights_file(tmp_path, tiny_confi
     meta["second_look"]["stage2_features"] = ["something", "else"]
     (out / "configs/metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelPackageError, match="second look"):
-        load_engine(out, device="cpu", threads=1)
+        Engine.from_package(out, device="cpu", threads=1)
 
 def test_malformed_safetensors_with_matching_sha256_is_a_clear_error(tiny_package, tmp_path):
     import shutil
 
-    from mammotriage.model.package import ModelPackageError, load_engine, sha256_file
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import ModelPackageError, sha256_file
 
     bad = tmp_path / "bad"
     shutil.copytree(tiny_package, bad)
@@ -198,7 +203,7 @@ def test_malformed_safetensors_with_matching_sha256_is_a_clear_error(tiny_packag
     meta["weights_sha256"] = sha256_file(w)  # the hash matches: only the format is wrong
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ModelPackageError, match="not a readable safetensors file"):
-        load_engine(bad)
+        Engine.from_package(bad)
 
 
 def test_models_register_of_a_tampered_package_is_refused_without_traceback(tiny_package, tmp_path, capsys,

@@ -240,3 +240,29 @@ def test_real_ai_sr_and_rle_seg_reach_the_pacs_unchanged(tmp_path: Path, pacs: S
                       if str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) == queued[1].sop_uid)
     assert pydicom.dcmread(stored_seg).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
     assert pydicom.dcmread(stored_seg).PixelData == pydicom.dcmread(seg).PixelData
+
+
+def test_the_outbox_sink_reads_the_settings_once_and_survives_a_spawn(tmp_path: Path) -> None:
+    """The triage worker's result sink: network.json read when the sink is made, not per
+    result; picklable (the worker is a spawned process); the outbox opened on first use."""
+    import pickle
+
+    from mammotriage.net.outbox import OutboxSink
+    from mammotriage.net.settings import save_settings, settings_path
+    from mammotriage.triage.sink import ResultSink
+
+    save_settings(NetworkSettings(send_results=True))
+    sink = OutboxSink.from_settings()
+    assert isinstance(sink, ResultSink) and sink.problem == ""
+    settings_path().write_text("{not json")  # later edits (even broken ones) do not matter to it
+    copy = pickle.loads(pickle.dumps(sink))
+    assert copy.queue(make_sr(tmp_path / "sr.dcm"), "ai-sr") is True
+    assert sink.queue(make_sr(tmp_path / "sr2.dcm"), "ai-seg") is True
+    copy.close()
+    sink.close()
+    with Outbox() as outbox:
+        assert sorted(i.kind for i in outbox.items()) == ["ai-seg", "ai-sr"]
+    broken = OutboxSink.from_settings()  # unreadable settings: nothing sent, and said why
+    assert broken.queue(make_sr(tmp_path / "sr3.dcm"), "ai-sr") is False
+    assert "not queued for the PACS" in broken.problem and "network.json" in broken.problem
+    assert OutboxSink(send_results=False).queue(make_sr(tmp_path / "sr4.dcm"), "ai-sr") is False

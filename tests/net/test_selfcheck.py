@@ -54,8 +54,10 @@ def _fake_model_package(monkeypatch: pytest.MonkeyPatch, *, verify=None, engine=
     module = types.ModuleType("mammotriage.model.package")
     module.default_model_dir = lambda: Path("/nonexistent/models/mammotriage-detector")
     module.verify = verify or (lambda path: {"name": "fake", "version": "0.0.1"})
-    module.load_engine = lambda path, device=None, threads=2: engine
     monkeypatch.setitem(sys.modules, "mammotriage.model.package", module)
+    infer = types.ModuleType("mammotriage.model.infer")
+    infer.Engine = types.SimpleNamespace(from_package=lambda path, device=None, threads=2: engine)
+    monkeypatch.setitem(sys.modules, "mammotriage.model.infer", infer)
 
 
 def _model_dir(tmp_path: Path) -> Path:

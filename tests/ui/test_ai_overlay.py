@@ -53,14 +53,10 @@ def window(qtbot, tmp_path):
     win.show()
     win.refresh_worklist()
     qtbot.waitUntil(lambda: all(p.view is not None for p in win.hanging.panes.values()), timeout=60_000)
-    # maps were written outside the data dir in this fixture: point the records there
-    import mammotriage.ui.main_window as mw
-
-    mw_data_dir = mw.data_dir
-    mw.data_dir = lambda: tmp_path / "home-maps"
+    # maps were written outside the data dir in this fixture: point the session there
+    win.session.home = tmp_path / "home-maps"
     win.load_overlays()
     yield win, exam
-    mw.data_dir = mw_data_dir
     win.close()
 
 

@@ -17,7 +17,7 @@ from mammotriage.ui.decode_pool import (
     attach,
     share,
 )
-from mammotriage.ui.loader import LoadedView, ViewCache, load_view
+from mammotriage.viewer.loader import LoadedView, ViewCache, load_view
 from mammotriage.ui.prefetch import prefetch_paths, view_bytes
 
 pytest.importorskip("glymur")

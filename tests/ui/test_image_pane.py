@@ -12,8 +12,8 @@ from PySide6.QtWidgets import QApplication
 
 from mammotriage.dicom.hanging import chest_wall_from_pixels
 from mammotriage.ui.hanging_view import HangingView
-from mammotriage.ui.loader import LoadedView, load_view
-from mammotriage.ui.state import WindowSetting
+from mammotriage.viewer.loader import LoadedView, load_view
+from mammotriage.viewer.state import WindowSetting
 from mtsupport import require_shared, write_mg
 
 
@@ -236,7 +236,7 @@ def test_phantom_exam_hangs_back_to_back(hanging, tmp_path, layout, photometric)
 def test_view_cache_is_bounded_and_pins_what_is_on_screen() -> None:
     from mammotriage.dicom.hanging import DisplayOrientation
     from mammotriage.dicom.voi import Window
-    from mammotriage.ui.loader import ViewCache
+    from mammotriage.viewer.loader import ViewCache
 
     def fake(name: str) -> LoadedView:
         from mammotriage.dicom.read import parse_metadata

@@ -68,7 +68,7 @@ def test_a_package_edited_in_place_is_not_run_under_its_new_label(qtbot, tmp_pat
 def test_a_broken_registry_copy_turns_ai_off_with_the_reason(qtbot, tmp_path, monkeypatch) -> None:
     from retrain_sim import tiny_parent
 
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.learning.registry import ModelRegistry
 
     install = tiny_parent(tmp_path / "install" / "mammotriage-detector", version="0.2.0")
     archive = tmp_path / "home" / "archive.sqlite"

@@ -355,7 +355,7 @@ def test_fit_to_breast_fills_the_panes_at_a_common_scale(reading_room, qtbot) ->
 def test_a_cbis_ddsm_exam_is_fitted_to_the_breast(qtbot) -> None:
     from mammotriage.dicom import read_metadata
     from mammotriage.ui.hanging_view import HangingView
-    from mammotriage.ui.loader import load_view
+    from mammotriage.viewer.loader import load_view
     from mtsupport import require_shared
 
     root = require_shared("dicom", "cbis-ddsm", "malignant-left-P_00820")

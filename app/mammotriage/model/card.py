@@ -308,7 +308,8 @@ def write_second_look_package(out_dir: str | Path, stage_one_dir: str | Path, sl
     import shutil
 
     from mammotriage.model.evaluate import evaluate_predictions, write_plots
-    from mammotriage.model.package import load_detector, read_metadata, save_package
+    from mammotriage.model.infer import load_detector
+    from mammotriage.model.package import read_metadata, save_package
 
     det, config, pp, parent = load_detector(stage_one_dir)
     new = slr["second_look"]

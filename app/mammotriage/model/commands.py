@@ -1,4 +1,5 @@
-"""Sub-commands ``train``, ``evaluate`` and ``triage`` for the ``mammotriage`` CLI.
+"""Sub-commands ``train`` and ``evaluate`` for the ``mammotriage`` CLI (``triage`` is
+:mod:`mammotriage.triage.commands`).
 
 ``add_model_commands(subparsers)`` registers them; torch is imported only when a command
 runs, so ``mammotriage --help`` stays light.  Each parser sets ``func`` to a callable
@@ -12,16 +13,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mammotriage.dicom.image import MammoImage
     from mammotriage.model.data import Sample
-    from mammotriage.model.infer import Engine
 
 
 def add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``train``, ``evaluate`` and ``triage`` on an argparse sub-parser set."""
+    """Register ``train`` and ``evaluate`` on an argparse sub-parser set."""
     p = subparsers.add_parser("train", help="train a detector and write a model package",
                               description="Train the lesion detector from a dataset manifest (or a "
                               "mini-MIAS folder and phantoms), optionally with patient-level k-fold "
@@ -73,19 +72,6 @@ def add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_evaluate)
-
-    p = subparsers.add_parser("triage", help="run the model over DICOM files and order exams by suspicion",
-                              description="Headless triage: reads DICOM files/folders, groups them into "
-                              "exams, runs the detector and prints exams most suspicious first, with "
-                              "findings in stored-image pixel coordinates.")
-    p.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders (searched recursively)")
-    p.add_argument("--model", type=Path, help="model package (default: the shipped one)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=None, help="views per batch (default: 4 on CUDA, 1 on CPU)")
-    p.add_argument("--min-score", type=float, default=0.05, help="list findings at or above this score")
-    p.set_defaults(func=cmd_triage)
 
 
 # ------------------------------------------------------------------ train
@@ -192,10 +178,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mammotriage.config import data_dir
     from mammotriage.model.data import read_mias
     from mammotriage.model.evaluate import evaluate_predictions, predict_samples, write_plots
-    from mammotriage.model.package import ModelPackageError, load_engine
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import ModelPackageError
 
     try:
-        engine = load_engine(args.model, device=args.device, threads=args.threads)
+        engine = Engine.from_package(args.model, device=args.device, threads=args.threads)
     except ModelPackageError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
@@ -224,105 +211,3 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for p in out.get("plots", []):
             print(f"plot {p}")
     return 0
-
-
-# ------------------------------------------------------------------ triage
-
-def _dicom_files(paths: list[Path]) -> list[Path]:
-    files = []
-    for p in paths:
-        if p.is_dir():
-            files.extend(sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")))
-        else:
-            files.append(p)
-    return files
-
-
-def triage_paths(paths: list[Path], engine: Engine, min_score: float = 0.05, err: TextIO | None = None,
-                 skipped: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
-    """Exams (most suspicious first) with breast scores and findings in stored coordinates.
-
-    One bad file never costs the batch: a file that cannot be read, or an exam the model
-    fails on, is reported on ``err`` and appended to ``skipped`` (``path``, ``code``,
-    ``reason``); every other exam is still scored.
-    """
-    err = err or sys.stderr
-    skipped = skipped if skipped is not None else []
-    from mammotriage.dicom import read_image
-    from mammotriage.dicom.hanging import exam_key
-    from mammotriage.model.scoring import breast_scores, category_from, exam_score
-
-    def skip(path: Path | str, code: str, reason: str) -> None:
-        skipped.append({"path": str(path), "code": code, "reason": reason})
-        print(f"{path}: skipped: {reason}", file=err)
-
-    images = []
-    for f in _dicom_files(paths):
-        try:
-            image = read_image(f)
-        except Exception as exc:  # noqa: BLE001 - skip unreadable files, say why
-            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            skip(f, getattr(exc, "code", "internal-error"), reason)
-            continue
-        for warning in image.meta.warnings:
-            print(f"{f}: warning: {warning}", file=err)
-        images.append(image)
-    exams: dict[str, list[MammoImage]] = {}
-    for im in images:
-        exams.setdefault(exam_key(im.meta), []).append(im)
-    out: list[dict[str, Any]] = []
-    for key, ims in exams.items():
-        try:
-            results = engine.predict_images(ims, max_map_side=64)
-        except Exception as exc:  # noqa: BLE001 - this exam is skipped, the others go on
-            for im in ims:
-                skip(im.meta.path or key, "model-failed", f"the model failed on exam {key}: "
-                     f"{type(exc).__name__}: {exc}")
-            continue
-        breasts = breast_scores((im.meta.laterality.value, im.meta.view.value, r.score)
-                                for im, r in zip(ims, results, strict=True))
-        findings = []
-        for im, r in zip(ims, results, strict=True):
-            for finding in r.findings:
-                if finding.score >= min_score:
-                    findings.append({"sop_uid": im.meta.sop_instance_uid, **finding.to_json()})
-        findings.sort(key=lambda d: -d["score"])
-        score = exam_score(breasts, (r.score for r in results))
-        out.append({"study_uid": ims[0].meta.study_instance_uid, "exam_key": key,
-                    "patient_id": ims[0].meta.patient_id, "score": round(score, 6),
-                    "breasts": {k: round(v, 6) for k, v in sorted(breasts.items())},
-                    "n_images": len(ims), "findings": findings,
-                    "category": category_from(score, engine.thresholds),
-                    "model_version": engine.version,
-                    "warnings": [f"{im.meta.path}: {w}" for im in ims for w in im.meta.warnings]})
-    out.sort(key=lambda e: (-e["score"], e["study_uid"]))
-    return out
-
-
-def cmd_triage(args: argparse.Namespace) -> int:
-    from mammotriage.model.package import ModelPackageError, load_engine
-
-    try:
-        engine = load_engine(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size)
-    except ModelPackageError as exc:
-        print(f"triage: {exc}", file=sys.stderr)
-        return 2
-    skipped: list[dict[str, str]] = []
-    exams = triage_paths(args.paths, engine, min_score=args.min_score, skipped=skipped)
-    if args.json:
-        from mammotriage.jsonio import print_json
-
-        print_json({"exams": exams, "model_version": engine.version, "skipped": skipped})
-    else:
-        for e in exams:
-            b = "  ".join(f"{k} {v:.3f}" for k, v in e["breasts"].items())
-            print(f"{e['score']:.3f}  {e['patient_id']}  {e['study_uid']}  ({e['n_images']} images)  {b}")
-            for f in e["findings"][:5]:
-                x0, y0, x1, y1 = f["box"]
-                print(f"    {f['kind']:<13} {f['score']:.3f}  [{x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}]  {f['sop_uid']}")
-        if not exams:
-            print("no readable images")
-        if skipped:
-            print(f"{len(skipped)} file(s) skipped (see above)")
-    # non-zero when anything was skipped: a script must not take a partial run for a full one
-    return 1 if skipped else 0

@@ -1,12 +1,13 @@
 """Inference engine: device choice, fixed threads, batched views, suspicion maps, results in
-stored-image (column, row) coordinates, deterministic on CPU; plus a worker process for the UI."""
+stored-image (column, row) coordinates, deterministic on CPU; engines and detectors are
+built here from verified packages (:meth:`Engine.from_package`, :func:`load_detector`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mammotriage.model.network import DEFAULT_CONFIG, NetworkConfig, build_detector, monai_to_xyxy
+from mammotriage.model.package import WEIGHTS, ModelPackageError, default_model_dir, verify
 from mammotriage.model.preprocess import (
     DEFAULT_PARAMS,
     Canvas,
@@ -113,6 +115,16 @@ class Engine:
         self.thresholds = thresholds or {}
         #: :class:`~mammotriage.model.twostage.SecondLook` of the package (None: stage one only)
         self.second_look = second_look
+
+    @classmethod
+    def from_package(cls, model_dir: str | Path | None = None, device: str | None = None,
+                     threads: int = DEFAULT_THREADS, batch_size: int | None = None) -> Engine:
+        """A ready engine for a verified package (default: :func:`~mammotriage.model.package.default_model_dir`)."""
+        model_dir = Path(model_dir) if model_dir else default_model_dir()
+        detector, config, pp, meta = load_detector(model_dir)
+        return cls(detector, config, pp, device=device, threads=threads, batch_size=batch_size,
+                   version=str(meta.get("version", "")), thresholds=meta.get("operating_points", {}),
+                   second_look=load_second_look(model_dir, meta))
 
     @classmethod
     def untrained(cls, config: NetworkConfig = DEFAULT_CONFIG, params: PreprocessParams = DEFAULT_PARAMS,
@@ -235,59 +247,56 @@ def _value(v: object) -> str | None:
     return None if v is None else str(getattr(v, "value", v))
 
 
-# ----------------------------------------------------------------- worker process
+# ----------------------------------------------------------------- loading a package
 
-_WORKER_ENGINE: Engine | None = None
+def load_detector(model_dir: str | Path):
+    """(detector in eval mode, NetworkConfig, PreprocessParams, metadata) of a verified package."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    meta = verify(model_dir)
+    try:
+        config = NetworkConfig.from_json(meta["network"])
+        pp = PreprocessParams.from_json(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelPackageError(f"{model_dir}: metadata does not describe a network "
+                                f"({type(exc).__name__}: {exc})") from exc
+    detector = build_detector(config, train_components=False)
+    try:
+        # A matching sha256 only says the file is the one the metadata names, not that it
+        # is a well-formed safetensors file.
+        loaded = load_file(str(model_dir / meta.get("weights_file", str(WEIGHTS))))
+    except Exception as exc:
+        raise ModelPackageError(f"{model_dir}: weights are not a readable safetensors file "
+                                f"({type(exc).__name__}: {exc})") from exc
+    state = {k: (v.float() if v.is_floating_point() else v)
+             for k, v in loaded.items() if not k.startswith("second_look.")}
+    own = detector.network.state_dict()
+    for k, v in own.items():  # counters we do not ship
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.zeros_like(v)
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    if missing or unexpected:
+        raise ModelPackageError(f"{model_dir}: weights do not fit the network "
+                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    detector.network.load_state_dict(state, strict=True)
+    detector.eval()
+    return detector, config, pp, meta
 
 
-def _worker_init(model_dir: str | None, device: str | None, threads: int) -> None:
-    global _WORKER_ENGINE
-    from mammotriage.model.package import load_engine
+def load_second_look(model_dir: str | Path, meta: dict):
+    """The package's :class:`~mammotriage.model.twostage.SecondLook`, or None (stage one
+    only).  ``meta`` is the metadata of the verified package."""
+    if "second_look" not in meta:
+        return None
+    from safetensors.numpy import load_file
 
-    _WORKER_ENGINE = load_engine(model_dir, device=device, threads=threads)
+    from mammotriage.model.twostage import SecondLook
 
-
-def _worker_predict_paths(paths: list[str]) -> list[dict[str, Any]]:
-    from mammotriage.dicom import read_image
-
-    assert _WORKER_ENGINE is not None
-    out: list[dict[str, Any]] = []
-    for p in paths:
-        try:
-            image = read_image(p)
-        except Exception as exc:  # noqa: BLE001 - report, never crash the worker
-            out.append({"path": p, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        r = _WORKER_ENGINE.predict_images([image])[0]
-        out.append({"path": p, "sop_uid": image.meta.sop_instance_uid, "score": r.score,
-                    "findings": [f.to_json() for f in r.findings], "suspicion": r.suspicion,
-                    "map_factor": r.map_factor, "model_version": r.model_version})
-    return out
-
-
-class InferenceWorker:
-    """Runs the model in a separate process (for the UI): ``submit(paths)`` -> Future of dicts.
-
-    Each dict has ``path``, ``sop_uid``, ``score``, ``findings`` (JSON-ready, stored
-    coordinates), ``suspicion`` (array) and ``map_factor``, or ``error``.
-    """
-
-    def __init__(self, model_dir: str | None = None, device: str | None = None,
-                 threads: int = DEFAULT_THREADS):
-        import multiprocessing as mp
-
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                         initializer=_worker_init,
-                                         initargs=(model_dir, device, threads))
-
-    def submit(self, paths: Sequence[str]) -> Future[list[dict[str, Any]]]:
-        return self._pool.submit(_worker_predict_paths, [str(p) for p in paths])
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> InferenceWorker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    try:
+        arrays = {k: v for k, v in load_file(str(Path(model_dir) / meta.get("weights_file", str(WEIGHTS)))).items()
+                  if k.startswith("second_look.")}
+        return SecondLook.from_package(arrays, meta["second_look"])
+    except Exception as exc:
+        raise ModelPackageError(f"second look of model {meta.get('version')}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Model packages (MONAI bundle layout) — write, verify, load.
+"""Model packages (MONAI bundle layout) — write, verify, read: plain file I/O.
 
 ::
 
@@ -9,8 +9,10 @@
       LICENSE
 
 The network is always built by our own code from ``metadata["network"]``; bundle configs
-are never executed.  Loading checks the sha256 of the weights against the metadata and
-refuses a mismatch.
+are never executed.  :func:`verify` checks the sha256 of the weights against the metadata
+and refuses a mismatch; building a detector or an engine from a verified package is
+:mod:`mammotriage.model.infer`'s (:meth:`~mammotriage.model.infer.Engine.from_package`),
+so of the model modules this one imports only the pure scoring rule it records.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 
-    from mammotriage.model.infer import Engine
     from mammotriage.model.network import NetworkConfig
     from mammotriage.model.preprocess import PreprocessParams
     from mammotriage.model.twostage import SecondLook
@@ -232,73 +233,3 @@ def _version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "unknown"
-
-
-def load_detector(model_dir: str | Path
-                  ) -> tuple[RetinaNetDetector, NetworkConfig, PreprocessParams, dict[str, Any]]:
-    """(detector in eval mode, NetworkConfig, PreprocessParams, metadata) of a verified package."""
-    import torch
-    from safetensors.torch import load_file
-
-    from mammotriage.model.network import NetworkConfig, build_detector
-    from mammotriage.model.preprocess import PreprocessParams
-
-    model_dir = Path(model_dir)
-    meta = verify(model_dir)
-    try:
-        config = NetworkConfig.from_json(meta["network"])
-        pp = PreprocessParams.from_json(meta["preprocessing"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ModelPackageError(f"{model_dir}: metadata does not describe a network "
-                                f"({type(exc).__name__}: {exc})") from exc
-    detector = build_detector(config, train_components=False)
-    try:
-        # A matching sha256 only says the file is the one the metadata names, not that it
-        # is a well-formed safetensors file.
-        loaded = load_file(str(model_dir / meta.get("weights_file", str(WEIGHTS))))
-    except Exception as exc:  # SafetensorError, OSError, ...: a clear refusal
-        raise ModelPackageError(f"{model_dir}: weights are not a readable safetensors file "
-                                f"({type(exc).__name__}: {exc})") from exc
-    state = {k: (v.float() if v.is_floating_point() else v)
-             for k, v in loaded.items() if not k.startswith("second_look.")}
-    own = detector.network.state_dict()
-    for k, v in own.items():  # counters we do not ship
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = torch.zeros_like(v)
-    missing = set(own) - set(state)
-    unexpected = set(state) - set(own)
-    if missing or unexpected:
-        raise ModelPackageError(f"{model_dir}: weights do not fit the network "
-                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
-    detector.network.load_state_dict(state, strict=True)
-    detector.eval()
-    return detector, config, pp, meta
-
-
-def load_second_look(model_dir: str | Path, meta: dict[str, Any]) -> SecondLook | None:
-    """The package's :class:`~mammotriage.model.twostage.SecondLook`, or None (stage one
-    only).  ``meta`` is the metadata of the verified package."""
-    if "second_look" not in meta:
-        return None
-    from safetensors.numpy import load_file
-
-    from mammotriage.model.twostage import SecondLook
-
-    try:
-        arrays = {k: v for k, v in load_file(str(Path(model_dir) / meta.get("weights_file", str(WEIGHTS)))).items()
-                  if k.startswith("second_look.")}
-        return SecondLook.from_package(arrays, meta["second_look"])
-    except Exception as exc:  # missing arrays, other features, unreadable file: refuse
-        raise ModelPackageError(f"second look of model {meta.get('version')}: {exc}") from exc
-
-
-def load_engine(model_dir: str | Path | None = None, device: str | None = None, threads: int = 2,
-                batch_size: int | None = None) -> Engine:
-    """A ready :class:`~mammotriage.model.infer.Engine` for a verified package."""
-    from mammotriage.model.infer import Engine
-
-    model_dir = Path(model_dir) if model_dir else default_model_dir()
-    detector, config, pp, meta = load_detector(model_dir)
-    return Engine(detector, config, pp, device=device, threads=threads, batch_size=batch_size,
-                  version=str(meta.get("version", "")), thresholds=meta.get("operating_points", {}),
-                  second_look=load_second_look(model_dir, meta))

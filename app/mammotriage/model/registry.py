@@ -12,9 +12,8 @@ never lost. ``model_versions``, ``model_events`` and the stored gate reports ref
 UPDATE and DELETE (SQLite triggers). Every AI result keeps the version and weights hash
 that produced it.
 
-Promotion needs a gate report (:mod:`mammotriage.model.gate`) that this installation
-made and kept (``gate_reports``: a hand-written JSON cannot pass), for this version's
-weights, compared with the active model, on the site's locked validation snapshot.
+This module is the read side that everything running a model uses; promotion, rollback,
+gate reports and pruning are the learning loop's (:mod:`mammotriage.learning.registry`).
 The app and the triage worker load only :meth:`ModelRegistry.active_package`: the
 registry's copy of the active version, verified against the registered hash.
 
@@ -38,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from mammotriage.clock import utc_now
-from mammotriage.model.package import ModelPackageError, default_model_dir, verify
+from mammotriage.model.package import (
+    METADATA,
+    WEIGHTS,
+    ModelPackageError,
+    default_model_dir,
+    read_metadata,
+    verify,
+)
 from mammotriage.store import db
 
 #: Where package copies live, relative to the data directory (the archive's folder).
@@ -73,10 +79,10 @@ class ShippedNotice:
 
 def report_digest(report: dict[str, Any]) -> str:
     """sha256 of a gate report's canonical JSON (sorted keys, no whitespace)."""
-    return hashlib.sha256(_canonical(report).encode()).hexdigest()
+    return hashlib.sha256(canonical_report(report).encode()).hexdigest()
 
 
-def _canonical(report: dict[str, Any]) -> str:
+def canonical_report(report: dict[str, Any]) -> str:
     return json.dumps(report, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -235,6 +241,22 @@ class ModelRegistry(db.Connected):
         stack = self._active_stack()
         return self.get(stack[-1]) if stack else None
 
+    def active_fingerprint(self) -> tuple | None:
+        """What identifies the active version and its package copy now, without hashing:
+        (version, registered weights sha256, folder, (mtime_ns, size) of its metadata and
+        weights files). A change means: verify again. None when no version is active."""
+        active = self.active()
+        if active is None:
+            return None
+        files = []
+        for name in (METADATA, WEIGHTS):
+            try:
+                st = (Path(active.path) / name).stat()
+                files.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                files.append(None)
+        return (active.version, active.weights_sha256, active.path, *files)
+
     def verified(self, version: ModelVersion) -> dict[str, Any]:
         """Metadata of the registry's copy of ``version`` after checking that it is that
         version with the registered weights; anything else raises :class:`RegistryError`."""
@@ -292,135 +314,60 @@ class ModelRegistry(db.Connected):
         except (json.JSONDecodeError, AttributeError):
             return {}
 
-    # ----------------------------------------------------------------- gate reports
-    def record_report(self, report: dict[str, Any]) -> str:
-        """Keep a gate report in the store; returns its sha256 (recording twice is a no-op)."""
-        digest = report_digest(report)
-        cand, parent = report.get("candidate") or {}, report.get("parent") or {}
-        with db.transaction(self.conn):
-            self.conn.execute(
-                "INSERT OR IGNORE INTO gate_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (digest, utc_now(), str(cand.get("version")), str(cand.get("weights_sha256")),
-                 str(parent.get("weights_sha256")), str((report.get("validation") or {}).get("snapshot")),
-                 int(bool(report.get("passed"))), _canonical(report)))
-        return digest
-
-    def stored_report(self, digest: str) -> dict[str, Any] | None:
-        r = self.conn.execute("SELECT report FROM gate_reports WHERE sha256 = ?", (digest,)).fetchone()
-        return json.loads(r[0]) if r else None
-
-    def after_gate(self, report: dict[str, Any]) -> str:
-        """Record ``report``; under the ``promote-after-gate`` policy a passed report for a
-        pending shipped version promotes it. Returns what happened ("" when nothing)."""
-        self.record_report(report)
-        version = str((report.get("candidate") or {}).get("version"))
-        if not report.get("passed") or version not in self.pending_shipped():
-            return ""
-        try:
-            if site_policy(self.data_dir) != "promote-after-gate":
-                return ""
-        except RegistryError as exc:
-            return f"shipped model {version} not promoted: {exc}"
-        try:
-            self.promote(version, report, who="site policy")
-        except RegistryError as exc:
-            return f"shipped model {version} not promoted: {exc}"
-        return f"shipped model {version} promoted by site policy: it passed the local gate"
-
-    # ----------------------------------------------------------------- promotion
-    def promote(self, version: str, gate_report: dict[str, Any] | None, who: str, force_reason: str = "") -> None:
-        """Make ``version`` active.
-
-        The gate report (see :mod:`mammotriage.model.gate`) must be one this
-        installation's gate made and kept, for ``version``'s registered weights, compared
-        with the active model, on the site's locked validation snapshot, and it must have
-        passed; otherwise the promotion is refused with the reasons, unless
-        ``force_reason`` records why an administrator overrides it. Without any report
-        the promotion is refused.
-        """
-        target = self.get(version)
-        if target is None:
-            raise RegistryError(f"unknown model version {version}")
-        active = self.active()
-        if active is not None and active.version == version:
-            raise RegistryError(f"{version} is already the active model")
-        report_json = _canonical(gate_report) if gate_report else ""
-        if gate_report is None and not force_reason:
-            raise RegistryError("no validation report: evaluate the candidate against the active model first")
-        self.verified(target)  # its package copy is there and intact
-        if gate_report is not None and not force_reason:
-            self._check_report(target, active, gate_report)
-            if not gate_report.get("passed"):
-                with db.transaction(self.conn):
-                    self._log(version, "refuse", who, "; ".join(gate_report.get("reasons", [])), report_json)
-                raise RegistryError("promotion refused: " + "; ".join(gate_report.get("reasons", ["gate failed"])))
-        with db.transaction(self.conn):
-            self._log(version, "promote", who, force_reason or "validation gate passed", report_json)
-
-    def _check_report(self, target: ModelVersion, active: ModelVersion | None, report: dict[str, Any]) -> None:
-        cand = report.get("candidate") or {}
-        if cand.get("weights_sha256") != target.weights_sha256 or str(cand.get("version")) != target.version:
-            raise RegistryError(f"the gate report is for candidate v{cand.get('version')} "
-                                f"({str(cand.get('weights_sha256'))[:12]}...), not for v{target.version} "
-                                f"({target.weights_sha256[:12]}...)")
-        if self.stored_report(report_digest(report)) is None:
-            raise RegistryError("the gate report was not made by this installation's validation gate "
-                                f"(no stored report with sha256 {report_digest(report)[:12]}...): "
-                                f"run `mammotriage validate {target.version}`")
-        compared = report.get("parent") or {}
-        if active is not None and compared.get("weights_sha256") != active.weights_sha256:
-            raise RegistryError(f"the gate report compares {target.version} with v{compared.get('version')}, "
-                                f"not with the active model v{active.version}: validate again")
-        from mammotriage.model.snapshot_data import locked_validation
-
-        locked = locked_validation(self.path)
-        used = (report.get("validation") or {}).get("snapshot")
-        if locked is None or used != locked["sha256"]:
-            raise RegistryError(f"the gate report validated on snapshot {str(used)[:12]}, not on the site's "
-                                "locked validation set"
-                                + (f" {locked['sha256'][:12]}" if locked else " (none is locked)")
-                                + ": validate again")
-
-    def rollback(self, who: str, reason: str = "") -> ModelVersion:
-        stack = self._active_stack()
-        if len(stack) < 2:
-            raise RegistryError("nothing to roll back to")
-        with db.transaction(self.conn):
-            self._log(stack[-1], "rollback", who, reason or f"back to {stack[-2]}")
-        return self._must_get(stack[-2])
-
-    # ----------------------------------------------------------------- pruning
-    def referenced(self, version: ModelVersion) -> list[str]:
-        """Why a version's package copy must stay (empty: it may be pruned)."""
-        why = []
-        active = self.active()
-        if active is not None and active.version == version.version:
-            why.append("active")
-        n = self.conn.execute("SELECT COUNT(*) FROM model_events WHERE version = ? AND action != 'register'",
-                              (version.version,)).fetchone()[0]
-        if n:
-            why.append(f"{n} promotion/rollback/refusal event(s)")
-        for table in ("ai_exam_results", "ai_image_results"):
-            n = self.conn.execute(f"SELECT COUNT(*) FROM {table} WHERE model_version = ? OR weights_sha256 = ?",
-                                  (version.version, version.weights_sha256)).fetchone()[0]
-            if n:
-                why.append(f"{n} row(s) in {table}")
-        return why
-
-    def prune(self, dry_run: bool = False) -> list[str]:
-        """Delete the package copies that nothing refers to; returns the pruned versions.
-        The registry rows stay (immutable); a pruned version can be registered again."""
-        pruned = []
-        for v in self.versions():
-            copy = self.store_dir(v.weights_sha256, v.version)
-            if copy.is_dir() and not self.referenced(v):
-                if not dry_run:
-                    shutil.rmtree(copy)
-                    with contextlib.suppress(OSError):  # other versions share these weights
-                        copy.parent.rmdir()
-                pruned.append(v.version)
-        return pruned
-
     def _log(self, version: str, action: str, who: str, reason: str, report: str = "") -> None:
         self.conn.execute("INSERT INTO model_events (at, version, action, who, reason, report) "
                           "VALUES (?, ?, ?, ?, ?, ?)", (utc_now(), version, action, who, reason, report))
+
+
+#: Why there is no model when the registry has no active version.
+NO_MODEL = "no model registered (models/ has no verified package)"
+
+
+@dataclass(frozen=True)
+class ActivePackage:
+    """The model to run, as :func:`active_package` found it: the registry's active
+    version and its package folder with the package metadata, or why there is none."""
+
+    version: ModelVersion | None
+    folder: Path | None
+    meta: dict[str, Any] | None
+    notice: str = ""  # about a newly shipped version ("" when there is nothing to tell)
+    error: str = ""  # why the active version cannot run ("" when it can, or when none is active)
+
+    def __bool__(self) -> bool:
+        return self.folder is not None
+
+    @property
+    def reason(self) -> str:
+        """Why there is no model to run ("" when there is one)."""
+        return "" if self else self.error or NO_MODEL
+
+
+def active_package(archive_file: str | Path, model_dir: str | Path | None = None, *,
+                   verified: bool = True) -> ActivePackage:
+    """The one way to find the model to run: the registry's active version.
+
+    The shipped package is registered first (:meth:`ModelRegistry.check_shipped`; what
+    it has to tell is ``notice``). With ``verified`` (default) the folder is the
+    registry's content-addressed copy, checked against the registered weights hash, and
+    ``meta`` carries the operating points recalibrated by the gate report that promoted
+    it (:meth:`ModelRegistry.active_package`); without it, ``meta`` is the copy's
+    metadata file as it is, read without hashing the weights (listings, reports). An
+    explicit ``model_dir`` is accepted only when it holds the active version's weights.
+    A refusal never raises: it is ``error``.
+    """
+    notice, active = "", None
+    try:
+        with ModelRegistry(archive_file) as registry:
+            notice = registry.check_shipped().message
+            active = registry.active()
+            if active is None:
+                return ActivePackage(None, None, None, notice)
+            if model_dir:
+                return ActivePackage(active, Path(model_dir), registry.check_runs(model_dir), notice)
+            if not verified:
+                return ActivePackage(active, Path(active.path), read_metadata(active.path), notice)
+            version, folder, meta = registry.active_package()
+            return ActivePackage(version, folder, meta, notice)
+    except (ModelPackageError, RegistryError) as exc:
+        return ActivePackage(active, None, None, notice, str(exc))

@@ -61,6 +61,14 @@ def exam_score(breasts: dict[str, float], view_scores: Iterable[float] = ()) -> 
     return max((float(s) for s in view_scores), default=0.0)
 
 
+def exam_scores(views: Iterable[tuple[str | None, str | None, float]]) -> tuple[dict[str, float], float]:
+    """(breast scores, exam score) of an exam's views ``(laterality, view, score)``: the
+    rule the archive's queue and the ``triage`` command share."""
+    views = list(views)
+    breasts = breast_scores(views)
+    return breasts, exam_score(breasts, (score for _lat, _view, score in views))
+
+
 def category(score: float, suspicious: float, likely_normal: float) -> str:
     """The worklist category of an exam score: ``suspicious`` at or above the suspicious
     threshold, ``likely normal`` below the rule-out threshold, ``indeterminate`` between."""

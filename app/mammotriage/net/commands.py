@@ -1,9 +1,10 @@
 """Command-line sub-commands of the network side: ``serve``, ``outbox``, ``echo``, ``selfcheck``.
 
-Wire them into ``mammotriage`` with one line in :func:`mammotriage.cli.build_parser`::
+The composition root (:func:`mammotriage.cli.build_parser`) wires them, giving ``serve``
+its triage side (:class:`ServeTriage`; this package imports no triage code)::
 
     from mammotriage.net.commands import add_net_commands
-    add_net_commands(sub)
+    add_net_commands(sub, triage=ServeTriageWiring())
 
 Exit codes: 0 success, 1 the work failed (e.g. a failed self-check, an unreachable
 peer), 2 bad settings or arguments (the message says which).
@@ -19,17 +20,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["add_net_commands", "cmd_echo", "cmd_outbox", "cmd_selfcheck", "cmd_serve"]
+__all__ = ["ServeTriage", "add_net_commands", "cmd_echo", "cmd_outbox", "cmd_selfcheck", "cmd_serve"]
 
 
 def _err(message: str) -> None:
     print(f"mammotriage: {message}", file=sys.stderr)
 
 
-def add_net_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``serve``, ``outbox``, ``echo`` and ``selfcheck`` on a sub-parser set."""
+def add_net_commands(subparsers: argparse._SubParsersAction, triage: ServeTriage | None = None) -> None:
+    """Register ``serve``, ``outbox``, ``echo`` and ``selfcheck`` on a sub-parser set;
+    ``serve`` runs background triage through ``triage`` (wired by the composition root)."""
     p = subparsers.add_parser(
         "serve",
         help="run the DICOM node: receive mammograms (C-STORE), answer C-ECHO, send results",
@@ -56,7 +58,7 @@ def add_net_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true",
                    help="validate the settings and print them, without listening")
     p.add_argument("--json", action="store_true", help="with --check: print the settings as JSON")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, serve_triage=triage)
 
     p = subparsers.add_parser("outbox", help="show (and manage) the objects queued for the PACS")
     p.add_argument("--json", action="store_true", help="print entries and counts as JSON")
@@ -108,42 +110,26 @@ def _serve_settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _start_triage(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """Start the triage worker with the registry's active model (unless --no-triage)."""
-    from mammotriage.config import archive_path, data_dir
-    from mammotriage.model.registry import ModelRegistry, RegistryError
+@runtime_checkable
+class ServeTriage(Protocol):
+    """What ``serve`` asks of the triage side. The composition root (:mod:`mammotriage.cli`)
+    gives one to :func:`add_net_commands`; without it the node only receives and stores."""
 
-    with ModelRegistry(archive_path()) as registry:
-        notice = registry.check_shipped().message
-        if notice:
-            print(notice, flush=True)
-        try:
-            active, folder, _meta = registry.active_package() if registry.active() else (None, None, None)
-        except RegistryError as exc:
-            print(f"triage off: {exc}", flush=True)
-            return None, None
-    if active is None:
-        print("no active model: received studies are stored, triage waits for a model", flush=True)
-        return None, None
-    if args.no_triage:
-        return None, active.version
-    from mammotriage.triage.worker import TriageService
+    def start(self, run_worker: bool) -> tuple[Any, str | None]:
+        """Start the background worker (when ``run_worker``) with the active model:
+        (the running service with ``stop()``, or None; the active version, or None)."""
+        ...
 
-    service = TriageService(archive_path(), data_dir(), folder, expected_sha256=active.weights_sha256)
-    service.start()
-    print(f"background triage with model {active.version}", flush=True)
-    return service, active.version
+    def requeue(self, archive_file: Path, exam_key: str, version: str) -> None:
+        """An exam with new images (re)joins the triage queue of ``version``."""
+        ...
 
 
-def _requeue_study(archive: Any, study_uid: str, version: str) -> None:
+def _requeue_study(triage: ServeTriage, archive: Any, study_uid: str, version: str) -> None:
     """A completed study (re)joins the triage queue: new images mean a new analysis."""
-    from mammotriage.triage.queue import TriageQueue
-
     record = next((s for s in archive.studies() if s.study_uid == study_uid), None)
-    if record is None:
-        return
-    with TriageQueue(archive.path) as queue:
-        queue.requeue(record.exam_key, version)
+    if record is not None:
+        triage.requeue(Path(archive.path), record.exam_key, version)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -177,13 +163,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     service = NetworkService(settings, settings_loader=reload, send=not args.no_send)
 
-    triage, version = _start_triage(args)
+    hooks: ServeTriage | None = getattr(args, "serve_triage", None)
+    triage, version = hooks.start(not args.no_triage) if hooks is not None else (None, None)
 
     def complete(study_uid: str) -> None:
         images = service.archive.images_for_study(study_uid)
         print(f"study complete: {study_uid} ({len(images)} images)", flush=True)
-        if version is not None:
-            _requeue_study(service.archive, study_uid, version)
+        if hooks is not None and version is not None:
+            _requeue_study(hooks, service.archive, study_uid, version)
 
     service.on_study_complete(complete)
     try:

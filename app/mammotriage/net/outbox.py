@@ -52,6 +52,7 @@ __all__ = [
     "OutboxError",
     "OutboxItem",
     "OutboxSender",
+    "OutboxSink",
     "SendReport",
     "queue_result",
 ]
@@ -410,6 +411,51 @@ def queue_result(
         return outbox.enqueue(path, kind=kind)
     with Outbox() as own:
         return own.enqueue(path, kind=kind)
+
+
+class OutboxSink:
+    """The result sink (:class:`mammotriage.triage.sink.ResultSink`) that the
+    composition root gives the triage side: each DICOM result written is queued for the
+    PACS when the site sends results.
+
+    The network settings are read once, when the sink is made (:meth:`from_settings`),
+    not for every result. The outbox on the archive database is opened on first use, in
+    the process that uses it, so the sink can be handed to a spawned worker process.
+    """
+
+    def __init__(self, send_results: bool, archive_file: str | Path | None = None, problem: str = ""):
+        self.send_results = bool(send_results)
+        self.archive_file = archive_file
+        self.problem = problem  # why results are not sent although the site may want them
+        self._outbox: Outbox | None = None
+
+    @classmethod
+    def from_settings(cls, settings: NetworkSettings | None = None,
+                      archive_file: str | Path | None = None) -> OutboxSink:
+        """A sink following ``settings`` (default: ``network.json``, read now). Unreadable
+        settings send nothing and say why in :attr:`problem`."""
+        from mammotriage.net.settings import NetworkConfigError, load_settings
+
+        try:
+            settings = settings if settings is not None else load_settings()
+        except NetworkConfigError as exc:
+            return cls(False, archive_file, f"results are not queued for the PACS: {exc}")
+        return cls(settings.send_results, archive_file)
+
+    def queue(self, path: Path, kind: str) -> bool:
+        if not self.send_results:
+            return False
+        if self._outbox is None:
+            self._outbox = Outbox(self.archive_file)
+        return self._outbox.enqueue(path, kind=kind) is not None
+
+    def close(self) -> None:
+        if self._outbox is not None:
+            self._outbox.close()
+            self._outbox = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_outbox": None}
 
 
 # --------------------------------------------------------------------------- sender

@@ -24,6 +24,12 @@ reported as passed:
     model subpackage or a model package is not there, unless the model is required.
 
 Nothing here touches the user's archive: every file goes to a temporary folder.
+
+It stays in ``net``, where its dependencies allow (the network guard here; model, store,
+dicom and phantom below): the product's own modules are imported statically, inside the
+checks. Only the third-party libraries it probes (PySide6, torch, MONAI, the decoders)
+are imported by name, because whether they import is what is checked; no Qt object is
+made.
 """
 
 from __future__ import annotations
@@ -213,8 +219,9 @@ def _find_model(model_dir: str | Path | None) -> tuple[Path | None, str]:
         candidates.append((Path(os.environ["MAMMOTRIAGE_MODEL"]), "$MAMMOTRIAGE_MODEL"))
     else:
         try:
-            package = importlib.import_module("mammotriage.model.package")
-            candidates.append((Path(package.default_model_dir()), "default model folder"))
+            from mammotriage.model.package import default_model_dir
+
+            candidates.append((Path(default_model_dir()), "default model folder"))
         except Exception:  # noqa: BLE001 - reported by the caller
             pass
     for path, how in candidates:
@@ -227,7 +234,7 @@ def _find_model(model_dir: str | Path | None) -> tuple[Path | None, str]:
 def _check_model(folder: Path, model_dir: str | Path | None, required: bool) -> CheckResult:
     absent = FAIL if required else SKIP
     try:
-        package = importlib.import_module("mammotriage.model.package")
+        from mammotriage.model.package import verify
     except Exception as exc:  # noqa: BLE001
         return CheckResult(
             "model", absent, f"model subpackage not importable ({type(exc).__name__}: {exc})"
@@ -240,13 +247,15 @@ def _check_model(folder: Path, model_dir: str | Path | None, required: bool) -> 
 
     # Hash check first, with its own clear message.
     try:
-        meta = package.verify(path)
+        meta = verify(path)
     except Exception as exc:  # noqa: BLE001
         return CheckResult("model", FAIL, f"{path}: {exc}")
     images = [read_image(p) for p in sorted((folder / "jpeg2000").glob("*.dcm"))]
     with NetworkGuard() as guard:
         try:
-            engine = package.load_engine(path, device=None, threads=2)
+            from mammotriage.model.infer import Engine
+
+            engine = Engine.from_package(path, device=None, threads=2)
             start = time.perf_counter()
             results = engine.predict_images(images[:1])
             infer_s = time.perf_counter() - start

@@ -57,16 +57,51 @@ class ReaderLabels:
         return [lab for per in self.images.values() for lab in per.values()]
 
 
+@dataclass
+class UndoHistory:
+    """What undo and redo did to a list of events (see :func:`undo_history`)."""
+
+    undone: set[str] = field(default_factory=set)  # ids of events whose last undo/redo is an undo
+    done: dict[str, list[str]] = field(default_factory=dict)  # reader -> undoable ids, most recent last
+    redoable: dict[str, list[str]] = field(default_factory=dict)  # reader -> redoable ids, most recent last
+
+
+def undo_history(events: Iterable[Event]) -> UndoHistory:
+    """The one reading of undo and redo, over events in order.
+
+    An ``undo`` takes its target out of the labels and a ``redo`` puts it back. Per
+    reader, the undo stack holds the reader's own actions; undoing moves the latest to the
+    redo stack, a new action ends the redo chain, and a signature or an amendment closes
+    both (what was signed is final).
+    """
+    history = UndoHistory()
+    for e in events:
+        done = history.done.setdefault(e.reader, [])
+        redoable = history.redoable.setdefault(e.reader, [])
+        if e.action == "undo":
+            history.undone.add(e.target)
+            if e.target in done:
+                done.remove(e.target)
+                redoable.append(e.target)
+        elif e.action == "redo":
+            history.undone.discard(e.target)
+            if e.target in redoable:
+                redoable.remove(e.target)
+                done.append(e.target)
+        elif e.action in ("sign", "amend"):
+            done.clear()
+            redoable.clear()
+        else:
+            done.append(e.event_id)
+            redoable.clear()
+    return history
+
+
 def effective_events(events: Iterable[Event]) -> list[Event]:
     """Events that count after undo/redo (undo and redo themselves excluded)."""
     events = list(events)
-    undone: dict[str, bool] = {}
-    for e in events:
-        if e.action == "undo":
-            undone[e.target] = True
-        elif e.action == "redo":
-            undone[e.target] = False
-    return [e for e in events if e.action not in ("undo", "redo") and not undone.get(e.event_id, False)]
+    undone = undo_history(events).undone
+    return [e for e in events if e.action not in ("undo", "redo") and e.event_id not in undone]
 
 
 def fold(events: Iterable[Event], ai_marks: Mapping[str, list[dict[str, Any]]] | None = None,

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from mammotriage.clock import utc_datetime, utc_now
-from mammotriage.model.scoring import breast_scores, exam_score
+from mammotriage.model.scoring import exam_scores
 from mammotriage.store import db
 
 STATUSES = ("pending", "running", "done", "failed")
@@ -195,8 +195,7 @@ class TriageQueue(db.Connected):
                 tmp.replace(target)
                 rel = str(target.relative_to(maps_dir.parent)) if maps_dir.parent in target.parents else str(target)
             written.append((item["sop_uid"], rel, item.get("map_factor")))
-        breasts = breast_scores((i.get("laterality"), i.get("view"), float(i["score"])) for i in images)
-        score = exam_score(breasts, (float(i["score"]) for i in images))
+        breasts, score = exam_scores((i.get("laterality"), i.get("view"), float(i["score"])) for i in images)
         created = utc_now("milliseconds")
         with db.transaction(self.conn):
             for item, (sop, rel, factor) in zip(images, written, strict=True):

@@ -32,6 +32,7 @@ from mammotriage.store.events import CorrectionLog
 from mammotriage.store.labels import fold
 from mammotriage.triage.dicom_results import _folder_name
 from mammotriage.triage.queue import TriageQueue
+from mammotriage.triage.sink import ResultSink
 
 LOCAL = "99MMTRIAGE"
 ASSESSMENT_CATEGORY = Code("111005", "DCM", "Assessment Category")
@@ -63,8 +64,10 @@ def assessment_evaluations(assessment: dict) -> dict[str, list[tuple[Code, Code]
     return out
 
 
-def write_signed_sr(archive_file: Path, exam_key: str, reader: str, home: Path) -> str:
-    """Write and queue the reader-findings SR(s) of ``reader``'s signed read of an exam.
+def write_signed_sr(archive_file: Path, exam_key: str, reader: str, home: Path,
+                    sink: ResultSink | None = None) -> str:
+    """Write the reader-findings SR(s) of ``reader``'s signed read of an exam and hand
+    them to ``sink`` (the outbox, when the caller gives one).
 
     Returns a line for the log. Raises LookupError when the exam or its signature is
     missing.
@@ -102,8 +105,6 @@ def write_signed_sr(archive_file: Path, exam_key: str, reader: str, home: Path) 
                                           series_description="Reader findings - research, not for clinical use",
                                           instance_number=n, evaluations=evaluations)
             written.append(save_dataset(sr, folder / f"reader-sr-{study_uid}-{sign.seq}.dcm"))
-    from mammotriage.net.outbox import queue_result
-
-    queued = sum(1 for path in written if queue_result(path, "reader-findings") is not None)
+    queued = sum(1 for path in written if sink is not None and sink.queue(path, "reader-findings"))
     sent = f"{queued} queued for the PACS" if queued else "not queued (the site does not send results)"
     return f"reader findings SR: {len(written)} file(s) in {folder}; {sent}"

@@ -20,6 +20,7 @@ from mammotriage.dicom.voi import image_statistics, render_8bit
 from mammotriage.lifetime import die_with_parent
 from mammotriage.store import Archive
 from mammotriage.triage.queue import ExamResult, Job, TriageQueue
+from mammotriage.triage.sink import ResultSink, result_kind
 
 
 class Predictor(Protocol):
@@ -42,14 +43,15 @@ def load_model(model_dir: str | Path | None = None, device: str | None = None, t
                expected_sha256: str | None = None) -> LoadedModel:
     """Load and verify a model package (sha256 checked) for triage; with
     ``expected_sha256`` (the registry's active weights) any other weights are refused."""
-    from mammotriage.model.package import ModelPackageError, default_model_dir, load_engine, verify
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.package import ModelPackageError, default_model_dir, verify
 
     folder = Path(model_dir) if model_dir else default_model_dir()
     meta = verify(folder)
     if expected_sha256 and meta.get("weights_sha256") != expected_sha256:
         raise ModelPackageError(f"{folder}: weights {str(meta.get('weights_sha256'))[:12]}... are not the "
                                 f"registry's active model ({expected_sha256[:12]}...): refusing to run them")
-    engine = load_engine(folder, device=device, threads=threads)
+    engine = Engine.from_package(folder, device=device, threads=threads)
     return LoadedModel(engine, str(meta.get("version", "")), str(meta["weights_sha256"]), meta)
 
 
@@ -95,12 +97,13 @@ def analyse_exam(model: LoadedModel, archive: Archive, exam_key: str) -> tuple[l
 
 
 def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_dir: Path,
-                results_dir: Path | None = None, on_error: Callable[[str], None] | None = None
-                ) -> ExamResult | Job | None:
+                results_dir: Path | None = None, on_error: Callable[[str], None] | None = None,
+                sink: ResultSink | None = None) -> ExamResult | Job | None:
     """Claim and analyse the next job. Returns the result, the failed job, or None if idle.
 
-    With ``results_dir`` the exam's results are also written as DICOM (SR + SEG); a
-    failure there is reported through ``on_error`` and does not fail the triage.
+    With ``results_dir`` the exam's results are also written as DICOM (SR + SEG) and
+    handed to ``sink`` (the outbox, when the composition root gives one); a failure
+    there is reported through ``on_error`` and does not fail the triage.
     """
     job = queue.claim_next(model.version)
     if job is None:
@@ -125,21 +128,14 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
             paths = write_exam_results(archive, job.exam_key, images,
                                        AlgorithmInfo(name, model.version, model.weights_sha256),
                                        results_dir / model.version, breast_scores=breasts, exam_score=result.score)
-            _queue_for_pacs(paths)
+            for path in paths if sink is not None else ():
+                sink.queue(path, result_kind(path))
         except Exception as exc:  # noqa: BLE001 - the triage result stands; report the DICOM problem
             if on_error is not None:
                 on_error(f"DICOM results for {job.exam_key} not written: {type(exc).__name__}: {exc}")
     # the queue's ETAs: per view, everything the worker did for the exam before the next one
     queue.record_time(model.weights_sha256, model.version, len(images), time.perf_counter() - started)
     return result
-
-
-def _queue_for_pacs(paths: list[Path]) -> None:
-    """Hand the written results to the DICOM outbox (a no-op unless the site sends results)."""
-    from mammotriage.net.outbox import queue_result
-
-    for path in paths:
-        queue_result(path, "ai-sr" if path.name.startswith("sr-") else "ai-seg")
 
 
 def _limit_memory(device: str | None) -> None:
@@ -159,8 +155,10 @@ def _limit_memory(device: str | None) -> None:
 def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: Any,
                device: str | None = None, threads: int = 2, idle_s: float = 0.5,
                loader: Callable[..., LoadedModel] = load_model, status: Any = None,
-               settle_s: float = 3.0, expected_sha256: str | None = None) -> None:
+               settle_s: float = 3.0, expected_sha256: str | None = None,
+               sink: ResultSink | None = None) -> None:
     """Worker-process main loop: sync the queue, take jobs, store results, until ``stop`` is set.
+    The DICOM results go to ``sink`` (see :mod:`mammotriage.triage.sink`).
 
     ``status`` (a multiprocessing queue, optional) receives ``("ready", version)``,
     ``("done", exam_key)``, ``("failed", exam_key, reason)`` and ``("error", text)``.
@@ -188,7 +186,7 @@ def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: An
                 last_sync = now
             try:
                 outcome = process_one(queue, archive, model, maps_dir, results_dir=Path(data_dir) / "results",
-                                      on_error=lambda text: say("error", text))
+                                      on_error=lambda text: say("error", text), sink=sink)
             except Exception:  # noqa: BLE001 - database trouble: report and retry later
                 say("error", traceback.format_exc(limit=3))
                 stop.wait(idle_s)
@@ -215,7 +213,8 @@ class TriageService:
     """
 
     def __init__(self, archive_path: str | Path, data_dir: str | Path, model_dir: str | Path | None = None,
-                 device: str | None = None, threads: int = 1, expected_sha256: str | None = None):
+                 device: str | None = None, threads: int = 1, expected_sha256: str | None = None,
+                 sink: ResultSink | None = None):
         ctx = mp.get_context("spawn")
         self.stop_event = ctx.Event()
         self.status = ctx.Queue()
@@ -224,7 +223,7 @@ class TriageService:
             args=(os.getpid(), str(archive_path), str(data_dir), str(model_dir) if model_dir else None,
                   self.stop_event),
             kwargs={"device": device, "threads": threads, "status": self.status,
-                    "expected_sha256": expected_sha256})
+                    "expected_sha256": expected_sha256, "sink": sink})
 
     def start(self) -> None:
         self.process.start()

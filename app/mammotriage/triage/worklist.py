@@ -232,8 +232,7 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
     import configparser
     import contextlib
 
-    from mammotriage.model.package import ModelPackageError, read_metadata
-    from mammotriage.model.registry import ModelRegistry
+    from mammotriage.model.registry import active_package
     from mammotriage.store import Archive
     from mammotriage.store.assessment import UNREAD, ReadingPolicy, read_states
     from mammotriage.store.events import CorrectionLog
@@ -247,16 +246,14 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
     reader = reader or ini.get("reader", "name", fallback="") or current_reader()
     policy = ReadingPolicy.load(home)
     mode = policy.mode_for(ini.get("ai", "reading_mode", fallback=None))
-    with ModelRegistry(archive_file) as registry:
-        registry.ensure_shipped()
-        active = registry.active()
-    version, points, sha = None, None, None
-    if active is not None:
-        sha = active.weights_sha256
-        version = active.version
+    found = active_package(archive_file, verified=False)
+    version = found.version.version if found.version else None
+    sha = found.version.weights_sha256 if found.version else None
+    points = None
+    if found.meta is not None:
         try:
-            points = OperatingPoints.resolve(read_metadata(active.path), home / "triage.json")
-        except (ModelPackageError, ValueError):
+            points = OperatingPoints.resolve(found.meta, home / "triage.json")
+        except ValueError:
             points = None
     with Archive(archive_file) as archive, TriageQueue(archive_file) as queue, \
             CorrectionLog(archive_file) as log, InitialReads(archive_file) as initial:

@@ -37,7 +37,7 @@ import numpy as np
 
 from mammotriage.dicom import MammoReadError
 from mammotriage.dicom.progressive import read_image_progressive
-from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader, load_view, view_from_image
+from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader, load_view, view_from_image
 
 __all__ = ["ProgressiveLoader", "SharedView", "attach", "decode_task", "share"]
 

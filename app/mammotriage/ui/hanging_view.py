@@ -17,8 +17,8 @@ from PySide6.QtWidgets import QGridLayout, QWidget
 
 from mammotriage.dicom.voi import default_window
 from mammotriage.ui.image_pane import FIT_FILL, ImagePane
-from mammotriage.ui.loader import LoadedView
-from mammotriage.ui.state import HangingState, WindowSetting
+from mammotriage.viewer.loader import LoadedView
+from mammotriage.viewer.state import HangingState, WindowSetting
 
 
 class HangingView(QWidget):

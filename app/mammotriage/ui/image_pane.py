@@ -24,10 +24,10 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from mammotriage.dicom.pyramid import choose_level
 from mammotriage.dicom.voi import DisplayLut
-from mammotriage.ui.loader import LoadedView
 from mammotriage.ui.overlay import AiOverlay
 from mammotriage.ui.raster import Raster, screen_raster, shared_lut
-from mammotriage.ui.state import HangingState, PaneState, WindowSetting
+from mammotriage.viewer.loader import LoadedView
+from mammotriage.viewer.state import HangingState, PaneState, WindowSetting
 
 if TYPE_CHECKING:
     from mammotriage.store.labels import Label

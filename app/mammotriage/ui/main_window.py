@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import multiprocessing as mp
 import os
 import queue as _queue
@@ -33,9 +34,10 @@ from PySide6.QtWidgets import (
 )
 
 from mammotriage.config import archive_path, data_dir
-from mammotriage.dicom.hanging import SCREENING_SLOTS, hang
+from mammotriage.dicom.hanging import SCREENING_SLOTS
 from mammotriage.dicom.vocab import breast_side, projection_family
 from mammotriage.lifetime import die_with_parent
+from mammotriage.net.outbox import OutboxSink
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
 from mammotriage.store.assessment import (
@@ -51,22 +53,26 @@ from mammotriage.store.priors import link_priors
 from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
 from mammotriage.triage.worklist import eta_text, order_for_reading
-from mammotriage.ui.corrections import ExamCorrections, ImageInfo
 from mammotriage.ui.decode_pool import ProgressiveLoader
 from mammotriage.ui.hanging_view import HangingView
-from mammotriage.ui.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.ui.overlay import AiOverlay
 from mammotriage.ui.prefetch import prefetch_paths
 from mammotriage.ui.screen_windows import ScreenLayout
 from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
+from mammotriage.viewer.corrections import ExamCorrections, ImageInfo
+from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.viewer.screens import LAYOUTS, worklist_split
+from mammotriage.viewer.session import OpenedExam, ReadingSession
 
 
-def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str) -> str:
+def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str, sink: OutboxSink) -> str:
     """Worker-process job: the reader-findings SR of a signed exam, queued in the outbox."""
     from mammotriage.triage.reader_sr import write_signed_sr
 
-    return write_signed_sr(Path(archive_file), exam_key, reader, Path(home))
+    try:
+        return write_signed_sr(Path(archive_file), exam_key, reader, Path(home), sink)
+    finally:
+        sink.close()
 
 
 def import_in_background(paths: list[str], archive_file: str) -> tuple[int, int, list[tuple[str, str]]]:
@@ -110,16 +116,8 @@ class MainWindow(QMainWindow):
         self.corrections: ExamCorrections | None = None
         self.reader = str(self.settings.value("reader/name", "") or current_reader())
         self.corrections_log.add_reader(self.reader)
-        self._explicit_model = model_dir
-        self.model_dir, self.model_meta, self.model_problem, self._model_notice = _find_model(
-            model_dir, self.archive.path)
-        self.model_version: str | None = self.model_meta.get("version") if self.model_meta else None
-        self.points: OperatingPoints | None = None
-        if self.model_meta is not None:
-            try:
-                self.points = OperatingPoints.resolve(self.model_meta, data_dir() / "triage.json")
-            except ValueError as exc:
-                self.model_problem = str(exc)
+        self.session = ReadingSession(self.archive.path, data_dir(), self.queue, model_dir)
+        self._model_check_tick = 0
         self.triage = None
         self._auto_triage = start_triage  # run the triage worker whenever a model is active
         self._triage_wanted = start_triage and self.model_meta is not None
@@ -230,7 +228,7 @@ class MainWindow(QMainWindow):
         self.opacity.setValue(int(round(self.hanging.state.map_opacity * 100)))
         self._update_model_label()
         self.refresh_worklist()
-        for line in (self._model_notice, self.model_problem):
+        for line in (self.session.model.notice, self.model_problem):
             if line:
                 self.log_line(line)  # a new shipped model, or why AI is off: never silent
         if self._triage_wanted:
@@ -248,6 +246,31 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.network_label)
         if str(self.settings.value("network/run_in_app", "false")).lower() == "true":
             QTimer.singleShot(0, self.start_network)
+
+    # ----------------------------------------------------------------- the session's model
+    @property
+    def model_dir(self) -> Path | None:
+        return self.session.model.folder
+
+    @property
+    def model_meta(self) -> dict | None:
+        return self.session.model.meta
+
+    @property
+    def model_problem(self) -> str:
+        return self.session.model.problem
+
+    @property
+    def model_version(self) -> str | None:
+        return self.session.model.version
+
+    @model_version.setter
+    def model_version(self, version: str | None) -> None:  # tests: results of a version with no package
+        self.session.model = dataclasses.replace(self.session.model, version=version)
+
+    @property
+    def points(self) -> OperatingPoints | None:
+        return self.session.model.points
 
     # ----------------------------------------------------------------- DICOM node in the app
     def start_network(self) -> bool:
@@ -615,19 +638,10 @@ class MainWindow(QMainWindow):
             for path in paths:
                 self.loader.request(path)
 
-    def _prioritize_current(self) -> None:
-        """The exam on screen is triaged next (queued first when it has no job yet)."""
-        if self.current is None or not self.model_version:
-            return
-        key = self.current.exam_key
-        if not self.queue.prioritize(key, self.model_version) and self.queue.job(key, self.model_version) is None:
-            self.queue.sync(self.model_version)
-            self.queue.prioritize(key, self.model_version)
-
     def open_exam(self, exam: ExamRecord) -> None:
+        opened = self.session.open_exam(exam, self.priors)  # and it is triaged next: a reader is waiting
         self.current = exam
         self._shown_emitted = False
-        self._prioritize_current()  # a reader is waiting
         self.settings.setValue(f"reader/{self.reader}/last_exam", exam.exam_key)
         self.hanging.state.new_exam(self.initial_reads.latest(exam.exam_key, self.reader) is not None)
         self.hanging.state.select("", "")
@@ -635,11 +649,11 @@ class MainWindow(QMainWindow):
         self.corrections.changed.connect(self._corrections_changed)
         for pane in self.hanging.panes.values():
             pane.corrections = self.corrections
-        slots, extras = hang(exam.images)
+        extras = opened.extras
         self.extras, self._extra_index = list(extras), -1
-        self.current_paths = {slot: image.path for slot, image in slots.items()}
+        self.current_paths = dict(opened.paths)
         self.loader.on_screen = set(self.current_paths.values())  # decoded first, previews first
-        self._set_prior(exam)
+        self._set_prior(opened)
         self.loader.cache.pinned = set(self.current_paths.values()) | set(self.prior_paths.values())
         for state in self.hanging.state.panes.values():
             state.window = None
@@ -862,7 +876,7 @@ class MainWindow(QMainWindow):
         text = assessment_text(self.corrections.mine().assessment or assessment)
         self.log_line(f"signed by {self.reader}: {exam.patient_id} {exam.study_date or ''}: {text}")
         self.run_job("writing reader findings SR", write_reader_sr, str(self.archive.path), exam.exam_key,
-                     self.reader, str(data_dir()), done=self._sr_done, wait=True)
+                     self.reader, str(data_dir()), OutboxSink.from_settings(), done=self._sr_done, wait=True)
         self.refresh_worklist()
         return True
 
@@ -948,7 +962,10 @@ class MainWindow(QMainWindow):
         from mammotriage.triage.worker import TriageService
 
         sha = (self.model_meta or {}).get("weights_sha256")
-        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir, expected_sha256=sha)
+        sink = OutboxSink.from_settings()
+        if sink.problem:
+            self.log_line(sink.problem)
+        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir, expected_sha256=sha, sink=sink)
         self.triage.start()
         self.log_line(f"background triage started with model {self.model_version}")
 
@@ -976,7 +993,7 @@ class MainWindow(QMainWindow):
     def check_pipeline(self) -> bool:
         """Start the automatic pipeline (a Model panel job, low CPU priority) when the site
         setting's count of new corrections is reached. Returns True if it started."""
-        from mammotriage.model.pipeline import PipelineError, status
+        from mammotriage.learning.pipeline import PipelineError, status
 
         try:
             st = status(self.archive.path)
@@ -1013,38 +1030,31 @@ class MainWindow(QMainWindow):
         return view
 
     def check_active_model(self) -> bool:
-        """Follow a promotion or rollback made elsewhere (CLI, model panel): restart the
-        triage worker with the new active version. Returns True if the model changed."""
-        if self._explicit_model is not None:
-            return False
-        folder, meta, problem, _notice = _find_model(None, self.archive.path)
-        version = meta.get("version") if meta else None
-        if version == self.model_version:
-            return False
+        """Follow a promotion or rollback made in this program (the Model panel) at once:
+        restart the triage worker with the new active version. Returns True if the model
+        changed. A change made elsewhere (the CLI) is seen by the periodic check, which
+        verifies the package off the UI thread."""
+        return self.session.follow_active_model() and self._model_changed()
+
+    def _model_changed(self) -> bool:
         if self.triage is not None:
             self.triage.stop()
             self.triage = None
-        self.model_dir, self.model_meta, self.model_problem = folder, meta, problem
-        self.model_version = version
-        self.points = None
-        if meta is not None:
-            try:
-                self.points = OperatingPoints.resolve(meta, data_dir() / "triage.json")
-            except ValueError as exc:
-                self.model_problem = str(exc)
-            self.hanging.state.mark_threshold = _mark_threshold(meta, self.points) if self.points else 0.5
-            self.hanging.state.candidate_point = _candidate_point(meta)
+        model = self.session.model
+        if model.meta is not None:
+            self.hanging.state.mark_threshold = model.mark_threshold()
+            self.hanging.state.candidate_point = model.candidate_point()
             if self._auto_triage:
                 self.start_triage()
-        self.log_line(f"active model is now {version or 'none'}")
+        self.log_line(f"active model is now {model.version or 'none'}")
         self.refresh_worklist()
         self.load_overlays()
         return True
 
     def _poll_triage(self) -> None:
-        self._model_check_tick = getattr(self, "_model_check_tick", 0) + 1
-        if self._model_check_tick % 100 == 0:  # every ~3 s
-            self.check_active_model()
+        self._model_check_tick += 1
+        if self._model_check_tick % 100 == 0 and self.session.poll_model():  # every ~3 s, no hashing
+            self._model_changed()
         if self.triage is None:
             return
         refresh = False
@@ -1095,41 +1105,12 @@ class MainWindow(QMainWindow):
 
     def _load_overlays(self, exam: ExamRecord, paths: dict[str, str], panes: dict
                        ) -> tuple[dict[str, list[dict]], str]:
-        import numpy as np
-
-        sha = (self.model_meta or {}).get("weights_sha256")
-
-        def current(r) -> bool:  # made by the active weights, whatever version name it carries
-            return r.model_version == self.model_version or bool(sha and r.weights_sha256 == sha)
-
-        exam_result = next((r for r in self.queue.exam_results().get(exam.exam_key, []) if current(r)), None)
-        marks: dict[str, list[dict]] = {}
-        shown_version = ""
-        for slot, path in paths.items():
-            image = next((i for i in exam.images if i.path == path), None)
-            records = self.queue.image_results(image.sop_uid) if image is not None else []
-            record = next((r for r in records if current(r)), None)
-            stale = record is None and bool(records)
-            record = record or (records[0] if records else None)
-            if record is None:
-                panes[slot].set_overlay(None)
-                continue
-            marks[image.sop_uid] = record.findings
-            shown_version = record.model_version
-            suspicion = None
-            if record.map_path:
-                try:
-                    suspicion = np.load(data_dir() / record.map_path)
-                except (OSError, ValueError) as exc:
-                    self.log_line(f"suspicion map unreadable for {image.path}: {exc}")
-            breast = None
-            if exam_result is not None and not stale:
-                breast = exam_result.score_left if image.laterality.value == "L" else exam_result.score_right
-            panes[slot].set_overlay(AiOverlay(
-                findings=record.findings, image_score=record.score, model_version=record.model_version,
-                stale=stale, suspicion=suspicion, map_factor=record.map_factor or 1.0,
-                breast_score=breast, exam_score=exam_result.score if exam_result and not stale else None))
-        return marks, shown_version
+        shown = self.session.overlays(exam, paths)
+        for line in shown.problems:
+            self.log_line(line)
+        for slot, data in shown.slots.items():
+            panes[slot].set_overlay(AiOverlay.of(data) if data is not None else None)
+        return shown.marks, shown.model_version
 
     # ----------------------------------------------------------------- prior exams
     def toggle_compare(self) -> None:
@@ -1162,11 +1143,9 @@ class MainWindow(QMainWindow):
             pane.corrections = self.prior_corrections
         self.load_overlays()
 
-    def _set_prior(self, exam: ExamRecord) -> None:
-        """The most recent prior of ``exam``: prefetched with it, shown when comparing."""
-        from mammotriage.store.priors import prior_of
-
-        self.prior = prior_of(exam, self.priors)
+    def _set_prior(self, opened: OpenedExam) -> None:
+        """The most recent prior of the exam opened: prefetched with it, shown when comparing."""
+        self.prior = opened.prior
         self.prior_paths = {}
         self.prior_corrections = None
         for pane in self.hanging.prior_panes.values():
@@ -1177,8 +1156,7 @@ class MainWindow(QMainWindow):
             if self.hanging.state.compare:
                 self.hanging.set_compare(False)
             return
-        slots, _extras = hang(self.prior.images)
-        self.prior_paths = {slot: image.path for slot, image in slots.items()}
+        self.prior_paths = dict(opened.prior_paths)
         self.prior_corrections = ExamCorrections(self.corrections_log, self.prior.exam_key, self.reader)
         for path in self.prior_paths.values():
             self.loader.request(path)  # prefetched with the current exam
@@ -1318,8 +1296,8 @@ class MainWindow(QMainWindow):
         except (TypeError, ValueError):
             pass
         if self.points is not None:
-            self.hanging.state.mark_threshold = _mark_threshold(self.model_meta, self.points)
-            self.hanging.state.candidate_point = _candidate_point(self.model_meta)
+            self.hanging.state.mark_threshold = self.session.model.mark_threshold()
+            self.hanging.state.candidate_point = self.session.model.candidate_point()
         layout = str(self.settings.value("view/layout", "single"))
         self.hanging_layout = layout if layout in LAYOUTS else "single"
         link = self.settings.value("view/link", "all")
@@ -1402,6 +1380,7 @@ class MainWindow(QMainWindow):
         if self.triage is not None:
             self.triage.stop()
         self.loader.shutdown()
+        self.session.close()
         self.jobs.shutdown(wait=False, cancel_futures=True)
         self.stop_network()
         panel = self.model_panel
@@ -1409,36 +1388,6 @@ class MainWindow(QMainWindow):
             panel.cancel_job()  # a retrain/validate job does not outlive the app (its checkpoint does)
             panel.process.waitForFinished(5000)
         super().closeEvent(event)
-
-
-def _find_model(model_dir: str | Path | None, archive_file: Path | None = None
-                ) -> tuple[Path | None, dict | None, str, str]:
-    """The model to triage with: the registry's active version (its content-addressed
-    copy, verified against the registered weights hash; the shipped package is registered
-    on first use), or an explicit folder only when it holds the active version's weights.
-    Returns (folder, verified metadata, the reason there is none, a notice about a newly
-    shipped version)."""
-    from mammotriage.model.package import ModelPackageError, default_model_dir, verify
-    from mammotriage.model.registry import ModelRegistry, RegistryError
-
-    if archive_file is None:
-        folder = Path(model_dir) if model_dir else default_model_dir()
-        try:
-            return folder, verify(folder), "", ""
-        except ModelPackageError as exc:
-            return None, None, str(exc), ""
-    notice = ""
-    try:
-        with ModelRegistry(archive_file) as registry:
-            notice = registry.check_shipped().message
-            if registry.active() is None:
-                return None, None, "no model registered (models/ has no verified package)", notice
-            if model_dir:
-                return Path(model_dir), registry.check_runs(model_dir), "", notice
-            _active, folder, meta = registry.active_package()
-            return folder, meta, "", notice
-    except (ModelPackageError, RegistryError) as exc:
-        return None, None, f"AI off: {exc}", notice
 
 
 def fit_on_screens(rect: QRect, screens: list[QRect]) -> QRect:
@@ -1458,22 +1407,3 @@ def fit_on_screens(rect: QRect, screens: list[QRect]) -> QRect:
     x = min(max(rect.x(), screen.left()), screen.left() + screen.width() - width)
     y = min(max(rect.y(), screen.top()), screen.top() + screen.height() - height)
     return QRect(x, y, width, height)
-
-
-def _mark_threshold(meta: dict | None, points: OperatingPoints) -> float:
-    """Finding-level operating point: the model's "marks" threshold, else the exam one."""
-    marks = ((meta or {}).get("operating_points") or {}).get("marks")
-    if isinstance(marks, dict) and "threshold" in marks:
-        return float(marks["threshold"])
-    if isinstance(marks, (int, float)):
-        return float(marks)
-    return points.suspicious
-
-
-def _candidate_point(meta: dict | None) -> float | None:
-    """The second, lower finding-level operating point of Shift+A: the model's
-    "candidates" threshold when its metadata has one (else the state's default)."""
-    point = ((meta or {}).get("operating_points") or {}).get("candidates")
-    if isinstance(point, dict):
-        point = point.get("threshold")
-    return float(point) if isinstance(point, (int, float)) else None

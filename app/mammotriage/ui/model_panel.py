@@ -2,7 +2,7 @@
 promote / rollback.
 
 Long jobs (``retrain``, ``validate``) run as a separate process
-(``python -m mammotriage.model.learning_commands ... --progress-json``) started with a
+(``python -m mammotriage.learning.commands ... --progress-json``) started with a
 :class:`~PySide6.QtCore.QProcess`: the event loop only reads the child's JSON progress
 lines, so the app stays responsive. The child runs at a lower CPU priority with
 sleeping (not spinning) OpenMP threads.
@@ -43,10 +43,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mammotriage.learning.gate import latest_report
+from mammotriage.learning.registry import ModelRegistry, RegistryError
+from mammotriage.learning.snapshot_data import archive_or_default
 from mammotriage.lifetime import ENV_PARENT_PID
-from mammotriage.model.gate import latest_report
-from mammotriage.model.registry import ModelRegistry, RegistryError
-from mammotriage.model.snapshot_data import archive_or_default
 from mammotriage.store.datasets import list_snapshots
 from mammotriage.store.reading import current_reader
 
@@ -373,7 +373,7 @@ class ModelPanel(QDialog):
                                        *extra])
 
     def pipeline_status(self) -> str:
-        from mammotriage.model.pipeline import PipelineError, status, status_text
+        from mammotriage.learning.pipeline import PipelineError, status, status_text
 
         try:
             return status_text(status(self.archive_file))
@@ -381,7 +381,7 @@ class ModelPanel(QDialog):
             return f"automatic pipeline: {exc}"
 
     def pipeline_due(self) -> bool:
-        from mammotriage.model.pipeline import PipelineError, status
+        from mammotriage.learning.pipeline import PipelineError, status
 
         try:
             return bool(status(self.archive_file)["due"])
@@ -415,7 +415,7 @@ class ModelPanel(QDialog):
         if self.command_override:
             program, arguments = self.command_override[0], [*self.command_override[1:], *args]
         else:
-            program, arguments = self.python, ["-m", "mammotriage.model.learning_commands", *args,
+            program, arguments = self.python, ["-m", "mammotriage.learning.commands", *args,
                                                "--archive", str(self.archive_file), "--progress-json"]
         proc.readyReadStandardOutput.connect(self._read_output)
         proc.finished.connect(self._finished)

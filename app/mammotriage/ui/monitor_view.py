@@ -1,6 +1,6 @@
 """Monitoring view: exam scores over time, reader feedback and input drift.
 
-The same report as ``mammotriage monitor`` (:mod:`mammotriage.triage.monitor`), with its
+The same report as ``mammotriage monitor`` (:mod:`mammotriage.learning.monitor`), with its
 plots and warnings. The report and plots are computed in a thread pool, never on the
 UI thread; the dialog shows "computing…" meanwhile.
 """
@@ -31,7 +31,7 @@ _POOL = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="monitor")
 
 def _compute(archive_file: str, meta: dict[str, Any] | None, threshold: float | None,
              plot_dir: str) -> tuple[dict[str, Any], list[str]]:
-    from mammotriage.triage.monitor import monitor_report, write_plots
+    from mammotriage.learning.monitor import monitor_report, write_plots
 
     report = monitor_report(archive_file, meta, threshold)
     paths = write_plots(report, Path(plot_dir))
@@ -113,7 +113,7 @@ class MonitorView(QDialog):
         self.show_report(report, paths)
 
     def show_report(self, report: dict[str, Any], plot_paths: list[str]) -> None:
-        from mammotriage.triage.monitor import report_text
+        from mammotriage.learning.monitor import report_text
 
         self.report = report
         body = [line for line in report_text(report).splitlines() if not line.startswith("WARNING:")]

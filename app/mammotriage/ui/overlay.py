@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 import numpy as np
@@ -10,6 +10,7 @@ from PySide6.QtGui import QImage
 
 from mammotriage.dicom.hanging import DisplayOrientation
 from mammotriage.resources import colormap
+from mammotriage.viewer.session import OverlayData
 
 
 @dataclass
@@ -27,6 +28,11 @@ class AiOverlay:
     _rgba: np.ndarray | None = field(default=None, repr=False)
     _qimage: QImage | None = field(default=None, repr=False)
     _key: tuple | None = None
+
+    @classmethod
+    def of(cls, data: OverlayData) -> AiOverlay:
+        """The overlay of what the reading session found (:class:`~mammotriage.viewer.session.OverlayData`)."""
+        return cls(**{f.name: getattr(data, f.name) for f in fields(data)})
 
     def map_extent(self) -> tuple[float, float]:
         """(width, height) of the map in stored pixels."""

@@ -1,1 +1,5 @@
-"""Viewer logic without Qt: what the reading room shows and where."""
+"""The reading session without Qt (napari style): view state with events, the reader's
+corrections with one undo/redo, the view loader, and :class:`ReadingSession` (the exam
+on screen, its AI overlays, the active model it follows). ``ui`` shows it; nothing here
+imports PySide6.
+"""

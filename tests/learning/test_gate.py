@@ -14,8 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from retrain_sim import build_tiny_site
 
-from mammotriage.model.evaluate import froc_from
-from mammotriage.model.gate import (
+from mammotriage.learning.gate import (
     GateError,
     GateParams,
     froc_fast,
@@ -26,12 +25,13 @@ from mammotriage.model.gate import (
     report_text,
     validate,
 )
-from mammotriage.model.snapshot_data import (
+from mammotriage.learning.snapshot_data import (
     SnapshotDataError,
     lock_validation,
     locked_validation,
     uid_digest,
 )
+from mammotriage.model.evaluate import froc_from
 
 # --------------------------------------------------------------------------- pure figures
 
@@ -158,7 +158,7 @@ def test_locked_validation_set(site, tmp_path):
 
 
 def test_same_weights_pass_and_the_report_promotes(site, tmp_path):
-    from mammotriage.model.registry import ModelRegistry, report_digest
+    from mammotriage.learning.registry import ModelRegistry, report_digest
 
     cand = _copy_package(site.parent, tmp_path / "same", "0.0.1-site.same")
     with ModelRegistry(site.archive) as reg:
@@ -209,7 +209,7 @@ def test_gate_needs_a_validation_set(tmp_path):
 
 def test_cli_validate_then_promote(site, tmp_path, capsys, monkeypatch):
     from mammotriage.cli import main as cli_main
-    from mammotriage.model.learning_commands import main
+    from mammotriage.learning.commands import main
 
     cand = _copy_package(site.parent, tmp_path / "cli", "0.0.1-site.cli")
     out = tmp_path / "report.json"

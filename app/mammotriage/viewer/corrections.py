@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mammotriage.store.events import CorrectionError, CorrectionLog, Event
-from mammotriage.store.labels import Label, ReaderLabels, fold
-from mammotriage.ui.state import Signal
+from mammotriage.store.labels import Label, ReaderLabels, fold, undo_history
+from mammotriage.viewer.state import Signal
 
 
 @dataclass(frozen=True)
@@ -131,26 +131,8 @@ class ExamCorrections:
     # ----------------------------------------------------------------- undo / redo
     def _stacks(self) -> tuple[list[str], list[str]]:
         """(undoable event ids, redoable event ids) of this reader, most recent last."""
-        done: list[str] = []
-        undone: list[str] = []
-        for e in self._events:
-            if e.reader != self.reader:
-                continue
-            if e.action == "undo":
-                if e.target in done:
-                    done.remove(e.target)
-                    undone.append(e.target)
-            elif e.action == "redo":
-                if e.target in undone:
-                    undone.remove(e.target)
-                    done.append(e.target)
-            elif e.action in ("sign", "amend"):
-                done.clear()  # what was signed is final: no undo across a signature
-                undone.clear()
-            else:
-                done.append(e.event_id)
-                undone.clear()  # a new action ends the redo chain
-        return done, undone
+        history = undo_history(self._events)
+        return history.done.get(self.reader, []), history.redoable.get(self.reader, [])
 
     def undo(self) -> Event | None:
         self._check_open()

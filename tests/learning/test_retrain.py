@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from retrain_sim import build_tiny_site
 
-from mammotriage.model.snapshot_data import (
+from mammotriage.learning.snapshot_data import (
     SnapshotDataError,
     ValidationGuard,
     replay_pool,
@@ -35,7 +35,7 @@ def site(tmp_path_factory):
 
 
 def _params(**kw):
-    from mammotriage.model.retrain import RetrainParams
+    from mammotriage.learning.retrain import RetrainParams
 
     base = dict(max_iterations=3, threads=1, patch_rows=128, warmup_iters=1, seed=11, replay_fraction=0.5)
     base.update(kw)
@@ -105,8 +105,8 @@ def test_retrain_is_bit_reproducible_and_described(site, tmp_path):
     import os
     import subprocess
 
+    from mammotriage.learning.retrain import RetrainParams, retrain
     from mammotriage.model.registry import ModelRegistry
-    from mammotriage.model.retrain import RetrainParams, retrain
 
     stages = []
     params = RetrainParams(max_iterations=3, threads=1, seed=11)  # the CLI's defaults otherwise
@@ -114,7 +114,7 @@ def test_retrain_is_bit_reproducible_and_described(site, tmp_path):
                 progress=lambda stage, done, total, note: stages.append(stage))
     app = Path(__file__).resolve().parents[2] / "app"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(app), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-m", "mammotriage.model.learning_commands", "retrain",
+    out = subprocess.run([sys.executable, "-m", "mammotriage.learning.commands", "retrain",
                           "--snapshot", site.training, "--archive", str(site.archive), "--max-iterations", "3",
                           "--threads", "1", "--seed", "11", "--no-register", "--out", str(tmp_path / "b"), "--json"],
                          env=env, capture_output=True, text=True, timeout=300)
@@ -154,7 +154,7 @@ def test_retrain_is_bit_reproducible_and_described(site, tmp_path):
 def test_retrain_without_original_data_says_so(site, tmp_path):
     from retrain_sim import tiny_parent
 
-    from mammotriage.model.retrain import retrain
+    from mammotriage.learning.retrain import retrain
 
     parent = tiny_parent(tmp_path / "p", version="0.0.2", training={
         "summary": "mini-MIAS", "sources": [{"type": "mias", "path": str(tmp_path / "gone"), "sha256": "0" * 64}]})
@@ -167,7 +167,7 @@ def test_retrain_without_original_data_says_so(site, tmp_path):
 
 
 def test_cli_retrain(site, tmp_path, capsys):
-    from mammotriage.model.learning_commands import main
+    from mammotriage.learning.commands import main
 
     rc = main(["retrain", "--snapshot", site.training[:10], "--archive", str(site.archive), "--max-iterations", "1",
                "--threads", "1", "--epochs", "0.5", "--no-register", "--out", str(tmp_path / "cand"), "--json"])

@@ -13,14 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from retrain_sim import build_tiny_site, import_phantom_exams, phantom_numbers, record_ground_truth
 
-from mammotriage.model.pipeline import PipelineError, run_pipeline, status, status_text
+from mammotriage.learning.pipeline import PipelineError, run_pipeline, status, status_text
 
 
 def test_pipeline_runs_when_due_and_records_its_outcome(tmp_path, capsys, monkeypatch):
-    from mammotriage.model.gate import GateParams
-    from mammotriage.model.learning_commands import main
+    from mammotriage.learning.commands import main
+    from mammotriage.learning.gate import GateParams
+    from mammotriage.learning.retrain import RetrainParams
     from mammotriage.model.registry import ModelRegistry
-    from mammotriage.model.retrain import RetrainParams
 
     site = build_tiny_site(tmp_path, n_validation=1, n_training=2)
     st = status(site.archive)

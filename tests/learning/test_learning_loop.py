@@ -62,7 +62,7 @@ def test_corrections_teach_the_missing_kind(loop):
 
 
 def test_gate_passes_the_candidate_and_refuses_shuffled_labels(loop):
-    from mammotriage.model.registry import ModelRegistry, RegistryError
+    from mammotriage.learning.registry import ModelRegistry, RegistryError
     from mammotriage.triage import TriageQueue
 
     good, bad = loop.gate_candidate, loop.gate_shuffled

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from retrain_sim import build_tiny_site
 
-from mammotriage.model.dataset_check import check_snapshot, report_text
+from mammotriage.learning.dataset_check import check_snapshot, report_text
 from mammotriage.store.datasets import load_snapshot
 
 
@@ -75,7 +75,7 @@ def test_boxes_off_the_image_and_unknown_kinds_fail(site):
 
 def test_changed_pixels_fail_and_retrain_refuses_the_snapshot(tmp_path):
     from mammotriage.dicom import read_image
-    from mammotriage.model.retrain import RetrainError, RetrainParams, retrain
+    from mammotriage.learning.retrain import RetrainError, RetrainParams, retrain
 
     tiny = build_tiny_site(tmp_path / "s", n_validation=1, n_training=2)
     site = tiny, tiny.archive

@@ -8,7 +8,7 @@ import numpy as np
 
 from mammotriage.cli import main
 from mammotriage.dicom.voi import image_statistics
-from mammotriage.triage.monitor import monitor_report, write_plots
+from mammotriage.learning.monitor import monitor_report, write_plots
 from mtsupport import monitor_archive
 
 
