@@ -17,8 +17,8 @@ from mammotriage.ui.decode_pool import (
     attach,
     share,
 )
-from mammotriage.viewer.loader import LoadedView, ViewCache, load_view
 from mammotriage.ui.prefetch import prefetch_paths, view_bytes
+from mammotriage.viewer.loader import LoadedView, ViewCache, load_view
 
 pytest.importorskip("glymur")
 
