@@ -77,3 +77,49 @@ def test_normalise_shape():
     x = normalise(np.full((64, 64), 255, np.uint8), PreprocessParams())
     assert x.shape == (1, 64, 64) and x.dtype == np.float32
     assert x.max() == pytest.approx(2.0)
+
+
+def _breast_levels(canvas):
+    inside = canvas[canvas > 0]
+    return np.percentile(inside, 2), np.percentile(inside, 98)
+
+
+def test_breast_percentiles_put_two_looks_of_one_breast_on_one_scale(make_breast):
+    """The same breast under two display looks (a low-contrast 16-bit-film-like window
+    and a bright, high-contrast one) reaches the network on one scale after the
+    breast-percentile normalisation, and stays apart without it."""
+    from dataclasses import replace
+
+    from mammotriage.model.preprocess import PreprocessParams, preprocess_display
+
+    base = make_breast(rows=400, cols=320, label=False, seed=3).astype(np.float64)
+    inside = base > 0
+    dull = np.where(inside, np.clip(60 + 0.35 * base, 1, 255), 0).astype(np.uint8)
+    bright = np.where(inside, np.clip(255 * (base / 255) ** 0.6, 1, 255), 0).astype(np.uint8)
+    display = PreprocessParams(canvas_rows=256, canvas_columns=192)
+    norm = replace(display, intensity="breast_percentiles")
+    raw = [preprocess_display(im, display, "left").image for im in (dull, bright)]
+    out = [preprocess_display(im, norm, "left").image for im in (dull, bright)]
+    lo_raw = [_breast_levels(c)[0] for c in raw]
+    assert abs(lo_raw[0] - lo_raw[1]) > 40  # the looks differ by far more than rounding
+    for c in out:
+        lo, hi = _breast_levels(c)
+        # the breast's 2nd/98th percentiles land near 15 % / 90 % of full scale (the
+        # canvas resize smooths this pixel noise a little, so not exactly)
+        assert abs(lo - 0.15 * 255) < 12 and abs(hi - 0.90 * 255) < 12
+    both = (out[0] > 0) & (out[1] > 0)
+    assert np.abs(out[0][both].astype(float) - out[1][both]).mean() < 0.25 * np.abs(
+        raw[0][both].astype(float) - raw[1][both]).mean()
+    # the default stays what packages up to v0.3.0 were trained with: no normalisation
+    assert PreprocessParams().intensity == "display"
+
+
+def test_preprocess_params_refuse_an_unknown_intensity_mode():
+    from mammotriage.model.preprocess import PreprocessParams
+
+    p = PreprocessParams(intensity="breast_percentiles")
+    assert PreprocessParams.from_json(p.to_json()) == p
+    with pytest.raises(ValueError, match="unknown intensity normalisation"):
+        PreprocessParams.from_json({**p.to_json(), "intensity": "histogram-equalise"})
+    with pytest.raises(ValueError, match="increasing"):
+        PreprocessParams(breast_low_pct=90, breast_high_pct=10)

@@ -51,3 +51,32 @@ def test_resume_gives_the_same_weights(tiny_samples, tiny_pp, tiny_config, tmp_p
     sb = resumed.detector.network.state_dict()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+def test_simulated_looks_change_the_breast_and_keep_the_background(make_breast):
+    from mammotriage.model.preprocess import PreprocessParams, normalise_breast
+    from mammotriage.model.train import simulated_look
+
+    img = make_breast(rows=256, cols=192, label=False, seed=4)
+    pp = PreprocessParams(intensity="breast_percentiles")
+    changed = 0
+    for seed in range(12):
+        out = simulated_look(img, np.random.default_rng(seed))
+        assert out.dtype == np.uint8 and out.shape == img.shape
+        assert np.array_equal(out > 0, img > 0)  # background stays background, breast stays breast
+        changed += np.abs(out.astype(int) - img)[img > 0].max() > 5
+        again = normalise_breast(out, out > 0, pp)
+        inside = again[again > 0]
+        assert abs(np.percentile(inside, 98) - 0.9 * 255) < 8
+    assert changed >= 10  # almost every draw gives another look
+
+
+def test_looks_off_keep_the_batches_of_older_recipes(tiny_samples, tiny_pp):
+    """aug_looks = 0 draws nothing from the generator: batches are those of recipes that
+    predate it; aug_looks = 1 changes them."""
+    prep = prepare(tiny_samples, tiny_pp)
+    x0, _ = make_batch(prep, 2, _hp(), tiny_pp)
+    x_off, _ = make_batch(prep, 2, _hp(aug_looks=0.0), tiny_pp)
+    x_on, _ = make_batch(prep, 2, _hp(aug_looks=1.0), tiny_pp)
+    assert torch.equal(x0, x_off)
+    assert not torch.equal(x0, x_on)

@@ -51,6 +51,12 @@ def add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
                         "calcification clusters) on the same folds")
     p.add_argument("--stage-one", type=Path,
                    help="with --second-look: take the stage-one network from this package instead of training it")
+    p.add_argument("--intensity", choices=["display", "breast_percentiles"], default="display",
+                   help="input normalisation: the display image as its VOI made it (default, the "
+                        "recipe up to v0.3.0), or the breast's 2nd/98th percentiles at fixed levels")
+    p.add_argument("--aug-looks", type=float, default=0.0,
+                   help="share of training patches given another acquisition's look first "
+                        "(film curve, contrast/gamma, peripheral equalisation; default 0)")
     p.add_argument("--no-stage-two", action="store_true",
                    help="with --second-look: keep the RetinaNet scores (no stage-two rescoring); the "
                         "calcification path and the containment-aware suppression still apply")
@@ -108,7 +114,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     real, extra, described = _gather_samples(args)
     hp = TrainParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                      threads=args.threads, max_minutes=args.max_minutes, pretrained=not args.scratch,
-                     device=args.device)
+                     device=args.device, aug_looks=args.aug_looks)
+    from mammotriage.model.preprocess import PreprocessParams
+
+    pp = PreprocessParams(intensity=args.intensity)
     if args.work:
         work = args.work
     else:
@@ -123,14 +132,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit("train: --kfold needs real (mini-MIAS) images")
         cv_hp = replace(hp, epochs=args.cv_epochs or args.epochs,
                         max_minutes=args.cv_max_minutes or args.max_minutes)
-        cv = cross_validate(real, args.kfold, work / "cv", cv_hp, extra_train=extra)
+        cv = cross_validate(real, args.kfold, work / "cv", cv_hp, extra_train=extra, pp=pp)
         print(json.dumps(cv["summary"]["pooled"]), file=sys.stderr)
         if args.second_look:
             return _train_second_look(args, real, extra, described, work)
         if args.cv_only:
             print(json.dumps(cv["summary"], indent=1))
             return 0
-    result = train(real + extra, work / "final", hp, resume=not args.no_resume)
+    result = train(real + extra, work / "final", hp, pp=pp, resume=not args.no_resume)
     if not result.finished:
         print(f"train: stopped at iteration {result.iterations}/{result.total_iterations} "
               "(--max-minutes); run again to resume", file=sys.stderr)

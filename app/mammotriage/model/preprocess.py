@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 DEFAULT_CANVAS = (1024, 640)  # rows, columns
 
 
+#: Intensity normalisations :class:`PreprocessParams` knows (see its ``intensity``).
+INTENSITY_MODES = ("display", "breast_percentiles")
+
+
 @dataclass(frozen=True)
 class PreprocessParams:
     """Parameters of :func:`preprocess_display`; stored in the model package."""
@@ -41,6 +45,23 @@ class PreprocessParams:
     margin: int = 8  # pixels of stored image kept around the breast mask
     norm_mean: float = 0.5  # applied to [0, 1] intensities before the network
     norm_std: float = 0.25
+    #: "display": the 8-bit display image as the file's VOI made it (packages up to
+    #: v0.3.0); "breast_percentiles": after the VOI, the breast's own ``breast_low_pct``
+    #: and ``breast_high_pct`` percentiles are mapped to fixed levels, so that film,
+    #: digitised film and FFDM reach the network on one intensity scale.
+    intensity: str = "display"
+    breast_low_pct: float = 2.0
+    breast_high_pct: float = 98.0
+    breast_low_level: float = 0.15  # where the low percentile lands, fraction of full scale
+    breast_high_level: float = 0.90
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"unknown intensity normalisation {self.intensity!r} "
+                             f"(this program knows {', '.join(INTENSITY_MODES)})")
+        if not (0 <= self.breast_low_pct < self.breast_high_pct <= 100
+                and 0 <= self.breast_low_level < self.breast_high_level <= 1):
+            raise ValueError("breast percentiles and levels must be increasing, within [0, 100] and [0, 1]")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,6 +224,8 @@ def preprocess_display(display: np.ndarray, params: PreprocessParams = DEFAULT_P
     r0, r1 = max(0, int(rr[0]) - m), min(rows, int(rr[-1]) + 1 + m)
     c0, c1 = max(0, int(cc[0]) - m), min(cols, int(cc[-1]) + 1 + m)
     crop = np.where(mask, img, 0)[r0:r1, c0:c1]
+    if params.intensity == "breast_percentiles":
+        crop = normalise_breast(crop, mask[r0:r1, c0:c1], params)
     # Judge the chest-wall side on the masked crop: mini-MIAS films are centred on a wide
     # black canvas, so the image edges say nothing there.
     side = chest_wall or chest_wall_from_pixels(crop)
@@ -227,6 +250,31 @@ def as_box(values: Sequence[float] | np.ndarray) -> tuple[float, float, float, f
     """``(x0, y0, x1, y1)`` as four floats (from a row of an (N, 4) array or a list)."""
     x0, y0, x1, y1 = (float(v) for v in values)
     return x0, y0, x1, y1
+
+
+def normalise_breast(img: np.ndarray, mask: np.ndarray, params: PreprocessParams = DEFAULT_PARAMS
+                     ) -> np.ndarray:
+    """uint8 image -> uint8 with the breast's percentiles at fixed levels.
+
+    The breast's ``breast_low_pct`` and ``breast_high_pct`` percentiles (from a histogram
+    of the pixels inside ``mask``) go to ``breast_low_level`` and ``breast_high_level`` of
+    full scale, linearly, clipped to [1, 255] inside the breast (0 stays background) and 0
+    outside. A breast of one grey value is left as it is.
+    """
+    img = np.asarray(img)
+    mask = np.asarray(mask, bool)
+    hist = np.bincount(img[mask].ravel(), minlength=256).astype(np.float64)
+    if hist.sum() == 0:
+        return np.where(mask, img, 0).astype(np.uint8)
+    cdf = np.cumsum(hist) / hist.sum()
+    lo = float(np.searchsorted(cdf, params.breast_low_pct / 100.0))
+    hi = float(np.searchsorted(cdf, params.breast_high_pct / 100.0))
+    if hi <= lo:
+        return np.where(mask, img, 0).astype(np.uint8)
+    a = 255.0 * (params.breast_high_level - params.breast_low_level) / (hi - lo)
+    b = 255.0 * params.breast_low_level - a * lo
+    lut = np.clip(np.rint(a * np.arange(256) + b), 1, 255).astype(np.uint8)
+    return np.where(mask, lut[img], 0).astype(np.uint8)
 
 
 def display_from_mammo(meta: MammoMetadata, pixels: np.ndarray) -> np.ndarray:

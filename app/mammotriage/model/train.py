@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from mammotriage.model.data import Sample
 from mammotriage.model.network import (
@@ -32,6 +33,7 @@ from mammotriage.model.preprocess import (
     DEFAULT_PARAMS,
     PreprocessParams,
     normalise,
+    normalise_breast,
     preprocess_display,
 )
 
@@ -61,6 +63,10 @@ class TrainParams:
     aug_scale: tuple[float, float] = (0.85, 1.15)
     aug_gamma: tuple[float, float] = (0.75, 1.35)
     aug_vflip: bool = True
+    #: share of patches whose canvas is first given another "look" (:func:`simulated_look`:
+    #: film characteristic curve, contrast and gamma of other scanners and digitisers,
+    #: peripheral equalisation of processed FFDM), then normalised again as inference would
+    aug_looks: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict[str, Any])
 
     def to_json(self) -> dict[str, Any]:
@@ -95,10 +101,41 @@ def prepare(samples: list[Sample], params: PreprocessParams, progress: bool = Fa
 
 # ------------------------------------------------------------------ augmentation / patches
 
-def _patch(p: Prepared, rng: np.random.Generator, hp: TrainParams, positive: bool
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def simulated_look(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The uint8 canvas as another acquisition might have rendered it (background stays 0).
+
+    One of three monotone changes of the breast's grey levels, as film, digitised film
+    and processed FFDM differ: a film characteristic curve (a sigmoid of random slope and
+    centre), a change of contrast and gamma, or peripheral equalisation (the thin breast
+    edge made brighter or darker over a random width, as FFDM processing and film
+    exposure do). The caller normalises the result again.
+    """
+    mask = img > 0
+    x = img.astype(np.float64) / 255.0
+    kind = int(rng.integers(3))
+    if kind == 0:
+        k, c = float(rng.uniform(4.0, 10.0)), float(rng.uniform(0.35, 0.65))
+        lo, hi = 1 / (1 + np.exp(k * c)), 1 / (1 + np.exp(-k * (1 - c)))
+        x = (1 / (1 + np.exp(-k * (x - c))) - lo) / (hi - lo)
+    elif kind == 1:
+        m = float(np.mean(x[mask])) if mask.any() else 0.5
+        x = np.clip(m + (x - m) * float(rng.uniform(0.5, 1.3)), 0, 1) ** float(rng.uniform(0.6, 1.7))
+    else:
+        width = float(rng.uniform(0.02, 0.08)) * img.shape[1]
+        depth = ndimage.distance_transform_edt(mask)
+        x = np.clip(x + float(rng.uniform(-0.2, 0.3)) * np.exp(-depth / width), 0, 1)
+    return np.where(mask, np.clip(np.rint(x * 255), 1, 255), 0).astype(np.uint8)
+
+
+def _patch(p: Prepared, rng: np.random.Generator, hp: TrainParams, positive: bool,
+           pp: PreprocessParams | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scaled, cropped, flipped and intensity-jittered patch (rows = hp.patch_rows)."""
     img, boxes, labels = p.image, p.boxes.copy(), p.labels.copy()
+    # (no random draw when looks are off: the batches of older recipes stay bit-identical)
+    if hp.aug_looks > 0 and rng.random() < hp.aug_looks:
+        img = simulated_look(img, rng)
+        if pp is not None and pp.intensity == "breast_percentiles":
+            img = normalise_breast(img, img > 0, pp)
     H, W = img.shape
     s = float(rng.uniform(*hp.aug_scale))
     if abs(s - 1.0) > 1e-3:
@@ -158,7 +195,7 @@ def make_batch(prepared: list[Prepared], it: int, hp: TrainParams, pp: Preproces
     for j in range(hp.batch_size):
         p = prepared[order_list[perm[(pos * hp.batch_size + j) % len(order_list)]]]
         positive = len(p.boxes) > 0 and rng.random() < hp.positive_fraction
-        x, boxes, labels = _patch(p, rng, hp, positive)
+        x, boxes, labels = _patch(p, rng, hp, positive, pp)
         xs.append(((x / 255.0 - pp.norm_mean) / pp.norm_std)[None])
         targets.append({"boxes": xyxy_to_monai(torch.from_numpy(boxes.reshape(-1, 4))),
                         "labels": torch.from_numpy(labels.astype(np.int64))})
