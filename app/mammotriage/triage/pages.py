@@ -27,7 +27,7 @@ from mammotriage.store.archive import stored_label, view_sort_key
 from mammotriage.store.assessment import UNREAD, ReadState, read_states
 from mammotriage.triage.worklist import OperatingPoints, WorklistEntry
 
-__all__ = ["FILTERS", "SORTS", "ExamSummary", "WorklistQuery", "WorklistRow", "position_of", "worklist_rows"]
+__all__ = ["FILTERS", "SORTS", "ExamSummary", "WorklistQuery", "WorklistRow", "position_of", "prior_study_uids", "worklist_rows"]
 
 #: ``WorklistQuery.sort``: the triage order, or one worklist column.
 SORTS = ("triage", "patient", "date", "status", "score", "views", "accession", "name", "read", "priors")
@@ -239,3 +239,16 @@ def _enrich(conn: sqlite3.Connection, q: WorklistQuery, page: Sequence[Any], key
             eta_s=0.0 if status == "done" else etas.get(key))
         rows.append(WorklistRow(entry, bool(blind), reads.get(key, UNREAD), int(priors.get(key, 0))))
     return rows
+
+
+def prior_study_uids(conn: sqlite3.Connection, exam_keys: Sequence[str]) -> dict[str, list[str]]:
+    """``exam_key -> the first Study Instance UID of each prior``, most recent prior first
+    (the prior rule of the worklist's prior count)."""
+    out: dict[str, list[str]] = {}
+    for key, uids in _in(conn, f"""
+            SELECT e.exam_key, p.study_uids FROM exam_index e JOIN exam_index p
+            ON p.patient_id = e.patient_id AND e.patient_id != '' AND p.study_date < e.study_date
+               AND {_issuer('p')} IS {_issuer('e')}
+            WHERE e.exam_key IN ({{keys}}) ORDER BY p.study_date DESC, p.exam_key DESC""", exam_keys):
+        out.setdefault(key, []).append(uids.split()[0])
+    return out
