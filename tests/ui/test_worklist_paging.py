@@ -3,10 +3,6 @@ tiny exams, lazy fetching, sorts and filters in SQL, the reader's row kept in pl
 
 from __future__ import annotations
 
-import datetime as _dt
-import random
-
-import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QTableView
@@ -15,58 +11,16 @@ from mammotriage.store import Archive
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
 from mammotriage.triage.pages import WorklistQuery, position_of, worklist_rows
 from mammotriage.ui.worklist import COL_DATE, COL_SCORE, COL_STATUS, WorklistFilter, WorklistModel
+from mtsupport import tiny_exam_archive
 
 N_EXAMS = 240
 POINTS = OperatingPoints(0.5, 0.1)
 
 
-def _write_exams(folder, n: int) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    sop_class = "1.2.840.10008.5.1.4.1.1.1.2"
-    rng = random.Random(7)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.Modality, ds.PresentationIntentType = sop_class, "MG", "FOR PRESENTATION"
-    ds.Rows = ds.Columns = 8
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.ImagerPixelSpacing = [0.1, 0.1]
-    ds.PixelData = (np.arange(64, dtype=np.uint16) * 50).tobytes()
-    folder.mkdir()
-    for n_exam in range(n):
-        patient = n_exam if n_exam % 5 else n_exam // 5  # some patients have an earlier exam
-        ds.PatientID, ds.PatientName = f"P{patient:05d}", f"PAGE^{patient:05d}"
-        ds.AccessionNumber = f"A{n_exam:06d}"
-        ds.StudyInstanceUID = f"1.2.826.0.1.3680043.10.998.{n_exam}"
-        ds.SeriesInstanceUID = ds.StudyInstanceUID + ".1"
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.StudyInstanceUID + ".1.1"
-        ds.StudyDate = (_dt.date(2018, 1, 1) + _dt.timedelta(days=rng.randrange(2000))).strftime("%Y%m%d")
-        ds.ImageLaterality, ds.ViewPosition, ds.PatientOrientation = "R", "CC", ["P", "L"]
-        ds.save_as(folder / f"{n_exam:05d}.dcm", enforce_file_format=True)
-
-
 @pytest.fixture(scope="module")
 def archive_file(tmp_path_factory):
     """A few hundred one-view exams, most of them analysed by model "v-1"."""
-    tmp = tmp_path_factory.mktemp("paging")
-    _write_exams(tmp / "in", N_EXAMS)
-    with Archive(tmp / "archive.sqlite") as archive:
-        report = archive.import_paths([tmp / "in"])
-        assert not report.rejected
-        exams = {e.exam_key: e for e in archive.exams()}
-    rng = random.Random(3)
-    with TriageQueue(tmp / "archive.sqlite") as queue:
-        queue.sync("v-1")
-        for _ in range(N_EXAMS * 2 // 3):
-            job = queue.claim_next("v-1")
-            image = exams[job.exam_key].images[0]
-            queue.complete(job, "ab" * 32, [{"sop_uid": image.sop_uid, "laterality": "R",
-                                             "score": rng.random() ** 2, "findings": []}])
-    return tmp / "archive.sqlite"
+    return tiny_exam_archive(tmp_path_factory.mktemp("paging"), N_EXAMS)
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def _rows_sql(conn: sqlite3.Connection, q: WorklistQuery, what: str, tail: str =
     params: list[Any] = [sus, norm]  # in the order the statement uses them
     blind = "0"
     if q.blind_reader is not None:
-        blind = "e.exam_key NOT IN (SELECT exam_key FROM initial_reads WHERE reader = ?)"
+        blind = "NOT EXISTS (SELECT 1 FROM initial_reads ir WHERE ir.exam_key = e.exam_key AND ir.reader = ?)"
         params.append(q.blind_reader)
     if sha:  # the version's own result, else one of the same weights under another name
         result = """ai_exam_results r ON r.exam_key = e.exam_key AND r.model_version = (
@@ -144,8 +144,8 @@ def _order(conn: sqlite3.Connection, q: WorklistQuery) -> str:
         way = "DESC" if q.descending else "ASC"
         return f"{_COLUMN_KEYS[q.sort]} {way}, exam_key {way}"
     if q.blind_reader is not None and not q.triage_order and conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM exam_index WHERE exam_key NOT IN "
-            "(SELECT exam_key FROM initial_reads WHERE reader = ?))", (q.blind_reader,)).fetchone()[0]:
+            "SELECT EXISTS (SELECT 1 FROM exam_index e WHERE NOT EXISTS (SELECT 1 FROM initial_reads ir "
+            "WHERE ir.exam_key = e.exam_key AND ir.reader = ?))", (q.blind_reader,)).fetchone()[0]:
         return "study_date DESC, exam_key"
     return "rank, score_key DESC, study_date DESC, exam_key"
 
