@@ -104,6 +104,42 @@ def test_blind_rows_show_no_ai_and_filter_as_unknown(model) -> None:
     assert worklist.total == 0
 
 
+def test_the_window_pages_its_worklist_and_never_builds_every_exam(archive_file, qtbot, tmp_path,
+                                                                    monkeypatch) -> None:
+    from mammotriage.ui.main_window import MainWindow
+
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
+
+    def every_exam(self):
+        raise AssertionError("the worklist built every exam record")
+
+    monkeypatch.setattr(Archive, "exams", every_exam)
+    archive = Archive(archive_file)
+    win = MainWindow(archive=archive, start_triage=False)
+    qtbot.addWidget(win)
+    try:
+        win.model_version = "v-1"
+        win.refresh_worklist()
+        assert win.worklist.total == N_EXAMS and 0 < win.worklist.rowCount() < N_EXAMS  # one page of rows
+        assert win.current is not None and win.worklist_view.row_of(win.current.exam_key) == 0
+        win.table.sortByColumn(COL_DATE, Qt.SortOrder.DescendingOrder)
+        dates = [e.exam.study_date for e in win.worklist.entries]
+        assert dates == sorted(dates, reverse=True)
+        win.table.selectRow(3)  # opens that exam (its records load now)
+        key = win.current.exam_key
+        assert win.current.images and win.worklist.entries[3].exam.exam_key == key
+        win.filter_box.setCurrentText("unread")  # every exam is unread: same rows, the same one selected
+        assert win.table.currentIndex().row() == 3 and win.current.exam_key == key
+        win.search.setText(win.current.accessions[0])
+        assert win.worklist.total == 1 and win.table.currentIndex().row() == 0
+        win.search.clear()
+        win.filter_box.setCurrentText("all")
+        assert win.open_next_unread() and win.current.exam_key != key
+    finally:
+        win.close()
+        archive.close()
+
+
 def test_the_reader_row_stays_put_while_results_arrive(model) -> None:
     worklist, queue = model
     while worklist.rowCount() < 120:

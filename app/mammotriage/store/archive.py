@@ -25,6 +25,7 @@ two kinds of key cannot collide.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import sqlite3
@@ -104,6 +105,7 @@ def _label(laterality: Laterality, view: View) -> str:
     return f"{lat}{view.value if view is not View.UNKNOWN else '?'}"
 
 
+@functools.lru_cache(maxsize=512)
 def stored_label(laterality: str | None, view: str | None) -> str:
     """The label of an ``images`` row's stored laterality and view codes (``RCC``, ``L?``)."""
     return _label(_enum(Laterality, laterality, Laterality.UNKNOWN), _enum(View, view, View.UNKNOWN))

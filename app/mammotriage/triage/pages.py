@@ -98,43 +98,40 @@ _WHERE = {"all": "", "unread": "read_state != 'signed'", "suspicious": "NOT blin
           "likely normal": "NOT blind AND rank = 3", "AI pending": "status != 'done'", "has priors": "priors > 0"}
 
 
-def _rows_sql(conn: sqlite3.Connection, q: WorklistQuery, what: str, tail: str = "") -> tuple[str, list[Any]]:
+def _rows_sql(conn: sqlite3.Connection, q: WorklistQuery, what: str, tail: str = "") -> tuple[str, dict[str, Any]]:
     sus, norm = (q.points.suspicious, q.points.likely_normal) if q.points is not None else (2.0, -1.0)
     version, sha = q.model_version or "", q.weights_sha256 or ""
-    params: list[Any] = [sus, norm]  # in the order the statement uses them
+    params: dict[str, Any] = {"version": version, "sha": sha, "reader": q.blind_reader or "",
+                              "sus": sus, "norm": norm}
     blind = "0"
     if q.blind_reader is not None:
-        blind = "NOT EXISTS (SELECT 1 FROM initial_reads ir WHERE ir.exam_key = e.exam_key AND ir.reader = ?)"
-        params.append(q.blind_reader)
+        blind = "NOT EXISTS (SELECT 1 FROM initial_reads ir WHERE ir.exam_key = e.exam_key AND ir.reader = :reader)"
+    result = "ai_exam_results r ON r.exam_key = e.exam_key AND r.model_version = :version"
+    score = "r.score"
     if sha:  # the version's own result, else one of the same weights under another name
-        result = """ai_exam_results r ON r.exam_key = e.exam_key AND r.model_version = (
-            SELECT x.model_version FROM ai_exam_results x WHERE x.exam_key = e.exam_key
-            AND (x.model_version = ? OR x.weights_sha256 = ?) ORDER BY x.model_version = ? DESC LIMIT 1)"""
-        params += [version, sha, version]
-    else:
-        result = "ai_exam_results r ON r.exam_key = e.exam_key AND r.model_version = ?"
-        params.append(version)
-    params.append(version)
+        score = ("COALESCE(r.score, (SELECT x.score FROM ai_exam_results x WHERE x.exam_key = e.exam_key "
+                 "AND x.weights_sha256 = :sha ORDER BY x.created_at DESC LIMIT 1))")
     match = ""
     if q.search.strip():
-        match = "WHERE " + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in (
+        match = "WHERE " + " OR ".join(f"{c} LIKE :like ESCAPE '\\'" for c in (
             "e.patient_id", "REPLACE(e.patient_name, '^', ' ')", "e.accessions"))
-        like = "%" + q.search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        params += [like] * 3
+        params["like"] = "%" + q.search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     sql = f"""
-        WITH rows AS (
-            SELECT e.exam_key, e.patient_id, e.patient_name, e.study_date, e.accessions, r.score AS score,
-                   CASE WHEN r.score IS NOT NULL THEN 'done' WHEN j.status IS NULL THEN 'not queued'
-                        WHEN j.status = 'done' THEN 'pending' ELSE j.status END AS status,
-                   COALESCE(r.score, -1.0) AS score_key,
-                   CASE WHEN r.score IS NULL THEN 1 WHEN r.score >= ? THEN 0 WHEN r.score < ? THEN 3 ELSE 2 END
-                       AS rank,
-                   {blind} AS blind, {_READ} AS read_state, {_PRIORS} AS priors, {_VIEWS} AS n_views
+        WITH scored AS (
+            SELECT e.exam_key, e.patient_id, e.patient_name, e.study_date, e.accessions, {score} AS score,
+                   j.status AS job, {blind} AS blind, {_READ} AS read_state, {_PRIORS} AS priors,
+                   {_VIEWS} AS n_views
             FROM exam_index e
             LEFT JOIN {result}
-            LEFT JOIN triage_jobs j ON j.exam_key = e.exam_key AND j.model_version = ?
+            LEFT JOIN triage_jobs j ON j.exam_key = e.exam_key AND j.model_version = :version
             {match}
-        ), keyed AS (SELECT *, CASE WHEN blind THEN -1.0 ELSE score_key END AS ai_key FROM rows)
+        ), keyed AS (
+            SELECT *, CASE WHEN score IS NOT NULL THEN 'done' WHEN job IS NULL THEN 'not queued'
+                           WHEN job = 'done' THEN 'pending' ELSE job END AS status,
+                   COALESCE(score, -1.0) AS score_key,
+                   CASE WHEN score IS NULL THEN 1 WHEN score >= :sus THEN 0 WHEN score < :norm THEN 3 ELSE 2 END AS rank,
+                   CASE WHEN blind THEN -1.0 ELSE COALESCE(score, -1.0) END AS ai_key
+            FROM scored)
         SELECT {what} FROM keyed {'WHERE ' + _WHERE[q.filter] if _WHERE[q.filter] else ''} {tail}"""
     return sql, params
 
@@ -161,7 +158,7 @@ def count(conn: sqlite3.Connection, q: WorklistQuery) -> int:
 def position_of(conn: sqlite3.Connection, q: WorklistQuery, exam_key: str) -> int | None:
     """The row ``exam_key`` has in the query's order (None when it does not match)."""
     sql, params = _rows_sql(conn, q, f"exam_key, ROW_NUMBER() OVER (ORDER BY {_order(conn, q)}) - 1 AS pos")
-    row = conn.execute(f"SELECT pos FROM ({sql}) WHERE exam_key = ?", (*params, exam_key)).fetchone()
+    row = conn.execute(f"SELECT pos FROM ({sql}) WHERE exam_key = :key", {**params, "key": exam_key}).fetchone()
     return None if row is None else int(row[0])
 
 
@@ -169,11 +166,18 @@ def worklist_rows(conn: sqlite3.Connection, q: WorklistQuery, offset: int = 0, l
                   etas: dict[str, float] | None = None) -> tuple[int, list[WorklistRow]]:
     """``(matching exams, the rows offset .. offset + limit)``, in the query's order.
     ``etas``: expected seconds to the result of waiting exams (:meth:`TriageQueue.etas`)."""
-    sql, params = _rows_sql(conn, q, "exam_key, score, status, rank, blind",
-                            f"ORDER BY {_order(conn, q)} LIMIT ? OFFSET ?")
-    page = conn.execute(sql, (*params, int(limit), int(offset))).fetchall()
-    keys = [r[0] for r in page]
-    return count(conn, q), _enrich(conn, q, page, keys, etas or {})
+    filtered = q.filter != "all" or bool(q.search.strip())
+    what = "exam_key, score, status, rank, blind" + (", COUNT(*) OVER () AS total" if filtered else "")
+    sql, params = _rows_sql(conn, q, what, f"ORDER BY {_order(conn, q)} LIMIT :limit OFFSET :offset")
+    page = conn.execute(sql, {**params, "limit": int(limit), "offset": int(offset)}).fetchall()
+    if not filtered:
+        total = count(conn, q)
+    elif page:
+        total = int(page[0][5])  # counted in the same pass as the page
+    else:
+        total = count(conn, q) if offset else 0
+    page = [tuple(r)[:5] for r in page]
+    return total, _enrich(conn, q, page, [r[0] for r in page], etas or {})
 
 
 def _iso_date(value: str | None) -> _dt.date | None:

@@ -150,16 +150,6 @@ def build_worklist(exams: Sequence[ExamRecord], jobs: Sequence[Job], results: di
     return sorted(entries, key=key)
 
 
-def order_for_reading(entries: list[WorklistEntry], blind: set[str], triage_order: bool = True
-                      ) -> list[WorklistEntry]:
-    """The order readers see: the triage order, or newest first while AI is blind and
-    the site does not want the order to give the AI away (``triage_order`` false)."""
-    if blind and not triage_order:
-        return sorted(entries, key=lambda e: (-(e.exam.study_date.toordinal() if e.exam.study_date else 0),
-                                              e.exam.exam_key))
-    return list(entries)
-
-
 #: Orders and filters :func:`worklist_page` does in SQL.
 PAGE_SORTS = ("triage", "date", "patient")
 PAGE_FILTERS = ("all", "suspicious", "likely normal", "AI pending")

@@ -154,6 +154,7 @@ class MainWindow(QMainWindow):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.selectionModel().currentRowChanged.connect(lambda cur, _prev: self.open_row(cur.row()))
+        self.worklist.modelReset.connect(self._reselect)  # a header sort or filter: the exam stays selected
 
         self.hanging = HangingView()
         self.hanging.status.connect(self.show_status)
