@@ -79,8 +79,9 @@ class WorklistRow:
 
 
 def _issuer(alias: str) -> str:
-    return (f"(SELECT TRIM(s.patient_id_issuer) FROM studies s WHERE s.exam_key = {alias}.exam_key "
-            "ORDER BY s.study_uid LIMIT 1)")
+    """The exam's Issuer of Patient ID: its first study's (``exam_index.study_uids`` is in UID order)."""
+    first = f"substr({alias}.study_uids, 1, instr({alias}.study_uids || ' ', ' ') - 1)"
+    return f"(SELECT TRIM(s.patient_id_issuer) FROM studies s WHERE s.study_uid = {first})"
 
 
 _PRIORS = f"""(SELECT COUNT(*) FROM exam_index p WHERE p.patient_id = e.patient_id AND e.patient_id != ''
@@ -166,17 +167,10 @@ def worklist_rows(conn: sqlite3.Connection, q: WorklistQuery, offset: int = 0, l
                   etas: dict[str, float] | None = None) -> tuple[int, list[WorklistRow]]:
     """``(matching exams, the rows offset .. offset + limit)``, in the query's order.
     ``etas``: expected seconds to the result of waiting exams (:meth:`TriageQueue.etas`)."""
-    filtered = q.filter != "all" or bool(q.search.strip())
-    what = "exam_key, score, status, rank, blind" + (", COUNT(*) OVER () AS total" if filtered else "")
-    sql, params = _rows_sql(conn, q, what, f"ORDER BY {_order(conn, q)} LIMIT :limit OFFSET :offset")
+    sql, params = _rows_sql(conn, q, "exam_key, score, status, rank, blind",
+                            f"ORDER BY {_order(conn, q)} LIMIT :limit OFFSET :offset")
     page = conn.execute(sql, {**params, "limit": int(limit), "offset": int(offset)}).fetchall()
-    if not filtered:
-        total = count(conn, q)
-    elif page:
-        total = int(page[0][5])  # counted in the same pass as the page
-    else:
-        total = count(conn, q) if offset else 0
-    page = [tuple(r)[:5] for r in page]
+    total = count(conn, q) if page or offset else 0
     return total, _enrich(conn, q, page, [r[0] for r in page], etas or {})
 
 

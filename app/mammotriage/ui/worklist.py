@@ -33,7 +33,7 @@ READ_COLOURS = {"signed": QColor(40, 120, 60), "reopened": QColor(170, 110, 0), 
 HIDDEN = "analysed - AI hidden until your read"
 #: the SQL sort of each column (:data:`mammotriage.triage.pages.SORTS`)
 COLUMN_SORTS = ("patient", "date", "status", "score", "views", "accession", "name", "read", "priors")
-PAGE_ROWS = 200  # rows fetched at a time
+PAGE_ROWS = 100  # rows fetched at a time (a tall table shows about 50)
 __all__ = ["COLUMNS", "FILTERS", "WORKLIST_ORDER", "WorklistFilter", "WorklistModel", "status_text"]
 
 #: fetches ``(matching exams, rows)`` of a query from ``offset``, at most ``limit`` rows
