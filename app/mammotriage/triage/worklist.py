@@ -275,9 +275,9 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
                     row["ai_category"] = entry.category
                     row["ai_score"] = None if entry.score is None else round(entry.score, 4)
                     row["ai_model_version"] = entry.model_version
-                found = priors.get(exam.exam_key, [])
+                earlier = priors.get(exam.exam_key, [])
                 row.update({"read_state": state.state, "reader": state.reader or None,
-                            "priors": len(found), "prior_study_uids": found})
+                            "priors": len(earlier), "prior_study_uids": earlier})
                 rows.append(row)
     return {"model_version": version, "reading_mode": mode, "blind": bool(blind),
             "policy": policy.source or None, "reader": reader, "exams": rows}
