@@ -200,3 +200,39 @@ def minimal_package(root: Path, version: str, weights: bytes, parent: str | None
     meta = {"version": version, "weights_sha256": hashlib.sha256(weights).hexdigest(), "parent_version": parent}
     (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
     return folder
+
+
+def tiny_exam_archive(folder: Path, n: int, version: str = "v-1") -> Path:
+    """An archive of ``n`` one-view 8 x 8 exams (every fifth patient has an earlier exam),
+    two thirds of them analysed by ``version`` (scores at random): its file."""
+    import datetime as _dt
+    import random
+
+    from mammotriage.store import Archive
+    from mammotriage.triage import TriageQueue
+
+    ds = make_mg_dataset(rows=8, columns=8, laterality="R", orientation=("P", "L"))
+    rng = random.Random(7)
+    (folder / "in").mkdir(parents=True)
+    for n_exam in range(n):
+        patient = n_exam if n_exam % 5 else n_exam // 5
+        ds.PatientID, ds.PatientName = f"P{patient:05d}", f"PAGE^{patient:05d}"
+        ds.AccessionNumber = f"A{n_exam:06d}"
+        ds.StudyInstanceUID = f"1.2.826.0.1.3680043.10.998.{n_exam}"
+        ds.SeriesInstanceUID = ds.StudyInstanceUID + ".1"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.StudyInstanceUID + ".1.1"
+        ds.StudyDate = (_dt.date(2018, 1, 1) + _dt.timedelta(days=rng.randrange(2000))).strftime("%Y%m%d")
+        ds.save_as(folder / "in" / f"{n_exam:05d}.dcm", enforce_file_format=True)
+    archive_file = folder / "archive.sqlite"
+    with Archive(archive_file) as archive:
+        report = archive.import_paths([folder / "in"])
+        assert not report.rejected, report.rejected[:3]
+        exams = {e.exam_key: e for e in archive.exams()}
+    with TriageQueue(archive_file) as queue:
+        queue.sync(version)
+        for _ in range(n * 2 // 3):
+            job = queue.claim_next(version)
+            image = exams[job.exam_key].images[0]
+            queue.complete(job, "ab" * 32, [{"sop_uid": image.sop_uid, "laterality": "R",
+                                             "score": rng.random() ** 2, "findings": []}])
+    return archive_file

@@ -25,6 +25,7 @@ two kinds of key cannot collide.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import sqlite3
@@ -102,6 +103,12 @@ def _label(laterality: Laterality, view: View) -> str:
     """``RCC``-style label, as :attr:`MammoMetadata.label` builds it."""
     lat = laterality.value if laterality in (Laterality.LEFT, Laterality.RIGHT) else "?"
     return f"{lat}{view.value if view is not View.UNKNOWN else '?'}"
+
+
+@functools.lru_cache(maxsize=512)
+def stored_label(laterality: str | None, view: str | None) -> str:
+    """The label of an ``images`` row's stored laterality and view codes (``RCC``, ``L?``)."""
+    return _label(_enum(Laterality, laterality, Laterality.UNKNOWN), _enum(View, view, View.UNKNOWN))
 
 
 def view_sort_key(label: str) -> tuple[int, str]:
@@ -733,6 +740,18 @@ class Archive(db.Connected):
             ).fetchall()
         exams = self._build_exams(study_rows, image_rows)
         return exams[0] if exams else None
+
+    def same_patient_exam_keys(self, exam_keys: Sequence[str]) -> list[str]:
+        """Keys of the other exams stored under the Patient ID of any of ``exam_keys``
+        (indexed: no scan of the archive)."""
+        keys = list(exam_keys)
+        if not keys:
+            return []
+        marks = ",".join("?" * len(keys))
+        rows = self._query(
+            "SELECT DISTINCT p.exam_key FROM exam_index e JOIN exam_index p ON p.patient_id = e.patient_id "
+            f"WHERE e.exam_key IN ({marks}) AND p.exam_key NOT IN ({marks}) ORDER BY p.exam_key", (*keys, *keys))
+        return [r[0] for r in rows]
 
     def _build_exams(
         self, study_rows: Sequence[sqlite3.Row], image_rows: Sequence[sqlite3.Row]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,11 +116,21 @@ class ReadState:
 UNREAD = ReadState("unread")
 
 
-def read_states(conn: sqlite3.Connection) -> dict[str, ReadState]:
-    """Read state of every exam with events, from the correction log (one query)."""
+def read_states(conn: sqlite3.Connection, keys: Sequence[str] | None = None) -> dict[str, ReadState]:
+    """Read state of every exam with events (or of the exams ``keys`` only), from the
+    correction log (one query)."""
     out: dict[str, ReadState] = {}
-    rows = conn.execute(
-        "SELECT exam_key, reader, action, at, payload FROM correction_events ORDER BY seq").fetchall()
+    if keys is None:
+        rows = conn.execute(
+            "SELECT exam_key, reader, action, at, payload FROM correction_events ORDER BY seq").fetchall()
+    else:
+        rows = []
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start:start + 500])
+            rows += conn.execute(
+                "SELECT exam_key, reader, action, at, payload, seq FROM correction_events "
+                f"WHERE exam_key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        rows = [r[:5] for r in sorted(rows, key=lambda r: r[5])]
     for exam_key, reader, action, at, payload in rows:
         if action == "sign":
             out[exam_key] = ReadState("signed", reader, at, json.loads(payload) if payload else None)

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
 
-from mammotriage.store.archive import ExamRecord
+from mammotriage.store.archive import Archive, ExamRecord
 
 
 def patient_key(exam: ExamRecord) -> tuple[str, str]:
@@ -43,3 +43,15 @@ def prior_of(exam: ExamRecord, priors: dict[str, list[ExamRecord]]) -> ExamRecor
     """The most recent prior of ``exam``, or None."""
     found = priors.get(exam.exam_key)
     return found[0] if found else None
+
+
+def priors_in_archive(archive: Archive, exams: Sequence[ExamRecord]) -> dict[str, list[ExamRecord]]:
+    """:func:`link_priors` of ``exams``, reading only the exams of their patients from the
+    archive (by the stored Patient ID, through its per-exam index) rather than every exam."""
+    keys = [e.exam_key for e in exams]
+    if not keys:
+        return {}
+    found = archive.same_patient_exam_keys(keys)
+    others = [x for x in (archive.exam(k) for k in found) if x is not None]
+    linked = link_priors([*exams, *others])
+    return {k: v for k, v in linked.items() if k in set(keys)}

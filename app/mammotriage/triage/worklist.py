@@ -150,16 +150,6 @@ def build_worklist(exams: Sequence[ExamRecord], jobs: Sequence[Job], results: di
     return sorted(entries, key=key)
 
 
-def order_for_reading(entries: list[WorklistEntry], blind: set[str], triage_order: bool = True
-                      ) -> list[WorklistEntry]:
-    """The order readers see: the triage order, or newest first while AI is blind and
-    the site does not want the order to give the AI away (``triage_order`` false)."""
-    if blind and not triage_order:
-        return sorted(entries, key=lambda e: (-(e.exam.study_date.toordinal() if e.exam.study_date else 0),
-                                              e.exam.exam_key))
-    return list(entries)
-
-
 #: Orders and filters :func:`worklist_page` does in SQL.
 PAGE_SORTS = ("triage", "date", "patient")
 PAGE_FILTERS = ("all", "suspicious", "likely normal", "AI pending")
@@ -233,11 +223,8 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
     import contextlib
 
     from mammotriage.model.registry import active_package
-    from mammotriage.store import Archive
-    from mammotriage.store.assessment import UNREAD, ReadingPolicy, read_states
-    from mammotriage.store.events import CorrectionLog
-    from mammotriage.store.priors import link_priors
-    from mammotriage.store.reading import InitialReads, current_reader
+    from mammotriage.store.assessment import ReadingPolicy
+    from mammotriage.store.reading import current_reader
     from mammotriage.triage.queue import TriageQueue
 
     ini = configparser.ConfigParser(interpolation=None)
@@ -255,38 +242,43 @@ def worklist_listing(archive_file: Path, home: Path, reader: str | None = None) 
             points = OperatingPoints.resolve(found.meta, home / "triage.json")
         except ValueError:
             points = None
-    with Archive(archive_file) as archive, TriageQueue(archive_file) as queue, \
-            CorrectionLog(archive_file) as log, InitialReads(archive_file) as initial:
-        exams = archive.exams()
-        etas = queue.etas(version, queue.per_view_p95(sha)) if version and sha else {}
-        entries = build_worklist(exams, queue.jobs(version), queue.exam_results(), version, points, etas=etas)
-        revealed = initial.exams_read(reader)
-        reads = read_states(log.conn)
-    blind = {e.exam_key for e in exams if e.exam_key not in revealed} if mode == "after read" else set()
-    priors = link_priors(exams)
+    from mammotriage.triage.pages import WorklistQuery, prior_study_uids, worklist_rows
+
+    query = WorklistQuery(version, points, blind_reader=reader if mode == "after read" else None,
+                          triage_order=policy.triage_order)
     rows = []
-    for entry in order_for_reading(entries, blind, policy.triage_order):
-        exam = entry.exam
-        state = reads.get(exam.exam_key, UNREAD)
-        row: dict[str, Any] = {
-            "study_uid": exam.study_uids[0] if exam.study_uids else "",
-            "study_uids": list(exam.study_uids),
-            "exam_key": exam.exam_key,
-            "patient_id": exam.patient_id,
-            "date": exam.study_date.isoformat() if exam.study_date else None,
-            "accessions": [a for a in exam.accessions if a],
-            "views": list(exam.views),
-            "ai_status": entry.status,
-            "eta_s": None if entry.eta_s is None else round(entry.eta_s, 1),
-        }
-        if exam.exam_key not in blind:
-            row["ai_category"] = entry.category
-            row["ai_score"] = None if entry.score is None else round(entry.score, 4)
-            row["ai_model_version"] = entry.model_version
-        row.update({"read_state": state.state, "reader": state.reader or None,
-                    "priors": len(priors.get(exam.exam_key, [])),
-                    "prior_study_uids": [p.study_uids[0] for p in priors.get(exam.exam_key, []) if p.study_uids]})
-        rows.append(row)
+    blind = False
+    with TriageQueue(archive_file) as queue:
+        etas = queue.etas(version, queue.per_view_p95(sha)) if version and sha else {}
+        offset, total = 0, 1
+        while offset < total:  # the app's paged query, a page at a time
+            total, page = worklist_rows(queue.conn, query, offset, 500, etas)
+            if not page:
+                break
+            offset += len(page)
+            priors = prior_study_uids(queue.conn, [r.entry.exam.exam_key for r in page])
+            for item in page:
+                entry, exam, state = item.entry, item.entry.exam, item.read
+                blind = blind or item.blind
+                row: dict[str, Any] = {
+                    "study_uid": exam.study_uids[0] if exam.study_uids else "",
+                    "study_uids": list(exam.study_uids),
+                    "exam_key": exam.exam_key,
+                    "patient_id": exam.patient_id,
+                    "date": exam.study_date.isoformat() if exam.study_date else None,
+                    "accessions": [a for a in exam.accessions if a],
+                    "views": list(exam.views),
+                    "ai_status": entry.status,
+                    "eta_s": None if entry.eta_s is None else round(entry.eta_s, 1),
+                }
+                if not item.blind:
+                    row["ai_category"] = entry.category
+                    row["ai_score"] = None if entry.score is None else round(entry.score, 4)
+                    row["ai_model_version"] = entry.model_version
+                earlier = priors.get(exam.exam_key, [])
+                row.update({"read_state": state.state, "reader": state.reader or None,
+                            "priors": len(earlier), "prior_study_uids": earlier})
+                rows.append(row)
     return {"model_version": version, "reading_mode": mode, "blind": bool(blind),
             "policy": policy.source or None, "reader": reader, "exams": rows}
 

@@ -46,17 +46,17 @@ from mammotriage.store.assessment import (
     ReadingPolicy,
     assessment_text,
     birads_text,
-    read_states,
 )
 from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
-from mammotriage.store.priors import link_priors
+from mammotriage.store.priors import priors_in_archive
 from mammotriage.store.reading import InitialReads, current_reader
-from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
-from mammotriage.triage.worklist import eta_text, order_for_reading
+from mammotriage.triage import OperatingPoints, TriageQueue
+from mammotriage.triage.pages import WorklistQuery, position_of, worklist_rows
+from mammotriage.triage.worklist import eta_text
 from mammotriage.ui.decode_pool import ProgressiveLoader
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.overlay import AiOverlay
-from mammotriage.ui.prefetch import prefetch_paths
+from mammotriage.ui.prefetch import DEFAULT_EXAMS, prefetch_paths
 from mammotriage.ui.screen_windows import ScreenLayout
 from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
 from mammotriage.viewer.corrections import ExamCorrections, ImageInfo
@@ -132,9 +132,10 @@ class MainWindow(QMainWindow):
         self._shown_emitted = False
 
         self.policy = ReadingPolicy.load(data_dir())
-        self.priors: dict[str, list[ExamRecord]] = {}
+        self.priors: dict[str, list[ExamRecord]] = {}  # of the exam on screen and those prefetched
         self._resume_key = str(self.settings.value(f"reader/{self.reader}/last_exam", "") or "") or None
-        self.worklist = WorklistModel()
+        self._etas: dict[str, float] = {}
+        self.worklist = WorklistModel(self._worklist_page, lambda q, key: position_of(self.queue.conn, q, key))
         self.worklist_view = WorklistFilter(self.worklist)
         self._overlay_cache: dict[str, AiOverlay | None] = {}
         self.table = QTableView()
@@ -153,6 +154,7 @@ class MainWindow(QMainWindow):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.selectionModel().currentRowChanged.connect(lambda cur, _prev: self.open_row(cur.row()))
+        self.worklist.modelReset.connect(self._reselect)  # a header sort or filter: the exam stays selected
 
         self.hanging = HangingView()
         self.hanging.status.connect(self.show_status)
@@ -545,38 +547,38 @@ class MainWindow(QMainWindow):
         self.log.appendPlainText(time.strftime("%H:%M:%S ") + text)
 
     # ----------------------------------------------------------------- worklist
-    def blind_exams(self, exams: list[ExamRecord]) -> set[str]:
-        """Exams whose AI category and score must not show: all of them in "AI after my
-        read" mode, except those this reader has recorded an initial assessment for."""
-        if self.hanging.state.reading_mode != "after read":
-            return set()
-        read = self.initial_reads.exams_read(self.reader)
-        return {e.exam_key for e in exams if e.exam_key not in read}
+    def worklist_query(self) -> WorklistQuery:
+        """What the worklist shows now: the session's model, the reader's search, filter
+        and sort, and the blind policy (AI hidden until this reader's initial assessment
+        in "AI after my read" mode)."""
+        old = self.worklist.query
+        blind = self.reader if self.hanging.state.reading_mode == "after read" else None
+        return WorklistQuery(self.model_version, self.points, (self.model_meta or {}).get("weights_sha256"),
+                             sort=old.sort if old else "triage", descending=old.descending if old else False,
+                             filter=old.filter if old else "all", search=old.search if old else "",
+                             blind_reader=blind, triage_order=self.policy.triage_order)
+
+    def _worklist_page(self, query: WorklistQuery, offset: int, limit: int) -> tuple[int, list]:
+        return worklist_rows(self.queue.conn, query, offset, limit, self._etas)
 
     def refresh_worklist(self) -> None:
-        """Rebuild the worklist. The exam the reader is on keeps its row: results that
-        arrive re-order the others around it, never the row under the reader."""
+        """Run the worklist's query again (a page, or as many rows as were fetched). The
+        exam the reader is on keeps its row: results that arrive re-order the others
+        around it, never the row under the reader."""
         key = self.current.exam_key if self.current else self._resume_key
         old_row = self.worklist_view.row_of(key) if key else None
-        exams = self.archive.exams()
         sha = (self.model_meta or {}).get("weights_sha256")
         self._etas = self.queue.etas(self.model_version or "", self.queue.per_view_p95(sha) if sha else None)
-        entries = build_worklist(exams, self.queue.jobs(self.model_version),
-                                 self.queue.exam_results(), self.model_version, self.points,
-                                 sha, etas=self._etas)
-        blind = self.blind_exams(exams)
-        entries = order_for_reading(entries, blind, self.policy.triage_order)
-        if old_row is not None and self.current is not None and self.worklist_view.sortColumn() < 0:
-            pos = next((i for i, e in enumerate(entries) if e.exam.exam_key == key), None)
-            if pos is not None and self.worklist_view.search == "" and self.worklist_view.filter == "all":
-                entries.insert(min(old_row, len(entries) - 1), entries.pop(pos))
-        self.priors = link_priors(exams)
+        query = self.worklist_query()
+        keep = None
+        if old_row is not None and key and self.current is not None and query.sort == "triage" \
+                and not query.search and query.filter == "all":
+            keep = (key, old_row)
         self.table.blockSignals(True)
         self.table.selectionModel().blockSignals(True)
-        self.worklist.set_entries(entries, blind=blind, reads=read_states(self.corrections_log.conn),
-                                  priors={k: len(v) for k, v in self.priors.items()})
+        self.worklist.set_query(query, keep=keep, rows=self.worklist.rowCount())
         self.table.resizeColumnsToContents()
-        row = self.worklist_view.row_of(key) if key else None
+        row = self.worklist.fetch_through(key) if key else None
         if row is not None:
             self.table.selectRow(row)
         self.table.selectionModel().blockSignals(False)
@@ -586,6 +588,10 @@ class MainWindow(QMainWindow):
         elif row is None and self.worklist_view.rowCount() and self.current is None:
             self.table.selectRow(0)
         self._update_model_label()
+
+    def priors_of(self, exams: list[ExamRecord]) -> dict[str, list[ExamRecord]]:
+        """The linked priors of ``exams`` (:func:`link_priors`), from this patient's exams only."""
+        return priors_in_archive(self.archive, exams)
 
     def _search_changed(self, text: str) -> None:
         self.worklist_view.set_search(text)
@@ -629,9 +635,11 @@ class MainWindow(QMainWindow):
             return
         self.open_exam(entry.exam)
         # decode the next unread exams (and their priors) ahead of time, within the cache
-        ahead = [self.worklist_view.entry(r) for r in range(row + 1, self.worklist_view.rowCount())]
-        paths = prefetch_paths([e.exam for e in ahead if e is not None], self.worklist.reads, self.priors,
-                               self.loader.cache)
+        ahead_keys = [e.exam.exam_key for e in self.worklist.entries[row + 1:]
+                      if not self.worklist.read_state(e).is_read][:DEFAULT_EXAMS]
+        ahead = [x for x in (self.archive.exam(k) for k in ahead_keys) if x is not None]
+        self.priors.update(self.priors_of(ahead))
+        paths = prefetch_paths(ahead, self.worklist.reads, self.priors, self.loader.cache)
         if hasattr(self.loader, "prefetch"):
             self.loader.prefetch(paths)
         else:
@@ -639,6 +647,9 @@ class MainWindow(QMainWindow):
                 self.loader.request(path)
 
     def open_exam(self, exam: ExamRecord) -> None:
+        if not exam.images:  # a worklist row: the exam's records load when it opens
+            exam = self.archive.exam(exam.exam_key) or exam
+        self.priors = self.priors_of([exam])
         opened = self.session.open_exam(exam, self.priors)  # and it is triaged next: a reader is waiting
         self.current = exam
         self._shown_emitted = False
@@ -885,10 +896,16 @@ class MainWindow(QMainWindow):
 
     def open_next_unread(self) -> bool:
         """Open the next exam in worklist order (after this one, wrapping) not yet signed."""
-        n = self.worklist_view.rowCount()
         here = self.worklist_view.row_of(self.current.exam_key) if self.current else None
         start = -1 if here is None else here
-        for step in range(1, n + 1):
+        step = 0
+        while True:
+            step += 1
+            if start + step >= self.worklist.rowCount() and self.worklist.canFetchMore():
+                self.worklist.fetchMore()  # the next page, before wrapping to the top
+            n = self.worklist.rowCount()
+            if n == 0 or step > n:
+                break
             row = (start + step) % n
             entry = self.worklist_view.entry(row)
             if entry is not None and not self.worklist.read_state(entry).is_read \

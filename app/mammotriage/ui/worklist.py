@@ -1,20 +1,26 @@
 """Worklist table model: exams ordered by AI suspicion, with status, scores, read state
-and priors; a filter proxy for search, filters and sortable columns."""
+and priors, fetched a page at a time from the archive (:mod:`mammotriage.triage.pages`):
+order, sorts, filters and search run in SQL, and rows are fetched as the view scrolls
+(``canFetchMore`` / ``fetchMore``), so that a 10,000-exam archive opens as fast as a
+small one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from PySide6.QtCore import (
     QAbstractTableModel,
+    QIdentityProxyModel,
     QModelIndex,
     QPersistentModelIndex,
-    QSortFilterProxyModel,
     Qt,
 )
 from PySide6.QtGui import QColor
 
 from mammotriage.store.assessment import UNREAD, ReadState, assessment_text
+from mammotriage.triage.pages import FILTERS, WorklistQuery, WorklistRow
 from mammotriage.triage.worklist import WorklistEntry, eta_text
 
 COLUMNS = ("Patient", "Date", "AI status", "AI score", "Views", "Accession", "Name", "Read", "Priors")
@@ -24,9 +30,15 @@ WORKLIST_ORDER = (COL_PATIENT, COL_READ, COL_STATUS, COL_SCORE, COL_DATE, COL_PR
 CATEGORY_COLOURS = {"suspicious": QColor(200, 40, 40), "likely normal": QColor(40, 120, 60),
                     "failed": QColor(150, 90, 0)}
 READ_COLOURS = {"signed": QColor(40, 120, 60), "reopened": QColor(170, 110, 0), "started": QColor(60, 110, 180)}
-SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 HIDDEN = "analysed - AI hidden until your read"
-FILTERS = ("all", "unread", "suspicious", "likely normal", "AI pending", "has priors")
+#: the SQL sort of each column (:data:`mammotriage.triage.pages.SORTS`)
+COLUMN_SORTS = ("patient", "date", "status", "score", "views", "accession", "name", "read", "priors")
+PAGE_ROWS = 100  # rows fetched at a time (a tall table shows about 50)
+__all__ = ["COLUMNS", "FILTERS", "WORKLIST_ORDER", "WorklistFilter", "WorklistModel", "status_text"]
+
+#: fetches ``(matching exams, rows)`` of a query from ``offset``, at most ``limit`` rows
+Fetch = Callable[[WorklistQuery, int, int], tuple[int, list[WorklistRow]]]
+Locate = Callable[[WorklistQuery, str], "int | None"]
 
 
 def status_text(entry: WorklistEntry, blind: bool = False) -> str:
@@ -48,37 +60,135 @@ def status_text(entry: WorklistEntry, blind: bool = False) -> str:
 
 
 class WorklistModel(QAbstractTableModel):
-    """One row per exam, in worklist order.
+    """One row per exam, in the order of its :class:`WorklistQuery`, fetched in pages.
 
-    ``blind`` holds the exam keys whose AI category and score must not be shown (AI
-    after the reader's initial assessment): their rows say only whether AI is done.
+    ``fetch`` runs the query (:func:`mammotriage.triage.pages.worklist_rows` on the
+    archive); ``locate`` finds an exam's row in the query's order
+    (:func:`~mammotriage.triage.pages.position_of`). Rows whose AI is hidden (the
+    reader's policy, until their initial assessment) say only whether AI is done.
     """
 
-    def __init__(self, entries: list[WorklistEntry] | None = None):
+    def __init__(self, fetch: Fetch | None = None, locate: Locate | None = None, page_rows: int = PAGE_ROWS):
         super().__init__()
-        self.entries: list[WorklistEntry] = list(entries or [])
+        self._fetch: Fetch = fetch or (lambda _q, _o, _n: (0, []))
+        self._locate: Locate = locate or (lambda _q, _k: None)
+        self.page_rows = page_rows
+        self.query: WorklistQuery | None = None
+        self.entries: list[WorklistEntry] = []
         self.blind: set[str] = set()
         self.reads: dict[str, ReadState] = {}
         self.priors: dict[str, int] = {}
+        self.total = 0  # exams the query matches
+        self._fetched = 0  # rows of the query's order fetched so far
+        self._pinned: str | None = None  # held at its row, out of the query's order
 
     @property
     def exams(self) -> list:
         return [e.exam for e in self.entries]
 
-    def set_entries(self, entries: list[WorklistEntry], *, blind: set[str] | None = None,
-                    reads: dict[str, ReadState] | None = None, priors: dict[str, int] | None = None) -> None:
+    def set_query(self, query: WorklistQuery, *, keep: tuple[str, int] | None = None, rows: int = 0) -> None:
+        """Run ``query`` again from the top (at least ``rows`` rows, at least a page).
+        ``keep``: (exam key, row) of the exam under the reader, which stays at that row
+        even when new results move it in the order; the others move around it."""
         self.beginResetModel()
-        self.entries = list(entries)
-        self.blind = set(blind or ())
-        self.reads = dict(reads or {})
-        self.priors = dict(priors or {})
+        self.query = query
+        self.entries, self.blind, self.reads, self.priors = [], set(), {}, {}
+        self._fetched, self._pinned = 0, None
+        self.total, got = self._fetch(query, 0, max(rows, self.page_rows))
+        self._append(got)
+        if keep is not None:
+            self._pin(*keep)
         self.endResetModel()
+
+    def _append(self, rows: list[WorklistRow]) -> int:
+        self._fetched += len(rows)
+        added = 0
+        for row in rows:
+            key = row.entry.exam.exam_key
+            if key == self._pinned:
+                continue  # shown already, at the reader's row
+            self.entries.append(row.entry)
+            self._note(row)
+            added += 1
+        return added
+
+    def _note(self, row: WorklistRow) -> None:
+        key = row.entry.exam.exam_key
+        if row.blind:
+            self.blind.add(key)
+        self.reads[key] = row.read
+        self.priors[key] = row.priors
+
+    def _pin(self, key: str, at: int) -> None:
+        here = self.row_of(key)
+        if here is None:  # not fetched yet: fetch its row alone
+            pos = self._locate(self.query, key) if self.query is not None else None
+            if pos is None or self.query is None:
+                return
+            _total, got = self._fetch(self.query, pos, 1)
+            if not got or got[0].entry.exam.exam_key != key:
+                return
+            entry = got[0].entry
+            self._note(got[0])
+        else:
+            entry = self.entries.pop(here)
+        self.entries.insert(min(at, len(self.entries)), entry)
+        self._pinned = key
+
+    def row_of(self, exam_key: str) -> int | None:
+        """The row of a fetched exam (None when not fetched, or not matching)."""
+        return next((r for r, e in enumerate(self.entries) if e.exam.exam_key == exam_key), None)
+
+    def fetch_through(self, exam_key: str) -> int | None:
+        """Fetch pages until ``exam_key``'s row is in; its row (None when it does not match)."""
+        row = self.row_of(exam_key)
+        if row is not None or self.query is None:
+            return row
+        pos = self._locate(self.query, exam_key)
+        if pos is None:
+            return None
+        while self._fetched <= pos and self.canFetchMore():
+            self.fetchMore()
+        return self.row_of(exam_key)
+
+    def canFetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> bool:  # noqa: B008
+        return not parent.isValid() and self.query is not None and self._fetched < self.total
+
+    def fetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> None:  # noqa: B008
+        if not self.canFetchMore(parent) or self.query is None:
+            return
+        total, got = self._fetch(self.query, self._fetched, self.page_rows)
+        if not got:  # the archive changed under us: the next refresh counts again
+            self.total = self._fetched
+            return
+        first = len(self.entries)
+        kept = sum(1 for r in got if r.entry.exam.exam_key != self._pinned)
+        if kept:
+            self.beginInsertRows(QModelIndex(), first, first + kept - 1)
+        self._append(got)
+        self.total = max(total, self._fetched)
+        if kept:
+            self.endInsertRows()
 
     def is_blind(self, entry: WorklistEntry) -> bool:
         return entry.exam.exam_key in self.blind
 
     def read_state(self, entry: WorklistEntry) -> ReadState:
         return self.reads.get(entry.exam.exam_key, UNREAD)
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """By a column header, in SQL (column -1: the triage order)."""
+        if self.query is None:
+            return
+        name = COLUMN_SORTS[column] if 0 <= column < len(COLUMN_SORTS) else "triage"
+        descending = order == Qt.SortOrder.DescendingOrder
+        if (name, descending) != (self.query.sort, self.query.descending):
+            self.set_query(replace(self.query, sort=name, descending=descending))
+
+    def sort_column(self) -> int:
+        if self.query is None or self.query.sort == "triage":
+            return -1
+        return COLUMN_SORTS.index(self.query.sort)
 
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.entries)
@@ -92,14 +202,12 @@ class WorklistModel(QAbstractTableModel):
         return None
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
+        if not index.isValid() or index.row() >= len(self.entries):
             return None
         entry = self.entries[index.row()]
         exam = entry.exam
         col = index.column()
         blind = self.is_blind(entry)
-        if role == SORT_ROLE:
-            return self._sort_key(index, entry, blind)
         if role == Qt.ItemDataRole.ForegroundRole:
             if col in (COL_STATUS, COL_SCORE) and not blind:
                 return CATEGORY_COLOURS.get(entry.category if entry.status == "done" else entry.status)
@@ -134,76 +242,49 @@ class WorklistModel(QAbstractTableModel):
         breasts = " ".join(f"{lat} {int(round(s * 100))}" for lat, s in sorted(entry.breasts.items()))
         return f"{entry.score_100}" + (f"  ({breasts})" if breasts and role == Qt.ItemDataRole.ToolTipRole else "")
 
-    def _sort_key(self, index: QModelIndex | QPersistentModelIndex, entry: WorklistEntry, blind: bool) -> Any:
-        exam = entry.exam
-        col = index.column()
-        if col == COL_DATE:
-            return exam.study_date.toordinal() if exam.study_date else 0
-        if col in (COL_STATUS, COL_SCORE):
-            # a blind exam sorts as if it had no result, so sorting gives nothing away
-            return -1.0 if (blind or entry.score is None) else float(entry.score)
-        if col == COL_PRIORS:
-            return self.priors.get(exam.exam_key, 0)
-        if col == COL_READ:
-            return self.read_state(entry).state
-        return str(self.data(index) or "").lower()
 
-
-class WorklistFilter(QSortFilterProxyModel):
-    """Search (patient ID, name or accession) and one filter of :data:`FILTERS`; sorting
-    by any column header. Row order is the model's (the triage order) until a header
-    is clicked."""
+class WorklistFilter(QIdentityProxyModel):
+    """The worklist as the table shows it: search (patient ID, name or accession), one
+    filter of :data:`FILTERS` and the header sorts, all run by the model's query in SQL.
+    Row order is the triage order until a header is clicked."""
 
     def __init__(self, source: WorklistModel):
         super().__init__()
         self.setSourceModel(source)
-        self.setSortRole(SORT_ROLE)
-        self.search = ""
-        self.filter = "all"
 
     @property
     def worklist(self) -> WorklistModel:
         return self.sourceModel()  # type: ignore[return-value]
 
+    @property
+    def search(self) -> str:
+        query = self.worklist.query
+        return query.search if query is not None else ""
+
+    @property
+    def filter(self) -> str:
+        query = self.worklist.query
+        return query.filter if query is not None else "all"
+
+    def _requery(self, **changes: Any) -> None:
+        query = self.worklist.query
+        if query is not None:
+            self.worklist.set_query(replace(query, **changes))
+
     def set_search(self, text: str) -> None:
-        self.beginFilterChange()
-        self.search = text.strip().lower()
-        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        self._requery(search=text.strip())
 
     def set_filter(self, name: str) -> None:
         if name not in FILTERS:
             raise ValueError(f"unknown filter {name!r}")
-        self.beginFilterChange()
-        self.filter = name
-        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        self._requery(filter=name)
+
+    def sortColumn(self) -> int:
+        return self.worklist.sort_column()
 
     def entry(self, row: int) -> WorklistEntry | None:
-        if not 0 <= row < self.rowCount():
-            return None
-        return self.worklist.entries[self.mapToSource(self.index(row, 0)).row()]
+        entries = self.worklist.entries
+        return entries[row] if 0 <= row < len(entries) else None
 
     def row_of(self, exam_key: str) -> int | None:
-        for r, entry in enumerate(self.worklist.entries):
-            if entry.exam.exam_key == exam_key:
-                proxy = self.mapFromSource(self.worklist.index(r, 0))
-                return proxy.row() if proxy.isValid() else None
-        return None
-
-    def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
-        model = self.worklist
-        entry = model.entries[source_row]
-        exam = entry.exam
-        if self.search:
-            haystack = " ".join([exam.patient_id, exam.patient_name.replace("^", " "), *exam.accessions]).lower()
-            if self.search not in haystack:
-                return False
-        blind = model.is_blind(entry)
-        if self.filter == "unread":
-            return not model.read_state(entry).is_read
-        if self.filter in ("suspicious", "likely normal"):
-            return not blind and entry.status == "done" and entry.category == self.filter
-        if self.filter == "AI pending":
-            return entry.status != "done"
-        if self.filter == "has priors":
-            return model.priors.get(exam.exam_key, 0) > 0
-        return True
+        return self.worklist.row_of(exam_key)
