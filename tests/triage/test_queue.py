@@ -274,14 +274,15 @@ def test_worklist_and_queue_queries_use_indexes_not_table_scans(setup) -> None:
     worklist.worklist_page(Planner(queue.conn), "test-1", points, sort="date")
     assert plans[0][0] == "SCAN e USING INDEX exam_index_date" and "TEMP B-TREE" not in " ".join(plans[0])
     n_worklist = len(plans)
-    queue.conn = Planner(queue.conn)  # the queue's own statements, planned the same way
+    own = queue.conn
+    queue._conn = Planner(own)  # the queue's own statements, planned the same way
     try:
         queue.jobs("test-1")
         queue.counts("test-1")
         queue.per_view_p95("ab" * 32)
         queue.etas("test-1", 1.0)
     finally:
-        queue.conn = queue.conn.conn
+        queue._conn = own
     text = " | ".join(" | ".join(p) for p in plans[n_worklist:])
     assert "SCAN" not in text, text
     assert text.count("USING INDEX triage_jobs_version") + text.count("USING COVERING INDEX triage_jobs_version") == 3

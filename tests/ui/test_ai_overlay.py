@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PySide6.QtCore import Qt
@@ -170,7 +172,8 @@ def test_worklist_shows_scores_and_status(window) -> None:
 
 def test_worklist_and_status_bar_show_the_queue_eta(window) -> None:
     win, _exam = window
-    win.model_version, win.model_meta = "v-newer", {"weights_sha256": "ef" * 32}
+    win.session.model = dataclasses.replace(win.session.model, version="v-newer",
+                                            meta={"weights_sha256": "ef" * 32})
     win.queue.sync("v-newer")  # a new model: the exam waits for its analysis
     win.queue.record_time("ef" * 32, "v-newer", 4, 20.0)  # 5 s a view measured on this machine
     win.refresh_worklist()
