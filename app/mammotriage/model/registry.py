@@ -241,14 +241,14 @@ class ModelRegistry(db.Connected):
         stack = self._active_stack()
         return self.get(stack[-1]) if stack else None
 
-    def active_fingerprint(self) -> tuple | None:
+    def active_fingerprint(self) -> tuple[object, ...] | None:
         """What identifies the active version and its package copy now, without hashing:
         (version, registered weights sha256, folder, (mtime_ns, size) of its metadata and
         weights files). A change means: verify again. None when no version is active."""
         active = self.active()
         if active is None:
             return None
-        files = []
+        files: list[tuple[int, int] | None] = []
         for name in (METADATA, WEIGHTS):
             try:
                 st = (Path(active.path) / name).stat()

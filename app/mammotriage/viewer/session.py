@@ -76,14 +76,14 @@ def find_model(archive_file: str | Path, home: str | Path, model_dir: str | Path
         points, problem = OperatingPoints.resolve(found.meta, Path(home) / "triage.json"), ""
     except ValueError as exc:
         points, problem = None, str(exc)
-    return ModelState(found.folder, found.meta, problem, found.notice, points, found.meta.get("version"))
+    return ModelState(found.folder, found.meta, problem, found.notice, points, (found.meta or {}).get("version"))
 
 
 @dataclass(frozen=True)
 class OverlayData:
     """What the model said about one image, in stored-image coordinates."""
 
-    findings: list[dict]  # {"box": [x0, y0, x1, y1], "kind": str, "score": float}
+    findings: list[dict[str, Any]]  # {"box": [x0, y0, x1, y1], "kind": str, "score": float}
     image_score: float
     model_version: str
     stale: bool = False  # produced by another model than the active one
@@ -98,7 +98,7 @@ class ExamOverlays:
     """The AI results of an exam's views, per hanging slot (None: no result)."""
 
     slots: dict[str, OverlayData | None]
-    marks: dict[str, list[dict]]  # SOP Instance UID -> the marks shown (what corrections start from)
+    marks: dict[str, list[dict[str, Any]]]  # SOP Instance UID -> the marks shown (what corrections start from)
     model_version: str  # the version that made the marks shown ("" when none)
     problems: list[str] = field(default_factory=list)  # what could not be read, for the log
 
@@ -138,7 +138,7 @@ class ReadingSession:
             self._registry = None
 
     # ----------------------------------------------------------------- the active model
-    def _fingerprint(self) -> tuple | None:
+    def _fingerprint(self) -> tuple[object, ...] | None:
         if self.explicit_model is not None:
             return None
         if self._registry is None:
@@ -212,11 +212,14 @@ class ReadingSession:
 
         exam_result = next((r for r in self.queue.exam_results().get(exam.exam_key, []) if current(r)), None)
         slots: dict[str, OverlayData | None] = {}
-        marks: dict[str, list[dict]] = {}
+        marks: dict[str, list[dict[str, Any]]] = {}
         shown_version, problems = "", []
         for slot, path in paths.items():
             image = next((i for i in exam.images if i.path == path), None)
-            records = self.queue.image_results(image.sop_uid) if image is not None else []
+            if image is None:
+                slots[slot] = None
+                continue
+            records = self.queue.image_results(image.sop_uid)
             record = next((r for r in records if current(r)), None)
             stale = record is None and bool(records)
             record = record or (records[0] if records else None)
