@@ -27,7 +27,7 @@ def prior_room(qtbot, tmp_path, monkeypatch):
 def _reading_room(qtbot, tmp_path, monkeypatch, with_prior: bool):
     from mammotriage.phantom import generate_exam
     from mammotriage.store import Archive
-    from mammotriage.triage import TriageQueue
+    from mammotriage.triage import OperatingPoints, TriageQueue
     from mammotriage.ui.main_window import MainWindow
 
     monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
@@ -49,7 +49,9 @@ def _reading_room(qtbot, tmp_path, monkeypatch, with_prior: bool):
         exam = next(e for e in exams if e.images[0].dataset.StudyInstanceUID == study)
         _complete(queue, job, exam, candidates=50)
     win = MainWindow(archive=archive, start_triage=False)
-    win.model_version = "v-test"
+    # the fixture's own model: its results have no package, its worklist thresholds are its
+    # own (not the shipped model's), and the registry's active model never replaces it
+    win.pin_model("v-test", points=OperatingPoints(0.5, 0.1, "test fixture"))
     win.hanging.state.mark_threshold = 0.5
     win.hanging.state.candidate_point = 0.2
     qtbot.addWidget(win)

@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 
 from mammotriage.phantom import generate_exam
 from mammotriage.store import Archive
-from mammotriage.triage import TriageQueue
+from mammotriage.triage import OperatingPoints, TriageQueue
 from mammotriage.ui.main_window import MainWindow
 
 
@@ -46,7 +46,9 @@ def window(qtbot, tmp_path):
                        + [{"box": [10, 10, 30, 30], "kind": "mass", "score": 0.1}]})
     queue.complete(job, "cd" * 32, images, maps_dir=tmp_path / "home-maps" / "ai_maps")
     win = MainWindow(archive=archive, start_triage=False)
-    win.model_version = "v-test"
+    # the fixture's own model: its results have no package, its worklist thresholds are its
+    # own (not the shipped model's), and the registry's active model never replaces it
+    win.pin_model("v-test", points=OperatingPoints(0.5, 0.1, "test fixture"))
     win.hanging.state.mark_threshold = 0.5
     qtbot.addWidget(win)
     win.resize(1400, 1000)
@@ -153,7 +155,7 @@ def test_after_read_mode_locks_until_initial_assessment(window, qtbot) -> None:
 
 def test_older_model_results_are_flagged(window, qtbot) -> None:
     win, exam = window
-    win.model_version = "v-newer"
+    win.pin_model("v-newer")
     win.load_overlays()
     pane, _ = _lesion_pane(win, exam)
     qtbot.keyClick(win, Qt.Key.Key_A)
@@ -170,7 +172,7 @@ def test_worklist_shows_scores_and_status(window) -> None:
 
 def test_worklist_and_status_bar_show_the_queue_eta(window) -> None:
     win, _exam = window
-    win.model_version, win.model_meta = "v-newer", {"weights_sha256": "ef" * 32}
+    win.pin_model("v-newer", meta={"weights_sha256": "ef" * 32})
     win.queue.sync("v-newer")  # a new model: the exam waits for its analysis
     win.queue.record_time("ef" * 32, "v-newer", 4, 20.0)  # 5 s a view measured on this machine
     win.refresh_worklist()

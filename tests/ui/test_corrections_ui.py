@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QInputDialog
 from mammotriage.phantom import generate_exam
 from mammotriage.store import Archive
 from mammotriage.store.events import CorrectionLog
-from mammotriage.triage import TriageQueue
+from mammotriage.triage import OperatingPoints, TriageQueue
 from mammotriage.ui.main_window import MainWindow
 from mtsupport import mouse, mouse_drag
 
@@ -53,7 +53,9 @@ def scenario(qtbot, tmp_path, monkeypatch):
                        "findings": findings})
     queue.complete(job, "ef" * 32, images)
     win = MainWindow(archive=archive, start_triage=False)
-    win.model_version = "v-test"
+    # the fixture's own model: its results have no package, its worklist thresholds are its
+    # own (not the shipped model's), and the registry's active model never replaces it
+    win.pin_model("v-test", points=OperatingPoints(0.5, 0.1, "test fixture"))
     win.hanging.state.mark_threshold = 0.5
     qtbot.addWidget(win)
     win.resize(1400, 1000)

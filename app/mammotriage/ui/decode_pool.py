@@ -189,7 +189,6 @@ class ProgressiveLoader(ViewLoader):
         self.workers = workers or max(1, min(cores, 4))
         #: openjpeg threads per decode (all cores, at most 8: the last view of an exam uses them all)
         self.threads = threads or min(cores, 8)
-        self.on_screen: set[str] = set()
         self._prefetch: list[str] = []
         self._waiting: dict[tuple[str, str], int] = {}  # (path, mode) -> sequence number
         self._seq = itertools.count()

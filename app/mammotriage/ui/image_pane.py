@@ -31,6 +31,7 @@ from mammotriage.viewer.state import HangingState, PaneState, WindowSetting
 
 if TYPE_CHECKING:
     from mammotriage.store.labels import Label
+    from mammotriage.viewer.corrections import ExamCorrections
 
 BACKGROUND = QColor(0, 0, 0)
 TEXT = QColor(230, 200, 90)
@@ -147,7 +148,7 @@ class ImagePane(QWidget):
         self.pointer: QPointF | None = None  # last pointer position (QWidget.cursor() is the shape)
         self._ruler_start: QPointF | None = None
         self.overlay: AiOverlay | None = None
-        self.corrections = None  # ExamCorrections of the open exam, set by the main window
+        self.corrections: ExamCorrections | None = None  # of the open exam, set by the main window
         self._edit_preview: tuple[str, dict] | None = None  # label id, geometry while dragging
         self._draw_rect: QRectF | None = None
         self.view: LoadedView | None = None

@@ -160,6 +160,9 @@ class ViewLoader:
         #: that schedules its own jobs marks them so)
         self._pending: dict[str, cf.Future[Any] | None] = {}
         self.cache = ViewCache()
+        #: the paths in the panes now: a scheduling loader decodes them first (this one
+        #: decodes in request order)
+        self.on_screen: set[str] = set()
 
     def request(self, path: str | Path) -> LoadedView | None:
         """Return the view if cached, else start loading it (once) and return None."""

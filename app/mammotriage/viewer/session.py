@@ -123,11 +123,25 @@ class ReadingSession:
         self.home = Path(home)
         self.queue = queue
         self.explicit_model = model_dir
+        #: An explicit model (a ``model_dir``, or one given to :meth:`pin`): the session
+        #: runs it until it closes and never follows the registry's active version.
+        self.pinned = model_dir is not None
         self.model = find_model(self.archive_file, self.home, model_dir)
         self._registry: ModelRegistry | None = None
         self._seen = self._fingerprint()
         self._verifying: cf.Future[ModelState] | None = None
         self._pool: cf.ThreadPoolExecutor | None = None
+
+    def pin(self, model: ModelState) -> None:
+        """Run ``model`` from now on, whatever the registry's active version becomes: the
+        periodic check and :meth:`follow_active_model` leave it in place (a verification
+        already under way is dropped, not adopted)."""
+        self.pinned = True
+        self._seen = None
+        if self._verifying is not None:
+            self._verifying.cancel()
+            self._verifying = None
+        self.model = model
 
     def close(self) -> None:
         if self._pool is not None:
@@ -139,7 +153,7 @@ class ReadingSession:
 
     # ----------------------------------------------------------------- the active model
     def _fingerprint(self) -> tuple[object, ...] | None:
-        if self.explicit_model is not None:
+        if self.pinned:
             return None
         if self._registry is None:
             self._registry = ModelRegistry(self.archive_file)
@@ -154,7 +168,7 @@ class ReadingSession:
     def follow_active_model(self) -> bool:
         """Follow a change made in this program now (verifying it here, once). True if
         the active model changed."""
-        if self.explicit_model is not None:
+        if self.pinned:
             return False
         self._seen = self._fingerprint()
         return self._adopt(find_model(self.archive_file, self.home))
@@ -162,7 +176,7 @@ class ReadingSession:
     def poll_model(self) -> bool:
         """The periodic check (cheap; see the module docstring). True when a change
         verified in the background has just been adopted."""
-        if self.explicit_model is not None:
+        if self.pinned:
             return False
         if self._verifying is not None:
             if not self._verifying.done():
