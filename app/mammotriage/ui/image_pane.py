@@ -25,8 +25,8 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from mammotriage.dicom.pyramid import choose_level
 from mammotriage.dicom.voi import DisplayLut
 from mammotriage.ui.overlay import AiOverlay
-from mammotriage.ui.raster import Raster, screen_raster, shared_lut
 from mammotriage.viewer.loader import LoadedView
+from mammotriage.viewer.raster import Raster, screen_raster, shared_lut
 from mammotriage.viewer.state import HangingState, PaneState, WindowSetting
 
 if TYPE_CHECKING:
@@ -288,7 +288,7 @@ class ImagePane(QWidget):
         """The windowed 8-bit image at screen resolution: (image, pyramid level, where).
 
         The stored values of the pyramid level that fits the pane are resampled to the
-        pane's screen pixels once per geometry (:mod:`mammotriage.ui.raster`); a window
+        pane's screen pixels once per geometry (:mod:`mammotriage.viewer.raster`); a window
         change is then one table lookup over those pixels (the table shared with the
         other panes showing the same window), drawn without scaling.
         """

@@ -56,14 +56,14 @@ from mammotriage.store.priors import link_priors
 from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue, build_worklist
 from mammotriage.triage.worklist import eta_text, order_for_reading
-from mammotriage.ui.decode_pool import ProgressiveLoader
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.overlay import AiOverlay
-from mammotriage.ui.prefetch import prefetch_paths
 from mammotriage.ui.screen_windows import ScreenLayout
 from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
 from mammotriage.viewer.corrections import ExamCorrections, ImageInfo
+from mammotriage.viewer.decode_pool import ProgressiveLoader
 from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader
+from mammotriage.viewer.prefetch import prefetch_paths
 from mammotriage.viewer.screens import LAYOUTS, worklist_split
 from mammotriage.viewer.session import OpenedExam, ReadingSession
 

@@ -4,7 +4,7 @@ The next ``N`` exams in worklist order that this reading room has not signed yet
 with its most recent prior (the comparison the reader will open), within the view
 cache's memory budget: what is pinned on screen counts first, and a view is planned
 only while the estimated size of everything planned still fits.  The loader decodes the
-plan after whatever is on screen (see :mod:`mammotriage.ui.decode_pool`).
+plan after whatever is on screen (see :mod:`mammotriage.viewer.decode_pool`).
 """
 
 from __future__ import annotations
