@@ -8,8 +8,8 @@ from PySide6.QtCore import Qt
 
 from mammotriage.phantom import generate_exam
 from mammotriage.store import Archive
-from mammotriage.triage import OperatingPoints, TriageQueue
-from mammotriage.ui.main_window import MainWindow
+from mammotriage.triage import TriageQueue
+from mtsupport import reading_window
 
 
 def _rgb(widget) -> np.ndarray:
@@ -45,16 +45,7 @@ def window(qtbot, tmp_path):
                        "findings": [{"box": list(les.box), "kind": les.kind, "score": 0.9} for les in lesions]
                        + [{"box": [10, 10, 30, 30], "kind": "mass", "score": 0.1}]})
     queue.complete(job, "cd" * 32, images, maps_dir=tmp_path / "home-maps" / "ai_maps")
-    win = MainWindow(archive=archive, start_triage=False)
-    # the fixture's own model: its results have no package, its worklist thresholds are its
-    # own (not the shipped model's), and the registry's active model never replaces it
-    win.pin_model("v-test", points=OperatingPoints(0.5, 0.1, "test fixture"))
-    win.hanging.state.mark_threshold = 0.5
-    qtbot.addWidget(win)
-    win.resize(1400, 1000)
-    win.show()
-    win.refresh_worklist()
-    qtbot.waitUntil(lambda: all(p.view is not None for p in win.hanging.panes.values()), timeout=60_000)
+    win = reading_window(qtbot, archive)
     # maps were written outside the data dir in this fixture: point the session there
     win.session.home = tmp_path / "home-maps"
     win.load_overlays()

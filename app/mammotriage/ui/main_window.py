@@ -762,6 +762,13 @@ class MainWindow(QMainWindow):
         label = next((lab for _r, lab in pane.label_items() if lab.label_id == sel[1]), None)
         return (pane, label) if label is not None else None
 
+    def _selected_or_say(self):
+        """:meth:`_selected`, or None with a word in the status bar on how to select one."""
+        sel = self._selected()
+        if sel is None:
+            self.show_status("select a mark first (click it, or Tab)")
+        return sel
+
     def _record(self, fn: Callable[Concatenate[ExamCorrections, P], object],
                 *args: P.args, **kwargs: P.kwargs) -> bool:
         """Run a correction on the open exam's corrections (``fn(corrections, *args)``;
@@ -777,9 +784,8 @@ class MainWindow(QMainWindow):
         return True
 
     def accept_selected(self) -> None:
-        sel = self._selected()
+        sel = self._selected_or_say()
         if sel is None:
-            self.show_status("select a mark first (click it, or Tab)")
             return
         pane, label = sel
         if label.source != "ai":
@@ -788,9 +794,8 @@ class MainWindow(QMainWindow):
         self._record(ExamCorrections.accept, pane.view.meta.sop_instance_uid, label.label_id)
 
     def reject_selected(self) -> None:
-        sel = self._selected()
+        sel = self._selected_or_say()
         if sel is None:
-            self.show_status("select a mark first (click it, or Tab)")
             return
         pane, label = sel
         fn = ExamCorrections.reject if label.source == "ai" else ExamCorrections.delete
@@ -798,9 +803,8 @@ class MainWindow(QMainWindow):
             self.hanging.state.select("", "")
 
     def change_kind_selected(self, kind: str | None = None) -> None:
-        sel = self._selected()
+        sel = self._selected_or_say()
         if sel is None:
-            self.show_status("select a mark first (click it, or Tab)")
             return
         pane, label = sel
         if kind is None:
