@@ -236,3 +236,32 @@ def tiny_exam_archive(folder: Path, n: int, version: str = "v-1") -> Path:
             queue.complete(job, "ab" * 32, [{"sop_uid": image.sop_uid, "laterality": "R",
                                              "score": rng.random() ** 2, "findings": []}])
     return archive_file
+
+
+#: The UI fixtures' own model: results written for it have no package.
+FIXTURE_MODEL = "v-test"
+
+
+def reading_window(qtbot, archive, *, reader: str | None = None, candidate_point: float | None = None):
+    """A main window on ``archive`` (results of :data:`FIXTURE_MODEL` in its queue), shown
+    at 1400x1000 with the first exam's panes loaded; overlays are the caller's to load.
+
+    The window is pinned to the fixture's model with its own worklist thresholds (not the
+    shipped model's), so the registry's active model never replaces it, however long a
+    test takes."""
+    from mammotriage.triage import OperatingPoints
+    from mammotriage.ui.main_window import MainWindow
+
+    win = MainWindow(archive=archive, start_triage=False)
+    win.pin_model(FIXTURE_MODEL, points=OperatingPoints(0.5, 0.1, "test fixture"))
+    win.hanging.state.mark_threshold = 0.5
+    if candidate_point is not None:
+        win.hanging.state.candidate_point = candidate_point
+    qtbot.addWidget(win)
+    win.resize(1400, 1000)
+    win.show()
+    if reader is not None:
+        win.sign_in(reader)
+    win.refresh_worklist()
+    qtbot.waitUntil(lambda: all(p.view is not None for p in win.hanging.panes.values()), timeout=60_000)
+    return win

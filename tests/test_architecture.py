@@ -47,12 +47,16 @@ DEPRECATED_ALIASES = {
     "mammotriage.model.pipeline", "mammotriage.model.dataset_check",
     "mammotriage.model.learning_commands", "mammotriage.triage.monitor",
 }
+#: ... and the one deprecated import inside a module that stays (the old registry's
+#: promote/rollback methods, reached through the learning registry for one release).
+DEPRECATED_IMPORTS = {("mammotriage.model.registry", "mammotriage.learning.registry")}
 
 
-def _graph():
+def _graph(*, runtime_only: bool = False):
+    """grimp's import graph; ``runtime_only`` leaves out imports under TYPE_CHECKING."""
     import grimp
 
-    return grimp.build_graph("mammotriage", cache_dir=None)
+    return grimp.build_graph("mammotriage", cache_dir=None, exclude_type_checking_imports=runtime_only)
 
 
 def _package(module: str) -> str | None:
@@ -76,7 +80,7 @@ def test_import_graph_has_no_upward_import_and_no_circle_between_packages() -> N
         assert src in rank, f"package {src} is on no layer: add it to pyproject's contract and here"
         for imported in graph.find_modules_directly_imported_by(module):
             dst = _package(imported) if imported.startswith("mammotriage.") else None
-            if dst is not None and dst != src:
+            if dst is not None and dst != src and (module, imported) not in DEPRECATED_IMPORTS:
                 edges.setdefault((src, dst), []).append(f"{module} -> {imported}")
     wrong = {pair: found for pair, found in edges.items()
              if pair[1] in COMPOSITION_ROOT or rank[pair[0]] >= rank[pair[1]]}
@@ -103,14 +107,12 @@ def test_import_graph_has_no_upward_import_and_no_circle_between_packages() -> N
 
 def test_package_files_do_plain_io_with_no_circle_through_the_engine() -> None:
     """model.package reads and writes package files; building a network or an engine
-    from one is model.infer's, so infer -> package and never back."""
-    import grimp
-
-    # annotations-only imports (under TYPE_CHECKING) name types and run nothing
-    graph = grimp.build_graph("mammotriage", cache_dir=None, exclude_type_checking_imports=True)
+    from one is model.infer's, so infer -> package and never back. (Its annotations name
+    the network's types under TYPE_CHECKING: no import when it runs.)"""
+    graph = _graph(runtime_only=True)
     imported = {m for m in graph.find_modules_directly_imported_by("mammotriage.model.package")
                 if m.startswith("mammotriage.")}
-    assert imported <= {"mammotriage.model.scoring", "mammotriage.clock", "mammotriage.digest"}, imported
+    assert imported <= {"mammotriage.model.scoring", *(f"mammotriage.{u}" for u in LAYERS[-1])}, imported
     assert "mammotriage.model.package" in graph.find_modules_directly_imported_by("mammotriage.model.infer")
     assert not graph.find_shortest_chain("mammotriage.model.package", "mammotriage.model.infer")
 

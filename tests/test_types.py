@@ -1,7 +1,7 @@
 """Static types: mypy with the project's configuration (pyproject.toml [tool.mypy]).
 
-dicom, store and model (and learning, viewer once they exist) are checked strictly, the
-rest with mypy's defaults. The incremental cache lives in the temporary folder, so a
+dicom, store, model, learning and viewer are checked strictly, the rest (ui included)
+with mypy's defaults; no file is exempt. The incremental cache lives in the temporary folder, so a
 second run re-checks only what changed.
 """
 
@@ -18,13 +18,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: Modules whose errors are still being fixed (the reading-room window, being split into
-#: a Qt-free reading session and its widgets); every other file must have none. Remove a
-#: file from here once it is clean.
-NOT_YET_CLEAN = frozenset({
-    "app/mammotriage/ui/main_window.py",
-})
-
 ERROR = re.compile(r"^(?P<path>[^:\s]+\.py):\d+(?::\d+)?: error: ", re.MULTILINE)
 
 
@@ -38,12 +31,6 @@ def test_mypy_reports_no_errors() -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode in (0, 1), output  # 2: mypy could not run (configuration, crash)
-    errors = [line for line in output.splitlines()
-              if (m := ERROR.match(line)) and m.group("path") not in NOT_YET_CLEAN]
+    errors = [line for line in output.splitlines() if ERROR.match(line)]
     assert errors == [], "\n".join(errors)
 
-
-def test_files_still_being_fixed_exist() -> None:
-    """A renamed or split module leaves this list, rather than being excused silently."""
-    missing = sorted(p for p in NOT_YET_CLEAN if not (REPO / p).is_file())
-    assert missing == [], f"{missing}: gone; remove them from NOT_YET_CLEAN"

@@ -18,6 +18,20 @@ def _tissue(seed, rows=360, cols=280):
     return np.clip(np.where(inside, 110 + tex + rng.normal(0, 2, (rows, cols)), 0), 0, 255).astype(np.uint8)
 
 
+def _fold_records(tmp_path, k):
+    """The dataset's samples, with each patient fold's stage-one records in ``tmp_path/fold<f>``."""
+    from mammotriage.model.data import patient_folds
+
+    samples, records = _dataset()
+    fold_of = patient_folds(samples, k)
+    for f in range(k):
+        d = tmp_path / f"fold{f}"
+        d.mkdir()
+        recs = [r for r, g in zip(records, fold_of, strict=True) if g == f]
+        d.joinpath("records.json").write_text(json.dumps({"info": {}, "records": recs}))
+    return samples
+
+
 def _dataset(n_patients=16):
     """Patients with two views; every second patient has a calcification cluster and a
     'mass' (bright blob) in the first view."""
@@ -54,16 +68,9 @@ def _dataset(n_patients=16):
 
 def test_second_look_cv_uses_only_other_folds_and_keeps_the_json_shape(tmp_path):
     from mammotriage.model.crossval import paired_bootstrap, second_look_cv
-    from mammotriage.model.data import patient_folds
 
-    samples, records = _dataset()
     k = 2
-    fold_of = patient_folds(samples, k)
-    for f in range(k):
-        d = tmp_path / f"fold{f}"
-        d.mkdir()
-        recs = [r for r, g in zip(records, fold_of, strict=True) if g == f]
-        d.joinpath("records.json").write_text(json.dumps({"info": {}, "records": recs}))
+    samples = _fold_records(tmp_path, k)
     out = second_look_cv(samples, tmp_path, k)
     assert len(out["second_look"]) == len(samples)
     assert [r["key"] for r in out["second_look"]] == [s.key for s in samples]
@@ -116,16 +123,9 @@ def test_the_worklist_reads_exam_level_points():
 
 def test_second_look_without_stage_two_keeps_the_candidates_scores(tmp_path):
     from mammotriage.model.crossval import second_look_cv
-    from mammotriage.model.data import patient_folds
 
-    samples, records = _dataset()
     k = 2
-    fold_of = patient_folds(samples, k)
-    for f in range(k):
-        d = tmp_path / f"fold{f}"
-        d.mkdir()
-        recs = [r for r, g in zip(records, fold_of, strict=True) if g == f]
-        d.joinpath("records.json").write_text(json.dumps({"info": {}, "records": recs}))
+    samples = _fold_records(tmp_path, k)
     out = second_look_cv(samples, tmp_path, k, stage_two=False)
     final = out["final"]
     assert final.stage2 is None and final.calc is not None

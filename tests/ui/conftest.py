@@ -28,7 +28,7 @@ def _reading_room(qtbot, tmp_path, monkeypatch, with_prior: bool):
     from mammotriage.phantom import generate_exam
     from mammotriage.store import Archive
     from mammotriage.triage import TriageQueue
-    from mammotriage.ui.main_window import MainWindow
+    from mtsupport import reading_window
 
     monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
     exams = []
@@ -48,16 +48,7 @@ def _reading_room(qtbot, tmp_path, monkeypatch, with_prior: bool):
         study = by_key[job.exam_key]
         exam = next(e for e in exams if e.images[0].dataset.StudyInstanceUID == study)
         _complete(queue, job, exam, candidates=50)
-    win = MainWindow(archive=archive, start_triage=False)
-    win.model_version = "v-test"
-    win.hanging.state.mark_threshold = 0.5
-    win.hanging.state.candidate_point = 0.2
-    qtbot.addWidget(win)
-    win.resize(1400, 1000)
-    win.show()
-    win.sign_in("dr_test")
-    win.refresh_worklist()
-    qtbot.waitUntil(lambda: all(p.view is not None for p in win.hanging.panes.values()), timeout=60_000)
+    win = reading_window(qtbot, archive, reader="dr_test", candidate_point=0.2)
     win.load_overlays()
     yield win, exams
     win.close()

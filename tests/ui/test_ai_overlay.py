@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from PySide6.QtCore import Qt
@@ -11,7 +9,7 @@ from PySide6.QtCore import Qt
 from mammotriage.phantom import generate_exam
 from mammotriage.store import Archive
 from mammotriage.triage import TriageQueue
-from mammotriage.ui.main_window import MainWindow
+from mtsupport import reading_window
 
 
 def _rgb(widget) -> np.ndarray:
@@ -47,14 +45,7 @@ def window(qtbot, tmp_path):
                        "findings": [{"box": list(les.box), "kind": les.kind, "score": 0.9} for les in lesions]
                        + [{"box": [10, 10, 30, 30], "kind": "mass", "score": 0.1}]})
     queue.complete(job, "cd" * 32, images, maps_dir=tmp_path / "home-maps" / "ai_maps")
-    win = MainWindow(archive=archive, start_triage=False)
-    win.model_version = "v-test"
-    win.hanging.state.mark_threshold = 0.5
-    qtbot.addWidget(win)
-    win.resize(1400, 1000)
-    win.show()
-    win.refresh_worklist()
-    qtbot.waitUntil(lambda: all(p.view is not None for p in win.hanging.panes.values()), timeout=60_000)
+    win = reading_window(qtbot, archive)
     # maps were written outside the data dir in this fixture: point the session there
     win.session.home = tmp_path / "home-maps"
     win.load_overlays()
@@ -155,7 +146,7 @@ def test_after_read_mode_locks_until_initial_assessment(window, qtbot) -> None:
 
 def test_older_model_results_are_flagged(window, qtbot) -> None:
     win, exam = window
-    win.model_version = "v-newer"
+    win.pin_model("v-newer")
     win.load_overlays()
     pane, _ = _lesion_pane(win, exam)
     qtbot.keyClick(win, Qt.Key.Key_A)
@@ -172,8 +163,7 @@ def test_worklist_shows_scores_and_status(window) -> None:
 
 def test_worklist_and_status_bar_show_the_queue_eta(window) -> None:
     win, _exam = window
-    win.session.model = dataclasses.replace(win.session.model, version="v-newer",
-                                            meta={"weights_sha256": "ef" * 32})
+    win.pin_model("v-newer", meta={"weights_sha256": "ef" * 32})
     win.queue.sync("v-newer")  # a new model: the exam waits for its analysis
     win.queue.record_time("ef" * 32, "v-newer", 4, 20.0)  # 5 s a view measured on this machine
     win.refresh_worklist()

@@ -12,8 +12,7 @@ from mammotriage.phantom import generate_exam
 from mammotriage.store import Archive
 from mammotriage.store.events import CorrectionLog
 from mammotriage.triage import TriageQueue
-from mammotriage.ui.main_window import MainWindow
-from mtsupport import mouse, mouse_drag
+from mtsupport import mouse, mouse_drag, reading_window
 
 
 def _drag(widget, a: QPointF, b: QPointF) -> None:
@@ -52,15 +51,7 @@ def scenario(qtbot, tmp_path, monkeypatch):
         images.append({"sop_uid": sop, "laterality": image.label[0], "score": 0.85 if findings else 0.05,
                        "findings": findings})
     queue.complete(job, "ef" * 32, images)
-    win = MainWindow(archive=archive, start_triage=False)
-    win.model_version = "v-test"
-    win.hanging.state.mark_threshold = 0.5
-    qtbot.addWidget(win)
-    win.resize(1400, 1000)
-    win.show()
-    win.sign_in("dr_test")
-    win.refresh_worklist()
-    qtbot.waitUntil(lambda: all(p.view is not None for p in win.hanging.panes.values()), timeout=60_000)
+    win = reading_window(qtbot, archive, reader="dr_test")
     win.load_overlays()
     answers = iter([("calcification" if twin.kind == "calcification" else "mass", True), ("4", True), ("C", True)])
     monkeypatch.setattr(QInputDialog, "getItem", staticmethod(lambda *a, **k: next(answers)))

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QApplication, QInputDialog
 from mammotriage.store.events import CorrectionLog
 from mammotriage.store.labels import Label
 from mammotriage.ui.image_pane import _label_style, caption_box
+from mammotriage.viewer.corrections import ExamCorrections
 from mtsupport import mouse_drag
 
 
@@ -253,10 +254,10 @@ def test_sign_and_next_records_the_assessment_and_opens_the_next_unread(reading_
     tip = win.worklist_view.data(win.worklist_view.index(win.worklist_view.row_of(first), COL_READ),
                                  Qt.ItemDataRole.ToolTipRole)
     assert "RECALL" in tip
-    assert not win._record(win.corrections.set_note, "late thought")
+    assert not win._record(ExamCorrections.set_note, "late thought")
     assert "signed" in win.status_label.text()
     assert win.amend("second look at the left breast")
-    assert win._record(win.corrections.set_note, "late thought")
+    assert win._record(ExamCorrections.set_note, "late thought")
     assert win.worklist_view.data(win.worklist_view.index(win.worklist_view.row_of(first), COL_READ)) \
         == "reopened · dr_test"
     with CorrectionLog(win.archive.path) as log:
@@ -303,7 +304,7 @@ def test_the_app_resumes_at_the_exam_the_reader_stopped_at(reading_room, qtbot) 
 
 def test_an_opened_exam_is_triaged_next_even_before_its_job_exists(reading_room) -> None:
     win, _ = reading_room
-    win.model_version = "v-new"  # no jobs for this version yet
+    win.pin_model("v-new")  # no jobs for this version yet
     target = win.worklist_view.entry(2).exam
     win.open_exam(target)
     job = win.queue.claim_next("v-new")
@@ -484,7 +485,7 @@ def test_the_row_under_the_reader_does_not_jump_while_triage_runs(reading_room, 
         score = 0.99 if job.exam_key == key else 0.01
         win.queue.complete(job, "cd" * 32, [{"sop_uid": i.dataset.SOPInstanceUID, "laterality": i.label[0],
                                              "score": score, "findings": []} for i in exam.images])
-    win.model_version = "v-2"
+    win.pin_model("v-2")
     win.refresh_worklist()
     order = [win.worklist_view.entry(r) for r in range(3)]
     assert order[row].exam.exam_key == key  # the reader's row stays put

@@ -67,7 +67,7 @@ def test_span_puts_cc_and_mlo_pairs_on_the_two_displays_with_links(reading_room,
     panes["RCC"].zoom_at(QPointF(panes["RCC"].width() - 20, panes["RCC"].height() / 2), 2.0)
     assert win.hanging.state.panes["LMLO"].zoom == win.hanging.state.panes["RCC"].zoom > 1.5
     # the main window's shortcuts are on the display windows too
-    assert set(win.actions) <= set(cc_window.actions())
+    assert set(win.menu_actions) <= set(cc_window.actions())
 
     # F enlarges a view on its own display; the other display keeps its pair
     win.hanging.state.toggle_fullscreen("RMLO")

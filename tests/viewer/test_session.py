@@ -4,6 +4,7 @@ verified once, in a worker thread."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -98,4 +99,23 @@ def test_an_explicit_model_folder_is_never_swapped(tmp_path, monkeypatch) -> Non
             reg.promote("2.0.0", None, who="test", force_reason="test")
         assert session.poll_model() is False and session.follow_active_model() is False
         assert session.model.version == "1.0.0"
+        session.close()
+
+
+def test_a_pinned_model_is_never_replaced(tmp_path, monkeypatch) -> None:
+    """A model chosen explicitly (the UI tests' own "v-test", whose results have no
+    package) stays when the registry's active version changes: the periodic check once
+    swapped it for the registry's model after ~3 s, so slow tests read no results."""
+    monkeypatch.setenv("MAMMOTRIAGE_MODEL", str(minimal_package(tmp_path / "install", "1.0.0", b"one")))
+    archive, home = tmp_path / "home" / "archive.sqlite", tmp_path / "home"
+    with TriageQueue(archive) as queue:
+        session = ReadingSession(archive, home, queue)
+        assert session.model.version == "1.0.0" and not session.pinned
+        session.pin(dataclasses.replace(session.model, version="v-test"))
+        with ModelRegistry(archive) as reg:
+            reg.register(minimal_package(tmp_path / "site", "2.0.0", b"two"))
+            reg.promote("2.0.0", None, who="test", force_reason="test")
+        assert _settle(session) is False and session.model.version == "v-test"
+        assert session.follow_active_model() is False and session.model.version == "v-test"
+        assert not session.verifying
         session.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def _scanner(manufacturer: str, model: str) -> str:
     return f"{manufacturer or 'unknown'} / {model or 'unknown'}"
 
 
-def _report(conn, meta: dict[str, Any], threshold: float | None) -> dict[str, Any]:
+def _report(conn: sqlite3.Connection, meta: dict[str, Any], threshold: float | None) -> dict[str, Any]:
     # exam -> scanner (the scanner of its first image)
     exam_scanner: dict[str, str] = {}
     for r in conn.execute(

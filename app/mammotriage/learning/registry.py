@@ -132,7 +132,7 @@ class ModelRegistry(_read.ModelRegistry):
             raise RegistryError("nothing to roll back to")
         with db.transaction(self.conn):
             self._log(stack[-1], "rollback", who, reason or f"back to {stack[-2]}")
-        return self.get(stack[-2])
+        return self._must_get(stack[-2])
 
     # ----------------------------------------------------------------- pruning
     def referenced(self, version: ModelVersion) -> list[str]:

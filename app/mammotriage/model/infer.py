@@ -249,7 +249,8 @@ def _value(v: object) -> str | None:
 
 # ----------------------------------------------------------------- loading a package
 
-def load_detector(model_dir: str | Path):
+def load_detector(model_dir: str | Path
+                  ) -> tuple[RetinaNetDetector, NetworkConfig, PreprocessParams, dict[str, Any]]:
     """(detector in eval mode, NetworkConfig, PreprocessParams, metadata) of a verified package."""
     from safetensors.torch import load_file
 
@@ -285,7 +286,7 @@ def load_detector(model_dir: str | Path):
     return detector, config, pp, meta
 
 
-def load_second_look(model_dir: str | Path, meta: dict):
+def load_second_look(model_dir: str | Path, meta: dict[str, Any]) -> SecondLook | None:
     """The package's :class:`~mammotriage.model.twostage.SecondLook`, or None (stage one
     only).  ``meta`` is the metadata of the verified package."""
     if "second_look" not in meta:

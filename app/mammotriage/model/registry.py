@@ -32,9 +32,10 @@ import json
 import os
 import shutil
 import sqlite3
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mammotriage.clock import utc_now
 from mammotriage.model.package import (
@@ -100,7 +101,25 @@ def site_policy(data_dir: Path) -> str:
     return str(value)
 
 
+#: The promote/rollback side, moved to :class:`mammotriage.learning.registry.ModelRegistry`
+#: in architecture v2; reached from here for one release, with a DeprecationWarning.
+MOVED_TO_LEARNING = frozenset({"record_report", "stored_report", "after_gate", "promote", "rollback",
+                               "referenced", "prune"})
+
+
 class ModelRegistry(db.Connected):
+
+    if not TYPE_CHECKING:  # the type checker sees only the read side
+        def __getattr__(self, name: str) -> Any:
+            """Deprecated: the promote/rollback methods of the old registry, for scripts
+            that still call them here (removed next release)."""
+            if name not in MOVED_TO_LEARNING:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            warnings.warn(f"ModelRegistry.{name} moved: use mammotriage.learning.registry.ModelRegistry",
+                          DeprecationWarning, stacklevel=2)
+            from mammotriage.learning import registry as learning
+
+            return getattr(learning.ModelRegistry, name).__get__(self)
 
     # ----------------------------------------------------------------- store
     @property
@@ -241,14 +260,14 @@ class ModelRegistry(db.Connected):
         stack = self._active_stack()
         return self.get(stack[-1]) if stack else None
 
-    def active_fingerprint(self) -> tuple | None:
+    def active_fingerprint(self) -> tuple[object, ...] | None:
         """What identifies the active version and its package copy now, without hashing:
         (version, registered weights sha256, folder, (mtime_ns, size) of its metadata and
         weights files). A change means: verify again. None when no version is active."""
         active = self.active()
         if active is None:
             return None
-        files = []
+        files: list[tuple[int, int] | None] = []
         for name in (METADATA, WEIGHTS):
             try:
                 st = (Path(active.path) / name).stat()

@@ -128,8 +128,9 @@ def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_d
             paths = write_exam_results(archive, job.exam_key, images,
                                        AlgorithmInfo(name, model.version, model.weights_sha256),
                                        results_dir / model.version, breast_scores=breasts, exam_score=result.score)
-            for path in paths if sink is not None else ():
-                sink.queue(path, result_kind(path))
+            if sink is not None:
+                for path in paths:
+                    sink.queue(path, result_kind(path))
         except Exception as exc:  # noqa: BLE001 - the triage result stands; report the DICOM problem
             if on_error is not None:
                 on_error(f"DICOM results for {job.exam_key} not written: {type(exc).__name__}: {exc}")

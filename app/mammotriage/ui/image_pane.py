@@ -25,12 +25,13 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from mammotriage.dicom.pyramid import choose_level
 from mammotriage.dicom.voi import DisplayLut
 from mammotriage.ui.overlay import AiOverlay
-from mammotriage.ui.raster import Raster, screen_raster, shared_lut
 from mammotriage.viewer.loader import LoadedView
+from mammotriage.viewer.raster import Raster, screen_raster, shared_lut
 from mammotriage.viewer.state import HangingState, PaneState, WindowSetting
 
 if TYPE_CHECKING:
     from mammotriage.store.labels import Label
+    from mammotriage.viewer.corrections import ExamCorrections
 
 BACKGROUND = QColor(0, 0, 0)
 TEXT = QColor(230, 200, 90)
@@ -147,7 +148,7 @@ class ImagePane(QWidget):
         self.pointer: QPointF | None = None  # last pointer position (QWidget.cursor() is the shape)
         self._ruler_start: QPointF | None = None
         self.overlay: AiOverlay | None = None
-        self.corrections = None  # ExamCorrections of the open exam, set by the main window
+        self.corrections: ExamCorrections | None = None  # of the open exam, set by the main window
         self._edit_preview: tuple[str, dict] | None = None  # label id, geometry while dragging
         self._draw_rect: QRectF | None = None
         self.view: LoadedView | None = None
@@ -287,7 +288,7 @@ class ImagePane(QWidget):
         """The windowed 8-bit image at screen resolution: (image, pyramid level, where).
 
         The stored values of the pyramid level that fits the pane are resampled to the
-        pane's screen pixels once per geometry (:mod:`mammotriage.ui.raster`); a window
+        pane's screen pixels once per geometry (:mod:`mammotriage.viewer.raster`); a window
         change is then one table lookup over those pixels (the table shared with the
         other panes showing the same window), drawn without scaling.
         """

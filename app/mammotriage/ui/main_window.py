@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -10,9 +11,10 @@ import queue as _queue
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, cast
 
 from PySide6.QtCore import QByteArray, QRect, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -24,6 +26,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMainWindow,
+    QMenu,
     QPlainTextEdit,
     QProgressBar,
     QSlider,
@@ -53,16 +56,24 @@ from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue
 from mammotriage.triage.pages import WorklistQuery, position_of, worklist_rows
 from mammotriage.triage.worklist import eta_text
-from mammotriage.ui.decode_pool import ProgressiveLoader
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.overlay import AiOverlay
-from mammotriage.ui.prefetch import DEFAULT_EXAMS, prefetch_paths
 from mammotriage.ui.screen_windows import ScreenLayout
 from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
 from mammotriage.viewer.corrections import ExamCorrections, ImageInfo
+from mammotriage.viewer.decode_pool import ProgressiveLoader
 from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader
+from mammotriage.viewer.prefetch import DEFAULT_EXAMS, prefetch_paths
 from mammotriage.viewer.screens import LAYOUTS, worklist_split
 from mammotriage.viewer.session import OpenedExam, ReadingSession
+
+if TYPE_CHECKING:
+    from mammotriage.net.service import NetworkService
+    from mammotriage.triage.worker import TriageService
+    from mammotriage.ui.assessment_dialog import AssessmentDialog
+    from mammotriage.ui.model_panel import ModelPanel
+
+P = ParamSpec("P")  # the arguments of a correction (MainWindow._record)
 
 
 def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str, sink: OutboxSink) -> str:
@@ -118,7 +129,9 @@ class MainWindow(QMainWindow):
         self.corrections_log.add_reader(self.reader)
         self.session = ReadingSession(self.archive.path, data_dir(), self.queue, model_dir)
         self._model_check_tick = 0
-        self.triage = None
+        self._etas: dict[str, float] = {}  # exam key -> seconds until its result (the worklist's)
+        self._screens_followed = False  # screens added or removed re-place the windows
+        self.triage: TriageService | None = None
         self._auto_triage = start_triage  # run the triage worker whenever a model is active
         self._triage_wanted = start_triage and self.model_meta is not None
         self.current: ExamRecord | None = None
@@ -134,7 +147,6 @@ class MainWindow(QMainWindow):
         self.policy = ReadingPolicy.load(data_dir())
         self.priors: dict[str, list[ExamRecord]] = {}  # of the exam on screen and those prefetched
         self._resume_key = str(self.settings.value(f"reader/{self.reader}/last_exam", "") or "") or None
-        self._etas: dict[str, float] = {}
         self.worklist = WorklistModel(self._worklist_page, lambda q, key: position_of(self.queue.conn, q, key))
         self.worklist_view = WorklistFilter(self.worklist)
         self._overlay_cache: dict[str, AiOverlay | None] = {}
@@ -219,9 +231,9 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.decode_progress)
         self.statusBar().addPermanentWidget(self.progress)
 
-        self.actions: list[QAction] = []
+        self.menu_actions: list[QAction] = []
         self._build_actions()
-        self.screen_layout = ScreenLayout(self.hanging, self.actions)  # one window, or spread over screens
+        self.screen_layout = ScreenLayout(self.hanging, self.menu_actions)  # one window, or spread over screens
         self.timer = QTimer(self)
         self.timer.setInterval(30)
         self.timer.timeout.connect(self._poll)
@@ -235,10 +247,10 @@ class MainWindow(QMainWindow):
                 self.log_line(line)  # a new shipped model, or why AI is off: never silent
         if self._triage_wanted:
             self.start_triage()
-        self.network = None  # the DICOM node, when it runs inside the app
+        self.network: NetworkService | None = None  # the DICOM node, when it runs inside the app
         self._network_archive: Archive | None = None
         self._completed_studies: _queue.Queue[str] = _queue.Queue()  # filled by the node's threads
-        self.model_panel = None  # created on first use (Ctrl+Shift+M)
+        self.model_panel: ModelPanel | None = None  # created on first use (Ctrl+Shift+M)
         self.pipeline_timer = QTimer(self)  # the automatic pipeline, when the site setting asks for it
         self.pipeline_timer.setInterval(5 * 60 * 1000)
         self.pipeline_timer.timeout.connect(self.check_pipeline)
@@ -267,8 +279,19 @@ class MainWindow(QMainWindow):
         return self.session.model.version
 
     @model_version.setter
-    def model_version(self, version: str | None) -> None:  # tests: results of a version with no package
-        self.session.model = dataclasses.replace(self.session.model, version=version)
+    def model_version(self, version: str | None) -> None:
+        self.pin_model(version)
+
+    def pin_model(self, version: str | None, *, points: OperatingPoints | None = None,
+                  meta: dict[str, Any] | None = None) -> None:
+        """Read the results of ``version`` (one with no package of its own, e.g. results
+        imported or made elsewhere), with its own worklist ``points`` and metadata when
+        given (else the current model's), and never follow the registry's active model
+        in this window: an explicit choice is not replaced by the periodic check."""
+        model = self.session.model
+        self.session.pin(dataclasses.replace(model, version=version, points=points or model.points,
+                                             meta=model.meta if meta is None else meta))
+        self._update_model_label()
 
     @property
     def points(self) -> OperatingPoints | None:
@@ -320,7 +343,9 @@ class MainWindow(QMainWindow):
             return
         status = self.network.status()
         self.network.stop()
-        self._network_archive.close()
+        if self._network_archive is not None:
+            self._network_archive.close()
+            self._network_archive = None
         self.network = None
         self.network_label.setText("")
         self.log_line(f"DICOM node stopped: {status['received']} received, {status['imported']} imported, "
@@ -352,11 +377,13 @@ class MainWindow(QMainWindow):
 
     # ----------------------------------------------------------------- actions
     #: the F1 sheet's groups, by menu
-    SHEET_GROUPS = {"&File": "Files and the DICOM node", "&Exam": "Worklist: moving between exams",
-                    "&View": "Viewing: window, zoom, layout", "&AI": "AI marks, map and reading mode",
-                    "&Read": "Reading: corrections, assessment, signing", "&Help": "Help"}
+    SHEET_GROUPS: ClassVar[dict[str, str]] = {"&File": "Files and the DICOM node", "&Exam": "Worklist: moving between exams",
+                                               "&View": "Viewing: window, zoom, layout",
+                                               "&AI": "AI marks, map and reading mode",
+                                               "&Read": "Reading: corrections, assessment, signing",
+                                               "&Help": "Help"}
 
-    def _action(self, menu, text: str, keys: list[str], slot: Callable[[], None]) -> QAction:
+    def _action(self, menu: QMenu, text: str, keys: list[str], slot: Callable[..., object]) -> QAction:
         action = QAction(text, self)
         action.setData(self.SHEET_GROUPS.get(menu.title(), menu.title().replace("&", "")))
         action.setShortcuts([QKeySequence(k) for k in keys])
@@ -364,7 +391,7 @@ class MainWindow(QMainWindow):
         action.triggered.connect(slot)
         menu.addAction(action)
         self.addAction(action)
-        self.actions.append(action)
+        self.menu_actions.append(action)
         return action
 
     def _build_actions(self) -> None:
@@ -431,9 +458,9 @@ class MainWindow(QMainWindow):
         help_menu = bar.addMenu("&Help")
         self._action(help_menu, "Keyboard shortcuts", ["F1", "?"], self.show_shortcuts)
 
-    MOUSE = [("Right-drag", "Window/level (horizontal = width, vertical = centre)"),
-             ("Left-drag", "Pan; on a mark: move it (on a corner: resize it)"), ("Wheel", "Zoom to cursor"),
-             ("Click", "Select the mark under the pointer"), ("Double-click", "Full-screen this view")]
+    MOUSE: ClassVar[list[tuple[str, str]]] = [("Right-drag", "Window/level (horizontal = width, vertical = centre)"),
+        ("Left-drag", "Pan; on a mark: move it (on a corner: resize it)"), ("Wheel", "Zoom to cursor"),
+        ("Click", "Select the mark under the pointer"), ("Double-click", "Full-screen this view")]
 
     def shortcut_sheet(self) -> list[tuple[str, str]]:
         """(keys, action) pairs, for the visible shortcut sheet."""
@@ -442,7 +469,7 @@ class MainWindow(QMainWindow):
     def shortcut_groups(self) -> list[tuple[str, list[tuple[str, str]]]]:
         """The F1 sheet: (task, [(keys, action), ...]) in menu order, then the mouse."""
         groups: dict[str, list[tuple[str, str]]] = {}
-        for action in self.actions:
+        for action in self.menu_actions:
             keys = " / ".join(k.toString() for k in action.shortcuts())
             groups.setdefault(str(action.data()), []).append((keys, action.text()))
         return [*groups.items(), ("Mouse", list(self.MOUSE))]
@@ -745,12 +772,21 @@ class MainWindow(QMainWindow):
         label = next((lab for _r, lab in pane.label_items() if lab.label_id == sel[1]), None)
         return (pane, label) if label is not None else None
 
-    def _record(self, fn, *args) -> bool:
-        """Run a correction; a refused event is reported, never lost silently."""
+    def _selected_or_say(self):
+        """:meth:`_selected`, or None with a word in the status bar on how to select one."""
+        sel = self._selected()
+        if sel is None:
+            self.show_status("select a mark first (click it, or Tab)")
+        return sel
+
+    def _record(self, fn: Callable[Concatenate[ExamCorrections, P], object],
+                *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Run a correction on the open exam's corrections (``fn(corrections, *args)``;
+        False when no exam is open); a refused event is reported, never lost silently."""
         if self.corrections is None:
             return False
         try:
-            fn(*args)
+            fn(self.corrections, *args, **kwargs)
         except (CorrectionError, KeyError) as exc:
             self.show_status(f"not recorded: {exc}")
             self.log_line(f"correction refused: {exc}")
@@ -758,30 +794,27 @@ class MainWindow(QMainWindow):
         return True
 
     def accept_selected(self) -> None:
-        sel = self._selected()
+        sel = self._selected_or_say()
         if sel is None:
-            self.show_status("select a mark first (click it, or Tab)")
             return
         pane, label = sel
         if label.source != "ai":
             self.show_status("only AI marks are accepted; your own findings already count")
             return
-        self._record(self.corrections.accept, pane.view.meta.sop_instance_uid, label.label_id)
+        self._record(ExamCorrections.accept, pane.view.meta.sop_instance_uid, label.label_id)
 
     def reject_selected(self) -> None:
-        sel = self._selected()
+        sel = self._selected_or_say()
         if sel is None:
-            self.show_status("select a mark first (click it, or Tab)")
             return
         pane, label = sel
-        fn = self.corrections.reject if label.source == "ai" else self.corrections.delete
+        fn = ExamCorrections.reject if label.source == "ai" else ExamCorrections.delete
         if self._record(fn, pane.view.meta.sop_instance_uid, label.label_id) and label.source == "reader":
             self.hanging.state.select("", "")
 
     def change_kind_selected(self, kind: str | None = None) -> None:
-        sel = self._selected()
+        sel = self._selected_or_say()
         if sel is None:
-            self.show_status("select a mark first (click it, or Tab)")
             return
         pane, label = sel
         if kind is None:
@@ -789,7 +822,7 @@ class MainWindow(QMainWindow):
                                             list(KINDS).index(label.kind) if label.kind in KINDS else 0, False)
             if not ok:
                 return
-        self._record(self.corrections.change_kind, pane.view.meta.sop_instance_uid, label.label_id, kind)
+        self._record(ExamCorrections.change_kind, pane.view.meta.sop_instance_uid, label.label_id, kind)
 
     def select_next(self) -> None:
         focused = next((s for s, p in self.hanging.panes.items() if p.hasFocus()), None)
@@ -812,7 +845,8 @@ class MainWindow(QMainWindow):
 
     def on_label_edited(self, slot: str, label_id: str, geometry: dict) -> None:
         pane = self.hanging.panes[slot]
-        self._record(self.corrections.adjust, pane.view.meta.sop_instance_uid, label_id, geometry)
+        if pane.view is not None:
+            self._record(ExamCorrections.adjust, pane.view.meta.sop_instance_uid, label_id, geometry)
 
     def on_finding_drawn(self, slot: str, geometry: dict) -> None:
         kind, ok = QInputDialog.getItem(self, "Missed finding", "Kind:", list(KINDS), 0, False)
@@ -826,42 +860,43 @@ class MainWindow(QMainWindow):
         pane = self.hanging.panes[slot]
         if pane.view is None:
             return
-        if self._record(self.corrections.add, pane.view.meta.sop_instance_uid, kind, geometry, suspicion):
+        if self._record(ExamCorrections.add, pane.view.meta.sop_instance_uid, kind, geometry, suspicion):
             self.hanging.state.set_tool("pan")
 
     def undo(self) -> None:
-        if self.corrections is not None:
-            self._record(self._undo_or_say, self.corrections.undo, "undo")
+        self._record(self._undo_or_say, "undo")
 
     def redo(self) -> None:
-        if self.corrections is not None:
-            self._record(self._undo_or_say, self.corrections.redo, "redo")
+        self._record(self._undo_or_say, "redo")
 
-    def _undo_or_say(self, fn, what: str) -> None:
-        if fn() is None:
+    def _undo_or_say(self, corrections: ExamCorrections, what: str) -> None:
+        if (corrections.undo if what == "undo" else corrections.redo)() is None:
             self.show_status(f"nothing to {what}")
 
     # ----------------------------------------------------------------- finishing a read
-    def _initial_assessment(self) -> dict:
+    def _initial_assessment(self, exam: ExamRecord, corrections: ExamCorrections) -> dict[str, Any]:
         """What the sign dialog starts from: the last signed assessment, else the
         exam-level BI-RADS/density this reader recorded, else BI-RADS 1."""
-        mine = self.corrections.mine()
+        mine = corrections.mine()
         if mine.assessment:
             return mine.assessment
         breasts = {}
         birads = "1" if mine.birads is None else ("4A" if mine.birads == 4 else str(mine.birads))
         density = (mine.density or "b").lower()
-        for side in sorted({i.laterality.value for i in self.current.images} & {"R", "L"}) or ["R", "L"]:
+        for side in sorted({i.laterality.value for i in exam.images} & {"R", "L"}) or ["R", "L"]:
             breasts[side] = {"birads": birads, "density": density}
         return {"breasts": breasts}
 
-    def assessment_dialog(self):
+    def assessment_dialog(self) -> AssessmentDialog | None:
+        """The sign dialog of the open exam (None when none is open)."""
         from mammotriage.ui.assessment_dialog import AssessmentDialog
 
-        sides = tuple(s for s in ("R", "L") if s in {i.laterality.value for i in self.current.images}) or ("R", "L")
-        exam = self.current
+        exam, corrections = self.current, self.corrections
+        if exam is None or corrections is None:
+            return None
+        sides = tuple(s for s in ("R", "L") if s in {i.laterality.value for i in exam.images}) or ("R", "L")
         text = f"{exam.patient_name.replace('^', ' ')}  {exam.patient_id}  {exam.study_date or ''}"
-        return AssessmentDialog(self, text, self._initial_assessment(), sides)
+        return AssessmentDialog(self, text, self._initial_assessment(exam, corrections), sides)
 
     def sign_and_next(self) -> None:
         """Ctrl+Enter: ask for the per-breast assessment, sign it, open the next unread exam."""
@@ -872,7 +907,7 @@ class MainWindow(QMainWindow):
             self.open_next_unread()
             return
         dialog = self.assessment_dialog()
-        if dialog.exec() != QDialog.DialogCode.Accepted:
+        if dialog is None or dialog.exec() != QDialog.DialogCode.Accepted:
             self.show_status("not signed")
             return
         if self.sign_exam(dialog.assessment()):
@@ -881,10 +916,10 @@ class MainWindow(QMainWindow):
     def sign_exam(self, assessment: dict) -> bool:
         """Record the signed assessment (a ``sign`` event) and queue the reader-findings
         SR of the exam for the PACS."""
-        if not self._record(self.corrections.sign, assessment):
+        exam, corrections = self.current, self.corrections
+        if exam is None or corrections is None or not self._record(ExamCorrections.sign, assessment):
             return False
-        exam = self.current
-        text = assessment_text(self.corrections.mine().assessment or assessment)
+        text = assessment_text(corrections.mine().assessment or assessment)
         self.log_line(f"signed by {self.reader}: {exam.patient_id} {exam.study_date or ''}: {text}")
         self.run_job("writing reader findings SR", write_reader_sr, str(self.archive.path), exam.exam_key,
                      self.reader, str(data_dir()), OutboxSink.from_settings(), done=self._sr_done, wait=True)
@@ -926,7 +961,7 @@ class MainWindow(QMainWindow):
             self.amend(reason.strip())
 
     def amend(self, reason: str) -> bool:
-        if not self._record(self.corrections.amend, reason):
+        if not self._record(ExamCorrections.amend, reason):
             return False
         self.log_line(f"re-opened by {self.reader} (amendment): {reason}")
         self.show_status("re-opened: corrections and a new signature are possible")
@@ -940,7 +975,7 @@ class MainWindow(QMainWindow):
         value, ok = QInputDialog.getItem(self, "BI-RADS", "Final assessment (BI-RADS; per breast and 4A-4C "
                                          "when you sign, Ctrl+Enter):", items, 1, False)
         if ok:
-            self._record(self.corrections.set_birads, int(value.split()[0]))
+            self._record(ExamCorrections.set_birads, int(value.split()[0]))
 
     def density_dialog(self) -> None:
         if self.corrections is None:
@@ -948,7 +983,7 @@ class MainWindow(QMainWindow):
         items = [f"{code.upper()} - {name}" for code, name in DENSITY.items()]
         value, ok = QInputDialog.getItem(self, "Breast density", "ACR density:", items, 1, False)
         if ok:
-            self._record(self.corrections.set_density, value[:1].upper())
+            self._record(ExamCorrections.set_density, value[:1].upper())
 
     def note_dialog(self) -> None:
         if self.corrections is None:
@@ -956,7 +991,7 @@ class MainWindow(QMainWindow):
         text, ok = QInputDialog.getMultiLineText(self, "Note", "Note on this exam:",
                                                  self.corrections.mine().note or "")
         if ok:
-            self._record(self.corrections.set_note, text)
+            self._record(ExamCorrections.set_note, text)
 
     def sign_in_dialog(self) -> None:
         readers = self.corrections_log.readers()
@@ -982,8 +1017,9 @@ class MainWindow(QMainWindow):
         sink = OutboxSink.from_settings()
         if sink.problem:
             self.log_line(sink.problem)
-        self.triage = TriageService(self.archive.path, data_dir(), self.model_dir, expected_sha256=sha, sink=sink)
-        self.triage.start()
+        self.triage = service = TriageService(self.archive.path, data_dir(), self.model_dir,
+                                              expected_sha256=sha, sink=sink)
+        service.start()
         self.log_line(f"background triage started with model {self.model_version}")
 
     def show_model_panel(self):
@@ -1099,12 +1135,12 @@ class MainWindow(QMainWindow):
         waiting = counts["pending"] + counts["running"]
         mode = self.hanging.state.reading_mode
         site = self.points is not None and self.points.reason is not None
-        etas = getattr(self, "_etas", {})
+        etas = self._etas
         last = f" (all done in ~{eta_text(max(etas.values())).removeprefix('result in ~')})" \
             if waiting and etas and max(etas.values()) >= 1.0 else ""
         self.model_label.setText(f"reader {self.reader} · model {self.model_version} · {waiting} exam(s) waiting"
                                  f"{last} · AI {mode}" + (" · site thresholds" if site else ""))
-        if site:
+        if self.points is not None and site:
             self.model_label.setToolTip(self.points.describe())
 
     def load_overlays(self) -> None:
@@ -1273,7 +1309,7 @@ class MainWindow(QMainWindow):
             done(result)
 
     def _import_done(self, result: object) -> None:
-        imported, duplicates, rejected = result  # type: ignore[misc]
+        imported, duplicates, rejected = cast("tuple[int, int, list[tuple[str, str]]]", result)
         for path, reason in rejected:
             self.log_line(f"rejected {path}: {reason}")
         self.log_line(f"import: {imported} imported, {duplicates} already present, {len(rejected)} rejected")
@@ -1308,10 +1344,8 @@ class MainWindow(QMainWindow):
         if isinstance(state, QByteArray):
             self.restoreState(state)
         self.hanging.state.reading_mode = self.policy.mode_for(self.settings.value("ai/reading_mode"))
-        try:
-            self.hanging.state.map_opacity = float(self.settings.value("ai/map_opacity", 0.45))
-        except (TypeError, ValueError):
-            pass
+        with contextlib.suppress(ValueError):  # a hand-edited setting that is no number: the default stays
+            self.hanging.state.map_opacity = float(str(self.settings.value("ai/map_opacity", 0.45)))
         if self.points is not None:
             self.hanging.state.mark_threshold = self.session.model.mark_threshold()
             self.hanging.state.candidate_point = self.session.model.candidate_point()
@@ -1350,7 +1384,7 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if self.hanging_layout != "single":
             self.apply_screens()
-        if not getattr(self, "_screens_followed", False):
+        if not self._screens_followed and isinstance(app, QApplication):
             self._screens_followed = True
             app.screenAdded.connect(self._screens_changed)
             app.screenRemoved.connect(self._screens_changed)
@@ -1374,7 +1408,7 @@ class MainWindow(QMainWindow):
         self.show_status(f"hanging {'spread over the screens' if self.hanging_layout == 'span' else 'in this window'}"
                          f": {placement.reason}")
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def resizeEvent(self, event: QResizeEvent) -> None:  # Qt's name
         super().resizeEvent(event)
         # a portrait screen: the worklist above the hanging, so that the views stay wide
         side, share = worklist_split(self.width(), self.height())
@@ -1385,7 +1419,7 @@ class MainWindow(QMainWindow):
             total = self.height() if portrait else self.width()
             self.splitter.setSizes([int(total * share), int(total * (1 - share))])
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def closeEvent(self, event: QCloseEvent) -> None:  # Qt's name
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         self.settings.setValue("view/link", self.hanging.state.link_mode)

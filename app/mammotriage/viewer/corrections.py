@@ -135,18 +135,17 @@ class ExamCorrections:
         return history.done.get(self.reader, []), history.redoable.get(self.reader, [])
 
     def undo(self) -> Event | None:
-        self._check_open()
-        done, _ = self._stacks()
-        if not done:
-            return None
-        return self._exam_event_target("undo", done[-1])
+        return self._step("undo")
 
     def redo(self) -> Event | None:
+        return self._step("redo")
+
+    def _step(self, action: str) -> Event | None:
+        """Undo (or redo) this reader's most recent undoable (redoable) event; None: nothing to do."""
         self._check_open()
-        _, undone = self._stacks()
-        if not undone:
-            return None
-        return self._exam_event_target("redo", undone[-1])
+        done, undone = self._stacks()
+        stack = done if action == "undo" else undone
+        return self._exam_event_target(action, stack[-1]) if stack else None
 
     def _exam_event_target(self, action: str, target: str) -> Event:
         event = self.log.append(reader=self.reader, exam_key=self.exam_key, action=action, target=target,

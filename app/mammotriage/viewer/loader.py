@@ -18,7 +18,7 @@ import numpy as np
 
 from mammotriage.dicom import MammoMetadata, MammoReadError, read_image
 from mammotriage.dicom.hanging import DisplayOrientation, display_orientation
-from mammotriage.dicom.image import pixel_sha256
+from mammotriage.dicom.image import MammoImage, pixel_sha256
 from mammotriage.dicom.limits import DECODE_WORKER_LIMIT, limit_address_space
 from mammotriage.dicom.pyramid import build_pyramid
 from mammotriage.dicom.voi import Window, auto_window, render_8bit
@@ -74,7 +74,7 @@ def load_view(path: str) -> LoadedView | LoadError:
     return view_from_image(path, image)
 
 
-def view_from_image(path: str, image, pyramid_min: int = 256) -> LoadedView:
+def view_from_image(path: str, image: MammoImage, pyramid_min: int = 256) -> LoadedView:
     """The display-ready view of a decoded :class:`~mammotriage.dicom.MammoImage`."""
     meta = image.meta
     orientation = display_orientation(meta)
@@ -160,6 +160,9 @@ class ViewLoader:
         #: that schedules its own jobs marks them so)
         self._pending: dict[str, cf.Future[Any] | None] = {}
         self.cache = ViewCache()
+        #: the paths in the panes now: a scheduling loader decodes them first (this one
+        #: decodes in request order)
+        self.on_screen: set[str] = set()
 
     def request(self, path: str | Path) -> LoadedView | None:
         """Return the view if cached, else start loading it (once) and return None."""

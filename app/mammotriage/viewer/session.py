@@ -76,14 +76,14 @@ def find_model(archive_file: str | Path, home: str | Path, model_dir: str | Path
         points, problem = OperatingPoints.resolve(found.meta, Path(home) / "triage.json"), ""
     except ValueError as exc:
         points, problem = None, str(exc)
-    return ModelState(found.folder, found.meta, problem, found.notice, points, found.meta.get("version"))
+    return ModelState(found.folder, found.meta, problem, found.notice, points, (found.meta or {}).get("version"))
 
 
 @dataclass(frozen=True)
 class OverlayData:
     """What the model said about one image, in stored-image coordinates."""
 
-    findings: list[dict]  # {"box": [x0, y0, x1, y1], "kind": str, "score": float}
+    findings: list[dict[str, Any]]  # {"box": [x0, y0, x1, y1], "kind": str, "score": float}
     image_score: float
     model_version: str
     stale: bool = False  # produced by another model than the active one
@@ -98,7 +98,7 @@ class ExamOverlays:
     """The AI results of an exam's views, per hanging slot (None: no result)."""
 
     slots: dict[str, OverlayData | None]
-    marks: dict[str, list[dict]]  # SOP Instance UID -> the marks shown (what corrections start from)
+    marks: dict[str, list[dict[str, Any]]]  # SOP Instance UID -> the marks shown (what corrections start from)
     model_version: str  # the version that made the marks shown ("" when none)
     problems: list[str] = field(default_factory=list)  # what could not be read, for the log
 
@@ -123,11 +123,25 @@ class ReadingSession:
         self.home = Path(home)
         self.queue = queue
         self.explicit_model = model_dir
+        #: An explicit model (a ``model_dir``, or one given to :meth:`pin`): the session
+        #: runs it until it closes and never follows the registry's active version.
+        self.pinned = model_dir is not None
         self.model = find_model(self.archive_file, self.home, model_dir)
         self._registry: ModelRegistry | None = None
         self._seen = self._fingerprint()
         self._verifying: cf.Future[ModelState] | None = None
         self._pool: cf.ThreadPoolExecutor | None = None
+
+    def pin(self, model: ModelState) -> None:
+        """Run ``model`` from now on, whatever the registry's active version becomes: the
+        periodic check and :meth:`follow_active_model` leave it in place (a verification
+        already under way is dropped, not adopted)."""
+        self.pinned = True
+        self._seen = None
+        if self._verifying is not None:
+            self._verifying.cancel()
+            self._verifying = None
+        self.model = model
 
     def close(self) -> None:
         if self._pool is not None:
@@ -138,8 +152,8 @@ class ReadingSession:
             self._registry = None
 
     # ----------------------------------------------------------------- the active model
-    def _fingerprint(self) -> tuple | None:
-        if self.explicit_model is not None:
+    def _fingerprint(self) -> tuple[object, ...] | None:
+        if self.pinned:
             return None
         if self._registry is None:
             self._registry = ModelRegistry(self.archive_file)
@@ -154,7 +168,7 @@ class ReadingSession:
     def follow_active_model(self) -> bool:
         """Follow a change made in this program now (verifying it here, once). True if
         the active model changed."""
-        if self.explicit_model is not None:
+        if self.pinned:
             return False
         self._seen = self._fingerprint()
         return self._adopt(find_model(self.archive_file, self.home))
@@ -162,7 +176,7 @@ class ReadingSession:
     def poll_model(self) -> bool:
         """The periodic check (cheap; see the module docstring). True when a change
         verified in the background has just been adopted."""
-        if self.explicit_model is not None:
+        if self.pinned:
             return False
         if self._verifying is not None:
             if not self._verifying.done():
@@ -212,11 +226,14 @@ class ReadingSession:
 
         exam_result = next((r for r in self.queue.exam_results().get(exam.exam_key, []) if current(r)), None)
         slots: dict[str, OverlayData | None] = {}
-        marks: dict[str, list[dict]] = {}
+        marks: dict[str, list[dict[str, Any]]] = {}
         shown_version, problems = "", []
         for slot, path in paths.items():
             image = next((i for i in exam.images if i.path == path), None)
-            records = self.queue.image_results(image.sop_uid) if image is not None else []
+            if image is None:
+                slots[slot] = None
+                continue
+            records = self.queue.image_results(image.sop_uid)
             record = next((r for r in records if current(r)), None)
             stale = record is None and bool(records)
             record = record or (records[0] if records else None)

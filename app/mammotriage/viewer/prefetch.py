@@ -4,7 +4,7 @@ The next ``N`` exams in worklist order that this reading room has not signed yet
 with its most recent prior (the comparison the reader will open), within the view
 cache's memory budget: what is pinned on screen counts first, and a view is planned
 only while the estimated size of everything planned still fits.  The loader decodes the
-plan after whatever is on screen (see :mod:`mammotriage.ui.decode_pool`).
+plan after whatever is on screen (see :mod:`mammotriage.viewer.decode_pool`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mammotriage.dicom.hanging import hang
-from mammotriage.store.archive import ExamRecord
+from mammotriage.store.archive import ExamRecord, ImageRecord
 from mammotriage.store.priors import prior_of
 
 __all__ = ["DEFAULT_EXAMS", "prefetch_paths", "view_bytes"]
@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_EXAMS", "prefetch_paths", "view_bytes"]
 DEFAULT_EXAMS = 2
 
 
-def view_bytes(image) -> int:
+def view_bytes(image: ImageRecord) -> int:
     """Estimated bytes of a decoded view: 16-bit pixels plus a 2x2 pyramid (4/3)."""
     return int(image.rows) * int(image.columns) * 2 * 4 // 3
 

@@ -10,7 +10,7 @@ from mammotriage.dicom import read_metadata
 from mammotriage.dicom.image import ModalityLut
 from mammotriage.dicom.voi import Window, build_display_lut
 from mammotriage.phantom import generate_exam
-from mammotriage.ui.raster import resample, screen_raster, shared_lut
+from mammotriage.viewer.raster import resample, screen_raster, shared_lut
 
 
 def _meta(tmp_path):

@@ -30,8 +30,11 @@ import heapq
 import itertools
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -171,7 +174,7 @@ def decode_task(path: str, mode: str, threads: int) -> SharedView | LoadedView |
 
 @dataclass(order=True)
 class _Task:
-    rank: tuple
+    rank: tuple[int, int]
     path: str = field(compare=False)
     mode: str = field(compare=False)
 
@@ -189,18 +192,17 @@ class ProgressiveLoader(ViewLoader):
         self.workers = workers or max(1, min(cores, 4))
         #: openjpeg threads per decode (all cores, at most 8: the last view of an exam uses them all)
         self.threads = threads or min(cores, 8)
-        self.on_screen: set[str] = set()
         self._prefetch: list[str] = []
         self._waiting: dict[tuple[str, str], int] = {}  # (path, mode) -> sequence number
         self._seq = itertools.count()
-        self._running: dict[cf.Future, tuple[str, str]] = {}
+        self._running: dict[cf.Future[Any], tuple[str, str]] = {}
         self._previews: dict[str, LoadedView] = {}  # shown previews, until their full view comes
         self.previews_shown = 0
         # each worker imports the decode stack now, while the reader is not waiting
         self._warm = [self._pool.submit(warm_up) for _ in range(self.workers)]
 
     # ---------------------------------------------------------------- requests
-    def request(self, path, *, preview: bool = True) -> LoadedView | None:
+    def request(self, path: str | Path, *, preview: bool = True) -> LoadedView | None:
         key = str(path)
         cached = self.cache.get(key)
         if cached is not None:
@@ -214,7 +216,7 @@ class ProgressiveLoader(ViewLoader):
         self._top_up(ON_SCREEN_PREVIEW)  # the rest starts at the next poll, once the open is queued
         return None
 
-    def prefetch(self, paths) -> None:
+    def prefetch(self, paths: Iterable[str]) -> None:
         """Decode ``paths`` (in this order) when nothing on screen waits; replaces the
         previous prefetch list (what is no longer wanted and not started is dropped)."""
         wanted = [str(p) for p in paths]
@@ -235,7 +237,7 @@ class ProgressiveLoader(ViewLoader):
     def _in_flight(self, path: str, mode: str) -> bool:
         return (path, mode) in self._running.values()
 
-    def _rank(self, path: str, mode: str, seq: int) -> tuple:
+    def _rank(self, path: str, mode: str, seq: int) -> tuple[int, int]:
         if path in self.on_screen:
             cls = ON_SCREEN_PREVIEW if mode == PREVIEW else ON_SCREEN
         elif path in self.cache.pinned:

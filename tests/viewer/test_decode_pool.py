@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mammotriage.phantom import generate_exam, write_demo_set
-from mammotriage.ui.decode_pool import (
+from mammotriage.viewer.decode_pool import (
     ON_SCREEN,
     PREFETCH,
     PREVIEW,
@@ -17,8 +17,8 @@ from mammotriage.ui.decode_pool import (
     attach,
     share,
 )
-from mammotriage.ui.prefetch import prefetch_paths, view_bytes
 from mammotriage.viewer.loader import LoadedView, ViewCache, load_view
+from mammotriage.viewer.prefetch import prefetch_paths, view_bytes
 
 pytest.importorskip("glymur")
 

@@ -17,16 +17,16 @@ from collections import OrderedDict
 
 import numpy as np
 
-from mammotriage.dicom.image import MammoMetadata
-from mammotriage.dicom.voi import DisplayLut, build_display_lut
+from mammotriage.dicom.image import MammoMetadata, WindowPreset
+from mammotriage.dicom.voi import DisplayLut, Window, build_display_lut
 
 __all__ = ["Raster", "resample", "screen_raster", "shared_lut"]
 
-_LUTS: OrderedDict[tuple, tuple[DisplayLut, DisplayLut, tuple]] = OrderedDict()
+_LUTS: OrderedDict[tuple[object, ...], tuple[DisplayLut, DisplayLut, tuple[object, ...]]] = OrderedDict()
 _LUT_SLOTS = 16
 
 
-def _lut_key(meta: MammoMetadata, voi, invert: bool) -> tuple:
+def _lut_key(meta: MammoMetadata, voi: Window | WindowPreset | None, invert: bool) -> tuple[object, ...]:
     m = meta.modality_lut
     table = getattr(voi, "lut", None)
     return (meta.bits_stored, meta.pixel_representation, meta.photometric, meta.presentation_lut_shape,
@@ -36,7 +36,7 @@ def _lut_key(meta: MammoMetadata, voi, invert: bool) -> tuple:
             id(table) if table is not None else None, bool(invert))
 
 
-def shared_lut(meta: MammoMetadata, voi, invert: bool) -> tuple[DisplayLut, DisplayLut]:
+def shared_lut(meta: MammoMetadata, voi: Window | WindowPreset | None, invert: bool) -> tuple[DisplayLut, DisplayLut]:
     """:func:`build_display_lut`, built once for every pane that needs the same table.
 
     Returns the 8-bit table and the same table as opaque 32-bit grey pixels
@@ -59,7 +59,8 @@ def shared_lut(meta: MammoMetadata, voi, invert: bool) -> tuple[DisplayLut, Disp
     return lut, rgb32
 
 
-def _axis(n_out: int, origin: float, start: float, extent: float, n_src: int, smooth: bool):
+def _axis(n_out: int, origin: float, start: float, extent: float, n_src: int, smooth: bool
+          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Source coordinates of ``n_out`` screen pixels from ``origin`` (screen) for an image
     spanning ``start .. start + extent`` on screen with ``n_src`` source pixels."""
     scale = n_src / extent
@@ -87,9 +88,11 @@ def resample(level: np.ndarray, image_rect: tuple[float, float, float, float],
     if not smooth:
         ri, _, _ = _axis(vh, vy, y, h, rows, False)
         ci, _, _ = _axis(vw, vx, x, w, cols, False)
-        return level[ri[:, None], ci[None, :]]
+        picked: np.ndarray = level[ri[:, None], ci[None, :]]
+        return picked
     r0, r1, wr = _axis(vh, vy, y, h, rows, True)
     c0, c1, wc = _axis(vw, vx, x, w, cols, True)
+    assert r1 is not None and wr is not None and c1 is not None and wc is not None  # smooth: all four
     cmin, cmax = int(c0.min()), int(c1.max()) + 1
     band = level[:, cmin:cmax]
     top = band[r0].astype(np.float32)
@@ -97,13 +100,14 @@ def resample(level: np.ndarray, image_rect: tuple[float, float, float, float],
     left = top[:, c0 - cmin]
     left += (top[:, c1 - cmin] - left) * wc[None, :]
     np.rint(left, out=left)
-    return left.astype(level.dtype)
+    resampled: np.ndarray = left.astype(level.dtype)
+    return resampled
 
 
 class Raster:
     """A pane's stored values at screen resolution, and its RGB32 frame buffer."""
 
-    def __init__(self, key: tuple, origin: tuple[int, int], values: np.ndarray):
+    def __init__(self, key: tuple[object, ...], origin: tuple[int, int], values: np.ndarray):
         self.key = key
         self.origin = origin
         self.values = values
