@@ -55,7 +55,7 @@ MIAS = ROOT.parent / "shared" / "data" / "mias" / "dev"
 
 @dataclass
 class RealConfig:
-    canvas_rows: int = 640  # the network canvas (columns: 0.8 x rows, a multiple of 8)
+    canvas_rows: int = 512  # the network canvas (columns: 0.8 x rows, a multiple of 8): 0.4 mm per pixel
     parent_epochs: float = 6.0
     parent_lr: float = 6e-4
     ft_epochs: float = 4.0
