@@ -334,7 +334,8 @@ def run(work: Path, cfg: RealConfig, log=print) -> dict[str, Any]:
         return out
 
     figures["on_C"] = stage(work, "figures-C", per_kind, log)
-    figures["total_s"] = round(time.monotonic() - t_all, 1)
+    figures["total_s"] = round(time.monotonic() - t_all, 1)  # this process (a resumed run: the rest)
+    figures["stages_s"] = {f.stem: json.loads(f.read_text())["seconds"] for f in sorted((work / "stages").glob("*.json"))}
     return figures
 
 
@@ -352,6 +353,7 @@ def lines(figs: dict[str, Any]) -> list[str]:
         out.append(f"promote {who} rc {figs['promote'][who]['rc']}")
     out.append(f"active {figs['promote']['active']}")
     out.append(f"total_s {figs['total_s']}")
+    out.append(f"all_stages_s {round(sum(figs['stages_s'].values()), 1)}")
     return out
 
 
