@@ -139,6 +139,7 @@ def test_retrain_is_bit_reproducible_and_described(site, tmp_path):
     assert ft["replay"]["available"] and ft["replay"]["n_images"] > 0
     assert ft["params"]["seed"] == 11 and ft["params"]["max_iterations"] == 3
     assert meta["hyper_parameters"]["iterations"] == 3 and ft["finished"]
+    assert ft["second_look"]["action"] == "none"  # the tiny parent is stage one only
     from mammotriage.model.package import verify
 
     assert verify(a.path)["weights_sha256"] == a.weights_sha256
@@ -193,3 +194,47 @@ def test_safetensors_header_is_canonical(tmp_path):
     assert list(json.loads(raw[8:8 + n])["__metadata__"]) == ["b", "format", "model_version"]
     assert torch.equal(load_file(str(f))["a"], torch.arange(3.0))
     assert canonicalize_safetensors(f) is False  # already canonical
+
+
+def test_candidate_of_the_shipped_package_carries_its_second_look_and_says_why(site, tmp_path):
+    """The shipped package holds calcification trees (``second_look.*``): a candidate keeps
+    them bit for bit and its metadata and card say that, and why (not refitted)."""
+    from safetensors.numpy import load_file
+
+    from mammotriage.learning.retrain import (
+        RetrainParams,
+        fine_tune,
+        second_look_policy,
+        write_candidate,
+    )
+    from mammotriage.learning.snapshot_data import training_set
+    from mammotriage.model.package import default_model_dir, read_metadata, verify
+
+    shipped = default_model_dir()
+    meta = verify(shipped)
+    if "second_look" not in meta:
+        pytest.skip(f"the package at {shipped} has no second look")
+    params = RetrainParams(threads=1, patch_rows=128)
+    ts = training_set(site.training, site.archive)
+    result = fine_tune(shipped, ts.samples[:2], [], params, stop_at=0)  # no training step: only the writing
+    replay = {"available": False, "n_images": 0, "sources": [], "note": "not used here"}
+    _, folder, cmeta = write_candidate(tmp_path / "cand", result, shipped, params, ts.describe(), replay,
+                                       ts.samples[:2], [])
+    policy = cmeta["fine_tuning"]["second_look"]
+    assert policy == second_look_policy(meta)
+    assert policy["action"] == "carried" and policy["from"] == meta["version"]
+    assert "too few" in policy["reason"]
+    assert cmeta["second_look"] == meta["second_look"]
+    parent_arrays = load_file(str(shipped / meta["weights_file"]))
+    cand_arrays = load_file(str(folder / read_metadata(folder)["weights_file"]))
+    trees = sorted(k for k in parent_arrays if k.startswith("second_look."))
+    assert trees and trees == sorted(k for k in cand_arrays if k.startswith("second_look."))
+    for k in trees:
+        np.testing.assert_array_equal(cand_arrays[k], parent_arrays[k])
+    assert "Second look: carried" in (folder / "docs" / "README.md").read_text()
+
+
+def test_a_parent_without_second_look_is_recorded_as_such():
+    from mammotriage.learning.retrain import second_look_policy
+
+    assert second_look_policy({"version": "0.0.1"})["action"] == "none"

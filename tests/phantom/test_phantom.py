@@ -451,3 +451,36 @@ def test_a_prior_is_the_same_patient_earlier_with_the_lesion_smaller() -> None:
     assert normal_then.normal and normal_now.normal
     # stable: the same breast, the same tissue
     assert np.array_equal(normal_then.images[0].pixels, normal_now.images[0].pixels)
+
+
+def test_film_exam_stores_real_pixels_with_a_self_consistent_orientation(tmp_path: Path) -> None:
+    """Real film (mini-MIAS) as MG DICOM: pixels and label coordinates kept, the header's
+    chest wall where the pixels have it (either way round), the window the whole range."""
+    from PIL import Image
+
+    from mammotriage.dicom import read_image
+    from mammotriage.dicom.hanging import chest_wall_from_pixels
+    from mammotriage.model.preprocess import display_from_mammo
+    from mammotriage.phantom.writer import film_exam
+    from mtsupport import require_shared
+
+    mias = require_shared("mias", "dev")
+    png = np.asarray(Image.open(mias / "mdb001.png").convert("L"))
+    views = [(png, "R", "MLO", "mdb001"), (np.ascontiguousarray(png[:, ::-1]), "L", "MLO", "mdb001-flipped")]
+    datasets = film_exam(views, patient_id="FILM-1", patient_name="FILM^ONE", exam_number=1, spacing_mm=0.2)
+    assert len({ds.StudyInstanceUID for ds in datasets}) == 1
+    assert len({ds.SOPInstanceUID for ds in datasets}) == 2
+    for ds, (pixels, laterality, _, _) in zip(datasets, views, strict=True):
+        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        image = read_image(path)
+        assert image.meta.laterality == laterality and image.meta.view == "MLO"
+        assert image.pixels.shape == pixels.shape
+        np.testing.assert_array_equal(image.pixels, np.rint(pixels * (4095 / 255)).astype(np.uint16))
+        display = display_from_mammo(image.meta, image.pixels)
+        assert np.abs(display.astype(int) - pixels.astype(int)).max() <= 1  # the full-range window
+        orientation = display_orientation(image.meta)
+        assert orientation.source == "PatientOrientation"
+        assert orientation.chest_wall == ("right" if laterality == "R" else "left")  # where mdb001's tissue is
+    assert chest_wall_from_pixels(png) == "unknown"  # the film's borders hide the edge band: the tissue's half decides
+    assert datasets[0].PatientOrientation != datasets[1].PatientOrientation  # mirrored pixels, mirrored header

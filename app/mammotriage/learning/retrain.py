@@ -264,7 +264,9 @@ def _card(meta: dict[str, Any]) -> str:
              "```", json.dumps(meta["hyper_parameters"], indent=1), "```", "",
              "## Validation",
              "Not yet validated: run `mammotriage validate " + meta["version"] + "` (validation gate) "
-             "before promoting. Operating points are inherited from the parent.", ""]
+             "before promoting. Operating points are inherited from the parent (the gate recalibrates them).",
+             f"Second look: {ft.get('second_look', {}).get('action', 'none')} "
+             f"({ft.get('second_look', {}).get('reason', '')}).", ""]
     return "\n".join(lines)
 
 
@@ -317,6 +319,8 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
                         "deterministic_algorithms": True, "device": "cpu"},
         "note": note,
     }
+    second_look = load_second_look(parent_dir, parent)
+    fine["second_look"] = second_look_policy(parent)
     ops = dict(parent.get("operating_points") or {})
     if ops:
         ops["inherited_from"] = parent.get("version")
@@ -329,8 +333,9 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
                  description=f"site fine-tuned candidate of v{parent.get('version')}", training=training,
                  hyper_parameters=hp, seed=params.seed, eval_metrics={}, operating_points=ops,
                  parent_version=parent.get("version"), changelog=changelog,
-                 # the second look (stage two, calcification trees) is carried over unchanged
-                 second_look=load_second_look(parent_dir, parent),
+                 # the second look (stage two, calcification trees) is carried over unchanged:
+                 # see second_look_policy for why
+                 second_look=second_look,
                  extra={"fine_tuning": fine, "name_of_parent": parent.get("name"),
                         # the drift monitor's baseline stays the parent's training data
                         "input_reference": parent.get("input_reference") or {},
@@ -341,6 +346,24 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
     meta = read_metadata(out_dir)
     (out_dir / "docs" / "README.md").write_text(_card(meta))
     return version, out_dir, meta
+
+
+def second_look_policy(parent_meta: dict[str, Any]) -> dict[str, Any]:
+    """What fine-tuning does with the parent's second look (``second_look.*``: stage two
+    and the calcification trees), recorded in the candidate's ``fine_tuning`` metadata.
+
+    The trees are carried unchanged: they were fitted on the vendor's full-resolution
+    calcification tiles with many more clusters than a site's corrections hold, and
+    refitting them on a few site clusters would overfit them. They still face the gate:
+    the candidate is validated with them (``Engine.from_package`` runs the whole
+    package), and its operating points are recalibrated from those predictions.
+    """
+    if "second_look" not in parent_meta:
+        return {"action": "none", "reason": "the parent has no second look (stage one only)"}
+    return {"action": "carried", "from": parent_meta.get("version"),
+            "reason": "calcification trees fitted on the vendor's full-resolution tiles are kept unchanged: "
+                      "a site's corrections hold too few clusters to refit them; the gate validates the "
+                      "candidate with them and recalibrates its operating points"}
 
 
 # ------------------------------------------------------------------ the whole step

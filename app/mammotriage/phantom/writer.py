@@ -713,3 +713,65 @@ def write_demo_set(out_dir: Path | str, n_exams: int, seed: int, priors: int = 0
     path = out / GROUND_TRUTH_NAME
     path.write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+
+def film_exam(
+    images: list[tuple[np.ndarray, str, str, str]],
+    *,
+    patient_id: str,
+    patient_name: str,
+    exam_number: int,
+    spacing_mm: float,
+    seed: int = 9090,
+    namespace: str = "film",
+    source: str = "digitised film",
+    institution: str = "",
+    description: str = "",
+) -> list[Dataset]:
+    """Real 8-bit mammograms (e.g. digitised film) as one exam of MG For Presentation datasets.
+
+    ``images``: ``(pixels, laterality, view, image_id)`` per view, pixels ``uint8`` with
+    tissue bright, stored in place (12 bits, scaled by 4095 / 255, so pixel coordinates
+    and labels stay valid). The chest wall is found in the pixels
+    (:func:`~mammotriage.dicom.hanging.chest_wall_from_pixels`, else the half holding
+    more tissue) and the stored layout named to match, so Patient Orientation is self-consistent. Same dataset builder as
+    the phantoms; the window covers the whole stored range; the UIDs are ``2.25`` UIDs of
+    ``seed``, ``exam_number``, ``namespace`` and each ``image_id``.
+    """
+    from mammotriage.dicom.hanging import chest_wall_from_pixels
+
+    out: list[Dataset] = []
+    header: _ExamHeader | None = None
+    for instance, (pixels8, laterality, view, image_id) in enumerate(images, 1):
+        side = chest_wall_from_pixels(pixels8)
+        if side not in ("left", "right"):  # film borders can hide the edge band: the tissue's half
+            half = pixels8.shape[1] // 2
+            side = "right" if pixels8[:, half:].mean() > pixels8[:, :half].mean() else "left"
+        right = side == "right"
+        layout: Literal["standard", "mirrored"] = (
+            "standard" if chest_wall_on_right(laterality, "standard") == right else "mirrored")
+        rows, columns = pixels8.shape
+        opts = ImageOptions(rows=rows, columns=columns, bits_stored=12, stored_layout=layout,
+                            pixel_spacing_mm=spacing_mm, nipple=False)
+        if header is None:
+            base = ImageOptions(rows=rows, columns=columns, pixel_spacing_mm=spacing_mm)
+            header = _ExamHeader(
+                exam_number=exam_number, patient_id=patient_id,
+                study_uid=_uid(seed, exam_number, base, f"{namespace}/study"),
+                series_uid=_uid(seed, exam_number, base, f"{namespace}/series"),
+                study_date=_dt.date(2021, 1, 1) + _dt.timedelta(days=exam_number),
+                study_time=_dt.time(9, 0, 0), age=55)
+        stored = np.rint(pixels8.astype(np.float32) * (opts.max_value / 255.0)).astype(np.uint16)
+        sop = _uid(seed, exam_number, opts, f"{namespace}/image/{image_id}")
+        ds = _build_dataset(stored, header, laterality, view, instance, sop, opts)
+        ds.Manufacturer = source
+        ds.ManufacturerModelName = "film digitiser"
+        ds.InstitutionName = institution
+        ds.StudyDescription = description or f"Screening mammography ({source})"
+        ds.PatientName = patient_name
+        ds.DetectorType = "FILM"
+        ds.WindowCenter, ds.WindowWidth = f"{opts.max_value / 2:.1f}", f"{opts.max_value + 1:.1f}"
+        ds.WindowCenterWidthExplanation = "FULL RANGE"
+        out.append(ds)
+    return out
