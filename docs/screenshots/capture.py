@@ -35,7 +35,19 @@ from PySide6.QtWidgets import QApplication
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _wait(app, predicate, timeout: float) -> bool:
+def import_sources(archive, demo: Path, cbis: Path) -> None:
+    """Import the demo exams in ``demo`` (and the CBIS-DDSM folder when present) into an
+    empty ``archive``."""
+    if archive.count():
+        return
+    sources = sorted(p for p in demo.iterdir() if p.is_dir())
+    if cbis.is_dir():
+        sources.append(cbis)
+    report = archive.import_paths(sources)
+    print(f"imported {len(report.imported)} images; skipped {len(report.rejected)}", flush=True)
+
+
+def wait_until(app, predicate, timeout: float) -> bool:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         app.processEvents()
@@ -48,18 +60,18 @@ def _wait(app, predicate, timeout: float) -> bool:
 def _show(app, window, row: int, path: Path) -> None:
     window.table.selectRow(row)
     window.open_row(row)
-    _wait(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
+    wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
     if not window.hanging.state.ai_visible:
         window.toggle_ai()
     window.hanging.state.set_map_opacity(0.45)
-    _wait(app, lambda: False, 1.0)  # let the overlays paint
+    wait_until(app, lambda: False, 1.0)  # let the overlays paint
     path.parent.mkdir(parents=True, exist_ok=True)
     ok = window.grab().save(str(path))
     print(f"{'saved' if ok else 'FAILED'} {path}", flush=True)
 
 
 def _grab(app, window, path: Path) -> None:
-    _wait(app, lambda: False, 1.0)  # let the last paint land
+    wait_until(app, lambda: False, 1.0)  # let the last paint land
     path.parent.mkdir(parents=True, exist_ok=True)
     ok = window.grab().save(str(path))
     print(f"{'saved' if ok else 'FAILED'} {path}", flush=True)
@@ -70,7 +82,7 @@ def _open(app, window, exam) -> None:
     window.table.selectRow(row)
     if window.current is None or window.current.exam_key != exam.exam_key:
         window.open_exam(exam)
-    _wait(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
+    wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
 
 
 def reading_room_shots(app, window, truth: dict, out: Path, tag: str) -> None:
@@ -84,7 +96,7 @@ def reading_room_shots(app, window, truth: dict, out: Path, tag: str) -> None:
         _open(app, window, exams[with_prior[0]["study_uid"]])
         if not state.compare:
             window.toggle_compare()
-        _wait(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.prior_panes.values()), 120)
+        wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.prior_panes.values()), 120)
         if not state.ai_visible:
             window.toggle_ai()
         _grab(app, window, out / f"prior_comparison{tag}.png")
@@ -96,8 +108,8 @@ def reading_room_shots(app, window, truth: dict, out: Path, tag: str) -> None:
         breasts = {"R": {"birads": "1", "density": "b"}, "L": {"birads": "4A", "density": "b"}}
         window.sign_exam({"breasts": breasts, "recall": default_recall(breasts)})
     window.open_next_unread()
-    _wait(app, lambda: window._job is None, 60)
-    _wait(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
+    wait_until(app, lambda: window._job is None, 60)
+    wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
     _grab(app, window, out / f"signed_worklist{tag}.png")
     cbis = [e for e in window.worklist.exams if "00820" in e.patient_id]
     if cbis:
@@ -130,12 +142,7 @@ def main() -> int:
         write_demo_set(demo, n_exams=args.exams, seed=2026, priors=2, rows=1024, columns=832)
     truth = json.loads((demo / "ground_truth.json").read_text())
     archive = Archive(home / "archive.sqlite")
-    if archive.count() == 0:
-        sources = sorted(p for p in demo.iterdir() if p.is_dir())
-        if args.cbis.is_dir():
-            sources.append(args.cbis)
-        report = archive.import_paths(sources)
-        print(f"imported {len(report.imported)} images; skipped {len(report.rejected)}", flush=True)
+    import_sources(archive, demo, args.cbis)
     (home / "settings.ini").unlink(missing_ok=True)  # a first start: maximised on the screen
     window = MainWindow(archive=archive, model_dir=args.model)
     window.settings.setValue("ai/reading_mode", "on demand")
@@ -143,7 +150,7 @@ def main() -> int:
     window.sign_in("dr_demo")
     window.show_for_reading()
     n = len(archive.exams())
-    done = _wait(app, lambda: (lambda c: c["done"] + c["failed"] >= n)(window.queue.counts(window.model_version)),
+    done = wait_until(app, lambda: (lambda c: c["done"] + c["failed"] >= n)(window.queue.counts(window.model_version)),
                  args.timeout)
     print(f"triage {'finished' if done else 'TIMED OUT'}: {window.queue.counts(window.model_version)}", flush=True)
     window.current = None

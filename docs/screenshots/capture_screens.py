@@ -22,24 +22,14 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from capture import import_sources, wait_until  # this folder's capture.py
 from PySide6.QtCore import QPoint, QRect
 from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QApplication
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _wait(app, predicate, timeout: float) -> bool:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        app.processEvents()
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def desktop_image(app, scale: float) -> QImage:
@@ -87,26 +77,22 @@ def main() -> int:
     if archive.count() == 0:
         demo = home / "demo"
         write_demo_set(demo, n_exams=2, seed=2026, priors=1, rows=1024, columns=832)
-        sources = sorted(p for p in demo.iterdir() if p.is_dir())
-        if args.cbis.is_dir():
-            sources.append(args.cbis)
-        report = archive.import_paths(sources)
-        print(f"imported {len(report.imported)} images; skipped {len(report.rejected)}", flush=True)
+        import_sources(archive, demo, args.cbis)
     (home / "settings.ini").unlink(missing_ok=True)  # a first start: maximised on its screen
     window = MainWindow(archive=archive, start_triage=False)
     window.sign_in("dr_demo")
     window.settings.setValue("view/layout", args.layout)
     window.hanging_layout = args.layout
     window.show_for_reading()
-    _wait(app, lambda: window.isVisible(), 10)
+    wait_until(app, lambda: window.isVisible(), 10)
     exams = window.worklist.exams
     exam = next((e for e in exams if args.patient in e.patient_id), exams[0])
     window.table.selectRow(window.worklist_view.row_of(exam.exam_key))
     if window.current is None or window.current.exam_key != exam.exam_key:
         window.open_exam(exam)
-    _wait(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 180)
+    wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 180)
     window.apply_screens()  # the window is maximised by now: place again from where it is
-    _wait(app, lambda: False, 1.5)  # let the last paint land
+    wait_until(app, lambda: False, 1.5)  # let the last paint land
     placement = window.screen_layout.placement
     print(f"screens: {[(s.name(), s.geometry().getRect()) for s in app.screens()]}", flush=True)
     print(f"layout {placement.layout}: {placement.reason}", flush=True)
