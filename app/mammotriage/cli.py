@@ -447,6 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`... --json | head`): end quietly, as Unix
+        # tools do; point stdout at devnull so the interpreter's final flush cannot fail too
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except AuditKeyError as exc:  # any command that records or reads reader corrections
         print(f"audit key: {exc}", file=sys.stderr)
         return 2

@@ -179,3 +179,17 @@ def test_audit_verify_reports_tampering(tmp_path, capsys) -> None:
     assert main(["audit", "verify", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert not out["ok"] and any("content changed" in p for p in out["problems"])
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`mammotriage info --json FILES | head -1`: the reader closes the pipe early; the
+    command must end without a traceback (exit status 141, like other Unix tools)."""
+    files = [str(tmp_path / f"missing-{i}.dcm") for i in range(4000)]  # far more than a pipe buffer
+    proc = subprocess.Popen([sys.executable, "-m", "mammotriage", "info", "--json", *files],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()  # what `head` does after its first lines
+    err = proc.stderr.read().decode(errors="replace")
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -139,3 +139,27 @@ def test_second_look_without_stage_two_keeps_the_candidates_scores(tmp_path):
         assert set(np.round(masses, 9)) <= set(np.round(old["scores"], 9))
     # the prior shift puts the cluster trees below their training rate's probabilities
     assert final.calc_offset < 0
+
+
+def test_calc_example_cache_is_replaced_atomically(tmp_path, monkeypatch):
+    """A run killed while it writes the cluster cache (or a second run that reads it at
+    that moment) must find the previous cache whole, never half a file."""
+    from mammotriage.model import crossval
+
+    samples, _ = _dataset(n_patients=2)
+    path = tmp_path / "calc_examples.npz"
+    first = crossval.calc_example_cache(samples, [], path)
+    before = path.read_bytes()
+
+    def dies_half_way(file, **arrays):
+        with open(file, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a zip")
+        raise OSError("killed")
+
+    monkeypatch.setattr(crossval.np, "savez_compressed", dies_half_way)
+    with pytest.raises(OSError):
+        crossval.calc_example_cache(samples[:3], [], path)  # other keys: a rebuild
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+    again = crossval.calc_example_cache(samples, [], path)  # reads the intact cache
+    assert sorted(again) == sorted(first) and np.array_equal(again["keys"], first["keys"])

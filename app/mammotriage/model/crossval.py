@@ -4,6 +4,7 @@ are added to every training fold, never to a validation fold)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -159,7 +160,14 @@ def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path
             print(f"calcification examples: {i + 1}/{len(samples) + len(phantoms)} images",
                   file=sys.stderr, flush=True)
     # numpy types **kwds as if a key could be allow_pickle; every key here is "<i>.<name>"
-    np.savez_compressed(path, **out)  # type: ignore[arg-type]
+    # written beside and renamed into place: a run that reads the cache while another
+    # writes it sees the old file or the new one, never half of one
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez_compressed(tmp, **out)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
