@@ -133,6 +133,19 @@ def validate_geometry(geometry: dict[str, Any] | None) -> dict[str, Any] | None:
     raise CorrectionError(f"unknown geometry type {kind!r}")
 
 
+def events_query(exam_key: str | None, sop_uid: str | None, placeholder: str) -> tuple[str, list[str]]:
+    """The SELECT of an exam's (and/or an image's) events in chain order, and its parameters."""
+    where, params = [], []
+    if exam_key is not None:
+        where.append(f"exam_key = {placeholder}")
+        params.append(exam_key)
+    if sop_uid is not None:
+        where.append(f"sop_uid = {placeholder}")
+        params.append(sop_uid)
+    sql = "SELECT * FROM correction_events" + (" WHERE " + " AND ".join(where) if where else "")
+    return sql + " ORDER BY seq", params
+
+
 def event_fields(workstation: str, *, reader: str, exam_key: str, action: str, study_uid: str = "",
                  series_uid: str = "", sop_uid: str = "", pixel_sha256: str = "", model_version: str = "",
                  target: str = "", kind: str = "", geometry: dict[str, Any] | None = None,
@@ -271,22 +284,12 @@ class CorrectionLog(db.Connected):
             self.anchor.record(Head(count, int(seq or 0), digest))
         except OSError as exc:  # the event is committed and keyed; the next append catches up
             LOG.warning("could not record the audit head: %s", exc)
-        return _event(dict(fields, seq=seq, hash=digest, mac=mac))
+        return event_from_row(dict(fields, seq=seq, hash=digest, mac=mac))
 
     # ----------------------------------------------------------------- read
     def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
-        sql, params = "SELECT * FROM correction_events", []
-        where = []
-        if exam_key is not None:
-            where.append("exam_key = ?")
-            params.append(exam_key)
-        if sop_uid is not None:
-            where.append("sop_uid = ?")
-            params.append(sop_uid)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq"
-        return [_event(dict(r)) for r in self.conn.execute(sql, params)]
+        sql, params = events_query(exam_key, sop_uid, "?")
+        return [event_from_row(dict(r)) for r in self.conn.execute(sql, params)]
 
     def verify(self) -> VerifyReport:
         """Walk the whole chain; report every edited, removed, re-chained or truncated event.
@@ -418,7 +421,8 @@ def check_head(head: Head | None, n: int, by_seq: dict[int, str], keyed: bool,
     return []
 
 
-def _event(r: dict[str, Any]) -> Event:
+def event_from_row(r: Mapping[str, Any]) -> Event:
+    """An :class:`Event` from a stored row (text values as stored)."""
     return Event(
         seq=int(r["seq"]), event_id=r["event_id"], at=r["at"], reader=r["reader"], workstation=r["workstation"],
         exam_key=r["exam_key"], study_uid=r["study_uid"], series_uid=r["series_uid"], sop_uid=r["sop_uid"],
