@@ -25,7 +25,7 @@ import pytest
 from mammotriage.store.pg.cluster import PgCluster, PgMissingError, find_bindir
 
 HERE = Path(__file__).resolve().parent
-APP = HERE.parents[2].parent / "app"
+APP = HERE.parents[2] / "app"
 PROCS = HERE / "pgprocs.py"
 
 
