@@ -197,3 +197,24 @@ def test_a_repeatable_read_transaction_cannot_extend_the_chain(site: PgCluster) 
                      f"VALUES ({', '.join(['%s'] * len(columns))})", [fields[c] for c in columns])
     with SiteCorrectionLog(site.dsn("mt_workstation")) as log:
         assert log.events("E-iso") == []
+
+
+def test_backup_and_restore_keep_the_chain_and_its_key(site: PgCluster, tmp_path: Path) -> None:
+    with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-backup") as log:
+        log.append(reader="dr_d", exam_key="E-backup", action="note", payload={"text": "kept"})
+    dump = site.backup(tmp_path / "site.dump")
+    with SiteCorrectionLog(site.dsn("mt_admin")) as admin:
+        original = admin.verify()
+    with running_cluster() as other:
+        other.restore(dump)
+        with SiteCorrectionLog(other.dsn("mt_admin")) as admin:
+            restored = admin.verify()
+            assert restored.ok and restored.macs_checked, restored.problems
+            assert (restored.events, restored.head) == (original.events, original.head)
+        with SiteCorrectionLog(other.dsn("mt_workstation"), "ws-after") as log:
+            after = log.append(reader="dr_d", exam_key="E-after", action="note", payload={"text": "next"})
+        assert after.seq == original.events + 1
+        with SiteCorrectionLog(other.dsn("mt_admin")) as admin:
+            assert admin.verify().ok
+    with pytest.raises(PgError, match="no backup"):
+        site.restore(tmp_path / "missing.dump")

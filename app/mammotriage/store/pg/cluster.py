@@ -219,9 +219,12 @@ class PgCluster:
     def _tool(self, name: str) -> str:
         return str(self.bindir() / name)
 
-    def _run(self, args: list[str], what: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def _run(self, args: list[str], what: str, timeout: float = 120,
+             client: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a server tool as the server's account, or a client tool (pg_dump) as ``client``."""
+        kwargs = self._as_server() if client is None else {"env": self._client_env(client)}
         try:
-            result = subprocess.run(args, **self._as_server(), capture_output=True, text=True, timeout=timeout)
+            result = subprocess.run(args, **kwargs, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise PgError(f"{what} did not finish within {timeout:.0f} s (cluster {self.data})") from exc
         except OSError as exc:
@@ -312,6 +315,16 @@ class PgCluster:
             for role in ROLES:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
                     sql.Identifier(role), sql.Literal(self.password(role))))
+        self._create_database()
+        with psycopg.connect(self.dsn("mt_admin"), autocommit=True) as conn:
+            schema.migrate(conn)
+
+    def _create_database(self) -> None:
+        """A new, empty site database owned by mt_admin, closed to PUBLIC (the superuser's work)."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn(SUPERUSER, database="postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER mt_admin ENCODING 'UTF8' TEMPLATE template0")
                          .format(sql.Identifier(DATABASE)))
         with psycopg.connect(self.dsn(SUPERUSER), autocommit=True) as conn:
@@ -321,8 +334,40 @@ class PgCluster:
             for role in ROLES:
                 conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
                     sql.Identifier(DATABASE), sql.Identifier(role)))
-        with psycopg.connect(self.dsn("mt_admin"), autocommit=True) as conn:
-            schema.migrate(conn)
+
+    # ----------------------------------------------------------------- backup
+    def _client_env(self, role: str) -> dict[str, str]:
+        return dict(os.environ, PGPASSWORD=self.password(role), LC_ALL="C")
+
+    def backup(self, path: str | Path) -> Path:
+        """``pg_dump -Fc`` of the site database as mt_admin (online, consistent). Returns ``path``.
+
+        The dump holds the audit key (``mt_private``): keep it as private as the key.
+        """
+        target = Path(path).absolute()
+        args = [self._tool("pg_dump"), "-Fc", "-h", self.host, "-p", str(self.port), "-U", "mt_admin",
+                "-d", DATABASE, "-f", str(target)]
+        self._run(args, "pg_dump", 600, client="mt_admin")
+        return target
+
+    def restore(self, path: str | Path) -> None:
+        """Replace the site database by a :meth:`backup` (the server must run; clients are cut off).
+
+        The database is dropped, created empty as at :meth:`init`, and filled by
+        ``pg_restore`` as mt_admin; this cluster's roles and passwords stay.
+        """
+        import psycopg
+        from psycopg import sql
+
+        source = Path(path).absolute()
+        if not source.is_file():
+            raise PgError(f"no backup at {source}")
+        with psycopg.connect(self.dsn(SUPERUSER, database="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DATABASE)))
+        self._create_database()
+        self._run([self._tool("pg_restore"), "-h", self.host, "-p", str(self.port), "-U", "mt_admin",
+                          "-d", DATABASE, "--no-owner", "--role=mt_admin", "--exit-on-error", str(source)],
+                  "pg_restore", 600, client="mt_admin")
 
     def start(self, timeout: float = 60) -> None:
         """Start the server (no-op when it runs); returns once it accepts connections."""
