@@ -187,6 +187,30 @@ def test_verify_finds_what_the_admin_path_changed(site: PgCluster) -> None:
         admin.close()
 
 
+def test_verify_finds_a_head_record_changed_without_the_key(site: PgCluster) -> None:
+    with SiteCorrectionLog(site.dsn("mt_workstation")) as log:
+        log.append(reader="dr_e", exam_key="E-head", action="note", payload={"text": "h"})
+    with connect(site.dsn("mt_admin")) as conn:
+        head = conn.execute("SELECT count, last_seq, last_hash, mac FROM audit_head").fetchone()
+    change = "UPDATE audit_head SET count = count + 1"
+    undo = "UPDATE audit_head SET count = %s, last_seq = %s, last_hash = %s, mac = %s"
+    with connect(site.dsn("mt_admin")) as conn, conn.transaction():
+        conn.execute("ALTER TABLE audit_head DISABLE TRIGGER USER")
+        conn.execute(change)
+        conn.execute("ALTER TABLE audit_head ENABLE TRIGGER USER")
+    try:
+        with SiteCorrectionLog(site.dsn("mt_admin")) as admin:
+            problems = admin.verify().problems
+        assert any("head record has a wrong MAC" in p for p in problems), problems
+    finally:
+        with connect(site.dsn("mt_admin")) as conn, conn.transaction():
+            conn.execute("ALTER TABLE audit_head DISABLE TRIGGER USER")
+            conn.execute(undo, (head["count"], head["last_seq"], head["last_hash"], head["mac"]))
+            conn.execute("ALTER TABLE audit_head ENABLE TRIGGER USER")
+    with SiteCorrectionLog(site.dsn("mt_admin")) as admin:
+        assert admin.verify().ok
+
+
 def test_a_repeatable_read_transaction_cannot_extend_the_chain(site: PgCluster) -> None:
     fields = _fields(exam_key="E-iso")
     columns = [c for c in fields if c != "prev_hash"]
