@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from pgsupport import running_cluster
+from pgsupport import require_postgres, running_cluster
 
 from mammotriage.store.events import event_fields, event_hash
 from mammotriage.store.pg import cluster as cluster_module
@@ -65,6 +66,24 @@ def test_missing_binaries_name_the_package(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(cluster_module, "_DEBIAN_ROOT", tmp_path / "none")
     with pytest.raises(PgMissingError, match="apt-get install postgresql"):
         find_bindir()
+
+
+def test_missing_binaries_skip_here_and_fail_under_ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cluster_module.ENV_BINDIR, str(tmp_path))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="does not hold initdb"):
+        require_postgres()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must install the Debian package postgresql"):
+        require_postgres()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="only a root run hands the folder over")
+def test_as_root_a_folder_the_server_account_cannot_reach_is_refused(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with pytest.raises(PgError, match="cannot enter"):
+        PgCluster(private / "site", 1).init()
 
 
 # ----------------------------------------------------------------- roles
