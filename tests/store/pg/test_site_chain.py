@@ -261,3 +261,10 @@ def test_backup_and_restore_keep_the_chain_and_its_key(site: PgCluster, tmp_path
             assert admin.verify().ok
     with pytest.raises(PgError, match="no backup"):
         site.restore(tmp_path / "missing.dump")
+
+
+def test_the_site_schema_accepts_every_action_of_the_local_log() -> None:
+    from mammotriage.store.events import ACTIONS
+    from mammotriage.store.pg.schema import SITE_ACTIONS
+
+    assert set(ACTIONS) == set(SITE_ACTIONS), "a new action needs a site migration that widens the CHECK"

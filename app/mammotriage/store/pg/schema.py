@@ -47,7 +47,7 @@ from typing import Any
 import psycopg
 
 from mammotriage.store.audit import KEY_BYTES, AuditKey, Head
-from mammotriage.store.events import _FIELDS, ACTIONS, GENESIS
+from mammotriage.store.events import _FIELDS, GENESIS
 
 __all__ = ["CHAIN_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "PgMigration", "migrate", "schema_version"]
 
@@ -109,7 +109,13 @@ _TEXT_COLUMNS = ", ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in _FIELDS
                                           "prev_hash"))
 _CLIENT_COLUMNS = ", ".join(name for name in _FIELDS if name != "prev_hash")
 _SAME_CONTENT = " AND ".join(f"prior.{name} = NEW.{name}" for name in _FIELDS if name != "prev_hash")
-_ACTIONS_SQL = ", ".join(f"'{a}'" for a in sorted(ACTIONS))
+#: The actions version 1 accepts, frozen here (a migration never changes once shipped):
+#: an action added to ``store.events.ACTIONS`` needs a migration that widens the CHECK
+#: and adds it to :data:`SITE_ACTIONS` (a test compares the two).
+_V1_ACTIONS = ("accept", "add", "adjust", "amend", "birads", "change_kind", "delete", "density", "note",
+               "redo", "reject", "sign", "undo")
+SITE_ACTIONS = frozenset(_V1_ACTIONS)
+_ACTIONS_SQL = ", ".join(f"'{a}'" for a in _V1_ACTIONS)
 
 _V1_CHAIN = PgMigration(
     name="corrections: the server-extended hash chain, the site's audit key and head, roles' grants",
