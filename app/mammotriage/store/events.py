@@ -28,6 +28,7 @@ import math
 import socket
 import sqlite3
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,73 @@ def validate_geometry(geometry: dict[str, Any] | None) -> dict[str, Any] | None:
     raise CorrectionError(f"unknown geometry type {kind!r}")
 
 
+def events_query(exam_key: str | None, sop_uid: str | None, placeholder: str) -> tuple[str, list[str]]:
+    """The SELECT of an exam's (and/or an image's) events in chain order, and its parameters."""
+    where, params = [], []
+    if exam_key is not None:
+        where.append(f"exam_key = {placeholder}")
+        params.append(exam_key)
+    if sop_uid is not None:
+        where.append(f"sop_uid = {placeholder}")
+        params.append(sop_uid)
+    sql = "SELECT * FROM correction_events" + (" WHERE " + " AND ".join(where) if where else "")
+    return sql + " ORDER BY seq", params
+
+
+def event_fields(workstation: str, *, reader: str, exam_key: str, action: str, study_uid: str = "",
+                 series_uid: str = "", sop_uid: str = "", pixel_sha256: str = "", model_version: str = "",
+                 target: str = "", kind: str = "", geometry: dict[str, Any] | None = None,
+                 payload: dict[str, Any] | None = None) -> dict[str, str]:
+    """Check one new event and return its stored text fields (a fresh ``event_id`` and
+    time; no ``prev_hash`` yet: whoever extends the chain adds it).
+
+    Raises
+    ------
+    CorrectionError
+        An unknown action or kind, a missing target, geometry, image or pixel hash, an
+        invalid BI-RADS, density, assessment or amendment.
+    """
+    if action not in ACTIONS:
+        raise CorrectionError(f"unknown action {action!r}")
+    if not reader:
+        raise CorrectionError("every event needs a reader")
+    if action in IMAGE_ACTIONS and not sop_uid:
+        raise CorrectionError(f"{action} needs the image's SOP Instance UID")
+    if action in IMAGE_ACTIONS and (len(pixel_sha256) != 64):
+        raise CorrectionError(f"{action} needs the sha256 of the image pixels")
+    if kind and kind not in KINDS:
+        raise CorrectionError(f"unknown finding kind {kind!r} (one of {', '.join(KINDS)})")
+    if action in ("add", "change_kind") and not kind:
+        raise CorrectionError(f"{action} needs a kind")
+    if action in ("add", "adjust") and geometry is None:
+        raise CorrectionError(f"{action} needs a geometry")
+    if action in ("accept", "reject", "adjust", "change_kind", "delete", "undo", "redo") and not target:
+        raise CorrectionError(f"{action} needs a target")
+    payload = dict(payload or {})
+    if action == "birads" and payload.get("birads") not in range(7):
+        raise CorrectionError("BI-RADS must be 0-6")
+    if action == "density" and payload.get("density") not in ("A", "B", "C", "D"):
+        raise CorrectionError("breast density must be A, B, C or D")
+    if action == "sign":
+        from mammotriage.store.assessment import AssessmentError, validate_assessment
+
+        try:
+            payload = validate_assessment(payload)
+        except AssessmentError as exc:
+            raise CorrectionError(str(exc)) from exc
+    if action == "amend" and not str(payload.get("reason", "")).strip():
+        raise CorrectionError("an amendment needs a reason")
+    geometry = validate_geometry(geometry)
+    return {
+        "event_id": str(uuid.uuid4()), "at": utc_now("microseconds"), "reader": reader, "workstation": workstation,
+        "exam_key": exam_key, "study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid,
+        "pixel_sha256": pixel_sha256, "model_version": model_version, "action": action,
+        "target": target, "kind": kind,
+        "geometry": json.dumps(geometry, sort_keys=True) if geometry is not None else "",
+        "payload": json.dumps(payload, sort_keys=True) if payload else "",
+    }
+
+
 class CorrectionLog(db.Connected):
     """The append-only event log in the archive database."""
 
@@ -197,45 +265,10 @@ class CorrectionLog(db.Connected):
                kind: str = "", geometry: dict[str, Any] | None = None,
                payload: dict[str, Any] | None = None) -> Event:
         """Record one event; returns it once it is committed (durable)."""
-        if action not in ACTIONS:
-            raise CorrectionError(f"unknown action {action!r}")
-        if not reader:
-            raise CorrectionError("every event needs a reader")
-        if action in IMAGE_ACTIONS and not sop_uid:
-            raise CorrectionError(f"{action} needs the image's SOP Instance UID")
-        if action in IMAGE_ACTIONS and (len(pixel_sha256) != 64):
-            raise CorrectionError(f"{action} needs the sha256 of the image pixels")
-        if kind and kind not in KINDS:
-            raise CorrectionError(f"unknown finding kind {kind!r} (one of {', '.join(KINDS)})")
-        if action in ("add", "change_kind") and not kind:
-            raise CorrectionError(f"{action} needs a kind")
-        if action in ("add", "adjust") and geometry is None:
-            raise CorrectionError(f"{action} needs a geometry")
-        if action in ("accept", "reject", "adjust", "change_kind", "delete", "undo", "redo") and not target:
-            raise CorrectionError(f"{action} needs a target")
-        payload = dict(payload or {})
-        if action == "birads" and payload.get("birads") not in range(7):
-            raise CorrectionError("BI-RADS must be 0-6")
-        if action == "density" and payload.get("density") not in ("A", "B", "C", "D"):
-            raise CorrectionError("breast density must be A, B, C or D")
-        if action == "sign":
-            from mammotriage.store.assessment import AssessmentError, validate_assessment
-
-            try:
-                payload = validate_assessment(payload)
-            except AssessmentError as exc:
-                raise CorrectionError(str(exc)) from exc
-        if action == "amend" and not str(payload.get("reason", "")).strip():
-            raise CorrectionError("an amendment needs a reason")
-        geometry = validate_geometry(geometry)
-        fields = {
-            "event_id": str(uuid.uuid4()), "at": utc_now("microseconds"), "reader": reader, "workstation": self.workstation,
-            "exam_key": exam_key, "study_uid": study_uid, "series_uid": series_uid, "sop_uid": sop_uid,
-            "pixel_sha256": pixel_sha256, "model_version": model_version, "action": action,
-            "target": target, "kind": kind,
-            "geometry": json.dumps(geometry, sort_keys=True) if geometry is not None else "",
-            "payload": json.dumps(payload, sort_keys=True) if payload else "",
-        }
+        fields = event_fields(
+            self.workstation, reader=reader, exam_key=exam_key, action=action, study_uid=study_uid,
+            series_uid=series_uid, sop_uid=sop_uid, pixel_sha256=pixel_sha256, model_version=model_version,
+            target=target, kind=kind, geometry=geometry, payload=payload)
         with db.transaction(self.conn):
             row = self.conn.execute("SELECT hash FROM correction_events ORDER BY seq DESC LIMIT 1").fetchone()
             fields["prev_hash"] = row[0] if row else GENESIS
@@ -251,22 +284,12 @@ class CorrectionLog(db.Connected):
             self.anchor.record(Head(count, int(seq or 0), digest))
         except OSError as exc:  # the event is committed and keyed; the next append catches up
             LOG.warning("could not record the audit head: %s", exc)
-        return _event(dict(fields, seq=seq, hash=digest, mac=mac))
+        return event_from_row(dict(fields, seq=seq, hash=digest, mac=mac))
 
     # ----------------------------------------------------------------- read
     def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
-        sql, params = "SELECT * FROM correction_events", []
-        where = []
-        if exam_key is not None:
-            where.append("exam_key = ?")
-            params.append(exam_key)
-        if sop_uid is not None:
-            where.append("sop_uid = ?")
-            params.append(sop_uid)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq"
-        return [_event(dict(r)) for r in self.conn.execute(sql, params)]
+        sql, params = events_query(exam_key, sop_uid, "?")
+        return [event_from_row(dict(r)) for r in self.conn.execute(sql, params)]
 
     def verify(self) -> VerifyReport:
         """Walk the whole chain; report every edited, removed, re-chained or truncated event.
@@ -281,37 +304,9 @@ class CorrectionLog(db.Connected):
                 "(the table was dropped or the database is damaged)"])
 
     def _verify(self) -> VerifyReport:
-        problems: list[str] = []
-        prev = GENESIS
-        expected_seq = None
-        n = unkeyed = 0
-        keyed_seen = False
-        by_seq: dict[int, str] = {}
-        for row in self.conn.execute("SELECT * FROM correction_events ORDER BY seq"):
-            n += 1
-            r = dict(row)
-            if expected_seq is not None and r["seq"] != expected_seq:
-                problems.append(f"events {expected_seq}..{r['seq'] - 1} are missing (deleted)")
-            expected_seq = r["seq"] + 1
-            if r["prev_hash"] != prev:
-                problems.append(f"event {r['seq']} ({r['event_id']}): does not follow the previous event "
-                                "(an event before it was removed or changed)")
-            if event_hash(r) != r["hash"]:
-                problems.append(f"event {r['seq']} ({r['event_id']}): content changed after it was recorded")
-            mac = str(r.get("mac") or "")
-            if not mac:
-                if keyed_seen:
-                    problems.append(f"event {r['seq']} ({r['event_id']}): has no MAC (written without "
-                                    "the audit key)")
-                unkeyed += 1
-            else:
-                keyed_seen = True
-                if not self.key.verify(r["hash"], mac):
-                    problems.append(f"event {r['seq']} ({r['event_id']}): MAC does not match (edited or "
-                                    f"re-chained without the audit key, or {self.key.path} is not this "
-                                    "installation's key)")
-            by_seq[int(r["seq"])] = r["hash"]
-            prev = r["hash"]
+        walk = walk_chain(self.conn.execute("SELECT * FROM correction_events ORDER BY seq"), self.key,
+                          f"{self.key.path} is not this installation's key")
+        problems, expected_seq, n, by_seq = walk.problems, walk.next_seq, walk.events, walk.by_seq
         issued = self.conn.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = 'correction_events'").fetchone()
         if issued is not None and expected_seq is not None and issued[0] >= expected_seq:
@@ -320,10 +315,10 @@ class CorrectionLog(db.Connected):
             problems.append(f"all {issued[0]} events are missing (deleted)")
         head, head_problems = self.anchor.latest()
         problems += head_problems
-        problems += _check_head(head, n, by_seq, keyed_seen, self.anchor)
+        problems += check_head(head, n, by_seq, walk.keyed, self.anchor)
         problems += self._check_snapshot_heads(by_seq)
         return VerifyReport(ok=not problems, events=n, problems=problems,
-                            head=head.to_json() if head else None, unkeyed=unkeyed)
+                            head=head.to_json() if head else None, unkeyed=walk.unkeyed)
 
 
     def _check_snapshot_heads(self, by_seq: dict[int, str]) -> list[str]:
@@ -349,7 +344,61 @@ class CorrectionLog(db.Connected):
         return problems
 
 
-def _check_head(head: Head | None, n: int, by_seq: dict[int, str], keyed: bool,
+@dataclass
+class ChainWalk:
+    """What one pass over the events in ``seq`` order found (:func:`walk_chain`)."""
+
+    problems: list[str]
+    events: int
+    unkeyed: int
+    keyed: bool
+    #: hash of every event by its seq
+    by_seq: dict[int, str]
+    #: the seq the next event should have (None: no events)
+    next_seq: int | None
+
+
+def walk_chain(rows: Iterable[Mapping[str, Any]], key: AuditKey | None, wrong_key: str) -> ChainWalk:
+    """Check events (stored text values, ``seq`` ascending) link by link.
+
+    Finds gaps (deleted events), broken links, changed content and, with ``key``,
+    missing or wrong MACs (``wrong_key`` says which key was used, for the message).
+    The local log and the site store's chain both run this one walk.
+    """
+    problems: list[str] = []
+    prev = GENESIS
+    expected_seq: int | None = None
+    n = unkeyed = 0
+    keyed_seen = False
+    by_seq: dict[int, str] = {}
+    for row in rows:
+        n += 1
+        r = dict(row)
+        if expected_seq is not None and r["seq"] != expected_seq:
+            problems.append(f"events {expected_seq}..{r['seq'] - 1} are missing (deleted)")
+        expected_seq = int(r["seq"]) + 1
+        if r["prev_hash"] != prev:
+            problems.append(f"event {r['seq']} ({r['event_id']}): does not follow the previous event "
+                            "(an event before it was removed or changed)")
+        if event_hash(r) != r["hash"]:
+            problems.append(f"event {r['seq']} ({r['event_id']}): content changed after it was recorded")
+        mac = str(r.get("mac") or "")
+        if not mac:
+            if keyed_seen:
+                problems.append(f"event {r['seq']} ({r['event_id']}): has no MAC (written without "
+                                "the audit key)")
+            unkeyed += 1
+        else:
+            keyed_seen = True
+            if key is not None and not key.verify(r["hash"], mac):
+                problems.append(f"event {r['seq']} ({r['event_id']}): MAC does not match (edited or "
+                                f"re-chained without the audit key, or {wrong_key})")
+        by_seq[int(r["seq"])] = r["hash"]
+        prev = r["hash"]
+    return ChainWalk(problems, n, unkeyed, keyed_seen, by_seq, expected_seq)
+
+
+def check_head(head: Head | None, n: int, by_seq: dict[int, str], keyed: bool,
                 anchor: AuditAnchor) -> list[str]:
     """Problems of the chain against its newest head record."""
     where = getattr(anchor, "path", "the audit anchor")
@@ -372,7 +421,8 @@ def _check_head(head: Head | None, n: int, by_seq: dict[int, str], keyed: bool,
     return []
 
 
-def _event(r: dict[str, Any]) -> Event:
+def event_from_row(r: Mapping[str, Any]) -> Event:
+    """An :class:`Event` from a stored row (text values as stored)."""
     return Event(
         seq=int(r["seq"]), event_id=r["event_id"], at=r["at"], reader=r["reader"], workstation=r["workstation"],
         exam_key=r["exam_key"], study_uid=r["study_uid"], series_uid=r["series_uid"], sop_uid=r["sop_uid"],

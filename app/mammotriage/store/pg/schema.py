@@ -1,0 +1,347 @@
+"""The site database's schema: versioned, append-only migrations (like ``store.db``).
+
+:data:`MIGRATIONS` is an ordered list; migration *n* (1-based) brings the database from
+version ``n - 1`` to ``n``. A later feature adds its tables by **appending** a
+:class:`PgMigration`, never by editing one that has shipped. Each migration runs in its
+own transaction together with the bump of ``mt_schema.version``, under an advisory
+lock, so two processes migrating at once apply each step once and a failure leaves the
+database at a well-defined version. Migrations run as the owner, ``mt_admin``.
+
+Version 1, the correction chain:
+
+- ``correction_events``: the columns of the SQLite table (text values, so the hash is
+  :func:`mammotriage.store.events.event_hash` of the same strings) plus
+  ``received_at`` (server time of arrival; not hashed). ``seq``, ``prev_hash``,
+  ``hash`` and ``mac`` are assigned by the BEFORE INSERT trigger ``mt_chain_event``,
+  whatever the client sends: it takes ``pg_advisory_xact_lock(CHAIN_LOCK)``, skips an
+  ``event_id`` that is already stored (identical content: a retry; different content:
+  refused), and extends the chain by one (``seq = last + 1``, no gaps), computing the
+  hash in PL/pgSQL from the same canonical JSON bytes as ``event_hash`` and the
+  HMAC-SHA256 under the site's audit key.
+- ``mt_private.audit_key``: the site's 32-byte audit key (as HMAC inner/outer pads),
+  readable by ``mt_admin`` only; the trigger runs as its owner (SECURITY DEFINER), so a
+  workstation can append but can neither read the key nor compute a MAC.
+- ``audit_head``: one row (count, last seq, last hash, its MAC, time): the server's head
+  record (what ``store.audit.FileAnchor`` is for one workstation), updated only by the
+  chain trigger.
+- ``site_identity``: the site's archive id (immutable), named in the head MAC.
+- Append-only: UPDATE, DELETE and TRUNCATE of ``correction_events`` (and DELETE or a
+  direct UPDATE of the head) raise, also for the owner. The one admin path is
+  documented in ``docs/hospital-it.md`` (a superuser or the owner disabling the trigger),
+  and ``verify`` finds what it changed unless the audit key was used too.
+
+Version 2, the shared triage queue (:mod:`mammotriage.triage.site_queue`):
+``triage_jobs`` (one per exam and model sha256; status, lease, claim token) and
+``triage_results`` (exactly one per exam and model sha256).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from mammotriage.store.audit import KEY_BYTES, AuditKey, Head
+from mammotriage.store.events import _FIELDS, GENESIS
+
+__all__ = ["CHAIN_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "PgMigration", "migrate", "schema_version"]
+
+#: ``pg_advisory_xact_lock`` keys: the chain's extension, and migrations.
+CHAIN_LOCK = 0x4D54_0001
+MIGRATE_LOCK = 0x4D54_0002
+
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class PgMigration:
+    """One schema step: SQL statements or callables taking the connection, in one transaction."""
+
+    name: str
+    steps: Sequence[str | Callable[[Conn], None]]
+
+
+def _canonical_sql() -> str:
+    """PL/pgSQL expression: the canonical JSON of ``NEW``'s hashed fields, as ``event_hash`` writes it.
+
+    Keys sorted, no spaces, strings escaped by ``to_json(text)`` (the same escapes as
+    Python's ``json.dumps(ensure_ascii=False)``: ``\\" \\\\ \\b \\f \\n \\r \\t`` and
+    ``\\u00XX`` below U+0020, everything else as UTF-8).
+    """
+    parts = [f"'\"{name}\":' || to_json(NEW.{name})::text" for name in sorted(_FIELDS)]
+    return "'{' || " + " || ',' || ".join(parts) + " || '}'"
+
+
+def _mac_sql(message: str) -> str:
+    return (f"encode(sha256(k.opad || sha256(k.ipad || convert_to({message}, 'UTF8'))), 'hex')")
+
+
+def _install_key(conn: Conn) -> None:
+    """A fresh audit key (HMAC pads precomputed) and the site's identity; the empty head."""
+    secret = secrets.token_bytes(KEY_BYTES)
+    block = secret.ljust(64, b"\0")
+    ipad = bytes(b ^ 0x36 for b in block)
+    opad = bytes(b ^ 0x5C for b in block)
+    archive_id = str(uuid.uuid4())
+    conn.execute("INSERT INTO mt_private.audit_key (secret, ipad, opad) VALUES (%s, %s, %s)",
+                 (secret, ipad, opad))
+    conn.execute("INSERT INTO site_identity (archive_id) VALUES (%s)", (archive_id,))
+    head = Head(0, 0, GENESIS).signed(site_key(secret), archive_id)
+    conn.execute("INSERT INTO audit_head (id, count, last_seq, last_hash, mac) VALUES (1, 0, 0, %s, %s)",
+                 (GENESIS, head.mac))
+
+
+#: Where the site's audit key lives (what messages call it).
+KEY_PLACE = "mt_private.audit_key"
+
+
+def site_key(secret: bytes) -> AuditKey:
+    """The site's audit key as a :class:`~mammotriage.store.audit.AuditKey` (its "path" names the table)."""
+    return AuditKey(bytes(secret), Path(KEY_PLACE))
+
+_TEXT_COLUMNS = ", ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in _FIELDS
+                          if name not in ("event_id", "at", "reader", "workstation", "exam_key", "action",
+                                          "prev_hash"))
+_CLIENT_COLUMNS = ", ".join(name for name in _FIELDS if name != "prev_hash")
+_SAME_CONTENT = " AND ".join(f"prior.{name} = NEW.{name}" for name in _FIELDS if name != "prev_hash")
+#: The actions version 1 accepts, frozen here (a migration never changes once shipped):
+#: an action added to ``store.events.ACTIONS`` needs a migration that widens the CHECK
+#: and adds it to :data:`SITE_ACTIONS` (a test compares the two).
+_V1_ACTIONS = ("accept", "add", "adjust", "amend", "birads", "change_kind", "delete", "density", "note",
+               "redo", "reject", "sign", "undo")
+SITE_ACTIONS = frozenset(_V1_ACTIONS)
+_ACTIONS_SQL = ", ".join(f"'{a}'" for a in _V1_ACTIONS)
+
+_V1_CHAIN = PgMigration(
+    name="corrections: the server-extended hash chain, the site's audit key and head, roles' grants",
+    steps=(
+        "GRANT USAGE ON SCHEMA public TO mt_workstation, mt_worker",
+        "CREATE SCHEMA mt_private",
+        "REVOKE ALL ON SCHEMA mt_private FROM PUBLIC",
+        """
+        CREATE TABLE mt_private.audit_key (
+            secret BYTEA NOT NULL CHECK (length(secret) = 32),
+            ipad   BYTEA NOT NULL CHECK (length(ipad) = 64),
+            opad   BYTEA NOT NULL CHECK (length(opad) = 64)
+        )
+        """,
+        """
+        CREATE TABLE site_identity (
+            archive_id TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """,
+        """
+        CREATE TABLE audit_head (
+            id        INTEGER PRIMARY KEY CHECK (id = 1),
+            count     BIGINT NOT NULL,
+            last_seq  BIGINT NOT NULL,
+            last_hash TEXT NOT NULL,
+            mac       TEXT NOT NULL,
+            at        TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """,
+        f"""
+        CREATE TABLE correction_events (
+            seq          BIGINT PRIMARY KEY,          -- assigned by the chain trigger: no gaps
+            event_id     TEXT NOT NULL UNIQUE,
+            at           TEXT NOT NULL,               -- UTC ISO 8601, when the reader acted
+            reader       TEXT NOT NULL,
+            workstation  TEXT NOT NULL,
+            exam_key     TEXT NOT NULL,
+            action       TEXT NOT NULL CHECK (action IN ({_ACTIONS_SQL})),
+            {_TEXT_COLUMNS},
+            prev_hash    TEXT NOT NULL,
+            hash         TEXT NOT NULL UNIQUE,
+            mac          TEXT NOT NULL,
+            received_at  TIMESTAMPTZ NOT NULL DEFAULT now()   -- when the server chained it
+        )
+        """,
+        "CREATE INDEX correction_events_exam ON correction_events (exam_key)",
+        "CREATE INDEX correction_events_sop ON correction_events (sop_uid)",
+        f"""
+        CREATE FUNCTION mt_chain_event() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            prior correction_events%ROWTYPE;
+            h   audit_head%ROWTYPE;
+            k   mt_private.audit_key%ROWTYPE;
+            site TEXT;
+        BEGIN
+            IF current_setting('transaction_isolation') <> 'read committed' THEN
+                RAISE EXCEPTION 'correction events are appended under READ COMMITTED only (this transaction is %)',
+                    current_setting('transaction_isolation');
+            END IF;
+            PERFORM pg_advisory_xact_lock({CHAIN_LOCK:d});
+            SELECT * INTO prior FROM correction_events WHERE event_id = NEW.event_id;
+            IF FOUND THEN
+                IF {_SAME_CONTENT} THEN
+                    RETURN NULL;   -- already stored: a retry after a lost acknowledgement
+                END IF;
+                RAISE EXCEPTION 'event % is already stored with different content', NEW.event_id
+                    USING ERRCODE = 'unique_violation';
+            END IF;
+            SELECT * INTO h FROM audit_head WHERE id = 1 FOR UPDATE;
+            SELECT * INTO k FROM mt_private.audit_key;
+            SELECT archive_id INTO site FROM site_identity;
+            NEW.seq := h.last_seq + 1;
+            NEW.prev_hash := h.last_hash;
+            NEW.hash := encode(sha256(convert_to({_canonical_sql()}, 'UTF8')), 'hex');
+            NEW.mac := {_mac_sql("NEW.hash")};
+            NEW.received_at := clock_timestamp();
+            UPDATE audit_head SET count = h.count + 1, last_seq = NEW.seq, last_hash = NEW.hash,
+                   at = NEW.received_at,
+                   mac = {_mac_sql("'mammotriage.audit-head/1|' || site || '|' || (h.count + 1)::text || '|' || "
+                                   "NEW.seq::text || '|' || NEW.hash")}
+            WHERE id = 1;
+            RETURN NEW;
+        END
+        $fn$
+        """,
+        "REVOKE ALL ON FUNCTION mt_chain_event() FROM PUBLIC",
+        """
+        CREATE TRIGGER correction_events_chain BEFORE INSERT ON correction_events
+        FOR EACH ROW EXECUTE FUNCTION mt_chain_event()
+        """,
+        """
+        CREATE FUNCTION mt_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        BEGIN
+            RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP;
+        END
+        $fn$
+        """,
+        """
+        CREATE TRIGGER correction_events_no_update BEFORE UPDATE OR DELETE ON correction_events
+        FOR EACH ROW EXECUTE FUNCTION mt_refuse_change()
+        """,
+        """
+        CREATE TRIGGER correction_events_no_truncate BEFORE TRUNCATE ON correction_events
+        FOR EACH STATEMENT EXECUTE FUNCTION mt_refuse_change()
+        """,
+        """
+        CREATE TRIGGER site_identity_immutable BEFORE UPDATE OR DELETE ON site_identity
+        FOR EACH ROW EXECUTE FUNCTION mt_refuse_change()
+        """,
+        """
+        CREATE TRIGGER site_identity_no_truncate BEFORE TRUNCATE ON site_identity
+        FOR EACH STATEMENT EXECUTE FUNCTION mt_refuse_change()
+        """,
+        # The head moves only inside the chain trigger (trigger depth 2), never by hand.
+        """
+        CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
+        FOR EACH ROW EXECUTE FUNCTION mt_refuse_change()
+        """,
+        """
+        CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head
+        FOR EACH STATEMENT EXECUTE FUNCTION mt_refuse_change()
+        """,
+        """
+        CREATE TRIGGER audit_head_only_by_chain BEFORE UPDATE ON audit_head
+        FOR EACH ROW WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION mt_refuse_change()
+        """,
+        _install_key,
+        f"GRANT SELECT, INSERT ({_CLIENT_COLUMNS}) ON correction_events TO mt_workstation",
+        "GRANT SELECT ON correction_events TO mt_worker",
+        "GRANT SELECT ON audit_head, site_identity TO mt_workstation, mt_worker",
+    ),
+)
+
+_V2_SITE_QUEUE = PgMigration(
+    name="triage: the shared job queue (leases, claim tokens) and one result per exam and model",
+    steps=(
+        """
+        CREATE TABLE triage_jobs (
+            id           BIGSERIAL PRIMARY KEY,
+            exam_key     TEXT NOT NULL,
+            model_sha256 TEXT NOT NULL CHECK (length(model_sha256) = 64),
+            status       TEXT NOT NULL DEFAULT 'pending'
+                         CHECK (status IN ('pending', 'running', 'done', 'failed')),
+            priority     INTEGER NOT NULL DEFAULT 0,
+            enqueued_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+            claimed_by   TEXT,
+            claim_token  UUID,                 -- new per claim: a re-claimed job's old token is void
+            claimed_at   TIMESTAMPTZ,
+            lease_until  TIMESTAMPTZ,
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            finished_at  TIMESTAMPTZ,
+            reason       TEXT,
+            UNIQUE (exam_key, model_sha256)
+        )
+        """,
+        "CREATE INDEX triage_jobs_next ON triage_jobs (status, model_sha256, priority DESC, enqueued_at, id)",
+        """
+        CREATE TABLE triage_results (
+            exam_key     TEXT NOT NULL,
+            model_sha256 TEXT NOT NULL,
+            job_id       BIGINT NOT NULL REFERENCES triage_jobs (id),
+            worker_id    TEXT NOT NULL,
+            result       JSONB NOT NULL,
+            created_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (exam_key, model_sha256)
+        )
+        """,
+        """
+        CREATE TRIGGER triage_results_no_update BEFORE UPDATE OR DELETE ON triage_results
+        FOR EACH ROW EXECUTE FUNCTION mt_refuse_change()
+        """,
+        "GRANT SELECT, INSERT, UPDATE ON triage_jobs TO mt_worker",
+        "GRANT USAGE ON SEQUENCE triage_jobs_id_seq TO mt_worker",
+        "GRANT SELECT, INSERT ON triage_results TO mt_worker",
+        "GRANT SELECT ON triage_jobs, triage_results TO mt_workstation",
+    ),
+)
+
+MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaVersionError(RuntimeError):
+    """The site database was written by a newer Mammo Triage than this one."""
+
+
+def schema_version(conn: Conn) -> int:
+    row = conn.execute("SELECT to_regclass('public.mt_schema') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return 0
+    got = conn.execute("SELECT version FROM mt_schema").fetchone()
+    return int(got[0]) if got else 0
+
+
+def migrate(conn: Conn, migrations: Sequence[PgMigration] | None = None) -> int:
+    """Bring the database to the newest version; returns it. ``conn``: the owner, autocommit.
+
+    Raises
+    ------
+    SchemaVersionError
+        The database is newer than this code.
+    """
+    steps = list(MIGRATIONS if migrations is None else migrations)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS mt_schema (version INTEGER NOT NULL)")
+        if conn.execute("SELECT 1 FROM mt_schema").fetchone() is None:
+            conn.execute("INSERT INTO mt_schema (version) VALUES (0)")
+        conn.execute("GRANT SELECT ON mt_schema TO mt_workstation, mt_worker")
+    current = schema_version(conn)
+    if current > len(steps):
+        raise SchemaVersionError(f"the site database is at schema version {current}; this Mammo Triage "
+                                 f"knows up to {len(steps)}: upgrade Mammo Triage")
+    while current < len(steps):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            current = schema_version(conn)
+            if current >= len(steps):
+                break
+            for step in steps[current].steps:
+                if callable(step):
+                    step(conn)
+                else:
+                    conn.execute(step)
+            conn.execute("UPDATE mt_schema SET version = %s", (current + 1,))
+        current = schema_version(conn)
+    return current

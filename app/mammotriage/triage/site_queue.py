@@ -1,0 +1,170 @@
+"""The site's shared triage queue on PostgreSQL: several workers, one result per exam and model.
+
+Rules
+-----
+- One job per exam and model (the sha256 of the model package's weights):
+  :meth:`SiteQueue.enqueue` is idempotent.
+- :meth:`SiteQueue.claim` takes the next pending job (highest priority, then oldest)
+  with ``SELECT ... FOR UPDATE SKIP LOCKED``, so workers never wait on each other and
+  never take the same job. A claim carries a lease (``lease_s``, renewed by
+  :meth:`heartbeat`) and a fresh claim token.
+- A worker that dies (kill -9, a lost machine) stops renewing its lease: once the lease
+  has run out its job goes back to pending (:meth:`requeue_expired`, which every claim
+  runs first) and another worker takes it; after ``max_attempts`` claims it fails with
+  the reason.
+- :meth:`complete` stores the result only while the claim is still the worker's (same
+  token, job still running). A slow worker whose lease ran out and whose job was
+  claimed again gets ``stored=False`` and the reason: its late result is discarded.
+  ``triage_results`` has one row per (exam, model sha256) (primary key), so exactly one
+  result is ever stored.
+- Every time (enqueue, lease, expiry) is the server's clock, so workers on machines
+  whose clocks disagree still agree on leases.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mammotriage.store.pg.events import SERVER_AWAY, PgConnected
+
+__all__ = ["SERVER_AWAY", "Completion", "SiteJob", "SiteQueue"]
+
+@dataclass(frozen=True)
+class SiteJob:
+    id: int
+    exam_key: str
+    model_sha256: str
+    worker_id: str
+    claim_token: str
+    attempts: int
+    lease_s: float
+
+
+@dataclass(frozen=True)
+class Completion:
+    #: True when this call stored the result; False when it was discarded.
+    stored: bool
+    reason: str = ""
+
+
+class SiteQueue(PgConnected):
+    """The shared queue, for one worker or workstation (``PgCluster.dsn("mt_worker")``)."""
+
+    def __init__(self, dsn: str, *, max_attempts: int = 3):
+        super().__init__(dsn)
+        self.max_attempts = max_attempts
+
+    # ----------------------------------------------------------------- producers
+    def enqueue(self, exam_key: str, model_sha256: str, priority: int = 0) -> bool:
+        """Queue an exam for a model; True when the job is new (False: it exists already)."""
+        if len(model_sha256) != 64:
+            raise ValueError(f"model_sha256 must be a 64-character sha256, got {model_sha256!r}")
+        with self.conn.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO triage_jobs (exam_key, model_sha256, priority) VALUES (%s, %s, %s) "
+                "ON CONFLICT (exam_key, model_sha256) DO NOTHING", (exam_key, model_sha256, priority))
+        return cur.rowcount == 1
+
+    # ----------------------------------------------------------------- workers
+    def requeue_expired(self) -> int:
+        """Running jobs whose lease ran out go back to pending (or fail after max_attempts)."""
+        with self.conn.transaction():
+            cur = self.conn.execute(
+                """
+                UPDATE triage_jobs SET
+                    status = CASE WHEN attempts >= %(max)s THEN 'failed' ELSE 'pending' END,
+                    reason = CASE WHEN attempts >= %(max)s
+                             THEN 'the lease of ' || claimed_by || ' ran out ' || attempts || ' times'
+                             ELSE 'the lease of ' || claimed_by || ' ran out' END,
+                    finished_at = CASE WHEN attempts >= %(max)s THEN clock_timestamp() END,
+                    claim_token = NULL, lease_until = NULL
+                WHERE status = 'running' AND lease_until < clock_timestamp()
+                """, {"max": self.max_attempts})
+        return cur.rowcount
+
+    def claim(self, worker_id: str, lease_s: float, model_sha256: str | None = None) -> SiteJob | None:
+        """Take the next pending job (of ``model_sha256``, or any); None when there is none."""
+        if not lease_s > 0:
+            raise ValueError("lease_s must be positive")
+        self.requeue_expired()
+        with self.conn.transaction():
+            row = self.conn.execute(
+                """
+                UPDATE triage_jobs SET status = 'running', claimed_by = %(worker)s,
+                       claim_token = gen_random_uuid(), claimed_at = clock_timestamp(),
+                       lease_until = clock_timestamp() + make_interval(secs => %(lease)s),
+                       attempts = attempts + 1
+                WHERE id = (
+                    SELECT id FROM triage_jobs
+                    WHERE status = 'pending' AND (%(model)s::text IS NULL OR model_sha256 = %(model)s::text)
+                    ORDER BY priority DESC, enqueued_at, id
+                    FOR UPDATE SKIP LOCKED LIMIT 1)
+                RETURNING id, exam_key, model_sha256, claim_token, attempts
+                """, {"worker": worker_id, "lease": float(lease_s), "model": model_sha256}).fetchone()
+        if row is None:
+            return None
+        return SiteJob(int(row["id"]), str(row["exam_key"]), str(row["model_sha256"]), worker_id,
+                       str(row["claim_token"]), int(row["attempts"]), float(lease_s))
+
+    def heartbeat(self, job: SiteJob, lease_s: float | None = None) -> bool:
+        """Renew the lease; False when the claim is no longer this worker's (stop working on it)."""
+        with self.conn.transaction():
+            cur = self.conn.execute(
+                "UPDATE triage_jobs SET lease_until = clock_timestamp() + make_interval(secs => %s) "
+                "WHERE id = %s AND claim_token = %s AND status = 'running'",
+                (float(lease_s or job.lease_s), job.id, job.claim_token))
+        return cur.rowcount == 1
+
+    def complete(self, job: SiteJob, result: dict[str, Any]) -> Completion:
+        """Store the job's result and mark it done, if the claim is still this worker's.
+
+        Returns ``Completion(False, reason)`` (nothing stored) for a late result: the lease
+        ran out and the job was re-queued or claimed by another worker, or a result for
+        this exam and model exists already.
+        """
+        payload = json.dumps(result, sort_keys=True, allow_nan=False)
+        with self.conn.transaction():
+            row = self.conn.execute(
+                "SELECT status, claim_token::text AS token, claimed_by FROM triage_jobs WHERE id = %s FOR UPDATE",
+                (job.id,)).fetchone()
+            if row is None:
+                return Completion(False, f"job {job.id} does not exist")
+            if row["status"] != "running" or row["token"] != job.claim_token:
+                now = (f"claimed by {row['claimed_by']}" if row["status"] == "running"
+                       else f"{row['status']}")
+                return Completion(False, f"late result of {job.worker_id} for {job.exam_key} discarded: its "
+                                         f"lease ran out and the job is now {now}")
+            cur = self.conn.execute(
+                "INSERT INTO triage_results (exam_key, model_sha256, job_id, worker_id, result) "
+                "VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT (exam_key, model_sha256) DO NOTHING",
+                (job.exam_key, job.model_sha256, job.id, job.worker_id, payload))
+            self.conn.execute(
+                "UPDATE triage_jobs SET status = 'done', finished_at = clock_timestamp(), lease_until = NULL, "
+                "reason = NULL WHERE id = %s", (job.id,))
+        if cur.rowcount != 1:
+            return Completion(False, f"a result for {job.exam_key} and this model was stored already")
+        return Completion(True)
+
+    def fail(self, job: SiteJob, reason: str) -> bool:
+        """Mark the job failed with ``reason``; False when the claim was no longer this worker's."""
+        with self.conn.transaction():
+            cur = self.conn.execute(
+                "UPDATE triage_jobs SET status = 'failed', reason = %s, finished_at = clock_timestamp(), "
+                "lease_until = NULL WHERE id = %s AND claim_token = %s AND status = 'running'",
+                (reason[:2000], job.id, job.claim_token))
+        return cur.rowcount == 1
+
+    # ----------------------------------------------------------------- reading
+    def counts(self) -> dict[str, int]:
+        """Jobs per status."""
+        rows = self.conn.execute("SELECT status, COUNT(*) AS n FROM triage_jobs GROUP BY status").fetchall()
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
+    def result(self, exam_key: str, model_sha256: str) -> dict[str, Any] | None:
+        """The stored result (``result``, ``worker_id``, ``job_id``) or None."""
+        row = self.conn.execute(
+            "SELECT result, worker_id, job_id FROM triage_results WHERE exam_key = %s AND model_sha256 = %s",
+            (exam_key, model_sha256)).fetchone()
+        return dict(row) if row else None
