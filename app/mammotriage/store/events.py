@@ -52,6 +52,8 @@ ACTIONS = frozenset({
     "note",          # free text
     "sign",          # the reader signs the exam's assessment (payload: store.assessment)
     "amend",         # re-opens a signed exam (payload: {"reason": text})
+    "arbitrate",     # double reading: a third reader's consensus of two discordant reads
+                     # (payload: the assessment + role, rule, reads; store.double_reading)
     "undo",          # the target event no longer counts
     "redo",          # an undone event counts again
 })
@@ -223,6 +225,13 @@ class CorrectionLog(db.Connected):
 
             try:
                 payload = validate_assessment(payload)
+            except AssessmentError as exc:
+                raise CorrectionError(str(exc)) from exc
+        if action == "arbitrate":
+            from mammotriage.store.assessment import AssessmentError, validate_arbitration
+
+            try:
+                payload = validate_arbitration(payload)
             except AssessmentError as exc:
                 raise CorrectionError(str(exc)) from exc
         if action == "amend" and not str(payload.get("reason", "")).strip():

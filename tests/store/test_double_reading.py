@@ -1,0 +1,209 @@
+"""Double reading in the store: the setting, the discordance rules, blinding in the log the
+viewer reads through, readers' roles, arbitration events, soft locks with a lease."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mammotriage.store import Archive
+from mammotriage.store.assessment import read_states
+from mammotriage.store.double_reading import (
+    DoubleReading,
+    DoubleReadingLog,
+    DoubleReadingPolicy,
+    ReadingLocks,
+    discordance,
+    exam_status,
+)
+from mammotriage.store.events import CorrectionError, CorrectionLog
+from mammotriage.store.labels import fold
+
+ON = DoubleReadingPolicy(enabled=True)
+SHA = "cd" * 32
+T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
+
+
+def _assessment(r: str, l: str = "1", recall: bool | None = None) -> dict:  # noqa: E741
+    from mammotriage.store.assessment import RECALL_BIRADS
+
+    rec = recall if recall is not None else (r in RECALL_BIRADS or l in RECALL_BIRADS)
+    return {"breasts": {"R": {"birads": r, "density": "b"}, "L": {"birads": l, "density": "b"}}, "recall": rec}
+
+
+@pytest.fixture
+def exam(dicom, tmp_path: Path, archive_file: Path) -> tuple[str, str]:
+    """One imported four-view exam: (exam key, one SOP Instance UID)."""
+    dicom.exam(tmp_path / "exam")
+    with Archive(archive_file) as archive:
+        archive.import_paths([tmp_path / "exam"])
+        e = archive.exams()[0]
+        return e.exam_key, e.images[0].sop_uid
+
+
+# --------------------------------------------------------------------------- policy and rule
+
+
+def test_policy_off_by_default_and_read_from_the_data_directory(tmp_path: Path) -> None:
+    assert DoubleReadingPolicy.load(tmp_path) == DoubleReadingPolicy()
+    assert not DoubleReadingPolicy.load(tmp_path).enabled
+    DoubleReadingPolicy(True, "birads", 120).save(tmp_path)
+    loaded = DoubleReadingPolicy.load(tmp_path)
+    assert (loaded.enabled, loaded.discordance, loaded.lease_s) == (True, "birads", 120)
+    (tmp_path / DoubleReadingPolicy.FILE).write_text('{"enabled": true, "discordance": "loose"}')
+    broken = DoubleReadingPolicy.load(tmp_path)  # broken: on, default rule, and says why
+    assert broken.enabled and broken.discordance == "recall"
+    assert DoubleReadingPolicy.FILE in broken.source and "loose" in broken.source
+    (tmp_path / DoubleReadingPolicy.FILE).write_bytes(b"\xff\xfe{")
+    assert DoubleReadingPolicy.load(tmp_path).enabled
+
+
+def test_discordance_rules() -> None:
+    normal, benign, suspicious = _assessment("1"), _assessment("2", "2"), _assessment("4A")
+    assert discordance(normal, benign) == []  # no recall either way
+    assert discordance(normal, suspicious) == ["recall: no recall vs recall"]
+    # the stricter rule also compares each breast's category
+    assert discordance(normal, benign, "birads") == ["R BI-RADS: 1 vs 2", "L BI-RADS: 1 vs 2"]
+    assert discordance(_assessment("4A"), _assessment("4B"), "birads") == ["R BI-RADS: 4A vs 4B"]
+    assert discordance(_assessment("4A"), _assessment("4B")) == []
+    # BI-RADS 3 is not a recall by default (assessment.RECALL_BIRADS): short-term follow-up
+    assert discordance(_assessment("3"), normal) == []
+    assert discordance(_assessment("3"), normal, "birads") == ["R BI-RADS: 3 vs 1"]
+    # the recall signed is what counts, even against the categories' default
+    assert discordance(_assessment("3", recall=True), normal) == ["recall: recall vs no recall"]
+    one_breast = {"breasts": {"R": {"birads": "1", "density": "b"}}, "recall": False}
+    assert discordance(normal, one_breast, "birads") == ["L BI-RADS: 1 vs not assessed"]
+    with pytest.raises(ValueError, match="unknown discordance rule"):
+        discordance(normal, normal, "lenient")
+
+
+# --------------------------------------------------------------------------- blinding and roles
+
+
+def test_blinding_until_both_have_signed(exam, archive_file: Path) -> None:
+    key, sop = exam
+    with DoubleReadingLog(archive_file, "ann", ON) as a, DoubleReadingLog(archive_file, "bob", ON) as b, \
+            CorrectionLog(archive_file) as plain:
+        a.append(reader="ann", exam_key=key, action="add", sop_uid=sop, pixel_sha256=SHA, kind="mass",
+                 geometry={"type": "box", "box": [1, 1, 9, 9]})
+        a.append(reader="ann", exam_key=key, action="sign", payload=_assessment("4A"))
+        b.append(reader="bob", exam_key=key, action="note", payload={"text": "looking"})
+        # bob sees nothing of ann's read, through every query the viewer makes
+        assert {e.reader for e in b.events(exam_key=key)} == {"bob"}
+        assert {e.reader for e in b.events(sop_uid=sop)} == set()
+        assert {e.reader for e in b.events()} == {"bob"}
+        assert set(fold(b.events(exam_key=key))) == {"bob"}
+        assert {e.reader for e in a.events(exam_key=key)} == {"ann"}
+        assert b.status(key).state == "first read"
+        # the plain log (audit, snapshots) holds everything
+        assert {e.reader for e in plain.events(exam_key=key)} == {"ann", "bob"}
+        b.append(reader="bob", exam_key=key, action="sign", payload=_assessment("1"))
+        assert {e.reader for e in b.events(exam_key=key)} == {"ann", "bob"}
+        assert {e.reader for e in a.events(exam_key=key)} == {"ann", "bob"}
+        status = b.status(key)
+        assert status.state == "discordant" and status.readers == ("ann", "bob")
+        assert status.reasons == ("recall: recall vs no recall",)
+
+
+def test_roles_third_reader_only_arbitrates(exam, archive_file: Path) -> None:
+    key, sop = exam
+    with DoubleReadingLog(archive_file, "ann", ON) as a, DoubleReadingLog(archive_file, "bob", ON) as b, \
+            DoubleReadingLog(archive_file, "cat", ON) as c:
+        with pytest.raises(CorrectionError, match="records ann's reads"):
+            a.append(reader="bob", exam_key=key, action="note", payload={"text": "x"})
+        a.append(reader="ann", exam_key=key, action="sign", payload=_assessment("1"))
+        with pytest.raises(CorrectionError, match="not discordant"):
+            c.append(reader="cat", exam_key=key, action="arbitrate", payload={})
+        b.append(reader="bob", exam_key=key, action="sign", payload=_assessment("1"))
+        assert c.status(key).state == "concordant"
+        with pytest.raises(CorrectionError, match="double-read by ann and bob"):
+            c.append(reader="cat", exam_key=key, action="sign", payload=_assessment("1"))
+        with pytest.raises(CorrectionError, match="nothing to record"):
+            c.append(reader="cat", exam_key=key, action="add", sop_uid=sop, pixel_sha256=SHA, kind="mass",
+                     geometry={"type": "box", "box": [1, 1, 9, 9]})
+        # bob re-opens and signs a recall: now discordant
+        b.append(reader="bob", exam_key=key, action="amend", payload={"reason": "second look"})
+        assert c.status(key).state == "first read"
+        b.append(reader="bob", exam_key=key, action="sign", payload=_assessment("0"))
+        status = c.status(key)
+        assert status.state == "discordant"
+        with pytest.raises(CorrectionError, match="a third reader arbitrates"):
+            a.append(reader="ann", exam_key=key, action="arbitrate", payload={})
+        with pytest.raises(CorrectionError, match="two reads it arbitrates"):
+            c.append(reader="cat", exam_key=key, action="arbitrate", payload=_assessment("1"))
+        reads = [{"reader": r.reader, "seq": r.seq} for r in status.reads]
+        event = c.append(reader="cat", exam_key=key, action="arbitrate",
+                         payload={**_assessment("0"), "reads": reads, "rule": "recall",
+                                  "reasons": list(status.reasons)})
+        assert event.payload["role"] == "arbitration" and event.payload["reads"] == reads
+        assert c.status(key).state == "arbitrated" and c.status(key).arbitrator == "cat"
+        assert c.status(key).consensus() == _assessment("0")
+        with pytest.raises(CorrectionError, match="arbitrated by cat already"):
+            c.append(reader="cat", exam_key=key, action="arbitrate", payload={})
+        # the arbitrator's record is a signed read of the exam for the worklist and the fold
+        assert read_states(c.conn, [key])[key].reader == "cat"
+        assert fold(c.events(exam_key=key))["cat"].signed
+        assert c.verify().ok
+
+
+def test_policy_off_is_the_plain_log(exam, archive_file: Path) -> None:
+    key, _ = exam
+    off = DoubleReadingPolicy()
+    with DoubleReadingLog(archive_file, "ann", off) as a, DoubleReadingLog(archive_file, "bob", off) as b:
+        a.append(reader="ann", exam_key=key, action="sign", payload=_assessment("1"))
+        assert {e.reader for e in b.events(exam_key=key)} == {"ann"}
+        b.append(reader="bob", exam_key=key, action="sign", payload=_assessment("1"))
+        b.append(reader="cat", exam_key=key, action="sign", payload=_assessment("1"))  # unchecked as before
+
+
+def test_arbitration_list_and_case_side_by_side(exam, archive_file: Path) -> None:
+    key, sop = exam
+    with DoubleReadingLog(archive_file, "ann", ON) as a, DoubleReadingLog(archive_file, "bob", ON) as b, \
+            DoubleReading(archive_file, ON) as site:
+        a.append(reader="ann", exam_key=key, action="add", sop_uid=sop, pixel_sha256=SHA, kind="mass",
+                 geometry={"type": "box", "box": [1, 1, 9, 9]})
+        a.append(reader="ann", exam_key=key, action="sign", payload=_assessment("4B"))
+        assert site.arbitration_list() == []
+        assert site.case(key).labels == {}  # blinded: nothing to show yet
+        b.append(reader="bob", exam_key=key, action="sign", payload=_assessment("2", "2"))
+        assert [s.exam_key for s in site.arbitration_list()] == [key]
+        case = site.case(key).to_json()
+        assert [r["reader"] for r in case["reads"]] == ["ann", "bob"]
+        assert [len(r["findings"]) for r in case["reads"]] == [1, 0]
+        assert case["reads"][0]["assessment"]["recall"] and not case["reads"][1]["assessment"]["recall"]
+        assert "RECALL" in case["reads"][0]["text"]
+
+
+def test_exam_status_without_signatures() -> None:
+    assert exam_status("k", []).state == "unread"
+
+
+# --------------------------------------------------------------------------- soft locks
+
+
+def test_lock_shows_the_holder_and_expires(archive_file: Path) -> None:
+    with ReadingLocks(archive_file, "ws-1", lease_s=300) as one, ReadingLocks(archive_file, "ws-2") as two:
+        assert one.take("exam-1", "ann", T0).granted
+        refused = two.take("exam-1", "bob", T0 + dt.timedelta(seconds=60))
+        assert not refused.granted and refused.lock is not None
+        assert (refused.lock.reader, refused.lock.workstation) == ("ann", "ws-1")
+        assert refused.lock.text == "being read by ann"
+        assert two.holders(T0 + dt.timedelta(seconds=60))["exam-1"].reader == "ann"
+        # renewing moves the expiry on
+        assert one.take("exam-1", "ann", T0 + dt.timedelta(seconds=200)).granted
+        assert two.holder("exam-1", T0 + dt.timedelta(seconds=400)).reader == "ann"
+        # expired: free, and bob takes it
+        later = T0 + dt.timedelta(seconds=200 + 300 + 1)
+        assert two.holder("exam-1", later) is None and two.holders(later) == {}
+        assert two.take("exam-1", "bob", later).granted
+        assert not one.release("exam-1", "ann", later)  # not ann's any more
+        assert one.holder("exam-1", later).reader == "bob"
+        assert two.release("exam-1", "bob", later)
+        assert one.holder("exam-1", later) is None
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            one.conn.execute("DELETE FROM reading_locks")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            one.conn.execute("UPDATE reading_locks SET reader = 'eve'")
