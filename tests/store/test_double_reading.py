@@ -207,3 +207,27 @@ def test_lock_shows_the_holder_and_expires(archive_file: Path) -> None:
             one.conn.execute("DELETE FROM reading_locks")
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             one.conn.execute("UPDATE reading_locks SET reader = 'eve'")
+
+
+def test_arbitrated_snapshot_rule_falls_back_to_union_until_settled(exam, archive_file: Path) -> None:
+    from mammotriage.store.datasets import build_manifest
+
+    key, sop = exam
+    DoubleReadingPolicy(enabled=True).save(archive_file.parent)
+    with DoubleReadingLog(archive_file, "ann", ON) as a, DoubleReadingLog(archive_file, "bob", ON) as b:
+        a.append(reader="ann", exam_key=key, action="add", sop_uid=sop, pixel_sha256=SHA, kind="mass",
+                 geometry={"type": "box", "box": [1, 1, 9, 9]})
+        a.append(reader="ann", exam_key=key, action="sign", payload=_assessment("4A"))
+
+        def snapshot() -> tuple[dict, set]:
+            m = build_manifest(archive_file, rule="arbitrated")
+            return m["exams"][0], {img["consensus_source"] for img in m["images"]}
+
+        entry, sources = snapshot()
+        assert entry["double_reading"]["state"] == "first read" and sources == {"union"}
+        assert entry["consensus"]["recall"] is None and entry["consensus"]["assessment"] is None
+        b.append(reader="bob", exam_key=key, action="sign", payload=_assessment("1"))
+        entry, sources = snapshot()
+        assert entry["double_reading"]["state"] == "discordant" and sources == {"awaiting-arbitration-union"}
+        assert entry["double_reading"]["reasons"] == ["recall: recall vs no recall"]
+        assert entry["consensus"]["recall"] is None  # not settled: no consensus recall yet

@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import socket
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,8 @@ from mammotriage.store.labels import ReaderLabels, fold
 
 __all__ = [
     "DISCORDANCE_RULES", "ArbitrationCase", "DoubleReading", "DoubleReadingLog", "DoubleReadingPolicy",
-    "ExamStatus", "Lock", "LockResult", "Read", "ReadingLocks", "discordance", "exam_status",
+    "ExamStatus", "Lock", "LockResult", "Read", "ReadingLocks", "discordance", "exam_status", "exam_statuses",
+    "snapshot_readers",
 ]
 
 #: The named discordance rules, from the default to the stricter one.
@@ -238,6 +240,16 @@ def exam_status(exam_key: str, events: Iterable[Event], rule: str = "recall") ->
                       unblinded=unblinded)
 
 
+def snapshot_readers(status: ExamStatus) -> tuple[list[str] | None, str]:
+    """The snapshot rule ``arbitrated`` for one exam: whose labels make its consensus
+    (``None``: all its readers, by union) and the ``consensus_source`` recorded."""
+    if status.state == "arbitrated":
+        return [status.arbitrator], "arbitration"
+    if status.state == "concordant":
+        return list(status.readers), "concordant-union"
+    return None, "awaiting-arbitration-union" if status.state == "discordant" else "union"
+
+
 def may_see(status: ExamStatus, viewer: str, event_reader: str) -> bool:
     """Blinding: may ``viewer`` see an event of ``event_reader`` on this exam?"""
     return event_reader == viewer or status.unblinded
@@ -346,6 +358,19 @@ class ArbitrationCase:
         return {"exam_key": self.status.exam_key, "reasons": list(self.status.reasons), "reads": side}
 
 
+def exam_statuses(conn: sqlite3.Connection, rule: str = "recall", keys: Sequence[str] | None = None
+                  ) -> dict[str, ExamStatus]:
+    """Double-reading state of every exam with a signature (or of the exams ``keys``), one query."""
+    marks = ",".join("?" * len(STATE_ACTIONS))
+    sql = f"SELECT * FROM correction_events WHERE action IN ({marks}) ORDER BY seq"
+    by_exam: dict[str, list[Event]] = {}
+    for row in conn.execute(sql, STATE_ACTIONS):
+        e = _as_event(dict(row))
+        by_exam.setdefault(e.exam_key, []).append(e)
+    wanted = list(by_exam) if keys is None else list(keys)
+    return {k: exam_status(k, by_exam.get(k, []), rule) for k in wanted}
+
+
 class DoubleReading(db.Connected):
     """The site's view of double reading: every exam's state and the arbitration list."""
 
@@ -355,14 +380,7 @@ class DoubleReading(db.Connected):
 
     def statuses(self, keys: Sequence[str] | None = None) -> dict[str, ExamStatus]:
         """State of every exam with a signature (or of the exams ``keys``)."""
-        marks = ",".join("?" * len(STATE_ACTIONS))
-        sql = f"SELECT * FROM correction_events WHERE action IN ({marks})"
-        rows = [_as_event(dict(r)) for r in self.conn.execute(sql + " ORDER BY seq", STATE_ACTIONS)]
-        by_exam: dict[str, list[Event]] = {}
-        for e in rows:
-            by_exam.setdefault(e.exam_key, []).append(e)
-        wanted = list(by_exam) if keys is None else list(keys)
-        return {k: exam_status(k, by_exam.get(k, []), self.policy.discordance) for k in wanted}
+        return exam_statuses(self.conn, self.policy.discordance, keys)
 
     def arbitration_list(self) -> list[ExamStatus]:
         """Discordant exams awaiting a third reader, oldest second read first."""
