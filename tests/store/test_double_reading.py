@@ -231,3 +231,10 @@ def test_arbitrated_snapshot_rule_falls_back_to_union_until_settled(exam, archiv
         assert entry["double_reading"]["state"] == "discordant" and sources == {"awaiting-arbitration-union"}
         assert entry["double_reading"]["reasons"] == ["recall: recall vs no recall"]
         assert entry["consensus"]["recall"] is None  # not settled: no consensus recall yet
+
+
+def test_export_readme_names_the_arbitrated_rule() -> None:
+    from mammotriage.export.readme import _rule_text
+
+    text = _rule_text({"rule": "arbitrated", "match_iou": 0.3, "discordance": "birads"})
+    assert "**arbitrated**" in text and "discordance rule birads" in text and "adjudicator" not in text
