@@ -54,8 +54,20 @@ from mammotriage.store.events import _event as _as_event
 from mammotriage.store.labels import ReaderLabels, fold
 
 __all__ = [
-    "DISCORDANCE_RULES", "ArbitrationCase", "DoubleReading", "DoubleReadingLog", "DoubleReadingPolicy",
-    "ExamStatus", "Lock", "LockResult", "Read", "ReadingLocks", "discordance", "exam_status", "exam_statuses",
+    "DISCORDANCE_RULES",
+    "ArbitrationCase",
+    "DoubleReading",
+    "DoubleReadingLog",
+    "DoubleReadingPolicy",
+    "ExamStatus",
+    "Lock",
+    "LockResult",
+    "Read",
+    "ReadingLocks",
+    "arbitration_list",
+    "discordance",
+    "exam_status",
+    "exam_statuses",
     "snapshot_readers",
 ]
 
@@ -362,13 +374,28 @@ def exam_statuses(conn: sqlite3.Connection, rule: str = "recall", keys: Sequence
                   ) -> dict[str, ExamStatus]:
     """Double-reading state of every exam with a signature (or of the exams ``keys``), one query."""
     marks = ",".join("?" * len(STATE_ACTIONS))
-    sql = f"SELECT * FROM correction_events WHERE action IN ({marks}) ORDER BY seq"
+    sql = f"SELECT * FROM correction_events WHERE action IN ({marks})"
+    if keys is None:
+        rows = conn.execute(sql, STATE_ACTIONS).fetchall()
+    else:  # a worklist page: by exam key (index correction_events_exam), 500 at a time
+        rows = []
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start:start + 500])
+            rows += conn.execute(sql + f" AND exam_key IN ({','.join('?' * len(chunk))})",
+                                 (*STATE_ACTIONS, *chunk)).fetchall()
     by_exam: dict[str, list[Event]] = {}
-    for row in conn.execute(sql, STATE_ACTIONS):
+    for row in sorted(rows, key=lambda r: int(r["seq"])):
         e = _as_event(dict(row))
         by_exam.setdefault(e.exam_key, []).append(e)
     wanted = list(by_exam) if keys is None else list(keys)
     return {k: exam_status(k, by_exam.get(k, []), rule) for k in wanted}
+
+
+def arbitration_list(statuses: Iterable[ExamStatus], reader: str | None = None) -> list[ExamStatus]:
+    """The discordant exams of ``statuses`` (those ``reader`` did not read, when given),
+    oldest second read first."""
+    waiting = [s for s in statuses if s.state == "discordant" and (reader is None or reader not in s.readers)]
+    return sorted(waiting, key=lambda s: (max(r.seq for r in s.reads), s.exam_key))
 
 
 class DoubleReading(db.Connected):
@@ -384,8 +411,7 @@ class DoubleReading(db.Connected):
 
     def arbitration_list(self) -> list[ExamStatus]:
         """Discordant exams awaiting a third reader, oldest second read first."""
-        waiting = [s for s in self.statuses().values() if s.state == "discordant"]
-        return sorted(waiting, key=lambda s: (max(r.seq for r in s.reads), s.exam_key))
+        return arbitration_list(self.statuses().values())
 
     def case(self, exam_key: str, ai_marks: Mapping[str, list[dict[str, Any]]] | None = None,
              model_version: str = "") -> ArbitrationCase:
@@ -466,11 +492,14 @@ class ReadingLocks(db.Connected):
         """Who holds the exam now (None: free, released or expired)."""
         return _live(self._latest(exam_key), _now(now))
 
-    def holders(self, now: _dt.datetime | None = None) -> dict[str, Lock]:
-        """Every exam held now -> its lock (for the worklist's "being read by")."""
+    def holders(self, now: _dt.datetime | None = None, keys: Sequence[str] | None = None) -> dict[str, Lock]:
+        """Every exam held now (or those of ``keys``) -> its lock (the worklist's "being read by")."""
         t = _now(now)
-        rows = self.conn.execute("SELECT * FROM reading_locks WHERE id IN "
-                                 "(SELECT MAX(id) FROM reading_locks GROUP BY exam_key)").fetchall()
+        if keys is None:
+            rows = self.conn.execute("SELECT * FROM reading_locks WHERE id IN "
+                                     "(SELECT MAX(id) FROM reading_locks GROUP BY exam_key)").fetchall()
+        else:
+            rows = [r for r in (self._latest(k) for k in keys) if r is not None]
         return {lock.exam_key: lock for lock in (_live(r, t) for r in rows) if lock is not None}
 
     def take(self, exam_key: str, reader: str, now: _dt.datetime | None = None) -> LockResult:

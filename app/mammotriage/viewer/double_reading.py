@@ -23,6 +23,7 @@ from mammotriage.store.double_reading import (
     ExamStatus,
     Lock,
     ReadingLocks,
+    arbitration_list,
 )
 from mammotriage.store.events import CorrectionError, Event
 from mammotriage.store.labels import ReaderLabels
@@ -159,7 +160,7 @@ class DoubleReadingSession:
     # ----------------------------------------------------------------- arbitration
     def arbitration_queue(self) -> list[ExamStatus]:
         """Discordant exams this reader may arbitrate (not one of their two readers)."""
-        return [s for s in self.site.arbitration_list() if self.reader not in s.readers]
+        return arbitration_list(self.site.statuses().values(), self.reader)
 
     def arbitrate(self, exam_key: str, assessment: dict[str, Any]) -> Event:
         """Record the consensus of a discordant exam opened by this (third) reader: one
