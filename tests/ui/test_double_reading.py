@@ -81,3 +81,20 @@ def test_double_reading_in_the_window(double_reading_on, reading_room, qtbot, tm
     assert arb.payload["recall"] is True and arb.payload["role"] == "arbitration"
     assert _read_cell(win, first) == "arbitrated · cat"
     assert win.arbitration.keys == []
+
+
+def test_a_prior_exams_reads_are_shown_whoever_made_them(double_reading_on, prior_room) -> None:
+    win, _exams = prior_room
+    with_prior = None
+    for entry in list(win.worklist.entries):
+        win.open_exam(entry.exam)
+        if win.prior is not None:
+            with_prior = entry.exam
+            break
+    assert with_prior is not None
+    with CorrectionLog(win.archive.path) as log:  # the prior was read by one reader, long ago
+        log.append(reader="ann", exam_key=win.prior.exam_key, action="sign", payload=_assessment("2", "1", False))
+    win.sign_in("bob")
+    win.open_exam(with_prior)
+    assert "ann" in win.prior_corrections.labels  # history: not blinded
+    assert set(win.corrections.labels) == {"bob"}  # the exam being double-read is

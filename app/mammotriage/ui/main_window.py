@@ -138,6 +138,8 @@ class MainWindow(QMainWindow):
                                 if self.double_policy.enabled else CorrectionLog(self.archive.path))
         self.locks = ReadingLocks(self.archive.path, lease_s=self.double_policy.lease_s) \
             if self.double_policy.enabled else None
+        # the prior exams' reads are history: shown whoever made them (never blinded)
+        self.history_log = CorrectionLog(self.archive.path) if self.double_policy.enabled else self.corrections_log
         self.corrections: ExamCorrections | None = None
         self.corrections_log.add_reader(self.reader)
         self.session = ReadingSession(self.archive.path, data_dir(), self.queue, model_dir)
@@ -1311,7 +1313,7 @@ class MainWindow(QMainWindow):
                 self.hanging.set_compare(False)
             return
         self.prior_paths = dict(opened.prior_paths)
-        self.prior_corrections = ExamCorrections(self.corrections_log, self.prior.exam_key, self.reader)
+        self.prior_corrections = ExamCorrections(self.history_log, self.prior.exam_key, self.reader)
         for path in self.prior_paths.values():
             self.loader.request(path)  # prefetched with the current exam
         if self.hanging.state.compare:
@@ -1533,6 +1535,8 @@ class MainWindow(QMainWindow):
             if self.current is not None:
                 self.locks.release(self.current.exam_key, self.reader)
             self.locks.close()
+        if self.history_log is not self.corrections_log:
+            self.history_log.close()
         if self.triage is not None:
             self.triage.stop()
         self.loader.shutdown()
