@@ -34,6 +34,11 @@ def _assessment(r: str, l: str = "1", recall: bool | None = None) -> dict:  # no
     return {"breasts": {"R": {"birads": r, "density": "b"}, "L": {"birads": l, "density": "b"}}, "recall": rec}
 
 
+def _arbitration(r: str, first_seq: int, second_seq: int) -> dict:
+    return {**_assessment(r), "reads": [{"reader": "ann", "seq": first_seq}, {"reader": "bob", "seq": second_seq}],
+            "rule": "recall", "reasons": []}
+
+
 @pytest.fixture
 def exam(dicom, tmp_path: Path, archive_file: Path) -> tuple[str, str]:
     """One imported four-view exam: (exam key, one SOP Instance UID)."""
@@ -116,7 +121,7 @@ def test_roles_third_reader_only_arbitrates(exam, archive_file: Path) -> None:
             a.append(reader="bob", exam_key=key, action="note", payload={"text": "x"})
         a.append(reader="ann", exam_key=key, action="sign", payload=_assessment("1"))
         with pytest.raises(CorrectionError, match="not discordant"):
-            c.append(reader="cat", exam_key=key, action="arbitrate", payload={})
+            c.append(reader="cat", exam_key=key, action="arbitrate", payload=_arbitration("1", 1, 2))
         b.append(reader="bob", exam_key=key, action="sign", payload=_assessment("1"))
         assert c.status(key).state == "concordant"
         with pytest.raises(CorrectionError, match="double-read by ann and bob"):
@@ -131,7 +136,7 @@ def test_roles_third_reader_only_arbitrates(exam, archive_file: Path) -> None:
         status = c.status(key)
         assert status.state == "discordant"
         with pytest.raises(CorrectionError, match="a third reader arbitrates"):
-            a.append(reader="ann", exam_key=key, action="arbitrate", payload={})
+            a.append(reader="ann", exam_key=key, action="arbitrate", payload=_arbitration("1", 1, 4))
         with pytest.raises(CorrectionError, match="two reads it arbitrates"):
             c.append(reader="cat", exam_key=key, action="arbitrate", payload=_assessment("1"))
         reads = [{"reader": r.reader, "seq": r.seq} for r in status.reads]
@@ -142,7 +147,7 @@ def test_roles_third_reader_only_arbitrates(exam, archive_file: Path) -> None:
         assert c.status(key).state == "arbitrated" and c.status(key).arbitrator == "cat"
         assert c.status(key).consensus() == _assessment("0")
         with pytest.raises(CorrectionError, match="arbitrated by cat already"):
-            c.append(reader="cat", exam_key=key, action="arbitrate", payload={})
+            c.append(reader="cat", exam_key=key, action="arbitrate", payload=_arbitration("1", 1, 4))
         # the arbitrator's record is a signed read of the exam for the worklist and the fold
         assert read_states(c.conn, [key])[key].reader == "cat"
         assert fold(c.events(exam_key=key))["cat"].signed
@@ -238,3 +243,57 @@ def test_export_readme_names_the_arbitrated_rule() -> None:
 
     text = _rule_text({"rule": "arbitrated", "match_iou": 0.3, "discordance": "birads"})
     assert "**arbitrated**" in text and "discordance rule birads" in text and "adjudicator" not in text
+
+
+def test_two_workstations_at_once_get_one_second_read_and_one_arbitration(dicom, tmp_path: Path,
+                                                                          archive_file: Path) -> None:
+    """The roles are checked inside the append's transaction: of two readers racing for the
+    same place (second reader; arbitrator), exactly one gets it, every round."""
+    import threading
+
+    for n in range(4):
+        dicom.exam(tmp_path / f"race{n}", patient_id=f"RACE{n}", accession=f"R{n}")
+    with Archive(archive_file) as archive:
+        archive.import_paths([tmp_path / f"race{n}" for n in range(4)])
+        keys = [e.exam_key for e in archive.exams()]
+
+    def race(logs: list[DoubleReadingLog], key: str, action: str, payload: dict) -> list[str]:
+        barrier, outcome = threading.Barrier(len(logs)), []
+
+        def go(log: DoubleReadingLog) -> None:
+            barrier.wait()
+            try:
+                log.append(reader=log.reader, exam_key=key, action=action, payload=payload)
+                outcome.append("ok")
+            except CorrectionError as exc:
+                outcome.append(str(exc))
+
+        threads = [threading.Thread(target=go, args=(log,)) for log in logs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return outcome
+
+    names = ("ann", "bob", "cat", "dan")
+    logs = {name: DoubleReadingLog(archive_file, name, ON) for name in names}
+    try:
+        for key in keys:
+            logs["ann"].append(reader="ann", exam_key=key, action="sign", payload=_assessment("4A"))
+            seconds = race([logs["bob"], logs["cat"]], key, "sign", _assessment("1"))
+            assert seconds.count("ok") == 1, seconds
+            status = logs["dan"].status(key)
+            assert status.state == "discordant"
+            third = next(n for n in names[1:3] if n not in status.readers)
+            payload = {**_assessment("4A"), "rule": "recall", "reasons": list(status.reasons),
+                       "reads": [{"reader": r.reader, "seq": r.seq} for r in status.reads]}
+            arbitrations = race([logs[third], logs["dan"]], key, "arbitrate", payload)
+            assert arbitrations.count("ok") == 1, arbitrations
+        with CorrectionLog(archive_file) as plain:
+            events = plain.events()
+            assert sum(1 for e in events if e.action == "arbitrate") == len(keys)
+            assert sum(1 for e in events if e.action == "sign") == 2 * len(keys)
+            assert plain.verify().ok
+    finally:
+        for log in logs.values():
+            log.close()

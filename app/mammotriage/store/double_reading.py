@@ -336,18 +336,13 @@ class DoubleReadingLog(CorrectionLog):
             out.append(e)
         return out
 
-    def append(self, *, reader: str, exam_key: str, action: str, study_uid: str = "", series_uid: str = "",
-               sop_uid: str = "", pixel_sha256: str = "", model_version: str = "", target: str = "",
-               kind: str = "", geometry: dict[str, Any] | None = None,
-               payload: dict[str, Any] | None = None) -> Event:
+    def _check_append(self, reader: str, exam_key: str, action: str) -> None:
+        """The roles, checked in the append's transaction: two workstations cannot both
+        become an exam's second reader or both arbitrate it."""
         if self.policy.enabled:
             if reader != self.reader:
                 raise CorrectionError(f"this log records {self.reader}'s reads, not {reader}'s")
             check_event(self.status(exam_key), reader, action)
-        return super().append(reader=reader, exam_key=exam_key, action=action, study_uid=study_uid,
-                              series_uid=series_uid, sop_uid=sop_uid, pixel_sha256=pixel_sha256,
-                              model_version=model_version, target=target, kind=kind, geometry=geometry,
-                              payload=payload)
 
 
 # --------------------------------------------------------------------------- site view
