@@ -297,3 +297,25 @@ def test_two_workstations_at_once_get_one_second_read_and_one_arbitration(dicom,
     finally:
         for log in logs.values():
             log.close()
+
+
+def test_status_index_follows_the_log_incrementally(dicom, tmp_path: Path, archive_file: Path) -> None:
+    from mammotriage.store.double_reading import StatusIndex, exam_statuses
+
+    for n in range(3):
+        dicom.exam(tmp_path / f"ix{n}", patient_id=f"IX{n}", accession=f"I{n}")
+    with Archive(archive_file) as archive:
+        archive.import_paths([tmp_path / f"ix{n}" for n in range(3)])
+        k1, k2, k3 = (e.exam_key for e in archive.exams())
+    with DoubleReadingLog(archive_file, "ann", ON) as a, DoubleReadingLog(archive_file, "bob", ON) as b:
+        index = StatusIndex("recall")
+        assert index.update(a.conn) == set() and index.statuses == {}
+        a.append(reader="ann", exam_key=k1, action="sign", payload=_assessment("4A"))
+        a.append(reader="ann", exam_key=k2, action="sign", payload=_assessment("1"))
+        assert index.update(a.conn) == {k1, k2}
+        assert index.update(a.conn) == set()  # nothing new: nothing re-read
+        b.append(reader="bob", exam_key=k1, action="sign", payload=_assessment("1"))
+        b.append(reader="bob", exam_key=k3, action="note", payload={"text": "not a state event"})
+        assert index.update(a.conn) == {k1}
+        assert index.statuses == exam_statuses(a.conn, "recall")
+        assert index.get([k1, k3]) == {k1: index.statuses[k1]} and index.statuses[k1].state == "discordant"

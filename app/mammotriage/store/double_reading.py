@@ -43,7 +43,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mammotriage.clock import utc_datetime
 from mammotriage.store import db
@@ -64,6 +64,7 @@ __all__ = [
     "LockResult",
     "Read",
     "ReadingLocks",
+    "StatusIndex",
     "arbitration_list",
     "discordance",
     "exam_status",
@@ -220,7 +221,34 @@ def _suspicion(assessment: Mapping[str, Any]) -> tuple[int, int]:
     return (1 if assessment.get("recall") else 0, worst)
 
 
-def exam_status(exam_key: str, events: Iterable[Event], rule: str = "recall") -> ExamStatus:
+class StateEvent(Protocol):
+    """What :func:`exam_status` reads of an event (a :class:`~mammotriage.store.events.Event` has it)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def reader(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def at(self) -> str: ...
+    @property
+    def payload(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class _Signature:
+    """A state event read with only the columns the state needs."""
+
+    seq: int
+    exam_key: str
+    reader: str
+    action: str
+    at: str
+    payload: dict[str, Any]
+
+
+def exam_status(exam_key: str, events: Iterable[StateEvent], rule: str = "recall") -> ExamStatus:
     """The double-reading state of one exam from its events in order (any events: only
     ``sign``, ``amend`` and ``arbitrate`` count)."""
     current: dict[str, Read | None] = {}  # reader -> current signed read (None: re-opened)
@@ -369,7 +397,7 @@ def exam_statuses(conn: sqlite3.Connection, rule: str = "recall", keys: Sequence
                   ) -> dict[str, ExamStatus]:
     """Double-reading state of every exam with a signature (or of the exams ``keys``), one query."""
     marks = ",".join("?" * len(STATE_ACTIONS))
-    sql = f"SELECT * FROM correction_events WHERE action IN ({marks})"
+    sql = f"SELECT seq, exam_key, reader, action, at, payload FROM correction_events WHERE action IN ({marks})"
     if keys is None:
         rows = conn.execute(sql, STATE_ACTIONS).fetchall()
     else:  # a worklist page: by exam key (index correction_events_exam), 500 at a time
@@ -378,12 +406,44 @@ def exam_statuses(conn: sqlite3.Connection, rule: str = "recall", keys: Sequence
             chunk = list(keys[start:start + 500])
             rows += conn.execute(sql + f" AND exam_key IN ({','.join('?' * len(chunk))})",
                                  (*STATE_ACTIONS, *chunk)).fetchall()
-    by_exam: dict[str, list[Event]] = {}
-    for row in sorted(rows, key=lambda r: int(r["seq"])):
-        e = _as_event(dict(row))
-        by_exam.setdefault(e.exam_key, []).append(e)
+    by_exam: dict[str, list[_Signature]] = {}
+    for seq, key, reader, action, at, payload in sorted(rows, key=lambda r: int(r[0])):
+        by_exam.setdefault(key, []).append(
+            _Signature(int(seq), key, reader, action, at, json.loads(payload) if payload else {}))
     wanted = list(by_exam) if keys is None else list(keys)
     return {k: exam_status(k, by_exam.get(k, []), rule) for k in wanted}
+
+
+class StatusIndex:
+    """Every exam's double-reading state, kept up to date from the log incrementally: the
+    first :meth:`update` reads every ``sign`` / ``amend`` / ``arbitrate`` event, later ones
+    only the exams with such events after the last one seen (one indexed query when
+    nothing changed). The window's worklist and arbitration list read it on each refresh.
+    Relies on events committing in ``seq`` order (SQLite: one writer at a time)."""
+
+    def __init__(self, rule: str = "recall"):
+        self.rule = rule
+        self.seq = 0
+        self.statuses: dict[str, ExamStatus] = {}
+
+    def update(self, conn: sqlite3.Connection) -> set[str]:
+        """Catch up with the log; returns the exam keys whose state was re-read."""
+        marks = ",".join("?" * len(STATE_ACTIONS))
+        rows = conn.execute(f"SELECT seq, exam_key FROM correction_events WHERE seq > ? AND action IN ({marks})",
+                            (self.seq, *STATE_ACTIONS)).fetchall()
+        if not rows:
+            return set()
+        changed = {str(r[1]) for r in rows}
+        last = max(int(r[0]) for r in rows)
+        if self.seq == 0:
+            self.statuses = exam_statuses(conn, self.rule)
+        else:
+            self.statuses.update(exam_statuses(conn, self.rule, sorted(changed)))
+        self.seq = last
+        return changed
+
+    def get(self, keys: Iterable[str]) -> dict[str, ExamStatus]:
+        return {k: self.statuses[k] for k in keys if k in self.statuses}
 
 
 def arbitration_list(statuses: Iterable[ExamStatus], reader: str | None = None) -> list[ExamStatus]:
@@ -494,7 +554,12 @@ class ReadingLocks(db.Connected):
             rows = self.conn.execute("SELECT * FROM reading_locks WHERE id IN "
                                      "(SELECT MAX(id) FROM reading_locks GROUP BY exam_key)").fetchall()
         else:
-            rows = [r for r in (self._latest(k) for k in keys) if r is not None]
+            rows = []
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start:start + 500])
+                rows += self.conn.execute(
+                    "SELECT * FROM reading_locks WHERE id IN (SELECT MAX(id) FROM reading_locks "
+                    f"WHERE exam_key IN ({','.join('?' * len(chunk))}) GROUP BY exam_key)", chunk).fetchall()
         return {lock.exam_key: lock for lock in (_live(r, t) for r in rows) if lock is not None}
 
     def take(self, exam_key: str, reader: str, now: _dt.datetime | None = None) -> LockResult:

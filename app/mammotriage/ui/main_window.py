@@ -54,8 +54,8 @@ from mammotriage.store.double_reading import (
     DoubleReadingLog,
     DoubleReadingPolicy,
     ReadingLocks,
+    StatusIndex,
     arbitration_list,
-    exam_statuses,
 )
 from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
 from mammotriage.store.priors import priors_in_archive
@@ -138,6 +138,7 @@ class MainWindow(QMainWindow):
                                 if self.double_policy.enabled else CorrectionLog(self.archive.path))
         self.locks = ReadingLocks(self.archive.path, lease_s=self.double_policy.lease_s) \
             if self.double_policy.enabled else None
+        self.double_states = StatusIndex(self.double_policy.discordance)  # read on each refresh
         # the prior exams' reads are history: shown whoever made them (never blinded)
         self.history_log = CorrectionLog(self.archive.path) if self.double_policy.enabled else self.corrections_log
         self.corrections: ExamCorrections | None = None
@@ -615,14 +616,15 @@ class MainWindow(QMainWindow):
     def _double_page(self, keys: list[str]) -> tuple[dict, dict]:
         """Double reading: the states of a worklist page's exams and the soft locks on them."""
         assert self.locks is not None
-        return exam_statuses(self.queue.conn, self.double_policy.discordance, keys), self.locks.holders(keys=keys)
+        self.double_states.update(self.queue.conn)
+        return self.double_states.get(keys), self.locks.holders(keys=keys)
 
     def refresh_arbitration(self) -> None:
         """The arbitration list: discordant exams this reader did not read."""
         if self.locks is None:
             return
-        cases = arbitration_list(exam_statuses(self.queue.conn, self.double_policy.discordance).values(),
-                                 self.reader)
+        self.double_states.update(self.queue.conn)
+        cases = arbitration_list(self.double_states.statuses.values(), self.reader)
         names = {}
         for case in cases:
             exam = self.archive.exam(case.exam_key)
