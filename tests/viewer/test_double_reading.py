@@ -7,6 +7,7 @@ takes the consensus."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,16 @@ def _session(site: dict, reader: str) -> DoubleReadingSession:
     return DoubleReadingSession(site["archive"], site["home"], reader, workstation=f"ws-{reader}")
 
 
-def test_three_sessions_double_read_and_arbitrate(site: dict) -> None:
+def _cli(site: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    from mammotriage.cli import main
+
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(site["home"]))
+    assert main(["double-reading", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_three_sessions_double_read_and_arbitrate(site: dict, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     exams, number = site["exams"], site["numbers"]
     box_a = {"type": "box", "box": [20.0, 20.0, 50.0, 50.0]}
     box_b = {"type": "box", "box": [22.0, 21.0, 52.0, 51.0]}
@@ -118,6 +128,10 @@ def test_three_sessions_double_read_and_arbitrate(site: dict) -> None:
         assert sorted(number[s.exam_key] for s in queue) == sorted(DISCORDANT)
         assert a.arbitration_queue() == [] and b.arbitration_queue() == []
         assert all(s.reasons == ("recall: recall vs no recall",) for s in queue)
+        listing = json.loads(_cli(site, monkeypatch, capsys, "--json"))
+        assert listing["enabled"] and listing["states"] == {"concordant": 15, "discordant": 5}
+        assert [c["exam_key"] for c in listing["arbitration"]] == [s.exam_key for s in queue]
+        assert "arbitration: 5 exam(s)" in _cli(site, monkeypatch, capsys)
         for status in queue:
             key, n = status.exam_key, number[status.exam_key]
             mine = a.open_for_reading(key)  # A may look at (or amend) A's own signed read ...
@@ -138,6 +152,7 @@ def test_three_sessions_double_read_and_arbitrate(site: dict) -> None:
                                                  CONSENSUS_RECALL[n]))
             assert event.action == "arbitrate" and event.payload["role"] == "arbitration"
         assert c.arbitration_queue() == []
+        assert json.loads(_cli(site, monkeypatch, capsys, "--json"))["states"] == {"arbitrated": 5, "concordant": 15}
 
     # C's consensus events are in the store (the plain log), and the chain verifies
     with CorrectionLog(site["archive"]) as log:

@@ -173,3 +173,52 @@ class DoubleReadingSession:
                                 model_version=corrections.model_version)
         self.close_exam(exam_key)
         return event
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def double_reading_listing(archive_file: str | Path, home: str | Path) -> dict[str, Any]:
+    """The site's double reading as a JSON-ready dict: the setting, how many exams are in
+    each state, and the arbitration list with both reads."""
+    from mammotriage.store.double_reading import arbitration_list
+
+    policy = DoubleReadingPolicy.load(home)
+    with DoubleReading(archive_file, policy) as site:
+        statuses = site.statuses()
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status.state] = counts.get(status.state, 0) + 1
+    return {"enabled": policy.enabled, "discordance": policy.discordance, "lease_s": policy.lease_s,
+            "source": policy.source, "states": dict(sorted(counts.items())),
+            "arbitration": [s.to_json() for s in arbitration_list(statuses.values())]}
+
+
+def listing_text(listing: dict[str, Any]) -> str:
+    lines = [f"double reading {'on' if listing['enabled'] else 'off'} (discordance rule "
+             f"{listing['discordance']}, lock lease {listing['lease_s']} s)"
+             + (f": {listing['source']}" if listing["source"] else "")]
+    lines.append("exams: " + (", ".join(f"{n} {state}" for state, n in listing["states"].items()) or "none signed"))
+    lines.append(f"arbitration: {len(listing['arbitration'])} exam(s)")
+    for case in listing["arbitration"]:
+        reads = " | ".join(f"{r['reader']}: {r['text']}" for r in case["reads"])
+        lines.append(f"  {case['exam_key']}  {reads}  ({'; '.join(case['reasons'])})")
+    return "\n".join(lines)
+
+
+def add_double_reading_command(sub: Any) -> None:
+    """``mammotriage double-reading [--json]`` (registered by the composition root)."""
+    p = sub.add_parser("double-reading", help="double reading: the site setting, exam states and the "
+                       "arbitration list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_double_reading)
+
+
+def _cmd_double_reading(args: Any) -> int:
+    import json
+
+    from mammotriage.config import archive_path, data_dir
+
+    listing = double_reading_listing(archive_path(), data_dir())
+    print(json.dumps(listing, indent=2) if args.json else listing_text(listing))
+    return 0
