@@ -140,6 +140,9 @@ def test_roles_third_reader_only_arbitrates(exam, archive_file: Path) -> None:
         with pytest.raises(CorrectionError, match="two reads it arbitrates"):
             c.append(reader="cat", exam_key=key, action="arbitrate", payload=_assessment("1"))
         reads = [{"reader": r.reader, "seq": r.seq} for r in status.reads]
+        with pytest.raises(CorrectionError, match="names the exam's two current reads"):
+            c.append(reader="cat", exam_key=key, action="arbitrate",  # bob's first, re-opened read
+                     payload={**_assessment("0"), "reads": [reads[0], {"reader": "bob", "seq": 2}]})
         event = c.append(reader="cat", exam_key=key, action="arbitrate",
                          payload={**_assessment("0"), "reads": reads, "rule": "recall",
                                   "reasons": list(status.reasons)})

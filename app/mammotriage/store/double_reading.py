@@ -364,13 +364,20 @@ class DoubleReadingLog(CorrectionLog):
             out.append(e)
         return out
 
-    def _check_append(self, reader: str, exam_key: str, action: str) -> None:
+    def _check_append(self, reader: str, exam_key: str, action: str, payload: dict[str, Any]) -> None:
         """The roles, checked in the append's transaction: two workstations cannot both
-        become an exam's second reader or both arbitrate it."""
+        become an exam's second reader or both arbitrate it; an arbitration names the
+        exam's two current reads."""
         if self.policy.enabled:
             if reader != self.reader:
                 raise CorrectionError(f"this log records {self.reader}'s reads, not {reader}'s")
-            check_event(self.status(exam_key), reader, action)
+            status = self.status(exam_key)
+            check_event(status, reader, action)
+            if action == "arbitrate":
+                named = [(r["reader"], r["seq"]) for r in payload.get("reads", [])]
+                if named != [(r.reader, r.seq) for r in status.reads]:
+                    raise CorrectionError("an arbitration names the exam's two current reads: "
+                                          + ", ".join(f"{r.reader} (event {r.seq})" for r in status.reads))
 
 
 # --------------------------------------------------------------------------- site view

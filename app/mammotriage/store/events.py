@@ -246,7 +246,7 @@ class CorrectionLog(db.Connected):
             "payload": json.dumps(payload, sort_keys=True) if payload else "",
         }
         with db.transaction(self.conn):
-            self._check_append(reader, exam_key, action)  # under the write lock, with the insert
+            self._check_append(reader, exam_key, action, payload)  # under the write lock, with the insert
             row = self.conn.execute("SELECT hash FROM correction_events ORDER BY seq DESC LIMIT 1").fetchone()
             fields["prev_hash"] = row[0] if row else GENESIS
             digest = event_hash(fields)
@@ -263,7 +263,7 @@ class CorrectionLog(db.Connected):
             LOG.warning("could not record the audit head: %s", exc)
         return _event(dict(fields, seq=seq, hash=digest, mac=mac))
 
-    def _check_append(self, reader: str, exam_key: str, action: str) -> None:
+    def _check_append(self, reader: str, exam_key: str, action: str, payload: dict[str, Any]) -> None:
         """A subclass's rule for what may be appended, run inside the append's transaction
         (so it sees every committed event and none can slip in before the insert); raise
         :class:`CorrectionError` to refuse. The plain log takes every valid event."""
