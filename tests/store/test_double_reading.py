@@ -322,3 +322,25 @@ def test_status_index_follows_the_log_incrementally(dicom, tmp_path: Path, archi
         assert index.update(a.conn) == {k1}
         assert index.statuses == exam_statuses(a.conn, "recall")
         assert index.get([k1, k3]) == {k1: index.statuses[k1]} and index.statuses[k1].state == "discordant"
+
+
+def test_pair_agreement_by_hand_and_undefined_kappa() -> None:
+    from mammotriage.learning.monitor import reader_pair_agreement
+    from mammotriage.store.double_reading import ExamStatus, Read
+
+    def status(key: str, a: dict, b: dict, first: str = "bob") -> ExamStatus:
+        reads = (Read(first, 1, "", a), Read("ann" if first == "bob" else "bob", 2, "", b))
+        return ExamStatus(key, "concordant", tuple(r.reader for r in reads), reads)
+
+    yes, no = _assessment("4A"), _assessment("1")
+    # 4 exams, names in either order: (ann, bob) = (yes, yes), (yes, no), (no, no), (no, no)
+    statuses = [status("1", yes, yes), status("2", no, yes), status("3", no, no, "ann"), status("4", no, no)]
+    (pair,) = reader_pair_agreement(statuses)
+    assert pair["readers"] == ["ann", "bob"] and pair["exams"] == 4
+    # p_o = 3/4; ann yes 2/4, bob yes 1/4: p_e = .5 * .25 + .5 * .75 = .5; kappa = .25 / .5
+    assert pair["recall_concordance"] == pytest.approx(0.75) and pair["recall_kappa"] == pytest.approx(0.5)
+    # per breast: R all (1, 1); L (4A, 4A), (4A, 1), (1, 1), (1, 1): p_o = 7/8,
+    # p_e = (6 * 7 + 2 * 1) / 64 = 0.6875, kappa = 0.1875 / 0.3125 = 0.6
+    assert pair["birads_kappa"]["n"] == 8 and pair["birads_kappa"]["kappa"] == pytest.approx(0.6)
+    (same,) = reader_pair_agreement([status("5", no, no), status("6", no, no)])
+    assert same["recall_concordance"] == 1.0 and same["recall_kappa"] is None  # one category: undefined
