@@ -98,3 +98,19 @@ def test_a_prior_exams_reads_are_shown_whoever_made_them(double_reading_on, prio
     win.open_exam(with_prior)
     assert "ann" in win.prior_corrections.labels  # history: not blinded
     assert set(win.corrections.labels) == {"bob"}  # the exam being double-read is
+
+
+def test_the_worklist_follows_other_workstations(double_reading_on, reading_room, qtbot) -> None:
+    from mammotriage.store.double_reading import DoubleReadingLog
+
+    win, _exams = reading_room
+    other_key = next(e.exam.exam_key for e in win.worklist.entries if e.exam.exam_key != win.current.exam_key)
+    assert _read_cell(win, other_key) == "unread"
+    with ReadingLocks(win.archive.path, "ws-2") as locks:
+        assert locks.take(other_key, "eve").granted
+    qtbot.waitUntil(lambda: _read_cell(win, other_key) == "being read by eve", timeout=30_000)  # no refresh
+    with ReadingLocks(win.archive.path, "ws-2") as locks, \
+            DoubleReadingLog(win.archive.path, "eve", win.double_policy, "ws-2") as log:
+        log.append(reader="eve", exam_key=other_key, action="sign", payload=_assessment("1", "1", False))
+        assert locks.release(other_key, "eve")
+    qtbot.waitUntil(lambda: _read_cell(win, other_key) == "first read · eve", timeout=30_000)

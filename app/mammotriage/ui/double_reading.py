@@ -53,11 +53,16 @@ class ArbitrationList(QWidget):
         layout.addWidget(self.title)
         layout.addWidget(self.table)
         self.keys: list[str] = []
+        self._shown: list[tuple[str, tuple[int, ...], str | None]] = []
         self.set_cases([])
 
     def set_cases(self, cases: Sequence[ExamStatus], names: Mapping[str, str] | None = None) -> None:
         """Show ``cases`` (discordant exams); ``names``: exam key -> what the Exam column says."""
         names = names or {}
+        shown = [(c.exam_key, tuple(r.seq for r in c.reads), names.get(c.exam_key)) for c in cases]
+        if shown == self._shown and cases:
+            return  # unchanged: the reader's selection stays
+        self._shown = shown
         self.keys = [c.exam_key for c in cases]
         self.title.setText(f"Arbitration: {len(cases)} exam(s) with discordant reads"
                            + (" - open one, read it, and sign the consensus (Ctrl+Enter)" if cases else ""))

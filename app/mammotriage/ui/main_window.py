@@ -1213,6 +1213,9 @@ class MainWindow(QMainWindow):
         self._model_check_tick += 1
         if self._model_check_tick % 100 == 0 and self.session.poll_model():  # every ~3 s, no hashing
             self._model_changed()
+        if self.locks is not None and self._model_check_tick % 160 == 0:  # ~5 s: other workstations
+            self.worklist.refresh_double()
+            self.refresh_arbitration()
         if self.triage is None:
             return
         refresh = False

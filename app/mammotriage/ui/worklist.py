@@ -144,6 +144,14 @@ class WorklistModel(QAbstractTableModel):
         self._note_double([row.entry.exam.exam_key for row in rows])
         return added
 
+    def refresh_double(self) -> None:
+        """Read the fetched rows' double-reading states and locks again (other workstations
+        sign and open exams too); only the Read column changes."""
+        if self.double is None or not self.entries:
+            return
+        self._note_double([e.exam.exam_key for e in self.entries])
+        self.dataChanged.emit(self.index(0, COL_READ), self.index(len(self.entries) - 1, COL_READ))
+
     def _note_double(self, keys: list[str]) -> None:
         if self.double is None or not keys:
             return
