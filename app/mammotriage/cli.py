@@ -407,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "app's signed-in reader)")
     p.set_defaults(func=cmd_worklist)
 
+    from mammotriage.viewer.double_reading import add_double_reading_command
+
+    add_double_reading_command(sub)
+
     from mammotriage.triage.backfill import add_backfill_command
 
     add_backfill_command(sub)

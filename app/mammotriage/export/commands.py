@@ -29,7 +29,8 @@ def add_dataset_commands(subparsers: argparse._SubParsersAction) -> argparse._Su
                            "corrections (plus the original AI marks) and the consensus under a declared "
                            "rule into a manifest named by its sha256.")
     p.add_argument("--rule", default="union", metavar="RULE",
-                   help="consensus rule: union (default), majority, or adjudicator:READER")
+                   help="consensus rule: union (default), majority, adjudicator:READER, or arbitrated "
+                        "(double reading: the arbitration, else the concordant reads)")
     p.add_argument("--role", choices=("training", "validation"), default="training",
                    help="what the snapshot is for (default: training)")
     p.add_argument("--name", default="", help="short name (part of the manifest)")

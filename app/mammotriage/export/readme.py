@@ -19,6 +19,11 @@ def _rule_text(consensus: Mapping[str, Any]) -> str:
     if rule == "majority":
         return (f"**majority**: a finding is kept when more than half of the readers of the "
                 f"image have a positive label in it (labels match when IoU >= {iou})")
+    if rule == "arbitrated":
+        return (f"**arbitrated** (double reading, discordance rule {consensus.get('discordance')}): an "
+                f"arbitrated exam takes the arbitrator's labels; a concordant exam the union of its two "
+                f"readers' labels (IoU >= {iou}); other exams fall back to the union; see "
+                f"`consensus_source` per image in `labels.json`")
     return (f"**adjudicator** ({consensus.get('adjudicator')}): that reader's labels are final "
             f"on every exam they read; other exams fall back to the majority rule "
             f"(IoU >= {iou}); see `consensus_source` per image in `labels.json`")

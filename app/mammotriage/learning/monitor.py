@@ -10,7 +10,13 @@ version and per scanner (manufacturer / model):
 - input drift: per-image intensity statistics of the breast region (computed when the
   image is triaged) against the model's training reference, as a standardised mean
   difference; above :data:`DRIFT_THRESHOLD` it warns, and so does a scanner that the
-  training data never contained.
+  training data never contained,
+- double reading (key ``double_reading``, :func:`double_reading_figures`): per reader
+  pair, over the exams both read (their current signed reads), the recall concordance
+  (fraction of exams with the same recall decision), Cohen's kappa over the recall
+  decision, and unweighted Cohen's kappa over the BI-RADS categories per breast (0, 1, 2,
+  3, 4A, 4B, 4C, 5, 6 as nine categories; one pair per breast both assessed); with the
+  exams discordant under the site's rule, awaiting arbitration and arbitrated.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import datetime as _dt
 import json
 import sqlite3
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,8 @@ import numpy as np
 
 from mammotriage.dicom.voi import image_statistics  # noqa: F401  (re-exported)
 from mammotriage.store import db
+from mammotriage.store.consensus import cohen_kappa
+from mammotriage.store.double_reading import DoubleReadingPolicy, ExamStatus, exam_statuses
 
 DRIFT_THRESHOLD = 1.0  # |mean_new - mean_ref| / sd_ref
 
@@ -41,9 +50,62 @@ def monitor_report(archive_path: str | Path, model_metadata: dict[str, Any] | No
     """The monitoring summary as a JSON-ready dict (see the module docstring)."""
     conn = db.connect(Path(archive_path))
     try:
-        return _report(conn, model_metadata or {}, suspicious_threshold)
+        report = _report(conn, model_metadata or {}, suspicious_threshold)
+        rule = DoubleReadingPolicy.load(Path(archive_path).parent).discordance
+        report["double_reading"] = double_reading_figures(exam_statuses(conn, rule).values(), rule)
+        return report
     finally:
         conn.close()
+
+
+def reader_pair_agreement(statuses: Iterable[ExamStatus]) -> list[dict[str, Any]]:
+    """Per reader pair (names in order), over the exams both have a current signed read of:
+    ``exams``, ``recall_concordance``, ``recall_kappa`` and ``birads_kappa`` (``{"n": breasts,
+    "kappa"}``), and how many of those exams were ``discordant`` under the rule and
+    ``arbitrated``. Kappas are ``None`` where undefined (no pairs, or one category only)."""
+    recalls: dict[tuple[str, str], list[tuple[bool, bool]]] = defaultdict(list)
+    birads: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    discordant: dict[tuple[str, str], int] = defaultdict(int)
+    arbitrated: dict[tuple[str, str], int] = defaultdict(int)
+    for status in statuses:
+        if len(status.reads) != 2:
+            continue
+        a, b = sorted(status.reads, key=lambda r: r.reader)
+        pair = (a.reader, b.reader)
+        recalls[pair].append((a.recall, b.recall))
+        breasts_a, breasts_b = a.assessment.get("breasts") or {}, b.assessment.get("breasts") or {}
+        for side in sorted(set(breasts_a) & set(breasts_b)):
+            birads[pair].append((str(breasts_a[side]["birads"]), str(breasts_b[side]["birads"])))
+        discordant[pair] += bool(status.reasons)
+        arbitrated[pair] += status.state == "arbitrated"
+    out = []
+    for pair, values in sorted(recalls.items()):
+        n = len(values)
+        out.append({
+            "readers": list(pair), "exams": n,
+            "recall_concordance": round(sum(1 for x, y in values if x == y) / n, 6),
+            "recall_kappa": cohen_kappa(values),
+            "birads_kappa": {"n": len(birads[pair]), "kappa": cohen_kappa(birads[pair])},
+            "discordant": discordant[pair], "arbitrated": arbitrated[pair],
+        })
+    return out
+
+
+def double_reading_figures(statuses: Iterable[ExamStatus], rule: str = "recall") -> dict[str, Any]:
+    """The ``double_reading`` key of the monitoring report (see the module docstring)."""
+    statuses = list(statuses)
+    return {
+        "discordance_rule": rule,
+        "exams_double_read": sum(1 for s in statuses if len(s.reads) == 2),
+        "awaiting_second_read": sum(1 for s in statuses if s.state == "first read"),
+        "awaiting_arbitration": sum(1 for s in statuses if s.state == "discordant"),
+        "arbitrated": sum(1 for s in statuses if s.state == "arbitrated"),
+        "pairs": reader_pair_agreement(statuses),
+        "definition": "per reader pair over the exams both read (current signed reads): recall_concordance "
+                      "= exams with the same recall decision / exams; recall_kappa = Cohen's kappa over "
+                      "the recall decisions; birads_kappa = unweighted Cohen's kappa over the per-breast "
+                      "BI-RADS categories (nine: 0, 1, 2, 3, 4A, 4B, 4C, 5, 6) of the breasts both assessed",
+    }
 
 
 def _scanner(manufacturer: str, model: str) -> str:
@@ -182,6 +244,12 @@ def report_text(report: dict[str, Any]) -> str:
         d = data["drift"]
         smd = "n/a" if d.get("mean_smd") is None else f"{d['mean_smd']:.2f}"
         lines.append(f"input {scanner}: {d['n_images']} images, breast mean {d['mean']:.1f}, drift SMD {smd}")
+    for pair in (report.get("double_reading") or {}).get("pairs", []):
+        kappa, bk = pair["recall_kappa"], pair["birads_kappa"]["kappa"]
+        lines.append(f"double reading {' / '.join(pair['readers'])}: {pair['exams']} exams, recall concordance "
+                     f"{pair['recall_concordance']:.0%}, recall kappa {'n/a' if kappa is None else f'{kappa:.2f}'}, "
+                     f"BI-RADS kappa {'n/a' if bk is None else f'{bk:.2f}'}, {pair['discordant']} discordant, "
+                     f"{pair['arbitrated']} arbitrated")
     lines += [f"WARNING: {w}" for w in report["warnings"]]
     return "\n".join(lines) if lines else "no triage results yet"
 

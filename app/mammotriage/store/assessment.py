@@ -81,6 +81,29 @@ def validate_assessment(payload: dict[str, Any]) -> dict[str, Any]:
     return {"breasts": clean, "recall": recall}
 
 
+def validate_arbitration(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload of an ``arbitrate`` event (double reading), checked: the consensus
+    assessment (as for ``sign``) plus ``role`` ``"arbitration"``, the discordance ``rule``
+    applied, its ``reasons`` and the two ``reads`` arbitrated (reader and the ``seq`` of
+    their ``sign`` event); raises :class:`AssessmentError`."""
+    if not isinstance(payload, dict):
+        raise AssessmentError("an arbitration is a mapping")
+    clean = validate_assessment(payload)
+    reads = payload.get("reads")
+    if not isinstance(reads, list) or len(reads) != 2 or not all(
+            isinstance(r, dict) and str(r.get("reader", "")).strip() and isinstance(r.get("seq"), int)
+            for r in reads):
+        raise AssessmentError("an arbitration names the two reads it arbitrates (reader and sign event)")
+    if reads[0]["reader"] == reads[1]["reader"]:
+        raise AssessmentError("the two reads of an arbitration come from two readers")
+    reasons = payload.get("reasons", [])
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise AssessmentError("an arbitration's reasons are a list of texts")
+    return {**clean, "role": "arbitration", "rule": str(payload.get("rule", "")),
+            "reasons": list(reasons),
+            "reads": [{"reader": str(r["reader"]), "seq": int(r["seq"])} for r in reads]}
+
+
 def assessment_text(payload: dict[str, Any]) -> str:
     """One line: ``R 1 negative (b) · L 4A low suspicion ... (b) · RECALL``."""
     parts = [f"{side} {birads_text(b['birads'])} (density {b['density']})"
@@ -132,7 +155,7 @@ def read_states(conn: sqlite3.Connection, keys: Sequence[str] | None = None) -> 
                 f"WHERE exam_key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         rows = [r[:5] for r in sorted(rows, key=lambda r: r[5])]
     for exam_key, reader, action, at, payload in rows:
-        if action == "sign":
+        if action in ("sign", "arbitrate"):
             out[exam_key] = ReadState("signed", reader, at, json.loads(payload) if payload else None)
         elif action == "amend":
             previous = out.get(exam_key)

@@ -14,6 +14,14 @@ matching labels form clusters, the connected components of the match graph):
 ``adjudicator:NAME``
     The named reader's labels win on every exam that reader read; exams the adjudicator
     did not read fall back to ``majority`` (marked ``"consensus_source"`` per image).
+``arbitrated``
+    Double reading (:mod:`mammotriage.store.double_reading`; applied per exam by
+    :mod:`mammotriage.store.datasets`): an arbitrated exam takes the arbitrator's labels
+    and assessment (``consensus_source`` ``arbitration``); a concordant exam the union of
+    its two readers' labels, BI-RADS and density (``concordant-union``; the agreed recall,
+    the more suspicious read's assessment); any other exam falls back to ``union`` over its
+    readers (``union``, or ``awaiting-arbitration-union`` for a discordant exam not
+    arbitrated yet).
 
 A consensus finding's geometry is its single member's geometry, or for a cluster of
 several the box whose coordinates are the means of the members' bounding boxes; its
@@ -46,7 +54,7 @@ __all__ = [
 #: Two labels match (same lesion) when the IoU of their bounding boxes is at least this.
 MATCH_IOU = 0.3
 #: Consensus rule names.
-RULES = ("union", "majority", "adjudicator")
+RULES = ("union", "majority", "adjudicator", "arbitrated")
 
 #: BI-RADS assessment categories from least to most suspicious (0 = needs more imaging).
 BIRADS_ORDER = (1, 2, 3, 0, 4, 5, 6)
@@ -71,7 +79,7 @@ class ConsensusRule:
     def __post_init__(self) -> None:
         if self.name not in RULES:
             raise DatasetError(f"unknown consensus rule {self.name!r} (one of union, majority, "
-                               "adjudicator:READER)")
+                               "adjudicator:READER, arbitrated)")
         if (self.name == "adjudicator") != bool(self.adjudicator):
             raise DatasetError("the adjudicator rule needs a reader name: adjudicator:READER"
                                if self.name == "adjudicator" else
@@ -79,7 +87,7 @@ class ConsensusRule:
 
     @classmethod
     def parse(cls, text: str | ConsensusRule) -> ConsensusRule:
-        """``"union"``, ``"majority"`` or ``"adjudicator:NAME"``."""
+        """``"union"``, ``"majority"``, ``"adjudicator:NAME"`` or ``"arbitrated"``."""
         if isinstance(text, ConsensusRule):
             return text
         name, _, reader = str(text).strip().partition(":")

@@ -72,6 +72,7 @@ from mammotriage.store.consensus import (
     iou,
     match_count,
 )
+from mammotriage.store.double_reading import DoubleReadingPolicy, exam_status, snapshot_readers
 from mammotriage.store.events import CorrectionLog, Event
 from mammotriage.store.labels import Label, ReaderLabels, fold
 
@@ -101,6 +102,8 @@ __all__ = [
 
 #: Manifest format identifier (bump on an incompatible change).
 FORMAT = "mammotriage.dataset/1"
+#: How the rule ``arbitrated`` joins the labels it takes (see store.consensus).
+_UNION = ConsensusRule("union")
 #: Snapshot roles; validation snapshots are held out of training (and locked later).
 ROLES = ("training", "validation")
 
@@ -161,7 +164,8 @@ def _marks(results: Mapping[str, Mapping[str, dict[str, Any]]], version: str
 
 
 def _exam_entry_and_images(exam: ExamRecord, events: list[Event], conn: sqlite3.Connection,
-                           rule: ConsensusRule) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                           rule: ConsensusRule, discordance_rule: str = "recall"
+                           ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     results = {img.sop_uid: _ai_results(conn, img.sop_uid) for img in exam.images}
     versions = _reader_versions(events)
     folded: dict[str, ReaderLabels] = {}
@@ -177,6 +181,8 @@ def _exam_entry_and_images(exam: ExamRecord, events: list[Event], conn: sqlite3.
         if e.sop_uid and e.pixel_sha256:
             pixel_hashes.setdefault(e.sop_uid, set()).add(e.pixel_sha256)
 
+    status = exam_status(exam.exam_key, events, discordance_rule) if rule.name == "arbitrated" else None
+    settled = snapshot_readers(status) if status is not None else None
     images = []
     for img in exam.images:
         per_reader = {reader: [_label_json(lab) for lab in sorted(rl.labels(img.sop_uid),
@@ -206,7 +212,11 @@ def _exam_entry_and_images(exam: ExamRecord, events: list[Event], conn: sqlite3.
         }
         if len(hashes) > 1:
             entry["pixel_sha256_conflict"] = hashes
-        if folded:
+        if folded and settled is not None:
+            chosen = settled[0] or list(per_reader)
+            entry["consensus"], _ = consensus_for_image({r: per_reader.get(r, []) for r in chosen}, _UNION)
+            entry["consensus_source"] = settled[1]
+        elif folded:
             entry["consensus"], entry["consensus_source"] = consensus_for_image(per_reader, rule)
         else:
             entry["consensus"], entry["consensus_source"] = [], None
@@ -226,6 +236,15 @@ def _exam_entry_and_images(exam: ExamRecord, events: list[Event], conn: sqlite3.
         "events": {"count": len(events), "last_hash": events[-1].hash if events else None},
         "images": [img.sop_uid for img in exam.images],
     }
+    if status is not None and settled is not None:
+        chosen = settled[0] or sorted(folded)
+        agreed = status.consensus()
+        exam_entry["consensus"] = {
+            "birads": exam_consensus({r: birads.get(r) for r in chosen}, BIRADS_ORDER, _UNION),
+            "density": exam_consensus({r: density.get(r) for r in chosen}, DENSITY_ORDER, _UNION),
+            "recall": agreed["recall"] if agreed else None, "assessment": agreed}
+        exam_entry["double_reading"] = {"state": status.state, "readers": list(status.readers),
+                                        "arbitrator": status.arbitrator or None, "reasons": list(status.reasons)}
     return exam_entry, images
 
 
@@ -239,7 +258,8 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
     archive_file
         Archive database; the default archive when ``None``.
     rule
-        Consensus rule, ``"union"``, ``"majority"`` or ``"adjudicator:NAME"``.
+        Consensus rule, ``"union"``, ``"majority"``, ``"adjudicator:NAME"`` or ``"arbitrated"``
+        (double reading: the arbitration, else the concordant reads; see store.consensus).
     role
         ``"training"`` or ``"validation"``.
     name, description
@@ -261,6 +281,8 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
 
         archive_file = archive_path()
     archive_file = Path(archive_file)
+    # the discordance rule of the site's double reading (data directory = the archive's folder)
+    discordance_rule = DoubleReadingPolicy.load(archive_file.parent).discordance
     with Archive(archive_file) as archive, CorrectionLog(archive_file) as log:
         conn = log.conn
         events_by_exam: dict[str, list[Event]] = {}
@@ -277,7 +299,7 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
             if exam is None or not exam.images:
                 missing.append(key)
                 continue
-            entry, imgs = _exam_entry_and_images(exam, events_by_exam.get(key, []), conn, rule)
+            entry, imgs = _exam_entry_and_images(exam, events_by_exam.get(key, []), conn, rule, discordance_rule)
             exams.append(entry)
             images.extend(imgs)
         audit_head = head_record(log.signed_head())
@@ -299,12 +321,15 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
         "ai_marks": sum(len(o["marks"]) for img in images for o in img["original"]),
         "exams_with_events_not_in_archive": len(missing),
     }
+    consensus = rule.to_json()
+    if rule.name == "arbitrated":
+        consensus["discordance"] = discordance_rule
     return {
         "format": FORMAT,
         "name": name,
         "description": description,
         "role": role,
-        "consensus": rule.to_json(),
+        "consensus": consensus,
         "selection": {"include_unreviewed": bool(include_unreviewed)},
         "kinds": list(KINDS),
         "coordinates": "stored-image pixels; x = column, y = row; boxes [x0, y0, x1, y1] half-open",

@@ -456,10 +456,30 @@ _V11_SCALE = Migration(
     ),
 )
 
+_V12_READING_LOCKS = Migration(
+    name="double reading: soft locks ('being read by'), append-only take/release rows with a lease",
+    steps=(
+        """
+        CREATE TABLE reading_locks (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            exam_key    TEXT NOT NULL,
+            reader      TEXT NOT NULL,
+            workstation TEXT NOT NULL,
+            action      TEXT NOT NULL CHECK (action IN ('take', 'release')),
+            at          TEXT NOT NULL,           -- UTC ISO 8601
+            expires_at  TEXT NOT NULL            -- UTC ISO 8601 end of the lease; '' for a release
+        )
+        """,
+        "CREATE INDEX reading_locks_exam ON reading_locks (exam_key, id)",
+        *_append_only("reading_locks", "reading locks"),
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
 MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS,
                                _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY, _V8_AUDIT_ANCHOR,
-                               _V9_REGISTRY_APPEND_ONLY, _V10_PATIENT_ISSUER, _V11_SCALE]
+                               _V9_REGISTRY_APPEND_ONLY, _V10_PATIENT_ISSUER, _V11_SCALE,
+                               _V12_READING_LOCKS]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

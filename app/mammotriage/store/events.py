@@ -53,6 +53,8 @@ ACTIONS = frozenset({
     "note",          # free text
     "sign",          # the reader signs the exam's assessment (payload: store.assessment)
     "amend",         # re-opens a signed exam (payload: {"reason": text})
+    "arbitrate",     # double reading: a third reader's consensus of two discordant reads
+                     # (payload: the assessment + role, rule, reads; store.double_reading)
     "undo",          # the target event no longer counts
     "redo",          # an undone event counts again
 })
@@ -187,6 +189,13 @@ def event_fields(workstation: str, *, reader: str, exam_key: str, action: str, s
             payload = validate_assessment(payload)
         except AssessmentError as exc:
             raise CorrectionError(str(exc)) from exc
+    if action == "arbitrate":
+        from mammotriage.store.assessment import AssessmentError, validate_arbitration
+
+        try:
+            payload = validate_arbitration(payload)
+        except AssessmentError as exc:
+            raise CorrectionError(str(exc)) from exc
     if action == "amend" and not str(payload.get("reason", "")).strip():
         raise CorrectionError("an amendment needs a reason")
     geometry = validate_geometry(geometry)
@@ -269,7 +278,9 @@ class CorrectionLog(db.Connected):
             self.workstation, reader=reader, exam_key=exam_key, action=action, study_uid=study_uid,
             series_uid=series_uid, sop_uid=sop_uid, pixel_sha256=pixel_sha256, model_version=model_version,
             target=target, kind=kind, geometry=geometry, payload=payload)
+        payload = json.loads(fields["payload"]) if fields["payload"] else {}
         with db.transaction(self.conn):
+            self._check_append(reader, exam_key, action, payload)  # under the write lock, with the insert
             row = self.conn.execute("SELECT hash FROM correction_events ORDER BY seq DESC LIMIT 1").fetchone()
             fields["prev_hash"] = row[0] if row else GENESIS
             digest = event_hash(fields)
@@ -285,6 +296,11 @@ class CorrectionLog(db.Connected):
         except OSError as exc:  # the event is committed and keyed; the next append catches up
             LOG.warning("could not record the audit head: %s", exc)
         return event_from_row(dict(fields, seq=seq, hash=digest, mac=mac))
+
+    def _check_append(self, reader: str, exam_key: str, action: str, payload: dict[str, Any]) -> None:
+        """A subclass's rule for what may be appended, run inside the append's transaction
+        (so it sees every committed event and none can slip in before the insert); raise
+        :class:`CorrectionError` to refuse. The plain log takes every valid event."""
 
     # ----------------------------------------------------------------- read
     def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:

@@ -88,7 +88,7 @@ def undo_history(events: Iterable[Event]) -> UndoHistory:
             if e.target in redoable:
                 redoable.remove(e.target)
                 done.append(e.target)
-        elif e.action in ("sign", "amend"):
+        elif e.action in ("sign", "amend", "arbitrate"):
             done.clear()
             redoable.clear()
         else:
@@ -149,7 +149,7 @@ def fold(events: Iterable[Event], ai_marks: Mapping[str, list[dict[str, Any]]] |
         if e.action == "note":
             rl.note = str(e.payload.get("text", ""))
             continue
-        if e.action == "sign":
+        if e.action in ("sign", "arbitrate"):  # an arbitration is the arbitrator's signed read
             rl.assessment, rl.signed = dict(e.payload), True
             continue
         if e.action == "amend":

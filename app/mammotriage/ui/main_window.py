@@ -50,12 +50,20 @@ from mammotriage.store.assessment import (
     assessment_text,
     birads_text,
 )
+from mammotriage.store.double_reading import (
+    DoubleReadingLog,
+    DoubleReadingPolicy,
+    ReadingLocks,
+    StatusIndex,
+    arbitration_list,
+)
 from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
 from mammotriage.store.priors import priors_in_archive
 from mammotriage.store.reading import InitialReads, current_reader
 from mammotriage.triage import OperatingPoints, TriageQueue
 from mammotriage.triage.pages import WorklistQuery, position_of, worklist_rows
 from mammotriage.triage.worklist import eta_text
+from mammotriage.ui.double_reading import ArbitrationList
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.overlay import AiOverlay
 from mammotriage.ui.screen_windows import ScreenLayout
@@ -123,9 +131,17 @@ class MainWindow(QMainWindow):
         self.settings = QSettings(str(data_dir() / "settings.ini"), QSettings.Format.IniFormat)
         self.queue = TriageQueue(self.archive.path)
         self.initial_reads = InitialReads(self.archive.path)
-        self.corrections_log = CorrectionLog(self.archive.path)
-        self.corrections: ExamCorrections | None = None
         self.reader = str(self.settings.value("reader/name", "") or current_reader())
+        # double reading (a site setting): blinding and the readers' roles are the log's
+        self.double_policy = DoubleReadingPolicy.load(data_dir())
+        self.corrections_log = (DoubleReadingLog(self.archive.path, self.reader, self.double_policy)
+                                if self.double_policy.enabled else CorrectionLog(self.archive.path))
+        self.locks = ReadingLocks(self.archive.path, lease_s=self.double_policy.lease_s) \
+            if self.double_policy.enabled else None
+        self.double_states = StatusIndex(self.double_policy.discordance)  # read on each refresh
+        # the prior exams' reads are history: shown whoever made them (never blinded)
+        self.history_log = CorrectionLog(self.archive.path) if self.double_policy.enabled else self.corrections_log
+        self.corrections: ExamCorrections | None = None
         self.corrections_log.add_reader(self.reader)
         self.session = ReadingSession(self.archive.path, data_dir(), self.queue, model_dir)
         self._model_check_tick = 0
@@ -147,7 +163,9 @@ class MainWindow(QMainWindow):
         self.policy = ReadingPolicy.load(data_dir())
         self.priors: dict[str, list[ExamRecord]] = {}  # of the exam on screen and those prefetched
         self._resume_key = str(self.settings.value(f"reader/{self.reader}/last_exam", "") or "") or None
-        self.worklist = WorklistModel(self._worklist_page, lambda q, key: position_of(self.queue.conn, q, key))
+        self.worklist = WorklistModel(self._worklist_page, lambda q, key: position_of(self.queue.conn, q, key),
+                                      double=self._double_page if self.locks is not None else None,
+                                      reader=self.reader)
         self.worklist_view = WorklistFilter(self.worklist)
         self._overlay_cache: dict[str, AiOverlay | None] = {}
         self.table = QTableView()
@@ -209,6 +227,13 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
         self.log_dock = dock
         self.resizeDocks([dock], [110], Qt.Orientation.Vertical)
+        self.arbitration = ArbitrationList()
+        self.arbitration.open_requested.connect(self.open_exam_key)
+        self.arbitration_dock = QDockWidget("Arbitration", self)
+        self.arbitration_dock.setObjectName("arbitration")
+        self.arbitration_dock.setWidget(self.arbitration)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.arbitration_dock)
+        self.arbitration_dock.setVisible(self.locks is not None)
 
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(220)
@@ -588,6 +613,35 @@ class MainWindow(QMainWindow):
     def _worklist_page(self, query: WorklistQuery, offset: int, limit: int) -> tuple[int, list]:
         return worklist_rows(self.queue.conn, query, offset, limit, self._etas)
 
+    def _double_page(self, keys: list[str]) -> tuple[dict, dict]:
+        """Double reading: the states of a worklist page's exams and the soft locks on them."""
+        assert self.locks is not None
+        self.double_states.update(self.queue.conn)
+        return self.double_states.get(keys), self.locks.holders(keys=keys)
+
+    def refresh_arbitration(self) -> None:
+        """The arbitration list: discordant exams this reader did not read."""
+        if self.locks is None:
+            return
+        self.double_states.update(self.queue.conn)
+        cases = arbitration_list(self.double_states.statuses.values(), self.reader)
+        names = {}
+        for case in cases:
+            exam = self.archive.exam(case.exam_key)
+            names[case.exam_key] = (f"{exam.patient_id} {exam.study_date or ''}".strip() if exam
+                                    else case.exam_key)
+        self.arbitration.set_cases(cases, names)
+
+    def open_exam_key(self, exam_key: str) -> None:
+        """Select (and so open) an exam in the worklist, fetching pages up to its row."""
+        row = self.worklist.fetch_through(exam_key)
+        if row is not None:
+            self.table.selectRow(row)
+        else:
+            exam = self.archive.exam(exam_key)
+            if exam is not None:
+                self.open_exam(exam)
+
     def refresh_worklist(self) -> None:
         """Run the worklist's query again (a page, or as many rows as were fetched). The
         exam the reader is on keeps its row: results that arrive re-order the others
@@ -610,6 +664,7 @@ class MainWindow(QMainWindow):
             self.table.selectRow(row)
         self.table.selectionModel().blockSignals(False)
         self.table.blockSignals(False)
+        self.refresh_arbitration()
         if row is not None and self.current is None:
             self.open_row(row)  # resume where this reader stopped
         elif row is None and self.worklist_view.rowCount() and self.current is None:
@@ -677,6 +732,7 @@ class MainWindow(QMainWindow):
         if not exam.images:  # a worklist row: the exam's records load when it opens
             exam = self.archive.exam(exam.exam_key) or exam
         self.priors = self.priors_of([exam])
+        self._take_lock(exam.exam_key)
         opened = self.session.open_exam(exam, self.priors)  # and it is triaged next: a reader is waiting
         self.current = exam
         self._shown_emitted = False
@@ -779,6 +835,19 @@ class MainWindow(QMainWindow):
             self.show_status("select a mark first (click it, or Tab)")
         return sel
 
+    def _take_lock(self, exam_key: str) -> None:
+        """Double reading: leave the previous exam's soft lock and take this one's; while
+        another reader holds it, say who (the lock is advisory: the exam still opens)."""
+        if self.locks is None:
+            return
+        if self.current is not None and self.current.exam_key != exam_key:
+            self.locks.release(self.current.exam_key, self.reader)
+        taken = self.locks.take(exam_key, self.reader)
+        if not taken.granted and taken.lock is not None:
+            text = f"{taken.lock.text} on {taken.lock.workstation}"
+            self.show_status(text)
+            self.log_line(f"{text}: opened without the lock")
+
     def _record(self, fn: Callable[Concatenate[ExamCorrections, P], object],
                 *args: P.args, **kwargs: P.kwargs) -> bool:
         """Run a correction on the open exam's corrections (``fn(corrections, *args)``;
@@ -791,6 +860,8 @@ class MainWindow(QMainWindow):
             self.show_status(f"not recorded: {exc}")
             self.log_line(f"correction refused: {exc}")
             return False
+        if self.locks is not None and self.current is not None:  # reading goes on: renew the lease
+            self.locks.take(self.current.exam_key, self.reader)
         return True
 
     def accept_selected(self) -> None:
@@ -917,12 +988,40 @@ class MainWindow(QMainWindow):
         """Record the signed assessment (a ``sign`` event) and queue the reader-findings
         SR of the exam for the PACS."""
         exam, corrections = self.current, self.corrections
+        if exam is not None and corrections is not None and isinstance(self.corrections_log, DoubleReadingLog):
+            status = self.corrections_log.status(exam.exam_key)
+            if status.state == "discordant" and self.reader not in status.readers:
+                return self.arbitrate_exam(assessment)
         if exam is None or corrections is None or not self._record(ExamCorrections.sign, assessment):
             return False
         text = assessment_text(corrections.mine().assessment or assessment)
         self.log_line(f"signed by {self.reader}: {exam.patient_id} {exam.study_date or ''}: {text}")
         self.run_job("writing reader findings SR", write_reader_sr, str(self.archive.path), exam.exam_key,
                      self.reader, str(data_dir()), OutboxSink.from_settings(), done=self._sr_done, wait=True)
+        self.refresh_worklist()
+        return True
+
+    def arbitrate_exam(self, assessment: dict) -> bool:
+        """Double reading: a third reader's signature on a discordant exam records the
+        consensus (an ``arbitrate`` event naming both reads)."""
+        exam, log = self.current, self.corrections_log
+        if exam is None or not isinstance(log, DoubleReadingLog):
+            return False
+        status = log.status(exam.exam_key)
+        payload = {**assessment, "rule": self.double_policy.discordance, "reasons": list(status.reasons),
+                   "reads": [{"reader": r.reader, "seq": r.seq} for r in status.reads]}
+        try:
+            log.append(reader=self.reader, exam_key=exam.exam_key, action="arbitrate", payload=payload,
+                       model_version=self.corrections.model_version if self.corrections else "")
+        except CorrectionError as exc:
+            self.show_status(f"not recorded: {exc}")
+            self.log_line(f"arbitration refused: {exc}")
+            return False
+        self.log_line(f"arbitrated by {self.reader}: {exam.patient_id} {exam.study_date or ''}: "
+                      f"{assessment_text(assessment)}")
+        if self.locks is not None:
+            self.locks.release(exam.exam_key, self.reader)
+        self.open_exam(exam)  # its labels fold the arbitration: signed
         self.refresh_worklist()
         return True
 
@@ -943,7 +1042,7 @@ class MainWindow(QMainWindow):
                 break
             row = (start + step) % n
             entry = self.worklist_view.entry(row)
-            if entry is not None and not self.worklist.read_state(entry).is_read \
+            if entry is not None and not self.worklist.is_done(entry) \
                     and (self.current is None or entry.exam.exam_key != self.current.exam_key):
                 self.table.selectRow(row)
                 return True
@@ -1002,7 +1101,13 @@ class MainWindow(QMainWindow):
 
     def sign_in(self, name: str) -> None:
         self.corrections_log.add_reader(name)
+        if self.locks is not None and self.current is not None:
+            self.locks.release(self.current.exam_key, self.reader)
         self.reader = name
+        self.worklist.reader = name
+        if isinstance(self.corrections_log, DoubleReadingLog):
+            self.corrections_log.reader = name
+            self.refresh_worklist()  # the states and locks are read for this reader
         self.settings.setValue("reader/name", name)
         self.log_line(f"signed in: {name}")
         if self.current is not None:
@@ -1108,6 +1213,9 @@ class MainWindow(QMainWindow):
         self._model_check_tick += 1
         if self._model_check_tick % 100 == 0 and self.session.poll_model():  # every ~3 s, no hashing
             self._model_changed()
+        if self.locks is not None and self._model_check_tick % 160 == 0:  # ~5 s: other workstations
+            self.worklist.refresh_double()
+            self.refresh_arbitration()
         if self.triage is None:
             return
         refresh = False
@@ -1210,7 +1318,7 @@ class MainWindow(QMainWindow):
                 self.hanging.set_compare(False)
             return
         self.prior_paths = dict(opened.prior_paths)
-        self.prior_corrections = ExamCorrections(self.corrections_log, self.prior.exam_key, self.reader)
+        self.prior_corrections = ExamCorrections(self.history_log, self.prior.exam_key, self.reader)
         for path in self.prior_paths.values():
             self.loader.request(path)  # prefetched with the current exam
         if self.hanging.state.compare:
@@ -1428,6 +1536,12 @@ class MainWindow(QMainWindow):
         self.settings.setValue("ai/map_opacity", self.hanging.state.map_opacity)
         self.settings.sync()
         self.timer.stop()
+        if self.locks is not None:
+            if self.current is not None:
+                self.locks.release(self.current.exam_key, self.reader)
+            self.locks.close()
+        if self.history_log is not self.corrections_log:
+            self.history_log.close()
         if self.triage is not None:
             self.triage.stop()
         self.loader.shutdown()

@@ -20,6 +20,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QColor
 
 from mammotriage.store.assessment import UNREAD, ReadState, assessment_text
+from mammotriage.store.double_reading import ExamStatus, Lock
 from mammotriage.triage.pages import FILTERS, WorklistQuery, WorklistRow
 from mammotriage.triage.worklist import WorklistEntry, eta_text
 
@@ -39,6 +40,29 @@ __all__ = ["COLUMNS", "FILTERS", "WORKLIST_ORDER", "WorklistFilter", "WorklistMo
 #: fetches ``(matching exams, rows)`` of a query from ``offset``, at most ``limit`` rows
 Fetch = Callable[[WorklistQuery, int, int], tuple[int, list[WorklistRow]]]
 Locate = Callable[[WorklistQuery, str], "int | None"]
+#: double reading: the exams of a page -> (their states, the soft locks held on them)
+DoubleFetch = Callable[[list[str]], tuple[dict[str, ExamStatus], dict[str, Lock]]]
+DOUBLE_COLOURS = {"held": QColor(60, 110, 180), "discordant": QColor(200, 110, 0),
+                  "arbitrated": QColor(40, 120, 60), "concordant": QColor(40, 120, 60),
+                  "first read": QColor(60, 110, 180)}
+
+
+def double_text(status: ExamStatus | None, lock: Lock | None, reader: str) -> tuple[str, str]:
+    """(cell, tooltip) of the Read column under double reading: "being read by NAME" while
+    another reader holds the exam, else its double-reading state. The tooltip shows the
+    reads only once both have signed (blinding)."""
+    if lock is not None and lock.reader != reader:
+        return lock.text, f"{lock.text} on {lock.workstation} (until {lock.expires_at[:19]} UTC)"
+    if status is None or status.state == "unread":
+        return "unread", "not read yet (double reading: two readers)"
+    text = {"first read": f"first read · {status.readers[0] if status.readers else ''}",
+            "concordant": "double read · concordant", "discordant": "discordant · arbitration",
+            "arbitrated": f"arbitrated · {status.arbitrator}"}[status.state]
+    tip = [text]
+    if status.unblinded:
+        tip += [f"{r.reader}: {assessment_text(r.assessment)}" for r in status.reads]
+        tip += list(status.reasons)
+    return text, "\n".join(tip)
 
 
 def status_text(entry: WorklistEntry, blind: bool = False) -> str:
@@ -68,8 +92,14 @@ class WorklistModel(QAbstractTableModel):
     reader's policy, until their initial assessment) say only whether AI is done.
     """
 
-    def __init__(self, fetch: Fetch | None = None, locate: Locate | None = None, page_rows: int = PAGE_ROWS):
+    def __init__(self, fetch: Fetch | None = None, locate: Locate | None = None, page_rows: int = PAGE_ROWS,
+                 double: DoubleFetch | None = None, reader: str = ""):
         super().__init__()
+        #: double reading on: the page's states and locks (None: off, the read state as before)
+        self.double = double
+        self.reader = reader
+        self.double_states: dict[str, ExamStatus] = {}
+        self.holders: dict[str, Lock] = {}
         self._fetch: Fetch = fetch or (lambda _q, _o, _n: (0, []))
         self._locate: Locate = locate or (lambda _q, _k: None)
         self.page_rows = page_rows
@@ -93,6 +123,7 @@ class WorklistModel(QAbstractTableModel):
         self.beginResetModel()
         self.query = query
         self.entries, self.blind, self.reads, self.priors = [], set(), {}, {}
+        self.double_states, self.holders = {}, {}
         self._fetched, self._pinned = 0, None
         self.total, got = self._fetch(query, 0, max(rows, self.page_rows))
         self._append(got)
@@ -110,7 +141,25 @@ class WorklistModel(QAbstractTableModel):
             self.entries.append(row.entry)
             self._note(row)
             added += 1
+        self._note_double([row.entry.exam.exam_key for row in rows])
         return added
+
+    def refresh_double(self) -> None:
+        """Read the fetched rows' double-reading states and locks again (other workstations
+        sign and open exams too); only the Read column changes."""
+        if self.double is None or not self.entries:
+            return
+        self._note_double([e.exam.exam_key for e in self.entries])
+        self.dataChanged.emit(self.index(0, COL_READ), self.index(len(self.entries) - 1, COL_READ))
+
+    def _note_double(self, keys: list[str]) -> None:
+        if self.double is None or not keys:
+            return
+        states, locks = self.double(keys)
+        self.double_states.update(states)
+        for key in keys:
+            self.holders.pop(key, None)
+        self.holders.update(locks)
 
     def _note(self, row: WorklistRow) -> None:
         key = row.entry.exam.exam_key
@@ -130,6 +179,7 @@ class WorklistModel(QAbstractTableModel):
                 return
             entry = got[0].entry
             self._note(got[0])
+            self._note_double([key])
         else:
             entry = self.entries.pop(here)
         self.entries.insert(min(at, len(self.entries)), entry)
@@ -176,6 +226,18 @@ class WorklistModel(QAbstractTableModel):
     def read_state(self, entry: WorklistEntry) -> ReadState:
         return self.reads.get(entry.exam.exam_key, UNREAD)
 
+    def is_done(self, entry: WorklistEntry) -> bool:
+        """Nothing left for this reader: signed; under double reading, read by this reader,
+        or by two others and not waiting for an arbitration."""
+        if self.double is None:
+            return self.read_state(entry).is_read
+        status = self.double_states.get(entry.exam.exam_key)
+        if status is None:
+            return False
+        if self.reader in status.readers or status.arbitrator == self.reader:
+            return True
+        return len(status.readers) == 2 and status.state != "discordant"
+
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
         """By a column header, in SQL (column -1: the triage order)."""
         if self.query is None:
@@ -211,6 +273,13 @@ class WorklistModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ForegroundRole:
             if col in (COL_STATUS, COL_SCORE) and not blind:
                 return CATEGORY_COLOURS.get(entry.category if entry.status == "done" else entry.status)
+            if col == COL_READ and self.double is not None:
+                key = exam.exam_key
+                lock = self.holders.get(key)
+                if lock is not None and lock.reader != self.reader:
+                    return DOUBLE_COLOURS["held"]
+                status = self.double_states.get(key)
+                return DOUBLE_COLOURS.get(status.state) if status else None
             if col == COL_READ:
                 return READ_COLOURS.get(self.read_state(entry).state)
             return None
@@ -228,6 +297,10 @@ class WorklistModel(QAbstractTableModel):
             return " ".join(exam.views)
         if col == COL_STATUS:
             return status_text(entry, blind)
+        if col == COL_READ and self.double is not None:
+            cell, tip = double_text(self.double_states.get(exam.exam_key), self.holders.get(exam.exam_key),
+                                    self.reader)
+            return tip if role == Qt.ItemDataRole.ToolTipRole else cell
         if col == COL_READ:
             state = self.read_state(entry)
             if role == Qt.ItemDataRole.ToolTipRole and state.at:

@@ -268,3 +268,15 @@ def test_the_site_schema_accepts_every_action_of_the_local_log() -> None:
     from mammotriage.store.pg.schema import SITE_ACTIONS
 
     assert set(ACTIONS) == set(SITE_ACTIONS), "a new action needs a site migration that widens the CHECK"
+
+
+def test_an_arbitration_is_chained_on_the_site_server(site: PgCluster) -> None:
+    """Double reading's ``arbitrate`` event (schema version 3 widens version 1's CHECK)."""
+    payload = {"breasts": {"R": {"birads": "1", "density": "b"}, "L": {"birads": "4A", "density": "b"}},
+               "recall": True, "rule": "recall", "reasons": ["recall differs"],
+               "reads": [{"reader": "dr_a", "seq": 1}, {"reader": "dr_b", "seq": 2}]}
+    with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-arb") as log:
+        event = log.append(reader="dr_c", exam_key="E-arb", action="arbitrate", payload=payload)
+    assert event.action == "arbitrate" and event.seq > 0
+    with SiteCorrectionLog(site.dsn("mt_admin")) as admin:
+        assert admin.verify().ok

@@ -114,8 +114,10 @@ _SAME_CONTENT = " AND ".join(f"prior.{name} = NEW.{name}" for name in _FIELDS if
 #: and adds it to :data:`SITE_ACTIONS` (a test compares the two).
 _V1_ACTIONS = ("accept", "add", "adjust", "amend", "birads", "change_kind", "delete", "density", "note",
                "redo", "reject", "sign", "undo")
-SITE_ACTIONS = frozenset(_V1_ACTIONS)
 _ACTIONS_SQL = ", ".join(f"'{a}'" for a in _V1_ACTIONS)
+#: version 3: double reading's ``arbitrate`` (the third reader's consensus)
+_V3_ACTIONS = (*_V1_ACTIONS, "arbitrate")
+SITE_ACTIONS = frozenset(_V3_ACTIONS)
 
 _V1_CHAIN = PgMigration(
     name="corrections: the server-extended hash chain, the site's audit key and head, roles' grants",
@@ -296,7 +298,16 @@ _V2_SITE_QUEUE = PgMigration(
     ),
 )
 
-MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE]
+_V3_ARBITRATE = PgMigration(
+    name="corrections: the action 'arbitrate' (double reading's consensus) is accepted",
+    steps=(
+        "ALTER TABLE correction_events DROP CONSTRAINT correction_events_action_check",
+        "ALTER TABLE correction_events ADD CONSTRAINT correction_events_action_check CHECK (action IN ("
+        + ", ".join(f"'{a}'" for a in _V3_ACTIONS) + "))",
+    ),
+)
+
+MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

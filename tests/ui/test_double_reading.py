@@ -1,0 +1,116 @@
+"""Double reading in the window: the worklist says "being read by NAME" and each exam's
+double-reading state without giving away another reader's read, the Arbitration list
+shows both reads side by side, and a third reader's signature on a discordant exam
+records the consensus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mammotriage.store.double_reading import DoubleReadingPolicy, ReadingLocks
+from mammotriage.store.events import CorrectionLog
+from mammotriage.ui.worklist import COL_READ
+
+
+def _assessment(r: str, l: str, recall: bool) -> dict:  # noqa: E741
+    return {"breasts": {"R": {"birads": r, "density": "b"}, "L": {"birads": l, "density": "b"}}, "recall": recall}
+
+
+@pytest.fixture
+def double_reading_on(tmp_path: Path) -> Path:
+    """The site's double-reading setting, written before the window opens."""
+    return DoubleReadingPolicy(enabled=True, discordance="recall", lease_s=600).save(tmp_path / "home")
+
+
+def _read_cell(win, key: str, tooltip: bool = False) -> str:
+    from PySide6.QtCore import Qt
+
+    row = win.worklist.row_of(key)
+    role = Qt.ItemDataRole.ToolTipRole if tooltip else Qt.ItemDataRole.DisplayRole
+    return str(win.worklist.data(win.worklist.index(row, COL_READ), role))
+
+
+def test_double_reading_in_the_window(double_reading_on, reading_room, qtbot, tmp_path) -> None:
+    win, _exams = reading_room  # signed in as dr_test
+    assert win.arbitration_dock.isVisibleTo(win) and win.worklist.double is not None
+    first = win.current.exam_key
+    # another workstation holds the second exam: the worklist says so
+    second = next(e.exam.exam_key for e in win.worklist.entries if e.exam.exam_key != first)
+    with ReadingLocks(win.archive.path, "ws-other") as other:
+        assert other.take(second, "dr_other").granted
+    win.refresh_worklist()
+    assert _read_cell(win, second) == "being read by dr_other"
+    assert "ws-other" in _read_cell(win, second, tooltip=True)
+    # this reader holds the exam on screen
+    with ReadingLocks(win.archive.path, "ws-other") as other:
+        assert other.holder(first).reader == "dr_test"
+
+    win.sign_in("ann")
+    assert win.sign_exam(_assessment("1", "4A", True))
+    win.sign_in("bob")
+    win.open_exam_key(first)
+    assert win.current.exam_key == first
+    assert set(win.corrections.labels) == {"bob"}  # blinded: ann's read is not in bob's view
+    # the worklist says the exam has its first read, never what it is
+    assert _read_cell(win, first) == "first read · ann"
+    assert not {"4A", "RECALL", "recall"} & set(_read_cell(win, first, tooltip=True).replace("\n", " ").split())
+    assert win.sign_exam(_assessment("1", "1", False))
+    assert _read_cell(win, first) == "discordant · arbitration"
+    assert "ann: R 1" in _read_cell(win, first, tooltip=True)  # both signed: the reads are shown
+    assert win.arbitration.table.rowCount() == 0  # bob read it: not his to arbitrate
+
+    win.sign_in("cat")
+    win.refresh_worklist()
+    assert win.arbitration.keys == [first]
+    cells = [win.arbitration.table.item(0, c).text() for c in range(win.arbitration.table.columnCount())]
+    assert cells[1:5] == ["ann", "R 1 · L 4A · RECALL", "bob", "R 1 · L 1 · no recall"]
+    assert "low suspicion" in win.arbitration.table.item(0, 2).toolTip()
+    assert cells[5] == "recall: recall vs no recall"
+    shot = Path(os.environ.get("MT_SCREENSHOT_DIR", tmp_path)) / "double_reading.png"
+    assert win.grab().save(str(shot))
+    win.arbitration.open_requested.emit(first)
+    assert win.current.exam_key == first
+    assert set(win.corrections.labels) >= {"ann", "bob", "cat"}  # the arbitrator sees both reads
+    assert win.sign_exam(_assessment("1", "4A", True))  # cat's signature is the arbitration
+    with CorrectionLog(win.archive.path) as log:
+        (arb,) = [e for e in log.events(exam_key=first) if e.action == "arbitrate"]
+    assert arb.reader == "cat" and [r["reader"] for r in arb.payload["reads"]] == ["ann", "bob"]
+    assert arb.payload["recall"] is True and arb.payload["role"] == "arbitration"
+    assert _read_cell(win, first) == "arbitrated · cat"
+    assert win.arbitration.keys == []
+
+
+def test_a_prior_exams_reads_are_shown_whoever_made_them(double_reading_on, prior_room) -> None:
+    win, _exams = prior_room
+    with_prior = None
+    for entry in list(win.worklist.entries):
+        win.open_exam(entry.exam)
+        if win.prior is not None:
+            with_prior = entry.exam
+            break
+    assert with_prior is not None
+    with CorrectionLog(win.archive.path) as log:  # the prior was read by one reader, long ago
+        log.append(reader="ann", exam_key=win.prior.exam_key, action="sign", payload=_assessment("2", "1", False))
+    win.sign_in("bob")
+    win.open_exam(with_prior)
+    assert "ann" in win.prior_corrections.labels  # history: not blinded
+    assert set(win.corrections.labels) == {"bob"}  # the exam being double-read is
+
+
+def test_the_worklist_follows_other_workstations(double_reading_on, reading_room, qtbot) -> None:
+    from mammotriage.store.double_reading import DoubleReadingLog
+
+    win, _exams = reading_room
+    other_key = next(e.exam.exam_key for e in win.worklist.entries if e.exam.exam_key != win.current.exam_key)
+    assert _read_cell(win, other_key) == "unread"
+    with ReadingLocks(win.archive.path, "ws-2") as locks:
+        assert locks.take(other_key, "eve").granted
+    qtbot.waitUntil(lambda: _read_cell(win, other_key) == "being read by eve", timeout=30_000)  # no refresh
+    with ReadingLocks(win.archive.path, "ws-2") as locks, \
+            DoubleReadingLog(win.archive.path, "eve", win.double_policy, "ws-2") as log:
+        log.append(reader="eve", exam_key=other_key, action="sign", payload=_assessment("1", "1", False))
+        assert locks.release(other_key, "eve")
+    qtbot.waitUntil(lambda: _read_cell(win, other_key) == "first read · eve", timeout=30_000)
