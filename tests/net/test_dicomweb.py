@@ -82,6 +82,9 @@ def test_qido_finds_every_study_and_instance(archive: DicomWebArchive, studies: 
     assert {i.sop_uid for i in archive.find_instances(one)} == studies[one]
     every = archive.find_instances()
     assert {i.sop_uid for i in every} == set(sent)
+    archive.qido_page = 7  # page by page: 15 pages, nothing lost or repeated
+    paged = archive.find_instances()
+    assert len(paged) == 100 and {i.sop_uid for i in paged} == set(sent)
     assert {i.sop_class_uid for i in every} == {"1.2.840.10008.5.1.4.1.1.1.2"}
 
 

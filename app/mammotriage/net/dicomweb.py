@@ -347,6 +347,9 @@ class DicomWebArchive:
         self.fetch_deadline_s = float(fetch_deadline_s)
         self.max_instance_bytes = min(int(max_instance_bytes), cache.max_bytes)
         self.credentials = credentials
+        #: QIDO-RS page size and the most pages one search may take.
+        self.qido_page = 1000
+        self.qido_max_pages = 1000
         self.session = self.new_session()
         self.client = DICOMwebClient(self.dicomweb_url, session=self.session, timeout=self.timeout_s)
         # 429/408/503/504 are retried a few times, briefly; everything else fails at once.
@@ -377,19 +380,35 @@ class DicomWebArchive:
 
     # ------------------------------------------------------------------ QIDO-RS
 
-    def _qido(self, what: str, call: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        try:
-            records = call()
-        except (requests.RequestException, ValueError) as exc:
-            raise _request_error(what, exc) from None
-        if not isinstance(records, list):
-            raise DicomWebError(what, "QIDO-RS answer is not a list", "bad-response")
-        return [r for r in records if isinstance(r, dict)]
+    def _qido(self, what: str, call: Callable[[int, int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Every record of a QIDO-RS search, page by page (``limit``/``offset``).
+
+        A server that ignores the offset (the same page again) or never ends is cut
+        off with an error instead of looping.
+        """
+        out: list[dict[str, Any]] = []
+        previous: list[dict[str, Any]] | None = None
+        for page in range(self.qido_max_pages):
+            try:
+                records = call(self.qido_page, page * self.qido_page)
+            except (requests.RequestException, ValueError) as exc:
+                raise _request_error(what, exc) from None
+            if not isinstance(records, list):
+                raise DicomWebError(what, "QIDO-RS answer is not a list", "bad-response")
+            if records and records == previous:
+                raise DicomWebError(what, "the archive sent the same page again (offset ignored)",
+                                    "bad-response")
+            out += [r for r in records if isinstance(r, dict)]
+            if len(records) < self.qido_page:
+                return out
+            previous = records
+        raise DicomWebError(what, f"more than {self.qido_max_pages * self.qido_page} results",
+                            "too-large")
 
     def find_studies(self, **search_filters: str) -> list[StudyRecord]:
         """Every study matching ``search_filters`` (QIDO-RS keywords, e.g. ``PatientID=...``)."""
-        records = self._qido("QIDO-RS studies", lambda: self.client.search_for_studies(
-            search_filters=search_filters or None, get_remaining=True))
+        records = self._qido("QIDO-RS studies", lambda limit, offset: self.client.search_for_studies(
+            search_filters=search_filters or None, limit=limit, offset=offset))
         studies = []
         for record in records:
             uid = _text(record, "0020000D")
@@ -410,8 +429,8 @@ class DicomWebArchive:
             _check_uid(study_uid, what)
         if series_uid is not None:
             _check_uid(series_uid, what)
-        records = self._qido(what, lambda: self.client.search_for_instances(
-            study_instance_uid=study_uid, series_instance_uid=series_uid, get_remaining=True))
+        records = self._qido(what, lambda limit, offset: self.client.search_for_instances(
+            study_instance_uid=study_uid, series_instance_uid=series_uid, limit=limit, offset=offset))
         instances = []
         for record in records:
             uids = (_text(record, "0020000D") or study_uid, _text(record, "0020000E") or series_uid,
