@@ -210,3 +210,5 @@ def test_cache_refuses_bad_sizes_and_uids(tmp_path: Path) -> None:
     reopened = InstanceCache(tmp_path / "c", 100)
     assert reopened.uids() == ["1.2.3"] and not (tmp_path / "c" / ".1.2.3.tmpleft").exists()
     assert (tmp_path / "c" / "notes.txt").exists()
+    assert reopened.discard("1.2.3") is True and reopened.discard("1.2.3") is False
+    assert len(reopened) == 0 and not list((tmp_path / "c").glob("*.dcm"))

@@ -246,6 +246,15 @@ class InstanceCache:
                 os.utime(path)
             return path
 
+    def discard(self, sop_uid: str) -> bool:
+        """Drop an entry (its file too); False when it was not cached."""
+        with self._lock:
+            entry = self._entries.pop(sop_uid, None)
+        if entry is None:
+            return False
+        entry[0].unlink(missing_ok=True)
+        return True
+
     def put(self, sop_uid: str, data: bytes) -> Path:
         """Store ``data`` for ``sop_uid`` and evict least recently used entries over budget."""
         _check_uid(sop_uid, "cache entry")
