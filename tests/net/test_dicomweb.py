@@ -181,8 +181,12 @@ def test_stable_study_watcher_reports_each_study_once(server: OrthancServer, stu
         # a watcher from the start of the feed sees the same studies, once each
         fresh = StableStudyWatcher(archive).poll()
         assert sorted(fresh) == sorted(seen)
-        watcher.close()
-        restarted.close()
+        # a state file that cannot be written: a warning, the watcher still reports
+        (tmp_path / "a-file").write_text("not a folder")
+        unsaved = StableStudyWatcher(archive, state_file=tmp_path / "a-file" / "state.json")
+        assert sorted(unsaved.poll()) == sorted(seen) and unsaved.since == watcher.since
+        for w in (watcher, restarted, unsaved):
+            w.close()
 
 
 def test_stow_stores_the_ai_sr_and_qido_finds_it(archive: DicomWebArchive, studies: dict[str, set[str]],

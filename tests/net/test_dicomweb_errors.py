@@ -7,6 +7,7 @@ body larger than the limit (declared or chunked), no answer in time, another ins
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -56,7 +57,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
-        self.wfile.write(body)
+        with contextlib.suppress(OSError):  # the client gave up first (the slow answer)
+            self.wfile.write(body)
 
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
@@ -83,12 +85,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             chunk = b"\0" * 16384
-            try:
+            with contextlib.suppress(OSError):  # the client hangs up at its limit
                 for _ in range(64):
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 self.wfile.write(b"0\r\n\r\n")
-            except OSError:
-                pass  # the client hung up at its limit
         elif instance == "1.3001":
             self.reply(200, b"", related, length=10 * 1024 * 1024 * 1024)
         elif instance == "1.4000":
@@ -212,3 +212,10 @@ def test_cache_refuses_bad_sizes_and_uids(tmp_path: Path) -> None:
     assert (tmp_path / "c" / "notes.txt").exists()
     assert reopened.discard("1.2.3") is True and reopened.discard("1.2.3") is False
     assert len(reopened) == 0 and not list((tmp_path / "c").glob("*.dcm"))
+    # the cache folder is gone and a file stands in its place: a clear error, no OSError
+    broken = InstanceCache(tmp_path / "gone", 100)
+    (tmp_path / "gone").rmdir()
+    (tmp_path / "gone").write_text("a file")
+    with pytest.raises(DicomWebError) as caught:
+        broken.put("1.2.4", b"z")
+    assert caught.value.code == "cache" and "1.2.4" in str(caught.value)

@@ -116,6 +116,18 @@ def test_start_status_stop_with_authentication(tmp_path: Path) -> None:
     assert not server.pid_file.exists()
 
 
+def test_start_finds_orthanc_again_when_the_recorded_binary_is_gone(tmp_path: Path) -> None:
+    server = new_server(tmp_path / "site")
+    config = json.loads(server.config_file.read_text())
+    config["MammoTriage"]["Binary"] = str(tmp_path / "moved" / "Orthanc")  # a restored folder
+    server.config_file.write_text(json.dumps(config))
+    try:
+        assert OrthancServer.load(server.folder).start().answering
+    finally:
+        server.stop()
+    assert not server.status().running
+
+
 def test_start_failure_names_the_log_file(tmp_path: Path) -> None:
     first = new_server(tmp_path / "one")
     try:

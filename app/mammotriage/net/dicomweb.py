@@ -76,7 +76,8 @@ class DicomWebError(RuntimeError):
     """A DICOMweb call that failed: ``what`` (study or instance), ``reason`` and ``code``.
 
     Codes: ``timeout``, ``unreachable``, ``http`` (``status`` holds the HTTP status),
-    ``not-dicom``, ``too-large``, ``bad-response``, ``refused`` (STOW-RS), ``bad-uid``.
+    ``not-dicom``, ``too-large``, ``bad-response``, ``bad-uid``, ``cache`` (the entry
+    cannot be written: disk full, say).
     """
 
     def __init__(self, what: str, reason: str, code: str, status: int | None = None) -> None:
@@ -222,29 +223,36 @@ class InstanceCache:
     def path_of(self, sop_uid: str) -> Path | None:
         """The entry's file without checking it (None when not cached)."""
         with self._lock:
-            entry = self._entries.get(sop_uid)
-            return entry[0] if entry else None
+            return self._path_locked(sop_uid)
 
     def get(self, sop_uid: str) -> Path | None:
         """The cached file of ``sop_uid``, checked against its sha256; None on a miss."""
         with self._lock:
             entry = self._entries.get(sop_uid)
-            if entry is None:
-                return None
-            path, size, sha = entry
-            try:
-                data = path.read_bytes()
-            except OSError:
-                data = None
-            if data is None or len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+        if entry is None:
+            return None
+        path, size, sha = entry
+        try:  # hashed outside the lock: other threads' hits and puts go on meanwhile
+            data: bytes | None = path.read_bytes()
+        except OSError:
+            data = None
+        intact = data is not None and len(data) == size and hashlib.sha256(data).hexdigest() == sha
+        with self._lock:
+            if self._entries.get(sop_uid) != entry:  # replaced or evicted meanwhile
+                return self._path_locked(sop_uid) if intact else None
+            if not intact:
                 log.warning("cache entry %s of instance %s is corrupt; fetching it again", path, sop_uid)
                 del self._entries[sop_uid]
                 path.unlink(missing_ok=True)
                 return None
             self._entries.move_to_end(sop_uid)
-            with contextlib.suppress(OSError):
-                os.utime(path)
-            return path
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return path
+
+    def _path_locked(self, sop_uid: str) -> Path | None:
+        entry = self._entries.get(sop_uid)
+        return entry[0] if entry else None
 
     def discard(self, sop_uid: str) -> bool:
         """Drop an entry (its file too); False when it was not cached."""
@@ -262,7 +270,11 @@ class InstanceCache:
             raise ValueError(f"instance {sop_uid}: {len(data)} bytes do not fit a cache of {self.max_bytes}")
         sha = hashlib.sha256(data).hexdigest()
         path = self.folder / f"{sop_uid}.{sha}.dcm"
-        write_atomic(path, data)
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            raise DicomWebError(f"instance {sop_uid}", f"cannot write the cache entry {path}: "
+                                f"{exc.strerror or exc}", "cache") from None
         with self._lock:
             old = self._entries.pop(sop_uid, None)
             if old is not None and old[0] != path:
@@ -598,7 +610,10 @@ class StableStudyWatcher:
             return
         self.since = seq
         if self.state_file is not None:
-            write_atomic(self.state_file, (json.dumps({"since": seq}) + "\n").encode())
+            try:
+                write_atomic(self.state_file, (json.dumps({"since": seq}) + "\n").encode())
+            except OSError as exc:  # kept in memory; the next change tries again
+                log.warning("%s: cannot save the watcher state: %s", self.state_file, exc.strerror or exc)
 
     def _study_uid(self, orthanc_id: str) -> str | None:
         if not _ORTHANC_ID.match(orthanc_id):

@@ -459,7 +459,9 @@ class OrthancServer:
             raise OrthancError(f"Orthanc (pid {current.pid}) is running but does not answer on "
                                f"{self.url}; see {self.log_file}")
         data = json.loads(self.config_file.read_text(encoding="utf-8"))
-        binary = find_orthanc(data.get("MammoTriage", {}).get("Binary") or self._binary)
+        stored = data.get("MammoTriage", {}).get("Binary") if isinstance(data, dict) else None
+        # the binary recorded at 'site init', else a search (Orthanc moved, a restored folder)
+        binary = find_orthanc(stored if isinstance(stored, str) and Path(stored).is_file() else None)
         self.credentials()
         with open(self.log_file, "ab") as log:
             log.write(f"--- mammotriage: starting {binary} {self.config_dir}\n".encode())
