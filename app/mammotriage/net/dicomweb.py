@@ -69,7 +69,10 @@ _FRAMING_BYTES = 64 * 1024
 _CHUNK = 1024 * 1024
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _ORTHANC_ID = re.compile(r"^[0-9a-f-]{8,64}$")
-_ACCEPT_INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+#: WADO-RS instance request: as stored (no transcoding), not gzipped by the server (Orthanc
+#: compresses HTTP answers on the fly by default, which costs more than it saves on images).
+_INSTANCE_HEADERS = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+                     "Accept-Encoding": "identity"}
 
 
 class DicomWebError(RuntimeError):
@@ -271,7 +274,7 @@ class InstanceCache:
         sha = hashlib.sha256(data).hexdigest()
         path = self.folder / f"{sop_uid}.{sha}.dcm"
         try:
-            write_atomic(path, data)
+            write_atomic(path, data, durable=False)  # checked on every hit, fetched again if bad
         except OSError as exc:
             raise DicomWebError(f"instance {sop_uid}", f"cannot write the cache entry {path}: "
                                 f"{exc.strerror or exc}", "cache") from None
@@ -491,7 +494,7 @@ class DicomWebArchive:
         limit = self.max_instance_bytes
         deadline = time.monotonic() + self.fetch_deadline_s
         try:
-            with self.session.get(url, headers={"Accept": _ACCEPT_INSTANCE}, stream=True,
+            with self.session.get(url, headers=_INSTANCE_HEADERS, stream=True,
                                   timeout=self.timeout_s) as response:
                 if response.status_code != 200:
                     raise DicomWebError(what, f"the archive answered HTTP {response.status_code} "

@@ -142,11 +142,12 @@ def find_dicomweb_plugin(plugin: str | os.PathLike[str] | None = None,
         f"{INSTALL_HINT}")
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> Path:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, rename).
 
     The file has ``mode`` from its creation on, so a secret is never readable by others,
-    not even for a moment.
+    not even for a moment. ``durable=False`` skips the fsync (a cache entry that is
+    checked on use and can be fetched again): readers still see all or nothing.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
@@ -155,7 +156,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
