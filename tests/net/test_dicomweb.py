@@ -181,6 +181,10 @@ def test_stable_study_watcher_reports_each_study_once(server: OrthancServer, stu
         # a watcher from the start of the feed sees the same studies, once each
         fresh = StableStudyWatcher(archive).poll()
         assert sorted(fresh) == sorted(seen)
+        # a watcher from the end of the feed waits for what comes next
+        from_now = StableStudyWatcher(archive, since=None)
+        assert from_now.since >= watcher.since and from_now.poll() == []
+        from_now.close()
         # a state file that cannot be written: a warning, the watcher still reports
         (tmp_path / "a-file").write_text("not a folder")
         unsaved = StableStudyWatcher(archive, state_file=tmp_path / "a-file" / "state.json")

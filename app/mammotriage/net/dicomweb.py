@@ -586,19 +586,29 @@ class StableStudyWatcher:
     """
 
     def __init__(self, archive: DicomWebArchive, state_file: str | os.PathLike[str] | None = None,
-                 since: int = 0, page: int = 100) -> None:
+                 since: int | None = 0, page: int = 100) -> None:
+        """``since``: the change to start after when there is no state yet; 0 is the start of
+        the feed (every study stable so far), None its current end (only what comes next;
+        asks the archive, so it raises :class:`DicomWebError` when it cannot be reached)."""
         self.url = archive.url
         self.timeout_s = archive.timeout_s
         self.session = archive.new_session()
         self.state_file = Path(state_file) if state_file is not None else None
         self.page = page
-        self.since = since
+        self.since = 0
+        saved = None
         if self.state_file is not None and self.state_file.exists():
             try:
-                self.since = int(json.loads(self.state_file.read_text(encoding="utf-8"))["since"])
+                saved = int(json.loads(self.state_file.read_text(encoding="utf-8"))["since"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("%s: unreadable watcher state (%s); starting from change %d",
-                            self.state_file, exc, since)
+                log.warning("%s: unreadable watcher state (%s); starting afresh", self.state_file, exc)
+        if saved is not None:
+            self.since = saved
+        elif since is None:
+            last = self._get("Orthanc changes feed", "/changes", last="")
+            self._advance(last.get("Last", 0) if isinstance(last, dict) and isinstance(last.get("Last"), int) else 0)
+        else:
+            self.since = since
 
     def _get(self, what: str, path: str, **params: Any) -> Any:
         try:
