@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import pydicom
 import pytest
 import requests
 from orthancsupport import new_server, require_orthanc
@@ -126,6 +127,37 @@ def test_start_finds_orthanc_again_when_the_recorded_binary_is_gone(tmp_path: Pa
     finally:
         server.stop()
     assert not server.status().running
+
+
+def test_allowed_senders_only_may_store(tmp_path: Path) -> None:
+    require_orthanc()
+    from netsupport import free_port, storescu
+
+    from mtsupport import write_mg
+
+    with pytest.raises(NetworkConfigError, match="host names are not accepted"):
+        OrthancServer(tmp_path, allowed_senders={"PACS": ("pacs.example", 104)})
+    server = OrthancServer(tmp_path / "site", free_port(), free_port(),
+                           allowed_senders={"MODALITY": ("127.0.0.1", 104)})
+    server.write_config()
+    loaded = OrthancServer.load(server.folder)
+    assert loaded.allowed_senders == {"MODALITY": ("127.0.0.1", 104)}
+    intruder_image, image = write_mg(tmp_path / "intruder.dcm"), write_mg(tmp_path / "one.dcm")
+    try:
+        server.start()
+        refused = storescu(server.dicom_port, [intruder_image], calling="INTRUDER", called=server.aet)
+        assert refused.returncode != 0 and "Store Failed" in refused.stdout + refused.stderr
+        stored = storescu(server.dicom_port, [image], calling="MODALITY", called=server.aet)
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+        wrong_aet = storescu(server.dicom_port, [image], calling="MODALITY", called="OTHER")
+        assert "Association Rejected" in wrong_aet.stdout + wrong_aet.stderr
+        ids = requests.get(server.url + "/instances", auth=server.credentials(), timeout=10).json()
+        assert len(ids) == 1
+        tags = requests.get(f"{server.url}/instances/{ids[0]}/simplified-tags", auth=server.credentials(),
+                            timeout=10).json()
+        assert tags["SOPInstanceUID"] == str(pydicom.dcmread(image).SOPInstanceUID)
+    finally:
+        server.stop()
 
 
 def test_start_failure_names_the_log_file(tmp_path: Path) -> None:

@@ -36,13 +36,14 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from mammotriage.net.settings import NetworkConfigError, validate_ae_title
+from mammotriage.net.settings import NetworkConfigError, normalise_host, validate_ae_title
 
 __all__ = [
     "DEFAULT_AE_TITLE",
@@ -231,6 +232,11 @@ class OrthancServer:
     remote_access
         Let other hosts reach the HTTP server (workstations on the site network);
         ``False`` (default) answers only this host.
+    allowed_senders
+        ``{AE title: (IP address, port)}`` of the PACS and modalities allowed to store
+        (C-STORE) into the archive, checked by calling AE title and host; the port is
+        where Orthanc reaches that peer. ``None`` (default): any calling AE title may
+        store (let the host firewall decide).
     binary, plugin
         The Orthanc executable and the DICOMweb plugin; found by :func:`find_orthanc`
         and :func:`find_dicomweb_plugin` when not given (at :meth:`write_config`).
@@ -239,6 +245,7 @@ class OrthancServer:
     def __init__(self, folder: str | os.PathLike[str], http_port: int = DEFAULT_HTTP_PORT,
                  dicom_port: int = DEFAULT_DICOM_PORT, aet: str = DEFAULT_AE_TITLE, *,
                  stable_age_s: int = 60, remote_access: bool = False,
+                 allowed_senders: Mapping[str, tuple[str, int]] | None = None,
                  binary: str | os.PathLike[str] | None = None,
                  plugin: str | os.PathLike[str] | None = None,
                  name: str = "Mammo Triage site archive") -> None:
@@ -252,6 +259,15 @@ class OrthancServer:
             raise NetworkConfigError(f"stable age must be a whole number of seconds >= 1, not {stable_age_s!r}")
         self.stable_age_s = stable_age_s
         self.remote_access = bool(remote_access)
+        self.allowed_senders: dict[str, tuple[str, int]] | None = None
+        if allowed_senders is not None:
+            self.allowed_senders = {}
+            for title, peer in allowed_senders.items():
+                aet = validate_ae_title(title, "sender AE title")
+                if not isinstance(peer, (tuple, list)) or len(peer) != 2:
+                    raise NetworkConfigError(f"sender {aet}: expected (IP address, port), not {peer!r}")
+                self.allowed_senders[aet] = (normalise_host(peer[0], f"address of sender {aet}"),
+                                             _check_port(peer[1], f"port of sender {aet}"))
         self.name = name
         self._binary = binary
         self._plugin = plugin
@@ -316,10 +332,13 @@ class OrthancServer:
         try:
             site = data["MammoTriage"]
             plugins = data["Plugins"]
+            senders = None
+            if not data["DicomAlwaysAllowStore"]:
+                senders = {m["AET"]: (m["Host"], m["Port"]) for m in data["DicomModalities"].values()}
             return cls(folder, http_port=data["HttpPort"], dicom_port=data["DicomPort"],
                        aet=data["DicomAet"], stable_age_s=data["StableAge"],
-                       remote_access=data["RemoteAccessAllowed"], binary=site["Binary"],
-                       plugin=plugins[0], name=data["Name"])
+                       remote_access=data["RemoteAccessAllowed"], allowed_senders=senders,
+                       binary=site["Binary"], plugin=plugins[0], name=data["Name"])
         except (KeyError, IndexError, TypeError) as exc:
             raise OrthancError(f"{path}: not a configuration written by 'site init' ({exc!r} missing)") from None
 
@@ -346,7 +365,12 @@ class OrthancServer:
             "DicomCheckCalledAet": True,
             "DicomPort": self.dicom_port,
             "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowStore": self.allowed_senders is None,
+            "DicomCheckModalityHost": self.allowed_senders is not None,
+            "DicomModalities": {
+                f"sender{n}": {"AET": aet, "Host": host, "Port": port, "AllowStore": True}
+                for n, (aet, (host, port)) in enumerate(sorted((self.allowed_senders or {}).items()), 1)
+            },
             "DicomTlsEnabled": False,
             "UnknownSopClassAccepted": False,
             "StableAge": self.stable_age_s,
