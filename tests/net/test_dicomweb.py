@@ -193,6 +193,39 @@ def test_stable_study_watcher_reports_each_study_once(server: OrthancServer, stu
             w.close()
 
 
+def test_watcher_follows_a_study_sent_while_it_runs(server: OrthancServer, tmp_path: Path) -> None:
+    exam_dir = tmp_path / "late"
+    write_demo_set(exam_dir, 1, seed=1903, rows=ROWS, columns=COLUMNS)
+    files = sorted(exam_dir.rglob("*.dcm"))
+    late_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with DicomWebArchive.for_server(server, tmp_path / "cache", 1024 * 1024) as archive:
+        watcher = StableStudyWatcher(archive, since=None)  # only what comes from now on
+        seen: list[str] = []
+        stop = threading.Event()
+        deadline = time.monotonic() + 60
+
+        def collect() -> None:
+            for uid in watcher.follow(stop, interval_s=0.3):
+                seen.append(uid)
+                if uid == late_uid:
+                    stop.set()
+
+        def watchdog() -> None:
+            while not stop.is_set() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            stop.set()
+
+        threads = [threading.Thread(target=collect, daemon=True), threading.Thread(target=watchdog, daemon=True)]
+        for t in threads:
+            t.start()
+        result = storescu(server.dicom_port, files, calling="MODALITY", called=server.aet)
+        assert result.returncode == 0, result.stdout[-2000:]
+        for t in threads:
+            t.join(timeout=90)
+        watcher.close()
+    assert seen == [late_uid]
+
+
 def test_stow_stores_the_ai_sr_and_qido_finds_it(archive: DicomWebArchive, studies: dict[str, set[str]],
                                                  sent: dict[str, Path]) -> None:
     study = sorted(studies)[0]
