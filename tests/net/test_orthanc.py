@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -49,6 +50,23 @@ def test_write_config_is_complete_and_keeps_secrets_private(tmp_path: Path) -> N
     assert (loaded.http_port, loaded.dicom_port, loaded.aet) == (server.http_port + 1, server.dicom_port + 1,
                                                                  "MT_ARCHIVE")
     assert loaded.stable_age_s == 60 and loaded.remote_access is False
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c.pop("HttpPort"),
+    lambda c: c.update(DicomAlwaysAllowStore=False, DicomModalities=["not", "a", "mapping"]),
+    lambda c: c.update(HttpPort="eighty"),
+])
+def test_load_refuses_a_damaged_configuration(tmp_path: Path, edit) -> None:
+    server = new_server(tmp_path / "site")
+    config = json.loads(server.config_file.read_text())
+    edit(config)
+    server.config_file.write_text(json.dumps(config))
+    with pytest.raises(OrthancError, match=re.escape(str(server.config_file))):
+        OrthancServer.load(server.folder)
+    server.config_file.write_text("{broken")
+    with pytest.raises(OrthancError, match="cannot read"):
+        OrthancServer.load(server.folder)
 
 
 def test_credentials_readable_by_others_are_refused(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ The "study complete" signal is Orthanc's ``StableStudy`` change (no new instance
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -339,8 +340,10 @@ class OrthancServer:
                        aet=data["DicomAet"], stable_age_s=data["StableAge"],
                        remote_access=data["RemoteAccessAllowed"], allowed_senders=senders,
                        binary=site["Binary"], plugin=plugins[0], name=data["Name"])
-        except (KeyError, IndexError, TypeError) as exc:
-            raise OrthancError(f"{path}: not a configuration written by 'site init' ({exc!r} missing)") from None
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise OrthancError(f"{path}: not a configuration written by 'site init' ({exc!r})") from None
+        except NetworkConfigError as exc:
+            raise OrthancError(f"{path}: {exc}") from None
 
     def configuration(self, binary: Path, plugin: Path) -> dict[str, Any]:
         """The Orthanc configuration (without the credentials, which have their own file)."""
@@ -520,13 +523,15 @@ class OrthancServer:
             self.pid_file.unlink(missing_ok=True)
             self._reap()
             return False
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have just exited
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while self._alive(pid) and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.05)
         if self._alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             while self._alive(pid):
                 self._reap()
                 time.sleep(0.05)
