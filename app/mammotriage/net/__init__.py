@@ -22,8 +22,15 @@ selfcheck
     ``mammotriage selfcheck``.
 commands
     ``add_net_commands(subparsers)`` for the command line.
+orthanc
+    Site mode: :class:`~mammotriage.net.orthanc.OrthancServer`, the site's image
+    archive (configuration, credentials, start/stop/status).
+dicomweb
+    Site mode: :class:`~mammotriage.net.dicomweb.DicomWebArchive` (QIDO-RS, WADO-RS into
+    a byte-bounded cache, STOW-RS) and the stable-study watcher.
 
-Importing this package is light: pynetdicom is imported by the modules that use it.
+Importing this package is light: pynetdicom, requests and dicomweb-client are imported
+by the modules that use them.
 """
 
 from mammotriage.net.completion import StudyCompletionTracker

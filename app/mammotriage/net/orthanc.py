@@ -1,0 +1,564 @@
+"""The site's image archive: an Orthanc server with the DICOMweb plugin.
+
+:class:`OrthancServer` owns one folder::
+
+    DIR/
+      config/orthanc.json       the configuration (no secrets; Orthanc merges the folder)
+      config/credentials.json   the generated REST/DICOMweb user and password (mode 0600)
+      storage/                  Orthanc's storage area (the DICOM files)
+      index/                    Orthanc's SQLite index
+      orthanc.pid               the running server's process id
+      orthanc.log               Orthanc's log (stdout and stderr, appended)
+
+``site init DIR`` is :meth:`OrthancServer.write_config`; ``site start|stop|status`` are
+:meth:`~OrthancServer.start`, :meth:`~OrthancServer.stop` and
+:meth:`~OrthancServer.status` of :meth:`OrthancServer.load` ``(DIR)``.
+
+Security defaults: HTTP authentication on (one generated user), remote HTTP access off
+(Orthanc answers only connections from this host; Orthanc 1.10 has no bind address
+option, so the DICOM port listens on every interface and the called AE title is
+checked), the Orthanc Explorer, WebDAV, Lua execution and REST writes to the file
+system off. No TLS yet (see ``docs/hospital-it.md``).
+
+The "study complete" signal is Orthanc's ``StableStudy`` change (no new instance for
+``stable_age_s`` seconds), read from the ``/changes`` REST feed by
+:class:`mammotriage.net.dicomweb.StableStudyWatcher`; no Lua script is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from mammotriage.net.settings import NetworkConfigError, normalise_host, validate_ae_title
+
+__all__ = [
+    "DEFAULT_AE_TITLE",
+    "DEFAULT_DICOM_PORT",
+    "DEFAULT_HTTP_PORT",
+    "DICOMWEB_ROOT",
+    "OrthancError",
+    "OrthancNotFoundError",
+    "OrthancServer",
+    "OrthancStartError",
+    "OrthancStatus",
+    "find_dicomweb_plugin",
+    "find_orthanc",
+    "read_credentials",
+    "write_atomic",
+]
+
+DEFAULT_AE_TITLE = "MT_ARCHIVE"
+DEFAULT_HTTP_PORT = 8042
+DEFAULT_DICOM_PORT = 4242
+#: Root of the DICOMweb API below the HTTP server (QIDO-RS, WADO-RS, STOW-RS).
+DICOMWEB_ROOT = "/dicom-web"
+DEFAULT_USER = "mammotriage"
+
+#: Where Debian (``orthanc``), a local build and the official packages put the binary.
+ORTHANC_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/local/sbin/Orthanc", "/usr/local/bin/Orthanc",
+                      "/usr/bin/Orthanc")
+#: Debian's ``orthanc-dicomweb`` links the plugin into the first folder.
+PLUGIN_FOLDERS = ("/usr/share/orthanc/plugins", "/usr/local/share/orthanc/plugins",
+                  "/usr/lib/orthanc", "/usr/local/lib/orthanc")
+PLUGIN_PREFIX = "libOrthancDicomWeb.so"
+INSTALL_HINT = "install Debian's orthanc and orthanc-dicomweb packages (apt-get install orthanc orthanc-dicomweb)"
+
+
+class OrthancError(RuntimeError):
+    """The archive server cannot be configured, started or stopped; the message says why."""
+
+
+class OrthancNotFoundError(OrthancError):
+    """The Orthanc binary or its DICOMweb plugin is not installed."""
+
+
+class OrthancStartError(OrthancError):
+    """Orthanc did not come up; the message names the log file and quotes its end."""
+
+    def __init__(self, message: str, log_file: Path) -> None:
+        super().__init__(message)
+        self.log_file = log_file
+
+
+def find_orthanc(binary: str | os.PathLike[str] | None = None) -> Path:
+    """The Orthanc executable: ``binary`` if given, else PATH, then the usual places."""
+    if binary is not None:
+        path = Path(binary)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise OrthancNotFoundError(f"Orthanc binary {path} does not exist or is not executable")
+    for name in ("Orthanc", "orthanc"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    for candidate in ORTHANC_CANDIDATES:
+        path = Path(candidate)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise OrthancNotFoundError(
+        f"Orthanc not found (looked on PATH and in {', '.join(ORTHANC_CANDIDATES)}): {INSTALL_HINT}")
+
+
+def find_dicomweb_plugin(plugin: str | os.PathLike[str] | None = None,
+                         binary: Path | None = None) -> Path:
+    """The DICOMweb plugin library: ``plugin`` if given, else the Debian and local folders.
+
+    The folder ``../share/orthanc/plugins`` beside the binary is searched too (an
+    Orthanc installed under its own prefix).
+    """
+    if plugin is not None:
+        path = Path(plugin)
+        if path.is_file():
+            return path
+        raise OrthancNotFoundError(f"DICOMweb plugin {path} does not exist")
+    folders = list(PLUGIN_FOLDERS)
+    if binary is not None:
+        folders.append(str(binary.resolve().parent.parent / "share" / "orthanc" / "plugins"))
+    for folder in folders:
+        base = Path(folder)
+        if not base.is_dir():
+            continue
+        exact = base / PLUGIN_PREFIX
+        if exact.exists():
+            return exact
+        versioned = sorted(p for p in base.glob(PLUGIN_PREFIX + "*") if p.is_file())
+        if versioned:
+            return versioned[-1]
+    raise OrthancNotFoundError(
+        f"the Orthanc DICOMweb plugin ({PLUGIN_PREFIX}) was not found in {', '.join(folders)}: "
+        f"{INSTALL_HINT}")
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, rename).
+
+    The file has ``mode`` from its creation on, so a secret is never readable by others,
+    not even for a moment. ``durable=False`` skips the fsync (a cache entry that is
+    checked on use and can be fetched again): readers still see all or nothing.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_credentials(path: Path) -> tuple[str, str]:
+    """(user, password) from a ``credentials.json`` written by :meth:`OrthancServer.write_config`.
+
+    Refuses a file that others can read (like ssh does with a private key).
+    """
+    try:
+        mode = path.stat().st_mode
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OrthancError(f"{path}: no credentials file; run 'site init' first") from None
+    except (OSError, ValueError) as exc:
+        raise OrthancError(f"{path}: cannot read the archive credentials: {exc}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise OrthancError(
+            f"{path}: the archive credentials are readable by others (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 {path}")
+    users = data.get("RegisteredUsers") if isinstance(data, dict) else None
+    if not isinstance(users, dict) or len(users) != 1:
+        raise OrthancError(f"{path}: expected one user in RegisteredUsers")
+    (user, password), = users.items()
+    if not isinstance(user, str) or not isinstance(password, str) or not user or not password:
+        raise OrthancError(f"{path}: the user and password must be non-empty text")
+    return user, password
+
+
+def _check_port(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise NetworkConfigError(f"{what} must be a TCP port 1..65535, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class OrthancStatus:
+    """What :meth:`OrthancServer.status` found (``to_json`` for ``site status --json``)."""
+
+    folder: str
+    running: bool
+    answering: bool
+    pid: int | None
+    http_port: int
+    dicom_port: int
+    ae_title: str
+    version: str | None
+    log_file: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class OrthancServer:
+    """An Orthanc archive living in ``folder``: its configuration and its process.
+
+    Parameters
+    ----------
+    folder
+        The server's folder (created by :meth:`write_config`).
+    http_port, dicom_port
+        The REST/DICOMweb port and the DICOM (C-STORE SCP) port.
+    aet
+        Orthanc's AE title; modalities and PACS must call it (the called AE title is checked).
+    stable_age_s
+        Seconds without a new instance after which Orthanc declares a study stable.
+    remote_access
+        Let other hosts reach the HTTP server (workstations on the site network);
+        ``False`` (default) answers only this host.
+    allowed_senders
+        ``{AE title: (IP address, port)}`` of the PACS and modalities allowed to store
+        (C-STORE) into the archive, checked by calling AE title and host; the port is
+        where Orthanc reaches that peer. ``None`` (default): any calling AE title may
+        store (let the host firewall decide).
+    binary, plugin
+        The Orthanc executable and the DICOMweb plugin; found by :func:`find_orthanc`
+        and :func:`find_dicomweb_plugin` when not given (at :meth:`write_config`).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], http_port: int = DEFAULT_HTTP_PORT,
+                 dicom_port: int = DEFAULT_DICOM_PORT, aet: str = DEFAULT_AE_TITLE, *,
+                 stable_age_s: int = 60, remote_access: bool = False,
+                 allowed_senders: Mapping[str, tuple[str, int]] | None = None,
+                 binary: str | os.PathLike[str] | None = None,
+                 plugin: str | os.PathLike[str] | None = None,
+                 name: str = "Mammo Triage site archive") -> None:
+        self.folder = Path(folder).absolute()
+        self.http_port = _check_port(http_port, "HTTP port")
+        self.dicom_port = _check_port(dicom_port, "DICOM port")
+        if self.http_port == self.dicom_port:
+            raise NetworkConfigError(f"the HTTP and DICOM ports must differ (both {http_port})")
+        self.aet = validate_ae_title(aet, "archive AE title")
+        if isinstance(stable_age_s, bool) or not isinstance(stable_age_s, int) or stable_age_s < 1:
+            raise NetworkConfigError(f"stable age must be a whole number of seconds >= 1, not {stable_age_s!r}")
+        self.stable_age_s = stable_age_s
+        self.remote_access = bool(remote_access)
+        self.allowed_senders: dict[str, tuple[str, int]] | None = None
+        if allowed_senders is not None:
+            self.allowed_senders = {}
+            for title, peer in allowed_senders.items():
+                aet = validate_ae_title(title, "sender AE title")
+                if not isinstance(peer, (tuple, list)) or len(peer) != 2:
+                    raise NetworkConfigError(f"sender {aet}: expected (IP address, port), not {peer!r}")
+                self.allowed_senders[aet] = (normalise_host(peer[0], f"address of sender {aet}"),
+                                             _check_port(peer[1], f"port of sender {aet}"))
+        self.name = name
+        self._binary = binary
+        self._plugin = plugin
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def config_dir(self) -> Path:
+        return self.folder / "config"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "orthanc.json"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.config_dir / "credentials.json"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.folder / "storage"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.folder / "index"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.folder / "orthanc.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "orthanc.log"
+
+    @property
+    def url(self) -> str:
+        """The REST API's root on this host."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (QIDO-RS, WADO-RS, STOW-RS) on this host."""
+        return self.url + DICOMWEB_ROOT
+
+    def credentials(self) -> tuple[str, str]:
+        """(user, password) of the generated account."""
+        return read_credentials(self.credentials_file)
+
+    # ------------------------------------------------------------------ configuration
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> OrthancServer:
+        """The server :meth:`write_config` set up in ``folder`` (ports, AE title, binary)."""
+        path = Path(folder).absolute() / "config" / "orthanc.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise OrthancError(f"{path}: no archive configuration; run 'site init' first") from None
+        except (OSError, ValueError) as exc:
+            raise OrthancError(f"{path}: cannot read the archive configuration: {exc}") from None
+        try:
+            site = data["MammoTriage"]
+            plugins = data["Plugins"]
+            senders = None
+            if not data["DicomAlwaysAllowStore"]:
+                senders = {m["AET"]: (m["Host"], m["Port"]) for m in data["DicomModalities"].values()}
+            return cls(folder, http_port=data["HttpPort"], dicom_port=data["DicomPort"],
+                       aet=data["DicomAet"], stable_age_s=data["StableAge"],
+                       remote_access=data["RemoteAccessAllowed"], allowed_senders=senders,
+                       binary=site["Binary"], plugin=plugins[0], name=data["Name"])
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise OrthancError(f"{path}: not a configuration written by 'site init' ({exc!r})") from None
+        except NetworkConfigError as exc:
+            raise OrthancError(f"{path}: {exc}") from None
+
+    def configuration(self, binary: Path, plugin: Path) -> dict[str, Any]:
+        """The Orthanc configuration (without the credentials, which have their own file)."""
+        return {
+            "Name": self.name,
+            "StorageDirectory": str(self.storage_dir),
+            "IndexDirectory": str(self.index_dir),
+            "StorageCompression": False,
+            "MaximumStorageSize": 0,
+            "MaximumPatientCount": 0,
+            "Plugins": [str(plugin)],
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "HttpDescribeErrors": True,
+            "OrthancExplorerEnabled": False,
+            "WebDavEnabled": False,
+            "RemoteAccessAllowed": self.remote_access,
+            "AuthenticationEnabled": True,
+            "SslEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": self.aet,
+            "DicomCheckCalledAet": True,
+            "DicomPort": self.dicom_port,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": self.allowed_senders is None,
+            "DicomCheckModalityHost": self.allowed_senders is not None,
+            "DicomModalities": {
+                f"sender{n}": {"AET": aet, "Host": host, "Port": port, "AllowStore": True}
+                for n, (aet, (host, port)) in enumerate(sorted((self.allowed_senders or {}).items()), 1)
+            },
+            "DicomTlsEnabled": False,
+            "UnknownSopClassAccepted": False,
+            "StableAge": self.stable_age_s,
+            "OverwriteInstances": False,
+            "ExecuteLuaEnabled": False,
+            "RestApiWriteToFileSystemEnabled": False,
+            "SaveJobs": False,
+            "DeidentifyLogs": True,
+            "HttpsCACertificates": "",
+            "DicomWeb": {
+                "Enable": True,
+                "Root": DICOMWEB_ROOT + "/",
+                "EnableWado": False,
+                "Ssl": False,
+            },
+            # Ignored by Orthanc; read back by OrthancServer.load.
+            "MammoTriage": {"Binary": str(binary), "Version": 1},
+        }
+
+    def write_config(self) -> Path:
+        """Write the configuration folder (``site init DIR``); returns ``config/orthanc.json``.
+
+        The credentials are generated once: writing the configuration again (new
+        ports, say) keeps the existing user and password, so clients keep working.
+        """
+        binary = find_orthanc(self._binary)
+        plugin = find_dicomweb_plugin(self._plugin, binary)
+        for sub in (self.folder, self.config_dir, self.storage_dir, self.index_dir):
+            sub.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.config_dir, 0o700)
+        os.chmod(self.storage_dir, 0o700)
+        os.chmod(self.index_dir, 0o700)
+        if not self.credentials_file.exists():
+            users = {DEFAULT_USER: secrets.token_urlsafe(24)}
+            write_atomic(self.credentials_file,
+                         (json.dumps({"RegisteredUsers": users}, indent=2) + "\n").encode(), 0o600)
+        self.credentials()  # refuses a file others can read
+        text = json.dumps(self.configuration(binary, plugin), indent=2) + "\n"
+        return write_atomic(self.config_file, text.encode(), 0o600)
+
+    # ------------------------------------------------------------------ process
+
+    def _read_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid > 0 else None
+
+    def _alive(self, pid: int) -> bool:
+        """True when ``pid`` is a running Orthanc of this folder (not a reused id)."""
+        if self._proc is not None and self._proc.pid == pid and self._proc.poll() is not None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False  # some other user's process: not ours
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.exists():
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+                stat_text = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return False
+            if stat_text.rsplit(")", 1)[-1].split()[0] == "Z":
+                return False
+            return str(self.config_dir).encode() in args
+        return True
+
+    def _answer(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """Orthanc's ``/system`` when the REST API answers with our credentials, else None."""
+        try:
+            auth = self.credentials()
+        except OrthancError:
+            return None
+        try:
+            response = requests.get(self.url + "/system", auth=auth, timeout=timeout)
+        except requests.RequestException:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    def _log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        tail = [line for line in text.splitlines() if line.strip()][-lines:]
+        return "\n".join(tail) or "(empty log)"
+
+    def start(self, timeout_s: float = 30.0) -> OrthancStatus:
+        """Start Orthanc in the background and wait until its REST API answers.
+
+        Orthanc runs in its own session (it outlives the command that started it) and
+        its process id goes to ``orthanc.pid``. Starting a running server only reports
+        its status. Raises :class:`OrthancStartError`, naming the log file, when
+        Orthanc exits or does not answer within ``timeout_s``.
+        """
+        if not self.config_file.exists():
+            raise OrthancError(f"{self.config_file}: no archive configuration; run 'site init' first")
+        current = self.status()
+        if current.running:
+            if current.answering:
+                return current
+            raise OrthancError(f"Orthanc (pid {current.pid}) is running but does not answer on "
+                               f"{self.url}; see {self.log_file}")
+        data = json.loads(self.config_file.read_text(encoding="utf-8"))
+        stored = data.get("MammoTriage", {}).get("Binary") if isinstance(data, dict) else None
+        # the binary recorded at 'site init', else a search (Orthanc moved, a restored folder)
+        binary = find_orthanc(stored if isinstance(stored, str) and Path(stored).is_file() else None)
+        self.credentials()
+        with open(self.log_file, "ab") as log:
+            log.write(f"--- mammotriage: starting {binary} {self.config_dir}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                [str(binary), str(self.config_dir)], cwd=self.folder, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        write_atomic(self.pid_file, f"{self._proc.pid}\n".encode())
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise OrthancStartError(
+                    f"Orthanc exited with status {code} while starting; see {self.log_file}:\n"
+                    f"{self._log_tail()}", self.log_file)
+            if self._answer() is not None:
+                return self.status()
+            if time.monotonic() > deadline:
+                self.stop()
+                raise OrthancStartError(
+                    f"Orthanc did not answer on {self.url} within {timeout_s:.0f} s; see "
+                    f"{self.log_file}:\n{self._log_tail()}", self.log_file)
+            time.sleep(0.1)
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``); False if none ran."""
+        pid = self._read_pid()
+        if pid is None or not self._alive(pid):
+            self.pid_file.unlink(missing_ok=True)
+            self._reap()
+            return False
+        with contextlib.suppress(ProcessLookupError):  # it may have just exited
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while self._alive(pid) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        if self._alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while self._alive(pid):
+                self._reap()
+                time.sleep(0.05)
+        self._reap()
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def _reap(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None
+
+    def status(self) -> OrthancStatus:
+        """Whether the server runs (pid file and process) and answers (REST ``/system``)."""
+        pid = self._read_pid()
+        running = pid is not None and self._alive(pid)
+        system = self._answer() if running else None
+        if not self.config_file.exists():
+            detail = "not configured (run 'site init')"
+        elif not running:
+            detail = "stopped" if pid is None else f"stopped (stale pid file {self.pid_file})"
+        elif system is None:
+            detail = f"running but not answering on {self.url}; see {self.log_file}"
+        else:
+            detail = f"running, REST on {self.url}, DICOM {self.aet} on port {self.dicom_port}"
+        version = system.get("Version") if system else None
+        return OrthancStatus(
+            folder=str(self.folder), running=running, answering=system is not None,
+            pid=pid if running else None, http_port=self.http_port, dicom_port=self.dicom_port,
+            ae_title=self.aet, version=version if isinstance(version, str) else None,
+            log_file=str(self.log_file), detail=detail)
