@@ -407,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "app's signed-in reader)")
     p.set_defaults(func=cmd_worklist)
 
+    from mammotriage.net.site import add_site_commands
+
+    add_site_commands(sub)
+
     from mammotriage.viewer.double_reading import add_double_reading_command
 
     add_double_reading_command(sub)
