@@ -36,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np
-from PySide6.QtCore import QElapsedTimer, QTimer
+from PySide6.QtCore import QElapsedTimer, QEvent, QTimer
 from PySide6.QtWidgets import QApplication
 
 
@@ -57,7 +57,12 @@ def drag_deltas(n: int) -> list[tuple[float, float]]:
     return [(float(rng.normal(0, 6)), float(rng.normal(0, 6))) for _ in range(n)]
 
 
-def bench_window_level(app: QApplication, views: dict, n: int) -> dict[str, float]:
+def bench_window_level(app: QApplication, views: dict, n: int, profile: bool = False) -> dict[str, float]:
+    """W/L drag frames; wall clock and the UI thread's CPU time per frame (on a loaded
+    machine the CPU time is the figure that says what the viewer itself costs)."""
+    import cProfile
+    import pstats
+
     from mammotriage.ui.hanging_view import HangingView
 
     results = {}
@@ -74,14 +79,32 @@ def bench_window_level(app: QApplication, views: dict, n: int) -> dict[str, floa
         app.processEvents()
         for pane in hanging.panes.values():
             pane.repaint()
-        times = []
+        times, cpu = [], []
+        profiler = cProfile.Profile() if profile else None
+        if profiler is not None:
+            profiler.enable()
+        panes = [hanging.panes[slot] for slot in slots]
+        paints = sum(p.paints for p in panes)
         for dy, dx in drag_deltas(n):
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             hanging._on_window_drag(slots[0], dy * 5, dx * 5)
-            for slot in slots:
-                hanging.panes[slot].repaint()
+            # the frame as the event loop paints it: the panes' updates in one repaint
+            # (each pane once), delivered now instead of at the next loop iteration
+            app.sendPostedEvents(None, QEvent.Type.UpdateRequest)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+        per_frame = (sum(p.paints for p in panes) - paints) / (n * len(panes))
+        print(f"{label}_paints_per_pane_per_frame {per_frame:.2f}")
+        if per_frame < 1:
+            raise SystemExit(f"{label}: panes were not repainted every frame ({per_frame:.2f} paints a frame)")
+        if profiler is not None:
+            profiler.disable()
+            stats = pstats.Stats(profiler, stream=sys.stderr)
+            print(f"--- profile of {label} ({n} frames), to stderr", file=sys.stderr)
+            stats.sort_stats("tottime").print_stats(18)
         report(label, times)
+        report(label + "_cpu", cpu)
         results[label] = pct(times, 50)
         results[label + "_p95"] = pct(times, 95)
         hanging.close()
@@ -281,6 +304,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--only-open", action="store_true", help="only the exam open and prefetch figures")
+    parser.add_argument("--only-wl", action="store_true", help="only our window/level figures (no pyqtgraph)")
+    parser.add_argument("--explicit", action="store_true",
+                        help="with --only-wl: write the views uncompressed (the same pixels, decoded at once)")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the window/level drags (the top functions go to stderr)")
     parser.add_argument("--reference-events", type=int, default=30,
                         help="drag events for pyqtgraph (it re-downsamples the full image every frame)")
     args = parser.parse_args()
@@ -293,7 +321,7 @@ def main() -> None:
         exam_dirs = []
         for k in (1, 2):
             exam = generate_exam(21, exam_number=k, rows=4096, columns=3328, bits_stored=16,
-                                 transfer_syntax="jpeg2000")
+                                 transfer_syntax="explicit" if args.only_wl and args.explicit else "jpeg2000")
             folder = Path(tmp) / f"exam{k}"
             exam.save(folder)
             exam_dirs.append(folder)
@@ -302,7 +330,10 @@ def main() -> None:
             sys.stdout.flush()
             os._exit(0)
         views = {p.stem: load_view(str(p)) for p in sorted(exam_dirs[0].glob("*.dcm"))}
-        ours = bench_window_level(app, views, args.events)
+        ours = bench_window_level(app, views, args.events, args.profile)
+        if args.only_wl:
+            sys.stdout.flush()
+            os._exit(0)
         pg50, pg95 = bench_pyqtgraph(app, [views["LCC"].levels[0]], args.reference_events,
                                     "pyqtgraph_imageitem_relevel")
         print(f"ratio_wl_one_pane_to_pyqtgraph_p50 {ours['wl_one_pane'] / pg50:.3f}")
