@@ -20,8 +20,11 @@ Xvfb (what the cold-open goals are measured on):
    full resolution) as a ratio to the parallel bare-decode floor measured in the same
    run (the four files decoded by as many processes as the viewer has, nothing else;
    goal <= 1.2), and the longest event-loop gap meanwhile (goal <= 50 ms).
-3. The next exam decoded ahead (prefetch): the UI's longest event-loop gap meanwhile
-   (goal <= 50 ms), and its open time once prefetched.
+3. The next exam decoded ahead (prefetch): the UI's longest event-loop gap while its
+   four views are really being decoded (goal <= 50 ms; the benchmark drops them from
+   the cache, hands them to the loader's prefetch and checks that a decode was in
+   flight for most of the window, printed as ``ui_decode_in_flight_s``), and its open
+   time once prefetched.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np
 from PySide6.QtCore import QElapsedTimer, QEvent, QTimer
+from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
 
@@ -76,6 +80,8 @@ def bench_window_level(app: QApplication, views: dict, n: int, profile: bool = F
             else:
                 hanging.panes[slot].hide()
         hanging.show()
+        if not QTest.qWaitForWindowExposed(hanging, 10000):  # an unexposed window paints nothing
+            raise SystemExit(f"{label}: the window was not exposed")
         app.processEvents()
         for pane in hanging.panes.values():
             pane.repaint()
@@ -234,6 +240,49 @@ class GapMeter:
         return self.gaps or [0.0]
 
 
+def gaps_while_decoding(app: QApplication, loader, paths: list[str], meter: GapMeter,
+                        timeout: float = 600.0) -> dict[str, float]:
+    """The event loop's gaps while ``paths`` are really decoded in the background.
+
+    The views are dropped from the cache and handed to the loader's prefetch (what the
+    window does for the next exams), and the meter runs until all of them are decoded.
+    Raises ``RuntimeError`` when no decode was in flight during the window (the figure
+    would say nothing about the UI under decoding, as the old one, measured after the
+    loader had gone idle, did). ``in_flight_s``: the time some decode was running,
+    sampled at every tick of the meter.
+    """
+    for path in paths:
+        loader.cache.discard(path)
+    if hasattr(loader, "prefetch"):
+        loader.prefetch(paths)
+    else:
+        for path in paths:
+            loader.request(path)
+    running = {"s": 0.0, "last": time.perf_counter(), "decoding": loader.in_flight > 0}
+
+    def sample() -> None:  # at each tick: was a decode running since the last one?
+        now = time.perf_counter()
+        if running["decoding"]:
+            running["s"] += now - running["last"]
+        running["last"], running["decoding"] = now, loader.in_flight > 0
+
+    meter.ticker.timeout.connect(sample)
+    meter.start()
+    t0 = time.perf_counter()
+    try:
+        wait_until(app, lambda: all(loader.cache.get(p) is not None for p in paths), timeout)
+    finally:
+        window_s = time.perf_counter() - t0
+        gaps = meter.stop()
+        meter.ticker.timeout.disconnect(sample)
+    if running["s"] <= 0 or len(meter.gaps) < 2:
+        raise RuntimeError(f"no decode was in flight while the gaps were measured ({running['s']:.3f} s)")
+    if running["s"] < 0.5 * window_s:
+        raise RuntimeError(f"decodes ran for only {running['s']:.3f} s of the {window_s:.3f} s window")
+    return {"in_flight_s": running["s"], "window_s": window_s, "decoded": len(paths),
+            "max_gap_ms": max(gaps), "p99_gap_ms": pct(gaps, 99), "max_cpu_ms": max(meter.cpu or [0.0])}
+
+
 def bench_hang_and_gaps(app: QApplication, exam_dirs: list[Path]) -> None:
     from mammotriage.store import Archive
     from mammotriage.ui.main_window import MainWindow
@@ -249,6 +298,7 @@ def bench_hang_and_gaps(app: QApplication, exam_dirs: list[Path]) -> None:
         window.show()
         app.processEvents()
         first_paths = sorted(str(p) for p in exam_dirs[0].glob("*.dcm"))
+        second_paths = sorted(str(p) for p in exam_dirs[1].glob("*.dcm"))
         floor = parallel_floor(first_paths, workers, getattr(loader, "threads", 1))
         print(f"decode_workers {workers}")
         print(f"floor_parallel_bare_decode_pydicom_s {floor['pydicom']:.3f}")
@@ -284,13 +334,17 @@ def bench_hang_and_gaps(app: QApplication, exam_dirs: list[Path]) -> None:
         print(f"cold_open_max_event_loop_gap_ms {max(gaps):.1f}")
         print(f"cold_open_max_ui_thread_cpu_in_a_gap_ms {max(meter.cpu or [0.0]):.1f}")
         print(f"previews_painted {getattr(loader, 'previews_shown', 0)}")
-        # the next exam is prefetched while the first is read: measure the UI meanwhile
-        meter.start()
-        wait_until(app, lambda: not window.loader.busy)
-        gaps = meter.stop()
-        print(f"ui_max_event_loop_gap_during_decode_ms {max(gaps):.1f}")
-        print(f"ui_p99_event_loop_gap_during_decode_ms {pct(gaps, 99):.1f}")
-        print(f"ui_max_ui_thread_cpu_in_a_gap_during_decode_ms {max(meter.cpu or [0.0]):.1f}")
+        # the next exam is decoded ahead while the first is read: measure the UI meanwhile
+        wait_until(app, lambda: not loader.busy)  # what the open itself started is done
+        window_planned = sum(p in getattr(loader, "_prefetch", ()) for p in second_paths)
+        print(f"prefetch_planned_by_the_window {window_planned}")
+        decode = gaps_while_decoding(app, loader, second_paths, meter)
+        print(f"ui_decode_in_flight_s {decode['in_flight_s']:.3f}")
+        print(f"ui_decode_window_s {decode['window_s']:.3f}")
+        print(f"ui_views_decoded_in_the_window {decode['decoded']}")
+        print(f"ui_max_event_loop_gap_during_decode_ms {decode['max_gap_ms']:.1f}")
+        print(f"ui_p99_event_loop_gap_during_decode_ms {decode['p99_gap_ms']:.1f}")
+        print(f"ui_max_ui_thread_cpu_in_a_gap_during_decode_ms {decode['max_cpu_ms']:.1f}")
         for pane in panes:
             pane.paints = 0
         t0 = time.perf_counter()
