@@ -6,7 +6,12 @@ Xvfb (what the cold-open goals are measured on):
 
 1. Window/level frame time on a 4096 x 3328 16-bit view, replaying N synthetic
    right-drag events: one pane, and four linked panes. Each event changes the window
-   and repaints synchronously (the time a reader waits for the frame).
+   and the panes' updates are delivered at once, as the event loop would (one
+   coalesced repaint, each pane painted once: checked); wall clock (the time a reader
+   waits for the frame) and the UI thread's CPU time per frame (``*_cpu_*``: on a
+   loaded machine the figure that says what the viewer itself costs). ``--only-wl
+   --explicit`` runs these alone on uncompressed copies of the views (decoded at
+   once); ``--profile`` prints the drag path's top functions (cProfile) to stderr.
    Goals: p95 <= 16.7 ms (one pane and four linked panes: one frame at 60 Hz).
    In the same run pyqtgraph's ImageItem re-levels the same image(s) in views of the
    same size, one and four of them, the way its documentation intends (a C-ordered
