@@ -198,11 +198,11 @@ def test_other_syntaxes_get_the_first_level_early_then_the_identical_full_view(o
             assert preview.levels[0].shape == (384, 312) and full.levels[0].shape == (1536, 1248)
             assert np.array_equal(full.levels[0], reference.levels[0])
             assert full.pixel_sha256 == reference.pixel_sha256 and preview.pixel_sha256 == ""
-            assert full.auto == preview.auto and full.breast_box == preview.breast_box  # no jump
-            assert full.orientation == preview.orientation == reference.orientation
-            assert preview.breast_box is not None and reference.breast_box is not None
-            assert np.allclose(preview.breast_box, reference.breast_box, atol=24)  # within a few preview pixels
-            assert abs(preview.auto.center - reference.auto.center) < 0.05 * reference.auto.width
+            # no jump, and the window and fit of the view as it was before it had a preview
+            assert preview.auto == full.auto == reference.auto
+            assert preview.breast_box == full.breast_box == reference.breast_box is not None
+            assert preview.orientation == full.orientation == reference.orientation
+            assert np.array_equal(preview.levels[0], reference.levels[0][::4, ::4])  # its first level
         # a view that is not on screen gets no preview: only its full view
         assert [r.preview for r in results if r.path == prefetched] == [False]
         assert loader.previews_shown == 2

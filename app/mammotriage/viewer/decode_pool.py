@@ -12,9 +12,9 @@ No Qt here (the loader's Qt-free companion):
   Other syntaxes (uncompressed, RLE, JPEG lossless and baseline; and JPEG 2000 where
   openjpeg's reduce is not available) are decoded once, in the full task: as soon as the
   frame is decoded, a view on screen gets the same kind of preview (a strided
-  downsample to the same level, with the same shape, window and box rules), sent to the
-  UI through a queue while the worker goes on to the pyramid, the hash and the breast
-  box of the full view, which keeps the preview's orientation, window and box.
+  downsample to the same level, with the full view's shape, orientation, window and
+  breast box, all worked out from the full frame), sent to the UI through a queue while
+  the worker goes on to the full pyramid and the pixel hash.
 * **All cores.** Worker processes (pylibjpeg holds the GIL) times openjpeg's own threads.
 * **Shared memory.** A worker writes a view's pyramid levels into one
   :class:`multiprocessing.shared_memory.SharedMemory` block and returns only its name
@@ -35,7 +35,7 @@ import itertools
 import multiprocessing as mp
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -44,9 +44,17 @@ from typing import Any
 import numpy as np
 
 from mammotriage.dicom import MammoReadError, read_image
-from mammotriage.dicom.image import MammoImage
+from mammotriage.dicom.image import MammoImage, pixel_sha256
 from mammotriage.dicom.progressive import preview_factor, read_image_progressive
-from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader, load_view, view_from_image
+from mammotriage.dicom.pyramid import build_pyramid
+from mammotriage.viewer.loader import (
+    LoadedView,
+    LoadError,
+    ViewLoader,
+    display_facts,
+    load_view,
+    view_from_image,
+)
 
 __all__ = ["ProgressiveLoader", "SharedView", "attach", "decode_task", "share"]
 
@@ -148,18 +156,25 @@ def _as_preview(path: str, reduced_image: MammoImage) -> LoadedView:
     return replace(view, breast_box=box, full_shape=(int(full[0]), int(full[1])), preview=True, pixel_sha256="")
 
 
-def early_preview(path: str, image: MammoImage) -> LoadedView | None:
-    """The first pyramid level of a decoded full image as a preview (the level a JPEG
-    2000 preview would have: every ``2**r``-th pixel, :func:`preview_factor`); None when
-    the image is small enough to need none."""
-    r = preview_factor(image.meta.rows, image.meta.columns)
-    if r == 0:
-        return None
-    step = 2 ** r
-    return _as_preview(path, replace(image, pixels=np.ascontiguousarray(image.pixels[::step, ::step])))
+def full_with_preview(path: str, image: MammoImage, send: Callable[[LoadedView], None]) -> LoadedView:
+    """The full view of a decoded image whose file had no reduced levels; first, when it
+    is large enough to need one, its first pyramid level (every ``2**r``-th pixel,
+    :func:`preview_factor`, as a JPEG 2000 preview) goes to ``send`` as a preview with
+    the full view's orientation, automatic window, breast box and shape: only the full
+    pyramid and the pixel hash come after it."""
+    meta = image.meta
+    orientation, auto, oriented, box = display_facts(meta, image.pixels)
+    r = preview_factor(meta.rows, meta.columns)
+    if r > 0:
+        step = 2 ** r
+        send(LoadedView(path=str(path), meta=meta, orientation=orientation,
+                        levels=build_pyramid(np.ascontiguousarray(oriented[::step, ::step]), 128), auto=auto,
+                        breast_box=box, full_shape=(int(oriented.shape[0]), int(oriented.shape[1])), preview=True))
+    return LoadedView(path=str(path), meta=meta, orientation=orientation, levels=build_pyramid(oriented),
+                      auto=auto, pixel_sha256=pixel_sha256(image.pixels), breast_box=box)
 
 
-def _send_early(path: str, view: LoadedView) -> None:
+def _send_early(path: str, view: LoadedView) -> None:  # worker side
     from mammotriage.viewer import loader
 
     if loader.EARLY is not None:
@@ -182,11 +197,7 @@ def _full(path: str, threads: int, early: bool = False) -> LoadedView | LoadErro
         image = read_image(path)
     except MammoReadError as exc:
         return LoadError(path, exc.reason, exc.code)
-    preview = early_preview(path, image)
-    if preview is None:
-        return view_from_image(path, image)
-    _send_early(path, preview)
-    return view_from_image(path, image, like=preview)
+    return full_with_preview(path, image, lambda preview: _send_early(path, preview))
 
 
 def warm_up() -> bool:
@@ -232,7 +243,7 @@ class ProgressiveLoader(ViewLoader):
 
     def __init__(self, workers: int | None = None, threads: int | None = None):
         cores = os.cpu_count() or 1
-        #: previews the workers send before their full task ends (:func:`early_preview`)
+        #: previews the workers send before their full task ends (:func:`full_with_preview`)
         # (a SimpleQueue: ``put`` writes the message before the worker goes on, so it is
         # in the pipe before the task's own result; the UI reads it every poll)
         self._early: Any = mp.get_context("spawn").SimpleQueue()

@@ -74,27 +74,27 @@ def load_view(path: str) -> LoadedView | LoadError:
     return view_from_image(path, image)
 
 
-def view_from_image(path: str, image: MammoImage, pyramid_min: int = 256, like: LoadedView | None = None
-                    ) -> LoadedView:
-    """The display-ready view of a decoded :class:`~mammotriage.dicom.MammoImage`.
+def display_facts(meta: MammoMetadata, pixels: np.ndarray
+                  ) -> tuple[DisplayOrientation, Window, np.ndarray, tuple[float, float, float, float] | None]:
+    """What a view's display needs from its decoded stored pixels: the hanging
+    orientation, the automatic window, the display-oriented pixels (contiguous) and the
+    breast box in them."""
+    orientation = display_orientation(meta)
+    auto = auto_window(meta, pixels)
+    if orientation.source == "default":
+        # no Patient Orientation: let the pixels say where the chest wall is
+        orientation = display_orientation(meta, render_8bit(meta, pixels[::4, ::4], auto))
+    oriented = np.ascontiguousarray(orientation.apply(pixels))
+    return orientation, auto, oriented, breast_box(meta, oriented, auto)
 
-    ``like``: the preview already shown of this image; its orientation, automatic window
-    and breast box are kept (the full view replaces it without a jump, and they are not
-    worked out twice).
-    """
+
+def view_from_image(path: str, image: MammoImage, pyramid_min: int = 256) -> LoadedView:
+    """The display-ready view of a decoded :class:`~mammotriage.dicom.MammoImage`."""
     meta = image.meta
-    if like is not None:
-        orientation, auto = like.orientation, like.auto
-    else:
-        orientation = display_orientation(meta)
-        auto = auto_window(meta, image.pixels)
-        if orientation.source == "default":
-            # no Patient Orientation: let the pixels say where the chest wall is
-            orientation = display_orientation(meta, render_8bit(meta, image.pixels[::4, ::4], auto))
-    oriented = np.ascontiguousarray(orientation.apply(image.pixels))
+    orientation, auto, oriented, box = display_facts(meta, image.pixels)
     return LoadedView(path=str(path), meta=meta, orientation=orientation,
                       levels=build_pyramid(oriented, pyramid_min), auto=auto, pixel_sha256=pixel_sha256(image.pixels),
-                      breast_box=like.breast_box if like is not None else breast_box(meta, oriented, auto))
+                      breast_box=box)
 
 
 def breast_box(meta: MammoMetadata, oriented: np.ndarray, window: Window) -> tuple[float, float, float, float] | None:
