@@ -57,10 +57,15 @@ def wait_until(app, predicate, timeout: float) -> bool:
     return False
 
 
+def views_shown(panes) -> bool:
+    """Every pane shows its full view (not a preview still being replaced) or an error."""
+    return all(p.is_error or (p.view is not None and not p.view.preview) for p in panes)
+
+
 def _show(app, window, row: int, path: Path) -> None:
     window.table.selectRow(row)
     window.open_row(row)
-    wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
+    wait_until(app, lambda: views_shown(window.hanging.panes.values()), 120)
     if not window.hanging.state.ai_visible:
         window.toggle_ai()
     window.hanging.state.set_map_opacity(0.45)
@@ -82,7 +87,7 @@ def _open(app, window, exam) -> None:
     window.table.selectRow(row)
     if window.current is None or window.current.exam_key != exam.exam_key:
         window.open_exam(exam)
-    wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
+    wait_until(app, lambda: views_shown(window.hanging.panes.values()), 120)
 
 
 def reading_room_shots(app, window, truth: dict, out: Path, tag: str) -> None:
@@ -96,7 +101,7 @@ def reading_room_shots(app, window, truth: dict, out: Path, tag: str) -> None:
         _open(app, window, exams[with_prior[0]["study_uid"]])
         if not state.compare:
             window.toggle_compare()
-        wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.prior_panes.values()), 120)
+        wait_until(app, lambda: views_shown(window.hanging.prior_panes.values()), 120)
         if not state.ai_visible:
             window.toggle_ai()
         _grab(app, window, out / f"prior_comparison{tag}.png")
@@ -109,7 +114,7 @@ def reading_room_shots(app, window, truth: dict, out: Path, tag: str) -> None:
         window.sign_exam({"breasts": breasts, "recall": default_recall(breasts)})
     window.open_next_unread()
     wait_until(app, lambda: window._job is None, 60)
-    wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 120)
+    wait_until(app, lambda: views_shown(window.hanging.panes.values()), 120)
     _grab(app, window, out / f"signed_worklist{tag}.png")
     cbis = [e for e in window.worklist.exams if "00820" in e.patient_id]
     if cbis:

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from capture import import_sources, wait_until  # this folder's capture.py
+from capture import import_sources, views_shown, wait_until  # this folder's capture.py
 from PySide6.QtCore import QPoint, QRect
 from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QApplication
@@ -90,7 +90,7 @@ def main() -> int:
     window.table.selectRow(window.worklist_view.row_of(exam.exam_key))
     if window.current is None or window.current.exam_key != exam.exam_key:
         window.open_exam(exam)
-    wait_until(app, lambda: all(p.view is not None or p.is_error for p in window.hanging.panes.values()), 180)
+    wait_until(app, lambda: views_shown(window.hanging.panes.values()), 180)
     window.apply_screens()  # the window is maximised by now: place again from where it is
     wait_until(app, lambda: False, 1.5)  # let the last paint land
     placement = window.screen_layout.placement

@@ -91,6 +91,25 @@ def test_window_state_updates_pane(hanging, tmp_path) -> None:
     assert inverted.mean() != after.mean()
 
 
+def test_a_window_drag_frame_is_looked_up_into_the_same_image(hanging, tmp_path) -> None:
+    views = _exam(tmp_path)
+    for slot, view in views.items():
+        hanging.set_view(slot, view)
+    hanging.state.link_mode = "all"
+    shown = {slot: pane.display_image() for slot, pane in hanging.panes.items()}
+    keys = {slot: s[0].cacheKey() for slot, s in shown.items() if s is not None}
+    paints = {slot: pane.paints for slot, pane in hanging.panes.items()}
+    hanging._on_window_drag("RCC", 40.0, -25.0)  # every linked pane gets the new window
+    QApplication.sendPostedEvents(None, QEvent.Type.UpdateRequest)
+    for slot, pane in hanging.panes.items():
+        before, after = shown[slot], pane.display_image()
+        assert before is not None and after is not None
+        assert after[0] is before[0], slot  # no new QImage (nor copy) per frame ...
+        assert after[0].cacheKey() != keys[slot], slot  # ... its pixels rewritten, so no cached copy is stale
+        assert pane.paints == paints[slot] + 1, slot  # one coalesced repaint per pane
+    assert _pane_pixels(hanging, "RCC").mean() != 0
+
+
 def _send(widget, kind, pos, button, buttons) -> None:
     event = QMouseEvent(kind, QPointF(pos), widget.mapToGlobal(QPointF(pos)), button, buttons,
                         Qt.KeyboardModifier.NoModifier)

@@ -170,3 +170,64 @@ def test_the_reader_row_stays_put_while_results_arrive(model) -> None:
     assert len(keys) == len(set(keys)) == N_EXAMS  # the held row is not fetched twice
     worklist.set_query(worklist.query)  # nothing held: the triage order is whole again
     assert worklist.entries[0].exam.exam_key == key
+
+
+def test_a_refresh_fetches_the_rows_on_screen_plus_a_page_not_all_scrolled_through(archive_file, qtbot, tmp_path,
+                                                                                    monkeypatch) -> None:
+    from mammotriage.ui.main_window import MainWindow
+
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
+    archive = Archive(archive_file)
+    win = MainWindow(archive=archive, start_triage=False)
+    qtbot.addWidget(win)
+    fetched: list[int] = []
+    page = win.worklist._fetch
+
+    def counting(q, offset, limit):
+        total, rows = page(q, offset, limit)
+        fetched.append(len(rows))
+        return total, rows
+
+    win.worklist._fetch = counting
+    try:
+        win.resize(1200, 700)
+        win.show()
+        win.model_version = "v-1"
+        win.refresh_worklist()
+        page_rows = win.worklist.page_rows
+        assert win.worklist.total == N_EXAMS > 2 * page_rows
+        win.table.selectRow(3)  # the reader is on row 3
+        key = win.current.exam_key
+        while win.worklist.canFetchMore():  # ... and scrolls through every row, then back up
+            win.worklist.fetchMore()
+        win.table.scrollToBottom()
+        win.table.scrollToTop()
+        qtbot.waitUntil(lambda: win.table.rowAt(0) == 0)
+        assert win.worklist.rowCount() == N_EXAMS
+        last_visible = win.table.rowAt(win.table.viewport().height() - 1)
+        assert 3 < last_visible < page_rows  # a page covers what is on screen
+        fetched.clear()
+        win.refresh_worklist()
+        assert sum(fetched) <= last_visible + 1 + page_rows < N_EXAMS  # was every row scrolled through
+        assert win.worklist.rowCount() == sum(fetched)
+        assert win.worklist.row_of(key) == 3 and win.table.currentIndex().row() == 3  # the row stayed put
+        assert win.worklist.canFetchMore()  # the rest come back as the table scrolls
+        while win.worklist.canFetchMore():
+            win.worklist.fetchMore()
+        keys = [e.exam.exam_key for e in win.worklist.entries]
+        assert len(keys) == len(set(keys)) == N_EXAMS
+    finally:
+        win.close()
+        archive.close()
+
+
+def test_a_refresh_fetches_through_the_held_row_below_the_screen(model) -> None:
+    worklist, _queue = model
+    while worklist.canFetchMore():
+        worklist.fetchMore()
+    assert worklist.refresh_rows(19) == 20 + worklist.page_rows  # the screen's rows and a page
+    assert worklist.refresh_rows(19, keep_row=150) == 151 + worklist.page_rows  # the reader's row is kept
+    assert worklist.refresh_rows(-1) == worklist.page_rows
+    key = worklist.entries[150].exam.exam_key
+    worklist.set_query(worklist.query, keep=(key, 150), rows=worklist.refresh_rows(19, keep_row=150))
+    assert worklist.row_of(key) == 150 and worklist.rowCount() == 151 + worklist.page_rows

@@ -169,3 +169,42 @@ def test_prior_and_prefetch_wait_while_the_views_on_screen_decode(exam, tmp_path
         assert {r.path for r in results if not r.preview} == {opened} | {str(p) for p in other.values()}
     finally:
         loader.shutdown()
+
+
+@pytest.fixture(scope="module", params=["explicit", "rle"])
+def other_syntax(request, tmp_path_factory) -> dict[str, Path]:
+    """An exam whose files have no reduced resolutions of their own (uncompressed, RLE)."""
+    folder = tmp_path_factory.mktemp(f"exam-{request.param}")
+    return generate_exam(8, rows=1536, columns=1248, bits_stored=16, transfer_syntax=request.param).save(folder)
+
+
+def test_other_syntaxes_get_the_first_level_early_then_the_identical_full_view(other_syntax) -> None:
+    loader = ProgressiveLoader(workers=2, threads=1)
+    try:
+        paths = [str(other_syntax[s]) for s in ("RCC", "LCC")]
+        prefetched = str(other_syntax["RMLO"])
+        loader.on_screen = set(paths)
+        loader.cache.pinned = set(paths)
+        for path in paths:
+            assert loader.request(path) is None
+        loader.prefetch([prefetched])
+        results = _collect(loader, 3)
+        for path in paths:
+            mine = [r for r in results if isinstance(r, LoadedView) and r.path == path]
+            assert [r.preview for r in mine] == [True, False], path  # the first level first, then full
+            preview, full = mine
+            reference = load_view(path)
+            assert preview.shape == full.shape == reference.shape  # the full image's geometry
+            assert preview.levels[0].shape == (384, 312) and full.levels[0].shape == (1536, 1248)
+            assert np.array_equal(full.levels[0], reference.levels[0])
+            assert full.pixel_sha256 == reference.pixel_sha256 and preview.pixel_sha256 == ""
+            # no jump, and the window and fit of the view as it was before it had a preview
+            assert preview.auto == full.auto == reference.auto
+            assert preview.breast_box == full.breast_box == reference.breast_box is not None
+            assert preview.orientation == full.orientation == reference.orientation
+            assert np.array_equal(preview.levels[0], reference.levels[0][::4, ::4])  # its first level
+        # a view that is not on screen gets no preview: only its full view
+        assert [r.preview for r in results if r.path == prefetched] == [False]
+        assert loader.previews_shown == 2
+    finally:
+        loader.shutdown()

@@ -64,3 +64,18 @@ def test_window_drag_reuses_the_raster_and_only_relooks_up(tmp_path) -> None:
     lut8, lut32 = shared_lut(meta, Window(1500.0, 1000.0), False)
     frame = raster.render(lut32)
     assert np.array_equal((frame & 0xFF).astype(np.uint8), lut8.apply(level))
+
+
+def test_a_hidpi_raster_has_the_device_pixels_of_the_same_logical_place() -> None:
+    level = np.random.default_rng(1).integers(0, 4096, (400, 300)).astype(np.uint16)
+    one = screen_raster(None, "view", 0, level, (10.0, 20.0, 150.0, 200.0), (200, 260), True)
+    two = screen_raster(None, "view", 0, level, (10.0, 20.0, 150.0, 200.0), (200, 260), True, ratio=2.0)
+    assert one is not None and two is not None
+    assert one.values.shape == (200, 150) and two.values.shape == (400, 300)  # level 0 at device pixels
+    assert two.origin == (20, 40) and two.logical_origin == one.logical_origin == (10.0, 20.0)
+    assert np.array_equal(two.values, level)  # 1:1 at ratio 2: each stored pixel a device pixel
+    # clipped to the widget's device pixels
+    clipped = screen_raster(None, "view", 0, level, (100.0, 0.0, 150.0, 200.0), (200, 260), True, ratio=2.0)
+    assert clipped is not None and clipped.values.shape == (400, 200) and clipped.origin == (200, 0)
+    assert screen_raster(two, "view", 0, level, (10.0, 20.0, 150.0, 200.0), (200, 260), True, ratio=2.0) is two
+    assert screen_raster(two, "view", 0, level, (10.0, 20.0, 150.0, 200.0), (200, 260), True) is not two

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QPoint, QPointF, QRect, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QColor,
     QFont,
@@ -18,6 +18,7 @@ from PySide6.QtGui import (
     QPainterPath,
     QPaintEvent,
     QPen,
+    QRegion,
     QWheelEvent,
 )
 from PySide6.QtWidgets import QSizePolicy, QWidget
@@ -163,10 +164,13 @@ class ImagePane(QWidget):
         self._lut32: DisplayLut | None = None
         self._cache_key: tuple | None = None
         self._qimage: QImage | None = None
-        self._buffer: np.ndarray | None = None
         self._raster: Raster | None = None
         self._drag: tuple[str, QPointF, tuple] | None = None
         self.paints = 0
+        self._elided: dict[tuple[str, int], str] = {}  # corner text lines fitted to the pane's width
+        self._elided_font = ""
+        # the pane paints every pixel itself: Qt paints nothing under it first
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, True)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(120, 120)
         self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
@@ -296,10 +300,11 @@ class ImagePane(QWidget):
             return None
         window = self._window()
         rect = self.image_rect()
-        level_index = choose_level(self.view.levels, min(rect.height(), self.view.shape[0]))
+        ratio = self.devicePixelRatioF()  # a HiDPI screen: the raster is made at device pixels
+        level_index = choose_level(self.view.levels, min(rect.height() * ratio, self.view.shape[0]))
         raster = screen_raster(self._raster, id(self.view), level_index, self.view.levels[level_index],
                                (rect.x(), rect.y(), rect.width(), rect.height()), (self.width(), self.height()),
-                               self.state.zoom < 2)
+                               self.state.zoom < 2, ratio)
         if raster is None:
             return None
         key = (raster.key, window, self.state.invert)
@@ -309,24 +314,37 @@ class ImagePane(QWidget):
             self._lut, self._lut32 = shared_lut(self.view.meta, voi, self.state.invert)
             self._lut_key = lut_key
         if key != self._cache_key or self._qimage is None or raster is not self._raster:
-            self._raster = raster
+            h, w = raster.values.shape
+            if raster is not self._raster or self._qimage is None:
+                # one image per geometry, Qt's own memory; every frame of a drag is looked
+                # up straight into it (no per-frame QImage, copy or allocation)
+                self._qimage = QImage(w, h, QImage.Format.Format_RGB32)
+                self._qimage.setDevicePixelRatio(ratio)
+                self._raster = raster
             assert self._lut32 is not None  # set with the LUT above
-            self._buffer = raster.render(self._lut32)
-            h, w = self._buffer.shape
-            # .copy(): Qt owns the pixels (a QImage that borrows a numpy buffer trips
-            # PySide6's reference counting at interpreter shutdown)
-            self._qimage = QImage(self._buffer.data, w, h, w * 4, QImage.Format.Format_RGB32).copy()
+            # bits() each frame: Qt detaches the image if the paint engine still shares it
+            # and gives it a new cache key, so a cached copy is never shown stale
+            pixels = np.frombuffer(self._qimage.bits(), dtype=np.uint32).reshape(h, self._qimage.bytesPerLine() // 4)
+            raster.render(self._lut32, out=pixels[:, :w])
+            del pixels  # no view of the image's memory outlives this frame
             self._cache_key = key
-        return self._qimage, level_index, QPointF(*raster.origin)
+        return self._qimage, level_index, QPointF(*raster.logical_origin)
 
     def paintEvent(self, event: QPaintEvent) -> None:  # Qt API
         painter = QPainter(self)
-        painter.fillRect(self.rect(), BACKGROUND)
+        shown = self.display_image() if self.view is not None else None
+        if shown is None:
+            painter.fillRect(self.rect(), BACKGROUND)
+        else:
+            qimage, _level, origin = shown
+            size = qimage.deviceIndependentSize()
+            # black around the image only (the image covers the rest: the pane is opaque)
+            inner = QRect(QPoint(math.ceil(origin.x()), math.ceil(origin.y())),
+                          QPoint(math.floor(origin.x() + size.width()) - 1, math.floor(origin.y() + size.height()) - 1))
+            for part in QRegion(self.rect()).subtracted(QRegion(inner)):  # type: ignore[attr-defined]
+                painter.fillRect(part, BACKGROUND)
+            painter.drawImage(origin, qimage)  # already at screen resolution
         if self.view is not None:
-            shown = self.display_image()
-            if shown is not None:
-                qimage, _level, origin = shown
-                painter.drawImage(origin, qimage)  # already at screen resolution
             if self.hanging is not None:
                 self._paint_overlay(painter)
             self._paint_rulers(painter)
@@ -355,7 +373,7 @@ class ImagePane(QWidget):
         cx = (center.x() - rect.x()) / rect.width() * cols0
         cy = (center.y() - rect.y()) / rect.height() * rows0
         half = radius / screen_per_px
-        level_index = choose_level(self.view.levels, min(rows0 * screen_per_px, rows0))
+        level_index = choose_level(self.view.levels, min(rows0 * screen_per_px * self.devicePixelRatioF(), rows0))
         level = self.view.levels[level_index]
         f = level.shape[0] / rows0
         x0, x1 = int(math.floor((cx - half) * f)), int(math.ceil((cx + half) * f))
@@ -594,8 +612,19 @@ class ImagePane(QWidget):
         margin = self.rect().adjusted(8, 6, -8, -6)
         metrics = painter.fontMetrics()
 
+        width = margin.width()
+        if len(self._elided) > 256 or self._elided_font != font.key():
+            self._elided.clear()
+            self._elided_font = font.key()
+
+        def elide(text: str) -> str:
+            fitted = self._elided.get((text, width))
+            if fitted is None:
+                fitted = self._elided[(text, width)] = metrics.elidedText(text, Qt.TextElideMode.ElideRight, width)
+            return fitted
+
         def fit(text_lines: list[str]) -> str:  # a narrow pane elides, never overlaps its neighbour
-            return "\n".join(metrics.elidedText(t, Qt.TextElideMode.ElideRight, margin.width()) for t in text_lines)
+            return "\n".join(elide(t) for t in text_lines)
 
         painter.drawText(margin, align | Qt.AlignmentFlag.AlignTop, fit(lines["top"]))
         painter.drawText(margin, align | Qt.AlignmentFlag.AlignBottom, fit(lines["bottom"]))

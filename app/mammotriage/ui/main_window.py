@@ -643,9 +643,10 @@ class MainWindow(QMainWindow):
                 self.open_exam(exam)
 
     def refresh_worklist(self) -> None:
-        """Run the worklist's query again (a page, or as many rows as were fetched). The
-        exam the reader is on keeps its row: results that arrive re-order the others
-        around it, never the row under the reader."""
+        """Run the worklist's query again for the rows on screen (and the reader's row)
+        plus one page, not every row the reader scrolled through. The exam the reader is
+        on keeps its row: results that arrive re-order the others around it, never the
+        row under the reader."""
         key = self.current.exam_key if self.current else self._resume_key
         old_row = self.worklist_view.row_of(key) if key else None
         sha = (self.model_meta or {}).get("weights_sha256")
@@ -657,7 +658,8 @@ class MainWindow(QMainWindow):
             keep = (key, old_row)
         self.table.blockSignals(True)
         self.table.selectionModel().blockSignals(True)
-        self.worklist.set_query(query, keep=keep, rows=self.worklist.rowCount())
+        self.worklist.set_query(query, keep=keep, rows=self.worklist.refresh_rows(
+            self._last_visible_row(), keep[1] if keep is not None else None))
         self.table.resizeColumnsToContents()
         row = self.worklist.fetch_through(key) if key else None
         if row is not None:
@@ -670,6 +672,11 @@ class MainWindow(QMainWindow):
         elif row is None and self.worklist_view.rowCount() and self.current is None:
             self.table.selectRow(0)
         self._update_model_label()
+
+    def _last_visible_row(self) -> int:
+        """The worklist's last row on screen (the last row when they end above the bottom)."""
+        row = self.table.rowAt(self.table.viewport().height() - 1)
+        return row if row >= 0 else self.worklist.rowCount() - 1
 
     def priors_of(self, exams: list[ExamRecord]) -> dict[str, list[ExamRecord]]:
         """The linked priors of ``exams`` (:func:`link_priors`), from this patient's exams only."""

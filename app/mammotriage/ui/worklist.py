@@ -131,6 +131,13 @@ class WorklistModel(QAbstractTableModel):
             self._pin(*keep)
         self.endResetModel()
 
+    def refresh_rows(self, last_visible: int, keep_row: int | None = None) -> int:
+        """How many rows a refresh fetches: those down to the last one on screen
+        (``last_visible``, -1 for none) and the reader's held row, plus one page, however
+        far the reader had scrolled before (the rest come back with ``fetchMore``)."""
+        needed = max(last_visible + 1, keep_row + 1 if keep_row is not None else 0, 0)
+        return min(needed, len(self.entries)) + self.page_rows
+
     def _append(self, rows: list[WorklistRow]) -> int:
         self._fetched += len(rows)
         added = 0

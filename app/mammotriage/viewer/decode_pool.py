@@ -9,8 +9,12 @@ No Qt here (the loader's Qt-free companion):
   preview carries the full image's shape, so the pane's geometry (fit, mm scale,
   orientation) is that of the full view; the full view takes over the preview's
   automatic window and breast box, so neither the window nor the fit moves.
-  Other syntaxes are decoded once; their pyramid's levels are painted as soon as the
-  view exists.
+  Other syntaxes (uncompressed, RLE, JPEG lossless and baseline; and JPEG 2000 where
+  openjpeg's reduce is not available) are decoded once, in the full task: as soon as the
+  frame is decoded, a view on screen gets the same kind of preview (a strided
+  downsample to the same level, with the full view's shape, orientation, window and
+  breast box, all worked out from the full frame), sent to the UI through a queue while
+  the worker goes on to the full pyramid and the pixel hash.
 * **All cores.** Worker processes (pylibjpeg holds the GIL) times openjpeg's own threads.
 * **Shared memory.** A worker writes a view's pyramid levels into one
   :class:`multiprocessing.shared_memory.SharedMemory` block and returns only its name
@@ -28,9 +32,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import heapq
 import itertools
+import multiprocessing as mp
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -38,9 +43,18 @@ from typing import Any
 
 import numpy as np
 
-from mammotriage.dicom import MammoReadError
-from mammotriage.dicom.progressive import read_image_progressive
-from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader, load_view, view_from_image
+from mammotriage.dicom import MammoReadError, read_image
+from mammotriage.dicom.image import MammoImage, pixel_sha256
+from mammotriage.dicom.progressive import preview_factor, read_image_progressive
+from mammotriage.dicom.pyramid import build_pyramid
+from mammotriage.viewer.loader import (
+    LoadedView,
+    LoadError,
+    ViewLoader,
+    display_facts,
+    load_view,
+    view_from_image,
+)
 
 __all__ = ["ProgressiveLoader", "SharedView", "attach", "decode_task", "share"]
 
@@ -125,8 +139,14 @@ def _preview(path: str, threads: int) -> LoadedView | LoadError | None:
         return LoadError(path, exc.reason, exc.code)
     if result is None or result[1] == 0:
         return None  # not JPEG 2000, or small enough: the full decode is the preview
-    meta = result[0].meta
-    view = view_from_image(path, result[0], pyramid_min=128)
+    return _as_preview(path, result[0])
+
+
+def _as_preview(path: str, reduced_image: MammoImage) -> LoadedView:
+    """The preview view of a reduced image: the full image's shape, its breast box in
+    the full image's display pixels, no pixel hash (corrections need the full view)."""
+    meta = reduced_image.meta
+    view = view_from_image(path, reduced_image, pyramid_min=128)
     reduced = view.levels[0].shape
     full = view.orientation.apply(np.empty((meta.rows, meta.columns), dtype=np.bool_)).shape
     box = view.breast_box
@@ -136,15 +156,48 @@ def _preview(path: str, threads: int) -> LoadedView | LoadError | None:
     return replace(view, breast_box=box, full_shape=(int(full[0]), int(full[1])), preview=True, pixel_sha256="")
 
 
-def _full(path: str, threads: int) -> LoadedView | LoadError:
-    """The full-resolution view: openjpeg with threads where exact, else the reference reader."""
+def full_with_preview(path: str, image: MammoImage, send: Callable[[LoadedView], None]) -> LoadedView:
+    """The full view of a decoded image whose file had no reduced levels; first, when it
+    is large enough to need one, its first pyramid level (every ``2**r``-th pixel,
+    :func:`preview_factor`, as a JPEG 2000 preview) goes to ``send`` as a preview with
+    the full view's orientation, automatic window, breast box and shape: only the full
+    pyramid and the pixel hash come after it."""
+    meta = image.meta
+    orientation, auto, oriented, box = display_facts(meta, image.pixels)
+    r = preview_factor(meta.rows, meta.columns)
+    if r > 0:
+        step = 2 ** r
+        send(LoadedView(path=str(path), meta=meta, orientation=orientation,
+                        levels=build_pyramid(np.ascontiguousarray(oriented[::step, ::step]), 128), auto=auto,
+                        breast_box=box, full_shape=(int(oriented.shape[0]), int(oriented.shape[1])), preview=True))
+    return LoadedView(path=str(path), meta=meta, orientation=orientation, levels=build_pyramid(oriented),
+                      auto=auto, pixel_sha256=pixel_sha256(image.pixels), breast_box=box)
+
+
+def _send_early(path: str, view: LoadedView) -> None:  # worker side
+    from mammotriage.viewer import loader
+
+    if loader.EARLY is not None:
+        loader.EARLY.put((path, share(view)))
+
+
+def _full(path: str, threads: int, early: bool = False) -> LoadedView | LoadError:
+    """The full-resolution view: openjpeg with threads where exact, else the reference
+    reader (pydicom's plugins); with ``early``, a preview of the latter is sent as soon
+    as the frame is decoded."""
     try:
         result = read_image_progressive(path, 0, threads)
     except MammoReadError as exc:
         return LoadError(path, exc.reason, exc.code)
-    if result is None:
-        return load_view(path)  # the reference decoder (pydicom's plugins)
-    return view_from_image(path, result[0])
+    if result is not None:
+        return view_from_image(path, result[0])
+    if not early:
+        return load_view(path)
+    try:
+        image = read_image(path)
+    except MammoReadError as exc:
+        return LoadError(path, exc.reason, exc.code)
+    return full_with_preview(path, image, lambda preview: _send_early(path, preview))
 
 
 def warm_up() -> bool:
@@ -157,10 +210,12 @@ def warm_up() -> bool:
     return True
 
 
-def decode_task(path: str, mode: str, threads: int) -> SharedView | LoadedView | LoadError | None:
-    """One task of a decode worker: the preview (None when the file has none) or the full view."""
+def decode_task(path: str, mode: str, threads: int, early: bool = False) -> SharedView | LoadedView | LoadError | None:
+    """One task of a decode worker: the preview (None when the file has none) or the full
+    view (``early``: a view on screen, which gets a preview from the full decode when its
+    file had none of its own)."""
     try:
-        result = _preview(path, threads) if mode == PREVIEW else _full(path, threads)
+        result = _preview(path, threads) if mode == PREVIEW else _full(path, threads, early)
     except MemoryError:
         return LoadError(path, "out of memory while decoding (the worker's limit)", "internal-error")
     except Exception as exc:  # noqa: BLE001 - never let a worker crash the viewer
@@ -188,7 +243,11 @@ class ProgressiveLoader(ViewLoader):
 
     def __init__(self, workers: int | None = None, threads: int | None = None):
         cores = os.cpu_count() or 1
-        super().__init__(workers=workers or max(1, min(cores, 4)))
+        #: previews the workers send before their full task ends (:func:`full_with_preview`)
+        # (a SimpleQueue: ``put`` writes the message before the worker goes on, so it is
+        # in the pipe before the task's own result; the UI reads it every poll)
+        self._early: Any = mp.get_context("spawn").SimpleQueue()
+        super().__init__(workers=workers or max(1, min(cores, 4)), early=self._early)
         self.workers = workers or max(1, min(cores, 4))
         #: openjpeg threads per decode (all cores, at most 8: the last view of an exam uses them all)
         self.threads = threads or min(cores, 8)
@@ -268,13 +327,33 @@ class ProgressiveLoader(ViewLoader):
                 del self._waiting[(task.path, task.mode)]  # no longer on screen: no preview
                 continue
             del self._waiting[(task.path, task.mode)]
-            future = self._pool.submit(decode_task, task.path, task.mode, self.threads)
+            early = task.mode == FULL and task.path in self.on_screen and task.path not in self._previews
+            future = self._pool.submit(decode_task, task.path, task.mode, self.threads, early)
             self._running[future] = (task.path, task.mode)
 
     # ---------------------------------------------------------------- results
+    def _early_previews(self) -> list[LoadedView]:
+        """The previews the workers sent so far, of views still wanted and not shown yet."""
+        out: list[LoadedView] = []
+        while True:
+            try:
+                if self._early.empty():
+                    return out
+                path, payload = self._early.get()
+            except (OSError, ValueError, EOFError):  # closed (shut down)
+                return out
+            view = attach(payload) if isinstance(payload, SharedView) else payload
+            if path in self._pending and self.cache.get(path) is None and path not in self._previews:
+                self._previews[path] = view
+                self.previews_shown += 1
+                out.append(view)
+
     def poll(self) -> list[LoadedView | LoadError]:
-        results: list[LoadedView | LoadError] = []
-        for future in [f for f in self._running if f.done()]:
+        # the finished tasks first, then the queue: a task's early preview was sent before
+        # it finished, so it is read here, ahead of its full view
+        finished = [f for f in self._running if f.done()]
+        results: list[LoadedView | LoadError] = list(self._early_previews())
+        for future in finished:
             path, mode = self._running.pop(future)
             try:
                 result = future.result()
@@ -304,6 +383,10 @@ class ProgressiveLoader(ViewLoader):
     def busy(self) -> bool:
         return bool(self._running or self._waiting)
 
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for f in self._running if f.running())
+
     def shutdown(self) -> None:
         self._waiting.clear()
         self._pending.clear()
@@ -318,4 +401,6 @@ class ProgressiveLoader(ViewLoader):
             if isinstance(result, SharedView):
                 attach(result)
         super().shutdown()
+        self._early_previews()  # what was sent and not read: its shared memory goes
+        self._early.close()
 

@@ -74,18 +74,27 @@ def load_view(path: str) -> LoadedView | LoadError:
     return view_from_image(path, image)
 
 
+def display_facts(meta: MammoMetadata, pixels: np.ndarray
+                  ) -> tuple[DisplayOrientation, Window, np.ndarray, tuple[float, float, float, float] | None]:
+    """What a view's display needs from its decoded stored pixels: the hanging
+    orientation, the automatic window, the display-oriented pixels (contiguous) and the
+    breast box in them."""
+    orientation = display_orientation(meta)
+    auto = auto_window(meta, pixels)
+    if orientation.source == "default":
+        # no Patient Orientation: let the pixels say where the chest wall is
+        orientation = display_orientation(meta, render_8bit(meta, pixels[::4, ::4], auto))
+    oriented = np.ascontiguousarray(orientation.apply(pixels))
+    return orientation, auto, oriented, breast_box(meta, oriented, auto)
+
+
 def view_from_image(path: str, image: MammoImage, pyramid_min: int = 256) -> LoadedView:
     """The display-ready view of a decoded :class:`~mammotriage.dicom.MammoImage`."""
     meta = image.meta
-    orientation = display_orientation(meta)
-    auto = auto_window(meta, image.pixels)
-    if orientation.source == "default":
-        # no Patient Orientation: let the pixels say where the chest wall is
-        orientation = display_orientation(meta, render_8bit(meta, image.pixels[::4, ::4], auto))
-    oriented = np.ascontiguousarray(orientation.apply(image.pixels))
+    orientation, auto, oriented, box = display_facts(meta, image.pixels)
     return LoadedView(path=str(path), meta=meta, orientation=orientation,
                       levels=build_pyramid(oriented, pyramid_min), auto=auto, pixel_sha256=pixel_sha256(image.pixels),
-                      breast_box=breast_box(meta, oriented, auto))
+                      breast_box=box)
 
 
 def breast_box(meta: MammoMetadata, oriented: np.ndarray, window: Window) -> tuple[float, float, float, float] | None:
@@ -122,6 +131,10 @@ class ViewCache:
             self._items.move_to_end(path)
         return item
 
+    def discard(self, path: str) -> None:
+        """Forget ``path``'s view (pinned or not): the next request decodes it again."""
+        self._items.pop(path, None)
+
     def put(self, view: LoadedView) -> None:
         self._items[view.path] = view
         self._items.move_to_end(view.path)
@@ -141,21 +154,29 @@ class ViewCache:
             total -= self._items.pop(path).nbytes
 
 
-def _init_decode_worker(parent_pid: int, limit: int) -> None:
+#: in a decode worker: where it sends what is ready before its task ends (a preview of
+#: the view it is decoding), when its loader gave it a queue
+EARLY: Any = None
+
+
+def _init_decode_worker(parent_pid: int, limit: int, early: Any = None) -> None:
+    global EARLY
     die_with_parent(parent_pid)
     limit_address_space(limit)
+    EARLY = early
 
 
 class ViewLoader:
     """Submits decode jobs to a process pool; results are collected by :meth:`poll`."""
 
-    def __init__(self, workers: int = 2):
+    def __init__(self, workers: int = 2, early: Any = None):
         ctx = mp.get_context("spawn")
         # untrusted files are decoded here: a bounded address space per worker, and workers
-        # exit when the app does, even when it is killed (no orphaned decoders)
+        # exit when the app does, even when it is killed (no orphaned decoders); ``early``
+        # (a queue of the spawn context) reaches the workers as :data:`EARLY`
         self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                             initializer=_init_decode_worker,
-                                            initargs=(os.getpid(), DECODE_WORKER_LIMIT))
+                                            initargs=(os.getpid(), DECODE_WORKER_LIMIT, early))
         #: path -> its decode job (``None``: wanted, the job not yet submitted; a subclass
         #: that schedules its own jobs marks them so)
         self._pending: dict[str, cf.Future[Any] | None] = {}
@@ -193,6 +214,11 @@ class ViewLoader:
     @property
     def busy(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def in_flight(self) -> int:
+        """Decodes running in the workers now (not those waiting, nor finished and not yet polled)."""
+        return sum(1 for f in self._pending.values() if f is not None and f.running())
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -105,34 +105,55 @@ def resample(level: np.ndarray, image_rect: tuple[float, float, float, float],
 
 
 class Raster:
-    """A pane's stored values at screen resolution, and its RGB32 frame buffer."""
+    """A pane's stored values at screen resolution (device pixels), and where they go.
 
-    def __init__(self, key: tuple[object, ...], origin: tuple[int, int], values: np.ndarray):
+    ``origin`` is in device pixels; ``ratio`` is the device pixel ratio they were made
+    for (a HiDPI screen's 2 is two device pixels per logical one), so the raster lands
+    at ``origin / ratio`` in the widget's logical coordinates.
+    """
+
+    def __init__(self, key: tuple[object, ...], origin: tuple[int, int], values: np.ndarray, ratio: float = 1.0):
         self.key = key
         self.origin = origin
         self.values = values
-        self.frame = np.empty(values.shape, dtype=np.uint32)
+        self.ratio = ratio
+        self._frame: np.ndarray | None = None
 
-    def render(self, lut: DisplayLut) -> np.ndarray:
+    @property
+    def logical_origin(self) -> tuple[float, float]:
+        return self.origin[0] / self.ratio, self.origin[1] / self.ratio
+
+    def render(self, lut: DisplayLut, out: np.ndarray | None = None) -> np.ndarray:
         """One table lookup (an RGB32 table of :func:`shared_lut`) over the screen
-        pixels, into the reused frame buffer."""
-        return lut.apply(self.values, out=self.frame)
+        pixels, into ``out`` (the pane's image memory, shape ``values.shape``) or a
+        frame buffer allocated once per raster: nothing is allocated per frame."""
+        if out is None:
+            if self._frame is None:
+                self._frame = np.empty(self.values.shape, dtype=np.uint32)
+            out = self._frame
+        return lut.apply(self.values, out=out)
 
 
 def screen_raster(previous: Raster | None, view_key: object, level_index: int, level: np.ndarray,
                   image_rect: tuple[float, float, float, float], widget: tuple[int, int],
-                  smooth: bool) -> Raster | None:
+                  smooth: bool, ratio: float = 1.0) -> Raster | None:
     """The raster for this geometry: ``previous`` when nothing moved, else a new one
-    (None when no part of the image is inside the widget)."""
-    x, y, w, h = image_rect
+    (None when no part of the image is inside the widget).
+
+    ``image_rect`` and ``widget`` are logical (widget) coordinates; the raster is made
+    at ``ratio`` device pixels per logical pixel (``QWidget.devicePixelRatioF``), so a
+    HiDPI screen shows every device pixel it has, not a 2x enlargement.
+    """
+    x, y, w, h = (v * ratio for v in image_rect)
     if w <= 0 or h <= 0:
         return None
+    dev_w, dev_h = math.ceil(widget[0] * ratio - 1e-6), math.ceil(widget[1] * ratio - 1e-6)
     vx0, vy0 = max(0, math.floor(x)), max(0, math.floor(y))
-    vx1, vy1 = min(widget[0], math.ceil(x + w)), min(widget[1], math.ceil(y + h))
+    vx1, vy1 = min(dev_w, math.ceil(x + w)), min(dev_h, math.ceil(y + h))
     if vx1 <= vx0 or vy1 <= vy0:
         return None
     visible = (vx0, vy0, vx1 - vx0, vy1 - vy0)
-    key = (view_key, level_index, tuple(round(v, 3) for v in image_rect), widget, smooth)
+    key = (view_key, level_index, tuple(round(v, 3) for v in image_rect), widget, smooth, ratio)
     if previous is not None and previous.key == key:
         return previous
-    return Raster(key, (vx0, vy0), resample(level, image_rect, visible, smooth))
+    return Raster(key, (vx0, vy0), resample(level, (x, y, w, h), visible, smooth), ratio)
