@@ -1,8 +1,8 @@
 """Proof that the learning loop works: a simulated reader on phantom data.
 
 A parent model is trained briefly on phantom exams *without calcification clusters*.
-A simulated reader then reads 40 exams through the real store: 24 with calcification
-clusters, 8 with masses only and 8 normal ones (every ground-truth lesion recorded with
+A simulated reader then reads 56 exams through the real store: 24 with calcification
+clusters, 16 with masses only and 16 normal ones (every ground-truth lesion recorded with
 ``CorrectionLog.append(action="add")`` in a real archive, a BI-RADS for each exam), a
 training snapshot is made (``create_snapshot``), the model is retrained, and on fresh
 phantom exams (the site's locked validation snapshot, never trained on) the sensitivity
@@ -13,7 +13,7 @@ the gate's reasons. The Model panel side of it is in ``tests/ui/test_model_panel
 
 Sized so that the learning effects are many times the machine-to-machine float noise:
 112 validation images (28 exams: 16 calcification clusters, 32 masses, 12 normal exams),
-160 corrected images, and assertions far from their thresholds. ``benchmarks/loop_spread.py``
+224 corrected images, and assertions far from their thresholds. ``benchmarks/loop_spread.py``
 runs the same proof under three seeds, one and two threads and other CPU code paths and
 prints every gate check's margin. Why the corrections hold masses and normal exams: with
 calcification exams only (the earlier size) the fine-tune lowered the candidate's scores
@@ -21,8 +21,11 @@ on masses below those of the brightest normal-tissue marks, so the validation FR
 image AUC fell by 0.07-0.08 under ``ONEDNN_MAX_CPU_ISA=AVX2`` and the gate refused it
 (margins of 0.03-0.05 elsewhere); a reader reads every exam, and with the masses confirmed
 and normal exams read the same AVX2 run gains on every gated figure (smallest margin 0.06).
-The module takes about 5.5 CPU-minutes of one core (31 min of wall time on a 2-core
-machine at load 10).
+With 8 mass and 8 normal exams the candidate's mass scores still fell below the brightest
+normal-tissue marks under ``ATEN_CPU_CAPABILITY=default`` (image AUC -0.060, refused); with
+16 of each (a screening reader mostly reads normal exams) that run and the AVX2 one pass
+(image AUC -0.014 and +0.012; docs/model.md section 8 has the spread). The module takes
+about 7 CPU-minutes of one core.
 """
 
 from __future__ import annotations
