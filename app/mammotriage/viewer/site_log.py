@@ -35,7 +35,7 @@ from mammotriage.store.events import CorrectionError, Event, event_from_row
 from mammotriage.store.pg.buffer import BufferedLog
 from mammotriage.store.pg.events import SERVER_AWAY, SiteCorrectionLog
 
-__all__ = ["BUFFER_FILE", "SiteLog", "SiteStatus", "site_status_text"]
+__all__ = ["BUFFER_FILE", "SiteLog", "SiteStatus", "site_mode_problem", "site_status_text"]
 
 LOG = logging.getLogger(__name__)
 
@@ -55,6 +55,21 @@ class SiteStatus:
     reason: str = ""
     #: Corrections the server refused for their content (kept aside in the buffer file).
     refused: int = 0
+
+
+def site_mode_problem(home: str | Path) -> str:
+    """Why this data directory cannot join a site yet ('' when it can).
+
+    Double reading (``double_reading.json``) blinds and checks roles in the SQLite log;
+    over the site store it is not joined yet, so a workstation with it on stays standalone
+    rather than read unblinded.
+    """
+    from mammotriage.store.double_reading import DoubleReadingPolicy
+
+    if DoubleReadingPolicy.load(home).enabled:
+        return (f"double reading is on ({Path(home) / 'double_reading.json'}) and site mode does not do "
+                "double reading yet: remove that file (or set enabled to false) to join the site")
+    return ""
 
 
 def _count(n: int, what: str) -> str:
