@@ -156,3 +156,17 @@ def test_missing_and_unreadable_profiles(tmp_path: Path) -> None:
     binary.chmod(0o600)
     with pytest.raises(SiteProfileError, match="cannot read"):
         load_profile(binary)
+
+
+def test_app_site_refuses_a_bad_profile_before_any_window(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
+    path = _write(tmp_path / "p.json", _good(), 0o644)
+    assert main(["app", "--site", str(path), "--no-demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("app --site: ") and str(path) in err and "readable by others" in err
+    path.chmod(0o600)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "double_reading.json").write_text('{"enabled": true}')
+    assert main(["app", "--site", str(path), "--no-demo"]) == 2  # double reading is not joined with a site yet
+    assert "double reading is on" in capsys.readouterr().err

@@ -48,6 +48,8 @@ def test_the_label_says_when_the_server_is_away_and_clears_when_it_drained(qtbot
         bar.show()
         said: list[str] = []
         label.changed.connect(said.append)
+        notes: list[str] = []
+        label.noteworthy.connect(notes.append)
         assert label.text() == "" and not label.isVisible()
         site.stop()
         try:
@@ -62,6 +64,8 @@ def test_the_label_says_when_the_server_is_away_and_clears_when_it_drained(qtbot
         qtbot.waitUntil(lambda: label.text() == "", timeout=60_000)
         assert not label.isVisible() and said[-1] == ""
         assert any(text.endswith("2 corrections waiting") for text in said)
+        # the log gets the loss (with the reason) and the drained buffer, not every count between
+        assert len(notes) == 2 and UNREACHABLE.match(notes[0].split(" (")[0]) and "every correction" in notes[1]
         label.timer.stop()
     with SiteCorrectionLog(site.dsn("mt_workstation")) as server:
         assert [e.payload["text"] for e in server.events(exam_key="Exam-UI")] == ["0", "1"]
@@ -107,9 +111,16 @@ def test_a_window_joined_from_the_settings_keeps_reading_through_a_server_restar
         finally:
             site.start()
         qtbot.waitUntil(lambda: label.text() == "", timeout=60_000)
-        assert "every correction is stored" in win.log.toPlainText()
+        text = win.log.toPlainText()
+        assert "every correction is stored" in text and text.count("site server unreachable since") == 1
         with SiteCorrectionLog(site.dsn("mt_workstation")) as server:
             assert [e.action for e in server.events(exam_key=key)] == ["birads", "density", "note"]
+        # File > Join a site: a bad profile is not taken (the file named); leaving forgets it
+        said = win.set_site_profile(tmp_path / "nope.json")
+        assert said.startswith("site profile not taken: ") and "nope.json" in said
+        assert win.settings.value("site/profile") == str(tmp_path / "ws.json")
+        win.set_site_profile(None)
+        assert not win.settings.value("site/profile")
     finally:
         win.close()
         archive.close()

@@ -270,8 +270,7 @@ class MainWindow(QMainWindow):
         self.site_label: SiteStatusLabel | None = None
         if self.site_log is not None and site is not None:
             self.site_label = SiteStatusLabel(self.site_log, site.where(), parent=self)
-            self.site_label.changed.connect(
-                lambda text: self.log_line(text or "site server: every correction is stored"))
+            self.site_label.noteworthy.connect(self.log_line)
             self.statusBar().addPermanentWidget(self.site_label)
             self.log_line(f"site mode: {site.where()} (profile {site.path})")
         for note in self._site_notes:

@@ -25,12 +25,15 @@ class SiteStatusLabel(QLabel):
 
     #: The new text ('' once the server is reachable and the buffer drained).
     changed = Signal(str)
+    #: A line for the window's log, on the changes worth one: the server lost, everything stored again.
+    noteworthy = Signal(str)
 
     def __init__(self, log: SiteLog, where: str = "", interval_ms: int = 1000, parent: QWidget | None = None):
         super().__init__("", parent)
         self.site_log = log
         self.where = where
         self.setVisible(False)
+        self._away = False
         self.timer = QTimer(self)
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self.refresh)
@@ -49,6 +52,11 @@ class SiteStatusLabel(QLabel):
             tip.append(f"corrections are kept in {self.site_log.buffered.buffer.path} until the server has them")
             self.setToolTip("\n".join(tip))
             self.changed.emit(text)
+            if not status.reachable and not self._away:
+                self.noteworthy.emit(text + (f" ({status.reason})" if status.reason else ""))
+            elif not text and self._away:
+                self.noteworthy.emit("site server reachable again: every correction is stored")
+            self._away = not status.reachable or (self._away and bool(text))
         if self.isHidden() == bool(text):  # a status bar shows what it is given: hide it again
             self.setVisible(bool(text))
         return text
