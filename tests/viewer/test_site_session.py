@@ -115,3 +115,36 @@ def test_two_workstations_see_each_others_sent_corrections(site: PgCluster, tmp_
         assert wait_until(lambda: a.status().waiting == 0, 60)
         theirs = _open(b, "Exam-3", "dr_a")  # the same reader at another workstation
         assert _kinds(theirs) == ["mass"] and theirs._events[0].workstation == "ws-a"
+
+
+def test_the_status_line_in_every_state() -> None:
+    from datetime import UTC, datetime
+
+    from mammotriage.viewer.site_log import SiteStatus
+
+    since = datetime(2026, 3, 1, 9, 5, tzinfo=UTC)
+    hhmm = since.astimezone().strftime("%H:%M")  # shown in the workstation's local time
+    assert site_status_text(SiteStatus(True, None, 0)) == ""
+    assert site_status_text(SiteStatus(True, None, 3)) == "sending 3 corrections to the site server"
+    assert site_status_text(SiteStatus(False, since, 1, "refused")) == \
+        f"site server unreachable since {hhmm} — 1 correction waiting"
+    assert site_status_text(SiteStatus(False, since, 0)).endswith("— 0 corrections waiting")
+    assert site_status_text(SiteStatus(True, None, 0, refused=2)) == "2 corrections refused by the site server"
+    assert site_status_text(SiteStatus(False, None, 4, refused=1)) == \
+        "site server unreachable since ? — 4 corrections waiting · 1 correction refused by the site server"
+
+
+def test_a_refused_correction_is_counted_and_does_not_block_the_others(site: PgCluster, tmp_path: Path) -> None:
+    from mammotriage.store.events import event_fields
+
+    with SiteLog(site.dsn("mt_workstation"), tmp_path / BUFFER_FILE, "ws-bad", retry_s=0.2, probe_s=0.2) as log:
+        exam = _open(log, "Exam-4")
+        first = exam.set_note("a")
+        assert wait_until(lambda: log.status().waiting == 0, 60)
+        clash = event_fields("ws-bad", reader="dr_a", exam_key="Exam-4", action="note", payload={"text": "b"})
+        clash["event_id"] = first.event_id  # same uuid, other content (a damaged buffer file)
+        log.buffered.buffer.put(clash)
+        exam.set_note("c")
+        assert wait_until(lambda: log.status().waiting == 0 and log.status().refused == 1, 60)
+        assert site_status_text(log.status()) == "1 correction refused by the site server"
+    assert [e.payload["text"] for e in _server_events(site, "Exam-4")] == ["a", "c"]
