@@ -325,7 +325,22 @@ def cmd_app(args: argparse.Namespace) -> int:
     # cli is the composition root: it alone may import the UI (see pyproject's contracts)
     from mammotriage.ui import app as ui
 
-    return int(ui.main(demo=not args.no_demo, screenshot=args.screenshot, quit_after=args.quit_after) or 0)
+    site = None
+    if args.site:
+        from mammotriage.config import data_dir
+        from mammotriage.net.site_profile import SiteProfileError, load_profile
+        from mammotriage.viewer.site_log import site_mode_problem
+
+        try:
+            site = load_profile(args.site)
+        except SiteProfileError as exc:
+            print(f"app --site: {exc}", file=sys.stderr)
+            return 2
+        if problem := site_mode_problem(data_dir()):
+            print(f"app --site: {problem}", file=sys.stderr)
+            return 2
+    return int(ui.main(demo=not args.no_demo, screenshot=args.screenshot, quit_after=args.quit_after,
+                       site=site) or 0)
 
 
 # --------------------------------------------------------------------------- parser
@@ -339,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-demo", action="store_true", help="do not create the demo exams on first run")
     p.add_argument("--screenshot", metavar="PNG", help="save a screenshot once the first exam is shown")
     p.add_argument("--quit-after", type=float, metavar="S", help="quit after S seconds (for scripts)")
+    p.add_argument("--site", metavar="PROFILE", help="join a site: reader corrections go to its store "
+                   "(a profile from 'mammotriage site profile', mode 0600)")
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("info", help="print what the reader understood about DICOM files")

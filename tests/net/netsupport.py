@@ -27,6 +27,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` different TCP ports that were free on 127.0.0.1 a moment ago."""
+    ports: list[int] = []
+    while len(ports) < n:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    return ports
+
+
+def require_postgres() -> None:
+    """Skip without the PostgreSQL server binaries (fail under CI=true, which installs them)."""
+    import os
+
+    import pytest
+
+    from mammotriage.store.pg.cluster import PgMissingError, find_bindir
+
+    try:
+        find_bindir()
+    except PgMissingError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc} (CI must install the Debian package postgresql)")
+        pytest.skip(str(exc))
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until true or ``timeout`` seconds passed; returns its last value."""
     deadline = time.monotonic() + timeout

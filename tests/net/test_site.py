@@ -8,33 +8,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from netsupport import free_port
+from netsupport import free_ports as _ports
+from netsupport import require_postgres as _pg_or_skip
 from orthancsupport import require_orthanc
 
 from mammotriage.cli import main
 from mammotriage.net import orthanc, site
-
-
-def _ports(n: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        p = free_port()
-        if p not in ports:
-            ports.append(p)
-    return ports
-
-
-def _pg_or_skip() -> None:
-    import os
-
-    from mammotriage.store.pg.cluster import PgMissingError, find_bindir
-
-    try:
-        find_bindir()
-    except PgMissingError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"{exc} (CI must install the Debian package postgresql)")
-        pytest.skip(str(exc))
 
 
 def test_defaults_are_the_archive_module_defaults() -> None:

@@ -166,6 +166,14 @@ def add_site_commands(subparsers: Any) -> None:
         q = sub.add_parser(name, help=text)
         q.add_argument("folder", type=Path)
         q.add_argument("--json", action="store_true")
+    q = sub.add_parser("profile", help="write the profile a workstation or AI worker joins the site with",
+                       description="Write a site profile (JSON, mode 0600: it holds the role's database password "
+                                   "and the archive's credentials) for 'mammotriage app --site FILE'.")
+    q.add_argument("folder", type=Path)
+    q.add_argument("--role", choices=("workstation", "worker"), required=True)
+    q.add_argument("--out", type=Path, required=True, metavar="FILE")
+    q.add_argument("--host", default="127.0.0.1",
+                   help="the site server's address on the site network (default 127.0.0.1: this machine)")
     p.set_defaults(func=cmd_site)
 
 
@@ -180,6 +188,8 @@ def cmd_site(args: argparse.Namespace) -> int:
     from mammotriage.net.orthanc import OrthancError
     from mammotriage.store.pg.cluster import PgError
 
+    if args.site_command == "profile":
+        return _cmd_profile(args)
     try:
         if args.site_command == "init":
             init_site(args.folder, pg_port=args.pg_port, http_port=args.http_port, dicom_port=args.dicom_port,
@@ -197,4 +207,20 @@ def cmd_site(args: argparse.Namespace) -> int:
     print(json.dumps(status, indent=1) if args.json else _say(status))
     if args.site_command == "start" and not status["running"]:
         return 1
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from mammotriage.net.site_profile import SiteProfileError, write_profile
+
+    try:
+        profile = write_profile(args.folder, args.role, args.out, args.host)
+    except (SiteError, SiteProfileError) as exc:
+        print(f"site profile: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {profile.path} (mode 0600: it holds the {profile.user} password and the archive's "
+          f"credentials; copy it to the {profile.role} only)\n  {profile.where()}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("  other hosts reach the servers only when they listen on the site network "
+              "(docs/hospital-it.md, 'Joining a workstation')", file=sys.stderr)
     return 0

@@ -5,14 +5,19 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from mammotriage.ui.main_window import MainWindow
 
+if TYPE_CHECKING:
+    from mammotriage.net.site_profile import SiteProfile
 
-def main(demo: bool = True, screenshot: str | None = None, quit_after: float | None = None) -> int:
+
+def main(demo: bool = True, screenshot: str | None = None, quit_after: float | None = None,
+         site: SiteProfile | None = None) -> int:
     """Start the workstation.
 
     Parameters
@@ -23,12 +28,14 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
         Save a PNG of the window once the first exam is on screen, then quit.
     quit_after
         Quit after this many seconds (scripts and smoke tests).
+    site
+        Join this site (``app --site PROFILE``): reader corrections go to the site store.
     """
     started: dict[str, MainWindow] = {}
     _quit_on_signals(started)  # before any worker is spawned
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Mammo Triage")
-    window = started["window"] = MainWindow()
+    window = started["window"] = MainWindow(site=site)
     window.show_for_reading()  # maximised at first start; a lost screen's geometry corrected
     rc = {"code": 0}
     if screenshot:

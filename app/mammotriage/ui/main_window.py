@@ -41,6 +41,7 @@ from mammotriage.dicom.hanging import SCREENING_SLOTS
 from mammotriage.dicom.vocab import breast_side, projection_family
 from mammotriage.lifetime import die_with_parent
 from mammotriage.net.outbox import OutboxSink
+from mammotriage.net.site_profile import SiteProfile, SiteProfileError, load_profile
 from mammotriage.store import Archive
 from mammotriage.store.archive import ExamRecord
 from mammotriage.store.assessment import (
@@ -67,6 +68,7 @@ from mammotriage.ui.double_reading import ArbitrationList
 from mammotriage.ui.hanging_view import HangingView
 from mammotriage.ui.overlay import AiOverlay
 from mammotriage.ui.screen_windows import ScreenLayout
+from mammotriage.ui.site_status import SiteStatusLabel
 from mammotriage.ui.worklist import FILTERS, WORKLIST_ORDER, WorklistFilter, WorklistModel
 from mammotriage.viewer.corrections import ExamCorrections, ImageInfo
 from mammotriage.viewer.decode_pool import ProgressiveLoader
@@ -74,6 +76,7 @@ from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.viewer.prefetch import DEFAULT_EXAMS, prefetch_paths
 from mammotriage.viewer.screens import LAYOUTS, worklist_split
 from mammotriage.viewer.session import OpenedExam, ReadingSession
+from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog, site_mode_problem
 
 if TYPE_CHECKING:
     from mammotriage.net.service import NetworkService
@@ -118,7 +121,7 @@ class MainWindow(QMainWindow):
     exam_shown = Signal(str)  # exam key, once all panes have their content
 
     def __init__(self, loader: ViewLoader | None = None, archive: Archive | None = None,
-                 model_dir: str | Path | None = None, start_triage: bool = True):
+                 model_dir: str | Path | None = None, start_triage: bool = True, site: SiteProfile | None = None):
         super().__init__()
         self.setWindowTitle("Mammo Triage — research demonstration, not for clinical use")
         self.archive = archive or Archive(archive_path())
@@ -134,13 +137,22 @@ class MainWindow(QMainWindow):
         self.reader = str(self.settings.value("reader/name", "") or current_reader())
         # double reading (a site setting): blinding and the readers' roles are the log's
         self.double_policy = DoubleReadingPolicy.load(data_dir())
-        self.corrections_log = (DoubleReadingLog(self.archive.path, self.reader, self.double_policy)
-                                if self.double_policy.enabled else CorrectionLog(self.archive.path))
-        self.locks = ReadingLocks(self.archive.path, lease_s=self.double_policy.lease_s) \
-            if self.double_policy.enabled else None
+        # site mode: corrections go to the site store through the local buffer (viewer.site_log);
+        # without --site, the profile remembered in the settings (File > Join a site)
+        self._site_notes: list[str] = []
+        if site is None:
+            site = self._site_from_settings()
+        self.site = site
+        self.site_log = SiteLog(site.dsn(), data_dir() / BUFFER_FILE) if site is not None else None
+        double = self.double_policy.enabled and self.site_log is None  # not joined with site mode yet
+        self.corrections_log: CorrectionLog | SiteLog = (
+            self.site_log if self.site_log is not None
+            else DoubleReadingLog(self.archive.path, self.reader, self.double_policy) if double
+            else CorrectionLog(self.archive.path))
+        self.locks = ReadingLocks(self.archive.path, lease_s=self.double_policy.lease_s) if double else None
         self.double_states = StatusIndex(self.double_policy.discordance)  # read on each refresh
         # the prior exams' reads are history: shown whoever made them (never blinded)
-        self.history_log = CorrectionLog(self.archive.path) if self.double_policy.enabled else self.corrections_log
+        self.history_log = CorrectionLog(self.archive.path) if double else self.corrections_log
         self.corrections: ExamCorrections | None = None
         self.corrections_log.add_reader(self.reader)
         self.session = ReadingSession(self.archive.path, data_dir(), self.queue, model_dir)
@@ -255,6 +267,14 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.model_label)
         self.statusBar().addPermanentWidget(self.decode_progress)
         self.statusBar().addPermanentWidget(self.progress)
+        self.site_label: SiteStatusLabel | None = None
+        if self.site_log is not None and site is not None:
+            self.site_label = SiteStatusLabel(self.site_log, site.where(), parent=self)
+            self.site_label.noteworthy.connect(self.log_line)
+            self.statusBar().addPermanentWidget(self.site_label)
+            self.log_line(f"site mode: {site.where()} (profile {site.path})")
+        for note in self._site_notes:
+            self.log_line(note)
 
         self.menu_actions: list[QAction] = []
         self._build_actions()
@@ -285,6 +305,46 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.network_label)
         if str(self.settings.value("network/run_in_app", "false")).lower() == "true":
             QTimer.singleShot(0, self.start_network)
+
+    # ----------------------------------------------------------------- site mode
+    def _site_from_settings(self) -> SiteProfile | None:
+        """The site profile remembered in the settings, when it is still valid (else why not, in the log)."""
+        path = str(self.settings.value("site/profile", "") or "")
+        if not path:
+            return None
+        try:
+            site = load_profile(path)
+        except SiteProfileError as exc:
+            self._site_notes.append(f"not joining the site (File > Join a site): {exc}")
+            return None
+        if problem := site_mode_problem(data_dir()):
+            self._site_notes.append(f"not joining the site: {problem}")
+            return None
+        return site
+
+    def set_site_profile(self, path: str | Path | None) -> str:
+        """Remember a site profile for the next start (None: leave the site); returns what was said."""
+        if path is None:
+            self.settings.setValue("site/profile", "")
+            text = "standalone from the next start (the site profile is forgotten)"
+        else:
+            try:
+                site = load_profile(path)
+            except SiteProfileError as exc:
+                text = f"site profile not taken: {exc}"
+                self.log_line(text)
+                return text
+            self.settings.setValue("site/profile", str(Path(path).absolute()))
+            text = f"joins the site at the next start: {site.where()}"
+        self.settings.sync()
+        self.log_line(text)
+        return text
+
+    def join_site_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Site profile (from 'mammotriage site profile')", "",
+                                              "Site profile (*.json);;All files (*)")
+        if path:
+            self.set_site_profile(path)
 
     # ----------------------------------------------------------------- the session's model
     @property
@@ -425,6 +485,9 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "Import folder…", ["Ctrl+O"], self.import_folder_dialog)
         self._action(file_menu, "Receive from PACS / modalities (DICOM node) on/off", ["Ctrl+Shift+N"],
                      self.toggle_network)
+        self._action(file_menu, "Join a site (site profile)…", [], self.join_site_dialog)
+        self._action(file_menu, "Leave the site (standalone from the next start)", [],
+                     lambda: self.set_site_profile(None))
         self._action(file_menu, "Quit", ["Ctrl+Q"], self.close)
         exam_menu = bar.addMenu("&Exam")
         self._action(exam_menu, "Next exam", ["N", "PgDown"], lambda: self.step_exam(1))
@@ -1549,6 +1612,10 @@ class MainWindow(QMainWindow):
             self.locks.close()
         if self.history_log is not self.corrections_log:
             self.history_log.close()
+        if self.site_label is not None:
+            self.site_label.timer.stop()
+        if self.site_log is not None:
+            self.site_log.close()  # what still waits stays in the buffer file for the next start
         if self.triage is not None:
             self.triage.stop()
         self.loader.shutdown()

@@ -1,18 +1,30 @@
 """The reader's corrections of one exam: events in, labels out (no Qt).
 
-Every method appends one event to the :class:`~mammotriage.store.events.CorrectionLog`
-(durable when the method returns) and recomputes the labels as a fold over the
+Every method appends one event to the correction log (durable when the method returns):
+the SQLite :class:`~mammotriage.store.events.CorrectionLog` standalone, the site store's
+:class:`~mammotriage.viewer.site_log.SiteLog` in site mode (any :class:`CorrectionStore`), and recomputes the labels as a fold over the
 exam's events, so what the viewer shows is always what the store holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from mammotriage.store.events import CorrectionError, CorrectionLog, Event
+from mammotriage.store.events import CorrectionError, Event
 from mammotriage.store.labels import Label, ReaderLabels, fold, undo_history
 from mammotriage.viewer.state import Signal
+
+
+class CorrectionStore(Protocol):
+    """What the corrections code needs of a correction log (the backend stays unknown)."""
+
+    def append(self, *, reader: str, exam_key: str, action: str, study_uid: str = "", series_uid: str = "",
+               sop_uid: str = "", pixel_sha256: str = "", model_version: str = "", target: str = "",
+               kind: str = "", geometry: dict[str, Any] | None = None,
+               payload: dict[str, Any] | None = None) -> Event: ...
+
+    def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]: ...
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,7 @@ class ImageInfo:
 class ExamCorrections:
     """Corrections of one exam by one reader, against the AI marks on screen."""
 
-    def __init__(self, log: CorrectionLog, exam_key: str, reader: str):
+    def __init__(self, log: CorrectionStore, exam_key: str, reader: str):
         self.log = log
         self.exam_key = exam_key
         self.reader = reader

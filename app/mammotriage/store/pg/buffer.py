@@ -91,6 +91,13 @@ class EventBuffer(db.Connected):
                                utc_now("microseconds")))
             self.conn.execute("DELETE FROM pending WHERE event_id = ?", (fields["event_id"],))
 
+    def waiting(self, exam_key: str | None = None) -> list[dict[str, str]]:
+        """Every event not yet acknowledged (of one exam, or all), oldest first."""
+        with self._lock:
+            rows = self.conn.execute("SELECT fields FROM pending ORDER BY n").fetchall()
+        kept = [dict(json.loads(r[0])) for r in rows]
+        return [f for f in kept if exam_key is None or f["exam_key"] == exam_key]
+
     def count(self) -> int:
         with self._lock:
             return int(self.conn.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
@@ -153,15 +160,31 @@ class BufferedLog:
         CorrectionError
             The event is invalid (nothing is kept).
         """
-        made = event_fields(self.workstation, reader=reader, exam_key=exam_key, action=action, **fields)
-        self.buffer.put(made)
+        made = self.keep(reader=reader, exam_key=exam_key, action=action, **fields)
         sent = self._flush()
         event = sent.get(made["event_id"])
         return AppendOutcome(made["event_id"], event, self.buffer.count())
 
+    def keep(self, *, reader: str, exam_key: str, action: str, **fields: Any) -> dict[str, str]:
+        """Check one event and keep it in the buffer only (durable when this returns);
+        :meth:`flush` sends it later. Returns the event's own fields.
+
+        Raises
+        ------
+        CorrectionError
+            The event is invalid (nothing is kept).
+        """
+        made = event_fields(self.workstation, reader=reader, exam_key=exam_key, action=action, **fields)
+        self.buffer.put(made)
+        return made
+
     def flush(self) -> int:
         """Send what is buffered, oldest first; returns how many the server acknowledged."""
         return len(self._flush())
+
+    def flush_events(self) -> list[Event]:
+        """:meth:`flush`, returning the acknowledged events as the server chained them, in order."""
+        return list(self._flush().values())
 
     def _flush(self) -> dict[str, Event]:
         sent: dict[str, Event] = {}

@@ -1,0 +1,127 @@
+"""Site mode in the window: the status bar's "site server unreachable" line, and a window
+joined to a real PostgreSQL (from the settings' site profile) that stops and restarts."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mammotriage.store.pg.cluster import PgCluster
+from mammotriage.store.pg.events import SiteCorrectionLog
+from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog
+from store.pg.pgsupport import running_cluster
+
+UNREACHABLE = re.compile(r"^site server unreachable since \d\d:\d\d — (\d+) corrections? waiting$")
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[PgCluster]:
+    with running_cluster() as cluster:
+        yield cluster
+
+
+def _profile(site: PgCluster, path: Path) -> Path:
+    data = {"format": "mammotriage-site-profile/1", "role": "workstation",
+            "postgres": {"host": site.host, "port": site.port, "database": "mammotriage", "user": "mt_workstation",
+                         "password": site.password("mt_workstation")},
+            "dicomweb": {"url": "http://127.0.0.1:8042/dicom-web", "user": "mammotriage", "password": "unused"}}
+    path.write_text(json.dumps(data))
+    path.chmod(0o600)
+    return path
+
+
+def test_the_label_says_when_the_server_is_away_and_clears_when_it_drained(qtbot, site: PgCluster,
+                                                                          tmp_path: Path) -> None:
+    from mammotriage.ui.site_status import SiteStatusLabel
+
+    with SiteLog(site.dsn("mt_workstation"), tmp_path / BUFFER_FILE, "ws-ui", retry_s=0.2, probe_s=0.2) as log:
+        from PySide6.QtWidgets import QStatusBar
+
+        bar = QStatusBar()
+        qtbot.addWidget(bar)
+        label = SiteStatusLabel(log, "PostgreSQL test", interval_ms=100)
+        bar.addPermanentWidget(label)
+        bar.show()
+        said: list[str] = []
+        label.changed.connect(said.append)
+        notes: list[str] = []
+        label.noteworthy.connect(notes.append)
+        assert label.text() == "" and not label.isVisible()
+        site.stop()
+        try:
+            qtbot.waitUntil(lambda: UNREACHABLE.match(label.text()) is not None, timeout=60_000)
+            assert label.isVisible() and UNREACHABLE.match(label.text()).group(1) == "0"
+            for n in range(2):
+                log.append(reader="dr_ui", exam_key="Exam-UI", action="note", payload={"text": str(n)})
+            qtbot.waitUntil(lambda: label.text().endswith("— 2 corrections waiting"), timeout=10_000)
+            assert "last error" in label.toolTip() and str(log.buffered.buffer.path) in label.toolTip()
+        finally:
+            site.start()
+        qtbot.waitUntil(lambda: label.text() == "", timeout=60_000)
+        assert not label.isVisible() and said[-1] == ""
+        assert any(text.endswith("2 corrections waiting") for text in said)
+        # the log gets the loss (with the reason) and the drained buffer, not every count between
+        assert len(notes) == 2 and UNREACHABLE.match(notes[0].split(" (")[0]) and "every correction" in notes[1]
+        label.timer.stop()
+    with SiteCorrectionLog(site.dsn("mt_workstation")) as server:
+        assert [e.payload["text"] for e in server.events(exam_key="Exam-UI")] == ["0", "1"]
+
+
+def test_a_window_joined_from_the_settings_keeps_reading_through_a_server_restart(
+        qtbot, site: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PySide6.QtCore import QSettings
+
+    from mammotriage.phantom import generate_exam
+    from mammotriage.store import Archive
+    from mtsupport import reading_window
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(home))
+    settings = QSettings(str(home / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("site/profile", str(_profile(site, tmp_path / "ws.json")))
+    settings.sync()
+    exam = generate_exam(31, exam_number=1, rows=512, columns=416, normal=False)
+    exam.save(tmp_path / "exam")
+    archive = Archive(tmp_path / "archive.sqlite")
+    archive.import_paths([tmp_path / "exam"])
+    win = reading_window(qtbot, archive, reader="dr_site")
+    try:
+        assert isinstance(win.corrections_log, SiteLog) and win.site_label is not None
+        assert "site mode: PostgreSQL" in win.log.toPlainText()
+        log, label = win.corrections_log, win.site_label
+        log.retry_s = log.probe_s = 0.2
+        key = win.current.exam_key
+        win.corrections.set_birads(2)
+        qtbot.waitUntil(lambda: log.status().waiting == 0, timeout=60_000)
+        site.stop()
+        try:
+            qtbot.waitUntil(lambda: UNREACHABLE.match(label.text()) is not None, timeout=60_000)
+            assert label.isVisible()
+            # what is open stays editable: the events wait, what is shown includes them
+            win.corrections.set_density("C")
+            win.corrections.set_note("read while the server was away")
+            assert win.corrections.mine().density == "C"
+            qtbot.waitUntil(lambda: label.text().endswith("— 2 corrections waiting"), timeout=10_000)
+            assert "site server unreachable since" in win.log.toPlainText()
+        finally:
+            site.start()
+        qtbot.waitUntil(lambda: label.text() == "", timeout=60_000)
+        text = win.log.toPlainText()
+        assert "every correction is stored" in text and text.count("site server unreachable since") == 1
+        with SiteCorrectionLog(site.dsn("mt_workstation")) as server:
+            assert [e.action for e in server.events(exam_key=key)] == ["birads", "density", "note"]
+        # File > Join a site: a bad profile is not taken (the file named); leaving forgets it
+        said = win.set_site_profile(tmp_path / "nope.json")
+        assert said.startswith("site profile not taken: ") and "nope.json" in said
+        assert win.settings.value("site/profile") == str(tmp_path / "ws.json")
+        win.set_site_profile(None)
+        assert not win.settings.value("site/profile")
+    finally:
+        win.close()
+        archive.close()
+    assert not log._thread.is_alive()  # the window stopped its sender on closing

@@ -1,0 +1,150 @@
+"""A headless reading session in site mode against a real PostgreSQL that stops and restarts.
+
+The corrections code (``ExamCorrections``) writes through ``SiteLog`` exactly as it does
+through the standalone ``CorrectionLog``; what is open stays readable and editable while
+the server is away, and the buffer drains, in order and once, when it is back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mammotriage.store.events import CorrectionError
+from mammotriage.store.pg.cluster import PgCluster
+from mammotriage.store.pg.events import SiteCorrectionLog
+from mammotriage.viewer.corrections import ExamCorrections, ImageInfo
+from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog, site_status_text
+from store.pg.pgsupport import running_cluster, wait_until
+
+BOX = {"type": "box", "box": [10.0, 10.0, 40.0, 40.0]}
+SOP = "1.2.3.4.1"
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[PgCluster]:
+    with running_cluster() as cluster:
+        yield cluster
+
+
+def _open(log: SiteLog, exam_key: str, reader: str = "dr_a") -> ExamCorrections:
+    c = ExamCorrections(log, exam_key, reader)
+    c.set_image(ImageInfo(SOP, "1.2.3", "1.2.3.4", "a" * 64))
+    return c
+
+
+def _kinds(c: ExamCorrections) -> list[str]:
+    return sorted(lab.kind for lab in c.labels_for(SOP))
+
+
+def _server_events(site: PgCluster, exam_key: str) -> list:
+    with SiteCorrectionLog(site.dsn("mt_workstation")) as log:
+        return log.events(exam_key=exam_key)
+
+
+def test_reading_goes_on_while_the_server_is_away_and_the_buffer_drains(site: PgCluster, tmp_path: Path) -> None:
+    with SiteLog(site.dsn("mt_workstation"), tmp_path / BUFFER_FILE, "ws-1", retry_s=0.2, probe_s=0.2) as log:
+        exam = _open(log, "Exam-1")
+        first = exam.add(SOP, "mass", BOX)
+        assert first.seq == 0  # kept locally and returned at once: sending is the background thread's
+        assert wait_until(lambda: log.status().waiting == 0, 60)
+        assert [e.event_id for e in _server_events(site, "Exam-1")] == [first.event_id]
+        assert site_status_text(log.status()) == ""
+
+        site.stop()
+        try:
+            assert wait_until(lambda: not log.status().reachable, 60)
+            status = log.status()
+            assert status.since is not None and status.reason
+            # what is open stays editable: the events wait in the buffer, the labels include them
+            second = exam.add(SOP, "calcification", BOX)
+            exam.add(SOP, "asymmetry", BOX)
+            assert exam.undo() is not None  # undo of an event the server has not seen yet
+            exam.set_birads(4)
+            assert _kinds(exam) == ["calcification", "mass"]
+            assert log.status().waiting == 4
+            text = site_status_text(log.status())
+            assert text.startswith("site server unreachable since ") and text.endswith("— 4 corrections waiting")
+            # re-opening the exam (or another window on it) reads the offline events too
+            again = _open(log, "Exam-1")
+            assert _kinds(again) == ["calcification", "mass"] and again.mine().birads == 4
+            with pytest.raises(CorrectionError):  # a bad event is still refused at once, never kept
+                exam.set_birads(9)
+            assert log.status().waiting == 4
+        finally:
+            site.start()
+        assert wait_until(lambda: log.status().reachable and log.status().waiting == 0, 60)
+        assert site_status_text(log.status()) == ""
+        stored = _server_events(site, "Exam-1")
+        assert [e.event_id for e in stored] == [e.event_id for e in exam._events]  # in order, once each
+        assert stored[1].event_id == second.event_id and all(e.seq > 0 for e in stored)
+        assert [e.seq for e in stored] == sorted(e.seq for e in stored)
+        reopened = _open(log, "Exam-1")
+        assert _kinds(reopened) == ["calcification", "mass"] and all(e.seq > 0 for e in reopened._events)
+    with SiteCorrectionLog(site.dsn("mt_admin")) as admin:
+        assert admin.verify().ok
+
+
+def test_a_session_started_while_the_server_is_away_sends_what_it_made_later(
+        site: PgCluster, tmp_path: Path) -> None:
+    buffer = tmp_path / BUFFER_FILE
+    site.stop()
+    try:
+        with SiteLog(site.dsn("mt_workstation"), buffer, "ws-2", retry_s=0.2, probe_s=0.2) as log:
+            exam = _open(log, "Exam-2")
+            assert exam.labels_for(SOP) == []  # nothing read from the server, nothing invented
+            made = [exam.add(SOP, "mass", BOX), exam.set_note("seen offline")]
+            assert wait_until(lambda: not log.status().reachable, 60)
+            assert log.status().waiting == 2
+        # the workstation closes with the server still away: the events stay in the file
+    finally:
+        site.start()
+    with SiteLog(site.dsn("mt_workstation"), buffer, "ws-2", retry_s=0.2, probe_s=0.2) as log:
+        assert wait_until(lambda: log.status().waiting == 0, 60)
+        assert [e.event_id for e in _open(log, "Exam-2")._events] == [e.event_id for e in made]
+    assert [e.event_id for e in _server_events(site, "Exam-2")] == [e.event_id for e in made]
+
+
+def test_two_workstations_see_each_others_sent_corrections(site: PgCluster, tmp_path: Path) -> None:
+    dsn = site.dsn("mt_workstation")
+    with SiteLog(dsn, tmp_path / "a.sqlite3", "ws-a", retry_s=0.2) as a, \
+            SiteLog(dsn, tmp_path / "b.sqlite3", "ws-b", retry_s=0.2) as b:
+        _open(a, "Exam-3", "dr_a").add(SOP, "mass", BOX)
+        assert wait_until(lambda: a.status().waiting == 0, 60)
+        theirs = _open(b, "Exam-3", "dr_a")  # the same reader at another workstation
+        assert _kinds(theirs) == ["mass"] and theirs._events[0].workstation == "ws-a"
+
+
+def test_the_status_line_in_every_state() -> None:
+    from datetime import UTC, datetime
+
+    from mammotriage.viewer.site_log import SiteStatus
+
+    since = datetime(2026, 3, 1, 9, 5, tzinfo=UTC)
+    hhmm = since.astimezone().strftime("%H:%M")  # shown in the workstation's local time
+    assert site_status_text(SiteStatus(True, None, 0)) == ""
+    assert site_status_text(SiteStatus(True, None, 3)) == "sending 3 corrections to the site server"
+    assert site_status_text(SiteStatus(False, since, 1, "refused")) == \
+        f"site server unreachable since {hhmm} — 1 correction waiting"
+    assert site_status_text(SiteStatus(False, since, 0)).endswith("— 0 corrections waiting")
+    assert site_status_text(SiteStatus(True, None, 0, refused=2)) == "2 corrections refused by the site server"
+    assert site_status_text(SiteStatus(False, None, 4, refused=1)) == \
+        "site server unreachable since ? — 4 corrections waiting · 1 correction refused by the site server"
+
+
+def test_a_refused_correction_is_counted_and_does_not_block_the_others(site: PgCluster, tmp_path: Path) -> None:
+    from mammotriage.store.events import event_fields
+
+    with SiteLog(site.dsn("mt_workstation"), tmp_path / BUFFER_FILE, "ws-bad", retry_s=0.2, probe_s=0.2) as log:
+        exam = _open(log, "Exam-4")
+        first = exam.set_note("a")
+        assert wait_until(lambda: log.status().waiting == 0, 60)
+        clash = event_fields("ws-bad", reader="dr_a", exam_key="Exam-4", action="note", payload={"text": "b"})
+        clash["event_id"] = first.event_id  # same uuid, other content (a damaged buffer file)
+        log.buffered.buffer.put(clash)
+        exam.set_note("c")
+        assert wait_until(lambda: log.status().waiting == 0 and log.status().refused == 1, 60)
+        assert site_status_text(log.status()) == "1 correction refused by the site server"
+    assert [e.payload["text"] for e in _server_events(site, "Exam-4")] == ["a", "c"]
