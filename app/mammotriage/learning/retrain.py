@@ -14,9 +14,14 @@ deterministic kernels on a fixed number of threads, so the same parent, snapshot
 seed give the same weights file (same sha256) — and the same version name, which is
 derived from those inputs.
 
+After the network, the parent's second look is refitted (:func:`refit_second_look`):
+the calcification trees on the vendor's examples (the parent's training data, rebuilt)
+plus the snapshot's, their prior shift, and stage two on the new network's candidates;
+it is carried unchanged, with the reason, when the vendor's data cannot be rebuilt.
+
 The candidate's metadata names its parent (version and weights hash), the snapshot
-hash, what was excluded and why, the replay data (or that it was unavailable) and every
-parameter. It is registered (origin ``site``) but never made active: promotion goes
+hash, what was excluded and why, the replay data (or that it was unavailable), what
+happened to the second look and every parameter. It is registered (origin ``site``) but never made active: promotion goes
 through the validation gate (:mod:`mammotriage.learning.gate`).
 """
 
@@ -541,7 +546,7 @@ def _stage_two_rows(result: FineTuneResult, samples: list[Sample], progress: Pro
     from mammotriage.model.infer import Engine
     from mammotriage.model.twostage import ViewGeometry
 
-    engine = Engine(result.detector, result.config, result.pp, threads=max(1, int(threads)))
+    engine = Engine(result.detector, result.config, result.pp, device="cpu", threads=max(1, int(threads)))
     records = []
     for i, s in enumerate(samples):
         records.extend(predict_samples(engine, [s]))
