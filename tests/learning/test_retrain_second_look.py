@@ -218,6 +218,8 @@ def test_retrain_without_the_vendor_data_carries_the_second_look_and_says_why(si
     assert sl["action"] == "carried" and sl["from"] == "0.0.5"
     assert "unavailable" in sl["reason"] and "mias" in sl["reason"]
     assert res.metadata["second_look"] == read_metadata(parent)["second_look"]
+    # the tree settings travel with the carried trees (a later refit uses the vendor's own)
+    assert res.metadata["hyper_parameters"]["second_look"]["trees"] == {"n_estimators": 20}
     cand, par = _trees(res.path), _trees(parent)
     assert sorted(cand) == sorted(par) and par
     for k in par:

@@ -356,6 +356,8 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
     if refit is not None and refit.second_look is not None:
         second_look = refit.second_look
         hp["second_look"] = {**refit.second_look.to_json(), "trees": refit.trees}
+    elif (parent.get("hyper_parameters") or {}).get("second_look"):
+        hp["second_look"] = parent["hyper_parameters"]["second_look"]  # carried: its settings travel too
     ops = dict(parent.get("operating_points") or {})
     if ops:
         ops["inherited_from"] = parent.get("version")
