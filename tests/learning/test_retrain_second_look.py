@@ -203,6 +203,12 @@ def test_retrain_refits_the_calcification_trees_on_vendor_and_site_clusters(site
     for x, r in zip(films, results, strict=True):
         calc = np.array([f.box for f in r.findings if f.kind == "calcification"]).reshape(-1, 4)
         assert hits(calc, x.circles).any(), f"{x.key}: the site's cluster is not marked as a calcification"
+    # again: the vendor's examples come from the cache, and the package is the same bit for bit
+    again = retrain(site.training, archive_file=site.archive, parent=site.parent, params=_params(),
+                    out_dir=tmp_path / "cand-again", register=False)
+    assert again.metadata["fine_tuning"]["second_look"]["vendor_examples_cached"]
+    assert not sl["vendor_examples_cached"]
+    assert again.weights_sha256 == res.weights_sha256 and again.version == res.version
 
 
 def test_retrain_without_the_vendor_data_carries_the_second_look_and_says_why(site, tmp_path):
