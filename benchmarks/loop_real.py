@@ -24,10 +24,13 @@ patient-level bootstrap 95 % intervals; one figure per line::
         --parent-epochs 2 --ft-epochs 2 --n-boot 200                    # reduced
 
 Every stage checkpoints under ``--work`` (outside the repository): run it again with
-the same arguments and it resumes after the last finished stage. The second look
-(stage two, calcification trees) is not part of this parent (stage one only); for a
-package that has one, ``retrain`` carries it unchanged and says why in the candidate's
-metadata (``fine_tuning.second_look``).
+the same arguments and it resumes after the last finished stage. The parent has a
+calcification path (cluster trees, prior shift; no stage two, like the shipped v0.3.0)
+fitted on A as ``train --second-look`` fits one: A holds no real calcification, so its
+trees learn from simulated clusters in A's normal films and phantom clusters only.
+``retrain`` refits them on A's examples plus B's (the clusters the reader marked) and
+says so in the candidate's ``fine_tuning.second_look``; the figures give both models'
+calcification sensitivity on C.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class RealConfig:
     n_boot: int = 1000  # the gate's and the patient-level bootstrap's resamples
     seed: int = 1  # fine-tuning seed
     parent_seed: int = 3
+    calc_phantom_exams: int = 6  # phantom exams (1024 x 832) the parent's cluster trees learn from
 
 
 # ------------------------------------------------------------------ split and DICOM
@@ -192,6 +196,32 @@ def patient_bootstrap(records: list[dict], groups: list[str], n_boot: int, seed:
 # ------------------------------------------------------------------ the run
 
 
+def parent_second_look(work: Path, samples: list, cfg: RealConfig) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The vendor's calcification path on A (``crossval.fit_second_look``, the settings of
+    ``train --second-look``, no stage two): A's clusters (none real), simulated clusters in
+    A's normal films, and the clusters of ``cfg.calc_phantom_exams`` phantom exams, which
+    the package names (``trees.phantom_source``) so that a refit rebuilds them."""
+    from mammotriage.learning.snapshot_data import phantom_pool
+    from mammotriage.model.crossval import (
+        SECOND_LOOK_TREES,
+        calc_example_cache,
+        calc_row_counts,
+        fit_second_look,
+    )
+
+    t = time.monotonic()
+    source = {"type": "phantom", "n_exams": cfg.calc_phantom_exams, "seed": 1000, "rows": 1024, "columns": 832}
+    trees = {**SECOND_LOOK_TREES, "calc_phantom_exams": cfg.calc_phantom_exams, "phantom_source": source}
+    phantoms = phantom_pool(cfg.calc_phantom_exams, 1000, 1024, 832)
+    cache = calc_example_cache(samples, phantoms, work / "parent-calc-examples.npz",
+                               synthetic_per_normal=trees["synthetic_per_normal"], seed=trees["synthetic_seed"])
+    idx = list(range(len(samples)))
+    ph = list(range(len(samples), len(samples) + len(phantoms)))
+    sl = fit_second_look(cache, idx, ph, seed=trees["seed"], trees=trees)
+    return sl, trees, {"real": calc_row_counts(cache, idx), "phantoms": calc_row_counts(cache, ph),
+                       "calc_offset": sl.calc_offset, "seconds": round(time.monotonic() - t, 1)}
+
+
 def stage(work: Path, name: str, fn, log) -> Any:
     """Run ``fn`` once: its JSON result is kept in ``work/stages/name.json``."""
     f = work / "stages" / f"{name}.json"
@@ -260,11 +290,13 @@ def run(work: Path, cfg: RealConfig, log=print) -> dict[str, Any]:
                   "images": len(train_samples), "note": "vendor set A: no calcification patient"}
         training = {"summary": "mini-MIAS vendor set A (no calcification cluster)", "sources": [source],
                     "n_images": len(train_samples), "n_boxes": int(sum(len(s.kinds) for s in train_samples))}
+        sl, trees, calc = parent_second_look(work, train_samples, cfg)
         save_package(parent_dir, result.detector, config, pp, version="0.8.0",
                      description="vendor parent (real-image learning loop)", training=training,
-                     hyper_parameters=hp.to_json() | {"iterations": result.iterations}, seed=hp.seed,
-                     eval_metrics={}, operating_points={})
-        return {"iterations": result.iterations, "images": len(train_samples)}
+                     hyper_parameters=hp.to_json() | {"iterations": result.iterations,
+                                                      "second_look": {**sl.to_json(), "trees": trees}},
+                     seed=hp.seed, eval_metrics={}, operating_points={}, second_look=sl)
+        return {"iterations": result.iterations, "images": len(train_samples), "second_look": calc}
 
     figures["parent_train"] = stage(work, "parent", train_parent, log)
 
@@ -349,6 +381,21 @@ def lines(figs: dict[str, Any]) -> list[str]:
         out.append(f"gate {who} passed {g['passed']}")
         for k, v in g["deltas"].items():
             out.append(f"gate {who} {k} delta {v['delta']} margin {v['margin']}")
+    ps = figs["parent_train"].get("second_look") or {}
+    if ps:
+        out.append(f"parent calc_trees_fit_s {ps['seconds']}")
+        out.append(f"parent calc_offset {round(ps['calc_offset'], 4)}")
+    for who in ("candidate", "control"):
+        sl = figs[who].get("second_look") or {}
+        out.append(f"{who} second_look {sl.get('action')}")
+        if sl.get("action") == "refitted":
+            out.append(f"{who} second_look_refit_s {sl['seconds']}")
+            out.append(f"{who} calc_offset {round(sl['calc_offset'], 4)}")
+            for part in ("vendor", "phantoms", "site"):
+                d = sl[part]
+                out.append(f"{who} refit_{part} images {d['images']} labelled_clusters {d['labelled_clusters']} "
+                           f"synthetic_clusters {d['synthetic_clusters']} candidates {d['candidates']} "
+                           f"labelled_cluster_hits {d['labelled_cluster_hits']}")
     for who in ("candidate", "control"):
         out.append(f"promote {who} rc {figs['promote'][who]['rc']}")
     out.append(f"active {figs['promote']['active']}")

@@ -169,7 +169,7 @@ def _progress(args: argparse.Namespace) -> Callable[[str, int, int, str], None]:
     bars: dict[str, CliProgress] = {}
 
     def show(stage: str, done: int, total: int, note: str = "") -> None:
-        if stage not in ("prepare", "train", "predict"):
+        if stage not in ("prepare", "train", "second_look", "predict"):
             return
         bar = bars.get(stage)
         if bar is None:

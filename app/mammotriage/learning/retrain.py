@@ -14,9 +14,14 @@ deterministic kernels on a fixed number of threads, so the same parent, snapshot
 seed give the same weights file (same sha256) — and the same version name, which is
 derived from those inputs.
 
+After the network, the parent's second look is refitted (:func:`refit_second_look`):
+the calcification trees on the vendor's examples (the parent's training data, rebuilt)
+plus the snapshot's, their prior shift, and stage two on the new network's candidates;
+it is carried unchanged, with the reason, when the vendor's data cannot be rebuilt.
+
 The candidate's metadata names its parent (version and weights hash), the snapshot
-hash, what was excluded and why, the replay data (or that it was unavailable) and every
-parameter. It is registered (origin ``site``) but never made active: promotion goes
+hash, what was excluded and why, the replay data (or that it was unavailable), what
+happened to the second look and every parameter. It is registered (origin ``site``) but never made active: promotion goes
 through the validation gate (:mod:`mammotriage.learning.gate`).
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -37,6 +43,7 @@ import numpy as np
 from mammotriage.learning.snapshot_data import (
     archive_or_default,
     class_counts,
+    phantom_pool,
     replay_pool,
     replay_sample,
     resolve_model,
@@ -53,7 +60,8 @@ if TYPE_CHECKING:
     from mammotriage.model.preprocess import PreprocessParams
     from mammotriage.model.train import TrainParams
 
-#: ``progress(stage, done, total, note)``; stages: "load", "prepare", "train", "write".
+#: ``progress(stage, done, total, note)``; stages: "load", "prepare", "train",
+#: "second_look" (refitting the calcification trees and stage two), "write".
 Progress = Callable[[str, int, int, str], None]
 
 
@@ -266,15 +274,37 @@ def _card(meta: dict[str, Any]) -> str:
              "Not yet validated: run `mammotriage validate " + meta["version"] + "` (validation gate) "
              "before promoting. Operating points are inherited from the parent (the gate recalibrates them).",
              f"Second look: {ft.get('second_look', {}).get('action', 'none')} "
-             f"({ft.get('second_look', {}).get('reason', '')}).", ""]
+             f"({ft.get('second_look', {}).get('reason', '')}).", *_refit_lines(ft.get("second_look", {})), ""]
     return "\n".join(lines)
+
+
+def _refit_lines(sl: dict[str, Any]) -> list[str]:
+    """The card's account of a refitted second look (nothing for a carried one)."""
+    if sl.get("action") != "refitted":
+        return []
+    v, site, ph = sl["vendor"], sl["site"], sl["phantoms"]
+    st2 = sl["stage_two"]
+    return [f"* Calcification trees refitted on {v['images']} vendor images ({v['labelled_clusters']} labelled "
+            f"clusters, {v['synthetic_clusters']} simulated) + {ph['images']} phantom images "
+            f"({ph['labelled_clusters']} clusters) + {site['images']} site images ({site['labelled_clusters']} "
+            f"clusters marked by readers, {site['synthetic_clusters']} simulated); prior-shift offset "
+            f"{sl['parent_calc_offset']:.3f} -> **{sl['calc_offset']:.3f}** (labelled clusters among the real "
+            f"images' candidates: {sl['real_cluster_rate']:.4f}); {sl['seconds']:.0f} s.",
+            "* Stage two: " + (f"refitted on {st2['rows']} candidates of the new network "
+                               f"({st2['positives']} hits) over the same real images."
+                               if st2["action"] == "refitted" else f"{st2['action']} ({st2['reason']}).")]
 
 
 def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str | Path,
                     params: RetrainParams, train_desc: dict[str, Any], replay_desc: dict[str, Any],
                     samples: list[Sample], replay: list[Sample], *, version: str | None = None,
-                    note: str = "") -> tuple[str, Path, dict[str, Any]]:
-    """Write the candidate package; returns (version, folder, metadata)."""
+                    note: str = "", refit: SecondLookRefit | None = None) -> tuple[str, Path, dict[str, Any]]:
+    """Write the candidate package; returns (version, folder, metadata).
+
+    ``refit``: what :func:`refit_second_look` made of the parent's second look (its
+    fitted :class:`~mammotriage.model.twostage.SecondLook`, or None when it was carried,
+    and the record for ``fine_tuning.second_look``); without it the parent's second look
+    is carried unchanged (:func:`second_look_policy`)."""
     import torch
 
     from mammotriage.model.infer import load_second_look
@@ -282,6 +312,8 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
 
     parent = result.parent_meta
     inputs = candidate_inputs(train_desc, samples, replay, params, note)
+    if refit is not None and refit.second_look is not None:
+        inputs["second_look"] = refit.inputs
     digest_train, digest_replay = inputs["samples"], inputs["replay"]
     version = version or candidate_version(parent, inputs)
     hp = params.to_json()
@@ -320,7 +352,12 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
         "note": note,
     }
     second_look = load_second_look(parent_dir, parent)
-    fine["second_look"] = second_look_policy(parent)
+    fine["second_look"] = refit.info if refit is not None else second_look_policy(parent)
+    if refit is not None and refit.second_look is not None:
+        second_look = refit.second_look
+        hp["second_look"] = {**refit.second_look.to_json(), "trees": refit.trees}
+    elif (parent.get("hyper_parameters") or {}).get("second_look"):
+        hp["second_look"] = parent["hyper_parameters"]["second_look"]  # carried: its settings travel too
     ops = dict(parent.get("operating_points") or {})
     if ops:
         ops["inherited_from"] = parent.get("version")
@@ -333,8 +370,8 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
                  description=f"site fine-tuned candidate of v{parent.get('version')}", training=training,
                  hyper_parameters=hp, seed=params.seed, eval_metrics={}, operating_points=ops,
                  parent_version=parent.get("version"), changelog=changelog,
-                 # the second look (stage two, calcification trees) is carried over unchanged:
-                 # see second_look_policy for why
+                 # the second look (stage two, calcification trees): refitted (refit_second_look)
+                 # or carried over unchanged (second_look_policy says why)
                  second_look=second_look,
                  extra={"fine_tuning": fine, "name_of_parent": parent.get("name"),
                         # the drift monitor's baseline stays the parent's training data
@@ -348,22 +385,184 @@ def write_candidate(out_dir: str | Path, result: FineTuneResult, parent_dir: str
     return version, out_dir, meta
 
 
-def second_look_policy(parent_meta: dict[str, Any]) -> dict[str, Any]:
-    """What fine-tuning does with the parent's second look (``second_look.*``: stage two
-    and the calcification trees), recorded in the candidate's ``fine_tuning`` metadata.
+def second_look_policy(parent_meta: dict[str, Any], reason: str = "") -> dict[str, Any]:
+    """The ``fine_tuning.second_look`` record of a candidate that keeps the parent's second
+    look (``second_look.*``: stage two and the calcification trees) unchanged.
 
-    The trees are carried unchanged: they were fitted on the vendor's full-resolution
-    calcification tiles with many more clusters than a site's corrections hold, and
-    refitting them on a few site clusters would overfit them. They still face the gate:
-    the candidate is validated with them (``Engine.from_package`` runs the whole
-    package), and its operating points are recalibrated from those predictions.
+    :func:`retrain` refits them when it can (:func:`refit_second_look`); it carries them
+    when the parent's training data (the vendor's images the trees learnt from) cannot
+    be rebuilt here, since trees refitted on a site's few clusters alone would forget
+    the vendor's. Carried trees still face the gate: the candidate is validated with
+    them (``Engine.from_package`` runs the whole package), and its operating points are
+    recalibrated from those predictions.
     """
     if "second_look" not in parent_meta:
         return {"action": "none", "reason": "the parent has no second look (stage one only)"}
     return {"action": "carried", "from": parent_meta.get("version"),
-            "reason": "calcification trees fitted on the vendor's full-resolution tiles are kept unchanged: "
-                      "a site's corrections hold too few clusters to refit them; the gate validates the "
-                      "candidate with them and recalibrates its operating points"}
+            "reason": reason or "kept unchanged (not refitted: written without a refit); the gate "
+                                "validates the candidate with them and recalibrates its operating points"}
+
+
+@dataclass
+class SecondLookRefit:
+    """What :func:`refit_second_look` made: the refitted second look (None: carried), the
+    ``fine_tuning.second_look`` record, the tree settings, and what decides the trees."""
+
+    second_look: Any
+    info: dict[str, Any]
+    trees: dict[str, Any] = field(default_factory=dict[str, Any])
+    inputs: dict[str, Any] = field(default_factory=dict[str, Any])
+
+
+def tree_settings(parent_meta: dict[str, Any]) -> dict[str, Any]:
+    """The parent's tree and example settings (``hyper_parameters.second_look.trees``),
+    else those of ``train --second-look`` (:data:`~mammotriage.model.crossval.SECOND_LOOK_TREES`).
+
+    Besides those keys a package may name ``phantom_source`` (a phantom source as in
+    ``training_data.sources``): the phantom exams its trees learnt from when its network
+    did not; otherwise the trees' phantoms are the first ``calc_phantom_exams`` phantom
+    exams of the training data, as ``train --second-look --calc-phantoms`` takes them."""
+    from mammotriage.model.crossval import SECOND_LOOK_TREES
+
+    stored = ((parent_meta.get("hyper_parameters") or {}).get("second_look") or {}).get("trees") or {}
+    return {**SECOND_LOOK_TREES, **stored}
+
+
+def refit_second_look(parent_dir: str | Path, parent_meta: dict[str, Any], result: FineTuneResult,
+                      pool: list[Sample], sources: list[dict[str, Any]], site: list[Sample],
+                      cache_dir: str | Path, progress: Progress | None = None, threads: int = 1) -> SecondLookRefit:
+    """Refit the parent's calcification trees (and stage two) for the candidate.
+
+    Cluster rows exactly as :func:`~mammotriage.model.crossval.second_look_cv` builds
+    them, over the parent's training images rebuilt by :func:`replay_pool` (real labelled
+    clusters and every other candidate, simulated clusters in the normal images,
+    phantom clusters) plus the site's training images (the clusters the readers marked,
+    simulated clusters in the site's normal images); the prior-shift offset from the
+    rate of labelled clusters among all real images' candidates; stage two (when the
+    parent has one) on the candidates of the fine-tuned network over the same real
+    images. The vendor's examples are cached in ``cache_dir`` (named by a digest of the
+    images, labels and settings). When the parent's training data cannot be rebuilt the
+    second look is carried unchanged, with that reason.
+    """
+    from mammotriage.model.crossval import (
+        _calc_training,
+        calc_example_cache,
+        calc_row_counts,
+        fit_second_look,
+        merge_calc_caches,
+    )
+    from mammotriage.model.infer import load_second_look
+
+    sl_meta = parent_meta.get("second_look")
+    if not sl_meta:
+        return SecondLookRefit(None, second_look_policy(parent_meta))
+    parent_sl = load_second_look(parent_dir, parent_meta)
+    if parent_sl is None or parent_sl.calc is None:
+        return SecondLookRefit(None, second_look_policy(
+            parent_meta, "the parent's second look has no calcification trees to refit: carried unchanged"))
+    missing = [f"{s.get('type')}: {s.get('note')}" for s in sources if not s.get("available")]
+    if missing or not sources:
+        return SecondLookRefit(None, second_look_policy(
+            parent_meta, "the parent's training data (the vendor's images its trees learnt from) is unavailable "
+                         f"here ({'; '.join(missing) or 'no training source recorded'}): trees refitted on the "
+                         "site's clusters alone would forget the vendor's, so they are carried unchanged; the gate "
+                         "validates the candidate with them and recalibrates its operating points"))
+    t0 = time.monotonic()
+    trees = tree_settings(parent_meta)
+    params = parent_sl.calc_params
+    site_keys = {s.key for s in site}
+    vendor = sorted((s for s in pool if s.source != "phantom" and s.key not in site_keys), key=lambda s: s.key)
+    spec = trees.get("phantom_source")  # phantoms the trees learnt from but the network did not
+    phantoms = (phantom_pool(int(spec["n_exams"]), int(spec.get("seed", 1000)), int(spec.get("rows", 1024)),
+                             int(spec.get("columns", 832)), spec.get("exclude_kinds", ()))
+                if spec else [s for s in pool if s.source == "phantom"])
+    phantoms = phantoms[: 4 * max(0, int(trees["calc_phantom_exams"]))]
+    site = sorted(site, key=lambda s: s.key)
+    n_all = len(vendor) + len(phantoms) + len(site)
+    done = [0]
+
+    def tick(_i: int, _n: int, key: str) -> None:
+        done[0] += 1
+        _say(progress, "second_look", done[0], n_all, key)
+
+    syn = dict(synthetic_per_normal=int(trees["synthetic_per_normal"]), seed=int(trees["synthetic_seed"]),
+               params=params, progress=tick)
+    tag = json.dumps({"vendor": samples_digest(vendor), "phantoms": samples_digest(phantoms),
+                      "calc_params": params.to_json(), **{k: trees[k] for k in ("synthetic_per_normal",
+                                                                                "synthetic_seed")}},
+                     sort_keys=True)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    vendor_file = cache_dir / f"vendor-{hashlib.sha256(tag.encode()).hexdigest()[:20]}.npz"
+    cached = vendor_file.exists()
+    if cached:
+        _say(progress, "second_look", 0, n_all, f"vendor examples from {vendor_file.name}")
+        done[0] = len(vendor) + len(phantoms)
+    vendor_cache = calc_example_cache(vendor, phantoms, vendor_file, **syn)  # type: ignore[arg-type]
+    site_file = cache_dir / f".site-{os.getpid()}.npz"
+    try:
+        site_cache = calc_example_cache(site, [], site_file, **syn)  # type: ignore[arg-type]
+    finally:
+        site_file.unlink(missing_ok=True)
+    cache, (vendor_idx, site_idx) = merge_calc_caches([vendor_cache, site_cache])
+    real_idx = vendor_idx[: len(vendor)] + site_idx
+    phantom_idx = vendor_idx[len(vendor):]
+    if not sum(len(cache.get(f"{i}.{y}", ())) for i in real_idx + phantom_idx for y in ("y", "ys")):
+        return SecondLookRefit(None, second_look_policy(
+            parent_meta, f"no cluster candidate on any of the {n_all} images to refit the trees on: "
+                         "carried unchanged"))
+    stage2 = None
+    stage_two: dict[str, Any] = {"action": "none", "reason": "the parent has no stage two"}
+    if parent_sl.stage2 is not None:
+        stage2, stage_two = _stage_two_rows(result, vendor + site, progress, threads)
+    sl = fit_second_look(cache, real_idx, phantom_idx, stage2=stage2, seed=int(trees["seed"]),
+                         calc_prior_shift=bool(trees["calc_prior_shift"]), trees=trees, like=parent_sl)
+    if parent_sl.stage2 is not None and sl.stage2 is None:
+        sl.stage2 = parent_sl.stage2  # no candidate to learn from: the parent's stage two stays
+    _, yc, rate = _calc_training(cache, real_idx, phantom_idx)
+
+    def part(idx: list[int], samples: list[Sample], simulated: bool = True) -> dict[str, Any]:
+        return {"labelled_clusters": sum(k == "calcification" for s in samples for k in s.kinds),
+                "synthetic_clusters": int(trees["synthetic_per_normal"]) * sum(not s.abnormal for s in samples)
+                if simulated else 0, **calc_row_counts(cache, idx)}
+
+    info = {"action": "refitted", "from": parent_meta.get("version"),
+            "reason": "calcification trees refitted on the vendor's examples (the parent's training data, rebuilt) "
+                      "plus the site's (clusters the readers marked, simulated clusters in its normal images)",
+            "trees": trees, "vendor": part(vendor_idx[: len(vendor)], vendor),
+            "phantoms": part(phantom_idx, phantoms, simulated=False), "site": part(site_idx, site),
+            "cluster_rows": int(len(yc)), "train_cluster_rate": round(float(np.mean(yc)), 6),
+            "real_cluster_rate": round(float(rate), 6), "calc_offset": sl.calc_offset,
+            "parent_calc_offset": parent_sl.calc_offset, "stage_two": stage_two,
+            "vendor_examples_cached": cached, "seconds": round(time.monotonic() - t0, 1)}
+    _say(progress, "second_look", n_all, n_all, f"offset {sl.calc_offset:.3f}")
+    return SecondLookRefit(sl, info, trees, {"trees": trees, "calc_params": params.to_json(),
+                                             "phantoms": samples_digest(phantoms)})
+
+
+def _stage_two_rows(result: FineTuneResult, samples: list[Sample], progress: Progress | None, threads: int
+                    ) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
+    """Stage-two rows from the fine-tuned network's candidates over ``samples``."""
+    from mammotriage.model.crossval import _partner_index, _stage2_rows
+    from mammotriage.model.evaluate import predict_samples
+    from mammotriage.model.infer import Engine
+    from mammotriage.model.twostage import ViewGeometry
+
+    engine = Engine(result.detector, result.config, result.pp, device="cpu", threads=max(1, int(threads)))
+    records = []
+    for i, s in enumerate(samples):
+        records.extend(predict_samples(engine, [s]))
+        _say(progress, "second_look", i + 1, len(samples), f"stage two: {s.key}")
+    for r in records:
+        r["scores"] = np.asarray(r["scores"]).reshape(-1)
+    if not any(len(r["scores"]) for r in records):
+        return None, {"action": "carried", "reason": "the new network proposed no candidate on these images"}
+    geoms = [ViewGeometry.of(s.load(), s.spacing_mm or 0.2, s.chest_wall) for s in samples]
+    X2, y2 = _stage2_rows(samples, records, geoms, _partner_index(samples), list(range(len(samples))))
+    return (X2, y2), {"action": "refitted", "rows": int(len(y2)), "positives": int(np.sum(y2)),
+                      "images": len(samples),
+                      "note": "candidates of the fine-tuned network on images it trained on (in-sample)"}
+
 
 
 # ------------------------------------------------------------------ the whole step
@@ -414,17 +613,23 @@ def retrain(snapshot: str | Path | dict[str, Any], *, archive_file: str | Path |
                    "note": "" if (available and replay) else
                    "the parent's original training data is unavailable: fine-tuned on the snapshot only"}
     result = fine_tune(parent_dir, samples, replay, p, progress=progress)
+    candidates = Path(out_dir).parent if out_dir else default_candidates_dir(archive_file)
+    refit = refit_second_look(parent_dir, parent_meta, result, pool, sources, samples,
+                              candidates / ".second-look-cache", progress, threads=p.threads)
     _say(progress, "write", 0, 1, "package")
     desc = ts.describe()
     if transform is not None:
         desc["transformed"] = note or getattr(transform, "__name__", "transformed")
-    version = candidate_version(parent_meta, candidate_inputs(desc, samples, replay, p, note))
-    final = Path(out_dir) if out_dir else default_candidates_dir(archive_file) / version
+    inputs = candidate_inputs(desc, samples, replay, p, note)
+    if refit.second_look is not None:
+        inputs["second_look"] = refit.inputs
+    version = candidate_version(parent_meta, inputs)
+    final = Path(out_dir) if out_dir else candidates / version
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = final.parent / f".{final.name}.writing"
     folder: Path | None
     _, folder, meta = write_candidate(tmp_dir, result, parent_dir, p, desc, replay_desc, samples, replay,
-                                      version=version, note=note)
+                                      version=version, note=note, refit=refit)
     if final.exists():
         from mammotriage.model.package import ModelPackageError, verify
 

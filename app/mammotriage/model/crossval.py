@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,8 @@ from mammotriage.model.preprocess import DEFAULT_PARAMS, PreprocessParams
 from mammotriage.model.train import TrainParams, prepare, train
 
 if TYPE_CHECKING:
-    from mammotriage.model.twostage import ViewGeometry
+    from mammotriage.model.calc import CalcParams
+    from mammotriage.model.twostage import SecondLook, ViewGeometry
 
 
 def _records_json(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -133,29 +134,44 @@ def _partner_index(samples: list[Sample]) -> list[int | None]:
 
 
 def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path,
-                       synthetic_per_normal: int = 2, seed: int = 7) -> dict[str, Any]:
+                       synthetic_per_normal: int = 2, seed: int = 7, *,
+                       params: CalcParams | None = None,
+                       progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Calcification-cluster examples of every image (real lesions, synthetic clusters in
-    normal images, phantom clusters), computed once and kept in ``path`` (npz)."""
+    normal images, phantom clusters), computed once and kept in ``path`` (npz).
+
+    ``params``: the speck and cluster parameters (default: the program's, as every
+    package so far was fitted with); a cache made with other parameters is not reused.
+    ``progress(done, total, key)`` is told after each image."""
+    from mammotriage.model.calc import DEFAULT_CALC
     from mammotriage.model.twostage import calc_examples, synthetic_calc_examples
 
+    params = params or DEFAULT_CALC
+    stamp = None if params == DEFAULT_CALC else np.array(json.dumps(params.to_json(), sort_keys=True))
     keys = np.array([s.key for s in samples + phantoms])
     if path.exists():
         z = np.load(path, allow_pickle=False)
-        if "keys" in z.files and np.array_equal(z["keys"], keys):
+        same_params = (stamp is None and "calc_params" not in z.files) or \
+            (stamp is not None and "calc_params" in z.files and str(z["calc_params"]) == str(stamp))
+        if "keys" in z.files and np.array_equal(z["keys"], keys) and same_params:
             return {k: z[k] for k in z.files}
     out: dict[str, np.ndarray] = {"keys": keys}
+    if stamp is not None:
+        out["calc_params"] = stamp
     for i, s in enumerate(samples + phantoms):
         d = s.load()
         sel = [k == "calcification" for k in s.kinds]
         circles = s.circles if s.circles is not None else _circles_from_boxes(s.boxes)
         circles = circles[sel] if len(sel) else np.zeros((0, 3))
-        X, y, cl = calc_examples(d, s.spacing_mm or 0.2, circles)
+        X, y, cl = calc_examples(d, s.spacing_mm or 0.2, circles, params)
         out[f"{i}.X"], out[f"{i}.y"] = X, y
         out[f"{i}.boxes"] = np.array([c.box for c in cl]).reshape(-1, 4)
         if i < len(samples) and not s.abnormal and synthetic_per_normal:
             Xs, ys = synthetic_calc_examples(d, s.spacing_mm or 0.2, np.random.default_rng([seed, i]),
-                                             n=synthetic_per_normal)
+                                             n=synthetic_per_normal, params=params)
             out[f"{i}.Xs"], out[f"{i}.ys"] = Xs, ys
+        if progress is not None:
+            progress(i + 1, len(samples) + len(phantoms), s.key)
         if (i + 1) % 25 == 0:
             print(f"calcification examples: {i + 1}/{len(samples) + len(phantoms)} images",
                   file=sys.stderr, flush=True)
@@ -186,6 +202,72 @@ def _calc_training(cache: dict[str, Any], idx: list[int], phantom_idx: list[int]
     # One pseudo-count each way keeps the rate finite when the folds hold no real cluster.
     rate = (float(real_y.sum()) + 1.0) / (len(real_y) + 2.0)
     return np.concatenate(Xs), np.concatenate(ys), rate
+
+
+def merge_calc_caches(parts: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[list[int]]]:
+    """One example cache of several (:func:`calc_example_cache`), images renumbered in
+    order, and each part's image indices in the merged cache."""
+    out: dict[str, Any] = {}
+    keys, index, start = [], [], 0
+    for part in parts:
+        n = len(part["keys"])
+        keys.append(np.asarray(part["keys"]))
+        for name, v in part.items():
+            head, sep, tail = name.partition(".")
+            if sep and head.isdigit():
+                out[f"{int(head) + start}.{tail}"] = v
+        index.append(list(range(start, start + n)))
+        start += n
+    out["keys"] = np.concatenate(keys) if keys else np.array([], dtype=str)
+    return out, index
+
+
+def calc_row_counts(cache: dict[str, Any], idx: Sequence[int]) -> dict[str, int]:
+    """What images ``idx`` of an example cache give the cluster trees: cluster candidates
+    found on the images and how many hit a labelled calcification, and the simulated
+    clusters' candidates and hits."""
+    cand = pos = syn = syn_pos = 0
+    for i in idx:
+        if f"{i}.y" in cache:
+            cand += len(cache[f"{i}.y"])
+            pos += int(np.sum(cache[f"{i}.y"]))
+        if f"{i}.ys" in cache:
+            syn += len(cache[f"{i}.ys"])
+            syn_pos += int(np.sum(cache[f"{i}.ys"]))
+    return {"images": len(idx), "candidates": cand, "labelled_cluster_hits": pos,
+            "synthetic_candidates": syn, "synthetic_cluster_hits": syn_pos}
+
+
+#: Tree and example settings of :func:`second_look_cv` and ``train --second-look``
+#: (``--calc-phantoms``' default): what a refit uses for a package whose metadata does
+#: not name its own (``hyper_parameters.second_look.trees``).
+SECOND_LOOK_TREES: dict[str, Any] = {"n_estimators": 150, "max_depth": 3, "learning_rate": 0.05, "seed": 0,
+                                     "synthetic_per_normal": 2, "synthetic_seed": 7,
+                                     "calc_phantom_exams": 24, "calc_prior_shift": True}
+
+
+def fit_second_look(cache: dict[str, Any], idx: list[int], phantom_idx: list[int], *,
+                    stage2: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0,
+                    calc_prior_shift: bool = True, trees: dict[str, Any] | None = None,
+                    like: SecondLook | None = None) -> SecondLook:
+    """The second look fitted on the cluster rows of images ``idx`` (+ phantoms) and, with
+    ``stage2`` (rows, labels), stage two; the cluster trees' prior shift goes to the rate
+    of labelled clusters among the real images' candidates (:func:`_calc_training`).
+    ``trees``: ``n_estimators``, ``max_depth``, ``learning_rate`` (default: :func:`fit_trees`');
+    ``like``: a second look whose fixed settings (speck parameters, suppression, top-k)
+    the result keeps."""
+    from mammotriage.model.calc import fit_trees, prior_shift
+    from mammotriage.model.twostage import SecondLook
+
+    kw = {k: (trees or {})[k] for k in ("n_estimators", "max_depth", "learning_rate") if k in (trees or {})}
+    Xc, yc, real_rate = _calc_training(cache, idx, phantom_idx)
+    calc = fit_trees(Xc, yc, seed=seed, **kw)
+    st2 = fit_trees(stage2[0], stage2[1], seed=seed, **kw) if stage2 is not None else None
+    offset = prior_shift(float(np.mean(yc)), real_rate) if calc_prior_shift else 0.0
+    if like is None:
+        return SecondLook(calc, st2, calc_offset=offset)
+    return SecondLook(calc, st2, like.calc_params, top_k=like.top_k, iou=like.iou, contain=like.contain,
+                      min_score=like.min_score, max_findings=like.max_findings, calc_offset=offset)
 
 
 def _stage2_rows(samples: list[Sample], records: Sequence[dict[str, Any]], geoms: Sequence[ViewGeometry],
@@ -225,8 +307,7 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
     records (same images, same folds), the final :class:`SecondLook` fitted on all
     folds, and the pooled metrics of both.
     """
-    from mammotriage.model.calc import fit_trees, prior_shift
-    from mammotriage.model.twostage import SecondLook, ViewCandidates, ViewGeometry, noisy_or
+    from mammotriage.model.twostage import ViewCandidates, ViewGeometry, noisy_or
 
     cv_dir = Path(cv_dir)
     phantoms = phantoms or []
@@ -249,14 +330,9 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
     phantom_idx = list(range(len(samples), len(samples) + len(phantoms)))
 
     def fit(train_idx: list[int]) -> SecondLook:
-        Xc, yc, real_rate = _calc_training(cache, train_idx, phantom_idx)
-        calc = fit_trees(Xc, yc, seed=seed)
-        st2 = None
-        if stage_two:
-            X2, y2 = _stage2_rows(samples, records, geoms, partner, train_idx)
-            st2 = fit_trees(X2, y2, seed=seed)
-        offset = prior_shift(float(np.mean(yc)), real_rate) if calc_prior_shift else 0.0
-        return SecondLook(calc, st2, calc_offset=offset)
+        st2 = _stage2_rows(samples, records, geoms, partner, train_idx) if stage_two else None
+        return fit_second_look(cache, train_idx, phantom_idx, stage2=st2, seed=seed,
+                               calc_prior_shift=calc_prior_shift)
 
     new_records: list[dict[str, Any] | None] = [None] * len(samples)
     for f in range(k):

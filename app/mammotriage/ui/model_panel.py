@@ -51,10 +51,11 @@ from mammotriage.store.datasets import list_snapshots
 from mammotriage.store.reading import current_reader
 
 #: Share of the progress bar per stage of a job.
-_STAGES = {"retrain": {"load": (0, 3), "prepare": (3, 20), "train": (20, 97), "write": (97, 100)},
+_STAGES = {"retrain": {"load": (0, 3), "prepare": (3, 20), "train": (20, 90), "second_look": (90, 97),
+                       "write": (97, 100)},
            "validate": {"predict": (0, 90), "bootstrap": (90, 100)},
-           "pipeline": {"snapshot": (0, 2), "load": (2, 4), "prepare": (4, 15), "train": (15, 80),
-                        "write": (80, 82), "predict": (82, 97), "bootstrap": (97, 100)}}
+           "pipeline": {"snapshot": (0, 2), "load": (2, 4), "prepare": (4, 15), "train": (15, 74),
+                        "second_look": (74, 80), "write": (80, 82), "predict": (82, 97), "bootstrap": (97, 100)}}
 _PASS = QColor("#2e7d32")
 _FAIL = QColor("#c62828")
 
