@@ -123,6 +123,29 @@ def test_corrections_are_gated_on_the_readers_kind():
     assert [c["passed"] for c in checks if c["set"] == "corrections"] == [False]
 
 
+def test_a_candidate_must_learn_its_own_corrections():
+    """A fine-tune on shuffled labels of a weak parent can beat the parent on the
+    validation set by seeing more of the site's images (loop_real at full size: the
+    control passed every no-worse check). Checked on its own training snapshot, a
+    candidate must show a gain whose 95 % interval lies above 0."""
+    parent = _records(48, True)
+    for r in parent:
+        r["finding_kinds"] = ["mass"] * len(r["finding_kinds"])
+    learned = paired_figures(parent, _records(48, True), n_boot=50, seed=3)
+    assert learned["difference"]["labelled_froc_mean"]["ci95"][0] > 0
+    unchanged = paired_figures(parent, parent, n_boot=50, seed=3)
+    params = GateParams(min_kind_lesions=100)
+    checks, _ = gate_decision(learned, learned, params, own_corrections=True)
+    assert [c["passed"] for c in checks if c["set"] == "corrections"] == [True, True]
+    checks, _ = gate_decision(learned, unchanged, params, own_corrections=True)
+    failing = [c["message"] for c in checks if c["passed"] is False]
+    assert len(failing) == 1 and failing[0].startswith("not learned: the new corrections were learned")
+    # no worse on the corrections is enough for corrections it was not trained on, or when the site says so
+    for own, p in ((False, params), (True, GateParams(min_kind_lesions=100, require_learning=False))):
+        checks, _ = gate_decision(learned, unchanged, p, own_corrections=own)
+        assert all(c["passed"] for c in checks)
+
+
 def test_kind_sensitivity_counts_only_labelled_findings():
     recs = _records(8, True)
     for r in recs:  # the model marks every lesion, always as a mass

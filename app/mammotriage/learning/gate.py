@@ -77,6 +77,9 @@ class GateParams:
     tolerance_auc: float = 0.05
     tolerance_kind: float = 0.10
     tolerance_corrections: float = 0.05
+    #: a candidate fine-tuned on the corrections it is checked on must have learned them:
+    #: the 95 % interval of its gain there (findings of the reader's kind) lies above 0
+    require_learning: bool = True
     min_kind_lesions: int = 10
     n_boot: int = 200
     seed: int = 0
@@ -365,9 +368,35 @@ def _fmt_ci(ci: list[float | None]) -> str:
     return "n/a" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
 
 
-def gate_decision(validation: dict[str, Any], corrections: dict[str, Any] | None, params: GateParams
-                  ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The checks and the warnings; failing checks become the report's reasons."""
+def _learned(corrections: dict[str, Any]) -> dict[str, Any]:
+    """Did the candidate learn the corrections it was trained on? The lower end of the
+    95 % interval of its gain (findings of the reader's kind) must be above 0: a
+    candidate that is merely no worse there (a fine-tune on shuffled labels of a weak
+    parent can be better on the validation set just by seeing more of the site's
+    images) has not learned what the readers said."""
+    key = "labelled_froc_mean"
+    name = "the new corrections were learned (FROC mean, findings of the reader's kind)"
+    p, c = corrections["parent"][key]["value"], corrections["candidate"][key]["value"]
+    ci = corrections["difference"][key]["ci95"]
+    if p is None or c is None or ci[0] is None:
+        return {"name": name, "metric": key, "set": "corrections", "parent": p, "candidate": c, "delta": None,
+                "ci95_delta": ci, "tolerance": 0.0, "passed": None, "message": f"{name}: not measurable"}
+    delta = round(c - p, 4)
+    ok = ci[0] > 0
+    msg = (f"{name}: candidate {c:.3f} vs current {p:.3f} ({delta:+.3f}; 95 % CI of the difference "
+           f"{_fmt_ci(ci)}; must lie above 0)")
+    return {"name": name, "metric": key, "set": "corrections", "parent": p, "candidate": c, "delta": delta,
+            "ci95_delta": ci, "tolerance": 0.0, "passed": ok,
+            "message": ("not learned: " if not ok else "") + msg}
+
+
+def gate_decision(validation: dict[str, Any], corrections: dict[str, Any] | None, params: GateParams,
+                  own_corrections: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """The checks and the warnings; failing checks become the report's reasons.
+
+    ``own_corrections``: ``corrections`` are the candidate's own training snapshot (its
+    ``fine_tuning`` metadata names it); then, with ``params.require_learning``, the
+    candidate must also show that it learned them (:func:`_learned`)."""
     checks = [_check("validation FROC mean", validation, "froc_mean", params.tolerance_froc, "validation"),
               _check("validation image AUC", validation, "image_auc", params.tolerance_auc, "validation")]
     warnings = []
@@ -385,6 +414,8 @@ def gate_decision(validation: dict[str, Any], corrections: dict[str, Any] | None
                              "labelled_froc_mean", params.tolerance_corrections, "corrections"))
         anykind = _check("FROC mean on the new corrections (any finding)", corrections, "froc_mean",
                          params.tolerance_corrections, "corrections")
+        if own_corrections and params.require_learning:
+            checks.append(_learned(corrections))
         if anykind["passed"] is False:  # reported: these images were trained on; validation gates this
             warnings.append(anykind["message"].replace("worse beyond tolerance: ", "lower beyond tolerance "
                                                        "(not gated on trained-on images): "))
@@ -477,6 +508,7 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
 
     csamples = None
     csnap = None
+    ref = None
     if corrections is not False:
         ref = (ft.get("snapshot") or {}).get("sha256") if corrections is None or corrections is True else corrections
         if ref:
@@ -516,7 +548,9 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
         warnings.append("the corrections hold no lesion: only the validation set is gated")
     if vfig["n_lesions"] == 0:
         reasons.append("the validation set holds no lesion: the FROC cannot be measured")
-    checks, w = gate_decision(vfig, cfig, params)
+    own_snapshot = (ft.get("snapshot") or {}).get("sha256")
+    own = bool(csnap) and bool(own_snapshot) and str(ref) == str(own_snapshot)
+    checks, w = gate_decision(vfig, cfig, params, own_corrections=own)
     warnings.extend(w)
     reasons.extend(c["message"] for c in checks if c["passed"] is False)
     say("bootstrap", 1, 1)
