@@ -95,7 +95,15 @@ def studies(site_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from retrain_sim import tiny_parent
 
-    return tiny_parent(tmp_path_factory.mktemp("model") / "m", seed=2, version="9.1.0")
+    return tiny_parent(tmp_path_factory.mktemp("model") / "m", config=_few_findings(), seed=2, version="9.1.0")
+
+
+def _few_findings() -> Any:
+    """A tiny network that proposes 2 candidates a view: an untrained one's 20 a view
+    would make every SR 80 findings long, and writing those (highdicom) the test's cost."""
+    from mammotriage.model.network import NetworkConfig
+
+    return NetworkConfig(base_anchor_sizes=(8, 16), detections_per_img=2)
 
 
 def _admin(site_dir: Path) -> str:
@@ -209,7 +217,8 @@ def test_bad_input_fails_its_job_with_the_reason_and_the_loop_goes_on(
     from mtsupport import make_mg_dataset
 
     cluster, orthanc, _ = site.load_site(site_dir)
-    model = load_model(tiny_parent(tmp_path / "m2", seed=3, version="9.2.0"), device="cpu", threads=1)
+    model = load_model(tiny_parent(tmp_path / "m2", config=_few_findings(), seed=3,
+                                   version="9.2.0"), device="cpu", threads=1)
     bomb = pydicom.dcmread(_j2k_siz_bomb(tmp_path / "bomb.dcm"))
     chest = make_mg_dataset(patient_id="CHEST1")
     chest.Modality, chest.BodyPartExamined = "CR", "CHEST"
