@@ -147,17 +147,25 @@ def test_two_workers_triage_every_exam_once_and_a_killed_workers_job_completes_e
     b = _worker(site_dir, tiny_model, "wB", tmp_path / "b")
     try:
         def a_mid_job() -> list[dict[str, Any]]:
-            assert a.poll() is None and b.poll() is None, (tmp_path / "a" / "stderr.txt").read_text()[-3000:]
+            assert a.poll() is None, (tmp_path / "a" / "stderr.txt").read_text()[-3000:]
+            assert b.poll() is None, (tmp_path / "b" / "stderr.txt").read_text()[-3000:]
             done = _rows(admin, "SELECT count(*) AS n FROM triage_results WHERE worker_id = 'wA'")[0]["n"]
             running = _rows(admin, "SELECT id, exam_key FROM triage_jobs WHERE status = 'running' "
                                    "AND claimed_by = 'wA' AND model_sha256 = %s", sha)
             return running if done >= 1 else []
 
-        running = wait_until(a_mid_job, timeout=240, interval=0.02)
-        assert running, "worker A never started a second job"
-        a.send_signal(signal.SIGKILL)
-        a.wait(timeout=30)
-        killed = running[0]
+        killed = None
+        for _ in range(20):
+            assert wait_until(a_mid_job, timeout=240, interval=0.02), "worker A never started a second job"
+            a.send_signal(signal.SIGSTOP)  # frozen, A cannot finish the job between our look and the kill
+            running = a_mid_job()
+            if running:
+                killed = running[0]
+                a.send_signal(signal.SIGKILL)
+                a.wait(timeout=30)
+                break
+            a.send_signal(signal.SIGCONT)  # it finished that one just before: try the next
+        assert killed is not None
 
         def finished() -> bool:
             assert b.poll() is None, (tmp_path / "b" / "stderr.txt").read_text()[-3000:]
@@ -263,3 +271,66 @@ def test_bad_input_fails_its_job_with_the_reason_and_the_loop_goes_on(
             assert stored["result"]["model_sha256"] == model.weights_sha256
             assert len(stored["result"]["images"]) == 4
         assert sum(i.sop_class_uid == SR_CLASS for i in archive.find_instances(good)) == srs_before + 1
+
+
+def test_an_archive_that_is_away_gives_the_job_back_with_the_reason(site_dir: Path, tmp_path: Path) -> None:
+    import threading
+
+    from retrain_sim import tiny_parent
+
+    from mammotriage.net.dicomweb import InstanceCache
+    from mammotriage.net.site_io import DicomWebExamSource, StowSink
+    from mammotriage.triage.site_queue import SiteQueue
+    from mammotriage.triage.site_worker import SiteWorker
+    from mammotriage.triage.worker import load_model
+
+    cluster, _, _ = site.load_site(site_dir)
+    model = load_model(tiny_parent(tmp_path / "m3", config=_few_findings(), seed=4, version="9.3.0"),
+                       device="cpu", threads=1)
+    away = DicomWebArchive(f"http://127.0.0.1:{free_port()}", None, InstanceCache(tmp_path / "c", 1 << 20),
+                           timeout_s=2)
+    with SiteQueue(cluster.dsn("mt_worker"), max_attempts=2) as queue:
+        assert queue.enqueue("1.2.3.4.6", model.weights_sha256)
+        with SiteWorker(cluster.dsn("mt_worker"), {model.weights_sha256: model}, DicomWebExamSource(away),
+                        StowSink(away), worker_id="w-away", lease_s=30, work_dir=tmp_path / "w",
+                        max_attempts=2) as worker:
+            first = worker.run_once()
+            assert first is not None and first.status == "released" and "the archive is away" in first.reason
+            job = queue.job("1.2.3.4.6", model.weights_sha256)
+            assert job is not None and job["status"] == "pending" and "cannot reach the archive" in job["reason"]
+            # given back at once, claimed again; after max_attempts claims it fails, with the reason
+            second = worker.run_once()
+            assert second is not None and second.status == "released"
+            job = queue.job("1.2.3.4.6", model.weights_sha256)
+            assert job is not None and job["status"] == "failed" and job["attempts"] == 2
+            assert worker.run(threading.Event(), once=True) == []  # nothing left; the loop ends
+
+
+def test_stable_result_uids_are_the_same_for_the_same_exam_and_model(tmp_path: Path) -> None:
+    from mammotriage.dicom.content import AlgorithmInfo
+    from mammotriage.phantom import write_demo_set
+    from mammotriage.triage.dicom_results import write_result_files
+
+    write_demo_set(tmp_path / "d", 1, seed=7, rows=ROWS, columns=COLUMNS)
+    sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f
+               for f in sorted((tmp_path / "d").rglob("*.dcm"))}
+    items = [{"sop_uid": sop, "findings": [{"box": [10, 10, 30, 30], "kind": "mass", "score": 0.5}],
+              "suspicion": None} for sop in sources]
+
+    def uids(out: str, sha: str, stable: bool) -> set[str]:
+        paths = write_result_files("E1", items, sources, AlgorithmInfo("m", "1", sha), tmp_path / out,
+                                   stable_uids=stable)
+        return {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
+
+    first = uids("a", "ab" * 32, True)
+    assert first == uids("b", "ab" * 32, True)        # done again elsewhere: the same SR
+    assert first.isdisjoint(uids("c", "cd" * 32, True))  # another model: another SR
+    assert first.isdisjoint(uids("d", "ab" * 32, False))  # the standalone worker: new UIDs
+
+
+def test_the_command_names_a_folder_that_is_not_a_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mammotriage.cli import main
+
+    assert main(["site-worker", str(tmp_path), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert "not a site server folder" in err and str(tmp_path) in err
