@@ -100,6 +100,9 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
     except (SiteError, PgError, OrthancError, OSError) as exc:
         say(f"site-worker: {exc}")
         return 2
+    from mammotriage.triage.worker import _limit_memory
+
+    _limit_memory(args.device)  # bounded like the standalone triage worker (on the CPU)
     try:
         model = _model(args)
     except Exception as exc:  # noqa: BLE001 - a missing or refused package: said, exit 2
@@ -124,11 +127,14 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
 
     def watch(watcher: StableStudyWatcher) -> None:
         with SiteQueue(dsn) as queue:
-            studies = watcher.follow(stop, on_error=lambda e: say(f"watcher: {e}"))
-            try:
-                enqueue_stable(queue, studies, model.weights_sha256, on_new=lambda uid: say(f"queued {uid}"))
-            except Exception as exc:  # noqa: BLE001 - the thread ends; the worker still works
-                say(f"watcher stopped: {type(exc).__name__}: {exc}")
+            while not stop.is_set():
+                studies = watcher.follow(stop, on_error=lambda e: say(f"watcher: {e}"))
+                try:
+                    enqueue_stable(queue, studies, model.weights_sha256, on_new=lambda uid: say(f"queued {uid}"))
+                except Exception as exc:  # noqa: BLE001 - the store is away: the study not taken is offered again
+                    say(f"watcher: cannot queue: {type(exc).__name__}: {exc}; retrying")
+                    queue.close()
+                    stop.wait(5.0)
 
     say(f"site-worker {worker_id}: model {model.version} ({model.weights_sha256[:12]}...), "
         f"archive {orthanc.url}, store port {cluster.port}")
