@@ -106,6 +106,17 @@ def _few_findings() -> Any:
     return NetworkConfig(base_anchor_sizes=(8, 16), detections_per_img=2)
 
 
+@pytest.fixture(scope="module")
+def model2(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A second tiny model, loaded in this process (its jobs are apart from the acceptance test's)."""
+    from retrain_sim import tiny_parent
+
+    from mammotriage.triage.worker import load_model
+
+    return load_model(tiny_parent(tmp_path_factory.mktemp("m2") / "m", config=_few_findings(), seed=3,
+                                  version="9.2.0"), device="cpu", threads=1)
+
+
 def _admin(site_dir: Path) -> str:
     cluster, _, _ = site.load_site(site_dir)
     return cluster.dsn("mt_admin")
@@ -212,21 +223,17 @@ def test_two_workers_triage_every_exam_once_and_a_killed_workers_job_completes_e
 
 
 def test_bad_input_fails_its_job_with_the_reason_and_the_loop_goes_on(
-        site_dir: Path, studies: dict[str, set[str]], tmp_path: Path) -> None:
+        site_dir: Path, studies: dict[str, set[str]], model2: Any, tmp_path: Path) -> None:
     import threading
-
-    from retrain_sim import tiny_parent
 
     from hostile import _j2k_siz_bomb
     from mammotriage.net.site_io import DicomWebExamSource, StowSink
     from mammotriage.triage.site_queue import SiteQueue
     from mammotriage.triage.site_worker import SiteWorker
-    from mammotriage.triage.worker import load_model
     from mtsupport import make_mg_dataset
 
     cluster, orthanc, _ = site.load_site(site_dir)
-    model = load_model(tiny_parent(tmp_path / "m2", config=_few_findings(), seed=3,
-                                   version="9.2.0"), device="cpu", threads=1)
+    model = model2
     bomb = pydicom.dcmread(_j2k_siz_bomb(tmp_path / "bomb.dcm"))
     chest = make_mg_dataset(patient_id="CHEST1")
     chest.Modality, chest.BodyPartExamined = "CR", "CHEST"
@@ -304,6 +311,35 @@ def test_an_archive_that_is_away_gives_the_job_back_with_the_reason(site_dir: Pa
             job = queue.job("1.2.3.4.6", model.weights_sha256)
             assert job is not None and job["status"] == "failed" and job["attempts"] == 2
             assert worker.run(threading.Event(), once=True) == []  # nothing left; the loop ends
+
+
+def test_a_late_result_is_discarded_and_nothing_is_sent(site_dir: Path, studies: dict[str, set[str]],
+                                                       model2: Any, tmp_path: Path) -> None:
+    from mammotriage.net.site_io import DicomWebExamSource, StowSink
+    from mammotriage.triage.site_queue import SiteQueue
+    from mammotriage.triage.site_worker import SiteWorker
+
+    cluster, orthanc, _ = site.load_site(site_dir)
+    study = sorted(studies)[1]
+    admin = _admin(site_dir)
+    with DicomWebArchive.for_server(orthanc, tmp_path / "cache", 64 * 1024 * 1024) as archive, \
+            SiteQueue(cluster.dsn("mt_worker")) as other, \
+            SiteWorker(cluster.dsn("mt_worker"), {model2.weights_sha256: model2}, DicomWebExamSource(archive),
+                       StowSink(archive), worker_id="w-slow", lease_s=0.5, work_dir=tmp_path / "w") as slow:
+        srs_before = sum(i.sop_class_uid == SR_CLASS for i in archive.find_instances(study))
+        assert other.enqueue(study, model2.weights_sha256)
+        job = slow.queue.claim("w-slow", 0.5, model2.weights_sha256)
+        assert job is not None and job.exam_key == study
+        assert wait_until(lambda: _rows(admin, "SELECT 1 FROM triage_jobs WHERE id = %s AND lease_until < "
+                                               "clock_timestamp()", job.id), timeout=30)
+        fast = other.claim("w-fast", 60, model2.weights_sha256)   # the lease ran out: another worker's now
+        assert fast is not None and fast.id == job.id
+        outcome = slow.process(job)
+        assert outcome.status == "discarded" and "late result of w-slow" in outcome.reason
+        assert other.result(study, model2.weights_sha256) is None   # nothing stored for the slow one
+        assert sum(i.sop_class_uid == SR_CLASS for i in archive.find_instances(study)) == srs_before  # nor sent
+        state = other.job(study, model2.weights_sha256)
+        assert state is not None and state["status"] == "running" and state["claimed_by"] == "w-fast"
 
 
 def test_stable_result_uids_are_the_same_for_the_same_exam_and_model(tmp_path: Path) -> None:
