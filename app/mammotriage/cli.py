@@ -428,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_site_commands(sub)
 
+    from mammotriage.viewer.site_worker_command import add_site_worker_command
+
+    add_site_worker_command(sub)
+
     from mammotriage.viewer.double_reading import add_double_reading_command
 
     add_double_reading_command(sub)

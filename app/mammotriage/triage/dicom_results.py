@@ -7,7 +7,9 @@ node sends back to PACS (when configured) and what a reviewer can open elsewhere
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +41,42 @@ def write_exam_results(archive: Archive, exam_key: str, images: list[dict[str, A
     if exam is None:
         raise LookupError(f"exam {exam_key} is not in the archive")
     records = {r.sop_uid: r for r in exam.images}
+    sources = {sop: r.path for sop, r in records.items()}
+    return write_result_files(exam_key, images, sources, algorithm, out_root,
+                              breast_scores=breast_scores, exam_score=exam_score)
+
+
+def result_uid(*parts: str) -> str:
+    """A UID derived from ``parts`` (a name-based UUID under ``2.25``, ISO/IEC 9834-8):
+    the same exam, model and source give the same SR/SEG UIDs, so an archive that keeps
+    the first copy of an instance holds a result once, however often it is sent."""
+    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_OID, "mammotriage-result|" + "|".join(parts)).int)
+
+
+def write_result_files(exam_key: str, images: list[dict[str, Any]], sources: Mapping[str, str | Path],
+                       algorithm: AlgorithmInfo, out_root: Path, *, breast_scores: dict[str, float] | None = None,
+                       exam_score: float | None = None, stable_uids: bool = False) -> list[Path]:
+    """Write the SR(s) and SEGs of one exam from its source files (SOP Instance UID ->
+    path); returns the written paths. With ``stable_uids`` the SOP and Series Instance
+    UIDs are derived from the exam, the model's weights and the source
+    (:func:`result_uid`) instead of new ones."""
     folder = out_root / _folder_name(exam_key)
     folder.mkdir(parents=True, exist_ok=True)
     by_study: dict[str, list[tuple[pydicom.Dataset, dict[str, Any]]]] = defaultdict(list)
     for item in images:
-        record = records.get(item["sop_uid"])
-        if record is None:
+        path = sources.get(item["sop_uid"])
+        if path is None:
             continue
-        header: Dataset = pydicom.dcmread(record.path, stop_before_pixels=True)
-        by_study[record.study_uid].append((header, item))
+        header: Dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        by_study[str(header.StudyInstanceUID)].append((header, item))
+    seed = (exam_key, algorithm.weights_sha256.lower())
+
+    def uids(ds: Dataset, *what: str) -> Dataset:
+        if stable_uids:
+            ds.SOPInstanceUID = result_uid(*seed, *what)
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        return ds
+
     written: list[Path] = []
     for n, (study_uid, members) in enumerate(sorted(by_study.items()), start=1):
         findings = []
@@ -61,12 +90,15 @@ def write_exam_results(archive: Archive, exam_key: str, images: list[dict[str, A
                     continue
                 findings.append(FindingRecord(item["sop_uid"], box, f["kind"], min(max(float(f["score"]), 0.0), 1.0)))
         sr = write_findings_sr([h for h, _ in members], findings, algorithm, breast_scores=breast_scores,
-                               exam_score=exam_score, instance_number=n)
-        written.append(save_dataset(sr, folder / f"sr-{study_uid}.dcm"))
+                               exam_score=exam_score, instance_number=n,
+                               series_instance_uid=result_uid(*seed, study_uid, "sr-series") if stable_uids else None)
+        written.append(save_dataset(uids(sr, study_uid, "sr"), folder / f"sr-{study_uid}.dcm"))
         for header, item in members:
             if item.get("suspicion") is None:
                 continue
             seg = write_suspicion_seg(header, item["suspicion"], algorithm, map_factor=float(item.get("map_factor", 1.0)),
-                                      transfer_syntax_uid=RLE_LOSSLESS)
-            written.append(save_dataset(seg, folder / f"seg-{item['sop_uid']}.dcm"))
+                                      transfer_syntax_uid=RLE_LOSSLESS,
+                                      series_instance_uid=(result_uid(*seed, study_uid, "seg-series")
+                                                           if stable_uids else None))
+            written.append(save_dataset(uids(seg, item["sop_uid"], "seg"), folder / f"seg-{item['sop_uid']}.dcm"))
     return written

@@ -156,11 +156,40 @@ class SiteQueue(PgConnected):
                 (reason[:2000], job.id, job.claim_token))
         return cur.rowcount == 1
 
+    def release(self, job: SiteJob, reason: str) -> bool:
+        """Give the job back to the queue now (the archive was away, the worker is stopping),
+        with ``reason``; after ``max_attempts`` claims it fails instead. False when the
+        claim was no longer this worker's."""
+        with self.conn.transaction():
+            cur = self.conn.execute(
+                """
+                UPDATE triage_jobs SET
+                    status = CASE WHEN attempts >= %(max)s THEN 'failed' ELSE 'pending' END,
+                    finished_at = CASE WHEN attempts >= %(max)s THEN clock_timestamp() END,
+                    reason = %(reason)s, claim_token = NULL, lease_until = NULL
+                WHERE id = %(id)s AND claim_token = %(token)s AND status = 'running'
+                """, {"max": self.max_attempts, "reason": reason[:2000], "id": job.id, "token": job.claim_token})
+        return cur.rowcount == 1
+
     # ----------------------------------------------------------------- reading
     def counts(self) -> dict[str, int]:
         """Jobs per status."""
         rows = self.conn.execute("SELECT status, COUNT(*) AS n FROM triage_jobs GROUP BY status").fetchall()
         return {str(r["status"]): int(r["n"]) for r in rows}
+
+    def pending_models(self) -> dict[str, int]:
+        """Pending jobs per model sha256 (a worker says which ones it cannot run)."""
+        rows = self.conn.execute(
+            "SELECT model_sha256, COUNT(*) AS n FROM triage_jobs WHERE status = 'pending' GROUP BY model_sha256"
+        ).fetchall()
+        return {str(r["model_sha256"]): int(r["n"]) for r in rows}
+
+    def job(self, exam_key: str, model_sha256: str) -> dict[str, Any] | None:
+        """The job of an exam and model (status, attempts, claimed_by, reason) or None."""
+        row = self.conn.execute(
+            "SELECT id, status, attempts, claimed_by, reason FROM triage_jobs WHERE exam_key = %s AND model_sha256 = %s",
+            (exam_key, model_sha256)).fetchone()
+        return dict(row) if row else None
 
     def result(self, exam_key: str, model_sha256: str) -> dict[str, Any] | None:
         """The stored result (``result``, ``worker_id``, ``job_id``) or None."""

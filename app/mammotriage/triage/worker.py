@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mammotriage.dicom import MammoReadError, read_image
-from mammotriage.dicom.image import Laterality
+from mammotriage.dicom.image import Laterality, MammoImage, View
 from mammotriage.dicom.voi import image_statistics, render_8bit
 from mammotriage.lifetime import die_with_parent
 from mammotriage.store import Archive
@@ -77,23 +77,31 @@ def analyse_exam(model: LoadedModel, archive: Archive, exam_key: str) -> tuple[l
             problems.append(f"{record.path}: {exc.reason}")
         except OSError as exc:
             problems.append(f"{record.path}: {exc}")
-    if not images:
+    return analyse_views(model, [(record.sop_uid, record.laterality, record.view, im) for record, im in images],
+                         problems), problems
+
+
+def analyse_views(model: LoadedModel, views: list[tuple[str, Laterality, View, MammoImage]],
+                  problems: list[str]) -> list[dict[str, Any]]:
+    """Run the model over decoded views (SOP Instance UID, laterality, view, image): one
+    result dict per view. No view at all raises, with ``problems`` as the reason."""
+    if not views:
         raise RuntimeError("no view could be analysed: " + "; ".join(problems or ["no images"]))
-    results = model.engine.predict_images([im for _rec, im in images])
+    results = model.engine.predict_images([im for *_, im in views])
     out = []
-    for (record, im), result in zip(images, results, strict=True):
+    for (sop_uid, lat, view, im), result in zip(views, results, strict=True):
         stats = image_statistics(render_8bit(im.meta, im.pixels[::4, ::4]))
         out.append({
-            "sop_uid": record.sop_uid,
-            "laterality": record.laterality.value,
-            "view": record.view.value,
+            "sop_uid": sop_uid,
+            "laterality": lat.value,
+            "view": view.value,
             "score": float(result.score),
             "findings": [f.to_json() if hasattr(f, "to_json") else dict(f) for f in result.findings],
             "suspicion": getattr(result, "suspicion", None),
             "map_factor": float(getattr(result, "map_factor", 1.0)),
             "stats": stats,
         })
-    return out, problems
+    return out
 
 
 def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_dir: Path,

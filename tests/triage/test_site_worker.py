@@ -1,0 +1,372 @@
+"""The site AI worker with both real servers: Orthanc (DICOMweb) and PostgreSQL, started here.
+
+One site server folder for the module (``site init``, free ports, stable age 2 s);
+dcmtk's storescu sends 100 demo images (25 four-view exams, 128 x 96 pixels) to its
+Orthanc; a tiny, randomly initialised model package keeps CPU inference short.
+
+The tests run in file order: the two-worker acceptance test first (its model's jobs are
+the 25 studies), then the bad-input test with a second model (its own jobs).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "tests" / "store" / "pg"))
+sys.path.insert(0, str(REPO / "tests" / "net"))
+
+from netsupport import storescu  # noqa: E402
+from orthancsupport import require_orthanc  # noqa: E402
+from pgsupport import free_port, require_postgres, wait_until  # noqa: E402
+
+from mammotriage.net import site  # noqa: E402
+from mammotriage.net.dicomweb import DicomWebArchive  # noqa: E402
+from mammotriage.net.orthanc import OrthancServer  # noqa: E402
+from mammotriage.store.pg.events import connect  # noqa: E402
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+ROWS, COLUMNS = 128, 96
+
+
+@pytest.fixture(scope="module")
+def site_dir() -> Iterator[Path]:
+    """A started site server (PostgreSQL + Orthanc) in a folder the postgres account can reach."""
+    require_orthanc()
+    require_postgres()
+    root = Path(tempfile.mkdtemp(prefix="mt-site-worker-"))
+    root.chmod(0o755)
+    folder = root / "server"
+    ports: list[int] = []
+    while len(ports) < 3:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    try:
+        site.init_site(folder, pg_port=ports[0], http_port=ports[1], dicom_port=ports[2])
+        made = OrthancServer.load(folder / "orthanc")  # a short stable age: the test waits for it
+        OrthancServer(made.folder, made.http_port, made.dicom_port, made.aet, stable_age_s=2).write_config()
+        site.start_site(folder)
+        yield folder
+    finally:
+        if (folder / site.SITE_FILE).exists():
+            site.stop_site(folder)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def studies(site_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """Study Instance UID -> SOP Instance UIDs of the 100 images storescu sent to Orthanc."""
+    from mammotriage.phantom import write_demo_set
+
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_set(root, 25, seed=1931, rows=ROWS, columns=COLUMNS)
+    files = sorted(root.rglob("*.dcm"))
+    assert len(files) == 100
+    _, orthanc, _ = site.load_site(site_dir)
+    result = storescu(orthanc.dicom_port, files, calling="MODALITY", called=orthanc.aet)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Failed" not in output and "Error" not in output, output[-2000:]
+    out: dict[str, set[str]] = collections.defaultdict(set)
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        out[str(ds.StudyInstanceUID)].add(str(ds.SOPInstanceUID))
+    assert len(out) == 25
+    return dict(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from retrain_sim import tiny_parent
+
+    return tiny_parent(tmp_path_factory.mktemp("model") / "m", config=_few_findings(), seed=2, version="9.1.0")
+
+
+def _few_findings() -> Any:
+    """A tiny network that proposes 2 candidates a view: an untrained one's 20 a view
+    would make every SR 80 findings long, and writing those (highdicom) the test's cost."""
+    from mammotriage.model.network import NetworkConfig
+
+    return NetworkConfig(base_anchor_sizes=(8, 16), detections_per_img=2)
+
+
+@pytest.fixture(scope="module")
+def model2(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A second tiny model, loaded in this process (its jobs are apart from the acceptance test's)."""
+    from retrain_sim import tiny_parent
+
+    from mammotriage.triage.worker import load_model
+
+    return load_model(tiny_parent(tmp_path_factory.mktemp("m2") / "m", config=_few_findings(), seed=3,
+                                  version="9.2.0"), device="cpu", threads=1)
+
+
+def _admin(site_dir: Path) -> str:
+    cluster, _, _ = site.load_site(site_dir)
+    return cluster.dsn("mt_admin")
+
+
+def _rows(dsn: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    with connect(dsn) as conn:
+        return [dict(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def _worker(site_dir: Path, model: Path, worker_id: str, home: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "app"), OMP_NUM_THREADS="1", MAMMOTRIAGE_HOME=str(home))
+    home.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mammotriage", "site-worker", str(site_dir), "--model", str(model),
+         "--worker-id", worker_id, "--lease", "3", "--json"],
+        stdout=subprocess.PIPE, stderr=(home / "stderr.txt").open("w"), text=True, env=env)
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """The complete JSON lines of a worker's stdout (a killed one may end mid-line)."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _sha(model: Path) -> str:
+    return str(json.loads((model / "configs" / "metadata.json").read_text())["weights_sha256"])
+
+
+def test_two_workers_triage_every_exam_once_and_a_killed_workers_job_completes_elsewhere(
+        site_dir: Path, studies: dict[str, set[str]], tiny_model: Path, tmp_path: Path) -> None:
+    admin, sha = _admin(site_dir), _sha(tiny_model)
+    a = _worker(site_dir, tiny_model, "wA", tmp_path / "a")
+    b = _worker(site_dir, tiny_model, "wB", tmp_path / "b")
+    try:
+        def a_mid_job() -> list[dict[str, Any]]:
+            assert a.poll() is None, (tmp_path / "a" / "stderr.txt").read_text()[-3000:]
+            assert b.poll() is None, (tmp_path / "b" / "stderr.txt").read_text()[-3000:]
+            done = _rows(admin, "SELECT count(*) AS n FROM triage_results WHERE worker_id = 'wA'")[0]["n"]
+            running = _rows(admin, "SELECT id, exam_key FROM triage_jobs WHERE status = 'running' "
+                                   "AND claimed_by = 'wA' AND model_sha256 = %s", sha)
+            return running if done >= 1 else []
+
+        killed = None
+        for _ in range(20):
+            assert wait_until(a_mid_job, timeout=240, interval=0.02), "worker A never started a second job"
+            a.send_signal(signal.SIGSTOP)  # frozen, A cannot finish the job between our look and the kill
+            running = a_mid_job()
+            if running:
+                killed = running[0]
+                a.send_signal(signal.SIGKILL)
+                a.wait(timeout=30)
+                break
+            a.send_signal(signal.SIGCONT)  # it finished that one just before: try the next
+        assert killed is not None
+
+        def finished() -> bool:
+            assert b.poll() is None, (tmp_path / "b" / "stderr.txt").read_text()[-3000:]
+            counts = _rows(admin, "SELECT status, count(*) AS n FROM triage_jobs WHERE model_sha256 = %s "
+                                  "GROUP BY status", sha)
+            return {r["status"]: r["n"] for r in counts} == {"done": 25}
+
+        assert wait_until(finished, timeout=240, interval=0.2)
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        b_out, _ = b.communicate(timeout=60)
+        a_out, _ = a.communicate(timeout=60)
+    assert b.returncode == 0, (tmp_path / "b" / "stderr.txt").read_text()[-3000:]
+
+    # every exam triaged exactly once: one stored result per exam and model, all 25
+    results = _rows(admin, "SELECT exam_key, worker_id, job_id FROM triage_results WHERE model_sha256 = %s", sha)
+    assert sorted(r["exam_key"] for r in results) == sorted(studies)
+    assert {r["worker_id"] for r in results} == {"wA", "wB"}   # both workers did some
+    # the killed worker's job completed elsewhere, after its lease ran out
+    redone = _rows(admin, "SELECT j.attempts, r.worker_id FROM triage_jobs j JOIN triage_results r "
+                          "ON r.job_id = j.id WHERE j.id = %s", killed["id"])
+    assert redone and redone[0]["worker_id"] == "wB" and redone[0]["attempts"] >= 2
+    # the watcher enqueued each stable study once (both workers watch; enqueueing is idempotent)
+    jobs = _rows(admin, "SELECT exam_key FROM triage_jobs WHERE model_sha256 = %s", sha)
+    assert sorted(j["exam_key"] for j in jobs) == sorted(studies)
+    logs = (tmp_path / "a" / "stderr.txt").read_text() + (tmp_path / "b" / "stderr.txt").read_text()
+    queued = collections.Counter(line.split()[1] for line in logs.splitlines() if line.startswith("queued "))
+    assert set(queued) <= set(studies) and all(n == 1 for n in queued.values())
+    # one JSON line per job on stdout; B reports its jobs as done
+    b_lines = _json_lines(b_out)
+    assert b_lines and {o["status"] for o in b_lines} <= {"done", "discarded"}
+    assert any(o["status"] == "done" for o in _json_lines(a_out))  # A, up to its kill
+    assert all(o["timing"]["fetch"] >= 0 and o["views"] == 4 for o in b_lines if o["status"] == "done")
+    # the SR of each exam is in Orthanc exactly once (QIDO-RS), the killed job's included
+    _, orthanc, _ = site.load_site(site_dir)
+    with DicomWebArchive.for_server(orthanc, tmp_path / "qido-cache", 64 * 1024 * 1024) as archive:
+        for study in studies:
+            instances = archive.find_instances(study)
+            srs = [i for i in instances if i.sop_class_uid == SR_CLASS]
+            assert len(srs) == 1, (study, srs)
+            assert {i.sop_uid for i in instances} >= studies[study]
+
+
+def test_bad_input_fails_its_job_with_the_reason_and_the_loop_goes_on(
+        site_dir: Path, studies: dict[str, set[str]], model2: Any, tmp_path: Path) -> None:
+    import threading
+
+    from hostile import _j2k_siz_bomb
+    from mammotriage.net.site_io import DicomWebExamSource, StowSink
+    from mammotriage.triage.site_queue import SiteQueue
+    from mammotriage.triage.site_worker import SiteWorker
+    from mtsupport import make_mg_dataset
+
+    cluster, orthanc, _ = site.load_site(site_dir)
+    model = model2
+    bomb = pydicom.dcmread(_j2k_siz_bomb(tmp_path / "bomb.dcm"))
+    chest = make_mg_dataset(patient_id="CHEST1")
+    chest.Modality, chest.BodyPartExamined = "CR", "CHEST"
+    chest.SOPClassUID = chest.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image
+    chest.save_as(tmp_path / "chest.dcm", enforce_file_format=True)
+    chest = pydicom.dcmread(tmp_path / "chest.dcm")  # as a modality sends it: a Part 10 file
+    good = sorted(studies)[0]
+    said: list[str] = []
+    with DicomWebArchive.for_server(orthanc, tmp_path / "cache", 64 * 1024 * 1024) as archive:
+        assert archive.store([bomb, chest]).failed == []
+        srs_before = sum(i.sop_class_uid == SR_CLASS for i in archive.find_instances(good))
+        with SiteQueue(cluster.dsn("mt_worker")) as queue:
+            for key in (str(bomb.StudyInstanceUID), str(chest.StudyInstanceUID), "1.2.3.4.5.404", good):
+                assert queue.enqueue(key, model.weights_sha256)
+            other = hashlib.sha256(b"a model this worker does not hold").hexdigest()
+            queue.enqueue(good, other)
+            with SiteWorker(cluster.dsn("mt_worker"), {model.weights_sha256: model}, DicomWebExamSource(archive),
+                            StowSink(archive), worker_id="w-bad", lease_s=30, work_dir=tmp_path / "work",
+                            say=said.append) as worker:
+                outcomes = worker.run(threading.Event(), once=True)
+            by_exam = {o.exam_key: o for o in outcomes}
+            assert [o.exam_key for o in outcomes] == [str(bomb.StudyInstanceUID), str(chest.StudyInstanceUID),
+                                                      "1.2.3.4.5.404", good]
+            bomb_out = by_exam[str(bomb.StudyInstanceUID)]
+            assert bomb_out.status == "failed" and "no view could be analysed" in bomb_out.reason
+            assert "46000" in bomb_out.reason and str(bomb.SOPInstanceUID) in bomb_out.reason
+            chest_out = by_exam[str(chest.StudyInstanceUID)]
+            assert chest_out.status == "failed" and "not a mammogram" in chest_out.reason
+            assert by_exam["1.2.3.4.5.404"].status == "failed"
+            assert "holds no image" in by_exam["1.2.3.4.5.404"].reason
+            assert by_exam[good].status == "done" and by_exam[good].views == 4
+            for key, out in by_exam.items():
+                job = queue.job(key, model.weights_sha256)
+                assert job is not None and job["status"] == ("done" if key == good else "failed")
+                assert out.status == "done" or job["reason"] == out.reason
+            # the job of a model the worker does not hold is said and left for another worker
+            assert any("does not hold" in text and other[:12] in text for text in said)
+            held = queue.job(good, other)
+            assert held is not None and held["status"] == "pending"
+            stored = queue.result(good, model.weights_sha256)
+            assert stored is not None and stored["worker_id"] == "w-bad"
+            assert stored["result"]["model_sha256"] == model.weights_sha256
+            assert len(stored["result"]["images"]) == 4
+        assert sum(i.sop_class_uid == SR_CLASS for i in archive.find_instances(good)) == srs_before + 1
+
+
+def test_an_archive_that_is_away_gives_the_job_back_with_the_reason(site_dir: Path, tmp_path: Path) -> None:
+    import threading
+
+    from retrain_sim import tiny_parent
+
+    from mammotriage.net.dicomweb import InstanceCache
+    from mammotriage.net.site_io import DicomWebExamSource, StowSink
+    from mammotriage.triage.site_queue import SiteQueue
+    from mammotriage.triage.site_worker import SiteWorker
+    from mammotriage.triage.worker import load_model
+
+    cluster, _, _ = site.load_site(site_dir)
+    model = load_model(tiny_parent(tmp_path / "m3", config=_few_findings(), seed=4, version="9.3.0"),
+                       device="cpu", threads=1)
+    away = DicomWebArchive(f"http://127.0.0.1:{free_port()}", None, InstanceCache(tmp_path / "c", 1 << 20),
+                           timeout_s=2)
+    with SiteQueue(cluster.dsn("mt_worker"), max_attempts=2) as queue:
+        assert queue.enqueue("1.2.3.4.6", model.weights_sha256)
+        with SiteWorker(cluster.dsn("mt_worker"), {model.weights_sha256: model}, DicomWebExamSource(away),
+                        StowSink(away), worker_id="w-away", lease_s=30, work_dir=tmp_path / "w",
+                        max_attempts=2) as worker:
+            first = worker.run_once()
+            assert first is not None and first.status == "released" and "the archive is away" in first.reason
+            job = queue.job("1.2.3.4.6", model.weights_sha256)
+            assert job is not None and job["status"] == "pending" and "cannot reach the archive" in job["reason"]
+            # given back at once, claimed again; after max_attempts claims it fails, with the reason
+            second = worker.run_once()
+            assert second is not None and second.status == "released"
+            job = queue.job("1.2.3.4.6", model.weights_sha256)
+            assert job is not None and job["status"] == "failed" and job["attempts"] == 2
+            assert worker.run(threading.Event(), once=True) == []  # nothing left; the loop ends
+
+
+def test_a_late_result_is_discarded_and_nothing_is_sent(site_dir: Path, studies: dict[str, set[str]],
+                                                       model2: Any, tmp_path: Path) -> None:
+    from mammotriage.net.site_io import DicomWebExamSource, StowSink
+    from mammotriage.triage.site_queue import SiteQueue
+    from mammotriage.triage.site_worker import SiteWorker
+
+    cluster, orthanc, _ = site.load_site(site_dir)
+    study = sorted(studies)[1]
+    admin = _admin(site_dir)
+    with DicomWebArchive.for_server(orthanc, tmp_path / "cache", 64 * 1024 * 1024) as archive, \
+            SiteQueue(cluster.dsn("mt_worker")) as other, \
+            SiteWorker(cluster.dsn("mt_worker"), {model2.weights_sha256: model2}, DicomWebExamSource(archive),
+                       StowSink(archive), worker_id="w-slow", lease_s=0.5, work_dir=tmp_path / "w") as slow:
+        srs_before = sum(i.sop_class_uid == SR_CLASS for i in archive.find_instances(study))
+        assert other.enqueue(study, model2.weights_sha256)
+        job = slow.queue.claim("w-slow", 0.5, model2.weights_sha256)
+        assert job is not None and job.exam_key == study
+        assert wait_until(lambda: _rows(admin, "SELECT 1 FROM triage_jobs WHERE id = %s AND lease_until < "
+                                               "clock_timestamp()", job.id), timeout=30)
+        fast = other.claim("w-fast", 60, model2.weights_sha256)   # the lease ran out: another worker's now
+        assert fast is not None and fast.id == job.id
+        outcome = slow.process(job)
+        assert outcome.status == "discarded" and "late result of w-slow" in outcome.reason
+        assert other.result(study, model2.weights_sha256) is None   # nothing stored for the slow one
+        assert sum(i.sop_class_uid == SR_CLASS for i in archive.find_instances(study)) == srs_before  # nor sent
+        state = other.job(study, model2.weights_sha256)
+        assert state is not None and state["status"] == "running" and state["claimed_by"] == "w-fast"
+
+
+def test_stable_result_uids_are_the_same_for_the_same_exam_and_model(tmp_path: Path) -> None:
+    from mammotriage.dicom.content import AlgorithmInfo
+    from mammotriage.phantom import write_demo_set
+    from mammotriage.triage.dicom_results import write_result_files
+
+    write_demo_set(tmp_path / "d", 1, seed=7, rows=ROWS, columns=COLUMNS)
+    sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f
+               for f in sorted((tmp_path / "d").rglob("*.dcm"))}
+    items = [{"sop_uid": sop, "findings": [{"box": [10, 10, 30, 30], "kind": "mass", "score": 0.5}],
+              "suspicion": None} for sop in sources]
+
+    def uids(out: str, sha: str, stable: bool) -> set[str]:
+        paths = write_result_files("E1", items, sources, AlgorithmInfo("m", "1", sha), tmp_path / out,
+                                   stable_uids=stable)
+        return {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
+
+    first = uids("a", "ab" * 32, True)
+    assert first == uids("b", "ab" * 32, True)        # done again elsewhere: the same SR
+    assert first.isdisjoint(uids("c", "cd" * 32, True))  # another model: another SR
+    assert first.isdisjoint(uids("d", "ab" * 32, False))  # the standalone worker: new UIDs
+
+
+def test_the_command_names_a_folder_that_is_not_a_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mammotriage.cli import main
+
+    assert main(["site-worker", str(tmp_path), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert "not a site server folder" in err and str(tmp_path) in err
