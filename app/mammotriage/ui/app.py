@@ -66,6 +66,16 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
     return rc["code"]
 
 
+def _quit(window: MainWindow) -> None:
+    """Close the window (its closeEvent saves and stops everything), then end the event
+    loop even if another top-level window (a display window, a floating dock, a dialog)
+    is still open: a quit signal must quit."""
+    window.close()
+    app = QApplication.instance()
+    if app is not None:
+        app.quit()
+
+
 def _quit_on_signals(started: dict[str, MainWindow]) -> None:
     """SIGTERM (logout, a session manager, ``kill``) and SIGINT (Ctrl-C) quit like the
     window's close button: settings saved, workers and the DICOM node stopped.
@@ -79,7 +89,7 @@ def _quit_on_signals(started: dict[str, MainWindow]) -> None:
         window = started.get("window")
         if window is None:
             raise SystemExit(0)
-        QTimer.singleShot(0, window.close)
+        QTimer.singleShot(0, lambda: _quit(window))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
