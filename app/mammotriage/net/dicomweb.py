@@ -46,7 +46,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from mammotriage.net.orthanc import DICOMWEB_ROOT, OrthancServer, write_atomic
+from mammotriage.jsonio import write_atomic
+from mammotriage.net.orthanc import DICOMWEB_ROOT, OrthancServer
 
 __all__ = [
     "DEFAULT_MAX_INSTANCE_BYTES",

@@ -35,7 +35,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -44,6 +43,7 @@ from typing import Any
 
 import requests
 
+from mammotriage.jsonio import write_atomic
 from mammotriage.net.settings import NetworkConfigError, normalise_host, validate_ae_title
 
 __all__ = [
@@ -142,29 +142,6 @@ def find_dicomweb_plugin(plugin: str | os.PathLike[str] | None = None,
     raise OrthancNotFoundError(
         f"the Orthanc DICOMweb plugin ({PLUGIN_PREFIX}) was not found in {', '.join(folders)}: "
         f"{INSTALL_HINT}")
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, rename).
-
-    The file has ``mode`` from its creation on, so a secret is never readable by others,
-    not even for a moment. ``durable=False`` skips the fsync (a cache entry that is
-    checked on use and can be fetched again): readers still see all or nothing.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_credentials(path: Path) -> tuple[str, str]:

@@ -26,13 +26,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mammotriage.config import data_dir
+from mammotriage.jsonio import write_atomic
 
 __all__ = [
     "DEFAULT_AE_TITLE",
@@ -348,16 +348,5 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> NetworkSettings
 def save_settings(settings: NetworkSettings, path: str | os.PathLike[str] | None = None) -> Path:
     """Write ``network.json`` atomically (temporary file, fsync, rename)."""
     p = Path(path) if path is not None else settings_path()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".network-", suffix=".json", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(settings.to_json(), fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    # mkstemp's 0600, as network.json always had
+    return write_atomic(p, (json.dumps(settings.to_json(), indent=2) + "\n").encode("utf-8"), mode=0o600)

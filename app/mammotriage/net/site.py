@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mammotriage.jsonio import write_atomic
+
 if TYPE_CHECKING:  # imported when used: building the command line must stay fast
     from mammotriage.net.orthanc import OrthancServer
     from mammotriage.store.pg.cluster import PgCluster
@@ -80,9 +82,7 @@ def init_site(folder: str | Path, *, pg_port: int = DEFAULT_PG_PORT, http_port: 
     profile = {"format": FORMAT, "postgres": {"folder": "postgres", "port": pg_port},
                "orthanc": {"folder": "orthanc", "http_port": orthanc.http_port, "dicom_port": orthanc.dicom_port,
                            "aet": orthanc.aet, "remote_access": bool(remote_access)}}
-    tmp = site_file.with_name(f".{SITE_FILE}.tmp")
-    tmp.write_text(json.dumps(profile, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(site_file)
+    write_atomic(site_file, (json.dumps(profile, indent=1) + "\n").encode("utf-8"))
     return profile
 
 

@@ -86,7 +86,7 @@ def make_profile(folder: str | Path, role: str, host: str = DEFAULT_HOST) -> dic
 
 def write_profile(folder: str | Path, role: str, out: str | Path, host: str = DEFAULT_HOST) -> SiteProfile:
     """Write the profile of ``role`` to ``out`` (mode 0600) and return it as loaded back."""
-    from mammotriage.net.orthanc import write_atomic
+    from mammotriage.jsonio import write_atomic
 
     data = make_profile(folder, role, host)
     out = Path(out)
