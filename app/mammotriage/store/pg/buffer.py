@@ -2,15 +2,18 @@
 
 Every event goes into a small SQLite file first (WAL, ``synchronous=FULL``: it survives
 a crash once :meth:`BufferedLog.append` returns), then is sent. :meth:`BufferedLog.flush`
-sends the buffered events oldest first and removes each only after the server has
-acknowledged it; it stops at the first one the server cannot take (down, restarting),
-so the order is kept. The server chains each event when it arrives, and sending is
-idempotent by uuid (:meth:`SiteCorrectionLog.send`), so an event whose acknowledgement
-was lost is sent again without being stored twice: nothing is lost or duplicated.
+sends the buffered events oldest first in batches (``batch_size``, default 200), one
+transaction per batch (:meth:`SiteCorrectionLog.send_batch`: the server chains the rows
+in order, and the batch commits whole or not at all), and removes a batch only after the
+server has acknowledged it; it stops at the first batch the server cannot take (down,
+restarting), so the order is kept. Sending is idempotent by uuid, so a batch whose
+acknowledgement was lost (or that died mid-way with the server) is sent again whole
+without any event being stored twice: nothing is lost or duplicated.
 
 An event the server refuses for its content (the same uuid stored with other content,
-a constraint) is moved to the ``refused`` table with the server's reason and logged;
-it does not block the events behind it.
+a constraint) fails its whole batch; that batch is then sent one event per transaction,
+the refused event is moved to the ``refused`` table with the server's reason and logged,
+and it does not block the events behind it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,12 @@ _MIGRATIONS = [db.Migration(
 )]
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of why the server could not be reached."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class EventBuffer(db.Connected):
     """The durable, ordered queue of events the server has not acknowledged yet."""
 
@@ -81,8 +91,12 @@ class EventBuffer(db.Connected):
         return [dict(json.loads(r[0])) for r in rows]
 
     def drop(self, event_id: str) -> None:
+        self.drop_many([event_id])
+
+    def drop_many(self, event_ids: list[str]) -> None:
+        """Forget acknowledged events (one local transaction for all)."""
         with self._lock, db.transaction(self.conn):
-            self.conn.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
+            self.conn.executemany("DELETE FROM pending WHERE event_id = ?", [(i,) for i in event_ids])
 
     def refuse(self, fields: dict[str, str], reason: str) -> None:
         with self._lock, db.transaction(self.conn):
@@ -129,12 +143,19 @@ class BufferedLog:
         The local SQLite buffer file (created when missing; kept across restarts).
     workstation
         Recorded in every event (default: the host name).
+    batch_size
+        Events sent per transaction.
     """
 
-    def __init__(self, dsn: str, buffer_path: str | Path, workstation: str | None = None):
+    def __init__(self, dsn: str, buffer_path: str | Path, workstation: str | None = None, *,
+                 batch_size: int = 200):
         self.log = SiteCorrectionLog(dsn, workstation)
         self.buffer = EventBuffer(buffer_path)
         self._send_lock = threading.Lock()
+        #: Events sent per transaction (the buffer's oldest first).
+        self.batch_size = batch_size
+        #: Called with every acknowledged batch (as chained), before it leaves the buffer.
+        self.on_sent: Callable[[list[Event]], None] | None = None
         #: The last reason the server could not be reached ('' while it is).
         self.away_reason = ""
 
@@ -189,22 +210,46 @@ class BufferedLog:
     def _flush(self) -> dict[str, Event]:
         sent: dict[str, Event] = {}
         with self._send_lock:
-            while batch := self.buffer.oldest():
-                for fields in batch:
-                    try:
-                        sent[fields["event_id"]] = self.log.send(fields)
-                    except SERVER_AWAY as exc:
-                        self.away_reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            while batch := self.buffer.oldest(self.batch_size):
+                try:
+                    events = self.log.send_batch(batch)
+                except SERVER_AWAY as exc:
+                    self.away_reason = _reason(exc)
+                    return sent
+                except (psycopg.IntegrityError, psycopg.DataError):
+                    # one of them is refused (nothing of the batch was stored): one by one finds it
+                    if not self._send_singly(batch, sent):
                         return sent
-                    except (psycopg.IntegrityError, psycopg.DataError) as exc:
-                        reason = str(exc).strip().splitlines()[0]
-                        LOG.error("the site server refused event %s from %s: %s", fields["event_id"],
-                                  self.buffer.path, reason)
-                        self.buffer.refuse(fields, reason)
-                        continue
-                    self.buffer.drop(fields["event_id"])
-                self.away_reason = ""
+                    continue
+                self._acknowledged(events, sent)
+            self.away_reason = ""
         return sent
+
+    def _acknowledged(self, events: list[Event], sent: dict[str, Event]) -> None:
+        """The server has these: tell :attr:`on_sent` first, then drop them from the buffer
+        (so a reader of both never finds an event on neither side)."""
+        if self.on_sent is not None:
+            self.on_sent(events)
+        self.buffer.drop_many([e.event_id for e in events])
+        sent.update((e.event_id, e) for e in events)
+
+    def _send_singly(self, batch: list[dict[str, str]], sent: dict[str, Event]) -> bool:
+        """Send a batch one event per transaction, moving the refused ones aside; False:
+        the server went away (the rest waits)."""
+        for fields in batch:
+            try:
+                event = self.log.send(fields)
+            except SERVER_AWAY as exc:
+                self.away_reason = _reason(exc)
+                return False
+            except (psycopg.IntegrityError, psycopg.DataError) as exc:
+                reason = str(exc).strip().splitlines()[0]
+                LOG.error("the site server refused event %s from %s: %s", fields["event_id"],
+                          self.buffer.path, reason)
+                self.buffer.refuse(fields, reason)
+                continue
+            self._acknowledged([event], sent)
+        return True
 
     def pending(self) -> int:
         return self.buffer.count()
