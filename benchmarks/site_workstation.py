@@ -76,7 +76,7 @@ def main() -> None:
             drained_s = time.perf_counter() - t0
             if log.status().waiting:
                 raise SystemExit(f"{log.status().waiting} events still waiting")
-            stored = len(log.reads.events(exam_key="E-away"))
+            stored = len(log.buffered.log.events(exam_key="E-away"))
             if stored != args.events:
                 raise SystemExit(f"{stored} of {args.events} offline events stored")
     finally:

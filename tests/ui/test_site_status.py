@@ -15,7 +15,8 @@ from mammotriage.store.pg.events import SiteCorrectionLog
 from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog
 from store.pg.pgsupport import running_cluster
 
-UNREACHABLE = re.compile(r"^site server unreachable since \d\d:\d\d — (\d+) corrections? waiting$")
+UNREACHABLE = re.compile(r"^site server unreachable since \d\d:\d\d — (\d+) corrections? waiting"
+                         r" — showing what this workstation has( \(as of \d\d:\d\d\))?$")
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,13 @@ def test_the_label_says_when_the_server_is_away_and_clears_when_it_drained(qtbot
             assert label.isVisible() and UNREACHABLE.match(label.text()).group(1) == "0"
             for n in range(2):
                 log.append(reader="dr_ui", exam_key="Exam-UI", action="note", payload={"text": str(n)})
-            qtbot.waitUntil(lambda: label.text().endswith("— 2 corrections waiting"), timeout=10_000)
+            qtbot.waitUntil(lambda: "— 2 corrections waiting —" in label.text(), timeout=10_000)
             assert "last error" in label.toolTip() and str(log.buffered.buffer.path) in label.toolTip()
         finally:
             site.start()
         qtbot.waitUntil(lambda: label.text() == "", timeout=60_000)
         assert not label.isVisible() and said[-1] == ""
-        assert any(text.endswith("2 corrections waiting") for text in said)
+        assert any("— 2 corrections waiting —" in text for text in said)
         # the log gets the loss (with the reason) and the drained buffer, not every count between
         assert len(notes) == 2 and UNREACHABLE.match(notes[0].split(" (")[0]) and "every correction" in notes[1]
         label.timer.stop()
@@ -98,6 +99,10 @@ def test_a_window_joined_from_the_settings_keeps_reading_through_a_server_restar
         key = win.current.exam_key
         win.corrections.set_birads(2)
         qtbot.waitUntil(lambda: log.status().waiting == 0, timeout=60_000)
+        # the same reader's note from another workstation reaches the open exam (the sender reads it)
+        with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-elsewhere") as elsewhere:
+            elsewhere.append(reader="dr_site", exam_key=key, action="note", payload={"text": "from elsewhere"})
+        qtbot.waitUntil(lambda: win.corrections.mine().note == "from elsewhere", timeout=60_000)
         site.stop()
         try:
             qtbot.waitUntil(lambda: UNREACHABLE.match(label.text()) is not None, timeout=60_000)
@@ -106,7 +111,7 @@ def test_a_window_joined_from_the_settings_keeps_reading_through_a_server_restar
             win.corrections.set_density("C")
             win.corrections.set_note("read while the server was away")
             assert win.corrections.mine().density == "C"
-            qtbot.waitUntil(lambda: label.text().endswith("— 2 corrections waiting"), timeout=10_000)
+            qtbot.waitUntil(lambda: "— 2 corrections waiting —" in label.text(), timeout=10_000)
             assert "site server unreachable since" in win.log.toPlainText()
         finally:
             site.start()
@@ -114,7 +119,7 @@ def test_a_window_joined_from_the_settings_keeps_reading_through_a_server_restar
         text = win.log.toPlainText()
         assert "every correction is stored" in text and text.count("site server unreachable since") == 1
         with SiteCorrectionLog(site.dsn("mt_workstation")) as server:
-            assert [e.action for e in server.events(exam_key=key)] == ["birads", "density", "note"]
+            assert [e.action for e in server.events(exam_key=key)] == ["birads", "note", "density", "note"]
         # File > Join a site: a bad profile is not taken (the file named); leaving forgets it
         said = win.set_site_profile(tmp_path / "nope.json")
         assert said.startswith("site profile not taken: ") and "nope.json" in said

@@ -17,7 +17,7 @@ from mammotriage.store.pg.cluster import PgCluster
 from mammotriage.store.pg.events import SiteCorrectionLog
 from mammotriage.viewer.corrections import ExamCorrections, ImageInfo
 from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog, site_status_text
-from store.pg.pgsupport import running_cluster, wait_until
+from store.pg.pgsupport import free_port, running_cluster, wait_until
 
 BOX = {"type": "box", "box": [10.0, 10.0, 40.0, 40.0]}
 SOP = "1.2.3.4.1"
@@ -66,7 +66,8 @@ def test_reading_goes_on_while_the_server_is_away_and_the_buffer_drains(site: Pg
             assert _kinds(exam) == ["calcification", "mass"]
             assert log.status().waiting == 4
             text = site_status_text(log.status())
-            assert text.startswith("site server unreachable since ") and text.endswith("— 4 corrections waiting")
+            assert text.startswith("site server unreachable since ")
+            assert "— 4 corrections waiting — showing what this workstation has (as of " in text
             # re-opening the exam (or another window on it) reads the offline events too
             again = _open(log, "Exam-1")
             assert _kinds(again) == ["calcification", "mass"] and again.mine().birads == 4
@@ -103,7 +104,10 @@ def test_a_session_started_while_the_server_is_away_sends_what_it_made_later(
         site.start()
     with SiteLog(site.dsn("mt_workstation"), buffer, "ws-2", retry_s=0.2, probe_s=0.2) as log:
         assert wait_until(lambda: log.status().waiting == 0, 60)
-        assert [e.event_id for e in _open(log, "Exam-2")._events] == [e.event_id for e in made]
+        opened = _open(log, "Exam-2")  # not read in this session yet: the sender reads it
+        assert wait_until(lambda: log.synced("Exam-2"), 60)
+        opened.reload()
+        assert [e.event_id for e in opened._events] == [e.event_id for e in made]
     assert [e.event_id for e in _server_events(site, "Exam-2")] == [e.event_id for e in made]
 
 
@@ -114,6 +118,8 @@ def test_two_workstations_see_each_others_sent_corrections(site: PgCluster, tmp_
         _open(a, "Exam-3", "dr_a").add(SOP, "mass", BOX)
         assert wait_until(lambda: a.status().waiting == 0, 60)
         theirs = _open(b, "Exam-3", "dr_a")  # the same reader at another workstation
+        assert wait_until(lambda: b.synced("Exam-3"), 60)
+        theirs.reload()
         assert _kinds(theirs) == ["mass"] and theirs._events[0].workstation == "ws-a"
 
 
@@ -127,11 +133,15 @@ def test_the_status_line_in_every_state() -> None:
     assert site_status_text(SiteStatus(True, None, 0)) == ""
     assert site_status_text(SiteStatus(True, None, 3)) == "sending 3 corrections to the site server"
     assert site_status_text(SiteStatus(False, since, 1, "refused")) == \
-        f"site server unreachable since {hhmm} — 1 correction waiting"
-    assert site_status_text(SiteStatus(False, since, 0)).endswith("— 0 corrections waiting")
+        f"site server unreachable since {hhmm} — 1 correction waiting — showing what this workstation has"
+    synced = datetime(2026, 3, 1, 9, 4, tzinfo=UTC)
+    assert site_status_text(SiteStatus(False, since, 0, synced_at=synced)) == (
+        f"site server unreachable since {hhmm} — 0 corrections waiting — showing what this workstation has "
+        f"(as of {synced.astimezone().strftime('%H:%M')})")
     assert site_status_text(SiteStatus(True, None, 0, refused=2)) == "2 corrections refused by the site server"
     assert site_status_text(SiteStatus(False, None, 4, refused=1)) == \
-        "site server unreachable since ? — 4 corrections waiting · 1 correction refused by the site server"
+        ("site server unreachable since ? — 4 corrections waiting — showing what this workstation has"
+         " · 1 correction refused by the site server")
 
 
 def test_a_refused_correction_is_counted_and_does_not_block_the_others(site: PgCluster, tmp_path: Path) -> None:
@@ -148,3 +158,132 @@ def test_a_refused_correction_is_counted_and_does_not_block_the_others(site: PgC
         assert wait_until(lambda: log.status().waiting == 0 and log.status().refused == 1, 60)
         assert site_status_text(log.status()) == "1 correction refused by the site server"
     assert [e.payload["text"] for e in _server_events(site, "Exam-4")] == ["a", "c"]
+
+
+class BlackHole:
+    """A TCP listener on the server's address that accepts every connection and never
+    answers (what a hung server, or an attacker in its place, looks like to a client)."""
+
+    def __init__(self, host: str, port: int):
+        import socket
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(64)
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)  # held open, never read from, never written to
+
+    def close(self) -> None:
+        import contextlib
+        import socket
+
+        with contextlib.suppress(OSError):  # not connected: nothing to shut down
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(timeout=10)
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture()
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(thread name, connection string) of every PostgreSQL connection opened (the real ones)."""
+    import threading
+
+    import psycopg
+
+    made: list[tuple[str, str]] = []
+    real = psycopg.connect
+
+    def recording(conninfo: str = "", *args, **kwargs):
+        made.append((threading.current_thread().name, conninfo))
+        return real(conninfo, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", recording)
+    return made
+
+
+def _hole_dsn(site: PgCluster, name: str, connect_timeout: int = 2) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(site.dsn("mt_workstation", connect_timeout=connect_timeout), application_name=name)
+
+
+def test_reads_are_served_locally_while_the_server_is_a_black_hole(site: PgCluster, tmp_path: Path,
+                                                                  connects: list[tuple[str, str]]) -> None:
+    import threading
+
+    dsn = _hole_dsn(site, "ws-hole")
+    with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-other") as other:
+        theirs = other.append(reader="dr_b", exam_key="Exam-5", action="note", payload={"text": "theirs"})
+    with SiteLog(dsn, tmp_path / BUFFER_FILE, "ws-hole", retry_s=0.2, probe_s=0.2) as log:
+        arrived: list[list] = []
+        log.add_listener(arrived.append)
+        assert log.events("Exam-5") == []  # not read yet: the sender reads it, the caller does not wait
+        assert wait_until(lambda: log.synced("Exam-5"), 60)
+        assert ["Exam-5"] in arrived
+        assert [e.event_id for e in log.events("Exam-5")] == [theirs.event_id]
+
+        site.stop()
+        hole = BlackHole(site.host, site.port)
+        try:
+            mine = log.append(reader="dr_a", exam_key="Exam-5", action="note", payload={"text": "mine"})
+            assert wait_until(lambda: not log.status().reachable, 60)
+            assert wait_until(lambda: hole.accepted, 60), "the sender never reached the listener"
+            for _ in range(20):  # each answered from the local copy while the sender hangs in the hole
+                assert [e.event_id for e in log.events("Exam-5")] == [theirs.event_id, mine.event_id]
+                assert log.events("Exam-6") == []  # never read: nothing invented
+            status = log.status()
+            assert status.waiting == 1 and status.synced_at is not None
+            assert "showing what this workstation has (as of " in site_status_text(status)
+        finally:
+            hole.close()
+            site.start()
+        assert wait_until(lambda: log.status().reachable and log.status().waiting == 0, 60)
+        with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-other") as other:
+            later = other.append(reader="dr_b", exam_key="Exam-5", action="note", payload={"text": "later"})
+        # the events arrive once the server is back: another workstation's too
+        assert wait_until(lambda: [e.event_id for e in log.events("Exam-5")]
+                          == [theirs.event_id, mine.event_id, later.event_id], 60)
+        assert all(e.seq > 0 for e in log.events("Exam-5"))
+    ours = [thread for thread, conninfo in connects if "ws-hole" in conninfo]
+    assert len(ours) >= 3  # the first, the attempts into the hole, the one after
+    assert set(ours) == {"site-log-sender"}, f"connections opened off the sender: {ours}"
+    assert threading.main_thread().name not in ours
+
+
+def test_a_sender_stuck_on_a_silent_server_makes_the_status_say_away(site: PgCluster, tmp_path: Path,
+                                                                    connects: list[tuple[str, str]]) -> None:
+    """The connect itself hangs (long connect timeout): the status says so while the
+    sender is still stuck; closing does not wait for it."""
+    port = free_port()
+    hole = BlackHole(site.host, port)
+    try:
+        from psycopg.conninfo import make_conninfo
+
+        dsn = make_conninfo(site.dsn("mt_workstation", connect_timeout=20), port=port, application_name="ws-stuck")
+        log = SiteLog(dsn, tmp_path / BUFFER_FILE, "ws-stuck", retry_s=0.2, probe_s=0.2, stall_s=0.5)
+        try:
+            exam = _open(log, "Exam-7")
+            exam.set_note("made while the server is silent")
+            assert wait_until(lambda: hole.accepted, 60)
+            assert wait_until(lambda: not log.status().reachable, 60)
+            status = log.status()
+            assert status.reason.startswith("no answer from the site server for ") and status.waiting == 1
+            assert _kinds(exam) == [] and exam.mine().note == "made while the server is silent"
+        finally:
+            log.close(wait_s=0.5)   # the sender is in its connect: left behind, the event stays in the file
+    finally:
+        hole.close()
+    assert {thread for thread, conninfo in connects if "ws-stuck" in conninfo} == {"site-log-sender"}

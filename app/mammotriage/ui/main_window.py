@@ -271,6 +271,7 @@ class MainWindow(QMainWindow):
         if self.site_log is not None and site is not None:
             self.site_label = SiteStatusLabel(self.site_log, site.where(), parent=self)
             self.site_label.noteworthy.connect(self.log_line)
+            self.site_label.arrived.connect(self._site_events_arrived)
             self.statusBar().addPermanentWidget(self.site_label)
             self.log_line(f"site mode: {site.where()} (profile {site.path})")
         for note in self._site_notes:
@@ -790,6 +791,8 @@ class MainWindow(QMainWindow):
         ahead_keys = [e.exam.exam_key for e in self.worklist.entries[row + 1:]
                       if not self.worklist.read_state(e).is_read][:DEFAULT_EXAMS]
         ahead = [x for x in (self.archive.exam(k) for k in ahead_keys) if x is not None]
+        if self.site_log is not None:  # and their corrections into the local copy (the sender reads them)
+            self.site_log.watch(ahead_keys)
         self.priors.update(self.priors_of(ahead))
         paths = prefetch_paths(ahead, self.worklist.reads, self.priors, self.loader.cache)
         if hasattr(self.loader, "prefetch"):
@@ -883,6 +886,12 @@ class MainWindow(QMainWindow):
                                                  meta.series_instance_uid, view.pixel_sha256))
 
     # ----------------------------------------------------------------- corrections
+    def _site_events_arrived(self, exam_keys: list) -> None:
+        """Site mode: the sender read newer events of these exams (another workstation's): refold what is open."""
+        for corrections in (self.corrections, self.prior_corrections):
+            if corrections is not None and (corrections.exam_key in exam_keys or None in exam_keys):
+                corrections.reload()
+
     def _corrections_changed(self) -> None:
         for pane in self.hanging.panes.values():
             pane.update()

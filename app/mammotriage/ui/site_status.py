@@ -4,7 +4,9 @@
 second (two counts in the local buffer file and a flag: no network on the UI thread) and
 shows :func:`~mammotriage.viewer.site_log.site_status_text`; it is hidden while the server
 is reachable and nothing waits. Changes of state go to the window's log through
-:attr:`SiteStatusLabel.changed`.
+:attr:`SiteStatusLabel.changed`. :attr:`SiteStatusLabel.arrived` brings the sender's
+news to the UI thread: the exams whose local copy changed (another workstation's
+corrections), for the window to re-read what is open.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class SiteStatusLabel(QLabel):
     changed = Signal(str)
     #: A line for the window's log, on the changes worth one: the server lost, everything stored again.
     noteworthy = Signal(str)
+    #: The exam keys whose local copy of the server's events changed (queued from the sender's thread).
+    arrived = Signal(object)
 
     def __init__(self, log: SiteLog, where: str = "", interval_ms: int = 1000, parent: QWidget | None = None):
         super().__init__("", parent)
@@ -38,7 +42,17 @@ class SiteStatusLabel(QLabel):
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self.refresh)
         self.timer.start()
+        listener = self._arrived
+        log.add_listener(listener)
+        self.destroyed.connect(lambda *_: log.remove_listener(listener))
         self.refresh()
+
+    def _arrived(self, exam_keys: list[str | None]) -> None:
+        """On the sender's thread: hand the news to the UI thread (a queued signal)."""
+        try:
+            self.arrived.emit(list(exam_keys))
+        except RuntimeError:  # the label is gone (the window closing): nobody to tell
+            self.site_log.remove_listener(self._arrived)
 
     def refresh(self) -> str:
         status = self.site_log.status()

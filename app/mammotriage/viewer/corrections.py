@@ -50,6 +50,12 @@ class ExamCorrections:
         self.labels: dict[str, ReaderLabels] = {}
         self._refold()
 
+    def reload(self) -> None:
+        """Read the exam's events from the log again (site mode: another workstation's
+        corrections arrived) and refold."""
+        self._events = self.log.events(exam_key=self.exam_key)
+        self._refold()
+
     # ----------------------------------------------------------------- inputs
     def set_image(self, info: ImageInfo) -> None:
         self.images[info.sop_uid] = info

@@ -5,27 +5,39 @@ asks of a correction log (``append``, ``events``), so the reading code writes th
 without knowing the backend. Standalone mode keeps the SQLite
 :class:`~mammotriage.store.events.CorrectionLog`.
 
+**No call of the UI thread touches the network.** Only the background thread (the
+"sender") opens connections to the server; a server that is away, or a socket that
+accepts and never answers, delays the sender, never the caller.
+
 * ``append`` checks the event and keeps it in the local buffer file
   (:meth:`~mammotriage.store.pg.buffer.BufferedLog.keep`: durable when it returns) and
-  returns it at once, unchained (``seq`` 0). It never talks to the server, so the UI
-  thread never waits for the network.
-* A background thread sends the buffer oldest first (:meth:`BufferedLog.flush`), at
-  once after each append and every ``retry_s`` while something waits; the server chains
-  each event when it arrives. While nothing waits it asks the server for its head every
-  ``probe_s``, so a lost server is noticed even by an idle workstation.
-* ``events`` is what the server holds plus what still waits in the buffer (by event
-  uuid: never twice), so the folded labels include the events made while the server
-  was away. While the server is away (or the read fails) the server's part is the last
-  one read for the same exam.
-* :meth:`SiteLog.status` says whether the server is reachable, since when it is not,
-  and how many corrections wait; :func:`site_status_text` is the status bar's line.
+  returns it at once, unchained (``seq`` 0).
+* ``events`` answers from this workstation's local copy: what the sender last read from
+  the server for the same query, then what still waits in the buffer (by event uuid:
+  never twice). Asking marks the query as open ("watched"); a query never read yet wakes
+  the sender, which reads it and tells the listeners (:meth:`SiteLog.add_listener`,
+  called on the sender's thread with the exam keys whose copy changed: the window then
+  re-reads the open exam). Until then the copy holds what this workstation has (its
+  own waiting events).
+* The sender sends the buffer in batches (:meth:`BufferedLog.flush`) at once after each
+  append and every ``retry_s`` while something waits, then keeps the watched copies
+  fresh: every ``probe_s`` (or after a send) it reads the server's head and re-reads the
+  watched queries when the chain moved, so another workstation's corrections appear and
+  a lost server is noticed even by an idle workstation. Acknowledged events enter the
+  copies before they leave the buffer, so a reader never finds an event on neither side.
+* :meth:`SiteLog.status` says whether the server is reachable, since when it is not, how
+  many corrections wait, and when the local copy last matched the server (``synced_at``);
+  a sender stuck longer than ``stall_s`` on one attempt counts as away.
+  :func:`site_status_text` is the status bar's line.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +45,7 @@ from typing import Any
 
 from mammotriage.store.events import CorrectionError, Event, event_from_row
 from mammotriage.store.pg.buffer import BufferedLog
-from mammotriage.store.pg.events import SERVER_AWAY, SiteCorrectionLog
+from mammotriage.store.pg.events import SERVER_AWAY
 
 __all__ = ["BUFFER_FILE", "SiteLog", "SiteStatus", "site_mode_problem", "site_status_text"]
 
@@ -41,7 +53,11 @@ LOG = logging.getLogger(__name__)
 
 #: The buffer's file name in the workstation's data directory.
 BUFFER_FILE = "site-buffer.sqlite3"
-_CACHED_READS = 32  # exams whose last server read is kept for when the server is away
+_COPIES = 32   # queries whose local copy of the server's events is kept
+_WATCHED = 8   # of those, the most recently asked, kept fresh by the sender
+_BATCHES_PER_ROUND = 5  # batches sent before the watched copies are refreshed again
+
+Query = tuple[str | None, str | None]  # (exam key, SOP Instance UID); None: any
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,8 @@ class SiteStatus:
     reason: str = ""
     #: Corrections the server refused for their content (kept aside in the buffer file).
     refused: int = 0
+    #: When the local copy of the open exams last matched the server (UTC; None: never).
+    synced_at: datetime | None = None
 
 
 def site_mode_problem(home: str | Path) -> str:
@@ -76,11 +94,17 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
+def _hhmm(at: datetime | None) -> str:
+    return at.astimezone().strftime("%H:%M") if at else "?"
+
+
 def site_status_text(status: SiteStatus) -> str:
     """The status bar's line: '' while the server is reachable and nothing waits."""
     if not status.reachable:
-        since = status.since.astimezone().strftime("%H:%M") if status.since else "?"
-        text = f"site server unreachable since {since} — {_count(status.waiting, 'correction')} waiting"
+        text = (f"site server unreachable since {_hhmm(status.since)} — "
+                f"{_count(status.waiting, 'correction')} waiting — showing what this workstation has")
+        if status.synced_at is not None:
+            text += f" (as of {_hhmm(status.synced_at)})"
     elif status.waiting:
         text = f"sending {_count(status.waiting, 'correction')} to the site server"
     else:
@@ -95,8 +119,12 @@ def _unchained(fields: dict[str, str]) -> Event:
     return event_from_row(dict(fields, seq=0, prev_hash="", hash="", mac=""))
 
 
+def _matches(query: Query, exam_key: str, sop_uid: str) -> bool:
+    return query[0] in (None, exam_key) and query[1] in (None, sop_uid)
+
+
 class SiteLog:
-    """Corrections through the local buffer to the site store, sent in the background.
+    """Corrections through the local buffer to the site store, sent and read in the background.
 
     Parameters
     ----------
@@ -108,20 +136,32 @@ class SiteLog:
     workstation
         Recorded in every event (default: the host name).
     retry_s, probe_s
-        Seconds between sending attempts while events wait / between checks of an idle server.
+        Seconds between sending attempts while events wait / between refreshes of the
+        watched copies (and checks of an idle server).
+    stall_s
+        One attempt of the sender running longer than this (a server that accepts and
+        never answers) makes :meth:`status` say the server is away.
     """
 
     def __init__(self, dsn: str, buffer_path: str | Path, workstation: str | None = None, *,
-                 retry_s: float = 2.0, probe_s: float = 5.0):
+                 retry_s: float = 2.0, probe_s: float = 5.0, stall_s: float = 15.0):
         self.buffered = BufferedLog(dsn, buffer_path, workstation)
-        self.reads = SiteCorrectionLog(dsn, self.buffered.workstation)  # the calling thread's connection
+        self.buffered.on_sent = self._remember
         self.retry_s = retry_s
         self.probe_s = probe_s
+        self.stall_s = stall_s
         self._state = threading.Lock()
         self._reachable = True
         self._since: datetime | None = None
         self._reason = ""
-        self._cache: OrderedDict[tuple[str | None, str | None], list[Event]] = OrderedDict()
+        self._synced_at: datetime | None = None
+        self._busy_since: float | None = None   # monotonic start of the sender's attempt in progress
+        self._busy_wall: datetime | None = None
+        # the local copy: per query, the server's events as the sender last read them
+        self._copies: OrderedDict[Query, list[Event]] = OrderedDict()
+        self._watched: OrderedDict[Query, None] = OrderedDict()  # most recently asked last
+        self._head_seq: int | None = None  # the chain's last seq when the watched copies were read
+        self._listeners: list[Callable[[list[str | None]], None]] = []
         self._readers: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -163,31 +203,68 @@ class SiteLog:
         return _unchained(made)
 
     def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
-        """The server's events (chain order), then those still waiting here (made order)."""
-        # the buffer first: an event sent in between is then on the server's side too, never on neither
+        """The local copy of the server's events (chain order), then those still waiting
+        here (made order). Never touches the network: the query is watched from now on,
+        and read from the server by the sender (at once when it was never read)."""
+        # the buffer first: an event sent in between is in the copy by then, never on neither side
         waiting = [f for f in self.buffered.buffer.waiting(exam_key) if sop_uid is None or f["sop_uid"] == sop_uid]
-        key = (exam_key, sop_uid)
+        query = (exam_key, sop_uid)
         with self._state:
-            stored = list(self._cache.get(key, []))
-        if self.status().reachable:
-            try:
-                stored = self.reads.events(exam_key, sop_uid)
-            except SERVER_AWAY as exc:
-                self._away(exc)
-            else:
-                with self._state:
-                    self._cache[key] = list(stored)
-                    self._cache.move_to_end(key)
-                    while len(self._cache) > _CACHED_READS:
-                        self._cache.popitem(last=False)
+            stored = list(self._copies.get(query, []))
+            fresh = query in self._watched and query in self._copies
+            self._watch(query)
+        if not fresh:
+            self._wake.set()
         seen = {e.event_id for e in stored}
         return stored + [_unchained(f) for f in waiting if f["event_id"] not in seen]
 
+    def watch(self, exam_keys: Iterable[str]) -> None:
+        """Keep the local copies of these exams fresh too (the exams read next: opened
+        without waiting for the server)."""
+        with self._state:
+            for key in exam_keys:
+                self._watch((key, None), front=True)
+        self._wake.set()
+
+    def synced(self, exam_key: str | None = None, sop_uid: str | None = None) -> bool:
+        """Whether the local copy of this query was read from the server (since it was watched)."""
+        with self._state:
+            return (exam_key, sop_uid) in self._copies
+
+    def _watch(self, query: Query, front: bool = False) -> None:
+        """Under ``_state``: mark a query watched (most recent last, or oldest with ``front``)."""
+        if query in self._watched:
+            if not front:
+                self._watched.move_to_end(query)
+            return
+        self._watched[query] = None
+        if front:
+            self._watched.move_to_end(query, last=False)
+        while len(self._watched) > _WATCHED:
+            self._watched.popitem(last=False)
+
+    def add_listener(self, listener: Callable[[list[str | None]], None]) -> None:
+        """Call ``listener(exam_keys)`` (on the sender's thread) when the local copy of
+        these exams changed (None: a query over every exam)."""
+        with self._state:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[list[str | None]], None]) -> None:
+        with self._state:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
     # ----------------------------------------------------------------- state
     def status(self) -> SiteStatus:
+        """The server's state as the sender last found it (no network: a flag, two local counts)."""
         with self._state:
-            reachable, since, reason = self._reachable, self._since, self._reason
-        return SiteStatus(reachable, since, self.buffered.pending(), reason, len(self.buffered.buffer.refused()))
+            reachable, since, reason, synced = self._reachable, self._since, self._reason, self._synced_at
+            busy, busy_wall = self._busy_since, self._busy_wall
+        if reachable and busy is not None and time.monotonic() - busy > self.stall_s:
+            reachable, since = False, busy_wall
+            reason = f"no answer from the site server for {time.monotonic() - busy:.0f} s"
+        return SiteStatus(reachable, since, self.buffered.pending(), reason, len(self.buffered.buffer.refused()),
+                          synced)
 
     def _away(self, exc: BaseException | str) -> None:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -206,28 +283,64 @@ class SiteLog:
 
     # ----------------------------------------------------------------- the sender
     def send_now(self) -> None:
-        """One sending attempt in the calling thread (what the background thread does each time)."""
+        """One round of the sender in the calling thread: send (some batches of) the
+        buffer, then refresh the watched copies. Never call it on the UI thread."""
+        with self._state:
+            self._busy_since, self._busy_wall = time.monotonic(), datetime.now(UTC)
         try:
-            sent = self.buffered.flush_events()
-            self._remember(sent)
+            self.buffered.flush(max_batches=_BATCHES_PER_ROUND)
             if self.buffered.pending() and self.buffered.away_reason:
                 self._away(self.buffered.away_reason)
                 return
-            if not sent:
-                self.buffered.log.head()  # an idle workstation notices a lost server too
+            self._refresh()
         except SERVER_AWAY as exc:
             self._away(exc)
             return
+        finally:
+            with self._state:
+                self._busy_since = self._busy_wall = None
         self._back()
+        if self.buffered.pending():
+            self._wake.set()  # more batches wait: go on at once
+
+    def _refresh(self) -> None:
+        """Read the server's head; re-read the watched queries when the chain moved (or
+        never read); tell the listeners which exams changed."""
+        head = self.buffered.log.head()
+        with self._state:
+            watched = list(self._watched)
+            moved = head.last_seq != self._head_seq
+            todo = [q for q in watched if moved or q not in self._copies]
+        changed: list[str | None] = []
+        for query in todo:
+            fetched = self.buffered.log.events(*query)
+            with self._state:
+                before = self._copies.get(query)
+                self._copies[query] = fetched
+                self._copies.move_to_end(query)
+                while len(self._copies) > _COPIES:
+                    self._copies.popitem(last=False)
+            if before is None or [e.event_id for e in before] != [e.event_id for e in fetched]:
+                changed.append(query[0])
+        with self._state:
+            self._head_seq = head.last_seq  # a query watched meanwhile has no copy: read next round
+            self._synced_at = datetime.now(UTC)
+            listeners = list(self._listeners)
+        if changed:
+            keys = list(dict.fromkeys(changed))
+            for listener in listeners:
+                try:
+                    listener(keys)
+                except Exception:  # a listener's failure never stops the sender
+                    LOG.exception("a site log listener failed")
 
     def _remember(self, sent: list[Event]) -> None:
-        """Add acknowledged events to the cached server reads they belong to (so an exam
-        read before they were sent shows them while the server is away later)."""
+        """Add acknowledged events to the copies they belong to (called before they leave
+        the buffer, so an exam read in between finds them on one side at least)."""
         with self._state:
-            for key, cached in self._cache.items():
-                have = {e.event_id for e in cached}
-                cached.extend(e for e in sent if e.event_id not in have
-                              and key[0] in (None, e.exam_key) and key[1] in (None, e.sop_uid))
+            for query, copy in self._copies.items():
+                have = {e.event_id for e in copy}
+                copy.extend(e for e in sent if e.event_id not in have and _matches(query, e.exam_key, e.sop_uid))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -241,16 +354,20 @@ class SiteLog:
                 LOG.exception("sending corrections to the site server failed")
                 self._away(exc)
 
-    def close(self) -> None:
-        """Stop the sender (what waits stays in the buffer file for the next session)."""
+    def close(self, wait_s: float = 5.0) -> None:
+        """Stop the sender (what waits stays in the buffer file for the next session).
+
+        Waits at most ``wait_s`` for the sender's attempt in progress; a sender stuck on
+        the network is left behind (a daemon thread, with its connections and the buffer
+        file: what it has not acknowledged stays in the file).
+        """
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=30)
-        if self._thread.is_alive():  # stuck on the network: leave it the connections, it is a daemon
+        self._thread.join(timeout=wait_s)
+        if self._thread.is_alive():
             LOG.warning("the site sender did not stop; %d corrections stay in %s", self.buffered.pending(),
                         self.buffered.buffer.path)
             return
-        self.reads.close()
         self.buffered.close()
 
     def __enter__(self) -> SiteLog:

@@ -199,18 +199,21 @@ class BufferedLog:
         self.buffer.put(made)
         return made
 
-    def flush(self) -> int:
-        """Send what is buffered, oldest first; returns how many the server acknowledged."""
-        return len(self._flush())
+    def flush(self, max_batches: int | None = None) -> int:
+        """Send what is buffered (at most ``max_batches`` batches), oldest first; returns
+        how many events the server acknowledged."""
+        return len(self._flush(max_batches))
 
-    def flush_events(self) -> list[Event]:
+    def flush_events(self, max_batches: int | None = None) -> list[Event]:
         """:meth:`flush`, returning the acknowledged events as the server chained them, in order."""
-        return list(self._flush().values())
+        return list(self._flush(max_batches).values())
 
-    def _flush(self) -> dict[str, Event]:
+    def _flush(self, max_batches: int | None = None) -> dict[str, Event]:
         sent: dict[str, Event] = {}
+        rounds = 0
         with self._send_lock:
-            while batch := self.buffer.oldest(self.batch_size):
+            while (max_batches is None or rounds < max_batches) and (batch := self.buffer.oldest(self.batch_size)):
+                rounds += 1
                 try:
                     events = self.log.send_batch(batch)
                 except SERVER_AWAY as exc:
