@@ -155,7 +155,7 @@ class SiteLog:
         self._since: datetime | None = None
         self._reason = ""
         self._synced_at: datetime | None = None
-        self._busy_since: float | None = None   # monotonic start of the sender's attempt in progress
+        self._busy_since: float | None = None   # monotonic: the sender's attempt in progress began (or last progressed)
         self._busy_wall: datetime | None = None
         # the local copy: per query, the server's events as the sender last read them
         self._copies: OrderedDict[Query, list[Event]] = OrderedDict()
@@ -223,7 +223,7 @@ class SiteLog:
         without waiting for the server)."""
         with self._state:
             for key in exam_keys:
-                self._watch((key, None), front=True)
+                self._watch((key, None))
         self._wake.set()
 
     def synced(self, exam_key: str | None = None, sop_uid: str | None = None) -> bool:
@@ -231,15 +231,10 @@ class SiteLog:
         with self._state:
             return (exam_key, sop_uid) in self._copies
 
-    def _watch(self, query: Query, front: bool = False) -> None:
-        """Under ``_state``: mark a query watched (most recent last, or oldest with ``front``)."""
-        if query in self._watched:
-            if not front:
-                self._watched.move_to_end(query)
-            return
+    def _watch(self, query: Query) -> None:
+        """Under ``_state``: mark a query watched (most recent last; the oldest is dropped)."""
         self._watched[query] = None
-        if front:
-            self._watched.move_to_end(query, last=False)
+        self._watched.move_to_end(query)
         while len(self._watched) > _WATCHED:
             self._watched.popitem(last=False)
 
@@ -338,6 +333,8 @@ class SiteLog:
         """Add acknowledged events to the copies they belong to (called before they leave
         the buffer, so an exam read in between finds them on one side at least)."""
         with self._state:
+            if self._busy_since is not None:  # progress: the server answers
+                self._busy_since = time.monotonic()
             for query, copy in self._copies.items():
                 have = {e.event_id for e in copy}
                 copy.extend(e for e in sent if e.event_id not in have and _matches(query, e.exam_key, e.sop_uid))
