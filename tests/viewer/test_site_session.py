@@ -287,3 +287,14 @@ def test_a_sender_stuck_on_a_silent_server_makes_the_status_say_away(site: PgClu
     finally:
         hole.close()
     assert {thread for thread, conninfo in connects if "ws-stuck" in conninfo} == {"site-log-sender"}
+
+
+def test_the_exams_read_next_are_read_ahead_into_the_local_copy(site: PgCluster, tmp_path: Path) -> None:
+    with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-other") as other:
+        theirs = other.append(reader="dr_b", exam_key="Exam-next", action="note", payload={"text": "ahead"})
+    with SiteLog(site.dsn("mt_workstation"), tmp_path / BUFFER_FILE, "ws-ahead", retry_s=0.2, probe_s=0.2) as log:
+        for i in range(12):  # more exams opened than are watched
+            log.events(f"Exam-seen-{i}")
+        log.watch(["Exam-next"])
+        assert wait_until(lambda: log.synced("Exam-next"), 60)
+        assert [e.event_id for e in log.events("Exam-next")] == [theirs.event_id]  # at once, from the copy
