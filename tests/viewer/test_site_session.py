@@ -298,3 +298,31 @@ def test_the_exams_read_next_are_read_ahead_into_the_local_copy(site: PgCluster,
         log.watch(["Exam-next"])
         assert wait_until(lambda: log.synced("Exam-next"), 60)
         assert [e.event_id for e in log.events("Exam-next")] == [theirs.event_id]  # at once, from the copy
+
+
+def test_a_server_process_that_stops_answering_mid_connection_is_cut_and_the_sender_goes_on(
+        site: PgCluster, tmp_path: Path) -> None:
+    """The sender's own backend is frozen (SIGSTOP) with its connection open: the next
+    call waits for an answer that never comes. The watchdog cuts the connection, the
+    sender reconnects to a fresh backend, and the event is stored once."""
+    import os
+    import signal
+
+    from mammotriage.store.pg.events import connect
+
+    dsn = _hole_dsn(site, "ws-frozen", connect_timeout=5)
+    with SiteLog(dsn, tmp_path / BUFFER_FILE, "ws-frozen", retry_s=0.2, probe_s=0.2, stall_s=1.0) as log:
+        exam = _open(log, "Exam-8")
+        assert wait_until(lambda: log.synced("Exam-8"), 60)
+        with connect(site.dsn("postgres")) as admin:
+            pids = [r["pid"] for r in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'ws-frozen'").fetchall()]
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGSTOP)
+        try:
+            made = exam.set_note("sent past a frozen backend")
+            assert wait_until(lambda: log.cuts >= 1, 60), "the stuck connection was never cut"
+            assert wait_until(lambda: log.status().waiting == 0 and log.status().reachable, 60)
+        finally:
+            os.kill(pids[0], signal.SIGCONT)
+    assert [e.event_id for e in _server_events(site, "Exam-8")] == [made.event_id]

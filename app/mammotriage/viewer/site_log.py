@@ -27,7 +27,9 @@ accepts and never answers, delays the sender, never the caller.
   copies before they leave the buffer, so a reader never finds an event on neither side.
 * :meth:`SiteLog.status` says whether the server is reachable, since when it is not, how
   many corrections wait, and when the local copy last matched the server (``synced_at``);
-  a sender stuck longer than ``stall_s`` on one attempt counts as away.
+  a sender stuck longer than ``stall_s`` on one attempt counts as away, and a watchdog
+  thread cuts its connection (:meth:`~mammotriage.store.pg.events.PgConnected.cut`) so that
+  it reconnects.
   :func:`site_status_text` is the status bar's line.
 """
 
@@ -139,8 +141,9 @@ class SiteLog:
         Seconds between sending attempts while events wait / between refreshes of the
         watched copies (and checks of an idle server).
     stall_s
-        One attempt of the sender running longer than this (a server that accepts and
-        never answers) makes :meth:`status` say the server is away.
+        One attempt of the sender making no progress for longer than this (a server that
+        accepts and never answers) makes :meth:`status` say the server is away, and the
+        watchdog cut the sender's connection (it reconnects).
     """
 
     def __init__(self, dsn: str, buffer_path: str | Path, workstation: str | None = None, *,
@@ -166,8 +169,12 @@ class SiteLog:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._wake.set()  # what an earlier session left in the buffer goes first
+        #: Connections the watchdog cut because the server stopped answering mid-call.
+        self.cuts = 0
         self._thread = threading.Thread(target=self._run, name="site-log-sender", daemon=True)
         self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch_sender, name="site-log-watchdog", daemon=True)
+        self._watchdog.start()
 
     @property
     def workstation(self) -> str:
@@ -351,6 +358,23 @@ class SiteLog:
                 LOG.exception("sending corrections to the site server failed")
                 self._away(exc)
 
+    def _watch_sender(self) -> None:
+        """Cut the sender's connection when one attempt made no progress for ``stall_s``
+        (an established connection to a server that stopped answering would otherwise
+        hold the sender forever: libpq has no timeout for a query's answer)."""
+        while not self._stop.wait(min(1.0, self.stall_s / 2)):
+            with self._state:
+                busy = self._busy_since
+            if busy is None or time.monotonic() - busy <= self.stall_s:
+                continue
+            if self.buffered.log.cut():
+                self.cuts += 1
+                LOG.warning("the site server gave no answer for %.0f s: connection cut, the sender reconnects",
+                            time.monotonic() - busy)
+                with self._state:
+                    if self._busy_since == busy:
+                        self._busy_since = time.monotonic()  # one cut per stall: give it time to notice
+
     def close(self, wait_s: float = 5.0) -> None:
         """Stop the sender (what waits stays in the buffer file for the next session).
 
@@ -361,6 +385,7 @@ class SiteLog:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=wait_s)
+        self._watchdog.join(timeout=2)
         if self._thread.is_alive():
             LOG.warning("the site sender did not stop; %d corrections stay in %s", self.buffered.pending(),
                         self.buffered.buffer.path)

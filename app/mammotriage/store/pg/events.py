@@ -23,6 +23,7 @@ checks the MACs too; other roles cannot read the key and get the hash checks onl
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any, Self
@@ -73,6 +74,20 @@ class PgConnected:
             self.close()
             self._conn = connect(self.dsn)
         return self._conn
+
+    def cut(self) -> bool:
+        """From another thread: shut the connection's socket down, so that a call blocked
+        on a server that never answers fails at once (the next call reconnects). False:
+        there is no open connection to cut (a connect in progress ends by its timeout)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        try:
+            with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.OperationalError):
+            return False
+        return True
 
     def close(self) -> None:
         if self._conn is not None:
