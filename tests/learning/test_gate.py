@@ -146,6 +146,36 @@ def test_a_candidate_must_learn_its_own_corrections():
         assert all(c["passed"] for c in checks)
 
 
+def test_no_gain_is_required_where_the_current_model_had_nothing_left_to_learn():
+    """100 phantom exams through the pipeline with the shipped parent: it already found
+    the corrected lesions (0.971), the candidate reached 0.992 and was refused as "not
+    learned" (interval [+0.000, +0.048]). Where the readers confirmed what the current
+    model finds, no gain is required; the no-worse check still refuses a candidate that
+    forgot them."""
+    perfect = _records(48, True)  # every lesion found by a finding of its kind
+    parent = _records(48, True)
+    parent[0]["finding_kinds"][-1] = "calcification"  # one of 24 lesions (a mass) called a calcification
+    figs = paired_figures(parent, perfect, n_boot=50, seed=3)
+    assert 0.95 <= figs["parent"]["labelled_froc_mean"]["value"] < 1.0
+    assert figs["difference"]["labelled_froc_mean"]["ci95"][0] <= 0  # no significant gain
+    params = GateParams(min_kind_lesions=100)
+    checks, _ = gate_decision(figs, figs, params, own_corrections=True)
+    learned = [c for c in checks if c["name"].startswith("the new corrections were learned")]
+    assert len(learned) == 1 and learned[0]["passed"] is True
+    assert "no gain required" in learned[0]["message"]
+    assert all(c["passed"] for c in checks)
+    # with no headroom allowance the old rule refuses it
+    checks, _ = gate_decision(figs, figs, GateParams(min_kind_lesions=100, learning_headroom=0.0),
+                              own_corrections=True)
+    assert [c["passed"] for c in checks if c["set"] == "corrections"] == [True, False]
+    # a candidate that forgot what the parent found is still refused on the corrections
+    forgot = _records(48, True)
+    for r in forgot:
+        r["finding_kinds"] = ["mass"] * len(r["finding_kinds"])
+    checks, _ = gate_decision(figs, paired_figures(parent, forgot, n_boot=50, seed=3), params, own_corrections=True)
+    assert [c["passed"] for c in checks if c["set"] == "corrections"] == [False, True]
+
+
 def test_kind_sensitivity_counts_only_labelled_findings():
     recs = _records(8, True)
     for r in recs:  # the model marks every lesion, always as a mass

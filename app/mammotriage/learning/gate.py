@@ -78,8 +78,11 @@ class GateParams:
     tolerance_kind: float = 0.10
     tolerance_corrections: float = 0.05
     #: a candidate fine-tuned on the corrections it is checked on must have learned them:
-    #: the 95 % interval of its gain there (findings of the reader's kind) lies above 0
+    #: the 95 % interval of its gain there (findings of the reader's kind) lies above 0 ...
     require_learning: bool = True
+    #: ... unless there was nothing left to learn: the current model's figure there is
+    #: already at least ``1 - learning_headroom`` (the readers confirmed what it finds)
+    learning_headroom: float = 0.05
     min_kind_lesions: int = 10
     n_boot: int = 200
     seed: int = 0
@@ -368,12 +371,17 @@ def _fmt_ci(ci: list[float | None]) -> str:
     return "n/a" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
 
 
-def _learned(corrections: dict[str, Any]) -> dict[str, Any]:
+def _learned(corrections: dict[str, Any], headroom: float = 0.05) -> dict[str, Any]:
     """Did the candidate learn the corrections it was trained on? The lower end of the
     95 % interval of its gain (findings of the reader's kind) must be above 0: a
     candidate that is merely no worse there (a fine-tune on shuffled labels of a weak
     parent can be better on the validation set just by seeing more of the site's
-    images) has not learned what the readers said."""
+    images) has not learned what the readers said.
+
+    Unless there was nothing to learn: when the current model already reaches
+    ``1 - headroom`` there (the readers confirmed what it finds), no gain is required;
+    the no-worse check on the corrections still applies (a shuffled-label fine-tune of
+    such a parent falls there)."""
     key = "labelled_froc_mean"
     name = "the new corrections were learned (FROC mean, findings of the reader's kind)"
     p, c = corrections["parent"][key]["value"], corrections["candidate"][key]["value"]
@@ -382,9 +390,12 @@ def _learned(corrections: dict[str, Any]) -> dict[str, Any]:
         return {"name": name, "metric": key, "set": "corrections", "parent": p, "candidate": c, "delta": None,
                 "ci95_delta": ci, "tolerance": 0.0, "passed": None, "message": f"{name}: not measurable"}
     delta = round(c - p, 4)
-    ok = ci[0] > 0
+    ceiling = p >= 1.0 - headroom - 1e-12
+    ok = ci[0] > 0 or ceiling
+    rule = (f"no gain required: the current model already reaches {p:.3f} >= {1.0 - headroom:.3f}" if ceiling
+            else "must lie above 0")
     msg = (f"{name}: candidate {c:.3f} vs current {p:.3f} ({delta:+.3f}; 95 % CI of the difference "
-           f"{_fmt_ci(ci)}; must lie above 0)")
+           f"{_fmt_ci(ci)}; {rule})")
     return {"name": name, "metric": key, "set": "corrections", "parent": p, "candidate": c, "delta": delta,
             "ci95_delta": ci, "tolerance": 0.0, "passed": ok,
             "message": ("not learned: " if not ok else "") + msg}
@@ -415,7 +426,7 @@ def gate_decision(validation: dict[str, Any], corrections: dict[str, Any] | None
         anykind = _check("FROC mean on the new corrections (any finding)", corrections, "froc_mean",
                          params.tolerance_corrections, "corrections")
         if own_corrections and params.require_learning:
-            checks.append(_learned(corrections))
+            checks.append(_learned(corrections, params.learning_headroom))
         if anykind["passed"] is False:  # reported: these images were trained on; validation gates this
             warnings.append(anykind["message"].replace("worse beyond tolerance: ", "lower beyond tolerance "
                                                        "(not gated on trained-on images): "))
@@ -572,7 +583,9 @@ def validate(candidate: str | Path, *, parent: str | Path | None = None,
         "rule": "refused when any gated figure of the candidate is lower than the current model's by "
                 "more than its tolerance (absolute, point estimates; per-kind figures also need the "
                 "bootstrap 95 % interval of the difference below zero), or when it was trained on "
-                "validation images",
+                "validation images; a candidate checked on its own training snapshot must also have "
+                "learned it (the interval of its gain there above zero), unless the current model "
+                "already reached 1 - learning_headroom there",
     }
     if out_dir is None:
         out_dir = archive_file.expanduser().resolve().parent / "validation" / str(cmeta.get("version"))
