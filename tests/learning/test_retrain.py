@@ -62,6 +62,23 @@ def test_snapshot_samples_use_consensus_labels_in_stored_pixels(site):
     assert img.dtype == np.uint8 and img.shape == (256, 208)
 
 
+def test_snapshot_samples_carry_the_stored_pixel_spacing(site):
+    """The calcification path and the view geometry work in millimetres: a sample from a
+    site snapshot carries its image's pixel size (it had none: 0.2 mm was assumed)."""
+    import pydicom
+
+    manifest = load_snapshot(site.validation, site.archive)
+    img = manifest["images"][0]
+    ds = pydicom.dcmread(img["path"], stop_before_pixels=True)
+    header = float((ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))[0])
+    assert img["spacing_mm"][0] == pytest.approx(header)
+    samples = snapshot_samples(manifest)
+    assert samples and all(s.spacing_mm == pytest.approx(header) for s in samples)
+    # a manifest from before the field: the header says it
+    old = {**manifest, "images": [{k: v for k, v in i.items() if k != "spacing_mm"} for i in manifest["images"]]}
+    assert all(s.spacing_mm == pytest.approx(header) for s in snapshot_samples(old))
+
+
 def test_validation_snapshot_is_never_trained_on(site):
     with pytest.raises(SnapshotDataError, match="never trained on"):
         training_set(site.validation, site.archive)

@@ -116,8 +116,29 @@ def snapshot_samples(manifest: Mapping[str, Any], *, reviewed_only: bool = True)
         out.append(Sample(
             key=f"site:{img['sop_uid']}", group=f"site:{patient.get(img['exam_key'], img['exam_key'])}",
             source="site", abnormal=bool(labels), boxes=boxes, kinds=kinds,
-            load=_loader(img["path"], img.get("pixel_sha256", ""), img.get("sha256", ""))))
+            load=_loader(img["path"], img.get("pixel_sha256", ""), img.get("sha256", "")),
+            spacing_mm=_spacing(img)))
     return out
+
+
+def _spacing(img: Mapping[str, Any]) -> float | None:
+    """The stored pixel size (row spacing, mm) of a manifest image: the manifest's
+    ``spacing_mm`` (the archive's index), else, in a manifest from before it had one, the
+    file's header; None when neither says (the models' 0.2 mm default then applies)."""
+    sp = img.get("spacing_mm")
+    if sp:
+        return float(sp[0])
+    if "spacing_mm" in img:
+        return None  # the archive indexed the image and found no spacing
+    try:
+        import pydicom
+
+        from mammotriage.dicom.read import parse_metadata
+
+        meta = parse_metadata(pydicom.dcmread(img["path"], stop_before_pixels=True))
+    except Exception:  # noqa: BLE001 - an unreadable header says nothing; the load reports the file
+        return None
+    return float(meta.spacing.row_mm) if meta.spacing is not None else None
 
 
 def shuffle_labels(samples: Sequence[Sample], seed: int = 0) -> list[Sample]:

@@ -205,6 +205,7 @@ def _exam_entry_and_images(exam: ExamRecord, events: list[Event], conn: sqlite3.
             "exam_key": exam.exam_key, "path": img.path, "sha256": img.sha256, "size": img.size,
             "pixel_sha256": hashes[0] if len(hashes) == 1 else "",
             "rows": img.rows, "columns": img.columns,
+            "spacing_mm": [img.spacing.row_mm, img.spacing.col_mm] if img.spacing else None,
             "laterality": img.laterality.value, "view": img.view.value,
             "reviewed": bool(folded),
             "original": original,
