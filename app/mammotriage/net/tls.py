@@ -41,7 +41,7 @@ from typing import Any
 from mammotriage.jsonio import write_atomic
 
 __all__ = ["CA_DAYS", "DEFAULT_HOSTS", "RENEW_BEFORE_DAYS", "SERVER_DAYS", "CertInfo", "SiteTls", "TlsError",
-           "cert_info", "name_matches", "openssl"]
+           "cert_info", "name_matches", "openssl", "verify_session"]
 
 CA_DAYS = 3650
 SERVER_DAYS = 825
@@ -364,3 +364,24 @@ class SiteTls:
             warning = f"the server certificate ends in {left} days: renew it with 'mammotriage site tls DIR'"
         return {"encrypted": True, "source": self.source, "folder": str(self.folder),
                 "server_certificate": server.to_json(), "ca_certificate": ca.to_json(), "warning": warning}
+
+
+def verify_session(session: Any, ca: str | Path | None, check_hostname: bool = True) -> Any:
+    """Make a ``requests.Session`` trust only ``ca`` (None: leave it as it is); returns it.
+
+    ``check_hostname=False`` only for this host's own calls to a site certificate that
+    does not name 127.0.0.1 (the chain is still verified against ``ca``).
+    """
+    if ca is None:
+        return session
+    session.verify = str(ca)
+    if not check_hostname:
+        from requests.adapters import HTTPAdapter
+
+        class _ChainOnly(HTTPAdapter):
+            def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+                kwargs["assert_hostname"] = False
+                super().init_poolmanager(*args, **kwargs)
+
+        session.mount("https://", _ChainOnly())
+    return session
