@@ -435,6 +435,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {profile.path} (mode 0600: it holds the {profile.user} password and the archive's "
           f"credentials; copy it to the {profile.role} only)\n  {profile.where()}")
+    if profile.ca_file is not None:
+        print(f"  TLS: verify-full and https with the site CA it carries (written to {profile.ca_file})")
+    elif warning := profile.warning():
+        print(f"  warning: {warning}", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("  other hosts reach the servers only when they listen on the site network "
               "(docs/hospital-it.md, 'Joining a workstation')", file=sys.stderr)
