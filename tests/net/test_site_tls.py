@@ -139,6 +139,7 @@ def test_orthanc_https_with_the_site_ca_and_a_foreign_ca_is_refused(running_site
 def test_renewal_keeps_the_ca_and_the_profiles(running_site: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     profile = _profile(running_site, tmp_path / "ws.json")
+    capsys.readouterr()
     before = site.site_status(running_site)["tls"]
     assert main(["site", "tls", str(running_site), "--days", "20", "--json"]) == 0
     after = json.loads(capsys.readouterr().out)
