@@ -97,7 +97,7 @@ def test_postgres_verify_full_with_the_site_ca_and_nothing_else(running_site: Pa
         assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
     base = dict(host="127.0.0.1", port=profile.pg_port, dbname=profile.database, user=profile.user,
                 password=profile.password, connect_timeout=10)
-    with pytest.raises(psycopg.OperationalError, match="pg_hba.conf rejects connection.*no encryption"):
+    with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects connection.*no encryption"):
         psycopg.connect(make_conninfo(**base, sslmode="disable"))
     foreign = SiteTls(tmp_path / "foreign")
     foreign.generate()
@@ -121,9 +121,9 @@ def test_orthanc_https_with_the_site_ca_and_a_foreign_ca_is_refused(running_site
     foreign.generate()
     base = profile.dicomweb_url.removesuffix("/dicom-web")
     with DicomWebArchive(base, (profile.dicomweb_user, profile.dicomweb_password),
-                         InstanceCache(tmp_path / "c2", 1024 * 1024), ca=foreign.ca_cert, timeout_s=10) as other:
-        with pytest.raises(DicomWebError) as err:
-            other.find_studies()
+                         InstanceCache(tmp_path / "c2", 1024 * 1024), ca=foreign.ca_cert, timeout_s=10) as other, \
+            pytest.raises(DicomWebError) as err:
+        other.find_studies()
     assert err.value.code == "tls"
     # plain HTTP on the archive's port gets no answer: basic authentication is never sent in clear there
     with pytest.raises(requests.RequestException):
@@ -263,3 +263,54 @@ def test_the_relay_refuses_a_client_that_speaks_no_tls(running_site: Path) -> No
         except (ConnectionResetError, TimeoutError):
             answer = b""
     assert b"HTTP/1.1 200" not in answer and b"Orthanc" not in answer
+
+
+def _site_from_before_tls(folder: Path, ports: list[int]) -> None:
+    """What 'site init' made before TLS: the same servers, plain, and a site.json without 'tls'."""
+    from mammotriage.net.orthanc import OrthancServer
+    from mammotriage.store.pg.cluster import PgCluster
+
+    folder.mkdir()
+    orthanc = OrthancServer(folder / "orthanc", ports[1], ports[2])
+    orthanc.write_config()
+    PgCluster(folder / "postgres", ports[0]).init()
+    (folder / site.SITE_FILE).write_text(json.dumps(
+        {"format": "mammotriage-site/1", "postgres": {"folder": "postgres", "port": ports[0]},
+         "orthanc": {"folder": "orthanc", "http_port": ports[1], "dicom_port": ports[2], "aet": "MT_ARCHIVE",
+                     "remote_access": False}}))
+
+
+def test_a_site_from_before_tls_warns_then_site_tls_switches_it_on(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    require_orthanc()
+    require_postgres()
+    parent = _private_parent("mt-tls-old-")
+    folder = parent / "server"
+    ports = free_ports(3)
+    try:
+        _site_from_before_tls(folder, ports)
+        assert main(["site", "start", str(folder), "--json"]) == 0
+        old = json.loads(capsys.readouterr().out)
+        assert old["running"] is True and old["tls"]["encrypted"] is False and "not encrypted" in old["tls"]["warning"]
+        assert main(["site", "profile", str(folder), "--role", "workstation", "--out", str(tmp_path / "old.json")]) == 0
+        assert "not encrypted" in capsys.readouterr().err
+        plain = load_profile(tmp_path / "old.json")
+        assert plain.dicomweb_url.startswith("http://") and not plain.encrypted
+        with psycopg.connect(plain.dsn()) as conn:  # keeps working as before
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+        assert main(["site", "tls", str(folder), "--json"]) == 0  # while both run
+        now = json.loads(capsys.readouterr().out)
+        assert now["running"] is True and now["tls"]["encrypted"] is True and now["tls"]["warning"] is None
+        new = _profile(folder, tmp_path / "new.json")
+        capsys.readouterr()
+        with psycopg.connect(new.dsn()) as conn:
+            assert conn.pgconn.ssl_in_use
+        with new.archive(tmp_path / "cache", 1 << 20) as archive:
+            assert archive.find_studies() == []
+        with pytest.raises(psycopg.OperationalError, match="no encryption"):  # the old profile's plain TCP
+            psycopg.connect(make_conninfo(plain.dsn(), sslmode="disable"))
+    finally:
+        if (folder / site.SITE_FILE).exists():
+            site.stop_site(folder)
+        shutil.rmtree(parent, ignore_errors=True)
