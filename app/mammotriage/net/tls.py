@@ -366,7 +366,7 @@ class SiteTls:
                 "server_certificate": server.to_json(), "ca_certificate": ca.to_json(), "warning": warning}
 
 
-def verify_session(session: Any, ca: str | Path | None, check_hostname: bool = True) -> Any:
+def verify_session(session: Any, ca: str | os.PathLike[str] | None, check_hostname: bool = True) -> Any:
     """Make a ``requests.Session`` trust only ``ca`` (None: leave it as it is); returns it.
 
     ``check_hostname=False`` only for this host's own calls to a site certificate that
