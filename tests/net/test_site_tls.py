@@ -314,3 +314,22 @@ def test_a_site_from_before_tls_warns_then_site_tls_switches_it_on(tmp_path: Pat
         if (folder / site.SITE_FILE).exists():
             site.stop_site(folder)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_killed_tls_relay_is_said_and_site_start_brings_it_back(running_site: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+    import time
+
+    _, orthanc, _ = site.load_site(running_site)
+    relay_pid = int(orthanc.relay_pid_file.read_text())
+    os.kill(relay_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while orthanc.status().answering and time.monotonic() < deadline:
+        time.sleep(0.1)
+    down = site.site_status(running_site)
+    assert down["orthanc"]["running"] is True and down["orthanc"]["answering"] is False
+    assert main(["site", "start", str(running_site), "--json"]) == 0
+    up = json.loads(capsys.readouterr().out)
+    assert up["running"] is True and int(orthanc.relay_pid_file.read_text()) != relay_pid

@@ -511,12 +511,19 @@ class OrthancServer:
         if not self.config_file.exists():
             raise OrthancError(f"{self.config_file}: no archive configuration; run 'site init' first")
         current = self.status()
+        data = json.loads(self.config_file.read_text(encoding="utf-8"))
         if current.running:
             if current.answering:
                 return current
+            relay = self._read_pid(self.relay_pid_file)
+            if self.tls_pem is not None and (relay is None or not self._alive(relay, str(self.tls_pem))):
+                # Orthanc runs but its TLS relay is gone (killed): start the relay again
+                self._internal_port = int(data["HttpPort"])
+                with open(self.log_file, "ab") as log:
+                    self._start_relay(log)
+                return self._wait_answer(timeout_s)
             raise OrthancError(f"Orthanc (pid {current.pid}) is running but does not answer on "
                                f"{self.url}; see {self.log_file}")
-        data = json.loads(self.config_file.read_text(encoding="utf-8"))
         stored = data.get("MammoTriage", {}).get("Binary") if isinstance(data, dict) else None
         # the binary recorded at 'site init', else a search (Orthanc moved, a restored folder)
         binary = find_orthanc(stored if isinstance(stored, str) and Path(stored).is_file() else None)
@@ -535,9 +542,12 @@ class OrthancServer:
             write_atomic(self.pid_file, f"{self._proc.pid}\n".encode())
             if self.tls_pem is not None:
                 self._start_relay(log)
+        return self._wait_answer(timeout_s)
+
+    def _wait_answer(self, timeout_s: float) -> OrthancStatus:
         deadline = time.monotonic() + timeout_s
         while True:
-            code = self._proc.poll()
+            code = self._proc.poll() if self._proc is not None else None
             relay_code = self._relay.poll() if self._relay is not None else None
             if code is not None or relay_code is not None:
                 self.stop()
