@@ -333,3 +333,50 @@ def test_a_killed_tls_relay_is_said_and_site_start_brings_it_back(running_site: 
     assert main(["site", "start", str(running_site), "--json"]) == 0
     up = json.loads(capsys.readouterr().out)
     assert up["running"] is True and int(orthanc.relay_pid_file.read_text()) != relay_pid
+
+
+def _conf(folder: Path) -> tuple[str, str]:
+    data = folder / "postgres" / "data"
+    return (data / "postgresql.conf").read_text(), (data / "pg_hba.conf").read_text()
+
+
+def test_listen_addresses_and_pg_hba(running_site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf, hba = _conf(running_site)  # the default: this host only
+    assert conf.rstrip().count("listen_addresses = '127.0.0.1'") == 1 and "ssl = on" in conf
+    rules = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
+    assert {r[0] for r in rules} == {"hostssl", "hostnossl"}
+    assert all(r[-1] == "scram-sha-256" for r in rules if r[0] == "hostssl")
+    assert all(r[-1] == "reject" for r in rules if r[0] == "hostnossl")
+    assert ["hostssl", "all", "postgres,mt_admin", "127.0.0.1/32", "scram-sha-256"] in rules
+    assert ["hostssl", "all", "mt_workstation,mt_worker", "127.0.0.1/32", "scram-sha-256"] in rules
+
+    require_postgres()
+    parent = _private_parent("mt-tls-listen-")
+    folder = parent / "server"
+    pg_port, http_port, dicom_port = free_ports(3)
+    try:  # 127.0.0.2 is a loopback address of its own on Linux: "another interface" for the test
+        assert main(["site", "init", str(folder), "--pg-port", str(pg_port), "--http-port", str(http_port),
+                     "--dicom-port", str(dicom_port), "--listen", "127.0.0.2", "--json"]) == 0
+        made = json.loads(capsys.readouterr().out)
+        assert "127.0.0.2" in made["tls"]["server_certificate"]["names"]  # the listen address is named
+        conf, hba = _conf(folder)
+        assert "listen_addresses = '127.0.0.1,127.0.0.2'" in conf
+        assert "hostssl all mt_workstation,mt_worker 0.0.0.0/0 scram-sha-256" in hba
+        assert "hostssl all postgres,mt_admin 127.0.0.1/32 scram-sha-256" in hba  # never from elsewhere
+        cluster, _, _ = site.load_site(folder)
+        cluster.start()
+        profile = _profile(folder, tmp_path / "ws.json")
+        capsys.readouterr()
+        assert main(["site", "profile", str(folder), "--role", "workstation", "--out", str(tmp_path / "b.json"),
+                     "--host", "127.0.0.2"]) == 0
+        capsys.readouterr()
+        other = load_profile(tmp_path / "b.json")
+        for p in (profile, other):
+            with psycopg.connect(p.dsn()) as conn:
+                assert conn.pgconn.ssl_in_use
+        assert main(["site", "init", str(parent / "bad"), "--listen", "not an/address"]) == 2
+        assert "--listen" in capsys.readouterr().err and not (parent / "bad").exists()
+    finally:
+        if (folder / site.SITE_FILE).exists():
+            site.stop_site(folder)
+        shutil.rmtree(parent, ignore_errors=True)
