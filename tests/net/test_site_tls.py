@@ -380,3 +380,51 @@ def test_listen_addresses_and_pg_hba(running_site: Path, tmp_path: Path, capsys:
         if (folder / site.SITE_FILE).exists():
             site.stop_site(folder)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_dicom_tls_on_the_archive_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--dicom-tls``: DCMTK's echoscu/storescu with TLS and the site CA get in; plain DICOM and a foreign CA do not."""
+    require_orthanc()
+    require_postgres()
+    import subprocess
+
+    if shutil.which("storescu") is None or shutil.which("echoscu") is None:
+        pytest.skip("dcmtk (storescu, echoscu) is not installed")
+    from mammotriage.phantom import generate_exam
+
+    parent = _private_parent("mt-tls-dicom-")
+    folder = parent / "server"
+    pg_port, http_port, dicom_port = free_ports(3)
+    try:
+        assert main(["site", "init", str(folder), "--pg-port", str(pg_port), "--http-port", str(http_port),
+                     "--dicom-port", str(dicom_port), "--dicom-tls"]) == 0
+        capsys.readouterr()
+        assert main(["site", "start", str(folder), "--json"]) == 0
+        up = json.loads(capsys.readouterr().out)
+        assert up["orthanc"]["dicom_tls"] is True and up["orthanc"]["https"] is True
+        ca = str(folder / "tls" / "ca.crt")
+        foreign = SiteTls(tmp_path / "foreign")
+        foreign.generate()
+
+        def echo(*tls: str) -> int:
+            return subprocess.run(["echoscu", "-aec", "MT_ARCHIVE", *tls, "127.0.0.1", str(dicom_port)],
+                                  capture_output=True, timeout=60).returncode
+
+        assert echo("+tla", "+cf", ca) == 0
+        assert echo() != 0  # plain DICOM is refused
+        assert echo("+tla", "+cf", str(foreign.ca_cert)) != 0  # the client does not trust another CA's server
+        view = generate_exam(3, rows=256, columns=208).save(tmp_path / "exam")["LCC"]
+        sent = subprocess.run(["storescu", "-aec", "MT_ARCHIVE", "+tla", "+cf", ca, "127.0.0.1", str(dicom_port),
+                               str(view)], capture_output=True, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        profile = _profile(folder, tmp_path / "ws.json")
+        capsys.readouterr()
+        with profile.archive(tmp_path / "cache", 1 << 24) as archive:
+            assert len(archive.find_studies()) == 1
+        assert main(["site", "tls", str(folder)]) == 0  # renewal keeps DICOM TLS, with the new certificate
+        capsys.readouterr()
+        assert echo("+tla", "+cf", ca) == 0 and echo() != 0
+    finally:
+        if (folder / site.SITE_FILE).exists():
+            site.stop_site(folder)
+        shutil.rmtree(parent, ignore_errors=True)

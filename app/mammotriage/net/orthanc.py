@@ -25,7 +25,9 @@ HTTP server moves to a private loopback port chosen at each start (remote access
 so it answers only this host) and :mod:`mammotriage.net.tls_relay` serves the public
 port (Orthanc's built-in ``SslEnabled`` crashes on Debian 12, see that module). This
 module's own calls verify the server against ``tls_ca``. The DICOM port stays plain
-DICOM (DICOM TLS is not done; see ``docs/hospital-it.md``).
+DICOM unless ``dicom_tls`` (``site init --dicom-tls``): then it speaks DICOM TLS only
+(DCMTK's, in Orthanc) with the same certificate; senders need no certificate of their
+own (``DicomTlsRemoteCertificateRequired`` false; they verify the server with the CA).
 
 The "study complete" signal is Orthanc's ``StableStudy`` change (no new instance for
 ``stable_age_s`` seconds), read from the ``/changes`` REST feed by
@@ -205,6 +207,8 @@ class OrthancStatus:
     version: str | None
     log_file: str
     detail: str
+    https: bool = False
+    dicom_tls: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -240,6 +244,9 @@ class OrthancServer:
     tls_check_hostname
         Whether this host's calls (to 127.0.0.1) check the certificate's names; False only
         for a site certificate that does not name 127.0.0.1 (the chain is still checked).
+    dicom_tls
+        ``(certificate, key)`` PEM files: the DICOM port speaks DICOM TLS only (needs
+        ``tls_ca``, which Orthanc also trusts for senders that do present a certificate).
     """
 
     def __init__(self, folder: str | os.PathLike[str], http_port: int = DEFAULT_HTTP_PORT,
@@ -250,8 +257,12 @@ class OrthancServer:
                  plugin: str | os.PathLike[str] | None = None,
                  name: str = "Mammo Triage site archive",
                  tls_pem: str | os.PathLike[str] | None = None, tls_ca: str | os.PathLike[str] | None = None,
-                 tls_check_hostname: bool = True) -> None:
+                 tls_check_hostname: bool = True,
+                 dicom_tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None) -> None:
         self.folder = Path(folder).absolute()
+        if dicom_tls is not None and tls_ca is None:
+            raise NetworkConfigError("DICOM TLS needs the CA certificate (tls_ca)")
+        self.dicom_tls = (Path(dicom_tls[0]).absolute(), Path(dicom_tls[1]).absolute()) if dicom_tls else None
         if (tls_pem is None) != (tls_ca is None):
             raise NetworkConfigError("HTTPS needs both the server's PEM file and the CA certificate")
         self.tls_pem = Path(tls_pem).absolute() if tls_pem is not None else None
@@ -363,7 +374,9 @@ class OrthancServer:
                        allowed_senders=senders,
                        binary=site["Binary"], plugin=plugins[0], name=data["Name"],
                        tls_pem=tls["Pem"] if tls else None, tls_ca=tls["Ca"] if tls else None,
-                       tls_check_hostname=tls.get("CheckHostname", True) if tls else True)
+                       tls_check_hostname=tls.get("CheckHostname", True) if tls else True,
+                       dicom_tls=(data["DicomTlsCertificate"], data["DicomTlsPrivateKey"])
+                       if data.get("DicomTlsEnabled") else None)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise OrthancError(f"{path}: not a configuration written by 'site init' ({exc!r})") from None
         except NetworkConfigError as exc:
@@ -398,7 +411,10 @@ class OrthancServer:
                 f"sender{n}": {"AET": aet, "Host": host, "Port": port, "AllowStore": True}
                 for n, (aet, (host, port)) in enumerate(sorted((self.allowed_senders or {}).items()), 1)
             },
-            "DicomTlsEnabled": False,
+            "DicomTlsEnabled": self.dicom_tls is not None,
+            **({"DicomTlsCertificate": str(self.dicom_tls[0]), "DicomTlsPrivateKey": str(self.dicom_tls[1]),
+                "DicomTlsTrustedCertificates": str(self.tls_ca), "DicomTlsRemoteCertificateRequired": False}
+               if self.dicom_tls else {}),
             "UnknownSopClassAccepted": False,
             "StableAge": self.stable_age_s,
             "OverwriteInstances": False,
@@ -628,10 +644,12 @@ class OrthancServer:
         elif system is None:
             detail = f"running but not answering on {self.url}; see {self.log_file}"
         else:
-            detail = f"running, REST on {self.url}, DICOM {self.aet} on port {self.dicom_port}"
+            detail = (f"running, REST on {self.url}, DICOM {self.aet} on port {self.dicom_port}"
+                      + (" (DICOM TLS)" if self.dicom_tls else ""))
         version = system.get("Version") if system else None
         return OrthancStatus(
             folder=str(self.folder), running=running, answering=system is not None,
             pid=pid if running else None, http_port=self.http_port, dicom_port=self.dicom_port,
             ae_title=self.aet, version=version if isinstance(version, str) else None,
-            log_file=str(self.log_file), detail=detail)
+            log_file=str(self.log_file), detail=detail, https=self.tls_pem is not None,
+            dicom_tls=self.dicom_tls is not None)

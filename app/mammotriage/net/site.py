@@ -131,13 +131,15 @@ def init_site(folder: str | Path, *, pg_port: int = DEFAULT_PG_PORT, http_port: 
               dicom_port: int = DEFAULT_DICOM_PORT, aet: str = DEFAULT_AE_TITLE,
               remote_access: bool = False, hosts: Sequence[str] = (), listen: Sequence[str] | None = None,
               tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
-              tls_ca: str | Path | None = None, days: int | None = None) -> dict[str, Any]:
+              tls_ca: str | Path | None = None, days: int | None = None,
+              dicom_tls: bool = False) -> dict[str, Any]:
     """Create the site server's configuration in ``folder`` (both servers stopped).
 
     ``hosts``: the server's addresses and DNS names on the site network (the server
     certificate names them, with 127.0.0.1 and localhost); ``listen``: PostgreSQL's
     addresses (default 127.0.0.1; ``*`` with ``remote_access``); ``tls_cert``/``tls_key``
-    [``tls_ca``]: the site's own certificate instead of a generated one.
+    [``tls_ca``]: the site's own certificate instead of a generated one; ``dicom_tls``:
+    the DICOM port speaks DICOM TLS only (with the same certificate).
     """
     from mammotriage.net.orthanc import OrthancServer
     from mammotriage.net.tls import SERVER_DAYS, SiteTls
@@ -157,7 +159,8 @@ def init_site(folder: str | Path, *, pg_port: int = DEFAULT_PG_PORT, http_port: 
         _make_tls(tls, [*hosts, *listen_names], days or SERVER_DAYS, tls_cert, tls_key, tls_ca)
         record = _tls_record(tls)
         orthanc = OrthancServer(orthanc_dir, http_port, dicom_port, aet, remote_access=remote_access,
-                                tls_pem=tls.server_pem, tls_ca=tls.ca_cert, tls_check_hostname=record["check_hostname"])
+                                tls_pem=tls.server_pem, tls_ca=tls.ca_cert, tls_check_hostname=record["check_hostname"],
+                                dicom_tls=(tls.server_cert, tls.server_key) if dicom_tls else None)
         orthanc.write_config()  # it checks ports, AE title and the Orthanc install
         PgCluster(pg_dir, pg_port, listen=listen_addresses, clients=clients,
                   tls=_pg_tls(tls, record)).init()
@@ -171,7 +174,7 @@ def init_site(folder: str | Path, *, pg_port: int = DEFAULT_PG_PORT, http_port: 
     profile = {"format": FORMAT, "postgres": {"folder": "postgres", "port": pg_port, "listen": listen_addresses,
                                               "clients": list(clients)},
                "orthanc": {"folder": "orthanc", "http_port": orthanc.http_port, "dicom_port": orthanc.dicom_port,
-                           "aet": orthanc.aet, "remote_access": bool(remote_access)},
+                           "aet": orthanc.aet, "remote_access": bool(remote_access), "dicom_tls": bool(dicom_tls)},
                "tls": record}
     write_atomic(site_file, (json.dumps(profile, indent=1) + "\n").encode("utf-8"))
     return profile
@@ -276,7 +279,8 @@ def renew_tls(folder: str | Path, *, hosts: Sequence[str] = (), days: int | None
                             stable_age_s=orthanc.stable_age_s, remote_access=orthanc.remote_access,
                             allowed_senders=orthanc.allowed_senders, binary=orthanc._binary, plugin=orthanc._plugin,
                             name=orthanc.name, tls_pem=tls.server_pem, tls_ca=tls.ca_cert,
-                            tls_check_hostname=record["check_hostname"])
+                            tls_check_hostname=record["check_hostname"],
+                            dicom_tls=(tls.server_cert, tls.server_key) if orthanc.dicom_tls else None)
     orthanc.write_config()
     if was_running:
         orthanc.start()
@@ -333,6 +337,8 @@ def add_site_commands(subparsers: Any) -> None:
                    help="an address PostgreSQL listens on besides 127.0.0.1 (repeatable; '*': every address); "
                         "default 127.0.0.1 only")
     _add_tls_options(q)
+    q.add_argument("--dicom-tls", action="store_true",
+                   help="the archive's DICOM port speaks DICOM TLS only (senders must use TLS; default: plain DICOM)")
     q.add_argument("--json", action="store_true")
     q = sub.add_parser("tls", help="renew the server certificate (or take the site's own)",
                        description="Sign a new server key and certificate with the site CA (the names of the "
@@ -405,7 +411,8 @@ def cmd_site(args: argparse.Namespace) -> int:
         if args.site_command == "init":
             init_site(args.folder, pg_port=args.pg_port, http_port=args.http_port, dicom_port=args.dicom_port,
                       aet=args.aet, remote_access=args.remote_access, hosts=args.host, listen=args.listen,
-                      tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, days=args.days)
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, days=args.days,
+                      dicom_tls=args.dicom_tls)
             status = site_status(args.folder)
         elif args.site_command == "tls":
             status = renew_tls(args.folder, hosts=args.host, days=args.days, tls_cert=args.tls_cert,
