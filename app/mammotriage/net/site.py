@@ -61,7 +61,6 @@ DEFAULT_AE_TITLE = "MT_ARCHIVE"
 TLS_FOLDER = "tls"
 NOT_ENCRYPTED = ("this site was made before TLS: PostgreSQL and Orthanc's HTTP port are not encrypted "
                  "(switch it on with 'mammotriage site tls DIR', then give the workstations new profiles)")
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _EVERYWHERE = ("*", "0.0.0.0", "::")
 
 
