@@ -428,3 +428,36 @@ def test_dicom_tls_on_the_archive_port(tmp_path: Path, capsys: pytest.CaptureFix
         if (folder / site.SITE_FILE).exists():
             site.stop_site(folder)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_tls_errors_name_the_file_and_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from mammotriage.net.tls import cert_info, openssl
+
+    pki = _hospital_pki(tmp_path / "hospital")
+    target = SiteTls(tmp_path / "site")
+    # a certificate whose chain does not end in a root needs --tls-ca
+    with pytest.raises(TlsError, match="does not end in a root certificate; give the CA"):
+        target.install(pki.server_cert, pki.server_key)
+    # a key with a passphrase cannot start a server unattended
+    locked = tmp_path / "locked.key"
+    subprocess.run(["openssl", "pkey", "-in", str(pki.server_key), "-aes256", "-passout", "pass:secret",
+                    "-out", str(locked)], check=True, capture_output=True)
+    with pytest.raises(TlsError, match="passphrase"):
+        target.install(pki.server_cert, locked, pki.ca_cert)
+    # not a certificate: openssl's own words, with the file and the step
+    junk = tmp_path / "junk.crt"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(TlsError) as err:
+        cert_info(junk)
+    assert str(junk) in str(err.value) and "openssl x509 failed" in str(err.value)
+    with pytest.raises(TlsError, match="not a PEM certificate"):
+        target.install(junk, pki.server_key, pki.ca_cert)
+    assert not target.server_cert.exists()  # nothing was taken
+    with pytest.raises(TlsError, match="validity must be"):
+        SiteTls(tmp_path / "days").generate(days=0)
+    assert not (tmp_path / "days").exists()  # checked before anything is made
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(TlsError, match="openssl command is not installed"):
+        openssl(["version"], "checking")

@@ -237,6 +237,7 @@ class SiteTls:
                  ca_name: str = "Mammo Triage site CA") -> CertInfo:
         """Make the site CA (unless it exists) and a server certificate for ``hosts``."""
         names = self.names_for(hosts)
+        self._check_days(days)
         work = self._workdir()
         try:
             if not (self.ca_key.is_file() and self.ca_cert.is_file()):
@@ -261,9 +262,13 @@ class SiteTls:
         os.chmod(work / "ca.crt", 0o644)
         os.replace(work / "ca.crt", self.ca_cert)
 
-    def _sign(self, work: Path, names: Sequence[str], days: int) -> None:
+    @staticmethod
+    def _check_days(days: int) -> None:
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= CA_DAYS:
             raise TlsError(f"a server certificate's validity must be 1..{CA_DAYS} days, not {days!r}")
+
+    def _sign(self, work: Path, names: Sequence[str], days: int) -> None:
+        self._check_days(days)
         if not self.ca_key.is_file():
             raise TlsError(f"{self.ca_key}: no site CA key here (the site uses its own certificate: "
                            "give the new one with --tls-cert/--tls-key)")
