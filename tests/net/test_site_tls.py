@@ -461,3 +461,45 @@ def test_tls_errors_name_the_file_and_the_step(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(TlsError, match="openssl command is not installed"):
         openssl(["version"], "checking")
+
+
+def test_an_own_certificate_without_the_loopback_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A hospital certificate naming only the server's DNS name: local tools verify the chain (verify-ca),
+    workstations verify-full against that name; a profile for 127.0.0.1 is refused."""
+    require_orthanc()
+    require_postgres()
+    from mammotriage.net.tls import openssl
+
+    pki = _hospital_pki(tmp_path / "hospital")  # its CA signs a certificate for one DNS name only
+    key, csr, crt, ext = (tmp_path / n for n in ("only.key", "only.csr", "only.crt", "only.ext"))
+    openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key)], "key")
+    openssl(["req", "-new", "-key", str(key), "-subj", "/CN=archive.hospital.example", "-out", str(csr)], "csr")
+    ext.write_text("basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n"
+                   "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:archive.hospital.example\n")
+    openssl(["x509", "-req", "-in", str(csr), "-CA", str(pki.ca_cert), "-CAkey", str(pki.ca_key), "-days", "30",
+             "-set_serial", "0x1234", "-extfile", str(ext), "-out", str(crt)], "sign")
+    parent = _private_parent("mt-tls-name-")
+    folder = parent / "server"
+    pg_port, http_port, dicom_port = free_ports(3)
+    try:
+        assert main(["site", "init", str(folder), "--pg-port", str(pg_port), "--http-port", str(http_port),
+                     "--dicom-port", str(dicom_port), "--tls-cert", str(crt), "--tls-key", str(key),
+                     "--tls-ca", str(pki.ca_cert)]) == 0
+        assert main(["site", "start", str(folder), "--json"]) == 0
+        capsys.readouterr()
+        assert site.site_status(folder)["orthanc"]["answering"] is True  # the chain checked, not the name
+        cluster, _, _ = site.load_site(folder)
+        assert "sslmode=verify-ca" in cluster.dsn("mt_admin")
+        with psycopg.connect(cluster.dsn("mt_admin")) as conn:
+            assert conn.pgconn.ssl_in_use
+        # a workstation must use a name of the certificate: 127.0.0.1 is refused
+        assert main(["site", "profile", str(folder), "--role", "workstation", "--out",
+                     str(tmp_path / "ws.json")]) == 2
+        assert "archive.hospital.example" in capsys.readouterr().err
+        assert main(["site", "profile", str(folder), "--role", "workstation", "--out", str(tmp_path / "ws.json"),
+                     "--host", "archive.hospital.example"]) == 0
+        assert load_profile(tmp_path / "ws.json").sslmode == "verify-full"
+    finally:
+        if (folder / site.SITE_FILE).exists():
+            site.stop_site(folder)
+        shutil.rmtree(parent, ignore_errors=True)
