@@ -503,3 +503,31 @@ def test_an_own_certificate_without_the_loopback_name(tmp_path: Path, capsys: py
         if (folder / site.SITE_FILE).exists():
             site.stop_site(folder)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_remote_access_opens_both_servers_beyond_the_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Configuration only (nothing is started: the test binds nothing beyond 127.0.0.1)."""
+    require_orthanc()
+    require_postgres()
+    parent = _private_parent("mt-tls-remote-")
+    folder = parent / "server"
+    pg_port, http_port, dicom_port = free_ports(3)
+    try:
+        assert main(["site", "init", str(folder), "--pg-port", str(pg_port), "--http-port", str(http_port),
+                     "--dicom-port", str(dicom_port), "--remote-access", "--host", "10.20.30.40"]) == 0
+        capsys.readouterr()
+        conf, hba = _conf(folder)
+        assert "listen_addresses = '*'" in conf
+        assert "hostssl all mt_workstation,mt_worker 0.0.0.0/0 scram-sha-256" in hba
+        assert "hostssl all mt_workstation,mt_worker ::/0 scram-sha-256" in hba
+        assert "hostssl all postgres,mt_admin 127.0.0.1/32 scram-sha-256" in hba
+        config = json.loads((folder / "orthanc" / "config" / "orthanc.json").read_text())
+        # Orthanc itself answers only this host (the relay); the relay is what listens everywhere
+        assert config["RemoteAccessAllowed"] is False and config["SslEnabled"] is False
+        assert config["MammoTriage"]["Tls"]["RemoteAccess"] is True
+        _, orthanc, _ = site.load_site(folder)
+        assert orthanc.remote_access is True and orthanc.http_port == http_port and orthanc.url.startswith("https")
+        assert main(["site", "profile", str(folder), "--role", "worker", "--out", str(tmp_path / "w.json"),
+                     "--host", "10.20.30.40"]) == 0
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
