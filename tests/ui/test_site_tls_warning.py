@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ def _closed_port() -> int:
 
 
 def _profile(path: Path, ca: str | None) -> Path:
-    data = {"format": "mammotriage-site-profile/1", "role": "workstation",
+    data: dict[str, Any] = {"format": "mammotriage-site-profile/1", "role": "workstation",
             "postgres": {"host": "127.0.0.1", "port": _closed_port(), "database": "mammotriage",
                          "user": "mt_workstation", "password": "pw"},
             "dicomweb": {"url": f"{'https' if ca else 'http'}://127.0.0.1:8042/dicom-web", "user": "mammotriage",
