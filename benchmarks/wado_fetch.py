@@ -12,7 +12,10 @@ same run and interleaved:
 The ratio is wado / local (target: close to 1; the transfer is loopback here, so a site
 network adds its own time: file_mb / link speed).
 
-Usage: python benchmarks/wado_fetch.py [--repeats N] [--transfer-syntax explicit|jpeg2000]
+With ``--tls`` the archive is set up as ``site init`` does it: HTTPS through the TLS relay
+(net.tls_relay) with a generated site CA, which the client verifies.
+
+Usage: python benchmarks/wado_fetch.py [--repeats N] [--transfer-syntax explicit|jpeg2000] [--tls]
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--transfer-syntax", default="jpeg2000", choices=("explicit", "jpeg2000"))
+    parser.add_argument("--tls", action="store_true", help="HTTPS with a site CA, as 'site init' sets it up")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -55,7 +59,15 @@ def main() -> None:
 
         http_port = _free_port()
         dicom_port = _free_port()
-        server = OrthancServer(root / "site", http_port, dicom_port)
+        tls = {}
+        if args.tls:
+            from mammotriage.net.tls import SiteTls
+
+            material = SiteTls(root / "tls")
+            material.generate()
+            tls = {"tls_pem": material.server_pem, "tls_ca": material.ca_cert}
+        print(f"https {'yes' if args.tls else 'no'}")
+        server = OrthancServer(root / "site", http_port, dicom_port, **tls)
         server.write_config()
         server.start()
         try:

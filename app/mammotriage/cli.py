@@ -336,6 +336,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         except SiteProfileError as exc:
             print(f"app --site: {exc}", file=sys.stderr)
             return 2
+        if warning := site.warning():
+            print(f"app --site: warning: {warning}", file=sys.stderr)
         if problem := site_mode_problem(data_dir()):
             print(f"app --site: {problem}", file=sys.stderr)
             return 2

@@ -52,7 +52,7 @@ def test_init_start_status_stop(capsys: pytest.CaptureFixture[str]) -> None:
 
         assert main(["site", "status", str(folder)]) == 0
         text = capsys.readouterr().out
-        assert "PostgreSQL: running" in text and f"REST on http://127.0.0.1:{http_port}" in text
+        assert "PostgreSQL: running" in text and f"REST on https://127.0.0.1:{http_port}" in text
 
         assert main(["site", "stop", str(folder), "--json"]) == 0
         down = json.loads(capsys.readouterr().out)

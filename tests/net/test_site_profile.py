@@ -28,7 +28,7 @@ def site_folder() -> Iterator[Path]:
     parent.chmod(0o755)
     folder = parent / "server"
     pg_port, http_port, dicom_port = free_ports(3)
-    site.init_site(folder, pg_port=pg_port, http_port=http_port, dicom_port=dicom_port)
+    site.init_site(folder, pg_port=pg_port, http_port=http_port, dicom_port=dicom_port, hosts=["10.1.2.3"])
     try:
         yield folder
     finally:
@@ -47,10 +47,13 @@ def test_profile_is_private_and_joins_the_store(site_folder: Path, tmp_path: Pat
     cluster, orthanc, _ = site.load_site(site_folder)
     assert data["format"] == FORMAT and data["role"] == "workstation"
     assert data["postgres"] == {"host": "127.0.0.1", "port": cluster.port, "database": "mammotriage",
-                                "user": "mt_workstation", "password": cluster.password("mt_workstation")}
+                                "user": "mt_workstation", "password": cluster.password("mt_workstation"),
+                                "sslmode": "verify-full"}
     user, password = orthanc.credentials()
-    assert data["dicomweb"] == {"url": f"http://127.0.0.1:{orthanc.http_port}/dicom-web", "user": user,
+    assert data["dicomweb"] == {"url": f"https://127.0.0.1:{orthanc.http_port}/dicom-web", "user": user,
                                 "password": password}
+    # the site CA's certificate, never a key
+    assert data["tls"]["ca"] == (site_folder / "tls" / "ca.crt").read_text() and "PRIVATE" not in out.read_text()
     assert password not in said and data["postgres"]["password"] not in said  # secrets stay in the file
 
     # the profile's connection string reaches the store as the workstation role
@@ -72,8 +75,12 @@ def test_worker_profile_and_site_host(site_folder: Path, tmp_path: Path) -> None
                  "--host", "10.1.2.3"]) == 0
     profile = load_profile(out)
     assert (profile.role, profile.user, profile.pg_host) == ("worker", "mt_worker", "10.1.2.3")
-    assert profile.dicomweb_url.startswith("http://10.1.2.3:") and profile.dicomweb_url.endswith("/dicom-web")
-    assert "host=10.1.2.3" in profile.dsn()
+    assert profile.dicomweb_url.startswith("https://10.1.2.3:") and profile.dicomweb_url.endswith("/dicom-web")
+    assert "host=10.1.2.3" in profile.dsn() and "sslmode=verify-full" in profile.dsn()
+    # a host the server certificate does not name: clients could not verify it
+    assert main(["site", "profile", str(site_folder), "--role", "worker", "--out", str(tmp_path / "w2.json"),
+                 "--host", "10.9.9.9"]) == 2
+    assert not (tmp_path / "w2.json").exists()
 
 
 def test_profile_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -79,9 +79,9 @@ _INSTANCE_HEADERS = {"Accept": 'multipart/related; type="application/dicom"; tra
 class DicomWebError(RuntimeError):
     """A DICOMweb call that failed: ``what`` (study or instance), ``reason`` and ``code``.
 
-    Codes: ``timeout``, ``unreachable``, ``http`` (``status`` holds the HTTP status),
-    ``not-dicom``, ``too-large``, ``bad-response``, ``bad-uid``, ``cache`` (the entry
-    cannot be written: disk full, say).
+    Codes: ``timeout``, ``unreachable``, ``tls`` (the certificate failed verification),
+    ``http`` (``status`` holds the HTTP status), ``not-dicom``, ``too-large``,
+    ``bad-response``, ``bad-uid``, ``cache`` (the entry cannot be written: disk full, say).
     """
 
     def __init__(self, what: str, reason: str, code: str, status: int | None = None) -> None:
@@ -102,6 +102,9 @@ def _request_error(what: str, exc: BaseException) -> DicomWebError:
     """The :class:`DicomWebError` for an exception raised by requests or the client."""
     if isinstance(exc, requests.Timeout):
         return DicomWebError(what, f"the archive did not answer in time ({exc})", "timeout")
+    if isinstance(exc, requests.exceptions.SSLError):  # before ConnectionError, its base class
+        return DicomWebError(what, f"TLS with the archive failed: its certificate is not from the site CA, "
+                                   f"does not name the server, or the handshake failed ({exc})", "tls")
     if isinstance(exc, requests.ConnectionError):
         return DicomWebError(what, f"cannot reach the archive ({exc})", "unreachable")
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
@@ -359,13 +362,22 @@ class DicomWebArchive:
         fetch also fails when the whole body takes longer than ``fetch_deadline_s``.
     max_instance_bytes
         Largest instance body accepted (never more than the cache holds).
+    ca
+        HTTPS: the only CA certificate (PEM file) the archive's certificate may come from
+        (the site CA of a site profile). None: the system's trust store.
+    check_hostname
+        False only for the server's own calls to a certificate that does not name
+        127.0.0.1 (the chain is still checked against ``ca``).
     """
 
     def __init__(self, url: str, credentials: tuple[str, str] | None, cache: InstanceCache, *,
                  timeout_s: float = 20.0, fetch_deadline_s: float = 300.0,
                  max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
-                 dicomweb_root: str = DICOMWEB_ROOT) -> None:
+                 dicomweb_root: str = DICOMWEB_ROOT, ca: str | os.PathLike[str] | None = None,
+                 check_hostname: bool = True) -> None:
         self.url = url.rstrip("/")
+        self.ca = ca
+        self.check_hostname = check_hostname
         self.dicomweb_url = self.url + "/" + dicomweb_root.strip("/")
         self.cache = cache
         self.timeout_s = float(timeout_s)
@@ -383,16 +395,20 @@ class DicomWebArchive:
     @classmethod
     def for_server(cls, server: OrthancServer, cache_folder: str | os.PathLike[str], cache_bytes: int,
                    **kwargs: Any) -> DicomWebArchive:
-        """A client of an :class:`~mammotriage.net.orthanc.OrthancServer` on this host."""
+        """A client of an :class:`~mammotriage.net.orthanc.OrthancServer` on this host (its CA, if HTTPS)."""
+        kwargs.setdefault("ca", server.tls_ca)
+        kwargs.setdefault("check_hostname", server.tls_check_hostname)
         return cls(server.url, server.credentials(), InstanceCache(cache_folder, cache_bytes), **kwargs)
 
     def new_session(self) -> requests.Session:
-        """A requests session with the archive's credentials (one per thread)."""
+        """A requests session with the archive's credentials and CA (one per thread)."""
+        from mammotriage.net.tls import verify_session
+
         session = requests.Session()
         session.trust_env = False  # never a proxy from the environment: the archive is on site
         if self.credentials is not None:
             session.auth = self.credentials
-        return session
+        return verify_session(session, self.ca, self.check_hostname)
 
     def close(self) -> None:
         self.session.close()

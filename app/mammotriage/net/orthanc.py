@@ -18,7 +18,16 @@ Security defaults: HTTP authentication on (one generated user), remote HTTP acce
 (Orthanc answers only connections from this host; Orthanc 1.10 has no bind address
 option, so the DICOM port listens on every interface and the called AE title is
 checked), the Orthanc Explorer, WebDAV, Lua execution and REST writes to the file
-system off. No TLS yet (see ``docs/hospital-it.md``).
+system off. With ``tls_pem`` (what ``site init`` gives: the server's key and
+certificate in one PEM file) the REST/DICOMweb port speaks HTTPS only (TLS 1.2 or
+newer), so the basic authentication never crosses the network in clear: Orthanc's own
+HTTP server moves to a private loopback port chosen at each start (remote access off,
+so it answers only this host) and :mod:`mammotriage.net.tls_relay` serves the public
+port (Orthanc's built-in ``SslEnabled`` crashes on Debian 12, see that module). This
+module's own calls verify the server against ``tls_ca``. The DICOM port stays plain
+DICOM unless ``dicom_tls`` (``site init --dicom-tls``): then it speaks DICOM TLS only
+(DCMTK's, in Orthanc) with the same certificate; senders need no certificate of their
+own (``DicomTlsRemoteCertificateRequired`` false; they verify the server with the CA).
 
 The "study complete" signal is Orthanc's ``StableStudy`` change (no new instance for
 ``stable_age_s`` seconds), read from the ``/changes`` REST feed by
@@ -35,6 +44,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -169,6 +179,14 @@ def read_credentials(path: Path) -> tuple[str, str]:
     return user, password
 
 
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _check_port(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise NetworkConfigError(f"{what} must be a TCP port 1..65535, not {value!r}")
@@ -189,6 +207,8 @@ class OrthancStatus:
     version: str | None
     log_file: str
     detail: str
+    https: bool = False
+    dicom_tls: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,6 +238,15 @@ class OrthancServer:
     binary, plugin
         The Orthanc executable and the DICOMweb plugin; found by :func:`find_orthanc`
         and :func:`find_dicomweb_plugin` when not given (at :meth:`write_config`).
+    tls_pem, tls_ca
+        HTTPS: the PEM file with the server's private key and certificate, and the CA
+        certificate clients verify it with. None (default): plain HTTP.
+    tls_check_hostname
+        Whether this host's calls (to 127.0.0.1) check the certificate's names; False only
+        for a site certificate that does not name 127.0.0.1 (the chain is still checked).
+    dicom_tls
+        ``(certificate, key)`` PEM files: the DICOM port speaks DICOM TLS only (needs
+        ``tls_ca``, which Orthanc also trusts for senders that do present a certificate).
     """
 
     def __init__(self, folder: str | os.PathLike[str], http_port: int = DEFAULT_HTTP_PORT,
@@ -226,8 +255,19 @@ class OrthancServer:
                  allowed_senders: Mapping[str, tuple[str, int]] | None = None,
                  binary: str | os.PathLike[str] | None = None,
                  plugin: str | os.PathLike[str] | None = None,
-                 name: str = "Mammo Triage site archive") -> None:
+                 name: str = "Mammo Triage site archive",
+                 tls_pem: str | os.PathLike[str] | None = None, tls_ca: str | os.PathLike[str] | None = None,
+                 tls_check_hostname: bool = True,
+                 dicom_tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None) -> None:
         self.folder = Path(folder).absolute()
+        if dicom_tls is not None and tls_ca is None:
+            raise NetworkConfigError("DICOM TLS needs the CA certificate (tls_ca)")
+        self.dicom_tls = (Path(dicom_tls[0]).absolute(), Path(dicom_tls[1]).absolute()) if dicom_tls else None
+        if (tls_pem is None) != (tls_ca is None):
+            raise NetworkConfigError("HTTPS needs both the server's PEM file and the CA certificate")
+        self.tls_pem = Path(tls_pem).absolute() if tls_pem is not None else None
+        self.tls_ca = Path(tls_ca).absolute() if tls_ca is not None else None
+        self.tls_check_hostname = bool(tls_check_hostname)
         self.http_port = _check_port(http_port, "HTTP port")
         self.dicom_port = _check_port(dicom_port, "DICOM port")
         if self.http_port == self.dicom_port:
@@ -250,6 +290,8 @@ class OrthancServer:
         self._binary = binary
         self._plugin = plugin
         self._proc: subprocess.Popen[bytes] | None = None
+        self._relay: subprocess.Popen[bytes] | None = None
+        self._internal_port = 0
 
     # ------------------------------------------------------------------ paths
 
@@ -282,9 +324,21 @@ class OrthancServer:
         return self.folder / "orthanc.log"
 
     @property
+    def relay_pid_file(self) -> Path:
+        return self.folder / "tls-relay.pid"
+
+    @property
     def url(self) -> str:
-        """The REST API's root on this host."""
-        return f"http://127.0.0.1:{self.http_port}"
+        """The REST API's root on this host (https when the server has TLS)."""
+        return f"{'https' if self.tls_pem else 'http'}://127.0.0.1:{self.http_port}"
+
+    def session(self) -> requests.Session:
+        """A requests session that trusts only the site CA (HTTPS), no proxy from the environment."""
+        from mammotriage.net.tls import verify_session
+
+        session = requests.Session()
+        session.trust_env = False
+        return verify_session(session, self.tls_ca, self.tls_check_hostname)
 
     @property
     def dicomweb_url(self) -> str:
@@ -310,13 +364,19 @@ class OrthancServer:
         try:
             site = data["MammoTriage"]
             plugins = data["Plugins"]
+            tls = site.get("Tls")
             senders = None
             if not data["DicomAlwaysAllowStore"]:
                 senders = {m["AET"]: (m["Host"], m["Port"]) for m in data["DicomModalities"].values()}
-            return cls(folder, http_port=data["HttpPort"], dicom_port=data["DicomPort"],
+            return cls(folder, http_port=tls["PublicPort"] if tls else data["HttpPort"], dicom_port=data["DicomPort"],
                        aet=data["DicomAet"], stable_age_s=data["StableAge"],
-                       remote_access=data["RemoteAccessAllowed"], allowed_senders=senders,
-                       binary=site["Binary"], plugin=plugins[0], name=data["Name"])
+                       remote_access=tls["RemoteAccess"] if tls else data["RemoteAccessAllowed"],
+                       allowed_senders=senders,
+                       binary=site["Binary"], plugin=plugins[0], name=data["Name"],
+                       tls_pem=tls["Pem"] if tls else None, tls_ca=tls["Ca"] if tls else None,
+                       tls_check_hostname=tls.get("CheckHostname", True) if tls else True,
+                       dicom_tls=(data["DicomTlsCertificate"], data["DicomTlsPrivateKey"])
+                       if data.get("DicomTlsEnabled") else None)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise OrthancError(f"{path}: not a configuration written by 'site init' ({exc!r})") from None
         except NetworkConfigError as exc:
@@ -333,13 +393,13 @@ class OrthancServer:
             "MaximumPatientCount": 0,
             "Plugins": [str(plugin)],
             "HttpServerEnabled": True,
-            "HttpPort": self.http_port,
+            "HttpPort": self.http_port if self.tls_pem is None else self._internal_port,
             "HttpDescribeErrors": True,
             "OrthancExplorerEnabled": False,
             "WebDavEnabled": False,
-            "RemoteAccessAllowed": self.remote_access,
+            "RemoteAccessAllowed": self.remote_access and self.tls_pem is None,  # with TLS: the relay's bind
             "AuthenticationEnabled": True,
-            "SslEnabled": False,
+            "SslEnabled": False,  # with TLS, net.tls_relay terminates it
             "DicomServerEnabled": True,
             "DicomAet": self.aet,
             "DicomCheckCalledAet": True,
@@ -351,7 +411,10 @@ class OrthancServer:
                 f"sender{n}": {"AET": aet, "Host": host, "Port": port, "AllowStore": True}
                 for n, (aet, (host, port)) in enumerate(sorted((self.allowed_senders or {}).items()), 1)
             },
-            "DicomTlsEnabled": False,
+            "DicomTlsEnabled": self.dicom_tls is not None,
+            **({"DicomTlsCertificate": str(self.dicom_tls[0]), "DicomTlsPrivateKey": str(self.dicom_tls[1]),
+                "DicomTlsTrustedCertificates": str(self.tls_ca), "DicomTlsRemoteCertificateRequired": False}
+               if self.dicom_tls else {}),
             "UnknownSopClassAccepted": False,
             "StableAge": self.stable_age_s,
             "OverwriteInstances": False,
@@ -364,10 +427,14 @@ class OrthancServer:
                 "Enable": True,
                 "Root": DICOMWEB_ROOT + "/",
                 "EnableWado": False,
-                "Ssl": False,
+                "Ssl": self.tls_pem is not None,  # https in the URLs the plugin writes
             },
             # Ignored by Orthanc; read back by OrthancServer.load.
-            "MammoTriage": {"Binary": str(binary), "Version": 1},
+            "MammoTriage": {"Binary": str(binary), "Version": 1,
+                            **({"Tls": {"Pem": str(self.tls_pem), "Ca": str(self.tls_ca),
+                                        "CheckHostname": self.tls_check_hostname, "PublicPort": self.http_port,
+                                        "RemoteAccess": self.remote_access}}
+                               if self.tls_pem else {})},
         }
 
     def write_config(self) -> Path:
@@ -393,14 +460,14 @@ class OrthancServer:
 
     # ------------------------------------------------------------------ process
 
-    def _read_pid(self) -> int | None:
+    def _read_pid(self, pid_file: Path | None = None) -> int | None:
         try:
-            pid = int(self.pid_file.read_text(encoding="ascii").strip())
+            pid = int((pid_file or self.pid_file).read_text(encoding="ascii").strip())
         except (OSError, ValueError):
             return None
         return pid if pid > 0 else None
 
-    def _alive(self, pid: int) -> bool:
+    def _alive(self, pid: int, marker: str | None = None) -> bool:
         """True when ``pid`` is a running Orthanc of this folder (not a reused id)."""
         if self._proc is not None and self._proc.pid == pid and self._proc.poll() is not None:
             return False
@@ -419,7 +486,7 @@ class OrthancServer:
                 return False
             if stat_text.rsplit(")", 1)[-1].split()[0] == "Z":
                 return False
-            return str(self.config_dir).encode() in args
+            return (marker or str(self.config_dir)).encode() in args
         return True
 
     def _answer(self, timeout: float = 2.0) -> dict[str, Any] | None:
@@ -429,8 +496,9 @@ class OrthancServer:
         except OrthancError:
             return None
         try:
-            response = requests.get(self.url + "/system", auth=auth, timeout=timeout)
-        except requests.RequestException:
+            with self.session() as session:
+                response = session.get(self.url + "/system", auth=auth, timeout=timeout)
+        except (requests.RequestException, OSError):
             return None
         if response.status_code != 200:
             return None
@@ -459,31 +527,50 @@ class OrthancServer:
         if not self.config_file.exists():
             raise OrthancError(f"{self.config_file}: no archive configuration; run 'site init' first")
         current = self.status()
+        data = json.loads(self.config_file.read_text(encoding="utf-8"))
         if current.running:
             if current.answering:
                 return current
+            relay = self._read_pid(self.relay_pid_file)
+            if self.tls_pem is not None and (relay is None or not self._alive(relay, str(self.tls_pem))):
+                # Orthanc runs but its TLS relay is gone (killed): start the relay again
+                self._internal_port = int(data["HttpPort"])
+                with open(self.log_file, "ab") as log:
+                    self._start_relay(log)
+                return self._wait_answer(timeout_s)
             raise OrthancError(f"Orthanc (pid {current.pid}) is running but does not answer on "
                                f"{self.url}; see {self.log_file}")
-        data = json.loads(self.config_file.read_text(encoding="utf-8"))
         stored = data.get("MammoTriage", {}).get("Binary") if isinstance(data, dict) else None
         # the binary recorded at 'site init', else a search (Orthanc moved, a restored folder)
         binary = find_orthanc(stored if isinstance(stored, str) and Path(stored).is_file() else None)
         self.credentials()
+        if self.tls_pem is not None:
+            self._stop_relay()
+            self._internal_port = _free_loopback_port()
+            data["HttpPort"] = self._internal_port  # Orthanc's own HTTP: loopback only, behind the relay
+            write_atomic(self.config_file, (json.dumps(data, indent=2) + "\n").encode(), 0o600)
         with open(self.log_file, "ab") as log:
             log.write(f"--- mammotriage: starting {binary} {self.config_dir}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
                 [str(binary), str(self.config_dir)], cwd=self.folder, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        write_atomic(self.pid_file, f"{self._proc.pid}\n".encode())
+            write_atomic(self.pid_file, f"{self._proc.pid}\n".encode())
+            if self.tls_pem is not None:
+                self._start_relay(log)
+        return self._wait_answer(timeout_s)
+
+    def _wait_answer(self, timeout_s: float) -> OrthancStatus:
         deadline = time.monotonic() + timeout_s
         while True:
-            code = self._proc.poll()
-            if code is not None:
-                self.pid_file.unlink(missing_ok=True)
+            code = self._proc.poll() if self._proc is not None else None
+            relay_code = self._relay.poll() if self._relay is not None else None
+            if code is not None or relay_code is not None:
+                self.stop()
+                who = "Orthanc" if code is not None else "the TLS relay"
                 raise OrthancStartError(
-                    f"Orthanc exited with status {code} while starting; see {self.log_file}:\n"
-                    f"{self._log_tail()}", self.log_file)
+                    f"{who} exited with status {code if code is not None else relay_code} while starting; "
+                    f"see {self.log_file}:\n{self._log_tail()}", self.log_file)
             if self._answer() is not None:
                 return self.status()
             if time.monotonic() > deadline:
@@ -493,32 +580,57 @@ class OrthancServer:
                     f"{self.log_file}:\n{self._log_tail()}", self.log_file)
             time.sleep(0.1)
 
+    def _start_relay(self, log: Any) -> None:
+        """The TLS relay on the public port, to Orthanc's private one (net.tls_relay)."""
+        import mammotriage
+
+        bind = "0.0.0.0" if self.remote_access else "127.0.0.1"
+        package_root = str(Path(mammotriage.__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                                           if p))
+        self._relay = subprocess.Popen(
+            [sys.executable, "-m", "mammotriage.net.tls_relay", "--listen", f"{bind}:{self.http_port}",
+             "--target", f"127.0.0.1:{self._internal_port}", "--pem", str(self.tls_pem)],
+            cwd=self.folder, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env)
+        write_atomic(self.relay_pid_file, f"{self._relay.pid}\n".encode())
+
+    def _stop_relay(self, timeout_s: float = 10.0) -> None:
+        if self.tls_pem is not None:
+            self._stop_pid(self.relay_pid_file, str(self.tls_pem), timeout_s)
+
     def stop(self, timeout_s: float = 30.0) -> bool:
-        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``); False if none ran."""
-        pid = self._read_pid()
-        if pid is None or not self._alive(pid):
-            self.pid_file.unlink(missing_ok=True)
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``) and its TLS relay; False if none ran."""
+        self._stop_relay()
+        return self._stop_pid(self.pid_file, None, timeout_s)
+
+    def _stop_pid(self, pid_file: Path, marker: str | None, timeout_s: float) -> bool:
+        pid = self._read_pid(pid_file)
+        if pid is None or not self._alive(pid, marker):
+            pid_file.unlink(missing_ok=True)
             self._reap()
             return False
         with contextlib.suppress(ProcessLookupError):  # it may have just exited
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while self._alive(pid) and time.monotonic() < deadline:
+        while self._alive(pid, marker) and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.05)
-        if self._alive(pid):
+        if self._alive(pid, marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            while self._alive(pid):
+            while self._alive(pid, marker):
                 self._reap()
                 time.sleep(0.05)
         self._reap()
-        self.pid_file.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
         return True
 
     def _reap(self) -> None:
         if self._proc is not None and self._proc.poll() is not None:
             self._proc = None
+        if self._relay is not None and self._relay.poll() is not None:
+            self._relay = None
 
     def status(self) -> OrthancStatus:
         """Whether the server runs (pid file and process) and answers (REST ``/system``)."""
@@ -532,10 +644,12 @@ class OrthancServer:
         elif system is None:
             detail = f"running but not answering on {self.url}; see {self.log_file}"
         else:
-            detail = f"running, REST on {self.url}, DICOM {self.aet} on port {self.dicom_port}"
+            detail = (f"running, REST on {self.url}, DICOM {self.aet} on port {self.dicom_port}"
+                      + (" (DICOM TLS)" if self.dicom_tls else ""))
         version = system.get("Version") if system else None
         return OrthancStatus(
             folder=str(self.folder), running=running, answering=system is not None,
             pid=pid if running else None, http_port=self.http_port, dicom_port=self.dicom_port,
             ae_title=self.aet, version=version if isinstance(version, str) else None,
-            log_file=str(self.log_file), detail=detail)
+            log_file=str(self.log_file), detail=detail, https=self.tls_pem is not None,
+            dicom_tls=self.dicom_tls is not None)

@@ -143,6 +143,8 @@ class MainWindow(QMainWindow):
         if site is None:
             site = self._site_from_settings()
         self.site = site
+        if site is not None and (warning := site.warning()):
+            self._site_notes.append(f"warning: {warning}")  # a profile from before TLS
         self.site_log = SiteLog(site.dsn(), data_dir() / BUFFER_FILE) if site is not None else None
         double = self.double_policy.enabled and self.site_log is None  # not joined with site mode yet
         self.corrections_log: CorrectionLog | SiteLog = (

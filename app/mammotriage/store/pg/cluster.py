@@ -4,7 +4,12 @@
 
 - ``data/``: the cluster (``initdb``), listening on TCP only (no Unix socket), on
   ``127.0.0.1`` unless a site gives ``listen`` and ``clients``; every connection
-  authenticates with scram-sha-256 (``pg_hba.conf`` has no ``trust`` line);
+  authenticates with scram-sha-256 (``pg_hba.conf`` has no ``trust`` line). With
+  ``tls`` (:class:`PgTls`, what ``site init`` gives) the server runs ``ssl = on`` with
+  a copy of the site's certificate and key (``data/server.crt``, ``data/server.key``,
+  0600), ``pg_hba.conf`` has only ``hostssl ... scram-sha-256`` lines (the superuser
+  and ``mt_admin`` from 127.0.0.1 only) and rejects plain TCP, and :meth:`PgCluster.dsn`
+  asks for ``sslmode=verify-full`` with the site CA;
 - ``secrets/`` (mode 0700): one generated password per role, each in a 0600 file
   (``postgres.password`` for the superuser, ``mt_admin.password``, ...);
 - ``postgres.log``: the server's log (``pg_ctl -l``).
@@ -39,6 +44,7 @@ __all__ = [
     "PgCluster",
     "PgError",
     "PgMissingError",
+    "PgTls",
     "find_bindir",
 ]
 
@@ -50,6 +56,8 @@ SUPERUSER = "postgres"
 ROLES = ("mt_admin", "mt_workstation", "mt_worker")
 _DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _NEEDED = ("initdb", "pg_ctl", "postgres")
+#: Roles that may connect from other hosts (the others: from 127.0.0.1 only).
+REMOTE_ROLES = ("mt_workstation", "mt_worker")
 
 
 class PgError(RuntimeError):
@@ -121,6 +129,20 @@ class ClusterStatus:
                 "port": self.port, "folder": self.folder}
 
 
+@dataclass(frozen=True)
+class PgTls:
+    """The TLS files of a cluster: the server's certificate and key, the CA clients verify with.
+
+    ``sslmode``: what this host's own connections ask for, ``verify-full`` when the
+    certificate names the address they use (127.0.0.1), else ``verify-ca``.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+    sslmode: str = "verify-full"
+
+
 def _write_secret(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as fh:
@@ -148,12 +170,15 @@ class PgCluster:
         The account the server runs as when this process is root (PostgreSQL refuses
         to run as root): default ``postgres``, which the Debian package creates. The
         folder is handed to it; otherwise the server runs as the calling user.
+    tls
+        The site's certificate, key and CA (:class:`PgTls`); None: plain TCP (as before TLS).
     """
 
     def __init__(self, folder: str | Path, port: int = 5432, *, listen: str = "127.0.0.1",
                  clients: Sequence[str] = ("127.0.0.1/32",), bindir: str | Path | None = None,
-                 os_user: str | None = None):
+                 os_user: str | None = None, tls: PgTls | None = None):
         self.folder = Path(folder).absolute()
+        self.tls = tls
         self.port = int(port)
         self.listen = listen
         self.clients = tuple(clients)
@@ -260,9 +285,10 @@ class PgCluster:
             raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
         from psycopg.conninfo import make_conninfo
 
+        extra = {} if self.tls is None else {"sslmode": self.tls.sslmode, "sslrootcert": str(self.tls.ca)}
         return make_conninfo(host=self.host, port=self.port, dbname=database, user=role,
                              password=self.password(role), connect_timeout=connect_timeout,
-                             application_name="mammotriage")
+                             application_name="mammotriage", **extra)
 
     # ----------------------------------------------------------------- lifecycle
     def init(self) -> None:
@@ -301,9 +327,61 @@ class PgCluster:
                      "password_encryption = 'scram-sha-256'\n"
                      "timezone = 'UTC'\n"
                      "max_connections = 100\n")
-        hba = ["# written by mammotriage: TCP only, every role with scram-sha-256",
-               *(f"host all all {net} scram-sha-256" for net in self.clients)]
+        if self.tls is not None:
+            self.configure_tls()
+        else:
+            hba = ["# written by mammotriage: TCP only, every role with scram-sha-256",
+                   *(f"host all all {net} scram-sha-256" for net in self.clients)]
+            (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n", encoding="utf-8")
+
+    def configure_tls(self) -> None:
+        """Switch the cluster to TLS only (``self.tls``): files, ``ssl = on``, ``hostssl`` lines.
+
+        Also for a cluster made before TLS (``site tls``); takes effect at the next
+        start or :meth:`reload`.
+        """
+        if self.tls is None:
+            raise PgError("configure_tls needs the cluster's tls files")
+        self.install_tls_files()
+        with (self.data / "postgresql.conf").open("a", encoding="utf-8") as fh:
+            fh.write("\n# written by mammotriage (store.pg.cluster): TLS only\n"
+                     "ssl = on\n"
+                     "ssl_cert_file = 'server.crt'\n"
+                     "ssl_key_file = 'server.key'\n"
+                     "ssl_min_protocol_version = 'TLSv1.2'\n")
+        local = ",".join((SUPERUSER, *(r for r in ROLES if r not in REMOTE_ROLES)))
+        hba = ["# written by mammotriage: TCP with TLS only (hostssl), every role with scram-sha-256;",
+               "# the superuser and mt_admin from this host only; plain TCP is rejected",
+               f"hostssl all {local} 127.0.0.1/32 scram-sha-256",
+               *(f"hostssl all {','.join(REMOTE_ROLES)} {net} scram-sha-256" for net in self.clients),
+               "hostnossl all all 0.0.0.0/0 reject",
+               "hostnossl all all ::/0 reject"]
         (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n", encoding="utf-8")
+
+    def install_tls_files(self) -> None:
+        """Copy the certificate and key into the data folder (0600, owned by the server's account)."""
+        if self.tls is None:
+            raise PgError("install_tls_files needs the cluster's tls files")
+        account = self.server_account()
+        for source, name in ((self.tls.cert, "server.crt"), (self.tls.key, "server.key")):
+            target = self.data / name
+            try:
+                data = source.read_bytes()
+                tmp = target.with_name(f".{name}.new")
+                tmp.unlink(missing_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                if account is not None:
+                    os.chown(tmp, *account)
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise PgError(f"cannot copy {source} to {target}: {exc}") from None
+
+    def reload(self) -> None:
+        """``pg_ctl reload`` (new certificate files, pg_hba.conf) when the server runs."""
+        if self.status().running:
+            self._run([self._tool("pg_ctl"), "-D", str(self.data), "reload"], "pg_ctl reload")
 
     def _bootstrap(self) -> None:
         import psycopg
@@ -337,7 +415,10 @@ class PgCluster:
 
     # ----------------------------------------------------------------- backup
     def _client_env(self, role: str) -> dict[str, str]:
-        return dict(os.environ, PGPASSWORD=self.password(role), LC_ALL="C")
+        env = dict(os.environ, PGPASSWORD=self.password(role), LC_ALL="C")
+        if self.tls is not None:
+            env.update(PGSSLMODE=self.tls.sslmode, PGSSLROOTCERT=str(self.tls.ca))
+        return env
 
     def backup(self, path: str | Path) -> Path:
         """``pg_dump -Fc`` of the site database as mt_admin (online, consistent). Returns ``path``.
