@@ -20,6 +20,7 @@ Prints one figure per line.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import sys
@@ -116,16 +117,29 @@ def main() -> None:
     panel = ModelPanel(archive, job_args={a.job: job})
     panel.show()
     gaps: list[float] = []
-    long_gaps: list[tuple[float, float, str]] = []  # (seconds into the job, gap ms, panel status)
+    # (seconds into the job, gap ms, the UI thread's CPU ms in it, garbage-collector ms in it, panel status)
+    long_gaps: list[tuple[float, float, float, float, str]] = []
     last = [time.perf_counter()]
+    last_cpu = [time.thread_time()]
     start = [time.perf_counter()]
+    gc_ms = [0.0]  # the collector's time since the last tick
+    gc_t0 = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_t0[0] = time.perf_counter()
+        else:
+            gc_ms[0] += (time.perf_counter() - gc_t0[0]) * 1000
+
+    gc.callbacks.append(on_gc)
 
     def tick() -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
         gaps.append(now - last[0])
         if now - last[0] > 0.02:
-            long_gaps.append((now - start[0], (now - last[0]) * 1000, panel.status.text()[:60]))
-        last[0] = now
+            long_gaps.append((now - start[0], (now - last[0]) * 1000, (cpu - last_cpu[0]) * 1000, gc_ms[0],
+                              panel.status.text()[:60]))
+        last[0], last_cpu[0], gc_ms[0] = now, cpu, 0.0
 
     timer = QTimer()
     timer.setInterval(5)
@@ -140,6 +154,7 @@ def main() -> None:
     starts: list[float] = []
     loop.exec()
     timer.stop()
+    gc.callbacks.remove(on_gc)
     wall = time.monotonic() - t1
     res = panel.job_result or {}
     gaps_ms = sorted(g * 1000 for g in gaps)
@@ -164,8 +179,10 @@ def main() -> None:
         print(f"ui_job_start_call_ms {starts[0]:.1f}")
     if gaps_ms:
         print(f"ui_longest_gap_ms {gaps_ms[-1]:.1f}")
-        for at, ms, status in sorted(long_gaps, key=lambda g: -g[1])[:5]:
-            print(f"ui_gap_at {at:.1f}s {ms:.1f}ms {status!r}")
+        for at, ms, cpu_ms, collect_ms, status in sorted(long_gaps, key=lambda g: -g[1])[:5]:
+            print(f"ui_gap_at {at:.1f}s {ms:.1f}ms cpu {cpu_ms:.1f}ms gc {collect_ms:.1f}ms {status!r}")
+        # wall gaps far above the UI thread's own CPU in them: the cores were taken by others
+        print(f"ui_max_cpu_in_a_gap_ms {max((g[2] for g in long_gaps), default=0.0):.1f}")
         print(f"ui_gap_p99_ms {gaps_ms[int(0.99 * (len(gaps_ms) - 1))]:.1f}")
         print(f"ui_ticks {len(gaps_ms)}")
     panel.close()
