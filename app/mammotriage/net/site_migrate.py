@@ -348,11 +348,10 @@ def _provenanced(conn: Any, source_archive: str) -> set[str]:
 
 
 def _check_site_schema(conn: Any) -> None:
-    from mammotriage.store.pg.schema import schema_version
-
-    version = schema_version(conn)
-    if version < MIGRATED_SCHEMA:
-        raise MigrationError(f"the site database is at schema version {version}; migrating needs version "
+    row = conn.execute("SELECT to_regclass('public.migrated_events') IS NOT NULL AS ok, "
+                       "(SELECT max(version) FROM mt_schema) AS version").fetchone()
+    if not row["ok"]:
+        raise MigrationError(f"the site database is at schema version {row['version']}; migrating needs version "
                              f"{MIGRATED_SCHEMA} (provenance of migrated events): upgrade the site server first")
 
 
