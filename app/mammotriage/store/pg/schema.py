@@ -321,7 +321,7 @@ _V4_MIGRATED = PgMigration(
     steps=(
         """
         CREATE TABLE migrated_events (
-            event_id         TEXT PRIMARY KEY REFERENCES correction_events (event_id),
+            event_id         TEXT PRIMARY KEY,    -- in correction_events (the insert trigger checks)
             source_archive   TEXT NOT NULL,       -- the standalone archive's id (audit_anchor)
             source_seq       BIGINT NOT NULL,
             source_prev_hash TEXT NOT NULL,
