@@ -7,6 +7,7 @@ chain) in the test's MAMMOTRIAGE_HOME and migrates it with the command line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,40 @@ def _check_site_copy(s: Site, local: Standalone) -> None:
         assert audit_provenance(admin, local.archive_id) == []
 
 
+def _blocked_migration(s: Site, home: Path, action: Callable[[subprocess.Popen[str]], object]
+                       ) -> tuple[int, str]:
+    """Run ``site migrate`` in a child process while the test holds the chain's lock; once
+    the child's first batch waits for it (inside its transaction), do ``action`` to it,
+    then let go. Returns the child's exit status and stdout."""
+    env = dict(os.environ, PYTHONPATH=str(APP), OMP_NUM_THREADS="1")
+    holder = psycopg.connect(s.cluster.dsn("mt_admin"), autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (CHAIN_LOCK,))
+    proc = subprocess.Popen([sys.executable, "-m", "mammotriage", "site", "migrate", "--profile", str(s.profile),
+                             "--home", str(home), "--batch", "10", "--quiet", "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        waiting = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            waiting = holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                     "AND NOT granted").fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.1)
+        assert waiting, f"the migration never reached the chain (exit {proc.poll()})"
+        action(proc)
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            holder.execute("SELECT pg_advisory_unlock(%s)", (CHAIN_LOCK,))
+        holder.close()
+        try:
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return proc.returncode, out
+
+
 # ----------------------------------------------------------------- the tests
 
 def test_dry_run_then_migrate_then_nothing_twice(site_server: Site, capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,30 +262,8 @@ def test_a_limit_then_a_kill_mid_transaction_then_a_rerun_moves_everything_once(
     assert len(_site_rows(site_server, local.archive_id)) == 25
 
     # a run killed (SIGKILL) while its batch waits on the chain's lock, inside its transaction
-    env = dict(os.environ, PYTHONPATH=str(APP), OMP_NUM_THREADS="1")
-    with psycopg.connect(site_server.cluster.dsn("mt_admin"), autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (CHAIN_LOCK,))
-        proc = subprocess.Popen([sys.executable, "-m", "mammotriage", "site", "migrate", "--profile",
-                                 str(site_server.profile), "--home", str(local.home), "--batch", "10", "--quiet"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 120
-            waiting = 0
-            while time.monotonic() < deadline and proc.poll() is None:
-                waiting = holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                         "AND NOT granted").fetchone()[0]
-                if waiting:
-                    break
-                time.sleep(0.1)
-            assert waiting, f"the migration never reached the chain (exit {proc.poll()})"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            holder.execute("SELECT pg_advisory_unlock(%s)", (CHAIN_LOCK,))
-            proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    code, _ = _blocked_migration(site_server, local.home, lambda proc: proc.send_signal(signal.SIGKILL))
+    assert code == -signal.SIGKILL
     assert len(_site_rows(site_server, local.archive_id)) == 25  # the killed batch left nothing
 
     code, last, err = _migrate(site_server, local.home, capsys=capsys)
@@ -325,3 +338,19 @@ def test_errors_before_anything_moves(site_server: Site, tmp_path: Path, capsys:
     code = main(["site", "migrate", "--profile", str(site_server.profile), "--home", str(local.home),
                  "--batch", "0"])
     assert code == 2 and "--batch must be at least 1" in capsys.readouterr().err
+
+
+def test_the_store_restarting_midway_stops_the_run_and_a_rerun_completes(
+        site_server: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    local = _standalone(seed=7606, notes=20)
+    n_events = len(_source_events(local.home))
+    code, out = _blocked_migration(site_server, local.home, lambda proc: site_server.cluster.restart())
+    assert code == 1, out
+    report = json.loads(out)
+    assert report["stopped"].startswith("the site store") and report["events"]["migrated"] == 0
+    assert report["images"]["sent"] == len(local.sops)  # the images went before the store was lost
+    assert _site_rows(site_server, local.archive_id) == []  # the batch cut off by the restart left nothing
+    code, again, err = _migrate(site_server, local.home, capsys=capsys)
+    assert code == 0, err
+    assert again["events"]["migrated"] == n_events and again["images"]["skipped"] == len(local.sops)
+    _check_site_copy(site_server, local)
