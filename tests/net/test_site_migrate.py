@@ -99,14 +99,14 @@ def _standalone(seed: int, exams: int = 2, notes: int = 0) -> Standalone:
         records = archive.exams()
     sops = [i.sop_uid for e in records for i in e.images]
     with CorrectionLog(archive_file, "standalone-ws") as log:
-        for exam in records:
-            image = exam.images[0]
-            add = log.append(reader="dr_a", exam_key=exam.exam_key, action="add", study_uid=image.study_uid,
+        for record in records:
+            image = record.images[0]
+            add = log.append(reader="dr_a", exam_key=record.exam_key, action="add", study_uid=image.study_uid,
                              series_uid=image.series_uid, sop_uid=image.sop_uid, pixel_sha256="a" * 64,
                              kind="mass", geometry={"type": "box", "box": [10, 10, 40, 30]})
-            log.append(reader="dr_a", exam_key=exam.exam_key, action="undo", target=add.event_id)
-            log.append(reader="dr_a", exam_key=exam.exam_key, action="birads", payload={"birads": 4})
-            log.append(reader="dr_a", exam_key=exam.exam_key, action="density", payload={"density": "C"})
+            log.append(reader="dr_a", exam_key=record.exam_key, action="undo", target=add.event_id)
+            log.append(reader="dr_a", exam_key=record.exam_key, action="birads", payload={"birads": 4})
+            log.append(reader="dr_a", exam_key=record.exam_key, action="density", payload={"density": "C"})
         for i in range(notes):
             log.append(reader="dr_b", exam_key=records[0].exam_key, action="note",
                        payload={"text": f"note {i} \u00e9\n\"q\""})
@@ -178,8 +178,9 @@ def _blocked_migration(s: Site, home: Path, action: Callable[[subprocess.Popen[s
         deadline = time.monotonic() + 120
         waiting = 0
         while time.monotonic() < deadline and proc.poll() is None:
-            waiting = holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                     "AND NOT granted").fetchone()[0]
+            row = holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND NOT granted").fetchone()
+            waiting = int(row[0]) if row else 0
             if waiting:
                 break
             time.sleep(0.1)

@@ -215,7 +215,7 @@ def _images(archive_file: Path) -> list[_Image]:
         rows = archive.conn.execute(
             "SELECT sop_uid, series_uid, study_uid, path, sha256, size FROM images "
             "ORDER BY study_uid, series_uid, imported_at, sop_uid").fetchall()
-    return [_Image(*(str(v) for v in r[:5]), int(r[5])) for r in rows]
+    return [_Image(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5])) for r in rows]
 
 
 def _site_archive(profile: SiteProfile, cache_folder: Path) -> DicomWebArchive:
@@ -246,12 +246,13 @@ def _check_file(image: _Image, full: bool) -> tuple[str, Any]:
         if digest != image.sha256:
             return "changed since it was imported (its sha256 differs from the recorded one)", None
         import pydicom
-        from pydicom.errors import InvalidDicomError
 
         try:
             ds = pydicom.dcmread(image.path)
-        except (InvalidDicomError, ValueError, EOFError, TypeError, AttributeError) as exc:
-            return f"not a readable DICOM file ({exc})", None
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad file is reported, the batch goes on
+            return f"not a readable DICOM file ({type(exc).__name__}: {exc})", None
     except FileNotFoundError:
         return "no such file (moved or deleted since it was imported)", None
     except OSError as exc:
