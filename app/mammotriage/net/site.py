@@ -361,6 +361,9 @@ def add_site_commands(subparsers: Any) -> None:
     q.add_argument("--out", type=Path, required=True, metavar="FILE")
     q.add_argument("--host", default="127.0.0.1",
                    help="the site server's address on the site network (default 127.0.0.1: this machine)")
+    from mammotriage.net.site_migrate import add_migrate_command
+
+    add_migrate_command(sub)  # 'site migrate': its own handler (a standalone archive into the site)
     p.set_defaults(func=cmd_site)
 
 

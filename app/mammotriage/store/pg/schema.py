@@ -33,6 +33,11 @@ Version 1, the correction chain:
 Version 2, the shared triage queue (:mod:`mammotriage.triage.site_queue`):
 ``triage_jobs`` (one per exam and model sha256; status, lease, claim token) and
 ``triage_results`` (exactly one per exam and model sha256).
+
+Version 4, provenance of migrated events (:mod:`mammotriage.net.site_migrate`):
+``migrated_events``, one append-only row per event moved from a standalone archive (the
+source archive id, seq, previous hash, hash and MAC); its insert trigger checks that the
+site's copy of the event, hashed with the source's previous hash, gives the source hash.
 """
 
 from __future__ import annotations
@@ -307,7 +312,65 @@ _V3_ARBITRATE = PgMigration(
     ),
 )
 
-MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE]
+#: version 4's check: the site row's content, with the source's previous hash, hashes to the
+#: source hash (the same canonical JSON as version 1's chain, over the stored row ``r``)
+_SOURCE_HASH_SQL = _canonical_sql().replace("NEW.", "r.").replace("r.prev_hash", "NEW.source_prev_hash")
+
+_V4_MIGRATED = PgMigration(
+    name="corrections: provenance of the events migrated from a standalone archive (site migrate)",
+    steps=(
+        """
+        CREATE TABLE migrated_events (
+            event_id         TEXT PRIMARY KEY,    -- in correction_events (the insert trigger checks)
+            source_archive   TEXT NOT NULL,       -- the standalone archive's id (audit_anchor)
+            source_seq       BIGINT NOT NULL,
+            source_prev_hash TEXT NOT NULL,
+            source_hash      TEXT NOT NULL,
+            source_mac       TEXT NOT NULL DEFAULT '',  -- under the standalone's own key
+            migrated_by      TEXT NOT NULL,
+            migrated_at      TIMESTAMPTZ NOT NULL,
+            UNIQUE (source_archive, source_seq)
+        )
+        """,
+        f"""
+        CREATE FUNCTION mt_check_provenance() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        DECLARE
+            r correction_events%ROWTYPE;
+        BEGIN
+            SELECT * INTO r FROM correction_events WHERE event_id = NEW.event_id;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'event % is not in the site chain', NEW.event_id
+                    USING ERRCODE = 'foreign_key_violation';
+            END IF;
+            IF encode(sha256(convert_to({_SOURCE_HASH_SQL}, 'UTF8')), 'hex') <> NEW.source_hash THEN
+                RAISE EXCEPTION 'event %: the stored content does not hash to its source hash %',
+                    NEW.event_id, NEW.source_hash USING ERRCODE = 'check_violation';
+            END IF;
+            NEW.migrated_by := session_user;
+            NEW.migrated_at := clock_timestamp();
+            RETURN NEW;
+        END
+        $fn$
+        """,
+        """
+        CREATE TRIGGER migrated_events_check BEFORE INSERT ON migrated_events
+        FOR EACH ROW EXECUTE FUNCTION mt_check_provenance()
+        """,
+        """
+        CREATE TRIGGER migrated_events_no_update BEFORE UPDATE OR DELETE ON migrated_events
+        FOR EACH ROW EXECUTE FUNCTION mt_refuse_change()
+        """,
+        """
+        CREATE TRIGGER migrated_events_no_truncate BEFORE TRUNCATE ON migrated_events
+        FOR EACH STATEMENT EXECUTE FUNCTION mt_refuse_change()
+        """,
+        "GRANT SELECT, INSERT (event_id, source_archive, source_seq, source_prev_hash, source_hash, source_mac) "
+        "ON migrated_events TO mt_workstation",
+        "GRANT SELECT ON migrated_events TO mt_worker",
+    ),
+)
+
+MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
