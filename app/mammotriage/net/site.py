@@ -287,16 +287,18 @@ def renew_tls(folder: str | Path, *, hosts: Sequence[str] = (), days: int | None
 
 
 def start_site(folder: str | Path) -> dict[str, Any]:
-    """Start PostgreSQL, then Orthanc; on Orthanc's failure stop what this call started."""
-    from mammotriage.net.orthanc import OrthancError
-
+    """Start PostgreSQL (and bring its schema up to date), then Orthanc; on a failure stop
+    what this call started."""
     cluster, orthanc, _ = load_site(folder)
     was_running = cluster.status().running
     if not was_running:
         cluster.start()
     try:
+        before, after = cluster.upgrade()  # a site made by an older version: its schema brought up to date
+        if before != after:
+            print(f"site database: schema version {before} -> {after}", file=sys.stderr)
         orthanc.start()
-    except OrthancError:
+    except Exception:
         if not was_running:
             cluster.stop()
         raise

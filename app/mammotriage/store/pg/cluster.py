@@ -58,6 +58,11 @@ _DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _NEEDED = ("initdb", "pg_ctl", "postgres")
 #: Roles that may connect from other hosts (the others: from 127.0.0.1 only).
 REMOTE_ROLES = ("mt_workstation", "mt_worker")
+#: session settings of the roles other machines use: a session left idle inside a
+#: transaction (which could hold the chain's lock and stall every workstation's appends)
+#: is ended by the server; a statement never runs longer than the limit
+ROLE_SETTINGS: dict[str, dict[str, str]] = {
+    role: {"idle_in_transaction_session_timeout": "60s", "statement_timeout": "300s"} for role in REMOTE_ROLES}
 
 
 class PgError(RuntimeError):
@@ -396,6 +401,41 @@ class PgCluster:
         self._create_database()
         with psycopg.connect(self.dsn("mt_admin"), autocommit=True) as conn:
             schema.migrate(conn)
+        self._role_settings()
+
+    def _role_settings(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn(SUPERUSER), autocommit=True) as conn:
+            for role, settings in ROLE_SETTINGS.items():
+                for name, value in settings.items():
+                    conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+                        sql.Identifier(role), sql.Identifier(DATABASE), sql.Identifier(name), sql.Literal(value)))
+
+    def upgrade(self) -> tuple[int, int]:
+        """On a running server: the site schema's pending migrations (as ``mt_admin``) and
+        the roles' session settings (:data:`ROLE_SETTINGS`). Returns (version before, after).
+
+        Raises
+        ------
+        PgError
+            The database is newer than this code, or the server refused.
+        """
+        import psycopg
+
+        from mammotriage.store.pg import schema
+
+        try:
+            with psycopg.connect(self.dsn("mt_admin"), autocommit=True) as conn:
+                before = schema.schema_version(conn)
+                after = schema.migrate(conn)
+            self._role_settings()
+        except schema.SchemaVersionError as exc:
+            raise PgError(str(exc)) from None
+        except psycopg.Error as exc:
+            raise PgError(f"cannot bring the site database up to date: {exc}") from None
+        return before, after
 
     def _create_database(self) -> None:
         """A new, empty site database owned by mt_admin, closed to PUBLIC (the superuser's work)."""
