@@ -59,6 +59,7 @@ __all__ = ["EXAM_LOCK", "PgBackend", "SiteDoubleReading", "SiteDoubleReadingLog"
 #: (The two-key form never meets the chain's one-key ``CHAIN_LOCK``.)
 EXAM_LOCK = 0x4D54_0003
 _CACHED_READS = 32
+_AWAY: tuple[type[Exception], ...] = (StoreUnreachable, *SERVER_AWAY)
 
 
 class PgBackend:
@@ -102,8 +103,8 @@ class PgBackend:
                 yield
 
     def now(self) -> _dt.datetime:
-        row = self.rows("SELECT clock_timestamp()")
-        return row[0][0].astimezone(_dt.UTC)
+        stamp: _dt.datetime = self.rows("SELECT clock_timestamp()")[0][0]
+        return stamp.astimezone(_dt.UTC)
 
 
 class SiteDoubleReadingLog(DoubleReadingRules):
@@ -166,7 +167,7 @@ class SiteDoubleReadingLog(DoubleReadingRules):
         key = (exam_key, sop_uid)
         try:
             seen = self.blind(self.site.events(exam_key, sop_uid))
-        except (StoreUnreachable, *SERVER_AWAY):
+        except _AWAY:
             return list(self._last.get(key, []))
         self._last[key] = seen
         self._last.move_to_end(key)
