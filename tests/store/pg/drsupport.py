@@ -118,7 +118,7 @@ def double_store(request: pytest.FixtureRequest, tmp_path: Path, cluster_fixture
     kind = request.param
     cluster = request.getfixturevalue(cluster_fixture) if kind == "postgres" else None
     home = tmp_path / "home"
-    home.mkdir()
+    ON.save(home)  # the data directory's setting: double reading on
     store = DoubleStore(kind, home, cluster)
     try:
         yield store
