@@ -114,3 +114,73 @@ def test_the_worklist_follows_other_workstations(double_reading_on, reading_room
         log.append(reader="eve", exam_key=other_key, action="sign", payload=_assessment("1", "1", False))
         assert locks.release(other_key, "eve")
     qtbot.waitUntil(lambda: _read_cell(win, other_key) == "first read · eve", timeout=30_000)
+
+
+# --------------------------------------------------------------------------- site mode
+
+
+@pytest.fixture(scope="module")
+def site_cluster():
+    from store.pg.pgsupport import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def joined_site(site_cluster, tmp_path: Path) -> str:
+    """The data directory's settings name a site profile (File > Join a site), before the
+    window opens; returns the workstation role's connection string."""
+    import json
+
+    from PySide6.QtCore import QSettings
+
+    profile = tmp_path / "workstation.json"
+    profile.write_text(json.dumps({
+        "format": "mammotriage-site-profile/1", "role": "workstation",
+        "postgres": {"host": site_cluster.host, "port": site_cluster.port, "database": "mammotriage",
+                     "user": "mt_workstation", "password": site_cluster.password("mt_workstation")},
+        "dicomweb": {"url": "http://127.0.0.1:9/dicom-web", "user": "unused", "password": "unused"}}))
+    profile.chmod(0o600)
+    settings = QSettings(str(tmp_path / "home" / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("site/profile", str(profile))
+    settings.sync()
+    return site_cluster.dsn("mt_workstation")
+
+
+def test_a_site_workstation_double_reads_on_the_site_store(double_reading_on, joined_site, reading_room) -> None:
+    """Started in site mode with double reading on, the window reads and writes the site's
+    store: another workstation's lock shows, its reader's read stays hidden until both have
+    signed, and the arbitration recorded in the window is in the site's chain."""
+    from mammotriage.store.pg.double_reading import SiteDoubleReadingLog, SiteReadingLocks
+    from mammotriage.store.pg.events import SiteCorrectionLog
+
+    win, _exams = reading_room  # signed in as dr_test
+    assert isinstance(win.corrections_log, SiteDoubleReadingLog) and isinstance(win.locks, SiteReadingLocks)
+    assert win.arbitration_dock.isVisibleTo(win) and win.site_label is not None
+    first = win.current.exam_key
+    second = next(e.exam.exam_key for e in win.worklist.entries if e.exam.exam_key != first)
+    with SiteReadingLocks(joined_site, "ws-other") as other:
+        assert other.holder(first).reader == "dr_test"  # the window's lock is on the site store
+        assert other.take(second, "dr_other").granted
+    win.refresh_worklist()
+    assert _read_cell(win, second) == "being read by dr_other"
+
+    win.sign_in("ann")
+    assert win.sign_exam(_assessment("1", "4A", True))
+    with SiteDoubleReadingLog(joined_site, "bob", win.double_policy, "ws-bob") as bob:  # another workstation
+        assert {e.reader for e in bob.events(exam_key=first)} == set()  # blinded: ann's read is not shown
+        bob.append(reader="bob", exam_key=first, action="sign", payload=_assessment("1", "1", False))
+    win.refresh_worklist()
+    assert _read_cell(win, first) == "discordant · arbitration"
+
+    win.sign_in("cat")
+    win.refresh_worklist()
+    assert win.arbitration.keys == [first]
+    win.arbitration.open_requested.emit(first)
+    assert set(win.corrections.labels) >= {"ann", "bob", "cat"}  # the arbitrator sees both reads
+    assert win.sign_exam(_assessment("1", "4A", True))  # cat's signature is the arbitration
+    with SiteCorrectionLog(joined_site) as site_log:
+        (arb,) = [e for e in site_log.events(exam_key=first) if e.action == "arbitrate"]
+    assert arb.reader == "cat" and [r["reader"] for r in arb.payload["reads"]] == ["ann", "bob"]
+    assert _read_cell(win, first) == "arbitrated · cat" and win.arbitration.keys == []

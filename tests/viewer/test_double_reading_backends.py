@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store.pg.drsupport import BACKENDS, ON, DoubleStore, double_store
-from store.pg.pgsupport import running_cluster
 
 from mammotriage.store.events import CorrectionError
 from mammotriage.store.pg.cluster import DATABASE, PgCluster
 from mammotriage.viewer.corrections import ImageInfo
+from store.pg.drsupport import BACKENDS, ON, DoubleStore, double_store
+from store.pg.pgsupport import running_cluster
 
 N_EXAMS = 20
 DISCORDANT = (2, 5, 10, 14, 20)  # B says "no recall" where A recalls
