@@ -184,3 +184,30 @@ def test_a_site_workstation_double_reads_on_the_site_store(double_reading_on, jo
         (arb,) = [e for e in site_log.events(exam_key=first) if e.action == "arbitrate"]
     assert arb.reader == "cat" and [r["reader"] for r in arb.payload["reads"]] == ["ann", "bob"]
     assert _read_cell(win, first) == "arbitrated · cat" and win.arbitration.keys == []
+
+
+def test_a_site_workstation_says_so_when_the_server_is_away(double_reading_on, joined_site, site_cluster,
+                                                            reading_room) -> None:
+    """Double reading needs the server for every checked append: while it is away the
+    window says so and records nothing, what is open stays readable; afterwards it signs."""
+    from mammotriage.store.pg.events import SiteCorrectionLog
+
+    win, _exams = reading_room
+    key = win.current.exam_key
+    assert win.corrections.set_birads(2) is not None
+    shown = dict(win.corrections.labels)
+    site_cluster.stop()
+    try:
+        assert not win._record(type(win.corrections).set_density, "C")  # refused, never raised
+        assert "cannot be reached" in win.status_label.text() or "cannot be reached" in win.log.toPlainText()
+        assert not win.sign_exam(_assessment("1", "1", False))
+        assert "not signed" in win.log.toPlainText()
+        win.refresh_worklist()  # the states and locks last read; no exception
+        win.open_exam(win.current)  # what is open stays readable: the last events read
+        assert set(win.corrections.labels) == set(shown)
+    finally:
+        site_cluster.start()
+    win.open_exam(win.current)  # the lock is taken again
+    assert win.sign_exam(_assessment("1", "1", False))
+    with SiteCorrectionLog(joined_site) as site_log:
+        assert [e.action for e in site_log.events(exam_key=key) if e.reader == "dr_test"] == ["birads", "sign"]

@@ -164,3 +164,26 @@ def test_an_abandoned_lock_expires_for_the_next_session(store: DoubleStore) -> N
     opened = f.open_for_reading(key, now=later)
     assert opened.granted and opened.role == "reader"
     assert e.holders(later)[key].reader == "F"
+
+
+def test_the_site_listing_names_the_profile_and_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``double-reading --site``: a missing profile and a site server that is not there are
+    each a message naming the profile (exit 2, exit 1), never a traceback."""
+    from mammotriage.cli import main
+    from store.pg.pgsupport import free_port
+
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(tmp_path / "home"))
+    missing = tmp_path / "none.json"
+    assert main(["double-reading", "--site", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    profile = tmp_path / "away.json"
+    profile.write_text(json.dumps({
+        "format": "mammotriage-site-profile/1", "role": "workstation",
+        "postgres": {"host": "127.0.0.1", "port": free_port(), "database": DATABASE, "user": "mt_workstation",
+                     "password": "x"},
+        "dicomweb": {"url": "http://127.0.0.1:9/dicom-web", "user": "unused", "password": "unused"}}))
+    profile.chmod(0o600)
+    assert main(["double-reading", "--json", "--site", str(profile)]) == 1
+    err = capsys.readouterr().err
+    assert str(profile) in err and "cannot be reached" in err

@@ -1104,7 +1104,12 @@ class MainWindow(QMainWindow):
         SR of the exam for the PACS."""
         exam, corrections = self.current, self.corrections
         if exam is not None and corrections is not None and isinstance(self.corrections_log, DoubleReadingRules):
-            status = self.corrections_log.status(exam.exam_key)
+            try:
+                status = self.corrections_log.status(exam.exam_key)
+            except StoreUnreachable as exc:  # the site server is away: nothing signed
+                self.show_status(f"not signed: {exc}")
+                self.log_line(f"not signed: {exc}")
+                return False
             if status.state == "discordant" and self.reader not in status.readers:
                 return self.arbitrate_exam(assessment)
         if exam is None or corrections is None or not self._record(ExamCorrections.sign, assessment):
@@ -1122,10 +1127,10 @@ class MainWindow(QMainWindow):
         exam, log = self.current, self.corrections_log
         if exam is None or not isinstance(log, DoubleReadingRules):
             return False
-        status = log.status(exam.exam_key)
-        payload = {**assessment, "rule": self.double_policy.discordance, "reasons": list(status.reasons),
-                   "reads": [{"reader": r.reader, "seq": r.seq} for r in status.reads]}
         try:
+            status = log.status(exam.exam_key)
+            payload = {**assessment, "rule": self.double_policy.discordance, "reasons": list(status.reasons),
+                       "reads": [{"reader": r.reader, "seq": r.seq} for r in status.reads]}
             log.append(reader=self.reader, exam_key=exam.exam_key, action="arbitrate", payload=payload,
                        model_version=self.corrections.model_version if self.corrections else "")
         except CorrectionError as exc:
