@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from psycopg.rows import tuple_row
 
 from mammotriage.store.double_reading import (
@@ -59,6 +60,8 @@ __all__ = ["EXAM_LOCK", "PgBackend", "SiteDoubleReading", "SiteDoubleReadingLog"
 #: (The two-key form never meets the chain's one-key ``CHAIN_LOCK``.)
 EXAM_LOCK = 0x4D54_0003
 _CACHED_READS = 32
+#: The site schema version that brought double reading's table (``reading_locks``).
+DOUBLE_READING_SCHEMA = 4
 _AWAY: tuple[type[Exception], ...] = (StoreUnreachable, *SERVER_AWAY)
 
 
@@ -79,6 +82,11 @@ class PgBackend:
             self.owner.close()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreUnreachable(f"{self.where} cannot be reached ({first}): nothing was read or recorded") from exc
+        except psycopg.errors.UndefinedTable as exc:  # a site database from before schema version 4
+            first = str(exc).strip().splitlines()[0]
+            raise StoreUnreachable(f"{self.where}'s database has no double reading yet ({first}): its schema "
+                                   f"predates version {DOUBLE_READING_SCHEMA}; upgrade the site database "
+                                   "(its migrations, as mt_admin)") from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._away(), self.owner.conn.cursor(row_factory=tuple_row) as cur:
