@@ -238,18 +238,19 @@ def test_site_server_away_is_a_clear_refusal_and_reads_keep_the_last(site_cluste
 
 
 def test_a_site_database_from_before_double_reading_says_so_until_migrated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A site created before schema version 4 has no ``reading_locks``: a clear refusal
+    """A site created before double reading's migration has no ``reading_locks``: a clear refusal
     (never an SQL error), and once its migrations ran as mt_admin the locks work."""
     from mammotriage.store.pg import schema
     from mammotriage.store.pg.double_reading import SiteReadingLocks
 
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+    before = schema.READING_LOCKS_VERSION - 1
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:before])
     with running_cluster() as old:
         monkeypatch.undo()
         with SiteReadingLocks(old.dsn("mt_workstation"), "ws-1") as locks:
-            with pytest.raises(StoreUnreachable, match="predates version 4"):
+            with pytest.raises(StoreUnreachable, match=f"predates version {schema.READING_LOCKS_VERSION}"):
                 locks.take("exam-1", "ann", T0)
             with psycopg.connect(old.dsn("mt_admin"), autocommit=True) as admin:
-                assert schema_version(admin) == 3
+                assert schema_version(admin) == before
                 assert schema.migrate(admin) == SCHEMA_VERSION
             assert locks.take("exam-1", "ann", T0).granted

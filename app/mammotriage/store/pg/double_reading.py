@@ -18,7 +18,7 @@ the arbitration list, soft locks); this module only supplies the site store behi
 - :class:`SiteDoubleReading`: the site view (every exam's state, the arbitration list,
   both reads side by side).
 - :class:`SiteReadingLocks`: the soft locks in the site table ``reading_locks``
-  (schema version 4, append-only). Of two workstations opening an exam at the same
+  (site schema :data:`~.schema.READING_LOCKS_VERSION`, append-only). Of two workstations opening an exam at the same
   moment exactly one gets the lease: each takes the exam's advisory lock, then reads
   the newest row and inserts its own in that transaction.
 """
@@ -52,6 +52,7 @@ from mammotriage.store.events import (
     events_query,
 )
 from mammotriage.store.pg.events import SERVER_AWAY, PgConnected, SiteCorrectionLog
+from mammotriage.store.pg.schema import READING_LOCKS_VERSION
 
 __all__ = ["EXAM_LOCK", "PgBackend", "SiteDoubleReading", "SiteDoubleReadingLog", "SiteReadingLocks"]
 
@@ -60,8 +61,6 @@ __all__ = ["EXAM_LOCK", "PgBackend", "SiteDoubleReading", "SiteDoubleReadingLog"
 #: (The two-key form never meets the chain's one-key ``CHAIN_LOCK``.)
 EXAM_LOCK = 0x4D54_0003
 _CACHED_READS = 32
-#: The site schema version that brought double reading's table (``reading_locks``).
-DOUBLE_READING_SCHEMA = 4
 _AWAY: tuple[type[Exception], ...] = (StoreUnreachable, *SERVER_AWAY)
 
 
@@ -82,10 +81,10 @@ class PgBackend:
             self.owner.close()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreUnreachable(f"{self.where} cannot be reached ({first}): nothing was read or recorded") from exc
-        except psycopg.errors.UndefinedTable as exc:  # a site database from before schema version 4
+        except psycopg.errors.UndefinedTable as exc:  # a site database from before reading_locks
             first = str(exc).strip().splitlines()[0]
             raise StoreUnreachable(f"{self.where}'s database has no double reading yet ({first}): its schema "
-                                   f"predates version {DOUBLE_READING_SCHEMA}; upgrade the site database "
+                                   f"predates version {READING_LOCKS_VERSION}; upgrade the site database "
                                    "(its migrations, as mt_admin)") from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -55,7 +55,8 @@ import psycopg
 from mammotriage.store.audit import KEY_BYTES, AuditKey, Head
 from mammotriage.store.events import _FIELDS, GENESIS
 
-__all__ = ["CHAIN_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "PgMigration", "migrate", "schema_version"]
+__all__ = ["CHAIN_LOCK", "MIGRATIONS", "READING_LOCKS_VERSION", "SCHEMA_VERSION", "PgMigration", "migrate",
+           "schema_version"]
 
 #: ``pg_advisory_xact_lock`` keys: the chain's extension, and migrations.
 CHAIN_LOCK = 0x4D54_0001
@@ -348,6 +349,8 @@ _V4_READING_LOCKS = PgMigration(
 
 MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_READING_LOCKS]
 SCHEMA_VERSION = len(MIGRATIONS)
+#: The version that brought double reading's ``reading_locks`` (store.pg.double_reading).
+READING_LOCKS_VERSION = MIGRATIONS.index(_V4_READING_LOCKS) + 1
 
 
 class SchemaVersionError(RuntimeError):
