@@ -119,8 +119,9 @@ def test_the_worklist_follows_other_workstations(double_reading_on, reading_room
 # --------------------------------------------------------------------------- site mode
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def site_cluster():
+    """A fresh site server per test: the phantom exams' keys are the same in every test."""
     from store.pg.pgsupport import running_cluster
 
     with running_cluster() as cluster:
