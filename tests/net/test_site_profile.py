@@ -172,8 +172,3 @@ def test_app_site_refuses_a_bad_profile_before_any_window(tmp_path: Path, capsys
     assert main(["app", "--site", str(path), "--no-demo"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("app --site: ") and str(path) in err and "readable by others" in err
-    path.chmod(0o600)
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "double_reading.json").write_text('{"enabled": true}')
-    assert main(["app", "--site", str(path), "--no-demo"]) == 2  # double reading is not joined with a site yet
-    assert "double reading is on" in capsys.readouterr().err

@@ -114,3 +114,101 @@ def test_the_worklist_follows_other_workstations(double_reading_on, reading_room
         log.append(reader="eve", exam_key=other_key, action="sign", payload=_assessment("1", "1", False))
         assert locks.release(other_key, "eve")
     qtbot.waitUntil(lambda: _read_cell(win, other_key) == "first read · eve", timeout=30_000)
+
+
+# --------------------------------------------------------------------------- site mode
+
+
+@pytest.fixture
+def site_cluster():
+    """A fresh site server per test: the phantom exams' keys are the same in every test."""
+    from store.pg.pgsupport import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def joined_site(site_cluster, tmp_path: Path) -> str:
+    """The data directory's settings name a site profile (File > Join a site), before the
+    window opens; returns the workstation role's connection string."""
+    import json
+
+    from PySide6.QtCore import QSettings
+
+    profile = tmp_path / "workstation.json"
+    profile.write_text(json.dumps({
+        "format": "mammotriage-site-profile/1", "role": "workstation",
+        "postgres": {"host": site_cluster.host, "port": site_cluster.port, "database": "mammotriage",
+                     "user": "mt_workstation", "password": site_cluster.password("mt_workstation")},
+        "dicomweb": {"url": "http://127.0.0.1:9/dicom-web", "user": "unused", "password": "unused"}}))
+    profile.chmod(0o600)
+    settings = QSettings(str(tmp_path / "home" / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("site/profile", str(profile))
+    settings.sync()
+    return site_cluster.dsn("mt_workstation")
+
+
+def test_a_site_workstation_double_reads_on_the_site_store(double_reading_on, joined_site, reading_room) -> None:
+    """Started in site mode with double reading on, the window reads and writes the site's
+    store: another workstation's lock shows, its reader's read stays hidden until both have
+    signed, and the arbitration recorded in the window is in the site's chain."""
+    from mammotriage.store.pg.double_reading import SiteDoubleReadingLog, SiteReadingLocks
+    from mammotriage.store.pg.events import SiteCorrectionLog
+
+    win, _exams = reading_room  # signed in as dr_test
+    assert isinstance(win.corrections_log, SiteDoubleReadingLog) and isinstance(win.locks, SiteReadingLocks)
+    assert win.arbitration_dock.isVisibleTo(win) and win.site_label is not None
+    first = win.current.exam_key
+    second = next(e.exam.exam_key for e in win.worklist.entries if e.exam.exam_key != first)
+    with SiteReadingLocks(joined_site, "ws-other") as other:
+        assert other.holder(first).reader == "dr_test"  # the window's lock is on the site store
+        assert other.take(second, "dr_other").granted
+    win.refresh_worklist()
+    assert _read_cell(win, second) == "being read by dr_other"
+
+    win.sign_in("ann")
+    assert win.sign_exam(_assessment("1", "4A", True))
+    with SiteDoubleReadingLog(joined_site, "bob", win.double_policy, "ws-bob") as bob:  # another workstation
+        assert {e.reader for e in bob.events(exam_key=first)} == set()  # blinded: ann's read is not shown
+        bob.append(reader="bob", exam_key=first, action="sign", payload=_assessment("1", "1", False))
+    win.refresh_worklist()
+    assert _read_cell(win, first) == "discordant · arbitration"
+
+    win.sign_in("cat")
+    win.refresh_worklist()
+    assert win.arbitration.keys == [first]
+    win.arbitration.open_requested.emit(first)
+    assert set(win.corrections.labels) >= {"ann", "bob", "cat"}  # the arbitrator sees both reads
+    assert win.sign_exam(_assessment("1", "4A", True))  # cat's signature is the arbitration
+    with SiteCorrectionLog(joined_site) as site_log:
+        (arb,) = [e for e in site_log.events(exam_key=first) if e.action == "arbitrate"]
+    assert arb.reader == "cat" and [r["reader"] for r in arb.payload["reads"]] == ["ann", "bob"]
+    assert _read_cell(win, first) == "arbitrated · cat" and win.arbitration.keys == []
+
+
+def test_a_site_workstation_says_so_when_the_server_is_away(double_reading_on, joined_site, site_cluster,
+                                                            reading_room) -> None:
+    """Double reading needs the server for every checked append: while it is away the
+    window says so and records nothing, what is open stays readable; afterwards it signs."""
+    from mammotriage.store.pg.events import SiteCorrectionLog
+
+    win, _exams = reading_room
+    key = win.current.exam_key
+    assert win.corrections.set_birads(2) is not None
+    shown = dict(win.corrections.labels)
+    site_cluster.stop()
+    try:
+        assert not win._record(type(win.corrections).set_density, "C")  # refused, never raised
+        assert "cannot be reached" in win.status_label.text() or "cannot be reached" in win.log.toPlainText()
+        assert not win.sign_exam(_assessment("1", "1", False))
+        assert "not signed" in win.log.toPlainText()
+        win.refresh_worklist()  # the states and locks last read; no exception
+        win.open_exam(win.current)  # what is open stays readable: the last events read
+        assert set(win.corrections.labels) == set(shown)
+    finally:
+        site_cluster.start()
+    win.open_exam(win.current)  # the lock is taken again
+    assert win.sign_exam(_assessment("1", "1", False))
+    with SiteCorrectionLog(joined_site) as site_log:
+        assert [e.action for e in site_log.events(exam_key=key) if e.reader == "dr_test"] == ["birads", "sign"]

@@ -32,6 +32,13 @@ exam takes a lease (``lease_s``, default 10 minutes, renewed by taking it again)
 reader opening it is told who holds it and gets no lock; an expired lease is free, and
 the holder releases it on closing the exam. It is advisory: it stops two readers from
 reading one exam at once by accident, never anyone from viewing it.
+
+Two stores, one set of rules. Everything here reads and writes through a small
+:class:`Backend` seam (the SQL differences: placeholders, the clock, how one exam's
+changes are serialised): :class:`SqliteBackend` for a workstation's archive, and
+:class:`mammotriage.store.pg.double_reading.PgBackend` for the site's PostgreSQL store,
+where :mod:`mammotriage.store.pg.double_reading` builds the same log, site view and
+locks over the site's correction chain, so double reading spans workstations.
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ import datetime as _dt
 import json
 import socket
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,22 +58,33 @@ from mammotriage.clock import utc_datetime
 from mammotriage.store import db
 from mammotriage.store.assessment import BREASTS, assessment_text
 from mammotriage.store.audit import AuditAnchor, AuditKey
-from mammotriage.store.events import CorrectionError, CorrectionLog, Event
-from mammotriage.store.events import event_from_row as _as_event
+from mammotriage.store.events import (
+    CorrectionError,
+    CorrectionLog,
+    Event,
+    event_from_row,
+    events_query,
+)
 from mammotriage.store.labels import ReaderLabels, fold
 
 __all__ = [
     "DISCORDANCE_RULES",
     "ArbitrationCase",
+    "Backend",
     "DoubleReading",
     "DoubleReadingLog",
     "DoubleReadingPolicy",
+    "DoubleReadingRules",
+    "DoubleReadingView",
     "ExamStatus",
     "Lock",
     "LockResult",
+    "LockRules",
     "Read",
     "ReadingLocks",
+    "SqliteBackend",
     "StatusIndex",
+    "StoreUnreachable",
     "arbitration_list",
     "discordance",
     "exam_status",
@@ -321,35 +341,98 @@ def check_event(status: ExamStatus, reader: str, action: str) -> None:
                               f"{status.state}: a third reader has nothing to record")
 
 
+# --------------------------------------------------------------------------- the backend seam
+
+
+class StoreUnreachable(CorrectionError):
+    """The store cannot be reached (the site server is down or away): nothing was read or recorded."""
+
+
+class Backend(Protocol):
+    """What the rules need of a store, whichever it is (SQLite file or the site's PostgreSQL).
+
+    SQL is written once, with ``?`` placeholders; a backend translates its paramstyle.
+    """
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a SELECT; its rows as tuples."""
+        ...
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run an INSERT (inside :meth:`serialised`)."""
+        ...
+
+    def events(self, exam_key: str) -> list[Event]:
+        """Every correction event of an exam in chain order (unfiltered)."""
+        ...
+
+    def serialised(self, exam_key: str) -> AbstractContextManager[None]:
+        """One transaction in which no other client changes the exam's events or locks
+        (SQLite: the database's write lock; PostgreSQL: an advisory lock on the exam)."""
+        ...
+
+    def now(self) -> _dt.datetime:
+        """The store's clock (UTC): the site server's for the site store, so leases do not
+        depend on the workstations' clocks agreeing."""
+        ...
+
+
+class SqliteBackend:
+    """:class:`Backend` over a SQLite connection (``conn``: a callable returning it, so a
+    closed owner raises; ``lock``: the owner's lock around its statements)."""
+
+    def __init__(self, conn: Callable[[], sqlite3.Connection], lock: threading.RLock | None = None):
+        self._conn = conn
+        self._lock = lock or threading.RLock()
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return [tuple(r) for r in self._conn().execute(sql, tuple(params)).fetchall()]
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self._lock:
+            self._conn().execute(sql, tuple(params))
+
+    def events(self, exam_key: str) -> list[Event]:
+        sql, params = events_query(exam_key, None, "?")
+        with self._lock:
+            return [event_from_row(dict(r)) for r in self._conn().execute(sql, params)]
+
+    @contextmanager
+    def serialised(self, exam_key: str) -> Iterator[None]:
+        conn = self._conn()
+        if conn.in_transaction:  # already in the caller's transaction (the log's append)
+            yield
+            return
+        with self._lock, db.transaction(conn):
+            yield
+
+    def now(self) -> _dt.datetime:
+        return utc_datetime()
+
+
+def _backend(store: sqlite3.Connection | Backend) -> Backend:
+    return SqliteBackend(lambda: store) if isinstance(store, sqlite3.Connection) else store
+
+
 # --------------------------------------------------------------------------- the log
 
 
-class DoubleReadingLog(CorrectionLog):
-    """The correction log as one reader sees and writes it under double reading.
+class DoubleReadingRules:
+    """Blinding and the readers' roles for one reader, over a :class:`Backend`: what the
+    local :class:`DoubleReadingLog` and the site's
+    :class:`~mammotriage.store.pg.double_reading.SiteDoubleReadingLog` share."""
 
-    :meth:`events` leaves out every other reader's event of an exam until both of its
-    readers have signed; :meth:`append` refuses what the roles do not allow
-    (:func:`check_event`). With the policy off it is the plain log.
-    """
-
-    def __init__(self, archive_path: str | Path, reader: str, policy: DoubleReadingPolicy,
-                 workstation: str | None = None, *, key: AuditKey | None = None,
-                 anchor: AuditAnchor | None = None):
-        super().__init__(archive_path, workstation, key=key, anchor=anchor)
-        self.reader = reader
-        self.policy = policy
+    reader: str
+    policy: DoubleReadingPolicy
+    backend: Backend
 
     def status(self, exam_key: str) -> ExamStatus:
-        return exam_status(exam_key, self._state_events(exam_key), self.policy.discordance)
+        return exam_statuses(self.backend, self.policy.discordance, [exam_key])[exam_key]
 
-    def _state_events(self, exam_key: str) -> list[Event]:
-        marks = ",".join("?" * len(STATE_ACTIONS))
-        rows = self.conn.execute(f"SELECT * FROM correction_events WHERE exam_key = ? AND action IN ({marks}) "
-                                 "ORDER BY seq", (exam_key, *STATE_ACTIONS)).fetchall()
-        return [_as_event(dict(r)) for r in rows]
-
-    def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
-        events = super().events(exam_key, sop_uid)
+    def blind(self, events: list[Event]) -> list[Event]:
+        """``events`` without every other reader's event of an exam until both of its
+        readers have signed (all of them with the policy off)."""
         if not self.policy.enabled:
             return events
         statuses: dict[str, ExamStatus] = {}
@@ -364,20 +447,44 @@ class DoubleReadingLog(CorrectionLog):
             out.append(e)
         return out
 
-    def _check_append(self, reader: str, exam_key: str, action: str, payload: dict[str, Any]) -> None:
+    def check(self, reader: str, exam_key: str, action: str, payload: dict[str, Any]) -> None:
         """The roles, checked in the append's transaction: two workstations cannot both
         become an exam's second reader or both arbitrate it; an arbitration names the
         exam's two current reads."""
-        if self.policy.enabled:
-            if reader != self.reader:
-                raise CorrectionError(f"this log records {self.reader}'s reads, not {reader}'s")
-            status = self.status(exam_key)
-            check_event(status, reader, action)
-            if action == "arbitrate":
-                named = [(r["reader"], r["seq"]) for r in payload.get("reads", [])]
-                if named != [(r.reader, r.seq) for r in status.reads]:
-                    raise CorrectionError("an arbitration names the exam's two current reads: "
-                                          + ", ".join(f"{r.reader} (event {r.seq})" for r in status.reads))
+        if not self.policy.enabled:
+            return
+        if reader != self.reader:
+            raise CorrectionError(f"this log records {self.reader}'s reads, not {reader}'s")
+        status = self.status(exam_key)
+        check_event(status, reader, action)
+        if action == "arbitrate":
+            named = [(r["reader"], r["seq"]) for r in payload.get("reads", [])]
+            if named != [(r.reader, r.seq) for r in status.reads]:
+                raise CorrectionError("an arbitration names the exam's two current reads: "
+                                      + ", ".join(f"{r.reader} (event {r.seq})" for r in status.reads))
+
+
+class DoubleReadingLog(DoubleReadingRules, CorrectionLog):
+    """The correction log as one reader sees and writes it under double reading.
+
+    :meth:`events` leaves out every other reader's event of an exam until both of its
+    readers have signed; :meth:`append` refuses what the roles do not allow
+    (:func:`check_event`). With the policy off it is the plain log.
+    """
+
+    def __init__(self, archive_path: str | Path, reader: str, policy: DoubleReadingPolicy,
+                 workstation: str | None = None, *, key: AuditKey | None = None,
+                 anchor: AuditAnchor | None = None):
+        super().__init__(archive_path, workstation, key=key, anchor=anchor)
+        self.reader = reader
+        self.policy = policy
+        self.backend = SqliteBackend(lambda: self.conn, self._lock)
+
+    def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
+        return self.blind(super().events(exam_key, sop_uid))
+
+    def _check_append(self, reader: str, exam_key: str, action: str, payload: dict[str, Any]) -> None:
+        self.check(reader, exam_key, action, payload)
 
 
 # --------------------------------------------------------------------------- site view
@@ -400,19 +507,20 @@ class ArbitrationCase:
         return {"exam_key": self.status.exam_key, "reasons": list(self.status.reasons), "reads": side}
 
 
-def exam_statuses(conn: sqlite3.Connection, rule: str = "recall", keys: Sequence[str] | None = None
+def exam_statuses(store: sqlite3.Connection | Backend, rule: str = "recall", keys: Sequence[str] | None = None
                   ) -> dict[str, ExamStatus]:
-    """Double-reading state of every exam with a signature (or of the exams ``keys``), one query."""
+    """Double-reading state of every exam with a signature (or of the exams ``keys``), one
+    query; ``store``: a SQLite connection or any :class:`Backend`."""
+    backend = _backend(store)
     marks = ",".join("?" * len(STATE_ACTIONS))
     sql = f"SELECT seq, exam_key, reader, action, at, payload FROM correction_events WHERE action IN ({marks})"
     if keys is None:
-        rows = conn.execute(sql, STATE_ACTIONS).fetchall()
+        rows = backend.rows(sql, STATE_ACTIONS)
     else:  # a worklist page: by exam key (index correction_events_exam), 500 at a time
         rows = []
         for start in range(0, len(keys), 500):
             chunk = list(keys[start:start + 500])
-            rows += conn.execute(sql + f" AND exam_key IN ({','.join('?' * len(chunk))})",
-                                 (*STATE_ACTIONS, *chunk)).fetchall()
+            rows += backend.rows(sql + f" AND exam_key IN ({','.join('?' * len(chunk))})", (*STATE_ACTIONS, *chunk))
     by_exam: dict[str, list[_Signature]] = {}
     for seq, key, reader, action, at, payload in sorted(rows, key=lambda r: int(r[0])):
         by_exam.setdefault(key, []).append(
@@ -426,26 +534,28 @@ class StatusIndex:
     first :meth:`update` reads every ``sign`` / ``amend`` / ``arbitrate`` event, later ones
     only the exams with such events after the last one seen (one indexed query when
     nothing changed). The window's worklist and arbitration list read it on each refresh.
-    Relies on events committing in ``seq`` order (SQLite: one writer at a time)."""
+    Relies on events committing in ``seq`` order (SQLite: one writer at a time; the site
+    store: the chain trigger holds its lock until the append commits)."""
 
     def __init__(self, rule: str = "recall"):
         self.rule = rule
         self.seq = 0
         self.statuses: dict[str, ExamStatus] = {}
 
-    def update(self, conn: sqlite3.Connection) -> set[str]:
+    def update(self, store: sqlite3.Connection | Backend) -> set[str]:
         """Catch up with the log; returns the exam keys whose state was re-read."""
+        backend = _backend(store)
         marks = ",".join("?" * len(STATE_ACTIONS))
-        rows = conn.execute(f"SELECT seq, exam_key FROM correction_events WHERE seq > ? AND action IN ({marks})",
-                            (self.seq, *STATE_ACTIONS)).fetchall()
+        rows = backend.rows(f"SELECT seq, exam_key FROM correction_events WHERE seq > ? AND action IN ({marks})",
+                            (self.seq, *STATE_ACTIONS))
         if not rows:
             return set()
         changed = {str(r[1]) for r in rows}
         last = max(int(r[0]) for r in rows)
         if self.seq == 0:
-            self.statuses = exam_statuses(conn, self.rule)
+            self.statuses = exam_statuses(backend, self.rule)
         else:
-            self.statuses.update(exam_statuses(conn, self.rule, sorted(changed)))
+            self.statuses.update(exam_statuses(backend, self.rule, sorted(changed)))
         self.seq = last
         return changed
 
@@ -460,16 +570,16 @@ def arbitration_list(statuses: Iterable[ExamStatus], reader: str | None = None) 
     return sorted(waiting, key=lambda s: (max(r.seq for r in s.reads), s.exam_key))
 
 
-class DoubleReading(db.Connected):
-    """The site's view of double reading: every exam's state and the arbitration list."""
+class DoubleReadingView:
+    """The site's view of double reading over a :class:`Backend`: every exam's state and
+    the arbitration list (:class:`DoubleReading` on SQLite, ``SiteDoubleReading`` on the site store)."""
 
-    def __init__(self, archive_path: str | Path, policy: DoubleReadingPolicy):
-        super().__init__(archive_path)
-        self.policy = policy
+    policy: DoubleReadingPolicy
+    backend: Backend
 
     def statuses(self, keys: Sequence[str] | None = None) -> dict[str, ExamStatus]:
         """State of every exam with a signature (or of the exams ``keys``)."""
-        return exam_statuses(self.conn, self.policy.discordance, keys)
+        return exam_statuses(self.backend, self.policy.discordance, keys)
 
     def arbitration_list(self) -> list[ExamStatus]:
         """Discordant exams awaiting a third reader, oldest second read first."""
@@ -481,14 +591,21 @@ class DoubleReading(db.Connected):
         status = self.statuses([exam_key])[exam_key]
         if not status.unblinded:
             return ArbitrationCase(status)
-        rows = self.conn.execute("SELECT * FROM correction_events WHERE exam_key = ? ORDER BY seq",
-                                 (exam_key,)).fetchall()
-        events = [_as_event(dict(r)) for r in rows]
+        events = self.backend.events(exam_key)
         labels = {}
         for reader in status.readers:
             own = [e for e in events if e.reader == reader]
             labels[reader] = fold(own, ai_marks, model_version, readers=[reader])[reader]
         return ArbitrationCase(status, labels)
+
+
+class DoubleReading(DoubleReadingView, db.Connected):
+    """:class:`DoubleReadingView` of a workstation's archive."""
+
+    def __init__(self, archive_path: str | Path, policy: DoubleReadingPolicy):
+        super().__init__(archive_path)
+        self.policy = policy
+        self.backend = SqliteBackend(lambda: self.conn, self._lock)
 
 
 # --------------------------------------------------------------------------- soft locks
@@ -521,76 +638,93 @@ class LockResult:
     lock: Lock | None  # the lease taken, or the one held by someone else
 
 
-def _now(now: _dt.datetime | None) -> _dt.datetime:
-    return (now or utc_datetime()).astimezone(_dt.UTC)
-
-
 def _iso(t: _dt.datetime) -> str:
     return t.isoformat(timespec="microseconds")
 
 
-def _live(row: Any, now: _dt.datetime) -> Lock | None:
-    if row is None or row["action"] != "take":
+#: The columns a lock is read from, in :func:`_live`'s order.
+_LOCK_COLUMNS = "exam_key, reader, workstation, action, at, expires_at"
+
+
+def _live(row: Sequence[Any] | None, now: _dt.datetime) -> Lock | None:
+    if row is None:
         return None
-    if _dt.datetime.fromisoformat(row["expires_at"]) <= now:
+    exam_key, reader, workstation, action, at, expires_at = row
+    if action != "take" or _dt.datetime.fromisoformat(expires_at) <= now:
         return None
-    return Lock(row["exam_key"], row["reader"], row["workstation"], row["at"], row["expires_at"])
+    return Lock(exam_key, reader, workstation, at, expires_at)
 
 
-class ReadingLocks(db.Connected):
-    """Soft locks on exams (``reading_locks``: append-only take and release rows)."""
+class LockRules:
+    """Soft locks over a :class:`Backend` (table ``reading_locks``: append-only take and
+    release rows); :class:`ReadingLocks` on SQLite, ``SiteReadingLocks`` on the site store.
+    A taker and a releaser hold :meth:`Backend.serialised` on the exam, so of two
+    workstations opening it at the same moment exactly one gets the lease."""
 
-    def __init__(self, archive_path: str | Path, workstation: str | None = None,
-                 lease_s: int = DEFAULT_LEASE_S):
-        super().__init__(archive_path)
-        self.workstation = workstation or socket.gethostname()
-        self.lease_s = int(lease_s)
+    backend: Backend
+    workstation: str
+    lease_s: int
 
-    def _latest(self, exam_key: str) -> Any:
-        return self.conn.execute("SELECT * FROM reading_locks WHERE exam_key = ? ORDER BY id DESC LIMIT 1",
-                                 (exam_key,)).fetchone()
+    def _now(self, now: _dt.datetime | None) -> _dt.datetime:
+        return (now or self.backend.now()).astimezone(_dt.UTC)
+
+    def _latest(self, exam_key: str) -> tuple[Any, ...] | None:
+        rows = self.backend.rows(f"SELECT {_LOCK_COLUMNS} FROM reading_locks WHERE exam_key = ? "
+                                 "ORDER BY id DESC LIMIT 1", (exam_key,))
+        return rows[0] if rows else None
 
     def holder(self, exam_key: str, now: _dt.datetime | None = None) -> Lock | None:
         """Who holds the exam now (None: free, released or expired)."""
-        return _live(self._latest(exam_key), _now(now))
+        return _live(self._latest(exam_key), self._now(now))
 
     def holders(self, now: _dt.datetime | None = None, keys: Sequence[str] | None = None) -> dict[str, Lock]:
         """Every exam held now (or those of ``keys``) -> its lock (the worklist's "being read by")."""
-        t = _now(now)
+        t = self._now(now)
         if keys is None:
-            rows = self.conn.execute("SELECT * FROM reading_locks WHERE id IN "
-                                     "(SELECT MAX(id) FROM reading_locks GROUP BY exam_key)").fetchall()
+            rows = self.backend.rows(f"SELECT {_LOCK_COLUMNS} FROM reading_locks WHERE id IN "
+                                     "(SELECT MAX(id) FROM reading_locks GROUP BY exam_key)")
         else:
             rows = []
             for start in range(0, len(keys), 500):
                 chunk = list(keys[start:start + 500])
-                rows += self.conn.execute(
-                    "SELECT * FROM reading_locks WHERE id IN (SELECT MAX(id) FROM reading_locks "
-                    f"WHERE exam_key IN ({','.join('?' * len(chunk))}) GROUP BY exam_key)", chunk).fetchall()
+                rows += self.backend.rows(
+                    f"SELECT {_LOCK_COLUMNS} FROM reading_locks WHERE id IN (SELECT MAX(id) FROM reading_locks "
+                    f"WHERE exam_key IN ({','.join('?' * len(chunk))}) GROUP BY exam_key)", chunk)
         return {lock.exam_key: lock for lock in (_live(r, t) for r in rows) if lock is not None}
 
     def take(self, exam_key: str, reader: str, now: _dt.datetime | None = None) -> LockResult:
         """Take (or renew) the lease; refused while another reader's lease runs."""
         if not reader:
             raise ValueError("a lock needs a reader")
-        t = _now(now)
-        with self._lock, db.transaction(self.conn):
+        with self.backend.serialised(exam_key):
+            t = self._now(now)
             held = _live(self._latest(exam_key), t)
             if held is not None and held.reader != reader:
                 return LockResult(False, held)
             lock = Lock(exam_key, reader, self.workstation, _iso(t), _iso(t + _dt.timedelta(seconds=self.lease_s)))
-            self.conn.execute("INSERT INTO reading_locks (exam_key, reader, workstation, action, at, expires_at) "
-                              "VALUES (?, ?, ?, 'take', ?, ?)",
-                              (exam_key, reader, self.workstation, lock.at, lock.expires_at))
+            self.backend.write("INSERT INTO reading_locks (exam_key, reader, workstation, action, at, expires_at) "
+                               "VALUES (?, ?, ?, 'take', ?, ?)",
+                               (exam_key, reader, self.workstation, lock.at, lock.expires_at))
         return LockResult(True, lock)
 
     def release(self, exam_key: str, reader: str, now: _dt.datetime | None = None) -> bool:
         """Give the exam back; False when ``reader`` did not hold it (nothing written)."""
-        t = _now(now)
-        with self._lock, db.transaction(self.conn):
+        with self.backend.serialised(exam_key):
+            t = self._now(now)
             held = _live(self._latest(exam_key), t)
             if held is None or held.reader != reader:
                 return False
-            self.conn.execute("INSERT INTO reading_locks (exam_key, reader, workstation, action, at, expires_at) "
-                              "VALUES (?, ?, ?, 'release', ?, '')", (exam_key, reader, self.workstation, _iso(t)))
+            self.backend.write("INSERT INTO reading_locks (exam_key, reader, workstation, action, at, expires_at) "
+                               "VALUES (?, ?, ?, 'release', ?, '')", (exam_key, reader, self.workstation, _iso(t)))
         return True
+
+
+class ReadingLocks(LockRules, db.Connected):
+    """Soft locks on exams in a workstation's archive (see :class:`LockRules`)."""
+
+    def __init__(self, archive_path: str | Path, workstation: str | None = None,
+                 lease_s: int = DEFAULT_LEASE_S):
+        super().__init__(archive_path)
+        self.workstation = workstation or socket.gethostname()
+        self.lease_s = int(lease_s)
+        self.backend = SqliteBackend(lambda: self.conn, self._lock)

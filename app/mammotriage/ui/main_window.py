@@ -52,10 +52,14 @@ from mammotriage.store.assessment import (
     birads_text,
 )
 from mammotriage.store.double_reading import (
+    Backend,
     DoubleReadingLog,
     DoubleReadingPolicy,
+    DoubleReadingRules,
     ReadingLocks,
+    SqliteBackend,
     StatusIndex,
+    StoreUnreachable,
     arbitration_list,
 )
 from mammotriage.store.events import KINDS, CorrectionError, CorrectionLog
@@ -80,6 +84,7 @@ from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog, site_mode_problem
 
 if TYPE_CHECKING:
     from mammotriage.net.service import NetworkService
+    from mammotriage.store.pg.double_reading import SiteDoubleReadingLog, SiteReadingLocks
     from mammotriage.triage.worker import TriageService
     from mammotriage.ui.assessment_dialog import AssessmentDialog
     from mammotriage.ui.model_panel import ModelPanel
@@ -146,15 +151,29 @@ class MainWindow(QMainWindow):
         if site is not None and (warning := site.warning()):
             self._site_notes.append(f"warning: {warning}")  # a profile from before TLS
         self.site_log = SiteLog(site.dsn(), data_dir() / BUFFER_FILE) if site is not None else None
-        double = self.double_policy.enabled and self.site_log is None  # not joined with site mode yet
-        self.corrections_log: CorrectionLog | SiteLog = (
-            self.site_log if self.site_log is not None
-            else DoubleReadingLog(self.archive.path, self.reader, self.double_policy) if double
-            else CorrectionLog(self.archive.path))
-        self.locks = ReadingLocks(self.archive.path, lease_s=self.double_policy.lease_s) if double else None
-        self.double_states = StatusIndex(self.double_policy.discordance)  # read on each refresh
+        double = self.double_policy.enabled
+        self.corrections_log: CorrectionLog | SiteLog | SiteDoubleReadingLog
+        self.locks: ReadingLocks | SiteReadingLocks | None = None
+        self.double_store: Backend = SqliteBackend(lambda: self.queue.conn)  # the states' store
         # the prior exams' reads are history: shown whoever made them (never blinded)
-        self.history_log = CorrectionLog(self.archive.path) if double else self.corrections_log
+        self.history_log: CorrectionLog | SiteLog | SiteDoubleReadingLog
+        if double and site is not None and self.site_log is not None:
+            # double reading across the site's workstations: the same rules on the site store
+            # (role-checked appends go to the server directly; store.pg.double_reading)
+            from mammotriage.store.pg.double_reading import SiteDoubleReadingLog, SiteReadingLocks
+
+            self.corrections_log = SiteDoubleReadingLog(site.dsn(), self.reader, self.double_policy)
+            self.locks = SiteReadingLocks(site.dsn(), lease_s=self.double_policy.lease_s)
+            self.double_store = self.locks.backend
+            self.history_log = self.site_log
+        elif double:
+            self.corrections_log = DoubleReadingLog(self.archive.path, self.reader, self.double_policy)
+            self.locks = ReadingLocks(self.archive.path, lease_s=self.double_policy.lease_s)
+            self.history_log = CorrectionLog(self.archive.path)
+        else:
+            self.corrections_log = self.site_log if self.site_log is not None else CorrectionLog(self.archive.path)
+            self.history_log = self.corrections_log
+        self.double_states = StatusIndex(self.double_policy.discordance)  # read on each refresh
         self.corrections: ExamCorrections | None = None
         self.corrections_log.add_reader(self.reader)
         self.session = ReadingSession(self.archive.path, data_dir(), self.queue, model_dir)
@@ -682,14 +701,22 @@ class MainWindow(QMainWindow):
     def _double_page(self, keys: list[str]) -> tuple[dict, dict]:
         """Double reading: the states of a worklist page's exams and the soft locks on them."""
         assert self.locks is not None
-        self.double_states.update(self.queue.conn)
-        return self.double_states.get(keys), self.locks.holders(keys=keys)
+        try:
+            self.double_states.update(self.double_store)
+            holders = self.locks.holders(keys=keys)
+        except StoreUnreachable as exc:  # the site server is away: the states last read, no locks
+            self.show_status(str(exc))
+            holders = {}
+        return self.double_states.get(keys), holders
 
     def refresh_arbitration(self) -> None:
         """The arbitration list: discordant exams this reader did not read."""
         if self.locks is None:
             return
-        self.double_states.update(self.queue.conn)
+        try:
+            self.double_states.update(self.double_store)
+        except StoreUnreachable as exc:
+            self.show_status(str(exc))
         cases = arbitration_list(self.double_states.statuses.values(), self.reader)
         names = {}
         for case in cases:
@@ -921,9 +948,14 @@ class MainWindow(QMainWindow):
         another reader holds it, say who (the lock is advisory: the exam still opens)."""
         if self.locks is None:
             return
-        if self.current is not None and self.current.exam_key != exam_key:
-            self.locks.release(self.current.exam_key, self.reader)
-        taken = self.locks.take(exam_key, self.reader)
+        try:
+            if self.current is not None and self.current.exam_key != exam_key:
+                self.locks.release(self.current.exam_key, self.reader)
+            taken = self.locks.take(exam_key, self.reader)
+        except StoreUnreachable as exc:
+            self.show_status(f"opened without the lock: {exc}")
+            self.log_line(f"soft lock not taken: {exc}")
+            return
         if not taken.granted and taken.lock is not None:
             text = f"{taken.lock.text} on {taken.lock.workstation}"
             self.show_status(text)
@@ -942,8 +974,21 @@ class MainWindow(QMainWindow):
             self.log_line(f"correction refused: {exc}")
             return False
         if self.locks is not None and self.current is not None:  # reading goes on: renew the lease
-            self.locks.take(self.current.exam_key, self.reader)
+            self._release_or_renew(self.current.exam_key, renew=True)
         return True
+
+    def _release_or_renew(self, exam_key: str, renew: bool = False) -> None:
+        """Double reading: give an exam's soft lock back (or renew it); a site server that
+        is away is said in the status bar (the lease runs out by itself)."""
+        if self.locks is None:
+            return
+        try:
+            if renew:
+                self.locks.take(exam_key, self.reader)
+            else:
+                self.locks.release(exam_key, self.reader)
+        except StoreUnreachable as exc:
+            self.show_status(f"soft lock not {'renewed' if renew else 'released'}: {exc}")
 
     def accept_selected(self) -> None:
         sel = self._selected_or_say()
@@ -1069,8 +1114,13 @@ class MainWindow(QMainWindow):
         """Record the signed assessment (a ``sign`` event) and queue the reader-findings
         SR of the exam for the PACS."""
         exam, corrections = self.current, self.corrections
-        if exam is not None and corrections is not None and isinstance(self.corrections_log, DoubleReadingLog):
-            status = self.corrections_log.status(exam.exam_key)
+        if exam is not None and corrections is not None and isinstance(self.corrections_log, DoubleReadingRules):
+            try:
+                status = self.corrections_log.status(exam.exam_key)
+            except StoreUnreachable as exc:  # the site server is away: nothing signed
+                self.show_status(f"not signed: {exc}")
+                self.log_line(f"not signed: {exc}")
+                return False
             if status.state == "discordant" and self.reader not in status.readers:
                 return self.arbitrate_exam(assessment)
         if exam is None or corrections is None or not self._record(ExamCorrections.sign, assessment):
@@ -1086,12 +1136,12 @@ class MainWindow(QMainWindow):
         """Double reading: a third reader's signature on a discordant exam records the
         consensus (an ``arbitrate`` event naming both reads)."""
         exam, log = self.current, self.corrections_log
-        if exam is None or not isinstance(log, DoubleReadingLog):
+        if exam is None or not isinstance(log, DoubleReadingRules):
             return False
-        status = log.status(exam.exam_key)
-        payload = {**assessment, "rule": self.double_policy.discordance, "reasons": list(status.reasons),
-                   "reads": [{"reader": r.reader, "seq": r.seq} for r in status.reads]}
         try:
+            status = log.status(exam.exam_key)
+            payload = {**assessment, "rule": self.double_policy.discordance, "reasons": list(status.reasons),
+                       "reads": [{"reader": r.reader, "seq": r.seq} for r in status.reads]}
             log.append(reader=self.reader, exam_key=exam.exam_key, action="arbitrate", payload=payload,
                        model_version=self.corrections.model_version if self.corrections else "")
         except CorrectionError as exc:
@@ -1100,8 +1150,7 @@ class MainWindow(QMainWindow):
             return False
         self.log_line(f"arbitrated by {self.reader}: {exam.patient_id} {exam.study_date or ''}: "
                       f"{assessment_text(assessment)}")
-        if self.locks is not None:
-            self.locks.release(exam.exam_key, self.reader)
+        self._release_or_renew(exam.exam_key)
         self.open_exam(exam)  # its labels fold the arbitration: signed
         self.refresh_worklist()
         return True
@@ -1182,11 +1231,11 @@ class MainWindow(QMainWindow):
 
     def sign_in(self, name: str) -> None:
         self.corrections_log.add_reader(name)
-        if self.locks is not None and self.current is not None:
-            self.locks.release(self.current.exam_key, self.reader)
+        if self.current is not None:
+            self._release_or_renew(self.current.exam_key)
         self.reader = name
         self.worklist.reader = name
-        if isinstance(self.corrections_log, DoubleReadingLog):
+        if isinstance(self.corrections_log, DoubleReadingRules):
             self.corrections_log.reader = name
             self.refresh_worklist()  # the states and locks are read for this reader
         self.settings.setValue("reader/name", name)
@@ -1619,10 +1668,12 @@ class MainWindow(QMainWindow):
         self.timer.stop()
         if self.locks is not None:
             if self.current is not None:
-                self.locks.release(self.current.exam_key, self.reader)
+                self._release_or_renew(self.current.exam_key)
             self.locks.close()
-        if self.history_log is not self.corrections_log:
+        if self.history_log is not self.corrections_log and self.history_log is not self.site_log:
             self.history_log.close()
+        if self.site_log is not None and self.corrections_log is not self.site_log:
+            self.corrections_log.close()  # site double reading's own connection
         if self.site_label is not None:
             self.site_label.timer.stop()
         if self.site_log is not None:

@@ -6,6 +6,12 @@ The rules live in the store (:mod:`mammotriage.store.double_reading`): the sessi
 reads and writes through :class:`~mammotriage.store.double_reading.DoubleReadingLog`,
 so blinding and the readers' roles hold whatever the window shows. The window (or a
 test) drives the session; every action is durable when the method returns.
+
+A session reads one store: the workstation's archive (``DoubleReadingSession(archive,
+home, reader)``) or, in site mode, the site's PostgreSQL store
+(:meth:`DoubleReadingSession.on_site`: the same rules over
+:mod:`mammotriage.store.pg.double_reading`), where the readers of one exam sit at
+different workstations.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mammotriage.store.double_reading import (
     ArbitrationCase,
@@ -28,6 +34,13 @@ from mammotriage.store.double_reading import (
 from mammotriage.store.events import CorrectionError, Event
 from mammotriage.store.labels import ReaderLabels
 from mammotriage.viewer.corrections import ExamCorrections
+
+if TYPE_CHECKING:  # the site store's classes are imported when a session joins a site
+    from mammotriage.store.pg.double_reading import (
+        SiteDoubleReading,
+        SiteDoubleReadingLog,
+        SiteReadingLocks,
+    )
 
 __all__ = ["DoubleReadingSession", "OpenRead", "Visible"]
 
@@ -65,21 +78,46 @@ class Visible:
 class DoubleReadingSession:
     """Reader ``reader``'s double reading on one workstation (see the module docstring)."""
 
-    def __init__(self, archive_file: str | Path, home: str | Path, reader: str, *,
-                 workstation: str | None = None, policy: DoubleReadingPolicy | None = None):
+    log: DoubleReadingLog | SiteDoubleReadingLog
+    locks: ReadingLocks | SiteReadingLocks
+    site: DoubleReading | SiteDoubleReading
+
+    def __init__(self, archive_file: str | Path | None, home: str | Path, reader: str, *,
+                 workstation: str | None = None, policy: DoubleReadingPolicy | None = None,
+                 site_dsn: str | None = None):
         self.reader = reader
         self.policy = policy or DoubleReadingPolicy.load(home)
-        self.log = DoubleReadingLog(archive_file, reader, self.policy, workstation)
-        self.locks = ReadingLocks(archive_file, self.log.workstation, self.policy.lease_s)
-        self.site = DoubleReading(archive_file, self.policy)
+        if site_dsn is not None:
+            from mammotriage.store.pg.double_reading import (
+                SiteDoubleReading,
+                SiteDoubleReadingLog,
+                SiteReadingLocks,
+            )
+
+            log = SiteDoubleReadingLog(site_dsn, reader, self.policy, workstation)
+            self.log = log
+            self.locks = SiteReadingLocks(site_dsn, log.workstation, self.policy.lease_s)
+            self.site = SiteDoubleReading(site_dsn, self.policy)
+        elif archive_file is not None:
+            local = DoubleReadingLog(archive_file, reader, self.policy, workstation)
+            self.log = local
+            self.locks = ReadingLocks(archive_file, local.workstation, self.policy.lease_s)
+            self.site = DoubleReading(archive_file, self.policy)
+        else:
+            raise ValueError("a double-reading session needs an archive file or a site's connection string")
         self._open: dict[str, OpenRead] = {}
+
+    @classmethod
+    def on_site(cls, dsn: str, home: str | Path, reader: str, *, workstation: str | None = None,
+                policy: DoubleReadingPolicy | None = None) -> DoubleReadingSession:
+        """A session on the site's PostgreSQL store (``dsn``: the workstation role's)."""
+        return cls(None, home, reader, workstation=workstation, policy=policy, site_dsn=dsn)
 
     def close(self) -> None:
         for key in list(self._open):
             self.close_exam(key)
-        self.log.close()
-        self.locks.close()
-        self.site.close()
+        for part in (self.log, self.locks, self.site):
+            part.close()
 
     def __enter__(self) -> DoubleReadingSession:
         return self
@@ -178,14 +216,20 @@ class DoubleReadingSession:
 # --------------------------------------------------------------------------- command line
 
 
-def double_reading_listing(archive_file: str | Path, home: str | Path) -> dict[str, Any]:
+def double_reading_listing(archive_file: str | Path, home: str | Path, site_dsn: str | None = None
+                           ) -> dict[str, Any]:
     """The site's double reading as a JSON-ready dict: the setting, how many exams are in
-    each state, and the arbitration list with both reads."""
-    from mammotriage.store.double_reading import arbitration_list
-
+    each state, and the arbitration list with both reads (of the archive, or of the site
+    store at ``site_dsn``)."""
     policy = DoubleReadingPolicy.load(home)
-    with DoubleReading(archive_file, policy) as site:
-        statuses = site.statuses()
+    if site_dsn is not None:
+        from mammotriage.store.pg.double_reading import SiteDoubleReading
+
+        with SiteDoubleReading(site_dsn, policy) as on_site:
+            statuses = on_site.statuses()
+    else:
+        with DoubleReading(archive_file, policy) as site:
+            statuses = site.statuses()
     counts: dict[str, int] = {}
     for status in statuses.values():
         counts[status.state] = counts.get(status.state, 0) + 1
@@ -207,18 +251,35 @@ def listing_text(listing: dict[str, Any]) -> str:
 
 
 def add_double_reading_command(sub: Any) -> None:
-    """``mammotriage double-reading [--json]`` (registered by the composition root)."""
+    """``mammotriage double-reading [--json] [--site PROFILE]`` (registered by the composition root)."""
     p = sub.add_parser("double-reading", help="double reading: the site setting, exam states and the "
                        "arbitration list")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--site", metavar="PROFILE", help="read the site store of a site profile "
+                   "(default: this workstation's archive)")
     p.set_defaults(func=_cmd_double_reading)
 
 
 def _cmd_double_reading(args: Any) -> int:
     import json
+    import sys
 
     from mammotriage.config import archive_path, data_dir
+    from mammotriage.store.double_reading import StoreUnreachable
 
-    listing = double_reading_listing(archive_path(), data_dir())
+    dsn = None
+    if getattr(args, "site", None):
+        from mammotriage.net.site_profile import SiteProfileError, load_profile
+
+        try:
+            dsn = load_profile(args.site).dsn()
+        except SiteProfileError as exc:
+            print(f"double-reading --site: {exc}", file=sys.stderr)
+            return 2
+    try:
+        listing = double_reading_listing(archive_path(), data_dir(), dsn)
+    except StoreUnreachable as exc:
+        print(f"double-reading --site {args.site}: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(listing, indent=2) if args.json else listing_text(listing))
     return 0

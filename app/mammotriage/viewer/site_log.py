@@ -80,15 +80,9 @@ class SiteStatus:
 def site_mode_problem(home: str | Path) -> str:
     """Why this data directory cannot join a site yet ('' when it can).
 
-    Double reading (``double_reading.json``) blinds and checks roles in the SQLite log;
-    over the site store it is not joined yet, so a workstation with it on stays standalone
-    rather than read unblinded.
+    Nothing stops it today: double reading (``double_reading.json``) runs on the site
+    store too (:mod:`mammotriage.store.pg.double_reading`), across the workstations.
     """
-    from mammotriage.store.double_reading import DoubleReadingPolicy
-
-    if DoubleReadingPolicy.load(home).enabled:
-        return (f"double reading is on ({Path(home) / 'double_reading.json'}) and site mode does not do "
-                "double reading yet: remove that file (or set enabled to false) to join the site")
     return ""
 
 

@@ -34,10 +34,15 @@ Version 2, the shared triage queue (:mod:`mammotriage.triage.site_queue`):
 ``triage_jobs`` (one per exam and model sha256; status, lease, claim token) and
 ``triage_results`` (exactly one per exam and model sha256).
 
-Version 4, provenance of migrated events (:mod:`mammotriage.net.site_migrate`):
+Version 3 accepts the action ``arbitrate``. Version 4, provenance of migrated events (:mod:`mammotriage.net.site_migrate`):
 ``migrated_events``, one append-only row per event moved from a standalone archive (the
 source archive id, seq, previous hash, hash and MAC); its insert trigger checks that the
 site's copy of the event, hashed with the source's previous hash, gives the source hash.
+Version 5, double reading across
+workstations (:mod:`mammotriage.store.pg.double_reading`): ``reading_locks`` (the soft
+locks, take and release rows as in the SQLite table; append-only by trigger, also for
+the owner; a workstation may insert and read, never update or delete) and a partial
+index of the sign / amend / arbitrate events by exam.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ import psycopg
 from mammotriage.store.audit import KEY_BYTES, AuditKey, Head
 from mammotriage.store.events import _FIELDS, GENESIS
 
-__all__ = ["CHAIN_LOCK", "MIGRATIONS", "SCHEMA_VERSION", "PgMigration", "migrate", "schema_version"]
+__all__ = ["CHAIN_LOCK", "MIGRATIONS", "READING_LOCKS_VERSION", "SCHEMA_VERSION", "PgMigration", "migrate",
+           "schema_version"]
 
 #: ``pg_advisory_xact_lock`` keys: the chain's extension, and migrations.
 CHAIN_LOCK = 0x4D54_0001
@@ -370,8 +376,45 @@ _V4_MIGRATED = PgMigration(
     ),
 )
 
-MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED]
+
+
+_V5_READING_LOCKS = PgMigration(
+    name="double reading: the soft locks (append-only) and the index of the readers' state events",
+    steps=(
+        """
+        CREATE TABLE reading_locks (
+            id          BIGSERIAL PRIMARY KEY,
+            exam_key    TEXT NOT NULL,
+            reader      TEXT NOT NULL,
+            workstation TEXT NOT NULL,
+            action      TEXT NOT NULL CHECK (action IN ('take', 'release')),
+            at          TEXT NOT NULL,          -- UTC ISO 8601 (the server's clock unless given)
+            expires_at  TEXT NOT NULL,          -- UTC ISO 8601 end of the lease; '' for a release
+            received_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        )
+        """,
+        "CREATE INDEX reading_locks_exam ON reading_locks (exam_key, id)",
+        """
+        CREATE TRIGGER reading_locks_no_update BEFORE UPDATE OR DELETE ON reading_locks
+        FOR EACH ROW EXECUTE FUNCTION mt_refuse_change()
+        """,
+        """
+        CREATE TRIGGER reading_locks_no_truncate BEFORE TRUNCATE ON reading_locks
+        FOR EACH STATEMENT EXECUTE FUNCTION mt_refuse_change()
+        """,
+        "CREATE INDEX correction_events_state ON correction_events (exam_key, seq) "
+        "WHERE action IN ('sign', 'amend', 'arbitrate')",
+        "GRANT SELECT, INSERT (exam_key, reader, workstation, action, at, expires_at) ON reading_locks "
+        "TO mt_workstation",
+        "GRANT USAGE ON SEQUENCE reading_locks_id_seq TO mt_workstation",
+        "GRANT SELECT ON reading_locks TO mt_worker",
+    ),
+)
+
+MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED, _V5_READING_LOCKS]
 SCHEMA_VERSION = len(MIGRATIONS)
+#: The version that brought double reading's ``reading_locks`` (store.pg.double_reading).
+READING_LOCKS_VERSION = MIGRATIONS.index(_V5_READING_LOCKS) + 1
 
 
 class SchemaVersionError(RuntimeError):

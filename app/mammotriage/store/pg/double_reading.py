@@ -1,0 +1,206 @@
+"""Double reading on the site's PostgreSQL store: the same rules, across workstations.
+
+The rules are :mod:`mammotriage.store.double_reading`'s (readers, blinding, discordance,
+the arbitration list, soft locks); this module only supplies the site store behind them:
+
+- :class:`PgBackend`: the :class:`~mammotriage.store.double_reading.Backend` seam on
+  one PostgreSQL connection (``%s`` placeholders, the server's clock, and
+  ``pg_advisory_xact_lock`` on the exam for a change that must see every other one).
+- :class:`SiteDoubleReadingLog`: one reader's correction log over the site chain
+  (:class:`~mammotriage.store.pg.events.SiteCorrectionLog`). Its events are blinded as
+  the local log's are. An append checks the reader's role and inserts the event in one
+  transaction under the exam's advisory lock, so two workstations cannot both become an
+  exam's second reader or both arbitrate it; the chain trigger then extends the chain as
+  for any event. Because the check needs the server, these appends are synchronous (not
+  buffered like :class:`~mammotriage.viewer.site_log.SiteLog`'s): while the server is
+  away an append is refused with :class:`~mammotriage.store.double_reading.StoreUnreachable`
+  and reads return what was last read, so an open exam stays readable.
+- :class:`SiteDoubleReading`: the site view (every exam's state, the arbitration list,
+  both reads side by side).
+- :class:`SiteReadingLocks`: the soft locks in the site table ``reading_locks``
+  (site schema :data:`~.schema.READING_LOCKS_VERSION`, append-only). Of two workstations opening an exam at the same
+  moment exactly one gets the lease: each takes the exam's advisory lock, then reads
+  the newest row and inserts its own in that transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import socket
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from mammotriage.store.double_reading import (
+    DEFAULT_LEASE_S,
+    DoubleReadingPolicy,
+    DoubleReadingRules,
+    DoubleReadingView,
+    LockRules,
+    StoreUnreachable,
+)
+from mammotriage.store.events import (
+    CorrectionError,
+    Event,
+    event_fields,
+    event_from_row,
+    events_query,
+)
+from mammotriage.store.pg.events import SERVER_AWAY, PgConnected, SiteCorrectionLog
+from mammotriage.store.pg.schema import READING_LOCKS_VERSION
+
+__all__ = ["EXAM_LOCK", "PgBackend", "SiteDoubleReading", "SiteDoubleReadingLog", "SiteReadingLocks"]
+
+#: First key of ``pg_advisory_xact_lock(EXAM_LOCK, hashtext(exam_key))``: one exam's
+#: double-reading changes (role-checked appends, lock takes and releases), one at a time.
+#: (The two-key form never meets the chain's one-key ``CHAIN_LOCK``.)
+EXAM_LOCK = 0x4D54_0003
+_CACHED_READS = 32
+_AWAY: tuple[type[Exception], ...] = (StoreUnreachable, *SERVER_AWAY)
+
+
+class PgBackend:
+    """:class:`~mammotriage.store.double_reading.Backend` on an owner's connection
+    (``owner.conn``: reconnects after the server dropped it). A server that cannot be
+    reached raises :class:`StoreUnreachable`."""
+
+    def __init__(self, owner: PgConnected, where: str = "the site server"):
+        self.owner = owner
+        self.where = where
+
+    @contextmanager
+    def _away(self) -> Iterator[None]:
+        try:
+            yield
+        except SERVER_AWAY as exc:
+            self.owner.close()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnreachable(f"{self.where} cannot be reached ({first}): nothing was read or recorded") from exc
+        except psycopg.errors.UndefinedTable as exc:  # a site database from before reading_locks
+            first = str(exc).strip().splitlines()[0]
+            raise StoreUnreachable(f"{self.where}'s database has no double reading yet ({first}): its schema "
+                                   f"predates version {READING_LOCKS_VERSION}; upgrade the site database "
+                                   "(`mammotriage site start` on the site server runs its migrations)") from exc
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._away(), self.owner.conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(sql.replace("?", "%s"), tuple(params))
+            return list(cur.fetchall())
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self._away():
+            self.owner.conn.execute(sql.replace("?", "%s"), tuple(params))
+
+    def events(self, exam_key: str) -> list[Event]:
+        sql, params = events_query(exam_key, None, "%s")
+        with self._away():
+            return [event_from_row(r) for r in self.owner.conn.execute(sql, params)]
+
+    @contextmanager
+    def serialised(self, exam_key: str) -> Iterator[None]:
+        with self._away():
+            conn = self.owner.conn
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (EXAM_LOCK, exam_key))
+                yield
+
+    def now(self) -> _dt.datetime:
+        stamp: _dt.datetime = self.rows("SELECT clock_timestamp()")[0][0]
+        return stamp.astimezone(_dt.UTC)
+
+
+class SiteDoubleReadingLog(DoubleReadingRules):
+    """One reader's correction log on the site store under double reading (see the module
+    docstring). It answers what :class:`~mammotriage.viewer.corrections.ExamCorrections`
+    asks of a log (``append``, ``events``) and what the local
+    :class:`~mammotriage.store.double_reading.DoubleReadingLog` adds (``status``)."""
+
+    def __init__(self, dsn: str, reader: str, policy: DoubleReadingPolicy, workstation: str | None = None):
+        self.site = SiteCorrectionLog(dsn, workstation)
+        self.backend = PgBackend(self.site)
+        self.reader = reader
+        self.policy = policy
+        self._readers: set[str] = set()
+        self._last: OrderedDict[tuple[str | None, str | None], list[Event]] = OrderedDict()
+
+    @property
+    def workstation(self) -> str:
+        return self.site.workstation
+
+    def close(self) -> None:
+        self.site.close()
+
+    def __enter__(self) -> SiteDoubleReadingLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- readers
+    def add_reader(self, name: str, full_name: str = "") -> None:
+        name = name.strip()
+        if not name or len(name) > 64:
+            raise CorrectionError("a reader name must be 1-64 characters")
+        self._readers.add(name)
+
+    def readers(self) -> list[str]:
+        return sorted(self._readers)
+
+    # ----------------------------------------------------------------- append / read
+    def append(self, *, reader: str, exam_key: str, action: str, **fields: Any) -> Event:
+        """Check one event (its fields, then the reader's role against every committed
+        event of the exam) and record it; returns it as the server chained it.
+
+        Raises
+        ------
+        CorrectionError
+            The event is invalid or the roles refuse it (nothing is recorded);
+            :class:`StoreUnreachable` when the server cannot be reached.
+        """
+        made = event_fields(self.workstation, reader=reader, exam_key=exam_key, action=action, **fields)
+        payload = json.loads(made["payload"]) if made["payload"] else {}
+        with self.backend.serialised(exam_key):
+            self.check(reader, exam_key, action, payload)
+            return self.site.send(made)
+
+    def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
+        """The site's events as this reader may see them; while the server is away, the
+        last ones read for the same exam (or image)."""
+        key = (exam_key, sop_uid)
+        try:
+            seen = self.blind(self.site.events(exam_key, sop_uid))
+        except _AWAY:
+            return list(self._last.get(key, []))
+        self._last[key] = seen
+        self._last.move_to_end(key)
+        while len(self._last) > _CACHED_READS:
+            self._last.popitem(last=False)
+        return list(seen)
+
+    def verify(self) -> Any:
+        """The site chain's :meth:`~mammotriage.store.pg.events.SiteCorrectionLog.verify`."""
+        return self.site.verify()
+
+
+class SiteDoubleReading(DoubleReadingView, PgConnected):
+    """The site view of double reading on the site store (read-only)."""
+
+    def __init__(self, dsn: str, policy: DoubleReadingPolicy):
+        super().__init__(dsn)
+        self.policy = policy
+        self.backend = PgBackend(self)
+
+
+class SiteReadingLocks(LockRules, PgConnected):
+    """Soft locks in the site store's ``reading_locks`` (see :class:`~mammotriage.store.double_reading.LockRules`)."""
+
+    def __init__(self, dsn: str, workstation: str | None = None, lease_s: int = DEFAULT_LEASE_S):
+        super().__init__(dsn)
+        self.workstation = workstation or socket.gethostname()
+        self.lease_s = int(lease_s)
+        self.backend = PgBackend(self)
