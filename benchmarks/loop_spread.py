@@ -12,7 +12,7 @@ Configurations: three seeds (fine-tuning and parent training), 1 and 2 torch thr
 
     python benchmarks/loop_spread.py [--only seed1,threads2] [--out DIR] [--nice 10] [--jobs 2]
 
-About 6 minutes of one CPU core per configuration (the proof at its current sizes); on a
+About 8-10 minutes of one CPU core per configuration (the proof at its current sizes, 5 fine-tuning epochs; 506-630 s at load 2-4); on a
 loaded machine much longer (33 min wall at load 9-14 on 2 cores).
 """
 
