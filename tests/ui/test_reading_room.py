@@ -420,6 +420,25 @@ def test_first_start_opens_maximised_and_later_starts_fit_the_screen(reading_roo
     later.close()
 
 
+def test_a_geometry_qt_cannot_restore_opens_as_at_first_start(reading_room, qtbot) -> None:
+    """Saved maximised on a 1920 x 1080 screen, restored on a 1366 x 768 one (xcb, no
+    window manager), Qt's restoreGeometry refused it and the window opened at 200 x 100.
+    A damaged setting does the same."""
+    from PySide6.QtCore import QByteArray
+
+    from mammotriage.ui.main_window import MainWindow
+
+    win, _ = reading_room
+    win.settings.setValue("window/geometry", QByteArray(b"not a geometry"))
+    win.settings.sync()
+    later = MainWindow(archive=win.archive, start_triage=False)
+    qtbot.addWidget(later)
+    assert later.first_start
+    later.show_for_reading()
+    qtbot.waitUntil(lambda: bool(later.windowState() & Qt.WindowState.WindowMaximized), timeout=10_000)
+    later.close()
+
+
 def test_the_shortcut_sheet_is_grouped_by_task(reading_room, qtbot) -> None:
     win, _ = reading_room
     qtbot.keyClick(win, Qt.Key.Key_F1)

@@ -1573,9 +1573,11 @@ class MainWindow(QMainWindow):
     def _restore_settings(self) -> None:
         geometry = self.settings.value("window/geometry")
         self.first_start = not isinstance(geometry, QByteArray)
-        if not self.first_start:
-            self.restoreGeometry(geometry)
-        else:
+        # a geometry Qt cannot restore (saved maximised on another screen setup, a damaged
+        # setting) left the window at Qt's default 200 x 100: open as at first start
+        if not self.first_start and not self.restoreGeometry(geometry):
+            self.first_start = True
+        if self.first_start:
             screen = (self.screen() or QApplication.primaryScreen()).availableGeometry()
             self.resize(min(1600, screen.width()), min(1000, screen.height()))
         state = self.settings.value("window/state")
