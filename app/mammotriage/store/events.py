@@ -209,6 +209,26 @@ def event_fields(workstation: str, *, reader: str, exam_key: str, action: str, s
     }
 
 
+def reader_name(name: str) -> str:
+    """A reader's name as stored: stripped, 1-64 characters."""
+    name = name.strip()
+    if not name or len(name) > 64:
+        raise CorrectionError("a reader name must be 1-64 characters")
+    return name
+
+
+class SessionReaders:
+    """The readers of a site-mode log, kept for this session only (no site accounts yet)."""
+
+    _readers: set[str]
+
+    def add_reader(self, name: str, full_name: str = "") -> None:
+        self._readers.add(reader_name(name))
+
+    def readers(self) -> list[str]:
+        return sorted(self._readers)
+
+
 class CorrectionLog(db.Connected):
     """The append-only event log in the archive database."""
 
@@ -258,9 +278,7 @@ class CorrectionLog(db.Connected):
 
     # ----------------------------------------------------------------- readers
     def add_reader(self, name: str, full_name: str = "") -> None:
-        name = name.strip()
-        if not name or len(name) > 64:
-            raise CorrectionError("a reader name must be 1-64 characters")
+        name = reader_name(name)
         with db.transaction(self.conn):
             self.conn.execute("INSERT OR IGNORE INTO readers (name, full_name, created_at) VALUES (?, ?, ?)",
                               (name, full_name, utc_now("microseconds")))

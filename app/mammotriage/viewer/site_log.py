@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mammotriage.store.events import CorrectionError, Event, event_from_row
+from mammotriage.store.events import Event, SessionReaders, event_from_row
 from mammotriage.store.pg.buffer import BufferedLog
 from mammotriage.store.pg.events import SERVER_AWAY
 
@@ -119,7 +119,7 @@ def _matches(query: Query, exam_key: str, sop_uid: str) -> bool:
     return query[0] in (None, exam_key) and query[1] in (None, sop_uid)
 
 
-class SiteLog:
+class SiteLog(SessionReaders):
     """Corrections through the local buffer to the site store, sent and read in the background.
 
     Parameters
@@ -175,15 +175,6 @@ class SiteLog:
         return self.buffered.workstation
 
     # ----------------------------------------------------------------- readers
-    def add_reader(self, name: str, full_name: str = "") -> None:
-        name = name.strip()
-        if not name or len(name) > 64:
-            raise CorrectionError("a reader name must be 1-64 characters")
-        self._readers.add(name)
-
-    def readers(self) -> list[str]:
-        return sorted(self._readers)
-
     # ----------------------------------------------------------------- append / read
     def append(self, *, reader: str, exam_key: str, action: str, study_uid: str = "", series_uid: str = "",
                sop_uid: str = "", pixel_sha256: str = "", model_version: str = "", target: str = "",

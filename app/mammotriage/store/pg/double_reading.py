@@ -45,8 +45,8 @@ from mammotriage.store.double_reading import (
     StoreUnreachable,
 )
 from mammotriage.store.events import (
-    CorrectionError,
     Event,
+    SessionReaders,
     event_fields,
     event_from_row,
     events_query,
@@ -114,7 +114,7 @@ class PgBackend:
         return stamp.astimezone(_dt.UTC)
 
 
-class SiteDoubleReadingLog(DoubleReadingRules):
+class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
     """One reader's correction log on the site store under double reading (see the module
     docstring). It answers what :class:`~mammotriage.viewer.corrections.ExamCorrections`
     asks of a log (``append``, ``events``) and what the local
@@ -142,15 +142,6 @@ class SiteDoubleReadingLog(DoubleReadingRules):
         self.close()
 
     # ----------------------------------------------------------------- readers
-    def add_reader(self, name: str, full_name: str = "") -> None:
-        name = name.strip()
-        if not name or len(name) > 64:
-            raise CorrectionError("a reader name must be 1-64 characters")
-        self._readers.add(name)
-
-    def readers(self) -> list[str]:
-        return sorted(self._readers)
-
     # ----------------------------------------------------------------- append / read
     def append(self, *, reader: str, exam_key: str, action: str, **fields: Any) -> Event:
         """Check one event (its fields, then the reader's role against every committed
