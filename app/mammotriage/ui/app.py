@@ -31,11 +31,11 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
     site
         Join this site (``app --site PROFILE``): reader corrections go to the site store.
     """
-    started: dict[str, MainWindow] = {}
-    _quit_on_signals(started)  # before any worker is spawned
+    state = _QuitState()
+    _quit_on_signals(state)  # before any worker is spawned
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Mammo Triage")
-    window = started["window"] = MainWindow(site=site)
+    window = state.window = MainWindow(site=site)
     window.show_for_reading()  # maximised at first start; a lost screen's geometry corrected
     rc = {"code": 0}
     if screenshot:
@@ -55,10 +55,11 @@ def main(demo: bool = True, screenshot: str | None = None, quit_after: float | N
             if screenshot:
                 print("timed out before the first exam was shown", file=sys.stderr, flush=True)
                 rc["code"] = 2
-            window.close()
+            _quit(window)
         QTimer.singleShot(int(quit_after * 1000), timeout)
     if demo:
         window.ensure_demo()
+    QTimer.singleShot(0, state.enter_loop)  # a signal that came before the loop runs quits now
     app.exec()
     # destroy the window while the QApplication still exists (no Qt object may outlive it)
     window.deleteLater()
@@ -76,20 +77,39 @@ def _quit(window: MainWindow) -> None:
         app.quit()
 
 
-def _quit_on_signals(started: dict[str, MainWindow]) -> None:
+class _QuitState:
+    """What the signal handler needs: the window once it exists, whether the event loop
+    runs, and whether a quit signal came before it did."""
+
+    def __init__(self) -> None:
+        self.window: MainWindow | None = None
+        self.loop_running = False
+        self.quit_requested = False
+
+    def enter_loop(self) -> None:
+        """The first thing the event loop runs."""
+        self.loop_running = True
+        if self.quit_requested and self.window is not None:
+            _quit(self.window)
+
+
+def _quit_on_signals(state: _QuitState) -> None:
     """SIGTERM (logout, a session manager, ``kill``) and SIGINT (Ctrl-C) quit like the
     window's close button: settings saved, workers and the DICOM node stopped.
 
     Python runs signal handlers between bytecodes; the window's poll timer (30 ms)
     keeps Python code running while Qt waits for events, so the handler runs promptly.
-    Before the window exists there is nothing to save: the process just exits.
+    The handler only quits through the running event loop. A signal that comes earlier
+    (while the window is built, or in an event round before the loop starts) is
+    remembered, and the loop's first task quits: Qt ignores a quit while no loop runs,
+    and an exception raised into start-up code would leave spawned workers behind.
     """
     def handler(signum: int, _frame: object) -> None:
         print(f"{signal.Signals(signum).name}: quitting", file=sys.stderr, flush=True)
-        window = started.get("window")
-        if window is None:
-            raise SystemExit(0)
-        QTimer.singleShot(0, lambda: _quit(window))
+        state.quit_requested = True
+        window = state.window
+        if state.loop_running and window is not None:
+            QTimer.singleShot(0, lambda: _quit(window))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
