@@ -59,6 +59,21 @@ def test_enqueue_refuses_bad_input_clearly(tmp_path: Path) -> None:
         assert outbox.items() == []
 
 
+def test_enqueue_refuses_a_deflate_bomb_without_inflating_it(tmp_path: Path) -> None:
+    """``outbox --add`` of a Deflated file that inflates to 1 GiB is refused by the
+    reader's bounded inflation, with the file and the reason named; nothing is queued.
+    (It used to be read by plain pydicom, which inflates the whole stream, and queued.)"""
+    from hostile import _deflate_bomb
+
+    bomb = _deflate_bomb(tmp_path / "bomb.dcm")
+    with Outbox() as outbox:
+        with pytest.raises(OutboxError, match="inflates to more than") as refused:
+            outbox.enqueue(bomb)
+        assert str(bomb) in str(refused.value)
+        assert outbox.items() == []
+        assert list(outbox.folder.iterdir()) == []
+
+
 def test_backoff_doubles_up_to_the_cap() -> None:
     s = _settings(104)
     assert [_backoff(s, n) for n in range(1, 6)] == [5, 10, 20, 40, 40]

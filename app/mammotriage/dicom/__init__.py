@@ -20,11 +20,11 @@ from mammotriage.dicom.image import (
     View,
     WindowPreset,
 )
-from mammotriage.dicom.read import read_image, read_metadata
+from mammotriage.dicom.read import open_dataset, read_image, read_metadata
 
 __all__ = [
     "CorruptPixelDataError", "Laterality", "MammoImage", "MammoMetadata", "MammoReadError",
     "NotAnImageError", "NotDicomError", "NotMammogramError", "PixelSpacing", "PresentationIntent",
     "SpacingSource", "UnreadableFileError", "UnsupportedImageError", "UnsupportedTransferSyntaxError", "View",
-    "WindowPreset", "read_image", "read_metadata",
+    "WindowPreset", "open_dataset", "read_image", "read_metadata",
 ]

@@ -193,6 +193,22 @@ def _open(path: Path) -> Dataset:
     return ds
 
 
+def open_dataset(path: str | Path) -> Dataset:
+    """A DICOM file's data set, parsed as the reader parses it: a deflated one inflated
+    within :data:`~mammotriage.dicom.codestream.MAX_INFLATED_BYTES` and its element
+    structure walked first, large values (pixel data) deferred, a file without preamble
+    accepted only when it parses into DICOM. For code that needs a file's header and
+    not its image (the outbox, for one).
+
+    Raises
+    ------
+    MammoReadError
+        The file cannot be read, is not DICOM, or is hostile; the message names the
+        reason and ``.path`` the file.
+    """
+    return _open(Path(path))
+
+
 def _transfer_syntax(ds: Dataset) -> UID:
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None

@@ -42,6 +42,7 @@ from pynetdicom import AE, evt
 
 from mammotriage.clock import utc_now
 from mammotriage.config import archive_path, data_dir
+from mammotriage.dicom import MammoReadError, open_dataset
 from mammotriage.digest import sha256_file_size
 from mammotriage.net.settings import NetworkSettings, PeerSettings
 from mammotriage.store import db
@@ -179,11 +180,13 @@ class Outbox(db.Connected):
         if kind not in KINDS:
             raise OutboxError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
         src = Path(file)
-        try:
-            ds = pydicom.dcmread(src, stop_before_pixels=True)
-        except FileNotFoundError:
-            raise OutboxError(f"{src}: no such file") from None
-        except Exception as exc:  # noqa: BLE001 - any parse failure is "not DICOM"
+        if not src.is_file():
+            raise OutboxError(f"{src}: no such file")
+        try:  # the reader's bounded parse: a deflate bomb is refused, not inflated
+            ds = open_dataset(src)
+        except MammoReadError as exc:
+            raise OutboxError(f"{src}: {exc.reason}") from None  # the reader's reason: not DICOM, a bomb ...
+        except Exception as exc:  # noqa: BLE001 - any other parse failure is "not DICOM" too
             raise OutboxError(f"{src}: not a DICOM file ({type(exc).__name__}: {exc})") from None
         sop_class = str(ds.get("SOPClassUID", "") or "").strip()
         sop_uid = str(ds.get("SOPInstanceUID", "") or "").strip()
