@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,53 @@ def test_site_server_away_is_a_clear_refusal_and_reads_keep_the_last(site_cluste
         assert locks.take(key, "ann").granted
         assert [e.action for e in store.stored()] == ["note", "sign"]
     finally:
+        store.close()
+
+
+def test_an_exam_held_by_another_workstation_is_a_prompt_refusal_not_a_wait(site_cluster: PgCluster) -> None:
+    """Another client holds the exam's lock (a stalled workstation mid-change): an append
+    and a lock take on that exam are refused within the lock wait (the reader's window
+    does not freeze until that client lets go), nothing is recorded, and after it lets
+    go the same append goes through. It used to wait as long as the other held on."""
+    from mammotriage.store.pg.double_reading import EXAM_LOCK, LOCK_WAIT_S
+
+    store = DoubleStore("postgres", Path("."), site_cluster)
+    key = store.key("held")
+    holder = psycopg.connect(site_cluster.dsn("mt_workstation"))
+    try:
+        log, locks = store.log("ann"), store.locks("ws-1")
+        holder.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (EXAM_LOCK, key))  # its transaction stays open
+        outcome: list[BaseException | str] = []
+
+        def append() -> None:
+            try:
+                log.append(reader="ann", exam_key=key, action="note", payload={"text": "while held"})
+                outcome.append("recorded")
+            except BaseException as exc:  # noqa: BLE001 - the test reads it
+                outcome.append(exc)
+
+        started = time.monotonic()
+        worker = threading.Thread(target=append, daemon=True)
+        worker.start()
+        worker.join(timeout=LOCK_WAIT_S + 20)
+        waited = time.monotonic() - started
+        alive = worker.is_alive()
+        if alive:
+            holder.rollback()  # let the blocked append finish before the test fails
+            worker.join(timeout=30)
+        assert not alive, "the append waited for the other workstation"
+        assert waited < LOCK_WAIT_S + 10, waited
+        [refusal] = outcome
+        assert isinstance(refusal, StoreUnreachable), refusal
+        assert "another workstation" in str(refusal) and "nothing was recorded" in str(refusal), refusal
+        with pytest.raises(StoreUnreachable, match="another workstation"):
+            locks.take(key, "ann")
+        assert store.stored() == []
+        holder.rollback()
+        assert log.append(reader="ann", exam_key=key, action="note", payload={"text": "after"}).seq > 0
+        assert log.events(exam_key=key)[-1].payload == {"text": "after"}
+    finally:
+        holder.close()
         store.close()
 
 

@@ -14,7 +14,9 @@ the arbitration list, soft locks); this module only supplies the site store behi
   for any event. Because the check needs the server, these appends are synchronous (not
   buffered like :class:`~mammotriage.viewer.site_log.SiteLog`'s): while the server is
   away an append is refused with :class:`~mammotriage.store.double_reading.StoreUnreachable`
-  and reads return what was last read, so an open exam stays readable.
+  and reads return what was last read, so an open exam stays readable. An exam another
+  client holds (a stalled workstation mid-change) is waited for at most
+  :data:`LOCK_WAIT_S`, then refused the same way.
 - :class:`SiteDoubleReading`: the site view (every exam's state, the arbitration list,
   both reads side by side).
 - :class:`SiteReadingLocks`: the soft locks in the site table ``reading_locks``
@@ -54,12 +56,16 @@ from mammotriage.store.events import (
 from mammotriage.store.pg.events import SERVER_AWAY, PgConnected, SiteCorrectionLog
 from mammotriage.store.pg.schema import READING_LOCKS_VERSION
 
-__all__ = ["EXAM_LOCK", "PgBackend", "SiteDoubleReading", "SiteDoubleReadingLog", "SiteReadingLocks"]
+__all__ = ["EXAM_LOCK", "LOCK_WAIT_S", "PgBackend", "SiteDoubleReading", "SiteDoubleReadingLog", "SiteReadingLocks"]
 
 #: First key of ``pg_advisory_xact_lock(EXAM_LOCK, hashtext(exam_key))``: one exam's
 #: double-reading changes (role-checked appends, lock takes and releases), one at a time.
 #: (The two-key form never meets the chain's one-key ``CHAIN_LOCK``.)
 EXAM_LOCK = 0x4D54_0003
+#: Seconds a change waits for an exam another client is changing before it is refused
+#: (a change holds the exam a few milliseconds; a client that holds it longer is stalled,
+#: and the reader's window must not wait on it).
+LOCK_WAIT_S = 3.0
 _CACHED_READS = 32
 _AWAY: tuple[type[Exception], ...] = (StoreUnreachable, *SERVER_AWAY)
 
@@ -103,11 +109,21 @@ class PgBackend:
 
     @contextmanager
     def serialised(self, exam_key: str) -> Iterator[None]:
+        """The exam's advisory lock for one transaction, waited for at most
+        :data:`LOCK_WAIT_S` (``lock_timeout``): an exam another client holds longer is
+        refused with :class:`StoreUnreachable`, nothing recorded."""
         with self._away():
             conn = self.owner.conn
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (EXAM_LOCK, exam_key))
-                yield
+            try:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'")
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (EXAM_LOCK, exam_key))
+                    conn.execute("SET LOCAL lock_timeout = DEFAULT")  # the change itself: the role's limits
+                    yield
+            except psycopg.errors.LockNotAvailable:
+                raise StoreUnreachable(
+                    f"exam {exam_key} is being changed on another workstation (its lock on {self.where} was not "
+                    f"free within {LOCK_WAIT_S:g} s): nothing was recorded; try again") from None
 
     def now(self) -> _dt.datetime:
         stamp: _dt.datetime = self.rows("SELECT clock_timestamp()")[0][0]
