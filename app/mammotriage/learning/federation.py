@@ -135,7 +135,7 @@ def check_update(update: SiteUpdate, reference: State) -> str | None:
     return None
 
 
-def _combine(name: str, deltas: list[torch.Tensor], weights: list[float], method: str, trim: float) -> torch.Tensor:
+def _combine(deltas: list[torch.Tensor], weights: list[float], method: str, trim: float) -> torch.Tensor:
     stacked = torch.stack([d.detach().double() for d in deltas])
     if method == "fedavg":
         w = torch.tensor(weights, dtype=torch.float64).reshape(-1, *([1] * (stacked.dim() - 1)))
@@ -207,7 +207,7 @@ def aggregate(global_state: State, updates: Sequence[SiteUpdate], *, round: int 
         if not base.is_floating_point():
             state[name] = base.detach().clone()
             continue
-        step = _combine(name, [u.delta[name] for u in fit], weights, method, trim)
+        step = _combine([u.delta[name] for u in fit], weights, method, trim)
         state[name] = (base.detach().double() + step).to(base.dtype)
     return RoundResult(round=round, method=method, state=state, accepted=[u.site for u in fit],
                        rejected=rejected, norms=norms, digests=digests, log=log)

@@ -174,7 +174,6 @@ class SiteLog(SessionReaders):
     def workstation(self) -> str:
         return self.buffered.workstation
 
-    # ----------------------------------------------------------------- readers
     # ----------------------------------------------------------------- append / read
     def append(self, *, reader: str, exam_key: str, action: str, study_uid: str = "", series_uid: str = "",
                sop_uid: str = "", pixel_sha256: str = "", model_version: str = "", target: str = "",

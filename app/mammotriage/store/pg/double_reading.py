@@ -157,7 +157,6 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ----------------------------------------------------------------- readers
     # ----------------------------------------------------------------- append / read
     def append(self, *, reader: str, exam_key: str, action: str, **fields: Any) -> Event:
         """Check one event (its fields, then the reader's role against every committed
