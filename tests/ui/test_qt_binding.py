@@ -13,15 +13,24 @@ from PySide6.QtWidgets import QLabel, QProgressBar
 
 
 def test_void_calls_keep_none_alive(qtbot) -> None:
+    """Three batches of void calls, garbage collected before each: the faulty binding loses
+    about 6000 references in every batch; other objects freed mid-batch move the count in
+    one batch at most (see the next test)."""
+    import gc
+
     label, bar = QLabel(), QProgressBar()
     qtbot.addWidget(label)
     qtbot.addWidget(bar)
-    before = sys.getrefcount(None)
-    for i in range(2000):
-        label.setText(str(i))
-        bar.setVisible(i % 2 == 0)
-        bar.setValue(i % 100)
-    assert sys.getrefcount(None) - before > -50, "the Qt binding leaks references to None"
+    drift = []
+    for _batch in range(3):
+        gc.collect()
+        before = sys.getrefcount(None)
+        for i in range(2000):
+            label.setText(str(i))
+            bar.setVisible(i % 2 == 0)
+            bar.setValue(i % 100)
+        drift.append(sys.getrefcount(None) - before)
+    assert max(drift) > -50, f"the Qt binding leaks references to None: {drift}"
 
 
 def test_reading_window_polling_keeps_none_alive(qtbot, tmp_path) -> None:
