@@ -138,3 +138,13 @@ def test_sites_on_other_versions_are_refused_clearly() -> None:
     assert text is not None and "app version 0.8.1 here, 0.9.0 on the server" in text
     assert "model format version 2 here, 3 on the server" in text
     assert "unknown" in (check_compatible({"app_version": "0.9.0"}, server) or "")
+
+
+def test_the_server_learning_rate_scales_the_aggregated_step():
+    g = {"w": torch.zeros(3)}
+    ups = [SiteUpdate("a", 1, {"w": torch.tensor([1.0, 2.0, 3.0])}), SiteUpdate("b", 1, {"w": torch.tensor([3.0, 2.0, 1.0])})]
+    assert torch.allclose(aggregate(g, ups).state["w"], torch.tensor([2.0, 2.0, 2.0]))
+    assert torch.allclose(aggregate(g, ups, server_lr=2.0).state["w"], torch.tensor([4.0, 4.0, 4.0]))
+    for bad in (0.0, -1.0, float("nan"), 11.0):
+        with pytest.raises(FederationError, match="server learning rate"):
+            aggregate(g, ups, server_lr=bad)

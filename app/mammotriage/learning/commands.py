@@ -1,4 +1,4 @@
-"""Sub-commands ``retrain`` and ``validate`` (the learning loop) for the ``mammotriage`` CLI.
+"""Sub-commands ``retrain``, ``validate``, ``pipeline`` and ``federate`` (the learning loop) for the ``mammotriage`` CLI.
 
 ``add_learning_commands(subparsers)`` registers them; torch is imported only when a
 command runs. Each parser sets ``func`` to a callable taking the parsed namespace and
@@ -54,7 +54,7 @@ def cmd_dataset_check(args: argparse.Namespace) -> int:
 
 
 def add_learning_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``retrain``, ``validate`` and ``pipeline``."""
+    """Register ``retrain``, ``validate``, ``pipeline`` and ``federate``."""
     from mammotriage.learning.retrain import RetrainParams
 
     d = RetrainParams()
@@ -143,6 +143,109 @@ def add_learning_commands(subparsers: argparse._SubParsersAction[argparse.Argume
     q.add_argument("--progress-json", action="store_true", help="JSON progress lines on stdout (for the app)")
     q.add_argument("--json", action="store_true", help="print the run record as JSON")
     q.set_defaults(func=cmd_pipeline)
+
+    add_federate_command(subparsers)
+
+
+def add_federate_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``federate``."""
+    from mammotriage.learning.fl_config import FAULTS, SimConfig
+
+    c = SimConfig()
+    p = subparsers.add_parser(
+        "federate", help="federated learning on NVIDIA FLARE (this version: --simulate)",
+        description="Federated fine-tuning across hospitals on NVIDIA FLARE: each site trains on its own "
+        "images and sends weight differences only; the server aggregates them (FedAvg weighted by "
+        "corrected images, or median / trimmed mean), rejecting NaN, mis-shaped and outlying updates "
+        "per site and round. --simulate N runs FLARE's simulator with N simulated sites (phantom "
+        "exams: calcification clusters / masses only / a new scanner) and reports per-kind "
+        "sensitivity at 1 false positive per image on the union of the sites' locked validation "
+        "sets, for each site's local-only model, the federated model and the pooled one.")
+    p.add_argument("--simulate", type=int, metavar="N", help="simulate N sites on this machine")
+    p.add_argument("--seeds", default=",".join(str(x) for x in c.seeds), metavar="S,S,...",
+                   help=f"seeds, one whole run each (default {','.join(str(x) for x in c.seeds)})")
+    p.add_argument("--rounds", type=int, help=f"rounds (default {c.rounds}; --quick: 2)")
+    p.add_argument("--local-iterations", type=int,
+                   help=f"training iterations per site and round (default {c.local_iterations}; --quick: 3)")
+    p.add_argument("--lr", type=float, default=c.lr, help=f"learning rate (default {c.lr})")
+    p.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal weight mu (default 0: off)")
+    p.add_argument("--dp-clip", type=float, default=0.0,
+                   help="differential privacy: L2 bound of a site's update (default 0: off)")
+    p.add_argument("--dp-noise", type=float, default=0.0,
+                   help="differential privacy: Gaussian noise multiplier (sigma = noise x clip)")
+    p.add_argument("--aggregation", choices=("fedavg", "median", "trimmed-mean"), default="fedavg")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default=c.optimizer,
+                   help=f"each site's local optimiser, baselines alike (default {c.optimizer})")
+    p.add_argument("--server-lr", type=float, default=c.server_lr,
+                   help="server learning rate on the aggregated update (FedOpt; default 1: plain FedAvg)")
+    p.add_argument("--malicious", choices=FAULTS,
+                   help="add a site that sends NaN updates or its update scaled 100x (it must be rejected)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small run (128-row canvas, a few exams and iterations): checks the plumbing, "
+                   "its figures mean nothing")
+    p.add_argument("--no-baselines", action="store_true", help="skip the local-only and pooled models")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per site (default 1)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="work folder (the parent model, FLARE's workspace, the sites' logs; "
+                   "default: a new temporary folder)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_federate)
+
+
+def cmd_federate(args: argparse.Namespace) -> int:
+    _quiet_threads()
+    import tempfile
+
+    from mammotriage.learning.federation import FederationError
+    from mammotriage.learning.fl_config import SimConfig
+    from mammotriage.learning.fl_sim import report_text, simulate
+
+    if args.simulate is None:
+        return _fail(args, "federate", "this version runs federations in simulation only: use --simulate N "
+                     "(running this workstation as a site of a real federation is not available yet)")
+    if not 1 <= args.simulate <= 12:
+        return _fail(args, "federate", f"--simulate {args.simulate}: between 1 and 12 sites")
+    try:
+        seeds = tuple(int(x) for x in str(args.seeds).split(",") if x.strip())
+    except ValueError:
+        return _fail(args, "federate", f"--seeds {args.seeds!r}: comma-separated whole numbers")
+    quick = {"rows": 128, "columns": 104, "train_lesion_exams": 2, "train_normal_exams": 1,
+             "val_lesion_exams": 2, "val_normal_exams": 1, "parent_exams": 4, "parent_epochs": 0.5} \
+        if args.quick else {}
+    d = SimConfig()
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick else d.rounds)
+    local = args.local_iterations if args.local_iterations is not None else (3 if args.quick else d.local_iterations)
+    cfg = SimConfig(sites=args.simulate, seeds=seeds or (0,), rounds=rounds,
+                    local_iterations=local, lr=args.lr, fedprox_mu=args.fedprox_mu,
+                    dp_clip=args.dp_clip, dp_noise=args.dp_noise, method=args.aggregation, server_lr=args.server_lr,
+                    optimizer=args.optimizer,
+                    threads=args.threads, malicious=args.malicious, **quick)  # type: ignore[arg-type]
+    out = args.out or Path(tempfile.mkdtemp(prefix="mammotriage-federate-"))
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    # FLARE's server and site processes log to file descriptor 1: stdout is kept for the
+    # report alone (the log goes to stderr and to FLARE's workspace under --out)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        report = simulate(Path(out), cfg, log=log, baselines=not args.no_baselines)
+    except (FederationError, OSError) as exc:
+        return _fail(args, "federate", str(exc))
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    report["out"] = str(out)
+    (Path(out) / "report.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        print(report_text(report))
+        print(f"report: {Path(out) / 'report.json'}")
+    return 0
 
 
 # --------------------------------------------------------------------------- helpers

@@ -153,10 +153,11 @@ def _combine(deltas: list[torch.Tensor], weights: list[float], method: str, trim
 
 def aggregate(global_state: State, updates: Sequence[SiteUpdate], *, round: int = 0, method: str = "fedavg",
               trim: float = 0.2, norm_factor: float | None = 10.0, max_norm: float | None = None,
-              min_sites: int = 1) -> RoundResult:
+              min_sites: int = 1, server_lr: float = 1.0) -> RoundResult:
     """One round: check the updates, reject the bad ones, aggregate the rest onto
     ``global_state`` (see the module docstring). Integer tensors (counters) keep the
-    global value.
+    global value. ``server_lr`` scales the aggregated step (the server learning rate of
+    FedOpt, Reddi et al. 2021; 1 is plain FedAvg).
 
     Raises
     ------
@@ -168,6 +169,8 @@ def aggregate(global_state: State, updates: Sequence[SiteUpdate], *, round: int 
         raise FederationError(f"unknown aggregation {method!r}; use one of {', '.join(METHODS)}")
     if not 0.0 <= trim < 0.5:
         raise FederationError(f"trim {trim} must be at least 0 and below 0.5")
+    if not (math.isfinite(server_lr) and 0.0 < server_lr <= 10.0):
+        raise FederationError(f"server learning rate {server_lr} must be above 0 and at most 10")
     sites = [u.site for u in updates]
     if len(set(sites)) != len(sites):
         raise FederationError(f"round {round}: more than one update from {sorted({s for s in sites if sites.count(s) > 1})}")
@@ -208,7 +211,7 @@ def aggregate(global_state: State, updates: Sequence[SiteUpdate], *, round: int 
             state[name] = base.detach().clone()
             continue
         step = _combine([u.delta[name] for u in fit], weights, method, trim)
-        state[name] = (base.detach().double() + step).to(base.dtype)
+        state[name] = (base.detach().double() + server_lr * step).to(base.dtype)
     return RoundResult(round=round, method=method, state=state, accepted=[u.site for u in fit],
                        rejected=rejected, norms=norms, digests=digests, log=log)
 

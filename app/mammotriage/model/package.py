@@ -34,6 +34,9 @@ from mammotriage.digest import sha256_file
 
 METADATA = Path("configs") / "metadata.json"
 WEIGHTS = Path("models") / "model.safetensors"
+#: The package layout (files, metadata keys, tensor names and dtypes). Two installations
+#: exchange weights (a federation) only when theirs is the same; raise it on any change.
+FORMAT_VERSION = 1
 INTENDED_USE = "research demonstration, not for clinical use"
 #: Where shipped packages live: <repo>/models (next to app/).
 REPO_MODELS = Path(__file__).resolve().parents[3] / "models"

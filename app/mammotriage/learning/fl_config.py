@@ -1,0 +1,45 @@
+"""The federation simulation's settings (no torch: the CLI reads them to build its parser)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FAULTS", "PROFILES", "SimConfig"]
+
+#: Simulated site profiles (:mod:`mammotriage.learning.fl_sim`).
+PROFILES = ("calc", "mass", "newscanner")
+#: What a simulated attacker sends: NaN updates, or its honest update scaled 100x.
+FAULTS = ("nan", "scale100")
+
+
+@dataclass
+class SimConfig:
+    """A simulation's size (the defaults: the figures of docs/model.md)."""
+
+    sites: int = 3
+    seeds: tuple[int, ...] = (0, 1, 2)
+    rounds: int = 4
+    local_iterations: int = 40
+    lr: float = 3e-4
+    optimizer: str = "adamw"  # each site's local optimiser (fl_site.OPTIMIZERS), baselines alike
+    fedprox_mu: float = 0.0
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0
+    method: str = "fedavg"
+    server_lr: float = 1.0  # the server's step on the aggregated update (FedOpt's eta_g; 1: FedAvg)
+    rows: int = 256
+    columns: int = 208
+    train_lesion_exams: int = 10  # per site
+    train_normal_exams: int = 4
+    val_lesion_exams: int = 6  # per site: the site's locked validation set
+    val_normal_exams: int = 4
+    parent_exams: int = 30
+    parent_epochs: float = 3.0
+    threads: int = 1
+    malicious: str | None = None  # add a site that sends broken updates: "nan" or "scale100"
+    extra: dict[str, Any] = field(default_factory=dict[str, Any])
+
+    def job_params(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "local_iterations": self.local_iterations, "lr": self.lr,
+                "fedprox_mu": self.fedprox_mu, "dp_clip": self.dp_clip, "dp_noise": self.dp_noise}
