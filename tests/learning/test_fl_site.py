@@ -172,6 +172,14 @@ def test_dp_rounds_report_their_privacy_spend(engine, tmp_path):
     assert all(u is not None for u in ups)
     assert ups[0].dp["epsilon"] < ups[1].dp["epsilon"] == pytest.approx(dp_epsilon(2, 1.0, 1e-5))
     assert ups[0].dp["clipped"]  # a fine-tuning step moves the weights by far more than 0.05
+    # noise only on what the site trains: frozen weights and normalisation statistics stay exact
+    trained = engine.trained_names
+    assert trained and len(trained) < len(start)
+    for k, v in ups[0].delta.items():
+        if k not in trained:
+            assert not bool(v.any()), k
+    assert any("running_var" in k for k in start)
+    assert ups[0].dp["released_values"] == sum(start[k].numel() for k in trained)
 
 
 def test_fedprox_keeps_a_site_nearer_the_global_model(engine):

@@ -19,8 +19,8 @@ class SimConfig:
 
     sites: int = 3
     seeds: tuple[int, ...] = (0, 1, 2)
-    rounds: int = 4
-    local_iterations: int = 40
+    rounds: int = 5
+    local_iterations: int = 60
     lr: float = 3e-4
     optimizer: str = "adamw"  # each site's local optimiser (fl_site.OPTIMIZERS), baselines alike
     fedprox_mu: float = 0.0

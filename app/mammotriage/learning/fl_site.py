@@ -133,15 +133,23 @@ def dp_epsilon(releases: int, noise_multiplier: float, delta: float = 1e-5) -> f
 
 
 def privatise(delta: Mapping[str, torch.Tensor], clip: float, noise_multiplier: float,
-              generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Clip the whole update to L2 norm ``clip`` and add Gaussian noise of standard
-    deviation ``noise_multiplier * clip`` to every floating-point value."""
+              generator: torch.Generator, released: set[str] | None = None
+              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Clip the update to L2 norm ``clip`` and add Gaussian noise of standard deviation
+    ``noise_multiplier * clip`` to every floating-point value released.
+
+    ``released``: the tensors the site trains (default: every floating-point one); the
+    others are sent as exact zeros, so they reveal nothing and the global model's frozen
+    weights and normalisation statistics (a noisy running variance could turn negative)
+    stay as they are."""
+    if released is not None:
+        delta = {k: (v if k in released else torch.zeros_like(v)) for k, v in delta.items()}
     norm = _norm(delta)
     scale = min(1.0, clip / norm) if norm > 0 else 1.0
     sigma = noise_multiplier * clip
     out: dict[str, torch.Tensor] = {}
     for name, t in delta.items():
-        if not t.is_floating_point():
+        if not t.is_floating_point() or (released is not None and name not in released):
             out[name] = t.clone()
             continue
         v = t.double() * scale
@@ -149,7 +157,8 @@ def privatise(delta: Mapping[str, torch.Tensor], clip: float, noise_multiplier: 
             v = v + sigma * torch.randn(v.shape, generator=generator, dtype=torch.float64)
         out[name] = v.to(t.dtype)
     return out, {"norm_before": norm, "clipped": scale < 1.0, "clip": clip, "noise_multiplier": noise_multiplier,
-                 "sigma": sigma}
+                 "sigma": sigma, "released_values": int(sum(t.numel() for k, t in out.items() if t.is_floating_point()
+                                                            and (released is None or k in released)))}
 
 
 # ------------------------------------------------------------------ the site's engine
@@ -161,6 +170,11 @@ class SiteEngine(Protocol):
     @property
     def n_images(self) -> int:
         """The number of corrected images trained on (FedAvg's weight)."""
+        ...
+
+    @property
+    def trained_names(self) -> set[str]:
+        """The tensors local training changes (what differential privacy releases)."""
         ...
 
     def get_weights(self) -> dict[str, torch.Tensor]:
@@ -217,6 +231,13 @@ class DetectorSiteEngine:
     @property
     def n_images(self) -> int:
         return len(self.samples)
+
+    @property
+    def trained_names(self) -> set[str]:
+        from mammotriage.model.train import set_frozen
+
+        set_frozen(self.detector, self._rp.train_params(self.pp.canvas_rows))
+        return {n for n, q in self.detector.network.named_parameters() if q.requires_grad}
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.detector.network.state_dict().items()}
@@ -353,7 +374,7 @@ class SiteClient:
         if params.dp_clip > 0:
             digest = hashlib.sha256(f"{self.seed}\0{job}\0{round}\0{self.site}".encode()).digest()
             gen = torch.Generator().manual_seed(int.from_bytes(digest[:7], "big"))
-            delta, dp = privatise(delta, params.dp_clip, params.dp_noise, gen)
+            delta, dp = privatise(delta, params.dp_clip, params.dp_noise, gen, released=self.engine.trained_names)
             self.dp_releases += 1
             dp["epsilon"] = dp_epsilon(self.dp_releases, params.dp_noise, self.dp_delta)
             dp["delta"] = self.dp_delta
