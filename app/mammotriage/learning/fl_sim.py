@@ -247,7 +247,7 @@ def run_flare(work: Path, parent: Path, cfg: SimConfig, seed: int, log: Callable
                      "val_normal_exams": cfg.val_normal_exams}}
     for name, extra in (more_sites or {}).items():
         site_cfg[name] = {"log": str(work / "sites" / name / "rounds.jsonl"), "threads": cfg.threads,
-                          "seed": seed, **dict(extra)}
+                          "seed": seed, "optimizer": cfg.optimizer, **dict(extra)}
         sites.append((name, str(extra.get("data", {}).get("profile", extra.get("data", {}).get("type", "")))))
     sites_file = work / "sites.json"
     sites_file.write_text(json.dumps(site_cfg, indent=1), encoding="utf-8")
