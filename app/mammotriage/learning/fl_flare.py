@@ -49,6 +49,11 @@ CLIENT_SCRIPT = Path(__file__).with_name("fl_client.py")
 SITES_ENV = "MAMMOTRIAGE_FL_SITES"
 
 
+def _site_of(meta: Mapping[str, Any]) -> str:
+    """The name of the site a reply came from."""
+    return str(meta.get("client_name") or meta.get("site") or "unknown site")
+
+
 def versions() -> dict[str, str]:
     """What must be equal on the server and every site."""
     from mammotriage import __version__
@@ -117,7 +122,7 @@ class FederationController(ModelController):  # type: ignore[misc]  # FLARE ship
             skipped: dict[str, str] = {}
             for m in results:
                 meta = dict(m.meta or {})
-                site = str(meta.get("client_name") or meta.get("site") or "unknown site")
+                site = _site_of(meta)
                 sites_seen.add(site)
                 theirs = meta.get("versions") or {}
                 if check_compatible(theirs, self.server_versions):
@@ -157,10 +162,12 @@ class FederationController(ModelController):  # type: ignore[misc]  # FLARE ship
             history.append(entry)
         # the final global model goes back to every site, where it is a candidate, not a deployment
         participants = sorted({s for e in history for s in e.get("accepted", [])})
+        completed = sum(1 for e in history if e.get("completed"))
+        final_digest = state_digest(state)
         provenance = {"federation": self.job_name, "job": self.job_name, "rounds": self.rounds,
-                      "completed_rounds": sum(1 for e in history if e.get("completed")),
-                      "method": self.method, "server_lr": self.server_lr, "participants": participants, "job_params": self.job_params,
-                      "initial_sha256": start_digest, "final_sha256": state_digest(state)}
+                      "completed_rounds": completed, "method": self.method, "server_lr": self.server_lr,
+                      "participants": participants, "job_params": self.job_params,
+                      "initial_sha256": start_digest, "final_sha256": final_digest}
         final = FLModel(params=to_numpy(state), params_type=ParamsType.FULL, current_round=self.rounds,
                         total_rounds=self.rounds,
                         meta={"job": self.job_name, "final": True, "provenance": provenance,
@@ -168,7 +175,7 @@ class FederationController(ModelController):  # type: ignore[misc]  # FLARE ship
         candidates: dict[str, Any] = {}
         for m in self.send_model_and_wait(task_name="train", data=final):
             meta = dict(m.meta or {})
-            site = str(meta.get("client_name") or meta.get("site") or "unknown site")
+            site = _site_of(meta)
             candidates[site] = {k: meta.get(k) for k in ("candidate", "gate_passed", "gate_reasons", "refused")
                                 if k in meta}
         out = Path(self.out_dir)
@@ -177,16 +184,14 @@ class FederationController(ModelController):  # type: ignore[misc]  # FLARE ship
                    "server_lr": self.server_lr,
                    "trim": self.trim, "norm_factor": self.norm_factor, "min_sites": self.min_sites,
                    "job_params": self.job_params, "versions": self.server_versions,
-                   "initial_sha256": start_digest, "final_sha256": state_digest(state),
-                   "sites": sorted(sites_seen),
-                   "participants": participants, "candidates": candidates,
-                   "completed_rounds": sum(1 for e in history if e.get("completed")), "history": history}
+                   "initial_sha256": start_digest, "final_sha256": final_digest,
+                   "sites": sorted(sites_seen), "participants": participants, "candidates": candidates,
+                   "completed_rounds": completed, "history": history}
         (out / "federation.json").write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
 
 
 #: The app's classes a FLARE server may build from a job (its ``class_allow_list``, on
-#: top of FLARE's own defaults). A site needs none: it builds only FLARE's Client API
-#: executor, which runs :data:`CLIENT_SCRIPT`.
+#: top of FLARE's own defaults).
 SERVER_CLASSES = ("mammotriage.learning.fl_flare.FederationController",)
 #: What a site may build from a job: only the app's own executor, which runs nothing but
 #: the installed :data:`CLIENT_SCRIPT` (FLARE's generic Client API executor, which would
@@ -194,11 +199,12 @@ SERVER_CLASSES = ("mammotriage.learning.fl_flare.FederationController",)
 SITE_CLASSES = ("mammotriage.learning.fl_flare.SiteExecutor",)
 
 
-def write_component_policy(local_dir: str | Path, *, server: bool) -> Path:
+def write_component_policy(local_dir: str | Path, *, server: bool, site: bool) -> Path:
     """Write FLARE's component policy (``local/resources.json``): FLARE's default class
-    allow-list, plus :data:`SERVER_CLASSES` on the server or :data:`SITE_CLASSES` at a
-    site, enforced; custom code stays
-    off unless a job is signed as bring-your-own-code, which this app never asks for."""
+    allow-list, plus :data:`SERVER_CLASSES` for a server and :data:`SITE_CLASSES` for a
+    site (both: the simulator, which runs every role from one workspace), enforced;
+    custom code stays off unless a job is signed as bring-your-own-code, which this app
+    never asks for."""
     from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
 
     path = Path(local_dir) / "resources.json"
@@ -206,7 +212,7 @@ def write_component_policy(local_dir: str | Path, *, server: bool) -> Path:
     current: dict[str, Any] = {"format_version": 2}
     if path.is_file():
         current = json.loads(path.read_text(encoding="utf-8"))
-    allow = list(DEFAULT_CLASS_ALLOW_LIST) + list(SERVER_CLASSES if server else SITE_CLASSES)
+    allow = list(DEFAULT_CLASS_ALLOW_LIST) + list(SERVER_CLASSES if server else ()) + list(SITE_CLASSES if site else ())
     current.update({"class_allow_list": allow, "class_list_enforcement_mode": "enforce"})
     path.write_text(json.dumps(current, indent=1), encoding="utf-8")
     return path

@@ -265,10 +265,7 @@ def run_flare(work: Path, parent: Path, cfg: SimConfig, seed: int, log: Callable
     for name, _ in sites:
         job.to(fl_flare.site_executor(), name)
     # the simulator runs the server and every site from one workspace: one policy for all
-    local = fl_flare.write_component_policy(work / "flare" / "local", server=True)
-    policy = json.loads(local.read_text(encoding="utf-8"))
-    policy["class_allow_list"] += list(fl_flare.SITE_CLASSES)
-    local.write_text(json.dumps(policy, indent=1), encoding="utf-8")
+    fl_flare.write_component_policy(work / "flare" / "local", server=True, site=True)
     old = os.environ.get(fl_flare.SITES_ENV)
     os.environ[fl_flare.SITES_ENV] = str(sites_file)
     t = time.monotonic()
