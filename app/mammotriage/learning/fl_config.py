@@ -1,11 +1,18 @@
-"""The federation simulation's settings (no torch: the CLI reads them to build its parser)."""
+"""The federation's settings and the site's round log location (no torch: the CLI and the
+Model panel read them)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["FAULTS", "PROFILES", "SimConfig"]
+__all__ = ["FAULTS", "PROFILES", "SimConfig", "read_round_log", "round_log_path"]
+
+#: The site's federation folder, beside its archive: the round log and the startup kit's
+#: workspace live there.
+FEDERATION_DIR = "federation"
 
 #: Simulated site profiles (:mod:`mammotriage.learning.fl_sim`).
 PROFILES = ("calc", "mass", "newscanner")
@@ -43,3 +50,33 @@ class SimConfig:
     def job_params(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "local_iterations": self.local_iterations, "lr": self.lr,
                 "fedprox_mu": self.fedprox_mu, "dp_clip": self.dp_clip, "dp_noise": self.dp_noise}
+
+
+def round_log_path(archive_file: str | Path) -> Path:
+    """Where a site's round log is kept (``federation/rounds.jsonl`` beside its archive):
+    one JSON line per round, written by :class:`mammotriage.learning.fl_site.RoundLog`."""
+    return Path(archive_file).parent / FEDERATION_DIR / "rounds.jsonl"
+
+
+def read_round_log(path: str | Path, limit: int = 10_000) -> tuple[list[dict[str, Any]], int]:
+    """A round log's entries (the last ``limit``) and how many lines were not readable
+    (a line cut by a crash, or not an object); a missing file is an empty log."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return [], 0
+    entries: list[dict[str, Any]] = []
+    bad = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(e, dict):
+            entries.append(e)
+        else:
+            bad += 1
+    return entries[-limit:], bad
