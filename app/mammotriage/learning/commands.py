@@ -153,14 +153,29 @@ def add_federate_command(subparsers: argparse._SubParsersAction[argparse.Argumen
 
     c = SimConfig()
     p = subparsers.add_parser(
-        "federate", help="federated learning on NVIDIA FLARE (this version: --simulate)",
+        "federate", help="federated learning on NVIDIA FLARE (--kit DIR: run this site; --simulate, --poc)",
         description="Federated fine-tuning across hospitals on NVIDIA FLARE: each site trains on its own "
         "images and sends weight differences only; the server aggregates them (FedAvg weighted by "
         "corrected images, or median / trimmed mean), rejecting NaN, mis-shaped and outlying updates "
         "per site and round. --simulate N runs FLARE's simulator with N simulated sites (phantom "
         "exams: calcification clusters / masses only / a new scanner) and reports per-kind "
         "sensitivity at 1 false positive per image on the union of the sites' locked validation "
-        "sets, for each site's local-only model, the federated model and the pooled one.")
+        "sets, for each site's local-only model, the federated model and the pooled one. "
+        "--kit DIR runs this workstation as a site (or a server) of a real federation from the FLARE "
+        "startup kit the coordinator provisioned (mutual TLS); a site trains on its newest training "
+        "snapshot from the active model, logs every round beside its archive, and registers the "
+        "final global model as a candidate that its own gate must pass. --poc N provisions a "
+        "server and N sites with mTLS kits and runs them as separate processes on 127.0.0.1.")
+    p.add_argument("--kit", type=Path, metavar="DIR",
+                   help="run this site or server from its FLARE startup kit until the federation stops it")
+    p.add_argument("--site-config", type=Path, metavar="FILE",
+                   help="with --kit: the site's configuration ({site: {...}}) instead of the one made from "
+                   "the archive")
+    p.add_argument("--archive", type=Path, metavar="FILE",
+                   help="with --kit: this site's archive (default: the configured one)")
+    p.add_argument("--poc", type=int, metavar="N",
+                   help="proof-of-concept: provision a server and N sites (mTLS) and run them as separate "
+                   "processes on 127.0.0.1")
     p.add_argument("--simulate", type=int, metavar="N", help="simulate N sites on this machine")
     p.add_argument("--seeds", default=",".join(str(x) for x in c.seeds), metavar="S,S,...",
                    help=f"seeds, one whole run each (default {','.join(str(x) for x in c.seeds)})")
@@ -200,11 +215,23 @@ def cmd_federate(args: argparse.Namespace) -> int:
     from mammotriage.learning.fl_config import SimConfig
     from mammotriage.learning.fl_sim import report_text, simulate
 
-    if args.simulate is None:
-        return _fail(args, "federate", "this version runs federations in simulation only: use --simulate N "
-                     "(running this workstation as a site of a real federation is not available yet)")
-    if not 1 <= args.simulate <= 12:
-        return _fail(args, "federate", f"--simulate {args.simulate}: between 1 and 12 sites")
+    modes = [m for m in ("kit", "poc", "simulate") if getattr(args, m) is not None]
+    if len(modes) != 1:
+        return _fail(args, "federate", "say what to run: --kit DIR (this site or server in a real federation), "
+                     "--poc N (a proof-of-concept on this machine) or --simulate N (FLARE's simulator)"
+                     if not modes else f"--{' and --'.join(modes)}: one at a time")
+    if args.kit is not None:
+        from mammotriage.learning.fl_deploy import run_kit
+
+        try:
+            return run_kit(args.kit, site_config_file=args.site_config, archive_file=args.archive,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+        except (FederationError, OSError, ValueError) as exc:
+            return _fail(args, "federate", str(exc))
+    n_sites = args.poc if args.poc is not None else args.simulate
+    if not (2 if args.poc is not None else 1) <= n_sites <= 12:
+        return _fail(args, "federate", f"--{modes[0]} {n_sites}: between {2 if args.poc is not None else 1} "
+                     "and 12 sites")
     try:
         seeds = tuple(int(x) for x in str(args.seeds).split(",") if x.strip())
     except ValueError:
@@ -215,7 +242,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
     d = SimConfig()
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else d.rounds)
     local = args.local_iterations if args.local_iterations is not None else (3 if args.quick else d.local_iterations)
-    cfg = SimConfig(sites=args.simulate, seeds=seeds or (0,), rounds=rounds,
+    cfg = SimConfig(sites=n_sites, seeds=seeds or (0,), rounds=rounds,
                     local_iterations=local, lr=args.lr, fedprox_mu=args.fedprox_mu,
                     dp_clip=args.dp_clip, dp_noise=args.dp_noise, method=args.aggregation, server_lr=args.server_lr,
                     optimizer=args.optimizer,
@@ -231,7 +258,12 @@ def cmd_federate(args: argparse.Namespace) -> int:
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        report = simulate(Path(out), cfg, log=log, baselines=not args.no_baselines)
+        if args.poc is not None:
+            from mammotriage.learning.fl_deploy import poc
+
+            report = poc(Path(out), cfg, seed=cfg.seeds[0], log=log)
+        else:
+            report = simulate(Path(out), cfg, log=log, baselines=not args.no_baselines)
     except (FederationError, OSError) as exc:
         return _fail(args, "federate", str(exc))
     finally:
@@ -242,8 +274,13 @@ def cmd_federate(args: argparse.Namespace) -> int:
     (Path(out) / "report.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     if args.json:
         print(json.dumps(report, indent=1, default=str))
+    elif args.poc is not None:
+        from mammotriage.learning.fl_deploy import poc_text
+
+        print(poc_text(report))
     else:
         print(report_text(report))
+    if not args.json:
         print(f"report: {Path(out) / 'report.json'}")
     return 0
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -217,24 +217,13 @@ def _state_of(parent: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in det.network.state_dict().items()}
 
 
-def run_flare(work: Path, parent: Path, cfg: SimConfig, seed: int, log: Callable[[str], None],
-              more_sites: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """One federated run on FLARE's simulator; returns the server's ``federation.json``
-    with the sites' own logs. ``more_sites``: further sites by name, each with its whole
-    configuration (:func:`build_site_client`; ``log`` defaults to the work folder)."""
-    from safetensors.torch import save_file
-
-    from mammotriage.learning import fl_flare
-
-    try:
-        from nvflare.job_config.api import FedJob
-    except ImportError as exc:  # pragma: no cover - a broken install
-        raise FederationError(f"NVIDIA FLARE is not installed ({exc}); reinstall the app") from None
-    work.mkdir(parents=True, exist_ok=True)
-    init = work / "initial.safetensors"
-    save_file({k: v.contiguous() for k, v in _state_of(parent).items()}, str(init))
+def sim_site_configs(work: Path, parent: Path, cfg: SimConfig, seed: int,
+                     more_sites: Mapping[str, Mapping[str, Any]] | None = None
+                     ) -> tuple[list[tuple[str, str]], dict[str, dict[str, Any]]]:
+    """The simulated sites (name, profile) and each one's configuration
+    (:func:`build_site_client`), logs under ``work/sites``."""
     sites = site_names(cfg)
-    site_cfg = {}
+    site_cfg: dict[str, dict[str, Any]] = {}
     for name, profile in sites:
         fault = cfg.malicious if "malicious" in name else None
         site_cfg[name] = {
@@ -249,6 +238,41 @@ def run_flare(work: Path, parent: Path, cfg: SimConfig, seed: int, log: Callable
         site_cfg[name] = {"log": str(work / "sites" / name / "rounds.jsonl"), "threads": cfg.threads,
                           "seed": seed, "optimizer": cfg.optimizer, **dict(extra)}
         sites.append((name, str(extra.get("data", {}).get("profile", extra.get("data", {}).get("type", "")))))
+    return sites, site_cfg
+
+
+def build_job(name: str, initial_weights: Path, out_dir: Path, cfg: SimConfig, sites: Sequence[str]) -> Any:
+    """The FLARE job: :class:`fl_flare.FederationController` on the server, the app's own
+    executor at every site; no script and no code travel with it."""
+    from mammotriage.learning import fl_flare
+
+    try:
+        from nvflare.job_config.api import FedJob
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise FederationError(f"NVIDIA FLARE is not installed ({exc}); reinstall the app") from None
+    job = FedJob(name=name, min_clients=len(sites))
+    job.set_app_packages(["mammotriage"])  # the app is installed at every site: no code travels
+    job.to_server(fl_flare.FederationController(
+        initial_weights=str(initial_weights), out_dir=str(out_dir), rounds=cfg.rounds, min_sites=2,
+        method=cfg.method, server_lr=cfg.server_lr, job_params=cfg.job_params(), job_name=name))
+    for site in sites:
+        job.to(fl_flare.site_executor(), site)
+    return job
+
+
+def run_flare(work: Path, parent: Path, cfg: SimConfig, seed: int, log: Callable[[str], None],
+              more_sites: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """One federated run on FLARE's simulator; returns the server's ``federation.json``
+    with the sites' own logs. ``more_sites``: further sites by name, each with its whole
+    configuration (:func:`build_site_client`; ``log`` defaults to the work folder)."""
+    from safetensors.torch import save_file
+
+    from mammotriage.learning import fl_flare
+
+    work.mkdir(parents=True, exist_ok=True)
+    init = work / "initial.safetensors"
+    save_file({k: v.contiguous() for k, v in _state_of(parent).items()}, str(init))
+    sites, site_cfg = sim_site_configs(work, parent, cfg, seed, more_sites)
     sites_file = work / "sites.json"
     sites_file.write_text(json.dumps(site_cfg, indent=1), encoding="utf-8")
     out = work / "server"
@@ -256,14 +280,7 @@ def run_flare(work: Path, parent: Path, cfg: SimConfig, seed: int, log: Callable
         import shutil
 
         shutil.rmtree(out)
-    job = FedJob(name=f"fedsim-seed{seed}", min_clients=len(sites))
-    job.set_app_packages(["mammotriage"])  # the app is installed at every site: no code travels
-    job.to_server(fl_flare.FederationController(
-        initial_weights=str(init), out_dir=str(out), rounds=cfg.rounds, min_sites=2, method=cfg.method,
-        server_lr=cfg.server_lr,
-        job_params=cfg.job_params(), job_name=f"fedsim-seed{seed}"))
-    for name, _ in sites:
-        job.to(fl_flare.site_executor(), name)
+    job = build_job(f"fedsim-seed{seed}", init, out, cfg, [n for n, _ in sites])
     # the simulator runs the server and every site from one workspace: one policy for all
     fl_flare.write_component_policy(work / "flare" / "local", server=True, site=True)
     old = os.environ.get(fl_flare.SITES_ENV)

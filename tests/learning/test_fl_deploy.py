@@ -1,0 +1,203 @@
+"""Startup kits with mutual TLS from FLARE's provisioner, what a site enforces when it
+starts from one, and the TLS probe the proof-of-concept uses (fast: no FLARE process;
+the proof-of-concept itself is tests/learning/test_fl_poc.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from mammotriage.learning.federation import FederationError
+from mammotriage.learning.fl_deploy import (
+    SITE_RIGHTS,
+    kit_command,
+    prepare_kit,
+    probe_tls,
+    provision,
+    read_kit,
+    site_config_from_archive,
+)
+
+
+@pytest.fixture(scope="module")
+def kits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kits")
+    ours = provision(root / "ours", ["site-a", "site-b"], fl_port=18102, admin_port=18103,
+                     site_orgs={"site-a": "Hospital A"})
+    other = provision(root / "other", ["site-x"], fl_port=18102, admin_port=18103, project="other")
+    return ours, other
+
+
+def test_kits_are_mutual_tls_with_one_root_ca(kits):
+    ours, _ = kits
+    server, admin = read_kit(ours.server), read_kit(ours.admin)
+    a = read_kit(ours.sites["site-a"])
+    assert (server.role, admin.role, a.role) == ("server", "admin", "site")
+    assert a.name == "site-a" and a.org == "Hospital_A" and a.server == "localhost:18102"
+    assert server.admin_port == 18103 and admin.server == "localhost:18103"
+    assert {k.connection_security for k in (server, admin, a)} == {"mtls"}
+    ca = {(p / "startup" / "rootCA.pem").read_bytes() for p in (ours.server, ours.admin, *ours.sites.values())}
+    assert len(ca) == 1
+    assert not (ours.server / "startup" / "rootCA.key").exists()  # the CA's key is not in any kit
+
+
+def test_a_site_writes_its_own_policy_whatever_the_kit_says(kits, tmp_path):
+    ours, _ = kits
+    kit_dir = tmp_path / "site-a"
+    shutil.copytree(ours.sites["site-a"], kit_dir)
+    # a kit that arrived with a permissive policy
+    (kit_dir / "local" / "authorization.json").write_text(json.dumps(
+        {"format_version": "1.0", "permissions": {"project_admin": "any"}}), encoding="utf-8")
+    (kit_dir / "local" / "resources.json").write_text(json.dumps(
+        {"format_version": 2, "class_list_enforcement_mode": "disabled", "components": [{"id": "keep"}]}),
+        encoding="utf-8")
+    written = prepare_kit(read_kit(kit_dir))
+    assert {p.name for p in written} == {"resources.json", "authorization.json"}
+    auth = json.loads((kit_dir / "local" / "authorization.json").read_text(encoding="utf-8"))
+    for role, rights in auth["permissions"].items():
+        if isinstance(rights, dict) and role != "member":
+            assert rights["byoc"] == "none" and rights["shell_commands"] == "none", role
+    assert auth["permissions"]["project_admin"] == SITE_RIGHTS
+    res = json.loads((kit_dir / "local" / "resources.json").read_text(encoding="utf-8"))
+    assert res["class_list_enforcement_mode"] == "enforce"
+    assert "mammotriage.learning.fl_flare.SiteExecutor" in res["class_allow_list"]
+    assert "mammotriage.learning.fl_flare.FederationController" not in res["class_allow_list"]
+    assert "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor" not in res["class_allow_list"]
+    assert res["components"] == [{"id": "keep"}]  # the rest of the site's resources stay
+
+
+def test_the_server_allows_its_controller_not_the_sites_executor(kits, tmp_path):
+    ours, _ = kits
+    kit_dir = tmp_path / "server"
+    shutil.copytree(ours.server, kit_dir)
+    prepare_kit(read_kit(kit_dir))
+    res = json.loads((kit_dir / "local" / "resources.json").read_text(encoding="utf-8"))
+    assert "mammotriage.learning.fl_flare.FederationController" in res["class_allow_list"]
+    assert "mammotriage.learning.fl_flare.SiteExecutor" not in res["class_allow_list"]
+    assert res["components"]  # FLARE's default components came from resources.json.default
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_kit_without_mutual_tls_is_refused(kits, tmp_path):
+    ours, _ = kits
+    kit_dir = _copy(ours.sites["site-b"], tmp_path / "b")
+    conf_file = kit_dir / "startup" / "fed_client.json"
+    conf = json.loads(conf_file.read_text(encoding="utf-8"))
+    conf["client"]["connection_security"] = "clear"
+    conf_file.write_text(json.dumps(conf), encoding="utf-8")
+    with pytest.raises(FederationError, match="'clear', not mutual"):
+        read_kit(kit_dir)
+
+
+def test_a_certificate_from_another_ca_is_refused(kits, tmp_path):
+    ours, other = kits
+    kit_dir = _copy(ours.sites["site-b"], tmp_path / "b")
+    shutil.copyfile(other.sites["site-x"] / "startup" / "rootCA.pem", kit_dir / "startup" / "rootCA.pem")
+    with pytest.raises(FederationError, match=r"not signed by this kit's rootCA\.pem"):
+        read_kit(kit_dir)
+
+
+def test_an_incomplete_or_foreign_folder_is_refused_by_name(kits, tmp_path):
+    ours, _ = kits
+    kit_dir = _copy(ours.sites["site-b"], tmp_path / "b")
+    (kit_dir / "startup" / "client.key").unlink()
+    with pytest.raises(FederationError, match=r"client\.key is missing"):
+        read_kit(kit_dir)
+    (tmp_path / "empty" / "startup").mkdir(parents=True)
+    with pytest.raises(FederationError, match="not a FLARE startup kit"):
+        read_kit(tmp_path / "empty")
+    bad = _copy(ours.sites["site-a"], tmp_path / "a")
+    (bad / "startup" / "fed_client.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(FederationError, match=r"fed_client\.json: unreadable"):
+        read_kit(bad)
+
+
+def test_kit_command_runs_flare_with_this_python_and_the_kits_identity(kits):
+    ours, _ = kits
+    cmd = kit_command(read_kit(ours.sites["site-a"]))
+    assert cmd[0] == sys.executable and "nvflare.private.fed.app.client.client_train" in cmd
+    assert "uid=site-a" in cmd and "org=Hospital_A" in cmd and "secure_train=true" in cmd
+    with pytest.raises(FederationError, match=r"submit jobs|not run as a process"):
+        kit_command(read_kit(ours.admin))
+
+
+def test_a_site_needs_an_active_model_and_a_training_snapshot(kits, tmp_path):
+    ours, _ = kits
+    archive = tmp_path / "archive.sqlite"
+    with pytest.raises(FederationError, match=r"no active model|no training snapshot"):
+        site_config_from_archive(read_kit(ours.sites["site-a"]), archive)
+
+
+def test_the_cli_refuses_a_tampered_kit_with_the_reason(kits, tmp_path):
+    ours, other = kits
+    kit_dir = _copy(ours.sites["site-b"], tmp_path / "b")
+    shutil.copyfile(other.sites["site-x"] / "startup" / "client.crt", kit_dir / "startup" / "client.crt")
+    proc = subprocess.run([sys.executable, "-m", "mammotriage", "federate", "--kit", str(kit_dir)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MAMMOTRIAGE_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2 and "not signed by this kit's rootCA.pem" in proc.stderr and str(kit_dir) in proc.stderr
+    assert not proc.stdout
+
+
+@pytest.fixture()
+def mtls_server(kits):
+    """A TLS server with the federation server's certificate that requires a client
+    certificate signed by the project's root CA (what FLARE's server does with mTLS)."""
+    ours, _ = kits
+    st = ours.server / "startup"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(st / "server.crt"), str(st / "server.key"))
+    ctx.load_verify_locations(str(st / "rootCA.pem"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(5)
+                    tls.recv(1024)
+                    tls.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            except (ssl.SSLError, OSError):
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(5)
+    srv.close()
+
+
+def test_probe_tls_tells_a_site_certificate_from_a_foreign_one(kits, mtls_server):
+    ours, other = kits
+    ca = ours.server / "startup" / "rootCA.pem"
+    own, bad = ours.sites["site-a"] / "startup", other.sites["site-x"] / "startup"
+    ok, detail = probe_tls("localhost", mtls_server, ca, own / "client.crt", own / "client.key")
+    assert ok and detail.startswith("HTTP/1.1 404"), detail
+    ok, detail = probe_tls("localhost", mtls_server, ca, bad / "client.crt", bad / "client.key")
+    assert not ok, detail
+    ok, detail = probe_tls("localhost", mtls_server, ca)
+    assert not ok, detail
+    # and a server that is not ours is not trusted at all
+    ok, detail = probe_tls("localhost", mtls_server, other.server / "startup" / "rootCA.pem",
+                           bad / "client.crt", bad / "client.key")
+    assert not ok and "CERTIFICATE_VERIFY_FAILED" in detail
