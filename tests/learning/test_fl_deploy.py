@@ -201,3 +201,23 @@ def test_probe_tls_tells_a_site_certificate_from_a_foreign_one(kits, mtls_server
     ok, detail = probe_tls("localhost", mtls_server, other.server / "startup" / "rootCA.pem",
                            bad / "client.crt", bad / "client.key")
     assert not ok and "CERTIFICATE_VERIFY_FAILED" in detail
+
+
+def test_a_real_site_trains_on_its_newest_snapshot_from_its_active_model(kits, tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"))
+    from retrain_sim import build_tiny_site
+
+    from mammotriage.learning.fl_config import round_log_path
+    from mammotriage.learning.fl_sim import build_site_client
+    from mammotriage.model.package import read_metadata
+
+    ours, _ = kits
+    site = build_tiny_site(tmp_path / "hospital", rows=128, columns=104)
+    cfg = site_config_from_archive(read_kit(ours.sites["site-a"]), site.archive)
+    assert cfg["data"] == {"type": "snapshot", "archive": str(site.archive), "snapshot": site.training}
+    assert cfg["archive"] == str(site.archive) and cfg["log"] == str(round_log_path(site.archive))
+    assert read_metadata(cfg["parent"])["weights_sha256"] == read_metadata(site.parent)["weights_sha256"]
+    client, fault = build_site_client("site-a", cfg)
+    assert fault is None
+    # the training snapshot also holds the validation exams: they never train here
+    assert client.engine.n_images == 2 * 4

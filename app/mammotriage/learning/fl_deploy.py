@@ -96,7 +96,7 @@ def _org(name: str) -> str:
 
 
 def provision(out_dir: str | Path, sites: Sequence[str], *, server_host: str = "localhost",
-              fl_port: int = 8102, admin_port: int = 8103, project: str = "mammotriage",
+              fl_port: int = 8002, admin_port: int = 8003, project: str = "mammotriage",
               admin: str = DEFAULT_ADMIN, org: str = "coordinator",
               site_orgs: Mapping[str, str] | None = None, valid_days: int = 365) -> Kits:
     """FLARE startup kits with mutual TLS for a server, ``sites`` and one administrator
