@@ -172,3 +172,31 @@ def test_app_site_refuses_a_bad_profile_before_any_window(tmp_path: Path, capsys
     assert main(["app", "--site", str(path), "--no-demo"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("app --site: ") and str(path) in err and "readable by others" in err
+
+
+def test_connections_notice_a_vanished_server_within_a_minute(site_folder: Path, tmp_path: Path) -> None:
+    """Keepalives and a TCP user timeout on the socket itself (the system default would
+    leave an idle connection to a powered-off server open for about two hours)."""
+    import socket
+
+    import psycopg
+
+    out = tmp_path / "ws.json"
+    assert main(["site", "profile", str(site_folder), "--role", "workstation", "--out", str(out)]) == 0
+    cluster, _, _ = site.load_site(site_folder)
+    cluster.start()
+    try:
+        for dsn in (load_profile(out).dsn(), cluster.dsn("mt_worker")):
+            with psycopg.connect(dsn) as conn:
+                s = socket.socket(fileno=socket.dup(conn.pgconn.socket))
+                try:
+                    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                    idle = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+                    interval = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+                    count = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+                    assert idle + interval * count <= 60, (idle, interval, count)
+                    assert 0 < s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) <= 30000
+                finally:
+                    s.close()
+    finally:
+        cluster.stop()

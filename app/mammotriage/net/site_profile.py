@@ -74,12 +74,14 @@ class SiteProfile:
         """libpq connection string of the profile's database role (verify-full with the site CA)."""
         from psycopg.conninfo import make_conninfo
 
+        from mammotriage.store.pg.cluster import KEEPALIVE
+
         extra = {}
         if self.ca_file is not None:
             extra = {"sslmode": self.sslmode or "verify-full", "sslrootcert": str(self.ca_file)}
         return make_conninfo(host=self.pg_host, port=self.pg_port, dbname=self.database, user=self.user,
                              password=self.password, connect_timeout=connect_timeout,
-                             application_name=f"mammotriage-{self.role}", **extra)
+                             application_name=f"mammotriage-{self.role}", **KEEPALIVE, **extra)
 
     def archive(self, cache_folder: str | Path, cache_bytes: int, **kwargs: Any) -> Any:
         """A :class:`~mammotriage.net.dicomweb.DicomWebArchive` of the site archive (https with the site CA)."""

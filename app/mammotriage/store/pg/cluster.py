@@ -51,6 +51,13 @@ __all__ = [
 #: Environment variable naming the folder of initdb / pg_ctl (overrides the search).
 ENV_BINDIR = "MAMMOTRIAGE_PG_BINDIR"
 DATABASE = "mammotriage"
+#: TCP settings of every connection (libpq): a server that vanished without closing the
+#: connection (power cut, cable, a firewall dropping idle flows) is noticed within about a
+#: minute by an idle connection (keepalive probes after 30 s idle, 3 x 10 s) and within
+#: 30 s by one waiting for an answer (``tcp_user_timeout``), instead of the system's two
+#: hours; the workstation then reconnects or buffers.
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+             "tcp_user_timeout": 30000}
 SUPERUSER = "postgres"
 #: The site's roles: the owner, the reading workstations, the AI workers.
 ROLES = ("mt_admin", "mt_workstation", "mt_worker")
@@ -293,7 +300,7 @@ class PgCluster:
         extra = {} if self.tls is None else {"sslmode": self.tls.sslmode, "sslrootcert": str(self.tls.ca)}
         return make_conninfo(host=self.host, port=self.port, dbname=database, user=role,
                              password=self.password(role), connect_timeout=connect_timeout,
-                             application_name="mammotriage", **extra)
+                             application_name="mammotriage", **KEEPALIVE, **extra)
 
     # ----------------------------------------------------------------- lifecycle
     def init(self) -> None:
