@@ -56,7 +56,7 @@ DATABASE = "mammotriage"
 #: minute by an idle connection (keepalive probes after 30 s idle, 3 x 10 s) and within
 #: 30 s by one waiting for an answer (``tcp_user_timeout``), instead of the system's two
 #: hours; the workstation then reconnects or buffers.
-KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+KEEPALIVE: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
              "tcp_user_timeout": 30000}
 SUPERUSER = "postgres"
 #: The site's roles: the owner, the reading workstations, the AI workers.
