@@ -221,3 +221,75 @@ def test_a_real_site_trains_on_its_newest_snapshot_from_its_active_model(kits, t
     assert fault is None
     # the training snapshot also holds the validation exams: they never train here
     assert client.engine.n_images == 2 * 4
+
+
+def test_a_site_does_not_federate_a_snapshot_that_fails_its_data_tests(tmp_path):
+    """The same data tests as a local retrain (they were skipped for a federation)."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"))
+    from pathlib import Path
+
+    import pydicom
+    from retrain_sim import build_tiny_site
+
+    from mammotriage.dicom import read_image
+    from mammotriage.learning.fl_sim import build_site_client
+    from mammotriage.store.datasets import load_snapshot
+
+    site = build_tiny_site(tmp_path / "hospital", rows=128, columns=104)
+    val = {v["sop_uid"] for v in load_snapshot(site.validation, site.archive)["images"]}
+    victim = Path(next(i["path"] for i in load_snapshot(site.training, site.archive)["images"]
+                       if i["consensus"] and i["sop_uid"] not in val))
+    ds = pydicom.dcmread(victim)
+    arr = read_image(victim).pixels.copy()
+    arr[:20, :20] = arr.max()  # changed after it was labelled
+    ds.PixelData = arr.tobytes()
+    ds.save_as(victim)
+    cfg = {"parent": str(site.parent), "archive": str(site.archive), "log": str(tmp_path / "rounds.jsonl"),
+           "data": {"type": "snapshot", "archive": str(site.archive), "snapshot": site.training}}
+    with pytest.raises(FederationError, match=r"fails its data tests.*pixels changed since they were labelled"):
+        build_site_client("site-a", cfg)
+
+
+class _ScriptedClientAPI:
+    """FLARE's Client API surface that :func:`fl_flare.run_site` uses (init, site name,
+    receive, send), replaying given messages: the site's loop without a FLARE job."""
+
+    def __init__(self, site, messages):
+        self.site, self.messages, self.sent = site, list(messages), []
+
+    def init(self):
+        pass
+
+    def get_site_name(self):
+        return self.site
+
+    def is_running(self):
+        return bool(self.messages)
+
+    def receive(self):
+        return self.messages.pop(0) if self.messages else None
+
+    def send(self, model):
+        self.sent.append(model)
+
+
+def test_a_site_that_cannot_train_refuses_every_round_with_the_reason(tmp_path, monkeypatch):
+    from nvflare.app_common.abstract.fl_model import FLModel
+
+    from mammotriage.learning import fl_flare
+    from mammotriage.learning.fl_config import read_round_log
+
+    log = tmp_path / "rounds.jsonl"
+    cfg_file = tmp_path / "sites.json"
+    cfg_file.write_text(json.dumps({"site-a": {"parent": str(tmp_path / "none"), "log": str(log),
+                                               "data": {"type": "snapshot", "archive": str(tmp_path / "a.sqlite"),
+                                                        "snapshot": "0" * 64}}}), encoding="utf-8")
+    monkeypatch.setenv(fl_flare.SITES_ENV, str(cfg_file))
+    msgs = [FLModel(params={}, current_round=r, meta={"job": "j", "versions": fl_flare.versions()}) for r in (0, 1)]
+    msgs.append(FLModel(params={}, current_round=2, meta={"job": "j", "final": True, "versions": fl_flare.versions()}))
+    api = _ScriptedClientAPI("site-a", msgs)
+    fl_flare.run_site(api)
+    assert len(api.sent) == 3 and all(not m.params and m.meta["refused"] for m in api.sent)
+    entries, bad = read_round_log(log)
+    assert bad == 0 and [e["round"] for e in entries] == [0, 1, "final"]
+    assert all(not e["sent"] and e["reason"].startswith("this site cannot train: ") for e in entries)

@@ -253,14 +253,26 @@ def run_site(flare: Any) -> None:
     flare.init()
     site = flare.get_site_name()
     cfg = load_site_config(site)
-    client, transform = build_site_client(site, cfg)
     ours = dict(cfg.get("versions") or versions())
+    try:
+        client, transform = build_site_client(site, cfg)
+        cannot = ""
+    except (FederationError, OSError, ValueError) as exc:  # bad data: say so every round, train nothing
+        cannot = str(exc)
     while flare.is_running():
         incoming = flare.receive()
         if incoming is None:
             break
         meta = dict(incoming.meta or {})
         reply: dict[str, Any] = {"versions": ours, "site": site}
+        if cannot:
+            from mammotriage.learning.fl_site import RoundLog
+
+            RoundLog(cfg["log"]).append({"job": meta.get("job"), "round": "final" if meta.get("final") else
+                                         incoming.current_round, "site": site, "sent": False,
+                                         "reason": f"this site cannot train: {cannot}"})
+            flare.send(FLModel(params={}, meta={**reply, "refused": cannot}))
+            continue
         why = check_compatible(ours, meta.get("versions") or {})
         if why:
             client.log.append({"job": meta.get("job"), "round": incoming.current_round, "site": site, "sent": False,

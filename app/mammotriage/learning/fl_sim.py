@@ -154,8 +154,15 @@ def build_site_client(site: str, cfg: Mapping[str, Any]) -> tuple[SiteClient, An
     if data.get("type") == "phantom-sim":
         samples = _site_data(data, "train")
     elif data.get("type") == "snapshot":
+        from mammotriage.learning.dataset_check import check_snapshot
         from mammotriage.learning.snapshot_data import training_set
 
+        # the same data tests as a local retrain: a snapshot that fails them never trains
+        check = check_snapshot(str(data["snapshot"]), data["archive"])
+        if not check["passed"]:
+            raise FederationError(f"site {site}: training snapshot {str(data['snapshot'])[:12]} fails its data tests "
+                                  f"(`mammotriage dataset check {str(data['snapshot'])[:12]}`): "
+                                  + "; ".join(check["reasons"]))
         samples = training_set(str(data["snapshot"]), data["archive"]).samples
     else:
         raise FederationError(f"site {site}: unknown data type {data.get('type')!r}")
