@@ -292,3 +292,19 @@ def test_the_model_panel_imports_neither_torch_nor_nvflare():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
                          env={**__import__("os").environ, "PYTHONPATH": str(app), "QT_QPA_PLATFORM": "offscreen"})
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_alt_f_moves_the_focus_to_the_rounds(fed_site, qtbot):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    archive, log = fed_site
+    _write_log(log, [SENT_0, OPTED_1])
+    panel = _fed_panel(qtbot, archive)
+    panel.show()
+    qtbot.waitExposed(panel)
+    with qtbot.waitActive(panel):
+        panel.activateWindow()
+    panel.versions.setFocus()
+    qtbot.keyClick(panel, Qt.Key.Key_F, Qt.KeyboardModifier.AltModifier)
+    assert QApplication.focusWidget() is panel.rounds
