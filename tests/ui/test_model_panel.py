@@ -247,6 +247,20 @@ def test_a_cut_or_forged_line_is_counted_and_shown_not_fatal(fed_site, qtbot):
     assert panel.rounds_summary.text().startswith("job job-7: round 1 of 3 sent · last update ")
 
 
+def test_entries_of_the_wrong_shape_are_shown_as_they_are(fed_site, qtbot):
+    """Valid JSON objects with odd fields (a hand-edited or forged log) do not break the panel."""
+    archive, log = fed_site
+    odd = {"time": 5, "job": ["x"], "round": 1.5, "sent": "yes", "params": [], "dp": "none", "norm": True,
+           "ignored_params": 7, "gate_reasons": 3, "sha256": 12}
+    _write_log(log, [SENT_0, odd])
+    panel = _fed_panel(qtbot, archive)
+    assert panel.rounds.rowCount() == 2 and panel.rounds_bad_lines == 0
+    assert _rounds_column(panel, "round") == ["1.5", "1 of 3"]
+    assert _rounds_column(panel, "what happened") == ["not sent", "sent"]  # only True is "sent"
+    assert _rounds_column(panel, "update norm")[0] == "" and _rounds_column(panel, "sha256")[0] == "12"
+    assert panel.rounds_summary.text().startswith("job ['x']: round 1.5 not sent · last update 5")
+
+
 def test_the_poll_follows_a_growing_log_and_leaves_an_unchanged_one_alone(fed_site, qtbot):
     import json
 

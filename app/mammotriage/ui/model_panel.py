@@ -521,11 +521,11 @@ class ModelPanel(QDialog):
         entries = self.rounds_entries
         self.rounds_summary.setText(rounds_summary(entries))
         self.rounds_summary.setToolTip(str(self.rounds_path))
-        totals: dict[Any, int | None] = {}
+        totals: dict[str, int | None] = {}  # job -> its number of rounds
         for e in entries:
-            totals.setdefault(e.get("job"), None)
-        for job in totals:
-            totals[job] = _total_rounds([e for e in entries if e.get("job") == job])
+            job = str(e.get("job"))
+            if job not in totals:
+                totals[job] = _total_rounds([x for x in entries if str(x.get("job")) == job])
         self.rounds.setVisible(bool(entries))  # no rounds: the summary line says so
         self.rounds.setRowCount(len(entries))
         for i, e in enumerate(reversed(entries)):
@@ -533,11 +533,11 @@ class ModelPanel(QDialog):
             dp = e.get("dp") if isinstance(e.get("dp"), dict) else {}
             final = e.get("round") == "final"
             gate = "" if not final or "gate_passed" not in e else "passed" if e.get("gate_passed") else "refused"
-            cells = [_local_time(e.get("time")), str(e.get("job") or ""), round_label(e, totals.get(e.get("job"))),
+            cells = [_local_time(e.get("time")), str(e.get("job") or ""), round_label(e, totals.get(str(e.get("job")))),
                      what, _number(e.get("norm"), ".4g"), str(e.get("sha256") or "")[:12], _epsilon(dp),
                      _number(e.get("train_s"), ".1f"), str(e.get("candidate") or ""), gate]
             tips = {0: f"{e.get('time', '')} (UTC)", 3: what}
-            if e.get("ignored_params"):
+            if isinstance(e.get("ignored_params"), list) and e["ignored_params"]:
                 tips[3] = f"{what}\njob parameters ignored (not on the allow-list): " + ", ".join(
                     map(str, e["ignored_params"]))
             if e.get("sha256"):
@@ -545,7 +545,7 @@ class ModelPanel(QDialog):
                     f"{e[k]} {k.replace('n_', '')}" for k in ("tensors", "values", "n_images") if k in e)
             if dp:
                 tips[6] = ", ".join(f"{k} {v}" for k, v in sorted(dp.items()))
-            if e.get("gate_reasons"):
+            if isinstance(e.get("gate_reasons"), list) and e["gate_reasons"]:
                 tips[9] = "\n".join(map(str, e["gate_reasons"]))
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
