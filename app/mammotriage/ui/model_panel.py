@@ -11,21 +11,31 @@ Promotion uses the selected version's latest gate report; the registry refuses a
 that did not pass and the panel shows the gate's reasons. ``active_changed`` is emitted
 after a promotion or a rollback (the main window then restarts triage with the new
 version).
+
+The "Federation" section shows this site's round log (``federation/rounds.jsonl`` beside
+the archive, written by the federation's site process): a :class:`~PySide6.QtCore.QTimer`
+looks at the file's size and modification time while the panel is shown and re-reads it
+only when they change, so a federation running in another process is followed live. A
+version of origin ``federation`` shows its provenance (job, rounds, method, sites,
+parent) from its package's metadata under the versions table.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QProcess, QProcessEnvironment, Qt, Signal
-from PySide6.QtGui import QColor, QPixmap
+from PySide6.QtCore import QProcess, QProcessEnvironment, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QHideEvent, QPixmap, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QComboBox,
     QDialog,
     QGroupBox,
@@ -43,10 +53,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mammotriage.learning.fl_config import read_round_log, round_log_path
 from mammotriage.learning.gate import latest_report
-from mammotriage.learning.registry import ModelRegistry, RegistryError
+from mammotriage.learning.registry import ModelRegistry, ModelVersion, RegistryError
 from mammotriage.learning.snapshot_data import archive_or_default
 from mammotriage.lifetime import ENV_PARENT_PID
+from mammotriage.model.package import ModelPackageError, read_metadata
 from mammotriage.store.datasets import list_snapshots
 from mammotriage.store.reading import current_reader
 
@@ -71,6 +83,128 @@ def _fmt(d: dict[str, Any] | None, signed: bool = False) -> str:
     return text
 
 
+# ---------------------------------------------------------------------- the round log
+
+#: Columns of the rounds table.
+ROUND_COLUMNS = ("time", "job", "round", "what happened", "update norm", "sha256", "DP ε", "train s",
+                 "candidate", "gate")
+#: The newest entries the panel shows (a job has at most 200 rounds).
+ROUND_LOG_LIMIT = 1000
+#: How often the panel looks at the round log while it is shown (ms).
+ROUND_POLL_MS = 2000
+
+
+def _local_time(stamp: Any, today: dt.date | None = None) -> str:
+    """A log's UTC time as local time (the date left out when it is today); the text as
+    it is when it is not a time."""
+    try:
+        t = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return str(stamp or "")
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    t = t.astimezone()
+    if t.date() == (today or dt.datetime.now().astimezone().date()):
+        return t.strftime("%H:%M:%S")
+    return t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _round_number(entry: dict[str, Any]) -> int | None:
+    r = entry.get("round")
+    return r if isinstance(r, int) and not isinstance(r, bool) else None
+
+
+def _total_rounds(entries: Sequence[dict[str, Any]]) -> int | None:
+    """The job's number of rounds, from the newest entry that has its parameters."""
+    for e in reversed(entries):
+        n = (e.get("params") or {}).get("rounds") if isinstance(e.get("params"), dict) else None
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+    return None
+
+
+def round_label(entry: dict[str, Any], total: int | None) -> str:
+    """A round counted from 1 (the log counts from 0), with the job's total when known."""
+    r = _round_number(entry)
+    if r is None:
+        return str(entry.get("round", "?"))
+    return f"{r + 1} of {total}" if total else str(r + 1)
+
+
+def round_happened(entry: dict[str, Any]) -> tuple[str, bool]:
+    """What happened in a round, and whether it is a refusal (shown in the error colour)."""
+    reason = str(entry.get("reason") or "")
+    if entry.get("sent") is True:
+        return "sent", False
+    refused = "refused" in reason
+    if entry.get("round") == "final":
+        return reason or "global model received", refused
+    return f"not sent: {reason}" if reason else "not sent", refused
+
+
+def _epsilon(dp: Any) -> str:
+    if not isinstance(dp, dict) or not isinstance(dp.get("epsilon"), int | float):
+        return ""
+    eps = float(dp["epsilon"])
+    return "∞" if math.isinf(eps) else f"{eps:.2f}"
+
+
+def _number(v: Any, spec: str) -> str:
+    return format(float(v), spec) if isinstance(v, int | float) and not isinstance(v, bool) else ""
+
+
+def rounds_summary(entries: Sequence[dict[str, Any]]) -> str:
+    """One line on the newest job in the log: its progress, or how it ended."""
+    if not entries:
+        return "no federation rounds at this site yet"
+    newest = entries[-1]
+    job = newest.get("job")
+    mine = [e for e in entries if e.get("job") == job]
+    total = _total_rounds(mine)
+    sent = {_round_number(e) for e in mine if e.get("sent") is True and _round_number(e) is not None}
+    of = f" of {total}" if total else ""
+    final = next((e for e in reversed(mine) if e.get("round") == "final"), None)
+    if final is not None:
+        text = f"job {job}: finished · {len(sent)}{of} rounds sent"
+        if final.get("candidate"):
+            verdict = "passed" if final.get("gate_passed") else "refused"
+            text += f" · candidate {final['candidate']}: this site's gate {verdict}"
+        else:
+            text += f" · {round_happened(final)[0]}"
+    else:
+        numbered = [e for e in mine if _round_number(e) is not None]
+        last = numbered[-1] if numbered else newest
+        reason = str(last.get("reason") or "")
+        state = "sent" if last.get("sent") is True else f"not sent ({reason})" if reason else "not sent"
+        text = f"job {job}: round {round_label(last, None)}{of} {state}"
+    return f"{text} · last update {_local_time(newest.get('time'))}"
+
+
+def federation_provenance(meta: dict[str, Any], parent: str | None = None) -> str:
+    """Where a federated candidate came from, from its package's ``federation`` metadata."""
+    fed = meta.get("federation")
+    if not isinstance(fed, dict):
+        return ""
+    parts = [f"job {fed.get('job') or fed.get('federation') or '?'}"]
+    rounds, done = fed.get("rounds"), fed.get("completed_rounds")
+    if rounds is not None:
+        parts.append(f"{done} of {rounds} rounds completed" if done is not None else f"{rounds} rounds")
+    if fed.get("method"):
+        lr = fed.get("server_lr")
+        parts.append(str(fed["method"]) + (f" (server lr {lr:g})" if isinstance(lr, int | float)
+                                           and not isinstance(lr, bool) and lr != 1 else ""))
+    sites = fed.get("participants")
+    if isinstance(sites, list):
+        parts.append(f"{len(sites)} site{'s' if len(sites) != 1 else ''}: {', '.join(map(str, sites))}"
+                     if sites else "no site's update was accepted")
+    p = fed.get("parent")
+    pv = p.get("version") if isinstance(p, dict) else p
+    parts.append(f"parent v{pv or meta.get('parent_version') or parent or '?'}")
+    if fed.get("state_sha256"):
+        parts.append(f"weights sha256 {str(fed['state_sha256'])[:12]}")
+    return "federated: " + " · ".join(parts)
+
+
 class ModelPanel(QDialog):
     """Model versions, the validation gate, and the learning-loop actions."""
 
@@ -79,10 +213,13 @@ class ModelPanel(QDialog):
 
     def __init__(self, archive_file: str | Path | None = None, parent: QWidget | None = None,
                  python: str | None = None, job_args: dict[str, list[str]] | None = None,
-                 command_override: Sequence[str] | None = None):
+                 command_override: Sequence[str] | None = None, rounds_poll_ms: int = ROUND_POLL_MS):
         super().__init__(parent)
         self.setWindowTitle("Model")
-        self.resize(1100, 760)
+        screen = (parent.screen() if parent is not None else None) or QApplication.primaryScreen()
+        avail = screen.availableGeometry() if screen is not None else None
+        # no taller than the screen less a title bar (a 1366x768 laptop)
+        self.resize(min(1100, avail.width()) if avail else 1100, min(760, avail.height() - 40) if avail else 760)
         self.archive_file = archive_or_default(archive_file)
         self.python = python or sys.executable
         self.job_args = job_args or {"retrain": ["--threads", "1", "--nice", "10"], "validate": ["--threads", "1"],
@@ -108,8 +245,14 @@ class ModelPanel(QDialog):
         self.versions.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.versions.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.versions.verticalHeader().setVisible(False)
+        self.versions.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.versions.itemSelectionChanged.connect(self._selection_changed)
         tl.addWidget(self.versions)
+        self.provenance_label = QLabel("")  # a federated version: where it came from
+        self.provenance_label.setWordWrap(True)
+        self.provenance_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.provenance_label.setVisible(False)
+        tl.addWidget(self.provenance_label)
         row = QHBoxLayout()
         row.addWidget(QLabel("training snapshot:"))
         self.snapshots = QComboBox()
@@ -144,17 +287,64 @@ class ModelPanel(QDialog):
         scroll = QScrollArea()
         scroll.setWidget(plots)
         scroll.setWidgetResizable(True)
-        scroll.setMinimumHeight(260)
+        scroll.setMinimumHeight(140)  # the plots are 230 px high; on a 768-line screen they scroll
         ml.addWidget(scroll, 1)
         self.plot_labels: list[QLabel] = []
         split.addWidget(mid)
+
+        # Alt+F moves the focus into the section (its rounds table)
+        fed = QGroupBox("&Federation (this site's rounds)")
+        fl = QVBoxLayout(fed)
+        self.rounds_summary = QLabel("")
+        self.rounds_summary.setWordWrap(True)
+        self.rounds_summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        fl.addWidget(self.rounds_summary)
+        self.rounds_problem = QLabel("")  # unreadable lines, an unreadable file
+        self.rounds_problem.setWordWrap(True)
+        self.rounds_problem.setStyleSheet(f"color: {_FAIL.name()};")
+        self.rounds_problem.setVisible(False)
+        fl.addWidget(self.rounds_problem)
+        self.rounds = QTableWidget(0, len(ROUND_COLUMNS))
+        tips = {"round": "rounds counted from 1 (the log and the server count from 0)",
+                "DP ε": "differential privacy: epsilon of this site's releases so far in the job (site-level)",
+                "sha256": "sha256 of the update sent (of the global model for the final entry)"}
+        for j, name in enumerate(ROUND_COLUMNS):
+            head = QTableWidgetItem(name)
+            head.setToolTip(tips.get(name, ""))
+            self.rounds.setHorizontalHeaderItem(j, head)
+        self.rounds.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.rounds.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.rounds.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.rounds.setAlternatingRowColors(True)
+        self.rounds.setWordWrap(False)
+        self.rounds.verticalHeader().setVisible(False)
+        self.rounds.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
+        header = self.rounds.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(ROUND_COLUMNS.index("what happened"), QHeaderView.ResizeMode.Stretch)
+        fl.addWidget(self.rounds, 1)
+        split.addWidget(fed)
+        for i, share in enumerate((26, 42, 32)):  # the splitter's share of each section (in %)
+            split.setStretchFactor(i, share)
+        split.setSizes([26_00, 42_00, 32_00])  # proportions: scaled to the splitter's height
+        self.split = split
+        self.rounds_path = round_log_path(self.archive_file)
+        self.rounds_entries: list[dict[str, Any]] = []
+        self.rounds_bad_lines = 0
+        self.rounds_reads = 0  # how often the log was read (it is only when it changed)
+        self._rounds_key: tuple[int, int] | None = None
+        self._rounds_loaded = False
+        self.rounds_timer = QTimer(self)
+        self.rounds_timer.setInterval(max(50, int(rounds_poll_ms)))
+        self.rounds_timer.timeout.connect(self.poll_rounds)
+        self._provenance: dict[str, tuple[str, bool]] = {}  # version -> (text, is a problem)
+        self._rows: dict[str, ModelVersion] = {}
 
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        root.addWidget(self.progress)
         root.addWidget(self.status)
         buttons = QHBoxLayout()
         self.pipeline_button = QPushButton("Run pipeline")
@@ -172,7 +362,7 @@ class ModelPanel(QDialog):
         for b in (self.pipeline_button, self.retrain_button, self.validate_button, self.promote_button,
                   self.rollback_button, self.cancel_button):
             buttons.addWidget(b)
-        buttons.addStretch(1)
+        buttons.addWidget(self.progress, 1)  # the background job's progress, beside its buttons
         buttons.addWidget(self.close_button)
         root.addLayout(buttons)
         self.pipeline_button.clicked.connect(lambda: self.start_pipeline())
@@ -192,6 +382,7 @@ class ModelPanel(QDialog):
             self._active = reg.active()
             rows = reg.versions()
             pending = reg.pending_shipped()
+        self._rows = {v.version: v for v in rows}
         self.shipped_label.setText(
             f"shipped with this install, waiting for you: {', '.join(pending)} (validate, then promote)"
             if pending else "")
@@ -233,6 +424,7 @@ class ModelPanel(QDialog):
         self.pipeline_label.setText(self.pipeline_status())
         self._selection_changed()
         self._update_buttons()
+        self.poll_rounds()
 
     def _default_candidate(self, versions: list[str]) -> str | None:
         others = [v for v in versions if self._active is None or v != self._active.version]
@@ -252,7 +444,120 @@ class ModelPanel(QDialog):
         version = self.selected_version()
         report = latest_report(self.archive_file, version) if version else None
         self.show_report(report)
+        self.show_provenance(version)
         self._update_buttons()
+
+    # ------------------------------------------------------------------ federation
+    def show_provenance(self, version: str | None) -> None:
+        """Under the versions table: where a version of origin ``federation`` came from."""
+        row = self._rows.get(version or "")
+        if row is None or row.origin != "federation":
+            self.provenance_label.setText("")
+            self.provenance_label.setVisible(False)
+            return
+        if row.version not in self._provenance:  # versions are immutable: read once
+            try:
+                meta = read_metadata(row.path)
+            except (ModelPackageError, OSError) as exc:
+                self._provenance[row.version] = (f"federated: its provenance cannot be read ({exc})", True)
+            else:
+                text = federation_provenance(meta, row.parent)
+                self._provenance[row.version] = (
+                    (text, False) if text else ("federated, but its package records no federation provenance", True))
+        text, problem = self._provenance[row.version]
+        self.provenance_label.setText(text)
+        self.provenance_label.setToolTip(row.path)
+        self.provenance_label.setStyleSheet(f"color: {_FAIL.name()};" if problem else "")
+        self.provenance_label.setVisible(True)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.poll_rounds()
+        self.rounds_timer.start()
+
+    def hideEvent(self, event: QHideEvent) -> None:
+        self.rounds_timer.stop()
+        super().hideEvent(event)
+
+    def poll_rounds(self) -> bool:
+        """Re-read the round log if its size or modification time changed (a stat
+        otherwise); True when it was read."""
+        try:
+            st = os.stat(self.rounds_path)
+            key: tuple[int, int] | None = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        except OSError as exc:
+            self._rounds_loaded = False
+            self._show_rounds_problem(f"the round log {self.rounds_path} cannot be read: {exc.strerror or exc}")
+            return False
+        if self._rounds_loaded and key == self._rounds_key:
+            return False
+        self._rounds_key, self._rounds_loaded = key, True
+        problem = ""
+        entries: list[dict[str, Any]] = []
+        bad = 0
+        if key is not None:  # no file: no rounds yet
+            self.rounds_reads += 1
+            try:
+                entries, bad = read_round_log(self.rounds_path, limit=ROUND_LOG_LIMIT)
+            except OSError as exc:
+                entries, bad = [], 0
+                self._rounds_loaded = False  # try again at the next tick
+                problem = f"the round log {self.rounds_path} cannot be read: {exc.strerror or exc}"
+        self.rounds_entries, self.rounds_bad_lines = entries, bad
+        self._show_rounds()
+        if bad:
+            problem = (f"{bad} unreadable line{'s' if bad != 1 else ''} in the log (cut by a crash, or "
+                       f"not a round entry): {self.rounds_path}")
+        self._show_rounds_problem(problem)
+        return True
+
+    def _show_rounds_problem(self, text: str) -> None:
+        self.rounds_problem.setText(text)
+        self.rounds_problem.setVisible(bool(text))
+
+    def _show_rounds(self) -> None:
+        entries = self.rounds_entries
+        self.rounds_summary.setText(rounds_summary(entries))
+        self.rounds_summary.setToolTip(str(self.rounds_path))
+        totals: dict[str, int | None] = {}  # job -> its number of rounds
+        for e in entries:
+            job = str(e.get("job"))
+            if job not in totals:
+                totals[job] = _total_rounds([x for x in entries if str(x.get("job")) == job])
+        self.rounds.setVisible(bool(entries))  # no rounds: the summary line says so
+        self.rounds.setRowCount(len(entries))
+        for i, e in enumerate(reversed(entries)):
+            what, refused = round_happened(e)
+            dp = e.get("dp") if isinstance(e.get("dp"), dict) else {}
+            final = e.get("round") == "final"
+            gate = "" if not final or "gate_passed" not in e else "passed" if e.get("gate_passed") else "refused"
+            cells = [_local_time(e.get("time")), str(e.get("job") or ""), round_label(e, totals.get(str(e.get("job")))),
+                     what, _number(e.get("norm"), ".4g"), str(e.get("sha256") or "")[:12], _epsilon(dp),
+                     _number(e.get("train_s"), ".1f"), str(e.get("candidate") or ""), gate]
+            tips = {0: f"{e.get('time', '')} (UTC)", 3: what}
+            if isinstance(e.get("ignored_params"), list) and e["ignored_params"]:
+                tips[3] = f"{what}\njob parameters ignored (not on the allow-list): " + ", ".join(
+                    map(str, e["ignored_params"]))
+            if e.get("sha256"):
+                tips[5] = f"{e['sha256']}\n" + ", ".join(
+                    f"{e[k]} {k.replace('n_', '')}" for k in ("tensors", "values", "n_images") if k in e)
+            if dp:
+                tips[6] = ", ".join(f"{k} {v}" for k, v in sorted(dp.items()))
+            if isinstance(e.get("gate_reasons"), list) and e["gate_reasons"]:
+                tips[9] = "\n".join(map(str, e["gate_reasons"]))
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if j in tips:
+                    item.setToolTip(tips[j])
+                if j in (4, 6, 7):
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if (j == 3 and refused) or (j == 9 and gate == "refused"):
+                    item.setForeground(_FAIL)
+                elif (j == 3 and what == "sent") or (j == 9 and gate == "passed"):
+                    item.setForeground(_PASS)
+                self.rounds.setItem(i, j, item)
 
     def _update_buttons(self) -> None:
         busy = self.process is not None
