@@ -232,3 +232,15 @@ def test_a_global_model_that_fails_the_sites_gate_is_a_candidate_never_promoted(
         with pytest.raises(RegistryError, match="promotion refused"):
             reg.promote(version, report, who="it-admin")
         assert reg.active().version == active.version
+
+
+def test_a_round_log_cut_by_a_crash_still_reads(tmp_path):
+    """A crash mid-append leaves half a line; the rounds before it stay readable (it
+    raised, and with it the simulation's report)."""
+    from mammotriage.learning.fl_site import RoundLog
+
+    log = RoundLog(tmp_path / "rounds.jsonl")
+    log.append({"round": 0, "sent": True})
+    with open(log.path, "a", encoding="utf-8") as f:
+        f.write('{"round": 1, "se')
+    assert [e["round"] for e in log.entries()] == [0]

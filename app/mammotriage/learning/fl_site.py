@@ -329,9 +329,10 @@ class RoundLog:
             os.fsync(f.fileno())
 
     def entries(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(x) for x in self.path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        """The readable entries (a line cut by a crash is skipped, as the Model panel does)."""
+        from mammotriage.learning.fl_config import read_round_log
+
+        return read_round_log(self.path, limit=10**9)[0]
 
 
 #: ``review(summary) -> None`` to send, or a reason to refuse.
