@@ -184,12 +184,22 @@ def train_parent(out_dir: Path, cfg: SimConfig, log: Callable[[str], None]) -> P
     from mammotriage.model.preprocess import PreprocessParams
     from mammotriage.model.train import TrainParams, train
 
+    source = {"type": "phantom", "n_exams": cfg.parent_exams, "seed": 100, "rows": cfg.rows,
+              "columns": cfg.columns, "exclude_kinds": ["calcification"], "epochs": cfg.parent_epochs}
     if out_dir.is_dir():
         try:
             verify(out_dir)
-            return out_dir  # trained by an earlier run with this output folder
+            from mammotriage.model.package import read_metadata
+
+            had = ((read_metadata(out_dir).get("training_data") or {}).get("sources") or [{}])[0]
+            if {k: had.get(k) for k in source} == source:
+                return out_dir  # trained by an earlier run with this output folder and these settings
+            log(f"{out_dir}: a parent of other settings ({had}); training a new one")
         except (ModelPackageError, OSError, ValueError):
             pass
+        import shutil
+
+        shutil.rmtree(out_dir)
     config = NetworkConfig(base_anchor_sizes=(8, 16), detections_per_img=20)
     pp = PreprocessParams(canvas_rows=cfg.rows, canvas_columns=int(round(cfg.columns * 0.923 / 8)) * 8)
     hp = TrainParams(epochs=cfg.parent_epochs, batch_size=2, patch_rows=cfg.rows, pretrained=True,
@@ -200,8 +210,7 @@ def train_parent(out_dir: Path, cfg: SimConfig, log: Callable[[str], None]) -> P
                    progress=False, log_every=0)
     log(f"parent trained on {len(samples)} images in {time.monotonic() - t:.0f} s")
     training = {"summary": "phantom exams without calcification clusters (federation simulation parent)",
-                "sources": [{"type": "phantom", "n_exams": cfg.parent_exams, "seed": 100, "rows": cfg.rows,
-                             "columns": cfg.columns, "exclude_kinds": ["calcification"], "images": len(samples)}],
+                "sources": [{**source, "images": len(samples)}],
                 "n_images": len(samples)}
     save_package(out_dir, result.detector, config, pp, version="0.9.0-fedsim",
                  description="federation simulation parent", training=training, hyper_parameters=hp.to_json(),
