@@ -118,3 +118,33 @@ def test_files_are_decoded_one_exam_at_a_time(tiny_model, phantom_exam, tmp_path
     exams = triage_paths([tmp_path], engine, min_score=0.0)
     assert [e["n_images"] for e in exams] == [4, 4]
     assert events == ["decode"] * 4 + ["predict 4"] + ["decode"] * 4 + ["predict 4"]
+
+
+def test_triage_runs_the_active_model_and_warns_about_any_other(tiny_model, phantom_exam, tmp_path, capsys):
+    """Without --model it ran the shipped package, not what the reading room runs; a
+    package that is not the active one ran without a word."""
+    from mammotriage.config import archive_path
+    from mammotriage.learning.registry import ModelRegistry
+    from mammotriage.model.package import default_model_dir, read_metadata
+
+    phantom_exam.save(tmp_path / "exam1")
+    with ModelRegistry(archive_path()) as reg:
+        reg.ensure_shipped(tiny_model)  # this installation's active model
+    args = _parser().parse_args(["triage", str(tmp_path / "exam1"), "--json"])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["model_active"] is True and out["model_version"] == read_metadata(tiny_model)["version"]
+    assert "not this installation's active model" not in captured.err
+    args = _parser().parse_args(["triage", str(tmp_path / "exam1"), "--json", "--model", str(tiny_model)])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["model_active"] is True and "warning" not in captured.err
+    shipped = default_model_dir()
+    args = _parser().parse_args(["triage", str(tmp_path / "exam1"), "--json", "--model", str(shipped)])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["model_active"] is False and out["model_version"] == read_metadata(shipped)["version"]
+    assert f"is not this installation's active model ({read_metadata(tiny_model)['version']})" in captured.err
+    assert str(shipped) in captured.err

@@ -25,7 +25,8 @@ def add_triage_command(subparsers: argparse._SubParsersAction) -> None:
                               "exams, runs the detector and prints exams most suspicious first, with "
                               "findings in stored-image pixel coordinates.")
     p.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders (searched recursively)")
-    p.add_argument("--model", type=Path, help="model package (default: the shipped one)")
+    p.add_argument("--model", type=Path, help="model package (default: this installation's active model; "
+                   "another package is run with a warning)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=2)
@@ -116,20 +117,45 @@ def triage_paths(paths: list[Path], engine: Any, min_score: float = 0.05, err: T
 
 
 def cmd_triage(args: argparse.Namespace) -> int:
+    from mammotriage.config import archive_path
     from mammotriage.model.infer import Engine
-    from mammotriage.model.package import ModelPackageError
+    from mammotriage.model.package import ModelPackageError, read_metadata
+    from mammotriage.model.registry import active_package
 
+    if args.model is None:  # what the reading room runs: the registry's active version
+        found = active_package(archive_path())
+        if found.notice:
+            print(found.notice, file=sys.stderr)
+        if not found or found.meta is None:
+            print(f"triage: {found.error or 'no active model'} (name a package with --model)", file=sys.stderr)
+            return 2
+        model_dir, active = found.folder, True
+    else:
+        model_dir = args.model
+        current = active_package(archive_path(), verified=False)
+        try:
+            theirs = read_metadata(model_dir)
+        except (ModelPackageError, OSError, ValueError) as exc:
+            print(f"triage: {exc}", file=sys.stderr)
+            return 2
+        active = current.version is not None and theirs.get("weights_sha256") == current.version.weights_sha256
+        if not active:
+            print(f"triage: warning: {model_dir} (version {theirs.get('version', '?')}) is not this installation's "
+                  f"active model ({current.version.version if current.version else 'none'}): its results are for "
+                  "evaluation, not what the reading room sees", file=sys.stderr)
     try:
-        engine = Engine.from_package(args.model, device=args.device, threads=args.threads, batch_size=args.batch_size)
+        engine = Engine.from_package(model_dir, device=args.device, threads=args.threads, batch_size=args.batch_size)
     except ModelPackageError as exc:
         print(f"triage: {exc}", file=sys.stderr)
         return 2
+    if args.model is None and found.meta is not None:
+        engine.thresholds = found.meta.get("operating_points", {})  # recalibrated by the gate that promoted it
     skipped: list[dict[str, str]] = []
     exams = triage_paths(args.paths, engine, min_score=args.min_score, skipped=skipped)
     if args.json:
         from mammotriage.jsonio import print_json
 
-        print_json({"exams": exams, "model_version": engine.version, "skipped": skipped})
+        print_json({"exams": exams, "model_version": engine.version, "model_active": active, "skipped": skipped})
     else:
         for e in exams:
             b = "  ".join(f"{k} {v:.3f}" for k, v in e["breasts"].items())
