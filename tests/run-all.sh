@@ -31,10 +31,11 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
 
-# 3. The whole suite (Qt offscreen; the real-window test starts its own Xvfb).
+# 3. The whole suite (Qt offscreen; the real-window test starts its own Xvfb), with the
+#    25 slowest tests listed at the end (CI time is a budget).
 export QT_QPA_PLATFORM=offscreen
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
