@@ -169,21 +169,59 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from mammotriage.store.audit import AuditKeyError
     from mammotriage.store.events import CorrectionLog
 
-    try:
-        with CorrectionLog(archive_path()) as log:
-            report = log.verify()
-    except AuditKeyError as exc:
-        print(f"cannot verify: {exc}", file=sys.stderr)
-        return 2
+    macs_checked = True
+    where = str(archive_path())
+    report: Any
+    if args.site or args.site_folder:
+        # the site store (PostgreSQL): its server extends the chain and holds the key
+        from mammotriage.store.pg.events import SERVER_AWAY, SiteCorrectionLog
+
+        started = False
+        try:
+            if args.site_folder:  # on the site server: the owner role, which reads the key
+                from mammotriage.net.site import load_site
+
+                cluster, _, _ = load_site(args.site_folder)
+                started = not cluster.status().running  # a stopped server is started and stopped again
+                cluster.start()
+                dsn, where = cluster.dsn("mt_admin"), f"site server {args.site_folder}"
+            else:
+                from mammotriage.net.site_profile import load_profile
+
+                dsn, where = load_profile(args.site).dsn(), f"site store of {args.site}"
+        except Exception as exc:  # noqa: BLE001 - a bad profile or site folder: say which and why
+            print(f"audit verify: {exc}", file=sys.stderr)
+            return 2
+        try:
+            with SiteCorrectionLog(dsn) as site_log:
+                report = site_log.verify()
+        except SERVER_AWAY as exc:
+            print(f"audit verify: the {where} cannot be reached: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            if started:
+                cluster.stop()
+        macs_checked = report.macs_checked
+    else:
+        try:
+            with CorrectionLog(archive_path()) as log:
+                report = log.verify()
+        except AuditKeyError as exc:
+            print(f"cannot verify: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps({"ok": report.ok, "events": report.events, "problems": report.problems,
-                          "head": report.head, "unkeyed": report.unkeyed}, indent=2))
+                          "head": report.head, "unkeyed": report.unkeyed, "store": where,
+                          "macs_checked": macs_checked}, indent=2))
     else:
         for problem in report.problems:
             print(f"TAMPERED: {problem}")
         print(f"{report.events} correction events: " + ("chain verified" if report.ok else
                                                         f"{len(report.problems)} problem(s)")
               + (f" (head: {report.head['count']} events, keyed)" if report.head else ""))
+        if not macs_checked:
+            print("hashes and links checked; the keyed MACs need the site's key: run "
+                  "'mammotriage audit verify --site-folder DIR' on the site server for the full check")
     return 0 if report.ok else 1
 
 
@@ -374,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = p.add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("verify", help="check that no correction event was edited or deleted")
     p.add_argument("--json", action="store_true")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--site", metavar="PROFILE",
+                       help="the site store of a site profile (hashes and links; the MACs need the site's key)")
+    where.add_argument("--site-folder", metavar="DIR",
+                       help="on the site server: its store, with the site's key (the full check)")
     p.set_defaults(func=cmd_audit_verify)
 
     from mammotriage.model.commands import add_model_commands

@@ -200,3 +200,48 @@ def test_connections_notice_a_vanished_server_within_a_minute(site_folder: Path,
                     s.close()
     finally:
         cluster.stop()
+
+
+def test_audit_verify_reads_the_site_store(site_folder: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``audit verify`` read only the workstation's SQLite archive: in site mode the
+    corrections are in the site store. ``--site PROFILE`` checks hashes and links as the
+    workstation role; ``--site-folder DIR`` on the server checks the MACs too, starting a
+    stopped server and stopping it again."""
+    from mammotriage.store.pg.events import SiteCorrectionLog, connect
+
+    out = tmp_path / "ws.json"
+    assert main(["site", "profile", str(site_folder), "--role", "workstation", "--out", str(out)]) == 0
+    capsys.readouterr()
+    cluster, _, _ = site.load_site(site_folder)
+    cluster.start()
+    try:
+        with SiteCorrectionLog(load_profile(out).dsn(), "ws-audit") as log:
+            made = [log.append(reader="ana", exam_key="E-audit", action="note", payload={"text": str(i)})
+                    for i in range(3)]
+        assert main(["audit", "verify", "--site", str(out), "--json"]) == 0
+        ws = json.loads(capsys.readouterr().out)
+        assert ws["ok"] and ws["events"] >= 3 and ws["macs_checked"] is False and str(out) in ws["store"]
+        assert main(["audit", "verify", "--site", str(out)]) == 0
+        assert "the keyed MACs need the site's key" in capsys.readouterr().out
+    finally:
+        cluster.stop()
+    assert main(["audit", "verify", "--site-folder", str(site_folder), "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert full["ok"] and full["macs_checked"] is True and full["events"] == ws["events"]
+    assert not cluster.status().running  # stopped again
+    cluster.start()
+    try:  # the documented admin path, used to change a reader's note
+        with connect(cluster.dsn("mt_admin")) as conn, conn.transaction():
+            conn.execute("ALTER TABLE correction_events DISABLE TRIGGER USER")
+            conn.execute("UPDATE correction_events SET payload = '{\"text\": \"edited\"}' WHERE seq = %s",
+                         (made[1].seq,))
+            conn.execute("ALTER TABLE correction_events ENABLE TRIGGER USER")
+        assert main(["audit", "verify", "--site-folder", str(site_folder)]) == 1
+        said = capsys.readouterr().out
+        assert "TAMPERED" in said and f"event {made[1].seq} " in said
+        assert cluster.status().running  # it was running: left running
+    finally:
+        cluster.stop()
+    assert main(["audit", "verify", "--site", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
