@@ -202,6 +202,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             if started:
                 cluster.stop()
         macs_checked = report.macs_checked
+        if args.site_folder and not macs_checked:
+            print(f"audit verify: the {where}'s key could not be read by its owner role: the MACs were not "
+                  "checked", file=sys.stderr)
+            return 2
     else:
         try:
             with CorrectionLog(archive_path()) as log:

@@ -71,7 +71,12 @@ def test_a_site_writes_its_own_policy_whatever_the_kit_says(kits, tmp_path):
     assert "mammotriage.learning.fl_flare.SiteExecutor" in res["class_allow_list"]
     assert "mammotriage.learning.fl_flare.FederationController" not in res["class_allow_list"]
     assert "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor" not in res["class_allow_list"]
-    assert res["components"] == [{"id": "keep"}]  # the rest of the site's resources stay
+    # the whole file is the site's own: the kit's components are not kept, the job
+    # launcher is the one that refuses code, and no log streams to the server
+    launcher = [c for c in res["components"] if c["id"] == "process_launcher"]
+    assert launcher == [{"id": "process_launcher", "path": "mammotriage.learning.fl_flare.SiteJobLauncher",
+                         "args": {}}]
+    assert {"id": "keep"} not in res["components"] and res["allow_log_streaming"] is False
 
 
 def test_the_server_allows_its_controller_not_the_sites_executor(kits, tmp_path):
@@ -83,6 +88,63 @@ def test_the_server_allows_its_controller_not_the_sites_executor(kits, tmp_path)
     assert "mammotriage.learning.fl_flare.FederationController" in res["class_allow_list"]
     assert "mammotriage.learning.fl_flare.SiteExecutor" not in res["class_allow_list"]
     assert res["components"]  # FLARE's default components came from resources.json.default
+
+
+@pytest.mark.parametrize("where", ["startup", "local"])
+def test_a_kit_with_configuration_flare_would_merge_in_is_refused(kits, tmp_path, where):
+    ours, _ = kits
+    kit_dir = _copy(ours.sites["site-a"], tmp_path / "a")
+    (kit_dir / where / "relay__resources.json").write_text(json.dumps(
+        {"relay_config": {"connection_security": "clear"}}), encoding="utf-8")
+    with pytest.raises(FederationError, match=r"relay__resources\.json"):
+        prepare_kit(read_kit(kit_dir))
+
+
+def test_the_kit_names_its_ca_by_fingerprint(kits):
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    ours, _ = kits
+    kit = read_kit(ours.sites["site-a"])
+    ca = x509.load_pem_x509_certificate((ours.sites["site-a"] / "startup" / "rootCA.pem").read_bytes())
+    assert kit.ca_sha256 == hashlib.sha256(ca.public_bytes(Encoding.DER)).hexdigest()
+    assert kit.not_after <= ca.not_valid_after_utc.isoformat()
+
+
+def test_a_job_that_carries_code_is_not_launched_at_a_site(tmp_path):
+    """What arrived decides, not what the server says about it (a server could claim a
+    role that may bring code): the site's launcher does not offer itself for a job whose
+    deployed app has a custom/ folder with files, so FLARE launches nothing."""
+    from nvflare.apis.event_type import EventType
+    from nvflare.apis.fl_constant import FLContextKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.workspace import Workspace
+
+    from mammotriage.learning.fl_flare import SiteJobLauncher, carried_code
+
+    (tmp_path / "startup").mkdir()
+    (tmp_path / "local").mkdir()
+    ws = Workspace(str(tmp_path), site_name="site-a")
+    app = tmp_path / "j1" / "app_site-a"
+    (app / "custom").mkdir(parents=True)
+
+    def launched(meta):
+        ctx = FLContext()
+        ctx.set_prop(FLContextKey.JOB_META, meta, private=True, sticky=False)
+        ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, ws, private=True, sticky=False)
+        SiteJobLauncher().handle_event(EventType.BEFORE_JOB_LAUNCH, ctx)
+        return ctx.get_prop(FLContextKey.JOB_LAUNCHER)
+
+    assert carried_code({"job_id": "j1"}, app) == ""  # an empty custom/ folder is no code
+    assert len(launched({"job_id": "j1"})) == 1
+    assert launched({"job_id": "j1", "byoc": True}) is None
+    (app / "custom" / "pkg").mkdir()
+    (app / "custom" / "pkg" / "payload.py").write_text("import os\n", encoding="utf-8")
+    assert "1 file(s) of code" in carried_code({"job_id": "j1"}, app)
+    assert launched({"job_id": "j1"}) is None
+    assert "could not find" in carried_code({"job_id": "j1"}, None)
 
 
 def _copy(src, dst):

@@ -45,6 +45,13 @@ def test_only_certificates_of_the_project_are_let_in(poc):
         assert not p[k]["accepted"], (k, p[k])
 
 
+def test_a_job_that_carries_code_is_refused_at_every_site(poc):
+    report, _, _ = poc
+    code = report["code_job"]
+    assert code["refused_by"] == ["site-1-calc", "site-2-mass"] and code["job_processes_started"] == []
+    assert code["job_id"] != report["job"]["id"]
+
+
 def test_what_each_site_sent_is_what_the_server_counted(poc):
     report, _, _ = poc
     (h,) = report["federation"]["history"]

@@ -68,8 +68,12 @@ class Kit:
     org: str
     server: str  # host:port the kit connects to (a server: where it listens)
     connection_security: str
-    not_after: str  # the certificate's end of validity (UTC, ISO 8601)
+    not_after: str  # the end of validity of the certificate or of its CA, whichever is first (UTC)
     admin_port: int | None = None
+    #: The federation's root CA, as its SHA-256 fingerprint: the kit proves only that its
+    #: certificate and its CA go together; that the CA is the federation's is checked by
+    #: comparing this with what the coordinator says (by phone, on paper).
+    ca_sha256: str = ""
 
 
 @dataclass
@@ -98,11 +102,12 @@ def _org(name: str) -> str:
 def provision(out_dir: str | Path, sites: Sequence[str], *, server_host: str = "localhost",
               fl_port: int = 8002, admin_port: int = 8003, project: str = "mammotriage",
               admin: str = DEFAULT_ADMIN, org: str = "coordinator",
-              site_orgs: Mapping[str, str] | None = None, valid_days: int = 365) -> Kits:
+              site_orgs: Mapping[str, str] | None = None, ca_valid_days: int = 3650) -> Kits:
     """FLARE startup kits with mutual TLS for a server, ``sites`` and one administrator
     (module docstring). The kits are under ``out_dir/<project>/prod_NN``; the root CA's
     key stays in ``out_dir/<project>/state`` (keep it offline: whoever holds it can make
-    a site certificate)."""
+    a site certificate). ``ca_valid_days`` is the root CA's lifetime; FLARE gives each
+    participant's certificate 360 days (re-provision before they end)."""
     from nvflare.lighter.constants import ProvisionMode
     from nvflare.lighter.prov_utils import prepare_builders, prepare_packager
     from nvflare.lighter.provision import prepare_project
@@ -121,7 +126,7 @@ def provision(out_dir: str | Path, sites: Sequence[str], *, server_host: str = "
         "builders": [
             {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder", "args": {"template_file": ["master_template.yml"]}},
             {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
-            {"path": "nvflare.lighter.impl.cert.CertBuilder", "args": {"root_valid_days": int(valid_days)}},
+            {"path": "nvflare.lighter.impl.cert.CertBuilder", "args": {"root_valid_days": int(ca_valid_days)}},
             {"path": "nvflare.lighter.impl.signature.SignatureBuilder"}]}
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -195,6 +200,9 @@ def read_kit(kit: str | Path) -> Kit:
     except Exception:  # noqa: BLE001 - cryptography raises InvalidSignature or a key-type error
         raise FederationError(f"{path}: startup/{cert_name} is not signed by this kit's rootCA.pem") from None
     now = dt.datetime.now(dt.UTC)
+    if ca.not_valid_after_utc < now:
+        raise FederationError(f"{path}: the federation's root CA (startup/rootCA.pem) expired on "
+                              f"{ca.not_valid_after_utc:%Y-%m-%d}; ask the coordinator for new kits")
     if cert.not_valid_after_utc < now:
         raise FederationError(f"{path}: the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}; "
                               "ask the coordinator for a new kit")
@@ -211,22 +219,70 @@ def read_kit(kit: str | Path) -> Kit:
     name, org = attr(NameOID.COMMON_NAME), attr(NameOID.ORGANIZATION_NAME)
     if role == "site" and name != str(conf["client"].get("fqsn", name)):
         raise FederationError(f"{path}: the certificate names {name!r}, the configuration {conf['client'].get('fqsn')!r}")
+    from cryptography.hazmat.primitives import hashes
+
     return Kit(path=path, role=role, name=name, org=org, server=server, connection_security="mtls",
-               not_after=cert.not_valid_after_utc.isoformat(), admin_port=admin_port)
+               not_after=min(cert.not_valid_after_utc, ca.not_valid_after_utc).isoformat(),
+               admin_port=admin_port, ca_sha256=ca.fingerprint(hashes.SHA256()).hex())
+
+
+def site_resources() -> dict[str, Any]:
+    """A site's whole ``local/resources.json``, made here and never taken from a kit:
+    the enforced class allow-list, no log streaming to the server, FLARE's resource
+    manager with no GPU claims, and :class:`~mammotriage.learning.fl_flare.SiteJobLauncher`
+    as the job-process launcher (it refuses a job that carries code)."""
+    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
+
+    from mammotriage.learning import fl_flare
+
+    return {"format_version": 2, "class_list_enforcement_mode": "enforce",
+            "class_allow_list": [*DEFAULT_CLASS_ALLOW_LIST, *fl_flare.SITE_CLASSES],
+            "allow_log_streaming": False,
+            "client": {"retry_timeout": 30, "compression": "Gzip"},
+            "components": [
+                {"id": "resource_manager",
+                 "path": "nvflare.app_common.resource_managers.gpu_resource_manager.GPUResourceManager",
+                 "args": {"num_of_gpus": 0, "mem_per_gpu_in_GiB": 0, "expiration_period": 300}},
+                {"id": "resource_consumer",
+                 "path": "nvflare.app_common.resource_consumers.gpu_resource_consumer.GPUResourceConsumer",
+                 "args": {}},
+                {"id": "process_launcher", "path": fl_flare.SITE_LAUNCHER, "args": {}}]}
+
+
+def _merged_configs(kit: Kit) -> list[Path]:
+    """Files FLARE would merge into a participant's configuration besides ``fed_*.json``
+    and ``local/resources.json`` (``*__resources.json`` and the like in ``startup/`` or
+    ``local/``): a kit must not carry them, they could turn off what the site enforces."""
+    found = []
+    for folder in (kit.path / "startup", kit.path / "local"):
+        if folder.is_dir():
+            found += [p for p in folder.iterdir() if p.name.endswith("resources.json") and p.name != "resources.json"]
+    return sorted(found)
 
 
 def prepare_kit(kit: Kit) -> list[Path]:
     """Write this participant's own policy into ``local/`` (module docstring); returns
-    the files written."""
+    the files written. A site's ``resources.json`` is :func:`site_resources`, whatever
+    the kit came with; a kit with extra configuration files that FLARE would merge in is
+    refused."""
     from mammotriage.learning import fl_flare
 
+    extra = _merged_configs(kit)
+    if extra:
+        raise FederationError(f"{kit.path}: the kit carries configuration that FLARE would merge into this "
+                              f"{kit.role}'s ({', '.join(p.name for p in extra)}); remove it or ask the "
+                              "coordinator for a plain kit")
     local = kit.path / "local"
     local.mkdir(parents=True, exist_ok=True)
-    default = local / "resources.json.default"
     res = local / "resources.json"
-    if default.is_file() and not res.is_file():
-        shutil.copyfile(default, res)
-    written = [fl_flare.write_component_policy(local, server=kit.role == "server", site=kit.role == "site")]
+    if kit.role == "site":
+        res.write_text(json.dumps(site_resources(), indent=1), encoding="utf-8")
+        written = [res]
+    else:
+        default = local / "resources.json.default"
+        if default.is_file() and not res.is_file():
+            shutil.copyfile(default, res)
+        written = [fl_flare.write_component_policy(local, server=kit.role == "server", site=False)]
     if kit.role == "site":
         auth = {"format_version": "1.0",
                 "permissions": {"project_admin": dict(SITE_RIGHTS),
@@ -316,7 +372,8 @@ def run_kit(kit_dir: str | Path, *, site_config: Mapping[str, Any] | None = None
     elif kit.role != "server":
         raise FederationError(f"{kit.path}: an admin kit submits jobs; run a server or a site kit")
     log(f"{kit.role} {kit.name} ({kit.org}): connecting to {kit.server} with mutual TLS, certificate valid until "
-        f"{kit.not_after[:10]}")
+        f"{kit.not_after[:10]}; the federation's root CA has SHA-256 fingerprint {kit.ca_sha256} (compare it with "
+        "the coordinator's)")
     proc = subprocess.Popen(kit_command(kit), env=kit_env(cfg_file), cwd=str(kit.path))
 
     def stop(signum: int, _frame: Any) -> None:
@@ -363,14 +420,15 @@ class _Procs:
         p = self.procs.get(name)
         if p is None:
             return None
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        # the whole process group, also when its leader is gone: FLARE's own children
+        # (the job processes) live in it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
         return p.returncode
 
     def wait_all(self, timeout: float) -> dict[str, int | None]:
@@ -385,6 +443,58 @@ class _Procs:
             self.stop(n)
         for f in self._files:
             f.close()
+
+
+def _submit_code_job(sess: Any, work: Path, init: Path, cfg: SimConfig, sites: list[str], procs: _Procs,
+                     kits: Kits, log: Callable[[str], None], wait_s: float = 90.0) -> dict[str, Any]:
+    """Submit a job whose site app carries a ``custom/`` module, wait until every site has
+    refused it, abort it; returns what each site did. An honest server marks such a job
+    as bringing its own code, and each site's ``authorization.json`` (``byoc: none``)
+    refuses the deployment, which the server logs per site; a job deployed anyway (a
+    server that lies about it) is refused by :class:`fl_flare.SiteJobLauncher`, in the
+    site's log."""
+    from mammotriage.learning import fl_sim
+
+    name = "poc-carries-code"
+    job = fl_sim.build_job(name, init, work / "code-job-server", cfg, sites)
+    job.export_job(str(work / "jobs"))
+    for app in (work / "jobs" / name).glob("app*"):
+        if (app / "config" / "config_fed_client.json").is_file():
+            (app / "custom").mkdir(exist_ok=True)
+            (app / "custom" / "payload.py").write_text("import os  # code a site must not run\n",
+                                                       encoding="utf-8")
+    job_id = sess.submit_job(str(work / "jobs" / name))
+    refused: dict[str, bool] = {}
+    how: dict[str, str] = {}
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        server_log = "".join(p.read_text(encoding="utf-8", errors="replace") for p in kits.server.glob("log*.txt"))
+        for site in sites:
+            logs = "".join(p.read_text(encoding="utf-8", errors="replace") for p in kits.sites[site].glob("log*.txt"))
+            by_policy = f"'{site}: NVFLARE_ERROR: BYOC not permitted'" in server_log and job_id in server_log
+            by_launcher = f"job {job_id} refused at this site: the job carries" in logs
+            refused[site] = by_policy or by_launcher
+            how[site] = "its authorization policy (byoc: none)" if by_policy else "its job launcher"
+        if all(refused.values()):
+            break
+        time.sleep(2)
+    with contextlib.suppress(Exception):  # FLARE may have ended it already
+        sess.abort_job(job_id)
+    # the next job waits until this one is gone from the server
+    while time.monotonic() < end + 60:
+        with contextlib.suppress(Exception):
+            if str(sess.get_job_meta(job_id).get("status", "")).startswith("FINISHED"):
+                break
+        time.sleep(2)
+    # a job process that started would have written its own log in the job's folder
+    ran = sorted(s for s in sites if (kits.sites[s] / job_id / "log.txt").is_file())
+    log(f"a job that carries code: refused at {sum(refused.values())} of {len(sites)} sites "
+        f"({'; '.join(f'{s}: {h}' for s, h in how.items())})")
+    if not all(refused.values()) or ran:
+        raise FederationError(f"a job carrying code was not refused at every site ({refused}; a job process "
+                              f"started at: {ran or 'none'}); see the logs under {procs.logs}")
+    return {"job_id": job_id, "refused_by": sorted(s for s, r in refused.items() if r), "how": how,
+            "job_processes_started": ran}
 
 
 def probe_tls(host: str, port: int, ca: str | Path, cert: str | Path | None = None,
@@ -507,6 +617,11 @@ def poc(out: Path, cfg: SimConfig, seed: int = 0, log: Callable[[str], None] = p
                 raise FederationError(f"mutual TLS is not enforced as it must be: {report['mtls_probes']}")
         init = work / "initial.safetensors"
         save_file({k: v.contiguous() for k, v in fl_sim._state_of(parent).items()}, str(init))
+        if intruder:
+            # a job that brings its own code (which FLARE lets the project admin submit):
+            # every site must refuse to launch it
+            report["code_job"] = _submit_code_job(sess, work, init, cfg, want, procs, kits, log)
+        save_file({k: v.contiguous() for k, v in fl_sim._state_of(parent).items()}, str(init))
         job_name = f"poc-seed{seed}"
         job = fl_sim.build_job(job_name, init, work / "server", cfg, want)
         job.export_job(str(work / "jobs"))
@@ -566,6 +681,8 @@ def poc_text(report: Mapping[str, Any]) -> str:
              f"job {s.get('job')} s; shutdown {s.get('shutdown')} s; total {s.get('total')} s"]
     for k, v in (report.get("mtls_probes") or {}).items():
         lines.append(f"  TLS handshake with {k}: {'accepted' if v['accepted'] else 'refused'} ({v['detail']})")
+    if "code_job" in report:
+        lines.append(f"  a job that carries code: refused by {', '.join(report['code_job']['refused_by'])}")
     lines.append(f"  job {report.get('job', {}).get('id')}: {report.get('job', {}).get('status')}, "
                  f"{fed.get('completed_rounds')}/{fed.get('rounds')} rounds, participants "
                  f"{', '.join(fed.get('participants') or [])}")

@@ -31,8 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.job_launcher_spec import add_launcher
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
+from nvflare.app_common.job_launcher.client_process_launcher import ClientProcessJobLauncher
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from mammotriage.learning.federation import (
@@ -197,6 +201,8 @@ SERVER_CLASSES = ("mammotriage.learning.fl_flare.FederationController",)
 #: the installed :data:`CLIENT_SCRIPT` (FLARE's generic Client API executor, which would
 #: run any script a job names, is not on the list).
 SITE_CLASSES = ("mammotriage.learning.fl_flare.SiteExecutor",)
+#: A site's job launcher (its ``process_launcher`` component, not built from jobs).
+SITE_LAUNCHER = "mammotriage.learning.fl_flare.SiteJobLauncher"
 
 
 def write_component_policy(local_dir: str | Path, *, server: bool, site: bool) -> Path:
@@ -224,6 +230,56 @@ class SiteExecutor(ClientAPIExecutor):  # type: ignore[misc]  # FLARE ships no t
 
     def __init__(self) -> None:
         super().__init__(execution_mode="in_process", task_script_path=str(CLIENT_SCRIPT))
+
+
+def carried_code(job_meta: Mapping[str, Any], app_dir: str | Path | None) -> str:
+    """Why a job deployed at this site carries code ('' when it carries none): a
+    ``custom/`` folder holding any file, or the bring-your-own-code flag. ``app_dir``
+    None (this site's deployed app could not be found) counts as carrying code."""
+    if job_meta.get("byoc"):
+        return "the job is marked as bringing its own code"
+    if app_dir is None:
+        return "this site could not find the job's deployed app to check it"
+    custom = Path(app_dir) / "custom"
+    if custom.is_dir():
+        files = [p for p in custom.rglob("*") if p.is_file() or p.is_symlink()]
+        if files:
+            return f"the job carries {len(files)} file(s) of code in {custom} (first: {files[0].name})"
+    return ""
+
+
+class SiteJobLauncher(ClientProcessJobLauncher):  # type: ignore[misc]  # FLARE ships no types
+    """FLARE's job-process launcher at a site, which launches no job that carries code.
+
+    FLARE decides whether a job is "bring your own code" from what the server says (the
+    job's metadata and the submitter's role), so a compromised server could claim a role
+    that may. This launcher looks at what actually arrived: before a job's process
+    starts it checks the deployed app folder (:func:`carried_code`) and, for a job with
+    code, does not offer itself, so FLARE refuses the job here ("no job launcher can
+    handle this job"). It is the site's ``process_launcher`` in ``local/resources.json``
+    (:func:`mammotriage.learning.fl_deploy.prepare_kit`)."""
+
+    def handle_event(self, event_type: str, fl_ctx: Any) -> None:
+        if event_type != EventType.BEFORE_JOB_LAUNCH:
+            return
+        job_meta = fl_ctx.get_prop(FLContextKey.JOB_META) or {}
+        job_id = str(job_meta.get("job_id", ""))
+        app_dir = None
+        workspace = fl_ctx.get_prop(FLContextKey.WORKSPACE_OBJECT)
+        if workspace is None:
+            engine = fl_ctx.get_engine()
+            workspace = getattr(engine, "get_workspace", lambda: None)()
+        if workspace is not None and job_id:
+            try:
+                app_dir = workspace.get_app_dir(job_id)
+            except Exception:  # noqa: BLE001 - a job id FLARE's workspace refuses: not launched
+                app_dir = None
+        why = carried_code(job_meta, app_dir)
+        if why:
+            self.log_error(fl_ctx, f"job {job_id} refused at this site: {why}; this site runs only the "
+                           "training installed with the app", fire_event=False)
+            return
+        add_launcher(self, fl_ctx)
 
 
 def site_executor() -> SiteExecutor:
@@ -257,8 +313,8 @@ def run_site(flare: Any) -> None:
     try:
         client, transform = build_site_client(site, cfg)
         cannot = ""
-    except (FederationError, OSError, ValueError) as exc:  # bad data: say so every round, train nothing
-        cannot = str(exc)
+    except Exception as exc:  # noqa: BLE001 - bad data, a missing parent or key: say so every round, train nothing
+        cannot = f"{type(exc).__name__}: {exc}" if isinstance(exc, (KeyError, TypeError)) else str(exc)
     while flare.is_running():
         incoming = flare.receive()
         if incoming is None:
@@ -268,7 +324,7 @@ def run_site(flare: Any) -> None:
         if cannot:
             from mammotriage.learning.fl_site import RoundLog
 
-            RoundLog(cfg["log"]).append({"job": meta.get("job"), "round": "final" if meta.get("final") else
+            RoundLog(cfg.get("log") or "federation-rounds.jsonl").append({"job": meta.get("job"), "round": "final" if meta.get("final") else
                                          incoming.current_round, "site": site, "sent": False,
                                          "reason": f"this site cannot train: {cannot}"})
             flare.send(FLModel(params={}, meta={**reply, "refused": cannot}))

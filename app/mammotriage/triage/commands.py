@@ -120,8 +120,9 @@ def cmd_triage(args: argparse.Namespace) -> int:
     from mammotriage.config import archive_path
     from mammotriage.model.infer import Engine
     from mammotriage.model.package import ModelPackageError, read_metadata
-    from mammotriage.model.registry import active_package
+    from mammotriage.model.registry import ActivePackage, active_package
 
+    found: ActivePackage | None
     if args.model is None:  # what the reading room runs: the registry's active version
         found = active_package(archive_path())
         if found.notice:
@@ -139,6 +140,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
             print(f"triage: {exc}", file=sys.stderr)
             return 2
         active = current.version is not None and theirs.get("weights_sha256") == current.version.weights_sha256
+        found = active_package(archive_path()) if active else None  # verified, recalibrated points
         if not active:
             print(f"triage: warning: {model_dir} (version {theirs.get('version', '?')}) is not this installation's "
                   f"active model ({current.version.version if current.version else 'none'}): its results are for "
@@ -148,8 +150,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
     except ModelPackageError as exc:
         print(f"triage: {exc}", file=sys.stderr)
         return 2
-    if args.model is None and found.meta is not None:
-        engine.thresholds = found.meta.get("operating_points", {})  # recalibrated by the gate that promoted it
+    if found is not None and found.meta is not None:  # the operating points its promoting gate recalibrated
+        engine.thresholds = found.meta.get("operating_points", {})
     skipped: list[dict[str, str]] = []
     exams = triage_paths(args.paths, engine, min_score=args.min_score, skipped=skipped)
     if args.json:
