@@ -228,15 +228,15 @@ def read_kit(kit: str | Path) -> Kit:
 
 def site_resources() -> dict[str, Any]:
     """A site's whole ``local/resources.json``, made here and never taken from a kit:
-    the enforced class allow-list, no log streaming to the server, FLARE's resource
-    manager with no GPU claims, and :class:`~mammotriage.learning.fl_flare.SiteJobLauncher`
-    as the job-process launcher (it refuses a job that carries code)."""
-    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
-
+    the enforced class allow-list (the app's site executor only: a job can build
+    nothing else here, none of FLARE's other components either), no log streaming to the
+    server, FLARE's resource manager with no GPU claims, and
+    :class:`~mammotriage.learning.fl_flare.SiteJobLauncher` as the job-process launcher
+    (it refuses a job that carries code)."""
     from mammotriage.learning import fl_flare
 
     return {"format_version": 2, "class_list_enforcement_mode": "enforce",
-            "class_allow_list": [*DEFAULT_CLASS_ALLOW_LIST, *fl_flare.SITE_CLASSES],
+            "class_allow_list": list(fl_flare.SITE_CLASSES),
             "allow_log_streaming": False,
             "client": {"retry_timeout": 30, "compression": "Gzip"},
             "components": [
