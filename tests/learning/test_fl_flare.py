@@ -99,6 +99,25 @@ def test_the_global_model_is_a_candidate_at_the_site_not_a_deployment(run):
     assert summary["candidates"]["site-1-calc"] == {"candidate": None}
 
 
+def test_the_simulate_cli_keeps_stdout_for_the_report(tmp_path):
+    """FLARE's processes log to file descriptor 1; ``--json`` must still print JSON only."""
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "MAMMOTRIAGE_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "mammotriage", "federate", "--simulate", "2", "--quick",
+                           "--no-baselines", "--seeds", "0", "--rounds", "1", "--local-iterations", "1",
+                           "--out", str(tmp_path / "fed"), "--json"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    fed = report["seeds"]["0"]["federation"]
+    assert fed["completed_rounds"] == 1 and fed["participants"] == ["site-1-calc", "site-2-mass"]
+    assert report["seeds"]["0"]["validation"]["images"] > 0
+    assert "INFO" in proc.stderr  # FLARE's log went to stderr
+
+
 def test_the_cli_says_what_to_run():
     import subprocess
 

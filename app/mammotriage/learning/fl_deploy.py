@@ -34,9 +34,11 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -275,27 +277,23 @@ def prepare_kit(kit: Kit) -> list[Path]:
     local = kit.path / "local"
     local.mkdir(parents=True, exist_ok=True)
     res = local / "resources.json"
-    if kit.role == "site":
-        res.write_text(json.dumps(site_resources(), indent=1), encoding="utf-8")
-        written = [res]
-    else:
+    if kit.role != "site":  # the server (an admin kit runs no process)
         default = local / "resources.json.default"
         if default.is_file() and not res.is_file():
             shutil.copyfile(default, res)
-        written = [fl_flare.write_component_policy(local, server=kit.role == "server", site=False)]
-    if kit.role == "site":
-        auth = {"format_version": "1.0",
-                "permissions": {"project_admin": dict(SITE_RIGHTS),
-                                "org_admin": {**SITE_RIGHTS, "submit_job": "none", "clone_job": "none",
-                                              "manage_job": "o:submitter", "download_job": "o:submitter",
-                                              "operate": "o:site"},
-                                "lead": {**SITE_RIGHTS, "clone_job": "n:submitter", "manage_job": "n:submitter",
-                                         "download_job": "n:submitter", "operate": "o:site"},
-                                "member": {"view": "any"}}}
-        p = local / "authorization.json"
-        p.write_text(json.dumps(auth, indent=1), encoding="utf-8")
-        written.append(p)
-    return written
+        return [fl_flare.write_component_policy(local, server=kit.role == "server", site=False)]
+    res.write_text(json.dumps(site_resources(), indent=1), encoding="utf-8")
+    auth = {"format_version": "1.0",
+            "permissions": {"project_admin": dict(SITE_RIGHTS),
+                            "org_admin": {**SITE_RIGHTS, "submit_job": "none", "clone_job": "none",
+                                          "manage_job": "o:submitter", "download_job": "o:submitter",
+                                          "operate": "o:site"},
+                            "lead": {**SITE_RIGHTS, "clone_job": "n:submitter", "manage_job": "n:submitter",
+                                     "download_job": "n:submitter", "operate": "o:site"},
+                            "member": {"view": "any"}}}
+    auth_file = local / "authorization.json"
+    auth_file.write_text(json.dumps(auth, indent=1), encoding="utf-8")
+    return [res, auth_file]
 
 
 def kit_command(kit: Kit) -> list[str]:
@@ -344,15 +342,12 @@ def kit_env(site_config_file: str | Path | None) -> dict[str, str]:
     return env
 
 
-def run_kit(kit_dir: str | Path, *, site_config: Mapping[str, Any] | None = None,
-            site_config_file: str | Path | None = None, archive_file: str | Path | None = None,
-            log: Callable[[str], None] = print) -> int:
+def run_kit(kit_dir: str | Path, *, site_config_file: str | Path | None = None,
+            archive_file: str | Path | None = None, log: Callable[[str], None] = print) -> int:
     """Run a server or a site from its kit in the foreground until FLARE stops it (an
     administrator's ``shutdown``, or Ctrl+C / SIGTERM here); returns its exit status.
     A site's configuration is ``site_config_file`` (``{site: {...}}``), else
-    ``site_config``, else :func:`site_config_from_archive`."""
-    import signal
-
+    :func:`site_config_from_archive`."""
     kit = read_kit(kit_dir)
     prepare_kit(kit)
     cfg_file: Path | None = None
@@ -363,10 +358,9 @@ def run_kit(kit_dir: str | Path, *, site_config: Mapping[str, Any] | None = None
             if kit.name not in cfgs:
                 raise FederationError(f"{cfg_file} has no configuration for site {kit.name!r}")
         else:
-            if site_config is None:
-                from mammotriage.learning.snapshot_data import archive_or_default
+            from mammotriage.learning.snapshot_data import archive_or_default
 
-                site_config = site_config_from_archive(kit, archive_or_default(archive_file))
+            site_config = site_config_from_archive(kit, archive_or_default(archive_file))
             cfg_file = kit.path / "local" / "mammotriage-site.json"
             cfg_file.write_text(json.dumps({kit.name: dict(site_config)}, indent=1), encoding="utf-8")
     elif kit.role != "server":
@@ -415,8 +409,6 @@ class _Procs:
         return self.procs[name].poll() is None
 
     def stop(self, name: str, timeout: float = 20.0) -> int | None:
-        import signal
-
         p = self.procs.get(name)
         if p is None:
             return None
@@ -474,7 +466,8 @@ def _submit_code_job(sess: Any, work: Path, init: Path, cfg: SimConfig, sites: l
             by_policy = f"'{site}: NVFLARE_ERROR: BYOC not permitted'" in server_log and job_id in server_log
             by_launcher = f"job {job_id} refused at this site: the job carries" in logs
             refused[site] = by_policy or by_launcher
-            how[site] = "its authorization policy (byoc: none)" if by_policy else "its job launcher"
+            if refused[site]:
+                how[site] = "its authorization policy (byoc: none)" if by_policy else "its job launcher"
         if all(refused.values()):
             break
         time.sleep(2)
@@ -528,18 +521,20 @@ def _connected(sess: Any) -> list[str]:
 
 
 def poc(out: Path, cfg: SimConfig, seed: int = 0, log: Callable[[str], None] = print,
-        timeout: float = 1800.0, intruder: bool = True) -> dict[str, Any]:
+        timeout: float = 1800.0, checks: bool = True) -> dict[str, Any]:
     """The proof-of-concept (module docstring) with the simulation's phantom sites;
-    returns the report (figures in seconds and the global model's sensitivities)."""
+    returns the report (figures in seconds and the global model's sensitivities).
+    ``checks``: the TLS probes and the job that carries code, before the real job."""
     from safetensors.torch import load_file, save_file
 
     from mammotriage.learning import fl_sim
-    from mammotriage.learning.fl_site import DetectorSiteEngine
+    from mammotriage.learning.fl_site import DetectorSiteEngine, RoundLog
 
     t_all = time.monotonic()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     parent = fl_sim.train_parent(out / "parent", cfg, log)
+    base_state = fl_sim._state_of(parent)
     work = out / f"seed{seed}"
     if work.exists():
         shutil.rmtree(work)
@@ -561,8 +556,6 @@ def poc(out: Path, cfg: SimConfig, seed: int = 0, log: Callable[[str], None] = p
     me = [sys.executable, "-m", "mammotriage", "federate"]
     procs = _Procs(work / "logs")
     sess = None
-    import signal
-    import threading
 
     def terminated(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)  # the finally below stops every process started here
@@ -596,7 +589,7 @@ def poc(out: Path, cfg: SimConfig, seed: int = 0, log: Callable[[str], None] = p
         ready_s = time.monotonic() - t
         report["seconds"]["start_to_all_connected"] = round(ready_s, 1)
         log(f"server and {len(want)} sites connected over mTLS in {ready_s:.1f} s")
-        if intruder:
+        if checks:
             # the server's side of mutual TLS: a site certificate from another project
             # (its own root CA), or none, is refused in the handshake; a real site's is not
             other = provision(work / "intruder-kits", ["site-0-intruder"], fl_port=fl_port, admin_port=admin_port,
@@ -616,12 +609,11 @@ def poc(out: Path, cfg: SimConfig, seed: int = 0, log: Callable[[str], None] = p
             if not probes["site certificate"][0] or any(a for k, (a, _) in probes.items() if k != "site certificate"):
                 raise FederationError(f"mutual TLS is not enforced as it must be: {report['mtls_probes']}")
         init = work / "initial.safetensors"
-        save_file({k: v.contiguous() for k, v in fl_sim._state_of(parent).items()}, str(init))
-        if intruder:
+        save_file({k: v.contiguous() for k, v in base_state.items()}, str(init))
+        if checks:
             # a job that brings its own code (which FLARE lets the project admin submit):
             # every site must refuse to launch it
             report["code_job"] = _submit_code_job(sess, work, init, cfg, want, procs, kits, log)
-        save_file({k: v.contiguous() for k, v in fl_sim._state_of(parent).items()}, str(init))
         job_name = f"poc-seed{seed}"
         job = fl_sim.build_job(job_name, init, work / "server", cfg, want)
         job.export_job(str(work / "jobs"))
@@ -655,16 +647,11 @@ def poc(out: Path, cfg: SimConfig, seed: int = 0, log: Callable[[str], None] = p
     fed = json.loads(summary_file.read_text(encoding="utf-8"))
     report["federation"] = {k: fed.get(k) for k in ("completed_rounds", "rounds", "participants", "sites",
                                                      "final_sha256", "history", "candidates")}
-    report["site_logs"] = {n: json.loads("[" + ",".join(
-        x for x in Path(site_cfg[n]["log"]).read_text(encoding="utf-8").splitlines() if x.strip()) + "]")
-        if Path(site_cfg[n]["log"]).is_file() else [] for n, _ in sites}
-    data_cfg = {"seed": seed, "rows": cfg.rows, "columns": cfg.columns,
-                "train_lesion_exams": cfg.train_lesion_exams, "train_normal_exams": cfg.train_normal_exams,
-                "val_lesion_exams": cfg.val_lesion_exams, "val_normal_exams": cfg.val_normal_exams}
-    val = [s for _, p in sites for s in fl_sim._site_data({**data_cfg, "profile": p}, "val")]
+    report["site_logs"] = {n: RoundLog(site_cfg[n]["log"]).entries() for n, _ in sites}
+    val = fl_sim.sim_validation(cfg, seed, sites)
     evaluator = DetectorSiteEngine(parent, [], threads=cfg.threads, seed=seed)
     report["validation"] = {"images": len(val), "patients": len({s.group for s in val})}
-    report["parent"] = fl_sim._figures(evaluator.evaluate(fl_sim._state_of(parent), val))
+    report["parent"] = fl_sim._figures(evaluator.evaluate(base_state, val))
     report["federated"] = fl_sim._figures(evaluator.evaluate(load_file(str(work / "server" / "global.safetensors")),
                                                              val))
     report["seconds"]["total"] = round(time.monotonic() - t_all, 1)

@@ -233,6 +233,19 @@ def _state_of(parent: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in det.network.state_dict().items()}
 
 
+def sim_data_config(cfg: SimConfig, seed: int) -> dict[str, Any]:
+    """A simulated site's phantom draw (with its ``profile`` added: :func:`_site_data`)."""
+    return {"seed": seed, "rows": cfg.rows, "columns": cfg.columns, "train_lesion_exams": cfg.train_lesion_exams,
+            "train_normal_exams": cfg.train_normal_exams, "val_lesion_exams": cfg.val_lesion_exams,
+            "val_normal_exams": cfg.val_normal_exams}
+
+
+def sim_validation(cfg: SimConfig, seed: int, sites: Sequence[tuple[str, str]]) -> list[Sample]:
+    """The union of the simulated sites' locked validation exams."""
+    data = sim_data_config(cfg, seed)
+    return [s for _, p in sites for s in _site_data({**data, "profile": p}, "val")]
+
+
 def sim_site_configs(work: Path, parent: Path, cfg: SimConfig, seed: int,
                      more_sites: Mapping[str, Mapping[str, Any]] | None = None
                      ) -> tuple[list[tuple[str, str]], dict[str, dict[str, Any]]]:
@@ -246,10 +259,7 @@ def sim_site_configs(work: Path, parent: Path, cfg: SimConfig, seed: int,
             "parent": str(parent), "threads": cfg.threads, "seed": seed, "optimizer": cfg.optimizer,
             "log": str(work / "sites" / name / "rounds.jsonl"),
             "fault": fault,
-            "data": {"type": "phantom-sim", "profile": profile, "seed": seed, "rows": cfg.rows,
-                     "columns": cfg.columns, "train_lesion_exams": cfg.train_lesion_exams,
-                     "train_normal_exams": cfg.train_normal_exams, "val_lesion_exams": cfg.val_lesion_exams,
-                     "val_normal_exams": cfg.val_normal_exams}}
+            "data": {"type": "phantom-sim", "profile": profile, **sim_data_config(cfg, seed)}}
     for name, extra in (more_sites or {}).items():
         site_cfg[name] = {"log": str(work / "sites" / name / "rounds.jsonl"), "threads": cfg.threads,
                           "seed": seed, "optimizer": cfg.optimizer, **dict(extra)}
@@ -338,11 +348,9 @@ def simulate(out: Path, cfg: SimConfig | None = None, log: Callable[[str], None]
     for seed in cfg.seeds:
         t_seed = time.monotonic()
         honest = [(n, p) for n, p in site_names(cfg) if "malicious" not in n]
-        data_cfg = {"seed": seed, "rows": cfg.rows, "columns": cfg.columns,
-                    "train_lesion_exams": cfg.train_lesion_exams, "train_normal_exams": cfg.train_normal_exams,
-                    "val_lesion_exams": cfg.val_lesion_exams, "val_normal_exams": cfg.val_normal_exams}
+        data_cfg = sim_data_config(cfg, seed)
         train = {n: _site_data({**data_cfg, "profile": p}, "train") for n, p in honest}
-        val = [s for n, p in honest for s in _site_data({**data_cfg, "profile": p}, "val")]
+        val = sim_validation(cfg, seed, honest)
         groups_train = {s.group for v in train.values() for s in v}
         assert not groups_train & {s.group for s in val}, "a patient in both training and validation"
         fig: dict[str, Any] = {"split": {n: {"train_images": len(v), "train_patients": len({s.group for s in v}),

@@ -205,6 +205,24 @@ def federation_provenance(meta: dict[str, Any], parent: str | None = None) -> st
     return "federated: " + " · ".join(parts)
 
 
+def _selectable_label(text: str = "") -> QLabel:
+    """A wrapped label whose text can be selected and copied."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+def _row_table(table: QTableWidget, row_height: int) -> QTableWidget:
+    """A read-only table of whole-row, single selections with compact rows."""
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.verticalHeader().setVisible(False)
+    table.verticalHeader().setDefaultSectionSize(row_height)
+    return table
+
+
 class ModelPanel(QDialog):
     """Model versions, the validation gate, and the learning-loop actions."""
 
@@ -240,17 +258,11 @@ class ModelPanel(QDialog):
         tl = QVBoxLayout(top)
         self.versions = QTableWidget(0, 6)
         self.versions.setHorizontalHeaderLabels(["", "version", "origin", "parent", "weights sha256", "registered"])
-        self.versions.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.versions.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.versions.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        _row_table(self.versions, self.fontMetrics().height() + 8)
         self.versions.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.versions.verticalHeader().setVisible(False)
-        self.versions.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.versions.itemSelectionChanged.connect(self._selection_changed)
         tl.addWidget(self.versions)
-        self.provenance_label = QLabel("")  # a federated version: where it came from
-        self.provenance_label.setWordWrap(True)
-        self.provenance_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.provenance_label = _selectable_label()  # a federated version: where it came from
         self.provenance_label.setVisible(False)
         tl.addWidget(self.provenance_label)
         row = QHBoxLayout()
@@ -271,9 +283,7 @@ class ModelPanel(QDialog):
 
         mid = QGroupBox("Validation gate: current model vs candidate")
         ml = QVBoxLayout(mid)
-        self.decision = QLabel("no gate report for this version yet: press Validate")
-        self.decision.setWordWrap(True)
-        self.decision.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.decision = _selectable_label("no gate report for this version yet: press Validate")
         ml.addWidget(self.decision)
         self.figures = QTableWidget(0, 4)
         self.figures.setHorizontalHeaderLabels(["figure", "current", "candidate", "difference (95 % CI)"])
@@ -295,9 +305,7 @@ class ModelPanel(QDialog):
         # Alt+F moves the focus into the section (its rounds table)
         fed = QGroupBox("&Federation (this site's rounds)")
         fl = QVBoxLayout(fed)
-        self.rounds_summary = QLabel("")
-        self.rounds_summary.setWordWrap(True)
-        self.rounds_summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.rounds_summary = _selectable_label()
         fl.addWidget(self.rounds_summary)
         self.rounds_problem = QLabel("")  # unreadable lines, an unreadable file
         self.rounds_problem.setWordWrap(True)
@@ -312,13 +320,9 @@ class ModelPanel(QDialog):
             head = QTableWidgetItem(name)
             head.setToolTip(tips.get(name, ""))
             self.rounds.setHorizontalHeaderItem(j, head)
-        self.rounds.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.rounds.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.rounds.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        _row_table(self.rounds, self.fontMetrics().height() + 8)
         self.rounds.setAlternatingRowColors(True)
         self.rounds.setWordWrap(False)
-        self.rounds.verticalHeader().setVisible(False)
-        self.rounds.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         header = self.rounds.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(ROUND_COLUMNS.index("what happened"), QHeaderView.ResizeMode.Stretch)
@@ -521,11 +525,10 @@ class ModelPanel(QDialog):
         entries = self.rounds_entries
         self.rounds_summary.setText(rounds_summary(entries))
         self.rounds_summary.setToolTip(str(self.rounds_path))
-        totals: dict[str, int | None] = {}  # job -> its number of rounds
+        by_job: dict[str, list[dict[str, Any]]] = {}
         for e in entries:
-            job = str(e.get("job"))
-            if job not in totals:
-                totals[job] = _total_rounds([x for x in entries if str(x.get("job")) == job])
+            by_job.setdefault(str(e.get("job")), []).append(e)
+        totals = {job: _total_rounds(mine) for job, mine in by_job.items()}  # job -> its number of rounds
         self.rounds.setVisible(bool(entries))  # no rounds: the summary line says so
         self.rounds.setRowCount(len(entries))
         for i, e in enumerate(reversed(entries)):
