@@ -61,7 +61,9 @@ def site_dir() -> Iterator[Path]:
     try:
         site.init_site(folder, pg_port=ports[0], http_port=ports[1], dicom_port=ports[2])
         made = OrthancServer.load(folder / "orthanc")  # a short stable age: the test waits for it
-        OrthancServer(made.folder, made.http_port, made.dicom_port, made.aet, stable_age_s=2).write_config()
+        OrthancServer(made.folder, made.http_port, made.dicom_port, made.aet, stable_age_s=2,  # TLS as made
+                      tls_pem=made.tls_pem, tls_ca=made.tls_ca, tls_check_hostname=made.tls_check_hostname,
+                      dicom_tls=made.dicom_tls).write_config()
         site.start_site(folder)
         yield folder
     finally:
@@ -370,3 +372,122 @@ def test_the_command_names_a_folder_that_is_not_a_site(tmp_path: Path, capsys: p
     assert main(["site-worker", str(tmp_path), "--once"]) == 2
     err = capsys.readouterr().err
     assert "not a site server folder" in err and str(tmp_path) in err
+
+
+def test_workers_run_the_sites_active_model_and_follow_its_promotions(
+        site_dir: Path, studies: dict[str, set[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Last in the file: a promotion moves every pending job to the new model.
+
+    Before, a worker ran the package it was started with (or its own machine's registry)
+    until restarted, and a worker on another machine could not start at all."""
+    from retrain_sim import tiny_parent
+
+    from mammotriage.cli import main
+    from mammotriage.net.site_io import DicomWebExamSource, StowSink
+    from mammotriage.net.site_models import ModelFollower
+    from mammotriage.net.site_profile import write_profile
+    from mammotriage.triage.site_queue import SiteQueue
+    from mammotriage.triage.site_worker import SiteWorker
+    from mammotriage.triage.worker import load_model
+
+    pkg_a = tiny_parent(tmp_path / "a", config=_few_findings(), seed=5, version="9.5.0")
+    pkg_b = tiny_parent(tmp_path / "b", config=_few_findings(), seed=6, version="9.6.0")
+    a, b = _sha(pkg_a), _sha(pkg_b)
+    admin = _admin(site_dir)
+    cluster, orthanc, _ = site.load_site(site_dir)
+    dsn = cluster.dsn("mt_worker")
+    exams = sorted(studies)[2:5]
+
+    # the first site model, by an override that is logged (no gate report for it)
+    capsys.readouterr()
+    assert main(["site", "models", "promote", str(site_dir), str(pkg_a), "--who", "lead",
+                 "--force-reason", "the first site model", "--no-retriage", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["promoted"] == "9.5.0" and out["weights_sha256"] == a and out["published"] is True
+
+    said: list[str] = []
+
+    def load(path: Path, version: Any, points: dict[str, Any]) -> Any:
+        model = load_model(path, device="cpu", threads=1, expected_sha256=version.weights_sha256)
+        if points:
+            model.metadata = {**model.metadata, "operating_points": points}
+        return model
+
+    follower = ModelFollower(dsn, tmp_path / "followed", load, every_s=0, say=said.append)
+    with DicomWebArchive.for_server(orthanc, tmp_path / "cache", 64 * 1024 * 1024) as archive, \
+            SiteQueue(dsn) as queue:
+        first = follower.first()
+        assert first.weights_sha256 == a and (tmp_path / "followed" / a / "9.5.0").is_dir()
+        for exam in exams:
+            queue.enqueue(exam, a)
+        with SiteWorker(dsn, {a: first}, DicomWebExamSource(archive), StowSink(archive), worker_id="w-follow",
+                        lease_s=30, work_dir=tmp_path / "w", follow=follower.poll, say=said.append) as worker:
+            done_a = worker.run_once()
+            assert done_a is not None and done_a.status == "done" and done_a.model_sha256 == a
+
+            # a gate report for another model, or one that failed, is refused and nothing changes
+            report = {"passed": True, "reasons": [], "operating_points": {"suspicious_at": 0.77},
+                      "candidate": {"version": "9.6.0", "weights_sha256": b},
+                      "parent": {"version": "9.5.0", "weights_sha256": a}}
+            wrong = tmp_path / "wrong.json"
+            wrong.write_text(json.dumps({**report, "candidate": {"version": "9.5.0", "weights_sha256": a}}))
+            assert main(["site", "models", "promote", str(site_dir), str(pkg_b), "--who", "lead",
+                         "--gate-report", str(wrong)]) == 2
+            assert "not for v9.6.0" in capsys.readouterr().err
+            failed = tmp_path / "failed.json"
+            failed.write_text(json.dumps({**report, "passed": False, "reasons": ["FROC lower by 0.2"]}))
+            assert main(["site", "models", "promote", str(site_dir), str(pkg_b), "--who", "lead",
+                         "--gate-report", str(failed)]) == 2
+            assert "FROC lower by 0.2" in capsys.readouterr().err
+            assert _rows(admin, "SELECT count(*) AS n FROM site_model_packages WHERE weights_sha256 = %s",
+                         b)[0]["n"] == 0
+
+            gate = tmp_path / "gate.json"
+            gate.write_text(json.dumps(report))
+            assert main(["site", "models", "promote", str(site_dir), str(pkg_b), "--who", "lead",
+                         "--gate-report", str(gate), "--no-retriage"]) == 0
+            assert "pending jobs moved to it" in capsys.readouterr().out
+            states = {r["exam_key"]: r["status"] for r in _rows(
+                admin, "SELECT exam_key, status FROM triage_jobs WHERE model_sha256 = %s", a)}
+            assert states[done_a.exam_key] == "done" and set(states) >= set(exams)
+            assert {k for k, v in states.items() if v != "done"} == set(states) - {done_a.exam_key}
+            assert {v for k, v in states.items() if k != done_a.exam_key} == {"superseded"}
+
+            # between two jobs the worker takes the new model from the server, with the gate's points
+            done_b = worker.run_once()
+            assert done_b is not None and done_b.status == "done"
+            assert set(worker.models) == {b}
+            assert worker.models[b].metadata["operating_points"] == {"suspicious_at": 0.77}
+            stored = queue.result(done_b.exam_key, b)
+            assert stored is not None and stored["result"]["model_sha256"] == b
+            assert any("site model v9.6.0" in text and "is active" in text for text in said)
+
+    # a worker on another machine: the worker profile, no --model, no site folder
+    profile = write_profile(site_dir, "worker", tmp_path / "worker-profile.json")
+    home = tmp_path / "remote"
+    home.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "app"), OMP_NUM_THREADS="1", MAMMOTRIAGE_HOME=str(home))
+    run = subprocess.run([sys.executable, "-m", "mammotriage", "site-worker", "--profile", str(profile.path),
+                          "--worker-id", "w-remote", "--once", "--no-watch", "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "following the site's active model" in run.stderr and "9.6.0" in run.stderr
+    lines = _json_lines(run.stdout)
+    assert lines and {o["status"] for o in lines} == {"done"}
+    left = _rows(admin, "SELECT status, count(*) AS n FROM triage_jobs WHERE model_sha256 = %s GROUP BY status", b)
+    assert {r["status"]: r["n"] for r in left} == {"done": len(lines) + 1}
+    assert {o["exam_key"] for o in lines} | {done_b.exam_key} == set(states) - {done_a.exam_key}
+    # the package came from the site store into the remote worker's own folder
+    assert [p.name for p in (home / "site-worker" / "w-remote" / "models" / b).iterdir()] == ["9.6.0"]
+
+
+def test_the_command_needs_a_site_folder_or_a_profile(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from mammotriage.cli import main
+
+    assert main(["site-worker", "--once"]) == 2
+    assert "give the site server folder DIR or --profile PROFILE" in capsys.readouterr().err
+    workstation = tmp_path / "p.json"
+    workstation.write_text("{}")
+    workstation.chmod(0o600)
+    assert main(["site-worker", "--profile", str(workstation), "--once"]) == 2
+    assert str(workstation) in capsys.readouterr().err

@@ -366,6 +366,9 @@ def add_site_commands(subparsers: Any) -> None:
     from mammotriage.net.site_migrate import add_migrate_command
 
     add_migrate_command(sub)  # 'site migrate': its own handler (a standalone archive into the site)
+    from mammotriage.net.site_models import add_models_command
+
+    add_models_command(sub)  # 'site models': its own handler (the site's model registry)
     p.set_defaults(func=cmd_site)
 
 

@@ -159,11 +159,15 @@ class SiteWorker:
         Where images come from and where the DICOM results go.
     work_dir
         Scratch folder for the result files while they are handed to the sink.
+    follow
+        Asked before every claim: a newly active model (:class:`~mammotriage.net.site_models.ModelFollower`'s
+        ``poll``, the site registry's promotion) replaces the models held, or None to keep them.
     """
 
     def __init__(self, dsn: str, models: Mapping[str, LoadedModel], source: ExamImageSource, sink: ResultSink, *,
                  worker_id: str, lease_s: float = 60.0, work_dir: str | Path | None = None,
-                 max_attempts: int = 3, say: Callable[[str], None] | None = None) -> None:
+                 max_attempts: int = 3, say: Callable[[str], None] | None = None,
+                 follow: Callable[[], LoadedModel | None] | None = None) -> None:
         if not models:
             raise ValueError("a site worker needs at least one model package")
         self.dsn = dsn
@@ -176,6 +180,7 @@ class SiteWorker:
         self.queue = SiteQueue(dsn, max_attempts=max_attempts)
         self.say = say or (lambda text: log.info("%s", text))
         self._told: set[str] = set()
+        self.follow = follow
 
     def close(self) -> None:
         self.queue.close()
@@ -189,6 +194,9 @@ class SiteWorker:
     # ------------------------------------------------------------------ the loop
     def claim(self) -> SiteJob | None:
         """The next pending job of a model this worker holds (None when there is none)."""
+        if self.follow is not None and (newer := self.follow()) is not None:
+            self.models = {newer.weights_sha256: newer}
+            self._told.clear()
         for sha in self.models:
             job = self.queue.claim(self.worker_id, self.lease_s, sha)
             if job is not None:

@@ -6,9 +6,15 @@ archive's DICOMweb side (:mod:`mammotriage.net.site_io`, net) lives here, above 
 
 * the site server folder ``DIR`` (``mammotriage site init``: ``site.json``) gives the
   site store's worker role (``PgCluster.dsn("mt_worker")``) and the Orthanc archive;
-* ``--model PKG`` (default: the registry's active package, as ``serve`` runs it) is the
-  one model the worker holds; it claims only that model's jobs and says which pending
-  jobs need another one;
+* ``--profile PROFILE`` instead of ``DIR``: a worker on another machine, with the site
+  profile ``mammotriage site profile DIR --role worker`` wrote (PostgreSQL and DICOMweb
+  over the site network, verified with the site CA when the site runs TLS);
+* the model: the site registry's active model (``mammotriage site models promote``),
+  fetched from the site store and followed: a promotion reaches the worker between two
+  jobs (:class:`~mammotriage.net.site_models.ModelFollower`); while the site has not
+  promoted one, this machine's registry's active package, until it does. ``--model PKG``
+  pins one package (it does not follow the site); the worker claims only its model's
+  jobs and says which pending jobs need another one;
 * unless ``--no-watch``, a thread follows the archive's stable-study signal
   (:class:`~mammotriage.net.dicomweb.StableStudyWatcher`, its position kept in the
   worker's folder) and enqueues each stable study for the worker's model
@@ -45,9 +51,13 @@ def add_site_worker_command(subparsers: Any) -> None:
                     "fetch the images from its Orthanc archive (QIDO-RS/WADO-RS), run the model, store one "
                     "result per exam and model, and STOW-RS the SR and SEGs back. Also enqueues each study "
                     "the archive declares stable (unless --no-watch).")
-    p.add_argument("site", type=Path, metavar="DIR", help="the site server folder (mammotriage site init)")
+    p.add_argument("site", type=Path, metavar="DIR", nargs="?",
+                   help="the site server folder (mammotriage site init), for a worker on the server")
+    p.add_argument("--profile", type=Path, metavar="PROFILE",
+                   help="instead of DIR: the site profile of a worker on another machine "
+                        "(mammotriage site profile DIR --role worker)")
     p.add_argument("--model", type=Path, metavar="PKG",
-                   help="the model package to run (default: the registry's active model)")
+                   help="pin this model package (default: the site's active model, followed across promotions)")
     p.add_argument("--once", action="store_true",
                    help="enqueue what is stable now, work until no job of this model is left, then exit")
     p.add_argument("--worker-id", metavar="ID", help="the name in the queue (default: host-pid)")
@@ -61,19 +71,41 @@ def add_site_worker_command(subparsers: Any) -> None:
     p.set_defaults(func=cmd_site_worker)
 
 
-def _model(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, folder: Path, expected: str | None = None,
+          operating_points: dict[str, Any] | None = None) -> Any:
     from mammotriage.triage.worker import load_model
 
+    model = load_model(folder, device=args.device, threads=args.threads, expected_sha256=expected)
+    if operating_points:  # recalibrated by the gate report that promoted it
+        model.metadata = {**model.metadata, "operating_points": operating_points}
+    return model
+
+
+def _model(args: argparse.Namespace, dsn: str, folder: Path, say: Any) -> tuple[Any, Any]:
+    """(the model to start with, the site follower or None when ``--model`` pins one)."""
     if args.model is not None:
-        return load_model(args.model, device=args.device, threads=args.threads)
+        return _load(args, args.model), None
+    from mammotriage.net.site_models import ModelFollower
+    from mammotriage.store.pg.models import SiteModelError
+
+    follower = ModelFollower(dsn, folder / "models",
+                             lambda path, version, points: _load(args, path, version.weights_sha256, points), say=say)
+    try:
+        return follower.first(), follower
+    except SiteModelError as exc:
+        if "no active model" not in str(exc):
+            raise
     from mammotriage.config import archive_path
     from mammotriage.model.registry import active_package
 
     found = active_package(archive_path())
-    if found.error or found.version is None:
-        raise RuntimeError(found.error or "no active model in the registry (give --model PKG)")
-    return load_model(found.folder, device=args.device, threads=args.threads,
-                      expected_sha256=found.version.weights_sha256)
+    if found.error or found.version is None or found.folder is None:
+        raise RuntimeError("the site has no active model (promote one on the site server: `mammotriage site models "
+                           "promote DIR PACKAGE ...`) and neither has this machine's registry"
+                           + (f" ({found.error})" if found.error else "") + "; or give --model PKG")
+    say(f"site-worker: the site has no active model yet: running this machine's v{found.version.version} "
+        "until the site promotes one")
+    return _load(args, found.folder, found.version.weights_sha256), follower
 
 
 def cmd_site_worker(args: argparse.Namespace) -> int:
@@ -82,6 +114,7 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
     from mammotriage.net.orthanc import OrthancError
     from mammotriage.net.site import SiteError, load_site
     from mammotriage.net.site_io import DicomWebExamSource, StowSink
+    from mammotriage.net.site_profile import SiteProfileError, load_profile
     from mammotriage.store.pg.cluster import PgError
     from mammotriage.triage.site_queue import SiteQueue
     from mammotriage.triage.site_worker import JobOutcome, SiteWorker, enqueue_stable
@@ -93,23 +126,37 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
     if not args.lease > 0 or args.cache_mb <= 0:
         say("site-worker: --lease and --cache-mb must be positive")
         return 2
+    if (args.site is None) == (args.profile is None):
+        say("site-worker: give the site server folder DIR or --profile PROFILE (one of them)")
+        return 2
+    folder = data_dir() / "site-worker" / "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_id)
+    cache_bytes = args.cache_mb * 1024 * 1024
     try:
-        cluster, orthanc, _ = load_site(args.site)
-        dsn = cluster.dsn("mt_worker")
-        orthanc.credentials()
-    except (SiteError, PgError, OrthancError, OSError) as exc:
+        if args.profile is not None:
+            profile = load_profile(args.profile)
+            if profile.role != "worker":
+                raise SiteProfileError(f"{profile.path}: a {profile.role} profile; an AI worker needs a worker "
+                                       "profile (mammotriage site profile DIR --role worker)")
+            dsn, where = profile.dsn(), profile.where()
+            archive = profile.archive(folder / "cache", cache_bytes)
+        else:
+            cluster, orthanc, _ = load_site(args.site)
+            dsn = cluster.dsn("mt_worker")
+            orthanc.credentials()
+            where = f"archive {orthanc.url}, store port {cluster.port}"
+            archive = DicomWebArchive.for_server(orthanc, folder / "cache", cache_bytes)
+    except (SiteError, SiteProfileError, PgError, OrthancError, OSError) as exc:
         say(f"site-worker: {exc}")
         return 2
     from mammotriage.triage.worker import _limit_memory
 
     _limit_memory(args.device)  # bounded like the standalone triage worker (on the CPU)
     try:
-        model = _model(args)
-    except Exception as exc:  # noqa: BLE001 - a missing or refused package: said, exit 2
+        model, follower = _model(args, dsn, folder, say)
+    except Exception as exc:  # noqa: BLE001 - a missing or refused package, the store away: said, exit 2
+        archive.close()
         say(f"site-worker: cannot load the model: {type(exc).__name__}: {exc}")
         return 2
-    folder = data_dir() / "site-worker" / "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_id)
-    archive = DicomWebArchive.for_server(orthanc, folder / "cache", args.cache_mb * 1024 * 1024)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -125,30 +172,35 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
                   + (f" {outcome.score:.3f}" if outcome.score is not None else "")
                   + (f": {outcome.reason}" if outcome.reason else ""), flush=True)
 
+    def current() -> str:
+        """The model new studies are queued for: the site's active one once the worker runs it."""
+        return str(follower.sha256 if follower is not None and follower.sha256 else model.weights_sha256)
+
     def watch(watcher: StableStudyWatcher) -> None:
         with SiteQueue(dsn) as queue:
             while not stop.is_set():
                 studies = watcher.follow(stop, on_error=lambda e: say(f"watcher: {e}"))
                 try:
-                    enqueue_stable(queue, studies, model.weights_sha256, on_new=lambda uid: say(f"queued {uid}"))
+                    enqueue_stable(queue, studies, current(), on_new=lambda uid: say(f"queued {uid}"))
                 except Exception as exc:  # noqa: BLE001 - the store is away: the study not taken is offered again
                     say(f"watcher: cannot queue: {type(exc).__name__}: {exc}; retrying")
                     queue.close()
                     stop.wait(5.0)
 
-    say(f"site-worker {worker_id}: model {model.version} ({model.weights_sha256[:12]}...), "
-        f"archive {orthanc.url}, store port {cluster.port}")
+    say(f"site-worker {worker_id}: model {model.version} ({model.weights_sha256[:12]}...; "
+        + ("pinned by --model" if follower is None else "following the site's active model") + f"), {where}")
     watcher_thread = None
     try:
         watcher = None if args.no_watch else StableStudyWatcher(archive, folder / "watcher.json", since=0)
         if watcher is not None and args.once:
             with SiteQueue(dsn) as queue:
-                enqueue_stable(queue, watcher.poll(), model.weights_sha256, on_new=lambda uid: say(f"queued {uid}"))
+                enqueue_stable(queue, watcher.poll(), current(), on_new=lambda uid: say(f"queued {uid}"))
         elif watcher is not None:
             watcher_thread = threading.Thread(target=watch, args=(watcher,), name="stable-studies", daemon=True)
             watcher_thread.start()
         with SiteWorker(dsn, {model.weights_sha256: model}, DicomWebExamSource(archive), StowSink(archive),
-                        worker_id=worker_id, lease_s=args.lease, work_dir=folder / "results", say=say) as worker:
+                        worker_id=worker_id, lease_s=args.lease, work_dir=folder / "results", say=say,
+                        follow=None if follower is None else follower.poll) as worker:
             worker.run(stop, once=args.once, on_outcome=report)
     except DicomWebError as exc:
         say(f"site-worker: the archive: {exc}")

@@ -43,6 +43,12 @@ workstations (:mod:`mammotriage.store.pg.double_reading`): ``reading_locks`` (th
 locks, take and release rows as in the SQLite table; append-only by trigger, also for
 the owner; a workstation may insert and read, never update or delete) and a partial
 index of the sign / amend / arbitrate events by exam.
+Version 6, the site's model registry (:mod:`mammotriage.store.pg.models`):
+``site_model_packages`` (one row per published package: its folder as a tar, the tar's
+sha256 and the verified metadata) and ``site_model_events`` (promote / rollback, who,
+why, the gate report); both append-only, written by the owner only (the site server's
+``mammotriage site models``), read by workstations and workers. A triage job can be
+``superseded`` (a promotion moved the exam to the new model).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ import psycopg
 from mammotriage.store.audit import KEY_BYTES, AuditKey, Head
 from mammotriage.store.events import _FIELDS, GENESIS
 
-__all__ = ["CHAIN_LOCK", "MIGRATIONS", "READING_LOCKS_VERSION", "SCHEMA_VERSION", "PgMigration", "migrate",
+__all__ = ["CHAIN_LOCK", "MIGRATIONS", "READING_LOCKS_VERSION", "SCHEMA_VERSION", "SITE_MODELS_VERSION", "PgMigration", "migrate",
            "schema_version"]
 
 #: ``pg_advisory_xact_lock`` keys: the chain's extension, and migrations.
@@ -411,10 +417,55 @@ _V5_READING_LOCKS = PgMigration(
     ),
 )
 
-MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED, _V5_READING_LOCKS]
+def _append_only(table: str) -> tuple[str, str]:
+    """The triggers that refuse UPDATE, DELETE and TRUNCATE of ``table`` (also for the owner)."""
+    return (f"CREATE TRIGGER {table}_no_update BEFORE UPDATE OR DELETE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION mt_refuse_change()",
+            f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION mt_refuse_change()")
+
+
+_V6_SITE_MODELS = PgMigration(
+    name="models: the site registry (published packages, promotions) and superseded triage jobs",
+    steps=(
+        """
+        CREATE TABLE site_model_packages (
+            weights_sha256 TEXT PRIMARY KEY CHECK (weights_sha256 ~ '^[0-9a-f]{64}$'),
+            version        TEXT NOT NULL CHECK (length(version) BETWEEN 1 AND 64),
+            archive        BYTEA NOT NULL,        -- the package folder as an uncompressed tar
+            archive_sha256 TEXT NOT NULL CHECK (archive_sha256 ~ '^[0-9a-f]{64}$'),
+            metadata       JSONB NOT NULL,        -- the package's metadata.json (verified before)
+            published_by   TEXT NOT NULL,
+            published_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        )
+        """,
+        """
+        CREATE TABLE site_model_events (
+            id             BIGSERIAL PRIMARY KEY,
+            weights_sha256 TEXT NOT NULL REFERENCES site_model_packages (weights_sha256),
+            action         TEXT NOT NULL CHECK (action IN ('promote', 'rollback')),
+            who            TEXT NOT NULL,
+            reason         TEXT NOT NULL,
+            report         JSONB,                 -- the gate report behind a promotion
+            at             TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        )
+        """,
+        *_append_only("site_model_packages"),
+        *_append_only("site_model_events"),
+        "ALTER TABLE triage_jobs DROP CONSTRAINT triage_jobs_status_check",
+        "ALTER TABLE triage_jobs ADD CONSTRAINT triage_jobs_status_check "
+        "CHECK (status IN ('pending', 'running', 'done', 'failed', 'superseded'))",
+        "GRANT SELECT ON site_model_packages, site_model_events TO mt_workstation, mt_worker",
+    ),
+)
+
+MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED, _V5_READING_LOCKS,
+                                 _V6_SITE_MODELS]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The version that brought double reading's ``reading_locks`` (store.pg.double_reading).
 READING_LOCKS_VERSION = MIGRATIONS.index(_V5_READING_LOCKS) + 1
+#: The version that brought the site's model registry (store.pg.models).
+SITE_MODELS_VERSION = MIGRATIONS.index(_V6_SITE_MODELS) + 1
 
 
 class SchemaVersionError(RuntimeError):

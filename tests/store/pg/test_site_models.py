@@ -1,0 +1,116 @@
+"""The site's model registry on a real PostgreSQL: promotions, rollbacks, the queue moving
+with them, append-only rows and who may write them."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import psycopg
+import pytest
+from pgsupport import running_cluster
+
+from mammotriage.store.pg.events import connect
+from mammotriage.store.pg.models import RETRIAGE_PRIORITY, SiteModelError, SiteModels
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with running_cluster() as c:
+        yield c
+
+
+def _sha(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _publish(models: SiteModels, name: str, version: str) -> str:
+    sha = _sha(name)
+    archive = f"tar of {name}".encode()
+    assert models.publish(sha, version, archive, {"weights_sha256": sha, "version": version}, "lead")
+    return sha
+
+
+def _jobs(cluster, sql: str = "", *params: Any) -> list[dict[str, Any]]:
+    with connect(cluster.dsn("mt_admin")) as conn:
+        return [dict(r) for r in conn.execute(
+            "SELECT exam_key, model_sha256, status, priority, reason FROM triage_jobs " + sql
+            + " ORDER BY exam_key, model_sha256", params).fetchall()]
+
+
+def test_promotion_and_rollback_fold_into_one_active_model_and_move_the_queue(cluster) -> None:
+    with SiteModels(cluster.dsn("mt_admin")) as models:
+        assert models.active() is None and models.versions() == []
+        a = _publish(models, "A", "1.0.0")
+        assert not models.publish(a, "1.0.0", b"tar of A", {"weights_sha256": a, "version": "1.0.0"}, "x")  # once
+        b = _publish(models, "B", "1.1.0")
+        assert models.promote(a, "lead", "first site model") == {"superseded": 0, "queued": 0, "retriage": 0}
+        assert models.active_sha256() == a
+        with pytest.raises(SiteModelError, match="already the site's active model"):
+            models.promote(a, "lead", "again")
+        with pytest.raises(SiteModelError, match="not published"):
+            models.promote(_sha("never published"), "lead", "why")
+        with pytest.raises(SiteModelError, match="no earlier site model"):
+            models.rollback("lead", "nothing before")
+
+        # the queue as A left it: E1 done, E2 pending (priority 5), E3 failed; E4 pending for B already
+        with connect(cluster.dsn("mt_admin")) as conn:
+            for exam, sha, status, prio in (("E1", a, "done", 0), ("E2", a, "pending", 5), ("E3", a, "failed", 0),
+                                            ("E4", b, "pending", 0), ("E4", a, "pending", 0)):
+                conn.execute("INSERT INTO triage_jobs (exam_key, model_sha256, status, priority) "
+                             "VALUES (%s, %s, %s, %s)", (exam, sha, status, prio))
+
+        report = {"passed": True, "operating_points": {"likely_normal_below": 0.25}}
+        moved = models.promote(b, "lead", "validation gate passed", report)
+        assert moved == {"superseded": 2, "queued": 1, "retriage": 2}   # E2 (E4 had a B job); E1, E3 again
+        assert models.active_sha256() == b
+        assert models.operating_points(b) == {"likely_normal_below": 0.25}
+        assert models.operating_points(a) == {}
+        jobs = {(j["exam_key"], j["model_sha256"]): j for j in _jobs(cluster)}
+        assert jobs[("E2", a)]["status"] == "superseded" and "v1.1.0" in jobs[("E2", a)]["reason"]
+        assert jobs[("E2", b)]["status"] == "pending" and jobs[("E2", b)]["priority"] == 5   # same priority
+        assert jobs[("E4", a)]["status"] == "superseded" and jobs[("E4", b)]["status"] == "pending"
+        assert jobs[("E1", b)]["priority"] == RETRIAGE_PRIORITY == jobs[("E3", b)]["priority"]   # below new work
+        assert jobs[("E1", a)]["status"] == "done"   # what A did stays
+
+        back, moved = models.rollback("lead", "B marks the chest wall", retriage=False)
+        assert back.weights_sha256 == a and models.active_sha256() == a
+        assert moved == {"superseded": 4, "queued": 2, "retriage": 0}   # the pending only: E2, E4 (A's jobs again)
+        assert [e["action"] for e in models.history()] == ["promote", "promote", "rollback"]
+        assert models.history()[-1]["version"] == "1.0.0" and models.history()[-1]["who"] == "lead"
+        # promoting B again is a new promotion: the fold is a stack
+        models.promote(b, "lead", "fixed the validation set", retriage=False)
+        assert models.active_sha256() == b
+        assert models.rollback("lead", "again")[0].weights_sha256 == a
+
+
+def test_rows_are_append_only_and_only_the_owner_publishes(cluster) -> None:
+    with SiteModels(cluster.dsn("mt_admin")) as models:
+        sha = _publish(models, "C", "2.0.0")
+    with connect(cluster.dsn("mt_admin")) as conn:
+        for sql in ("UPDATE site_model_packages SET version = 'x'", "DELETE FROM site_model_packages",
+                    "TRUNCATE site_model_events CASCADE", "UPDATE site_model_events SET who = 'x'",
+                    "DELETE FROM site_model_events"):
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                conn.execute(sql)
+    for role in ("mt_workstation", "mt_worker"):
+        with SiteModels(cluster.dsn(role)) as models:
+            assert models.get(sha) is not None   # they read
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                models.publish(_sha(role), "3.0.0", b"x", {"weights_sha256": _sha(role), "version": "3.0.0"}, role)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                models.promote(sha, role, "a workstation promoting")
+
+
+def test_a_package_changed_behind_the_triggers_is_refused(cluster) -> None:
+    """The documented admin path (disabling the trigger) can change bytes; the recorded
+    sha256 then refuses them."""
+    with SiteModels(cluster.dsn("mt_admin")) as models:
+        sha = _publish(models, "D", "4.0.0")
+        assert models.archive(sha) == b"tar of D"
+    with connect(cluster.dsn("mt_admin")) as conn, conn.transaction():
+        conn.execute("ALTER TABLE site_model_packages DISABLE TRIGGER site_model_packages_no_update")
+        conn.execute("UPDATE site_model_packages SET archive = 'tar of evil' WHERE weights_sha256 = %s", (sha,))
+        conn.execute("ALTER TABLE site_model_packages ENABLE TRIGGER site_model_packages_no_update")
+    with SiteModels(cluster.dsn("mt_worker")) as models, pytest.raises(SiteModelError, match="recorded sha256"):
+        models.archive(sha)
