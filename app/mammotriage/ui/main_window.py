@@ -81,6 +81,7 @@ from mammotriage.viewer.prefetch import DEFAULT_EXAMS, prefetch_paths
 from mammotriage.viewer.screens import LAYOUTS, worklist_split
 from mammotriage.viewer.session import OpenedExam, ReadingSession
 from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog, site_mode_problem
+from mammotriage.viewer.site_model_sync import SiteModelSync
 
 if TYPE_CHECKING:
     from mammotriage.net.service import NetworkService
@@ -151,6 +152,14 @@ class MainWindow(QMainWindow):
         if site is not None and (warning := site.warning()):
             self._site_notes.append(f"warning: {warning}")  # a profile from before TLS
         self.site_log = SiteLog(site.dsn(), data_dir() / BUFFER_FILE) if site is not None else None
+        # site mode: the site's active model becomes this registry's (a daemon thread; the
+        # session adopts it as it adopts any promotion)
+        self._site_model_said: _queue.SimpleQueue[str] = _queue.SimpleQueue()
+        self.site_models: SiteModelSync | None = None
+        if site is not None:
+            self.site_models = SiteModelSync(site.dsn(), self.archive.path, data_dir() / "site-models",
+                                             say=self._site_model_said.put)
+            self.site_models.start()
         double = self.double_policy.enabled
         self.corrections_log: CorrectionLog | SiteLog | SiteDoubleReadingLog
         self.locks: ReadingLocks | SiteReadingLocks | None = None
@@ -1341,6 +1350,8 @@ class MainWindow(QMainWindow):
 
     def _poll_triage(self) -> None:
         self._model_check_tick += 1
+        while not self._site_model_said.empty():
+            self.log_line(self._site_model_said.get())
         if self._model_check_tick % 100 == 0 and self.session.poll_model():  # every ~3 s, no hashing
             self._model_changed()
         if self.locks is not None and self._model_check_tick % 160 == 0:  # ~5 s: other workstations
@@ -1678,6 +1689,8 @@ class MainWindow(QMainWindow):
             self.corrections_log.close()  # site double reading's own connection
         if self.site_label is not None:
             self.site_label.timer.stop()
+        if self.site_models is not None:
+            self.site_models.stop(timeout=1.0)  # a sync stuck on the network is left behind (a daemon)
         if self.site_log is not None:
             self.site_log.close()  # what still waits stays in the buffer file for the next start
         if self.triage is not None:
