@@ -25,8 +25,8 @@ def site() -> Iterator[PgCluster]:
         yield cluster
 
 
-def _profile(site: PgCluster, path: Path) -> Path:
-    data = {"format": "mammotriage-site-profile/1", "role": "workstation",
+def _profile(site: PgCluster, path: Path, **extra: object) -> Path:
+    data = {**extra, "format": "mammotriage-site-profile/1", "role": "workstation",
             "postgres": {"host": site.host, "port": site.port, "database": "mammotriage", "user": "mt_workstation",
                          "password": site.password("mt_workstation")},
             "dicomweb": {"url": "http://127.0.0.1:8042/dicom-web", "user": "mammotriage", "password": "unused"}}
@@ -130,3 +130,36 @@ def test_a_window_joined_from_the_settings_keeps_reading_through_a_server_restar
         win.close()
         archive.close()
     assert not log._thread.is_alive()  # the window stopped its sender on closing
+
+
+def test_a_workstation_sends_no_ai_results_to_the_pacs_when_the_site_archive_forwards_them(
+        qtbot, site: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a site workstation's outbox sent its own AI results to the PACS while the
+    site archive forwarded the workers' results of the same exams: the PACS got them twice."""
+    from PySide6.QtCore import QSettings
+
+    from mammotriage.phantom import generate_exam
+    from mammotriage.store import Archive
+    from mtsupport import reading_window
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(home))
+    settings = QSettings(str(home / "settings.ini"), QSettings.Format.IniFormat)
+    for forwards in (True, False):
+        profile = _profile(site, tmp_path / f"ws-{forwards}.json", results={"archive_forwards": forwards})
+        settings.setValue("site/profile", str(profile))
+        settings.sync()
+        exam = generate_exam(32, exam_number=1, rows=256, columns=208, normal=True)
+        exam.save(tmp_path / f"exam-{forwards}")
+        archive = Archive(tmp_path / f"archive-{forwards}.sqlite")
+        archive.import_paths([tmp_path / f"exam-{forwards}"])
+        win = reading_window(qtbot, archive, reader="dr_site")
+        try:
+            assert win.site is not None and win.site.archive_forwards_results is forwards
+            sink = win.results_sink()
+            said = "AI results go to the PACS through the site archive" in win.log.toPlainText()
+            assert (sink is None) is forwards and said is forwards
+        finally:
+            win.close()
+            archive.close()

@@ -214,6 +214,63 @@ class OrthancStatus:
         return asdict(self)
 
 
+#: The DicomModalities entry of the PACS the archive forwards AI results to.
+FORWARD_MODALITY = "mammotriage-pacs"
+#: Instance metadata recording an AI result's forwarding ("queued" while its job runs,
+#: "sent" once the PACS took it); user-defined metadata index (1024-65535).
+FORWARD_METADATA = "MammoTriageForward"
+FORWARD_METADATA_ID = 4711
+#: The app's AI results: SR (Comprehensive) and SEG whose Manufacturer is the algorithm's.
+RESULT_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.66.4")
+RESULT_MANUFACTURER = "Mammo Triage"
+
+#: Orthanc's Lua hooks (one Lua context, callbacks run one at a time): an AI result
+#: stored for the first time is queued for the PACS (an asynchronous store job) and
+#: marked "queued"; a stored again copy (Orthanc calls the hook for a STOW of an instance
+#: it has: a job done twice by the site's workers) is not sent again. A job that
+#: succeeds marks its instances "sent"; one that fails clears the mark, so the next copy
+#: stored, or `mammotriage site forward DIR`, sends it again.
+FORWARD_LUA = f"""-- written by mammotriage (net/orthanc.py): the AI results go to the PACS once
+local classes = {{{', '.join(f'["{c}"] = true' for c in RESULT_CLASSES)}}}
+local key = "{FORWARD_METADATA}"
+
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  if tags["Manufacturer"] ~= "{RESULT_MANUFACTURER}" or not classes[tags["SOPClassUID"]] then
+    return
+  end
+  local marks = ParseJson(RestApiGet("/instances/" .. instanceId .. "/metadata?expand"))
+  if marks[key] == "queued" or marks[key] == "sent" then
+    return
+  end
+  RestApiPut("/instances/" .. instanceId .. "/metadata/" .. key, "queued")
+  RestApiPost("/modalities/{FORWARD_MODALITY}/store",
+              DumpJson({{Resources = {{instanceId}}, Asynchronous = true, Permissive = false}}, true))
+end
+
+local function mark(jobId, value)
+  local job = ParseJson(RestApiGet("/jobs/" .. jobId))
+  if job["Type"] ~= "DicomModalityStore" then
+    return
+  end
+  for _, id in ipairs(job["Content"]["ParentResources"] or {{}}) do
+    if value then
+      RestApiPut("/instances/" .. id .. "/metadata/" .. key, value)
+    else
+      RestApiDelete("/instances/" .. id .. "/metadata/" .. key)
+    end
+  end
+end
+
+function OnJobSuccess(jobId)
+  mark(jobId, "sent")
+end
+
+function OnJobFailure(jobId)
+  mark(jobId, nil)
+end
+"""
+
+
 class OrthancServer:
     """An Orthanc archive living in ``folder``: its configuration and its process.
 
@@ -244,6 +301,10 @@ class OrthancServer:
     tls_check_hostname
         Whether this host's calls (to 127.0.0.1) check the certificate's names; False only
         for a site certificate that does not name 127.0.0.1 (the chain is still checked).
+    forward_results
+        ``(AE title, host, port)`` of the PACS that the AI results (SR and SEG whose
+        Manufacturer is the app's) go to, once each (:data:`FORWARD_LUA`); None
+        (default): the archive forwards nothing.
     dicom_tls
         ``(certificate, key)`` PEM files: the DICOM port speaks DICOM TLS only (needs
         ``tls_ca``, which Orthanc also trusts for senders that do present a certificate).
@@ -258,11 +319,17 @@ class OrthancServer:
                  name: str = "Mammo Triage site archive",
                  tls_pem: str | os.PathLike[str] | None = None, tls_ca: str | os.PathLike[str] | None = None,
                  tls_check_hostname: bool = True,
-                 dicom_tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None) -> None:
+                 dicom_tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+                 forward_results: tuple[str, str, int] | None = None) -> None:
         self.folder = Path(folder).absolute()
         if dicom_tls is not None and tls_ca is None:
             raise NetworkConfigError("DICOM TLS needs the CA certificate (tls_ca)")
         self.dicom_tls = (Path(dicom_tls[0]).absolute(), Path(dicom_tls[1]).absolute()) if dicom_tls else None
+        self.forward_results: tuple[str, str, int] | None = None
+        if forward_results is not None:
+            f_aet, f_host, f_port = forward_results
+            self.forward_results = (validate_ae_title(f_aet, "PACS AE title"),
+                                    normalise_host(f_host, "PACS address"), _check_port(f_port, "PACS port"))
         if (tls_pem is None) != (tls_ca is None):
             raise NetworkConfigError("HTTPS needs both the server's PEM file and the CA certificate")
         self.tls_pem = Path(tls_pem).absolute() if tls_pem is not None else None
@@ -298,6 +365,10 @@ class OrthancServer:
     @property
     def config_dir(self) -> Path:
         return self.folder / "config"
+
+    @property
+    def forward_script(self) -> Path:
+        return self.config_dir / "forward-results.lua"
 
     @property
     def config_file(self) -> Path:
@@ -349,6 +420,48 @@ class OrthancServer:
         """(user, password) of the generated account."""
         return read_credentials(self.credentials_file)
 
+    def forward_pending(self, timeout_s: float = 30.0) -> dict[str, int]:
+        """Send to the PACS every AI result not yet marked "sent" (a forward that failed,
+        or one whose job an Orthanc restart lost); on the running archive. Returns the
+        counts: ``results`` (AI results held), ``sent`` (already at the PACS), ``queued``
+        (sent now: store jobs started)."""
+        if self.forward_results is None:
+            raise OrthancError(f"{self.folder}: the archive forwards no results (site init --pacs)")
+        base, counts = self.url, {"results": 0, "sent": 0, "queued": 0}
+        with self.session() as http:
+            http.auth = self.credentials()
+
+            def call(method: str, path: str, **kwargs: Any) -> Any:
+                answer = http.request(method, base + path, timeout=timeout_s, **kwargs)
+                if answer.status_code >= 400:
+                    raise OrthancError(f"{method} {path}: HTTP {answer.status_code} {answer.text[:200]}")
+                return answer.json() if answer.content else None
+
+            try:
+                series = call("POST", "/tools/find", json={"Level": "Series", "Expand": True,
+                                                           "Query": {"Manufacturer": RESULT_MANUFACTURER}})
+                waiting = []
+                for one in series:
+                    for instance in one.get("Instances", []):
+                        meta = call("GET", f"/instances/{instance}/metadata?expand")
+                        if meta.get("SopClassUid") not in RESULT_CLASSES:
+                            continue
+                        counts["results"] += 1
+                        if meta.get(FORWARD_METADATA) == "sent":
+                            counts["sent"] += 1
+                        else:
+                            waiting.append(instance)
+                for instance in waiting:
+                    http.put(f"{base}/instances/{instance}/metadata/{FORWARD_METADATA}", data=b"queued",
+                             timeout=timeout_s).raise_for_status()
+                if waiting:
+                    call("POST", f"/modalities/{FORWARD_MODALITY}/store",
+                         json={"Resources": waiting, "Asynchronous": True, "Permissive": False})
+                counts["queued"] = len(waiting)
+            except (requests.RequestException, ValueError) as exc:
+                raise OrthancError(f"{self.url}: cannot reach the archive ({exc})") from exc
+        return counts
+
     # ------------------------------------------------------------------ configuration
 
     @classmethod
@@ -366,8 +479,10 @@ class OrthancServer:
             plugins = data["Plugins"]
             tls = site.get("Tls")
             senders = None
+            pacs = site.get("ForwardResults")
             if not data["DicomAlwaysAllowStore"]:
-                senders = {m["AET"]: (m["Host"], m["Port"]) for m in data["DicomModalities"].values()}
+                senders = {m["AET"]: (m["Host"], m["Port"]) for k, m in data["DicomModalities"].items()
+                           if k != FORWARD_MODALITY}
             return cls(folder, http_port=tls["PublicPort"] if tls else data["HttpPort"], dicom_port=data["DicomPort"],
                        aet=data["DicomAet"], stable_age_s=data["StableAge"],
                        remote_access=tls["RemoteAccess"] if tls else data["RemoteAccessAllowed"],
@@ -376,7 +491,8 @@ class OrthancServer:
                        tls_pem=tls["Pem"] if tls else None, tls_ca=tls["Ca"] if tls else None,
                        tls_check_hostname=tls.get("CheckHostname", True) if tls else True,
                        dicom_tls=(data["DicomTlsCertificate"], data["DicomTlsPrivateKey"])
-                       if data.get("DicomTlsEnabled") else None)
+                       if data.get("DicomTlsEnabled") else None,
+                       forward_results=(str(pacs[0]), str(pacs[1]), int(pacs[2])) if pacs else None)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise OrthancError(f"{path}: not a configuration written by 'site init' ({exc!r})") from None
         except NetworkConfigError as exc:
@@ -408,9 +524,14 @@ class OrthancServer:
             "DicomAlwaysAllowStore": self.allowed_senders is None,
             "DicomCheckModalityHost": self.allowed_senders is not None,
             "DicomModalities": {
-                f"sender{n}": {"AET": aet, "Host": host, "Port": port, "AllowStore": True}
-                for n, (aet, (host, port)) in enumerate(sorted((self.allowed_senders or {}).items()), 1)
+                **{f"sender{n}": {"AET": aet, "Host": host, "Port": port, "AllowStore": True}
+                   for n, (aet, (host, port)) in enumerate(sorted((self.allowed_senders or {}).items()), 1)},
+                **({FORWARD_MODALITY: {"AET": self.forward_results[0], "Host": self.forward_results[1],
+                                       "Port": self.forward_results[2], "AllowStore": False, "AllowEcho": True}}
+                   if self.forward_results else {}),
             },
+            **({"LuaScripts": [str(self.forward_script)], "UserMetadata": {FORWARD_METADATA: FORWARD_METADATA_ID}}
+               if self.forward_results else {}),
             "DicomTlsEnabled": self.dicom_tls is not None,
             **({"DicomTlsCertificate": str(self.dicom_tls[0]), "DicomTlsPrivateKey": str(self.dicom_tls[1]),
                 "DicomTlsTrustedCertificates": str(self.tls_ca), "DicomTlsRemoteCertificateRequired": False}
@@ -431,6 +552,7 @@ class OrthancServer:
             },
             # Ignored by Orthanc; read back by OrthancServer.load.
             "MammoTriage": {"Binary": str(binary), "Version": 1,
+                            **({"ForwardResults": list(self.forward_results)} if self.forward_results else {}),
                             **({"Tls": {"Pem": str(self.tls_pem), "Ca": str(self.tls_ca),
                                         "CheckHostname": self.tls_check_hostname, "PublicPort": self.http_port,
                                         "RemoteAccess": self.remote_access}}
@@ -455,6 +577,10 @@ class OrthancServer:
             write_atomic(self.credentials_file,
                          (json.dumps({"RegisteredUsers": users}, indent=2) + "\n").encode(), 0o600)
         self.credentials()  # refuses a file others can read
+        if self.forward_results:
+            write_atomic(self.forward_script, FORWARD_LUA.encode("utf-8"), 0o600)
+        else:
+            self.forward_script.unlink(missing_ok=True)
         text = json.dumps(self.configuration(binary, plugin), indent=2) + "\n"
         return write_atomic(self.config_file, text.encode(), 0o600)
 

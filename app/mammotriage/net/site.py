@@ -131,8 +131,11 @@ def init_site(folder: str | Path, *, pg_port: int = DEFAULT_PG_PORT, http_port: 
               remote_access: bool = False, hosts: Sequence[str] = (), listen: Sequence[str] | None = None,
               tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
               tls_ca: str | Path | None = None, days: int | None = None,
-              dicom_tls: bool = False) -> dict[str, Any]:
+              dicom_tls: bool = False, pacs: tuple[str, str, int] | None = None) -> dict[str, Any]:
     """Create the site server's configuration in ``folder`` (both servers stopped).
+
+    ``pacs``: ``(AE title, host, port)`` of the PACS the archive forwards the AI results
+    to, once each (then workstations' outboxes send none: results reach the PACS one way).
 
     ``hosts``: the server's addresses and DNS names on the site network (the server
     certificate names them, with 127.0.0.1 and localhost); ``listen``: PostgreSQL's
@@ -159,7 +162,8 @@ def init_site(folder: str | Path, *, pg_port: int = DEFAULT_PG_PORT, http_port: 
         record = _tls_record(tls)
         orthanc = OrthancServer(orthanc_dir, http_port, dicom_port, aet, remote_access=remote_access,
                                 tls_pem=tls.server_pem, tls_ca=tls.ca_cert, tls_check_hostname=record["check_hostname"],
-                                dicom_tls=(tls.server_cert, tls.server_key) if dicom_tls else None)
+                                dicom_tls=(tls.server_cert, tls.server_key) if dicom_tls else None,
+                                forward_results=pacs)
         orthanc.write_config()  # it checks ports, AE title and the Orthanc install
         PgCluster(pg_dir, pg_port, listen=listen_addresses, clients=clients,
                   tls=_pg_tls(tls, record)).init()
@@ -173,10 +177,24 @@ def init_site(folder: str | Path, *, pg_port: int = DEFAULT_PG_PORT, http_port: 
     profile = {"format": FORMAT, "postgres": {"folder": "postgres", "port": pg_port, "listen": listen_addresses,
                                               "clients": list(clients)},
                "orthanc": {"folder": "orthanc", "http_port": orthanc.http_port, "dicom_port": orthanc.dicom_port,
-                           "aet": orthanc.aet, "remote_access": bool(remote_access), "dicom_tls": bool(dicom_tls)},
+                           "aet": orthanc.aet, "remote_access": bool(remote_access), "dicom_tls": bool(dicom_tls),
+                           "forward_results": _pacs_text(orthanc.forward_results)},
                "tls": record}
     write_atomic(site_file, (json.dumps(profile, indent=1) + "\n").encode("utf-8"))
     return profile
+
+
+def _pacs_text(pacs: tuple[str, str, int] | None) -> str | None:
+    return None if pacs is None else f"{pacs[0]}@{pacs[1]}:{pacs[2]}"
+
+
+def parse_pacs(text: str) -> tuple[str, str, int]:
+    """``AET@HOST:PORT`` (``--pacs``) as (AE title, host, port)."""
+    aet, at, rest = text.partition("@")
+    host, colon, port = rest.rpartition(":")
+    if not (at and colon and aet and host and port.isdigit()):
+        raise SiteError(f"--pacs {text!r}: expected AET@HOST:PORT, e.g. PACS@10.0.0.5:104")
+    return aet, host.strip("[]"), int(port)
 
 
 def _pg_tls(tls: SiteTls, record: dict[str, Any]) -> PgTls:
@@ -279,7 +297,8 @@ def renew_tls(folder: str | Path, *, hosts: Sequence[str] = (), days: int | None
                             allowed_senders=orthanc.allowed_senders, binary=orthanc._binary, plugin=orthanc._plugin,
                             name=orthanc.name, tls_pem=tls.server_pem, tls_ca=tls.ca_cert,
                             tls_check_hostname=record["check_hostname"],
-                            dicom_tls=(tls.server_cert, tls.server_key) if orthanc.dicom_tls else None)
+                            dicom_tls=(tls.server_cert, tls.server_key) if orthanc.dicom_tls else None,
+                            forward_results=orthanc.forward_results)
     orthanc.write_config()
     if was_running:
         orthanc.start()
@@ -338,6 +357,9 @@ def add_site_commands(subparsers: Any) -> None:
                    help="an address PostgreSQL listens on besides 127.0.0.1 (repeatable; '*': every address); "
                         "default 127.0.0.1 only")
     _add_tls_options(q)
+    q.add_argument("--pacs", metavar="AET@HOST:PORT",
+                   help="the PACS the archive forwards the AI results (SR, SEG) to, once each; the workstations' "
+                        "outboxes then send none (default: the archive forwards nothing)")
     q.add_argument("--dicom-tls", action="store_true",
                    help="the archive's DICOM port speaks DICOM TLS only (senders must use TLS; default: plain DICOM)")
     q.add_argument("--json", action="store_true")
@@ -351,7 +373,8 @@ def add_site_commands(subparsers: Any) -> None:
     _add_tls_options(q)
     q.add_argument("--json", action="store_true")
     for name, text in (("start", "start PostgreSQL, then Orthanc"), ("stop", "stop Orthanc, then PostgreSQL"),
-                       ("status", "report both servers")):
+                       ("status", "report both servers"),
+                       ("forward", "send the AI results the PACS has not taken yet (a forward that failed)")):
         q = sub.add_parser(name, help=text)
         q.add_argument("folder", type=Path)
         q.add_argument("--json", action="store_true")
@@ -417,6 +440,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     try:
         if args.site_command == "init":
             init_site(args.folder, pg_port=args.pg_port, http_port=args.http_port, dicom_port=args.dicom_port,
+                      pacs=parse_pacs(args.pacs) if args.pacs else None,
                       aet=args.aet, remote_access=args.remote_access, hosts=args.host, listen=args.listen,
                       tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, days=args.days,
                       dicom_tls=args.dicom_tls)
@@ -428,6 +452,13 @@ def cmd_site(args: argparse.Namespace) -> int:
             status = start_site(args.folder)
         elif args.site_command == "stop":
             status = stop_site(args.folder)
+        elif args.site_command == "forward":
+            _, orthanc, _ = load_site(args.folder)
+            counts = orthanc.forward_pending()
+            print(json.dumps(counts) if args.json else
+                  f"{counts['results']} AI results in the archive, {counts['sent']} at the PACS, "
+                  f"{counts['queued']} sent now")
+            return 0
         else:
             status = site_status(args.folder)
     except (SiteError, PgError, OrthancError, TlsError, NetworkConfigError) as exc:

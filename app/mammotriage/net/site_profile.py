@@ -57,6 +57,8 @@ class SiteProfile:
     #: the site CA's certificate file (written from the profile), None for a profile from before TLS
     ca_file: Path | None = None
     sslmode: str | None = None
+    #: The site archive forwards the AI results to the PACS: this workstation's outbox sends none.
+    archive_forwards_results: bool = False
 
     @property
     def encrypted(self) -> bool:
@@ -130,6 +132,7 @@ def make_profile(folder: str | Path, role: str, host: str = DEFAULT_HOST) -> dic
                      "password": password},
         "dicomweb": {"url": f"{'https' if tls else 'http'}://{url_host}:{orthanc.http_port}{DICOMWEB_ROOT}",
                      "user": web_user, "password": web_password}}
+    data["results"] = {"archive_forwards": orthanc.forward_results is not None}
     if tls is not None:
         data["postgres"]["sslmode"] = "verify-full"
         data["tls"] = {"ca": ca_pem, "ca_sha256": ca_sha256}
@@ -237,4 +240,13 @@ def load_profile(path: str | Path) -> SiteProfile:
         database=_field(path, data, "postgres", "database", str), user=_field(path, data, "postgres", "user", str),
         password=_field(path, data, "postgres", "password", str), dicomweb_url=url.rstrip("/"),
         dicomweb_user=_field(path, data, "dicomweb", "user", str),
-        dicomweb_password=_field(path, data, "dicomweb", "password", str), ca_file=ca_file, sslmode=sslmode)
+        dicomweb_password=_field(path, data, "dicomweb", "password", str), ca_file=ca_file, sslmode=sslmode,
+        archive_forwards_results=_forwards(path, data))
+
+
+def _forwards(path: Path, data: dict[str, Any]) -> bool:
+    results = data.get("results", {})
+    value = results.get("archive_forwards", False) if isinstance(results, dict) else None
+    if not isinstance(value, bool):
+        raise SiteProfileError(f"{path}: field 'results.archive_forwards' must be true or false (is {value!r})")
+    return value

@@ -1254,13 +1254,23 @@ class MainWindow(QMainWindow):
         self._update_model_label()
 
     # ----------------------------------------------------------------- AI
+    def results_sink(self) -> OutboxSink | None:
+        """Where this workstation's AI results go: the outbox to the PACS, or nowhere when
+        the site archive forwards the site workers' results (the PACS gets them one way)."""
+        if self.site is not None and self.site.archive_forwards_results:
+            self.log_line("AI results go to the PACS through the site archive (it forwards them), "
+                          "not through this workstation's outbox")
+            return None
+        sink = OutboxSink.from_settings()
+        if sink.problem:
+            self.log_line(sink.problem)
+        return sink
+
     def start_triage(self) -> None:
         from mammotriage.triage.worker import TriageService
 
         sha = (self.model_meta or {}).get("weights_sha256")
-        sink = OutboxSink.from_settings()
-        if sink.problem:
-            self.log_line(sink.problem)
+        sink = self.results_sink()
         self.triage = service = TriageService(self.archive.path, data_dir(), self.model_dir,
                                               expected_sha256=sha, sink=sink)
         service.start()
