@@ -392,6 +392,9 @@ def add_site_commands(subparsers: Any) -> None:
     from mammotriage.net.site_models import add_models_command
 
     add_models_command(sub)  # 'site models': its own handler (the site's model registry)
+    from mammotriage.net.site_accounts import add_accounts_command
+
+    add_accounts_command(sub)  # 'site accounts': its own handler (readers' site accounts)
     p.set_defaults(func=cmd_site)
 
 

@@ -72,8 +72,9 @@ class SiteProfile:
                 "database password, corrections and images cross the network in clear; ask IT for a new "
                 "profile ('mammotriage site profile' on a site with TLS)")
 
-    def dsn(self, connect_timeout: int = 5) -> str:
-        """libpq connection string of the profile's database role (verify-full with the site CA)."""
+    def dsn(self, connect_timeout: int = 5, *, user: str | None = None, password: str | None = None) -> str:
+        """libpq connection string of the profile's database role (verify-full with the site CA);
+        ``user``/``password``: another role of the same server (a reader's site account)."""
         from psycopg.conninfo import make_conninfo
 
         from mammotriage.store.pg.cluster import KEEPALIVE
@@ -81,8 +82,9 @@ class SiteProfile:
         extra = {}
         if self.ca_file is not None:
             extra = {"sslmode": self.sslmode or "verify-full", "sslrootcert": str(self.ca_file)}
-        return make_conninfo(host=self.pg_host, port=self.pg_port, dbname=self.database, user=self.user,
-                             password=self.password, connect_timeout=connect_timeout,
+        return make_conninfo(host=self.pg_host, port=self.pg_port, dbname=self.database, user=user or self.user,
+                             password=self.password if password is None else password,
+                             connect_timeout=connect_timeout,
                              application_name=f"mammotriage-{self.role}", **KEEPALIVE, **extra)
 
     def archive(self, cache_folder: str | Path, cache_bytes: int, **kwargs: Any) -> Any:

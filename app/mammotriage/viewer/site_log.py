@@ -160,6 +160,8 @@ class SiteLog(SessionReaders):
         self._head_seq: int | None = None  # the chain's last seq when the watched copies were read
         self._listeners: list[Callable[[list[str | None]], None]] = []
         self._readers: set[str] = set()
+        #: reader -> site sign-in token (store.pg.accounts.sign_in): sent with their events
+        self.sign_ins: dict[str, str] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._wake.set()  # what an earlier session left in the buffer goes first
@@ -186,7 +188,8 @@ class SiteLog(SessionReaders):
         CorrectionError
             The event is invalid (nothing is kept).
         """
-        made = self.buffered.keep(reader=reader, exam_key=exam_key, action=action, study_uid=study_uid,
+        made = self.buffered.keep(reader=reader, exam_key=exam_key, action=action,
+                                  session_token=self.sign_ins.get(reader), study_uid=study_uid,
                                   series_uid=series_uid, sop_uid=sop_uid, pixel_sha256=pixel_sha256,
                                   model_version=model_version, target=target, kind=kind, geometry=geometry,
                                   payload=payload)

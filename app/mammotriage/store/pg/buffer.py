@@ -33,7 +33,7 @@ import psycopg
 from mammotriage.clock import utc_now
 from mammotriage.store import db
 from mammotriage.store.events import Event, event_fields
-from mammotriage.store.pg.events import SERVER_AWAY, SiteCorrectionLog
+from mammotriage.store.pg.events import SERVER_AWAY, TOKEN, SiteCorrectionLog
 
 __all__ = ["AppendOutcome", "BufferedLog", "EventBuffer"]
 
@@ -186,9 +186,11 @@ class BufferedLog:
         event = sent.get(made["event_id"])
         return AppendOutcome(made["event_id"], event, self.buffer.count())
 
-    def keep(self, *, reader: str, exam_key: str, action: str, **fields: Any) -> dict[str, str]:
+    def keep(self, *, reader: str, exam_key: str, action: str, session_token: str | None = None,
+             **fields: Any) -> dict[str, str]:
         """Check one event and keep it in the buffer only (durable when this returns);
-        :meth:`flush` sends it later. Returns the event's own fields.
+        :meth:`flush` sends it later. Returns the event's own fields. ``session_token``:
+        the reader's site sign-in (:mod:`.accounts`), kept with the event until it is sent.
 
         Raises
         ------
@@ -196,7 +198,7 @@ class BufferedLog:
             The event is invalid (nothing is kept).
         """
         made = event_fields(self.workstation, reader=reader, exam_key=exam_key, action=action, **fields)
-        self.buffer.put(made)
+        self.buffer.put({**made, TOKEN: session_token} if session_token else made)
         return made
 
     def flush(self, max_batches: int | None = None) -> int:

@@ -65,6 +65,8 @@ _DEBIAN_ROOT = Path("/usr/lib/postgresql")
 _NEEDED = ("initdb", "pg_ctl", "postgres")
 #: Roles that may connect from other hosts (the others: from 127.0.0.1 only).
 REMOTE_ROLES = ("mt_workstation", "mt_worker")
+#: The group of the readers' own roles (site accounts, store.pg.accounts).
+READER_GROUP = "mt_reader"
 #: session settings of the roles other machines use: a session left idle inside a
 #: transaction (which could hold the chain's lock and stall every workstation's appends)
 #: is ended by the server; a statement never runs longer than the limit
@@ -361,11 +363,19 @@ class PgCluster:
                      "ssl_cert_file = 'server.crt'\n"
                      "ssl_key_file = 'server.key'\n"
                      "ssl_min_protocol_version = 'TLSv1.2'\n")
+        self.write_tls_hba()
+
+    def write_tls_hba(self) -> None:
+        """``pg_hba.conf`` for TLS: the superuser and mt_admin from this host only; the
+        workstation and worker roles and the readers' roles (group ``mt_reader``, site
+        accounts) from the clients' networks; plain TCP rejected. Takes effect at the next
+        start or :meth:`reload`."""
         local = ",".join((SUPERUSER, *(r for r in ROLES if r not in REMOTE_ROLES)))
+        remote = ",".join((*REMOTE_ROLES, "+" + READER_GROUP))
         hba = ["# written by mammotriage: TCP with TLS only (hostssl), every role with scram-sha-256;",
                "# the superuser and mt_admin from this host only; plain TCP is rejected",
                f"hostssl all {local} 127.0.0.1/32 scram-sha-256",
-               *(f"hostssl all {','.join(REMOTE_ROLES)} {net} scram-sha-256" for net in self.clients),
+               *(f"hostssl all {remote} {net} scram-sha-256" for net in self.clients),
                "hostnossl all all 0.0.0.0/0 reject",
                "hostnossl all all ::/0 reject"]
         (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n", encoding="utf-8")

@@ -53,7 +53,7 @@ from mammotriage.store.events import (
     event_from_row,
     events_query,
 )
-from mammotriage.store.pg.events import SERVER_AWAY, PgConnected, SiteCorrectionLog
+from mammotriage.store.pg.events import SERVER_AWAY, TOKEN, PgConnected, SiteCorrectionLog
 from mammotriage.store.pg.schema import READING_LOCKS_VERSION
 
 __all__ = ["EXAM_LOCK", "LOCK_WAIT_S", "PgBackend", "SiteDoubleReading", "SiteDoubleReadingLog", "SiteReadingLocks"]
@@ -143,6 +143,8 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
         self.policy = policy
         self._readers: set[str] = set()
         self._last: OrderedDict[tuple[str | None, str | None], list[Event]] = OrderedDict()
+        #: reader -> site sign-in token (store.pg.accounts.sign_in): sent with their events
+        self.sign_ins: dict[str, str] = {}
 
     @property
     def workstation(self) -> str:
@@ -170,9 +172,10 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
         """
         made = event_fields(self.workstation, reader=reader, exam_key=exam_key, action=action, **fields)
         payload = json.loads(made["payload"]) if made["payload"] else {}
+        token = self.sign_ins.get(reader)
         with self.backend.serialised(exam_key):
             self.check(reader, exam_key, action, payload)
-            return self.site.send(made)
+            return self.site.send({**made, TOKEN: token} if token else made)
 
     def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
         """The site's events as this reader may see them; while the server is away, the

@@ -23,6 +23,7 @@ checks the MACs too; other roles cannot read the key and get the hash checks onl
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from dataclasses import dataclass
@@ -53,6 +54,18 @@ SERVER_AWAY: tuple[type[Exception], ...] = (psycopg.OperationalError,)
 _CLIENT_FIELDS = tuple(name for name in _FIELDS if name != "prev_hash")
 _INSERT = (f"INSERT INTO correction_events ({', '.join(_CLIENT_FIELDS)}) "
            f"VALUES ({', '.join(['%s'] * len(_CLIENT_FIELDS))})")
+#: With a reader's site sign-in (store.pg.accounts): the token goes with the event (never stored).
+_INSERT_SIGNED = (f"INSERT INTO correction_events ({', '.join(_CLIENT_FIELDS)}, session_token) "
+                  f"VALUES ({', '.join(['%s'] * (len(_CLIENT_FIELDS) + 1))})")
+#: The key of an event's fields that carries its reader's sign-in token (not an event field).
+TOKEN = "session_token"
+
+
+def _insert(fields: dict[str, str]) -> tuple[str, list[str]]:
+    values = [fields[name] for name in _CLIENT_FIELDS]
+    if fields.get(TOKEN):
+        return _INSERT_SIGNED, [*values, fields[TOKEN]]
+    return _INSERT, values
 
 
 def connect(dsn: str) -> Conn:
@@ -181,7 +194,7 @@ class SiteCorrectionLog(PgConnected):
         """
         def run(conn: Conn) -> Event:
             with conn.transaction():
-                conn.execute(_INSERT, [fields[name] for name in _CLIENT_FIELDS])
+                conn.execute(*_insert(fields))
                 row = conn.execute("SELECT * FROM correction_events WHERE event_id = %s",
                                    (fields["event_id"],)).fetchone()
             if row is None:  # pragma: no cover - the trigger stores or refuses, never drops
@@ -212,7 +225,10 @@ class SiteCorrectionLog(PgConnected):
         def run(conn: Conn) -> list[Event]:
             with conn.transaction():
                 with conn.cursor() as cur:
-                    cur.executemany(_INSERT, [[fields[name] for name in _CLIENT_FIELDS] for fields in batch])
+                    # in order (the chain's order): one pipeline per run of the same statement
+                    for statement, run in itertools.groupby((_insert(fields) for fields in batch),
+                                                            key=lambda x: x[0]):
+                        cur.executemany(statement, [values for _, values in run])
                 rows = conn.execute("SELECT * FROM correction_events WHERE event_id = ANY(%s)", (ids,)).fetchall()
             stored = {str(r["event_id"]): event_from_row(r) for r in rows}
             missing = [i for i in ids if i not in stored]

@@ -49,6 +49,15 @@ sha256 and the verified metadata) and ``site_model_events`` (promote / rollback,
 why, the gate report); both append-only, written by the owner only (the site server's
 ``mammotriage site models``), read by workstations and workers. A triage job can be
 ``superseded`` (a promotion moved the exam to the new model).
+Version 7, site accounts (:mod:`mammotriage.store.pg.accounts`): ``site_readers`` (a
+reader's name and their own login role), ``site_reader_events`` (disable / enable),
+``site_settings`` (``accounts_required``), all append-only; the reader's sign-ins in
+``mt_private.reader_sessions`` (the token's sha256, 12 hours), made by
+``mt_reader_sign_in`` (SECURITY DEFINER, callable by an active reader's role only); and
+the BEFORE INSERT trigger ``correction_events_account`` (before the chain's): an event
+carrying a sign-in token (``session_token``, never stored) must be by that sign-in's
+reader, made before it expired and sent within a week, and gets ``account``; without a
+token it is refused when the site requires accounts.
 """
 
 from __future__ import annotations
@@ -459,13 +468,150 @@ _V6_SITE_MODELS = PgMigration(
     ),
 )
 
+#: Hours a reader's sign-in lasts (a shift); events made within it are accepted up to
+#: a week later (a workstation's buffer while the server was away).
+SIGN_IN_HOURS = 12
+
+_V7_ACCOUNTS = PgMigration(
+    name="accounts: site readers (database roles), their sign-ins, and events checked against them",
+    steps=(
+        """
+        CREATE TABLE site_readers (
+            reader   TEXT PRIMARY KEY CHECK (length(reader) BETWEEN 1 AND 64),
+            role     TEXT NOT NULL UNIQUE,
+            added_by TEXT NOT NULL,
+            added_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        )
+        """,
+        """
+        CREATE TABLE site_reader_events (
+            id     BIGSERIAL PRIMARY KEY,
+            reader TEXT NOT NULL REFERENCES site_readers (reader),
+            action TEXT NOT NULL CHECK (action IN ('disable', 'enable')),
+            who    TEXT NOT NULL,
+            at     TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        )
+        """,
+        """
+        CREATE TABLE site_settings (
+            id    BIGSERIAL PRIMARY KEY,
+            name  TEXT NOT NULL CHECK (name IN ('accounts_required')),
+            value TEXT NOT NULL,
+            who   TEXT NOT NULL,
+            at    TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+        )
+        """,
+        *_append_only("site_readers"),
+        *_append_only("site_reader_events"),
+        *_append_only("site_settings"),
+        """
+        CREATE TABLE mt_private.reader_sessions (
+            token_sha256 TEXT PRIMARY KEY,
+            reader       TEXT NOT NULL REFERENCES site_readers (reader),
+            workstation  TEXT NOT NULL,
+            started_at   TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+            expires_at   TIMESTAMPTZ NOT NULL
+        )
+        """,
+        """
+        CREATE FUNCTION mt_reader_active(r TEXT) RETURNS BOOLEAN LANGUAGE sql STABLE AS $fn$
+            SELECT EXISTS (SELECT 1 FROM site_readers WHERE reader = r)
+               AND COALESCE((SELECT action FROM site_reader_events WHERE reader = r ORDER BY id DESC LIMIT 1),
+                            'enable') = 'enable'
+        $fn$
+        """,
+        """
+        CREATE FUNCTION mt_accounts_required() RETURNS BOOLEAN LANGUAGE sql STABLE AS $fn$
+            SELECT COALESCE((SELECT value FROM site_settings WHERE name = 'accounts_required'
+                             ORDER BY id DESC LIMIT 1), 'false') = 'true'
+        $fn$
+        """,
+        f"""
+        CREATE FUNCTION mt_reader_sign_in(ws TEXT) RETURNS TEXT LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            r TEXT;
+            token TEXT;
+        BEGIN
+            SELECT reader INTO r FROM site_readers WHERE role = session_user;
+            IF NOT FOUND OR NOT mt_reader_active(r) THEN
+                RAISE EXCEPTION 'role % is not an active reader of this site', session_user
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            token := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+            INSERT INTO mt_private.reader_sessions (token_sha256, reader, workstation, expires_at)
+            VALUES (encode(sha256(convert_to(token, 'UTF8')), 'hex'), r, left(ws, 200),
+                    clock_timestamp() + make_interval(hours => {SIGN_IN_HOURS}));
+            RETURN r || ' ' || token;
+        END
+        $fn$
+        """,
+        "REVOKE ALL ON FUNCTION mt_reader_sign_in(TEXT) FROM PUBLIC",
+        "GRANT EXECUTE ON FUNCTION mt_reader_sign_in(TEXT) TO PUBLIC",  # it checks session_user itself
+        "ALTER TABLE correction_events ADD COLUMN session_token TEXT, ADD COLUMN account TEXT",
+        """
+        CREATE FUNCTION mt_account_event() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            s mt_private.reader_sessions%ROWTYPE;
+            token TEXT := NEW.session_token;
+        BEGIN
+            NEW.session_token := NULL;  -- never stored
+            NEW.account := NULL;
+            IF EXISTS (SELECT 1 FROM correction_events WHERE event_id = NEW.event_id) THEN
+                RETURN NEW;  -- a retry: the chain trigger skips or refuses it
+            END IF;
+            IF token IS NULL THEN
+                IF mt_accounts_required() THEN
+                    RAISE EXCEPTION 'event % by %: this site requires readers to sign in with a site account',
+                        NEW.event_id, NEW.reader USING ERRCODE = 'check_violation';
+                END IF;
+                RETURN NEW;
+            END IF;
+            SELECT * INTO s FROM mt_private.reader_sessions
+            WHERE token_sha256 = encode(sha256(convert_to(token, 'UTF8')), 'hex');
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'event % by %: unknown site sign-in', NEW.event_id, NEW.reader
+                    USING ERRCODE = 'check_violation';
+            END IF;
+            IF s.reader <> NEW.reader THEN
+                RAISE EXCEPTION 'event %: made as % under the site sign-in of %', NEW.event_id, NEW.reader, s.reader
+                    USING ERRCODE = 'check_violation';
+            END IF;
+            IF NOT mt_reader_active(s.reader) THEN
+                RAISE EXCEPTION 'event % by %: the site account is disabled', NEW.event_id, NEW.reader
+                    USING ERRCODE = 'check_violation';
+            END IF;
+            IF NEW.at::timestamptz > s.expires_at + interval '5 minutes'
+               OR clock_timestamp() > s.expires_at + interval '7 days' THEN
+                RAISE EXCEPTION 'event % by %: made or sent after the site sign-in expired (%)', NEW.event_id,
+                    NEW.reader, s.expires_at USING ERRCODE = 'check_violation';
+            END IF;
+            NEW.account := s.reader;
+            RETURN NEW;
+        END
+        $fn$
+        """,
+        "REVOKE ALL ON FUNCTION mt_account_event() FROM PUBLIC",
+        # fires before correction_events_chain (BEFORE triggers run in name order)
+        """
+        CREATE TRIGGER correction_events_account BEFORE INSERT ON correction_events
+        FOR EACH ROW EXECUTE FUNCTION mt_account_event()
+        """,
+        "GRANT INSERT (session_token) ON correction_events TO mt_workstation",
+        "GRANT SELECT ON site_readers, site_reader_events, site_settings TO mt_workstation, mt_worker",
+    ),
+)
+
 MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED, _V5_READING_LOCKS,
-                                 _V6_SITE_MODELS]
+                                 _V6_SITE_MODELS, _V7_ACCOUNTS]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The version that brought double reading's ``reading_locks`` (store.pg.double_reading).
 READING_LOCKS_VERSION = MIGRATIONS.index(_V5_READING_LOCKS) + 1
 #: The version that brought the site's model registry (store.pg.models).
 SITE_MODELS_VERSION = MIGRATIONS.index(_V6_SITE_MODELS) + 1
+#: The version that brought site accounts (store.pg.accounts).
+ACCOUNTS_VERSION = MIGRATIONS.index(_V7_ACCOUNTS) + 1
 
 
 class SchemaVersionError(RuntimeError):

@@ -1,0 +1,166 @@
+"""Site accounts: a reader signs in with their own database role, and the server checks
+that every event they send is theirs.
+
+Standalone, "sign in as another reader" is a name typed into a dialog. On a site that
+is not enough (double reading counts two distinct readers), so:
+
+- Each reader has a login role of their own (:func:`reader_role` of the name; a member
+  of the group ``mt_reader``, which may connect to the site database and call one
+  function). ``mammotriage site accounts add DIR NAME`` creates it (the superuser's
+  work) and records the reader in ``site_readers``; ``disable`` / ``enable`` append to
+  ``site_reader_events`` and lock or unlock the role.
+- Signing in (:func:`sign_in`) is a connection as that role with the reader's password
+  (PostgreSQL checks it: scram-sha-256), then ``mt_reader_sign_in``, which returns a
+  random token valid for :data:`~mammotriage.store.pg.schema.SIGN_IN_HOURS` hours (the
+  server keeps only its sha256). The workstation keeps the token with the reader's
+  events (``session_token``), and its usual connection (``mt_workstation``) sends them.
+- The server's trigger refuses an event whose token is unknown, belongs to another
+  reader, was made after the sign-in expired or is sent more than a week later, or whose
+  reader's account is disabled; it records ``account`` (the signed-in reader) and never
+  stores the token. With ``site accounts require DIR on``, an event without a token is
+  refused too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from mammotriage.store.pg.cluster import READER_GROUP
+from mammotriage.store.pg.events import PgConnected, connect
+from mammotriage.store.pg.schema import ACCOUNTS_VERSION
+
+__all__ = ["GROUP", "AccountError", "SignIn", "SiteAccounts", "reader_role", "sign_in"]
+
+#: The group every reader's role belongs to (CONNECT on the site database).
+GROUP = READER_GROUP
+
+
+class AccountError(RuntimeError):
+    """A site account operation that is refused, or a sign-in that failed, with the reason."""
+
+
+def reader_role(reader: str) -> str:
+    """The login role of a reader: derived from the name, so a workstation needs no lookup."""
+    name = reader.strip()
+    if not 1 <= len(name) <= 64:
+        raise AccountError(f"a reader's name has 1 to 64 characters (is {reader!r})")
+    return "mtr_" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class SignIn:
+    reader: str
+    token: str
+
+
+def sign_in(dsn_as_reader: str, workstation: str) -> SignIn:
+    """Sign in: ``dsn_as_reader`` connects as the reader's role with their password."""
+    try:
+        with connect(dsn_as_reader) as conn:
+            row = conn.execute("SELECT mt_reader_sign_in(%s) AS s", (workstation,)).fetchone()
+    except psycopg.OperationalError as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "password authentication failed" in text:
+            raise AccountError("wrong name or password") from exc
+        if "not permitted to log in" in text:
+            raise AccountError("this site account is disabled") from exc
+        raise
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise AccountError("this account is not an active reader of the site") from exc
+    except psycopg.Error as exc:
+        raise AccountError(f"the site refused the sign-in: {str(exc).strip().splitlines()[0]}") from exc
+    if row is None:  # pragma: no cover - a function call returns a row
+        raise AccountError("the site returned no sign-in")
+    reader, _, token = str(row["s"]).rpartition(" ")  # the token has no space; a name may
+    return SignIn(reader, token)
+
+
+class SiteAccounts(PgConnected):
+    """The accounts on the server: ``dsn`` is the owner (``mt_admin``), ``superuser`` the
+    cluster's superuser (roles are the superuser's work)."""
+
+    def __init__(self, dsn: str, superuser: str) -> None:
+        super().__init__(dsn)
+        self.superuser = superuser
+
+    def _check(self) -> None:
+        row = self.conn.execute("SELECT max(version) AS v FROM mt_schema").fetchone()
+        if row is None or row["v"] is None or int(row["v"]) < ACCOUNTS_VERSION:
+            raise AccountError(f"the site database predates schema version {ACCOUNTS_VERSION} (site accounts): "
+                               "`mammotriage site start` runs its migrations")
+
+    def _roles(self, *statements: sql.Composed) -> None:
+        with psycopg.connect(self.superuser, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    def add(self, reader: str, password: str, who: str, database: str) -> str:
+        """Create the reader's role and record them; returns the role."""
+        self._check()
+        reader = reader.strip()
+        role = reader_role(reader)
+        if len(password) < 12:
+            raise AccountError("a password has at least 12 characters")
+        if self.conn.execute("SELECT 1 FROM site_readers WHERE reader = %s", (reader,)).fetchone():
+            raise AccountError(f"{reader} has a site account already (site accounts password to change it)")
+        with psycopg.connect(self.superuser, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (GROUP,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(GROUP)))
+                conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                    sql.Identifier(database), sql.Identifier(GROUP)))
+                # to find mt_reader_sign_in (tables stay closed: no privilege on them)
+                conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(GROUP)))
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                sql.Identifier(role), sql.Literal(password), sql.Identifier(GROUP)))
+            conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET statement_timeout = '30s'").format(
+                sql.Identifier(role), sql.Identifier(database)))
+        with self.conn.transaction():
+            self.conn.execute("INSERT INTO site_readers (reader, role, added_by) VALUES (%s, %s, %s)",
+                              (reader, role, who))
+        return role
+
+    def password(self, reader: str, password: str) -> None:
+        self._check()
+        if len(password) < 12:
+            raise AccountError("a password has at least 12 characters")
+        self._known(reader)
+        self._roles(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(reader_role(reader)),
+                                                                sql.Literal(password)))
+
+    def _known(self, reader: str) -> None:
+        if not self.conn.execute("SELECT 1 FROM site_readers WHERE reader = %s", (reader,)).fetchone():
+            raise AccountError(f"{reader} has no site account")
+
+    def set_enabled(self, reader: str, enabled: bool, who: str) -> None:
+        self._check()
+        self._known(reader)
+        self._roles(sql.SQL("ALTER ROLE {} {}").format(sql.Identifier(reader_role(reader)),
+                                                        sql.SQL("LOGIN" if enabled else "NOLOGIN")))
+        with self.conn.transaction():
+            self.conn.execute("INSERT INTO site_reader_events (reader, action, who) VALUES (%s, %s, %s)",
+                              (reader, "enable" if enabled else "disable", who))
+
+    def require(self, required: bool, who: str) -> None:
+        self._check()
+        with self.conn.transaction():
+            self.conn.execute("INSERT INTO site_settings (name, value, who) VALUES ('accounts_required', %s, %s)",
+                              ("true" if required else "false", who))
+
+    def listing(self) -> dict[str, Any]:
+        self._check()
+        rows = self.conn.execute(
+            "SELECT reader, role, added_by, added_at::text AS added_at, mt_reader_active(reader) AS active "
+            "FROM site_readers ORDER BY reader").fetchall()
+        required = self.conn.execute("SELECT mt_accounts_required() AS r").fetchone()
+        return {"required": bool(required["r"]) if required else False, "readers": [dict(r) for r in rows]}
+
+
+def new_password() -> str:
+    """A generated password for a new account (shown once)."""
+    return secrets.token_urlsafe(15)

@@ -1,0 +1,122 @@
+"""Site accounts on a real PostgreSQL: a reader signs in with their own role and password,
+and the server accepts their events only under their sign-in. Before, the reader of an
+event was a name any workstation could write (double reading's "two distinct readers"
+trusted it)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from pgsupport import running_cluster
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from mammotriage.store.events import event_fields
+from mammotriage.store.pg.accounts import AccountError, SiteAccounts, reader_role, sign_in
+from mammotriage.store.pg.buffer import BufferedLog
+from mammotriage.store.pg.cluster import DATABASE, SUPERUSER
+from mammotriage.store.pg.events import TOKEN, SiteCorrectionLog, connect
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with running_cluster() as c:
+        with SiteAccounts(c.dsn("mt_admin"), c.dsn(SUPERUSER)) as accounts:
+            accounts.add("dr_a", "password of dr a", "admin", DATABASE)
+            accounts.add("dr_b", "password of dr b", "admin", DATABASE)
+        yield c
+
+
+def _as(cluster, reader: str, password: str) -> str:
+    info = conninfo_to_dict(cluster.dsn("mt_workstation"))
+    return make_conninfo(**{**info, "user": reader_role(reader), "password": password})
+
+
+def _event(reader: str, token: str | None = None, **extra: str) -> dict[str, str]:
+    made = event_fields("ws-1", reader=reader, exam_key="Exam-A", action="note", payload={"text": reader})
+    return {**made, **extra, **({TOKEN: token} if token else {})}
+
+
+def _stored(cluster, event_id: str) -> dict | None:
+    with connect(cluster.dsn("mt_admin")) as conn:
+        row = conn.execute("SELECT reader, account, session_token FROM correction_events WHERE event_id = %s",
+                           (event_id,)).fetchone()
+    return dict(row) if row else None
+
+
+def test_events_are_accepted_only_under_their_readers_sign_in(cluster) -> None:
+    with pytest.raises(AccountError, match="wrong name or password"):
+        sign_in(_as(cluster, "dr_a", "not the password"), "ws-1")
+    a = sign_in(_as(cluster, "dr_a", "password of dr a"), "ws-1")
+    assert a.reader == "dr_a" and len(a.token) == 64
+    with SiteCorrectionLog(cluster.dsn("mt_workstation"), "ws-1") as log:
+        head = log.head()
+        mine = _event("dr_a", a.token)
+        log.send(mine)
+        assert _stored(cluster, mine["event_id"]) == {"reader": "dr_a", "account": "dr_a", "session_token": None}
+        log.send(mine)   # a retry of the same event: skipped, not refused
+        refusals = [
+            (_event("dr_b", a.token), "made as dr_b under the site sign-in of dr_a"),   # dr_a signing as dr_b
+            (_event("dr_a", "0" * 64), "unknown site sign-in"),                         # a forged token
+            (_event("dr_a", a.token, at="2099-01-01T00:00:00.000000Z"), "after the site sign-in expired"),
+        ]
+        for fields, why in refusals:
+            with pytest.raises(psycopg.errors.CheckViolation, match=why):
+                log.send(fields)
+            assert _stored(cluster, fields["event_id"]) is None
+        # without a sign-in: accepted (no account) until the site requires accounts
+        plain = _event("dr_c")
+        log.send(plain)
+        assert _stored(cluster, plain["event_id"])["account"] is None
+        with SiteAccounts(cluster.dsn("mt_admin"), cluster.dsn(SUPERUSER)) as accounts:
+            accounts.require(True, "admin")
+            try:
+                with pytest.raises(psycopg.errors.CheckViolation, match="requires readers to sign in"):
+                    log.send(_event("dr_c"))
+                log.send(_event("dr_a", a.token))   # signed in: still accepted
+                # a disabled account: its sign-ins and new sign-ins are refused
+                accounts.set_enabled("dr_a", False, "admin")
+                with pytest.raises(psycopg.errors.CheckViolation, match="account is disabled"):
+                    log.send(_event("dr_a", a.token))
+                with pytest.raises(AccountError, match="disabled"):
+                    sign_in(_as(cluster, "dr_a", "password of dr a"), "ws-1")
+                accounts.set_enabled("dr_a", True, "admin")
+                assert accounts.listing()["required"] is True
+                assert [r["reader"] for r in accounts.listing()["readers"]] == ["dr_a", "dr_b"]
+            finally:
+                accounts.require(False, "admin")
+        assert log.head().count == head.count + 3   # the three accepted events, nothing else
+        assert log.verify().ok
+
+
+def test_a_buffered_event_carries_its_sign_in_and_a_false_one_is_refused_not_lost(cluster, tmp_path) -> None:
+    b = sign_in(_as(cluster, "dr_b", "password of dr b"), "ws-2")
+    with BufferedLog(cluster.dsn("mt_workstation"), tmp_path / "buffer.sqlite3", "ws-2") as log:
+        good = log.keep(reader="dr_b", exam_key="Exam-B", action="note", payload={"text": "b"}, session_token=b.token)
+        bad = log.keep(reader="dr_a", exam_key="Exam-B", action="note", payload={"text": "as a"},
+                       session_token=b.token)
+        assert log.flush() == 1
+        assert _stored(cluster, good["event_id"])["account"] == "dr_b"
+        refused = log.buffer.refused()
+        assert [event_id for event_id, _ in refused] == [bad["event_id"]]
+        assert "under the site sign-in of dr_b" in refused[0][1]
+
+
+def test_readers_roles_can_sign_in_and_nothing_else(cluster) -> None:
+    dsn = _as(cluster, "dr_b", "password of dr b")
+    with connect(dsn) as conn:
+        for statement in ("SELECT * FROM correction_events", "SELECT * FROM mt_private.reader_sessions",
+                          "INSERT INTO site_readers (reader, role, added_by) VALUES ('x', 'y', 'z')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with connect(cluster.dsn("mt_workstation")) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM mt_private.reader_sessions")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):   # the workstation cannot sign anyone in
+            conn.execute("SELECT mt_reader_sign_in('ws')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO correction_events (event_id, account) VALUES ('x', 'dr_a')")
+    with SiteAccounts(cluster.dsn("mt_admin"), cluster.dsn(SUPERUSER)) as accounts:
+        with pytest.raises(AccountError, match="already"):
+            accounts.add("dr_a", "another password!", "admin", DATABASE)
+        with pytest.raises(AccountError, match="at least 12"):
+            accounts.add("dr_new", "short", "admin", DATABASE)
