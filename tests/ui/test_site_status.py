@@ -35,6 +35,28 @@ def _profile(site: PgCluster, path: Path, **extra: object) -> Path:
     return path
 
 
+def _joined_window(qtbot, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, profile: Path, *, seed: int,
+                   reader: str, rows: int = 256, columns: int = 208, normal: bool = True):
+    """A window on a one-exam archive, joined to the site by the settings' profile."""
+    from PySide6.QtCore import QSettings
+
+    from mammotriage.phantom import generate_exam
+    from mammotriage.store import Archive
+    from mtsupport import reading_window
+
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(home))
+    settings = QSettings(str(home / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("site/profile", str(profile))
+    settings.sync()
+    exam = generate_exam(seed, exam_number=1, rows=rows, columns=columns, normal=normal)
+    exam.save(tmp_path / f"exam-{profile.stem}")
+    archive = Archive(tmp_path / f"archive-{profile.stem}.sqlite")
+    archive.import_paths([tmp_path / f"exam-{profile.stem}"])
+    return reading_window(qtbot, archive, reader=reader), archive
+
+
 def test_the_label_says_when_the_server_is_away_and_clears_when_it_drained(qtbot, site: PgCluster,
                                                                           tmp_path: Path) -> None:
     from mammotriage.ui.site_status import SiteStatusLabel
@@ -74,23 +96,8 @@ def test_the_label_says_when_the_server_is_away_and_clears_when_it_drained(qtbot
 
 def test_a_window_joined_from_the_settings_keeps_reading_through_a_server_restart(
         qtbot, site: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from PySide6.QtCore import QSettings
-
-    from mammotriage.phantom import generate_exam
-    from mammotriage.store import Archive
-    from mtsupport import reading_window
-
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(home))
-    settings = QSettings(str(home / "settings.ini"), QSettings.Format.IniFormat)
-    settings.setValue("site/profile", str(_profile(site, tmp_path / "ws.json")))
-    settings.sync()
-    exam = generate_exam(31, exam_number=1, rows=512, columns=416, normal=False)
-    exam.save(tmp_path / "exam")
-    archive = Archive(tmp_path / "archive.sqlite")
-    archive.import_paths([tmp_path / "exam"])
-    win = reading_window(qtbot, archive, reader="dr_site")
+    win, archive = _joined_window(qtbot, monkeypatch, tmp_path, _profile(site, tmp_path / "ws.json"), seed=31,
+                                  reader="dr_site", rows=512, columns=416, normal=False)
     try:
         assert isinstance(win.corrections_log, SiteLog) and win.site_label is not None
         assert "site mode: PostgreSQL" in win.log.toPlainText()
@@ -136,25 +143,9 @@ def test_a_workstation_sends_no_ai_results_to_the_pacs_when_the_site_archive_for
         qtbot, site: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before, a site workstation's outbox sent its own AI results to the PACS while the
     site archive forwarded the workers' results of the same exams: the PACS got them twice."""
-    from PySide6.QtCore import QSettings
-
-    from mammotriage.phantom import generate_exam
-    from mammotriage.store import Archive
-    from mtsupport import reading_window
-
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("MAMMOTRIAGE_HOME", str(home))
-    settings = QSettings(str(home / "settings.ini"), QSettings.Format.IniFormat)
     for forwards in (True, False):
         profile = _profile(site, tmp_path / f"ws-{forwards}.json", results={"archive_forwards": forwards})
-        settings.setValue("site/profile", str(profile))
-        settings.sync()
-        exam = generate_exam(32, exam_number=1, rows=256, columns=208, normal=True)
-        exam.save(tmp_path / f"exam-{forwards}")
-        archive = Archive(tmp_path / f"archive-{forwards}.sqlite")
-        archive.import_paths([tmp_path / f"exam-{forwards}"])
-        win = reading_window(qtbot, archive, reader="dr_site")
+        win, archive = _joined_window(qtbot, monkeypatch, tmp_path, profile, seed=32, reader="dr_site")
         try:
             assert win.site is not None and win.site.archive_forwards_results is forwards
             sink = win.results_sink()
@@ -163,3 +154,36 @@ def test_a_workstation_sends_no_ai_results_to_the_pacs_when_the_site_archive_for
         finally:
             win.close()
             archive.close()
+
+
+def test_a_reader_signs_in_with_the_site_account_and_the_server_records_it(
+        qtbot, site: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window's site sign-in runs off the UI thread; the reader's corrections then
+    reach the store under their account (the server checks it)."""
+    from mammotriage.store.pg.accounts import SiteAccounts
+    from mammotriage.store.pg.cluster import DATABASE, SUPERUSER
+    from mammotriage.store.pg.events import connect
+
+    with SiteAccounts(site.dsn("mt_admin"), site.dsn(SUPERUSER)) as accounts:
+        accounts.add("dr_account", "the password of dr account", "it", DATABASE)
+    win, archive = _joined_window(qtbot, monkeypatch, tmp_path, _profile(site, tmp_path / "ws.json"), seed=33,
+                                  reader="dr_plain")
+    try:
+        refused = win.site_sign_in("dr_account", "not the password at all")
+        assert refused is not None
+        qtbot.waitUntil(lambda: "site sign-in of dr_account refused: wrong name or password"
+                        in win.log.toPlainText(), timeout=30_000)
+        assert win.reader == "dr_plain"   # nobody else signed in
+        win.site_sign_in("dr_account", "the password of dr account")
+        qtbot.waitUntil(lambda: win.reader == "dr_account", timeout=30_000)
+        assert "signed in with the site account: dr_account" in win.log.toPlainText()
+        win.corrections.set_note("read under a site account")
+        log = win.corrections_log
+        qtbot.waitUntil(lambda: log.status().waiting == 0, timeout=60_000)
+        with connect(site.dsn("mt_admin")) as conn:
+            row = conn.execute("SELECT reader, account FROM correction_events WHERE exam_key = %s "
+                               "AND action = 'note' ORDER BY seq DESC LIMIT 1", (win.current.exam_key,)).fetchone()
+        assert dict(row) == {"reader": "dr_account", "account": "dr_account"}
+    finally:
+        win.close()
+        archive.close()

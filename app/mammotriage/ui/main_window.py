@@ -8,6 +8,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import queue as _queue
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,8 @@ class MainWindow(QMainWindow):
     """The reading workstation window."""
 
     exam_shown = Signal(str)  # exam key, once all panes have their content
+    #: a site sign-in finished on its thread: (reader, token or "", what to say)
+    site_signed_in = Signal(str, str, str)
 
     def __init__(self, loader: ViewLoader | None = None, archive: Archive | None = None,
                  model_dir: str | Path | None = None, start_triage: bool = True, site: SiteProfile | None = None):
@@ -155,6 +158,8 @@ class MainWindow(QMainWindow):
         # site mode: the site's active model becomes this registry's (a daemon thread; the
         # session adopts it as it adopts any promotion)
         self._site_model_said: _queue.SimpleQueue[str] = _queue.SimpleQueue()
+        self._sign_in_pool: cf.ThreadPoolExecutor | None = None
+        self.site_signed_in.connect(self._site_signed_in)  # queued: emitted on the sign-in thread
         self.site_models: SiteModelSync | None = None
         if site is not None:
             self.site_models = SiteModelSync(site.dsn(), self.archive.path, data_dir() / "site-models",
@@ -1235,8 +1240,52 @@ class MainWindow(QMainWindow):
         readers = self.corrections_log.readers()
         name, ok = QInputDialog.getItem(self, "Reader", "Sign in as (type a new name to add one):",
                                         readers, readers.index(self.reader) if self.reader in readers else 0, True)
-        if ok and name.strip():
+        if not (ok and name.strip()):
+            return
+        if self.site is None:
             self.sign_in(name.strip())
+            return
+        password, ok = QInputDialog.getText(
+            self, "Site account", f"Password of {name.strip()}'s site account\n"
+            "(empty: sign in without one, if the site allows it):", QLineEdit.EchoMode.Password)
+        if ok:
+            self.site_sign_in(name.strip(), password)
+
+    def site_sign_in(self, name: str, password: str) -> cf.Future[None] | None:
+        """Sign in with the reader's site account: checked by the site server on a thread
+        (never the UI thread), then :meth:`sign_in`; their events carry the sign-in and the
+        server accepts them as theirs. An empty password signs in by name only."""
+        if self.site is None or not password:
+            self.sign_in(name)
+            return None
+        from mammotriage.store.pg.accounts import AccountError, reader_role, sign_in
+
+        site, workstation = self.site, socket.gethostname()
+        self.log_line(f"signing in {name} with the site account…")
+
+        def work() -> None:
+            try:
+                got = sign_in(site.dsn(user=reader_role(name), password=password), workstation)
+                self.site_signed_in.emit(name, got.token, f"signed in with the site account: {name}")
+            except AccountError as exc:
+                self.site_signed_in.emit(name, "", f"site sign-in of {name} refused: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the server away: said, nobody signed in
+                self.site_signed_in.emit(name, "", f"site sign-in of {name} failed: {type(exc).__name__}: "
+                                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+
+        if self._sign_in_pool is None:
+            self._sign_in_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="site-sign-in")
+        return self._sign_in_pool.submit(work)
+
+    def _site_signed_in(self, name: str, token: str, said: str) -> None:
+        self.log_line(said)
+        if not token:
+            return
+        for log in (self.site_log, self.corrections_log, self.history_log):
+            tokens = getattr(log, "sign_ins", None)
+            if isinstance(tokens, dict):
+                tokens[name] = token
+        self.sign_in(name)
 
     def sign_in(self, name: str) -> None:
         self.corrections_log.add_reader(name)
@@ -1699,6 +1748,8 @@ class MainWindow(QMainWindow):
             self.corrections_log.close()  # site double reading's own connection
         if self.site_label is not None:
             self.site_label.timer.stop()
+        if self._sign_in_pool is not None:
+            self._sign_in_pool.shutdown(wait=False, cancel_futures=True)
         if self.site_models is not None:
             self.site_models.stop(timeout=1.0)  # a sync stuck on the network is left behind (a daemon)
         if self.site_log is not None:
