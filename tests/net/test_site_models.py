@@ -110,3 +110,82 @@ def test_the_gate_report_must_be_a_passed_comparison_with_the_site_model(package
         check_gate_report({**good, "parent": {"version": "5.0.0", "weights_sha256": "12" * 32}}, meta, active)
     with pytest.raises(SiteModelError, match="not a JSON object"):
         check_gate_report([good], meta, active)
+    with pytest.raises(SiteModelError, match=r"names candidate v6\.9"):
+        check_gate_report({**good, "candidate": {**good["candidate"], "version": "6.9"}}, meta, active)
+    with pytest.raises(SiteModelError, match="not an object of numbers"):
+        check_gate_report({**good, "operating_points": {"suspicious_at": [1]}}, meta, active)
+
+
+def test_a_version_that_would_name_a_folder_elsewhere_is_refused_and_nothing_is_deleted(
+        package: Path, tmp_path: Path) -> None:
+    """Review finding: a published version of '../../target' made a second unpack delete
+    <into>/../target and put the package there."""
+    data, meta = pack_package(package)
+    into = tmp_path / "a" / "models"
+    decoy = tmp_path / "a" / "target"
+    decoy.mkdir(parents=True)
+    (decoy / "keep.txt").write_text("mine")
+    row = SiteModelVersion(str(meta["weights_sha256"]), "../../target", hashlib.sha256(data).hexdigest(), len(data),
+                           meta, "lead", "now")
+    for _ in range(2):
+        with pytest.raises(SiteModelError, match="not a plain version"):
+            unpack_package(data, row, into)
+    assert (decoy / "keep.txt").read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    sys.path.insert(0, str(REPO / "tests" / "store" / "pg"))
+    from pgsupport import running_cluster
+
+    with running_cluster() as c:
+        yield c
+
+
+def test_the_follower_hands_over_even_when_moving_the_queue_fails_and_retries_a_refusal(
+        cluster, package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review findings: a failing queue move after the handover left the worker holding
+    the old model forever; a refused package was never tried again."""
+    from retrain_sim import tiny_parent
+
+    from mammotriage.net.site_models import ModelFollower
+    from mammotriage.store.pg.models import SiteModels
+
+    def publish(folder: Path) -> str:
+        data, meta = pack_package(folder)
+        with SiteModels(cluster.dsn("mt_admin")) as models:
+            models.publish(str(meta["weights_sha256"]), str(meta["version"]), data, meta, "lead")
+            models.promote(str(meta["weights_sha256"]), "lead", "test", retriage=False)
+        return str(meta["weights_sha256"])
+
+    a = publish(package)
+    fails = {"load": 1}
+
+    class Held:
+        def __init__(self, sha: str) -> None:
+            self.weights_sha256 = sha
+
+    def load(path: Path, version: SiteModelVersion, points: dict) -> Held:
+        if version.weights_sha256 != a and fails["load"]:
+            fails["load"] -= 1
+            raise MemoryError("no room for the model just now")
+        return Held(version.weights_sha256)
+
+    said: list[str] = []
+    follower = ModelFollower(cluster.dsn("mt_worker"), tmp_path / "f", load, every_s=0, say=said.append)
+    assert follower.first().weights_sha256 == a
+    b = publish(tiny_parent(tmp_path / "b", seed=13, version="7.1.0"))
+    assert follower.poll() is None and follower.sha256 == a and follower.active_sha256 == b
+    assert any("refused" in text and "trying again" in text for text in said)
+    follower.retry_s = 0.0
+    follower._refused = {k: 0.0 for k in follower._refused}   # the back-off has passed
+
+    def broken(self, sha):
+        raise psycopg.OperationalError("deadlock detected")
+
+    import psycopg
+
+    monkeypatch.setattr(SiteModels, "move_pending", broken)
+    taken = follower.poll()
+    assert taken is not None and taken.weights_sha256 == b and follower.sha256 == b
+    assert any("not moved yet" in text for text in said)

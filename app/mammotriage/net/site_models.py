@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from mammotriage.model.package import ModelPackageError, verify
-from mammotriage.store.pg.models import SiteModelError, SiteModels, SiteModelVersion
+from mammotriage.store.pg.models import SiteModelError, SiteModels, SiteModelVersion, check_version
 
 __all__ = ["MAX_PACKAGE_BYTES", "ModelFollower", "add_models_command", "check_gate_report", "pack_package",
            "unpack_package"]
@@ -57,6 +57,7 @@ def pack_package(folder: str | Path) -> tuple[bytes, dict[str, Any]]:
         meta = verify(folder)
     except ModelPackageError as exc:
         raise SiteModelError(str(exc)) from exc
+    check_version(str(meta.get("version")))
     buf = io.BytesIO()
     total = 0
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -86,7 +87,10 @@ def unpack_package(data: bytes, version: SiteModelVersion, into: str | Path) -> 
     file or folder or leaves the folder, more than :data:`MAX_PACKAGE_BYTES`, weights
     other than the registered ones. An existing, verified copy is reused.
     """
-    dest = Path(into) / version.weights_sha256 / version.version
+    root = Path(into).resolve()
+    dest = root / version.weights_sha256 / check_version(version.version)
+    if dest.resolve().parent.parent != root:
+        raise SiteModelError(f"model {version.label()}: its folder would leave {root}")
     if dest.is_dir():
         try:
             if verify(dest).get("weights_sha256") == version.weights_sha256:
@@ -96,8 +100,11 @@ def unpack_package(data: bytes, version: SiteModelVersion, into: str | Path) -> 
         shutil.rmtree(dest)
     if hashlib.sha256(data).hexdigest() != version.archive_sha256:
         raise SiteModelError(f"model {version.label()}: the package does not match its recorded sha256")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+    except OSError as exc:
+        raise SiteModelError(f"model {version.label()}: cannot make its folder ({exc})") from exc
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             total = 0
@@ -140,6 +147,13 @@ def check_gate_report(report: Any, meta: dict[str, Any], active: SiteModelVersio
         raise SiteModelError(f"the gate report is for candidate v{cand.get('version')} "
                              f"({str(cand.get('weights_sha256'))[:12]}...), not for v{meta.get('version')} "
                              f"({str(meta.get('weights_sha256'))[:12]}...)")
+    if str(cand.get("version")) != str(meta.get("version")):
+        raise SiteModelError(f"the gate report names candidate v{cand.get('version')}, the package is "
+                             f"v{meta.get('version')}")
+    points = report.get("operating_points", {})
+    if not isinstance(points, dict) or not all(
+            isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in points.values()):
+        raise SiteModelError("the gate report's operating_points is not an object of numbers")
     if report.get("passed") is not True:
         reasons = report.get("reasons")
         reasons = reasons if isinstance(reasons, list) else []
@@ -168,9 +182,13 @@ class ModelFollower:
         self.every_s = float(every_s)
         self.say = say
         self.sha256: str | None = None
+        #: the site's active model as last read (what new studies are queued for), even
+        #: while this worker could not take it
+        self.active_sha256: str | None = None
         self.model: Any = None
         self._asked = 0.0
-        self._refused: set[str] = set()
+        self.retry_s = 300.0
+        self._refused: dict[str, float] = {}   # sha256 -> when to try it again
 
     def first(self) -> Any:
         """The site's active model now; raises :class:`SiteModelError` when there is none
@@ -181,6 +199,7 @@ class ModelFollower:
                 raise SiteModelError("the site has no active model: promote one on the site server "
                                      "(`mammotriage site models promote DIR PACKAGE ...`)")
             self._take(models, active)
+            self.active_sha256 = active.weights_sha256
         return self.model
 
     def _take(self, models: SiteModels, version: SiteModelVersion) -> None:
@@ -199,13 +218,12 @@ class ModelFollower:
         try:
             with SiteModels(self.dsn) as models:
                 sha = models.active_sha256()
+                if sha is not None:
+                    self.active_sha256 = sha
                 if sha is not None and sha == self.sha256:
-                    moved = models.move_pending(sha)  # a watcher's jobs for the model before
-                    if moved["superseded"]:
-                        self.say(f"site models: {moved['superseded']} pending job(s) of another model moved to "
-                                 f"the active {sha[:12]}...")
+                    self._move(models, sha)
                     return None
-                if sha is None or sha in self._refused:
+                if sha is None or time.monotonic() < self._refused.get(sha, 0.0):
                     return None
                 version = models.get(sha)
                 if version is None:
@@ -214,16 +232,29 @@ class ModelFollower:
                 try:
                     self._take(models, version)
                 except SiteModelError as exc:
-                    self._refused.add(sha)
-                    self.say(f"site model {version.label()} refused, keeping the model held: {exc}")
+                    self._refused[sha] = time.monotonic() + self.retry_s
+                    self.say(f"site model {version.label()} refused, keeping the model held (its jobs wait; "
+                             f"trying again in {self.retry_s:.0f} s): {exc}")
                     return None
-                models.move_pending(sha)
+                self._refused.pop(sha, None)
+                self.say(f"site model {version.label()} is active: running it"
+                         + (f" (was {before[:12]}...)" if before else ""))
+                self._move(models, sha)
+                return self.model
         except Exception as exc:  # noqa: BLE001 - the store is away: ask again later
             self.say(f"site models: cannot ask the site store ({type(exc).__name__}: {exc}); asking again later")
             return None
-        self.say(f"site model {version.label()} is active: running it"
-                 + (f" (was {before[:12]}...)" if before else ""))
-        return self.model
+
+    def _move(self, models: SiteModels, sha: str) -> None:
+        """Jobs a watcher queued for the model before: moved (never in the way of a handover)."""
+        try:
+            moved = models.move_pending(sha)
+        except Exception as exc:  # noqa: BLE001 - said; the next poll moves them
+            self.say(f"site models: pending jobs of other models not moved yet ({type(exc).__name__}: {exc})")
+            return
+        if moved["superseded"]:
+            self.say(f"site models: {moved['superseded']} pending job(s) of another model moved to the active "
+                     f"{sha[:12]}...")
 
 
 # ---------------------------------------------------------------------- commands
@@ -281,16 +312,18 @@ def cmd_models(args: argparse.Namespace) -> int:
             elif args.models_command == "promote":
                 bundle, meta = pack_package(args.package)
                 report = None
+                active = models.active()
                 if args.gate_report is not None:
                     try:
                         report = json.loads(args.gate_report.read_text(encoding="utf-8"))
                     except (OSError, ValueError) as exc:
                         raise SiteModelError(f"{args.gate_report}: cannot be read ({exc})") from exc
-                    check_gate_report(report, meta, models.active())
+                    check_gate_report(report, meta, active)
                 sha, version = str(meta["weights_sha256"]), str(meta.get("version"))
                 new = models.publish(sha, version, bundle, meta, args.who)
                 moved = models.promote(sha, args.who, args.force_reason or "validation gate passed", report,
-                                       retriage=not args.no_retriage)
+                                       retriage=not args.no_retriage,
+                                       expected_active=None if active is None else active.weights_sha256)
                 out = {"promoted": version, "weights_sha256": sha, "published": new, "queue": moved}
             else:
                 back, moved = models.rollback(args.who, args.reason, retriage=not args.no_retriage)

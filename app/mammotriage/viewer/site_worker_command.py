@@ -174,7 +174,9 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
 
     def current() -> str:
         """The model new studies are queued for: the site's active one once the worker runs it."""
-        return str(follower.sha256 if follower is not None and follower.sha256 else model.weights_sha256)
+        if follower is not None and follower.active_sha256:
+            return str(follower.active_sha256)  # also while this worker could not take it (its jobs wait, said)
+        return str(model.weights_sha256)
 
     def watch(watcher: StableStudyWatcher) -> None:
         with SiteQueue(dsn) as queue:

@@ -114,3 +114,31 @@ def test_a_package_changed_behind_the_triggers_is_refused(cluster) -> None:
         conn.execute("ALTER TABLE site_model_packages ENABLE TRIGGER site_model_packages_no_update")
     with SiteModels(cluster.dsn("mt_worker")) as models, pytest.raises(SiteModelError, match="recorded sha256"):
         models.archive(sha)
+
+
+def test_a_stale_queue_move_does_nothing_and_versions_are_plain_and_once(cluster) -> None:
+    """Review findings: a worker's move for the model before a promotion moved the queue
+    back to it; a version could name a folder outside the models' folder; the same
+    weights published again under another version were silently ignored; a promotion
+    checked against one active model could land on another."""
+    with SiteModels(cluster.dsn("mt_admin")) as models:
+        e = _publish(models, "E", "5.0.0")
+        f = _publish(models, "F", "5.1.0")
+        models.promote(e, "lead", "E first", retriage=False)
+        with pytest.raises(SiteModelError, match="changed while this promotion was checked"):
+            models.promote(f, "lead", "checked against nothing", expected_active=None)
+        models.promote(f, "lead", "F next", retriage=False, expected_active=e)
+        with connect(cluster.dsn("mt_admin")) as conn:
+            conn.execute("INSERT INTO triage_jobs (exam_key, model_sha256) VALUES ('S1', %s)", (f,))
+        with pytest.raises(SiteModelError, match="not a plain version"):
+            models.publish(_sha("G"), "../../target", b"x", {"weights_sha256": _sha("G"), "version": "../../target"},
+                           "lead")
+        with pytest.raises(SiteModelError, match=r"published as v5\.0\.0 already"):
+            models.publish(e, "5.0.1", b"y", {"weights_sha256": e, "version": "5.0.1"}, "lead")
+    with connect(cluster.dsn("mt_admin")) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO site_model_packages (weights_sha256, version, archive, archive_sha256, metadata, "
+                     "published_by) VALUES (%s, '../x', '', %s, '{}', 'x')", (_sha("H"), _sha("H")))
+    with SiteModels(cluster.dsn("mt_worker")) as worker:
+        assert worker.move_pending(e) == {"superseded": 0, "queued": 0}   # E is no longer active
+        assert worker.move_pending(f)["superseded"] >= 0
+    assert [j["status"] for j in _jobs(cluster, "WHERE exam_key = 'S1'")] == ["pending"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mammotriage.store.pg.events import PgConnected
-from mammotriage.store.pg.schema import SITE_MODELS_VERSION
+from mammotriage.store.pg.schema import MODELS_LOCK, SITE_MODELS_VERSION
 
 __all__ = ["RETRIAGE_PRIORITY", "SiteModelError", "SiteModelVersion", "SiteModels"]
 
@@ -40,6 +40,14 @@ __all__ = ["RETRIAGE_PRIORITY", "SiteModelError", "SiteModelVersion", "SiteModel
 #: (new exams come first; :class:`~mammotriage.triage.site_queue.SiteQueue` claims by priority).
 RETRIAGE_PRIORITY = -1
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+#: A package version: it names a folder on every worker and workstation (no separators, no "..").
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+def check_version(version: str) -> str:
+    if not VERSION.match(version) or ".." in version:
+        raise SiteModelError(f"model version {version!r} is not a plain version (letters, digits, '._+-')")
+    return version
 
 
 class SiteModelError(RuntimeError):
@@ -154,8 +162,12 @@ class SiteModels(PgConnected):
         self._check_schema()
         if not _SHA.match(weights_sha256):
             raise SiteModelError(f"not a weights sha256: {weights_sha256!r}")
+        check_version(version)
         if str(metadata.get("weights_sha256")) != weights_sha256 or str(metadata.get("version")) != version:
             raise SiteModelError("the metadata names other weights or another version than the package")
+        known = self.get(weights_sha256)
+        if known is not None and known.version != version:
+            raise SiteModelError(f"these weights are published as v{known.version} already, not v{version}")
         with self.conn.transaction():
             cur = self.conn.execute(
                 "INSERT INTO site_model_packages (weights_sha256, version, archive, archive_sha256, metadata, "
@@ -165,21 +177,26 @@ class SiteModels(PgConnected):
         return cur.rowcount == 1
 
     def promote(self, weights_sha256: str, who: str, reason: str, report: dict[str, Any] | None = None, *,
-                retriage: bool = True) -> dict[str, int]:
+                retriage: bool = True, expected_active: str | bool | None = False) -> dict[str, int]:
         """Make a published model active and move the queue to it (one transaction).
 
         Returns the queue's changes: ``superseded`` (pending jobs of other models),
         ``queued`` (their exams, now queued for this model), ``retriage`` (other exams
-        queued below new work).
+        queued below new work). ``expected_active`` (a sha256, or None for "no model
+        yet"): refuse when the active model is another one by the time the promotion
+        holds the lock (the gate report was checked against that one).
         """
         self._check_schema()
         if not who.strip() or not reason.strip():
             raise SiteModelError("a promotion needs who and why")
         with self.conn.transaction():
-            self.conn.execute("LOCK TABLE site_model_events IN EXCLUSIVE MODE")
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MODELS_LOCK,))
             if self.get(weights_sha256) is None:
                 raise SiteModelError(f"model {weights_sha256[:12]}... is not published on the site")
             stack = self._stack()
+            if expected_active is not False and (stack[-1] if stack else None) != expected_active:
+                raise SiteModelError("the site's active model changed while this promotion was checked: "
+                                     "validate against the new one")
             if stack and stack[-1] == weights_sha256:
                 raise SiteModelError(f"{self._label(weights_sha256)} is already the site's active model")
             self.conn.execute(
@@ -194,7 +211,7 @@ class SiteModels(PgConnected):
         if not who.strip() or not reason.strip():
             raise SiteModelError("a rollback needs who and why")
         with self.conn.transaction():
-            self.conn.execute("LOCK TABLE site_model_events IN EXCLUSIVE MODE")
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MODELS_LOCK,))
             stack = self._stack()
             if len(stack) < 2:
                 raise SiteModelError("there is no earlier site model to return to")
@@ -211,27 +228,38 @@ class SiteModels(PgConnected):
         return v.label() if v else f"{sha[:12]}..."
 
     def move_pending(self, sha: str) -> dict[str, int]:
-        """Pending jobs of other models are superseded, their exams queued for ``sha`` (the
-        active model; a worker following the site runs this too, for jobs a watcher queued
-        for the old model while the promotion was on its way): a job of ``sha`` that an
-        earlier promotion superseded is pending again. Needs the queue's rights."""
+        """Pending jobs of other models are superseded, their exams queued for ``sha`` (a
+        job of ``sha`` that an earlier promotion superseded is pending again), if ``sha``
+        is still the active model under the registry's lock (a worker following the site
+        runs this too, for jobs a watcher queued for the old model while the promotion was
+        on its way; a stale call does nothing). One statement: a job committed meanwhile
+        is either moved with its exam or left for the next call. Needs the queue's rights."""
         label = self._label(sha)
         with self.conn.transaction():
-            revived = self.conn.execute(
-                "UPDATE triage_jobs SET status = 'pending', reason = NULL, finished_at = NULL "
-                "WHERE model_sha256 = %s AND status = 'superseded' AND exam_key IN ("
-                "SELECT exam_key FROM triage_jobs WHERE status = 'pending' AND model_sha256 <> %s)",
-                (sha, sha)).rowcount
-            queued = self.conn.execute(
-                "INSERT INTO triage_jobs (exam_key, model_sha256, priority) "
-                "SELECT exam_key, %s, max(priority) FROM triage_jobs WHERE status = 'pending' "
-                "AND model_sha256 <> %s GROUP BY exam_key ON CONFLICT (exam_key, model_sha256) DO NOTHING",
-                (sha, sha)).rowcount
-            superseded = self.conn.execute(
-                "UPDATE triage_jobs SET status = 'superseded', finished_at = clock_timestamp(), "
-                "reason = %s WHERE status = 'pending' AND model_sha256 <> %s",
-                (f"the site runs {label}: the exam is queued for it", sha)).rowcount
-        return {"superseded": int(superseded), "queued": int(revived) + int(queued)}
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (MODELS_LOCK,))
+            stack = self._stack()
+            if not stack or stack[-1] != sha:
+                return {"superseded": 0, "queued": 0}
+            row = self.conn.execute(
+                """
+                WITH sup AS (
+                    UPDATE triage_jobs SET status = 'superseded', finished_at = clock_timestamp(), reason = %(why)s
+                    WHERE status = 'pending' AND model_sha256 <> %(sha)s
+                    RETURNING exam_key, priority),
+                rev AS (
+                    UPDATE triage_jobs SET status = 'pending', reason = NULL, finished_at = NULL
+                    WHERE model_sha256 = %(sha)s AND status = 'superseded' AND exam_key IN (SELECT exam_key FROM sup)
+                    RETURNING exam_key),
+                ins AS (
+                    INSERT INTO triage_jobs (exam_key, model_sha256, priority)
+                    SELECT exam_key, %(sha)s, max(priority) FROM sup GROUP BY exam_key
+                    ON CONFLICT (exam_key, model_sha256) DO NOTHING
+                    RETURNING exam_key)
+                SELECT (SELECT count(*) FROM sup) AS superseded,
+                       (SELECT count(*) FROM rev) + (SELECT count(*) FROM ins) AS queued
+                """, {"sha": sha, "why": f"the site runs {label}: the exam is queued for it"}).fetchone()
+        assert row is not None
+        return {"superseded": int(row["superseded"]), "queued": int(row["queued"])}
 
     def _move_queue(self, sha: str, retriage: bool) -> dict[str, int]:
         moved = self.move_pending(sha)

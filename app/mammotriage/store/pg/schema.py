@@ -80,6 +80,8 @@ __all__ = ["CHAIN_LOCK", "MIGRATIONS", "READING_LOCKS_VERSION", "SCHEMA_VERSION"
 #: ``pg_advisory_xact_lock`` keys: the chain's extension, and migrations.
 CHAIN_LOCK = 0x4D54_0001
 MIGRATE_LOCK = 0x4D54_0002
+#: the site model registry's promotions and the queue moves that follow them (store.pg.models)
+MODELS_LOCK = 0x4D54_0003
 
 Conn = psycopg.Connection[Any]
 
@@ -440,7 +442,7 @@ _V6_SITE_MODELS = PgMigration(
         """
         CREATE TABLE site_model_packages (
             weights_sha256 TEXT PRIMARY KEY CHECK (weights_sha256 ~ '^[0-9a-f]{64}$'),
-            version        TEXT NOT NULL CHECK (length(version) BETWEEN 1 AND 64),
+            version        TEXT NOT NULL CHECK (version ~ '^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$'),  -- a folder name
             archive        BYTEA NOT NULL,        -- the package folder as an uncompressed tar
             archive_sha256 TEXT NOT NULL CHECK (archive_sha256 ~ '^[0-9a-f]{64}$'),
             metadata       JSONB NOT NULL,        -- the package's metadata.json (verified before)
