@@ -62,21 +62,25 @@ def test_ai_results_reach_the_pacs_once_also_after_the_pacs_was_away(tmp_path: P
             # the PACS is away: the forward fails, and its mark is cleared
             assert archive.store([pydicom.dcmread(p) for p in results]).failed == []
             time.sleep(3)
-            pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(pacs_dir), "+xa", str(pacs_port)])
+            # +uf: a file per copy received (a second copy would be a second file, not an overwrite)
+            pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(pacs_dir), "+uf", "+xa",
+                                     str(pacs_port)])
             time.sleep(0.5)
-            counts = server.forward_pending()   # `site forward`: what the PACS has not taken
-            assert counts == {"results": len(results), "sent": 0, "queued": len(results)}
+            # the same result stored again (a worker's retry): now it goes, once
+            assert archive.store([pydicom.dcmread(p) for p in results]).failed == []
             got = _received(pacs_dir, len(results))
             assert len(got) == len(results)
             assert {str(pydicom.dcmread(p).SOPInstanceUID) for p in got} == \
                 {str(pydicom.dcmread(p).SOPInstanceUID) for p in results}
-            # the same result stored again (a job done twice by two workers): not sent again
+            # stored a third time (a job done twice by two workers): not sent again
             assert archive.store([pydicom.dcmread(p) for p in results]).failed == []
             assert len(_received(pacs_dir, len(results) + 1, timeout=4)) == len(results)
             deadline = time.monotonic() + 20
             while server.forward_pending()["sent"] != len(results) and time.monotonic() < deadline:
                 time.sleep(0.2)
+            # `site forward`: nothing left to send
             assert server.forward_pending() == {"results": len(results), "sent": len(results), "queued": 0}
+            assert len(_received(pacs_dir, len(results) + 1, timeout=3)) == len(results)
             # the images themselves are not forwarded (they came from the PACS)
             assert all(pydicom.dcmread(p).Modality == "SR" for p in got)
     finally:

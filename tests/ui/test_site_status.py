@@ -184,6 +184,16 @@ def test_a_reader_signs_in_with_the_site_account_and_the_server_records_it(
             row = conn.execute("SELECT reader, account FROM correction_events WHERE exam_key = %s "
                                "AND action = 'note' ORDER BY seq DESC LIMIT 1", (win.current.exam_key,)).fetchone()
         assert dict(row) == {"reader": "dr_account", "account": "dr_account"}
+        # by name only where the site requires accounts: refused before anything is made
+        with SiteAccounts(site.dsn("mt_admin"), site.dsn(SUPERUSER)) as accounts:
+            accounts.require(True, "it")
+            try:
+                win.site_sign_in("dr_nameonly", "")
+                qtbot.waitUntil(lambda: "this site requires a site account" in win.log.toPlainText(),
+                                timeout=30_000)
+                assert win.reader == "dr_account"
+            finally:
+                accounts.require(False, "it")
     finally:
         win.close()
         archive.close()

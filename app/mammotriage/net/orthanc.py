@@ -233,6 +233,7 @@ RESULT_MANUFACTURER = "Mammo Triage"
 FORWARD_LUA = f"""-- written by mammotriage (net/orthanc.py): the AI results go to the PACS once
 local classes = {{{', '.join(f'["{c}"] = true' for c in RESULT_CLASSES)}}}
 local key = "{FORWARD_METADATA}"
+local pacs = "__PACS_AET__"
 
 function OnStoredInstance(instanceId, tags, metadata, origin)
   if tags["Manufacturer"] ~= "{RESULT_MANUFACTURER}" or not classes[tags["SOPClassUID"]] then
@@ -249,7 +250,7 @@ end
 
 local function mark(jobId, value)
   local job = ParseJson(RestApiGet("/jobs/" .. jobId))
-  if job["Type"] ~= "DicomModalityStore" then
+  if job["Type"] ~= "DicomModalityStore" or job["Content"]["RemoteAet"] ~= pacs then
     return
   end
   for _, id in ipairs(job["Content"]["ParentResources"] or {{}}) do
@@ -420,11 +421,13 @@ class OrthancServer:
         """(user, password) of the generated account."""
         return read_credentials(self.credentials_file)
 
-    def forward_pending(self, timeout_s: float = 30.0) -> dict[str, int]:
-        """Send to the PACS every AI result not yet marked "sent" (a forward that failed,
-        or one whose job an Orthanc restart lost); on the running archive. Returns the
-        counts: ``results`` (AI results held), ``sent`` (already at the PACS), ``queued``
-        (sent now: store jobs started)."""
+    def forward_pending(self, timeout_s: float = 30.0, *, include_queued: bool = False) -> dict[str, int]:
+        """Send to the PACS every AI result whose forward failed (no mark); with
+        ``include_queued`` also those marked "queued" (right after Orthanc started: jobs
+        are not saved, so a queued mark is a job that a restart lost; at any other time
+        it may be a job still running). On the running archive; one store job per
+        result. Returns the counts: ``results`` (AI results held), ``sent`` (already at
+        the PACS), ``queued`` (sent now: store jobs started)."""
         if self.forward_results is None:
             raise OrthancError(f"{self.folder}: the archive forwards no results (site init --pacs)")
         base, counts = self.url, {"results": 0, "sent": 0, "queued": 0}
@@ -447,16 +450,16 @@ class OrthancServer:
                         if meta.get("SopClassUid") not in RESULT_CLASSES:
                             continue
                         counts["results"] += 1
-                        if meta.get(FORWARD_METADATA) == "sent":
+                        mark = meta.get(FORWARD_METADATA)
+                        if mark == "sent":
                             counts["sent"] += 1
-                        else:
+                        elif mark is None or include_queued:
                             waiting.append(instance)
-                for instance in waiting:
+                for instance in waiting:  # one job each: a failure clears only its own mark
                     http.put(f"{base}/instances/{instance}/metadata/{FORWARD_METADATA}", data=b"queued",
                              timeout=timeout_s).raise_for_status()
-                if waiting:
                     call("POST", f"/modalities/{FORWARD_MODALITY}/store",
-                         json={"Resources": waiting, "Asynchronous": True, "Permissive": False})
+                         json={"Resources": [instance], "Asynchronous": True, "Permissive": False})
                 counts["queued"] = len(waiting)
             except (requests.RequestException, ValueError) as exc:
                 raise OrthancError(f"{self.url}: cannot reach the archive ({exc})") from exc
@@ -577,8 +580,9 @@ class OrthancServer:
             write_atomic(self.credentials_file,
                          (json.dumps({"RegisteredUsers": users}, indent=2) + "\n").encode(), 0o600)
         self.credentials()  # refuses a file others can read
-        if self.forward_results:
-            write_atomic(self.forward_script, FORWARD_LUA.encode("utf-8"), 0o600)
+        if self.forward_results:  # the AE title is checked (letters, digits, a few signs): safe in Lua text
+            script = FORWARD_LUA.replace("__PACS_AET__", self.forward_results[0])
+            write_atomic(self.forward_script, script.encode("utf-8"), 0o600)
         else:
             self.forward_script.unlink(missing_ok=True)
         text = json.dumps(self.configuration(binary, plugin), indent=2) + "\n"

@@ -316,12 +316,29 @@ def start_site(folder: str | Path) -> dict[str, Any]:
         before, after = cluster.upgrade()  # a site made by an older version: its schema brought up to date
         if before != after:
             print(f"site database: schema version {before} -> {after}", file=sys.stderr)
+        archive_was_running = orthanc.status().running
         orthanc.start()
+        if orthanc.forward_results and not archive_was_running:
+            _resend_lost_forwards(orthanc)
     except Exception:
         if not was_running:
             cluster.stop()
         raise
     return site_status(folder)
+
+
+def _resend_lost_forwards(orthanc: OrthancServer) -> None:
+    """Orthanc just started: a "queued" forward is a store job the stop lost (jobs are not
+    saved); sent again, as are the failed ones. Best effort: said, never fatal."""
+    from mammotriage.net.orthanc import OrthancError
+
+    try:
+        counts = orthanc.forward_pending(include_queued=True)
+    except OrthancError as exc:
+        print(f"site start: AI results to the PACS not checked: {exc}", file=sys.stderr)
+        return
+    if counts["queued"]:
+        print(f"site start: {counts['queued']} AI result(s) the PACS had not taken sent again", file=sys.stderr)
 
 
 def stop_site(folder: str | Path) -> dict[str, Any]:

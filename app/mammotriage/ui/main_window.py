@@ -159,6 +159,8 @@ class MainWindow(QMainWindow):
         # session adopts it as it adopts any promotion)
         self._site_model_said: _queue.SimpleQueue[str] = _queue.SimpleQueue()
         self._sign_in_pool: cf.ThreadPoolExecutor | None = None
+        self._sign_in_gen = 0
+        self._closing = False
         self.site_signed_in.connect(self._site_signed_in)  # queued: emitted on the sign-in thread
         self.site_models: SiteModelSync | None = None
         if site is not None:
@@ -1255,36 +1257,55 @@ class MainWindow(QMainWindow):
         """Sign in with the reader's site account: checked by the site server on a thread
         (never the UI thread), then :meth:`sign_in`; their events carry the sign-in and the
         server accepts them as theirs. An empty password signs in by name only."""
-        if self.site is None or not password:
+        if self.site is None:
             self.sign_in(name)
             return None
-        from mammotriage.store.pg.accounts import AccountError, reader_role, sign_in
+        from mammotriage.store.pg.accounts import (
+            AccountError,
+            accounts_required,
+            reader_role,
+            sign_in,
+        )
 
         site, workstation = self.site, socket.gethostname()
-        self.log_line(f"signing in {name} with the site account…")
+        self._sign_in_gen += 1
+        gen = str(self._sign_in_gen)   # a reply to an earlier sign-in is dropped
+        self.log_line(f"signing in {name}" + (" with the site account…" if password else " by name…"))
 
         def work() -> None:
             try:
+                if not password:  # by name only: only where the site does not require accounts
+                    if accounts_required(site.dsn()):
+                        raise AccountError("this site requires a site account: enter the password")
+                    self.site_signed_in.emit(name, "", gen + " " + f"signed in by name (no site account): {name}")
+                    return
                 got = sign_in(site.dsn(user=reader_role(name), password=password), workstation)
-                self.site_signed_in.emit(name, got.token, f"signed in with the site account: {name}")
+                self.site_signed_in.emit(name, got.token, gen + " " + f"signed in with the site account: {name}")
             except AccountError as exc:
-                self.site_signed_in.emit(name, "", f"site sign-in of {name} refused: {exc}")
+                self.site_signed_in.emit("", "", gen + " " + f"site sign-in of {name} refused: {exc}")
             except Exception as exc:  # noqa: BLE001 - the server away: said, nobody signed in
-                self.site_signed_in.emit(name, "", f"site sign-in of {name} failed: {type(exc).__name__}: "
-                                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                self.site_signed_in.emit("", "", gen + " " + f"site sign-in of {name} failed: "
+                                                             f"{type(exc).__name__}: {first}")
 
         if self._sign_in_pool is None:
             self._sign_in_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="site-sign-in")
         return self._sign_in_pool.submit(work)
 
     def _site_signed_in(self, name: str, token: str, said: str) -> None:
+        gen, _, said = said.partition(" ")
+        if self._closing or gen != str(self._sign_in_gen):
+            return  # the window closes, or a later sign-in was asked for
         self.log_line(said)
-        if not token:
+        if not name:
             return
         for log in (self.site_log, self.corrections_log, self.history_log):
             tokens = getattr(log, "sign_ins", None)
             if isinstance(tokens, dict):
-                tokens[name] = token
+                if token:
+                    tokens[name] = token
+                else:
+                    tokens.pop(name, None)
         self.sign_in(name)
 
     def sign_in(self, name: str) -> None:
@@ -1748,6 +1769,7 @@ class MainWindow(QMainWindow):
             self.corrections_log.close()  # site double reading's own connection
         if self.site_label is not None:
             self.site_label.timer.stop()
+        self._closing = True  # a sign-in still on its way is dropped
         if self._sign_in_pool is not None:
             self._sign_in_pool.shutdown(wait=False, cancel_futures=True)
         if self.site_models is not None:

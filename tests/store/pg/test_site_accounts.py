@@ -58,6 +58,7 @@ def test_events_are_accepted_only_under_their_readers_sign_in(cluster) -> None:
             (_event("dr_b", a.token), "made as dr_b under the site sign-in of dr_a"),   # dr_a signing as dr_b
             (_event("dr_a", "0" * 64), "unknown site sign-in"),                         # a forged token
             (_event("dr_a", a.token, at="2099-01-01T00:00:00.000000Z"), "after the site sign-in expired"),
+            (_event("dr_a", a.token, at="2001-01-01T00:00:00.000000Z"), "dated before its site sign-in"),
         ]
         for fields, why in refusals:
             with pytest.raises(psycopg.errors.CheckViolation, match=why):
@@ -99,6 +100,27 @@ def test_a_buffered_event_carries_its_sign_in_and_a_false_one_is_refused_not_los
         refused = log.buffer.refused()
         assert [event_id for event_id, _ in refused] == [bad["event_id"]]
         assert "under the site sign-in of dr_b" in refused[0][1]
+        kept = log.buffer.conn.execute("SELECT fields FROM refused").fetchone()[0]
+        assert b.token not in kept   # a refused event keeps no sign-in
+
+
+def test_double_reading_says_a_refused_event_was_not_recorded(cluster) -> None:
+    """Review finding: under double reading the server's refusal was a raw psycopg error in a Qt slot."""
+    from mammotriage.store.double_reading import DoubleReadingPolicy
+    from mammotriage.store.events import CorrectionError
+    from mammotriage.store.pg.double_reading import SiteDoubleReadingLog
+
+    with SiteAccounts(cluster.dsn("mt_admin"), cluster.dsn(SUPERUSER)) as accounts:
+        accounts.require(True, "admin")
+        try:
+            with SiteDoubleReadingLog(cluster.dsn("mt_workstation"), "dr_b", DoubleReadingPolicy(enabled=True),
+                                      "ws-3") as log:
+                with pytest.raises(CorrectionError, match=r"not recorded: the site refused it.*requires readers"):
+                    log.append(reader="dr_b", exam_key="Exam-DR", action="note", payload={"text": "x"})
+                log.sign_ins["dr_b"] = sign_in(_as(cluster, "dr_b", "password of dr b"), "ws-3").token
+                assert log.append(reader="dr_b", exam_key="Exam-DR", action="note", payload={"text": "y"}).seq > 0
+        finally:
+            accounts.require(False, "admin")
 
 
 def test_readers_roles_can_sign_in_and_nothing_else(cluster) -> None:

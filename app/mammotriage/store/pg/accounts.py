@@ -59,6 +59,16 @@ class SignIn:
     token: str
 
 
+def accounts_required(dsn: str) -> bool:
+    """Whether the site refuses corrections made without a site sign-in (any role that reads it)."""
+    try:
+        with connect(dsn) as conn:
+            row = conn.execute("SELECT mt_accounts_required() AS r").fetchone()
+    except psycopg.errors.UndefinedFunction:  # a site database from before accounts
+        return False
+    return bool(row and row["r"])
+
+
 def sign_in(dsn_as_reader: str, workstation: str) -> SignIn:
     """Sign in: ``dsn_as_reader`` connects as the reader's role with their password."""
     try:
@@ -116,8 +126,13 @@ class SiteAccounts(PgConnected):
                     sql.Identifier(database), sql.Identifier(GROUP)))
                 # to find mt_reader_sign_in (tables stay closed: no privilege on them)
                 conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(GROUP)))
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                sql.Identifier(role), sql.Literal(password), sql.Identifier(GROUP)))
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                    sql.Identifier(role), sql.Literal(password), sql.Identifier(GROUP)))
+            else:  # left by an add that failed before its record: taken over
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)))
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP), sql.Identifier(role)))
             conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET statement_timeout = '30s'").format(
                 sql.Identifier(role), sql.Identifier(database)))
         with self.conn.transaction():

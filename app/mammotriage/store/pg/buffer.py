@@ -99,9 +99,10 @@ class EventBuffer(db.Connected):
             self.conn.executemany("DELETE FROM pending WHERE event_id = ?", [(i,) for i in event_ids])
 
     def refuse(self, fields: dict[str, str], reason: str) -> None:
+        kept = {k: v for k, v in fields.items() if k != "session_token"}  # a refused event keeps no sign-in
         with self._lock, db.transaction(self.conn):
             self.conn.execute("INSERT INTO refused (event_id, fields, reason, refused_at) VALUES (?, ?, ?, ?)",
-                              (fields["event_id"], json.dumps(fields, sort_keys=True), reason[:2000],
+                              (fields["event_id"], json.dumps(kept, sort_keys=True), reason[:2000],
                                utc_now("microseconds")))
             self.conn.execute("DELETE FROM pending WHERE event_id = ?", (fields["event_id"],))
 

@@ -47,6 +47,7 @@ from mammotriage.store.double_reading import (
     StoreUnreachable,
 )
 from mammotriage.store.events import (
+    CorrectionError,
     Event,
     SessionReaders,
     event_fields,
@@ -175,7 +176,11 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
         token = self.sign_ins.get(reader)
         with self.backend.serialised(exam_key):
             self.check(reader, exam_key, action, payload)
-            return self.site.send({**made, TOKEN: token} if token else made)
+            try:
+                return self.site.send({**made, TOKEN: token} if token else made)
+            except (psycopg.IntegrityError, psycopg.DataError) as exc:  # the server refused it (site accounts)
+                raise CorrectionError(f"not recorded: the site refused it: {str(exc).strip().splitlines()[0]}") \
+                    from exc
 
     def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
         """The site's events as this reader may see them; while the server is away, the

@@ -584,6 +584,10 @@ _V7_ACCOUNTS = PgMigration(
                 RAISE EXCEPTION 'event % by %: the site account is disabled', NEW.event_id, NEW.reader
                     USING ERRCODE = 'check_violation';
             END IF;
+            IF NEW.at::timestamptz < s.started_at - interval '5 minutes' THEN
+                RAISE EXCEPTION 'event % by %: dated before its site sign-in (%)', NEW.event_id, NEW.reader,
+                    s.started_at USING ERRCODE = 'check_violation';
+            END IF;
             IF NEW.at::timestamptz > s.expires_at + interval '5 minutes'
                OR clock_timestamp() > s.expires_at + interval '7 days' THEN
                 RAISE EXCEPTION 'event % by %: made or sent after the site sign-in expired (%)', NEW.event_id,
