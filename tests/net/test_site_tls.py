@@ -348,7 +348,7 @@ def test_listen_addresses_and_pg_hba(running_site: Path, tmp_path: Path, capsys:
     assert all(r[-1] == "scram-sha-256" for r in rules if r[0] == "hostssl")
     assert all(r[-1] == "reject" for r in rules if r[0] == "hostnossl")
     assert ["hostssl", "all", "postgres,mt_admin", "127.0.0.1/32", "scram-sha-256"] in rules
-    assert ["hostssl", "all", "mt_workstation,mt_worker", "127.0.0.1/32", "scram-sha-256"] in rules
+    assert ["hostssl", "all", "mt_workstation,mt_worker,+mt_reader", "127.0.0.1/32", "scram-sha-256"] in rules
 
     require_postgres()
     parent = _private_parent("mt-tls-listen-")
@@ -361,7 +361,7 @@ def test_listen_addresses_and_pg_hba(running_site: Path, tmp_path: Path, capsys:
         assert "127.0.0.2" in made["tls"]["server_certificate"]["names"]  # the listen address is named
         conf, hba = _conf(folder)
         assert "listen_addresses = '127.0.0.1,127.0.0.2'" in conf
-        assert "hostssl all mt_workstation,mt_worker 0.0.0.0/0 scram-sha-256" in hba
+        assert "hostssl all mt_workstation,mt_worker,+mt_reader 0.0.0.0/0 scram-sha-256" in hba
         assert "hostssl all postgres,mt_admin 127.0.0.1/32 scram-sha-256" in hba  # never from elsewhere
         cluster, _, _ = site.load_site(folder)
         cluster.start()
@@ -518,8 +518,8 @@ def test_remote_access_opens_both_servers_beyond_the_host(tmp_path: Path, capsys
         capsys.readouterr()
         conf, hba = _conf(folder)
         assert "listen_addresses = '*'" in conf
-        assert "hostssl all mt_workstation,mt_worker 0.0.0.0/0 scram-sha-256" in hba
-        assert "hostssl all mt_workstation,mt_worker ::/0 scram-sha-256" in hba
+        assert "hostssl all mt_workstation,mt_worker,+mt_reader 0.0.0.0/0 scram-sha-256" in hba
+        assert "hostssl all mt_workstation,mt_worker,+mt_reader ::/0 scram-sha-256" in hba
         assert "hostssl all postgres,mt_admin 127.0.0.1/32 scram-sha-256" in hba
         config = json.loads((folder / "orthanc" / "config" / "orthanc.json").read_text())
         # Orthanc itself answers only this host (the relay); the relay is what listens everywhere
