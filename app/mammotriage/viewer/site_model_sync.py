@@ -20,7 +20,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from mammotriage.net.site_models import unpack_package
 from mammotriage.store.pg.models import SiteModels
@@ -49,7 +48,7 @@ def sync_site_model(dsn: str, archive_file: str | Path, folder: str | Path) -> s
             if here is not None and here.weights_sha256 == active.weights_sha256:
                 return None
             package = unpack_package(models.archive(active.weights_sha256), active, folder)
-            report = _promoting_report(models, active.weights_sha256)
+            report = models.promoting_report(active.weights_sha256)
             version = registry.register(package, origin="site", who=WHO)
             promotion = next((e for e in reversed(models.history())
                               if e["weights_sha256"] == active.weights_sha256), None)
@@ -59,14 +58,6 @@ def sync_site_model(dsn: str, archive_file: str | Path, folder: str | Path) -> s
             registry.promote(version.version, report, WHO, force_reason=why)
     before = f" (was v{here.version})" if here is not None else ""
     return f"the site's model v{active.version} is active here now{before}"
-
-
-def _promoting_report(models: SiteModels, sha: str) -> dict[str, Any] | None:
-    row = models.conn.execute(
-        "SELECT report FROM site_model_events WHERE weights_sha256 = %s AND action = 'promote' "
-        "AND report IS NOT NULL ORDER BY id DESC LIMIT 1", (sha,)).fetchone()
-    report = row["report"] if row else None
-    return report if isinstance(report, dict) else None
 
 
 class SiteModelSync:

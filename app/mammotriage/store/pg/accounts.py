@@ -33,7 +33,7 @@ from psycopg import sql
 
 from mammotriage.store.pg.cluster import READER_GROUP
 from mammotriage.store.pg.events import PgConnected, connect
-from mammotriage.store.pg.schema import ACCOUNTS_VERSION
+from mammotriage.store.pg.schema import ACCOUNTS_VERSION, at_least
 
 __all__ = ["GROUP", "AccountError", "SignIn", "SiteAccounts", "reader_role", "sign_in"]
 
@@ -100,8 +100,7 @@ class SiteAccounts(PgConnected):
         self.superuser = superuser
 
     def _check(self) -> None:
-        row = self.conn.execute("SELECT max(version) AS v FROM mt_schema").fetchone()
-        if row is None or row["v"] is None or int(row["v"]) < ACCOUNTS_VERSION:
+        if not at_least(self.conn, ACCOUNTS_VERSION):
             raise AccountError(f"the site database predates schema version {ACCOUNTS_VERSION} (site accounts): "
                                "`mammotriage site start` runs its migrations")
 

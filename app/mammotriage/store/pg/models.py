@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mammotriage.store.pg.events import PgConnected
-from mammotriage.store.pg.schema import MODELS_LOCK, SITE_MODELS_VERSION
+from mammotriage.store.pg.schema import MODELS_LOCK, SITE_MODELS_VERSION, at_least
 
 __all__ = ["RETRIAGE_PRIORITY", "SiteModelError", "SiteModelVersion", "SiteModels"]
 
@@ -86,8 +86,7 @@ class SiteModels(PgConnected):
         conn = self.conn
         if getattr(self, "_checked", None) is conn:
             return
-        row = conn.execute("SELECT max(version) AS v FROM mt_schema").fetchone()
-        if row is None or row["v"] is None or int(row["v"]) < SITE_MODELS_VERSION:
+        if not at_least(conn, SITE_MODELS_VERSION):
             raise SiteModelError(f"the site database predates schema version {SITE_MODELS_VERSION} (the site's "
                                  "model registry): `mammotriage site start` on the site server runs its migrations")
         self._checked = conn
@@ -145,14 +144,18 @@ class SiteModels(PgConnected):
                                  "sha256: refusing it")
         return data
 
-    def operating_points(self, weights_sha256: str) -> dict[str, Any]:
-        """Operating points recalibrated by the gate report of the last promotion of this model."""
+    def promoting_report(self, weights_sha256: str) -> dict[str, Any] | None:
+        """The gate report of the last promotion of this model (None: promoted without one)."""
         self._check_schema()
         row = self.conn.execute(
             "SELECT report FROM site_model_events WHERE weights_sha256 = %s AND action = 'promote' "
             "AND report IS NOT NULL ORDER BY id DESC LIMIT 1", (weights_sha256,)).fetchone()
         report = row["report"] if row else None
-        points = report.get("operating_points") if isinstance(report, dict) else None
+        return report if isinstance(report, dict) else None
+
+    def operating_points(self, weights_sha256: str) -> dict[str, Any]:
+        """Operating points recalibrated by the gate report of the last promotion of this model."""
+        points = (self.promoting_report(weights_sha256) or {}).get("operating_points")
         return dict(points) if isinstance(points, dict) else {}
 
     # ----------------------------------------------------------------- the owner

@@ -632,6 +632,13 @@ def schema_version(conn: Conn) -> int:
     return int(got[0]) if got else 0
 
 
+def at_least(conn: Any, version: int) -> bool:
+    """Whether the site database has reached schema ``version`` (any role; dict or tuple rows)."""
+    row = conn.execute("SELECT max(version) AS v FROM mt_schema").fetchone()
+    value = None if row is None else (row["v"] if isinstance(row, dict) else row[0])
+    return value is not None and int(value) >= version
+
+
 def migrate(conn: Conn, migrations: Sequence[PgMigration] | None = None) -> int:
     """Bring the database to the newest version; returns it. ``conn``: the owner, autocommit.
 
