@@ -142,3 +142,31 @@ def test_readers_roles_can_sign_in_and_nothing_else(cluster) -> None:
             accounts.add("dr_a", "another password!", "admin", DATABASE)
         with pytest.raises(AccountError, match="at least 12"):
             accounts.add("dr_new", "short", "admin", DATABASE)
+
+
+def test_a_password_never_reaches_the_servers_log(cluster) -> None:
+    """Review finding: ``CREATE/ALTER ROLE ... PASSWORD`` sent the password as a literal, which
+    the server writes into its log with the statement (``log_statement``, or any failing
+    statement). Now the workstation side sends libpq's SCRAM-SHA-256 verifier."""
+    with psycopg.connect(cluster.dsn(SUPERUSER, database="postgres"), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET log_statement = 'ddl'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        with SiteAccounts(cluster.dsn("mt_admin"), cluster.dsn(SUPERUSER)) as accounts:
+            accounts.add("dr_logged", "first secret of dr logged", "admin", DATABASE)
+            accounts.password("dr_logged", "second secret of dr logged")
+        assert sign_in(_as(cluster, "dr_logged", "second secret of dr logged"), "ws-1").reader == "dr_logged"
+        with pytest.raises(AccountError, match="wrong name or password"):
+            sign_in(_as(cluster, "dr_logged", "first secret of dr logged"), "ws-1")
+    finally:
+        with psycopg.connect(cluster.dsn(SUPERUSER, database="postgres"), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET log_statement")
+            conn.execute("SELECT pg_reload_conf()")
+    log = cluster.log.read_text(encoding="utf-8", errors="replace")
+    assert "ALTER ROLE" in log                                   # the statements were logged ...
+    assert "secret of dr logged" not in log                      # ... without the passwords
+    assert "SCRAM-SHA-256$4096:" in log
+    with psycopg.connect(cluster.dsn(SUPERUSER, database="postgres")) as conn:
+        for role in ("mt_admin", "mt_workstation", "mt_worker", reader_role("dr_logged")):
+            stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()[0]
+            assert stored.startswith("SCRAM-SHA-256$")

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from mammotriage.store.pg.cluster import READER_GROUP
+from mammotriage.store.pg.cluster import READER_GROUP, password_verifier
 from mammotriage.store.pg.events import PgConnected, connect
 from mammotriage.store.pg.schema import ACCOUNTS_VERSION, at_least
 
@@ -127,10 +127,10 @@ class SiteAccounts(PgConnected):
                 conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(GROUP)))
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                    sql.Identifier(role), sql.Literal(password), sql.Identifier(GROUP)))
+                    sql.Identifier(role), sql.Literal(password_verifier(conn, role, password)), sql.Identifier(GROUP)))
             else:  # left by an add that failed before its record: taken over
                 conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(password)))
+                    sql.Identifier(role), sql.Literal(password_verifier(conn, role, password))))
                 conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP), sql.Identifier(role)))
             conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET statement_timeout = '30s'").format(
                 sql.Identifier(role), sql.Identifier(database)))
@@ -144,8 +144,10 @@ class SiteAccounts(PgConnected):
         if len(password) < 12:
             raise AccountError("a password has at least 12 characters")
         self._known(reader)
-        self._roles(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(reader_role(reader)),
-                                                                sql.Literal(password)))
+        role = reader_role(reader)
+        with psycopg.connect(self.superuser, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password_verifier(conn, role, password))))
 
     def _known(self, reader: str) -> None:
         if not self.conn.execute("SELECT 1 FROM site_readers WHERE reader = %s", (reader,)).fetchone():

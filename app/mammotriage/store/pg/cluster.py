@@ -46,6 +46,7 @@ __all__ = [
     "PgMissingError",
     "PgTls",
     "find_bindir",
+    "password_verifier",
 ]
 
 #: Environment variable naming the folder of initdb / pg_ctl (overrides the search).
@@ -163,6 +164,18 @@ def _write_secret(path: Path, text: str) -> None:
         fh.write(text + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def password_verifier(conn: Any, role: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier of ``password`` for ``role`` (libpq's
+    ``PQencryptPasswordConn``, computed on this side), for ``CREATE/ALTER ROLE ...
+    PASSWORD``: the server stores it as given and never sees the password, so a failing
+    statement (or ``log_statement``) cannot write the password into its log."""
+    verifier = conn.pgconn.encrypt_password(password.encode("utf-8"), role.encode("utf-8"), b"scram-sha-256")
+    text = bytes(verifier).decode("ascii")
+    if not text.startswith("SCRAM-SHA-256$"):
+        raise PgError(f"libpq did not give a SCRAM-SHA-256 verifier for {role}")
+    return text
 
 
 class PgCluster:
@@ -414,7 +427,7 @@ class PgCluster:
         with psycopg.connect(self.dsn(SUPERUSER, database="postgres"), autocommit=True) as conn:
             for role in ROLES:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(self.password(role))))
+                    sql.Identifier(role), sql.Literal(password_verifier(conn, role, self.password(role)))))
         self._create_database()
         with psycopg.connect(self.dsn("mt_admin"), autocommit=True) as conn:
             schema.migrate(conn)
