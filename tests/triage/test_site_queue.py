@@ -158,3 +158,74 @@ def test_a_killed_worker_s_job_completes_elsewhere_after_its_lease(site: PgClust
                             (model,)).fetchall()
     assert [r["worker_id"] for r in rows] == ["rescuer"] * 3
     assert sorted(r["attempts"] for r in rows) == [1, 1, 2]   # the killed worker's job was claimed twice
+
+
+def _images(*uids: str) -> str:
+    from mammotriage.digest import image_set_digest
+
+    return image_set_digest(uids)
+
+
+def test_a_study_that_receives_new_images_after_triage_is_queued_again(queue: SiteQueue) -> None:
+    """Before, enqueue ignored a study the archive declared stable again: a late view
+    (or a retake) never reached the model and the result on three views stayed the
+    exam's last word."""
+    model = _model("new-images")
+    three, four = _images("1.1", "1.2", "1.3"), _images("1.3", "1.2", "1.1", "1.4")
+    assert queue.enqueue("N1", model, images=three)
+    job = queue.claim("w1", 30, model)
+    assert job is not None and job.revision == 0
+    assert queue.complete(job, {"views": 3}).stored
+    assert queue.enqueue("N1", model, images=_images("1.2", "1.1", "1.3")) is False  # the same set: nothing
+    assert queue.enqueue("N1", model) is False                                      # unknown set: nothing
+    assert queue.job("N1", model)["status"] == "done"
+    assert queue.enqueue("N1", model, images=four) is True
+    state = queue.job("N1", model)
+    assert state["status"] == "pending" and state["revision"] == 1 and state["images"] == four
+    assert "received new images after it was done" in state["reason"]
+    again = queue.claim("w2", 30, model)
+    assert again is not None and again.id == job.id and again.revision == 1 and again.attempts == 1
+    assert queue.complete(again, {"views": 4}).stored
+    newest = queue.result("N1", model)
+    assert newest is not None and newest["revision"] == 1 and newest["result"] == {"views": 4}
+    assert queue.enqueue("N1", model, images=four) is False  # the results stored into the study: nothing
+
+
+def test_a_worker_busy_with_the_old_image_set_has_its_result_discarded(queue: SiteQueue) -> None:
+    model = _model("busy-old-set")
+    assert queue.enqueue("B1", model, images=_images("2.1", "2.2"))
+    busy = queue.claim("w-busy", 30, model)
+    assert busy is not None
+    assert queue.enqueue("B1", model, images=_images("2.1", "2.2", "2.3")) is True  # while it runs
+    assert not queue.heartbeat(busy)  # the busy worker learns its claim is void
+    late = queue.complete(busy, {"views": 2})
+    assert not late.stored and "discarded" in late.reason and "new images after it was running" in late.reason
+    assert queue.result("B1", model) is None
+    fresh = queue.claim("w-fresh", 30, model)
+    assert fresh is not None and fresh.revision == 1
+    assert queue.complete(fresh, {"views": 3}).stored
+    assert queue.result("B1", model)["worker_id"] == "w-fresh"
+
+
+def test_new_images_reach_a_failed_job_but_only_update_a_pending_or_older_one(
+        site: PgCluster, queue: SiteQueue) -> None:
+    model = _model("failed-pending-older")
+    assert queue.enqueue("F1", model, images=_images("3.1"))
+    job = queue.claim("w1", 30, model)
+    assert job is not None and queue.fail(job, "no view could be analysed")
+    assert queue.enqueue("F1", model, images=_images("3.1", "3.2")) is True  # a usable view came later
+    state = queue.job("F1", model)
+    assert state["status"] == "pending" and state["revision"] == 1 and state["attempts"] == 0
+    # a pending job fetches the study as it is when claimed: the set is recorded, nothing else
+    assert queue.enqueue("F1", model, images=_images("3.1", "3.2", "3.3")) is False
+    state = queue.job("F1", model)
+    assert state["revision"] == 1 and state["images"] == _images("3.1", "3.2", "3.3")
+    # a job queued before image sets were recorded (images NULL): the first set is only recorded
+    with connect(site.dsn("mt_admin")) as admin:
+        admin.execute("INSERT INTO triage_jobs (exam_key, model_sha256, status, finished_at) "
+                      "VALUES ('O1', %s, 'done', clock_timestamp())", (model,))
+    assert queue.enqueue("O1", model, images=_images("4.1")) is False
+    state = queue.job("O1", model)
+    assert state["status"] == "done" and state["revision"] == 0 and state["images"] == _images("4.1")
+    with pytest.raises(ValueError, match="sha256"):
+        queue.enqueue("F1", model, images="ABC")

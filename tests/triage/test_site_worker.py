@@ -355,15 +355,83 @@ def test_stable_result_uids_are_the_same_for_the_same_exam_and_model(tmp_path: P
     items = [{"sop_uid": sop, "findings": [{"box": [10, 10, 30, 30], "kind": "mass", "score": 0.5}],
               "suspicion": None} for sop in sources]
 
-    def uids(out: str, sha: str, stable: bool) -> set[str]:
+    def uids(out: str, sha: str, stable: bool, revision: int = 0) -> set[str]:
         paths = write_result_files("E1", items, sources, AlgorithmInfo("m", "1", sha), tmp_path / out,
-                                   stable_uids=stable)
+                                   stable_uids=stable, revision=revision)
         return {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
 
     first = uids("a", "ab" * 32, True)
     assert first == uids("b", "ab" * 32, True)        # done again elsewhere: the same SR
     assert first.isdisjoint(uids("c", "cd" * 32, True))  # another model: another SR
     assert first.isdisjoint(uids("d", "ab" * 32, False))  # the standalone worker: new UIDs
+    assert first.isdisjoint(uids("e", "ab" * 32, True, revision=1))  # the study got new images: a new SR
+    assert uids("f", "ab" * 32, True, revision=1) == uids("g", "ab" * 32, True, revision=1)
+
+
+def test_a_study_that_receives_a_late_view_after_triage_is_triaged_again_once(
+        site_dir: Path, studies: dict[str, set[str]], tmp_path: Path) -> None:
+    """Before, a study Orthanc declared stable again was not queued again: the view that
+    came after triage never reached the model. Now the new image set queues the done job
+    again (revision 1), its result is a new SR beside the first, and the results stored
+    into the study (which make it stable again too) queue nothing."""
+    from pydicom.uid import generate_uid
+    from retrain_sim import tiny_parent
+
+    from mammotriage.net.dicomweb import StableStudyWatcher
+    from mammotriage.net.site_io import DicomWebExamSource, StowSink
+    from mammotriage.triage.site_queue import SiteQueue
+    from mammotriage.triage.site_worker import SiteWorker, enqueue_stable
+    from mammotriage.triage.worker import load_model
+
+    cluster, orthanc, _ = site.load_site(site_dir)
+    model = load_model(tiny_parent(tmp_path / "m7", config=_few_findings(), seed=7, version="9.7.0"),
+                       device="cpu", threads=1)
+    sha, study, dsn = model.weights_sha256, sorted(studies)[5], cluster.dsn("mt_worker")
+    with DicomWebArchive.for_server(orthanc, tmp_path / "cache", 64 * 1024 * 1024) as archive, \
+            SiteQueue(dsn) as queue, \
+            SiteWorker(dsn, {sha: model}, DicomWebExamSource(archive), StowSink(archive), worker_id="w-late",
+                       lease_s=30, work_dir=tmp_path / "w") as worker:
+        source = DicomWebExamSource(archive)
+        watcher = StableStudyWatcher(archive, since=None)  # from now on
+
+        def stable_again() -> int | None:
+            """Jobs queued once the watcher reports the study stable again (None: not yet)."""
+            seen = watcher.poll()
+            return enqueue_stable(queue, seen, sha, images_of=source.image_set) if study in seen else None
+
+        try:
+            assert enqueue_stable(queue, [study], sha, images_of=source.image_set) == 1
+            first = worker.run_once()
+            assert first is not None and first.status == "done" and first.views == 4 and first.revision == 0
+            queued: list[int | None] = []
+            assert wait_until(lambda: queued.append(stable_again()) or queued[-1] is not None, timeout=60)
+            assert queued[-1] == 0  # stable again for its own results: nothing to do
+
+            paths, problems = source.exam_files(study)
+            assert problems == [] and len(paths) == 4
+            late = pydicom.dcmread(paths[0])  # a retake of one view, sent after triage
+            late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            assert archive.store([late]).failed == []
+            queued.clear()
+            assert wait_until(lambda: queued.append(stable_again()) or queued[-1] is not None, timeout=60)
+            assert queued[-1] == 1
+            job = queue.job(study, sha)
+            assert job is not None and job["status"] == "pending" and job["revision"] == 1
+            assert "new images after it was done" in job["reason"]
+            second = worker.run_once()
+            assert second is not None and second.status == "done" and second.views == 5 and second.revision == 1
+            stored = queue.result(study, sha)
+            assert stored is not None and stored["revision"] == 1 and len(stored["result"]["images"]) == 5
+            srs = [i for i in archive.find_instances(study) if i.sop_class_uid == SR_CLASS]
+            assert len({i.sop_uid for i in srs}) == len(srs) and len(srs) >= 2  # a new SR beside the first
+            queued.clear()
+            assert wait_until(lambda: queued.append(stable_again()) or queued[-1] is not None, timeout=60)
+            assert queued[-1] == 0 and queue.job(study, sha)["status"] == "done"
+            assert _rows(_admin(site_dir), "SELECT revision FROM triage_results WHERE exam_key = %s AND "
+                                           "model_sha256 = %s ORDER BY revision", study, sha) == [
+                {"revision": 0}, {"revision": 1}]
+        finally:
+            watcher.close()
 
 
 def test_the_command_names_a_folder_that_is_not_a_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -400,6 +400,16 @@ class DicomWebArchive:
         kwargs.setdefault("check_hostname", server.tls_check_hostname)
         return cls(server.url, server.credentials(), InstanceCache(cache_folder, cache_bytes), **kwargs)
 
+    def twin(self) -> DicomWebArchive:
+        """A client of the same archive (credentials, CA, timeouts, cache) for another
+        thread: a requests session is not shared between threads; the cache is."""
+        root = self.dicomweb_url[len(self.url):]
+        twin = DicomWebArchive(self.url, self.credentials, self.cache, timeout_s=self.timeout_s,
+                               fetch_deadline_s=self.fetch_deadline_s, max_instance_bytes=self.max_instance_bytes,
+                               dicomweb_root=root, ca=self.ca, check_hostname=self.check_hostname)
+        twin.qido_page, twin.qido_max_pages = self.qido_page, self.qido_max_pages
+        return twin
+
     def new_session(self) -> requests.Session:
         """A requests session with the archive's credentials and CA (one per thread)."""
         from mammotriage.net.tls import verify_session

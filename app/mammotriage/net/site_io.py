@@ -20,6 +20,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from mammotriage.digest import image_set_digest
 from mammotriage.net.dicomweb import DicomWebArchive, DicomWebError
 
 __all__ = ["RESULT_SOP_CLASS_PREFIXES", "DicomWebExamSource", "StowSink"]
@@ -43,6 +44,14 @@ class DicomWebExamSource:
 
     def __init__(self, archive: DicomWebArchive) -> None:
         self.archive = archive
+
+    def image_set(self, exam_key: str) -> str:
+        """:func:`~mammotriage.digest.image_set_digest` of the study's images in the archive
+        now (results left out: storing a result into the study does not change it).
+        Raises :class:`DicomWebError` when the archive cannot answer."""
+        instances = self.archive.find_instances(exam_key)
+        return image_set_digest(i.sop_uid for i in instances
+                                if not (i.sop_class_uid or "").startswith(RESULT_SOP_CLASS_PREFIXES))
 
     def exam_files(self, exam_key: str) -> tuple[list[Path], list[str]]:
         try:

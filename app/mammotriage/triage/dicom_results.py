@@ -55,11 +55,14 @@ def result_uid(*parts: str) -> str:
 
 def write_result_files(exam_key: str, images: list[dict[str, Any]], sources: Mapping[str, str | Path],
                        algorithm: AlgorithmInfo, out_root: Path, *, breast_scores: dict[str, float] | None = None,
-                       exam_score: float | None = None, stable_uids: bool = False) -> list[Path]:
+                       exam_score: float | None = None, stable_uids: bool = False,
+                       revision: int = 0) -> list[Path]:
     """Write the SR(s) and SEGs of one exam from its source files (SOP Instance UID ->
     path); returns the written paths. With ``stable_uids`` the SOP and Series Instance
     UIDs are derived from the exam, the model's weights and the source
-    (:func:`result_uid`) instead of new ones."""
+    (:func:`result_uid`) instead of new ones, and from ``revision`` when it is not 0 (the
+    result of a study triaged again after new images is a new instance, not one an
+    archive that keeps the first copy would drop)."""
     folder = out_root / _folder_name(exam_key)
     folder.mkdir(parents=True, exist_ok=True)
     by_study: dict[str, list[tuple[pydicom.Dataset, dict[str, Any]]]] = defaultdict(list)
@@ -69,7 +72,9 @@ def write_result_files(exam_key: str, images: list[dict[str, Any]], sources: Map
             continue
         header: Dataset = pydicom.dcmread(path, stop_before_pixels=True)
         by_study[str(header.StudyInstanceUID)].append((header, item))
-    seed = (exam_key, algorithm.weights_sha256.lower())
+    seed: tuple[str, ...] = (exam_key, algorithm.weights_sha256.lower())
+    if revision:
+        seed += (f"revision-{int(revision)}",)
 
     def uids(ds: Dataset, *what: str) -> Dataset:
         if stable_uids:

@@ -15,10 +15,20 @@ Rules
 - :meth:`complete` stores the result only while the claim is still the worker's (same
   token, job still running). A slow worker whose lease ran out and whose job was
   claimed again gets ``stored=False`` and the reason: its late result is discarded.
-  ``triage_results`` has one row per (exam, model sha256) (primary key), so exactly one
-  result is ever stored.
+  ``triage_results`` has one row per (exam, model sha256, image-set revision) (primary
+  key), so exactly one result is ever stored for an image set.
 - Every time (enqueue, lease, expiry) is the server's clock, so workers on machines
   whose clocks disagree still agree on leases.
+- **New images after triage.** A job records the image set it is for (``images``: the
+  sha256 of the study's image SOP Instance UIDs, :func:`mammotriage.digest.image_set_digest`). When the
+  archive declares a study stable again with another image set (a retake, a late view),
+  :meth:`enqueue` queues its done, running or failed job again under the next
+  ``revision``: a result computed on fewer images is never the exam's last word, and a
+  worker still busy with the old set has its claim voided (its result is discarded).
+  ``triage_results`` keeps one row per exam, model and revision; :meth:`result` is the
+  newest. The same set again (the results stored into the study make it stable again)
+  queues nothing. A job from before the image set was recorded (``images`` NULL) only
+  records it.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ class SiteJob:
     claim_token: str
     attempts: int
     lease_s: float
+    revision: int = 0  # the image set's revision the job is for (its result is stored under it)
 
 
 @dataclass(frozen=True)
@@ -57,15 +68,45 @@ class SiteQueue(PgConnected):
         self.max_attempts = max_attempts
 
     # ----------------------------------------------------------------- producers
-    def enqueue(self, exam_key: str, model_sha256: str, priority: int = 0) -> bool:
-        """Queue an exam for a model; True when the job is new (False: it exists already)."""
+    def enqueue(self, exam_key: str, model_sha256: str, priority: int = 0, images: str | None = None) -> bool:
+        """Queue an exam for a model; True when a job is new, or queued again for new images
+        (False: it exists already for this image set). ``images``: :func:`mammotriage.digest.image_set_digest`
+        of the study's images now, or None when unknown (nothing is compared)."""
         if len(model_sha256) != 64:
             raise ValueError(f"model_sha256 must be a 64-character sha256, got {model_sha256!r}")
+        if images is not None and (len(images) != 64 or images.strip("0123456789abcdef")):
+            raise ValueError(f"images must be a lower-case sha256, got {images!r}")
         with self.conn.transaction():
             cur = self.conn.execute(
-                "INSERT INTO triage_jobs (exam_key, model_sha256, priority) VALUES (%s, %s, %s) "
-                "ON CONFLICT (exam_key, model_sha256) DO NOTHING", (exam_key, model_sha256, priority))
-        return cur.rowcount == 1
+                "INSERT INTO triage_jobs (exam_key, model_sha256, priority, images) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (exam_key, model_sha256) DO NOTHING", (exam_key, model_sha256, priority, images))
+            if cur.rowcount == 1:
+                return True
+            if images is None:
+                return False
+            row = self.conn.execute(
+                "SELECT status, images, revision FROM triage_jobs WHERE exam_key = %s AND model_sha256 = %s "
+                "FOR UPDATE", (exam_key, model_sha256)).fetchone()
+            if row is None or row["images"] == images:
+                return False
+            if row["images"] is None or row["status"] in ("pending", "superseded"):
+                # not compared before (or the job will fetch the study as it is now): recorded only
+                self.conn.execute("UPDATE triage_jobs SET images = %s WHERE exam_key = %s AND model_sha256 = %s",
+                                  (images, exam_key, model_sha256))
+                return False
+            revision = int(row["revision"]) + 1
+            self.conn.execute(
+                """
+                UPDATE triage_jobs SET status = 'pending', images = %(images)s, revision = %(rev)s,
+                       priority = GREATEST(priority, %(priority)s), enqueued_at = clock_timestamp(),
+                       claim_token = NULL, lease_until = NULL, attempts = 0, finished_at = NULL,
+                       reason = %(why)s
+                WHERE exam_key = %(exam)s AND model_sha256 = %(model)s
+                """, {"images": images, "rev": revision, "priority": priority, "exam": exam_key,
+                      "model": model_sha256,
+                      "why": f"the study received new images after it was {row['status']}: queued again "
+                             f"(revision {revision})"})
+        return True
 
     # ----------------------------------------------------------------- workers
     def requeue_expired(self) -> int:
@@ -101,12 +142,12 @@ class SiteQueue(PgConnected):
                     WHERE status = 'pending' AND (%(model)s::text IS NULL OR model_sha256 = %(model)s::text)
                     ORDER BY priority DESC, enqueued_at, id
                     FOR UPDATE SKIP LOCKED LIMIT 1)
-                RETURNING id, exam_key, model_sha256, claim_token, attempts
+                RETURNING id, exam_key, model_sha256, claim_token, attempts, revision
                 """, {"worker": worker_id, "lease": float(lease_s), "model": model_sha256}).fetchone()
         if row is None:
             return None
         return SiteJob(int(row["id"]), str(row["exam_key"]), str(row["model_sha256"]), worker_id,
-                       str(row["claim_token"]), int(row["attempts"]), float(lease_s))
+                       str(row["claim_token"]), int(row["attempts"]), float(lease_s), int(row["revision"]))
 
     def heartbeat(self, job: SiteJob, lease_s: float | None = None) -> bool:
         """Renew the lease; False when the claim is no longer this worker's (stop working on it)."""
@@ -127,24 +168,27 @@ class SiteQueue(PgConnected):
         payload = json.dumps(result, sort_keys=True, allow_nan=False)
         with self.conn.transaction():
             row = self.conn.execute(
-                "SELECT status, claim_token::text AS token, claimed_by FROM triage_jobs WHERE id = %s FOR UPDATE",
-                (job.id,)).fetchone()
+                "SELECT status, claim_token::text AS token, claimed_by, revision, reason FROM triage_jobs "
+                "WHERE id = %s FOR UPDATE", (job.id,)).fetchone()
             if row is None:
                 return Completion(False, f"job {job.id} does not exist")
+            if int(row["revision"]) != job.revision:
+                return Completion(False, f"result of {job.worker_id} for {job.exam_key} discarded: "
+                                         f"{row['reason'] or 'the study received new images'}")
             if row["status"] != "running" or row["token"] != job.claim_token:
                 now = (f"claimed by {row['claimed_by']}" if row["status"] == "running"
                        else f"{row['status']}")
                 return Completion(False, f"late result of {job.worker_id} for {job.exam_key} discarded: its "
                                          f"lease ran out and the job is now {now}")
             cur = self.conn.execute(
-                "INSERT INTO triage_results (exam_key, model_sha256, job_id, worker_id, result) "
-                "VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT (exam_key, model_sha256) DO NOTHING",
-                (job.exam_key, job.model_sha256, job.id, job.worker_id, payload))
+                "INSERT INTO triage_results (exam_key, model_sha256, revision, job_id, worker_id, result) "
+                "VALUES (%s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (exam_key, model_sha256, revision) DO NOTHING",
+                (job.exam_key, job.model_sha256, job.revision, job.id, job.worker_id, payload))
             self.conn.execute(
                 "UPDATE triage_jobs SET status = 'done', finished_at = clock_timestamp(), lease_until = NULL, "
                 "reason = NULL WHERE id = %s", (job.id,))
         if cur.rowcount != 1:
-            return Completion(False, f"a result for {job.exam_key} and this model was stored already")
+            return Completion(False, f"a result for {job.exam_key}, this model and image set was stored already")
         return Completion(True)
 
     def fail(self, job: SiteJob, reason: str) -> bool:
@@ -187,13 +231,14 @@ class SiteQueue(PgConnected):
     def job(self, exam_key: str, model_sha256: str) -> dict[str, Any] | None:
         """The job of an exam and model (status, attempts, claimed_by, reason) or None."""
         row = self.conn.execute(
-            "SELECT id, status, attempts, claimed_by, reason FROM triage_jobs WHERE exam_key = %s AND model_sha256 = %s",
+            "SELECT id, status, attempts, claimed_by, reason, images, revision FROM triage_jobs "
+            "WHERE exam_key = %s AND model_sha256 = %s",
             (exam_key, model_sha256)).fetchone()
         return dict(row) if row else None
 
     def result(self, exam_key: str, model_sha256: str) -> dict[str, Any] | None:
-        """The stored result (``result``, ``worker_id``, ``job_id``) or None."""
+        """The newest stored result (``result``, ``worker_id``, ``job_id``, ``revision``) or None."""
         row = self.conn.execute(
-            "SELECT result, worker_id, job_id FROM triage_results WHERE exam_key = %s AND model_sha256 = %s",
-            (exam_key, model_sha256)).fetchone()
+            "SELECT result, worker_id, job_id, revision FROM triage_results WHERE exam_key = %s AND model_sha256 = %s "
+            "ORDER BY revision DESC LIMIT 1", (exam_key, model_sha256)).fetchone()
         return dict(row) if row else None

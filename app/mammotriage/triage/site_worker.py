@@ -83,21 +83,28 @@ class JobOutcome:
     views: int = 0
     #: seconds: "fetch" (image source), "decode", "model", "results" (write + sink), "total"
     timing: dict[str, float] = field(default_factory=dict)
+    #: the study's image-set revision the job was for (0 until it receives new images)
+    revision: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"exam_key": self.exam_key, "model_sha256": self.model_sha256, "status": self.status,
                 "reason": self.reason, "problems": self.problems, "score": self.score, "views": self.views,
-                "timing": {k: round(v, 4) for k, v in self.timing.items()}}
+                "timing": {k: round(v, 4) for k, v in self.timing.items()}, "revision": self.revision}
 
 
 def enqueue_stable(queue: SiteQueue, studies: Iterable[str], model_sha256: str,
-                   on_new: Callable[[str], None] | None = None) -> int:
-    """One job per stable study for the model (idempotent: a study the archive declares
-    stable again, for instance after the results were stored into it, is not queued
-    twice). Returns the number of new jobs."""
+                   on_new: Callable[[str], None] | None = None,
+                   images_of: Callable[[str], str] | None = None) -> int:
+    """One job per stable study for the model. Idempotent for one image set: a study the
+    archive declares stable again after the results were stored into it is not queued
+    twice; with ``images_of`` (a study's :func:`~mammotriage.digest.image_set_digest` in
+    the archive now) a study that received new images is queued again
+    (:meth:`SiteQueue.enqueue`). An exception of ``images_of`` (the archive away) stops
+    the pass: the study is offered again. Returns the number of jobs queued."""
     new = 0
     for study_uid in studies:
-        if queue.enqueue(study_uid, model_sha256):
+        images = images_of(study_uid) if images_of is not None else None
+        if queue.enqueue(study_uid, model_sha256, images=images):
             new += 1
             if on_new is not None:
                 on_new(study_uid)
@@ -251,7 +258,7 @@ class SiteWorker:
     # ------------------------------------------------------------------ one job
     def process(self, job: SiteJob) -> JobOutcome:
         """Triage one claimed job; every outcome is also said (see :class:`JobOutcome`)."""
-        outcome = JobOutcome(job.exam_key, job.model_sha256, "failed")
+        outcome = JobOutcome(job.exam_key, job.model_sha256, "failed", revision=job.revision)
         started = time.perf_counter()
         model = self.models.get(job.model_sha256)
         if model is None:  # claim() asks only for held models; a job handed in by hand may not be
@@ -279,6 +286,8 @@ class SiteWorker:
 
     def _said(self, outcome: JobOutcome) -> JobOutcome:
         text = f"{outcome.status}: exam {outcome.exam_key}"
+        if outcome.revision:
+            text += f" (images revision {outcome.revision})"
         if outcome.score is not None:
             text += f" score {outcome.score:.3f} ({outcome.views} views)"
         if outcome.reason:
@@ -305,8 +314,13 @@ class SiteWorker:
         outcome.score, outcome.views = score, len(images)
         if beat.lost.is_set() or not self.queue.heartbeat(job):
             outcome.status = "discarded"
-            outcome.reason = (f"late result of {self.worker_id} for {job.exam_key} discarded: its lease ran out "
-                              "and the job went to another worker")
+            now = self.queue.job(job.exam_key, job.model_sha256) or {}
+            if int(now.get("revision") or 0) != job.revision:
+                outcome.reason = (f"result of {self.worker_id} for {job.exam_key} discarded: "
+                                  f"{now.get('reason') or 'the study received new images'}")
+            else:
+                outcome.reason = (f"late result of {self.worker_id} for {job.exam_key} discarded: its lease ran "
+                                  "out and the job went to another worker")
             return
         t = time.perf_counter()
         delivered = self._deliver(job, model, images, sources, breasts, score)
@@ -316,7 +330,8 @@ class SiteWorker:
             self._give_back(job, outcome)
             return
         result = {
-            "model_sha256": model.weights_sha256, "model_version": model.version, "score": score,
+            "model_sha256": model.weights_sha256, "model_version": model.version, "revision": job.revision,
+            "score": score,
             "score_left": breasts.get("L"), "score_right": breasts.get("R"), "problems": problems,
             "images": [{k: v for k, v in i.items() if k != "suspicion"} for i in images],
             "timing": {k: round(v, 4) for k, v in outcome.timing.items()},
@@ -333,11 +348,12 @@ class SiteWorker:
         from mammotriage.dicom.content import AlgorithmInfo
 
         name = str(model.metadata.get("name") or "mammotriage-detector")
-        folder = self.work_dir / f"job-{job.id}-{job.attempts}"
+        folder = self.work_dir / f"job-{job.id}-r{job.revision}-{job.attempts}"
         try:
             paths = write_result_files(job.exam_key, images, sources,
                                        AlgorithmInfo(name, model.version, model.weights_sha256), folder,
-                                       breast_scores=breasts, exam_score=score, stable_uids=True)
+                                       breast_scores=breasts, exam_score=score, stable_uids=True,
+                                       revision=job.revision)
             refused = [p.name for p in paths if not self.sink.queue(p, result_kind(p))]
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -179,15 +179,21 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
         return str(model.weights_sha256)
 
     def watch(watcher: StableStudyWatcher) -> None:
-        with SiteQueue(dsn) as queue:
-            while not stop.is_set():
-                studies = watcher.follow(stop, on_error=lambda e: say(f"watcher: {e}"))
-                try:
-                    enqueue_stable(queue, studies, current(), on_new=lambda uid: say(f"queued {uid}"))
-                except Exception as exc:  # noqa: BLE001 - the store is away: the study not taken is offered again
-                    say(f"watcher: cannot queue: {type(exc).__name__}: {exc}; retrying")
-                    queue.close()
-                    stop.wait(5.0)
+        own = archive.twin()  # this thread's own client
+        images = DicomWebExamSource(own)
+        try:
+            with SiteQueue(dsn) as queue:
+                while not stop.is_set():
+                    studies = watcher.follow(stop, on_error=lambda e: say(f"watcher: {e}"))
+                    try:
+                        enqueue_stable(queue, studies, current(), on_new=lambda uid: say(f"queued {uid}"),
+                                       images_of=images.image_set)
+                    except Exception as exc:  # noqa: BLE001 - the store is away: the study not taken is offered again
+                        say(f"watcher: cannot queue: {type(exc).__name__}: {exc}; retrying")
+                        queue.close()
+                        stop.wait(5.0)
+        finally:
+            own.close()
 
     say(f"site-worker {worker_id}: model {model.version} ({model.weights_sha256[:12]}...; "
         + ("pinned by --model" if follower is None else "following the site's active model") + f"), {where}")
@@ -196,7 +202,8 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
         watcher = None if args.no_watch else StableStudyWatcher(archive, folder / "watcher.json", since=0)
         if watcher is not None and args.once:
             with SiteQueue(dsn) as queue:
-                enqueue_stable(queue, watcher.poll(), current(), on_new=lambda uid: say(f"queued {uid}"))
+                enqueue_stable(queue, watcher.changes(), current(), on_new=lambda uid: say(f"queued {uid}"),
+                               images_of=DicomWebExamSource(archive).image_set)
         elif watcher is not None:
             watcher_thread = threading.Thread(target=watch, args=(watcher,), name="stable-studies", daemon=True)
             watcher_thread.start()

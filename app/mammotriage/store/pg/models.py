@@ -248,14 +248,14 @@ class SiteModels(PgConnected):
                 WITH sup AS (
                     UPDATE triage_jobs SET status = 'superseded', finished_at = clock_timestamp(), reason = %(why)s
                     WHERE status = 'pending' AND model_sha256 <> %(sha)s
-                    RETURNING exam_key, priority),
+                    RETURNING exam_key, priority, images),
                 rev AS (
                     UPDATE triage_jobs SET status = 'pending', reason = NULL, finished_at = NULL
                     WHERE model_sha256 = %(sha)s AND status = 'superseded' AND exam_key IN (SELECT exam_key FROM sup)
                     RETURNING exam_key),
                 ins AS (
-                    INSERT INTO triage_jobs (exam_key, model_sha256, priority)
-                    SELECT exam_key, %(sha)s, max(priority) FROM sup GROUP BY exam_key
+                    INSERT INTO triage_jobs (exam_key, model_sha256, priority, images)
+                    SELECT exam_key, %(sha)s, max(priority), max(images) FROM sup GROUP BY exam_key
                     ON CONFLICT (exam_key, model_sha256) DO NOTHING
                     RETURNING exam_key)
                 SELECT (SELECT count(*) FROM sup) AS superseded,
@@ -272,8 +272,8 @@ class SiteModels(PgConnected):
                 "UPDATE triage_jobs SET status = 'pending', reason = NULL, finished_at = NULL, priority = %s "
                 "WHERE model_sha256 = %s AND status = 'superseded'", (RETRIAGE_PRIORITY, sha)).rowcount
             again += self.conn.execute(
-                "INSERT INTO triage_jobs (exam_key, model_sha256, priority) "
-                "SELECT DISTINCT exam_key, %s, %s FROM triage_jobs WHERE model_sha256 <> %s "
+                "INSERT INTO triage_jobs (exam_key, model_sha256, priority, images) "
+                "SELECT exam_key, %s, %s, max(images) FROM triage_jobs WHERE model_sha256 <> %s GROUP BY exam_key "
                 "ON CONFLICT (exam_key, model_sha256) DO NOTHING",
                 (sha, RETRIAGE_PRIORITY, sha)).rowcount
         return {**moved, "retriage": int(again)}

@@ -32,7 +32,7 @@ Version 1, the correction chain:
 
 Version 2, the shared triage queue (:mod:`mammotriage.triage.site_queue`):
 ``triage_jobs`` (one per exam and model sha256; status, lease, claim token) and
-``triage_results`` (exactly one per exam and model sha256).
+``triage_results`` (exactly one per exam and model sha256; per image-set revision from version 8).
 
 Version 3 accepts the action ``arbitrate``. Version 4, provenance of migrated events (:mod:`mammotriage.net.site_migrate`):
 ``migrated_events``, one append-only row per event moved from a standalone archive (the
@@ -58,6 +58,10 @@ the BEFORE INSERT trigger ``correction_events_account`` (before the chain's): an
 carrying a sign-in token (``session_token``, never stored) must be by that sign-in's
 reader, made before it expired and sent within a week, and gets ``account``; without a
 token it is refused when the site requires accounts.
+Version 8, re-triage of a study that receives new images (:mod:`mammotriage.triage.site_queue`):
+``triage_jobs.images`` (the sha256 of the study's image SOP Instance UIDs the job is
+for) and ``revision`` (raised each time new images queue a done, running or failed job
+again); ``triage_results`` keeps one row per exam, model and revision.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ import psycopg
 from mammotriage.store.audit import KEY_BYTES, AuditKey, Head
 from mammotriage.store.events import _FIELDS, GENESIS
 
-__all__ = ["CHAIN_LOCK", "MIGRATIONS", "READING_LOCKS_VERSION", "SCHEMA_VERSION", "SITE_MODELS_VERSION", "PgMigration", "migrate",
+__all__ = ["CHAIN_LOCK", "MIGRATIONS", "READING_LOCKS_VERSION", "RETRIAGE_VERSION", "SCHEMA_VERSION", "SITE_MODELS_VERSION", "PgMigration", "migrate",
            "schema_version"]
 
 #: ``pg_advisory_xact_lock`` keys: the chain's extension, and migrations.
@@ -609,8 +613,19 @@ _V7_ACCOUNTS = PgMigration(
     ),
 )
 
+_V8_RETRIAGE = PgMigration(
+    name="triage: a study that receives new images after its job is triaged again (image set, revision)",
+    steps=(
+        "ALTER TABLE triage_jobs ADD COLUMN images TEXT CHECK (images IS NULL OR images ~ '^[0-9a-f]{64}$')",
+        "ALTER TABLE triage_jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0 CHECK (revision >= 0)",
+        "ALTER TABLE triage_results ADD COLUMN revision INTEGER NOT NULL DEFAULT 0 CHECK (revision >= 0)",
+        "ALTER TABLE triage_results DROP CONSTRAINT triage_results_pkey",
+        "ALTER TABLE triage_results ADD PRIMARY KEY (exam_key, model_sha256, revision)",
+    ),
+)
+
 MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED, _V5_READING_LOCKS,
-                                 _V6_SITE_MODELS, _V7_ACCOUNTS]
+                                 _V6_SITE_MODELS, _V7_ACCOUNTS, _V8_RETRIAGE]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The version that brought double reading's ``reading_locks`` (store.pg.double_reading).
 READING_LOCKS_VERSION = MIGRATIONS.index(_V5_READING_LOCKS) + 1
@@ -618,6 +633,8 @@ READING_LOCKS_VERSION = MIGRATIONS.index(_V5_READING_LOCKS) + 1
 SITE_MODELS_VERSION = MIGRATIONS.index(_V6_SITE_MODELS) + 1
 #: The version that brought site accounts (store.pg.accounts).
 ACCOUNTS_VERSION = MIGRATIONS.index(_V7_ACCOUNTS) + 1
+#: The version that brought re-triage of studies with new images (triage.site_queue).
+RETRIAGE_VERSION = MIGRATIONS.index(_V8_RETRIAGE) + 1
 
 
 class SchemaVersionError(RuntimeError):
