@@ -41,6 +41,7 @@ def test_double_reading_in_the_window(double_reading_on, reading_room, qtbot, tm
     second = next(e.exam.exam_key for e in win.worklist.entries if e.exam.exam_key != first)
     with ReadingLocks(win.archive.path, "ws-other") as other:
         assert other.take(second, "dr_other").granted
+    assert win.double_feed is None  # a standalone archive: read on the spot
     win.refresh_worklist()
     assert _read_cell(win, second) == "being read by dr_other"
     assert "ws-other" in _read_cell(win, second, tooltip=True)
@@ -149,10 +150,13 @@ def joined_site(site_cluster, tmp_path: Path) -> str:
     return site_cluster.dsn("mt_workstation")
 
 
-def test_a_site_workstation_double_reads_on_the_site_store(double_reading_on, joined_site, reading_room) -> None:
+def test_a_site_workstation_double_reads_on_the_site_store(double_reading_on, joined_site, reading_room,
+                                                           qtbot) -> None:
     """Started in site mode with double reading on, the window reads and writes the site's
     store: another workstation's lock shows, its reader's read stays hidden until both have
-    signed, and the arbitration recorded in the window is in the site's chain."""
+    signed, and the arbitration recorded in the window is in the site's chain. The states
+    and locks come from the feed's thread (the window never waits on the server), so the
+    test waits for them."""
     from mammotriage.store.pg.double_reading import SiteDoubleReadingLog, SiteReadingLocks
     from mammotriage.store.pg.events import SiteCorrectionLog
 
@@ -164,8 +168,9 @@ def test_a_site_workstation_double_reads_on_the_site_store(double_reading_on, jo
     with SiteReadingLocks(joined_site, "ws-other") as other:
         assert other.holder(first).reader == "dr_test"  # the window's lock is on the site store
         assert other.take(second, "dr_other").granted
+    assert win.double_feed is not None
     win.refresh_worklist()
-    assert _read_cell(win, second) == "being read by dr_other"
+    qtbot.waitUntil(lambda: _read_cell(win, second) == "being read by dr_other", timeout=30_000)
 
     win.sign_in("ann")
     assert win.sign_exam(_assessment("1", "4A", True))
@@ -173,22 +178,23 @@ def test_a_site_workstation_double_reads_on_the_site_store(double_reading_on, jo
         assert {e.reader for e in bob.events(exam_key=first)} == set()  # blinded: ann's read is not shown
         bob.append(reader="bob", exam_key=first, action="sign", payload=_assessment("1", "1", False))
     win.refresh_worklist()
-    assert _read_cell(win, first) == "discordant · arbitration"
+    qtbot.waitUntil(lambda: _read_cell(win, first) == "discordant · arbitration", timeout=30_000)
 
     win.sign_in("cat")
     win.refresh_worklist()
-    assert win.arbitration.keys == [first]
+    qtbot.waitUntil(lambda: win.arbitration.keys == [first], timeout=30_000)
     win.arbitration.open_requested.emit(first)
     assert set(win.corrections.labels) >= {"ann", "bob", "cat"}  # the arbitrator sees both reads
     assert win.sign_exam(_assessment("1", "4A", True))  # cat's signature is the arbitration
     with SiteCorrectionLog(joined_site) as site_log:
         (arb,) = [e for e in site_log.events(exam_key=first) if e.action == "arbitrate"]
     assert arb.reader == "cat" and [r["reader"] for r in arb.payload["reads"]] == ["ann", "bob"]
-    assert _read_cell(win, first) == "arbitrated · cat" and win.arbitration.keys == []
+    qtbot.waitUntil(lambda: _read_cell(win, first) == "arbitrated · cat" and win.arbitration.keys == [],
+                    timeout=30_000)
 
 
 def test_a_site_workstation_says_so_when_the_server_is_away(double_reading_on, joined_site, site_cluster,
-                                                            reading_room) -> None:
+                                                            reading_room, qtbot) -> None:
     """Double reading needs the server for every checked append: while it is away the
     window says so and records nothing, what is open stays readable; afterwards it signs."""
     from mammotriage.store.pg.events import SiteCorrectionLog
@@ -208,6 +214,8 @@ def test_a_site_workstation_says_so_when_the_server_is_away(double_reading_on, j
         assert set(win.corrections.labels) == set(shown)
     finally:
         site_cluster.start()
+    # the feed's thread finds the server again; until then the window's calls were refused at once
+    qtbot.waitUntil(lambda: win.double_feed.away is None and win.locks.backend.watch.away is None, timeout=60_000)
     win.open_exam(win.current)  # the lock is taken again
     assert win.sign_exam(_assessment("1", "1", False))
     with SiteCorrectionLog(joined_site) as site_log:

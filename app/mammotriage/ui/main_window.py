@@ -10,7 +10,7 @@ import os
 import queue as _queue
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, cast
 
@@ -57,6 +57,7 @@ from mammotriage.store.double_reading import (
     DoubleReadingLog,
     DoubleReadingPolicy,
     DoubleReadingRules,
+    ExamStatus,
     ReadingLocks,
     SqliteBackend,
     StatusIndex,
@@ -90,8 +91,12 @@ if TYPE_CHECKING:
     from mammotriage.triage.worker import TriageService
     from mammotriage.ui.assessment_dialog import AssessmentDialog
     from mammotriage.ui.model_panel import ModelPanel
+    from mammotriage.viewer.double_feed import DoubleReadingFeed
 
 P = ParamSpec("P")  # the arguments of a correction (MainWindow._record)
+#: Seconds a call of the window on the site server may wait before it is cut and refused
+#: as away (double reading's checked appends and soft locks; store.pg.double_reading).
+SITE_CALL_S = 3.0
 
 
 def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str, sink: OutboxSink) -> str:
@@ -171,16 +176,32 @@ class MainWindow(QMainWindow):
         self.corrections_log: CorrectionLog | SiteLog | SiteDoubleReadingLog
         self.locks: ReadingLocks | SiteReadingLocks | None = None
         self.double_store: Backend = SqliteBackend(lambda: self.queue.conn)  # the states' store
+        self.double_feed: DoubleReadingFeed | None = None  # site double reading: states and locks off this thread
+        self._feed_seen = -1  # the feed's generation last shown
         # the prior exams' reads are history: shown whoever made them (never blinded)
         self.history_log: CorrectionLog | SiteLog | SiteDoubleReadingLog
         if double and site is not None and self.site_log is not None:
             # double reading across the site's workstations: the same rules on the site store
             # (role-checked appends go to the server directly; store.pg.double_reading)
-            from mammotriage.store.pg.double_reading import SiteDoubleReadingLog, SiteReadingLocks
+            # (role-checked appends go to the server directly; store.pg.double_reading); the
+            # worklist's states and locks are read on the feed's thread, and a server that
+            # stops answering costs a call of the window at most SITE_CALL_S, once
+            from mammotriage.store.pg.double_reading import (
+                ServerWatch,
+                SiteDoubleReadingLog,
+                SiteReadingLocks,
+            )
+            from mammotriage.viewer.double_feed import DoubleReadingFeed
 
-            self.corrections_log = SiteDoubleReadingLog(site.dsn(), self.reader, self.double_policy)
-            self.locks = SiteReadingLocks(site.dsn(), lease_s=self.double_policy.lease_s)
+            watch = ServerWatch()
+            self.corrections_log = SiteDoubleReadingLog(site.dsn(), self.reader, self.double_policy,
+                                                        deadline_s=SITE_CALL_S, watch=watch)
+            self.locks = SiteReadingLocks(site.dsn(), lease_s=self.double_policy.lease_s, deadline_s=SITE_CALL_S,
+                                          watch=watch)
             self.double_store = self.locks.backend
+            self.double_feed = DoubleReadingFeed(site.dsn(), self.double_policy.discordance, watch,
+                                                 workstation=self.locks.workstation,
+                                                 say=self._site_model_said.put).start()
             self.history_log = self.site_log
         elif double:
             self.corrections_log = DoubleReadingLog(self.archive.path, self.reader, self.double_policy)
@@ -717,6 +738,9 @@ class MainWindow(QMainWindow):
     def _double_page(self, keys: list[str]) -> tuple[dict, dict]:
         """Double reading: the states of a worklist page's exams and the soft locks on them."""
         assert self.locks is not None
+        if self.double_feed is not None:  # from memory: the feed reads the site (and now these too)
+            self.double_feed.want(keys)
+            return self.double_feed.states(keys), self.double_feed.holders(keys)
         try:
             self.double_states.update(self.double_store)
             holders = self.locks.holders(keys=keys)
@@ -729,11 +753,16 @@ class MainWindow(QMainWindow):
         """The arbitration list: discordant exams this reader did not read."""
         if self.locks is None:
             return
-        try:
-            self.double_states.update(self.double_store)
-        except StoreUnreachable as exc:
-            self.show_status(str(exc))
-        cases = arbitration_list(self.double_states.statuses.values(), self.reader)
+        statuses: Iterable[ExamStatus]
+        if self.double_feed is not None:
+            statuses = self.double_feed.all_states()
+        else:
+            try:
+                self.double_states.update(self.double_store)
+            except StoreUnreachable as exc:
+                self.show_status(str(exc))
+            statuses = self.double_states.statuses.values()
+        cases = arbitration_list(statuses, self.reader)
         names = {}
         for case in cases:
             exam = self.archive.exam(case.exam_key)
@@ -756,6 +785,8 @@ class MainWindow(QMainWindow):
         plus one page, not every row the reader scrolled through. The exam the reader is
         on keeps its row: results that arrive re-order the others around it, never the
         row under the reader."""
+        if self.double_feed is not None:  # the site's states and locks are read again too (its thread)
+            self.double_feed.poke()
         key = self.current.exam_key if self.current else self._resume_key
         old_row = self.worklist_view.row_of(key) if key else None
         sha = (self.model_meta or {}).get("weights_sha256")
@@ -1434,7 +1465,12 @@ class MainWindow(QMainWindow):
             self.log_line(self._site_model_said.get())
         if self._model_check_tick % 100 == 0 and self.session.poll_model():  # every ~3 s, no hashing
             self._model_changed()
-        if self.locks is not None and self._model_check_tick % 160 == 0:  # ~5 s: other workstations
+        if self.double_feed is not None:  # the site's states and locks: when the feed read something new
+            if self.double_feed.generation != self._feed_seen:
+                self._feed_seen = self.double_feed.generation
+                self.worklist.refresh_double()
+                self.refresh_arbitration()
+        elif self.locks is not None and self._model_check_tick % 160 == 0:  # ~5 s: other workstations
             self.worklist.refresh_double()
             self.refresh_arbitration()
         if self.triage is None:
@@ -1763,6 +1799,8 @@ class MainWindow(QMainWindow):
             if self.current is not None:
                 self._release_or_renew(self.current.exam_key)
             self.locks.close()
+        if self.double_feed is not None:
+            self.double_feed.close()
         if self.history_log is not self.corrections_log and self.history_log is not self.site_log:
             self.history_log.close()
         if self.site_log is not None and self.corrections_log is not self.site_log:

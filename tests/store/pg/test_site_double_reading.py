@@ -302,3 +302,55 @@ def test_a_site_database_from_before_double_reading_says_so_until_migrated(monke
                 assert schema_version(admin) == before
                 assert schema.migrate(admin) == SCHEMA_VERSION
             assert locks.take("exam-1", "ann", T0).granted
+
+
+def test_a_server_that_stops_answering_costs_a_window_one_deadline_then_nothing(site_cluster: PgCluster) -> None:
+    """The server process behind the window's connection freezes (SIGSTOP: the socket
+    stays open, nothing answers). Before, a checked append or a lock take waited on it
+    until TCP gave up (tcp_user_timeout, 30 s) or longer, with the window frozen. Now the
+    call is cut at its deadline and refused; the window's next calls are refused at once
+    without trying, until the background reader (a probe) reaches the server again."""
+    import os
+    import signal
+
+    from psycopg.conninfo import make_conninfo
+
+    from mammotriage.store.double_reading import DoubleReadingPolicy
+    from mammotriage.store.pg.double_reading import (
+        ServerWatch,
+        SiteDoubleReadingLog,
+        SiteReadingLocks,
+    )
+    from mammotriage.store.pg.events import connect
+
+    dsn = make_conninfo(site_cluster.dsn("mt_workstation"), application_name="ws-frozen-dr")
+    watch = ServerWatch()
+    policy = DoubleReadingPolicy(enabled=True)
+    with SiteDoubleReadingLog(dsn, "ann", policy, "ws-frozen-dr", deadline_s=1.0, watch=watch) as log, \
+            SiteReadingLocks(dsn, "ws-frozen-dr", deadline_s=1.0, watch=watch) as locks, \
+            SiteReadingLocks(site_cluster.dsn("mt_workstation"), "ws-probe", watch=watch, probe=True) as probe:
+        key = "1.2.826.0.1.3680043.10.995.1"
+        log.append(reader="ann", exam_key=key, action="note", payload={"text": "before"})
+        assert [e.payload["text"] for e in log.events(exam_key=key)] == ["before"]  # the exam on screen
+        with connect(site_cluster.dsn("postgres")) as admin:
+            pids = [r["pid"] for r in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'ws-frozen-dr'").fetchall()]
+        assert len(pids) == 1  # the log's connection (the locks have not connected yet)
+        os.kill(pids[0], signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnreachable, match="did not answer within 1 s"):
+                log.append(reader="ann", exam_key=key, action="note", payload={"text": "while frozen"})
+            assert time.monotonic() - t0 < 10
+            assert watch.away is not None
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnreachable, match="is away since"):
+                locks.take(key, "ann")  # refused without trying (it would reach a live backend)
+            assert [e.payload["text"] for e in log.events(exam_key=key)] == ["before"]  # the last read
+            assert time.monotonic() - t0 < 0.5
+        finally:
+            os.kill(pids[0], signal.SIGCONT)
+        assert probe.holders(keys=[key]) == {} and watch.away is None  # the probe reached it: cleared
+        assert locks.take(key, "ann").granted
+        log.append(reader="ann", exam_key=key, action="note", payload={"text": "after"})
+        assert [e.payload["text"] for e in log.events(exam_key=key)] == ["before", "after"]

@@ -23,13 +23,22 @@ the arbitration list, soft locks); this module only supplies the site store behi
   (site schema :data:`~.schema.READING_LOCKS_VERSION`, append-only). Of two workstations opening an exam at the same
   moment exactly one gets the lease: each takes the exam's advisory lock, then reads
   the newest row and inserts its own in that transaction.
+- :class:`ServerWatch`: what a window's clients on one server share. A call that does
+  not end within its backend's ``deadline_s`` has its connection cut
+  (:meth:`~mammotriage.store.pg.events.PgConnected.cut`) and is refused as away, so a
+  server that stops answering (a frozen backend, a cable pulled) costs the reader's
+  window at most that long once; afterwards calls are refused at once, without trying,
+  until a ``probe`` backend (the window's background reader) reaches the server again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import socket
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -57,7 +66,8 @@ from mammotriage.store.events import (
 from mammotriage.store.pg.events import SERVER_AWAY, TOKEN, PgConnected, SiteCorrectionLog
 from mammotriage.store.pg.schema import READING_LOCKS_VERSION
 
-__all__ = ["EXAM_LOCK", "LOCK_WAIT_S", "PgBackend", "SiteDoubleReading", "SiteDoubleReadingLog", "SiteReadingLocks"]
+__all__ = ["EXAM_LOCK", "LOCK_WAIT_S", "PgBackend", "ServerWatch", "SiteDoubleReading", "SiteDoubleReadingLog",
+           "SiteReadingLocks"]
 
 #: First key of ``pg_advisory_xact_lock(EXAM_LOCK, hashtext(exam_key))``: one exam's
 #: double-reading changes (role-checked appends, lock takes and releases), one at a time.
@@ -71,28 +81,119 @@ _CACHED_READS = 32
 _AWAY: tuple[type[Exception], ...] = (StoreUnreachable, *SERVER_AWAY)
 
 
+class ServerWatch:
+    """Whether one site server is away, shared by the clients of a window (thread-safe).
+
+    A backend that finds the server away marks it (:meth:`down`); while it is marked, the
+    backends that are not probes refuse their calls at once. Any call that reaches the
+    server marks it back (:meth:`up`); the probe (a background reader) is the one that
+    keeps trying meanwhile."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._away: str | None = None
+        self._since = 0.0
+
+    @property
+    def away(self) -> str | None:
+        """Why the server was found away (None: it answered last)."""
+        with self._lock:
+            return self._away
+
+    def down(self, why: str) -> None:
+        with self._lock:
+            if self._away is None:
+                self._since = time.time()
+            self._away = why
+
+    def up(self) -> None:
+        with self._lock:
+            self._away = None
+
+    def refusal(self, where: str) -> str | None:
+        """The text of a call refused without trying (None: try)."""
+        with self._lock:
+            if self._away is None:
+                return None
+            since = time.strftime("%H:%M:%S", time.localtime(self._since))
+            return (f"{where} is away since {since} ({self._away}): nothing was read or recorded; "
+                    "it is tried again in the background")
+
+
 class PgBackend:
     """:class:`~mammotriage.store.double_reading.Backend` on an owner's connection
     (``owner.conn``: reconnects after the server dropped it). A server that cannot be
-    reached raises :class:`StoreUnreachable`."""
+    reached raises :class:`StoreUnreachable`.
 
-    def __init__(self, owner: PgConnected, where: str = "the site server"):
+    ``deadline_s``: a call still waiting on the server after this long has its connection
+    cut and is refused (None: no deadline; a connect is bounded by the DSN's
+    ``connect_timeout``). ``watch``: shared with the window's other clients (see
+    :class:`ServerWatch`); a ``probe`` backend tries whatever the watch says."""
+
+    def __init__(self, owner: PgConnected, where: str = "the site server", *, deadline_s: float | None = None,
+                 watch: ServerWatch | None = None, probe: bool = False):
         self.owner = owner
         self.where = where
+        self.deadline_s = deadline_s
+        self.watch = watch
+        self.probe = probe
+        self._depth = 0  # calls nest (an append's checks run inside its serialised change)
+
+    def guarded(self) -> contextlib.AbstractContextManager[None]:
+        """The deadline and the away rules for a call on ``owner.conn`` made outside the
+        backend's own methods (``SiteCorrectionLog.events``)."""
+        return self._away()
 
     @contextmanager
     def _away(self) -> Iterator[None]:
+        outer = self._depth == 0
+        if outer and self.watch is not None and not self.probe:
+            refused = self.watch.refusal(self.where)
+            if refused is not None:
+                raise StoreUnreachable(refused)
+        # a connection open before the call that fails at once was dropped while idle (a
+        # server restart): evidence of nothing now, the next call reconnects; a connect
+        # that fails, or a call cut at its deadline, finds the server away
+        conn = getattr(self.owner, "_conn", None)
+        stale = conn is not None and not conn.closed
+        cut = threading.Event()
+        timer = None
+        if outer and self.deadline_s is not None:
+            def on_deadline() -> None:
+                cut.set()  # before the cut: the call it ends reads it at once
+                if not self.owner.cut():
+                    cut.clear()  # no connection open (a connect ends by its own timeout)
+            timer = threading.Timer(self.deadline_s, on_deadline)
+            timer.daemon = True
+            timer.start()
+        self._depth += 1
         try:
             yield
         except SERVER_AWAY as exc:
             self.owner.close()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if cut.is_set():
+                first = f"it did not answer within {self.deadline_s:g} s"
+            if self.watch is not None and outer and (cut.is_set() or not stale):
+                self.watch.down(first)
             raise StoreUnreachable(f"{self.where} cannot be reached ({first}): nothing was read or recorded") from exc
         except psycopg.errors.UndefinedTable as exc:  # a site database from before reading_locks
             first = str(exc).strip().splitlines()[0]
             raise StoreUnreachable(f"{self.where}'s database has no double reading yet ({first}): its schema "
                                    f"predates version {READING_LOCKS_VERSION}; upgrade the site database "
                                    "(`mammotriage site start` on the site server runs its migrations)") from exc
+        else:
+            if timer is not None:
+                timer.cancel()
+                timer.join()
+                if cut.is_set():  # cut as it answered: the next call reconnects
+                    self.owner.close()
+            if self.watch is not None and outer:
+                self.watch.up()
+        finally:
+            self._depth -= 1
+            if timer is not None:
+                timer.cancel()
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._away(), self.owner.conn.cursor(row_factory=tuple_row) as cur:
@@ -137,9 +238,11 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
     asks of a log (``append``, ``events``) and what the local
     :class:`~mammotriage.store.double_reading.DoubleReadingLog` adds (``status``)."""
 
-    def __init__(self, dsn: str, reader: str, policy: DoubleReadingPolicy, workstation: str | None = None):
+    def __init__(self, dsn: str, reader: str, policy: DoubleReadingPolicy, workstation: str | None = None, *,
+                 deadline_s: float | None = None, watch: ServerWatch | None = None):
         self.site = SiteCorrectionLog(dsn, workstation)
-        self.backend = PgBackend(self.site)
+        self._pg = PgBackend(self.site, deadline_s=deadline_s, watch=watch)
+        self.backend = self._pg
         self.reader = reader
         self.policy = policy
         self._readers: set[str] = set()
@@ -187,7 +290,8 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
         last ones read for the same exam (or image)."""
         key = (exam_key, sop_uid)
         try:
-            seen = self.blind(self.site.events(exam_key, sop_uid))
+            with self._pg.guarded():
+                seen = self.blind(self.site.events(exam_key, sop_uid))
         except _AWAY:
             return list(self._last.get(key, []))
         self._last[key] = seen
@@ -204,17 +308,19 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
 class SiteDoubleReading(DoubleReadingView, PgConnected):
     """The site view of double reading on the site store (read-only)."""
 
-    def __init__(self, dsn: str, policy: DoubleReadingPolicy):
+    def __init__(self, dsn: str, policy: DoubleReadingPolicy, *, deadline_s: float | None = None,
+                 watch: ServerWatch | None = None, probe: bool = False):
         super().__init__(dsn)
         self.policy = policy
-        self.backend = PgBackend(self)
+        self.backend = PgBackend(self, deadline_s=deadline_s, watch=watch, probe=probe)
 
 
 class SiteReadingLocks(LockRules, PgConnected):
     """Soft locks in the site store's ``reading_locks`` (see :class:`~mammotriage.store.double_reading.LockRules`)."""
 
-    def __init__(self, dsn: str, workstation: str | None = None, lease_s: int = DEFAULT_LEASE_S):
+    def __init__(self, dsn: str, workstation: str | None = None, lease_s: int = DEFAULT_LEASE_S, *,
+                 deadline_s: float | None = None, watch: ServerWatch | None = None, probe: bool = False):
         super().__init__(dsn)
         self.workstation = workstation or socket.gethostname()
         self.lease_s = int(lease_s)
-        self.backend = PgBackend(self)
+        self.backend = PgBackend(self, deadline_s=deadline_s, watch=watch, probe=probe)
