@@ -14,6 +14,10 @@ It produces ``<out>/mammotriage-offline-<version>/``::
     bundle.json        version, Python, platform, minimum glibc, models
     HOSPITAL-IT.md     system requirements, network and firewall notes
     SHA256SUMS         checksums of every file; install.sh verifies them first
+    site-debs/         with --site-server: the Debian packages of a site server (Orthanc,
+                       its DICOMweb plugin, PostgreSQL, dcmtk) and every dependency a
+                       minimal system of the same release lacks, for
+                       ``install.sh --site-server`` (apt-get, from these files only)
 
 Before finishing, the wheelhouse is checked to be complete by a dry-run resolution
 with ``--no-index`` (what install.sh will do, without installing).
@@ -42,6 +46,144 @@ INSTALLER = Path(__file__).resolve().parent
 
 class BuildError(RuntimeError):
     """The bundle could not be built; the message says why."""
+
+
+#: What a site server needs from Debian (docs/hospital-it.md, "Site server").
+SITE_DEBS = ("orthanc", "orthanc-dicomweb", "postgresql", "dcmtk")
+_APT_DEPENDS = ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+                "--no-breaks", "--no-replaces", "--no-enhances"]
+
+
+def os_release(path: Path = Path("/etc/os-release")) -> str:
+    """``ID VERSION_ID`` of this system (``debian 12``): the release the packages are for."""
+    fields: dict[str, str] = {}
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            key, _, value = line.partition("=")
+            fields[key.strip()] = value.strip().strip('"')
+    except OSError as exc:
+        raise BuildError(f"cannot read {path}: {exc.strerror}") from None
+    if not fields.get("ID") or not fields.get("VERSION_ID"):
+        raise BuildError(f"{path} names no ID and VERSION_ID: not a release the site packages can be built for")
+    return f"{fields['ID']} {fields['VERSION_ID']}"
+
+
+def _stanzas(text: str) -> list[dict[str, str]]:
+    """The fields of each stanza of a dpkg/apt control text (continuation lines dropped)."""
+    out, current = [], {}
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                out.append(current)
+            current = {}
+        elif not line[0].isspace() and ":" in line:
+            key, _, value = line.partition(":")
+            current[key] = value.strip()
+    if current:
+        out.append(current)
+    return out
+
+
+def minimal_status(status: Path = Path("/var/lib/dpkg/status")) -> tuple[set[str], str]:
+    """(names, dpkg status text) of a minimal system of this release: the installed
+    packages every Debian system has (``Essential: yes`` or ``Priority: required``) and
+    what they depend on, as installed here."""
+    try:
+        text = status.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise BuildError(f"cannot read {status}: {exc.strerror}") from None
+    installed: dict[str, tuple[dict[str, str], str]] = {}
+    for block in text.split("\n\n"):
+        fields = (_stanzas(block) or [{}])[0]
+        if fields.get("Status", "").endswith(" installed") and fields.get("Package"):
+            installed[fields["Package"]] = (fields, block.strip("\n"))
+    todo = [n for n, (f, _) in installed.items() if f.get("Essential") == "yes" or f.get("Priority") == "required"]
+    keep: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in keep or name not in installed:
+            continue
+        keep.add(name)
+        fields = installed[name][0]
+        for rel in ", ".join(v for k in ("Pre-Depends", "Depends") if (v := fields.get(k))).split(","):
+            for alternative in rel.split("|"):
+                dep = alternative.strip().split(" ")[0].split(":")[0]
+                if dep:
+                    todo.append(dep)
+    return keep, "\n\n".join(installed[n][1] for n in sorted(keep)) + "\n"
+
+
+def site_debs(folder: Path, packages: tuple[str, ...] = SITE_DEBS) -> list[dict[str, str]]:
+    """Download ``packages`` and their dependency closure (without what a minimal system
+    of this release has) into ``folder`` with apt; check that they install on such a
+    system from these files alone (:func:`check_site_debs`, :func:`not_carried`); returns name, version, architecture and file of each."""
+    for tool in ("apt-cache", "apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise BuildError(f"--site-server needs {tool} (a Debian or Ubuntu machine of the server's release)")
+    closure = _run([*_APT_DEPENDS, *packages], what="resolving the site server's Debian packages")
+    names = sorted({line.strip() for line in closure.splitlines()
+                    if line and not line[0].isspace() and not line.startswith("<")})
+    base, _status = minimal_status()
+    wanted = [n for n in names if n not in base]
+    folder.mkdir(parents=True, exist_ok=True)
+    _say(f"downloading {len(wanted)} Debian packages for the site server "
+         f"({len(names) - len(wanted)} of the closure are on every system of this release)")
+    proc = subprocess.run(["apt-get", "download", *wanted], cwd=folder, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise BuildError(f"apt-get download failed (exit {proc.returncode}): no package source reachable?\n{tail}")
+    listed = _describe(folder)
+    missing = sorted(set(wanted) - {d["package"] for d in listed})
+    if missing:
+        raise BuildError(f"apt downloaded no file for: {', '.join(missing)}")
+    # a base package older here than what the others need (perl-base for a newer perl):
+    # apt's plan on a minimal system names it; carry it too
+    for _ in range(3):
+        extra = not_carried(check_site_debs(folder))
+        if not extra:
+            break
+        _say(f"also carrying {', '.join(extra)} (newer than this system's, needed by the others)")
+        proc = subprocess.run(["apt-get", "download", *extra], cwd=folder, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"apt-get download {' '.join(extra)} failed (exit {proc.returncode}): "
+                             f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+        listed = _describe(folder)
+    left = not_carried(check_site_debs(folder))
+    if left:
+        raise BuildError(f"on a minimal system the site packages would still fetch: {', '.join(left)}")
+    return listed
+
+
+_INST = re.compile(r"^Inst (\S+) .*$", re.MULTILINE)
+
+
+def not_carried(plan: str) -> list[str]:
+    """The packages apt's simulated plan installs from elsewhere than the given .deb files."""
+    return sorted({m.group(1) for m in _INST.finditer(plan) if "local-deb" not in m.group(0)})
+
+
+def _describe(folder: Path) -> list[dict[str, str]]:
+    listed = []
+    for deb in sorted(folder.glob("*.deb")):
+        fields = _stanzas(subprocess.run(["dpkg-deb", "--field", str(deb), "Package", "Version", "Architecture"],
+                                         capture_output=True, text=True, check=True).stdout)[0]
+        listed.append({"package": fields["Package"], "version": fields["Version"],
+                       "architecture": fields["Architecture"], "file": f"site-debs/{deb.name}"})
+    return listed
+
+
+def check_site_debs(folder: Path, status_text: str | None = None) -> str:
+    """apt's simulated plan (``apt-get install --simulate``) for every .deb in ``folder``
+    on a minimal system of this release (its dpkg status, :func:`minimal_status`); raises
+    :class:`BuildError` when apt finds no plan. :func:`not_carried` names what the plan
+    would fetch from a package source (nothing, for a complete set)."""
+    with tempfile.TemporaryDirectory(prefix="mt-site-debs-") as tmp:
+        status = Path(tmp) / "status"
+        status.write_text(status_text if status_text is not None else minimal_status()[1], encoding="utf-8")
+        debs = [str(p) for p in sorted(folder.resolve().glob("*.deb"))]
+        return _run(["apt-get", "install", "--simulate", "--no-install-recommends", "-q",
+                     "-o", f"Dir::State::status={status}", *debs],
+                    what="checking the site packages install on a minimal system, offline")
 
 
 def _say(message: str) -> None:
@@ -131,6 +273,7 @@ def build(
     pip_args: list[str] | None = None,
     force: bool = False,
     tar: bool = False,
+    site_server: bool = False,
 ) -> Path:
     """Build the bundle and return its folder (see the module docstring).
 
@@ -193,6 +336,7 @@ def build(
         for package in packages:
             shutil.copytree(models / package, work / "models" / package,
                             ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    debs = site_debs(work / "site-debs") if site_server else []
     wheels = sorted(p.name for p in wheelhouse.glob("*.whl"))
     bundle = {
         "name": "mammotriage",
@@ -206,6 +350,8 @@ def build(
         "models": packages,
         "default_model": packages[0] if packages else None,
         "require_model": bool(packages),
+        "site_release": os_release() if site_server else None,
+        "site_debs": debs,
         "built_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     (work / "bundle.json").write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
@@ -215,7 +361,10 @@ def build(
         "  ./install.sh --help          options (prefix, Python, no desktop entry)\n\n"
         f"Needs Python {info['version']} with venv on {info['platform']}"
         + (f" (glibc {bundle['min_glibc']} or newer)" if bundle["min_glibc"] else "")
-        + ". No network access is used.\nSee HOSPITAL-IT.md.\n",
+        + ". No network access is used.\n"
+        + (f"  sudo ./install.sh --site-server   also installs the site server's Debian packages ({bundle['site_release']})\n"
+           if site_server else "")
+        + "See HOSPITAL-IT.md.\n",
         encoding="utf-8",
     )
     _say("writing SHA256SUMS")
@@ -249,11 +398,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra argument for pip wheel/download, e.g. --pip-arg=--index-url=URL")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle")
     parser.add_argument("--tar", action="store_true", help="also write <bundle>.tar")
+    parser.add_argument("--site-server", action="store_true",
+                        help="also carry the Debian packages of a site server (Orthanc, PostgreSQL, dcmtk); "
+                             "build on the server's Debian/Ubuntu release")
     args = parser.parse_args(argv)
     try:
         build(args.out, python=args.python, constraints=args.constraints,
               models=None if args.no_models else args.models, pip_args=args.pip_arg,
-              force=args.force, tar=args.tar)
+              force=args.force, tar=args.tar, site_server=args.site_server)
     except BuildError as exc:
         print(f"build_bundle: {exc}", file=sys.stderr)
         return 1

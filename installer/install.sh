@@ -3,6 +3,7 @@
 # the wheelhouse beside this script (pip --no-index), checked against SHA256SUMS first.
 #
 #   ./install.sh [--prefix DIR] [--python PY] [--no-desktop] [--no-selfcheck]
+#   sudo ./install.sh --site-server [--simulate] [same options]
 #
 # Installs into PREFIX (default ~/.local/opt/mammotriage):
 #   PREFIX/venv/           the Python environment
@@ -10,7 +11,11 @@
 #   PREFIX/bin/mammotriage the launcher (sets MAMMOTRIAGE_MODEL to the shipped model)
 # and a desktop entry in ${XDG_DATA_HOME:-~/.local/share}/applications (not with
 # --no-desktop), then runs the self-check (decode a demo, load the model with its hash
-# check, run one inference). Exit status: 0 installed and checked, 1 failed, 2 bad use.
+# check, run one inference). With --site-server (a bundle built with --site-server, as
+# root, on the Debian/Ubuntu release it was built on) it first installs the site
+# server's Debian packages from site-debs/ (Orthanc, its DICOMweb plugin, PostgreSQL,
+# dcmtk) with apt and no package source; --simulate only checks that they would install.
+# Exit status: 0 installed and checked, 1 failed, 2 bad use.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,10 +23,12 @@ PREFIX="${HOME}/.local/opt/mammotriage"
 PYTHON=""
 DESKTOP=1
 SELFCHECK=1
+SITE=0
+SIMULATE=0
 
 say() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit "${2:-1}"; }
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,6 +38,8 @@ while [ $# -gt 0 ]; do
     --python=*) PYTHON="${1#*=}"; shift ;;
     --no-desktop) DESKTOP=0; shift ;;
     --no-selfcheck) SELFCHECK=0; shift ;;
+    --site-server) SITE=1; shift ;;
+    --simulate) SIMULATE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown option: $1" 2 ;;
   esac
@@ -38,6 +47,7 @@ done
 
 [ -f "$HERE/bundle.json" ] || die "bundle.json not found beside install.sh: run install.sh from an unpacked bundle"
 [ -d "$HERE/wheelhouse" ] || die "wheelhouse/ not found beside install.sh: the bundle is incomplete"
+[ "$SIMULATE" = 0 ] || [ "$SITE" = 1 ] || die "--simulate goes with --site-server" 2
 
 # --- 1. Python of the version the wheels were built for -------------------------
 field() {  # field NAME: a top-level string/bool field of bundle.json (no Python needed yet)
@@ -93,11 +103,39 @@ for line in (root / "SHA256SUMS").read_text().splitlines():
         print(f"  {name}: {exc.strerror}", file=sys.stderr); bad += 1; continue
     if h.hexdigest() != digest:
         print(f"  {name}: checksum mismatch", file=sys.stderr); bad += 1
-extra = [p for p in (root / "wheelhouse").glob("*") if p.relative_to(root).as_posix() not in listed]
+extra = [p for folder in ("wheelhouse", "site-debs") for p in (root / folder).glob("*")
+         if p.relative_to(root).as_posix() not in listed]
 for p in extra:
     print(f"  {p.relative_to(root)}: not part of the bundle", file=sys.stderr); bad += 1
 sys.exit(1 if bad else 0)
 EOF
+
+# --- 2b. The site server's Debian packages (--site-server) ----------------------
+if [ "$SITE" = 1 ]; then
+  SITE_RELEASE=$(field site_release)
+  [ -n "$SITE_RELEASE" ] && [ "$SITE_RELEASE" != "null" ] && [ -d "$HERE/site-debs" ] \
+    || die "this bundle carries no site server packages: build it with installer/build_bundle.py --site-server" 2
+  HAVE_RELEASE=$(. /etc/os-release 2>/dev/null && printf '%s %s' "${ID:-}" "${VERSION_ID:-}")
+  [ "$HAVE_RELEASE" = "$SITE_RELEASE" ] \
+    || die "the site packages are for $SITE_RELEASE but this system is ${HAVE_RELEASE:-unknown}: build the bundle on the server's release" 2
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: the site packages need a Debian/Ubuntu system" 2
+  # No package source at all: apt sees what is installed and the files given, nothing else.
+  APT=(apt-get -q -o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts=/dev/null
+       install --no-install-recommends)
+  DEBS=("$HERE"/site-debs/*.deb)
+  if [ "$SIMULATE" = 1 ]; then
+    say "checking that the ${#DEBS[@]} site server packages install here (apt --simulate, nothing changed)"
+    PLAN=$("${APT[@]}" --simulate "${DEBS[@]}" 2>&1) || { printf '%s\n' "$PLAN" | tail -n 25 >&2; die "apt finds no way to install the site packages here (above)"; }
+    NEW=$(printf '%s\n' "$PLAN" | grep -c '^Inst ' || true)
+    say "site server packages: $NEW to install or upgrade, the rest present; nothing was changed"
+    exit 0
+  fi
+  [ "$(id -u)" = 0 ] || die "--site-server installs system packages: run it as root (sudo ./install.sh --site-server)" 2
+  say "installing the site server's Debian packages (${#DEBS[@]} files, no package source)"
+  DEBIAN_FRONTEND=noninteractive "${APT[@]}" -y "${DEBS[@]}" \
+    || die "apt could not install the site packages (output above)"
+  say "site server packages installed; Debian's own orthanc and postgresql services may have started on their default ports (4242, 8042, 5432): the site runs its own servers (mammotriage site init/start), so stop them if unused (systemctl disable --now orthanc postgresql)"
+fi
 
 # --- 3. Environment, offline ---------------------------------------------------
 MARKER="$PREFIX/.mammotriage-install"

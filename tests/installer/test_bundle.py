@@ -174,3 +174,75 @@ def test_build_wheelhouse_and_install_offline_then_selfcheck(tmp_path: Path) -> 
     finally:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(prefix, ignore_errors=True)
+
+
+def _debian_release() -> str:
+    if not (shutil.which("apt-get") and shutil.which("apt-cache") and shutil.which("dpkg-deb")):
+        pytest.skip("apt and dpkg are needed for the site server's packages")
+    return _load_build_bundle().os_release()
+
+
+def _site_bundle(root: Path, debs: Path, release: str) -> Path:
+    """A fake bundle (no real wheels) carrying the real site-debs/ folder."""
+    bundle = _fake_bundle(root, python=f"{sys.version_info.major}.{sys.version_info.minor}")
+    shutil.copytree(debs, bundle / "site-debs")
+    info = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "bundle.json").write_text(json.dumps({**info, "site_release": release}, indent=2) + "\n")
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(bundle).as_posix()}"
+             for p in sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != "SHA256SUMS")]
+    (bundle / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return bundle
+
+
+@pytest.mark.slow
+def test_the_site_server_packages_install_on_a_minimal_system_with_no_package_source(tmp_path: Path) -> None:
+    """`build_bundle.py --site-server` carries Orthanc, its DICOMweb plugin, PostgreSQL and
+    dcmtk with what a minimal system of the release lacks; `install.sh --site-server
+    --simulate` on such a system (its dpkg status: the essential and required packages and
+    their dependencies), with the network cut and no package source, finds every package
+    among the files; without one of them it says apt finds no way."""
+    release = _debian_release()
+    bb = _load_build_bundle()
+    try:
+        listed = bb.site_debs(tmp_path / "debs")
+    except bb.BuildError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no Debian package source reachable here: {exc}")
+    names = {d["package"] for d in listed}
+    assert {"orthanc", "orthanc-dicomweb", "dcmtk", "libpq5"} <= names and any(
+        n.startswith("postgresql-1") for n in names), sorted(names)
+    assert all((tmp_path / "debs" / Path(d["file"]).name).is_file() for d in listed)
+    base, status = bb.minimal_status()
+    assert "libc6" in base and "dpkg" in base and "orthanc" not in base
+    minimal = tmp_path / "status"
+    minimal.write_text(status)
+    apt_conf = tmp_path / "apt.conf"
+    apt_conf.write_text(f'Dir::State::status "{minimal}";\n')  # what a minimal server has installed
+    cut, env = _offline_prefix()
+    env["APT_CONFIG"] = str(apt_conf)
+
+    bundle = _site_bundle(tmp_path / "ok", tmp_path / "debs", release)
+    r = _install(bundle, "--site-server", "--simulate", "--python", _base_python(), env=env, prefix=cut)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    installs = int(r.stdout.split("site server packages: ")[1].split()[0])
+    assert installs >= len(listed) - 5, r.stdout  # nearly every carried file is new to a minimal system
+
+    (tmp_path / "debs" / next(Path(d["file"]).name for d in listed if d["package"] == "libpq5")).unlink()
+    lacking = _site_bundle(tmp_path / "lacking", tmp_path / "debs", release)
+    r = _install(lacking, "--site-server", "--simulate", "--python", _base_python(), env=env, prefix=cut)
+    assert r.returncode == 1 and "apt finds no way to install the site packages" in r.stderr, r.stderr[-2000:]
+    assert "libpq5" in r.stderr
+
+    other = _site_bundle(tmp_path / "other", tmp_path / "debs", "debian 99")
+    r = _install(other, "--site-server", "--simulate", "--python", _base_python(), env=env, prefix=cut)
+    assert r.returncode == 2 and "are for debian 99 but this system is" in r.stderr
+
+
+def test_site_server_options_are_refused_where_they_cannot_work(tmp_path: Path) -> None:
+    bundle = _fake_bundle(tmp_path, python=f"{sys.version_info.major}.{sys.version_info.minor}")
+    r = _install(bundle, "--simulate", "--python", _base_python())
+    assert r.returncode == 2 and "--simulate goes with --site-server" in r.stderr
+    r = _install(bundle, "--site-server", "--python", _base_python(), "--prefix", str(tmp_path / "p"))
+    assert r.returncode == 2 and "carries no site server packages" in r.stderr
+    assert not (tmp_path / "p").exists()
