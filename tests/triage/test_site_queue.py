@@ -199,7 +199,7 @@ def test_a_worker_busy_with_the_old_image_set_has_its_result_discarded(queue: Si
     assert queue.enqueue("B1", model, images=_images("2.1", "2.2", "2.3")) is True  # while it runs
     assert not queue.heartbeat(busy)  # the busy worker learns its claim is void
     late = queue.complete(busy, {"views": 2})
-    assert not late.stored and "discarded" in late.reason and "new images after it was running" in late.reason
+    assert not late.stored and "discarded: the study received new images (revision 0 -> 1)" in late.reason
     assert queue.result("B1", model) is None
     fresh = queue.claim("w-fresh", 30, model)
     assert fresh is not None and fresh.revision == 1

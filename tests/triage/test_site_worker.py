@@ -434,6 +434,36 @@ def test_a_study_that_receives_a_late_view_after_triage_is_triaged_again_once(
             watcher.close()
 
 
+def test_a_study_whose_image_set_cannot_be_listed_is_queued_without_it_and_the_feed_goes_on(
+        site_dir: Path, tmp_path: Path) -> None:
+    """Review finding: the image-set check raised for a study the archive cannot list (a
+    Study Instance UID over 64 characters in Orthanc's feed), and the watcher retried that
+    same study forever: no later study was ever queued. Now such a study is queued
+    without a set (its triage says why) and the next one is queued too; an archive that
+    is away still stops the pass (ConnectionError: the study is offered again)."""
+    from mammotriage.net.dicomweb import InstanceCache
+    from mammotriage.net.site_io import DicomWebExamSource
+    from mammotriage.triage.site_queue import SiteQueue
+    from mammotriage.triage.site_worker import enqueue_stable
+
+    cluster, orthanc, _ = site.load_site(site_dir)
+    sha = hashlib.sha256(b"a model of the unlistable-study test").hexdigest()
+    bad, good = "1." + "2" * 70, "1.2.826.0.1.3680043.10.993.1"
+    with DicomWebArchive.for_server(orthanc, tmp_path / "cache", 1 << 20) as archive, \
+            SiteQueue(cluster.dsn("mt_worker")) as queue:
+        source = DicomWebExamSource(archive)
+        assert source.image_set(bad) is None
+        assert enqueue_stable(queue, [bad, good], sha, images_of=source.image_set) == 2
+        job = queue.job(bad, sha)
+        assert job is not None and job["images"] is None and queue.job(good, sha)["images"] is not None
+        while (taken := queue.claim("w-none", 30, sha)) is not None:  # not left pending for the next test
+            queue.fail(taken, "the test's own job")
+    away = DicomWebExamSource(DicomWebArchive(f"http://127.0.0.1:{free_port()}", None,
+                                              InstanceCache(tmp_path / "c2", 1 << 20), timeout_s=2))
+    with pytest.raises(ConnectionError):
+        away.image_set(good)
+
+
 def test_the_command_names_a_folder_that_is_not_a_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mammotriage.cli import main
 

@@ -45,11 +45,19 @@ class DicomWebExamSource:
     def __init__(self, archive: DicomWebArchive) -> None:
         self.archive = archive
 
-    def image_set(self, exam_key: str) -> str:
+    def image_set(self, exam_key: str) -> str | None:
         """:func:`~mammotriage.digest.image_set_digest` of the study's images in the archive
-        now (results left out: storing a result into the study does not change it).
-        Raises :class:`DicomWebError` when the archive cannot answer."""
-        instances = self.archive.find_instances(exam_key)
+        now (results left out: storing a result into the study does not change it); None
+        when the archive answers but the study cannot be listed (an invalid UID, an answer
+        over the limits: the job is queued without a set, and its triage says why).
+        Raises :class:`ConnectionError` when the archive is away (the study is offered again)."""
+        try:
+            instances = self.archive.find_instances(exam_key)
+        except DicomWebError as exc:
+            if _away(exc):
+                raise ConnectionError(str(exc)) from None
+            log.warning("study %s: its image set is not known (%s); queued without it", exam_key, exc)
+            return None
         return image_set_digest(i.sop_uid for i in instances
                                 if not (i.sop_class_uid or "").startswith(RESULT_SOP_CLASS_PREFIXES))
 

@@ -702,10 +702,13 @@ class LockRules:
             if held is not None and held.reader != reader:
                 return LockResult(False, held)
             lock = Lock(exam_key, reader, self.workstation, _iso(t), _iso(t + _dt.timedelta(seconds=self.lease_s)))
-            self.backend.write("INSERT INTO reading_locks (exam_key, reader, workstation, action, at, expires_at) "
-                               "VALUES (?, ?, ?, 'take', ?, ?)",
-                               (exam_key, reader, self.workstation, lock.at, lock.expires_at))
+            self._insert(exam_key, reader, "take", lock.at, lock.expires_at)
         return LockResult(True, lock)
+
+    def _insert(self, exam_key: str, reader: str, action: str, at: str, expires_at: str) -> None:
+        """One take or release row (the site's locks add the reader's sign-in)."""
+        self.backend.write("INSERT INTO reading_locks (exam_key, reader, workstation, action, at, expires_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", (exam_key, reader, self.workstation, action, at, expires_at))
 
     def release(self, exam_key: str, reader: str, now: _dt.datetime | None = None) -> bool:
         """Give the exam back; False when ``reader`` did not hold it (nothing written)."""
@@ -714,8 +717,7 @@ class LockRules:
             held = _live(self._latest(exam_key), t)
             if held is None or held.reader != reader:
                 return False
-            self.backend.write("INSERT INTO reading_locks (exam_key, reader, workstation, action, at, expires_at) "
-                               "VALUES (?, ?, ?, 'release', ?, '')", (exam_key, reader, self.workstation, _iso(t)))
+            self._insert(exam_key, reader, "release", _iso(t), "")
         return True
 
 

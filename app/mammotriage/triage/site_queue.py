@@ -78,8 +78,9 @@ class SiteQueue(PgConnected):
             raise ValueError(f"images must be a lower-case sha256, got {images!r}")
         with self.conn.transaction():
             cur = self.conn.execute(
-                "INSERT INTO triage_jobs (exam_key, model_sha256, priority, images) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (exam_key, model_sha256) DO NOTHING", (exam_key, model_sha256, priority, images))
+                "INSERT INTO triage_jobs (exam_key, model_sha256, priority, images, images_at) "
+                "VALUES (%s, %s, %s, %s, CASE WHEN %s::text IS NULL THEN NULL ELSE clock_timestamp() END) "
+                "ON CONFLICT (exam_key, model_sha256) DO NOTHING", (exam_key, model_sha256, priority, images, images))
             if cur.rowcount == 1:
                 return True
             if images is None:
@@ -91,13 +92,14 @@ class SiteQueue(PgConnected):
                 return False
             if row["images"] is None or row["status"] in ("pending", "superseded"):
                 # not compared before (or the job will fetch the study as it is now): recorded only
-                self.conn.execute("UPDATE triage_jobs SET images = %s WHERE exam_key = %s AND model_sha256 = %s",
-                                  (images, exam_key, model_sha256))
+                self.conn.execute("UPDATE triage_jobs SET images = %s, images_at = clock_timestamp() "
+                                  "WHERE exam_key = %s AND model_sha256 = %s", (images, exam_key, model_sha256))
                 return False
             revision = int(row["revision"]) + 1
             self.conn.execute(
                 """
-                UPDATE triage_jobs SET status = 'pending', images = %(images)s, revision = %(rev)s,
+                UPDATE triage_jobs SET status = 'pending', images = %(images)s, images_at = clock_timestamp(),
+                       revision = %(rev)s,
                        priority = GREATEST(priority, %(priority)s), enqueued_at = clock_timestamp(),
                        claim_token = NULL, lease_until = NULL, attempts = 0, finished_at = NULL,
                        reason = %(why)s
@@ -168,13 +170,13 @@ class SiteQueue(PgConnected):
         payload = json.dumps(result, sort_keys=True, allow_nan=False)
         with self.conn.transaction():
             row = self.conn.execute(
-                "SELECT status, claim_token::text AS token, claimed_by, revision, reason FROM triage_jobs "
+                "SELECT status, claim_token::text AS token, claimed_by, revision FROM triage_jobs "
                 "WHERE id = %s FOR UPDATE", (job.id,)).fetchone()
             if row is None:
                 return Completion(False, f"job {job.id} does not exist")
             if int(row["revision"]) != job.revision:
-                return Completion(False, f"result of {job.worker_id} for {job.exam_key} discarded: "
-                                         f"{row['reason'] or 'the study received new images'}")
+                return Completion(False, f"result of {job.worker_id} for {job.exam_key} discarded: the study "
+                                         f"received new images (revision {job.revision} -> {row['revision']})")
             if row["status"] != "running" or row["token"] != job.claim_token:
                 now = (f"claimed by {row['claimed_by']}" if row["status"] == "running"
                        else f"{row['status']}")

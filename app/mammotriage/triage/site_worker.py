@@ -94,13 +94,14 @@ class JobOutcome:
 
 def enqueue_stable(queue: SiteQueue, studies: Iterable[str], model_sha256: str,
                    on_new: Callable[[str], None] | None = None,
-                   images_of: Callable[[str], str] | None = None) -> int:
+                   images_of: Callable[[str], str | None] | None = None) -> int:
     """One job per stable study for the model. Idempotent for one image set: a study the
     archive declares stable again after the results were stored into it is not queued
     twice; with ``images_of`` (a study's :func:`~mammotriage.digest.image_set_digest` in
     the archive now) a study that received new images is queued again
-    (:meth:`SiteQueue.enqueue`). An exception of ``images_of`` (the archive away) stops
-    the pass: the study is offered again. Returns the number of jobs queued."""
+    (:meth:`SiteQueue.enqueue`; None: the set is not known, nothing compared). An
+    exception of ``images_of`` (the archive away) stops the pass: the study is offered
+    again. Returns the number of jobs queued."""
     new = 0
     for study_uid in studies:
         images = images_of(study_uid) if images_of is not None else None
@@ -316,8 +317,8 @@ class SiteWorker:
             outcome.status = "discarded"
             now = self.queue.job(job.exam_key, job.model_sha256) or {}
             if int(now.get("revision") or 0) != job.revision:
-                outcome.reason = (f"result of {self.worker_id} for {job.exam_key} discarded: "
-                                  f"{now.get('reason') or 'the study received new images'}")
+                outcome.reason = (f"result of {self.worker_id} for {job.exam_key} discarded: the study received "
+                                  f"new images (revision {job.revision} -> {now.get('revision')})")
             else:
                 outcome.reason = (f"late result of {self.worker_id} for {job.exam_key} discarded: its lease ran "
                                   "out and the job went to another worker")

@@ -94,9 +94,6 @@ if TYPE_CHECKING:
     from mammotriage.viewer.double_feed import DoubleReadingFeed
 
 P = ParamSpec("P")  # the arguments of a correction (MainWindow._record)
-#: Seconds a call of the window on the site server may wait before it is cut and refused
-#: as away (double reading's checked appends and soft locks; store.pg.double_reading).
-SITE_CALL_S = 3.0
 
 
 def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str, sink: OutboxSink) -> str:
@@ -187,6 +184,7 @@ class MainWindow(QMainWindow):
             # worklist's states and locks are read on the feed's thread, and a server that
             # stops answering costs a call of the window at most SITE_CALL_S, once
             from mammotriage.store.pg.double_reading import (
+                SITE_CALL_S,
                 ServerWatch,
                 SiteDoubleReadingLog,
                 SiteReadingLocks,
@@ -995,11 +993,11 @@ class MainWindow(QMainWindow):
         another reader holds it, say who (the lock is advisory: the exam still opens)."""
         if self.locks is None:
             return
+        if self.current is not None and self.current.exam_key != exam_key:
+            self._release_or_renew(self.current.exam_key)  # a refusal is said; the take goes on
         try:
-            if self.current is not None and self.current.exam_key != exam_key:
-                self.locks.release(self.current.exam_key, self.reader)
             taken = self.locks.take(exam_key, self.reader)
-        except StoreUnreachable as exc:
+        except CorrectionError as exc:  # the server away (StoreUnreachable) or refusing it (accounts)
             self.show_status(f"opened without the lock: {exc}")
             self.log_line(f"soft lock not taken: {exc}")
             return
@@ -1034,7 +1032,7 @@ class MainWindow(QMainWindow):
                 self.locks.take(exam_key, self.reader)
             else:
                 self.locks.release(exam_key, self.reader)
-        except StoreUnreachable as exc:
+        except CorrectionError as exc:  # the server away (StoreUnreachable) or refusing it (accounts)
             self.show_status(f"soft lock not {'renewed' if renew else 'released'}: {exc}")
 
     def accept_selected(self) -> None:
@@ -1330,7 +1328,7 @@ class MainWindow(QMainWindow):
         self.log_line(said)
         if not name:
             return
-        for log in (self.site_log, self.corrections_log, self.history_log):
+        for log in (self.site_log, self.corrections_log, self.history_log, self.locks):
             tokens = getattr(log, "sign_ins", None)
             if isinstance(tokens, dict):
                 if token:

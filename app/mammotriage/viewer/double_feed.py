@@ -57,6 +57,7 @@ class DoubleReadingFeed:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="double-reading-feed", daemon=True)
+        watch.add_listener(self.poke)  # a call of the window found the server away: read again now
 
     def start(self) -> DoubleReadingFeed:
         self._thread.start()

@@ -179,9 +179,10 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
         return str(model.weights_sha256)
 
     def watch(watcher: StableStudyWatcher) -> None:
-        own = archive.twin()  # this thread's own client
-        images = DicomWebExamSource(own)
+        own = None
         try:
+            own = archive.twin()  # this thread's own client
+            images = DicomWebExamSource(own)
             with SiteQueue(dsn) as queue:
                 while not stop.is_set():
                     studies = watcher.follow(stop, on_error=lambda e: say(f"watcher: {e}"))
@@ -192,8 +193,12 @@ def cmd_site_worker(args: argparse.Namespace) -> int:
                         say(f"watcher: cannot queue: {type(exc).__name__}: {exc}; retrying")
                         queue.close()
                         stop.wait(5.0)
+        except Exception as exc:  # said, not a silent end of the thread
+            say(f"watcher stopped: {type(exc).__name__}: {exc}")
+            raise
         finally:
-            own.close()
+            if own is not None:
+                own.close()
 
     say(f"site-worker {worker_id}: model {model.version} ({model.weights_sha256[:12]}...; "
         + ("pinned by --model" if follower is None else "following the site's active model") + f"), {where}")

@@ -170,3 +170,41 @@ def test_a_password_never_reaches_the_servers_log(cluster) -> None:
         for role in ("mt_admin", "mt_workstation", "mt_worker", reader_role("dr_logged")):
             stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()[0]
             assert stored.startswith("SCRAM-SHA-256$")
+
+
+def test_a_soft_lock_is_taken_only_under_its_readers_sign_in(cluster) -> None:
+    """Before, a workstation could show "being read by dr_a" for any name it gave: the
+    lock's reader was not checked against a sign-in, even where the site requires accounts."""
+    from mammotriage.store.events import CorrectionError
+    from mammotriage.store.pg.double_reading import SiteReadingLocks
+
+    def stored(exam: str) -> list[dict]:
+        with connect(cluster.dsn("mt_admin")) as conn:
+            return [dict(r) for r in conn.execute(
+                "SELECT reader, action, account, session_token FROM reading_locks WHERE exam_key = %s ORDER BY id",
+                (exam,)).fetchall()]
+
+    a = sign_in(_as(cluster, "dr_a", "password of dr a"), "ws-7")
+    with SiteReadingLocks(cluster.dsn("mt_workstation"), "ws-7") as locks:
+        assert locks.take("Exam-L1", "dr_c").granted  # no sign-in, accounts not required: taken, no account
+        locks.sign_ins["dr_a"] = a.token
+        assert locks.take("Exam-L2", "dr_a").granted and locks.release("Exam-L2", "dr_a")
+        locks.sign_ins["dr_b"] = a.token  # dr_a's sign-in offered for dr_b
+        with pytest.raises(CorrectionError, match="taken as dr_b under the site sign-in of dr_a"):
+            locks.take("Exam-L3", "dr_b")
+        locks.sign_ins["dr_b"] = "0" * 64
+        with pytest.raises(CorrectionError, match="unknown site sign-in"):
+            locks.take("Exam-L3", "dr_b")
+        with SiteAccounts(cluster.dsn("mt_admin"), cluster.dsn(SUPERUSER)) as accounts:
+            accounts.require(True, "admin")
+            try:
+                with pytest.raises(CorrectionError, match="requires readers to sign in"):
+                    locks.take("Exam-L4", "dr_c")
+                assert locks.take("Exam-L4", "dr_a").granted  # signed in: taken
+            finally:
+                accounts.require(False, "admin")
+    assert stored("Exam-L1") == [{"reader": "dr_c", "action": "take", "account": None, "session_token": None}]
+    assert [(r["action"], r["account"], r["session_token"]) for r in stored("Exam-L2")] == [
+        ("take", "dr_a", None), ("release", "dr_a", None)]
+    assert stored("Exam-L3") == []
+    assert [r["reader"] for r in stored("Exam-L4")] == ["dr_a"]

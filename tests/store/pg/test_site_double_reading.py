@@ -354,3 +354,33 @@ def test_a_server_that_stops_answering_costs_a_window_one_deadline_then_nothing(
         assert locks.take(key, "ann").granted
         log.append(reader="ann", exam_key=key, action="note", payload={"text": "after"})
         assert [e.payload["text"] for e in log.events(exam_key=key)] == ["before", "after"]
+
+
+def test_an_exam_held_elsewhere_is_refused_as_busy_and_does_not_mark_the_server_away(
+        site_cluster: PgCluster) -> None:
+    """Review finding: with the window's deadline equal to the exam lock's wait, the cut
+    came first, so a busy exam read as a server that was away and the window's other
+    calls were refused. The window's deadline is now above LOCK_WAIT_S."""
+    from mammotriage.store.pg.double_reading import (
+        EXAM_LOCK,
+        SITE_CALL_S,
+        ServerWatch,
+        SiteReadingLocks,
+    )
+
+    deadline = SITE_CALL_S  # the window's
+    watch = ServerWatch()
+    key = "1.2.826.0.1.3680043.10.995.2"
+    holder = psycopg.connect(site_cluster.dsn("mt_workstation"))
+    try:
+        with SiteReadingLocks(site_cluster.dsn("mt_workstation"), "ws-busy", deadline_s=deadline,
+                              watch=watch) as locks:
+            holder.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (EXAM_LOCK, key))
+            with pytest.raises(StoreUnreachable, match="being changed on another workstation"):
+                locks.take(key, "ann")
+            assert watch.away is None  # the server answered: nothing else is refused
+            assert locks.take("1.2.826.0.1.3680043.10.995.3", "ann").granted
+            holder.rollback()
+            assert locks.take(key, "ann").granted
+    finally:
+        holder.close()

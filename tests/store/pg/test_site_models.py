@@ -142,3 +142,46 @@ def test_a_stale_queue_move_does_nothing_and_versions_are_plain_and_once(cluster
         assert worker.move_pending(e) == {"superseded": 0, "queued": 0}   # E is no longer active
         assert worker.move_pending(f)["superseded"] >= 0
     assert [j["status"] for j in _jobs(cluster, "WHERE exam_key = 'S1'")] == ["pending"]
+
+
+def test_a_queue_move_carries_the_exams_newest_image_set(cluster) -> None:
+    """Review findings: a late view queued under the model before a promotion was lost
+    when the new model had already triaged the exam on fewer images (its done job was
+    kept as it was), and a job revived by a promotion kept the image set it was queued
+    with, not the one recorded since under the other model."""
+    from mammotriage.digest import image_set_digest
+    from mammotriage.triage.site_queue import SiteQueue
+
+    x, y = image_set_digest(["9.1"]), image_set_digest(["9.1", "9.2"])
+
+    def claim(exam: str, model: str) -> Any:
+        """The job of ``exam`` (the earlier tests' exams, moved to this model too, done on the way)."""
+        while (job := queue.claim("w", 30, model)) is not None and job.exam_key != exam:
+            queue.complete(job, {})
+        return job
+
+    with SiteModels(cluster.dsn("mt_admin")) as models, SiteQueue(cluster.dsn("mt_worker")) as queue:
+        c, d = _publish(models, "R-C", "7.0.0"), _publish(models, "R-D", "7.1.0")
+        models.promote(c, "lead", "c", retriage=False)
+        assert queue.enqueue("R1", c, images=x)
+        job = claim("R1", c)
+        assert job is not None and queue.complete(job, {"on": "x"}).stored
+        models.promote(d, "lead", "d", retriage=False)
+        assert queue.enqueue("R1", d, images=x)  # D triages R1 on X too
+        job = claim("R1", d)
+        assert job is not None and queue.complete(job, {"on": "x"}).stored
+        models.rollback("lead", "back to C", retriage=False)
+        assert queue.enqueue("R1", c, images=y)  # a late view while C runs: C's job again
+        assert queue.enqueue("R2", c, images=x)
+        models.promote(d, "lead", "d again", retriage=False)  # C's pending jobs move to D
+        r1 = queue.job("R1", d)
+        assert r1 is not None and r1["status"] == "pending" and r1["revision"] == 1 and r1["images"] == y
+        assert "new images after it was done" in r1["reason"]
+        r2 = queue.job("R2", d)
+        assert r2 is not None and r2["status"] == "pending" and r2["images"] == x
+
+        models.rollback("lead", "C once more", retriage=False)  # D's pending R2 superseded, C's R2 pending
+        assert not queue.enqueue("R2", c, images=y)  # pending: the newer set is recorded on C's job
+        models.promote(d, "lead", "d a third time", retriage=False)  # D's R2 revived
+        r2 = queue.job("R2", d)
+        assert r2 is not None and r2["status"] == "pending" and r2["revision"] == 0 and r2["images"] == y

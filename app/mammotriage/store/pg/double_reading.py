@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -64,9 +64,9 @@ from mammotriage.store.events import (
     events_query,
 )
 from mammotriage.store.pg.events import SERVER_AWAY, TOKEN, PgConnected, SiteCorrectionLog
-from mammotriage.store.pg.schema import READING_LOCKS_VERSION
+from mammotriage.store.pg.schema import LOCK_ACCOUNTS_VERSION, READING_LOCKS_VERSION
 
-__all__ = ["EXAM_LOCK", "LOCK_WAIT_S", "PgBackend", "ServerWatch", "SiteDoubleReading", "SiteDoubleReadingLog",
+__all__ = ["EXAM_LOCK", "LOCK_WAIT_S", "SITE_CALL_S", "PgBackend", "ServerWatch", "SiteDoubleReading", "SiteDoubleReadingLog",
            "SiteReadingLocks"]
 
 #: First key of ``pg_advisory_xact_lock(EXAM_LOCK, hashtext(exam_key))``: one exam's
@@ -77,6 +77,11 @@ EXAM_LOCK = 0x4D54_0003
 #: (a change holds the exam a few milliseconds; a client that holds it longer is stalled,
 #: and the reader's window must not wait on it).
 LOCK_WAIT_S = 3.0
+#: Seconds a call of a reader's window on the site server may wait before it is cut and
+#: refused as away (its double-reading log and soft locks): longer than an exam's lock is
+#: waited for, so that a busy exam is refused as "being changed on another workstation",
+#: not as a server that is away.
+SITE_CALL_S = LOCK_WAIT_S + 2.0
 _CACHED_READS = 32
 _AWAY: tuple[type[Exception], ...] = (StoreUnreachable, *SERVER_AWAY)
 
@@ -93,6 +98,12 @@ class ServerWatch:
         self._lock = threading.Lock()
         self._away: str | None = None
         self._since = 0.0
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, call: Callable[[], None]) -> None:
+        """``call()`` each time the server is found away (the probe reads again at once:
+        a call that was only slow does not keep the window's calls refused long)."""
+        self._listeners.append(call)
 
     @property
     def away(self) -> str | None:
@@ -102,9 +113,13 @@ class ServerWatch:
 
     def down(self, why: str) -> None:
         with self._lock:
-            if self._away is None:
+            fresh = self._away is None
+            if fresh:
                 self._since = time.time()
             self._away = why
+        if fresh:
+            for call in list(self._listeners):
+                call()
 
     def up(self) -> None:
         with self._lock:
@@ -146,8 +161,14 @@ class PgBackend:
 
     @contextmanager
     def _away(self) -> Iterator[None]:
-        outer = self._depth == 0
-        if outer and self.watch is not None and not self.probe:
+        if self._depth:  # inside another call of this backend: the outer call handles it all
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        if self.watch is not None and not self.probe:
             refused = self.watch.refusal(self.where)
             if refused is not None:
                 raise StoreUnreachable(refused)
@@ -158,7 +179,7 @@ class PgBackend:
         stale = conn is not None and not conn.closed
         cut = threading.Event()
         timer = None
-        if outer and self.deadline_s is not None:
+        if self.deadline_s is not None:
             def on_deadline() -> None:
                 cut.set()  # before the cut: the call it ends reads it at once
                 if not self.owner.cut():
@@ -166,7 +187,7 @@ class PgBackend:
             timer = threading.Timer(self.deadline_s, on_deadline)
             timer.daemon = True
             timer.start()
-        self._depth += 1
+        self._depth = 1
         try:
             yield
         except SERVER_AWAY as exc:
@@ -174,7 +195,7 @@ class PgBackend:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if cut.is_set():
                 first = f"it did not answer within {self.deadline_s:g} s"
-            if self.watch is not None and outer and (cut.is_set() or not stale):
+            if self.watch is not None and (cut.is_set() or not stale):
                 self.watch.down(first)
             raise StoreUnreachable(f"{self.where} cannot be reached ({first}): nothing was read or recorded") from exc
         except psycopg.errors.UndefinedTable as exc:  # a site database from before reading_locks
@@ -183,17 +204,15 @@ class PgBackend:
                                    f"predates version {READING_LOCKS_VERSION}; upgrade the site database "
                                    "(`mammotriage site start` on the site server runs its migrations)") from exc
         else:
+            if self.watch is not None:
+                self.watch.up()
+        finally:
+            self._depth = 0
             if timer is not None:
                 timer.cancel()
                 timer.join()
-                if cut.is_set():  # cut as it answered: the next call reconnects
+                if cut.is_set():  # cut as the call ended (answered or not): the next call reconnects
                     self.owner.close()
-            if self.watch is not None and outer:
-                self.watch.up()
-        finally:
-            self._depth -= 1
-            if timer is not None:
-                timer.cancel()
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._away(), self.owner.conn.cursor(row_factory=tuple_row) as cur:
@@ -324,3 +343,22 @@ class SiteReadingLocks(LockRules, PgConnected):
         self.workstation = workstation or socket.gethostname()
         self.lease_s = int(lease_s)
         self.backend = PgBackend(self, deadline_s=deadline_s, watch=watch, probe=probe)
+        #: reader -> site sign-in token (store.pg.accounts.sign_in): sent with their takes and releases
+        self.sign_ins: dict[str, str] = {}
+
+    def _insert(self, exam_key: str, reader: str, action: str, at: str, expires_at: str) -> None:
+        token = self.sign_ins.get(reader)
+        columns, values = "exam_key, reader, workstation, action, at, expires_at", [
+            exam_key, reader, self.workstation, action, at, expires_at]
+        if token:
+            columns, values = columns + ", session_token", [*values, token]
+        try:
+            self.backend.write(f"INSERT INTO reading_locks ({columns}) VALUES ({', '.join(['?'] * len(values))})",
+                               values)
+        except (psycopg.IntegrityError, psycopg.DataError) as exc:  # the server refused it (site accounts)
+            raise CorrectionError(f"soft lock not recorded: the site refused it: "
+                                  f"{str(exc).strip().splitlines()[0]}") from exc
+        except psycopg.errors.UndefinedColumn as exc:  # a sign-in, but a site database from before version 9
+            raise CorrectionError(f"soft lock not recorded: the site database predates schema version "
+                                  f"{LOCK_ACCOUNTS_VERSION} (locks under sign-ins); upgrade it (`mammotriage site "
+                                  f"start` on the site server runs its migrations)") from exc

@@ -39,6 +39,23 @@ __all__ = ["RETRIAGE_PRIORITY", "SiteModelError", "SiteModelVersion", "SiteModel
 #: Priority of the jobs a promotion queues for exams already triaged by another model
 #: (new exams come first; :class:`~mammotriage.triage.site_queue.SiteQueue` claims by priority).
 RETRIAGE_PRIORITY = -1
+#: A job of the new model for an exam that already has one (site schema version 8): the
+#: exam's newest image set (``mt_newest_images``) differs from the one that job was
+#: done, running or failed on, so it is queued again under the next revision (as
+#: ``SiteQueue.enqueue`` does: a running claim is voided); a pending job records it.
+_NEW_IMAGES_ON_CONFLICT = """
+    ON CONFLICT (exam_key, model_sha256) DO UPDATE SET
+        images = EXCLUDED.images, images_at = clock_timestamp(), status = 'pending', finished_at = NULL,
+        revision = triage_jobs.revision + CASE WHEN triage_jobs.status = 'pending' THEN 0 ELSE 1 END,
+        attempts = CASE WHEN triage_jobs.status = 'pending' THEN triage_jobs.attempts ELSE 0 END,
+        claim_token = NULL, lease_until = NULL,
+        reason = CASE WHEN triage_jobs.status = 'pending' THEN triage_jobs.reason
+                      ELSE 'the study received new images after it was ' || triage_jobs.status
+                           || ': queued again (revision ' || (triage_jobs.revision + 1) || ')' END
+    WHERE EXCLUDED.images IS NOT NULL AND triage_jobs.images IS DISTINCT FROM EXCLUDED.images
+      AND (triage_jobs.status = 'pending'
+           OR (triage_jobs.images IS NOT NULL AND triage_jobs.status IN ('running', 'done', 'failed')))
+"""
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 #: A package version: it names a folder on every worker and workstation (no separators, no "..").
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -248,15 +265,19 @@ class SiteModels(PgConnected):
                 WITH sup AS (
                     UPDATE triage_jobs SET status = 'superseded', finished_at = clock_timestamp(), reason = %(why)s
                     WHERE status = 'pending' AND model_sha256 <> %(sha)s
-                    RETURNING exam_key, priority, images),
+                    RETURNING exam_key, priority),
                 rev AS (
-                    UPDATE triage_jobs SET status = 'pending', reason = NULL, finished_at = NULL
+                    UPDATE triage_jobs SET status = 'pending', reason = NULL, finished_at = NULL,
+                           images = COALESCE(mt_newest_images(exam_key), images), images_at = clock_timestamp()
                     WHERE model_sha256 = %(sha)s AND status = 'superseded' AND exam_key IN (SELECT exam_key FROM sup)
                     RETURNING exam_key),
                 ins AS (
-                    INSERT INTO triage_jobs (exam_key, model_sha256, priority, images)
-                    SELECT exam_key, %(sha)s, max(priority), max(images) FROM sup GROUP BY exam_key
-                    ON CONFLICT (exam_key, model_sha256) DO NOTHING
+                    INSERT INTO triage_jobs (exam_key, model_sha256, priority, images, images_at)
+                    SELECT exam_key, %(sha)s, max(priority), mt_newest_images(exam_key), clock_timestamp() FROM sup
+                    WHERE exam_key NOT IN (SELECT exam_key FROM triage_jobs
+                                           WHERE model_sha256 = %(sha)s AND status = 'superseded')
+                    GROUP BY exam_key
+                    """ + _NEW_IMAGES_ON_CONFLICT + """
                     RETURNING exam_key)
                 SELECT (SELECT count(*) FROM sup) AS superseded,
                        (SELECT count(*) FROM rev) + (SELECT count(*) FROM ins) AS queued
@@ -269,11 +290,12 @@ class SiteModels(PgConnected):
         again = 0
         if retriage:  # every exam this model has not triaged, below new work
             again = self.conn.execute(
-                "UPDATE triage_jobs SET status = 'pending', reason = NULL, finished_at = NULL, priority = %s "
+                "UPDATE triage_jobs SET status = 'pending', reason = NULL, finished_at = NULL, priority = %s, "
+                "images = COALESCE(mt_newest_images(exam_key), images), images_at = clock_timestamp() "
                 "WHERE model_sha256 = %s AND status = 'superseded'", (RETRIAGE_PRIORITY, sha)).rowcount
             again += self.conn.execute(
-                "INSERT INTO triage_jobs (exam_key, model_sha256, priority, images) "
-                "SELECT exam_key, %s, %s, max(images) FROM triage_jobs WHERE model_sha256 <> %s GROUP BY exam_key "
-                "ON CONFLICT (exam_key, model_sha256) DO NOTHING",
+                "INSERT INTO triage_jobs (exam_key, model_sha256, priority, images, images_at) "
+                "SELECT exam_key, %s, %s, mt_newest_images(exam_key), clock_timestamp() FROM triage_jobs "
+                "WHERE model_sha256 <> %s GROUP BY exam_key" + _NEW_IMAGES_ON_CONFLICT,
                 (sha, RETRIAGE_PRIORITY, sha)).rowcount
         return {**moved, "retriage": int(again)}

@@ -60,8 +60,13 @@ reader, made before it expired and sent within a week, and gets ``account``; wit
 token it is refused when the site requires accounts.
 Version 8, re-triage of a study that receives new images (:mod:`mammotriage.triage.site_queue`):
 ``triage_jobs.images`` (the sha256 of the study's image SOP Instance UIDs the job is
-for) and ``revision`` (raised each time new images queue a done, running or failed job
+for, recorded at ``images_at``; ``mt_newest_images(exam)`` is the last one recorded for
+an exam under any model) and ``revision`` (raised each time new images queue a done, running or failed job
 again); ``triage_results`` keeps one row per exam, model and revision.
+Version 9, soft locks under site accounts: ``reading_locks`` gets ``session_token``
+(never stored) and ``account``, and the BEFORE INSERT trigger ``reading_locks_account``
+checks a lock's reader against the sign-in as events are checked (a lock without one
+is refused where the site requires accounts).
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ import psycopg
 from mammotriage.store.audit import KEY_BYTES, AuditKey, Head
 from mammotriage.store.events import _FIELDS, GENESIS
 
-__all__ = ["CHAIN_LOCK", "MIGRATIONS", "READING_LOCKS_VERSION", "RETRIAGE_VERSION", "SCHEMA_VERSION", "SITE_MODELS_VERSION", "PgMigration", "migrate",
+__all__ = ["CHAIN_LOCK", "LOCK_ACCOUNTS_VERSION", "MIGRATIONS", "READING_LOCKS_VERSION", "RETRIAGE_VERSION", "SCHEMA_VERSION", "SITE_MODELS_VERSION", "PgMigration", "migrate",
            "schema_version"]
 
 #: ``pg_advisory_xact_lock`` keys: the chain's extension, and migrations.
@@ -617,6 +622,14 @@ _V8_RETRIAGE = PgMigration(
     name="triage: a study that receives new images after its job is triaged again (image set, revision)",
     steps=(
         "ALTER TABLE triage_jobs ADD COLUMN images TEXT CHECK (images IS NULL OR images ~ '^[0-9a-f]{64}$')",
+        "ALTER TABLE triage_jobs ADD COLUMN images_at TIMESTAMPTZ",  # when ``images`` was recorded
+        # the image set recorded last for an exam, whichever model's job holds it
+        """
+        CREATE FUNCTION mt_newest_images(exam TEXT) RETURNS TEXT LANGUAGE sql STABLE AS $fn$
+            SELECT images FROM triage_jobs WHERE exam_key = exam AND images IS NOT NULL
+            ORDER BY images_at DESC NULLS LAST, id DESC LIMIT 1
+        $fn$
+        """,
         "ALTER TABLE triage_jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0 CHECK (revision >= 0)",
         "ALTER TABLE triage_results ADD COLUMN revision INTEGER NOT NULL DEFAULT 0 CHECK (revision >= 0)",
         "ALTER TABLE triage_results DROP CONSTRAINT triage_results_pkey",
@@ -624,8 +637,57 @@ _V8_RETRIAGE = PgMigration(
     ),
 )
 
+_V9_LOCK_ACCOUNTS = PgMigration(
+    name="accounts: a soft lock is taken under its reader's site sign-in",
+    steps=(
+        "ALTER TABLE reading_locks ADD COLUMN session_token TEXT, ADD COLUMN account TEXT",
+        """
+        CREATE FUNCTION mt_account_lock() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            token TEXT := NEW.session_token;
+            what TEXT := format('soft lock on %s by %s', NEW.exam_key, NEW.reader);
+            holder TEXT;
+            until TIMESTAMPTZ;
+        BEGIN
+            NEW.session_token := NULL;  -- never stored
+            NEW.account := NULL;
+            IF token IS NULL AND mt_accounts_required() THEN
+                RAISE EXCEPTION '%: this site requires readers to sign in with a site account', what
+                    USING ERRCODE = 'check_violation';
+            ELSIF token IS NULL THEN
+                RETURN NEW;
+            END IF;
+            SELECT reader, expires_at INTO holder, until FROM mt_private.reader_sessions
+            WHERE token_sha256 = encode(sha256(convert_to(token, 'UTF8')), 'hex');
+            CASE
+                WHEN holder IS NULL THEN
+                    RAISE EXCEPTION '%: unknown site sign-in', what USING ERRCODE = 'check_violation';
+                WHEN holder <> NEW.reader THEN
+                    RAISE EXCEPTION 'soft lock on %: taken as % under the site sign-in of %', NEW.exam_key,
+                        NEW.reader, holder USING ERRCODE = 'check_violation';
+                WHEN NOT mt_reader_active(holder) THEN
+                    RAISE EXCEPTION '%: the site account is disabled', what USING ERRCODE = 'check_violation';
+                WHEN clock_timestamp() > until THEN
+                    RAISE EXCEPTION '%: the site sign-in expired (%)', what, until USING ERRCODE = 'check_violation';
+                ELSE
+                    NEW.account := holder;
+            END CASE;
+            RETURN NEW;
+        END
+        $fn$
+        """,
+        "REVOKE ALL ON FUNCTION mt_account_lock() FROM PUBLIC",
+        """
+        CREATE TRIGGER reading_locks_account BEFORE INSERT ON reading_locks
+        FOR EACH ROW EXECUTE FUNCTION mt_account_lock()
+        """,
+        "GRANT INSERT (session_token) ON reading_locks TO mt_workstation",
+    ),
+)
+
 MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED, _V5_READING_LOCKS,
-                                 _V6_SITE_MODELS, _V7_ACCOUNTS, _V8_RETRIAGE]
+                                 _V6_SITE_MODELS, _V7_ACCOUNTS, _V8_RETRIAGE, _V9_LOCK_ACCOUNTS]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The version that brought double reading's ``reading_locks`` (store.pg.double_reading).
 READING_LOCKS_VERSION = MIGRATIONS.index(_V5_READING_LOCKS) + 1
@@ -635,6 +697,8 @@ SITE_MODELS_VERSION = MIGRATIONS.index(_V6_SITE_MODELS) + 1
 ACCOUNTS_VERSION = MIGRATIONS.index(_V7_ACCOUNTS) + 1
 #: The version that brought re-triage of studies with new images (triage.site_queue).
 RETRIAGE_VERSION = MIGRATIONS.index(_V8_RETRIAGE) + 1
+#: The version that checks soft locks against site sign-ins (store.pg.double_reading).
+LOCK_ACCOUNTS_VERSION = MIGRATIONS.index(_V9_LOCK_ACCOUNTS) + 1
 
 
 class SchemaVersionError(RuntimeError):
