@@ -128,10 +128,7 @@ def site_debs(folder: Path, packages: tuple[str, ...] = SITE_DEBS) -> list[dict[
     folder.mkdir(parents=True, exist_ok=True)
     _say(f"downloading {len(wanted)} Debian packages for the site server "
          f"({len(names) - len(wanted)} of the closure are on every system of this release)")
-    proc = subprocess.run(["apt-get", "download", *wanted], cwd=folder, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise BuildError(f"apt-get download failed (exit {proc.returncode}): no package source reachable?\n{tail}")
+    _run(["apt-get", "download", *wanted], what="downloading them (a package source must be reachable)", cwd=folder)
     listed = _describe(folder)
     missing = sorted(set(wanted) - {d["package"] for d in listed})
     if missing:
@@ -143,10 +140,7 @@ def site_debs(folder: Path, packages: tuple[str, ...] = SITE_DEBS) -> list[dict[
         if not extra:
             break
         _say(f"also carrying {', '.join(extra)} (newer than this system's, needed by the others)")
-        proc = subprocess.run(["apt-get", "download", *extra], cwd=folder, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BuildError(f"apt-get download {' '.join(extra)} failed (exit {proc.returncode}): "
-                             f"{(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+        _run(["apt-get", "download", *extra], what="downloading them", cwd=folder)
         listed = _describe(folder)
     left = not_carried(check_site_debs(folder))
     if left:
@@ -196,9 +190,9 @@ def project_version(repo: Path = REPO) -> str:
     return str(data["project"]["version"])
 
 
-def _run(cmd: list[str], *, what: str, env: dict[str, str] | None = None) -> str:
+def _run(cmd: list[str], *, what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
     _say(f"{what}: {' '.join(cmd)}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise BuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")

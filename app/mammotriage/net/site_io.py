@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -52,23 +53,24 @@ class DicomWebExamSource:
         over the limits: the job is queued without a set, and its triage says why).
         Raises :class:`ConnectionError` when the archive is away (the study is offered again)."""
         try:
-            instances = self.archive.find_instances(exam_key)
+            return image_set_digest(i.sop_uid for i in self._images(exam_key))
         except DicomWebError as exc:
-            if _away(exc):
-                raise ConnectionError(str(exc)) from None
             log.warning("study %s: its image set is not known (%s); queued without it", exam_key, exc)
             return None
-        return image_set_digest(i.sop_uid for i in instances
-                                if not (i.sop_class_uid or "").startswith(RESULT_SOP_CLASS_PREFIXES))
 
-    def exam_files(self, exam_key: str) -> tuple[list[Path], list[str]]:
+    def _images(self, exam_key: str) -> list[Any]:
+        """The study's instances without the results (QIDO-RS); :class:`ConnectionError`
+        when the archive is away, :class:`DicomWebError` for any other failure."""
         try:
             instances = self.archive.find_instances(exam_key)
         except DicomWebError as exc:
             if _away(exc):
                 raise ConnectionError(str(exc)) from None
             raise
-        images = [i for i in instances if not (i.sop_class_uid or "").startswith(RESULT_SOP_CLASS_PREFIXES)]
+        return [i for i in instances if not (i.sop_class_uid or "").startswith(RESULT_SOP_CLASS_PREFIXES)]
+
+    def exam_files(self, exam_key: str) -> tuple[list[Path], list[str]]:
+        images = self._images(exam_key)
         if not images:
             raise LookupError(f"study {exam_key}: the archive holds no image of it")
         paths: list[Path] = []

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mammotriage.store.pg.events import SERVER_AWAY, PgConnected
+from mammotriage.store.pg.schema import NEW_IMAGES_ON_CONFLICT
 
 __all__ = ["SERVER_AWAY", "Completion", "SiteJob", "SiteQueue"]
 
@@ -77,38 +78,12 @@ class SiteQueue(PgConnected):
         if images is not None and (len(images) != 64 or images.strip("0123456789abcdef")):
             raise ValueError(f"images must be a lower-case sha256, got {images!r}")
         with self.conn.transaction():
-            cur = self.conn.execute(
-                "INSERT INTO triage_jobs (exam_key, model_sha256, priority, images, images_at) "
-                "VALUES (%s, %s, %s, %s, CASE WHEN %s::text IS NULL THEN NULL ELSE clock_timestamp() END) "
-                "ON CONFLICT (exam_key, model_sha256) DO NOTHING", (exam_key, model_sha256, priority, images, images))
-            if cur.rowcount == 1:
-                return True
-            if images is None:
-                return False
             row = self.conn.execute(
-                "SELECT status, images, revision FROM triage_jobs WHERE exam_key = %s AND model_sha256 = %s "
-                "FOR UPDATE", (exam_key, model_sha256)).fetchone()
-            if row is None or row["images"] == images:
-                return False
-            if row["images"] is None or row["status"] in ("pending", "superseded"):
-                # not compared before (or the job will fetch the study as it is now): recorded only
-                self.conn.execute("UPDATE triage_jobs SET images = %s, images_at = clock_timestamp() "
-                                  "WHERE exam_key = %s AND model_sha256 = %s", (images, exam_key, model_sha256))
-                return False
-            revision = int(row["revision"]) + 1
-            self.conn.execute(
-                """
-                UPDATE triage_jobs SET status = 'pending', images = %(images)s, images_at = clock_timestamp(),
-                       revision = %(rev)s,
-                       priority = GREATEST(priority, %(priority)s), enqueued_at = clock_timestamp(),
-                       claim_token = NULL, lease_until = NULL, attempts = 0, finished_at = NULL,
-                       reason = %(why)s
-                WHERE exam_key = %(exam)s AND model_sha256 = %(model)s
-                """, {"images": images, "rev": revision, "priority": priority, "exam": exam_key,
-                      "model": model_sha256,
-                      "why": f"the study received new images after it was {row['status']}: queued again "
-                             f"(revision {revision})"})
-        return True
+                "INSERT INTO triage_jobs (exam_key, model_sha256, priority, images, images_at) "
+                "VALUES (%s, %s, %s, %s, CASE WHEN %s::text IS NULL THEN NULL ELSE clock_timestamp() END)"
+                + NEW_IMAGES_ON_CONFLICT + " RETURNING xmax = 0 AS inserted, enqueued_at = now() AS again",
+                (exam_key, model_sha256, priority, images, images)).fetchone()
+        return row is not None and bool(row["inserted"] or row["again"])
 
     # ----------------------------------------------------------------- workers
     def requeue_expired(self) -> int:

@@ -86,6 +86,11 @@ _CACHED_READS = 32
 _AWAY: tuple[type[Exception], ...] = (StoreUnreachable, *SERVER_AWAY)
 
 
+def _refused(what: str, exc: BaseException) -> CorrectionError:
+    """The reader's words for a change the server refused (its first line of reason)."""
+    return CorrectionError(f"{what}: the site refused it: {str(exc).strip().splitlines()[0]}")
+
+
 class ServerWatch:
     """Whether one site server is away, shared by the clients of a window (thread-safe).
 
@@ -175,8 +180,7 @@ class PgBackend:
         # a connection open before the call that fails at once was dropped while idle (a
         # server restart): evidence of nothing now, the next call reconnects; a connect
         # that fails, or a call cut at its deadline, finds the server away
-        conn = getattr(self.owner, "_conn", None)
-        stale = conn is not None and not conn.closed
+        stale = self.owner.connected
         cut = threading.Event()
         timer = None
         if self.deadline_s is not None:
@@ -301,8 +305,7 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
             try:
                 return self.site.send({**made, TOKEN: token} if token else made)
             except (psycopg.IntegrityError, psycopg.DataError) as exc:  # the server refused it (site accounts)
-                raise CorrectionError(f"not recorded: the site refused it: {str(exc).strip().splitlines()[0]}") \
-                    from exc
+                raise _refused("not recorded", exc) from exc
 
     def events(self, exam_key: str | None = None, sop_uid: str | None = None) -> list[Event]:
         """The site's events as this reader may see them; while the server is away, the
@@ -356,8 +359,7 @@ class SiteReadingLocks(LockRules, PgConnected):
             self.backend.write(f"INSERT INTO reading_locks ({columns}) VALUES ({', '.join(['?'] * len(values))})",
                                values)
         except (psycopg.IntegrityError, psycopg.DataError) as exc:  # the server refused it (site accounts)
-            raise CorrectionError(f"soft lock not recorded: the site refused it: "
-                                  f"{str(exc).strip().splitlines()[0]}") from exc
+            raise _refused("soft lock not recorded", exc) from exc
         except psycopg.errors.UndefinedColumn as exc:  # a sign-in, but a site database from before version 9
             raise CorrectionError(f"soft lock not recorded: the site database predates schema version "
                                   f"{LOCK_ACCOUNTS_VERSION} (locks under sign-ins); upgrade it (`mammotriage site "

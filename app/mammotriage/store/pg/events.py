@@ -88,6 +88,11 @@ class PgConnected:
             self._conn = connect(self.dsn)
         return self._conn
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open now (without opening one)."""
+        return self._conn is not None and not self._conn.closed
+
     def cut(self) -> bool:
         """From another thread: shut the connection's socket down, so that a call blocked
         on a server that never answers fails at once (the next call reconnects). False:

@@ -32,30 +32,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from mammotriage.store.pg.events import PgConnected
-from mammotriage.store.pg.schema import MODELS_LOCK, SITE_MODELS_VERSION, at_least
+from mammotriage.store.pg.schema import (
+    MODELS_LOCK,
+    NEW_IMAGES_ON_CONFLICT,
+    SITE_MODELS_VERSION,
+    at_least,
+)
 
 __all__ = ["RETRIAGE_PRIORITY", "SiteModelError", "SiteModelVersion", "SiteModels"]
 
 #: Priority of the jobs a promotion queues for exams already triaged by another model
 #: (new exams come first; :class:`~mammotriage.triage.site_queue.SiteQueue` claims by priority).
 RETRIAGE_PRIORITY = -1
-#: A job of the new model for an exam that already has one (site schema version 8): the
-#: exam's newest image set (``mt_newest_images``) differs from the one that job was
-#: done, running or failed on, so it is queued again under the next revision (as
-#: ``SiteQueue.enqueue`` does: a running claim is voided); a pending job records it.
-_NEW_IMAGES_ON_CONFLICT = """
-    ON CONFLICT (exam_key, model_sha256) DO UPDATE SET
-        images = EXCLUDED.images, images_at = clock_timestamp(), status = 'pending', finished_at = NULL,
-        revision = triage_jobs.revision + CASE WHEN triage_jobs.status = 'pending' THEN 0 ELSE 1 END,
-        attempts = CASE WHEN triage_jobs.status = 'pending' THEN triage_jobs.attempts ELSE 0 END,
-        claim_token = NULL, lease_until = NULL,
-        reason = CASE WHEN triage_jobs.status = 'pending' THEN triage_jobs.reason
-                      ELSE 'the study received new images after it was ' || triage_jobs.status
-                           || ': queued again (revision ' || (triage_jobs.revision + 1) || ')' END
-    WHERE EXCLUDED.images IS NOT NULL AND triage_jobs.images IS DISTINCT FROM EXCLUDED.images
-      AND (triage_jobs.status = 'pending'
-           OR (triage_jobs.images IS NOT NULL AND triage_jobs.status IN ('running', 'done', 'failed')))
-"""
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 #: A package version: it names a folder on every worker and workstation (no separators, no "..").
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -277,7 +265,7 @@ class SiteModels(PgConnected):
                     WHERE exam_key NOT IN (SELECT exam_key FROM triage_jobs
                                            WHERE model_sha256 = %(sha)s AND status = 'superseded')
                     GROUP BY exam_key
-                    """ + _NEW_IMAGES_ON_CONFLICT + """
+                    """ + NEW_IMAGES_ON_CONFLICT + """
                     RETURNING exam_key)
                 SELECT (SELECT count(*) FROM sup) AS superseded,
                        (SELECT count(*) FROM rev) + (SELECT count(*) FROM ins) AS queued
@@ -296,6 +284,6 @@ class SiteModels(PgConnected):
             again += self.conn.execute(
                 "INSERT INTO triage_jobs (exam_key, model_sha256, priority, images, images_at) "
                 "SELECT exam_key, %s, %s, mt_newest_images(exam_key), clock_timestamp() FROM triage_jobs "
-                "WHERE model_sha256 <> %s GROUP BY exam_key" + _NEW_IMAGES_ON_CONFLICT,
+                "WHERE model_sha256 <> %s GROUP BY exam_key" + NEW_IMAGES_ON_CONFLICT,
                 (sha, RETRIAGE_PRIORITY, sha)).rowcount
         return {**moved, "retriage": int(again)}

@@ -83,7 +83,7 @@ import psycopg
 from mammotriage.store.audit import KEY_BYTES, AuditKey, Head
 from mammotriage.store.events import _FIELDS, GENESIS
 
-__all__ = ["CHAIN_LOCK", "LOCK_ACCOUNTS_VERSION", "MIGRATIONS", "READING_LOCKS_VERSION", "RETRIAGE_VERSION", "SCHEMA_VERSION", "SITE_MODELS_VERSION", "PgMigration", "migrate",
+__all__ = ["CHAIN_LOCK", "LOCK_ACCOUNTS_VERSION", "MIGRATIONS", "NEW_IMAGES_ON_CONFLICT", "READING_LOCKS_VERSION", "RETRIAGE_VERSION", "SCHEMA_VERSION", "SITE_MODELS_VERSION", "PgMigration", "migrate",
            "schema_version"]
 
 #: ``pg_advisory_xact_lock`` keys: the chain's extension, and migrations.
@@ -685,6 +685,31 @@ _V9_LOCK_ACCOUNTS = PgMigration(
         "GRANT INSERT (session_token) ON reading_locks TO mt_workstation",
     ),
 )
+
+#: Version 8's rule for a job that exists already when an exam is queued with an image
+#: set (``INSERT ... SELECT ..., images`` appends it; ``SiteQueue.enqueue`` and the queue
+#: moves of ``SiteModels``): another set than the job's queues a done, running or failed
+#: job again under the next revision (a running claim is voided); a pending or superseded
+#: job, or one that never recorded a set, only records it; the same set, or none, does
+#: nothing. A job queued again gets ``enqueued_at = now()`` (the statement's transaction
+#: start), which is how ``RETURNING enqueued_at = now()`` tells it from a set only recorded.
+NEW_IMAGES_ON_CONFLICT = """
+    ON CONFLICT (exam_key, model_sha256) DO UPDATE SET
+        images = EXCLUDED.images, images_at = clock_timestamp(),
+        status = CASE WHEN {again} THEN 'pending' ELSE triage_jobs.status END,
+        revision = triage_jobs.revision + CASE WHEN {again} THEN 1 ELSE 0 END,
+        priority = CASE WHEN {again} THEN GREATEST(triage_jobs.priority, EXCLUDED.priority)
+                        ELSE triage_jobs.priority END,
+        enqueued_at = CASE WHEN {again} THEN now() ELSE triage_jobs.enqueued_at END,
+        attempts = CASE WHEN {again} THEN 0 ELSE triage_jobs.attempts END,
+        claim_token = CASE WHEN {again} THEN NULL ELSE triage_jobs.claim_token END,
+        lease_until = CASE WHEN {again} THEN NULL ELSE triage_jobs.lease_until END,
+        finished_at = CASE WHEN {again} THEN NULL ELSE triage_jobs.finished_at END,
+        reason = CASE WHEN {again} THEN 'the study received new images after it was ' || triage_jobs.status
+                                        || ': queued again (revision ' || (triage_jobs.revision + 1) || ')'
+                      ELSE triage_jobs.reason END
+    WHERE EXCLUDED.images IS NOT NULL AND triage_jobs.images IS DISTINCT FROM EXCLUDED.images
+""".format(again="(triage_jobs.images IS NOT NULL AND triage_jobs.status IN ('running', 'done', 'failed'))")
 
 MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED, _V5_READING_LOCKS,
                                  _V6_SITE_MODELS, _V7_ACCOUNTS, _V8_RETRIAGE, _V9_LOCK_ACCOUNTS]
