@@ -8,6 +8,8 @@ packages. Missing, the tests skip with the package names; under ``CI=true`` (whe
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,14 @@ def new_server(folder: Path, stable_age_s: int = 2) -> OrthancServer:
     server = OrthancServer(folder, http_port, dicom_port, stable_age_s=stable_age_s)
     server.write_config()
     return server
+
+
+@contextmanager
+def running_server(folder: Path, stable_age_s: int = 2) -> Iterator[OrthancServer]:
+    """A started archive in ``folder`` (:func:`new_server`), stopped at the end."""
+    server = new_server(folder, stable_age_s=stable_age_s)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from netsupport import storescu
-from orthancsupport import new_server
+from orthancsupport import running_server
 
 from mammotriage.dicom.sr import AlgorithmInfo, FindingRecord, write_findings_sr
 from mammotriage.net.dicomweb import (
@@ -34,12 +34,8 @@ ROWS, COLUMNS = 128, 96
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    site = new_server(tmp_path_factory.mktemp("site-archive"), stable_age_s=2)
-    site.start()
-    try:
+    with running_server(tmp_path_factory.mktemp("site-archive"), stable_age_s=2) as site:
         yield site
-    finally:
-        site.stop()
 
 
 @pytest.fixture(scope="module")

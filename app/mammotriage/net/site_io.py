@@ -53,12 +53,12 @@ class DicomWebExamSource:
         over the limits: the job is queued without a set, and its triage says why).
         Raises :class:`ConnectionError` when the archive is away (the study is offered again)."""
         try:
-            return image_set_digest(i.sop_uid for i in self._images(exam_key))
+            return image_set_digest(i.sop_uid for i in self.images(exam_key))
         except DicomWebError as exc:
             log.warning("study %s: its image set is not known (%s); queued without it", exam_key, exc)
             return None
 
-    def _images(self, exam_key: str) -> list[Any]:
+    def images(self, exam_key: str) -> list[Any]:
         """The study's instances without the results (QIDO-RS); :class:`ConnectionError`
         when the archive is away, :class:`DicomWebError` for any other failure."""
         try:
@@ -70,7 +70,7 @@ class DicomWebExamSource:
         return [i for i in instances if not (i.sop_class_uid or "").startswith(RESULT_SOP_CLASS_PREFIXES)]
 
     def exam_files(self, exam_key: str) -> tuple[list[Path], list[str]]:
-        images = self._images(exam_key)
+        images = self.images(exam_key)
         if not images:
             raise LookupError(f"study {exam_key}: the archive holds no image of it")
         paths: list[Path] = []

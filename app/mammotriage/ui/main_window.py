@@ -82,6 +82,12 @@ from mammotriage.viewer.loader import LoadedView, LoadError, ViewLoader
 from mammotriage.viewer.prefetch import DEFAULT_EXAMS, prefetch_paths
 from mammotriage.viewer.screens import LAYOUTS, worklist_split
 from mammotriage.viewer.session import OpenedExam, ReadingSession
+from mammotriage.viewer.site_images import (
+    CACHE_FOLDER,
+    DEFAULT_CACHE_MB,
+    SiteImageFetcher,
+    SiteStudyFeed,
+)
 from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog, site_mode_problem
 from mammotriage.viewer.site_model_sync import SiteModelSync
 
@@ -352,6 +358,12 @@ class MainWindow(QMainWindow):
         self.network: NetworkService | None = None  # the DICOM node, when it runs inside the app
         self._network_archive: Archive | None = None
         self._completed_studies: _queue.Queue[str] = _queue.Queue()  # filled by the node's threads
+        # site mode: the site archive's studies come into this index over DICOMweb (a feed
+        # thread), and a view the byte-bounded cache evicted is fetched again before it is decoded
+        self.site_images: SiteStudyFeed | None = None
+        self.site_fetcher: SiteImageFetcher | None = None
+        if site is not None:
+            self._start_site_images(site)
         self.model_panel: ModelPanel | None = None  # created on first use (Ctrl+Shift+M)
         self.pipeline_timer = QTimer(self)  # the automatic pipeline, when the site setting asks for it
         self.pipeline_timer.setInterval(5 * 60 * 1000)
@@ -378,6 +390,22 @@ class MainWindow(QMainWindow):
             self._site_notes.append(f"not joining the site: {problem}")
             return None
         return site
+
+    def _start_site_images(self, site: SiteProfile) -> None:
+        try:
+            cache_mb = int(str(self.settings.value("site/cache_mb", DEFAULT_CACHE_MB)))
+        except ValueError:
+            cache_mb = DEFAULT_CACHE_MB
+        cache_mb = cache_mb if cache_mb > 0 else DEFAULT_CACHE_MB
+        client = site.archive(data_dir() / CACHE_FOLDER, cache_mb * 1024 * 1024)
+        self.site_fetcher = SiteImageFetcher(client, self.archive.path)
+        if isinstance(self.loader, ProgressiveLoader):
+            self.loader.fetcher = self.site_fetcher
+        self.site_images = SiteStudyFeed(client.twin(), self.archive.path, data_dir(),
+                                         arrived=self._completed_studies.put,
+                                         say=self._site_model_said.put).start()
+        self.log_line(f"site archive {site.dicomweb_url}: its studies come in over DICOMweb "
+                      f"(cache {cache_mb} MiB in {data_dir() / CACHE_FOLDER})")
 
     def set_site_profile(self, path: str | Path | None) -> str:
         """Remember a site profile for the next start (None: leave the site); returns what was said."""
@@ -948,7 +976,7 @@ class MainWindow(QMainWindow):
         self._check_shown()
         self._update_decode_progress()
         self._poll_job()
-        if self.network is not None:
+        if self.network is not None or self.site_images is not None:
             self._poll_network()
         self._poll_triage()
 
@@ -1808,6 +1836,10 @@ class MainWindow(QMainWindow):
         self._closing = True  # a sign-in still on its way is dropped
         if self._sign_in_pool is not None:
             self._sign_in_pool.shutdown(wait=False, cancel_futures=True)
+        if self.site_images is not None:
+            self.site_images.stop(timeout=1.0)  # a fetch on its way is left behind (a daemon)
+        if self.site_fetcher is not None:
+            self.site_fetcher.shutdown()
         if self.site_models is not None:
             self.site_models.stop(timeout=1.0)  # a sync stuck on the network is left behind (a daemon)
         if self.site_log is not None:

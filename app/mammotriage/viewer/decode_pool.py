@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from multiprocessing import shared_memory
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -227,6 +227,12 @@ def decode_task(path: str, mode: str, threads: int, early: bool = False) -> Shar
 
 # --------------------------------------------------------------------------- UI side
 
+class Fetcher(Protocol):
+    """Brings a view's file before it is decoded (site mode: :class:`~mammotriage.viewer.site_images.SiteImageFetcher`)."""
+
+    def ready(self, path: str) -> bool | LoadError: ...
+
+
 @dataclass(order=True)
 class _Task:
     rank: tuple[int, int]
@@ -257,6 +263,10 @@ class ProgressiveLoader(ViewLoader):
         self._running: dict[cf.Future[Any], tuple[str, str]] = {}
         self._previews: dict[str, LoadedView] = {}  # shown previews, until their full view comes
         self.previews_shown = 0
+        #: site mode: brings back a file the site cache evicted before it is decoded
+        #: (``ready(path)``: True, False while it is fetched, or the fetch's LoadError)
+        self.fetcher: Fetcher | None = None
+        self._fetch_failed: list[LoadError] = []
         # each worker imports the decode stack now, while the reader is not waiting
         self._warm = [self._pool.submit(warm_up) for _ in range(self.workers)]
 
@@ -326,6 +336,18 @@ class ProgressiveLoader(ViewLoader):
             if task.mode == PREVIEW and task.path not in self.on_screen:
                 del self._waiting[(task.path, task.mode)]  # no longer on screen: no preview
                 continue
+            if self.fetcher is not None and (task.path, task.mode) in self._waiting:
+                ready = self.fetcher.ready(task.path)
+                if ready is False:
+                    continue  # its file is on its way: it waits, the next task may start
+                if isinstance(ready, LoadError):  # the view's error; its other task goes too
+                    self._waiting.pop((task.path, FULL), None)
+                    self._waiting.pop((task.path, PREVIEW), None)
+                    self._pending.pop(task.path, None)
+                    self._fetch_failed.append(ready)
+                    continue
+            if (task.path, task.mode) not in self._waiting:
+                continue
             del self._waiting[(task.path, task.mode)]
             early = task.mode == FULL and task.path in self.on_screen and task.path not in self._previews
             future = self._pool.submit(decode_task, task.path, task.mode, self.threads, early)
@@ -353,6 +375,8 @@ class ProgressiveLoader(ViewLoader):
         # it finished, so it is read here, ahead of its full view
         finished = [f for f in self._running if f.done()]
         results: list[LoadedView | LoadError] = list(self._early_previews())
+        results += self._fetch_failed
+        self._fetch_failed = []
         for future in finished:
             path, mode = self._running.pop(future)
             try:
@@ -381,7 +405,7 @@ class ProgressiveLoader(ViewLoader):
 
     @property
     def busy(self) -> bool:
-        return bool(self._running or self._waiting)
+        return bool(self._running or self._waiting or self._fetch_failed)
 
     @property
     def in_flight(self) -> int:
