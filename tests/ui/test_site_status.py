@@ -197,3 +197,31 @@ def test_a_reader_signs_in_with_the_site_account_and_the_server_records_it(
     finally:
         win.close()
         archive.close()
+
+
+def test_a_site_window_shows_the_sites_read_states_and_writes_the_signed_reads_sr(
+        qtbot, site: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a site workstation's worklist read its read states from the workstation's
+    own (empty) log: every exam stayed "unread" after it was signed, here or elsewhere, and
+    the reader-findings SR of a signature failed ("has not signed")."""
+    win, archive = _joined_window(qtbot, monkeypatch, tmp_path, _profile(site, tmp_path / "ws-reads.json"),
+                                  seed=47, reader="dr_reads")
+    try:
+        key = win.current.exam_key
+        assert win.worklist.reads.get(key) is None or win.worklist.reads[key].state == "unread"
+        assessment = {"breasts": {"R": {"birads": "1", "density": "b"}, "L": {"birads": "2", "density": "b"}},
+                      "recall": False}
+        assert win.sign_exam(assessment)
+        qtbot.waitUntil(lambda: "reader findings SR: 1 file(s)" in win.log.toPlainText(), timeout=60_000)
+        assert "has not signed" not in win.log.toPlainText()
+        qtbot.waitUntil(lambda: key in win.worklist.reads and win.worklist.reads[key].state == "signed",
+                        timeout=60_000)
+        assert win.worklist.reads[key].reader == "dr_reads"
+        # another workstation reopens it: this worklist says so within seconds
+        with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-elsewhere") as elsewhere:
+            elsewhere.append(reader="dr_other", exam_key=key, action="amend", payload={"reason": "second look"})
+        qtbot.waitUntil(lambda: win.worklist.reads[key].state == "reopened", timeout=60_000)
+        assert win.worklist.reads[key].reader == "dr_other"
+    finally:
+        win.close()
+        archive.close()

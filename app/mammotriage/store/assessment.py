@@ -139,19 +139,26 @@ class ReadState:
 UNREAD = ReadState("unread")
 
 
-def read_states(conn: sqlite3.Connection, keys: Sequence[str] | None = None) -> dict[str, ReadState]:
+#: the tables read states come from: the workstation's own log, the copy of the site's chain
+READ_TABLES = ("correction_events", "site_events")
+
+
+def read_states(conn: sqlite3.Connection, keys: Sequence[str] | None = None, *,
+                table: str = "correction_events") -> dict[str, ReadState]:
     """Read state of every exam with events (or of the exams ``keys`` only), from the
-    correction log (one query)."""
+    correction log (one query), or in site mode from ``table="site_events"``."""
+    if table not in READ_TABLES:
+        raise ValueError(f"read states come from {' or '.join(READ_TABLES)}, not {table!r}")
     out: dict[str, ReadState] = {}
     if keys is None:
         rows = conn.execute(
-            "SELECT exam_key, reader, action, at, payload FROM correction_events ORDER BY seq").fetchall()
+            f"SELECT exam_key, reader, action, at, payload FROM {table} ORDER BY seq").fetchall()
     else:
         rows = []
         for start in range(0, len(keys), 500):
             chunk = list(keys[start:start + 500])
             rows += conn.execute(
-                "SELECT exam_key, reader, action, at, payload, seq FROM correction_events "
+                f"SELECT exam_key, reader, action, at, payload, seq FROM {table} "
                 f"WHERE exam_key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         rows = [r[:5] for r in sorted(rows, key=lambda r: r[5])]
     for exam_key, reader, action, at, payload in rows:

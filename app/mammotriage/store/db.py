@@ -475,11 +475,28 @@ _V12_READING_LOCKS = Migration(
     ),
 )
 
+_V13_SITE_EVENTS = Migration(
+    name="site mode: the site chain's events as the worklist reads them (a copy the workstation refreshes)",
+    steps=(
+        """
+        CREATE TABLE site_events (
+            seq      INTEGER PRIMARY KEY,        -- the site chain's own sequence number
+            exam_key TEXT NOT NULL,
+            reader   TEXT NOT NULL,
+            action   TEXT NOT NULL,
+            at       TEXT NOT NULL,              -- UTC ISO 8601, when the reader acted
+            payload  TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE INDEX site_events_exam ON site_events (exam_key, seq)",
+    ),
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
 MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS,
                                _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY, _V8_AUDIT_ANCHOR,
                                _V9_REGISTRY_APPEND_ONLY, _V10_PATIENT_ISSUER, _V11_SCALE,
-                               _V12_READING_LOCKS]
+                               _V12_READING_LOCKS, _V13_SITE_EVENTS]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

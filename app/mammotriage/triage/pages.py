@@ -64,6 +64,7 @@ class WorklistQuery:
     search: str = ""
     blind_reader: str | None = None  # "AI after my read": AI hidden except on exams this reader assessed
     triage_order: bool = True  # false: newest first while AI is hidden (the order gives nothing away)
+    site_reads: bool = False  # site mode: read states from the copy of the site's chain (site_events)
 
     def __post_init__(self) -> None:
         if self.sort not in SORTS or self.filter not in FILTERS:
@@ -86,9 +87,10 @@ def _issuer(alias: str) -> str:
 
 _PRIORS = f"""(SELECT COUNT(*) FROM exam_index p WHERE p.patient_id = e.patient_id AND e.patient_id != ''
                AND p.study_date < e.study_date AND {_issuer('p')} IS {_issuer('e')})"""
-_READ = """COALESCE((SELECT CASE c.action WHEN 'sign' THEN 'signed' ELSE 'reopened' END FROM correction_events c
-                     WHERE c.exam_key = e.exam_key AND c.action IN ('sign', 'amend') ORDER BY c.seq DESC LIMIT 1),
-                    CASE WHEN EXISTS (SELECT 1 FROM correction_events c WHERE c.exam_key = e.exam_key)
+_READ = """COALESCE((SELECT CASE c.action WHEN 'amend' THEN 'reopened' ELSE 'signed' END FROM {events} c
+                     WHERE c.exam_key = e.exam_key AND c.action IN ('sign', 'arbitrate', 'amend')
+                     ORDER BY c.seq DESC LIMIT 1),
+                    CASE WHEN EXISTS (SELECT 1 FROM {events} c WHERE c.exam_key = e.exam_key)
                          THEN 'started' ELSE 'unread' END)"""
 _VIEWS = """(SELECT COUNT(*) FROM studies s JOIN images i ON i.study_uid = s.study_uid
              WHERE s.exam_key = e.exam_key)"""
@@ -97,6 +99,12 @@ _COLUMN_KEYS = {"patient": "patient_id COLLATE NOCASE", "date": "study_date", "n
                 "views": "n_views", "read": "read_state", "priors": "priors"}
 _WHERE = {"all": "", "unread": "read_state != 'signed'", "suspicious": "NOT blind AND rank = 0",
           "likely normal": "NOT blind AND rank = 3", "AI pending": "status != 'done'", "has priors": "priors > 0"}
+
+
+def _events(q: WorklistQuery) -> str:
+    """Where the read states come from: the workstation's own log, or in site mode the
+    copy of the site's chain (``store.pg.mirror``)."""
+    return "site_events" if q.site_reads else "correction_events"
 
 
 def _rows_sql(conn: sqlite3.Connection, q: WorklistQuery, what: str, tail: str = "") -> tuple[str, dict[str, Any]]:
@@ -120,7 +128,7 @@ def _rows_sql(conn: sqlite3.Connection, q: WorklistQuery, what: str, tail: str =
     sql = f"""
         WITH scored AS (
             SELECT e.exam_key, e.patient_id, e.patient_name, e.study_date, e.accessions, {score} AS score,
-                   j.status AS job, {blind} AS blind, {_READ} AS read_state, {_PRIORS} AS priors,
+                   j.status AS job, {blind} AS blind, {_READ.format(events=_events(q))} AS read_state, {_PRIORS} AS priors,
                    {_VIEWS} AS n_views
             FROM exam_index e
             LEFT JOIN {result}
@@ -210,7 +218,7 @@ def _enrich(conn: sqlite3.Connection, q: WorklistQuery, page: Sequence[Any], key
     reasons = dict(_in(conn, "SELECT exam_key, reason FROM triage_jobs WHERE model_version = ? "
                              "AND exam_key IN ({keys})", keys, q.model_version or ""))
     priors = dict(_in(conn, f"SELECT e.exam_key, {_PRIORS} FROM exam_index e WHERE e.exam_key IN ({{keys}})", keys))
-    reads = read_states(conn, keys)
+    reads = read_states(conn, keys, table=_events(q))
     names = ("suspicious", "pending", "indeterminate", "likely normal")
     rows = []
     for key, score, status, rank, blind in page:

@@ -20,6 +20,7 @@ Coding of the assessment (TID 1501 qualitative evaluations, one group per breast
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
@@ -28,7 +29,7 @@ from pydicom.sr.coding import Code
 from mammotriage.dicom.sr import ReaderFindingRecord, save_dataset, write_reader_findings_sr
 from mammotriage.store import Archive
 from mammotriage.store.assessment import BIRADS, DENSITY
-from mammotriage.store.events import CorrectionLog
+from mammotriage.store.events import CorrectionLog, Event
 from mammotriage.store.labels import fold
 from mammotriage.triage.dicom_results import _folder_name
 from mammotriage.triage.queue import TriageQueue
@@ -65,9 +66,13 @@ def assessment_evaluations(assessment: dict) -> dict[str, list[tuple[Code, Code]
 
 
 def write_signed_sr(archive_file: Path, exam_key: str, reader: str, home: Path,
-                    sink: ResultSink | None = None) -> str:
+                    sink: ResultSink | None = None, *, events: Sequence[Event] | None = None) -> str:
     """Write the reader-findings SR(s) of ``reader``'s signed read of an exam and hand
     them to ``sink`` (the outbox, when the caller gives one).
+
+    ``events`` are the exam's correction events when they are not in the archive's own
+    log (site mode: the site's chain, as the workstation has them; a signature still
+    waiting to be sent has no ``seq`` yet, and its file is named by its event id).
 
     Returns a line for the log. Raises LookupError when the exam or its signature is
     missing.
@@ -76,7 +81,7 @@ def write_signed_sr(archive_file: Path, exam_key: str, reader: str, home: Path,
         exam = archive.exam(exam_key)
         if exam is None:
             raise LookupError(f"exam {exam_key} is not in the archive")
-        events = log.events(exam_key=exam_key)
+        events = list(events) if events is not None else log.events(exam_key=exam_key)
         sign = next((e for e in reversed(events) if e.action == "sign" and e.reader == reader), None)
         if sign is None:
             raise LookupError(f"{reader} has not signed exam {exam_key}")
@@ -104,7 +109,7 @@ def write_signed_sr(archive_file: Path, exam_key: str, reader: str, home: Path,
             sr = write_reader_findings_sr(headers, findings, observer_name=f"Mammo Triage reader {reader}"[:64],
                                           series_description="Reader findings - research, not for clinical use",
                                           instance_number=n, evaluations=evaluations)
-            written.append(save_dataset(sr, folder / f"reader-sr-{study_uid}-{sign.seq}.dcm"))
+            written.append(save_dataset(sr, folder / f"reader-sr-{study_uid}-{sign.seq or sign.event_id[:12]}.dcm"))
     queued = sum(1 for path in written if sink is not None and sink.queue(path, "reader-findings"))
     sent = f"{queued} queued for the PACS" if queued else "not queued (the site does not send results)"
     return f"reader findings SR: {len(written)} file(s) in {folder}; {sent}"

@@ -90,6 +90,7 @@ from mammotriage.viewer.site_images import (
 )
 from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog, site_mode_problem
 from mammotriage.viewer.site_model_sync import SiteModelSync
+from mammotriage.viewer.site_reads import SiteReadsFeed
 
 if TYPE_CHECKING:
     from mammotriage.net.service import NetworkService
@@ -102,12 +103,14 @@ if TYPE_CHECKING:
 P = ParamSpec("P")  # the arguments of a correction (MainWindow._record)
 
 
-def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str, sink: OutboxSink) -> str:
-    """Worker-process job: the reader-findings SR of a signed exam, queued in the outbox."""
+def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str, sink: OutboxSink,
+                    events: list | None = None) -> str:
+    """Worker-process job: the reader-findings SR of a signed exam, queued in the outbox
+    (``events``: the exam's, in site mode, where they are not in the archive's own log)."""
     from mammotriage.triage.reader_sr import write_signed_sr
 
     try:
-        return write_signed_sr(Path(archive_file), exam_key, reader, Path(home), sink)
+        return write_signed_sr(Path(archive_file), exam_key, reader, Path(home), sink, events=events)
     finally:
         sink.close()
 
@@ -364,6 +367,11 @@ class MainWindow(QMainWindow):
         self.site_fetcher: SiteImageFetcher | None = None
         if site is not None:
             self._start_site_images(site)
+        # site mode: the worklist's read states from a copy of the site's chain (a feed thread)
+        self.site_reads: SiteReadsFeed | None = None
+        self._reads_seen = 0
+        if site is not None:
+            self.site_reads = SiteReadsFeed(site.dsn(), self.archive.path, say=self._site_model_said.put).start()
         self.model_panel: ModelPanel | None = None  # created on first use (Ctrl+Shift+M)
         self.pipeline_timer = QTimer(self)  # the automatic pipeline, when the site setting asks for it
         self.pipeline_timer.setInterval(5 * 60 * 1000)
@@ -756,7 +764,8 @@ class MainWindow(QMainWindow):
         return WorklistQuery(self.model_version, self.points, (self.model_meta or {}).get("weights_sha256"),
                              sort=old.sort if old else "triage", descending=old.descending if old else False,
                              filter=old.filter if old else "all", search=old.search if old else "",
-                             blind_reader=blind, triage_order=self.policy.triage_order)
+                             blind_reader=blind, triage_order=self.policy.triage_order,
+                             site_reads=self.site is not None)
 
     def _worklist_page(self, query: WorklistQuery, offset: int, limit: int) -> tuple[int, list]:
         return worklist_rows(self.queue.conn, query, offset, limit, self._etas)
@@ -990,6 +999,8 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------- corrections
     def _site_events_arrived(self, exam_keys: list) -> None:
         """Site mode: the sender read newer events of these exams (another workstation's): refold what is open."""
+        if self.site_reads is not None:
+            self.site_reads.poke()  # and the worklist's read states follow
         for corrections in (self.corrections, self.prior_corrections):
             if corrections is not None and (corrections.exam_key in exam_keys or None in exam_keys):
                 corrections.reload()
@@ -1200,8 +1211,11 @@ class MainWindow(QMainWindow):
             return False
         text = assessment_text(corrections.mine().assessment or assessment)
         self.log_line(f"signed by {self.reader}: {exam.patient_id} {exam.study_date or ''}: {text}")
+        # site mode: the exam's events as this window has them (the sign may still wait to be sent)
+        events = self.corrections_log.events(exam_key=exam.exam_key) if self.site is not None else None
         self.run_job("writing reader findings SR", write_reader_sr, str(self.archive.path), exam.exam_key,
-                     self.reader, str(data_dir()), OutboxSink.from_settings(), done=self._sr_done, wait=True)
+                     self.reader, str(data_dir()), OutboxSink.from_settings(), events,
+                     done=self._sr_done, wait=True)
         self.refresh_worklist()
         return True
 
@@ -1491,6 +1505,9 @@ class MainWindow(QMainWindow):
             self.log_line(self._site_model_said.get())
         if self._model_check_tick % 100 == 0 and self.session.poll_model():  # every ~3 s, no hashing
             self._model_changed()
+        if self.site_reads is not None and self.site_reads.generation != self._reads_seen:
+            self._reads_seen = self.site_reads.generation  # the site's read states moved
+            self.refresh_worklist()
         if self.double_feed is not None:  # the site's states and locks: when the feed read something new
             if self.double_feed.generation != self._feed_seen:
                 self._feed_seen = self.double_feed.generation
@@ -1836,6 +1853,8 @@ class MainWindow(QMainWindow):
         self._closing = True  # a sign-in still on its way is dropped
         if self._sign_in_pool is not None:
             self._sign_in_pool.shutdown(wait=False, cancel_futures=True)
+        if self.site_reads is not None:
+            self.site_reads.close(timeout=1.0)
         if self.site_images is not None:
             self.site_images.stop(timeout=1.0)  # a fetch on its way is left behind (a daemon)
         if self.site_fetcher is not None:

@@ -27,11 +27,24 @@ from collections.abc import Callable, Iterable
 
 from mammotriage.store.double_reading import ExamStatus, Lock, StatusIndex, StoreUnreachable
 from mammotriage.store.pg.double_reading import ServerWatch, SiteReadingLocks
+from mammotriage.store.pg.events import PgConnected
 
-__all__ = ["MAX_WANTED", "DoubleReadingFeed"]
+__all__ = ["MAX_WANTED", "DoubleReadingFeed", "close_feed"]
 
 #: Exams whose locks the feed reads (the newest asked for): a long scroll stays bounded.
 MAX_WANTED = 5000
+
+
+def close_feed(thread: threading.Thread, stop: threading.Event, wake: threading.Event,
+               client: PgConnected, timeout: float) -> None:
+    """Stop a feed's thread and close its connection: a reading waiting on a server that
+    does not answer is cut, so the join does not wait for TCP to give up."""
+    stop.set()
+    wake.set()
+    if thread.is_alive():
+        client.cut()
+        thread.join(timeout)
+    client.close()
 
 
 class DoubleReadingFeed:
@@ -64,12 +77,7 @@ class DoubleReadingFeed:
         return self
 
     def close(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._locks.cut()  # a reading waiting on a server that does not answer ends now
-            self._thread.join(timeout)
-        self._locks.close()
+        close_feed(self._thread, self._stop, self._wake, self._locks, timeout)
 
     # ----------------------------------------------------------------- the window's side
     def want(self, keys: Iterable[str]) -> None:
