@@ -373,3 +373,24 @@ def test_a_result_of_the_active_weights_is_never_older(setup) -> None:
     other = build_worklist(archive.exams(), queue.jobs("test-1-renamed"), queue.exam_results(), "test-1-renamed",
                            points, current_sha256="f" * 64)
     assert all(e.stale for e in other)
+
+
+def test_a_job_queued_again_while_it_runs_runs_again(setup) -> None:
+    """Before, ``complete`` marked the job done whatever happened meanwhile: an exam whose
+    late views arrived (and was queued again) during its analysis kept the result of the
+    views it had, and was never analysed with the others."""
+    archive, queue, _model, _ = setup
+    queue.sync("test-1")
+    job = queue.claim_next("test-1")
+    assert job is not None
+    sop = archive.exam(job.exam_key).images[0].sop_uid
+    queue.requeue(job.exam_key, "test-1")  # new images of it arrived while it ran
+    queue.complete(job, "ab" * 32, [{"sop_uid": sop, "laterality": "L", "score": 0.5, "findings": []}])
+    status = queue.conn.execute("SELECT status FROM triage_jobs WHERE exam_key = ? AND model_version = 'test-1'",
+                                (job.exam_key,)).fetchone()[0]
+    assert status == "pending"  # it runs again, on the exam as it is now
+    again = queue.claim_next("test-1")
+    assert again is not None and again.exam_key == job.exam_key
+    queue.complete(again, "ab" * 32, [{"sop_uid": sop, "laterality": "L", "score": 0.6, "findings": []}])
+    assert queue.conn.execute("SELECT status FROM triage_jobs WHERE exam_key = ? AND model_version = 'test-1'",
+                              (job.exam_key,)).fetchone()[0] == "done"

@@ -71,8 +71,12 @@ def test_a_site_window_shows_and_opens_an_exam_the_site_archive_received(
         result = storescu(orthanc.dicom_port, files, calling="MODALITY", called=orthanc.aet)
         assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
 
-        qtbot.waitUntil(lambda: win.worklist.rowCount() == 1, timeout=60_000)
-        assert f"received study {study} (4 images)" in win.log.toPlainText()
+        qtbot.waitUntil(lambda: f"study {study} from the site archive (4 images)" in win.log.toPlainText(),
+                        timeout=60_000)
+        assert win.worklist.rowCount() == 1
+        job = win.queue.conn.execute("SELECT status FROM triage_jobs WHERE exam_key = ? AND model_version = ?",
+                                     (study, win.model_version)).fetchone()
+        assert job is not None and job["status"] == "pending"  # queued for triage with the model shown
         win.open_row(0)
         qtbot.waitUntil(lambda: all(p.view is not None for p in win.hanging.panes.values()), timeout=60_000)
         shown = {p.view.meta.sop_instance_uid for p in win.hanging.panes.values() if p.view is not None}
@@ -82,4 +86,6 @@ def test_a_site_window_shows_and_opens_an_exam_the_site_archive_received(
     finally:
         win.close()
         archive.close()
-    assert win.site_images is not None and not win.site_images._thread.is_alive()  # stopped on closing
+    assert win.site_images is not None and win.site_images._stop.is_set()  # stopped on closing
+    win.site_images._thread.join(30)
+    assert not win.site_images._thread.is_alive()

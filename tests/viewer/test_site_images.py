@@ -9,6 +9,7 @@ stops and restarts the module's archive).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from orthancsupport import running_server  # noqa: E402
 
 from mammotriage.dicom import read_image  # noqa: E402
 from mammotriage.dicom.image import pixel_sha256  # noqa: E402
-from mammotriage.net.dicomweb import DicomWebArchive, StableStudyWatcher  # noqa: E402
+from mammotriage.net.dicomweb import DicomWebArchive, DicomWebError, StableStudyWatcher  # noqa: E402
 from mammotriage.net.orthanc import OrthancServer  # noqa: E402
 from mammotriage.phantom import write_demo_set  # noqa: E402
 from mammotriage.store.archive import Archive  # noqa: E402
@@ -34,6 +35,7 @@ from mammotriage.viewer.decode_pool import ProgressiveLoader  # noqa: E402
 from mammotriage.viewer.loader import LoadedView, LoadError  # noqa: E402
 from mammotriage.viewer.site_images import (  # noqa: E402
     BACKFILL_FILE,
+    RETRY_FILE,
     SiteImageFetcher,
     SiteStudyFeed,
 )
@@ -103,9 +105,9 @@ def test_the_feed_backfills_the_newest_studies_then_takes_what_becomes_stable(
         feed = SiteStudyFeed(client, index_file, tmp_path, backfill=2, arrived=arrived.append, say=said.append)
         first = feed.run_once()
         newest = [_study(exams[2][0]), _study(exams[1][0])]
-        assert [a.study_uid for a in first][:2] == newest  # the newest first
+        assert [a.study_uid for a in first][:2] == newest[::-1]  # the 2 newest, the older first (newest stay cached)
         assert sorted(arrived) == sorted(newest) and not said
-        assert (tmp_path / BACKFILL_FILE).exists()
+        assert json.loads((tmp_path / BACKFILL_FILE).read_text())["done"] is True
         with Archive(index_file) as index:
             held = {img.study_uid: img for exam in index.exams() for img in exam.images}
             assert set(held) == set(newest)  # the oldest study was not taken
@@ -128,7 +130,7 @@ def test_the_feed_backfills_the_newest_studies_then_takes_what_becomes_stable(
         assert len(client.cache) == cached + 4
 
         # a study held already costs a listing, not a fetch
-        again = feed.sync_study(newest[0])
+        again = feed.take(newest[0])
         assert (again.images, again.indexed, again.problems) == (4, 0, [])
         assert len(client.cache) == cached + 4
         feed.stop()
@@ -141,6 +143,82 @@ def test_the_feed_backfills_the_newest_studies_then_takes_what_becomes_stable(
         feed.stop()
     with Archive(index_file) as index:
         assert len(index.exams()) == 3 and not said
+
+
+def test_a_study_with_an_image_that_could_not_be_had_is_tried_again_and_reported_once_complete(
+        server: OrthancServer, exams: list[list[Path]], tmp_path: Path) -> None:
+    """Before, an image that failed (here a connection cut in the middle of its body) was
+    lost for good: the study was reported with 3 of its 4 views and never tried again."""
+    index_file = tmp_path / "archive.sqlite"
+    arrived: list[str] = []
+    said: list[str] = []
+    with _client(server, tmp_path / "cache") as client:
+        feed = SiteStudyFeed(client, index_file, tmp_path, backfill=0, retry_s=0.0,
+                             arrived=arrived.append, say=said.append)
+        feed.run_once()
+        late_dir = tmp_path / "late"
+        write_demo_set(late_dir, 1, seed=2314, rows=ROWS, columns=COLUMNS)
+        files = sorted(late_dir.rglob("*.dcm"))
+        study = _study(files[0])
+        real, calls = client.fetch_instance, [0]
+
+        def cut_once(study_uid: str, series_uid: str, sop_uid: str) -> Path:
+            calls[0] += 1
+            if calls[0] == 2:
+                raise DicomWebError(f"instance {sop_uid}", "the archive answered HTTP 404 Not Found", "http", 404)
+            return real(study_uid, series_uid, sop_uid)
+
+        client.fetch_instance = cut_once  # type: ignore[method-assign]
+        _send(server, files)
+        first = _wait_arrivals(feed, study)
+        assert [a.indexed for a in first if a.study_uid == study] == [3] and arrived == []  # not complete
+        assert (tmp_path / RETRY_FILE).exists() and any("404" in s for s in said)
+        again = feed.run_once()  # due again at once (retry_s 0)
+        assert [(a.study_uid, a.indexed, a.problems) for a in again] == [(study, 1, [])]
+        assert arrived == [study]  # reported once, complete
+        assert feed.run_once() == [] and arrived == [study]
+    with Archive(index_file) as index:
+        assert len(index.images_for_study(study)) == 4
+
+
+def test_a_cut_body_is_the_archive_away_not_a_bad_answer() -> None:
+    import requests
+
+    from mammotriage.net.dicomweb import _request_error
+    from mammotriage.net.site_io import is_away
+
+    error = _request_error("instance 1.2.3", requests.exceptions.ChunkedEncodingError("connection reset"))
+    assert error.code == "unreachable" and is_away(error)
+
+
+def test_the_fetcher_owns_the_cache_through_a_symlinked_data_directory_and_tries_an_old_failure_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mammotriage.net.dicomweb import InstanceCache
+    from mammotriage.viewer import site_images
+
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    client = DicomWebArchive("http://127.0.0.1:9", None, InstanceCache(link / "site-cache", 10**6))
+    fetcher = SiteImageFetcher(client, link / "archive.sqlite")
+    try:
+        indexed = str((link / "site-cache" / "1.2.3.abc.dcm").resolve())  # the index keeps resolved paths
+        assert fetcher.owns(indexed) and fetcher.ready(indexed) is False  # fetched, not left to fail
+        deadline = time.monotonic() + 10
+        while fetcher._fetches[indexed][0].done() is False and time.monotonic() < deadline:
+            time.sleep(0.01)
+        error = fetcher.ready(indexed)
+        assert isinstance(error, LoadError) and "not an indexed image" in error.reason  # a fresh failure: said
+        assert fetcher.ready(indexed) is False  # asked again: tried again
+        monkeypatch.setattr(site_images, "STALE_FAILURE_S", 0.0)
+        while fetcher._fetches[indexed][0].done() is False and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert fetcher.ready(indexed) is False  # an old failure is not served: a new try started
+        fetcher.cancel(indexed)
+    finally:
+        fetcher.shutdown()
 
 
 def _collect(loader: ProgressiveLoader, paths: set[str], timeout_s: float = 60) -> dict[str, LoadedView | LoadError]:

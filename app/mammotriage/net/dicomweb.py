@@ -107,6 +107,9 @@ def _request_error(what: str, exc: BaseException) -> DicomWebError:
                                    f"does not name the server, or the handshake failed ({exc})", "tls")
     if isinstance(exc, requests.ConnectionError):
         return DicomWebError(what, f"cannot reach the archive ({exc})", "unreachable")
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        # the connection broke in the middle of a body (an archive restarting): away, not a bad answer
+        return DicomWebError(what, f"the archive's answer was cut off ({exc})", "unreachable")
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         r = exc.response
         return DicomWebError(what, f"the archive answered HTTP {r.status_code} {r.reason}", "http",

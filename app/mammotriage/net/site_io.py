@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from mammotriage.digest import image_set_digest
 from mammotriage.net.dicomweb import DicomWebArchive, DicomWebError
 
-__all__ = ["RESULT_SOP_CLASS_PREFIXES", "DicomWebExamSource", "StowSink"]
+__all__ = ["RESULT_SOP_CLASS_PREFIXES", "DicomWebExamSource", "StowSink", "is_away"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ RESULT_SOP_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4
 _AWAY = ("timeout", "unreachable")
 
 
-def _away(exc: DicomWebError) -> bool:
+def is_away(exc: DicomWebError) -> bool:
+    """Whether a failure means "the archive is away now" (try again later), not "this is refused"."""
     return exc.code in _AWAY or (exc.code == "http" and (exc.status or 0) >= 500)
 
 
@@ -64,7 +65,7 @@ class DicomWebExamSource:
         try:
             instances = self.archive.find_instances(exam_key)
         except DicomWebError as exc:
-            if _away(exc):
+            if is_away(exc):
                 raise ConnectionError(str(exc)) from None
             raise
         return [i for i in instances if not (i.sop_class_uid or "").startswith(RESULT_SOP_CLASS_PREFIXES)]
@@ -80,7 +81,7 @@ class DicomWebExamSource:
             try:
                 paths.append(self.archive.fetch_instance(record.study_uid, record.series_uid, record.sop_uid))
             except DicomWebError as exc:
-                if _away(exc):
+                if is_away(exc):
                     away.append(exc)
                 else:
                     problems.append(str(exc))

@@ -675,6 +675,11 @@ class Archive(db.Connected):
         rows = self._query(self._IMAGE_SELECT + " WHERE i.sop_uid = ?", (sop_uid,))
         return self._image_record(rows[0]) if rows else None
 
+    def exam_key_of(self, study_uid: str) -> str | None:
+        """The exam a stored study belongs to (None when it is not stored)."""
+        rows = self._query("SELECT exam_key FROM studies WHERE study_uid = ?", (study_uid,))
+        return str(rows[0]["exam_key"]) if rows else None
+
     def images_for_study(self, study_uid: str) -> list[ImageRecord]:
         """Images of one study, in hanging order (RCC, LCC, RMLO, LMLO, others)."""
         rows = self._query(self._IMAGE_SELECT + " WHERE i.study_uid = ?", (study_uid,))

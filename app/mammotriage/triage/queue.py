@@ -176,7 +176,9 @@ class TriageQueue(db.Connected):
 
     def complete(self, job: Job, weights_sha256: str, images: list[dict[str, Any]],
                  maps_dir: Path | None = None) -> ExamResult:
-        """Store the results of one exam atomically and mark the job done.
+        """Store the results of one exam atomically and mark the job done (unless it was
+        queued again while it ran: then it stays pending and runs again on the exam's
+        images as they are now).
 
         ``images``: one dict per analysed image with ``sop_uid``, ``laterality``,
         ``score``, ``findings`` (JSON-ready, stored coordinates) and optionally
@@ -224,9 +226,10 @@ class TriageQueue(db.Connected):
                         "INSERT OR REPLACE INTO image_stats (sop_uid, mean, std, p05, p95, breast_frac, computed_at)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (item["sop_uid"], st["mean"], st["std"], st["p05"], st["p95"], st["breast_frac"], created))
+            # a job queued again while it ran (new images arrived) stays pending: it runs again
             self.conn.execute(
                 "UPDATE triage_jobs SET status = 'done', finished_at = ?, reason = NULL "
-                "WHERE exam_key = ? AND model_version = ?",
+                "WHERE exam_key = ? AND model_version = ? AND status = 'running'",
                 (created, job.exam_key, job.model_version),
             )
         return ExamResult(job.exam_key, job.model_version, weights_sha256, score, breasts.get("L"),

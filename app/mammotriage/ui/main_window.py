@@ -363,6 +363,7 @@ class MainWindow(QMainWindow):
         self._completed_studies: _queue.Queue[str] = _queue.Queue()  # filled by the node's threads
         # site mode: the site archive's studies come into this index over DICOMweb (a feed
         # thread), and a view the byte-bounded cache evicted is fetched again before it is decoded
+        self._site_studies: _queue.Queue[str] = _queue.Queue()  # filled by the site archive's feed
         self.site_images: SiteStudyFeed | None = None
         self.site_fetcher: SiteImageFetcher | None = None
         if site is not None:
@@ -410,7 +411,7 @@ class MainWindow(QMainWindow):
         if isinstance(self.loader, ProgressiveLoader):
             self.loader.fetcher = self.site_fetcher
         self.site_images = SiteStudyFeed(client.twin(), self.archive.path, data_dir(),
-                                         arrived=self._completed_studies.put,
+                                         arrived=self._site_studies.put,
                                          say=self._site_model_said.put).start()
         self.log_line(f"site archive {site.dicomweb_url}: its studies come in over DICOMweb "
                       f"(cache {cache_mb} MiB in {data_dir() / CACHE_FOLDER})")
@@ -547,6 +548,17 @@ class MainWindow(QMainWindow):
                 break
             n = len(self.archive.images_for_study(study_uid))
             self.log_line(f"received study {study_uid} ({n} images): queued for triage")
+            refresh = True
+        while True:  # the site archive's: complete in the index now; new images, a new analysis
+            try:
+                study_uid = self._site_studies.get_nowait()
+            except _queue.Empty:
+                break
+            n = len(self.archive.images_for_study(study_uid))
+            exam_key = self.archive.exam_key_of(study_uid)
+            if self.model_version and exam_key is not None:
+                self.queue.requeue(exam_key, self.model_version)
+            self.log_line(f"study {study_uid} from the site archive ({n} images): queued for triage")
             refresh = True
         if refresh:
             if self.model_version:

@@ -232,6 +232,8 @@ class Fetcher(Protocol):
 
     def ready(self, path: str) -> bool | LoadError: ...
 
+    def cancel(self, path: str) -> None: ...
+
 
 @dataclass(order=True)
 class _Task:
@@ -296,6 +298,8 @@ class ProgressiveLoader(ViewLoader):
                 self._waiting.pop((path, PREVIEW), None)
                 if not self._in_flight(path, FULL):
                     self._pending.pop(path, None)
+                if self.fetcher is not None:
+                    self.fetcher.cancel(path)  # its file is no longer wanted either
         self._prefetch = wanted
         for path in wanted:
             if self.cache.get(path) is None and (path, FULL) not in self._waiting \

@@ -13,11 +13,16 @@ where its files come from:
   (``Archive.import_paths``: hashed, checked, a bad file rejected with its reason). A
   study is then reported to ``arrived`` like a study the DICOM node received: the window
   shows it and queues it for triage. A late view or a retake makes the study stable
-  again; only its new images are fetched. The first start of a workstation takes the
-  ``backfill`` newest studies of the archive (by study date), then only what becomes
-  stable from then on; where it stands is kept in the data directory, so a restart
-  goes on where it stopped (a study half fetched at a kill is taken again at the next
-  start: the backfill is marked done only after its last study).
+  again; only its new images are fetched, and the window queues the exam for triage
+  again. A study is reported once all its images are indexed: one whose images could
+  not all be had (a refused or bad instance) is tried again later (``retry_s``, doubling,
+  :data:`MAX_TRIES` times; kept in ``site-archive-retry.json``), then reported with what
+  it has, the missing images named in the log. The first start of a workstation takes
+  the ``backfill`` newest studies of the archive (by study date, the oldest of them
+  first, so the newest stay in the cache), then only what becomes stable from then on;
+  where it stands is kept in the data directory, so a restart goes on where it stopped
+  (the feed's end is recorded before the backfill, which is marked done only after its
+  last study: a kill during it takes it again from the same end).
 * The cache is bounded: an indexed file it evicted is fetched again when it is wanted.
   :class:`SiteImageFetcher` is the loader's side of that (``ProgressiveLoader.fetcher``):
   a view whose file is missing from the cache folder is fetched on a thread (never the
@@ -26,7 +31,8 @@ where its files come from:
   archive's reason, and what is open and decoded stays readable.
 
 The archive being away is said once (``say``) and tried again with a growing pause;
-that it is back is said once too. Here at ``viewer`` level because it joins ``net``
+that it is back is said once too. The archive refusing the workstation (credentials,
+TLS) and a local failure (the data folder) are said once each, in their own words. Here at ``viewer`` level because it joins ``net``
 (the DICOMweb client) and ``store`` (the index).
 """
 
@@ -35,21 +41,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mammotriage.jsonio import write_atomic
 from mammotriage.net.dicomweb import DicomWebArchive, DicomWebError, StableStudyWatcher
-from mammotriage.net.site_io import DicomWebExamSource
+from mammotriage.net.site_io import DicomWebExamSource, is_away
 from mammotriage.store.archive import Archive
 from mammotriage.viewer.loader import LoadError
 
-__all__ = ["BACKFILL_FILE", "CACHE_FOLDER", "CHANGES_FILE", "DEFAULT_BACKFILL", "DEFAULT_CACHE_MB",
-           "SiteImageFetcher", "SiteStudyFeed", "StudyArrival"]
+__all__ = ["BACKFILL_FILE", "CACHE_FOLDER", "CHANGES_FILE", "DEFAULT_BACKFILL", "DEFAULT_CACHE_MB", "MAX_TRIES",
+           "RETRY_FILE", "SiteImageFetcher", "SiteStudyFeed", "StudyArrival"]
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +66,18 @@ log = logging.getLogger(__name__)
 CACHE_FOLDER = "site-cache"
 CHANGES_FILE = "site-archive-changes.json"
 BACKFILL_FILE = "site-archive-backfill.json"
+RETRY_FILE = "site-archive-retry.json"
 #: the cache's default size (a few days of a site's screening views)
 DEFAULT_CACHE_MB = 20 * 1024
 #: studies the first start of a workstation takes from the archive (the newest)
 DEFAULT_BACKFILL = 200
 #: the longest pause between two tries while the archive is away
 MAX_PAUSE_S = 30.0
+#: tries of a study whose images could not all be had, and the first pause between them
+MAX_TRIES = 5
+RETRY_S = 30.0
+#: a failed fetch older than this, asked for again, is tried again (not served as the error)
+STALE_FAILURE_S = 5.0
 
 
 @dataclass
@@ -82,13 +96,13 @@ class StudyArrival:
 class SiteStudyFeed:
     """The site archive's studies into this workstation's index (see the module text).
 
-    ``arrived(study_uid)`` is called for each study that got new images (on the feed's
-    thread: a window queues it); ``say`` gets what a reader or the IT should know
-    (the archive away and back, images that could not be had).
+    ``arrived(study_uid)`` is called for each study that got new images, once they are
+    all indexed (on the feed's thread: a window queues it); ``say`` gets what a reader or
+    the IT should know (the archive away and back, refusals, images that could not be had).
     """
 
     def __init__(self, archive: DicomWebArchive, index_file: str | Path, data_dir: str | Path, *,
-                 backfill: int = DEFAULT_BACKFILL, every_s: float = 2.0,
+                 backfill: int = DEFAULT_BACKFILL, every_s: float = 2.0, retry_s: float = RETRY_S,
                  arrived: Callable[[str], None] = lambda uid: None,
                  say: Callable[[str], None] = print) -> None:
         self.archive = archive
@@ -97,16 +111,20 @@ class SiteStudyFeed:
         self.data_dir = Path(data_dir)
         self.backfill = int(backfill)
         self.every_s = float(every_s)
+        self.retry_s = float(retry_s)
         self.arrived = arrived
         self.say = say
         self.watcher: StableStudyWatcher | None = None
         self.away_since: float | None = None
+        self._told: set[str] = set()
+        self._retry: dict[str, dict[str, Any]] = self._load_retry()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # ---------------------------------------------------------------- one pass
+    # ---------------------------------------------------------------- one study
     def sync_study(self, study_uid: str) -> StudyArrival:
-        """Fetch and index the study's images the index does not hold yet.
+        """Fetch and index the study's images the index does not hold yet (no report: see
+        :meth:`take`).
 
         Raises :class:`ConnectionError` when the archive is away (nothing is lost: the
         study is taken again on the next pass, from what is indexed by then).
@@ -126,7 +144,7 @@ class SiteStudyFeed:
                 try:
                     path = self.archive.fetch_instance(record.study_uid, record.series_uid, record.sop_uid)
                 except DicomWebError as exc:
-                    if exc.code in ("timeout", "unreachable") or (exc.code == "http" and (exc.status or 0) >= 500):
+                    if is_away(exc):
                         raise ConnectionError(str(exc)) from None
                     arrival.problems.append(str(exc))
                     continue
@@ -138,57 +156,110 @@ class SiteStudyFeed:
                     arrival.problems.append(f"instance {record.sop_uid} of study {study_uid}: {rejected.reason}")
         return arrival
 
-    def _report(self, arrival: StudyArrival) -> None:
-        for problem in arrival.problems:
-            self.say(f"site archive: {problem}")
-        if arrival.indexed:
-            self.arrived(arrival.study_uid)
+    def take(self, study_uid: str) -> StudyArrival:
+        """:meth:`sync_study`, then the report: ``arrived`` once the study is complete (or
+        its tries are spent), a study with problems kept to be tried again."""
+        arrival = self.sync_study(study_uid)
+        earlier = self._retry.pop(study_uid, None)
+        indexed = arrival.indexed + int(earlier["indexed"]) if earlier else arrival.indexed
+        if arrival.problems:
+            tries = int(earlier["tries"]) + 1 if earlier else 1
+            if tries == 1:
+                for problem in arrival.problems:
+                    self.say(f"site archive: {problem} (tried again in {self.retry_s:.0f} s)")
+            if tries < MAX_TRIES:
+                self._retry[study_uid] = {"tries": tries, "indexed": indexed, "reason": arrival.problems[0],
+                                          "next_at": time.time() + self.retry_s * 2 ** (tries - 1)}
+            else:
+                self.say(f"site archive: study {study_uid}: {len(arrival.problems)} image(s) could not be had "
+                         f"after {tries} tries ({arrival.problems[0]}); the exam is shown with the "
+                         f"{arrival.images - len(arrival.problems)} it has")
+            self._save_retry()
+            if study_uid in self._retry:
+                return arrival
+        elif earlier:
+            self._save_retry()
+        if indexed:
+            self.arrived(study_uid)
+        return arrival
 
+    def _load_retry(self) -> dict[str, dict[str, Any]]:
+        path = self.data_dir / RETRY_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); its studies come again when they are stable", path, exc)
+            return {}
+        ok = isinstance(data, dict) and all(isinstance(v, dict) for v in data.values())
+        return {str(k): v for k, v in data.items()} if ok else {}
+
+    def _save_retry(self) -> None:
+        write_atomic(self.data_dir / RETRY_FILE, (json.dumps(self._retry, sort_keys=True) + "\n").encode())
+
+    # ---------------------------------------------------------------- passes
     def _start_watching(self) -> list[StudyArrival]:
         """The watcher, and on the first start the backfill (the newest studies)."""
-        changes = self.data_dir / CHANGES_FILE
         mark = self.data_dir / BACKFILL_FILE
-        since: int | None = None
+        state: dict[str, Any] | None = None
         if mark.exists():
             try:
-                since = int(json.loads(mark.read_text(encoding="utf-8"))["since"])
+                state = json.loads(mark.read_text(encoding="utf-8"))
+                int(state["since"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("%s: unreadable (%s); taking the backfill again", mark, exc)
+                state = None
         arrivals: list[StudyArrival] = []
-        if since is None:
-            # the feed's end first, then the studies so far: nothing falls in between
+        if state is None:
+            # the feed's end first (kept before the backfill), then the studies so far
             end = StableStudyWatcher(self.archive, since=None)
-            since = end.since
+            state = {"since": end.since, "done": False}
             end.close()
-            studies = sorted(self.archive.find_studies(), key=lambda s: (s.study_date or "", s.study_uid),
-                             reverse=True)[:max(self.backfill, 0)]
-            for study in studies:
+            write_atomic(mark, (json.dumps(state) + "\n").encode())
+        if not state.get("done", True):
+            try:
+                studies = sorted(self.archive.find_studies(), key=lambda s: (s.study_date or "", s.study_uid),
+                                 reverse=True)[:max(self.backfill, 0)]
+            except DicomWebError as exc:
+                if exc.code != "too-large":
+                    raise
+                self.say(f"site archive: no backfill ({exc}); its studies come as they become stable")
+                studies = []
+            for study in reversed(studies):  # the oldest of them first: the newest stay in the cache
                 if self._stop.is_set():
                     raise InterruptedError("stopped during the backfill")
-                arrival = self.sync_study(study.study_uid)
-                self._report(arrival)
-                arrivals.append(arrival)
-            write_atomic(mark, (json.dumps({"since": since, "studies": len(studies)}) + "\n").encode())
-        self.watcher = StableStudyWatcher(self.archive, changes, since=since)
+                arrivals.append(self.take(study.study_uid))
+            state = {"since": int(state["since"]), "done": True, "studies": len(studies)}
+            write_atomic(mark, (json.dumps(state) + "\n").encode())
+        self.watcher = StableStudyWatcher(self.archive, self.data_dir / CHANGES_FILE, since=int(state["since"]))
         return arrivals
 
     def run_once(self) -> list[StudyArrival]:
-        """One pass: the backfill on the first start, then the studies stable since the last pass.
+        """One pass: studies due to be tried again, the backfill on the first start, then
+        the studies stable since the last pass.
 
         Raises :class:`ConnectionError` or :class:`~mammotriage.net.dicomweb.DicomWebError`
-        when the archive is away (the next pass goes on from there).
+        when the archive is away or refuses (the next pass goes on from there).
         """
-        arrivals = self._start_watching() if self.watcher is None else []
+        now = time.time()
+        arrivals = [self.take(uid) for uid, entry in list(self._retry.items())
+                    if float(entry.get("next_at", 0)) <= now]
+        if self.watcher is None:
+            arrivals += self._start_watching()
         assert self.watcher is not None
         for study_uid in self.watcher.changes():
             if self._stop.is_set():
                 break
-            arrival = self.sync_study(study_uid)
-            self._report(arrival)
-            arrivals.append(arrival)
+            arrivals.append(self.take(study_uid))
         return arrivals
 
     # ---------------------------------------------------------------- thread
+    def _once(self, text: str) -> None:
+        if text not in self._told:
+            self._told.add(text)
+            self.say(text)
+
     def _run(self) -> None:
         pause = self.every_s
         while not self._stop.is_set():
@@ -196,17 +267,28 @@ class SiteStudyFeed:
                 self.run_once()
             except InterruptedError:  # stopped during the backfill (an OSError: caught first)
                 return
-            except (ConnectionError, DicomWebError, OSError) as exc:
-                if self.away_since is None:
-                    self.away_since = time.time()
-                    self.say(f"site archive away ({exc}); its new studies come when it is back "
-                             "(tried again in the background)")
-                pause = min(max(pause * 2, self.every_s), MAX_PAUSE_S)
+            except (ConnectionError, DicomWebError) as exc:
+                if isinstance(exc, DicomWebError) and not is_away(exc):
+                    self._once(f"site archive refuses this workstation's requests ({exc}); check the site "
+                               "profile (tried again in the background)")
+                    pause = MAX_PAUSE_S
+                else:
+                    if self.away_since is None:
+                        self.away_since = time.time()
+                        self.say(f"site archive away ({exc}); its new studies come when it is back "
+                                 "(tried again in the background)")
+                    pause = min(max(pause * 2, self.every_s), MAX_PAUSE_S)
+            except OSError as exc:  # this workstation's side: its data folder or disk
+                self._once(f"site archive feed: {exc.strerror or exc}"
+                           f"{f' ({exc.filename})' if exc.filename else ''} on this workstation "
+                           "(tried again in the background)")
+                pause = MAX_PAUSE_S
             except Exception as exc:  # the feed never dies silently
                 log.exception("site archive feed")
-                self.say(f"site archive feed: {type(exc).__name__}: {exc} (tried again in the background)")
+                self._once(f"site archive feed: {type(exc).__name__}: {exc} (tried again in the background)")
                 pause = MAX_PAUSE_S
             else:
+                self._told.clear()
                 if self.away_since is not None:
                     self.away_since = None
                     self.say("site archive back: its new studies come in again")
@@ -227,44 +309,90 @@ class SiteStudyFeed:
             self.watcher.close()
 
 
+class _DaemonPool:
+    """A few daemon threads running submitted calls: a fetch stuck on the network never
+    holds up the app's exit (a ThreadPoolExecutor's threads are joined at exit)."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[None], Callable[[], None]] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True) for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[[], None]) -> Future[None]:
+        future: Future[None] = Future()
+        self._jobs.put((future, fn))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - the caller reads it from the future
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
 class SiteImageFetcher:
     """Fetches again, on threads, the files of site images the cache evicted.
 
     :meth:`ready` is asked by the loader before it decodes a path: True when the file
     is there (or is not a site image: the decode reports it), False while its fetch
     runs (started on the first ask), a :class:`~mammotriage.viewer.loader.LoadError`
-    when the fetch failed (asked again later, it is tried again).
+    when the fetch failed (a failure older than :data:`STALE_FAILURE_S` is tried again
+    instead). :meth:`cancel` drops a fetch not started yet (a prefetch no longer wanted).
     """
 
     def __init__(self, archive: DicomWebArchive, index_file: str | Path, workers: int = 2) -> None:
         self.archive = archive
-        self.folder = Path(archive.cache.folder).absolute()
+        self.folder = Path(archive.cache.folder).resolve()  # the index keeps resolved paths
         self.index_file = Path(index_file)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="site-fetch")
+        self._pool = _DaemonPool(workers, "site-fetch")
         self._local = threading.local()
-        self._fetches: dict[str, Future[None]] = {}
+        self._fetches: dict[str, tuple[Future[None], list[float]]] = {}
         #: fetches done so far (for the status and tests)
         self.fetched = 0
 
     def owns(self, path: str) -> bool:
-        return Path(path).absolute().parent == self.folder
+        return Path(path).resolve().parent == self.folder
+
+    def _submit(self, path: str) -> None:
+        done_at: list[float] = []
+        future = self._pool.submit(lambda: self._fetch(path))
+        future.add_done_callback(lambda _f: done_at.append(time.monotonic()))
+        self._fetches[path] = (future, done_at)
 
     def ready(self, path: str) -> bool | LoadError:
-        future = self._fetches.get(path)
-        if future is None:
+        entry = self._fetches.get(path)
+        if entry is None:
             if os.path.exists(path) or not self.owns(path):
                 return True
-            self._fetches[path] = self._pool.submit(self._fetch, path)
+            self._submit(path)
             return False
+        future, done_at = entry
         if not future.done():
             return False
         del self._fetches[path]
-        try:
-            future.result()
-        except Exception as exc:  # noqa: BLE001 - a failed fetch is the view's load error
-            return LoadError(path, f"site archive: {exc}", "site-fetch")
-        self.fetched += 1
-        return True
+        error = future.exception() if not future.cancelled() else None
+        if error is None and not future.cancelled():
+            self.fetched += 1
+            return True
+        if future.cancelled() or (done_at and time.monotonic() - done_at[0] > STALE_FAILURE_S):
+            return self.ready(path)  # an old failure (the archive may be back): try again
+        return LoadError(path, f"site archive: {error}", "site-fetch")
+
+    def cancel(self, path: str) -> None:
+        entry = self._fetches.get(path)
+        if entry is not None and entry[0].cancel():
+            del self._fetches[path]
 
     @property
     def busy(self) -> bool:
@@ -281,13 +409,13 @@ class SiteImageFetcher:
         sop = ".".join(name.split(".")[:-2])
         with Archive(self.index_file) as index:
             record = index.image(sop)
-        if record is None or Path(record.path).absolute() != Path(path).absolute():
+        if record is None or Path(record.path).resolve() != Path(path).resolve():
             raise LookupError(f"{name} is not an indexed image of the site archive")
         got = self._client().fetch_instance(record.study_uid, record.series_uid, sop)
-        if Path(got).absolute() != Path(path).absolute():
+        if Path(got).resolve() != Path(path).resolve():
             raise DicomWebError(f"instance {sop} of study {record.study_uid}",
                                 "the archive holds other bytes for it now than when it was indexed "
                                 f"(sha256 {record.sha256[:12]}…)", "changed")
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
