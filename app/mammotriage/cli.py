@@ -438,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mammotriage.export.commands import add_dataset_commands
     from mammotriage.learning.commands import add_dataset_check_command
 
-    add_dataset_check_command(add_dataset_commands(sub))
+    dataset = add_dataset_commands(sub)
+    dataset.choices["snapshot"].set_defaults(site_source=site_snapshot_source)  # --site PROFILE
+    add_dataset_check_command(dataset)
 
     from mammotriage.net.commands import add_net_commands
 
@@ -499,6 +501,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patients that also get an exam 1-2 years earlier (default 2; 0 for none)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def site_snapshot_source(profile_path: str) -> Any:
+    """``dataset snapshot --site PROFILE``: the site's chain as a snapshot source (the head
+    read first, then the events up to it: one consistent cut of a chain others extend)."""
+    from mammotriage.net.site_profile import load_profile
+    from mammotriage.store.audit import head_record
+    from mammotriage.store.datasets import SnapshotSource
+    from mammotriage.store.pg.events import SiteCorrectionLog
+
+    profile = load_profile(profile_path)
+    with SiteCorrectionLog(profile.dsn()) as log:
+        head = log.head()
+        events = [e for e in log.events() if e.seq <= head.last_seq]
+        site = log.archive_id()
+    return SnapshotSource(events, head_record(head), {"kind": "site", "site": site, "events": len(events)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

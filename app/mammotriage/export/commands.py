@@ -37,8 +37,12 @@ def add_dataset_commands(subparsers: argparse._SubParsersAction) -> argparse._Su
     p.add_argument("--description", default="", help="free text (part of the manifest)")
     p.add_argument("--include-unreviewed", action="store_true",
                    help="also take triaged exams without corrections (AI marks, unreviewed)")
+    p.add_argument("--site", metavar="PROFILE",
+                   help="site mode: the corrections of the site's chain (every workstation's), read with "
+                        "this site profile, on the exams this workstation's index holds")
     p.add_argument("--json", action="store_true", help="print the snapshot record as JSON")
-    p.set_defaults(func=cmd_dataset_snapshot)
+    # site_source: the composition root's reader of a site's chain (export does not import net)
+    p.set_defaults(func=cmd_dataset_snapshot, site_source=None)
 
     p = dataset.add_parser("list", help="list the recorded snapshots")
     p.add_argument("--json", action="store_true")
@@ -80,9 +84,18 @@ def _fail(message: str) -> int:
 def cmd_dataset_snapshot(args: argparse.Namespace) -> int:
     from mammotriage.store.datasets import DatasetError, create_snapshot, load_snapshot
 
+    source = None
+    if getattr(args, "site", None):
+        if args.site_source is None:
+            return _fail("--site: this installation cannot read a site's chain")
+        try:
+            source = args.site_source(args.site)
+        except Exception as exc:  # noqa: BLE001 - a bad profile, a server away: say which and why
+            return _fail(f"--site {args.site}: {type(exc).__name__}: {exc}")
     try:
         rec = create_snapshot(_archive(), rule=args.rule, role=args.role, name=args.name,
-                              description=args.description, include_unreviewed=args.include_unreviewed)
+                              description=args.description, include_unreviewed=args.include_unreviewed,
+                              source=source)
     except DatasetError as exc:
         return _fail(str(exc))
     if args.json:
@@ -100,6 +113,10 @@ def cmd_dataset_snapshot(args: argparse.Namespace) -> int:
         k = "n/a" if kappa["kappa"] is None else f"{kappa['kappa']:.2f}"
         print(f"  {a} vs {b}: lesion match rate {rate} ({pair['images']} images), "
               f"BI-RADS kappa {k} (n={kappa['n']})")
+    missing = load_snapshot(rec.path)["counts"].get("exams_with_events_not_in_archive", 0)
+    if missing and source is not None:
+        print(f"  {missing} exam(s) with corrections in the site's chain are not in this workstation's index "
+              "(not in the snapshot; their images come with the site archive's feed)")
     print(f"  manifest: {rec.path}")
     return 0
 

@@ -85,6 +85,7 @@ __all__ = [
     "DatasetError",
     "SnapshotDiff",
     "SnapshotRecord",
+    "SnapshotSource",
     "bbox",
     "build_manifest",
     "canonical_bytes",
@@ -249,9 +250,19 @@ def _exam_entry_and_images(exam: ExamRecord, events: list[Event], conn: sqlite3.
     return exam_entry, images
 
 
+@dataclass(frozen=True)
+class SnapshotSource:
+    """Corrections from elsewhere than the archive's own log: a site's chain, as read by
+    the caller (``events`` up to ``audit_head``; ``store`` says where, into the manifest)."""
+
+    events: Sequence[Event]
+    audit_head: dict[str, Any]
+    store: dict[str, Any]
+
+
 def build_manifest(archive_file: str | Path | None = None, *, rule: str | ConsensusRule = "union",
                    role: str = "training", name: str = "", description: str = "",
-                   include_unreviewed: bool = False) -> dict[str, Any]:
+                   include_unreviewed: bool = False, source: SnapshotSource | None = None) -> dict[str, Any]:
     """The manifest of the current labels (not stored; see :func:`create_snapshot`).
 
     Parameters
@@ -267,6 +278,10 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
         Free text recorded in the manifest (part of its hash).
     include_unreviewed
         Also take exams without correction events that have AI results.
+    source
+        The corrections of a site's chain instead of the archive's own log (site mode:
+        the workstation's log holds none); the exams and AI results still come from
+        this archive, and the manifest names the source under ``store``.
 
     Raises
     ------
@@ -287,7 +302,7 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
     with Archive(archive_file) as archive, CorrectionLog(archive_file) as log:
         conn = log.conn
         events_by_exam: dict[str, list[Event]] = {}
-        for e in log.events():
+        for e in (source.events if source is not None else log.events()):
             events_by_exam.setdefault(e.exam_key, []).append(e)
         keys = set(events_by_exam)
         if include_unreviewed:
@@ -303,7 +318,10 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
             entry, imgs = _exam_entry_and_images(exam, events_by_exam.get(key, []), conn, rule, discordance_rule)
             exams.append(entry)
             images.extend(imgs)
-        audit_head = head_record(log.signed_head())
+        audit_head = source.audit_head if source is not None else head_record(log.signed_head())
+    if not exams and source is not None and missing:
+        raise DatasetError(f"nothing to snapshot: none of the {len(missing)} exams with corrections in the site's "
+                           "chain is in this workstation's index (their images come with the site archive's feed)")
     if not exams:
         raise DatasetError("nothing to snapshot: no exam in the archive has correction events"
                            + ("" if include_unreviewed else
@@ -325,7 +343,7 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
     consensus = rule.to_json()
     if rule.name == "arbitrated":
         consensus["discordance"] = discordance_rule
-    return {
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "name": name,
         "description": description,
@@ -341,6 +359,9 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
         "images": images,
         "audit_head": audit_head,
     }
+    if source is not None:  # only then: a standalone manifest (and its hash) is as before
+        manifest["store"] = dict(source.store)
+    return manifest
 
 
 def canonical_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -414,7 +435,7 @@ def _record(row: sqlite3.Row, folder: Path) -> SnapshotRecord:
 
 def create_snapshot(archive_file: str | Path | None = None, *, rule: str | ConsensusRule = "union",
                     role: str = "training", name: str = "", description: str = "",
-                    include_unreviewed: bool = False) -> SnapshotRecord:
+                    include_unreviewed: bool = False, source: SnapshotSource | None = None) -> SnapshotRecord:
     """Freeze the current labels: write the manifest and record it.
 
     Returns the record; ``created`` is False when an identical snapshot already existed
@@ -424,8 +445,8 @@ def create_snapshot(archive_file: str | Path | None = None, *, rule: str | Conse
         from mammotriage.config import archive_path
 
         archive_file = archive_path()
-    manifest = build_manifest(archive_file, rule=rule, role=role, name=name,
-                              description=description, include_unreviewed=include_unreviewed)
+    manifest = build_manifest(archive_file, rule=rule, role=role, name=name, description=description,
+                              include_unreviewed=include_unreviewed, source=source)
     data = canonical_bytes(manifest)
     digest = hashlib.sha256(data).hexdigest()
     folder = datasets_dir(archive_file)
