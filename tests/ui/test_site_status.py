@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mammotriage.config import data_dir
 from mammotriage.store.pg.cluster import PgCluster
 from mammotriage.store.pg.events import SiteCorrectionLog
 from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog
@@ -208,12 +209,15 @@ def test_a_site_window_shows_the_sites_read_states_and_writes_the_signed_reads_s
                                   seed=47, reader="dr_reads")
     try:
         key = win.current.exam_key
-        assert win.worklist.reads.get(key) is None or win.worklist.reads[key].state == "unread"
+        assert win.worklist.read_state(win.worklist.entries[0]).state == "unread"
+        assert win.worklist.rowCount() == 1 and win.worklist.entries[0].exam.exam_key == key
         assessment = {"breasts": {"R": {"birads": "1", "density": "b"}, "L": {"birads": "2", "density": "b"}},
                       "recall": False}
         assert win.sign_exam(assessment)
         qtbot.waitUntil(lambda: "reader findings SR: 1 file(s)" in win.log.toPlainText(), timeout=60_000)
         assert "has not signed" not in win.log.toPlainText()
+        written = sorted((data_dir() / "results" / "reader").rglob("reader-sr-*.dcm"))
+        assert len(written) == 1  # one study, one SR, named by the signature (sent or not yet)
         qtbot.waitUntil(lambda: key in win.worklist.reads and win.worklist.reads[key].state == "signed",
                         timeout=60_000)
         assert win.worklist.reads[key].reader == "dr_reads"

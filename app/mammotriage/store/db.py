@@ -485,10 +485,17 @@ _V13_SITE_EVENTS = Migration(
             reader   TEXT NOT NULL,
             action   TEXT NOT NULL,
             at       TEXT NOT NULL,              -- UTC ISO 8601, when the reader acted
-            payload  TEXT NOT NULL DEFAULT ''
+            payload  TEXT NOT NULL DEFAULT '',
+            hash     TEXT NOT NULL               -- the chain's hash of the event (which chain it is)
         )
         """,
         "CREATE INDEX site_events_exam ON site_events (exam_key, seq)",
+        """
+        CREATE TABLE site_events_source (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            archive_id TEXT NOT NULL             -- the site whose chain the copy is (site_identity)
+        )
+        """,
     ),
 )
 

@@ -50,6 +50,11 @@ class ExamCorrections:
         self.labels: dict[str, ReaderLabels] = {}
         self._refold()
 
+    def known_events(self) -> list[Event]:
+        """The exam's events as this reader has them now (their own as soon as made, sent
+        or not; under double reading, what blinding lets them see)."""
+        return list(self._events)
+
     def reload(self) -> None:
         """Read the exam's events from the log again (site mode: another workstation's
         corrections arrived) and refold."""

@@ -49,7 +49,7 @@ class SiteReadsFeed:
 
     def pull_once(self) -> int:
         try:
-            copied = self._mirror.pull()
+            copied = self._mirror.pull(stop=self._stop.is_set)
         except Exception as exc:  # noqa: BLE001 - the server away, or a refused answer: the copy stays
             self.away = f"{type(exc).__name__}: {exc}"
             log.debug("site read states not refreshed: %s", self.away)

@@ -49,14 +49,41 @@ def test_the_copy_takes_the_chain_in_order_and_only_what_is_new(site: PgCluster,
         server = [(e.seq, e.exam_key, e.reader, e.action) for e in log.events()]
     assert _copied(archive_file) == server  # the same events, the same sequence numbers
 
-    # a copy ahead of the server (a site restored from an older backup) is taken again
+    with SiteEventMirror(site.dsn("mt_workstation"), archive_file) as mirror:
+        assert mirror.pull() == 0 and not mirror.reset  # the same chain: nothing again
+
+    # a copy that is not of this chain is taken again whole: ahead of the server (a site
+    # restored from an older backup), another event under the copy's last seq (restored,
+    # then grown again), another site's (the workstation joined elsewhere)
+    def ahead(conn) -> None:
+        conn.execute("INSERT INTO site_events (seq, exam_key, reader, action, at, hash) "
+                     "VALUES (?, 'ghost', 'x', 'sign', '', 'h')", (server[-1][0] + 100,))
+
+    def other_event(conn) -> None:
+        conn.execute("UPDATE site_events SET hash = 'not-this-chain', exam_key = 'ghost' "
+                     "WHERE seq = (SELECT MAX(seq) FROM site_events)")
+
+    def other_site(conn) -> None:
+        conn.execute("UPDATE site_events_source SET archive_id = 'another-site'")
+
+    for forge in (ahead, other_event, other_site):
+        conn = db.connect(archive_file)
+        with db.transaction(conn):
+            forge(conn)
+        conn.close()
+        with SiteEventMirror(site.dsn("mt_workstation"), archive_file) as mirror:
+            assert mirror.pull() == len(server) and mirror.reset, forge.__name__
+            assert mirror.pull() == 0 and not mirror.reset
+        assert _copied(archive_file) == server, forge.__name__
+
+    # a pull asked to stop between batches leaves the old copy as it was
     conn = db.connect(archive_file)
     with db.transaction(conn):
-        conn.execute("INSERT INTO site_events (seq, exam_key, reader, action, at) VALUES (?, 'ghost', 'x', 'sign', '')",
-                     (server[-1][0] + 100,))
+        other_site(conn)
     conn.close()
-    with SiteEventMirror(site.dsn("mt_workstation"), archive_file) as mirror:
-        assert mirror.pull() == len(server) and mirror.reset
+    with SiteEventMirror(site.dsn("mt_workstation"), archive_file, batch=2) as mirror:
+        asked: list[int] = []
+        assert mirror.pull(stop=lambda: (asked.append(1), len(asked) > 2)[1]) == 0 and len(asked) == 3
     assert _copied(archive_file) == server
 
 
@@ -70,6 +97,7 @@ def test_a_site_worklist_reads_its_states_from_the_copy_not_the_workstations_own
         key = archive.exams()[0].exam_key
     with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-2") as log:
         log.append(reader="dr_c", exam_key=key, action="sign", payload=SIGNED)
+        log.append(reader="dr_c", exam_key="other", action="note", payload={"text": "another exam"})
     with SiteEventMirror(site.dsn("mt_workstation"), archive_file) as mirror:
         mirror.pull()
     conn = db.connect(archive_file)
@@ -80,6 +108,17 @@ def test_a_site_worklist_reads_its_states_from_the_copy_not_the_workstations_own
             unread = WorklistQuery(None, None, site_reads=site_reads, filter="unread")
             assert worklist_rows(conn, unread)[0] == (1 if state == "unread" else 0)
         assert read_states(conn, [key], table="site_events")[key].reader == "dr_c"
+    finally:
+        conn.close()
+    with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-3") as log, \
+            SiteEventMirror(site.dsn("mt_workstation"), archive_file) as mirror:
+        log.append(reader="dr_d", exam_key=key, action="amend", payload={"reason": "second look"})
+        mirror.pull()
+    conn = db.connect(archive_file)
+    try:
+        (row,) = worklist_rows(conn, WorklistQuery(None, None, site_reads=True))[1]
+        assert (row.read.state, row.read.reader) == ("reopened", "dr_d")
+        assert worklist_rows(conn, WorklistQuery(None, None, site_reads=True, filter="unread"))[0] == 1
         with pytest.raises(ValueError, match="read states come from"):
             read_states(conn, [key], table="images; DROP TABLE images")
     finally:
