@@ -65,6 +65,9 @@ class WorklistQuery:
     blind_reader: str | None = None  # "AI after my read": AI hidden except on exams this reader assessed
     triage_order: bool = True  # false: newest first while AI is hidden (the order gives nothing away)
     site_reads: bool = False  # site mode: read states from the copy of the site's chain (site_events)
+    #: double reading on: "unread" is the exams that still want a read by this reader (not
+    #: arbitrated, not signed by them, fewer than two readers' signatures)
+    double_reader: str | None = None
 
     def __post_init__(self) -> None:
         if self.sort not in SORTS or self.filter not in FILTERS:
@@ -92,6 +95,11 @@ _READ = """COALESCE((SELECT CASE c.action WHEN 'amend' THEN 'reopened' ELSE 'sig
                      ORDER BY c.seq DESC LIMIT 1),
                     CASE WHEN EXISTS (SELECT 1 FROM {events} c WHERE c.exam_key = e.exam_key)
                          THEN 'started' ELSE 'unread' END)"""
+_NEEDS_READ = """(NOT EXISTS (SELECT 1 FROM {events} c WHERE c.exam_key = e.exam_key AND c.action = 'arbitrate')
+                 AND NOT EXISTS (SELECT 1 FROM {events} c WHERE c.exam_key = e.exam_key AND c.action = 'sign'
+                                 AND c.reader = :dreader)
+                 AND (SELECT COUNT(DISTINCT c.reader) FROM {events} c WHERE c.exam_key = e.exam_key
+                      AND c.action = 'sign') < 2)"""
 _VIEWS = """(SELECT COUNT(*) FROM studies s JOIN images i ON i.study_uid = s.study_uid
              WHERE s.exam_key = e.exam_key)"""
 _COLUMN_KEYS = {"patient": "patient_id COLLATE NOCASE", "date": "study_date", "name": "patient_name COLLATE NOCASE",
@@ -111,7 +119,9 @@ def _rows_sql(conn: sqlite3.Connection, q: WorklistQuery, what: str, tail: str =
     sus, norm = (q.points.suspicious, q.points.likely_normal) if q.points is not None else (2.0, -1.0)
     version, sha = q.model_version or "", q.weights_sha256 or ""
     params: dict[str, Any] = {"version": version, "sha": sha, "reader": q.blind_reader or "",
-                              "sus": sus, "norm": norm}
+                              "sus": sus, "norm": norm, "dreader": q.double_reader or ""}
+    needs = _NEEDS_READ.format(events=_events(q)) if q.double_reader is not None else "1"
+    where = "needs_read" if q.filter == "unread" and q.double_reader is not None else _WHERE[q.filter]
     blind = "0"
     if q.blind_reader is not None:
         blind = "NOT EXISTS (SELECT 1 FROM initial_reads ir WHERE ir.exam_key = e.exam_key AND ir.reader = :reader)"
@@ -128,7 +138,7 @@ def _rows_sql(conn: sqlite3.Connection, q: WorklistQuery, what: str, tail: str =
     sql = f"""
         WITH scored AS (
             SELECT e.exam_key, e.patient_id, e.patient_name, e.study_date, e.accessions, {score} AS score,
-                   j.status AS job, {blind} AS blind, {_READ.format(events=_events(q))} AS read_state, {_PRIORS} AS priors,
+                   j.status AS job, {blind} AS blind, {_READ.format(events=_events(q))} AS read_state, {needs} AS needs_read, {_PRIORS} AS priors,
                    {_VIEWS} AS n_views
             FROM exam_index e
             LEFT JOIN {result}
@@ -141,7 +151,7 @@ def _rows_sql(conn: sqlite3.Connection, q: WorklistQuery, what: str, tail: str =
                    CASE WHEN score IS NULL THEN 1 WHEN score >= :sus THEN 0 WHEN score < :norm THEN 3 ELSE 2 END AS rank,
                    CASE WHEN blind THEN -1.0 ELSE COALESCE(score, -1.0) END AS ai_key
             FROM scored)
-        SELECT {what} FROM keyed {'WHERE ' + _WHERE[q.filter] if _WHERE[q.filter] else ''} {tail}"""
+        SELECT {what} FROM keyed {'WHERE ' + where if where else ''} {tail}"""
     return sql, params
 
 

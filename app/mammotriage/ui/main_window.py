@@ -371,7 +371,7 @@ class MainWindow(QMainWindow):
         # site mode: the worklist's read states from a copy of the site's chain (a feed thread)
         self.site_reads: SiteReadsFeed | None = None
         self._reads_seen = 0
-        if site is not None and self.double_feed is None:  # double reading: the feed's states instead
+        if site is not None:
             self.site_reads = SiteReadsFeed(site.dsn(), self.archive.path, say=self._site_model_said.put).start()
         self.model_panel: ModelPanel | None = None  # created on first use (Ctrl+Shift+M)
         self.pipeline_timer = QTimer(self)  # the automatic pipeline, when the site setting asks for it
@@ -777,7 +777,8 @@ class MainWindow(QMainWindow):
                              sort=old.sort if old else "triage", descending=old.descending if old else False,
                              filter=old.filter if old else "all", search=old.search if old else "",
                              blind_reader=blind, triage_order=self.policy.triage_order,
-                             site_reads=self.site is not None and self.double_feed is None)
+                             site_reads=self.site is not None,
+                             double_reader=self.reader if self.double_policy.enabled else None)
 
     def _worklist_page(self, query: WorklistQuery, offset: int, limit: int) -> tuple[int, list]:
         return worklist_rows(self.queue.conn, query, offset, limit, self._etas)
