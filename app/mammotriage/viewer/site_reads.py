@@ -31,7 +31,7 @@ class SiteReadsFeed:
         self.every_s = float(every_s)
         self.say = say or (lambda _text: None)
         self._mirror = SiteEventMirror(dsn, archive_file)
-        #: moves each time the copy took new events
+        #: moves each time the copy took events that change a read state
         self.generation = 0
         #: why the last pull failed (None: it reached the server)
         self.away: str | None = None
@@ -58,7 +58,7 @@ class SiteReadsFeed:
         if self._mirror.reset:
             self.say("the site's chain is shorter than this workstation's copy of it (the server was "
                      "restored from a backup?): the worklist's read states were read again from the server")
-        if copied or self._mirror.reset:
+        if self._mirror.states_moved:  # not for every note or mark made at the site
             self.generation += 1
         return copied
 

@@ -42,10 +42,12 @@ def test_the_copy_takes_the_chain_in_order_and_only_what_is_new(site: PgCluster,
         assert len(before) == start
         for n in range(7):
             log.append(reader="dr_a", exam_key=f"M{n % 2}", action="note", payload={"text": str(n)})
-        assert mirror.pull() == 7  # three batches of at most 3
-        assert mirror.pull() == 0
+        assert mirror.pull() == 7 and mirror.states_moved  # three batches of at most 3; new exams
+        assert mirror.pull() == 0 and not mirror.states_moved
+        log.append(reader="dr_a", exam_key="M1", action="note", payload={"text": "again"})
+        assert mirror.pull() == 1 and not mirror.states_moved  # a note on a started exam: no redraw
         log.append(reader="dr_b", exam_key="M1", action="sign", payload=SIGNED)
-        assert mirror.pull() == 1
+        assert mirror.pull() == 1 and mirror.states_moved
         server = [(e.seq, e.exam_key, e.reader, e.action) for e in log.events()]
     assert _copied(archive_file) == server  # the same events, the same sequence numbers
 

@@ -27,7 +27,10 @@ from pathlib import Path
 from mammotriage.store import db
 from mammotriage.store.pg.events import PgConnected
 
-__all__ = ["SiteEventMirror"]
+__all__ = ["STATE_ACTIONS", "SiteEventMirror"]
+
+#: the actions that change an exam's read state once it has events
+STATE_ACTIONS = ("sign", "amend", "arbitrate")
 
 
 class SiteEventMirror(PgConnected):
@@ -39,6 +42,9 @@ class SiteEventMirror(PgConnected):
         self.batch = int(batch)
         #: the last pull found the copy to be of another chain and took it again
         self.reset = False
+        #: the last pull changed a read state (a sign, amend or arbitration, or an exam's
+        #: first event): the worklist redraws only then, not for every note or mark
+        self.states_moved = False
         self._local: sqlite3.Connection | None = None
 
     @property
@@ -75,6 +81,7 @@ class SiteEventMirror(PgConnected):
         head = self.conn.execute("SELECT last_seq FROM audit_head WHERE id = 1").fetchone()
         server_last = int(head["last_seq"]) if head is not None else 0
         self.reset = not self._same_chain(site)
+        self.states_moved = False
         local = self.local
         if self.reset:
             # the new copy goes to a temporary table of this connection (no lock on the
@@ -91,6 +98,7 @@ class SiteEventMirror(PgConnected):
                     local.execute("INSERT INTO site_events SELECT * FROM temp.site_events_next")
                     local.execute("INSERT OR REPLACE INTO site_events_source (id, archive_id) VALUES (1, ?)",
                                   (site,))
+                self.states_moved = True
             finally:
                 local.execute("DROP TABLE IF EXISTS temp.site_events_next")
             return copied
@@ -115,6 +123,8 @@ class SiteEventMirror(PgConnected):
                 break
             values = [(r["seq"], r["exam_key"], r["reader"], r["action"], r["at"], r["payload"] or "", r["hash"])
                       for r in rows]
+            if commit_each and not self.states_moved:
+                self.states_moved = self._moves_states(rows)
             if commit_each:
                 with db.transaction(self.local):
                     self.local.executemany(sql, values)
@@ -123,3 +133,17 @@ class SiteEventMirror(PgConnected):
             copied += len(rows)
             last = int(rows[-1]["seq"])
         return copied, True
+
+    def _moves_states(self, rows: list[dict[str, object]]) -> bool:
+        """Whether these new events change a read state: a sign, amend or arbitration, or
+        the first event of an exam ("started")."""
+        if any(r["action"] in STATE_ACTIONS for r in rows):
+            return True
+        keys = sorted({str(r["exam_key"]) for r in rows})
+        known: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            known |= {k for (k,) in self.local.execute(
+                f"SELECT DISTINCT exam_key FROM site_events WHERE exam_key IN ({','.join('?' * len(chunk))})",
+                chunk)}
+        return len(known) < len(keys)
