@@ -226,6 +226,18 @@ def test_a_site_window_shows_the_sites_read_states_and_writes_the_signed_reads_s
             elsewhere.append(reader="dr_other", exam_key=key, action="amend", payload={"reason": "second look"})
         qtbot.waitUntil(lambda: win.worklist.reads[key].state == "reopened", timeout=60_000)
         assert win.worklist.reads[key].reader == "dr_other"
+        # the server away: this reader re-opens and signs again, and the worklist says so at
+        # once (the events wait in the buffer; before, the Read column kept the server's last word)
+        win.site_reads.every_s = 3600.0  # no pull can move it meanwhile
+        site.stop()
+        try:
+            assert win.amend("a second look here")
+            assert (win.worklist.reads[key].state, win.worklist.reads[key].reader) == ("reopened", "dr_reads")
+            assert win.sign_exam(assessment)
+            assert (win.worklist.reads[key].state, win.worklist.reads[key].reader) == ("signed", "dr_reads")
+            assert win.site_log.status().waiting >= 2
+        finally:
+            site.start()
     finally:
         win.close()
         archive.close()

@@ -162,14 +162,17 @@ def read_states(conn: sqlite3.Connection, keys: Sequence[str] | None = None, *,
                 f"WHERE exam_key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         rows = [r[:5] for r in sorted(rows, key=lambda r: r[5])]
     for exam_key, reader, action, at, payload in rows:
-        if action in ("sign", "arbitrate"):
-            out[exam_key] = ReadState("signed", reader, at, json.loads(payload) if payload else None)
-        elif action == "amend":
-            previous = out.get(exam_key)
-            out[exam_key] = ReadState("reopened", reader, at, previous.assessment if previous else None)
-        elif exam_key not in out:
-            out[exam_key] = ReadState("started", reader, at)
+        out[exam_key] = next_read_state(out.get(exam_key), reader, action, at, payload)
     return out
+
+
+def next_read_state(state: ReadState | None, reader: str, action: str, at: str, payload: str) -> ReadState:
+    """An exam's read state after one more event (``state`` None: it had none)."""
+    if action in ("sign", "arbitrate"):
+        return ReadState("signed", reader, at, json.loads(payload) if payload else None)
+    if action == "amend":
+        return ReadState("reopened", reader, at, state.assessment if state else None)
+    return state if state is not None and state.state != "unread" else ReadState("started", reader, at)
 
 
 # --------------------------------------------------------------------------- policy

@@ -243,6 +243,8 @@ class MainWindow(QMainWindow):
         self.worklist = WorklistModel(self._worklist_page, lambda q, key: position_of(self.queue.conn, q, key),
                                       double=self._double_page if self.locks is not None else None,
                                       reader=self.reader)
+        if self.site_log is not None:
+            self.worklist.local_reads = self.site_log.waiting_reads  # a signature not sent yet shows at once
         self.worklist_view = WorklistFilter(self.worklist)
         self._overlay_cache: dict[str, AiOverlay | None] = {}
         self.table = QTableView()

@@ -6,7 +6,7 @@ small one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -95,6 +95,8 @@ class WorklistModel(QAbstractTableModel):
     def __init__(self, fetch: Fetch | None = None, locate: Locate | None = None, page_rows: int = PAGE_ROWS,
                  double: DoubleFetch | None = None, reader: str = ""):
         super().__init__()
+        #: site mode: the read states with this workstation's events not sent yet on top
+        self.local_reads: Callable[[Mapping[str, ReadState]], dict[str, ReadState]] | None = None
         #: double reading on: the page's states and locks (None: off, the read state as before)
         self.double = double
         self.reader = reader
@@ -149,7 +151,12 @@ class WorklistModel(QAbstractTableModel):
             self._note(row)
             added += 1
         self._note_double([row.entry.exam.exam_key for row in rows])
+        self._note_local([row.entry.exam.exam_key for row in rows])
         return added
+
+    def _note_local(self, keys: list[str]) -> None:
+        if self.local_reads is not None and keys:
+            self.reads.update(self.local_reads({k: self.reads.get(k, UNREAD) for k in keys}))
 
     def refresh_double(self) -> None:
         """Read the fetched rows' double-reading states and locks again (other workstations
@@ -187,6 +194,7 @@ class WorklistModel(QAbstractTableModel):
             entry = got[0].entry
             self._note(got[0])
             self._note_double([key])
+            self._note_local([key])
         else:
             entry = self.entries.pop(here)
         self.entries.insert(min(at, len(self.entries)), entry)

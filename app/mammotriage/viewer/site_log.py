@@ -39,12 +39,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mammotriage.store.assessment import ReadState, next_read_state
 from mammotriage.store.events import Event, SessionReaders, event_from_row
 from mammotriage.store.pg.buffer import BufferedLog
 from mammotriage.store.pg.events import SERVER_AWAY
@@ -211,6 +212,18 @@ class SiteLog(SessionReaders):
             self._wake.set()
         seen = {e.event_id for e in stored}
         return stored + [_unchained(f) for f in waiting if f["event_id"] not in seen]
+
+    def waiting_reads(self, states: Mapping[str, ReadState]) -> dict[str, ReadState]:
+        """These exams' read states with this workstation's events not sent yet on top (a
+        signature made while the server is away shows as signed here at once); only the
+        exams that have such events. Never touches the network."""
+        out: dict[str, ReadState] = {}
+        for fields in self.buffered.buffer.waiting():  # oldest first
+            key = fields["exam_key"]
+            if key in states:
+                out[key] = next_read_state(out.get(key, states[key]), fields["reader"], fields["action"],
+                                           fields["at"], fields.get("payload", ""))
+        return out
 
     def watch(self, exam_keys: Iterable[str]) -> None:
         """Keep the local copies of these exams fresh too (the exams read next: opened
