@@ -75,6 +75,11 @@ def test_a_site_snapshot_takes_every_workstations_corrections_from_the_sites_cha
     (entry,) = manifest["exams"]
     assert set(entry["readers"]) == {"dr_a", "dr_b"} and entry["events"]["count"] == 3
 
+    # the workstation's own audit check is not confused by a snapshot of the site's chain
+    # (before, it said "TAMPERED: its audit head has a wrong MAC" and exited 1)
+    assert main(["audit", "verify"]) == 0, capsys.readouterr()
+    capsys.readouterr()
+
     # the same chain again: the same snapshot; a profile that cannot be read is said, not a traceback
     assert main(["dataset", "snapshot", "--site", str(profile), "--name", "site"]) == 0
     out = capsys.readouterr().out

@@ -105,3 +105,12 @@ def test_under_double_reading_unread_is_what_still_wants_this_readers_read(tmp_p
         assert unread("dr_b") == {one, none}  # dr_a's read awaits dr_b's
         assert unread("dr_a") == {none}
         assert unread("dr_c") == {one, none}  # two reads, or arbitrated: nothing left for a third
+
+    # a signature stands until its reader's amendment: a re-opened read wants reading again
+    with CorrectionLog(archive_file) as log:
+        log.append(reader="dr_a", exam_key=one, action="amend", payload={"reason": "second look"})
+        log.append(reader="dr_a", exam_key=two, action="amend", payload={"reason": "second look"})
+    with TriageQueue(archive_file) as queue:
+        assert unread("dr_a") == {one, two, none}  # both of dr_a's reads re-opened
+        assert unread("dr_b") == {one, none}  # dr_b's read of two stands
+        assert unread("dr_c") == {one, two, none}  # one standing signature of two

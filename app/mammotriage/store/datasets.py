@@ -319,6 +319,8 @@ def build_manifest(archive_file: str | Path | None = None, *, rule: str | Consen
             exams.append(entry)
             images.extend(imgs)
         audit_head = source.audit_head if source is not None else head_record(log.signed_head())
+    if not exams and source is not None and not missing:
+        raise DatasetError("nothing to snapshot: the site's chain holds no corrections yet")
     if not exams and source is not None and missing:
         raise DatasetError(f"nothing to snapshot: none of the {len(missing)} exams with corrections in the site's "
                            "chain is in this workstation's index (their images come with the site archive's feed)")

@@ -365,6 +365,8 @@ class CorrectionLog(db.Connected):
         for sha, rel in rows:
             try:
                 manifest = json.loads((self.path.parent / rel).read_text(encoding="utf-8"))
+                if isinstance(manifest.get("store"), dict) and manifest["store"].get("kind") == "site":
+                    continue  # the site's chain, not this one: `audit verify --site` checks that
                 h = manifest["audit_head"]
                 head = Head(int(h["count"]), int(h["last_seq"]), str(h["last_hash"]), str(h["mac"]))
             except (OSError, ValueError, KeyError, TypeError):

@@ -65,8 +65,9 @@ class WorklistQuery:
     blind_reader: str | None = None  # "AI after my read": AI hidden except on exams this reader assessed
     triage_order: bool = True  # false: newest first while AI is hidden (the order gives nothing away)
     site_reads: bool = False  # site mode: read states from the copy of the site's chain (site_events)
-    #: double reading on: "unread" is the exams that still want a read by this reader (not
-    #: arbitrated, not signed by them, fewer than two readers' signatures)
+    #: double reading on: "unread" is the exams that still want a read by this reader (no
+    #: standing arbitration, no standing signature of theirs, fewer than two standing
+    #: signatures; a signature or arbitration stands until an amendment after it)
     double_reader: str | None = None
 
     def __post_init__(self) -> None:
@@ -95,11 +96,15 @@ _READ = """COALESCE((SELECT CASE c.action WHEN 'amend' THEN 'reopened' ELSE 'sig
                      ORDER BY c.seq DESC LIMIT 1),
                     CASE WHEN EXISTS (SELECT 1 FROM {events} c WHERE c.exam_key = e.exam_key)
                          THEN 'started' ELSE 'unread' END)"""
-_NEEDS_READ = """(NOT EXISTS (SELECT 1 FROM {events} c WHERE c.exam_key = e.exam_key AND c.action = 'arbitrate')
+#: a reader's signature that still stands (no amendment of theirs after it)
+_STANDING = """NOT EXISTS (SELECT 1 FROM {events} a WHERE a.exam_key = c.exam_key AND a.action = 'amend'
+                               AND a.seq > c.seq {same})"""
+_NEEDS_READ = """(NOT EXISTS (SELECT 1 FROM {events} c WHERE c.exam_key = e.exam_key AND c.action = 'arbitrate'
+                             AND {standing_any})
                  AND NOT EXISTS (SELECT 1 FROM {events} c WHERE c.exam_key = e.exam_key AND c.action = 'sign'
-                                 AND c.reader = :dreader)
+                                 AND c.reader = :dreader AND {standing_own})
                  AND (SELECT COUNT(DISTINCT c.reader) FROM {events} c WHERE c.exam_key = e.exam_key
-                      AND c.action = 'sign') < 2)"""
+                      AND c.action = 'sign' AND {standing_own}) < 2)"""
 _VIEWS = """(SELECT COUNT(*) FROM studies s JOIN images i ON i.study_uid = s.study_uid
              WHERE s.exam_key = e.exam_key)"""
 _COLUMN_KEYS = {"patient": "patient_id COLLATE NOCASE", "date": "study_date", "name": "patient_name COLLATE NOCASE",
@@ -120,7 +125,12 @@ def _rows_sql(conn: sqlite3.Connection, q: WorklistQuery, what: str, tail: str =
     version, sha = q.model_version or "", q.weights_sha256 or ""
     params: dict[str, Any] = {"version": version, "sha": sha, "reader": q.blind_reader or "",
                               "sus": sus, "norm": norm, "dreader": q.double_reader or ""}
-    needs = _NEEDS_READ.format(events=_events(q)) if q.double_reader is not None else "1"
+    needs = "1"
+    if q.double_reader is not None:
+        events = _events(q)
+        needs = _NEEDS_READ.format(events=events,
+                                   standing_any=_STANDING.format(events=events, same=""),
+                                   standing_own=_STANDING.format(events=events, same="AND a.reader = c.reader"))
     where = "needs_read" if q.filter == "unread" and q.double_reader is not None else _WHERE[q.filter]
     blind = "0"
     if q.blind_reader is not None:

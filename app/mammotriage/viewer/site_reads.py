@@ -52,6 +52,8 @@ class SiteReadsFeed:
             copied = self._mirror.pull(stop=self._stop.is_set)
         except Exception as exc:  # noqa: BLE001 - the server away, or a refused answer: the copy stays
             self.away = f"{type(exc).__name__}: {exc}"
+            if self._mirror.states_moved:  # a batch that moved a state came before the failure
+                self.generation += 1
             log.debug("site read states not refreshed: %s", self.away)
             return 0
         self.away = None
