@@ -10,7 +10,7 @@ import os
 import queue as _queue
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, cast
 
@@ -113,6 +113,15 @@ def write_reader_sr(archive_file: str, exam_key: str, reader: str, home: str, si
         return write_signed_sr(Path(archive_file), exam_key, reader, Path(home), sink, events=events)
     finally:
         sink.close()
+
+
+def _drained(queue: _queue.Queue[str]) -> Iterator[str]:
+    """What another thread put on ``queue`` so far, without waiting."""
+    while True:
+        try:
+            yield queue.get_nowait()
+        except _queue.Empty:
+            return
 
 
 def import_in_background(paths: list[str], archive_file: str) -> tuple[int, int, list[tuple[str, str]]]:
@@ -543,19 +552,11 @@ class MainWindow(QMainWindow):
 
     def _poll_network(self) -> None:
         refresh = False
-        while True:
-            try:
-                study_uid = self._completed_studies.get_nowait()
-            except _queue.Empty:
-                break
+        for study_uid in _drained(self._completed_studies):
             n = len(self.archive.images_for_study(study_uid))
             self.log_line(f"received study {study_uid} ({n} images): queued for triage")
             refresh = True
-        while True:  # the site archive's: complete in the index now; new images, a new analysis
-            try:
-                study_uid = self._site_studies.get_nowait()
-            except _queue.Empty:
-                break
+        for study_uid in _drained(self._site_studies):  # complete in the index now: a new analysis
             n = len(self.archive.images_for_study(study_uid))
             exam_key = self.archive.exam_key_of(study_uid)
             if self.model_version and exam_key is not None:

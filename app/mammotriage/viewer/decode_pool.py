@@ -340,17 +340,16 @@ class ProgressiveLoader(ViewLoader):
             if task.mode == PREVIEW and task.path not in self.on_screen:
                 del self._waiting[(task.path, task.mode)]  # no longer on screen: no preview
                 continue
-            if self.fetcher is not None and (task.path, task.mode) in self._waiting:
-                ready = self.fetcher.ready(task.path)
-                if ready is False:
-                    continue  # its file is on its way: it waits, the next task may start
-                if isinstance(ready, LoadError):  # the view's error; its other task goes too
-                    self._waiting.pop((task.path, FULL), None)
-                    self._waiting.pop((task.path, PREVIEW), None)
-                    self._pending.pop(task.path, None)
-                    self._fetch_failed.append(ready)
-                    continue
             if (task.path, task.mode) not in self._waiting:
+                continue  # dropped in this loop, with its other task's failed fetch
+            ready = self.fetcher.ready(task.path) if self.fetcher is not None else True
+            if ready is False:
+                continue  # its file is on its way: it waits, the next task may start
+            if isinstance(ready, LoadError):  # the view's error; its other task goes too
+                self._waiting.pop((task.path, FULL), None)
+                self._waiting.pop((task.path, PREVIEW), None)
+                self._pending.pop(task.path, None)
+                self._fetch_failed.append(ready)
                 continue
             del self._waiting[(task.path, task.mode)]
             early = task.mode == FULL and task.path in self.on_screen and task.path not in self._previews

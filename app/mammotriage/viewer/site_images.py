@@ -80,6 +80,21 @@ RETRY_S = 30.0
 STALE_FAILURE_S = 5.0
 
 
+def _read_state(path: Path, otherwise: str) -> Any:
+    """A state file's JSON (None when it is missing or unreadable: said in the log)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); %s", path, exc, otherwise)
+        return None
+
+
+def _write_state(path: Path, value: Any) -> None:
+    write_atomic(path, (json.dumps(value, sort_keys=True) + "\n").encode())
+
+
 @dataclass
 class StudyArrival:
     """What one pass over a study did."""
@@ -184,39 +199,25 @@ class SiteStudyFeed:
         return arrival
 
     def _load_retry(self) -> dict[str, dict[str, Any]]:
-        path = self.data_dir / RETRY_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); its studies come again when they are stable", path, exc)
-            return {}
+        data = _read_state(self.data_dir / RETRY_FILE, "its studies come again when they are stable")
         ok = isinstance(data, dict) and all(isinstance(v, dict) for v in data.values())
         return {str(k): v for k, v in data.items()} if ok else {}
 
     def _save_retry(self) -> None:
-        write_atomic(self.data_dir / RETRY_FILE, (json.dumps(self._retry, sort_keys=True) + "\n").encode())
+        _write_state(self.data_dir / RETRY_FILE, self._retry)
 
     # ---------------------------------------------------------------- passes
     def _start_watching(self) -> list[StudyArrival]:
         """The watcher, and on the first start the backfill (the newest studies)."""
         mark = self.data_dir / BACKFILL_FILE
-        state: dict[str, Any] | None = None
-        if mark.exists():
-            try:
-                state = json.loads(mark.read_text(encoding="utf-8"))
-                int(state["since"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("%s: unreadable (%s); taking the backfill again", mark, exc)
-                state = None
-        arrivals: list[StudyArrival] = []
-        if state is None:
+        state = _read_state(mark, "taking the backfill again")
+        if not isinstance(state, dict) or not isinstance(state.get("since"), int):
             # the feed's end first (kept before the backfill), then the studies so far
             end = StableStudyWatcher(self.archive, since=None)
             state = {"since": end.since, "done": False}
             end.close()
-            write_atomic(mark, (json.dumps(state) + "\n").encode())
+            _write_state(mark, state)
+        arrivals: list[StudyArrival] = []
         if not state.get("done", True):
             try:
                 studies = sorted(self.archive.find_studies(), key=lambda s: (s.study_date or "", s.study_uid),
@@ -231,7 +232,7 @@ class SiteStudyFeed:
                     raise InterruptedError("stopped during the backfill")
                 arrivals.append(self.take(study.study_uid))
             state = {"since": int(state["since"]), "done": True, "studies": len(studies)}
-            write_atomic(mark, (json.dumps(state) + "\n").encode())
+            _write_state(mark, state)
         self.watcher = StableStudyWatcher(self.archive, self.data_dir / CHANGES_FILE, since=int(state["since"]))
         return arrivals
 
