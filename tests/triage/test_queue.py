@@ -394,3 +394,46 @@ def test_a_job_queued_again_while_it_runs_runs_again(setup) -> None:
     queue.complete(again, "ab" * 32, [{"sop_uid": sop, "laterality": "L", "score": 0.6, "findings": []}])
     assert queue.conn.execute("SELECT status FROM triage_jobs WHERE exam_key = ? AND model_version = 'test-1'",
                               (job.exam_key,)).fetchone()[0] == "done"
+
+
+def test_a_held_queue_leaves_new_jobs_to_the_site_but_takes_an_opened_or_old_one(setup) -> None:
+    """A site workstation's worker waits ``hold_s`` for the site AI workers' result;
+    before, it took every exam at once and analysed each a second time."""
+    archive, queue, model, tmp = setup
+    queue.sync("test-1")
+    assert queue.claim_next("test-1", hold_s=600) is None  # all three are new: left to the site
+    assert process_one(queue, archive, model, tmp / "maps", hold_s=600) is None
+    assert queue.prioritize("1.2.3.2", "test-1")  # a reader opened it: analysed here at once
+    job = queue.claim_next("test-1", hold_s=600)
+    assert job is not None and job.exam_key == "1.2.3.2"
+    queue.conn.execute("UPDATE triage_jobs SET enqueued_at = '2020-01-01T00:00:00+00:00' "
+                       "WHERE exam_key = '1.2.3.3'")  # waited past the hold: the site did not answer
+    late = queue.claim_next("test-1", hold_s=600)
+    assert late is not None and late.exam_key == "1.2.3.3"
+    assert queue.claim_next("test-1", hold_s=600) is None
+    first = queue.claim_next("test-1")  # no hold (standalone): at once
+    assert first is not None and first.exam_key == "1.2.3.1"
+
+
+def test_an_adopted_result_is_stored_with_its_maps_and_marks_a_waiting_job_done(setup) -> None:
+    archive, queue, _model, tmp = setup
+    queue.sync("test-1")
+    exam = archive.exam("1.2.3.2")
+    suspicion = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    images = [{"sop_uid": i.sop_uid, "laterality": i.laterality.value, "view": i.view.value,
+               "score": 0.9 if i.laterality.value == "L" else 0.2,
+               "findings": [{"box": [1, 2, 3, 4], "kind": "mass", "score": 0.9}],
+               "suspicion": suspicion, "map_factor": 2.0} for i in exam.images]
+    result = queue.adopt("1.2.3.2", "test-1", "cd" * 32, images, maps_dir=tmp / "data" / "ai_maps")
+    assert result.score_left == pytest.approx(0.9) and result.score_right == pytest.approx(0.2)
+    assert queue.job("1.2.3.2", "test-1").status == "done"
+    stored = queue.image_results(exam.images[0].sop_uid)[0]
+    assert stored.weights_sha256 == "cd" * 32 and stored.findings[0]["kind"] == "mass"
+    assert stored.map_factor == 2.0
+    assert np.allclose(np.load(tmp / "data" / stored.map_path), suspicion, atol=1e-3)
+    # a job running here is not touched: its own result (same model) comes when it ends
+    job = queue.claim_next("test-1")
+    assert job is not None and job.exam_key == "1.2.3.1"
+    other_sop = archive.exam("1.2.3.1").images[0].sop_uid
+    queue.adopt("1.2.3.1", "test-1", "cd" * 32, [dict(images[0], sop_uid=other_sop)])
+    assert queue.job("1.2.3.1", "test-1").status == "running"

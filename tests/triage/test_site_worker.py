@@ -279,6 +279,13 @@ def test_bad_input_fails_its_job_with_the_reason_and_the_loop_goes_on(
             assert stored is not None and stored["worker_id"] == "w-bad"
             assert stored["result"]["model_sha256"] == model.weights_sha256
             assert len(stored["result"]["images"]) == 4
+            # each view's suspicion map travels with the result: a workstation takes it as it is
+            from mammotriage.viewer.site_results import result_images
+
+            views = result_images(stored["result"], studies[good])
+            assert len(views) == 4
+            assert all(v["suspicion"].ndim == 2 and v["suspicion"].size > 1 for v in views)
+            assert all(0.0 <= float(v["suspicion"].min()) <= float(v["suspicion"].max()) <= 1.0 for v in views)
         assert sum(i.sop_class_uid == SR_CLASS for i in archive.find_instances(good)) == srs_before + 1
 
 

@@ -241,3 +241,52 @@ def test_a_site_window_shows_the_sites_read_states_and_writes_the_signed_reads_s
     finally:
         win.close()
         archive.close()
+
+
+def test_a_site_window_takes_the_site_workers_result_and_shows_its_marks_and_map(
+        qtbot, site: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a site workstation analysed every exam again with the same model, for the
+    result the site's AI worker had stored; now it takes that result (marks, scores and
+    map) and its own worker leaves the exam alone."""
+    import numpy as np
+
+    from mammotriage.digest import image_set_digest
+    from mammotriage.triage.maps import pack_map
+    from mammotriage.triage.site_queue import SiteQueue
+
+    profile = _profile(site, tmp_path / "ws-results.json")
+    win, archive = _joined_window(qtbot, monkeypatch, tmp_path, profile, seed=33, reader="dr_site")
+    try:
+        assert win.site_results is not None and win.local_triage_after_s() == 600.0
+        sha = "5e" * 32
+        win.pin_model("v-site", meta={**(win.model_meta or {}), "weights_sha256": sha})
+        exam = win.current
+        assert exam is not None
+        win.queue.sync("v-site")
+        assert win.queue.job(exam.exam_key, "v-site").status == "pending"
+        images = archive.exam(exam.exam_key).images
+        views = []
+        for image in images:
+            suspicion = np.zeros((32, 26), np.float32)
+            suspicion[10:16, 8:14] = 0.9 if image.laterality.value == "L" else 0.05
+            hot = image.laterality.value == "L"
+            views.append({"sop_uid": image.sop_uid, "laterality": image.laterality.value,
+                          "view": image.view.value, "score": 0.93 if hot else 0.04,
+                          "findings": [{"box": [64, 80, 112, 128], "kind": "mass", "score": 0.93}] if hot else [],
+                          "map_factor": 8.0, "suspicion_map": pack_map(suspicion)})
+        with SiteQueue(site.dsn("mt_worker")) as queue:
+            assert queue.enqueue(exam.exam_key, sha, images=image_set_digest(i.sop_uid for i in images))
+            job = queue.claim("gpu-1", 60, sha)
+            assert job is not None
+            assert queue.complete(job, {"model_sha256": sha, "revision": 0, "images": views}).stored
+        win.site_results.poke()
+        qtbot.waitUntil(lambda: "from the site's AI worker gpu-1" in win.log.toPlainText(), timeout=20_000)
+        assert win.queue.job(exam.exam_key, "v-site").status == "done"
+        (result,) = win.queue.exam_results()[exam.exam_key]
+        assert result.score == pytest.approx(0.93) and result.weights_sha256 == sha
+        left = [p for slot, p in win.hanging.panes.items() if slot.startswith("L")]
+        assert left and all(p.overlay is not None and p.overlay.findings for p in left)
+        assert all(p.overlay.suspicion is not None and float(p.overlay.suspicion.max()) > 0.85 for p in left)
+    finally:
+        win.close()
+        archive.close()

@@ -128,15 +128,23 @@ class TriageQueue(db.Connected):
             )
         return cur.rowcount > 0
 
-    def claim_next(self, model_version: str) -> Job | None:
-        """Take the next pending job (highest priority, then oldest) and mark it running."""
+    def claim_next(self, model_version: str, hold_s: float = 0.0) -> Job | None:
+        """Take the next pending job (highest priority, then oldest) and mark it running.
+
+        ``hold_s`` > 0 (a site workstation, whose site AI workers analyse the same exams):
+        a job is taken only once it has waited that long, or at once when a reader opened
+        its exam (:meth:`prioritize`); until then the site's result may arrive
+        (:meth:`adopt`) and the exam is not analysed twice.
+        """
+        cutoff = (utc_datetime() - _dt.timedelta(seconds=max(0.0, hold_s))).isoformat(timespec="milliseconds")
         with db.transaction(self.conn):
             row = self.conn.execute(
                 """
                 SELECT * FROM triage_jobs WHERE status = 'pending' AND model_version = ?
+                AND (? OR priority > 0 OR enqueued_at <= ?)
                 ORDER BY priority DESC, enqueued_at, exam_key LIMIT 1
                 """,
-                (model_version,),
+                (model_version, hold_s <= 0, cutoff),
             ).fetchone()
             if row is None:
                 return None
@@ -185,13 +193,25 @@ class TriageQueue(db.Connected):
         ``suspicion`` (2-D array) and ``map_factor``. The breast score is the highest
         image score of that breast; the exam score the highest breast score.
         """
+        return self._store(job.exam_key, job.model_version, weights_sha256, images, maps_dir, ("running",))
+
+    def adopt(self, exam_key: str, model_version: str, weights_sha256: str, images: list[dict[str, Any]],
+              maps_dir: Path | None = None) -> ExamResult:
+        """Store results another machine computed with the same model (a site AI worker's,
+        see :mod:`mammotriage.viewer.site_results`) as :meth:`complete` stores this
+        machine's, and mark the exam's waiting or failed job done: it is not analysed
+        here. A job running here meanwhile finishes and stores its own (same model)."""
+        return self._store(exam_key, model_version, weights_sha256, images, maps_dir, ("pending", "failed"))
+
+    def _store(self, exam_key: str, model_version: str, weights_sha256: str, images: list[dict[str, Any]],
+               maps_dir: Path | None, done_from: tuple[str, ...]) -> ExamResult:
         written: list[tuple[str, str | None, float | None]] = []
         for item in images:
             rel = None
             if maps_dir is not None and item.get("suspicion") is not None:
-                folder = maps_dir / _safe(job.model_version)
+                folder = maps_dir / _safe(model_version)
                 folder.mkdir(parents=True, exist_ok=True)
-                target = folder / f"{item['sop_uid']}.npy"
+                target = folder / f"{_safe(item['sop_uid'])}.npy"
                 tmp = target.with_suffix(".tmp.npy")
                 np.save(tmp, np.asarray(item["suspicion"], dtype=np.float16))
                 tmp.replace(target)
@@ -207,7 +227,7 @@ class TriageQueue(db.Connected):
                     (sop_uid, model_version, weights_sha256, score, findings, map_path, map_factor, created_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                     """,
-                    (sop, job.model_version, weights_sha256, float(item["score"]),
+                    (sop, model_version, weights_sha256, float(item["score"]),
                      json.dumps(item["findings"], default=_json_number), rel, factor, created),
                 )
             self.conn.execute(
@@ -216,8 +236,7 @@ class TriageQueue(db.Connected):
                 (exam_key, model_version, weights_sha256, score, score_left, score_right, created_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?)
                 """,
-                (job.exam_key, job.model_version, weights_sha256, score, breasts.get("L"), breasts.get("R"),
-                 created),
+                (exam_key, model_version, weights_sha256, score, breasts.get("L"), breasts.get("R"), created),
             )
             for item in images:
                 st = item.get("stats")
@@ -227,12 +246,13 @@ class TriageQueue(db.Connected):
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (item["sop_uid"], st["mean"], st["std"], st["p05"], st["p95"], st["breast_frac"], created))
             # a job queued again while it ran (new images arrived) stays pending: it runs again
+            marks = ", ".join("?" * len(done_from))
             self.conn.execute(
-                "UPDATE triage_jobs SET status = 'done', finished_at = ?, reason = NULL "
-                "WHERE exam_key = ? AND model_version = ? AND status = 'running'",
-                (created, job.exam_key, job.model_version),
+                f"UPDATE triage_jobs SET status = 'done', finished_at = ?, reason = NULL "
+                f"WHERE exam_key = ? AND model_version = ? AND status IN ({marks})",
+                (created, exam_key, model_version, *done_from),
             )
-        return ExamResult(job.exam_key, job.model_version, weights_sha256, score, breasts.get("L"),
+        return ExamResult(exam_key, model_version, weights_sha256, score, breasts.get("L"),
                           breasts.get("R"), created)
 
     # ----------------------------------------------------------------- ETAs

@@ -219,3 +219,20 @@ class SiteQueue(PgConnected):
             "SELECT result, worker_id, job_id, revision FROM triage_results WHERE exam_key = %s AND model_sha256 = %s "
             "ORDER BY revision DESC LIMIT 1", (exam_key, model_sha256)).fetchone()
         return dict(row) if row else None
+
+    def current(self, model_sha256: str, exam_keys: list[str]) -> list[dict[str, Any]]:
+        """The jobs of ``exam_keys`` under one model, each with its result for the image set
+        it is for now (``result`` and ``worker_id`` None while there is none: pending,
+        running, failed, or only a result of an older image set). Keys: ``exam_key``,
+        ``status``, ``revision``, ``images``, ``reason``, ``worker_id``, ``result``.
+        A workstation reads this (:mod:`mammotriage.viewer.site_results`)."""
+        if not exam_keys:
+            return []
+        rows = self.conn.execute(
+            """
+            SELECT j.exam_key, j.status, j.revision, j.images, j.reason, r.worker_id, r.result
+            FROM triage_jobs j LEFT JOIN triage_results r
+              ON r.exam_key = j.exam_key AND r.model_sha256 = j.model_sha256 AND r.revision = j.revision
+            WHERE j.model_sha256 = %s AND j.exam_key = ANY(%s)
+            """, (model_sha256, list(exam_keys))).fetchall()
+        return [dict(r) for r in rows]

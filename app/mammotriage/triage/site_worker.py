@@ -334,7 +334,7 @@ class SiteWorker:
             "model_sha256": model.weights_sha256, "model_version": model.version, "revision": job.revision,
             "score": score,
             "score_left": breasts.get("L"), "score_right": breasts.get("R"), "problems": problems,
-            "images": [{k: v for k, v in i.items() if k != "suspicion"} for i in images],
+            "images": [_result_image(i) for i in images],
             "timing": {k: round(v, 4) for k, v in outcome.timing.items()},
         }
         done = self.queue.complete(job, result)
@@ -384,3 +384,18 @@ def decode_views(paths: Iterable[Path], problems: list[str]) -> tuple[
         views.append((meta.sop_instance_uid, meta.laterality, meta.view, image))
         sources[meta.sop_instance_uid] = path
     return views, sources
+
+
+def _result_image(item: dict[str, Any]) -> dict[str, Any]:
+    """One view's part of the stored result: its scores and findings, and its suspicion
+    map packed (:func:`mammotriage.triage.maps.pack_map`) so that a workstation taking
+    the result shows the map without analysing the exam again."""
+    from mammotriage.triage.maps import MapError, pack_map
+
+    out = {k: v for k, v in item.items() if k != "suspicion"}
+    try:
+        out["suspicion_map"] = pack_map(item.get("suspicion"))
+    except MapError as exc:  # the result stands without its map; the SEG in the archive has it
+        log.warning("exam result: suspicion map of %s not stored in the result: %s", item.get("sop_uid"), exc)
+        out["suspicion_map"] = None
+    return out

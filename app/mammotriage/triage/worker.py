@@ -106,14 +106,15 @@ def analyse_views(model: LoadedModel, views: list[tuple[str, Laterality, View, M
 
 def process_one(queue: TriageQueue, archive: Archive, model: LoadedModel, maps_dir: Path,
                 results_dir: Path | None = None, on_error: Callable[[str], None] | None = None,
-                sink: ResultSink | None = None) -> ExamResult | Job | None:
+                sink: ResultSink | None = None, hold_s: float = 0.0) -> ExamResult | Job | None:
     """Claim and analyse the next job. Returns the result, the failed job, or None if idle.
+    ``hold_s``: see :meth:`TriageQueue.claim_next` (a site workstation waits for the site's result).
 
     With ``results_dir`` the exam's results are also written as DICOM (SR + SEG) and
     handed to ``sink`` (the outbox, when the composition root gives one); a failure
     there is reported through ``on_error`` and does not fail the triage.
     """
-    job = queue.claim_next(model.version)
+    job = queue.claim_next(model.version, hold_s=hold_s)
     if job is None:
         return None
     started = time.perf_counter()
@@ -165,7 +166,7 @@ def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: An
                device: str | None = None, threads: int = 2, idle_s: float = 0.5,
                loader: Callable[..., LoadedModel] = load_model, status: Any = None,
                settle_s: float = 3.0, expected_sha256: str | None = None,
-               sink: ResultSink | None = None) -> None:
+               sink: ResultSink | None = None, hold_s: float = 0.0) -> None:
     """Worker-process main loop: sync the queue, take jobs, store results, until ``stop`` is set.
     The DICOM results go to ``sink`` (see :mod:`mammotriage.triage.sink`).
 
@@ -195,7 +196,7 @@ def run_worker(archive_path: str, data_dir: str, model_dir: str | None, stop: An
                 last_sync = now
             try:
                 outcome = process_one(queue, archive, model, maps_dir, results_dir=Path(data_dir) / "results",
-                                      on_error=lambda text: say("error", text), sink=sink)
+                                      on_error=lambda text: say("error", text), sink=sink, hold_s=hold_s)
             except Exception:  # noqa: BLE001 - database trouble: report and retry later
                 say("error", traceback.format_exc(limit=3))
                 stop.wait(idle_s)
@@ -223,7 +224,7 @@ class TriageService:
 
     def __init__(self, archive_path: str | Path, data_dir: str | Path, model_dir: str | Path | None = None,
                  device: str | None = None, threads: int = 1, expected_sha256: str | None = None,
-                 sink: ResultSink | None = None):
+                 sink: ResultSink | None = None, hold_s: float = 0.0):
         ctx = mp.get_context("spawn")
         self.stop_event = ctx.Event()
         self.status = ctx.Queue()
@@ -232,7 +233,7 @@ class TriageService:
             args=(os.getpid(), str(archive_path), str(data_dir), str(model_dir) if model_dir else None,
                   self.stop_event),
             kwargs={"device": device, "threads": threads, "status": self.status,
-                    "expected_sha256": expected_sha256, "sink": sink})
+                    "expected_sha256": expected_sha256, "sink": sink, "hold_s": hold_s})
 
     def start(self) -> None:
         self.process.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import math
 import multiprocessing as mp
 import os
 import queue as _queue
@@ -91,6 +92,7 @@ from mammotriage.viewer.site_images import (
 from mammotriage.viewer.site_log import BUFFER_FILE, SiteLog, site_mode_problem
 from mammotriage.viewer.site_model_sync import SiteModelSync
 from mammotriage.viewer.site_reads import SiteReadsFeed
+from mammotriage.viewer.site_results import DEFAULT_LOCAL_TRIAGE_AFTER_S, SiteResultsFeed
 
 if TYPE_CHECKING:
     from mammotriage.net.service import NetworkService
@@ -234,6 +236,7 @@ class MainWindow(QMainWindow):
         self._etas: dict[str, float] = {}  # exam key -> seconds until its result (the worklist's)
         self._screens_followed = False  # screens added or removed re-place the windows
         self.triage: TriageService | None = None
+        self.site_results: SiteResultsFeed | None = None  # site mode: the site AI workers' results
         self._auto_triage = start_triage  # run the triage worker whenever a model is active
         self._triage_wanted = start_triage and self.model_meta is not None
         self.current: ExamRecord | None = None
@@ -384,6 +387,11 @@ class MainWindow(QMainWindow):
         self._reads_seen = 0
         if site is not None:
             self.site_reads = SiteReadsFeed(site.dsn(), self.archive.path, say=self._site_model_said.put).start()
+            # the site's AI workers triage the same exams with the same model: their results are taken
+            self.site_results = SiteResultsFeed(site.dsn(), self.archive.path, data_dir(),
+                                                say=self._site_model_said.put)
+            self._site_results_follow()
+            self.site_results.start()
         self.model_panel: ModelPanel | None = None  # created on first use (Ctrl+Shift+M)
         self.pipeline_timer = QTimer(self)  # the automatic pipeline, when the site setting asks for it
         self.pipeline_timer.setInterval(5 * 60 * 1000)
@@ -481,7 +489,13 @@ class MainWindow(QMainWindow):
         model = self.session.model
         self.session.pin(dataclasses.replace(model, version=version, points=points or model.points,
                                              meta=model.meta if meta is None else meta))
+        self._site_results_follow()
         self._update_model_label()
+
+    def _site_results_follow(self) -> None:
+        """Site mode: the site workers' results are taken for the model this window shows."""
+        if self.site_results is not None:
+            self.site_results.set_model(self.model_version, (self.model_meta or {}).get("weights_sha256"))
 
     @property
     def points(self) -> OperatingPoints | None:
@@ -566,6 +580,8 @@ class MainWindow(QMainWindow):
         if refresh:
             if self.model_version:
                 self.queue.sync(self.model_version)  # shows as pending at once (the worker syncs every 2 s)
+            if self.site_results is not None:
+                self.site_results.poke()  # the site's worker may have its result already
             self.refresh_worklist()
 
     # ----------------------------------------------------------------- actions
@@ -1428,10 +1444,26 @@ class MainWindow(QMainWindow):
 
         sha = (self.model_meta or {}).get("weights_sha256")
         sink = self.results_sink()
+        hold_s = self.local_triage_after_s() if self.site is not None else 0.0
         self.triage = service = TriageService(self.archive.path, data_dir(), self.model_dir,
-                                              expected_sha256=sha, sink=sink)
+                                              expected_sha256=sha, sink=sink, hold_s=hold_s)
         service.start()
-        self.log_line(f"background triage started with model {self.model_version}")
+        if hold_s > 0:
+            self.log_line(f"background triage started with model {self.model_version}: an exam the site's "
+                          f"AI workers have not analysed within {hold_s:g} s is analysed here "
+                          "(at once when opened)")
+        else:
+            self.log_line(f"background triage started with model {self.model_version}")
+
+    def local_triage_after_s(self) -> float:
+        """Site mode: how long an exam is left to the site's AI workers before this
+        workstation analyses it itself (setting ``site/local_triage_after_s``; 0: at once)."""
+        raw = self.settings.value("site/local_triage_after_s", DEFAULT_LOCAL_TRIAGE_AFTER_S)
+        try:
+            value = float(str(raw))
+        except ValueError:
+            return DEFAULT_LOCAL_TRIAGE_AFTER_S
+        return value if math.isfinite(value) and value >= 0 else DEFAULT_LOCAL_TRIAGE_AFTER_S
 
     def show_model_panel(self):
         """The learning-loop panel (versions, retrain, validate, promote, rollback): one
@@ -1510,6 +1542,7 @@ class MainWindow(QMainWindow):
             self.hanging.state.candidate_point = model.candidate_point()
             if self._auto_triage:
                 self.start_triage()
+        self._site_results_follow()
         self.log_line(f"active model is now {model.version or 'none'}")
         self.refresh_worklist()
         self.load_overlays()
@@ -1532,17 +1565,28 @@ class MainWindow(QMainWindow):
         elif self.locks is not None and self._model_check_tick % 160 == 0:  # ~5 s: other workstations
             self.worklist.refresh_double()
             self.refresh_arbitration()
-        if self.triage is None:
-            return
         refresh = False
-        for message in self.triage.messages():
+        open_keys = (self.current.exam_key if self.current else None, self.prior.exam_key if self.prior else None)
+        taken = self.site_results.take() if self.site_results is not None else []
+        if taken:  # the site's AI workers analysed these exams: not analysed again here
+            refresh = True
+            if len(taken) <= 3:
+                for exam_key, worker in taken:
+                    self.log_line(f"AI result for exam {exam_key} from the site's AI worker {worker} "
+                                  "(not analysed again here)")
+            else:
+                workers = ", ".join(sorted({w for _, w in taken}))
+                self.log_line(f"AI results for {len(taken)} exams from the site's AI workers ({workers}): "
+                              "not analysed again here")
+            if any(k in open_keys for k, _ in taken):
+                self.load_overlays()
+        for message in self.triage.messages() if self.triage is not None else ():
             kind = message[0]
             if kind == "error":
                 self.log_line(f"triage: {message[1]}")
             elif kind in ("done", "failed"):
                 refresh = True
-                if self.current is not None and message[1] in (
-                        self.current.exam_key, self.prior.exam_key if self.prior else None):
+                if message[1] in open_keys:
                     self.load_overlays()
                 if kind == "failed":
                     job = self.queue.job(message[1], self.model_version or "")
@@ -1871,6 +1915,8 @@ class MainWindow(QMainWindow):
             self._sign_in_pool.shutdown(wait=False, cancel_futures=True)
         if self.site_reads is not None:
             self.site_reads.close(timeout=1.0)
+        if self.site_results is not None:
+            self.site_results.close(timeout=1.0)
         if self.site_images is not None:
             self.site_images.stop(timeout=1.0)  # a fetch on its way is left behind (a daemon)
         if self.site_fetcher is not None:

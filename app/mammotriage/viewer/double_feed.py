@@ -24,12 +24,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Self
 
 from mammotriage.store.double_reading import ExamStatus, Lock, StatusIndex, StoreUnreachable
 from mammotriage.store.pg.double_reading import ServerWatch, SiteReadingLocks
 from mammotriage.store.pg.events import PgConnected
 
-__all__ = ["MAX_WANTED", "DoubleReadingFeed", "close_feed"]
+__all__ = ["MAX_WANTED", "DoubleReadingFeed", "PolledFeed", "close_feed"]
 
 #: Exams whose locks the feed reads (the newest asked for): a long scroll stays bounded.
 MAX_WANTED = 5000
@@ -45,6 +46,40 @@ def close_feed(thread: threading.Thread, stop: threading.Event, wake: threading.
         client.cut()
         thread.join(timeout)
     client.close()
+
+
+class PolledFeed:
+    """A site feed's thread: :meth:`pull_once` every ``every_s`` seconds and at once after
+    :meth:`poke`, until :meth:`close` (which cuts a reading stuck on the server,
+    :func:`close_feed`). Subclasses give ``pull_once`` and the connection, ``_client``."""
+
+    _client: PgConnected
+
+    def __init__(self, name: str, every_s: float) -> None:
+        self.every_s = float(every_s)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def poke(self) -> None:
+        """Pull now (from any thread)."""
+        self._wake.set()
+
+    def pull_once(self) -> int:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.pull_once()
+            self._wake.wait(self.every_s)
+            self._wake.clear()
+
+    def close(self, timeout: float = 2.0) -> None:
+        close_feed(self._thread, self._stop, self._wake, self._client, timeout)
 
 
 class DoubleReadingFeed:

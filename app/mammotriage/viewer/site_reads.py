@@ -11,41 +11,29 @@ again on its next turn.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from mammotriage.store.pg.mirror import SiteEventMirror
-from mammotriage.viewer.double_feed import close_feed
+from mammotriage.viewer.double_feed import PolledFeed
 
 __all__ = ["SiteReadsFeed"]
 
 log = logging.getLogger(__name__)
 
 
-class SiteReadsFeed:
+class SiteReadsFeed(PolledFeed):
     """The copy of the site's chain for the worklist, refreshed on a thread (see the module text)."""
 
     def __init__(self, dsn: str, archive_file: str | Path, *, every_s: float = 2.0,
                  say: Callable[[str], None] | None = None) -> None:
-        self.every_s = float(every_s)
+        super().__init__("site-reads-feed", every_s)
         self.say = say or (lambda _text: None)
-        self._mirror = SiteEventMirror(dsn, archive_file)
+        self._mirror = self._client = SiteEventMirror(dsn, archive_file)
         #: moves each time the copy took events that change a read state
         self.generation = 0
         #: why the last pull failed (None: it reached the server)
         self.away: str | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="site-reads-feed", daemon=True)
-
-    def start(self) -> SiteReadsFeed:
-        self._thread.start()
-        return self
-
-    def poke(self) -> None:
-        """Pull now (from any thread)."""
-        self._wake.set()
 
     def pull_once(self) -> int:
         try:
@@ -63,12 +51,3 @@ class SiteReadsFeed:
         if self._mirror.states_moved:  # not for every note or mark made at the site
             self.generation += 1
         return copied
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.pull_once()
-            self._wake.wait(self.every_s)
-            self._wake.clear()
-
-    def close(self, timeout: float = 2.0) -> None:
-        close_feed(self._thread, self._stop, self._wake, self._mirror, timeout)

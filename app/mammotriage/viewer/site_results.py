@@ -1,0 +1,172 @@
+"""A site workstation takes the site AI workers' results instead of analysing the exams again.
+
+At a site the AI workers triage every stable study of the site archive (the shared
+queue, :mod:`mammotriage.triage.site_queue`) and store each result in ``triage_results``.
+A workstation runs the same model (the site registry's active one), and before this it
+analysed every exam a second time on its own CPU, for the same figures.
+
+:class:`SiteResultsFeed` runs on a daemon thread with its own connections (one to the
+site's PostgreSQL, one to the workstation's archive): every ``every_s`` seconds, and at
+once after :meth:`poke` (a study arrived from the site archive), it takes the exams whose
+triage job here is waiting or failed under the active model, asks the site for their
+jobs under the same weights (sha256) and, where the site holds a result for the image
+set its job is for now, and that set is exactly the one this workstation holds (the
+digest of the SOP Instance UIDs, :func:`mammotriage.digest.image_set_digest`), stores it
+as this workstation's result (:meth:`TriageQueue.adopt`, with the suspicion maps the
+result carries, :mod:`mammotriage.triage.maps`) and marks the job done. An exam whose
+images differ (a view not fetched yet, a study imported here only) or whose result the
+site does not have yet waits; the workstation's own triage worker takes a job only
+after ``site/local_triage_after_s`` (or at once when a reader opens the exam), so a site
+without a running AI worker still gets its exams analysed, by the workstations.
+
+A result that cannot be used (it names an image this workstation does not hold, a view
+without a score, a map that does not decode) is said once, with its reason, and left:
+the exam is analysed here in time. While the server is away nothing is taken and the
+thread tries again on its next turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mammotriage.digest import image_set_digest
+from mammotriage.store.archive import Archive
+from mammotriage.triage.maps import MapError, unpack_map
+from mammotriage.triage.queue import TriageQueue
+from mammotriage.triage.site_queue import SiteQueue
+from mammotriage.viewer.double_feed import PolledFeed
+
+__all__ = ["DEFAULT_LOCAL_TRIAGE_AFTER_S", "SiteResultsFeed", "result_images"]
+
+log = logging.getLogger(__name__)
+
+#: how long a site workstation leaves an exam to the site's AI workers before analysing it itself
+DEFAULT_LOCAL_TRIAGE_AFTER_S = 600.0
+#: exams asked for in one query
+BATCH = 200
+
+
+class UnusableResult(ValueError):
+    """A site result this workstation cannot store as its own; the message says why."""
+
+
+def result_images(result: dict[str, Any], held: set[str]) -> list[dict[str, Any]]:
+    """The per-view records of a site result, as :meth:`TriageQueue.adopt` stores them
+    (suspicion maps unpacked). ``held``: the SOP Instance UIDs of the exam here; a result
+    naming another image, or a view without a usable score, raises :class:`UnusableResult`."""
+    views = result.get("images")
+    if not isinstance(views, list) or not views:
+        raise UnusableResult("the result lists no analysed view")
+    out = []
+    for view in views:
+        if not isinstance(view, dict) or not isinstance(view.get("sop_uid"), str):
+            raise UnusableResult("a view of the result has no SOP Instance UID")
+        sop = view["sop_uid"]
+        if sop not in held:
+            raise UnusableResult(f"the result names image {sop}, which this workstation does not hold")
+        score = view.get("score")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0:
+            raise UnusableResult(f"image {sop}: the score {score!r} is not a number in [0, 1]")
+        findings = view.get("findings")
+        if not isinstance(findings, list):
+            raise UnusableResult(f"image {sop}: the findings are not a list")
+        factor = view.get("map_factor")
+        item = {k: view.get(k) for k in ("sop_uid", "laterality", "view", "score", "findings", "stats")}
+        item["map_factor"] = float(factor) if isinstance(factor, int | float) and factor > 0 else None
+        packed = view.get("suspicion_map")
+        if packed is not None:
+            try:
+                item["suspicion"] = unpack_map(packed)
+            except MapError as exc:
+                raise UnusableResult(f"image {sop}: its suspicion map: {exc}") from exc
+        out.append(item)
+    return out
+
+
+class SiteResultsFeed(PolledFeed):
+    """Takes the site workers' results for this workstation's waiting exams (see the module text)."""
+
+    def __init__(self, dsn: str, archive_file: str | Path, data_dir: str | Path, *, every_s: float = 5.0,
+                 say: Callable[[str], None] | None = None) -> None:
+        super().__init__("site-results-feed", every_s)
+        self.archive_file = Path(archive_file)
+        self.maps_dir = Path(data_dir) / "ai_maps"
+        self.say = say or (lambda _text: None)
+        self._site = self._client = SiteQueue(dsn)
+        self._model: tuple[str, str] | None = None
+        self._taken: list[tuple[str, str]] = []
+        self._said: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        #: why the last turn failed (None: it reached the server)
+        self.away: str | None = None
+
+    def set_model(self, version: str | None, weights_sha256: str | None) -> None:
+        """The model whose results are taken (the workstation's active one; None: none)."""
+        with self._lock:
+            self._model = (version, weights_sha256) if version and weights_sha256 else None
+        self._wake.set()
+
+    def take(self) -> list[tuple[str, str]]:
+        """(exam key, worker) of each result stored since the last call (for the window)."""
+        with self._lock:
+            out, self._taken = self._taken, []
+        return out
+
+    def pull_once(self) -> int:
+        """One turn: the number of site results stored here."""
+        with self._lock:
+            model = self._model
+        if model is None:
+            return 0
+        version, sha = model
+        try:
+            taken = self._pull(version, sha)
+        except Exception as exc:  # noqa: BLE001 - the server away, or a refused answer: next turn
+            self.away = f"{type(exc).__name__}: {exc}"
+            log.debug("site results not read: %s", self.away)
+            return 0
+        self.away = None
+        return taken
+
+    def _pull(self, version: str, sha: str) -> int:
+        taken = 0
+        with TriageQueue(self.archive_file) as queue, Archive(self.archive_file) as archive:
+            waiting = [j.exam_key for j in queue.jobs(version) if j.status in ("pending", "failed")]
+            for start in range(0, len(waiting), BATCH):
+                if self._stop.is_set():
+                    break
+                for row in self._site.current(sha, waiting[start:start + BATCH]):
+                    if row.get("result") is None:
+                        continue
+                    exam = archive.exam(str(row["exam_key"]))
+                    if exam is None:
+                        continue
+                    held = {i.sop_uid for i in exam.images}
+                    if row.get("images") is not None and row["images"] != image_set_digest(held):
+                        continue  # the site analysed another image set: a view is missing here, or more came
+                    try:
+                        images = result_images(row["result"], held)
+                    except UnusableResult as exc:
+                        self._say_once(exam.exam_key, f"the site's AI result for exam {exam.exam_key} is not "
+                                                      f"used: {exc}; it is analysed here")
+                        continue
+                    if row.get("images") is None and {i["sop_uid"] for i in images} != held:
+                        continue  # no recorded set: only a result on every image here stands for the exam
+                    current = queue.job(exam.exam_key, version)
+                    if current is None or current.status not in ("pending", "failed"):
+                        continue  # taken by this workstation's worker meanwhile
+                    queue.adopt(exam.exam_key, version, sha, images, maps_dir=self.maps_dir)
+                    taken += 1
+                    with self._lock:
+                        self._taken.append((exam.exam_key, str(row.get("worker_id") or "a site worker")))
+        return taken
+
+    def _say_once(self, exam_key: str, text: str) -> None:
+        if (exam_key, text) not in self._said:
+            self._said.add((exam_key, text))
+            log.warning("%s", text)
+            self.say(text)
