@@ -406,13 +406,22 @@ def test_a_held_queue_leaves_new_jobs_to_the_site_but_takes_an_opened_or_old_one
     assert queue.prioritize("1.2.3.2", "test-1")  # a reader opened it: analysed here at once
     job = queue.claim_next("test-1", hold_s=600)
     assert job is not None and job.exam_key == "1.2.3.2"
-    queue.conn.execute("UPDATE triage_jobs SET enqueued_at = '2020-01-01T00:00:00+00:00' "
+    queue.conn.execute("UPDATE triage_jobs SET queued_at = '2020-01-01T00:00:00+00:00' "
                        "WHERE exam_key = '1.2.3.3'")  # waited past the hold: the site did not answer
     late = queue.claim_next("test-1", hold_s=600)
     assert late is not None and late.exam_key == "1.2.3.3"
     assert queue.claim_next("test-1", hold_s=600) is None
     first = queue.claim_next("test-1")  # no hold (standalone): at once
     assert first is not None and first.exam_key == "1.2.3.1"
+    # the hold counts from when a job was queued, not from the images' import: a new
+    # model's jobs on old exams and an exam queued again for new images wait too
+    queue.conn.execute("UPDATE images SET imported_at = '2020-01-01T00:00:00+00:00'")
+    assert queue.sync("test-2") == 3
+    assert queue.claim_next("test-2", hold_s=600) is None
+    queue.complete(first, "ab" * 32, [{"sop_uid": archive.exam("1.2.3.1").images[0].sop_uid, "laterality": "L",
+                                       "score": 0.5, "findings": []}])
+    queue.requeue("1.2.3.1", "test-1")
+    assert queue.claim_next("test-1", hold_s=600) is None
 
 
 def test_an_adopted_result_is_stored_with_its_maps_and_marks_a_waiting_job_done(setup) -> None:
@@ -424,8 +433,13 @@ def test_an_adopted_result_is_stored_with_its_maps_and_marks_a_waiting_job_done(
                "score": 0.9 if i.laterality.value == "L" else 0.2,
                "findings": [{"box": [1, 2, 3, 4], "kind": "mass", "score": 0.9}],
                "suspicion": suspicion, "map_factor": 2.0} for i in exam.images]
-    result = queue.adopt("1.2.3.2", "test-1", "cd" * 32, images, maps_dir=tmp / "data" / "ai_maps")
-    assert result.score_left == pytest.approx(0.9) and result.score_right == pytest.approx(0.2)
+    from mammotriage.digest import image_set_digest
+
+    held = image_set_digest(i.sop_uid for i in exam.images)
+    assert queue.adopt("1.2.3.2", "test-1", "cd" * 32, images, image_set="0" * 64) is None  # not its images
+    assert queue.job("1.2.3.2", "test-1").status == "pending" and queue.exam_results() == {}
+    result = queue.adopt("1.2.3.2", "test-1", "cd" * 32, images, maps_dir=tmp / "data" / "ai_maps", image_set=held)
+    assert result is not None and result.score_left == pytest.approx(0.9) and result.score_right == pytest.approx(0.2)
     assert queue.job("1.2.3.2", "test-1").status == "done"
     stored = queue.image_results(exam.images[0].sop_uid)[0]
     assert stored.weights_sha256 == "cd" * 32 and stored.findings[0]["kind"] == "mass"
@@ -434,6 +448,8 @@ def test_an_adopted_result_is_stored_with_its_maps_and_marks_a_waiting_job_done(
     # a job running here is not touched: its own result (same model) comes when it ends
     job = queue.claim_next("test-1")
     assert job is not None and job.exam_key == "1.2.3.1"
-    other_sop = archive.exam("1.2.3.1").images[0].sop_uid
-    queue.adopt("1.2.3.1", "test-1", "cd" * 32, [dict(images[0], sop_uid=other_sop)])
-    assert queue.job("1.2.3.1", "test-1").status == "running"
+    other = archive.exam("1.2.3.1")
+    other_set = image_set_digest(i.sop_uid for i in other.images)
+    assert queue.adopt("1.2.3.1", "test-1", "cd" * 32, [dict(images[0], sop_uid=other.images[0].sop_uid)],
+                       image_set=other_set) is None
+    assert queue.job("1.2.3.1", "test-1").status == "running" and queue.image_results(other.images[0].sop_uid) == []

@@ -116,28 +116,39 @@ def test_a_result_for_another_image_set_or_one_that_lies_is_not_taken(site: PgCl
         feed.set_model(VERSION, sha)
         assert feed.pull_once() == 0 and said == []
         # another model's exam whose result names an image not held here, or whose map lies
-        for n, bad in enumerate(("image", "map", "score")):
+        for n, bad in enumerate(("image", "map", "score", "huge", "finding")):
             other = f"{n + 3}c" * 32
             result = _site_result(images, other)
             if bad == "image":
                 result["images"][0]["sop_uid"] = "1.2.3.404"
             elif bad == "map":
                 result["images"][1]["suspicion_map"]["shape"] = [16, 13]
-            else:
+            elif bad == "score":
                 result["images"][2]["score"] = 7.5
+            elif bad == "huge":
+                result["images"][2]["score"] = 10 ** 400
+            else:
+                result["images"][3]["findings"] = [{"box": [1, 2, 3], "kind": "mass", "score": 0.5}]
+            result["images"][0]["stats"] = {"mean": 1.0}  # statistics that lie are dropped, not fatal
             _store_site_result(site, key, other, result, None)
             feed.set_model(VERSION, other)
             assert feed.pull_once() == 0
             assert feed.pull_once() == 0  # said once
-        assert len(said) == 3, said
+        assert len(said) == 5, said
         assert "names image 1.2.3.404, which this workstation does not hold" in said[0]
         assert "suspicion map" in said[1] and "does not hold 16x13" in said[1]
-        assert "7.5" in said[2] and all("it is analysed here" in s for s in said)
+        assert "7.5" in said[2] and "not a number in [0, 1]" in said[3] and "not four numbers" in said[4]
+        assert all("it is analysed here" in s for s in said)
+        # one bad result costs only its exam: a good one of the same turn is taken
+        good = "9a" * 32
+        _store_site_result(site, key, good, dict(_site_result(images, good)), None)
+        feed.set_model(VERSION, good)
+        assert feed.pull_once() == 1
     finally:
         feed.close()
     with TriageQueue(archive_file) as queue:
-        assert queue.job(key, VERSION).status == "pending"
-        assert queue.exam_results() == {}
+        assert queue.job(key, VERSION).status == "done"
+        assert [r.weights_sha256 for r in queue.exam_results()[key]] == [good]
 
 
 def test_a_result_without_a_recorded_image_set_is_taken_only_on_every_image(

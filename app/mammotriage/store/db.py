@@ -499,11 +499,16 @@ _V13_SITE_EVENTS = Migration(
     ),
 )
 
+_V14_QUEUED_AT = Migration(
+    name="triage: when each job was (last) queued, from which a site workstation's hold counts",
+    steps=("ALTER TABLE triage_jobs ADD COLUMN queued_at TEXT",),  # NULL: queued before version 14
+)
+
 #: Ordered schema migrations. Append only; index ``i`` produces version ``i + 1``.
 MIGRATIONS: list[Migration] = [_V1_ARCHIVE, _V2_TRIAGE, _V3_INITIAL_READS, _V4_OUTBOX, _V5_CORRECTIONS,
                                _V6_DATASET_SNAPSHOTS, _V7_MODEL_REGISTRY, _V8_AUDIT_ANCHOR,
                                _V9_REGISTRY_APPEND_ONLY, _V10_PATIENT_ISSUER, _V11_SCALE,
-                               _V12_READING_LOCKS, _V13_SITE_EVENTS]
+                               _V12_READING_LOCKS, _V13_SITE_EVENTS, _V14_QUEUED_AT]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

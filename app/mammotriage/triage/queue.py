@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,29 +96,31 @@ class TriageQueue(db.Connected):
         with db.transaction(self.conn):
             cur = self.conn.execute(
                 """
-                INSERT INTO triage_jobs (exam_key, model_version, status, enqueued_at)
-                SELECT s.exam_key, ?, 'pending', MIN(i.imported_at)
+                INSERT INTO triage_jobs (exam_key, model_version, status, enqueued_at, queued_at)
+                SELECT s.exam_key, ?, 'pending', MIN(i.imported_at), ?
                 FROM studies s JOIN images i ON i.study_uid = s.study_uid
                 WHERE NOT EXISTS (SELECT 1 FROM triage_jobs j
                                   WHERE j.exam_key = s.exam_key AND j.model_version = ?)
                 GROUP BY s.exam_key
                 HAVING MAX(i.imported_at) <= ?
                 """,
-                (model_version, model_version, cutoff),
+                (model_version, utc_now("milliseconds"), model_version, cutoff),
             )
         return cur.rowcount
 
     def requeue(self, exam_key: str, model_version: str) -> None:
         """Analyse an exam again (e.g. after new images of it arrived)."""
+        now = utc_now("milliseconds")
         with db.transaction(self.conn):
             self.conn.execute(
                 """
-                INSERT INTO triage_jobs (exam_key, model_version, status, enqueued_at)
-                VALUES (?, ?, 'pending', ?)
+                INSERT INTO triage_jobs (exam_key, model_version, status, enqueued_at, queued_at)
+                VALUES (?, ?, 'pending', ?, ?)
                 ON CONFLICT (exam_key, model_version) DO UPDATE
-                SET status = 'pending', attempts = 0, reason = NULL, started_at = NULL, finished_at = NULL
+                SET status = 'pending', attempts = 0, reason = NULL, started_at = NULL, finished_at = NULL,
+                    queued_at = excluded.queued_at
                 """,
-                (exam_key, model_version, utc_now("milliseconds")),
+                (exam_key, model_version, now, now),
             )
 
     def prioritize(self, exam_key: str, model_version: str) -> bool:
@@ -132,7 +137,9 @@ class TriageQueue(db.Connected):
         """Take the next pending job (highest priority, then oldest) and mark it running.
 
         ``hold_s`` > 0 (a site workstation, whose site AI workers analyse the same exams):
-        a job is taken only once it has waited that long, or at once when a reader opened
+        a job is taken only once it has waited that long since it was (last) queued
+        (``queued_at``: a new model's jobs and an exam queued again for new images wait
+        too), or at once when a reader opened
         its exam (:meth:`prioritize`); until then the site's result may arrive
         (:meth:`adopt`) and the exam is not analysed twice.
         """
@@ -141,7 +148,7 @@ class TriageQueue(db.Connected):
             row = self.conn.execute(
                 """
                 SELECT * FROM triage_jobs WHERE status = 'pending' AND model_version = ?
-                AND (? OR priority > 0 OR enqueued_at <= ?)
+                AND (? OR priority > 0 OR COALESCE(queued_at, enqueued_at) <= ?)
                 ORDER BY priority DESC, enqueued_at, exam_key LIMIT 1
                 """,
                 (model_version, hold_s <= 0, cutoff),
@@ -193,18 +200,39 @@ class TriageQueue(db.Connected):
         ``suspicion`` (2-D array) and ``map_factor``. The breast score is the highest
         image score of that breast; the exam score the highest breast score.
         """
-        return self._store(job.exam_key, job.model_version, weights_sha256, images, maps_dir, ("running",))
+        result = self._store(job.exam_key, job.model_version, weights_sha256, images, maps_dir, ("running",))
+        assert result is not None  # complete stores unconditionally
+        return result
 
     def adopt(self, exam_key: str, model_version: str, weights_sha256: str, images: list[dict[str, Any]],
-              maps_dir: Path | None = None) -> ExamResult:
+              maps_dir: Path | None = None, *, image_set: str) -> ExamResult | None:
         """Store results another machine computed with the same model (a site AI worker's,
         see :mod:`mammotriage.viewer.site_results`) as :meth:`complete` stores this
         machine's, and mark the exam's waiting or failed job done: it is not analysed
-        here. A job running here meanwhile finishes and stores its own (same model)."""
-        return self._store(exam_key, model_version, weights_sha256, images, maps_dir, ("pending", "failed"))
+        here. Only while the job still waits (pending or failed) and the exam's images
+        here are still ``image_set`` (:func:`mammotriage.digest.image_set_digest`),
+        checked in the storing transaction: a view that arrived meanwhile, or the job
+        taken by this machine's worker, stores nothing (None)."""
+        if not self._adoptable(exam_key, model_version, image_set):
+            return None  # checked first too: no map file is written for nothing
+        return self._store(exam_key, model_version, weights_sha256, images, maps_dir, ("pending", "failed"),
+                           check=lambda: self._adoptable(exam_key, model_version, image_set))
+
+    def _adoptable(self, exam_key: str, model_version: str, image_set: str) -> bool:
+        from mammotriage.digest import image_set_digest
+
+        job = self.conn.execute("SELECT status FROM triage_jobs WHERE exam_key = ? AND model_version = ?",
+                                (exam_key, model_version)).fetchone()
+        if job is None or job["status"] not in ("pending", "failed"):
+            return False
+        sops = [r[0] for r in self.conn.execute(
+            "SELECT i.sop_uid FROM images i JOIN studies s ON s.study_uid = i.study_uid WHERE s.exam_key = ?",
+            (exam_key,))]
+        return image_set_digest(sops) == image_set
 
     def _store(self, exam_key: str, model_version: str, weights_sha256: str, images: list[dict[str, Any]],
-               maps_dir: Path | None, done_from: tuple[str, ...]) -> ExamResult:
+               maps_dir: Path | None, done_from: tuple[str, ...],
+               check: Callable[[], bool] | None = None) -> ExamResult | None:
         written: list[tuple[str, str | None, float | None]] = []
         for item in images:
             rel = None
@@ -212,7 +240,8 @@ class TriageQueue(db.Connected):
                 folder = maps_dir / _safe(model_version)
                 folder.mkdir(parents=True, exist_ok=True)
                 target = folder / f"{_safe(item['sop_uid'])}.npy"
-                tmp = target.with_suffix(".tmp.npy")
+                # the window's feed and the worker process may write one view's map at once
+                tmp = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npy")
                 np.save(tmp, np.asarray(item["suspicion"], dtype=np.float16))
                 tmp.replace(target)
                 rel = str(target.relative_to(maps_dir.parent)) if maps_dir.parent in target.parents else str(target)
@@ -220,6 +249,8 @@ class TriageQueue(db.Connected):
         breasts, score = exam_scores((i.get("laterality"), i.get("view"), float(i["score"])) for i in images)
         created = utc_now("milliseconds")
         with db.transaction(self.conn):
+            if check is not None and not check():
+                return None
             for item, (sop, rel, factor) in zip(images, written, strict=True):
                 self.conn.execute(
                     """

@@ -489,7 +489,10 @@ class MainWindow(QMainWindow):
         model = self.session.model
         self.session.pin(dataclasses.replace(model, version=version, points=points or model.points,
                                              meta=model.meta if meta is None else meta))
-        self._site_results_follow()
+        if meta is not None:  # a version pinned without its metadata has no weights to match
+            self._site_results_follow()
+        elif self.site_results is not None:
+            self.site_results.set_model(None, None)
         self._update_model_label()
 
     def _site_results_follow(self) -> None:

@@ -54,11 +54,39 @@ class UnusableResult(ValueError):
     """A site result this workstation cannot store as its own; the message says why."""
 
 
+def _number(value: Any, lo: float, hi: float) -> float | None:
+    """``value`` as a float in [lo, hi], or None (not a number, a bool, NaN, out of range, too large)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        v = float(value)
+    except OverflowError:
+        return None
+    return v if lo <= v <= hi else None
+
+
+_STATS = ("mean", "std", "p05", "p95", "breast_frac")
+
+
+def _finding(sop: str, f: Any) -> dict[str, Any]:
+    if not isinstance(f, dict) or not isinstance(f.get("kind"), str):
+        raise UnusableResult(f"image {sop}: a finding is not an object with a kind")
+    box = f.get("box")
+    coords = [_number(v, -1e7, 1e7) for v in box] if isinstance(box, list) and len(box) == 4 else [None]
+    if any(c is None for c in coords):
+        raise UnusableResult(f"image {sop}: a finding's box {box!r} is not four numbers")
+    if _number(f.get("score"), 0.0, 1.0) is None:
+        raise UnusableResult(f"image {sop}: a finding's score {f.get('score')!r} is not a number in [0, 1]")
+    return f
+
+
 def result_images(result: dict[str, Any], held: set[str]) -> list[dict[str, Any]]:
     """The per-view records of a site result, as :meth:`TriageQueue.adopt` stores them
     (suspicion maps unpacked). ``held``: the SOP Instance UIDs of the exam here; a result
-    naming another image, or a view without a usable score, raises :class:`UnusableResult`."""
-    views = result.get("images")
+    naming another image, a view without a usable score, laterality or findings, or a
+    map that does not decode raises :class:`UnusableResult` (statistics that are not
+    numbers are dropped: only monitoring reads them)."""
+    views = result.get("images") if isinstance(result, dict) else None
     if not isinstance(views, list) or not views:
         raise UnusableResult("the result lists no analysed view")
     out = []
@@ -68,15 +96,21 @@ def result_images(result: dict[str, Any], held: set[str]) -> list[dict[str, Any]
         sop = view["sop_uid"]
         if sop not in held:
             raise UnusableResult(f"the result names image {sop}, which this workstation does not hold")
-        score = view.get("score")
-        if isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0:
-            raise UnusableResult(f"image {sop}: the score {score!r} is not a number in [0, 1]")
+        score = _number(view.get("score"), 0.0, 1.0)
+        if score is None:
+            raise UnusableResult(f"image {sop}: the score {view.get('score')!r} is not a number in [0, 1]")
+        if view.get("laterality") not in ("L", "R") or not isinstance(view.get("view"), str):
+            raise UnusableResult(f"image {sop}: laterality {view.get('laterality')!r} / view "
+                                 f"{view.get('view')!r} is not a breast view")
         findings = view.get("findings")
         if not isinstance(findings, list):
             raise UnusableResult(f"image {sop}: the findings are not a list")
-        factor = view.get("map_factor")
-        item = {k: view.get(k) for k in ("sop_uid", "laterality", "view", "score", "findings", "stats")}
-        item["map_factor"] = float(factor) if isinstance(factor, int | float) and factor > 0 else None
+        stats = view.get("stats")
+        numbers = [_number(stats.get(k), -1e9, 1e9) for k in _STATS] if isinstance(stats, dict) else [None]
+        item = {"sop_uid": sop, "laterality": view["laterality"], "view": view["view"], "score": score,
+                "findings": [_finding(sop, f) for f in findings],
+                "stats": dict(zip(_STATS, numbers, strict=True)) if None not in numbers else None,
+                "map_factor": _number(view.get("map_factor"), 1e-6, 1e6)}
         packed = view.get("suspicion_map")
         if packed is not None:
             try:
@@ -142,30 +176,38 @@ class SiteResultsFeed(PolledFeed):
                 for row in self._site.current(sha, waiting[start:start + BATCH]):
                     if row.get("result") is None:
                         continue
-                    exam = archive.exam(str(row["exam_key"]))
-                    if exam is None:
-                        continue
-                    held = {i.sop_uid for i in exam.images}
-                    if row.get("images") is not None and row["images"] != image_set_digest(held):
-                        continue  # the site analysed another image set: a view is missing here, or more came
                     try:
-                        images = result_images(row["result"], held)
+                        taken += self._take(queue, archive, version, sha, row)
                     except UnusableResult as exc:
-                        self._say_once(exam.exam_key, f"the site's AI result for exam {exam.exam_key} is not "
-                                                      f"used: {exc}; it is analysed here")
-                        continue
-                    if row.get("images") is None and {i["sop_uid"] for i in images} != held:
-                        continue  # no recorded set: only a result on every image here stands for the exam
-                    current = queue.job(exam.exam_key, version)
-                    if current is None or current.status not in ("pending", "failed"):
-                        continue  # taken by this workstation's worker meanwhile
-                    queue.adopt(exam.exam_key, version, sha, images, maps_dir=self.maps_dir)
-                    taken += 1
-                    with self._lock:
-                        self._taken.append((exam.exam_key, str(row.get("worker_id") or "a site worker")))
+                        self._say_once(str(row["exam_key"]), f"the site's AI result for exam {row['exam_key']} "
+                                                             f"is not used: {exc}; it is analysed here")
         return taken
 
+    def _take(self, queue: TriageQueue, archive: Archive, version: str, sha: str, row: dict[str, Any]) -> int:
+        """Store one site result here (1) or leave it (0); :class:`UnusableResult` says why not."""
+        exam = archive.exam(str(row["exam_key"]))
+        if exam is None:
+            return 0
+        held = {i.sop_uid for i in exam.images}
+        digest = image_set_digest(held)
+        if row.get("images") is not None and row["images"] != digest:
+            return 0  # the site analysed another image set: a view is missing here, or more came
+        try:
+            images = result_images(row["result"], held)
+        except UnusableResult:
+            raise
+        except Exception as exc:  # whatever else the JSON holds: this result fails, not the feed
+            raise UnusableResult(f"{type(exc).__name__}: {exc}") from exc
+        if {i["sop_uid"] for i in images} != held:
+            return 0  # only a result on every image here stands for the exam (the set may be unrecorded)
+        if queue.adopt(exam.exam_key, version, sha, images, maps_dir=self.maps_dir, image_set=digest) is None:
+            return 0  # taken by this workstation's worker meanwhile, or a view arrived
+        with self._lock:
+            self._taken.append((exam.exam_key, str(row.get("worker_id") or "a site worker")))
+        return 1
+
     def _say_once(self, exam_key: str, text: str) -> None:
+
         if (exam_key, text) not in self._said:
             self._said.add((exam_key, text))
             log.warning("%s", text)
