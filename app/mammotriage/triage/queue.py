@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mammotriage.clock import utc_datetime, utc_now
+from mammotriage.digest import image_set_digest
 from mammotriage.model.scoring import exam_scores
 from mammotriage.store import db
 
@@ -219,8 +220,6 @@ class TriageQueue(db.Connected):
                            check=lambda: self._adoptable(exam_key, model_version, image_set))
 
     def _adoptable(self, exam_key: str, model_version: str, image_set: str) -> bool:
-        from mammotriage.digest import image_set_digest
-
         job = self.conn.execute("SELECT status FROM triage_jobs WHERE exam_key = ? AND model_version = ?",
                                 (exam_key, model_version)).fetchone()
         if job is None or job["status"] not in ("pending", "failed"):

@@ -137,6 +137,9 @@ class SiteResultsFeed(PolledFeed):
         self._lock = threading.Lock()
         #: why the last turn failed (None: it reached the server)
         self.away: str | None = None
+        # the archive's connections, opened by the thread on its first turn and kept
+        self._queue: TriageQueue | None = None
+        self._archive: Archive | None = None
 
     def set_model(self, version: str | None, weights_sha256: str | None) -> None:
         """The model whose results are taken (the workstation's active one; None: none)."""
@@ -168,20 +171,28 @@ class SiteResultsFeed(PolledFeed):
 
     def _pull(self, version: str, sha: str) -> int:
         taken = 0
-        with TriageQueue(self.archive_file) as queue, Archive(self.archive_file) as archive:
-            waiting = [j.exam_key for j in queue.jobs(version) if j.status in ("pending", "failed")]
-            for start in range(0, len(waiting), BATCH):
-                if self._stop.is_set():
-                    break
-                for row in self._site.current(sha, waiting[start:start + BATCH]):
-                    if row.get("result") is None:
-                        continue
-                    try:
-                        taken += self._take(queue, archive, version, sha, row)
-                    except UnusableResult as exc:
-                        self._say_once(str(row["exam_key"]), f"the site's AI result for exam {row['exam_key']} "
-                                                             f"is not used: {exc}; it is analysed here")
+        if self._queue is None or self._archive is None:
+            self._queue, self._archive = TriageQueue(self.archive_file), Archive(self.archive_file)
+        queue, archive = self._queue, self._archive
+        waiting = [j.exam_key for j in queue.jobs(version) if j.status in ("pending", "failed")]
+        for start in range(0, len(waiting), BATCH):
+            if self._stop.is_set():
+                break
+            for row in self._site.current(sha, waiting[start:start + BATCH]):
+                if row.get("result") is None:
+                    continue
+                try:
+                    taken += self._take(queue, archive, version, sha, row)
+                except UnusableResult as exc:
+                    self._say_once(str(row["exam_key"]), f"the site's AI result for exam {row['exam_key']} "
+                                                         f"is not used: {exc}; it is analysed here")
         return taken
+
+    def close(self, timeout: float = 2.0) -> None:
+        super().close(timeout)
+        for local in (self._queue, self._archive):
+            if local is not None:
+                local.close()
 
     def _take(self, queue: TriageQueue, archive: Archive, version: str, sha: str, row: dict[str, Any]) -> int:
         """Store one site result here (1) or leave it (0); :class:`UnusableResult` says why not."""
