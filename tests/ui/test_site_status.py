@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,6 +288,65 @@ def test_a_site_window_takes_the_site_workers_result_and_shows_its_marks_and_map
         left = [p for slot, p in win.hanging.panes.items() if slot.startswith("L")]
         assert left and all(p.overlay is not None and p.overlay.findings for p in left)
         assert all(p.overlay.suspicion is not None and float(p.overlay.suspicion.max()) > 0.85 for p in left)
+    finally:
+        win.close()
+        archive.close()
+
+
+def test_a_lapsing_site_sign_in_is_said_and_a_change_after_it_is_refused_on_the_spot(
+        qtbot, site: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, the window kept a reader's changes after their 12-hour site sign-in had
+    ended, the server refused them later into the buffer's ``refused`` table, and the
+    reader was never told: their reading after that hour never reached the site."""
+    from mammotriage.store.pg.accounts import SignIns, SiteAccounts
+    from mammotriage.store.pg.cluster import DATABASE, SUPERUSER
+    from mammotriage.store.pg.schema import SIGN_IN_HOURS
+    from mammotriage.viewer.corrections import ExamCorrections
+
+    with SiteAccounts(site.dsn("mt_admin"), site.dsn(SUPERUSER)) as accounts:
+        accounts.add("dr_lapse", "the password of dr lapse", "it", DATABASE)
+    win, archive = _joined_window(qtbot, monkeypatch, tmp_path, _profile(site, tmp_path / "ws-lapse.json"), seed=35,
+                                  reader="dr_plain")
+    try:
+        win.site_sign_in("dr_lapse", "the password of dr lapse")
+        qtbot.waitUntil(lambda: win.reader == "dr_lapse", timeout=30_000)
+        assert re.search(r"signed in with the site account: dr_lapse \(until \d\d:\d\d\)", win.log.toPlainText())
+        tokens = [t for t in (getattr(x, "sign_ins", None) for x in (win.site_log, win.corrections_log, win.locks))
+                  if isinstance(t, SignIns)]
+        assert tokens
+        end = tokens[0].ends_at("dr_lapse")
+        assert end is not None and abs(end - (time.time() + SIGN_IN_HOURS * 3600)) < 120
+
+        def at(t: float) -> None:
+            for x in tokens:
+                x.clock = lambda t=t: t
+
+        win.check_sign_in()
+        assert "sign-in" not in win.model_label.text()
+        at(end - 600)   # ten minutes before: said once, and shown beside the reader
+        win.check_sign_in()
+        win.check_sign_in()
+        assert win.log.toPlainText().count("the site sign-in of dr_lapse ends soon") == 1
+        assert "reader dr_lapse (site sign-in ends at" in win.model_label.text()
+        assert win._record(ExamCorrections.set_note, "still within the sign-in")
+        log = win.site_log
+        qtbot.waitUntil(lambda: log.status().waiting == 0, timeout=60_000)
+        at(end + 1)     # ended: said, and a change is refused here, not kept for the server to refuse
+        win.check_sign_in()
+        assert "the site sign-in of dr_lapse has ended: changes are not recorded" in win.log.toPlainText()
+        assert "(site sign-in ended at" in win.model_label.text()
+        assert not win._record(ExamCorrections.set_note, "after the sign-in ended")
+        assert win.status_label.text().startswith("not recorded: the site sign-in of dr_lapse ended at")
+        assert log.buffered.buffer.count() == 0 and log.buffered.buffer.refused() == []
+        for x in tokens:
+            x.clock = time.time
+        win.site_sign_in("dr_lapse", "the password of dr lapse")   # signing in again goes on
+        qtbot.waitUntil(lambda: win.log.toPlainText().count("signed in with the site account: dr_lapse") == 2,
+                        timeout=30_000)
+        assert "sign-in" not in win.model_label.text()
+        assert win._record(ExamCorrections.set_note, "after signing in again")
+        qtbot.waitUntil(lambda: log.status().waiting == 0, timeout=60_000)
+        assert log.buffered.buffer.refused() == []
     finally:
         win.close()
         archive.close()

@@ -149,7 +149,7 @@ class MainWindow(QMainWindow):
 
     exam_shown = Signal(str)  # exam key, once all panes have their content
     #: a site sign-in finished on its thread: (reader, token or "", what to say)
-    site_signed_in = Signal(str, str, str)
+    site_signed_in = Signal(str, str, float, str)  # reader, token, when it ends (epoch), what to say
 
     def __init__(self, loader: ViewLoader | None = None, archive: Archive | None = None,
                  model_dir: str | Path | None = None, start_triage: bool = True, site: SiteProfile | None = None):
@@ -182,6 +182,7 @@ class MainWindow(QMainWindow):
         self._site_model_said: _queue.SimpleQueue[str] = _queue.SimpleQueue()
         self._sign_in_pool: cf.ThreadPoolExecutor | None = None
         self._sign_in_gen = 0
+        self._sign_in_said = ""  # which warning about the reader's site sign-in was said last
         self._closing = False
         self.site_signed_in.connect(self._site_signed_in)  # queued: emitted on the sign-in thread
         self.site_models: SiteModelSync | None = None
@@ -397,6 +398,10 @@ class MainWindow(QMainWindow):
         self.pipeline_timer.setInterval(5 * 60 * 1000)
         self.pipeline_timer.timeout.connect(self.check_pipeline)
         self.pipeline_timer.start()
+        self.sign_in_timer = QTimer(self)  # a site sign-in lapses: said before and when it does
+        self.sign_in_timer.setInterval(30 * 1000)
+        self.sign_in_timer.timeout.connect(self.check_sign_in)
+        self.sign_in_timer.start()
         self.monitor_view = None  # created on first use (Ctrl+Shift+O)
         self.network_label = QLabel("")
         self.statusBar().addPermanentWidget(self.network_label)
@@ -1383,22 +1388,26 @@ class MainWindow(QMainWindow):
                 if not password:  # by name only: only where the site does not require accounts
                     if accounts_required(site.dsn()):
                         raise AccountError("this site requires a site account: enter the password")
-                    self.site_signed_in.emit(name, "", gen + " " + f"signed in by name (no site account): {name}")
+                    self.site_signed_in.emit(name, "", 0.0, gen + " " + f"signed in by name (no site account): {name}")
                     return
                 got = sign_in(site.dsn(user=reader_role(name), password=password), workstation)
-                self.site_signed_in.emit(name, got.token, gen + " " + f"signed in with the site account: {name}")
+                ends = time.strftime("%H:%M", time.localtime(got.expires_at))
+                self.site_signed_in.emit(name, got.token, got.expires_at,
+                                         gen + " " + f"signed in with the site account: {name} (until {ends})")
             except AccountError as exc:
-                self.site_signed_in.emit("", "", gen + " " + f"site sign-in of {name} refused: {exc}")
+                self.site_signed_in.emit("", "", 0.0, gen + " " + f"site sign-in of {name} refused: {exc}")
             except Exception as exc:  # noqa: BLE001 - the server away: said, nobody signed in
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                self.site_signed_in.emit("", "", gen + " " + f"site sign-in of {name} failed: "
+                self.site_signed_in.emit("", "", 0.0, gen + " " + f"site sign-in of {name} failed: "
                                                              f"{type(exc).__name__}: {first}")
 
         if self._sign_in_pool is None:
             self._sign_in_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="site-sign-in")
         return self._sign_in_pool.submit(work)
 
-    def _site_signed_in(self, name: str, token: str, said: str) -> None:
+    def _site_signed_in(self, name: str, token: str, ends_at: float, said: str) -> None:
+        from mammotriage.store.pg.accounts import SignIn, SignIns
+
         gen, _, said = said.partition(" ")
         if self._closing or gen != str(self._sign_in_gen):
             return  # the window closes, or a later sign-in was asked for
@@ -1407,17 +1416,60 @@ class MainWindow(QMainWindow):
             return
         for log in (self.site_log, self.corrections_log, self.history_log, self.locks):
             tokens = getattr(log, "sign_ins", None)
-            if isinstance(tokens, dict):
+            if isinstance(tokens, SignIns):
                 if token:
-                    tokens[name] = token
+                    tokens.put(SignIn(name, token, ends_at))
                 else:
                     tokens.pop(name, None)
+        self._sign_in_said = ""
         self.sign_in(name)
+
+    #: how long before a site sign-in ends the reader is told to sign in again
+    SIGN_IN_WARN_S = 15 * 60
+
+    def sign_in_note(self) -> str:
+        """What the status bar says about the reader's site sign-in ("" when nothing is due)."""
+        if self.site is None:
+            return ""
+        from mammotriage.store.pg.accounts import SignIns
+
+        tokens = getattr(self.site_log or self.corrections_log, "sign_ins", None)
+        if not isinstance(tokens, SignIns):
+            return ""
+        end = tokens.ends_at(self.reader)
+        if end is None or end == float("inf"):
+            return ""
+        left = end - tokens.clock()
+        at = time.strftime("%H:%M", time.localtime(end))
+        if left <= 0:
+            return f"site sign-in ended at {at}: Ctrl+Shift+R to sign in again"
+        if left <= self.SIGN_IN_WARN_S:
+            return f"site sign-in ends at {at}: Ctrl+Shift+R"
+        return ""
+
+    def check_sign_in(self) -> None:
+        """Say once when the reader's site sign-in is about to end and once when it has
+        ended (their changes are then refused until they sign in again, nothing is kept
+        to be refused by the server later)."""
+        note = self.sign_in_note()
+        stage = note.split(" ", 3)[2] if note else ""   # "ends" or "ended"
+        if stage and stage != self._sign_in_said:
+            self._sign_in_said = stage
+            if stage == "ended":
+                line = (f"the site sign-in of {self.reader} has ended: changes are not recorded until "
+                        f"{self.reader} signs in again (Ctrl+Shift+R)")
+            else:
+                line = f"the site sign-in of {self.reader} ends soon: sign in again (Ctrl+Shift+R) to go on reading"
+            self.log_line(line)
+            self.show_status(line)
+        self._update_model_label()
 
     def sign_in(self, name: str) -> None:
         self.corrections_log.add_reader(name)
         if self.current is not None:
             self._release_or_renew(self.current.exam_key)
+        if name != self.reader:
+            self._sign_in_said = ""
         self.reader = name
         self.worklist.reader = name
         if isinstance(self.corrections_log, DoubleReadingRules):
@@ -1597,9 +1649,13 @@ class MainWindow(QMainWindow):
         if refresh:
             self.refresh_worklist()
 
+    def _reader_text(self) -> str:
+        note = self.sign_in_note()
+        return f"reader {self.reader}" + (f" ({note})" if note else "")
+
     def _update_model_label(self) -> None:
         if self.model_meta is None:
-            self.model_label.setText(f"reader {self.reader} · AI off: no verified model package")
+            self.model_label.setText(f"{self._reader_text()} · AI off: no verified model package")
             self.model_label.setToolTip(self.model_problem)
             return
         counts = self.queue.counts(self.model_version or "")
@@ -1609,7 +1665,7 @@ class MainWindow(QMainWindow):
         etas = self._etas
         last = f" (all done in ~{eta_text(max(etas.values())).removeprefix('result in ~')})" \
             if waiting and etas and max(etas.values()) >= 1.0 else ""
-        self.model_label.setText(f"reader {self.reader} · model {self.model_version} · {waiting} exam(s) waiting"
+        self.model_label.setText(f"{self._reader_text()} · model {self.model_version} · {waiting} exam(s) waiting"
                                  f"{last} · AI {mode}" + (" · site thresholds" if site else ""))
         if self.points is not None and site:
             self.model_label.setToolTip(self.points.describe())

@@ -47,6 +47,7 @@ from typing import Any
 
 from mammotriage.store.assessment import ReadState, next_read_state
 from mammotriage.store.events import Event, SessionReaders, event_from_row
+from mammotriage.store.pg.accounts import SignIns
 from mammotriage.store.pg.buffer import BufferedLog
 from mammotriage.store.pg.events import SERVER_AWAY
 
@@ -162,7 +163,7 @@ class SiteLog(SessionReaders):
         self._listeners: list[Callable[[list[str | None]], None]] = []
         self._readers: set[str] = set()
         #: reader -> site sign-in token (store.pg.accounts.sign_in): sent with their events
-        self.sign_ins: dict[str, str] = {}
+        self.sign_ins = SignIns()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._wake.set()  # what an earlier session left in the buffer goes first
@@ -190,7 +191,7 @@ class SiteLog(SessionReaders):
             The event is invalid (nothing is kept).
         """
         made = self.buffered.keep(reader=reader, exam_key=exam_key, action=action,
-                                  session_token=self.sign_ins.get(reader), study_uid=study_uid,
+                                  session_token=self.sign_ins.token_for(reader), study_uid=study_uid,
                                   series_uid=series_uid, sop_uid=sop_uid, pixel_sha256=pixel_sha256,
                                   model_version=model_version, target=target, kind=kind, geometry=geometry,
                                   payload=payload)

@@ -208,3 +208,58 @@ def test_a_soft_lock_is_taken_only_under_its_readers_sign_in(cluster) -> None:
         ("take", "dr_a", None), ("release", "dr_a", None)]
     assert stored("Exam-L3") == []
     assert [r["reader"] for r in stored("Exam-L4")] == ["dr_a"]
+
+
+def test_a_sign_in_knows_when_it_ends_and_a_plain_token_never_does() -> None:
+    from mammotriage.store.events import CorrectionError
+    from mammotriage.store.pg.accounts import SignIn, SignInExpired, SignIns
+    from mammotriage.store.pg.schema import SIGN_IN_HOURS
+
+    now = [1_000_000.0]
+    tokens = SignIns(clock=lambda: now[0])
+    tokens.put(SignIn("dr_a", "t-a", now[0] + SIGN_IN_HOURS * 3600))
+    tokens["dr_b"] = "t-b"   # set as a plain item (no end known here)
+    assert tokens.token_for("dr_a") == "t-a" and tokens.token_for("dr_b") == "t-b"
+    assert tokens.token_for("dr_c") is None and tokens.ends_at("dr_c") is None
+    now[0] += SIGN_IN_HOURS * 3600
+    with pytest.raises(SignInExpired, match=r"sign-in of dr_a ended at \d\d:\d\d .*12 hours.*sign in again"):
+        tokens.token_for("dr_a")
+    assert issubclass(SignInExpired, CorrectionError)  # said as "not recorded" wherever a change is refused
+    assert tokens.token_for("dr_b") == "t-b"
+    tokens["dr_a"] = "t-a2"  # replaced as a plain item: the old end goes with the old token
+    assert tokens.token_for("dr_a") == "t-a2" and tokens.ends_at("dr_a") is None
+    tokens.put(SignIn("dr_a", "t-a3", now[0] - 1))
+    tokens.pop("dr_a")
+    assert tokens.token_for("dr_a") is None and tokens.ends_at("dr_a") is None
+    assert SignIn("x", "y").expires_at == float("inf")  # a sign-in made without an end never lapses here
+
+
+def test_an_ended_sign_in_records_nothing_in_double_reading_and_takes_no_lock(cluster) -> None:
+    """Before, the workstation sent a change under an ended sign-in and the server refused it
+    (or, buffered, kept it refused where the reader never looked)."""
+    import time
+
+    from mammotriage.store.double_reading import DoubleReadingPolicy
+    from mammotriage.store.pg.accounts import SignInExpired
+    from mammotriage.store.pg.double_reading import SiteDoubleReadingLog, SiteReadingLocks
+    from mammotriage.store.pg.schema import SIGN_IN_HOURS
+
+    a = sign_in(_as(cluster, "dr_a", "password of dr a"), "ws-8")
+    assert abs(a.expires_at - (time.time() + SIGN_IN_HOURS * 3600)) < 60  # when it was asked for, plus the hours
+    with SiteDoubleReadingLog(cluster.dsn("mt_workstation"), "dr_a", DoubleReadingPolicy(enabled=True),
+                              "ws-8") as log, SiteReadingLocks(cluster.dsn("mt_workstation"), "ws-8") as locks:
+        for x in (log.sign_ins, locks.sign_ins):
+            x.put(a)
+        assert log.append(reader="dr_a", exam_key="Exam-END", action="note", payload={"text": "in time"}).seq > 0
+        assert locks.take("Exam-END", "dr_a").granted
+        for x in (log.sign_ins, locks.sign_ins):
+            x.clock = lambda: a.expires_at + 1
+        with pytest.raises(SignInExpired, match="sign in again"):
+            log.append(reader="dr_a", exam_key="Exam-END", action="note", payload={"text": "too late"})
+        with pytest.raises(SignInExpired):
+            locks.take("Exam-END2", "dr_a")
+    with connect(cluster.dsn("mt_admin")) as conn:
+        notes = [r["payload"] for r in conn.execute(
+            "SELECT payload FROM correction_events WHERE exam_key = 'Exam-END' ORDER BY seq").fetchall()]
+        assert conn.execute("SELECT count(*) AS n FROM reading_locks WHERE exam_key = 'Exam-END2'").fetchone()["n"] == 0
+    assert len(notes) == 1 and "in time" in notes[0]

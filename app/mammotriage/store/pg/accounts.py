@@ -19,23 +19,29 @@ is not enough (double reading counts two distinct readers), so:
   reader's account is disabled; it records ``account`` (the signed-in reader) and never
   stores the token. With ``site accounts require DIR on``, an event without a token is
   refused too.
+- The workstation knows when a sign-in lapses (:class:`SignIns`): from then on a
+  reader's change is refused on the spot ("not recorded: ... sign in again"), never
+  kept to be refused by the server later, where the reader would not see it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from mammotriage.store.events import CorrectionError
 from mammotriage.store.pg.cluster import READER_GROUP, password_verifier
 from mammotriage.store.pg.events import PgConnected, connect
-from mammotriage.store.pg.schema import ACCOUNTS_VERSION, at_least
+from mammotriage.store.pg.schema import ACCOUNTS_VERSION, SIGN_IN_HOURS, at_least
 
-__all__ = ["GROUP", "AccountError", "SignIn", "SiteAccounts", "reader_role", "sign_in"]
+__all__ = ["GROUP", "AccountError", "SignIn", "SignInExpired", "SignIns", "SiteAccounts", "reader_role", "sign_in"]
 
 #: The group every reader's role belongs to (CONNECT on the site database).
 GROUP = READER_GROUP
@@ -57,6 +63,60 @@ def reader_role(reader: str) -> str:
 class SignIn:
     reader: str
     token: str
+    #: when the server stops taking the reader's events, on this workstation's clock
+    #: (epoch seconds): the moment the sign-in was asked for plus ``SIGN_IN_HOURS``, so
+    #: never later than the server's own end (it tolerates 5 minutes of clock skew)
+    expires_at: float = float("inf")
+
+
+class SignInExpired(CorrectionError):
+    """A reader's site sign-in has lapsed: their changes are refused until they sign in again."""
+
+
+class SignIns(dict[str, str]):
+    """reader -> the site sign-in token sent with their events and soft locks, and when
+    each sign-in lapses. A token set as a plain item never lapses here (the server
+    still checks it)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        self.clock = clock
+        self._ends: dict[str, float] = {}
+
+    def put(self, got: SignIn) -> None:
+        self[got.reader] = got.token
+        self._ends[got.reader] = got.expires_at
+
+    def __setitem__(self, reader: str, token: str) -> None:
+        super().__setitem__(reader, token)
+        self._ends.pop(reader, None)
+
+    def __delitem__(self, reader: str) -> None:
+        super().__delitem__(reader)
+        self._ends.pop(reader, None)
+
+    def pop(self, reader: str, *default: Any) -> Any:
+        self._ends.pop(reader, None)
+        return super().pop(reader, *default)
+
+    def ends_at(self, reader: str) -> float | None:
+        """When ``reader``'s sign-in lapses (None: not signed in with an account here)."""
+        return self._ends.get(reader) if reader in self else None
+
+    def token_for(self, reader: str) -> str | None:
+        """The token to send with ``reader``'s change (None: signed in by name only).
+
+        Raises
+        ------
+        SignInExpired
+            The sign-in has lapsed: nothing may be recorded under it.
+        """
+        token = self.get(reader)
+        end = self._ends.get(reader)
+        if token is not None and end is not None and self.clock() >= end:
+            raise SignInExpired(f"the site sign-in of {reader} ended at {time.strftime('%H:%M', time.localtime(end))} "
+                                f"(a sign-in lasts {SIGN_IN_HOURS} hours): sign in again (Ctrl+Shift+R)")
+        return token
 
 
 def accounts_required(dsn: str) -> bool:
@@ -71,6 +131,7 @@ def accounts_required(dsn: str) -> bool:
 
 def sign_in(dsn_as_reader: str, workstation: str) -> SignIn:
     """Sign in: ``dsn_as_reader`` connects as the reader's role with their password."""
+    asked = time.time()
     try:
         with connect(dsn_as_reader) as conn:
             row = conn.execute("SELECT mt_reader_sign_in(%s) AS s", (workstation,)).fetchone()
@@ -88,7 +149,7 @@ def sign_in(dsn_as_reader: str, workstation: str) -> SignIn:
     if row is None:  # pragma: no cover - a function call returns a row
         raise AccountError("the site returned no sign-in")
     reader, _, token = str(row["s"]).rpartition(" ")  # the token has no space; a name may
-    return SignIn(reader, token)
+    return SignIn(reader, token, asked + SIGN_IN_HOURS * 3600.0)
 
 
 class SiteAccounts(PgConnected):

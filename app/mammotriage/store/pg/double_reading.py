@@ -63,6 +63,7 @@ from mammotriage.store.events import (
     event_from_row,
     events_query,
 )
+from mammotriage.store.pg.accounts import SignIns
 from mammotriage.store.pg.events import SERVER_AWAY, TOKEN, PgConnected, SiteCorrectionLog
 from mammotriage.store.pg.schema import LOCK_ACCOUNTS_VERSION, READING_LOCKS_VERSION
 
@@ -271,7 +272,7 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
         self._readers: set[str] = set()
         self._last: OrderedDict[tuple[str | None, str | None], list[Event]] = OrderedDict()
         #: reader -> site sign-in token (store.pg.accounts.sign_in): sent with their events
-        self.sign_ins: dict[str, str] = {}
+        self.sign_ins = SignIns()
 
     @property
     def workstation(self) -> str:
@@ -299,7 +300,7 @@ class SiteDoubleReadingLog(SessionReaders, DoubleReadingRules):
         """
         made = event_fields(self.workstation, reader=reader, exam_key=exam_key, action=action, **fields)
         payload = json.loads(made["payload"]) if made["payload"] else {}
-        token = self.sign_ins.get(reader)
+        token = self.sign_ins.token_for(reader)
         with self.backend.serialised(exam_key):
             self.check(reader, exam_key, action, payload)
             try:
@@ -347,10 +348,10 @@ class SiteReadingLocks(LockRules, PgConnected):
         self.lease_s = int(lease_s)
         self.backend = PgBackend(self, deadline_s=deadline_s, watch=watch, probe=probe)
         #: reader -> site sign-in token (store.pg.accounts.sign_in): sent with their takes and releases
-        self.sign_ins: dict[str, str] = {}
+        self.sign_ins = SignIns()
 
     def _insert(self, exam_key: str, reader: str, action: str, at: str, expires_at: str) -> None:
-        token = self.sign_ins.get(reader)
+        token = self.sign_ins.token_for(reader)
         columns, values = "exam_key, reader, workstation, action, at, expires_at", [
             exam_key, reader, self.workstation, action, at, expires_at]
         if token:
