@@ -424,6 +424,32 @@ def test_a_held_queue_leaves_new_jobs_to_the_site_but_takes_an_opened_or_old_one
     assert queue.claim_next("test-1", hold_s=600) is None
 
 
+def test_a_held_exams_eta_waits_for_its_hold(setup) -> None:
+    """Before, a site workstation showed "result in ~6 s" for an exam it leaves to the site
+    for 10 minutes (the ETA ignored the hold)."""
+    _archive, queue, _model, _tmp = setup
+    queue.sync("test-1")
+    plain = queue.etas("test-1", 1.5)
+    assert plain == pytest.approx({"1.2.3.1": 6.0, "1.2.3.2": 12.0, "1.2.3.3": 18.0})
+    held = queue.etas("test-1", 1.5, hold_s=600)
+    assert 590 <= held["1.2.3.1"] - 6.0 <= 600.5
+    assert held["1.2.3.2"] == pytest.approx(held["1.2.3.1"] + 6.0)
+    assert held["1.2.3.3"] == pytest.approx(held["1.2.3.1"] + 12.0)
+    queue.prioritize("1.2.3.3", "test-1")   # opened by a reader: taken here at once
+    queue.conn.execute("UPDATE triage_jobs SET queued_at = '2020-01-01T00:00:00+00:00' "
+                       "WHERE exam_key = '1.2.3.2'")  # waited past its hold already
+    held = queue.etas("test-1", 1.5, hold_s=600)
+    assert list(held) == ["1.2.3.3", "1.2.3.2", "1.2.3.1"]  # the held one is passed over, as claim_next does
+    assert held["1.2.3.3"] == pytest.approx(6.0) and held["1.2.3.2"] == pytest.approx(12.0)
+    assert 590 <= held["1.2.3.1"] - 6.0 <= 600.5
+    two = queue.etas("test-1", 1.5, workers=2, hold_s=600)
+    assert two["1.2.3.3"] == pytest.approx(6.0) and two["1.2.3.2"] == pytest.approx(6.0)
+    assert 590 <= two["1.2.3.1"] - 6.0 <= 600.5
+    assert queue.claim_next("test-1", hold_s=600).exam_key == "1.2.3.3"
+    assert queue.claim_next("test-1", hold_s=600).exam_key == "1.2.3.2"
+    assert queue.claim_next("test-1", hold_s=600) is None
+
+
 def test_an_adopted_result_is_stored_with_its_maps_and_marks_a_waiting_job_done(setup) -> None:
     archive, queue, _model, tmp = setup
     queue.sync("test-1")

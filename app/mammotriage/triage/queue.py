@@ -26,6 +26,7 @@ so the p95 is an honest upper estimate.
 from __future__ import annotations
 
 import datetime as _dt
+import heapq
 import json
 import os
 import threading
@@ -306,16 +307,20 @@ class TriageQueue(db.Connected):
             return None
         return float(np.percentile([r[0] for r in rows], 95))
 
-    def etas(self, model_version: str, per_view_s: float | None, workers: int = 1) -> dict[str, float]:
+    def etas(self, model_version: str, per_view_s: float | None, workers: int = 1,
+             hold_s: float = 0.0) -> dict[str, float]:
         """Expected seconds until each waiting exam (pending or running) has its result.
 
         Claim order is :meth:`claim_next`'s; ``workers`` processes share the queue (the
-        app runs one). Empty without a measured per-view time."""
+        app runs one). With ``hold_s`` (a site workstation leaving exams to the site's AI
+        workers that long) a held job starts no sooner than its hold ends: the figure is
+        when this workstation would have the result, the site's may come first. Empty
+        without a measured per-view time."""
         if per_view_s is None:
             return {}
         rows = self.conn.execute(
             """
-            SELECT j.exam_key, j.status, j.started_at,
+            SELECT j.exam_key, j.status, j.started_at, j.priority, COALESCE(j.queued_at, j.enqueued_at) AS queued,
                    (SELECT COUNT(*) FROM studies s JOIN images i ON i.study_uid = s.study_uid
                     WHERE s.exam_key = j.exam_key AND i.laterality IN ('L', 'R')) AS views
             FROM triage_jobs j
@@ -323,9 +328,9 @@ class TriageQueue(db.Connected):
             ORDER BY j.status = 'pending', j.priority DESC, j.enqueued_at, j.exam_key
             """, (model_version,)).fetchall()
         now = _dt.datetime.now(_dt.UTC)
-        lanes = [0.0] * max(1, int(workers))
-        out: dict[str, float] = {}
-        for r in rows:
+        ready: list[tuple[int, str, float]] = []       # (claim order, exam, seconds it needs)
+        held: list[tuple[float, int, str, float]] = []  # (seconds until its hold ends, ...)
+        for order, r in enumerate(rows):
             need = max(1, int(r["views"])) * per_view_s
             if r["status"] == "running" and r["started_at"]:
                 try:
@@ -333,9 +338,33 @@ class TriageQueue(db.Connected):
                 except ValueError:
                     spent = 0.0
                 need = max(0.0, need - max(0.0, spent))
-            lane = min(range(len(lanes)), key=lanes.__getitem__)  # the worker free first takes it
-            lanes[lane] += need
-            out[r["exam_key"]] = lanes[lane]
+            release = 0.0
+            if hold_s > 0 and r["status"] == "pending" and int(r["priority"]) <= 0:
+                try:
+                    release = hold_s - max(0.0, (now - _dt.datetime.fromisoformat(r["queued"])).total_seconds())
+                except (TypeError, ValueError):
+                    release = 0.0
+            if release > 0:
+                held.append((release, order, r["exam_key"], need))
+            else:
+                ready.append((order, r["exam_key"], need))
+        # the worker free first takes the first job in claim order whose hold has ended
+        heapq.heapify(ready)
+        held.sort()
+        lanes = [0.0] * max(1, int(workers))
+        out: dict[str, float] = {}
+        i = 0
+        while ready or i < len(held):
+            lane = min(range(len(lanes)), key=lanes.__getitem__)
+            t = lanes[lane]
+            if not ready and held[i][0] > t:
+                t = held[i][0]  # idle until the next hold ends
+            while i < len(held) and held[i][0] <= t:
+                heapq.heappush(ready, held[i][1:])
+                i += 1
+            _, key, need = heapq.heappop(ready)
+            lanes[lane] = t + need
+            out[key] = lanes[lane]
         return out
 
     # ----------------------------------------------------------------- queries

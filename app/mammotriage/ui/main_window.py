@@ -865,7 +865,8 @@ class MainWindow(QMainWindow):
         key = self.current.exam_key if self.current else self._resume_key
         old_row = self.worklist_view.row_of(key) if key else None
         sha = (self.model_meta or {}).get("weights_sha256")
-        self._etas = self.queue.etas(self.model_version or "", self.queue.per_view_p95(sha) if sha else None)
+        self._etas = self.queue.etas(self.model_version or "", self.queue.per_view_p95(sha) if sha else None,
+                                     hold_s=self.local_triage_after_s() if self.site is not None else 0.0)
         query = self.worklist_query()
         keep = None
         if old_row is not None and key and self.current is not None and query.sort == "triage" \
