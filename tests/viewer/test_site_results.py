@@ -178,3 +178,37 @@ def test_a_server_away_takes_nothing_and_says_why(tmp_path: Path) -> None:
         feed.close()
     with TriageQueue(archive_file) as queue:
         assert queue.job(key, VERSION).status == "pending"
+
+
+def test_closing_during_a_long_turn_leaves_its_connections_to_the_turn(tmp_path: Path) -> None:
+    """Before, ``close`` closed the archive's connections after a 2 s join even while a
+    turn still used them (a large adopt, a slow server): the turn then failed on a closed
+    connection. Now the turn closes them itself when it stops."""
+    import sqlite3
+    import threading
+
+    archive_file, key, _images = _workstation(tmp_path, 15)
+    feed = SiteResultsFeed("host=127.0.0.1 port=9 dbname=x user=y password=z connect_timeout=2",
+                           archive_file, tmp_path / "data", every_s=60)
+    asked, release = threading.Event(), threading.Event()
+
+    def slow_current(sha: str, keys: list[str]) -> list[dict[str, Any]]:
+        asked.set()
+        release.wait(30)
+        return []
+
+    feed._site.current = slow_current  # type: ignore[method-assign]
+    feed.set_model(VERSION, "8f" * 32)
+    feed.start()
+    assert asked.wait(30)
+    queue = feed._queue
+    assert queue is not None
+    feed.close(timeout=0.2)
+    assert feed._thread.is_alive()
+    assert queue.job(key, VERSION).status == "pending"   # still open for the turn
+    release.set()
+    feed._thread.join(30)
+    assert not feed._thread.is_alive() and feed._queue is None
+    with pytest.raises(sqlite3.ProgrammingError):   # closed by the turn as it stopped
+        queue.job(key, VERSION)
+    feed.close()   # again: nothing left to close

@@ -188,11 +188,26 @@ class SiteResultsFeed(PolledFeed):
                                                          f"is not used: {exc}; it is analysed here")
         return taken
 
+    def _run(self) -> None:
+        try:
+            super()._run()
+        finally:  # the thread's own turn is over: nothing uses the archive's connections now
+            self._close_local()
+
     def close(self, timeout: float = 2.0) -> None:
+        """Stop the thread; the archive's connections are closed by whichever ends last
+        (a turn still running after ``timeout``, e.g. a large adopt, closes them itself
+        when it stops; before, they were closed under it)."""
         super().close(timeout)
-        for local in (self._queue, self._archive):
-            if local is not None:
-                local.close()
+        if not self._thread.is_alive():
+            self._close_local()
+
+    def _close_local(self) -> None:
+        with self._lock:
+            local, self._queue, self._archive = (self._queue, self._archive), None, None
+        for conn in local:
+            if conn is not None:
+                conn.close()
 
     def _take(self, queue: TriageQueue, archive: Archive, version: str, sha: str, row: dict[str, Any]) -> int:
         """Store one site result here (1) or leave it (0); :class:`UnusableResult` says why not."""
