@@ -163,3 +163,26 @@ def test_calc_example_cache_is_replaced_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
     again = crossval.calc_example_cache(samples, [], path)  # reads the intact cache
     assert sorted(again) == sorted(first) and np.array_equal(again["keys"], first["keys"])
+
+
+def test_fused_marks_average_the_models_and_keep_one_mark_per_lesion() -> None:
+    """Weighted box fusion of three models' marks on one view: a lesion all three mark
+    becomes one mark at the score-weighted mean box with the mean score; a mark only one
+    model makes keeps a third of its score; kinds are never fused together."""
+    from mammotriage.model.twostage import fuse_views
+
+    a = (np.array([[10, 10, 30, 30], [100, 100, 120, 120]]), np.array([0.9, 0.6]), ["mass", "mass"])
+    b = (np.array([[12, 12, 32, 32], [11, 11, 29, 29]]), np.array([0.6, 0.3]), ["mass", "calcification"])
+    c = (np.array([[14, 10, 34, 30]]), np.array([0.3]), ["mass"])
+    boxes, scores, kinds = fuse_views([a, b, c])
+    assert kinds == ["mass", "mass", "calcification"]
+    assert scores == pytest.approx([(0.9 + 0.6 + 0.3) / 3, 0.6 / 3, 0.3 / 3])
+    w = np.array([0.9, 0.6, 0.3])
+    expect = (np.array([[10, 10, 30, 30], [12, 12, 32, 32], [14, 10, 34, 30]]) * w[:, None]).sum(0) / w.sum()
+    assert boxes[0] == pytest.approx(expect)
+    assert boxes[1] == pytest.approx([100, 100, 120, 120])
+    # a model's second box on the same lesion (nested) adds nothing: its best counts once
+    nested = (np.array([[10, 10, 30, 30], [15, 15, 25, 25]]), np.array([0.8, 0.7]), ["mass", "mass"])
+    _, scores, _ = fuse_views([nested, (np.zeros((0, 4)), np.zeros(0), [])])
+    assert scores == pytest.approx([0.4])
+    assert fuse_views([])[1].size == 0

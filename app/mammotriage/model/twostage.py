@@ -236,6 +236,54 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float = 0.3,
     return np.array(keep, dtype=np.int64)
 
 
+def fuse_views(views: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]], iou_thresh: float = 0.3,
+               contain_thresh: float = 0.6) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Weighted box fusion (Solovyev et al., 2019, "Weighted boxes fusion: ensembling boxes
+    from different object detection models") of one view's marks from several models.
+
+    ``views``: per model (boxes (N, 4), scores (N,), kinds). Marks are taken best first;
+    one joins the first fused mark of its kind that it overlaps as :func:`suppress`
+    counts overlap (IoU or containment), else starts one. A fused mark's box is the
+    score-weighted mean of its members' boxes, its score the sum over models of each
+    model's best member score divided by the number of models (a mark only one of three
+    models makes keeps a third of its score). Returns (boxes, scores, kinds), best first."""
+    k = len(views)
+    if k == 0:
+        return np.zeros((0, 4)), np.zeros(0), []
+    items = [(float(sc), m, np.asarray(b, np.float64), str(kd)) for m, (bx, scs, kds) in enumerate(views)
+             for b, sc, kd in zip(np.asarray(bx, np.float64).reshape(-1, 4), np.asarray(scs, np.float64).reshape(-1),
+                                  kds, strict=True)]
+    items.sort(key=lambda t: -t[0])
+    fused: list[dict[str, Any]] = []
+    for score, model, box, kind in items:
+        home = None
+        for f in fused:
+            if f["kind"] != kind:
+                continue
+            fb = f["box"]
+            ix = max(0.0, min(box[2], fb[2]) - max(box[0], fb[0]))
+            iy = max(0.0, min(box[3], fb[3]) - max(box[1], fb[1]))
+            inter = ix * iy
+            a = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+            b = max(0.0, fb[2] - fb[0]) * max(0.0, fb[3] - fb[1])
+            union = a + b - inter
+            if (union > 0 and inter / union >= iou_thresh) or (min(a, b) > 0 and inter / min(a, b) >= contain_thresh):
+                home = f
+                break
+        if home is None:
+            fused.append({"kind": kind, "box": box.copy(), "weights": [score], "boxes": [box], "best": {model: score}})
+            continue
+        home["weights"].append(score)
+        home["boxes"].append(box)
+        home["best"][model] = max(home["best"].get(model, 0.0), score)
+        w = np.asarray(home["weights"])
+        home["box"] = (np.stack(home["boxes"]) * w[:, None]).sum(0) / max(w.sum(), 1e-12)
+    scores = np.array([sum(f["best"].values()) / k for f in fused], np.float64)
+    order = np.argsort(-scores, kind="stable")
+    boxes = np.stack([fused[i]["box"] for i in order]) if fused else np.zeros((0, 4))
+    return boxes, scores[order], [fused[i]["kind"] for i in order]
+
+
 def noisy_or(probs: Sequence[float], top_k: int = 3) -> float:
     """1 - prod(1 - p) over the ``top_k`` most probable findings of a view."""
     p = np.sort(np.clip(np.asarray(probs, np.float64), 0, 1))[::-1][:top_k]
