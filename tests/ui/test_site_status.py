@@ -327,14 +327,15 @@ def test_a_lapsing_site_sign_in_is_said_and_a_change_after_it_is_refused_on_the_
         win.check_sign_in()
         win.check_sign_in()
         assert win.log.toPlainText().count("the site sign-in of dr_lapse ends soon") == 1
-        assert "reader dr_lapse (site sign-in ends at" in win.model_label.text()
+        assert re.search(r"reader dr_lapse \(sign-in ends \d\d:\d\d\) · model", win.model_label.text())
         assert win._record(ExamCorrections.set_note, "still within the sign-in")
         log = win.site_log
         qtbot.waitUntil(lambda: log.status().waiting == 0, timeout=60_000)
         at(end + 1)     # ended: said, and a change is refused here, not kept for the server to refuse
         win.check_sign_in()
         assert "the site sign-in of dr_lapse has ended: changes are not recorded" in win.log.toPlainText()
-        assert "(site sign-in ended at" in win.model_label.text()
+        assert re.search(r"reader dr_lapse \(sign-in ended \d\d:\d\d: Ctrl\+Shift\+R\) · model",
+                         win.model_label.text())
         assert not win._record(ExamCorrections.set_note, "after the sign-in ended")
         assert win.status_label.text().startswith("not recorded: the site sign-in of dr_lapse ended at")
         assert log.buffered.buffer.count() == 0 and log.buffered.buffer.refused() == []

@@ -1443,9 +1443,9 @@ class MainWindow(QMainWindow):
         left = end - tokens.clock()
         at = time.strftime("%H:%M", time.localtime(end))
         if left <= 0:
-            return f"site sign-in ended at {at}: Ctrl+Shift+R to sign in again"
+            return f"sign-in ended {at}: Ctrl+Shift+R"
         if left <= self.SIGN_IN_WARN_S:
-            return f"site sign-in ends at {at}: Ctrl+Shift+R"
+            return f"sign-in ends {at}"
         return ""
 
     def check_sign_in(self) -> None:
@@ -1453,7 +1453,7 @@ class MainWindow(QMainWindow):
         ended (their changes are then refused until they sign in again, nothing is kept
         to be refused by the server later)."""
         note = self.sign_in_note()
-        stage = note.split(" ", 3)[2] if note else ""   # "ends" or "ended"
+        stage = note.split(" ", 2)[1] if note else ""   # "ends" or "ended"
         if stage and stage != self._sign_in_said:
             self._sign_in_said = stage
             if stage == "ended":
