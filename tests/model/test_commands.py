@@ -105,3 +105,14 @@ def test_train_describes_its_data_without_machine_paths(tmp_path, make_breast, m
     assert len(real) == 1 and len(extra) == 4
     assert described["sources"][0]["path"] == "../shared/data/mias/dev"
     assert str(tmp_path) not in json.dumps(described)
+
+
+def test_a_stage_one_calibration_without_a_second_look_is_refused_before_any_training(tmp_path, capsys):
+    from mammotriage.model.commands import cmd_train
+
+    for extra in ([], ["--second-look"]):
+        args = _parser().parse_args(["train", "--phantoms", "1", "--out", str(tmp_path / "x"),
+                                     "--calibrate-stage-one", *extra])
+        with pytest.raises(SystemExit, match="--no-stage-two"):
+            cmd_train(args)
+    assert not (tmp_path / "x").exists()

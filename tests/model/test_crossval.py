@@ -81,3 +81,79 @@ def test_runs_over_other_images_are_refused():
         seeded_bootstrap(a, b, GROUPS, n=10)
     with pytest.raises(ValueError, match="one patient per image"):
         seeded_bootstrap(a, a, GROUPS[:-1], n=10)
+
+
+# ---------------------------------------------------------------- calc_path_cv
+
+def _calc_samples_and_cache(rng: np.random.Generator, n_images: int = 24, n_phantoms: int = 2):
+    """Samples (two images per patient, every other one with a calcification cluster at
+    (100, 100)) and an example cache whose first feature tells clusters from the rest."""
+    from mammotriage.model.data import Sample
+
+    samples, cache = [], {}
+    for i in range(n_images):
+        calc = i % 2 == 0
+        circles = np.array([[100.0, 100.0, 12.0]]) if calc else np.zeros((0, 3))
+        samples.append(Sample(key=f"img{i}", group=f"p{i // 2}", source="mias", abnormal=calc,
+                              boxes=np.zeros((len(circles), 4)), kinds=["calcification"] * len(circles),
+                              load=lambda: np.zeros((8, 8), np.uint8), circles=circles))
+    for i in range(n_images + n_phantoms):
+        pos = i % 2 == 0
+        boxes = [[300.0 + 30 * j, 300.0, 320.0 + 30 * j, 320.0] for j in range(4)]
+        y = [0, 0, 0, 0]
+        if pos:
+            boxes.append([92.0, 92.0, 108.0, 108.0])
+            y.append(1)
+        X = rng.normal(size=(len(y), 6))
+        X[:, 0] += 3.0 * np.array(y)
+        cache[f"{i}.X"], cache[f"{i}.y"], cache[f"{i}.boxes"] = X, np.array(y), np.array(boxes)
+        if not pos and i < n_images:  # simulated clusters in the normal images
+            cache[f"{i}.Xs"], cache[f"{i}.ys"] = rng.normal(size=(3, 6)) + np.array([3, 0, 0, 0, 0, 0]), np.ones(3, int)
+    cache["keys"] = np.array([s.key for s in samples] + [f"ph{j}" for j in range(n_phantoms)])
+    return samples, cache
+
+
+def test_the_calcification_path_cv_scores_each_fold_with_trees_that_never_saw_its_labels():
+    from mammotriage.model.crossval import calc_path_cv
+    from mammotriage.model.data import patient_folds
+    from mammotriage.model.evaluate import evaluate_predictions
+
+    samples, cache = _calc_samples_and_cache(np.random.default_rng(3))
+    recs = calc_path_cv(samples, cache, 4, 2, seed=0)
+    assert [r["key"] for r in recs] == [s.key for s in samples]
+    assert all(set(r["finding_kinds"]) <= {"calcification"} for r in recs)
+    assert [r["abnormal"] for r in recs] == [i % 2 == 0 for i in range(len(samples))]
+    m = evaluate_predictions(recs)
+    assert m.n_lesions == 12
+    assert m.froc["1"] >= 0.75  # the first feature separates clusters by 3 SD
+    # Fold 0's labels flipped: its own scores do not move, the other folds' do.
+    fold_of = patient_folds(samples, 4)
+    flipped = dict(cache)
+    for i in (i for i in range(len(samples)) if fold_of[i] == 0):
+        flipped[f"{i}.y"] = 1 - cache[f"{i}.y"]
+    again = calc_path_cv(samples, flipped, 4, 2, seed=0)
+    for i, (a, b) in enumerate(zip(recs, again, strict=True)):
+        if fold_of[i] == 0:
+            np.testing.assert_array_equal(a["scores"], b["scores"])
+    assert any(not np.array_equal(a["scores"], b["scores"]) for i, (a, b) in enumerate(zip(recs, again, strict=True))
+               if fold_of[i] != 0)
+
+
+def test_the_calcification_path_cv_leaves_out_the_training_rows_it_is_told_to():
+    from mammotriage.model.crossval import calc_path_cv
+
+    samples, cache = _calc_samples_and_cache(np.random.default_rng(4))
+    other = dict(cache)
+    for name in [n for n in cache if n.endswith(".Xs")]:
+        other[name] = cache[name] - 10.0  # simulated clusters that look like nothing else
+    for j in (24, 25):
+        other[f"{j}.X"] = cache[f"{j}.X"] + 10.0
+    same = [calc_path_cv(samples, c, 4, 2, training="real_only") for c in (cache, other)]
+    for a, b in zip(*same, strict=True):
+        np.testing.assert_array_equal(a["scores"], b["scores"])
+    moved = [calc_path_cv(samples, c, 4, 2, training="no_phantoms") for c in (cache, other)]
+    assert any(not np.array_equal(a["scores"], b["scores"]) for a, b in zip(*moved, strict=True))
+    with pytest.raises(ValueError, match="unknown training set"):
+        calc_path_cv(samples, cache, 4, 2, training="everything")
+    with pytest.raises(ValueError, match="other images"):
+        calc_path_cv(samples[:-1], cache, 4, 2)

@@ -186,3 +186,51 @@ def test_fused_marks_average_the_models_and_keep_one_mark_per_lesion() -> None:
     _, scores, _ = fuse_views([nested, (np.zeros((0, 4)), np.zeros(0), [])])
     assert scores == pytest.approx([0.4])
     assert fuse_views([])[1].size == 0
+
+
+def test_platt_scaling_recovers_the_map_it_was_drawn_from() -> None:
+    from mammotriage.model.twostage import fit_platt, platt
+
+    rng = np.random.default_rng(5)
+    s = rng.uniform(0.02, 0.98, 20000)
+    y = rng.uniform(size=len(s)) < platt(s, 0.6, -2.0)  # scores far above the lesions' rate
+    a, b = fit_platt(s, y.astype(int))
+    assert abs(a - 0.6) < 0.1 and abs(b + 2.0) < 0.15
+    p = platt(s, a, b)
+    assert np.all(np.diff(p[np.argsort(s)]) >= 0)  # the order of the scores is kept
+    assert abs(p.mean() - y.mean()) < 0.01
+    assert fit_platt([0.2, 0.9], [1, 1]) == (1.0, 0.0)  # one label only: the identity
+    np.testing.assert_allclose(platt([0.2, 0.9], 1.0, 0.0), [0.2, 0.9])
+    with pytest.raises(ValueError):
+        fit_platt([0.2, 0.9], [1])
+
+
+def test_a_calibrated_stage_one_ranks_its_masses_with_the_clusters_and_is_stored(tmp_path):
+    from mammotriage.model.crossval import second_look_cv
+    from mammotriage.model.twostage import SecondLook, ViewCandidates, platt
+
+    k = 2
+    samples = _fold_records(tmp_path, k)
+    out = second_look_cv(samples, tmp_path, k, stage_two=False, calibrate_stage_one=True)
+    final = out["final"]
+    assert final.stage2 is None and final.stage1_platt is not None
+    a, b = final.stage1_platt
+    # 1 of 3 candidates per abnormal image is a mass, none on normal ones: a precision of
+    # 1/6 at scores 0.5-0.6, so the map pulls them far down
+    assert platt([0.55], a, b)[0] < 0.35
+    plain = second_look_cv(samples, tmp_path, k, stage_two=False)
+    for cal, raw in zip(out["second_look"], plain["second_look"], strict=True):
+        m_cal = [s for s, kk in zip(cal["scores"], cal["finding_kinds"], strict=True) if kk == "mass"]
+        m_raw = [s for s, kk in zip(raw["scores"], raw["finding_kinds"], strict=True) if kk == "mass"]
+        assert len(m_cal) == len(m_raw) and (not m_raw or max(m_cal) < max(m_raw))
+    assert "Platt scaling" in final.describe()["finding"]
+    again = SecondLook.from_package(final.to_arrays(), json.loads(json.dumps(final.to_json())))
+    assert again.stage1_platt == final.stage1_platt
+    cand = ViewCandidates(np.array([[0.0, 0, 10, 10], [20.0, 20, 40, 40]]), np.array([0.3, 0.8]), ["mass", "mass"])
+    np.testing.assert_allclose(again.rescore(cand, None, None, None), platt([0.3, 0.8], a, b))  # type: ignore[arg-type]
+    # packages before it carry no calibration and keep the raw scores
+    meta = final.to_json()
+    del meta["stage1_platt"]
+    old = SecondLook.from_package(final.to_arrays(), meta)
+    assert old.stage1_platt is None
+    np.testing.assert_allclose(old.rescore(cand, None, None, None), [0.3, 0.8])  # type: ignore[arg-type]

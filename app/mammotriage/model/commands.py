@@ -60,6 +60,10 @@ def add_model_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--no-stage-two", action="store_true",
                    help="with --second-look: keep the RetinaNet scores (no stage-two rescoring); the "
                         "calcification path and the containment-aware suppression still apply")
+    p.add_argument("--calibrate-stage-one", action="store_true",
+                   help="with --second-look --no-stage-two: map RetinaNet scores to the probability that a "
+                        "candidate is a lesion (Platt scaling on out-of-fold candidates), so they rank "
+                        "with the calcification clusters' probabilities")
     p.add_argument("--calc-phantoms", type=int, default=24,
                    help="phantom exams whose calcification clusters train the cluster classifier (default 24)")
     p.add_argument("--version", default="0.1.0")
@@ -111,6 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mammotriage.model.card import write_trained_package
     from mammotriage.model.train import TrainParams, train
 
+    if args.calibrate_stage_one and not (args.second_look and args.no_stage_two):
+        raise SystemExit("train: --calibrate-stage-one is for a second look without stage two "
+                         "(--second-look --no-stage-two)")
     real, extra, described = _gather_samples(args)
     hp = TrainParams(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                      threads=args.threads, max_minutes=args.max_minutes, pretrained=not args.scratch,
@@ -160,7 +167,8 @@ def _train_second_look(args: argparse.Namespace, real: list[Sample], extra: list
 
     phantoms = [s for s in extra if s.source == "phantom"][: 4 * max(0, args.calc_phantoms)]
     slr = second_look_cv(real, work / "cv", args.kfold, phantoms=phantoms,
-                         stage_two=not getattr(args, "no_stage_two", False))
+                         stage_two=not getattr(args, "no_stage_two", False),
+                         calibrate_stage_one=bool(getattr(args, "calibrate_stage_one", False)))
     from mammotriage.model.crossval import _records_json
 
     (work / "second_look_records.json").write_text(json.dumps(

@@ -249,13 +249,16 @@ SECOND_LOOK_TREES: dict[str, Any] = {"n_estimators": 150, "max_depth": 3, "learn
 def fit_second_look(cache: dict[str, Any], idx: list[int], phantom_idx: list[int], *,
                     stage2: tuple[np.ndarray, np.ndarray] | None = None, seed: int = 0,
                     calc_prior_shift: bool = True, trees: dict[str, Any] | None = None,
-                    like: SecondLook | None = None) -> SecondLook:
+                    like: SecondLook | None = None,
+                    stage1_platt: tuple[float, float] | None = None) -> SecondLook:
     """The second look fitted on the cluster rows of images ``idx`` (+ phantoms) and, with
     ``stage2`` (rows, labels), stage two; the cluster trees' prior shift goes to the rate
     of labelled clusters among the real images' candidates (:func:`_calc_training`).
     ``trees``: ``n_estimators``, ``max_depth``, ``learning_rate`` (default: :func:`fit_trees`');
     ``like``: a second look whose fixed settings (speck parameters, suppression, top-k)
-    the result keeps."""
+    the result keeps (and its stage-one calibration, unless ``stage1_platt`` gives one);
+    ``stage1_platt``: (a, b) mapping RetinaNet scores to probabilities when there is no
+    stage two (:func:`stage_one_calibration`)."""
     from mammotriage.model.calc import fit_trees, prior_shift
     from mammotriage.model.twostage import SecondLook
 
@@ -264,16 +267,45 @@ def fit_second_look(cache: dict[str, Any], idx: list[int], phantom_idx: list[int
     calc = fit_trees(Xc, yc, seed=seed, **kw)
     st2 = fit_trees(stage2[0], stage2[1], seed=seed, **kw) if stage2 is not None else None
     offset = prior_shift(float(np.mean(yc)), real_rate) if calc_prior_shift else 0.0
+    platt = None if st2 is not None else stage1_platt
     if like is None:
-        return SecondLook(calc, st2, calc_offset=offset)
+        return SecondLook(calc, st2, calc_offset=offset, stage1_platt=platt)
+    if platt is None and st2 is None:
+        platt = like.stage1_platt
     return SecondLook(calc, st2, like.calc_params, top_k=like.top_k, iou=like.iou, contain=like.contain,
-                      min_score=like.min_score, max_findings=like.max_findings, calc_offset=offset)
+                      min_score=like.min_score, max_findings=like.max_findings, calc_offset=offset,
+                      stage1_platt=platt)
+
+
+def candidate_labels(record: dict[str, Any], kind_labels: bool = True) -> np.ndarray:
+    """1 for each of a record's candidate boxes that hits a lesion (of its own kind)."""
+    from mammotriage.model.twostage import hits
+
+    h = hits(record["boxes"], record["circles"])
+    if kind_labels and len(record.get("kinds", [])) and h.size:
+        same = np.array([[fk == lk for lk in record["kinds"]] for fk in record["finding_kinds"]]).reshape(h.shape)
+        h = h & same
+    return h.any(axis=1).astype(int) if h.size else np.zeros(len(np.asarray(record["scores"]).reshape(-1)), int)
+
+
+def stage_one_calibration(records: Sequence[dict[str, Any]], idx: Sequence[int]) -> tuple[float, float]:
+    """Platt scaling (a, b) of the RetinaNet scores of images ``idx``' out-of-fold
+    candidates, labelled by a hit of the candidate's own kind: the stage-one score becomes
+    the probability that a candidate is a lesion, on the scale of the cluster trees'
+    (prior-shifted) probabilities, so one threshold ranks both kinds of mark by how likely
+    they are to be right."""
+    from mammotriage.model.twostage import fit_platt
+
+    scores = [np.asarray(records[i]["scores"], np.float64).reshape(-1) for i in idx]
+    labels = [candidate_labels(records[i]) for i in idx]
+    return fit_platt(np.concatenate(scores) if scores else np.zeros(0),
+                     np.concatenate(labels) if labels else np.zeros(0))
 
 
 def _stage2_rows(samples: list[Sample], records: Sequence[dict[str, Any]], geoms: Sequence[ViewGeometry],
                  partner: Sequence[int | None], idx: Sequence[int], kind_labels: bool = True
                  ) -> tuple[np.ndarray, np.ndarray]:
-    from mammotriage.model.twostage import hits, stage2_features
+    from mammotriage.model.twostage import stage2_features
 
     Xs, ys = [], []
     for i in idx:
@@ -285,25 +317,24 @@ def _stage2_rows(samples: list[Sample], records: Sequence[dict[str, Any]], geoms
                             geoms[j] if j is not None else None,
                             records[j]["boxes"] if j is not None else None,
                             records[j]["scores"] if j is not None else None)
-        h = hits(r["boxes"], r["circles"])
-        if kind_labels and len(r["kinds"]):
-            same = np.array([[fk == lk for lk in r["kinds"]] for fk in r["finding_kinds"]]).reshape(h.shape)
-            h = h & same
         Xs.append(X)
-        ys.append(h.any(axis=1).astype(int) if h.size else np.zeros(len(X), int))
+        ys.append(candidate_labels(r, kind_labels))
     return np.concatenate(Xs), np.concatenate(ys)
 
 
 def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: list[Sample] | None = None,
                    fold_seed: int = 0, seed: int = 0, calc_prior_shift: bool = True,
-                   stage_two: bool = True) -> dict[str, Any]:
+                   stage_two: bool = True, calibrate_stage_one: bool = False,
+                   trees: dict[str, Any] | None = None) -> dict[str, Any]:
     """Cross-validate the second look on the folds of a finished stage-one CV in ``cv_dir``.
 
     For fold f the calcification trees learn from the clusters of the other folds' images
     (their real calcifications, simulated clusters inserted into their normal images,
     and phantom clusters) and stage two from the other folds' out-of-fold RetinaNet
     candidates (unless ``stage_two`` is False: the candidates then keep their RetinaNet
-    scores); both are applied to fold f.  Returns the stage-one and second-look
+    scores, or with ``calibrate_stage_one`` those scores mapped to probabilities by
+    :func:`stage_one_calibration` of the other folds' candidates); both are applied to
+    fold f.  ``trees``: tree settings of :func:`fit_second_look`.  Returns the stage-one and second-look
     records (same images, same folds), the final :class:`SecondLook` fitted on all
     folds, and the pooled metrics of both.
     """
@@ -331,8 +362,9 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
 
     def fit(train_idx: list[int]) -> SecondLook:
         st2 = _stage2_rows(samples, records, geoms, partner, train_idx) if stage_two else None
+        platt = stage_one_calibration(records, train_idx) if calibrate_stage_one and not stage_two else None
         return fit_second_look(cache, train_idx, phantom_idx, stage2=st2, seed=seed,
-                               calc_prior_shift=calc_prior_shift)
+                               calc_prior_shift=calc_prior_shift, trees=trees, stage1_platt=platt)
 
     new_records: list[dict[str, Any] | None] = [None] * len(samples)
     for f in range(k):
@@ -365,6 +397,64 @@ def second_look_cv(samples: list[Sample], cv_dir: str | Path, k: int, phantoms: 
     new_m = evaluate_predictions(rescored)
     return {"stage_one": records, "second_look": rescored, "final": final, "fold_of": fold_of,
             "metrics": {"stage_one": old_m.to_json(), "second_look": new_m.to_json()}}
+
+
+#: Training sets of :func:`calc_path_cv`: which rows the cluster trees learn from besides
+#: the training folds' real cluster candidates (labelled calcifications and hard negatives).
+CALC_TRAINING_SETS: dict[str, tuple[bool, bool]] = {
+    # name: (simulated clusters in the normal training images, phantom clusters)
+    "all": (True, True),
+    "no_synthetic": (False, True),
+    "no_phantoms": (True, False),
+    "real_only": (False, False),
+}
+
+
+def calc_path_cv(samples: list[Sample], cache: dict[str, Any], k: int, n_phantoms: int, *,
+                 fold_seed: int = 0, seed: int = 0, training: str = "all",
+                 trees: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The calcification path alone, cross-validated on the stage-one CV's patient folds.
+
+    For fold f the cluster trees learn from the other folds' images (and, per
+    ``training`` (:data:`CALC_TRAINING_SETS`), the simulated clusters of their normal images
+    and the phantom clusters, the last ``n_phantoms`` images of ``cache``) and score fold
+    f's cluster candidates; containment-aware suppression as in the second look. No
+    network is involved, so this costs seconds once ``cache``
+    (:func:`calc_example_cache`) exists. One record per image (the order of ``samples``)
+    holding only calcification marks and only the calcification lesions as ground truth
+    (``abnormal``: the image holds one), so :func:`evaluate_predictions` gives the path's
+    own FROC (false positives per image over every image) and its image AUC for "holds a
+    calcification cluster"."""
+    from mammotriage.model.twostage import noisy_or
+
+    if training not in CALC_TRAINING_SETS:
+        raise ValueError(f"unknown training set {training!r}: one of {', '.join(CALC_TRAINING_SETS)}")
+    if len(cache["keys"]) != len(samples) + n_phantoms or \
+            list(cache["keys"][: len(samples)]) != [s.key for s in samples]:
+        raise ValueError("the example cache holds other images than these samples (+ phantoms)")
+    synthetic, phantoms = CALC_TRAINING_SETS[training]
+    use = cache if synthetic else {n: v for n, v in cache.items() if not n.endswith((".Xs", ".ys"))}
+    phantom_idx = list(range(len(samples), len(samples) + n_phantoms)) if phantoms else []
+    fold_of = patient_folds(samples, k, seed=fold_seed)
+    out: list[dict[str, Any] | None] = [None] * len(samples)
+    for f in range(k):
+        tr = [i for i in range(len(samples)) if fold_of[i] != f]
+        sl = fit_second_look(use, tr, phantom_idx, seed=seed, trees=trees)
+        for i in (i for i in range(len(samples)) if fold_of[i] == f):
+            s = samples[i]
+            boxes = np.asarray(cache[f"{i}.boxes"], np.float64).reshape(-1, 4)
+            probs = sl.calc_proba(cache[f"{i}.X"]) if len(boxes) else np.zeros(0)
+            found = sl.combine(boxes, probs, ["calcification"] * len(probs))
+            sel = [kk == "calcification" for kk in s.kinds]
+            circles = s.circles if s.circles is not None else _circles_from_boxes(s.boxes)
+            circles = circles[sel] if len(sel) else np.zeros((0, 3))
+            out[i] = {"key": s.key, "abnormal": bool(len(circles)), "circles": circles,
+                      "kinds": ["calcification"] * len(circles),
+                      "boxes": np.array([x.box for x in found], np.float64).reshape(-1, 4),
+                      "scores": np.array([x.score for x in found], np.float64),
+                      "finding_kinds": [x.kind for x in found],
+                      "image_score": noisy_or([x.score for x in found], sl.top_k)}
+    return [r for r in out if r is not None]
 
 
 def paired_bootstrap(a: list[dict[str, Any]], b: list[dict[str, Any]], groups: list[str], n: int = 1000, seed: int = 0,

@@ -284,6 +284,44 @@ def fuse_views(views: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]], io
     return boxes, scores[order], [fused[i]["kind"] for i in order]
 
 
+def platt(scores: np.ndarray | Sequence[float], a: float, b: float) -> np.ndarray:
+    """sigmoid(a logit(s) + b) of scores in [0, 1] (clipped to 1e-6 .. 1 - 1e-6 first)."""
+    s = np.clip(np.asarray(scores, np.float64), 1e-6, 1 - 1e-6)
+    return 1.0 / (1.0 + np.exp(-(a * np.log(s / (1 - s)) + b)))
+
+
+def fit_platt(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[int],
+              ridge: float = 1e-3, iters: int = 50) -> tuple[float, float]:
+    """(a, b) of :func:`platt` by maximum likelihood (Newton's method, a small ridge on both).
+
+    Platt, "Probabilistic outputs for support vector machines", 1999, on the score's
+    log-odds; with fewer than one example of each label it returns the identity (1, 0)."""
+    y = np.asarray(labels, np.float64).reshape(-1)
+    s = np.clip(np.asarray(scores, np.float64).reshape(-1), 1e-6, 1 - 1e-6)
+    if len(y) != len(s):
+        raise ValueError("one label per score is needed")
+    if not len(y) or y.min() == y.max():
+        return 1.0, 0.0
+    X = np.stack([np.log(s / (1 - s)), np.ones(len(s))], 1)
+    w = np.array([1.0, 0.0])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        grad = X.T @ (p - y) + ridge * w
+        hess = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return float(w[0]), float(w[1])
+
+
+def _platt_of(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    a, b = (float(x) for x in value)
+    return a, b
+
+
 def noisy_or(probs: Sequence[float], top_k: int = 3) -> float:
     """1 - prod(1 - p) over the ``top_k`` most probable findings of a view."""
     p = np.sort(np.clip(np.asarray(probs, np.float64), 0, 1))[::-1][:top_k]
@@ -317,6 +355,9 @@ class SecondLook:
                   "its kind, from the candidate's score, size, place in the breast, local contrast and "
                   "the other breast's same view at the mirrored place",
         "stage1": "RetinaNet candidate score",
+        "stage1_platt": "RetinaNet candidate score mapped to the probability that a candidate is a "
+                        "lesion of its kind (Platt scaling of its log-odds, a = {a:.4g}, b = {b:.4g}, "
+                        "fitted on out-of-fold candidates), so that it ranks with the cluster probabilities",
         "calc": "calcification clusters: boosted-tree probability of a top-hat speck cluster, shifted "
                 "from the training rate of clusters (real, simulated and phantom) to the real images' rate",
         "suppression": "containment-aware NMS over all marks of a view (IoU >= {iou}, or >= {contain} "
@@ -327,8 +368,10 @@ class SecondLook:
     def __init__(self, calc: TreeEnsemble | None, stage2: TreeEnsemble | None,
                  calc_params: CalcParams = DEFAULT_CALC, top_k: int = 3, iou: float = 0.3,
                  contain: float = 0.6, min_score: float = 0.01, max_findings: int = 20,
-                 calc_offset: float = 0.0):
+                 calc_offset: float = 0.0, stage1_platt: tuple[float, float] | None = None):
         self.calc, self.stage2, self.calc_params = calc, stage2, calc_params
+        #: (a, b) of the stage-one calibration without stage two: p = sigmoid(a logit(s) + b)
+        self.stage1_platt = None if stage1_platt is None else (float(stage1_platt[0]), float(stage1_platt[1]))
         #: log-odds added to the cluster trees' output (:func:`~mammotriage.model.calc.prior_shift`)
         self.calc_offset = float(calc_offset)
         self.top_k, self.iou, self.contain = top_k, iou, contain
@@ -350,11 +393,17 @@ class SecondLook:
                 "stage2_features": list(STAGE2_FEATURES), "top_k": self.top_k, "iou": self.iou,
                 "contain": self.contain, "min_score": self.min_score, "max_findings": self.max_findings,
                 "has_calc": self.calc is not None, "has_stage2": self.stage2 is not None,
-                "calc_offset": self.calc_offset}
+                "calc_offset": self.calc_offset,
+                **({"stage1_platt": list(self.stage1_platt)} if self.stage1_platt is not None else {})}
 
     def describe(self) -> dict[str, str]:
         """The rule this instance applies, in words (the package metadata carries it)."""
-        parts = [self.RULE["stage2" if self.stage2 is not None else "stage1"]]
+        if self.stage2 is not None:
+            parts = [self.RULE["stage2"]]
+        elif self.stage1_platt is not None:
+            parts = [self.RULE["stage1_platt"].format(a=self.stage1_platt[0], b=self.stage1_platt[1])]
+        else:
+            parts = [self.RULE["stage1"]]
         if self.calc is not None:
             parts.append(self.RULE["calc"])
         return {"finding": "; ".join(parts),
@@ -373,7 +422,7 @@ class SecondLook:
         return cls(calc, st2, CalcParams.from_json(meta.get("calc_params", {})), int(meta.get("top_k", 3)),
                    float(meta.get("iou", 0.3)), float(meta.get("contain", 0.6)),
                    float(meta.get("min_score", 0.01)), int(meta.get("max_findings", 20)),
-                   float(meta.get("calc_offset", 0.0)))
+                   float(meta.get("calc_offset", 0.0)), _platt_of(meta.get("stage1_platt")))
 
     # ---- run
     def calc_findings(self, display: np.ndarray, spacing_mm: float, mask: np.ndarray | None = None
@@ -393,8 +442,12 @@ class SecondLook:
 
     def rescore(self, cand: ViewCandidates, view: ViewGeometry, other: ViewGeometry | None,
                 other_cand: ViewCandidates | None) -> np.ndarray:
-        if self.stage2 is None or not len(cand.scores):
+        if not len(cand.scores):
             return np.asarray(cand.scores, np.float64)
+        if self.stage2 is None:
+            if self.stage1_platt is None:
+                return np.asarray(cand.scores, np.float64)
+            return platt(cand.scores, *self.stage1_platt)
         X = stage2_features(cand.boxes, cand.scores, cand.kinds, view, other,
                             None if other_cand is None else other_cand.boxes,
                             None if other_cand is None else other_cand.scores)
