@@ -9,7 +9,11 @@ scores. Printed, one figure per line, per stage: each run's and the ensemble's
 sensitivity at 0.5 / 1 / 2 FP per image and image AUC, and the paired patient-level
 bootstrap 95 % CI of ensemble minus each run at 1 FP/image (1,000 resamples).
 
-An ensemble of k models costs k times the detection time per view.
+An ensemble of k models costs k times the detection time per view. Marks of different
+kinds are never fused, while the overall sensitivity counts a hit of either kind: a lesion
+one run calls a mass and another a calcification cluster keeps two marks (one of them a
+false positive), so the overall figure leans against the ensemble; the per-kind lines
+count kinds as fused.
 
     python benchmarks/seed_ensemble.py --mias ../shared/data/mias/dev W_SEED0 W_SEED1 W_SEED2
 """

@@ -188,6 +188,23 @@ def test_fused_marks_average_the_models_and_keep_one_mark_per_lesion() -> None:
     assert fuse_views([])[1].size == 0
 
 
+def test_a_mark_joins_the_fused_mark_it_overlaps_most_and_zero_scores_keep_their_place() -> None:
+    from mammotriage.model.twostage import fuse_views
+
+    # A and B do not overlap enough to fuse; C overlaps A (IoU 0.33) but B far more (0.67)
+    a = (np.array([[0.0, 0, 20, 20]]), np.array([0.9]), ["mass"])
+    b = (np.array([[14.0, 0, 34, 20]]), np.array([0.8]), ["mass"])
+    c = (np.array([[10.0, 0, 30, 20]]), np.array([0.5]), ["mass"])
+    boxes, scores, _ = fuse_views([a, b, c])
+    assert scores == pytest.approx([(0.8 + 0.5) / 3, 0.9 / 3])  # best first
+    assert boxes[0] == pytest.approx([(14 * 0.8 + 10 * 0.5) / 1.3, 0, (34 * 0.8 + 30 * 0.5) / 1.3, 20])
+    assert boxes[1] == pytest.approx([0, 0, 20, 20])
+    zero = [(np.array([[100.0, 100, 120, 120]]), np.zeros(1), ["calcification"]),
+            (np.array([[102.0, 100, 122, 120]]), np.zeros(1), ["calcification"])]
+    boxes, scores, _ = fuse_views(zero)
+    assert boxes[0] == pytest.approx([101, 100, 121, 120]) and scores == pytest.approx([0.0])
+
+
 def test_platt_scaling_recovers_the_map_it_was_drawn_from() -> None:
     from mammotriage.model.twostage import fit_platt, platt
 

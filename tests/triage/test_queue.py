@@ -450,6 +450,21 @@ def test_a_held_exams_eta_waits_for_its_hold(setup) -> None:
     assert queue.claim_next("test-1", hold_s=600) is None
 
 
+def test_no_finite_per_view_time_gives_no_eta_and_is_never_recorded(setup) -> None:
+    """Before, a NaN per-view time (a p95 over an infinite record) made the held-jobs
+    loop pop an empty heap: IndexError inside the worklist's refresh."""
+    _archive, queue, _model, _tmp = setup
+    queue.sync("test-1")
+    for bad in (float("nan"), float("inf"), -1.0):
+        assert queue.etas("test-1", bad, hold_s=600) == {}
+        assert queue.etas("test-1", bad) == {}
+    queue.record_time("sha", "test-1", 4, float("inf"))
+    queue.record_time("sha", "test-1", 4, float("nan"))
+    assert queue.per_view_p95("sha") is None
+    queue.record_time("sha", "test-1", 4, 6.0)
+    assert queue.per_view_p95("sha") == pytest.approx(1.5)
+
+
 def test_an_adopted_result_is_stored_with_its_maps_and_marks_a_waiting_job_done(setup) -> None:
     archive, queue, _model, tmp = setup
     queue.sync("test-1")

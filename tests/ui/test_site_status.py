@@ -351,3 +351,4 @@ def test_a_lapsing_site_sign_in_is_said_and_a_change_after_it_is_refused_on_the_
     finally:
         win.close()
         archive.close()
+    assert not win.sign_in_timer.isActive()  # before, it went on asking the queue every 30 s

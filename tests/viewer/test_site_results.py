@@ -212,3 +212,31 @@ def test_closing_during_a_long_turn_leaves_its_connections_to_the_turn(tmp_path:
     with pytest.raises(sqlite3.ProgrammingError):   # closed by the turn as it stopped
         queue.job(key, VERSION)
     feed.close()   # again: nothing left to close
+
+
+def test_a_connection_a_turn_opens_after_close_is_closed_by_the_turn(site: PgCluster, tmp_path: Path) -> None:
+    """Before, ``close`` closed the server connection while a turn was still under way; a
+    connection that turn opened afterwards (a connect in progress, a reconnect) was never
+    closed. Now the thread closes its connection when it stops."""
+    import threading
+
+    archive_file, _key, _images = _workstation(tmp_path, 16)
+    feed = SiteResultsFeed(site.dsn("mt_workstation"), archive_file, tmp_path / "data", every_s=60)
+    asked, release = threading.Event(), threading.Event()
+
+    def late_current(sha: str, keys: list[str]) -> list[dict[str, Any]]:
+        asked.set()
+        release.wait(30)
+        feed._site.conn()  # the turn (re)connects after close has run
+        return []
+
+    feed._site.current = late_current  # type: ignore[method-assign]
+    feed.set_model(VERSION, "8f" * 32)
+    feed.start()
+    assert asked.wait(30)
+    feed.close(timeout=0.2)
+    assert feed._thread.is_alive()
+    release.set()
+    feed._thread.join(30)
+    assert not feed._thread.is_alive()
+    assert not feed._site.connected

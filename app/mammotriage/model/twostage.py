@@ -242,8 +242,8 @@ def fuse_views(views: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]], io
     from different object detection models") of one view's marks from several models.
 
     ``views``: per model (boxes (N, 4), scores (N,), kinds). Marks are taken best first;
-    one joins the first fused mark of its kind that it overlaps as :func:`suppress`
-    counts overlap (IoU or containment), else starts one. A fused mark's box is the
+    one joins the fused mark of its kind that it overlaps as :func:`suppress` counts
+    overlap (IoU or containment) with the highest IoU, else starts one. A fused mark's box is the
     score-weighted mean of its members' boxes, its score the sum over models of each
     model's best member score divided by the number of models (a mark only one of three
     models makes keeps a third of its score). Returns (boxes, scores, kinds), best first."""
@@ -256,8 +256,8 @@ def fuse_views(views: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]], io
     items.sort(key=lambda t: -t[0])
     fused: list[dict[str, Any]] = []
     for score, model, box, kind in items:
-        home = None
-        for f in fused:
+        home, home_iou = None, -1.0
+        for f in fused:  # the fused mark of its kind it overlaps most (by IoU), as WBF does
             if f["kind"] != kind:
                 continue
             fb = f["box"]
@@ -267,9 +267,9 @@ def fuse_views(views: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]], io
             a = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
             b = max(0.0, fb[2] - fb[0]) * max(0.0, fb[3] - fb[1])
             union = a + b - inter
-            if (union > 0 and inter / union >= iou_thresh) or (min(a, b) > 0 and inter / min(a, b) >= contain_thresh):
-                home = f
-                break
+            iou = inter / union if union > 0 else 0.0
+            if (iou >= iou_thresh or (min(a, b) > 0 and inter / min(a, b) >= contain_thresh)) and iou > home_iou:
+                home, home_iou = f, iou
         if home is None:
             fused.append({"kind": kind, "box": box.copy(), "weights": [score], "boxes": [box], "best": {model: score}})
             continue
@@ -277,7 +277,9 @@ def fuse_views(views: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]], io
         home["boxes"].append(box)
         home["best"][model] = max(home["best"].get(model, 0.0), score)
         w = np.asarray(home["weights"])
-        home["box"] = (np.stack(home["boxes"]) * w[:, None]).sum(0) / max(w.sum(), 1e-12)
+        members = np.stack(home["boxes"])
+        # members that all score 0 are averaged plainly (a weighted mean of them is 0/0)
+        home["box"] = (members * w[:, None]).sum(0) / w.sum() if w.sum() > 0 else members.mean(0)
     scores = np.array([sum(f["best"].values()) / k for f in fused], np.float64)
     order = np.argsort(-scores, kind="stable")
     boxes = np.stack([fused[i]["box"] for i in order]) if fused else np.zeros((0, 4))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import heapq
 import json
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -289,7 +290,7 @@ class TriageQueue(db.Connected):
     # ----------------------------------------------------------------- ETAs
     def record_time(self, weights_sha256: str, model_version: str, views: int, seconds: float) -> None:
         """Persist the measured wall time of one analysed exam (``views`` > 0)."""
-        if views <= 0 or not seconds >= 0:
+        if views <= 0 or not math.isfinite(seconds) or seconds < 0:
             return
         with db.transaction(self.conn):
             self.conn.execute(
@@ -315,8 +316,8 @@ class TriageQueue(db.Connected):
         app runs one). With ``hold_s`` (a site workstation leaving exams to the site's AI
         workers that long) a held job starts no sooner than its hold ends: the figure is
         when this workstation would have the result, the site's may come first. Empty
-        without a measured per-view time."""
-        if per_view_s is None:
+        without a measured (finite) per-view time."""
+        if per_view_s is None or not math.isfinite(per_view_s) or per_view_s < 0:
             return {}
         rows = self.conn.execute(
             """

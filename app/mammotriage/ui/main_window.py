@@ -1958,6 +1958,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("ai/map_opacity", self.hanging.state.map_opacity)
         self.settings.sync()
         self.timer.stop()
+        self.sign_in_timer.stop()
         if self.locks is not None:
             if self.current is not None:
                 self._release_or_renew(self.current.exam_key)

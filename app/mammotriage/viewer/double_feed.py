@@ -73,10 +73,13 @@ class PolledFeed:
         raise NotImplementedError
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.pull_once()
-            self._wake.wait(self.every_s)
-            self._wake.clear()
+        try:
+            while not self._stop.is_set():
+                self.pull_once()
+                self._wake.wait(self.every_s)
+                self._wake.clear()
+        finally:  # a connection the last turn opened after close() had closed the client
+            self._client.close()
 
     def close(self, timeout: float = 2.0) -> None:
         close_feed(self._thread, self._stop, self._wake, self._client, timeout)

@@ -171,14 +171,18 @@ class SiteResultsFeed(PolledFeed):
 
     def _pull(self, version: str, sha: str) -> int:
         taken = 0
-        if self._queue is None or self._archive is None:
-            self._queue, self._archive = TriageQueue(self.archive_file), Archive(self.archive_file)
+        if self._queue is None:
+            self._queue = TriageQueue(self.archive_file)
+        if self._archive is None:  # apart: a failing Archive() leaves the queue kept (and closed later)
+            self._archive = Archive(self.archive_file)
         queue, archive = self._queue, self._archive
         waiting = [j.exam_key for j in queue.jobs(version) if j.status in ("pending", "failed")]
         for start in range(0, len(waiting), BATCH):
             if self._stop.is_set():
                 break
             for row in self._site.current(sha, waiting[start:start + BATCH]):
+                if self._stop.is_set():  # closed: no more writes for a window that is gone
+                    break
                 if row.get("result") is None:
                     continue
                 try:

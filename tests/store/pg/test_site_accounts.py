@@ -234,6 +234,33 @@ def test_a_sign_in_knows_when_it_ends_and_a_plain_token_never_does() -> None:
     assert SignIn("x", "y").expires_at == float("inf")  # a sign-in made without an end never lapses here
 
 
+def test_no_way_of_setting_a_token_keeps_the_end_of_the_sign_in_it_replaces() -> None:
+    import copy
+
+    from mammotriage.store.pg.accounts import SignIn, SignInExpired, SignIns
+
+    now = [1_000_000.0]
+    ended = SignIn("dr_a", "old", now[0] - 1)
+    for renew in (lambda t: t.update({"dr_a": "new"}), lambda t: t.update(dr_a="new"),
+                  lambda t: t.__ior__({"dr_a": "new"}), lambda t: (t.clear(), t.setdefault("dr_a", "new")),
+                  lambda t: (t.popitem(), t.update([("dr_a", "new")]))):
+        tokens = SignIns(clock=lambda: now[0])
+        tokens.put(ended)
+        with pytest.raises(SignInExpired):
+            tokens.token_for("dr_a")
+        renew(tokens)
+        assert tokens.token_for("dr_a") == "new" and tokens.ends_at("dr_a") is None
+    tokens = SignIns(clock=lambda: now[0])
+    tokens.put(ended)
+    for twin in (tokens.copy(), copy.copy(tokens)):
+        assert isinstance(twin, SignIns)
+        with pytest.raises(SignInExpired):
+            twin.token_for("dr_a")
+        twin["dr_a"] = "other"  # the copy's own book: the original's sign-in stays ended
+        with pytest.raises(SignInExpired):
+            tokens.token_for("dr_a")
+
+
 def test_an_ended_sign_in_records_nothing_in_double_reading_and_takes_no_lock(cluster) -> None:
     """Before, the workstation sent a change under an ended sign-in and the server refused it
     (or, buffered, kept it refused where the reader never looked)."""

@@ -99,6 +99,40 @@ class SignIns(dict[str, str]):
         self._ends.pop(reader, None)
         return super().pop(reader, *default)
 
+    # Every other way in or out of the dict goes through the two above, so a token set
+    # anew never keeps the end of the sign-in it replaces, and none outlives its token.
+    def update(self, *args: Any, **kw: str) -> None:
+        for reader, token in dict(*args, **kw).items():
+            self[reader] = token
+
+    def __ior__(self, other: Any) -> SignIns:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def setdefault(self, reader: str, token: str | None = None) -> str | None:  # type: ignore[override]
+        if reader not in self:
+            if token is None:
+                raise TypeError("a sign-in needs a token")
+            self[reader] = token
+        return self[reader]
+
+    def clear(self) -> None:
+        super().clear()
+        self._ends.clear()
+
+    def popitem(self) -> tuple[str, str]:
+        reader, token = super().popitem()
+        self._ends.pop(reader, None)
+        return reader, token
+
+    def copy(self) -> SignIns:
+        out = SignIns(self.clock)
+        dict.update(out, self)
+        out._ends = dict(self._ends)
+        return out
+
+    __copy__ = copy
+
     def ends_at(self, reader: str) -> float | None:
         """When ``reader``'s sign-in lapses (None: not signed in with an account here)."""
         return self._ends.get(reader) if reader in self else None
