@@ -34,11 +34,12 @@ import numpy as np
 
 from mammotriage.model.crossval import (
     CALC_TRAINING_SETS,
+    calc_circles,
     calc_example_cache,
     calc_path_cv,
     seeded_bootstrap,
 )
-from mammotriage.model.data import read_mias, samples_from_spec
+from mammotriage.model.data import phantom_samples, read_mias
 from mammotriage.model.evaluate import evaluate_predictions, match_image
 
 RATES = ("0.125", "0.25", "0.5", "1", "2", "4")
@@ -60,12 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     real = read_mias(args.mias)
     if not real:
         raise SystemExit(f"no labelled images in {args.mias}")
-    phantoms: list = []
-    if args.phantoms and args.calc_phantoms:
-        spec = {"sources": [{"type": "phantom", "n_exams": args.phantoms, "seed": args.phantom_seed,
-                             "rows": 1024, "columns": 832}]}
-        extra, _ = samples_from_spec(spec)
-        phantoms = [s for s in extra if s.source == "phantom"][: 4 * args.calc_phantoms]
+    # the first --calc-phantoms exams of the training run's phantoms (exam n depends only on n and the seed)
+    phantoms = phantom_samples(min(args.phantoms, args.calc_phantoms), args.phantom_seed)
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cache = calc_example_cache(real, phantoms, args.work / "calc_examples.npz")
@@ -97,17 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     # candidate recall: clusters that any candidate hits (the trees' ceiling)
     any_hit = total = 0
     for i, s in enumerate(real):
-        sel = [k == "calcification" for k in s.kinds]
-        if not any(sel) or s.circles is None:
+        circles = calc_circles(s)
+        if not len(circles):
             continue
-        circles = s.circles[sel]
         boxes = np.asarray(cache[f"{i}.boxes"]).reshape(-1, 4)
         _fp, les = match_image(boxes, np.ones(len(boxes)), circles)
         any_hit += int(np.sum(les > 0))
         total += len(circles)
     print(f"calc_candidate_recall {any_hit} of {total}")
 
-    if "all" in runs and len(args.seeds) >= 1:
+    if "all" in runs:
         for training, rs in runs.items():
             if training == "all":
                 continue

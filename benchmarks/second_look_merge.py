@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mammotriage.model.crossval import second_look_cv, seeded_bootstrap
-from mammotriage.model.data import read_mias, samples_from_spec
+from mammotriage.model.data import phantom_samples, read_mias
 from mammotriage.model.evaluate import evaluate_predictions
 
 RATES = ("0.5", "1", "2")
@@ -47,11 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--boot", type=int, default=1000)
     args = ap.parse_args(argv)
     real = read_mias(args.mias)
-    phantoms: list = []
-    if args.phantoms and args.calc_phantoms:
-        spec = {"sources": [{"type": "phantom", "n_exams": args.phantoms, "seed": args.phantom_seed,
-                             "rows": 1024, "columns": 832}]}
-        phantoms = [s for s in samples_from_spec(spec)[0] if s.source == "phantom"][: 4 * args.calc_phantoms]
+    # the first --calc-phantoms exams of the training run's phantoms (exam n depends only on n and the seed)
+    phantoms = phantom_samples(min(args.phantoms, args.calc_phantoms), args.phantom_seed)
     groups = [s.group for s in real]
     arms: dict[str, list[list[dict[str, Any]]]] = {"a": [], "b": []}
     for work in args.works:

@@ -133,6 +133,13 @@ def _partner_index(samples: list[Sample]) -> list[int | None]:
     return out
 
 
+def calc_circles(s: Sample) -> np.ndarray:
+    """(N, 3) x, y, r of a sample's calcification lesions (from its boxes without circles)."""
+    sel = [k == "calcification" for k in s.kinds]
+    circles = s.circles if s.circles is not None else _circles_from_boxes(s.boxes)
+    return circles[sel] if len(sel) else np.zeros((0, 3))
+
+
 def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path,
                        synthetic_per_normal: int = 2, seed: int = 7, *,
                        params: CalcParams | None = None,
@@ -160,10 +167,7 @@ def calc_example_cache(samples: list[Sample], phantoms: list[Sample], path: Path
         out["calc_params"] = stamp
     for i, s in enumerate(samples + phantoms):
         d = s.load()
-        sel = [k == "calcification" for k in s.kinds]
-        circles = s.circles if s.circles is not None else _circles_from_boxes(s.boxes)
-        circles = circles[sel] if len(sel) else np.zeros((0, 3))
-        X, y, cl = calc_examples(d, s.spacing_mm or 0.2, circles, params)
+        X, y, cl = calc_examples(d, s.spacing_mm or 0.2, calc_circles(s), params)
         out[f"{i}.X"], out[f"{i}.y"] = X, y
         out[f"{i}.boxes"] = np.array([c.box for c in cl]).reshape(-1, 4)
         if i < len(samples) and not s.abnormal and synthetic_per_normal:
@@ -267,11 +271,10 @@ def fit_second_look(cache: dict[str, Any], idx: list[int], phantom_idx: list[int
     calc = fit_trees(Xc, yc, seed=seed, **kw)
     st2 = fit_trees(stage2[0], stage2[1], seed=seed, **kw) if stage2 is not None else None
     offset = prior_shift(float(np.mean(yc)), real_rate) if calc_prior_shift else 0.0
-    platt = None if st2 is not None else stage1_platt
+    # stage two replaces the stage-one scores; without it a refit keeps the parent's map
+    platt = None if st2 is not None else stage1_platt or (like.stage1_platt if like is not None else None)
     if like is None:
         return SecondLook(calc, st2, calc_offset=offset, stage1_platt=platt)
-    if platt is None and st2 is None:
-        platt = like.stage1_platt
     return SecondLook(calc, st2, like.calc_params, top_k=like.top_k, iou=like.iou, contain=like.contain,
                       min_score=like.min_score, max_findings=like.max_findings, calc_offset=offset,
                       stage1_platt=platt)
@@ -445,9 +448,7 @@ def calc_path_cv(samples: list[Sample], cache: dict[str, Any], k: int, n_phantom
             boxes = np.asarray(cache[f"{i}.boxes"], np.float64).reshape(-1, 4)
             probs = sl.calc_proba(cache[f"{i}.X"]) if len(boxes) else np.zeros(0)
             found = sl.combine(boxes, probs, ["calcification"] * len(probs))
-            sel = [kk == "calcification" for kk in s.kinds]
-            circles = s.circles if s.circles is not None else _circles_from_boxes(s.boxes)
-            circles = circles[sel] if len(sel) else np.zeros((0, 3))
+            circles = calc_circles(s)
             out[i] = {"key": s.key, "abnormal": bool(len(circles)), "circles": circles,
                       "kinds": ["calcification"] * len(circles),
                       "boxes": np.array([x.box for x in found], np.float64).reshape(-1, 4),

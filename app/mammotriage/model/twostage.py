@@ -286,10 +286,15 @@ def fuse_views(views: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]], io
     return boxes, scores[order], [fused[i]["kind"] for i in order]
 
 
+def _logit(scores: np.ndarray | Sequence[float]) -> np.ndarray:
+    """log(s / (1 - s)) of scores clipped to 1e-6 .. 1 - 1e-6."""
+    s = np.clip(np.asarray(scores, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(s / (1 - s))
+
+
 def platt(scores: np.ndarray | Sequence[float], a: float, b: float) -> np.ndarray:
     """sigmoid(a logit(s) + b) of scores in [0, 1] (clipped to 1e-6 .. 1 - 1e-6 first)."""
-    s = np.clip(np.asarray(scores, np.float64), 1e-6, 1 - 1e-6)
-    return 1.0 / (1.0 + np.exp(-(a * np.log(s / (1 - s)) + b)))
+    return 1.0 / (1.0 + np.exp(-(a * _logit(scores) + b)))
 
 
 def fit_platt(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[int],
@@ -299,12 +304,12 @@ def fit_platt(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequenc
     Platt, "Probabilistic outputs for support vector machines", 1999, on the score's
     log-odds; with fewer than one example of each label it returns the identity (1, 0)."""
     y = np.asarray(labels, np.float64).reshape(-1)
-    s = np.clip(np.asarray(scores, np.float64).reshape(-1), 1e-6, 1 - 1e-6)
-    if len(y) != len(s):
+    z = _logit(np.asarray(scores, np.float64).reshape(-1))
+    if len(y) != len(z):
         raise ValueError("one label per score is needed")
     if not len(y) or y.min() == y.max():
         return 1.0, 0.0
-    X = np.stack([np.log(s / (1 - s)), np.ones(len(s))], 1)
+    X = np.stack([z, np.ones(len(z))], 1)
     w = np.array([1.0, 0.0])
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-(X @ w)))
@@ -315,13 +320,6 @@ def fit_platt(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequenc
         if np.max(np.abs(step)) < 1e-9:
             break
     return float(w[0]), float(w[1])
-
-
-def _platt_of(value: Any) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    a, b = (float(x) for x in value)
-    return a, b
 
 
 def noisy_or(probs: Sequence[float], top_k: int = 3) -> float:
@@ -370,10 +368,11 @@ class SecondLook:
     def __init__(self, calc: TreeEnsemble | None, stage2: TreeEnsemble | None,
                  calc_params: CalcParams = DEFAULT_CALC, top_k: int = 3, iou: float = 0.3,
                  contain: float = 0.6, min_score: float = 0.01, max_findings: int = 20,
-                 calc_offset: float = 0.0, stage1_platt: tuple[float, float] | None = None):
+                 calc_offset: float = 0.0, stage1_platt: Sequence[float] | None = None):
         self.calc, self.stage2, self.calc_params = calc, stage2, calc_params
         #: (a, b) of the stage-one calibration without stage two: p = sigmoid(a logit(s) + b)
-        self.stage1_platt = None if stage1_platt is None else (float(stage1_platt[0]), float(stage1_platt[1]))
+        self.stage1_platt: tuple[float, float] | None = \
+            None if stage1_platt is None else (float(stage1_platt[0]), float(stage1_platt[1]))
         #: log-odds added to the cluster trees' output (:func:`~mammotriage.model.calc.prior_shift`)
         self.calc_offset = float(calc_offset)
         self.top_k, self.iou, self.contain = top_k, iou, contain
@@ -424,7 +423,7 @@ class SecondLook:
         return cls(calc, st2, CalcParams.from_json(meta.get("calc_params", {})), int(meta.get("top_k", 3)),
                    float(meta.get("iou", 0.3)), float(meta.get("contain", 0.6)),
                    float(meta.get("min_score", 0.01)), int(meta.get("max_findings", 20)),
-                   float(meta.get("calc_offset", 0.0)), _platt_of(meta.get("stage1_platt")))
+                   float(meta.get("calc_offset", 0.0)), meta.get("stage1_platt"))
 
     # ---- run
     def calc_findings(self, display: np.ndarray, spacing_mm: float, mask: np.ndarray | None = None
