@@ -214,9 +214,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             print(f"cannot verify: {exc}", file=sys.stderr)
             return 2
     if args.json:
-        print(json.dumps({"ok": report.ok, "events": report.events, "problems": report.problems,
-                          "head": report.head, "unkeyed": report.unkeyed, "store": where,
-                          "macs_checked": macs_checked}, indent=2))
+        out = {"ok": report.ok, "events": report.events, "problems": report.problems,
+               "head": report.head, "unkeyed": report.unkeyed, "store": where, "macs_checked": macs_checked}
+        if hasattr(report, "accounts_unsealed"):  # the site store: events stored before accounts were sealed
+            out["accounts_unsealed"] = report.accounts_unsealed
+        print(json.dumps(out, indent=2))
     else:
         for problem in report.problems:
             print(f"TAMPERED: {problem}")

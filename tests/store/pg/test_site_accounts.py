@@ -290,3 +290,82 @@ def test_an_ended_sign_in_records_nothing_in_double_reading_and_takes_no_lock(cl
             "SELECT payload FROM correction_events WHERE exam_key = 'Exam-END' ORDER BY seq").fetchall()]
         assert conn.execute("SELECT count(*) AS n FROM reading_locks WHERE exam_key = 'Exam-END2'").fetchone()["n"] == 0
     assert len(notes) == 1 and "in time" in notes[0]
+
+
+def _admin_path(cluster, statement: str, params: tuple[object, ...]) -> None:
+    """The documented admin path: the owner disables the table's triggers, changes a row."""
+    with connect(cluster.dsn("mt_admin")) as conn, conn.transaction():
+        conn.execute("ALTER TABLE correction_events DISABLE TRIGGER USER")
+        conn.execute(statement, params)
+        conn.execute("ALTER TABLE correction_events ENABLE TRIGGER USER")
+
+
+def test_an_events_account_is_sealed_so_verify_finds_it_changed(cluster) -> None:
+    """Before, ``account`` was outside the chain's hash and MAC: the admin path could give a
+    signed event to another reader (or an unsigned one to anybody) and ``verify`` said ok."""
+    a = sign_in(_as(cluster, "dr_a", "password of dr a"), "ws-1")
+    with SiteCorrectionLog(cluster.dsn("mt_workstation"), "ws-1") as log:
+        signed, plain = _event("dr_a", a.token), _event("dr_c")
+        log.send(signed)
+        log.send(plain)
+    with connect(cluster.dsn("mt_admin")) as conn:
+        rows = {r["event_id"]: r for r in conn.execute(
+            "SELECT seq, event_id, account, account_mac FROM correction_events WHERE event_id IN (%s, %s)",
+            (signed["event_id"], plain["event_id"]))}
+    mine, other = rows[signed["event_id"]], rows[plain["event_id"]]
+    assert mine["account"] == "dr_a" and other["account"] is None
+    assert len(mine["account_mac"]) == 64 and len(other["account_mac"]) == 64
+    admin = SiteCorrectionLog(cluster.dsn("mt_admin"))
+    station = SiteCorrectionLog(cluster.dsn("mt_workstation"))
+    try:
+        report = admin.verify()
+        assert report.ok, report.problems
+        assert report.accounts_unsealed == 0   # this site sealed from its first event
+        changes = [
+            (mine, "account", "dr_b", "the account it shows ('dr_b') is not the one the server sealed"),
+            (other, "account", "dr_a", "the account it shows ('dr_a') is not the one the server sealed"),
+            (mine, "account", None, "the account it shows (none) is not the one the server sealed"),
+        ]
+        for row, column, value, why in changes:
+            _admin_path(cluster, f"UPDATE correction_events SET {column} = %s WHERE seq = %s", (value, row["seq"]))
+            problems = admin.verify().problems
+            assert any(f"event {row['seq']} " in p and why in p for p in problems), problems
+            assert station.verify().ok   # without the key the account's change cannot be seen ...
+            _admin_path(cluster, f"UPDATE correction_events SET {column} = %s WHERE seq = %s",
+                        (row[column], row["seq"]))
+        # ... but a seal taken away can: by anyone who may verify
+        _admin_path(cluster, "UPDATE correction_events SET account_mac = NULL WHERE seq = %s", (mine["seq"],))
+        for log in (admin, station):
+            problems = log.verify().problems
+            assert any(f"event {mine['seq']} " in p and "account seal is missing" in p for p in problems), problems
+        _admin_path(cluster, "UPDATE correction_events SET account_mac = %s WHERE seq = %s",
+                    (mine["account_mac"], mine["seq"]))
+        assert admin.verify().ok
+    finally:
+        admin.close()
+        station.close()
+
+
+def test_events_from_before_account_seals_are_counted_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site upgraded to version 10: its older events have no seal (counted as unsealed,
+    not problems); what it stores from then on is sealed, and a seal cannot be faked by
+    stripping it from a newer event."""
+    from mammotriage.store.pg import schema
+
+    before = schema.ACCOUNT_SEAL_VERSION - 1
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:before])
+    with running_cluster() as old:
+        monkeypatch.undo()
+        with SiteCorrectionLog(old.dsn("mt_workstation"), "ws-1") as log:
+            for i in range(3):
+                log.append(reader="dr_c", exam_key="E-old", action="note", payload={"text": str(i)})
+        with psycopg.connect(old.dsn("mt_admin"), autocommit=True) as conn:
+            assert schema.migrate(conn) == schema.SCHEMA_VERSION
+        with SiteCorrectionLog(old.dsn("mt_workstation"), "ws-1") as log:
+            new = log.append(reader="dr_c", exam_key="E-new", action="note", payload={"text": "new"})
+        with SiteCorrectionLog(old.dsn("mt_admin")) as admin:
+            report = admin.verify()
+            assert report.ok, report.problems
+            assert (report.events, report.accounts_unsealed) == (4, 3)
+            _admin_path(old, "UPDATE correction_events SET account_mac = NULL WHERE seq = %s", (new.seq,))
+            assert any(f"event {new.seq} " in p and "seal is missing" in p for p in admin.verify().problems)

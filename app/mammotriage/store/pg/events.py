@@ -44,7 +44,7 @@ from mammotriage.store.events import (
     events_query,
     walk_chain,
 )
-from mammotriage.store.pg.schema import KEY_PLACE, site_key
+from mammotriage.store.pg.schema import ACCOUNT_SEAL_VERSION, KEY_PLACE, at_least, site_key
 
 __all__ = ["SERVER_AWAY", "PgConnected", "ServerAnchor", "SiteCorrectionLog", "SiteVerifyReport", "connect"]
 
@@ -125,6 +125,54 @@ class PgConnected:
 class SiteVerifyReport(VerifyReport):
     #: False when the role could not read the site's key (hashes and links checked only).
     macs_checked: bool = True
+    #: Events stored before the site sealed accounts (schema version 10): their ``account``
+    #: is not covered by a MAC.
+    accounts_unsealed: int = 0
+
+
+def account_seal_message(archive_id: str, event_hash: str, account: str | None) -> str:
+    """What ``account_mac`` seals (schema ``ACCOUNT_SEAL``, the same text)."""
+    return f"mammotriage.account/1|{archive_id}|{event_hash}|" + ("-" if account is None else f"={account}")
+
+
+def account_seal_from_message(archive_id: str, seq: int) -> str:
+    """What ``account_seal_from.mac`` seals (schema ``ACCOUNT_SEAL_FROM``)."""
+    return f"mammotriage.account-seal-from/1|{archive_id}|{seq:d}"
+
+
+def check_account_seals(rows: list[dict[str, Any]], seal_from: dict[str, Any] | None, key: AuditKey | None,
+                        archive_id: str) -> tuple[list[str], int]:
+    """Problems with the events' account seals, and how many events predate sealing.
+
+    ``rows``: ``seq, event_id, hash, account, account_mac`` of every event; ``seal_from``:
+    the ``account_seal_from`` row (None: no event was sealed yet). Without ``key`` only
+    the presence of the seals is checked.
+    """
+    problems: list[str] = []
+    start: int | None = None
+    if seal_from is not None:
+        start = int(seal_from["seq"])
+        if key is not None and not key.verify(account_seal_from_message(archive_id, start), seal_from["mac"]):
+            problems.append(f"the record that account seals start at event {start} does not match its MAC "
+                            "(changed outside the server's trigger)")
+    elif any(r["account_mac"] is not None for r in rows):
+        problems.append("events carry account seals but the record of where sealing started is missing")
+    unsealed = 0
+    for r in rows:
+        seq, mac = int(r["seq"]), r["account_mac"]
+        if mac is None:
+            if start is not None and seq >= start:
+                problems.append(f"event {seq} ({r['event_id']}): stored after account sealing began, but its "
+                                "account seal is missing (removed outside the server's trigger)")
+            else:
+                unsealed += 1
+        elif start is None or seq < start:
+            problems.append(f"event {seq} ({r['event_id']}): carries an account seal from before sealing began")
+        elif key is not None and not key.verify(account_seal_message(archive_id, r["hash"], r["account"]), mac):
+            shown = "none" if r["account"] is None else repr(r["account"])
+            problems.append(f"event {seq} ({r['event_id']}): the account it shows ({shown}) is not the one the "
+                            "server sealed when it stored the event (the account seal does not match)")
+    return problems, unsealed
 
 
 class ServerAnchor:
@@ -303,8 +351,16 @@ class SiteCorrectionLog(PgConnected):
                               f"{KEY_PLACE} is not this site's key")
             anchor = ServerAnchor(conn, key, archive_id)
             head, problems = anchor.latest()
+            seal_problems: list[str] = []
+            unsealed = 0
+            if at_least(conn, ACCOUNT_SEAL_VERSION):
+                seal_problems, unsealed = check_account_seals(
+                    list(conn.execute("SELECT seq, event_id, hash, account, account_mac FROM correction_events "
+                                      "ORDER BY seq")),
+                    conn.execute("SELECT seq, mac FROM account_seal_from").fetchone(), key, archive_id)
         problems = walk.problems + problems
         problems += check_head(head, walk.events, walk.by_seq, walk.keyed, anchor)
+        problems += seal_problems
         return SiteVerifyReport(ok=not problems, events=walk.events, problems=problems,
                                 head=head.to_json() if head else None, unkeyed=walk.unkeyed,
-                                macs_checked=key is not None)
+                                macs_checked=key is not None, accounts_unsealed=unsealed)

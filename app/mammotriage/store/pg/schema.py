@@ -67,6 +67,13 @@ Version 9, soft locks under site accounts: ``reading_locks`` gets ``session_toke
 (never stored) and ``account``, and the BEFORE INSERT trigger ``reading_locks_account``
 checks a lock's reader against the sign-in as events are checked (a lock without one
 is refused where the site requires accounts).
+Version 10, account seals: the BEFORE INSERT trigger ``correction_events_chain_seal``
+(after the chain's, by name) sets ``account_mac``, the HMAC under the audit key of the
+site, the event's hash and its ``account`` (:data:`ACCOUNT_SEAL`), and records the
+first sealed seq once in ``account_seal_from`` (append-only, with its own MAC), so that
+``verify`` finds an account changed, added or removed by the admin path, and a seal
+removed from an event stored after sealing began. Events stored before are counted as
+unsealed, not as problems.
 """
 
 from __future__ import annotations
@@ -686,6 +693,51 @@ _V9_LOCK_ACCOUNTS = PgMigration(
     ),
 )
 
+#: The message of an event's account seal (version 10): the site, the event's chain hash
+#: and its account (``=name``, or ``-`` for none), so that neither can be changed alone.
+ACCOUNT_SEAL = "'mammotriage.account/1|' || site || '|' || NEW.hash || '|' || COALESCE('=' || NEW.account, '-')"
+#: The message of the first sealed seq (version 10), in ``account_seal_from``.
+ACCOUNT_SEAL_FROM = "'mammotriage.account-seal-from/1|' || site || '|' || NEW.seq::text"
+
+_V10_ACCOUNT_SEAL = PgMigration(
+    name="accounts: each new event's account sealed with its chain hash under the audit key",
+    steps=(
+        "ALTER TABLE correction_events ADD COLUMN account_mac TEXT",
+        """
+        CREATE TABLE account_seal_from (
+            id  INTEGER PRIMARY KEY CHECK (id = 1),
+            seq BIGINT NOT NULL,
+            mac TEXT NOT NULL
+        )
+        """,
+        *_append_only("account_seal_from"),
+        f"""
+        CREATE FUNCTION mt_seal_account() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = public, pg_temp AS $fn$
+        DECLARE
+            k mt_private.audit_key%ROWTYPE;
+            site TEXT;
+        BEGIN
+            -- fires after correction_events_chain (names in order), under its lock: NEW.hash is set
+            SELECT * INTO k FROM mt_private.audit_key;
+            SELECT archive_id INTO site FROM site_identity;
+            NEW.account_mac := {_mac_sql(ACCOUNT_SEAL)};
+            IF NOT EXISTS (SELECT 1 FROM account_seal_from) THEN
+                INSERT INTO account_seal_from (id, seq, mac) VALUES (1, NEW.seq, {_mac_sql(ACCOUNT_SEAL_FROM)});
+            END IF;
+            RETURN NEW;
+        END
+        $fn$
+        """,
+        "REVOKE ALL ON FUNCTION mt_seal_account() FROM PUBLIC",
+        """
+        CREATE TRIGGER correction_events_chain_seal BEFORE INSERT ON correction_events
+        FOR EACH ROW EXECUTE FUNCTION mt_seal_account()
+        """,
+        "GRANT SELECT ON account_seal_from TO mt_workstation, mt_worker",
+    ),
+)
+
 #: Version 8's rule for a job that exists already when an exam is queued with an image
 #: set (``INSERT ... SELECT ..., images`` appends it; ``SiteQueue.enqueue`` and the queue
 #: moves of ``SiteModels``): another set than the job's queues a done, running or failed
@@ -712,7 +764,8 @@ NEW_IMAGES_ON_CONFLICT = """
 """.format(again="(triage_jobs.images IS NOT NULL AND triage_jobs.status IN ('running', 'done', 'failed'))")
 
 MIGRATIONS: list[PgMigration] = [_V1_CHAIN, _V2_SITE_QUEUE, _V3_ARBITRATE, _V4_MIGRATED, _V5_READING_LOCKS,
-                                 _V6_SITE_MODELS, _V7_ACCOUNTS, _V8_RETRIAGE, _V9_LOCK_ACCOUNTS]
+                                 _V6_SITE_MODELS, _V7_ACCOUNTS, _V8_RETRIAGE, _V9_LOCK_ACCOUNTS,
+                                 _V10_ACCOUNT_SEAL]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The version that brought double reading's ``reading_locks`` (store.pg.double_reading).
 READING_LOCKS_VERSION = MIGRATIONS.index(_V5_READING_LOCKS) + 1
@@ -724,6 +777,8 @@ ACCOUNTS_VERSION = MIGRATIONS.index(_V7_ACCOUNTS) + 1
 RETRIAGE_VERSION = MIGRATIONS.index(_V8_RETRIAGE) + 1
 #: The version that checks soft locks against site sign-ins (store.pg.double_reading).
 LOCK_ACCOUNTS_VERSION = MIGRATIONS.index(_V9_LOCK_ACCOUNTS) + 1
+#: The version that seals each event's account with its hash (store.pg.events verify).
+ACCOUNT_SEAL_VERSION = MIGRATIONS.index(_V10_ACCOUNT_SEAL) + 1
 
 
 class SchemaVersionError(RuntimeError):
