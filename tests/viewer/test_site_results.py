@@ -169,15 +169,38 @@ def test_a_result_without_a_recorded_image_set_is_taken_only_on_every_image(
 
 def test_a_server_away_takes_nothing_and_says_why(tmp_path: Path) -> None:
     archive_file, key, _images = _workstation(tmp_path, 14)
+    said: list[str] = []
     feed = SiteResultsFeed("host=127.0.0.1 port=9 dbname=x user=y password=z connect_timeout=2",
-                           archive_file, tmp_path / "data")
+                           archive_file, tmp_path / "data", say=said.append)
     try:
         feed.set_model(VERSION, "8f" * 32)
         assert feed.pull_once() == 0 and feed.away is not None
+        assert feed.pull_once() == 0
     finally:
         feed.close()
     with TriageQueue(archive_file) as queue:
         assert queue.job(key, VERSION).status == "pending"
+    # before, the window was never told: its exams waited for the local worker's delay unexplained
+    assert len(said) == 1 and "the site's AI results cannot be read (" in said[0], said
+    assert "analyses its waiting exams itself" in said[0] and "\n" not in said[0]
+
+
+def test_the_window_is_told_when_the_site_results_can_be_read_again(tmp_path: Path) -> None:
+    archive_file, _key, _images = _workstation(tmp_path, 15)
+    said: list[str] = []
+    with running_cluster() as site:
+        feed = SiteResultsFeed(site.dsn("mt_workstation"), archive_file, tmp_path / "data", say=said.append)
+        try:
+            feed.set_model(VERSION, "8f" * 32)
+            assert feed.pull_once() == 0 and feed.away is None and said == []
+            site.stop(mode="fast")
+            assert feed.pull_once() == 0 and feed.away is not None
+            site.start()
+            assert feed.pull_once() == 0 and feed.away is None
+        finally:
+            feed.close()
+    assert len(said) == 2 and "cannot be read" in said[0], said
+    assert said[1] == "the site's AI results are read again"
 
 
 def test_closing_during_a_long_turn_leaves_its_connections_to_the_turn(tmp_path: Path) -> None:

@@ -21,8 +21,9 @@ without a running AI worker still gets its exams analysed, by the workstations.
 
 A result that cannot be used (it names an image this workstation does not hold, a view
 without a score, a map that does not decode) is said once, with its reason, and left:
-the exam is analysed here in time. While the server is away nothing is taken and the
-thread tries again on its next turn.
+the exam is analysed here in time. While the server is away (or refuses the reading)
+nothing is taken, ``say`` tells the window once, with the reason, and again when the
+results can be read again; the thread tries on each turn.
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ def result_images(result: dict[str, Any], held: set[str]) -> list[dict[str, Any]
     return out
 
 
+def _short(text: str, limit: int = 160) -> str:
+    """The first line of a reason, at most ``limit`` characters (a log line, not a trace)."""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 class SiteResultsFeed(PolledFeed):
     """Takes the site workers' results for this workstation's waiting exams (see the module text)."""
 
@@ -163,9 +170,15 @@ class SiteResultsFeed(PolledFeed):
         try:
             taken = self._pull(version, sha)
         except Exception as exc:  # noqa: BLE001 - the server away, or a refused answer: next turn
-            self.away = f"{type(exc).__name__}: {exc}"
+            first = self.away is None
+            self.away = f"{type(exc).__name__}: {exc}".strip()
             log.debug("site results not read: %s", self.away)
+            if first and not self._stop.is_set():  # said once per spell, not every turn
+                self.say(f"the site's AI results cannot be read ({_short(self.away)}): this workstation "
+                         "analyses its waiting exams itself until they can")
             return 0
+        if self.away is not None:
+            self.say("the site's AI results are read again")
         self.away = None
         return taken
 
