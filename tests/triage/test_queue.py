@@ -176,6 +176,24 @@ def test_an_exam_scored_without_one_of_its_views_says_so(setup) -> None:
     assert len(said) == 1 and "1.2.3.2" in said[0] and Path(lost).name in said[0]
 
 
+def test_jobs_of_some_statuses_are_chosen_by_the_database(setup) -> None:
+    """The site results feed asks for the waiting jobs only (before, it read every job of
+    the version on each 5-s turn and filtered them itself)."""
+    archive, queue, model, tmp = setup
+    queue.sync("test-1")
+    queue.sync("test-2")
+    done = process_one(queue, archive, model, tmp / "maps")
+    claimed = queue.claim_next("test-1")
+    waiting = queue.jobs("test-1", statuses=("pending", "failed"))
+    assert {j.status for j in waiting} == {"pending"}
+    assert {j.exam_key for j in waiting} == {"1.2.3.1", "1.2.3.2", "1.2.3.3"} - {done.exam_key, claimed.exam_key}
+    assert [j.exam_key for j in queue.jobs("test-1", statuses=("running",))] == [claimed.exam_key]
+    assert len(queue.jobs(statuses=("pending",))) == 1 + 3   # both versions
+    assert queue.jobs("test-1", statuses=()) == []
+    with pytest.raises(ValueError, match="unknown job status"):
+        queue.jobs("test-1", statuses=("pending'; DROP TABLE triage_jobs; --",))
+
+
 def test_restart_recovers_running_jobs(setup) -> None:
     _archive, queue, _model, _tmp = setup
     queue.sync("test-1")

@@ -31,7 +31,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,12 +369,19 @@ class TriageQueue(db.Connected):
         return out
 
     # ----------------------------------------------------------------- queries
-    def jobs(self, model_version: str | None = None) -> list[Job]:
-        sql = "SELECT * FROM triage_jobs"
-        params: tuple = ()
+    def jobs(self, model_version: str | None = None, statuses: Sequence[str] | None = None) -> list[Job]:
+        """The jobs (of one model version; with ``statuses``, only those in them), in claim order."""
+        where, params = [], []
         if model_version is not None:
-            sql += " WHERE model_version = ?"
-            params = (model_version,)
+            where.append("model_version = ?")
+            params.append(model_version)
+        if statuses is not None:
+            bad = set(statuses) - set(STATUSES)
+            if bad:
+                raise ValueError(f"unknown job status {sorted(bad)}")
+            where.append(f"status IN ({', '.join('?' * len(statuses))})" if statuses else "0")
+            params.extend(statuses)
+        sql = "SELECT * FROM triage_jobs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY priority DESC, enqueued_at"
         return [Job(r["exam_key"], r["model_version"], r["status"], r["priority"], r["enqueued_at"],
                     r["attempts"], r["reason"]) for r in self.conn.execute(sql, params)]

@@ -189,7 +189,7 @@ class SiteResultsFeed(PolledFeed):
         if self._archive is None:  # apart: a failing Archive() leaves the queue kept (and closed later)
             self._archive = Archive(self.archive_file)
         queue, archive = self._queue, self._archive
-        waiting = [j.exam_key for j in queue.jobs(version) if j.status in ("pending", "failed")]
+        waiting = [j.exam_key for j in queue.jobs(version, statuses=("pending", "failed"))]
         for start in range(0, len(waiting), BATCH):
             if self._stop.is_set():
                 break
