@@ -224,3 +224,37 @@ def test_lock_expires_and_a_reader_can_take_an_abandoned_exam(site: dict) -> Non
         assert e.locks.holder(key, t0 + dt.timedelta(seconds=601)) is None  # the lease ran out
         assert f.locks.take(key, "F", t0 + dt.timedelta(seconds=601)).granted
         assert e.holders(t0 + dt.timedelta(seconds=602))[key].reader == "F"
+
+
+def test_closing_goes_on_past_a_lock_that_cannot_be_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A release refused (the reader's site sign-in ended, the server away) used to stop
+    ``close`` at that exam: the other exams' locks stayed taken and the connections open."""
+    write_demo_set(tmp_path / "exams", n_exams=2, seed=23, priors=0, rows=128, columns=104)
+    home = tmp_path / "home"
+    DoubleReadingPolicy(enabled=True, discordance="recall", lease_s=600).save(home)
+    with Archive(home / "archive.sqlite") as archive:
+        archive.import_paths([tmp_path / "exams"])
+        first, second = sorted(e.exam_key for e in archive.exams())
+    site = {"archive": home / "archive.sqlite", "home": home}
+    session = _session(site, "G")
+    assert session.open_for_reading(first).granted and session.open_for_reading(second).granted
+    release = session.locks.release
+
+    def refused(exam_key: str, reader: str, now: dt.datetime | None = None) -> None:
+        if exam_key == first:
+            raise CorrectionError("the site sign-in of G ended at 09:00: sign in again")
+        release(exam_key, reader, now)
+
+    monkeypatch.setattr(session.locks, "release", refused)
+    closed = []
+    for part in (session.log, session.locks, session.site):
+        monkeypatch.setattr(part, "close", lambda part=part, close=part.close: (closed.append(part), close()))
+    with caplog.at_level("WARNING", logger="mammotriage.viewer.double_reading"):
+        session.close()
+    assert closed == [session.log, session.locks, session.site]
+    assert f"soft lock on {first} not released" in caplog.text and "sign in again" in caplog.text
+    with _session(site, "H") as other:
+        held = other.holders()
+        assert second not in held          # released
+        assert held[first].reader == "G"   # left to its lease

@@ -17,6 +17,7 @@ different workstations.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,8 @@ if TYPE_CHECKING:  # the site store's classes are imported when a session joins 
     )
 
 __all__ = ["DoubleReadingSession", "OpenRead", "Visible"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,10 +117,27 @@ class DoubleReadingSession:
         return cls(None, home, reader, workstation=workstation, policy=policy, site_dsn=dsn)
 
     def close(self) -> None:
-        for key in list(self._open):
-            self.close_exam(key)
-        for part in (self.log, self.locks, self.site):
-            part.close()
+        """Leave every open exam and close the stores. A lock that cannot be released (the
+        reader's sign-in ended, the server away) is left to its lease, said in the log, and
+        never stops the rest (before, the first refusal left the other locks and the
+        connections open)."""
+        try:
+            for key in list(self._open):
+                try:
+                    self.close_exam(key)
+                except Exception as exc:  # noqa: BLE001 - the lock's lease ends it; go on closing
+                    self._open.pop(key, None)
+                    log.warning("soft lock on %s not released (%s); its lease of %.0f s ends it",
+                                key, exc, self.policy.lease_s)
+        finally:
+            problems = []
+            for part in (self.log, self.locks, self.site):
+                try:
+                    part.close()
+                except Exception as exc:  # noqa: BLE001 - close the others too
+                    problems.append(exc)
+            if problems:
+                raise problems[0]
 
     def __enter__(self) -> DoubleReadingSession:
         return self
