@@ -51,17 +51,21 @@ def command(mias: Path, work: Path, recipe: str, seed: int, device: str | None, 
     return cmd
 
 
-def report(name: str, work: Path, seconds: float) -> None:
-    sl = work / "second_look.json"
-    if sl.exists():
-        d = json.loads(sl.read_text())
-        for stage in ("stage_one", "second_look"):
-            print(f"{name}_{stage}_image_auc {d[stage]['image_auc']:.3f}")
-            print(f"{name}_{stage}_sens@1 {d[stage]['froc']['1']:.3f}")
-    else:
-        cv = json.loads((work / "cv" / "cv.json").read_text())["pooled"]
-        print(f"{name}_stage_one_image_auc {cv['image_auc']:.3f}")
-        print(f"{name}_stage_one_sens@1 {cv['froc']['1']:.3f}")
+def _figure(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "none"
+
+
+def report(name: str, work: Path, seconds: float, stage_one_only: bool) -> None:
+    """The run's figures from the files its command wrote (a file missing or unreadable: said)."""
+    path = work / "cv" / "cv.json" if stage_one_only else work / "second_look.json"
+    try:
+        d = json.loads(path.read_text())
+        stages = {"stage_one": d["pooled"]} if stage_one_only else {s: d[s] for s in ("stage_one", "second_look")}
+        for stage, m in stages.items():
+            print(f"{name}_{stage}_image_auc {_figure(m.get('image_auc'))}")
+            print(f"{name}_{stage}_sens@1 {_figure(m['froc'].get('1'))}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"{name}: no figures in {path} ({exc})", file=sys.stderr)
     print(f"{name}_seconds {seconds:.0f}")
 
 
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--calc-cache {args.calc_cache}: no such file")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS where there is CUDA
+    args.recipes, args.seeds = list(dict.fromkeys(args.recipes)), list(dict.fromkeys(args.seeds))  # one run per folder
     todo = [(r, s) for r in args.recipes for s in args.seeds]
     running: dict[tuple[str, int], tuple[subprocess.Popen[bytes], float]] = {}
     failed = 0
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 print(f"{name}: failed (exit {proc.returncode}); see {work / 'log.txt'}", file=sys.stderr)
             else:
-                report(name, work, time.monotonic() - t0)
+                report(name, work, time.monotonic() - t0, args.stage_one_only)
     if len(args.recipes) >= 2 and len(args.seeds) >= 1:
         a, b = args.recipes[:2]
         first, rest = args.seeds[0], args.seeds[1:]

@@ -225,6 +225,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"{report.events} correction events: " + ("chain verified" if report.ok else
                                                         f"{len(report.problems)} problem(s)")
               + (f" (head: {report.head['count']} events, keyed)" if report.head else ""))
+        if getattr(report, "accounts_unsealed", 0):
+            print(f"{report.accounts_unsealed} event(s) stored before the site sealed accounts: their "
+                  "account is not covered by a MAC")
         if not macs_checked:
             print("hashes and links checked; the keyed MACs need the site's key: run "
                   "'mammotriage audit verify --site-folder DIR' on the site server for the full check")

@@ -190,6 +190,8 @@ def test_jobs_of_some_statuses_are_chosen_by_the_database(setup) -> None:
     assert [j.exam_key for j in queue.jobs("test-1", statuses=("running",))] == [claimed.exam_key]
     assert len(queue.jobs(statuses=("pending",))) == 1 + 3   # both versions
     assert queue.jobs("test-1", statuses=()) == []
+    with pytest.raises(TypeError, match="not one string"):
+        queue.jobs("test-1", statuses="pending")
     with pytest.raises(ValueError, match="unknown job status"):
         queue.jobs("test-1", statuses=("pending'; DROP TABLE triage_jobs; --",))
 

@@ -247,7 +247,7 @@ def test_closing_goes_on_past_a_lock_that_cannot_be_released(tmp_path: Path, mon
         release(exam_key, reader, now)
 
     monkeypatch.setattr(session.locks, "release", refused)
-    closed = []
+    closed: list[object] = []
     for part in (session.log, session.locks, session.site):
         monkeypatch.setattr(part, "close", lambda part=part, close=part.close: (closed.append(part), close()))
     with caplog.at_level("WARNING", logger="mammotriage.viewer.double_reading"):
@@ -258,3 +258,44 @@ def test_closing_goes_on_past_a_lock_that_cannot_be_released(tmp_path: Path, mon
         held = other.holders()
         assert second not in held          # released
         assert held[first].reader == "G"   # left to its lease
+
+
+def test_closing_tries_no_more_releases_once_the_server_is_away_and_raises_a_real_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: each open exam waited for its own connection timeout when the server
+    was away, and a programming error was logged as a lock left to its lease."""
+    from mammotriage.store.double_reading import StoreUnreachable
+
+    write_demo_set(tmp_path / "exams", n_exams=3, seed=29, priors=0, rows=128, columns=104)
+    home = tmp_path / "home"
+    DoubleReadingPolicy(enabled=True, discordance="recall", lease_s=600).save(home)
+    with Archive(home / "archive.sqlite") as archive:
+        archive.import_paths([tmp_path / "exams"])
+        keys = sorted(e.exam_key for e in archive.exams())
+    site = {"archive": home / "archive.sqlite", "home": home}
+    session = _session(site, "J")
+    for key in keys:
+        assert session.open_for_reading(key).granted
+    tried: list[str] = []
+
+    def away(exam_key: str, reader: str, now: dt.datetime | None = None) -> None:
+        tried.append(exam_key)
+        raise StoreUnreachable("the site's server cannot be reached")
+
+    monkeypatch.setattr(session.locks, "release", away)
+    session.close()
+    assert tried == keys[:1]   # one try, not one timeout per open exam
+    with _session(site, "K") as other:
+        assert not any(other.open_for_reading(k).granted for k in keys)  # J's locks are left to their lease
+
+    def broken(exam_key: str, reader: str, now: dt.datetime | None = None) -> None:
+        raise TypeError("a bug")
+
+    session = _session(site, "J")
+    assert session.open_for_reading(keys[0]).granted
+    monkeypatch.setattr(session.locks, "release", broken)
+    closed: list[object] = []
+    monkeypatch.setattr(session.site, "close", lambda close=session.site.close: (closed.append(1), close()))
+    with pytest.raises(TypeError, match="a bug"):
+        session.close()
+    assert closed == [1]

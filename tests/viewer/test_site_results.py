@@ -182,7 +182,7 @@ def test_a_server_away_takes_nothing_and_says_why(tmp_path: Path) -> None:
         assert queue.job(key, VERSION).status == "pending"
     # before, the window was never told: its exams waited for the local worker's delay unexplained
     assert len(said) == 1 and "the site's AI results cannot be read (" in said[0], said
-    assert "analyses its waiting exams itself" in said[0] and "\n" not in said[0]
+    assert "waiting exams are analysed here after their wait" in said[0] and "\n" not in said[0]
 
 
 def test_the_window_is_told_when_the_site_results_can_be_read_again(tmp_path: Path) -> None:

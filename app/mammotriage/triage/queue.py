@@ -375,6 +375,8 @@ class TriageQueue(db.Connected):
         if model_version is not None:
             where.append("model_version = ?")
             params.append(model_version)
+        if isinstance(statuses, str):
+            raise TypeError("statuses: a sequence of job statuses, not one string")
         if statuses is not None:
             bad = set(statuses) - set(STATUSES)
             if bad:

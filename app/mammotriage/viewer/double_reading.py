@@ -120,24 +120,36 @@ class DoubleReadingSession:
         """Leave every open exam and close the stores. A lock that cannot be released (the
         reader's sign-in ended, the server away) is left to its lease, said in the log, and
         never stops the rest (before, the first refusal left the other locks and the
-        connections open)."""
+        connections open); once the server is away the other releases are not tried.
+        Any other error is raised after the stores are closed."""
+        from mammotriage.store.double_reading import StoreUnreachable
+
+        failed: Exception | None = None
         try:
+            away: StoreUnreachable | None = None
             for key in list(self._open):
-                try:
-                    self.close_exam(key)
-                except Exception as exc:  # noqa: BLE001 - the lock's lease ends it; go on closing
-                    self._open.pop(key, None)
-                    log.warning("soft lock on %s not released (%s); its lease of %.0f s ends it",
-                                key, exc, self.policy.lease_s)
+                if away is None:
+                    try:
+                        self.close_exam(key)
+                        continue
+                    except StoreUnreachable as exc:
+                        away = exc
+                        reason = str(exc)
+                    except CorrectionError as exc:
+                        reason = str(exc)
+                else:
+                    reason = f"the site is away ({away})"
+                self._open.pop(key, None)
+                log.warning("soft lock on %s not released (%s); its lease of %.0f s ends it",
+                            key, reason, self.policy.lease_s)
         finally:
-            problems = []
             for part in (self.log, self.locks, self.site):
                 try:
                     part.close()
-                except Exception as exc:  # noqa: BLE001 - close the others too
-                    problems.append(exc)
-            if problems:
-                raise problems[0]
+                except Exception as exc:  # noqa: BLE001 - close the others too, then say the first
+                    failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def __enter__(self) -> DoubleReadingSession:
         return self

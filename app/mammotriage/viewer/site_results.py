@@ -29,6 +29,7 @@ results can be read again; the thread tries on each turn.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -174,8 +175,12 @@ class SiteResultsFeed(PolledFeed):
             self.away = f"{type(exc).__name__}: {exc}".strip()
             log.debug("site results not read: %s", self.away)
             if first and not self._stop.is_set():  # said once per spell, not every turn
-                self.say(f"the site's AI results cannot be read ({_short(self.away)}): this workstation "
-                         "analyses its waiting exams itself until they can")
+                if isinstance(exc, sqlite3.Error | OSError):  # this workstation's archive or its map files
+                    self.say(f"the site's AI results cannot be stored on this workstation "
+                             f"({_short(self.away)}): its waiting exams are analysed here after their wait")
+                else:
+                    self.say(f"the site's AI results cannot be read ({_short(self.away)}): this workstation's "
+                             "waiting exams are analysed here after their wait")
             return 0
         if self.away is not None:
             self.say("the site's AI results are read again")

@@ -369,3 +369,24 @@ def test_events_from_before_account_seals_are_counted_not_refused(monkeypatch: p
             assert (report.events, report.accounts_unsealed) == (4, 3)
             _admin_path(old, "UPDATE correction_events SET account_mac = NULL WHERE seq = %s", (new.seq,))
             assert any(f"event {new.seq} " in p and "seal is missing" in p for p in admin.verify().problems)
+
+
+def test_stripping_every_seal_and_their_start_is_found_too() -> None:
+    """Review finding: with the start of sealing written by the first sealed event, the
+    admin path could strip every seal and that record, and verify (with or without the
+    key) said ok, counting every event as from before sealing. The migration writes it now."""
+    with running_cluster() as site:
+        with SiteCorrectionLog(site.dsn("mt_workstation"), "ws-1") as log:
+            log.append(reader="dr_c", exam_key="E-strip", action="note", payload={"text": "x"})
+        with connect(site.dsn("mt_admin")) as conn, conn.transaction():
+            conn.execute("ALTER TABLE correction_events DISABLE TRIGGER USER")
+            conn.execute("ALTER TABLE account_seal_from DISABLE TRIGGER USER")
+            conn.execute("UPDATE correction_events SET account_mac = NULL")
+            conn.execute("DELETE FROM account_seal_from")
+            conn.execute("ALTER TABLE account_seal_from ENABLE TRIGGER USER")
+            conn.execute("ALTER TABLE correction_events ENABLE TRIGGER USER")
+        for dsn in (site.dsn("mt_admin"), site.dsn("mt_workstation")):
+            with SiteCorrectionLog(dsn) as log:
+                report = log.verify()
+            assert not report.ok and any("account_seal_from) is missing" in p for p in report.problems), \
+                report.problems

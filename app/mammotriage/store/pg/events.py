@@ -145,8 +145,8 @@ def check_account_seals(rows: list[dict[str, Any]], seal_from: dict[str, Any] | 
     """Problems with the events' account seals, and how many events predate sealing.
 
     ``rows``: ``seq, event_id, hash, account, account_mac`` of every event; ``seal_from``:
-    the ``account_seal_from`` row (None: no event was sealed yet). Without ``key`` only
-    the presence of the seals is checked.
+    the ``account_seal_from`` row, which the migration to version 10 wrote (None: it is
+    gone). Without ``key`` only the presence of the seals is checked.
     """
     problems: list[str] = []
     start: int | None = None
@@ -155,8 +155,9 @@ def check_account_seals(rows: list[dict[str, Any]], seal_from: dict[str, Any] | 
         if key is not None and not key.verify(account_seal_from_message(archive_id, start), seal_from["mac"]):
             problems.append(f"the record that account seals start at event {start} does not match its MAC "
                             "(changed outside the server's trigger)")
-    elif any(r["account_mac"] is not None for r in rows):
-        problems.append("events carry account seals but the record of where sealing started is missing")
+    else:
+        problems.append("the record of where account sealing starts (account_seal_from) is missing: it was "
+                        "removed outside the server's triggers, so no event's account can be trusted")
     unsealed = 0
     for r in rows:
         seq, mac = int(r["seq"]), r["account_mac"]

@@ -69,8 +69,9 @@ checks a lock's reader against the sign-in as events are checked (a lock without
 is refused where the site requires accounts).
 Version 10, account seals: the BEFORE INSERT trigger ``correction_events_chain_seal``
 (after the chain's, by name) sets ``account_mac``, the HMAC under the audit key of the
-site, the event's hash and its ``account`` (:data:`ACCOUNT_SEAL`), and records the
-first sealed seq once in ``account_seal_from`` (append-only, with its own MAC), so that
+site, the event's hash and its ``account`` (:data:`ACCOUNT_SEAL`); the migration records
+the first sealed seq (the next one) in ``account_seal_from`` (append-only, with its own
+MAC), so that
 ``verify`` finds an account changed, added or removed by the admin path, and a seal
 removed from an event stored after sealing began. Events stored before are counted as
 unsealed, not as problems.
@@ -697,7 +698,7 @@ _V9_LOCK_ACCOUNTS = PgMigration(
 #: and its account (``=name``, or ``-`` for none), so that neither can be changed alone.
 ACCOUNT_SEAL = "'mammotriage.account/1|' || site || '|' || NEW.hash || '|' || COALESCE('=' || NEW.account, '-')"
 #: The message of the first sealed seq (version 10), in ``account_seal_from``.
-ACCOUNT_SEAL_FROM = "'mammotriage.account-seal-from/1|' || site || '|' || NEW.seq::text"
+ACCOUNT_SEAL_FROM = "'mammotriage.account-seal-from/1|' || {site} || '|' || ({seq})::text"
 
 _V10_ACCOUNT_SEAL = PgMigration(
     name="accounts: each new event's account sealed with its chain hash under the audit key",
@@ -709,6 +710,13 @@ _V10_ACCOUNT_SEAL = PgMigration(
             seq BIGINT NOT NULL,
             mac TEXT NOT NULL
         )
+        """,
+        # where sealing starts, recorded now (the next seq), so a verify can tell a stripped
+        # seal from an event stored before this version even if every seal was stripped
+        f"""
+        INSERT INTO account_seal_from (id, seq, mac)
+        SELECT 1, h.last_seq + 1, {_mac_sql(ACCOUNT_SEAL_FROM.format(site="s.archive_id", seq="h.last_seq + 1"))}
+        FROM audit_head h, mt_private.audit_key k, site_identity s
         """,
         *_append_only("account_seal_from"),
         f"""
@@ -722,9 +730,6 @@ _V10_ACCOUNT_SEAL = PgMigration(
             SELECT * INTO k FROM mt_private.audit_key;
             SELECT archive_id INTO site FROM site_identity;
             NEW.account_mac := {_mac_sql(ACCOUNT_SEAL)};
-            IF NOT EXISTS (SELECT 1 FROM account_seal_from) THEN
-                INSERT INTO account_seal_from (id, seq, mac) VALUES (1, NEW.seq, {_mac_sql(ACCOUNT_SEAL_FROM)});
-            END IF;
             RETURN NEW;
         END
         $fn$
