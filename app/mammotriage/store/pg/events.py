@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -348,17 +349,23 @@ class SiteCorrectionLog(PgConnected):
         archive_id = str(row["archive_id"]) if row else "unknown-site"
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one consistent picture
-            walk = walk_chain(conn.execute("SELECT * FROM correction_events ORDER BY seq"), key,
-                              f"{KEY_PLACE} is not this site's key")
+            sealed = at_least(conn, ACCOUNT_SEAL_VERSION)
+            seal_rows: list[dict[str, Any]] = []
+
+            def rows() -> Iterator[dict[str, Any]]:  # one pass: the chain's walk and the seals' columns
+                for row in conn.execute("SELECT * FROM correction_events ORDER BY seq"):
+                    if sealed:
+                        seal_rows.append({c: row[c] for c in ("seq", "event_id", "hash", "account", "account_mac")})
+                    yield row
+
+            walk = walk_chain(rows(), key, f"{KEY_PLACE} is not this site's key")
             anchor = ServerAnchor(conn, key, archive_id)
             head, problems = anchor.latest()
             seal_problems: list[str] = []
             unsealed = 0
-            if at_least(conn, ACCOUNT_SEAL_VERSION):
+            if sealed:
                 seal_problems, unsealed = check_account_seals(
-                    list(conn.execute("SELECT seq, event_id, hash, account, account_mac FROM correction_events "
-                                      "ORDER BY seq")),
-                    conn.execute("SELECT seq, mac FROM account_seal_from").fetchone(), key, archive_id)
+                    seal_rows, conn.execute("SELECT seq, mac FROM account_seal_from").fetchone(), key, archive_id)
         problems = walk.problems + problems
         problems += check_head(head, walk.events, walk.by_seq, walk.keyed, anchor)
         problems += seal_problems
