@@ -36,7 +36,7 @@ import torch
 
 from mammotriage.model.crossval import _records_json, paired_bootstrap, patient_folds
 from mammotriage.model.data import read_mias
-from mammotriage.model.evaluate import _circles_from_boxes, evaluate_predictions
+from mammotriage.model.evaluate import evaluate_predictions, sample_record
 from mammotriage.model.infer import Engine
 from mammotriage.model.network import NetworkConfig, build_detector
 from mammotriage.model.preprocess import PreprocessParams, preprocess_display
@@ -46,11 +46,8 @@ RATES = ("0.5", "1", "2")
 
 
 def _record(s: Any, boxes: np.ndarray, scores: np.ndarray, kinds: list[str]) -> dict[str, Any]:
-    return {"key": s.key, "abnormal": s.abnormal,
-            "circles": s.circles if s.circles is not None else _circles_from_boxes(s.boxes),
-            "kinds": list(s.kinds), "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
-            "scores": np.asarray(scores, np.float64).reshape(-1), "finding_kinds": list(kinds),
-            "image_score": float(np.max(scores)) if len(scores) else 0.0}
+    """The view's record; its image score the best mark's, as the engine scores a view."""
+    return sample_record(s, boxes, scores, kinds, float(np.max(scores)) if len(scores) else 0.0)
 
 
 def flip_view(engine: Engine, display: np.ndarray, chest_wall: str | None) -> tuple[tuple, tuple, float, float]:

@@ -213,6 +213,17 @@ def evaluate_predictions(records: Sequence[dict[str, Any]], rates: Sequence[floa
                       per_kind, fc, sc, roc_curve(labels, scores))
 
 
+def sample_record(s: Sample, boxes: Any, scores: Any, kinds: Sequence[str], image_score: float) -> dict[str, Any]:
+    """The evaluation record of one sample's marks (boxes xyxy in its stored pixels)."""
+    return {"key": s.key, "abnormal": s.abnormal,
+            "circles": s.circles if s.circles is not None else _circles_from_boxes(s.boxes),
+            "kinds": list(s.kinds),
+            "boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            "scores": np.asarray(scores, dtype=np.float64).reshape(-1),
+            "finding_kinds": list(kinds),
+            "image_score": image_score}
+
+
 def predict_samples(engine: Engine, samples: Sequence[Sample], batch: int = 4) -> list[dict[str, Any]]:
     """Run the engine over samples (with ``circles``) and return evaluation records."""
     records = []
@@ -220,14 +231,8 @@ def predict_samples(engine: Engine, samples: Sequence[Sample], batch: int = 4) -
         chunk = samples[start:start + batch]
         results = engine.predict_displays([s.load() for s in chunk], [s.chest_wall for s in chunk])
         for s, r in zip(chunk, results, strict=True):
-            records.append({
-                "key": s.key, "abnormal": s.abnormal,
-                "circles": s.circles if s.circles is not None else _circles_from_boxes(s.boxes),
-                "kinds": list(s.kinds),
-                "boxes": np.array([f.box for f in r.findings], dtype=np.float64).reshape(-1, 4),
-                "scores": np.array([f.score for f in r.findings], dtype=np.float64),
-                "finding_kinds": [f.kind for f in r.findings],
-                "image_score": r.score})
+            records.append(sample_record(s, [f.box for f in r.findings], [f.score for f in r.findings],
+                                         [f.kind for f in r.findings], r.score))
     return records
 
 
